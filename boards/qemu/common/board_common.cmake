@@ -1,0 +1,18 @@
+# Shared tail of the QEMU mps2 board files (boards/qemu/<board>/board.cmake).
+
+# Instructions retired per SysTick tick under QEMU -icount shift=0
+# (1 instruction per virtual nanosecond).
+math(EXPR KL_INSN_PER_TICK "1000000000 / ${KL_CPU_HZ}")
+
+if(NOT CMAKE_C_COMPILER_LOADED)
+  # Included before project(): pick the cross toolchain unless one was given.
+  if(NOT CMAKE_TOOLCHAIN_FILE)
+    get_filename_component(CMAKE_TOOLCHAIN_FILE
+      "${CMAKE_CURRENT_LIST_DIR}/../../../cmake/arm-none-eabi.cmake" ABSOLUTE)
+  endif()
+elseif(NOT CMAKE_C_COMPILER MATCHES "arm-none-eabi-gcc")
+  message(FATAL_ERROR
+    "KL_BOARD=${KL_BOARD_NAME} needs the arm-none-eabi toolchain, but the C "
+    "compiler is ${CMAKE_C_COMPILER}. Configure a fresh build directory with "
+    "-DCMAKE_TOOLCHAIN_FILE=<repo>/cmake/arm-none-eabi.cmake")
+endif()

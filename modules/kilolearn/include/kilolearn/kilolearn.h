@@ -1,0 +1,117 @@
+/*
+ * kilolearn: on-device training for microcontrollers. Public engine API.
+ *
+ * The engine is portable C99: no malloc (one caller-provided arena), no OS
+ * calls, negative errno-style return codes. A model comes from a .klm blob
+ * (see kl_blob.h); it may live in flash and is read in place, only what
+ * training writes is copied into the arena.
+ */
+#ifndef KILOLEARN_KILOLEARN_H
+#define KILOLEARN_KILOLEARN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kilolearn/kl_blob.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Return codes. The errno-like ones carry the usual numbers on every libc. */
+#define KL_OK        0
+#define KL_ENOMEM    (-12)  /* arena too small */
+#define KL_EINVAL    (-22)  /* bad argument */
+#define KL_ENOTSUP   (-134) /* valid, but not supported by this build */
+#define KL_EBADMAGIC (-200) /* not a kilolearn blob */
+#define KL_EVERSION  (-201) /* blob format version not supported */
+#define KL_ETRUNC    (-202) /* blob shorter than its header says */
+#define KL_ECRC      (-203) /* CRC mismatch: corrupted blob */
+#define KL_ECORRUPT  (-204) /* CRC fine but contents inconsistent */
+
+#define KL_MAX_LAYERS 16
+
+/* ---- arena ---------------------------------------------------------------- */
+typedef struct {
+	uint8_t *base;
+	size_t size;
+	size_t used;
+	size_t peak; /* high-water mark in bytes */
+} kl_arena_t;
+
+void kl_arena_init(kl_arena_t *a, void *mem, size_t size);
+void *kl_arena_alloc(kl_arena_t *a, size_t size, size_t align);
+void kl_arena_reset(kl_arena_t *a, size_t mark);
+
+/* ---- model ---------------------------------------------------------------- */
+typedef struct {
+	uint8_t op, act, flags;
+	uint8_t sat; /* s8: an output saturated in the last forward pass */
+	uint16_t n_in, n_out;
+	int8_t w_exp, b_exp, y_exp, y_zp; /* s8 quantisation (power-of-two scales) */
+	void *w;                          /* f32: float[n_out][n_in]; s8: int8_t[..] */
+	void *b;                          /* f32: float[n_out]; s8: int32_t[n_out] */
+	void *y;                          /* output activations */
+	float *vw, *vb;                   /* f32 momentum buffers (or NULL) */
+	void *gw, *gb;                    /* kept gradients (KL_CFG_KEEP_GRADS) */
+	int8_t gw_exp, gb_exp;            /* s8: exponents of gw (int32) and gb (int8) */
+} kl_layer_t;
+
+#define KL_CFG_KEEP_GRADS 0x01u /* kl_compute_grads()/kl_apply_grads() usable */
+
+typedef struct {
+	float lr;       /* learning rate (int8: used as a Q12 fixed-point number) */
+	float momentum; /* 0 = plain SGD */
+	uint32_t seed;  /* start of the int8 update dither */
+	uint32_t flags; /* KL_CFG_* */
+} kl_train_cfg_t;
+
+typedef struct {
+	uint8_t dtype, n_layers;
+	uint16_t n_inputs, n_classes;
+	int8_t in_exp, in_zp, lut_exp;
+	const uint16_t *lut; /* s8 softmax table, in the blob */
+	const void *x;       /* input of the last forward pass */
+	kl_layer_t layers[KL_MAX_LAYERS];
+	void *grad_a, *grad_b; /* ping-pong gradient vectors */
+	int32_t *acc;          /* s8 int32 scratch, max width */
+	int8_t logits_grad_exp;
+	float lr, momentum;
+	int32_t lr_q;
+	uint32_t dither;
+	uint32_t flags;
+	kl_arena_t *arena;
+} kl_model_t;
+
+/* Parse and check a blob, then lay the model out in the arena (weights of
+ * trainable layers are copied, frozen ones are read in place from the blob,
+ * which must stay valid). cfg may be NULL for inference only. */
+int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *arena,
+		  const kl_train_cfg_t *cfg);
+
+/* Only check a blob (header, CRC, every table entry). */
+int kl_blob_check(const uint8_t *blob, size_t len);
+
+/* Forward pass; x is float[n_inputs] (f32 models) or int8_t[n_inputs] (s8).
+ * Returns the predicted class (>= 0) or a negative error code. */
+int kl_predict(kl_model_t *m, const void *x);
+
+/* One SGD step on (x, label): forward, backward, update, fused. Returns the
+ * predicted class before the update (>= 0) or a negative error code. */
+int kl_train_step(kl_model_t *m, const void *x, int label);
+
+/* The same step in two halves, with the gradients kept in the layers' gw/gb
+ * (needs KL_CFG_KEEP_GRADS): f32 gw = dL/dW, gb = dL/db; s8 gw = int32
+ * products dy*(x - zp) with scale 2^gw_exp, gb = int8 dy with 2^gb_exp. */
+int kl_compute_grads(kl_model_t *m, const void *x, int label);
+int kl_apply_grads(kl_model_t *m);
+
+/* Logits of the last forward pass (float* or int8_t*). */
+const void *kl_logits(const kl_model_t *m);
+
+const char *kl_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KILOLEARN_KILOLEARN_H */

@@ -1,0 +1,17 @@
+# The engine's sources, shared by the standalone build (top-level
+# CMakeLists.txt) and the Zephyr module build (CMakeLists.txt beside this).
+set(KL_ENGINE_DIR ${CMAKE_CURRENT_LIST_DIR})
+set(KL_ENGINE_INCLUDE ${KL_ENGINE_DIR}/include)
+set(KL_ENGINE_SOURCES
+  ${KL_ENGINE_DIR}/src/kl_arena.c
+  ${KL_ENGINE_DIR}/src/kl_blob.c
+  ${KL_ENGINE_DIR}/src/kl_crc32.c
+  ${KL_ENGINE_DIR}/src/kl_model.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_quant.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_grad_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_grad_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_softmax_ce_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_softmax_ce_s8.c
+)

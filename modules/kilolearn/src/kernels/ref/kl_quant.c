@@ -1,0 +1,70 @@
+/* int8 quantisation helpers shared by the kernels. */
+#include "kilolearn/kl_kernels.h"
+
+int32_t kl_sat32(int64_t x)
+{
+	if (x > INT32_MAX) {
+		return INT32_MAX;
+	}
+	if (x < INT32_MIN) {
+		return INT32_MIN;
+	}
+	return (int32_t)x;
+}
+
+int32_t kl_rshift_round(int32_t x, int s)
+{
+	if (s <= 0) {
+		return kl_sat32((int64_t)x * ((int64_t)1 << (-s > 32 ? 32 : -s)));
+	}
+	if (s > 31) {
+		return 0;
+	}
+	const int32_t mask = (int32_t)((1u << s) - 1u);
+	const int32_t rem = x & mask;
+	const int32_t threshold = (mask >> 1) + (x < 0);
+	return (x >> s) + (rem > threshold);
+}
+
+int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
+{
+	uint32_t m = 0;
+	for (int i = 0; i < n; i++) {
+		const int32_t v = acc[i];
+		const uint32_t a = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
+		m = a > m ? a : m;
+	}
+	int s = 0;
+	while (m > 127u) {
+		s++;
+		if (((m + (1u << (s - 1))) >> s) <= 127u) {
+			break;
+		}
+	}
+	for (int i = 0; i < n; i++) {
+		out[i] = (int8_t)kl_rshift_round(acc[i], s);
+	}
+	return s;
+}
+
+int kl_argmax_f32(const float *v, int n)
+{
+	int best = 0;
+	for (int i = 1; i < n; i++) {
+		if (v[i] > v[best]) {
+			best = i;
+		}
+	}
+	return best;
+}
+
+int kl_argmax_s8(const int8_t *v, int n)
+{
+	int best = 0;
+	for (int i = 1; i < n; i++) {
+		if (v[i] > v[best]) {
+			best = i;
+		}
+	}
+	return best;
+}

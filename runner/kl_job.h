@@ -1,0 +1,38 @@
+/*
+ * Job images: what the host harness hands a runner (a file on the host, a
+ * memory image loaded by QEMU on the boards). Little-endian, CRC-checked,
+ * version 1. Written by scripts/kilolearn/job.py.
+ */
+#ifndef KL_JOB_H
+#define KL_JOB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KL_JOB_MAGIC       0x424A4C4Bu /* "KLJB" */
+#define KL_JOB_VERSION     1u
+#define KL_JOB_HEADER_SIZE 80u
+
+enum kl_job_cmd { KL_JOB_TRAIN = 1, KL_JOB_GRADS = 2 };
+#define KL_JOB_DUMP_WEIGHTS 0x01u
+
+typedef struct {
+	uint16_t cmd, epochs, flags;
+	float lr, momentum;
+	uint32_t seed, n_steps, arena_size;
+	const uint8_t *blob;
+	uint32_t blob_size;
+	uint32_t n_train, n_test;
+	const uint8_t *train_x, *train_y, *test_x, *test_y;
+	uint32_t total, train_x_off, test_x_off;
+} kl_job_t;
+
+/* Check and decode a job image; sample sizes are checked against
+ * sample_bytes (the model's input size in bytes) by the caller. Returns 0 or
+ * a negative error code (KL_E*). */
+int kl_job_parse(const uint8_t *img, size_t len, kl_job_t *job);
+
+/* Do n_train and n_test samples of sample_bytes each fit in the image? */
+int kl_job_check_samples(const kl_job_t *job, uint32_t sample_bytes);
+
+#endif

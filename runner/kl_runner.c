@@ -1,0 +1,241 @@
+/*
+ * kl_runner: runs one job (train a model on a data set, or dump gradients)
+ * with the kilolearn engine and reports over the port's console. The same
+ * program runs on the host (posix port) and on the QEMU boards (bare-metal
+ * port), so the host harness drives both alike.
+ *
+ * Output: one record per line, "KL <key> <values...>", integers in decimal,
+ * raw tensors as lowercase hex of their little-endian bytes.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "kilolearn/kilolearn.h"
+#include "kl_job.h"
+#include "kl_port.h"
+
+#ifndef KL_RUNNER_ARENA_SIZE
+#define KL_RUNNER_ARENA_SIZE (512u * 1024u)
+#endif
+
+static uint32_t arena_mem[KL_RUNNER_ARENA_SIZE / 4u];
+
+static void out_str(const char *s)
+{
+	kl_port_write(s, strlen(s));
+}
+
+static void out_u64(uint64_t v)
+{
+	char buf[24];
+	int n = 0;
+	do {
+		buf[sizeof(buf) - 1 - n++] = (char)('0' + v % 10u);
+		v /= 10u;
+	} while (v != 0u);
+	kl_port_write(buf + sizeof(buf) - n, (size_t)n);
+}
+
+static void out_int(int64_t v)
+{
+	if (v < 0) {
+		out_str("-");
+		out_u64((uint64_t)(-(v + 1)) + 1u);
+	} else {
+		out_u64((uint64_t)v);
+	}
+}
+
+static void out_kv(const char *key, int64_t v)
+{
+	out_str(" ");
+	out_str(key);
+	out_str(" ");
+	out_int(v);
+}
+
+static void out_hex(const char *name, const void *data, size_t n)
+{
+	static const char digits[] = "0123456789abcdef";
+	const uint8_t *p = data;
+	char buf[64];
+	size_t k = 0;
+	out_str("KL dump ");
+	out_str(name);
+	out_str(" ");
+	for (size_t i = 0; i < n; i++) {
+		buf[k++] = digits[p[i] >> 4];
+		buf[k++] = digits[p[i] & 15u];
+		if (k == sizeof(buf)) {
+			kl_port_write(buf, k);
+			k = 0;
+		}
+	}
+	kl_port_write(buf, k);
+	out_str("\n");
+}
+
+static void dump_name(char *buf, char kind, int layer, const char *suffix)
+{
+	buf[0] = kind;
+	buf[1] = (char)('0' + layer / 10);
+	buf[2] = (char)('0' + layer % 10);
+	strcpy(buf + 3, suffix);
+}
+
+static void dump_layers(const kl_model_t *m, int grads)
+{
+	char name[16];
+	const size_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
+	for (int l = 0; l < m->n_layers; l++) {
+		const kl_layer_t *L = &m->layers[l];
+		const size_t nw = (size_t)L->n_in * L->n_out;
+		if (grads) {
+			if (L->gw == NULL) {
+				continue;
+			}
+			dump_name(name, 'g', l, "w");
+			out_hex(name, L->gw, nw * 4u);
+			dump_name(name, 'g', l, "b");
+			out_hex(name, L->gb, L->n_out * es);
+		} else {
+			dump_name(name, 'w', l, "");
+			out_hex(name, L->w, nw * es);
+			dump_name(name, 'b', l, "");
+			out_hex(name, L->b, L->n_out * 4u);
+		}
+		out_str("KL exps");
+		out_kv("layer", l);
+		out_kv("w", L->w_exp);
+		out_kv("b", L->b_exp);
+		out_kv("y", L->y_exp);
+		out_kv("gw", L->gw_exp);
+		out_kv("gb", L->gb_exp);
+		out_str("\n");
+	}
+}
+
+static int fail(const char *what, int err)
+{
+	out_str("KL error ");
+	out_str(what);
+	out_kv("code", err);
+	out_str(" ");
+	out_str(kl_strerror(err));
+	out_str("\n");
+	return 1;
+}
+
+static int evaluate(kl_model_t *m, const kl_job_t *job, uint32_t sb, uint64_t *insn)
+{
+	int correct = 0;
+	const uint64_t t0 = kl_port_insn();
+	for (uint32_t i = 0; i < job->n_test; i++) {
+		correct += kl_predict(m, job->test_x + (size_t)i * sb) == job->test_y[i];
+	}
+	*insn = kl_port_insn() - t0;
+	return correct;
+}
+
+static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
+{
+	for (uint32_t e = 1; e <= job->epochs; e++) {
+		int correct = 0;
+		const uint64_t t0 = kl_port_insn();
+		for (uint32_t i = 0; i < job->n_train; i++) {
+			const int r = kl_train_step(m, job->train_x + (size_t)i * sb,
+						    job->train_y[i]);
+			if (r < 0) {
+				return fail("train_step", r);
+			}
+			correct += r == job->train_y[i];
+		}
+		const uint64_t train_insn = kl_port_insn() - t0;
+		uint64_t eval_insn = 0;
+		const int test_correct = evaluate(m, job, sb, &eval_insn);
+		out_str("KL epoch");
+		out_kv("n", e);
+		out_kv("train_correct", correct);
+		out_kv("n_train", job->n_train);
+		out_kv("test_correct", test_correct);
+		out_kv("n_test", job->n_test);
+		out_kv("train_insn", (int64_t)train_insn);
+		out_kv("eval_insn", (int64_t)eval_insn);
+		out_str("\n");
+	}
+	return 0;
+}
+
+static int run_grads(kl_model_t *m, const kl_job_t *job, uint32_t sb)
+{
+	const size_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
+	for (uint32_t s = 0; s < job->n_steps && s < job->n_train; s++) {
+		const int r = kl_compute_grads(m, job->train_x + (size_t)s * sb, job->train_y[s]);
+		if (r < 0) {
+			return fail("compute_grads", r);
+		}
+		out_str("KL step");
+		out_kv("n", s);
+		out_kv("pred", r);
+		out_kv("dlogits_exp", m->logits_grad_exp);
+		out_str("\n");
+		out_hex("logits", kl_logits(m), m->n_classes * es);
+		dump_layers(m, 1);
+		const int err = kl_apply_grads(m);
+		if (err < 0) {
+			return fail("apply_grads", err);
+		}
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (kl_port_init(argc, argv) != 0) {
+		return fail("port_init", KL_EINVAL);
+	}
+	size_t len = 0;
+	const uint8_t *img = kl_port_job(&len);
+	kl_job_t job;
+	int err = kl_job_parse(img, len, &job);
+	if (err != KL_OK) {
+		return fail("job", err);
+	}
+	if (job.arena_size == 0u || job.arena_size > sizeof(arena_mem)) {
+		job.arena_size = sizeof(arena_mem);
+	}
+	kl_arena_t arena;
+	kl_arena_init(&arena, arena_mem, job.arena_size);
+	const kl_train_cfg_t cfg = {
+		.lr = job.lr,
+		.momentum = job.momentum,
+		.seed = job.seed,
+		.flags = job.cmd == KL_JOB_GRADS ? KL_CFG_KEEP_GRADS : 0u,
+	};
+	static kl_model_t model;
+	err = kl_model_init(&model, job.blob, job.blob_size, &arena, &cfg);
+	if (err != KL_OK) {
+		return fail("model", err);
+	}
+	const uint32_t sb = model.n_inputs * (model.dtype == KL_DTYPE_S8 ? 1u : 4u);
+	err = kl_job_check_samples(&job, sb);
+	if (err != KL_OK) {
+		return fail("job samples", err);
+	}
+	out_str("KL model");
+	out_kv("dtype", model.dtype);
+	out_kv("layers", model.n_layers);
+	out_kv("arena", (int64_t)arena.used);
+	out_kv("counter", kl_port_has_counter());
+	out_str("\n");
+	int rc = job.cmd == KL_JOB_TRAIN ? run_train(&model, &job, sb)
+					 : run_grads(&model, &job, sb);
+	if (rc == 0 && (job.flags & KL_JOB_DUMP_WEIGHTS)) {
+		dump_layers(&model, 0);
+	}
+	out_str("KL done");
+	out_kv("arena_peak", (int64_t)arena.peak);
+	out_kv("rc", rc);
+	out_str("\n");
+	return rc;
+}

@@ -1,0 +1,92 @@
+"""Job images for the C runner (runner/kl_job.h) and parsing of its report.
+
+A job carries a model blob, a data set already in the model's input type and the training
+settings. The same image runs on the host (a file) and on a QEMU board (loaded into memory).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAGIC = b"KLJB"
+VERSION = 1
+HEADER_SIZE = 80
+CMD_TRAIN, CMD_GRADS = 1, 2
+FLAG_DUMP_WEIGHTS = 0x01
+
+
+def build(blob: bytes, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | None = None,
+          y_test: np.ndarray | None = None, *, cmd: int = CMD_TRAIN, lr: float = 0.05,
+          momentum: float = 0.0, seed: int = 1, epochs: int = 1, n_steps: int = 0,
+          dump_weights: bool = False, arena_size: int = 0) -> bytes:
+    """x arrays must already have the model's input dtype (float32 or int8)."""
+    if x_test is None or y_test is None:
+        x_test, y_test = x_train[:0], y_train[:0]
+    parts: list[bytes] = []
+    off = HEADER_SIZE
+
+    def place(b: bytes) -> int:
+        nonlocal off
+        start = off
+        pad = b"\0" * (-len(b) % 4)
+        parts.append(b + pad)
+        off += len(b) + len(pad)
+        return start
+
+    blob_off = place(blob)
+    trx = place(np.ascontiguousarray(x_train).tobytes())
+    try_ = place(np.asarray(y_train, np.uint8).tobytes())
+    tex = place(np.ascontiguousarray(x_test).tobytes())
+    tey = place(np.asarray(y_test, np.uint8).tobytes())
+    body = struct.pack("<ffIHHIIIIIIIIIII4x", lr, momentum, seed & 0xFFFFFFFF, epochs,
+                       FLAG_DUMP_WEIGHTS if dump_weights else 0, blob_off, len(blob),
+                       len(y_train), trx, try_, len(y_test), tex, tey, n_steps, arena_size,
+                       0) + b"".join(parts)
+    total = 16 + len(body)
+    crc = zlib.crc32(body) & 0xFFFFFFFF
+    img = MAGIC + struct.pack("<HHII", VERSION, cmd, total, crc) + body
+    assert len(img) == total
+    return img
+
+
+@dataclass
+class Report:
+    """What a runner printed: records by key, tensor dumps by name."""
+
+    records: dict[str, list[dict[str, int]]] = field(default_factory=dict)
+    dumps: dict[str, list[bytes]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    text: str = ""
+
+    def one(self, key: str) -> dict[str, int]:
+        return self.records[key][-1]
+
+    def dump(self, name: str, dtype: str, index: int = -1) -> np.ndarray:
+        return np.frombuffer(self.dumps[name][index], dtype)
+
+
+def parse(text: str) -> Report:
+    rep = Report(text=text)
+    for line in text.splitlines():
+        if not line.startswith("KL "):
+            continue
+        parts = line.split()
+        key = parts[1]
+        if key == "dump":
+            rep.dumps.setdefault(parts[2], []).append(bytes.fromhex(parts[3] if len(parts) > 3
+                                                                    else ""))
+        elif key == "error":
+            rep.errors.append(line[len("KL error "):])
+        else:
+            rec: dict[str, int] = {}
+            for k, v in zip(parts[2::2], parts[3::2], strict=False):
+                try:
+                    rec[k] = int(v)
+                except ValueError:
+                    pass
+            rep.records.setdefault(key, []).append(rec)
+    return rep
