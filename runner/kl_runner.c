@@ -90,15 +90,12 @@ static void dump_layers(const kl_model_t *m, int grads)
 	for (int l = 0; l < m->n_layers; l++) {
 		const kl_layer_t *L = &m->layers[l];
 		const size_t nw = (size_t)L->n_in * L->n_out;
-		if (grads) {
-			if (L->gw == NULL) {
-				continue;
-			}
+		if (grads && L->gw != NULL) {
 			dump_name(name, 'g', l, "w");
 			out_hex(name, L->gw, nw * 4u);
 			dump_name(name, 'g', l, "b");
 			out_hex(name, L->gb, L->n_out * es);
-		} else {
+		} else if (!grads) {
 			dump_name(name, 'w', l, "");
 			out_hex(name, L->w, nw * es);
 			dump_name(name, 'b', l, "");

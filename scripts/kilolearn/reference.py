@@ -153,6 +153,17 @@ def quantize_model(layers: list[FusedDense], params: Params, calib: np.ndarray) 
     return QModel(out, ex, zx, lut_exp, q.softmax_lut(lut_exp))
 
 
+EXP_MAX = 30  # largest exponent the blob format allows
+
+
+@dataclass
+class QGrad:
+    gw: np.ndarray
+    gw_exp: int
+    gb: np.ndarray
+    gb_exp: int
+
+
 @dataclass
 class QForward:
     acts: list[np.ndarray]  # int8 activations (int64 arrays): input, then each layer's output
@@ -201,46 +212,50 @@ class S8Trainer:
         return q.quantize_grad(g, -15)
 
     # backward + update ---------------------------------------------------------------------
-    def step(self, xq: np.ndarray, label: int) -> dict:
-        """One SGD step; returns the intermediate integers for comparison with the device."""
+    def grads(self, xq: np.ndarray, label: int) -> list[QGrad | None]:
+        """Forward + backward of one sample; per layer the kept gradients (None if frozen):
+        gw = dy (x - zp) as int32 with exponent ey + ex, gb = int8 dy with exponent ey."""
         m = self.m
-        fw = self.forward(xq)
+        fw = self._fw = self.forward(xq)
         dy, ey = self.logits_grad(fw.acts[-1], label)
-        trace: dict = {"logits": fw.acts[-1].copy(), "dlogits": dy.copy(), "dlogits_exp": ey}
-        for i in range(len(m.layers) - 1, -1, -1):
+        self.logits_grad_exp = ey
+        first = next((i for i, L in enumerate(m.layers) if L.spec.trainable), len(m.layers))
+        out: list[QGrad | None] = [None] * len(m.layers)
+        for i in range(len(m.layers) - 1, first - 1, -1):
             L = m.layers[i]
             x, xe, xz = fw.acts[i], fw.exps[i], fw.zps[i]
             if L.spec.relu:
                 dy = np.where(fw.acts[i + 1] > L.zy, dy, 0)
-            dx = dxe = None
-            if i > 0 and any(Lp.spec.trainable for Lp in m.layers[:i]):
+            if L.spec.trainable:
+                out[i] = QGrad(np.outer(dy, x - xz), ey + xe, dy.copy(), ey)
+            if i > first:
                 acc = L.w.T @ dy
                 prev = m.layers[i - 1]
                 if prev.spec.relu:  # mask before choosing the scale: finer gradients
                     acc = np.where(fw.acts[i] > prev.zy, acc, 0)
-                dx, dxe = q.quantize_grad(acc, L.ew + ey)
-            if L.spec.trainable:
-                self._update(L, dy, ey, x - xz, xe)
-            trace[f"dy{i}"] = dy.copy()
-            trace[f"dy{i}_exp"] = ey
-            if dx is None:
-                break
-            dy, ey = dx, dxe
-        for L, sat in zip(m.layers, fw.sat, strict=True):
-            if sat:
-                L.ey += 1
-        return trace
+                dy, ey = q.quantize_grad(acc, L.ew + ey)
+        return out
 
-    def _update(self, L: QLayer, dy: np.ndarray, ey: int, xc: np.ndarray, xe: int) -> None:
-        n = L.w.size
-        c = dy * self.lr_q  # per output row
-        sh = L.ew + q.LR_FRAC_BITS - ey - xe
-        v = np.outer(c, xc)
-        delta = q.stochastic_shift(v, sh, q.weyl_offsets(self.dither, n).reshape(L.w.shape))
-        self.dither = q.weyl_advance(self.dither, n)
-        L.w = np.clip(L.w - delta, -127, 127)
-        db = q.rshift_round(c, L.eb + q.LR_FRAC_BITS - ey)
-        L.b = np.clip(L.b - db, q.INT32_MIN, q.INT32_MAX)
+    def apply(self, grads: list[QGrad | None]) -> None:
+        """SGD update from grads(), last layer first (the order of the update dither), then
+        the delayed range adaptation of saturated outputs."""
+        for L, g in zip(reversed(self.m.layers), reversed(grads), strict=True):
+            if g is None:
+                continue
+            n = L.w.size
+            sh = L.ew + q.LR_FRAC_BITS - g.gw_exp
+            dither = q.weyl_offsets(self.dither, n).reshape(L.w.shape)
+            L.w = np.clip(L.w - q.stochastic_shift(g.gw * self.lr_q, sh, dither), -127, 127)
+            self.dither = q.weyl_advance(self.dither, n)
+            db = q.rshift_round(g.gb * self.lr_q, L.eb + q.LR_FRAC_BITS - g.gb_exp)
+            L.b = np.clip(L.b - db, q.INT32_MIN, q.INT32_MAX)
+        for L, sat in zip(self.m.layers, self._fw.sat, strict=True):
+            if sat and L.ey < EXP_MAX:
+                L.ey += 1
+
+    def step(self, xq: np.ndarray, label: int) -> None:
+        """One SGD step (the engine's fused kl_train_step computes the same integers)."""
+        self.apply(self.grads(xq, label))
 
     def predict(self, xq: np.ndarray) -> np.ndarray:
         """Batched inference (same integers as forward())."""
