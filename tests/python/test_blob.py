@@ -11,7 +11,8 @@ import zlib
 import numpy as np
 import pytest
 
-from kilolearn import build, export, job, model, reference as R, runner
+from kilolearn import build, export, job, model, runner
+from kilolearn import reference as R
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import HOST_TARGETS, QEMU_BOARDS, require_target, split_target
 
-from kilolearn import export, job, model, reference as R, runner
+from kilolearn import export, job, model, runner
+from kilolearn import reference as R
 
 TARGETS = HOST_TARGETS + QEMU_BOARDS
 SHAPES = [  # (layer sizes, trainable flags)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kilolearn import model, reference as R
+from kilolearn import model
+from kilolearn import reference as R
 
 
 def loss64(layers, params, x, label):

@@ -1,0 +1,47 @@
+/* kilolearn port for Zephyr: console through printk, cycle counter from the
+ * kernel's hardware cycle counter, exit through sys_reboot-free return. */
+#include <zephyr/kernel.h>
+#include <zephyr/logging/log.h>
+#include <zephyr/sys/printk.h>
+
+#include "kl_port.h"
+
+LOG_MODULE_REGISTER(kilolearn, CONFIG_KILOLEARN_LOG_LEVEL);
+
+int kl_port_init(int argc, char **argv)
+{
+	ARG_UNUSED(argc);
+	ARG_UNUSED(argv);
+	LOG_DBG("kilolearn port up");
+	return 0;
+}
+
+void kl_port_write(const char *buf, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		printk("%c", buf[i]);
+	}
+}
+
+uint64_t kl_port_insn(void)
+{
+	/* Cycles, not retired instructions: on hardware that is what there is. */
+	return k_cycle_get_64();
+}
+
+int kl_port_has_counter(void)
+{
+	return IS_ENABLED(CONFIG_TIMER_HAS_64BIT_CYCLE_COUNTER);
+}
+
+const uint8_t *kl_port_job(size_t *len)
+{
+	*len = 0;
+	return NULL;
+}
+
+void kl_port_exit(int code)
+{
+	LOG_INF("exit %d", code);
+	k_sleep(K_FOREVER);
+}

@@ -1,0 +1,152 @@
+"""``kilolearn`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from . import build, export, model, reference
+from . import data as datasets
+
+BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505"]
+CPU = {"mps2-an385": "Cortex-M3", "mps2-an386": "Cortex-M4F", "mps2-an500": "Cortex-M7",
+       "mps2-an505": "Cortex-M33", "host": "host"}
+
+
+def _fmt_insn(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from . import train
+
+    dtypes = list(train.DTYPES) if a.dtype == "both" else [a.dtype]
+    ds = datasets.load(a.data)
+    print(f"kilolearn: {a.data} ({len(ds.y_train)} train / {len(ds.y_test)} test), MLP "
+          f"{ds.x_train.shape[1]}-{a.hidden}-{ds.n_classes}, SGD lr {a.lr}, batch 1, "
+          f"{a.epochs} epochs on {a.board} ({CPU.get(a.board, a.board)})", flush=True)
+    results = []
+    for dt in dtypes:
+        print(f"  training {dt} on the device and in the numpy reference ...", flush=True)
+        results.append(train.run(a.board, dt, epochs=a.epochs, lr=a.lr, seed=a.seed, ds=ds,
+                                 sizes=[ds.x_train.shape[1], a.hidden, ds.n_classes]))
+    rows = [[r.dtype, f"{100 * r.device_acc[-1]:.2f} %", f"{100 * r.reference_acc:.2f} %",
+             _fmt_insn(r.insn_per_train_sample), _fmt_insn(r.insn_per_inference),
+             f"{r.arena_bytes:,}", f"{r.blob_bytes:,}"] for r in results]
+    print(tabulate(rows, headers=["dtype", "device test acc", "numpy reference",
+                                  "insn/train sample", "insn/inference", "arena bytes",
+                                  "blob bytes"]))
+    if a.json:
+        Path(a.json).write_text(json.dumps([r.as_dict() for r in results], indent=2))
+        print(f"results written to {a.json}")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from . import train
+
+    ds = datasets.digits()
+    rows, out = [], []
+    for board in a.boards:
+        for dt in train.DTYPES:
+            r = train.run(board, dt, epochs=1, lr=0.05, ds=ds, with_reference=False)
+            out.append(r.as_dict())
+            rows.append([board, CPU[board], dt, _fmt_insn(r.insn_per_train_sample),
+                         _fmt_insn(r.insn_per_inference), f"{r.arena_bytes:,}"])
+    print("64-32-10 MLP on sklearn digits, batch 1, one epoch (1,200 samples), QEMU -icount "
+          "shift=0 (retired instructions, +-40 per timed region)")
+    print(tabulate(rows, headers=["board", "cpu", "dtype", "insn/train sample",
+                                  "insn/inference", "arena bytes"]))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    sizes = [int(s) for s in a.sizes.split("-")]
+    m = model.mlp(sizes)
+    p = m.init(a.seed)
+    if a.dtype == "f32":
+        blob = export.export_f32(m.fused, p)
+    else:
+        ds = datasets.digits()
+        if ds.x_train.shape[1] != sizes[0]:
+            print("int8 export calibrates on digits: the input must have 64 features",
+                  file=sys.stderr)
+            return 2
+        blob = export.export_s8(reference.quantize_model(m.fused, p, ds.x_train[:200]))
+    Path(a.output).write_bytes(blob)
+    print(f"wrote {a.output}: {len(blob):,} bytes, {a.dtype}, layers {a.sizes}")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    try:
+        b = export.read(Path(a.blob).read_bytes())
+    except export.BlobError as e:
+        print(f"{a.blob}: {e}", file=sys.stderr)
+        return 1
+    print(f"{a.blob}: kilolearn blob, format {export.VERSION[0]}.x, "
+          f"{'float32' if b.dtype == export.DTYPE_F32 else 'int8'}")
+    rows = [[i, "dense", f.n_in, f.n_out, "relu" if f.relu else "-", f.trainable]
+            for i, f in enumerate(b.layers)]
+    print(tabulate(rows, headers=["layer", "op", "in", "out", "act", "trainable"]))
+    return 0
+
+
+def cmd_build(a: argparse.Namespace) -> int:
+    exe = build.build(a.board, sanitize=a.sanitize, quiet=False)
+    print(exe)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="kilolearn", description="on-device training for MCUs")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a model on a board beside the numpy reference")
+    t.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host"])
+    t.add_argument("--dtype", default="both", choices=["f32", "s8", "both"])
+    t.add_argument("--data", default="digits")
+    t.add_argument("--hidden", type=int, default=32)
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--json", help="write the results as JSON to this file")
+    t.set_defaults(fn=cmd_train)
+
+    b = sub.add_parser("bench", help="instructions per training sample on emulated boards")
+    b.add_argument("--boards", nargs="+", default=BOARDS, choices=BOARDS)
+    b.add_argument("--json")
+    b.set_defaults(fn=cmd_bench)
+
+    e = sub.add_parser("export", help="export a freshly initialised MLP to a .klm blob")
+    e.add_argument("output")
+    e.add_argument("--sizes", default="64-32-10")
+    e.add_argument("--dtype", default="f32", choices=["f32", "s8"])
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(fn=cmd_export)
+
+    i = sub.add_parser("info", help="check a .klm blob and list its layers")
+    i.add_argument("blob")
+    i.set_defaults(fn=cmd_info)
+
+    c = sub.add_parser("build", help="build the runner for the host or a board")
+    c.add_argument("--board", default="host", choices=BOARDS + ["host"])
+    c.add_argument("--sanitize", action="store_true")
+    c.set_defaults(fn=cmd_build)
+
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except (build.BuildError, RuntimeError, ValueError) as err:
+        print(f"kilolearn {a.cmd}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

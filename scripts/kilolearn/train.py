@@ -1,0 +1,78 @@
+"""Train a model on a board (emulated or host) and beside it in the numpy reference.
+
+This is what ``kilolearn train`` and ``kilolearn bench`` run: the same job goes to the device,
+the reference trains the same model on the same data, and the two are reported side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import data as datasets
+from . import export, job, model, reference, runner
+
+DTYPES = ("f32", "s8")
+CALIBRATION_SAMPLES = 200
+
+
+@dataclass
+class Result:
+    board: str
+    dtype: str
+    epochs: int
+    device_acc: list[float]  # test accuracy after each epoch
+    reference_acc: float  # numpy reference, after the last epoch
+    insn_per_train_sample: float | None  # None where the target has no counter
+    insn_per_inference: float | None
+    arena_bytes: int
+    blob_bytes: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare(dtype: str, sizes: list[int], ds: datasets.Dataset, seed: int):
+    """(blob, train x, test x, numpy trainer factory) for one dtype."""
+    m = model.mlp(sizes)
+    p = m.init(seed)
+    if dtype == "f32":
+        return (export.export_f32(m.fused, p), ds.x_train, ds.x_test,
+                lambda lr: reference.F32Trainer(m.fused, p, lr=lr), m)
+    qm = reference.quantize_model(m.fused, p, ds.x_train[:CALIBRATION_SAMPLES])
+    return (export.export_s8(qm), qm.quantize_input(ds.x_train), qm.quantize_input(ds.x_test),
+            lambda lr: reference.S8Trainer(qm, lr=lr, seed=seed + 1), m)
+
+
+def run(board: str, dtype: str, *, epochs: int = 20, lr: float = 0.05, seed: int = 0,
+        sizes: list[int] | None = None, ds: datasets.Dataset | None = None,
+        with_reference: bool = True, timeout: float = 1800.0) -> Result:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}")
+    ds = ds or datasets.digits()
+    sizes = sizes or [ds.x_train.shape[1], 32, ds.n_classes]
+    blob, xtr, xte, make_ref, _ = prepare(dtype, sizes, ds, seed)
+    img = job.build(blob, xtr, ds.y_train, xte, ds.y_test, lr=lr, epochs=epochs,
+                    seed=seed + 1)
+    rep = runner.run_job(img, board, timeout=timeout)
+    eps = rep.records["epoch"]
+    counter = bool(rep.one("model").get("counter"))
+    ref_acc = float("nan")
+    if with_reference:
+        tr = make_ref(lr)
+        for _ in range(epochs):
+            for i in range(len(xtr)):
+                tr.step(xtr[i], int(ds.y_train[i]))
+        ref_acc = float((tr.predict(xte) == ds.y_test).mean())
+    last = eps[-1]
+    return Result(
+        board=board, dtype=dtype, epochs=epochs,
+        device_acc=[e["test_correct"] / e["n_test"] for e in eps],
+        reference_acc=ref_acc,
+        insn_per_train_sample=(float(np.mean([e["train_insn"] / e["n_train"] for e in eps]))
+                               if counter else None),
+        insn_per_inference=(last["eval_insn"] / last["n_test"]) if counter else None,
+        arena_bytes=rep.one("done")["arena_peak"],
+        blob_bytes=len(blob),
+    )
