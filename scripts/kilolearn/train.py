@@ -24,7 +24,8 @@ class Result:
     epochs: int
     device_acc: list[float]  # test accuracy after each epoch
     reference_acc: float  # numpy reference, after the last epoch
-    insn_per_train_sample: float | None  # None where the target has no counter
+    insn_per_train_sample: float | None  # mean over the epochs; None without a counter
+    insn_first_epoch: float | None  # per sample in epoch 1 (densest gradients)
     insn_per_inference: float | None
     arena_bytes: int
     blob_bytes: int
@@ -72,6 +73,7 @@ def run(board: str, dtype: str, *, epochs: int = 20, lr: float = 0.05, seed: int
         reference_acc=ref_acc,
         insn_per_train_sample=(float(np.mean([e["train_insn"] / e["n_train"] for e in eps]))
                                if counter else None),
+        insn_first_epoch=(eps[0]["train_insn"] / eps[0]["n_train"]) if counter else None,
         insn_per_inference=(last["eval_insn"] / last["n_test"]) if counter else None,
         arena_bytes=rep.one("done")["arena_peak"],
         blob_bytes=len(blob),

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# kilolearn quick start. Each command installs what it needs first (apt + a
+# Python venv in .venv), so both work on a fresh Debian 12 / Ubuntu 24.04:
+#
+#   ./run.sh main   train the digits MLP on the emulated Cortex-M4 (QEMU
+#                   mps2-an386), float32 and int8, beside the numpy reference;
+#                   prints accuracy, instructions per sample and arena bytes
+#   ./run.sh test   run the whole test suite (lint, host + ASan/UBSan, QEMU
+#                   M3/M4/M7/M33)
+#
+# Extra arguments go to `kilolearn train` (main) or pytest (test).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build
+              gcc libc6-dev python3 python3-venv python3-pip)
+
+install_system() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "run.sh: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_python() {
+  local py=${PYTHON:-python3}
+  if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "run.sh: kilolearn needs Python >= 3.11 ($py is $("$py" --version 2>&1))" >&2
+    exit 1
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv .venv
+  fi
+  if ! .venv/bin/python -c 'import kilolearn, pytest, ruff' 2>/dev/null \
+     || [ pyproject.toml -nt .venv/.installed ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e '.[test,plot]'
+    touch .venv/.installed
+  fi
+}
+
+cmd=${1:-main}
+shift || true
+case "$cmd" in
+  main)
+    install_system
+    install_python
+    exec .venv/bin/kilolearn train "$@"
+    ;;
+  test)
+    install_system
+    install_python
+    .venv/bin/ruff check scripts tests
+    exec .venv/bin/python -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh main|test [args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,24 @@
+"""The main job's claim: the 64-32-10 MLP learns sklearn digits on the emulated Cortex-M4,
+float32 >= 90 % and int8 FQT >= 88 % test accuracy, and the numpy reference gets the same."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import require_target
+
+from kilolearn import train
+
+
+@pytest.mark.parametrize("dtype,floor", [("f32", 0.90), ("s8", 0.88)])
+def test_digits_mlp_learns_on_emulated_m4(dtype, floor, digits):
+    require_target("mps2-an386")
+    r = train.run("mps2-an386", dtype, epochs=20, lr=0.05, ds=digits)
+    assert r.device_acc[-1] >= floor
+    assert r.reference_acc >= floor
+    assert r.device_acc[0] < r.device_acc[-1]  # it learned over the epochs
+    if dtype == "s8":  # bit-exact: the very same predictions
+        assert r.device_acc[-1] == r.reference_acc
+    else:  # float32 sums in another order (and fused multiply-adds on the M4F)
+        assert abs(r.device_acc[-1] - r.reference_acc) <= 0.01
+    assert r.insn_per_train_sample is not None and r.insn_per_train_sample > 1000
+    assert r.arena_bytes <= (12 * 1024 if dtype == "f32" else 4 * 1024)
