@@ -245,7 +245,8 @@ class S8Trainer:
             n = L.w.size
             sh = L.ew + q.LR_FRAC_BITS - g.gw_exp
             dither = q.weyl_offsets(self.dither, n).reshape(L.w.shape)
-            L.w = np.clip(L.w - q.stochastic_shift(g.gw * self.lr_q, sh, dither), -127, 127)
+            step = np.clip(q.stochastic_shift(g.gw * self.lr_q, sh, dither), -128, 127)
+            L.w = np.clip(L.w - step, -127, 127)
             self.dither = q.weyl_advance(self.dither, n)
             db = q.rshift_round(g.gb * self.lr_q, L.eb + q.LR_FRAC_BITS - g.gb_exp)
             L.b = np.clip(L.b - db, q.INT32_MIN, q.INT32_MAX)

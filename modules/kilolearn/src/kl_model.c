@@ -135,7 +135,7 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		}
 	}
 	if (s8) {
-		m->acc = kl_arena_alloc(arena, widest * 4u, 4u);
+		m->acc = kl_arena_alloc(arena, widest * 4u + 8u, 4u);
 		if (m->acc == NULL) {
 			return KL_ENOMEM;
 		}
@@ -175,7 +175,7 @@ static int forward(kl_model_t *m, const void *x)
 			L->sat = (uint8_t)kl_fully_connected_s8(
 				layer_input(m, l), layer_input_zp(m, l), L->w, L->b,
 				xe + L->w_exp - L->b_exp, L->y_exp - xe - L->w_exp, L->y_zp, relu,
-				L->y, L->n_in, L->n_out);
+				L->y, L->n_in, L->n_out, (int16_t *)(void *)m->acc);
 		}
 	}
 	const kl_layer_t *out = &m->layers[m->n_layers - 1];
@@ -273,7 +273,7 @@ static int backward(kl_model_t *m, int label, int keep)
 				kl_fully_connected_sgd_s8(L->w, L->b, g, x, xz, m->lr_q,
 							  L->w_exp + KL_LR_FRAC_BITS - ey - xe,
 							  L->b_exp + KL_LR_FRAC_BITS - ey, &m->dither,
-							  L->n_in, L->n_out);
+							  L->n_in, L->n_out, (int16_t *)(void *)m->acc);
 			}
 			ey = ex;
 		}

@@ -19,9 +19,76 @@ extern "C" {
 #define KL_LR_FRAC_BITS 12
 #define KL_WEYL         0x9E3779B9u
 
-/* ---- quantisation helpers (src/kernels/ref/kl_quant.c) ----------------- */
-int32_t kl_rshift_round(int32_t x, int s); /* s <= 0: left shift, saturating */
-int32_t kl_sat32(int64_t x);
+/* Backend selection: the dsp kernels (own ACLE-intrinsic code) where the
+ * core has the DSP extension, unless KL_KERNELS_FORCE_REF is defined. The
+ * ref kernels are always built: they are the semantics. */
+#if defined(__ARM_FEATURE_DSP) && !defined(KL_KERNELS_FORCE_REF)
+#define KL_KERNELS_DSP 1
+#else
+#define KL_KERNELS_DSP 0
+#endif
+
+/* ---- quantisation helpers ------------------------------------------------ */
+static inline int32_t kl_sat32(int64_t x)
+{
+	return x > INT32_MAX ? INT32_MAX : (x < INT32_MIN ? INT32_MIN : (int32_t)x);
+}
+
+/* x / 2^s rounded half away from zero (gemmlowp RoundingDivideByPOT);
+ * s <= 0 shifts left, saturating. */
+static inline int32_t kl_rshift_round(int32_t x, int s)
+{
+	if (s <= 0) {
+		return kl_sat32((int64_t)x * ((int64_t)1 << (-s > 32 ? 32 : -s)));
+	}
+	if (s > 31) {
+		return 0;
+	}
+	const int32_t mask = (int32_t)((1u << s) - 1u);
+	const int32_t rem = x & mask;
+	const int32_t threshold = (mask >> 1) + (x < 0);
+	return (x >> s) + (rem > threshold);
+}
+
+/* Requantise an int8 layer output; sets *sat when it clamps (see
+ * docs/int8-training.md). */
+static inline int8_t kl_requant_out_s8(int32_t dot, int32_t bias, int b_shift, int y_shift,
+				       int32_t y_zp, int relu, int *sat)
+{
+	const int32_t acc = kl_sat32((int64_t)dot + kl_rshift_round(bias, b_shift));
+	int32_t r = kl_rshift_round(acc, y_shift);
+	const int32_t hi = 127 - y_zp;
+	const int32_t lo = relu ? 0 : -128 - y_zp;
+	if (r > hi) {
+		r = hi;
+		*sat = 1;
+	} else if (r < lo) {
+		*sat |= !relu;
+		r = lo;
+	}
+	return (int8_t)(r + y_zp);
+}
+
+/* floor((v + top sh bits of the dither d) / 2^sh), sh limited to [1, 30] */
+static inline int32_t kl_stochastic_shift(int32_t v, int sh, uint32_t d)
+{
+	if (sh > 30) {
+		v >>= (sh - 30 > 31 ? 31 : sh - 30);
+		sh = 30;
+	} else if (sh < 1) {
+		sh = 1;
+	}
+	return (v + (int32_t)(d >> (32 - sh))) >> sh;
+}
+
+/* the update of one weight: the step saturated to int8, the result clamped
+ * to the symmetric weight range [-127, 127] */
+static inline int8_t kl_sub_clamp_w(int8_t w, int32_t delta)
+{
+	delta = delta > 127 ? 127 : (delta < -128 ? -128 : delta);
+	const int32_t r = (int32_t)w - delta;
+	return (int8_t)(r > 127 ? 127 : (r < -127 ? -127 : r));
+}
 /* Smallest s >= 0 bringing max|acc| into int8 range; writes int8 values. */
 int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n);
 
@@ -42,10 +109,14 @@ void kl_sgd_f32(float *p, float *v, const float *g, float lr, float mu, int n);
 
 /* ---- fully connected, int8 ---------------------------------------------- */
 /* y = act(rshift(W (x - x_zp) + rshift(b, b_shift), y_shift)) + y_zp.
- * Returns 1 if an output saturated, else 0. */
-int kl_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,
-			  int b_shift, int y_shift, int32_t y_zp, int relu, int8_t *y, int n_in,
-			  int n_out);
+ * Returns 1 if an output saturated, else 0. scratch: 2 * n_in + 8 bytes,
+ * 4-aligned (used by the dsp backend). */
+#define KL_FC_S8_ARGS                                                                             \
+	const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b, int b_shift,            \
+		int y_shift, int32_t y_zp, int relu, int8_t *y, int n_in, int n_out,              \
+		int16_t *scratch
+int kl_ref_fully_connected_s8(KL_FC_S8_ARGS);
+int kl_dsp_fully_connected_s8(KL_FC_S8_ARGS);
 /* acc = W^T dy, masked where mask[j] <= mask_zp (mask may be NULL), then
  * quantised to int8 dx; returns the added exponent s. */
 int kl_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, const int8_t *mask,
@@ -55,14 +126,24 @@ int kl_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, cons
 void kl_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
 				int n_in, int n_out);
 /* Fused update: w -= floor((dy_i*lr_q*(x_j - x_zp) + dither) >> w_shift),
- * b -= rshift(dy_i*lr_q, b_shift). Returns the number of weights clamped. */
-int kl_fully_connected_sgd_s8(int8_t *w, int32_t *b, const int8_t *dy, const int8_t *x,
-			      int32_t x_zp, int32_t lr_q, int w_shift, int b_shift,
-			      uint32_t *dither, int n_in, int n_out);
+ * b -= rshift(dy_i*lr_q, b_shift). scratch as for the forward kernel. */
+#define KL_FC_SGD_S8_ARGS                                                                         \
+	int8_t *w, int32_t *b, const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t lr_q,     \
+		int w_shift, int b_shift, uint32_t *dither, int n_in, int n_out, int16_t *scratch
+void kl_ref_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
+void kl_dsp_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 /* The same update from kept gradients (bit-identical to the fused one). */
-int kl_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift, uint32_t *dither,
-		      int n);
+void kl_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
+		       uint32_t *dither, int n);
 void kl_sgd_bias_s8(int32_t *b, const int8_t *gb, int32_t lr_q, int b_shift, int n);
+
+#if KL_KERNELS_DSP
+#define kl_fully_connected_s8     kl_dsp_fully_connected_s8
+#define kl_fully_connected_sgd_s8 kl_dsp_fully_connected_sgd_s8
+#else
+#define kl_fully_connected_s8     kl_ref_fully_connected_s8
+#define kl_fully_connected_sgd_s8 kl_ref_fully_connected_sgd_s8
+#endif
 
 /* ---- softmax cross-entropy ------------------------------------------------ */
 /* dy = softmax(z) - onehot(label); returns the loss. */

@@ -1,31 +1,6 @@
 /* int8 quantisation helpers shared by the kernels. */
 #include "kilolearn/kl_kernels.h"
 
-int32_t kl_sat32(int64_t x)
-{
-	if (x > INT32_MAX) {
-		return INT32_MAX;
-	}
-	if (x < INT32_MIN) {
-		return INT32_MIN;
-	}
-	return (int32_t)x;
-}
-
-int32_t kl_rshift_round(int32_t x, int s)
-{
-	if (s <= 0) {
-		return kl_sat32((int64_t)x * ((int64_t)1 << (-s > 32 ? 32 : -s)));
-	}
-	if (s > 31) {
-		return 0;
-	}
-	const int32_t mask = (int32_t)((1u << s) - 1u);
-	const int32_t rem = x & mask;
-	const int32_t threshold = (mask >> 1) + (x < 0);
-	return (x >> s) + (rem > threshold);
-}
-
 int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
 {
 	uint32_t m = 0;
