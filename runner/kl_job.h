@@ -15,6 +15,7 @@
 
 enum kl_job_cmd { KL_JOB_TRAIN = 1, KL_JOB_GRADS = 2 };
 #define KL_JOB_DUMP_WEIGHTS 0x01u
+#define KL_JOB_PROFILE      0x02u /* per-phase instruction counts while training */
 
 typedef struct {
 	uint16_t cmd, epochs, flags;

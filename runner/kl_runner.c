@@ -123,6 +123,24 @@ static int fail(const char *what, int err)
 	return 1;
 }
 
+/* per-phase instruction counts: each hook call closes the running phase */
+typedef struct {
+	uint64_t insn[KL_PHASE_COUNT];
+	uint64_t last;
+	int cur;
+} profile_t;
+
+static void profile_hook(void *ctx, int p)
+{
+	profile_t *pr = ctx;
+	const uint64_t now = kl_port_insn();
+	if (pr->cur >= 0) {
+		pr->insn[pr->cur] += now - pr->last;
+	}
+	pr->cur = p == KL_PHASE_DONE ? -1 : p;
+	pr->last = kl_port_insn(); /* the hook's own cost stays outside the phases */
+}
+
 static int evaluate(kl_model_t *m, const kl_job_t *job, uint32_t sb, uint64_t *insn)
 {
 	int correct = 0;
@@ -136,8 +154,16 @@ static int evaluate(kl_model_t *m, const kl_job_t *job, uint32_t sb, uint64_t *i
 
 static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 {
+	static profile_t prof;
+	const int profiling = (job->flags & KL_JOB_PROFILE) != 0u;
 	for (uint32_t e = 1; e <= job->epochs; e++) {
 		int correct = 0;
+		memset(&prof, 0, sizeof(prof));
+		prof.cur = -1;
+		if (profiling) {
+			m->hook = profile_hook;
+			m->hook_ctx = &prof;
+		}
 		const uint64_t t0 = kl_port_insn();
 		for (uint32_t i = 0; i < job->n_train; i++) {
 			const int r = kl_train_step(m, job->train_x + (size_t)i * sb,
@@ -148,6 +174,7 @@ static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 			correct += r == job->train_y[i];
 		}
 		const uint64_t train_insn = kl_port_insn() - t0;
+		m->hook = NULL;
 		uint64_t eval_insn = 0;
 		const int test_correct = evaluate(m, job, sb, &eval_insn);
 		out_str("KL epoch");
@@ -158,6 +185,12 @@ static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 		out_kv("n_test", job->n_test);
 		out_kv("train_insn", (int64_t)train_insn);
 		out_kv("eval_insn", (int64_t)eval_insn);
+		if (profiling) {
+			out_kv("forward_insn", (int64_t)prof.insn[KL_PHASE_FORWARD]);
+			out_kv("loss_insn", (int64_t)prof.insn[KL_PHASE_LOSS]);
+			out_kv("backward_insn", (int64_t)prof.insn[KL_PHASE_BACKWARD]);
+			out_kv("update_insn", (int64_t)prof.insn[KL_PHASE_UPDATE]);
+		}
 		out_str("\n");
 	}
 	return 0;

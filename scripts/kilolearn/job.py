@@ -17,12 +17,13 @@ VERSION = 1
 HEADER_SIZE = 80
 CMD_TRAIN, CMD_GRADS = 1, 2
 FLAG_DUMP_WEIGHTS = 0x01
+FLAG_PROFILE = 0x02
 
 
 def build(blob: bytes, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | None = None,
           y_test: np.ndarray | None = None, *, cmd: int = CMD_TRAIN, lr: float = 0.05,
           momentum: float = 0.0, seed: int = 1, epochs: int = 1, n_steps: int = 0,
-          dump_weights: bool = False, arena_size: int = 0) -> bytes:
+          dump_weights: bool = False, profile: bool = False, arena_size: int = 0) -> bytes:
     """x arrays must already have the model's input dtype (float32 or int8)."""
     if x_test is None or y_test is None:
         x_test, y_test = x_train[:0], y_train[:0]
@@ -43,7 +44,8 @@ def build(blob: bytes, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     tex = place(np.ascontiguousarray(x_test).tobytes())
     tey = place(np.asarray(y_test, np.uint8).tobytes())
     body = struct.pack("<ffIHHIIIIIIIIIII4x", lr, momentum, seed & 0xFFFFFFFF, epochs,
-                       FLAG_DUMP_WEIGHTS if dump_weights else 0, blob_off, len(blob),
+                       (FLAG_DUMP_WEIGHTS if dump_weights else 0)
+                       | (FLAG_PROFILE if profile else 0), blob_off, len(blob),
                        len(y_train), trx, try_, len(y_test), tex, tey, n_steps, arena_size,
                        0) + b"".join(parts)
     total = 16 + len(body)

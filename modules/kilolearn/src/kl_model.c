@@ -135,7 +135,7 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		}
 	}
 	if (s8) {
-		m->acc = kl_arena_alloc(arena, widest * 4u + 8u, 4u);
+		m->acc = kl_arena_alloc(arena, KL_FC_S8_SCRATCH(widest, widest), 4u);
 		if (m->acc == NULL) {
 			return KL_ENOMEM;
 		}
@@ -158,11 +158,19 @@ static int8_t layer_input_zp(const kl_model_t *m, int l)
 	return l == 0 ? m->in_zp : m->layers[l - 1].y_zp;
 }
 
+static inline void phase(const kl_model_t *m, int p)
+{
+	if (m->hook != NULL) {
+		m->hook(m->hook_ctx, p);
+	}
+}
+
 static int forward(kl_model_t *m, const void *x)
 {
 	if (m == NULL || x == NULL) {
 		return KL_EINVAL;
 	}
+	phase(m, KL_PHASE_FORWARD);
 	m->x = x;
 	for (int l = 0; l < m->n_layers; l++) {
 		kl_layer_t *L = &m->layers[l];
@@ -213,6 +221,7 @@ static int backward(kl_model_t *m, int label, int keep)
 	void *dy = m->grad_a;
 	void *dx = m->grad_b;
 	int ey = 0;
+	phase(m, KL_PHASE_LOSS);
 	if (m->dtype == KL_DTYPE_F32) {
 		kl_softmax_ce_f32(m->layers[last].y, m->n_classes, label, dy);
 	} else {
@@ -226,6 +235,7 @@ static int backward(kl_model_t *m, int label, int keep)
 		const void *x = layer_input(m, l);
 		if (m->dtype == KL_DTYPE_F32) {
 			float *g = dy;
+			phase(m, KL_PHASE_BACKWARD);
 			if (L->act == KL_ACT_RELU) {
 				const float *y = L->y;
 				for (int i = 0; i < L->n_out; i++) {
@@ -235,6 +245,7 @@ static int backward(kl_model_t *m, int label, int keep)
 			if (l > first) {
 				kl_fully_connected_backward_input_f32(L->w, g, dx, L->n_in, L->n_out);
 			}
+			phase(m, KL_PHASE_UPDATE);
 			if (!is_trainable(L)) {
 				/* nothing to update */
 			} else if (keep) {
@@ -245,6 +256,7 @@ static int backward(kl_model_t *m, int label, int keep)
 			}
 		} else {
 			int8_t *g = dy;
+			phase(m, KL_PHASE_BACKWARD);
 			if (L->act == KL_ACT_RELU) {
 				const int8_t *y = L->y;
 				for (int i = 0; i < L->n_out; i++) {
@@ -262,6 +274,7 @@ static int backward(kl_model_t *m, int label, int keep)
 					     L->w, g, masked ? P->y : NULL, P->y_zp, m->acc, dx,
 					     L->n_in, L->n_out);
 			}
+			phase(m, KL_PHASE_UPDATE);
 			if (!is_trainable(L)) {
 				/* nothing to update */
 			} else if (keep) {
@@ -317,6 +330,7 @@ int kl_train_step(kl_model_t *m, const void *x, int label)
 	const int pred = forward(m, x);
 	backward(m, label, 0);
 	adapt_ranges(m);
+	phase(m, KL_PHASE_DONE);
 	return pred;
 }
 

@@ -75,11 +75,18 @@ class Emitter:
     def define(self, name: str, value: int | str) -> None:
         self.line(f"#define {name} {value}")
 
-    def array(self, ctype: str, name: str, values, dims: str = "", fmt=str,
-              attrs: str = "") -> None:
-        vals = [fmt(v) for v in np.asarray(values).reshape(-1).tolist()]
-        dims = dims or f"[{len(vals)}]"
-        self.line(f"static const {ctype} {name}{dims}{attrs} = {{")
+    def array(self, ctype: str, name: str, values, fmt=str, attrs: str = "",
+              rows: bool = False) -> None:
+        """A const array; ``rows``: a 2-D array ``name[n][m]`` with one brace per row."""
+        a = np.asarray(values)
+        if rows:
+            self.line(f"static const {ctype} {name}[{a.shape[0]}][{a.shape[1]}]{attrs} = {{")
+            for r in a:
+                self.line("\t{" + ", ".join(fmt(v) for v in r.tolist()) + "},")
+            self.line("};")
+            return
+        vals = [fmt(v) for v in a.reshape(-1).tolist()]
+        self.line(f"static const {ctype} {name}[{len(vals)}]{attrs} = {{")
         for i in range(0, len(vals), PER_LINE):
             self.line("\t" + ", ".join(vals[i:i + PER_LINE]) + ",")
         self.line("};")
@@ -123,7 +130,7 @@ def emit_s8_grads(e: Emitter) -> None:
     e.define("S8G_LR", _fmt_f32(lr))
     e.define("S8G_SEED", f"{seed}u")
     e.blob("s8g_blob", export.export_s8(qm))
-    e.array("int8_t", "s8g_x", xq, dims=f"[{steps}][{sizes[0]}]")
+    e.array("int8_t", "s8g_x", xq, rows=True)
     e.array("int", "s8g_y", y)
     for s in range(steps):
         gs = ref.grads(xq[s], int(y[s]))
@@ -149,10 +156,10 @@ def emit_s8_grads(e: Emitter) -> None:
         gb_rows.append(gb_row)
         ref.apply(gs)
     e.array("int", "s8g_pred", preds)
-    e.array("int8_t", "s8g_logits", np.array(logits), dims=f"[{steps}][{sizes[-1]}]")
+    e.array("int8_t", "s8g_logits", np.array(logits), rows=True)
     e.array("int8_t", "s8g_dlogits_exp", dlexp)
-    e.array("int8_t", "s8g_gw_exp", gwe, dims=f"[{steps}][{n_l}]")
-    e.array("int8_t", "s8g_gb_exp", gbe, dims=f"[{steps}][{n_l}]")
+    e.array("int8_t", "s8g_gw_exp", np.reshape(gwe, (steps, n_l)), rows=True)
+    e.array("int8_t", "s8g_gb_exp", np.reshape(gbe, (steps, n_l)), rows=True)
     e.ptr_table("int32_t", "s8g_gw", gw_rows)
     e.ptr_table("int8_t", "s8g_gb", gb_rows)
     for li, L in enumerate(ref.m.layers):
@@ -191,7 +198,7 @@ def emit_s8_train(e: Emitter) -> None:
     e.define("S8T_LR", _fmt_f32(lr))
     e.define("S8T_SEED", f"{seed}u")
     e.blob("s8t_blob", export.export_s8(qm))
-    e.array("int8_t", "s8t_x", xq, dims=f"[{n_train + n_test}][{sizes[0]}]")
+    e.array("int8_t", "s8t_x", xq, rows=True)
     e.array("int", "s8t_y", y)
     e.array("int", "s8t_test_pred", ref.predict(xq[n_train:]))
     for li, L in enumerate(ref.m.layers):
@@ -278,7 +285,7 @@ def emit_f32(e: Emitter, tag: str, sizes: list[int], trainable: list[bool] | Non
     e.define(f"{T}_LR", _fmt_f32(lr))
     e.define(f"{T}_MOMENTUM", _fmt_f32(momentum))
     e.blob(f"{tag}_blob", export.export_f32(m.fused, p))
-    e.array("float", f"{tag}_x", x, dims=f"[{steps}][{sizes[0]}]", fmt=_fmt_f32)
+    e.array("float", f"{tag}_x", x, rows=True, fmt=_fmt_f32)
     e.array("int", f"{tag}_y", y)
     preds, gw_rows, gb_rows = [], [], []
     for s in range(steps):

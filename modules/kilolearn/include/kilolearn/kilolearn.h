@@ -57,6 +57,17 @@ typedef struct {
 	int8_t gw_exp, gb_exp;            /* s8: exponents of gw (int32) and gb (int8) */
 } kl_layer_t;
 
+/* Phases of a training step, for an optional profiling hook */
+enum kl_phase {
+	KL_PHASE_FORWARD = 0,
+	KL_PHASE_LOSS = 1,     /* loss gradient w.r.t. the logits */
+	KL_PHASE_BACKWARD = 2, /* masks and input gradients */
+	KL_PHASE_UPDATE = 3,   /* weight gradients and the update */
+	KL_PHASE_DONE = 4,
+	KL_PHASE_COUNT = 5
+};
+typedef void (*kl_phase_hook_t)(void *ctx, int phase);
+
 #define KL_CFG_KEEP_GRADS 0x01u /* kl_compute_grads()/kl_apply_grads() usable */
 
 typedef struct {
@@ -81,6 +92,8 @@ typedef struct {
 	uint32_t dither;
 	uint32_t flags;
 	kl_arena_t *arena;
+	kl_phase_hook_t hook; /* called as each phase starts, if set */
+	void *hook_ctx;
 } kl_model_t;
 
 /* Parse and check a blob, then lay the model out in the arena (weights of

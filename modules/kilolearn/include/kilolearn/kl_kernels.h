@@ -109,8 +109,9 @@ void kl_sgd_f32(float *p, float *v, const float *g, float lr, float mu, int n);
 
 /* ---- fully connected, int8 ---------------------------------------------- */
 /* y = act(rshift(W (x - x_zp) + rshift(b, b_shift), y_shift)) + y_zp.
- * Returns 1 if an output saturated, else 0. scratch: 2 * n_in + 8 bytes,
- * 4-aligned (used by the dsp backend). */
+ * Returns 1 if an output saturated, else 0. scratch: KL_FC_S8_SCRATCH(n_in,
+ * n_out) bytes, 4-aligned (used by the dsp backend). */
+#define KL_FC_S8_SCRATCH(n_in, n_out) (2u * (n_in) + 4u * (n_out) + 8u)
 #define KL_FC_S8_ARGS                                                                             \
 	const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b, int b_shift,            \
 		int y_shift, int32_t y_zp, int relu, int8_t *y, int n_in, int n_out,              \

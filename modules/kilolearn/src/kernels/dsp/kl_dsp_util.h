@@ -43,19 +43,67 @@ static inline uint32_t kl_clamp_m127_s8x4(uint32_t v)
 }
 
 /* x - zp as int16, each group of four reordered (0, 2, 1, 3) to match
- * SXTB16 / SXTB16 ROR 8 of a weight word; the n % 4 tail stays in order. */
+ * SXTB16 / SXTB16 ROR 8 of a weight word; the n % 4 tail stays in order.
+ * out must be 4-aligned. */
 static inline void kl_center_interleave_s8(const int8_t *x, int32_t zp, int16_t *out, int n)
 {
+	const uint32_t zz = ((uint32_t)zp & 0xFFFFu) * 0x10001u;
+	uint32_t *o = (uint32_t *)(void *)out;
 	int j = 0;
 	for (; j + 4 <= n; j += 4) {
-		out[j] = (int16_t)(x[j] - zp);
-		out[j + 1] = (int16_t)(x[j + 2] - zp);
-		out[j + 2] = (int16_t)(x[j + 1] - zp);
-		out[j + 3] = (int16_t)(x[j + 3] - zp);
+		const uint32_t v = kl_read_s8x4(x + j);
+		o[0] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16(v), (int16x2_t)zz);
+		o[1] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16_ror8(v), (int16x2_t)zz);
+		o += 2;
 	}
 	for (; j < n; j++) {
 		out[j] = (int16_t)(x[j] - zp);
 	}
+}
+
+/* Output stage of an int8 layer over n raw dot products, bit-identical to
+ * kl_requant_out_s8 per element: a fast path for the usual shifts (bias
+ * 1..31, output 1..22) with everything in registers, the general one for
+ * other shifts and for sums near the int32 limits. Returns the saturation
+ * flag. */
+static inline int kl_dsp_requant_n(const int32_t *dot, const int32_t *b, int b_shift,
+				   int y_shift, int32_t y_zp, int relu, int8_t *y, int n)
+{
+	int sat = 0;
+	if (!(y_shift >= 1 && y_shift <= 22 && b_shift >= 1 && b_shift <= 31)) {
+		for (int i = 0; i < n; i++) {
+			y[i] = kl_requant_out_s8(dot[i], b[i], b_shift, y_shift, y_zp, relu, &sat);
+		}
+		return sat;
+	}
+	const int32_t bh = (int32_t)(1u << (b_shift - 1));
+	const int32_t yh = (int32_t)1 << (y_shift - 1);
+	const int32_t hi = 127 - y_zp;
+	const int32_t lo = relu ? 0 : -128 - y_zp;
+	for (int i = 0; i < n; i++) {
+		const int32_t bias = b[i];
+		/* round half away from zero: (v + half - (v < 0)) >> s, exact
+		 * unless v + half overflows, which goes the general way */
+		if (bias > INT32_MAX - bh) {
+			y[i] = kl_requant_out_s8(dot[i], bias, b_shift, y_shift, y_zp, relu, &sat);
+			continue;
+		}
+		const int32_t acc = __qadd(dot[i], (bias + bh + (bias >> 31)) >> b_shift);
+		if (acc > INT32_MAX - yh) {
+			y[i] = kl_requant_out_s8(dot[i], bias, b_shift, y_shift, y_zp, relu, &sat);
+			continue;
+		}
+		int32_t r = (acc + yh + (acc >> 31)) >> y_shift;
+		if (r > hi) {
+			r = hi;
+			sat = 1;
+		} else if (r < lo) {
+			sat |= !relu;
+			r = lo;
+		}
+		y[i] = (int8_t)(r + y_zp);
+	}
+	return sat;
 }
 
 #endif
