@@ -53,17 +53,23 @@ def cmd_bench(a: argparse.Namespace) -> int:
     rows, out = [], []
     for board in a.boards:
         for dt in train.DTYPES:
-            r = train.run(board, dt, epochs=a.epochs, lr=0.05, ds=ds, with_reference=False)
+            r = train.run(board, dt, epochs=a.epochs, lr=0.05, ds=ds, with_reference=False,
+                          profile=a.profile)
             out.append(r.as_dict())
             rows.append([board, CPU[board], dt, _fmt_insn(r.insn_first_epoch),
                          _fmt_insn(r.insn_per_train_sample), _fmt_insn(r.insn_per_inference),
-                         f"{100 * r.device_acc[-1]:.2f} %", f"{r.arena_bytes:,}"])
+                         f"{100 * r.device_acc[-1]:.2f} %", f"{r.arena_bytes:,}"]
+                        + ([_fmt_insn(r.phases[p]) for p in train.PHASES] if r.phases else []))
     print(f"64-32-10 MLP on sklearn digits, SGD lr 0.05, batch 1, {a.epochs} epochs of 1,200 "
           "samples; QEMU -icount shift=0: retired instructions (one timer tick = 40, 50 on "
           "the an505, per timed region of one epoch)")
     print(tabulate(rows, headers=["board", "cpu", "dtype", "insn/sample epoch 1",
                                   f"insn/sample mean of {a.epochs}", "insn/inference",
-                                  "test acc", "arena bytes"]))
+                                  "test acc", "arena bytes"]
+                   + ([f"{p} (profiled)" for p in train.PHASES] if a.profile else [])))
+    if a.profile:
+        print("profiled phases exclude the profiling hook's own instructions; the totals "
+              "come from the same run and include them")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return 0
@@ -125,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="instructions per training sample on emulated boards")
     b.add_argument("--boards", nargs="+", default=BOARDS, choices=BOARDS)
     b.add_argument("--epochs", type=int, default=20)
+    b.add_argument("--profile", action="store_true",
+                   help="also split each step into forward / loss / backward / update")
     b.add_argument("--json")
     b.set_defaults(fn=cmd_bench)
 

@@ -15,6 +15,7 @@ from . import export, job, model, reference, runner
 
 DTYPES = ("f32", "s8")
 CALIBRATION_SAMPLES = 200
+PHASES = ("forward", "loss", "backward", "update")
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Result:
     insn_per_inference: float | None
     arena_bytes: int
     blob_bytes: int
+    phases: dict[str, float] | None = None  # per-sample mean by phase (profile runs)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,14 +50,14 @@ def prepare(dtype: str, sizes: list[int], ds: datasets.Dataset, seed: int):
 
 def run(board: str, dtype: str, *, epochs: int = 20, lr: float = 0.05, seed: int = 0,
         sizes: list[int] | None = None, ds: datasets.Dataset | None = None,
-        with_reference: bool = True, timeout: float = 1800.0) -> Result:
+        with_reference: bool = True, profile: bool = False, timeout: float = 1800.0) -> Result:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}")
     ds = ds or datasets.digits()
     sizes = sizes or [ds.x_train.shape[1], 32, ds.n_classes]
     blob, xtr, xte, make_ref, _ = prepare(dtype, sizes, ds, seed)
     img = job.build(blob, xtr, ds.y_train, xte, ds.y_test, lr=lr, epochs=epochs,
-                    seed=seed + 1)
+                    seed=seed + 1, profile=profile)
     rep = runner.run_job(img, board, timeout=timeout)
     eps = rep.records["epoch"]
     counter = bool(rep.one("model").get("counter"))
@@ -77,4 +79,6 @@ def run(board: str, dtype: str, *, epochs: int = 20, lr: float = 0.05, seed: int
         insn_per_inference=(last["eval_insn"] / last["n_test"]) if counter else None,
         arena_bytes=rep.one("done")["arena_peak"],
         blob_bytes=len(blob),
+        phases=({p: float(np.mean([e[f"{p}_insn"] / e["n_train"] for e in eps]))
+                 for p in PHASES} if profile and counter else None),
     )

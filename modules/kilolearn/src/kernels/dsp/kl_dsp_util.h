@@ -34,6 +34,14 @@ static inline int32_t kl_smlad(uint32_t a, uint32_t b, int32_t acc)
 	return __smlad((int16x2_t)a, (int16x2_t)b, acc);
 }
 
+/* bottom halfword of a, bottom halfword of b on top: PKHBT */
+static inline uint32_t kl_pkhbt(uint32_t a, uint32_t b)
+{
+	uint32_t r;
+	__asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+	return r;
+}
+
 /* lanes equal to -128 become -127 (the symmetric weight range) */
 static inline uint32_t kl_clamp_m127_s8x4(uint32_t v)
 {

@@ -7,14 +7,14 @@
 #if KL_KERNELS_DSP
 #include "kl_dsp_util.h"
 
-#define STEP(k)                                                                                   \
-	__ssat((c * xc[j + (k)] + (int32_t)((d + (uint32_t)(k) * KL_WEYL) >> dsh)) >> sh, 8)
+/* (c * xc + dither) >> sh for one weight; fits in 16 bits when sh >= 13 */
+#define STEP(k, dk) ((c * xc[j + (k)] + (int32_t)((dk) >> dsh)) >> sh)
 
 void kl_dsp_fully_connected_sgd_s8(int8_t *w, int32_t *b, const int8_t *dy, const int8_t *x,
 				   int32_t x_zp, int32_t lr_q, int w_shift, int b_shift,
 				   uint32_t *dither, int n_in, int n_out, int16_t *scratch)
 {
-	if (w_shift < 1 || w_shift > 30) { /* rare: the general path */
+	if (w_shift < 13 || w_shift > 30) { /* rare: the general path */
 		kl_ref_fully_connected_sgd_s8(w, b, dy, x, x_zp, lr_q, w_shift, b_shift, dither,
 					      n_in, n_out, scratch);
 		return;
@@ -35,18 +35,29 @@ void kl_dsp_fully_connected_sgd_s8(int8_t *w, int32_t *b, const int8_t *dy, cons
 		}
 		int8_t *row = w + (long)i * n_in;
 		int j = 0;
+		uint32_t d1 = d + KL_WEYL, d2 = d + 2u * KL_WEYL, d3 = d + 3u * KL_WEYL;
 		for (; j < n4; j += 4) {
-			const uint32_t q0 = (uint32_t)STEP(0) & 0xFFu;
-			const uint32_t q1 = (uint32_t)STEP(1) & 0xFFu;
-			const uint32_t q2 = (uint32_t)STEP(2) & 0xFFu;
-			const uint32_t q3 = (uint32_t)STEP(3);
+			const int32_t q0 = STEP(0, d), q1 = STEP(1, d1);
+			const int32_t q2 = STEP(2, d2), q3 = STEP(3, d3);
 			d += 4u * KL_WEYL;
-			const uint32_t steps = q0 | (q1 << 8) | (q2 << 16) | (q3 << 24);
+			d1 += 4u * KL_WEYL;
+			d2 += 4u * KL_WEYL;
+			d3 += 4u * KL_WEYL;
+			/* keep the four dither phases in registers */
+			__asm__("" : "+r"(d), "+r"(d1), "+r"(d2), "+r"(d3));
+			/* lanes (q0, q2) and (q1, q3), saturated to int8, then bytes
+			 * interleaved back to (q0, q1, q2, q3) */
+			const uint32_t e = (uint32_t)__ssat16(
+				(int16x2_t)kl_pkhbt((uint32_t)q0, (uint32_t)q2), 8);
+			const uint32_t o = (uint32_t)__ssat16(
+				(int16x2_t)kl_pkhbt((uint32_t)q1, (uint32_t)q3), 8);
+			const uint32_t steps = (uint32_t)__uxtb16(e) | ((uint32_t)__uxtb16(o) << 8);
 			uint32_t word;
 			memcpy(&word, row + j, 4);
 			word = kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)word, (int8x4_t)steps));
 			memcpy(row + j, &word, 4);
 		}
+		d = d1 - KL_WEYL;
 		for (; j < n_in; j++) {
 			const int32_t v = c * xc[j];
 			row[j] = kl_sub_clamp_w(row[j], (v + (int32_t)(d >> dsh)) >> sh);
