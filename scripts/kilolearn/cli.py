@@ -113,6 +113,12 @@ def cmd_build(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_footprint(a: argparse.Namespace) -> int:
+    from . import footprint
+
+    return footprint.run(a)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kilolearn", description="on-device training for MCUs")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -151,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--board", default="host", choices=BOARDS + ["host"])
     c.add_argument("--sanitize", action="store_true")
     c.set_defaults(fn=cmd_build)
+
+    from . import footprint
+
+    f = sub.add_parser("footprint", help="RAM/flash of a firmware ELF by component, file, symbol")
+    footprint.add_arguments(f)
+    f.set_defaults(fn=cmd_footprint)
 
     a = ap.parse_args(argv)
     try:
