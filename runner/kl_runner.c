@@ -87,27 +87,28 @@ static void dump_layers(const kl_model_t *m, int grads)
 {
 	char name[16];
 	const size_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
-	for (int l = 0; l < m->n_layers; l++) {
-		const kl_layer_t *L = &m->layers[l];
-		const size_t nw = (size_t)L->n_in * L->n_out;
-		if (grads && L->gw != NULL) {
-			dump_name(name, 'g', l, "w");
-			out_hex(name, L->gw, nw * 4u);
-			dump_name(name, 'g', l, "b");
-			out_hex(name, L->gb, L->n_out * es);
-		} else if (!grads) {
-			dump_name(name, 'w', l, "");
-			out_hex(name, L->w, nw * es);
-			dump_name(name, 'b', l, "");
-			out_hex(name, L->b, L->n_out * 4u);
+	for (int i = 0; i < m->n_ops; i++) {
+		const kl_op_t *op = &m->ops[i];
+		const kl_tensor_t *y = &m->tensors[op->out];
+		const size_t n_b = op->kind == KL_OP_DENSE ? (size_t)y->h * y->w * y->c : y->c;
+		if (op->n_w != 0u && grads && op->gw != NULL) {
+			dump_name(name, 'g', i, "w");
+			out_hex(name, op->gw, op->n_w * 4u);
+			dump_name(name, 'g', i, "b");
+			out_hex(name, op->gb, n_b * 4u);
+		} else if (op->n_w != 0u && !grads) {
+			dump_name(name, 'w', i, "");
+			out_hex(name, op->w, op->n_w * es);
+			dump_name(name, 'b', i, "");
+			out_hex(name, op->b, n_b * 4u);
 		}
 		out_str("KL exps");
-		out_kv("layer", l);
-		out_kv("w", L->w_exp);
-		out_kv("b", L->b_exp);
-		out_kv("y", L->y_exp);
-		out_kv("gw", L->gw_exp);
-		out_kv("gb", L->gb_exp);
+		out_kv("op", i);
+		out_kv("w", op->w_exp);
+		out_kv("b", op->b_exp);
+		out_kv("y", y->exp);
+		out_kv("gw", op->gw_exp);
+		out_kv("gb", op->gb_exp);
 		out_str("\n");
 	}
 }
@@ -254,7 +255,7 @@ int main(int argc, char **argv)
 	}
 	out_str("KL model");
 	out_kv("dtype", model.dtype);
-	out_kv("layers", model.n_layers);
+	out_kv("ops", model.n_ops);
 	out_kv("arena", (int64_t)arena.used);
 	out_kv("counter", kl_port_has_counter());
 	out_str("\n");

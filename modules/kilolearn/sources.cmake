@@ -14,6 +14,13 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_grad_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_softmax_ce_f32.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_softmax_ce_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_conv_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_conv_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_depthwise_conv_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_depthwise_conv_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_pool_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_pool_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_add_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_sgd_s8.c
 )

@@ -80,14 +80,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     m = model.mlp(sizes)
     p = m.init(a.seed)
     if a.dtype == "f32":
-        blob = export.export_f32(m.fused, p)
+        blob = export.export_f32(m.graph, p)
     else:
         ds = datasets.digits()
         if ds.x_train.shape[1] != sizes[0]:
             print("int8 export calibrates on digits: the input must have 64 features",
                   file=sys.stderr)
             return 2
-        blob = export.export_s8(reference.quantize_model(m.fused, p, ds.x_train[:200]))
+        blob = export.export_s8(reference.quantize_model(m.graph, p, ds.x_train[:200]))
     Path(a.output).write_bytes(blob)
     print(f"wrote {a.output}: {len(blob):,} bytes, {a.dtype}, layers {a.sizes}")
     return 0
@@ -101,9 +101,13 @@ def cmd_info(a: argparse.Namespace) -> int:
         return 1
     print(f"{a.blob}: kilolearn blob, format {export.VERSION[0]}.x, "
           f"{'float32' if b.dtype == export.DTYPE_F32 else 'int8'}")
-    rows = [[i, "dense", f.n_in, f.n_out, "relu" if f.relu else "-", f.trainable]
-            for i, f in enumerate(b.layers)]
-    print(tabulate(rows, headers=["layer", "op", "in", "out", "act", "trainable"]))
+    g = b.graph
+    rows = [[i, op.kind, "x".join(map(str, g.shapes[op.inputs[0]])),
+             "x".join(map(str, g.shapes[op.output])),
+             f"{op.kernel[0]}x{op.kernel[1]}/{op.stride}" if op.kind not in ("dense", "add")
+             else "-", op.act, op.trainable, g.macs(i)] for i, op in enumerate(g.ops)]
+    print(tabulate(rows, headers=["op", "kind", "in", "out", "kernel/stride", "act",
+                                  "trainable", "MACs"]))
     return 0
 
 

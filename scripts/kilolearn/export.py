@@ -1,13 +1,9 @@
 """Export a model to the versioned, CRC-checked ``.klm`` blob, and read one back.
 
-Layout (format 1.0, little-endian; docs/blob-format.md is the reference):
-
-    header   48 bytes  magic "KLMB", version, total size, CRC-32 of bytes [16, total), dtype,
-                       layer count, input/class counts, int8 input exponent + zero point,
-                       softmax-table exponent, offsets of the layer table and the table
-    layers   32 bytes each: op, activation, flags, n_in, n_out, int8 exponents and output zero
-                       point, offset + size of weights and biases
-    data     4-byte aligned: int8 softmax table (256 x u16), weights, biases
+Format 2.0 (little-endian; docs/blob-format.md is the reference): a 48-byte header, a tensor
+table (12 bytes per tensor: shape, int8 exponent and zero point), an op table (48 bytes per op:
+kind, activation, flags, geometry, tensor ids, parameter offsets), then 4-byte aligned data: the
+int8 softmax table and the weights and biases.
 """
 
 from __future__ import annotations
@@ -18,17 +14,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import FusedDense, Params
-from .reference import QLayer, QModel
+from .model import Graph, Op, Params
+from .reference import QModel
 
 MAGIC = b"KLMB"
-VERSION = (1, 0)
+VERSION = (2, 0)
 HEADER_SIZE = 48
-LAYER_SIZE = 32
+TENSOR_SIZE = 12
+OP_SIZE = 48
 CRC_START = 16
+NO_TENSOR = 0xFFFF
 DTYPE_F32, DTYPE_S8 = 0, 1
-OP_DENSE = 1
-ACT_NONE, ACT_RELU = 0, 1
+KINDS = {"dense": 1, "conv": 2, "dwconv": 3, "avgpool": 4, "maxpool": 5, "add": 6}
+ACTS = {"none": 0, "relu": 1, "relu6": 2}
 FLAG_TRAINABLE = 0x01
 
 # engine return codes (modules/kilolearn/include/kilolearn/kilolearn.h)
@@ -46,68 +44,67 @@ class BlobError(ValueError):
         self.code = code
 
 
-def _align(buf: bytearray, n: int = 4) -> None:
-    buf.extend(b"\0" * (-len(buf) % n))
-
-
-def _pack(dtype: int, layers: list[FusedDense], ws: list[bytes], bs: list[bytes],
-          qinfo: list[tuple[int, int, int, int]], in_exp: int, in_zp: int, lut_exp: int,
+def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
+          ew: list[int], eb: list[int], exp: list[int], zp: list[int], lut_exp: int,
           lut: bytes | None) -> bytes:
-    n = len(layers)
-    layers_off = HEADER_SIZE
+    tensors_off = HEADER_SIZE
+    ops_off = tensors_off + len(g.shapes) * TENSOR_SIZE
+    data_base = ops_off + len(g.ops) * OP_SIZE
     data = bytearray()
-    data_base = layers_off + n * LAYER_SIZE
-    lut_off = 0
-    if lut is not None:
-        lut_off = data_base + len(data)
-        data += lut
-        _align(data)
-    recs = bytearray()
-    for f, w, b, (we, be, ye, yz) in zip(layers, ws, bs, qinfo, strict=True):
-        w_off = data_base + len(data)
-        data += w
-        _align(data)
-        b_off = data_base + len(data)
-        data += b
-        _align(data)
-        recs += struct.pack("<BBBxHHbbbbIIII4x", OP_DENSE, ACT_RELU if f.relu else ACT_NONE,
-                            FLAG_TRAINABLE if f.trainable else 0, f.n_in, f.n_out,
-                            we, be, ye, yz, w_off, len(w), b_off, len(b))
+
+    def place(b: bytes) -> tuple[int, int]:
+        off = data_base + len(data)
+        data.extend(b)
+        data.extend(b"\0" * (-len(data) % 4))
+        return off, len(b)
+
+    lut_off = place(lut)[0] if lut is not None else 0
+    trecs = b"".join(struct.pack("<HHHbb4x", h, w, c, e, z)
+                     for (h, w, c), e, z in zip(g.shapes, exp, zp, strict=True))
+    orecs = bytearray()
+    for i, op in enumerate(g.ops):
+        w_off = w_sz = b_off = b_sz = 0
+        if ws[i] is not None and bs[i] is not None:
+            w_off, w_sz = place(ws[i])  # type: ignore[arg-type]
+            b_off, b_sz = place(bs[i])  # type: ignore[arg-type]
+        in1 = op.inputs[1] if len(op.inputs) > 1 else NO_TENSOR
+        orecs += struct.pack("<BBBBBBBBBBbbHHHxxIIII12x", KINDS[op.kind], ACTS[op.act],
+                             FLAG_TRAINABLE if op.trainable else 0, op.stride, op.kernel[0],
+                             op.kernel[1], *op.pad, ew[i], eb[i], op.inputs[0], in1, op.output,
+                             w_off, w_sz, b_off, b_sz)
     total = data_base + len(data)
-    body = struct.pack("<BBHHbbb3xII12x", dtype, n, layers[0].n_in, layers[-1].n_out,
-                       in_exp, in_zp, lut_exp, layers_off, lut_off) + bytes(recs) + bytes(data)
+    body = struct.pack("<BxHHHHbxIII8x", dtype, len(g.shapes), len(g.ops), g.input, g.output,
+                       lut_exp, tensors_off, ops_off, lut_off) + trecs + bytes(orecs) + bytes(data)
     crc = zlib.crc32(body) & 0xFFFFFFFF
-    head = MAGIC + struct.pack("<HHII", VERSION[0], VERSION[1], total, crc)
-    blob = head + body
+    blob = MAGIC + struct.pack("<HHII", VERSION[0], VERSION[1], total, crc) + body
     assert len(blob) == total
     return blob
 
 
-def export_f32(layers: list[FusedDense], params: Params) -> bytes:
-    ws = [np.ascontiguousarray(w, "<f4").tobytes() for w in params.weights]
-    bs = [np.ascontiguousarray(b, "<f4").tobytes() for b in params.biases]
-    return _pack(DTYPE_F32, layers, ws, bs, [(0, 0, 0, 0)] * len(layers), 0, 0, 0, None)
+def export_f32(g: Graph, params: Params) -> bytes:
+    ws = [None if w is None else np.ascontiguousarray(w, "<f4").tobytes() for w in params.weights]
+    bs = [None if b is None else np.ascontiguousarray(b, "<f4").tobytes() for b in params.biases]
+    z = [0] * len(g.ops)
+    return _pack(DTYPE_F32, g, ws, bs, z, z, [0] * len(g.shapes), [0] * len(g.shapes), 0, None)
 
 
 def export_s8(qm: QModel) -> bytes:
-    ls = [L.spec for L in qm.layers]
-    ws = [L.w.astype("<i1").tobytes() for L in qm.layers]
-    bs = [L.b.astype("<i4").tobytes() for L in qm.layers]
-    qi = [(L.ew, L.eb, L.ey, L.zy) for L in qm.layers]
-    return _pack(DTYPE_S8, ls, ws, bs, qi, qm.ex, qm.zx, qm.lut_exp,
+    ws = [None if w is None else w.astype("<i1").tobytes() for w in qm.w]
+    bs = [None if b is None else b.astype("<i4").tobytes() for b in qm.b]
+    return _pack(DTYPE_S8, qm.graph, ws, bs, qm.ew, qm.eb, qm.exp, qm.zp, qm.lut_exp,
                  qm.lut.astype("<u2").tobytes())
 
 
 @dataclass
 class Blob:
     dtype: int
-    layers: list[FusedDense]
+    graph: Graph
     params: Params | None  # f32
     qmodel: QModel | None  # s8
 
 
 def read(blob: bytes) -> Blob:
-    """Parse a blob with the same checks as the engine (the Python twin of kl_blob_check)."""
+    """Parse a blob (header, CRC and tables; the engine's kl_blob_check checks more)."""
     if len(blob) < 8 or blob[:4] != MAGIC:
         raise BlobError("KL_ETRUNC" if len(blob) < 4 else "KL_EBADMAGIC", "not a kilolearn blob")
     major, _minor = struct.unpack_from("<HH", blob, 4)
@@ -120,24 +117,49 @@ def read(blob: bytes) -> Blob:
         raise BlobError("KL_ETRUNC", f"header says {total} bytes, have {len(blob)}")
     if zlib.crc32(blob[CRC_START:total]) & 0xFFFFFFFF != crc:
         raise BlobError("KL_ECRC", "CRC mismatch")
-    dtype, n, n_in, _n_cls, in_exp, in_zp, lut_exp, layers_off, lut_off = struct.unpack_from(
-        "<BBHHbbb3xII", blob, 16)
-    layers: list[FusedDense] = []
-    ws, bs, qls = [], [], []
-    for i in range(n):
-        (op, act, flags, li, lo, we, be, ye, yz, w_off, w_sz, b_off, b_sz) = struct.unpack_from(
-            "<BBBxHHbbbbIIII", blob, layers_off + i * LAYER_SIZE)
-        if op != OP_DENSE:
-            raise BlobError("KL_ECORRUPT", f"layer {i}: unknown op {op}")
-        f = FusedDense(li, lo, act == ACT_RELU, bool(flags & FLAG_TRAINABLE))
-        layers.append(f)
+    try:
+        return _read_tables(blob)
+    except (struct.error, ValueError, KeyError, IndexError) as e:
+        raise BlobError("KL_ECORRUPT", str(e)) from e
+
+
+def _read_tables(blob: bytes) -> Blob:
+    (dtype, n_t, n_ops, t_in, _t_out, lut_exp, t_off, o_off, lut_off) = struct.unpack_from(
+        "<BxHHHHbxIII", blob, 16)
+    shapes, exp, zp = [], [], []
+    for k in range(n_t):
+        h, w, c, e, z = struct.unpack_from("<HHHbb", blob, t_off + k * TENSOR_SIZE)
+        shapes.append((h, w, c))
+        exp.append(e)
+        zp.append(z)
+    kinds = {v: k for k, v in KINDS.items()}
+    acts = {v: k for k, v in ACTS.items()}
+    ops: list[Op] = []
+    raw: list[tuple[int, int, int, int, int, int]] = []
+    for i in range(n_ops):
+        (kind, act, flags, stride, kh, kw, pt, pl, pb, pr, we, be, in0, in1, out, w_off, w_sz,
+         b_off, b_sz) = struct.unpack_from("<BBBBBBBBBBbbHHHxxIIII", blob, o_off + i * OP_SIZE)
+        ins = [in0] + ([in1] if in1 != NO_TENSOR else [])
+        ops.append(Op(kinds[kind], ins, out, acts[act], (kh, kw), stride, (pt, pl, pb, pr),
+                      bool(flags & FLAG_TRAINABLE)))
+        raw.append((we, be, w_off, w_sz, b_off, b_sz))
+    g = Graph(shapes, ops, t_in)
+    ws: list[np.ndarray | None] = []
+    bs: list[np.ndarray | None] = []
+    for i, op in enumerate(ops):
+        _, _, w_off, w_sz, b_off, b_sz = raw[i]
+        if not op.has_params:
+            ws.append(None)
+            bs.append(None)
+            continue
+        shape = g.weight_shape(i)
         wdt, bdt = ("<f4", "<f4") if dtype == DTYPE_F32 else ("<i1", "<i4")
-        w = np.frombuffer(blob, wdt, li * lo, w_off).reshape(lo, li)
-        b = np.frombuffer(blob, bdt, lo, b_off)
-        ws.append(w.copy())
-        bs.append(b.copy())
-        qls.append(QLayer(f, w.astype(np.int64), b.astype(np.int64), we, be, ye, yz))
+        ws.append(np.frombuffer(blob, wdt, int(np.prod(shape)), w_off).reshape(shape).copy())
+        bs.append(np.frombuffer(blob, bdt, b_sz // 4, b_off).copy())
     if dtype == DTYPE_F32:
-        return Blob(dtype, layers, Params(ws, bs), None)
+        return Blob(dtype, g, Params(ws, bs), None)
     lut = np.frombuffer(blob, "<u2", 256, lut_off).copy()
-    return Blob(dtype, layers, None, QModel(qls, in_exp, in_zp, lut_exp, lut))
+    qm = QModel(g, [None if w is None else w.astype(np.int64) for w in ws],
+                [None if b is None else b.astype(np.int64) for b in bs],
+                [r[0] for r in raw], [r[1] for r in raw], exp, zp, lut_exp, lut)
+    return Blob(dtype, g, None, qm)

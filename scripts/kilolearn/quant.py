@@ -81,7 +81,7 @@ def stochastic_shift(v: np.ndarray, sh: int, dither: np.ndarray) -> np.ndarray:
     which no sane learning rate produces)."""
     v = np.asarray(v, dtype=np.int64)
     if sh > 30:
-        v = v >> min(sh - 30, 31)
+        v = v >> min(sh - 30, 62)
         sh = 30
     elif sh < 1:
         sh = 1

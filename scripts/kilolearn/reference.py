@@ -1,8 +1,9 @@
 """numpy reference of kilolearn training: float32 and int8 fully quantized (FQT).
 
 The int8 trainer reproduces the C engine bit for bit (same integer operations, same order of the
-update dither); the float32 trainer reproduces it to rounding. Batch size 1, plain SGD or SGD with
-momentum, as the engine does it on the device. See docs/int8-training.md for the arithmetic.
+update dither); the float32 trainer reproduces it to rounding. Batch size 1, plain SGD (or SGD
+with momentum in float32), as the engine does it on the device. docs/int8-training.md specifies
+the int8 arithmetic.
 """
 
 from __future__ import annotations
@@ -12,59 +13,175 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import quant as q
-from .model import FusedDense, Params
+from .model import Graph, Op, Params
+
+# --------------------------------------------------------------------------- geometry
+
+
+def patches(x: np.ndarray, op: Op, pad_value: float | int = 0) -> np.ndarray:
+    """(Ho, Wo, kh, kw, C) windows of an (H, W, C) tensor under op's kernel/stride/padding."""
+    kh, kw = op.kernel
+    t, left, b, r = op.pad
+    xp = np.pad(x, ((t, b), (left, r), (0, 0)), constant_values=pad_value)
+    ho = (xp.shape[0] - kh) // op.stride + 1
+    wo = (xp.shape[1] - kw) // op.stride + 1
+    s = op.stride
+    out = np.empty((ho, wo, kh, kw, x.shape[2]), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i, j, :] = xp[i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
+    return out
+
+
+def col2im(dp: np.ndarray, shape: tuple[int, int, int], op: Op) -> np.ndarray:
+    """Adjoint of patches(): sum window gradients (Ho, Wo, kh, kw, C) back into (H, W, C)."""
+    kh, kw = op.kernel
+    t, left, b, r = op.pad
+    h, w, c = shape
+    s = op.stride
+    ho, wo = dp.shape[:2]
+    acc = np.zeros((h + t + b, w + left + r, c), dp.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            acc[i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += dp[:, :, i, j, :]
+    return acc[t:t + h, left:left + w, :]
+
+
+def needs_grad(g: Graph) -> list[bool]:
+    """Per tensor: does backprop need its gradient (a trainable op at or before it)."""
+    need = [False] * len(g.shapes)
+    for op in g.ops:
+        need[op.output] = op.trainable or any(need[t] for t in op.inputs)
+    return need
+
+
+def _act_f32(y: np.ndarray, act: str) -> np.ndarray:
+    if act == "relu":
+        return np.maximum(y, np.float32(0))
+    if act == "relu6":
+        return np.clip(y, np.float32(0), np.float32(6))
+    return y
+
+
+def _mask_f32(y: np.ndarray, act: str) -> np.ndarray:
+    if act == "relu":
+        return y > 0
+    if act == "relu6":
+        return (y > 0) & (y < 6)
+    return np.ones(y.shape, bool)
+
 
 # --------------------------------------------------------------------------- float32
 
 
 class F32Trainer:
-    def __init__(self, layers: list[FusedDense], params: Params, lr: float = 0.05,
-                 momentum: float = 0.0):
-        self.layers = layers
+    def __init__(self, graph: Graph, params: Params, lr: float = 0.05, momentum: float = 0.0):
+        self.g = graph
         self.p = params.copy()
         self.lr = np.float32(lr)
         self.mu = np.float32(momentum)
-        self.vw = [np.zeros_like(w) for w in self.p.weights] if momentum else None
-        self.vb = [np.zeros_like(b) for b in self.p.biases] if momentum else None
+        self.need = needs_grad(graph)
+        self.vw = [None if w is None else np.zeros_like(w) for w in self.p.weights]
+        self.vb = [None if b is None else np.zeros_like(b) for b in self.p.biases]
 
     def forward(self, x: np.ndarray) -> list[np.ndarray]:
-        """Activations [x, y1, ..., logits] for one sample (float32)."""
-        acts = [np.asarray(x, np.float32)]
-        for f, w, b in zip(self.layers, self.p.weights, self.p.biases, strict=True):
-            y = w @ acts[-1] + b
-            if f.relu:
-                y = np.maximum(y, np.float32(0))
-            acts.append(y.astype(np.float32))
+        """Activations by tensor id, each (H, W, C) float32."""
+        g = self.g
+        acts: list[np.ndarray] = [np.zeros(0, np.float32)] * len(g.shapes)
+        acts[g.input] = np.asarray(x, np.float32).reshape(g.shapes[g.input])
+        for i, op in enumerate(g.ops):
+            x0 = acts[op.inputs[0]]
+            w, b = self.p.weights[i], self.p.biases[i]
+            if op.kind == "dense":
+                y = w @ x0.reshape(-1) + b
+            elif op.kind == "conv":
+                pt = patches(x0, op)
+                y = pt.reshape(pt.shape[0], pt.shape[1], -1) @ w.reshape(w.shape[0], -1).T + b
+            elif op.kind == "dwconv":
+                y = np.einsum("hwijc,ijc->hwc", patches(x0, op), w) + b
+            elif op.kind == "avgpool":
+                y = patches(x0, op).mean(axis=(2, 3))
+            elif op.kind == "maxpool":
+                y = patches(x0, op).max(axis=(2, 3))
+            else:  # add
+                y = x0 + acts[op.inputs[1]]
+            acts[op.output] = _act_f32(y.astype(np.float32), op.act).reshape(g.shapes[op.output])
         return acts
 
-    def grads(self, x: np.ndarray, label: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
-        """(dW per layer, db per layer, loss) for one sample; frozen layers get zeros."""
+    def grads(self, x: np.ndarray, label: int
+              ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], float]:
+        """(dW by op, db by op, loss) for one sample; None where nothing trains."""
+        g = self.g
         acts = self.forward(x)
-        z = acts[-1].astype(np.float64)
+        z = acts[g.output].reshape(-1).astype(np.float64)
         e = np.exp(z - z.max())
         p = e / e.sum()
         loss = float(-np.log(max(p[label], 1e-30)))
-        dy = p.astype(np.float32)
-        dy[label] -= np.float32(1)
-        dws: list[np.ndarray] = [np.zeros(0)] * len(self.layers)
-        dbs: list[np.ndarray] = [np.zeros(0)] * len(self.layers)
-        for i in range(len(self.layers) - 1, -1, -1):
-            f = self.layers[i]
-            if f.relu:
-                dy = np.where(acts[i + 1] > 0, dy, np.float32(0)).astype(np.float32)
-            dws[i] = np.outer(dy, acts[i]).astype(np.float32) if f.trainable else \
-                np.zeros_like(self.p.weights[i])
-            dbs[i] = dy.copy() if f.trainable else np.zeros_like(self.p.biases[i])
-            if i > 0:
-                dy = (self.p.weights[i].T @ dy).astype(np.float32)
+        dz = p.astype(np.float32)
+        dz[label] -= np.float32(1)
+        grad: dict[int, np.ndarray] = {g.output: dz.reshape(g.shapes[g.output])}
+        dws: list[np.ndarray | None] = [None] * len(g.ops)
+        dbs: list[np.ndarray | None] = [None] * len(g.ops)
+
+        def give(t: int, v: np.ndarray) -> None:
+            if self.need[t] or t == g.output:
+                v = v.astype(np.float32).reshape(g.shapes[t])
+                grad[t] = v if t not in grad else (grad[t] + v).astype(np.float32)
+
+        for i in range(len(g.ops) - 1, -1, -1):
+            op = g.ops[i]
+            if op.output not in grad:
+                continue
+            dy = np.where(_mask_f32(acts[op.output], op.act), grad[op.output],
+                          np.float32(0)).astype(np.float32)
+            x0 = acts[op.inputs[0]]
+            w = self.p.weights[i]
+            if op.kind == "dense":
+                d = dy.reshape(-1)
+                if op.trainable:
+                    dws[i] = np.outer(d, x0.reshape(-1)).astype(np.float32)
+                    dbs[i] = d.copy()
+                if self.need[op.inputs[0]]:
+                    give(op.inputs[0], w.T @ d)
+            elif op.kind == "conv":
+                pt = patches(x0, op)
+                P = pt.shape[0] * pt.shape[1]
+                d = dy.reshape(P, -1)
+                if op.trainable:
+                    dws[i] = (d.T @ pt.reshape(P, -1)).reshape(w.shape).astype(np.float32)
+                    dbs[i] = d.sum(axis=0).astype(np.float32)
+                if self.need[op.inputs[0]]:
+                    dp = (d @ w.reshape(w.shape[0], -1)).reshape(pt.shape)
+                    give(op.inputs[0], col2im(dp, x0.shape, op))
+            elif op.kind == "dwconv":
+                pt = patches(x0, op)
+                if op.trainable:
+                    dws[i] = np.einsum("hwijc,hwc->ijc", pt, dy).astype(np.float32)
+                    dbs[i] = dy.sum(axis=(0, 1)).astype(np.float32)
+                if self.need[op.inputs[0]]:
+                    dp = dy[:, :, None, None, :] * w[None, None]
+                    give(op.inputs[0], col2im(dp, x0.shape, op))
+            elif op.kind == "avgpool":
+                if self.need[op.inputs[0]]:
+                    kh, kw = op.kernel
+                    dp = np.broadcast_to((dy / np.float32(kh * kw))[:, :, None, None, :],
+                                         dy.shape[:2] + (kh, kw, dy.shape[2]))
+                    give(op.inputs[0], col2im(np.ascontiguousarray(dp), x0.shape, op))
+            elif op.kind == "maxpool":
+                if self.need[op.inputs[0]]:
+                    give(op.inputs[0], col2im(_max_route(patches(x0, op), dy), x0.shape, op))
+            else:  # add
+                for t in op.inputs:
+                    if self.need[t]:
+                        give(t, dy)
         return dws, dbs, loss
 
-    def apply(self, dws: list[np.ndarray], dbs: list[np.ndarray]) -> None:
-        for i, f in enumerate(self.layers):
-            if not f.trainable:
-                continue
+    def apply(self, dws: list[np.ndarray | None], dbs: list[np.ndarray | None]) -> None:
+        for i, op in enumerate(self.g.ops):
             gw, gb = dws[i], dbs[i]
-            if self.vw is not None and self.vb is not None:
+            if not op.trainable or gw is None or gb is None:
+                continue
+            if self.mu:
                 self.vw[i] = self.mu * self.vw[i] + gw
                 self.vb[i] = self.mu * self.vb[i] + gb
                 gw, gb = self.vw[i], self.vb[i]
@@ -76,43 +193,52 @@ class F32Trainer:
         self.apply(dws, dbs)
         return loss
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)[self.g.output].reshape(-1)
+
     def predict(self, xs: np.ndarray) -> np.ndarray:
-        h = np.asarray(xs, np.float32)
-        for f, w, b in zip(self.layers, self.p.weights, self.p.biases, strict=True):
-            h = h @ w.T + b
-            if f.relu:
-                h = np.maximum(h, 0)
-        return np.argmax(h, axis=1)
+        return np.array([int(np.argmax(self.logits(x))) for x in xs])
+
+
+def _max_route(pt: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Window gradients of max pooling: dy to the first maximum of each window."""
+    ho, wo, kh, kw, c = pt.shape
+    flat = pt.reshape(ho, wo, kh * kw, c)
+    first = np.argmax(flat, axis=2)  # argmax returns the first maximum
+    out = np.zeros((ho, wo, kh * kw, c), dy.dtype)
+    np.put_along_axis(out, first[:, :, None, :], dy[:, :, None, :], axis=2)
+    return out.reshape(pt.shape)
 
 
 # --------------------------------------------------------------------------- int8 FQT
 
 
 @dataclass
-class QLayer:
-    spec: FusedDense
-    w: np.ndarray  # int8 values (held as int64), shape (n_out, n_in)
-    b: np.ndarray  # int32 values (held as int64), scale 2**eb
-    ew: int  # weight exponent
-    eb: int  # bias exponent
-    ey: int  # output exponent (dynamic: grows when the output saturates)
-    zy: int  # output zero point (-128 after ReLU, 0 otherwise)
-
-
-@dataclass
 class QModel:
     """An int8 model: what the blob holds for dtype s8 and what the engine trains."""
 
-    layers: list[QLayer]
-    ex: int  # input exponent
-    zx: int  # input zero point
-    lut_exp: int  # exponent the softmax table was built for
+    graph: Graph
+    w: list[np.ndarray | None]  # int8 values held as int64
+    b: list[np.ndarray | None]  # int32 values held as int64
+    ew: list[int]  # weight exponent per op (0 where none)
+    eb: list[int]  # bias exponent per op
+    exp: list[int]  # tensor exponents (dynamic: grow when an op's output saturates)
+    zp: list[int]  # tensor zero points
+    lut_exp: int
     lut: np.ndarray = field(default_factory=lambda: np.zeros(256, np.uint16))
 
     def copy(self) -> QModel:
-        return QModel(
-            [QLayer(L.spec, L.w.copy(), L.b.copy(), L.ew, L.eb, L.ey, L.zy) for L in self.layers],
-            self.ex, self.zx, self.lut_exp, self.lut.copy())
+        return QModel(self.graph, [None if a is None else a.copy() for a in self.w],
+                      [None if a is None else a.copy() for a in self.b], list(self.ew),
+                      list(self.eb), list(self.exp), list(self.zp), self.lut_exp, self.lut.copy())
+
+    @property
+    def ex(self) -> int:
+        return self.exp[self.graph.input]
+
+    @property
+    def zx(self) -> int:
+        return self.zp[self.graph.input]
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """float inputs -> int8 with the model's input scale (host side, before streaming)."""
@@ -122,54 +248,110 @@ class QModel:
 
 WEIGHT_HEADROOM = 2.0  # initial weights use half the int8 range, leaving room to grow
 BIAS_EXTRA_BITS = 8  # bias resolution finer than the accumulator's by this many bits
+EXP_MAX = 30  # largest exponent the blob format allows
+ADD_SHIFT_MAX = 21  # an Add aligns its inputs by at most this many bits (int32 headroom)
 
 
-def quantize_model(layers: list[FusedDense], params: Params, calib: np.ndarray) -> QModel:
+def quantize_model(graph: Graph, params: Params, calib: np.ndarray) -> QModel:
     """Float model + calibration inputs -> int8 model with power-of-two scales.
 
     Activation exponents come from the float model's ranges on ``calib``; during training they
     grow when an output saturates (delayed dynamic scaling)."""
-    calib = np.asarray(calib, np.float32)
-    ex = q.exp_for_range(float(calib.max()), 255) if calib.min() >= 0 else \
-        q.exp_for_range(float(np.abs(calib).max()), 127)
-    zx = -128 if calib.min() >= 0 else 0
-    h, e_in = calib, ex
-    out: list[QLayer] = []
-    for f, w, b in zip(layers, params.weights, params.biases, strict=True):
-        ew = q.exp_for_range(float(np.abs(w).max()) * WEIGHT_HEADROOM, 127)
-        wq = q.sat8(np.round(w.astype(np.float64) / 2.0**ew).astype(np.int64))
-        wq = np.clip(wq, -127, 127)
-        eb = e_in + ew - BIAS_EXTRA_BITS
-        bq = np.clip(np.round(b.astype(np.float64) / 2.0**eb), q.INT32_MIN, q.INT32_MAX)
-        h = h @ w.T + b
-        if f.relu:
-            h = np.maximum(h, 0)
-            ey, zy = q.exp_for_range(float(h.max()), 255), -128
+    calib = np.asarray(calib, np.float32).reshape((-1,) + graph.shapes[graph.input])
+    f32 = F32Trainer(graph, params)
+    lo = np.full(len(graph.shapes), np.inf)
+    hi = np.full(len(graph.shapes), -np.inf)
+    for x in calib:
+        for t, a in enumerate(f32.forward(x)):
+            if a.size:
+                lo[t] = min(lo[t], float(a.min()))
+                hi[t] = max(hi[t], float(a.max()))
+    exp = [0] * len(graph.shapes)
+    zp = [0] * len(graph.shapes)
+
+    def set_range(t: int, nonneg: bool) -> None:
+        if nonneg:
+            exp[t], zp[t] = q.exp_for_range(float(hi[t]), 255), -128
         else:
-            ey, zy = q.exp_for_range(float(np.abs(h).max()), 127), 0
-        out.append(QLayer(f, wq, bq.astype(np.int64), ew, eb, ey, zy))
-        e_in = ey
-    lut_exp = out[-1].ey
-    return QModel(out, ex, zx, lut_exp, q.softmax_lut(lut_exp))
+            exp[t], zp[t] = q.exp_for_range(float(max(abs(lo[t]), abs(hi[t]))), 127), 0
+
+    set_range(graph.input, lo[graph.input] >= 0)
+    n = len(graph.ops)
+    w: list[np.ndarray | None] = [None] * n
+    b: list[np.ndarray | None] = [None] * n
+    ew, eb = [0] * n, [0] * n
+    for i, op in enumerate(graph.ops):
+        if op.kind in ("avgpool", "maxpool"):
+            exp[op.output], zp[op.output] = exp[op.inputs[0]], zp[op.inputs[0]]
+            continue
+        set_range(op.output, op.act != "none")
+        if op.has_params:
+            wf, bf = params.weights[i], params.biases[i]
+            assert wf is not None and bf is not None
+            ew[i] = q.exp_for_range(float(np.abs(wf).max()) * WEIGHT_HEADROOM, 127)
+            w[i] = np.clip(np.round(wf.astype(np.float64) / 2.0**ew[i]), -127, 127).astype(np.int64)
+            eb[i] = exp[op.inputs[0]] + ew[i] - BIAS_EXTRA_BITS
+            b[i] = np.clip(np.round(bf.astype(np.float64) / 2.0**eb[i]), q.INT32_MIN,
+                           q.INT32_MAX).astype(np.int64)
+    lut_exp = exp[graph.output]
+    return QModel(graph, w, b, ew, eb, exp, zp, lut_exp, q.softmax_lut(lut_exp))
 
 
-EXP_MAX = 30  # largest exponent the blob format allows
+def relu6_q(ey: int) -> int:
+    """6.0 in units of 2**ey (saturating)."""
+    return int(q.rshift_round(np.array(6), ey))
 
 
-@dataclass
-class QGrad:
-    gw: np.ndarray
-    gw_exp: int
-    gb: np.ndarray
-    gb_exp: int
+def requant_out(acc: np.ndarray, shift: int, zy: int, act: str, ey: int
+                ) -> tuple[np.ndarray, bool]:
+    """int32 accumulators -> int8 outputs of an op; (values, saturated)."""
+    r = q.rshift_round(acc, shift)
+    hi_range = q.INT8_MAX - zy
+    lo = 0 if act != "none" else q.INT8_MIN - zy
+    hi = hi_range
+    sat = bool(np.any(r > hi_range))
+    if act == "relu6":
+        q6 = relu6_q(ey)
+        hi = min(q6, hi_range)
+        sat = sat and q6 > hi_range
+    if act == "none":
+        sat = sat or bool(np.any(r < lo))
+    return np.clip(r, lo, hi) + zy, sat
+
+
+def act_mask_q(y: np.ndarray, act: str, zy: int, ey: int) -> np.ndarray:
+    if act == "relu":
+        return y > zy
+    if act == "relu6":
+        return (y > zy) & (y - zy < relu6_q(ey))
+    return np.ones(y.shape, bool)
+
+
+def avg_div(s: np.ndarray, count: int) -> np.ndarray:
+    """sum / count rounded half away from zero (integer)."""
+    return np.sign(s) * ((np.abs(s) + count // 2) // count)
+
+
+def merge_grads(g1: np.ndarray, e1: int, g2: np.ndarray, e2: int) -> tuple[np.ndarray, int]:
+    """Sum of two int8 gradients with exponents e1, e2 (a tensor with two consumers)."""
+    e = max(e1, e2)
+    s = q.rshift_round(g1, e - e1) + q.rshift_round(g2, e - e2)
+    return q.quantize_grad(s, e)
 
 
 @dataclass
 class QForward:
-    acts: list[np.ndarray]  # int8 activations (int64 arrays): input, then each layer's output
-    exps: list[int]  # exponent of each activation
-    zps: list[int]
-    sat: list[bool]  # per layer: did an output saturate
+    acts: list[np.ndarray]  # int8 (as int64) activations by tensor id, (H, W, C)
+    exps: list[int]
+    sat: list[bool]  # per op
+
+
+@dataclass
+class QGrad:
+    gw: np.ndarray  # int32 weight gradient (as int64), exponent gw_exp
+    gw_exp: int
+    gb: np.ndarray  # int32 bias gradient, exponent gb_exp
+    gb_exp: int
 
 
 class S8Trainer:
@@ -179,32 +361,61 @@ class S8Trainer:
         if momentum:
             raise NotImplementedError("int8 training with momentum is not implemented yet")
         self.m = qm.copy()
+        self.g = qm.graph
         self.lr_q = q.quantize_lr(lr)
         self.dither = seed & 0xFFFFFFFF
+        self.need = needs_grad(self.g)
+        self.logits_grad_exp = 0
 
     # forward -----------------------------------------------------------------------------
     def forward(self, xq: np.ndarray) -> QForward:
-        m = self.m
-        x = np.asarray(xq, np.int64)
-        fw = QForward([x], [m.ex], [m.zx], [])
-        for L in m.layers:
-            xe, xz = fw.exps[-1], fw.zps[-1]
-            acc = np.clip(L.w @ (fw.acts[-1] - xz) + q.rshift_round(L.b, xe + L.ew - L.eb),
-                          q.INT32_MIN, q.INT32_MAX)
-            r = q.rshift_round(acc, L.ey - xe - L.ew)
-            lo = 0 if L.spec.relu else q.INT8_MIN - L.zy
-            hi = q.INT8_MAX - L.zy
-            fw.sat.append(bool(np.any(r > hi) or (not L.spec.relu and np.any(r < lo))))
-            fw.acts.append(np.clip(r, lo, hi) + L.zy)
-            fw.exps.append(L.ey)
-            fw.zps.append(L.zy)
-        return fw
+        m, g = self.m, self.g
+        acts: list[np.ndarray] = [np.zeros(0, np.int64)] * len(g.shapes)
+        exps = list(m.exp)
+        acts[g.input] = np.asarray(xq, np.int64).reshape(g.shapes[g.input])
+        sats: list[bool] = []
+        for i, op in enumerate(g.ops):
+            x0 = acts[op.inputs[0]]
+            xe, xz = exps[op.inputs[0]], m.zp[op.inputs[0]]
+            t = op.output
+            sat = False
+            if op.kind in ("dense", "conv", "dwconv"):
+                w = m.w[i]
+                bt = q.rshift_round(m.b[i], xe + m.ew[i] - m.eb[i])
+                if op.kind == "dense":
+                    acc = w @ (x0.reshape(-1) - xz)
+                elif op.kind == "conv":
+                    pt = patches(x0, op, xz) - xz
+                    acc = pt.reshape(pt.shape[0], pt.shape[1], -1) @ w.reshape(w.shape[0], -1).T
+                else:
+                    acc = np.einsum("hwijc,ijc->hwc", patches(x0, op, xz) - xz, w)
+                acc = np.clip(acc + bt, q.INT32_MIN, q.INT32_MAX)
+                y, sat = requant_out(acc, exps[t] - xe - m.ew[i], m.zp[t], op.act, exps[t])
+            elif op.kind == "avgpool":
+                kh, kw = op.kernel
+                s = (patches(x0, op) - xz).sum(axis=(2, 3))
+                y = np.clip(avg_div(s, kh * kw) + xz, q.INT8_MIN, q.INT8_MAX)
+                exps[t] = xe
+            elif op.kind == "maxpool":
+                y = patches(x0, op).max(axis=(2, 3))
+                exps[t] = xe
+            else:  # add
+                x1 = acts[op.inputs[1]]
+                e1, z1 = exps[op.inputs[1]], m.zp[op.inputs[1]]
+                emin = min(xe, e1)
+                acc = ((x0 - xz) << min(xe - emin, ADD_SHIFT_MAX)) + \
+                    ((x1 - z1) << min(e1 - emin, ADD_SHIFT_MAX))
+                y, sat = requant_out(acc, exps[t] - emin, m.zp[t], op.act, exps[t])
+            acts[t] = y.reshape(g.shapes[t])
+            sats.append(sat)
+        m.exp = exps  # pools follow their inputs
+        return QForward(acts, exps, sats)
 
     def logits_grad(self, logits: np.ndarray, label: int) -> tuple[np.ndarray, int]:
         """Softmax-CE gradient of int8 logits: (int8 values, exponent)."""
         m = self.m
         gap = logits.max() - logits
-        d = np.where(gap == 0, 0, gap << min(m.layers[-1].ey - m.lut_exp, 8))
+        d = np.where(gap == 0, 0, gap << min(m.exp[self.g.output] - m.lut_exp, 8))
         t = np.where(d < 256, m.lut[np.minimum(d, 255)].astype(np.int64), 0)
         s = int(t.sum())
         g = ((t << 15) + (s >> 1)) // s
@@ -213,61 +424,109 @@ class S8Trainer:
 
     # backward + update ---------------------------------------------------------------------
     def grads(self, xq: np.ndarray, label: int) -> list[QGrad | None]:
-        """Forward + backward of one sample; per layer the kept gradients (None if frozen):
-        gw = dy (x - zp) as int32 with exponent ey + ex, gb = int8 dy with exponent ey."""
-        m = self.m
+        """Forward + backward of one sample; per op the kept gradients (None if frozen)."""
+        m, g = self.m, self.g
         fw = self._fw = self.forward(xq)
-        dy, ey = self.logits_grad(fw.acts[-1], label)
-        self.logits_grad_exp = ey
-        first = next((i for i, L in enumerate(m.layers) if L.spec.trainable), len(m.layers))
-        out: list[QGrad | None] = [None] * len(m.layers)
-        for i in range(len(m.layers) - 1, first - 1, -1):
-            L = m.layers[i]
-            x, xe, xz = fw.acts[i], fw.exps[i], fw.zps[i]
-            if L.spec.relu:
-                dy = np.where(fw.acts[i + 1] > L.zy, dy, 0)
-            if L.spec.trainable:
-                out[i] = QGrad(np.outer(dy, x - xz), ey + xe, dy.copy(), ey)
-            if i > first:
-                acc = L.w.T @ dy
-                prev = m.layers[i - 1]
-                if prev.spec.relu:  # mask before choosing the scale: finer gradients
-                    acc = np.where(fw.acts[i] > prev.zy, acc, 0)
-                dy, ey = q.quantize_grad(acc, L.ew + ey)
+        d0, e0 = self.logits_grad(fw.acts[g.output].reshape(-1), label)
+        self.logits_grad_exp = e0
+        grad: dict[int, tuple[np.ndarray, int]] = {g.output: (d0.reshape(g.shapes[g.output]),
+                                                               e0)}
+        producer = {op.output: i for i, op in enumerate(g.ops)}
+        n_users = [len(g.consumers(t)) for t in range(len(g.shapes))]
+        out: list[QGrad | None] = [None] * len(g.ops)
+
+        def give(t: int, acc: np.ndarray, e: int) -> None:
+            """An input gradient as int32 accumulators with exponent e."""
+            acc = acc.reshape(g.shapes[t])
+            p = producer.get(t)
+            if p is not None and n_users[t] == 1:  # mask first: a finer scale
+                pop = g.ops[p]
+                acc = np.where(act_mask_q(fw.acts[t], pop.act, m.zp[t], fw.exps[t]), acc, 0)
+            v, ve = q.quantize_grad(acc, e)
+            if t in grad:
+                v, ve = merge_grads(grad[t][0], grad[t][1], v, ve)
+            grad[t] = (v, ve)
+
+        for i in range(len(g.ops) - 1, -1, -1):
+            op = g.ops[i]
+            if op.output not in grad:
+                continue
+            dy, ey = grad[op.output]
+            dy = np.where(act_mask_q(fw.acts[op.output], op.act, m.zp[op.output],
+                                     fw.exps[op.output]), dy, 0)
+            src = op.inputs[0]
+            x0, xe, xz = fw.acts[src], fw.exps[src], m.zp[src]
+            w = m.w[i]
+            if op.kind == "dense":
+                d = dy.reshape(-1)
+                if op.trainable:
+                    out[i] = QGrad(np.outer(d, x0.reshape(-1) - xz), ey + xe, d.copy(), ey)
+                if self.need[src]:
+                    give(src, w.T @ d, m.ew[i] + ey)
+            elif op.kind == "conv":
+                pt = patches(x0, op, xz) - xz
+                P = pt.shape[0] * pt.shape[1]
+                d = dy.reshape(P, -1)
+                if op.trainable:
+                    out[i] = QGrad((d.T @ pt.reshape(P, -1)).reshape(w.shape), ey + xe,
+                                   d.sum(axis=0), ey)
+                if self.need[src]:
+                    dp = (d @ w.reshape(w.shape[0], -1)).reshape(pt.shape)
+                    give(src, col2im(dp, x0.shape, op), m.ew[i] + ey)
+            elif op.kind == "dwconv":
+                pt = patches(x0, op, xz) - xz
+                if op.trainable:
+                    out[i] = QGrad(np.einsum("hwijc,hwc->ijc", pt, dy), ey + xe,
+                                   dy.sum(axis=(0, 1)), ey)
+                if self.need[src]:
+                    dp = dy[:, :, None, None, :] * w[None, None]
+                    give(src, col2im(dp, x0.shape, op), m.ew[i] + ey)
+            elif op.kind == "avgpool":
+                if self.need[src]:
+                    kh, kw = op.kernel
+                    recip = (65536 + (kh * kw) // 2) // (kh * kw)
+                    dp = np.broadcast_to((dy * recip)[:, :, None, None, :],
+                                         dy.shape[:2] + (kh, kw, dy.shape[2]))
+                    give(src, col2im(np.ascontiguousarray(dp), x0.shape, op), ey - 16)
+            elif op.kind == "maxpool":
+                if self.need[src]:
+                    give(src, col2im(_max_route(patches(x0, op), dy), x0.shape, op), ey)
+            else:  # add
+                for t in op.inputs:
+                    if self.need[t]:
+                        give(t, dy, ey)
         return out
 
     def apply(self, grads: list[QGrad | None]) -> None:
-        """SGD update from grads(), last layer first (the order of the update dither), then
-        the delayed range adaptation of saturated outputs."""
-        for L, g in zip(reversed(self.m.layers), reversed(grads), strict=True):
-            if g is None:
+        """SGD update from grads(), last op first (the order of the update dither), then the
+        delayed range adaptation of saturated outputs."""
+        m = self.m
+        for i in range(len(self.g.ops) - 1, -1, -1):
+            gr = grads[i]
+            if gr is None:
                 continue
-            n = L.w.size
-            sh = L.ew + q.LR_FRAC_BITS - g.gw_exp
-            dither = q.weyl_offsets(self.dither, n).reshape(L.w.shape)
-            step = np.clip(q.stochastic_shift(g.gw * self.lr_q, sh, dither), -128, 127)
-            L.w = np.clip(L.w - step, -127, 127)
+            w = m.w[i]
+            n = w.size
+            sh = m.ew[i] + q.LR_FRAC_BITS - gr.gw_exp
+            dither = q.weyl_offsets(self.dither, n).reshape(w.shape)
+            step = np.clip(q.stochastic_shift(gr.gw * self.lr_q, sh, dither), -128, 127)
+            m.w[i] = np.clip(w - step, -127, 127)
             self.dither = q.weyl_advance(self.dither, n)
-            db = q.rshift_round(g.gb * self.lr_q, L.eb + q.LR_FRAC_BITS - g.gb_exp)
-            L.b = np.clip(L.b - db, q.INT32_MIN, q.INT32_MAX)
-        for L, sat in zip(self.m.layers, self._fw.sat, strict=True):
-            if sat and L.ey < EXP_MAX:
-                L.ey += 1
+            db = q.rshift_round(gr.gb * self.lr_q, m.eb[i] + q.LR_FRAC_BITS - gr.gb_exp)
+            m.b[i] = np.clip(m.b[i] - db, q.INT32_MIN, q.INT32_MAX)
+        for op, sat in zip(self.g.ops, self._fw.sat, strict=True):
+            if sat and m.exp[op.output] < EXP_MAX:
+                m.exp[op.output] += 1
 
     def step(self, xq: np.ndarray, label: int) -> None:
         """One SGD step (the engine's fused kl_train_step computes the same integers)."""
         self.apply(self.grads(xq, label))
 
+    def logits(self, xq: np.ndarray) -> np.ndarray:
+        saved = list(self.m.exp)
+        out = self.forward(xq).acts[self.g.output].reshape(-1)
+        self.m.exp = saved
+        return out
+
     def predict(self, xq: np.ndarray) -> np.ndarray:
-        """Batched inference (same integers as forward())."""
-        m = self.m
-        h = np.asarray(xq, np.int64)
-        xe, xz = m.ex, m.zx
-        for L in m.layers:
-            acc = np.clip((h - xz) @ L.w.T + q.rshift_round(L.b, xe + L.ew - L.eb),
-                          q.INT32_MIN, q.INT32_MAX)
-            r = q.rshift_round(acc, L.ey - xe - L.ew)
-            lo = 0 if L.spec.relu else q.INT8_MIN - L.zy
-            h = np.clip(r, lo, q.INT8_MAX - L.zy) + L.zy
-            xe, xz = L.ey, L.zy
-        return np.argmax(h, axis=1)
+        return np.array([int(np.argmax(self.logits(x))) for x in xq])

@@ -41,9 +41,9 @@ def prepare(dtype: str, sizes: list[int], ds: datasets.Dataset, seed: int):
     m = model.mlp(sizes)
     p = m.init(seed)
     if dtype == "f32":
-        return (export.export_f32(m.fused, p), ds.x_train, ds.x_test,
-                lambda lr: reference.F32Trainer(m.fused, p, lr=lr), m)
-    qm = reference.quantize_model(m.fused, p, ds.x_train[:CALIBRATION_SAMPLES])
+        return (export.export_f32(m.graph, p), ds.x_train, ds.x_test,
+                lambda lr: reference.F32Trainer(m.graph, p, lr=lr), m)
+    qm = reference.quantize_model(m.graph, p, ds.x_train[:CALIBRATION_SAMPLES])
     return (export.export_s8(qm), qm.quantize_input(ds.x_train), qm.quantize_input(ds.x_test),
             lambda lr: reference.S8Trainer(qm, lr=lr, seed=seed + 1), m)
 

@@ -33,7 +33,7 @@ static void put32(uint8_t *p, uint32_t v)
 }
 
 static uint32_t arena_mem[1 << 16];
-static int8_t xin[65536];
+static int8_t xin[4 * 65536];
 
 int main(int argc, char **argv)
 {

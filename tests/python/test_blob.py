@@ -19,8 +19,8 @@ from kilolearn import reference as R
 def blobs(digits):
     m = model.mlp([64, 32, 10])
     p = m.init(0)
-    qm = R.quantize_model(m.fused, p, digits.x_train[:100])
-    return {"f32": (export.export_f32(m.fused, p), m, p, qm),
+    qm = R.quantize_model(m.graph, p, digits.x_train[:100])
+    return {"f32": (export.export_f32(m.graph, p), m, p, qm),
             "s8": (export.export_s8(qm), m, p, qm)}
 
 
@@ -34,12 +34,14 @@ def bad_blobs(blob: bytes) -> dict[str, bytes]:
     flipped = bytearray(blob)
     flipped[len(blob) - 7] ^= 0x10  # a weight byte
     version = bytearray(blob)
-    struct.pack_into("<H", version, 4, 2)
+    struct.pack_into("<H", version, 4, export.VERSION[0] + 1)
     magic = b"KLMX" + blob[4:]
+    ops_off = struct.unpack_from("<I", blob, 32)[0]
+    n_tensors = struct.unpack_from("<H", blob, 18)[0]
     inconsistent = bytearray(blob)
-    struct.pack_into("<H", inconsistent, 48 + 4, 63)  # first layer n_in != n_inputs
+    struct.pack_into("<H", inconsistent, ops_off + 12, n_tensors - 1)  # reads an unmade tensor
     offset = bytearray(blob)
-    struct.pack_into("<I", offset, 48 + 12, len(blob) - 2)  # weights past the end
+    struct.pack_into("<I", offset, ops_off + 20, len(blob) - 4)  # weights past the end
     return {
         "KL_ETRUNC": blob[: len(blob) - 5],
         "KL_ECRC": bytes(flipped),
@@ -53,15 +55,26 @@ def bad_blobs(blob: bytes) -> dict[str, bytes]:
 def test_round_trip(blobs):
     blob, m, p, qm = blobs["f32"]
     back = export.read(blob)
-    assert back.layers == m.fused
+    assert back.graph == m.graph
     for a, b in zip(back.params.weights, p.weights, strict=True):
         assert np.array_equal(a, b)
     blob8, *_ = blobs["s8"]
     q8 = export.read(blob8).qmodel
-    for a, b in zip(q8.layers, qm.layers, strict=True):
-        assert np.array_equal(a.w, b.w) and np.array_equal(a.b, b.b)
-        assert (a.ew, a.eb, a.ey, a.zy) == (b.ew, b.eb, b.ey, b.zy)
+    for a, b in zip(q8.w + q8.b, qm.w + qm.b, strict=True):
+        assert np.array_equal(a, b)
+    assert (q8.ew, q8.eb, q8.exp, q8.zp) == (qm.ew, qm.eb, qm.exp, qm.zp)
     assert np.array_equal(q8.lut, qm.lut)
+
+
+def test_round_trip_of_every_op_kind(rng):
+    from test_engine import residual_net
+
+    m = residual_net()
+    p = m.init(1)
+    back = export.read(export.export_f32(m.graph, p))
+    assert back.graph == m.graph
+    for a, b in zip(back.params.weights, p.weights, strict=True):
+        assert (a is None and b is None) or np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "s8"])
@@ -93,11 +106,21 @@ def test_engine_rejects_bad_blobs_with_distinct_codes(blobs, dtype, digits):
     runner.run_job(job.build(blob, x, digits.y_train[:2]), "host", sanitize=True)
 
 
-@pytest.mark.parametrize("dtype", ["f32", "s8"])
-def test_fuzz_blob_parser_under_sanitizers(blobs, dtype, tmp_path):
+@pytest.mark.parametrize("dtype", ["f32", "s8", "residual-f32", "residual-s8"])
+def test_fuzz_blob_parser_under_sanitizers(blobs, dtype, tmp_path, rng):
     exe = build.build("host", sanitize=True, target="kl_fuzz_blob")
     path = tmp_path / "model.klm"
-    path.write_bytes(blobs[dtype][0])
+    if dtype.startswith("residual"):
+        from test_engine import residual_net
+
+        m = residual_net()
+        p = m.init(2)
+        x = rng.uniform(0, 1, (4,) + m.graph.shapes[0]).astype(np.float32)
+        blob = export.export_f32(m.graph, p) if dtype.endswith("f32") else \
+            export.export_s8(R.quantize_model(m.graph, p, x))
+    else:
+        blob = blobs[dtype][0]
+    path.write_bytes(blob)
     r = subprocess.run([str(exe), str(path), "100000", "7"], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

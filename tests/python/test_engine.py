@@ -1,5 +1,6 @@
 """The C engine against the numpy reference, on the host (plain and ASan/UBSan) and on the
-emulated Cortex-M3/M4/M7/M33: float32 gradients to 1e-5, int8 bit for bit."""
+emulated Cortex-M3/M4/M7/M33: float32 gradients to 1e-5, int8 bit for bit, for dense, conv,
+depthwise, pooling and residual graphs."""
 
 from __future__ import annotations
 
@@ -7,96 +8,119 @@ import numpy as np
 import pytest
 from conftest import HOST_TARGETS, QEMU_BOARDS, require_target, split_target
 
-from kilolearn import export, job, model, runner
+from kilolearn import export, job, runner
+from kilolearn import model as M
 from kilolearn import reference as R
 
 TARGETS = HOST_TARGETS + QEMU_BOARDS
-SHAPES = [  # (layer sizes, trainable flags)
-    ([7, 5, 3], None),
-    ([64, 32, 10], None),
-    ([33, 17, 9, 4], None),
-    ([20, 16, 12, 5], [False, True, True]),
-]
 
 
-def build_model(sizes, trainable):
-    layers: list = [model.Input(sizes[0])]
-    for k, n in enumerate(sizes[1:]):
-        tr = True if trainable is None else trainable[k]
-        last = k == len(sizes) - 2
-        layers.append(model.Dense(n, None if last else "relu", trainable=tr))
-    return model.Model(layers + [model.SoftmaxCrossEntropy()])
+def residual_net() -> M.Model:
+    x = M.Input((6, 6, 4))
+    n = M.Node(x, [])
+    a = M.ReLU6()(M.BatchNorm()(M.Conv2D(8, 3, 2)(n)))  # 3x3x8, stride 2, SAME
+    h = M.ReLU()(M.Conv2D(16, 1)(a))
+    h = M.ReLU6()(M.DepthwiseConv2D(3, 1)(h))
+    h = M.Conv2D(8, 1)(h)
+    r = M.Add(activation="relu")([a, h])
+    p = M.AvgPool2D(2, 1)(r)  # overlapping windows
+    out = M.Dense(5)(M.Flatten()(M.MaxPool2D(2)(p)))
+    return M.Model(M.SoftmaxCrossEntropy()(out))
+
+
+MODELS = {
+    "mlp": lambda: M.mlp([7, 5, 3]),
+    "mlp-frozen-first": lambda: M.Model([
+        M.Input((20,)), M.Dense(16, trainable=False), M.ReLU(), M.Dense(12), M.ReLU(),
+        M.Dense(5), M.SoftmaxCrossEntropy()]),
+    "cnn": lambda: M.small_cnn((8, 8, 1), 4, 3),
+    "cnn-valid": lambda: M.Model([
+        M.Input((7, 9, 2)), M.Conv2D(5, (3, 2), 2, "valid"), M.ReLU(),
+        M.DepthwiseConv2D(2, 1, "valid", "relu6"), M.Flatten(), M.Dense(3),
+        M.SoftmaxCrossEntropy()]),
+    "residual": residual_net,
+}
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def data_for(sizes, rng, n):
-    x = rng.uniform(0, 1, (n, sizes[0])).astype(np.float32)
-    y = rng.integers(0, sizes[-1], n)
+def data_for(m: M.Model, rng, n):
+    x = rng.uniform(0, 1, (n,) + m.graph.shapes[m.graph.input]).astype(np.float32)
+    y = rng.integers(0, m.n_classes, n)
     return x, y
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_f32_gradients_match_numpy(target, rng):
-    require_target(target)
-    board, asan = split_target(target)
-    for sizes, trainable in SHAPES:
-        m = build_model(sizes, trainable)
-        p = m.init(int(rng.integers(1000)))
-        x, y = data_for(sizes, rng, 3)
-        rep = runner.run_job(job.build(export.export_f32(m.fused, p), x, y, cmd=job.CMD_GRADS,
-                                       n_steps=3, lr=0.1, momentum=0.5, dump_weights=True),
-                             board, sanitize=asan)
-        ref = R.F32Trainer(m.fused, p, lr=0.1, momentum=0.5)
-        for s in range(3):
-            dws, dbs, _ = ref.grads(x[s], int(y[s]))
-            assert rep.records["step"][s]["pred"] == int(np.argmax(ref.forward(x[s])[-1]))
-            for li, f in enumerate(m.fused):
-                if not f.trainable:
-                    assert f"g{li:02d}w" not in rep.dumps
-                    continue
-                gw = rep.dump(f"g{li:02d}w", "<f4", s).reshape(dws[li].shape)
-                gb = rep.dump(f"g{li:02d}b", "<f4", s)
-                assert rel_err(gw, dws[li]) < 1e-5, (sizes, s, li)
-                assert rel_err(gb, dbs[li]) < 1e-5, (sizes, s, li)
-            ref.apply(dws, dbs)
-        for li in range(len(m.fused)):
-            w = rep.dump(f"w{li:02d}", "<f4").reshape(ref.p.weights[li].shape)
-            assert rel_err(w, ref.p.weights[li]) < 1e-5
+@pytest.fixture(params=list(MODELS))
+def net(request):
+    return request.param, MODELS[request.param]()
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_s8_gradients_bit_exact(target, rng):
+def test_f32_gradients_match_numpy(target, net, rng):
     require_target(target)
     board, asan = split_target(target)
-    for sizes, trainable in SHAPES:
-        m = build_model(sizes, trainable)
-        p = m.init(int(rng.integers(1000)))
-        x, y = data_for(sizes, rng, 4)
-        qm = R.quantize_model(m.fused, p, x)
-        xq = qm.quantize_input(x)
-        rep = runner.run_job(job.build(export.export_s8(qm), xq, y, cmd=job.CMD_GRADS, n_steps=4,
-                                       lr=0.2, seed=77, dump_weights=True), board, sanitize=asan)
-        ref = R.S8Trainer(qm, lr=0.2, seed=77)
-        for s in range(4):
-            gs = ref.grads(xq[s], int(y[s]))
-            step = rep.records["step"][s]
-            assert step["dlogits_exp"] == ref.logits_grad_exp
-            assert np.array_equal(rep.dump("logits", "i1", s), ref._fw.acts[-1])
-            for li, g in enumerate(gs):
-                if g is None:
-                    assert f"g{li:02d}w" not in rep.dumps
-                    continue
-                exps = rep.records["exps"][s * len(gs) + li]
-                assert (exps["gw"], exps["gb"]) == (g.gw_exp, g.gb_exp)
-                assert np.array_equal(rep.dump(f"g{li:02d}w", "<i4", s).reshape(g.gw.shape), g.gw)
-                assert np.array_equal(rep.dump(f"g{li:02d}b", "i1", s), g.gb)
-            ref.apply(gs)
-        for li, L in enumerate(ref.m.layers):
-            assert np.array_equal(rep.dump(f"w{li:02d}", "i1").reshape(L.w.shape), L.w)
-            assert np.array_equal(rep.dump(f"b{li:02d}", "<i4"), L.b)
+    name, m = net
+    g = m.graph
+    p = m.init(int(rng.integers(1000)))
+    for b in p.biases:
+        if b is not None:
+            b[:] = rng.normal(0, 0.1, b.shape)
+    x, y = data_for(m, rng, 3)
+    rep = runner.run_job(job.build(export.export_f32(g, p), x, y, cmd=job.CMD_GRADS, n_steps=3,
+                                   lr=0.1, momentum=0.5, dump_weights=True), board, sanitize=asan)
+    ref = R.F32Trainer(g, p, lr=0.1, momentum=0.5)
+    for s in range(3):
+        dws, dbs, _ = ref.grads(x[s], int(y[s]))
+        assert rep.records["step"][s]["pred"] == int(np.argmax(ref.logits(x[s])))
+        for i, op in enumerate(g.ops):
+            if not op.trainable:
+                assert f"g{i:02d}w" not in rep.dumps
+                continue
+            gw = rep.dump(f"g{i:02d}w", "<f4", s).reshape(dws[i].shape)
+            assert rel_err(gw, dws[i]) < 1e-5, (name, s, i)
+            assert rel_err(rep.dump(f"g{i:02d}b", "<f4", s), dbs[i]) < 1e-5, (name, s, i)
+        ref.apply(dws, dbs)
+    for i, op in enumerate(g.ops):
+        if op.has_params:
+            w = rep.dump(f"w{i:02d}", "<f4").reshape(ref.p.weights[i].shape)
+            assert rel_err(w, ref.p.weights[i]) < 1e-5, (name, i)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_s8_gradients_bit_exact(target, net, rng):
+    require_target(target)
+    board, asan = split_target(target)
+    name, m = net
+    g = m.graph
+    p = m.init(int(rng.integers(1000)))
+    x, y = data_for(m, rng, 4)
+    qm = R.quantize_model(g, p, x)
+    xq = qm.quantize_input(x)
+    rep = runner.run_job(job.build(export.export_s8(qm), xq, y, cmd=job.CMD_GRADS, n_steps=4,
+                                   lr=0.2, seed=77, dump_weights=True), board, sanitize=asan)
+    ref = R.S8Trainer(qm, lr=0.2, seed=77)
+    for s in range(4):
+        gs = ref.grads(xq[s], int(y[s]))
+        assert rep.records["step"][s]["dlogits_exp"] == ref.logits_grad_exp, name
+        assert np.array_equal(rep.dump("logits", "i1", s), ref._fw.acts[g.output].reshape(-1))
+        for i, gr in enumerate(gs):
+            exps = rep.records["exps"][s * len(g.ops) + i]
+            assert exps["y"] == ref.m.exp[g.ops[i].output], (name, s, i)
+            if gr is None:
+                assert f"g{i:02d}w" not in rep.dumps
+                continue
+            assert (exps["gw"], exps["gb"]) == (gr.gw_exp, gr.gb_exp), (name, s, i)
+            got = rep.dump(f"g{i:02d}w", "<i4", s).reshape(gr.gw.shape)
+            assert np.array_equal(got, gr.gw), (name, s, i)
+            assert np.array_equal(rep.dump(f"g{i:02d}b", "<i4", s), gr.gb), (name, s, i)
+        ref.apply(gs)
+    for i, op in enumerate(g.ops):
+        if op.has_params:
+            assert np.array_equal(rep.dump(f"w{i:02d}", "i1").reshape(ref.m.w[i].shape),
+                                  ref.m.w[i]), (name, i)
+            assert np.array_equal(rep.dump(f"b{i:02d}", "<i4"), ref.m.b[i]), (name, i)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -104,22 +128,26 @@ def test_s8_fused_training_bit_exact(target, rng):
     """Many fused steps (kl_train_step): weights, biases and the adapted exponents agree."""
     require_target(target)
     board, asan = split_target(target)
-    sizes = [64, 32, 10]
-    m = build_model(sizes, None)
-    p = m.init(5)
-    x, y = data_for(sizes, rng, 150)
-    qm = R.quantize_model(m.fused, p, x[:10])
-    xq = qm.quantize_input(x)
-    rep = runner.run_job(job.build(export.export_s8(qm), xq, y, xq[:50], y[:50], lr=0.3, seed=9,
-                                   epochs=2, dump_weights=True), board, sanitize=asan)
-    ref = R.S8Trainer(qm, lr=0.3, seed=9)
-    for _ in range(2):
-        for i in range(len(xq)):
-            ref.step(xq[i], int(y[i]))
-    assert rep.records["epoch"][-1]["test_correct"] == int((ref.predict(xq[:50]) == y[:50]).sum())
-    for li, L in enumerate(ref.m.layers):
-        assert np.array_equal(rep.dump(f"w{li:02d}", "i1").reshape(L.w.shape), L.w)
-        assert np.array_equal(rep.dump(f"b{li:02d}", "<i4"), L.b)
-        assert rep.records["exps"][li]["y"] == L.ey
-    assert any(L.ey != Q.ey for L, Q in zip(ref.m.layers, qm.layers, strict=True)), \
-        "the test should exercise the dynamic range adaptation"
+    for name in ("mlp-big", "residual"):
+        m = M.mlp([64, 32, 10]) if name == "mlp-big" else residual_net()
+        g = m.graph
+        p = m.init(5)
+        x, y = data_for(m, rng, 150 if name == "mlp-big" else 40)
+        qm = R.quantize_model(g, p, x[:10])
+        xq = qm.quantize_input(x)
+        rep = runner.run_job(job.build(export.export_s8(qm), xq, y, xq[:30], y[:30], lr=0.3,
+                                       seed=9, epochs=2, dump_weights=True), board,
+                             sanitize=asan)
+        ref = R.S8Trainer(qm, lr=0.3, seed=9)
+        for _ in range(2):
+            for i in range(len(xq)):
+                ref.step(xq[i], int(y[i]))
+        assert rep.records["epoch"][-1]["test_correct"] == \
+            int((ref.predict(xq[:30]) == y[:30]).sum())
+        for i, op in enumerate(g.ops):
+            assert rep.records["exps"][i]["y"] == ref.m.exp[op.output], (name, i)
+            if op.has_params:
+                assert np.array_equal(rep.dump(f"w{i:02d}", "i1").reshape(ref.m.w[i].shape),
+                                      ref.m.w[i]), (name, i)
+                assert np.array_equal(rep.dump(f"b{i:02d}", "<i4"), ref.m.b[i]), (name, i)
+        assert ref.m.exp != qm.exp, "the test should exercise the dynamic range adaptation"

@@ -1,27 +1,24 @@
-/* Model layout in the arena, forward, backward and update for sequential
- * models of fused Dense(+ReLU) layers ending in softmax cross-entropy. */
+/* Model layout in the arena, forward, backward and update for graphs of
+ * dense / conv / depthwise / pooling / add ops ending in softmax
+ * cross-entropy. The numpy twin is scripts/kilolearn/reference.py. */
 #include <string.h>
 
 #include "kilolearn/kilolearn.h"
 #include "kilolearn/kl_kernels.h"
+#include "kl_blob_read.h"
 
-static uint16_t rd16(const uint8_t *p)
+#define ADD_SHIFT_MAX 21
+
+static int trainable(const kl_op_t *op)
 {
-	return (uint16_t)(p[0] | (p[1] << 8));
+	return (op->flags & KL_OP_TRAINABLE) != 0u;
 }
 
-static uint32_t rd32(const uint8_t *p)
+static uint32_t tsize(const kl_tensor_t *t)
 {
-	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-	       ((uint32_t)p[3] << 24);
+	return (uint32_t)t->h * t->w * t->c;
 }
 
-static int is_trainable(const kl_layer_t *L)
-{
-	return (L->flags & KL_LAYER_TRAINABLE) != 0u;
-}
-
-/* Copy size bytes from the blob into the arena (trainable tensors). */
 static void *arena_copy(kl_arena_t *a, const uint8_t *src, size_t size)
 {
 	void *p = kl_arena_alloc(a, size, 4u);
@@ -40,6 +37,48 @@ static void *arena_zeros(kl_arena_t *a, size_t size)
 	return p;
 }
 
+static kl_geom_t geom(const kl_model_t *m, const kl_op_t *op)
+{
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	const kl_tensor_t *y = &m->tensors[op->out];
+	kl_geom_t g;
+	g.h = x->h;
+	g.w = x->w;
+	g.c = x->c;
+	g.ho = y->h;
+	g.wo = y->w;
+	g.co = y->c;
+	g.kh = op->kh;
+	g.kw = op->kw;
+	g.stride = op->stride;
+	g.pad_t = op->pad_t;
+	g.pad_l = op->pad_l;
+	return g;
+}
+
+static uint32_t umax(uint32_t a, uint32_t b)
+{
+	return a > b ? a : b;
+}
+
+/* bytes of scratch an op needs (int32 accumulators, kernel scratch) */
+static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training)
+{
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	const kl_tensor_t *y = &m->tensors[op->out];
+	uint32_t need = 0;
+	if (op->kind == KL_OP_DENSE && m->dtype == KL_DTYPE_S8) {
+		need = KL_FC_S8_SCRATCH(tsize(x), tsize(y));
+	}
+	if (training) {
+		need = umax(need, tsize(x) * 4u); /* input-gradient accumulators */
+		if (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV) {
+			need = umax(need, (op->n_w + y->c) * 4u); /* weight gradients */
+		}
+	}
+	return need;
+}
+
 int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *arena,
 		  const kl_train_cfg_t *cfg)
 {
@@ -53,15 +92,14 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	memset(m, 0, sizeof(*m));
 	m->arena = arena;
 	m->dtype = blob[KL_BH_DTYPE];
-	m->n_layers = blob[KL_BH_N_LAYERS];
-	m->n_inputs = rd16(blob + KL_BH_N_INPUTS);
-	m->n_classes = rd16(blob + KL_BH_N_CLASSES);
-	m->in_exp = (int8_t)blob[KL_BH_IN_EXP];
-	m->in_zp = (int8_t)blob[KL_BH_IN_ZP];
+	m->n_tensors = kl_rd16(blob + KL_BH_N_TENSORS);
+	m->n_ops = kl_rd16(blob + KL_BH_N_OPS);
+	m->input = kl_rd16(blob + KL_BH_INPUT);
+	m->output = kl_rd16(blob + KL_BH_OUTPUT);
 	m->lut_exp = (int8_t)blob[KL_BH_LUT_EXP];
 	const int s8 = m->dtype == KL_DTYPE_S8;
 	if (s8) {
-		m->lut = (const uint16_t *)(const void *)(blob + rd32(blob + KL_BH_LUT_OFF));
+		m->lut = (const uint16_t *)(const void *)(blob + kl_rd32(blob + KL_BH_LUT));
 	}
 	const int training = cfg != NULL;
 	if (training) {
@@ -78,84 +116,107 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		m->dither = cfg->seed;
 		m->flags = cfg->flags;
 	}
-	const size_t esize = s8 ? 1u : 4u;
-	size_t widest = m->n_inputs;
-	const uint32_t layers_off = rd32(blob + KL_BH_LAYERS_OFF);
-	for (int l = 0; l < m->n_layers; l++) {
-		const uint8_t *r = blob + layers_off + (uint32_t)l * KL_BLOB_LAYER_SIZE;
-		kl_layer_t *L = &m->layers[l];
-		L->op = r[KL_BL_OP];
-		L->act = r[KL_BL_ACT];
-		L->flags = training ? r[KL_BL_FLAGS] : 0u;
-		L->n_in = rd16(r + KL_BL_N_IN);
-		L->n_out = rd16(r + KL_BL_N_OUT);
-		L->w_exp = (int8_t)r[KL_BL_W_EXP];
-		L->b_exp = (int8_t)r[KL_BL_B_EXP];
-		L->y_exp = (int8_t)r[KL_BL_Y_EXP];
-		L->y_zp = (int8_t)r[KL_BL_Y_ZP];
-		const uint8_t *w = blob + rd32(r + KL_BL_W_OFF);
-		const uint8_t *b = blob + rd32(r + KL_BL_B_OFF);
-		const size_t wsize = (size_t)L->n_in * L->n_out * esize;
-		const size_t bsize = (size_t)L->n_out * 4u;
-		if (is_trainable(L)) {
-			L->w = arena_copy(arena, w, wsize);
-			L->b = arena_copy(arena, b, bsize);
-			if (L->w == NULL || L->b == NULL) {
+	m->tensors = arena_zeros(arena, sizeof(kl_tensor_t) * m->n_tensors);
+	m->ops = arena_zeros(arena, sizeof(kl_op_t) * m->n_ops);
+	if (m->tensors == NULL || m->ops == NULL) {
+		return KL_ENOMEM;
+	}
+	const uint8_t *trec = blob + kl_rd32(blob + KL_BH_TENSORS);
+	for (int k = 0; k < m->n_tensors; k++) {
+		kl_tensor_t *t = &m->tensors[k];
+		const uint8_t *r = trec + (uint32_t)k * KL_BLOB_TENSOR_SIZE;
+		t->h = kl_rd16(r + KL_BT_H);
+		t->w = kl_rd16(r + KL_BT_W);
+		t->c = kl_rd16(r + KL_BT_C);
+		t->exp = (int8_t)r[KL_BT_EXP];
+		t->zp = (int8_t)r[KL_BT_ZP];
+		t->producer = -1;
+	}
+	const size_t es = s8 ? 1u : 4u;
+	const uint8_t *orec = blob + kl_rd32(blob + KL_BH_OPS);
+	for (int i = 0; i < m->n_ops; i++) {
+		kl_op_t *op = &m->ops[i];
+		const uint8_t *r = orec + (uint32_t)i * KL_BLOB_OP_SIZE;
+		op->kind = r[KL_BO_KIND];
+		op->act = r[KL_BO_ACT];
+		op->flags = training ? r[KL_BO_FLAGS] : 0u;
+		op->stride = r[KL_BO_STRIDE];
+		op->kh = r[KL_BO_KH];
+		op->kw = r[KL_BO_KW];
+		op->pad_t = r[KL_BO_PAD];
+		op->pad_l = r[KL_BO_PAD + 1];
+		op->pad_b = r[KL_BO_PAD + 2];
+		op->pad_r = r[KL_BO_PAD + 3];
+		op->w_exp = (int8_t)r[KL_BO_W_EXP];
+		op->b_exp = (int8_t)r[KL_BO_B_EXP];
+		op->in0 = kl_rd16(r + KL_BO_IN0);
+		op->in1 = kl_rd16(r + KL_BO_IN1);
+		op->out = kl_rd16(r + KL_BO_OUT);
+		kl_tensor_t *y = &m->tensors[op->out];
+		y->producer = (int16_t)i;
+		m->tensors[op->in0].n_users++;
+		if (op->kind == KL_OP_ADD) {
+			m->tensors[op->in1].n_users++;
+		}
+		/* backprop needs a tensor's gradient when a trainable op is at or before it */
+		y->need_grad = (uint8_t)(trainable(op) || m->tensors[op->in0].need_grad ||
+					 (op->kind == KL_OP_ADD && m->tensors[op->in1].need_grad));
+		op->n_w = kl_rd32(r + KL_BO_W_SIZE) / (uint32_t)es;
+		if (op->n_w == 0u) {
+			continue;
+		}
+		const uint8_t *w = blob + kl_rd32(r + KL_BO_W_OFF);
+		const uint8_t *b = blob + kl_rd32(r + KL_BO_B_OFF);
+		const size_t bsize = kl_rd32(r + KL_BO_B_SIZE);
+		if (trainable(op)) {
+			op->w = arena_copy(arena, w, op->n_w * es);
+			op->b = arena_copy(arena, b, bsize);
+			if (op->w == NULL || op->b == NULL) {
 				return KL_ENOMEM;
 			}
 			if (!s8 && m->momentum != 0.0f) {
-				L->vw = arena_zeros(arena, wsize);
-				L->vb = arena_zeros(arena, bsize);
-				if (L->vw == NULL || L->vb == NULL) {
+				op->vw = arena_zeros(arena, op->n_w * 4u);
+				op->vb = arena_zeros(arena, bsize);
+				if (op->vw == NULL || op->vb == NULL) {
 					return KL_ENOMEM;
 				}
 			}
 			if (m->flags & KL_CFG_KEEP_GRADS) {
-				L->gw = kl_arena_alloc(arena, (size_t)L->n_in * L->n_out * 4u, 4u);
-				L->gb = kl_arena_alloc(arena, (size_t)L->n_out * esize, 4u);
-				if (L->gw == NULL || L->gb == NULL) {
+				op->gw = kl_arena_alloc(arena, op->n_w * 4u, 4u);
+				op->gb = kl_arena_alloc(arena, bsize, 4u);
+				if (op->gw == NULL || op->gb == NULL) {
 					return KL_ENOMEM;
 				}
 			}
-		} else { /* frozen: read in place */
-			L->w = (void *)(uintptr_t)w;
-			L->b = (void *)(uintptr_t)b;
-		}
-		L->y = kl_arena_alloc(arena, (size_t)L->n_out * esize, 4u);
-		if (L->y == NULL) {
-			return KL_ENOMEM;
-		}
-		widest = L->n_out > widest ? L->n_out : widest;
-	}
-	if (training) {
-		m->grad_a = kl_arena_alloc(arena, widest * esize, 4u);
-		m->grad_b = kl_arena_alloc(arena, widest * esize, 4u);
-		if (m->grad_a == NULL || m->grad_b == NULL) {
-			return KL_ENOMEM;
+		} else { /* frozen: read in place (possibly from flash) */
+			op->w = (void *)(uintptr_t)w;
+			op->b = (void *)(uintptr_t)b;
 		}
 	}
-	if (s8) {
-		m->acc = kl_arena_alloc(arena, KL_FC_S8_SCRATCH(widest, widest), 4u);
-		if (m->acc == NULL) {
-			return KL_ENOMEM;
+	m->n_inputs = (uint16_t)tsize(&m->tensors[m->input]);
+	m->n_classes = (uint16_t)tsize(&m->tensors[m->output]);
+	uint32_t scratch = s8 ? m->n_classes * 4u : 0u;
+	for (int k = 0; k < m->n_tensors; k++) {
+		kl_tensor_t *t = &m->tensors[k];
+		if (k != m->input) {
+			t->data = kl_arena_alloc(arena, tsize(t) * es, 4u);
+			if (t->data == NULL) {
+				return KL_ENOMEM;
+			}
+		}
+		if (training && (t->need_grad || k == m->output)) {
+			t->grad = kl_arena_alloc(arena, tsize(t) * es, 4u);
+			if (t->grad == NULL) {
+				return KL_ENOMEM;
+			}
 		}
 	}
-	return KL_OK;
-}
-
-static const void *layer_input(const kl_model_t *m, int l)
-{
-	return l == 0 ? m->x : m->layers[l - 1].y;
-}
-
-static int8_t layer_input_exp(const kl_model_t *m, int l)
-{
-	return l == 0 ? m->in_exp : m->layers[l - 1].y_exp;
-}
-
-static int8_t layer_input_zp(const kl_model_t *m, int l)
-{
-	return l == 0 ? m->in_zp : m->layers[l - 1].y_zp;
+	for (int i = 0; i < m->n_ops; i++) {
+		scratch = umax(scratch, op_scratch(m, &m->ops[i], training));
+	}
+	m->scratch_size = scratch;
+	m->scratch = kl_arena_alloc(arena, scratch, 8u);
+	return m->scratch == NULL ? KL_ENOMEM : KL_OK;
 }
 
 static inline void phase(const kl_model_t *m, int p)
@@ -165,30 +226,96 @@ static inline void phase(const kl_model_t *m, int p)
 	}
 }
 
+/* ---- forward ---------------------------------------------------------------- */
+
+static void forward_op_f32(kl_model_t *m, kl_op_t *op)
+{
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	kl_tensor_t *y = &m->tensors[op->out];
+	const kl_geom_t g = geom(m, op);
+	switch (op->kind) {
+	case KL_OP_DENSE:
+		kl_fully_connected_f32(x->data, op->w, op->b, y->data, (int)tsize(x), (int)tsize(y),
+				       op->act);
+		break;
+	case KL_OP_CONV:
+		kl_conv_f32(&g, x->data, op->w, op->b, y->data, op->act);
+		break;
+	case KL_OP_DWCONV:
+		kl_depthwise_conv_f32(&g, x->data, op->w, op->b, y->data, op->act);
+		break;
+	case KL_OP_AVGPOOL:
+		kl_avgpool_f32(&g, x->data, y->data);
+		break;
+	case KL_OP_MAXPOOL:
+		kl_maxpool_f32(&g, x->data, y->data);
+		break;
+	default:
+		kl_add_f32(x->data, m->tensors[op->in1].data, y->data, (int)tsize(y), op->act);
+		break;
+	}
+}
+
+static void forward_op_s8(kl_model_t *m, kl_op_t *op)
+{
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	kl_tensor_t *y = &m->tensors[op->out];
+	const kl_geom_t g = geom(m, op);
+	kl_requant_t rq;
+	kl_requant_init(&rq, x->exp + op->w_exp, op->b_exp, y->exp, y->zp, op->act);
+	int sat = 0;
+	switch (op->kind) {
+	case KL_OP_DENSE:
+		sat = kl_fully_connected_s8(x->data, x->zp, op->w, op->b, &rq, y->data,
+					    (int)tsize(x), (int)tsize(y), m->scratch);
+		break;
+	case KL_OP_CONV:
+		sat = kl_conv_s8(&g, x->data, x->zp, op->w, op->b, &rq, y->data);
+		break;
+	case KL_OP_DWCONV:
+		sat = kl_depthwise_conv_s8(&g, x->data, x->zp, op->w, op->b, &rq, y->data);
+		break;
+	case KL_OP_AVGPOOL:
+	case KL_OP_MAXPOOL:
+		y->exp = x->exp; /* pooling keeps the input's scale */
+		y->zp = x->zp;
+		if (op->kind == KL_OP_AVGPOOL) {
+			kl_avgpool_s8(&g, x->data, x->zp, y->data);
+		} else {
+			kl_maxpool_s8(&g, x->data, y->data);
+		}
+		break;
+	default: {
+		const kl_tensor_t *x1 = &m->tensors[op->in1];
+		const int emin = x->exp < x1->exp ? x->exp : x1->exp;
+		const int sa = x->exp - emin > ADD_SHIFT_MAX ? ADD_SHIFT_MAX : x->exp - emin;
+		const int sb = x1->exp - emin > ADD_SHIFT_MAX ? ADD_SHIFT_MAX : x1->exp - emin;
+		kl_requant_init(&rq, emin, emin, y->exp, y->zp, op->act);
+		sat = kl_add_s8(x->data, x->zp, sa, x1->data, x1->zp, sb, &rq, y->data,
+				(int)tsize(y));
+		break;
+	}
+	}
+	op->sat = (uint8_t)sat;
+}
+
 static int forward(kl_model_t *m, const void *x)
 {
 	if (m == NULL || x == NULL) {
 		return KL_EINVAL;
 	}
 	phase(m, KL_PHASE_FORWARD);
-	m->x = x;
-	for (int l = 0; l < m->n_layers; l++) {
-		kl_layer_t *L = &m->layers[l];
-		const int relu = L->act == KL_ACT_RELU;
+	m->tensors[m->input].data = (void *)(uintptr_t)x;
+	for (int i = 0; i < m->n_ops; i++) {
 		if (m->dtype == KL_DTYPE_F32) {
-			kl_fully_connected_f32(layer_input(m, l), L->w, L->b, L->y, L->n_in,
-					       L->n_out, relu);
+			forward_op_f32(m, &m->ops[i]);
 		} else {
-			const int xe = layer_input_exp(m, l);
-			L->sat = (uint8_t)kl_fully_connected_s8(
-				layer_input(m, l), layer_input_zp(m, l), L->w, L->b,
-				xe + L->w_exp - L->b_exp, L->y_exp - xe - L->w_exp, L->y_zp, relu,
-				L->y, L->n_in, L->n_out, (int16_t *)(void *)m->acc);
+			forward_op_s8(m, &m->ops[i]);
 		}
 	}
-	const kl_layer_t *out = &m->layers[m->n_layers - 1];
-	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->y, out->n_out)
-					: kl_argmax_s8(out->y, out->n_out);
+	const kl_tensor_t *out = &m->tensors[m->output];
+	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->data, m->n_classes)
+					: kl_argmax_s8(out->data, m->n_classes);
 }
 
 int kl_predict(kl_model_t *m, const void *x)
@@ -198,103 +325,288 @@ int kl_predict(kl_model_t *m, const void *x)
 
 const void *kl_logits(const kl_model_t *m)
 {
-	return m->layers[m->n_layers - 1].y;
+	return m->tensors[m->output].data;
 }
 
-/* Index of the first layer that needs a gradient: layers before it get no
- * backward work at all. */
-static int first_trainable(const kl_model_t *m)
+/* ---- backward ----------------------------------------------------------------- */
+
+static int32_t relu6_q(int exp)
 {
-	for (int l = 0; l < m->n_layers; l++) {
-		if (is_trainable(&m->layers[l])) {
-			return l;
+	return kl_rshift_round(6, exp);
+}
+
+/* zero gradient entries where the producing op's activation passed nothing */
+static void mask_f32(const kl_tensor_t *t, int act, float *g)
+{
+	const float *y = t->data;
+	const uint32_t n = tsize(t);
+	if (act == KL_ACT_NONE) {
+		return;
+	}
+	for (uint32_t k = 0; k < n; k++) {
+		if (!(y[k] > 0.0f && (act != KL_ACT_RELU6 || y[k] < 6.0f))) {
+			g[k] = 0.0f;
 		}
 	}
-	return m->n_layers;
+}
+
+static void mask_s8_i8(const kl_tensor_t *t, int act, int8_t *g)
+{
+	if (act == KL_ACT_NONE) {
+		return;
+	}
+	const int8_t *y = t->data;
+	const int32_t q6 = relu6_q(t->exp);
+	for (uint32_t k = 0; k < tsize(t); k++) {
+		if (!kl_act_pass_s8(y[k], t->zp, act, q6)) {
+			g[k] = 0;
+		}
+	}
+}
+
+static void mask_s8_i32(const kl_tensor_t *t, int act, int32_t *g)
+{
+	if (act == KL_ACT_NONE) {
+		return;
+	}
+	const int8_t *y = t->data;
+	const int32_t q6 = relu6_q(t->exp);
+	for (uint32_t k = 0; k < tsize(t); k++) {
+		if (!kl_act_pass_s8(y[k], t->zp, act, q6)) {
+			g[k] = 0;
+		}
+	}
+}
+
+/* Hand tensor t the input gradient in the scratch buffer (float, or int32
+ * accumulators with exponent e), summing with what it already has. */
+static void give_f32(kl_model_t *m, int t_id)
+{
+	kl_tensor_t *t = &m->tensors[t_id];
+	const float *v = m->scratch;
+	float *g = t->grad;
+	const uint32_t n = tsize(t);
+	for (uint32_t k = 0; k < n; k++) {
+		g[k] = t->has_grad ? g[k] + v[k] : v[k];
+	}
+	t->has_grad = 1;
+}
+
+static void give_s8(kl_model_t *m, int t_id, int e)
+{
+	kl_tensor_t *t = &m->tensors[t_id];
+	int32_t *acc = m->scratch;
+	const int n = (int)tsize(t);
+	if (t->producer >= 0 && t->n_users == 1u) { /* mask first: a finer scale */
+		mask_s8_i32(t, m->ops[t->producer].act, acc);
+	}
+	if (!t->has_grad) {
+		t->grad_exp = (int8_t)(e + kl_quantize_grad_s8(acc, t->grad, n));
+		t->has_grad = 1;
+		return;
+	}
+	/* a second consumer: align both to the coarser exponent, add, requantise */
+	const int e_new = e + kl_quantize_grad_s32(acc, n);
+	const int e_old = t->grad_exp;
+	const int e_sum = e_new > e_old ? e_new : e_old;
+	const int8_t *old = t->grad;
+	for (int k = 0; k < n; k++) {
+		acc[k] = kl_rshift_round(old[k], e_sum - e_old) + kl_rshift_round(acc[k], e_sum - e_new);
+	}
+	t->grad_exp = (int8_t)(e_sum + kl_quantize_grad_s8(acc, t->grad, n));
+}
+
+static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
+{
+	kl_tensor_t *y = &m->tensors[op->out];
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	float *dy = y->grad;
+	phase(m, KL_PHASE_BACKWARD);
+	mask_f32(y, op->act, dy);
+	const kl_geom_t g = geom(m, op);
+	const int need_dx = x->need_grad;
+	switch (op->kind) {
+	case KL_OP_DENSE:
+		if (need_dx) {
+			kl_fully_connected_backward_input_f32(op->w, dy, m->scratch, (int)tsize(x),
+							      (int)tsize(y));
+			give_f32(m, op->in0);
+		}
+		break;
+	case KL_OP_CONV:
+		if (need_dx) {
+			kl_conv_backward_input_f32(&g, op->w, dy, m->scratch);
+			give_f32(m, op->in0);
+		}
+		break;
+	case KL_OP_DWCONV:
+		if (need_dx) {
+			kl_depthwise_conv_backward_input_f32(&g, op->w, dy, m->scratch);
+			give_f32(m, op->in0);
+		}
+		break;
+	case KL_OP_AVGPOOL:
+		if (need_dx) {
+			kl_avgpool_backward_f32(&g, dy, m->scratch);
+			give_f32(m, op->in0);
+		}
+		break;
+	case KL_OP_MAXPOOL:
+		if (need_dx) {
+			kl_maxpool_backward_f32(&g, x->data, dy, m->scratch);
+			give_f32(m, op->in0);
+		}
+		break;
+	default:
+		for (int k = 0; k < 2; k++) {
+			const int t = k == 0 ? op->in0 : op->in1;
+			if (m->tensors[t].need_grad) {
+				memcpy(m->scratch, dy, tsize(y) * 4u);
+				give_f32(m, t);
+			}
+		}
+		break;
+	}
+	if (!trainable(op)) {
+		return;
+	}
+	phase(m, KL_PHASE_UPDATE);
+	const int n_b = op->kind == KL_OP_DENSE ? (int)tsize(y) : y->c;
+	float *gw = keep ? op->gw : m->scratch;
+	float *gb = keep ? op->gb : (float *)m->scratch + op->n_w;
+	if (op->kind == KL_OP_DENSE) {
+		if (!keep) {
+			kl_fully_connected_sgd_f32(op->w, op->b, op->vw, op->vb, dy, x->data, m->lr,
+						   m->momentum, (int)tsize(x), (int)tsize(y));
+			return;
+		}
+		kl_fully_connected_grad_f32(dy, x->data, gw, gb, (int)tsize(x), (int)tsize(y));
+	} else if (op->kind == KL_OP_CONV) {
+		kl_conv_grad_f32(&g, x->data, dy, gw, gb);
+	} else {
+		kl_depthwise_conv_grad_f32(&g, x->data, dy, gw, gb);
+	}
+	if (!keep) {
+		kl_sgd_f32(op->w, op->vw, gw, m->lr, m->momentum, (int)op->n_w);
+		kl_sgd_f32(op->b, op->vb, gb, m->lr, m->momentum, n_b);
+	}
+}
+
+static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
+{
+	kl_tensor_t *y = &m->tensors[op->out];
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	int8_t *dy = y->grad;
+	const int ey = y->grad_exp;
+	phase(m, KL_PHASE_BACKWARD);
+	mask_s8_i8(y, op->act, dy);
+	const kl_geom_t g = geom(m, op);
+	const int need_dx = x->need_grad;
+	switch (op->kind) {
+	case KL_OP_DENSE:
+		if (need_dx) {
+			kl_fully_connected_backward_input_s8(op->w, dy, m->scratch, (int)tsize(x),
+							     (int)tsize(y));
+			give_s8(m, op->in0, op->w_exp + ey);
+		}
+		break;
+	case KL_OP_CONV:
+		if (need_dx) {
+			kl_conv_backward_input_s8(&g, op->w, dy, m->scratch);
+			give_s8(m, op->in0, op->w_exp + ey);
+		}
+		break;
+	case KL_OP_DWCONV:
+		if (need_dx) {
+			kl_depthwise_conv_backward_input_s8(&g, op->w, dy, m->scratch);
+			give_s8(m, op->in0, op->w_exp + ey);
+		}
+		break;
+	case KL_OP_AVGPOOL:
+		if (need_dx) {
+			kl_avgpool_backward_s8(&g, dy, m->scratch);
+			give_s8(m, op->in0, ey - 16);
+		}
+		break;
+	case KL_OP_MAXPOOL:
+		if (need_dx) {
+			kl_maxpool_backward_s8(&g, x->data, dy, m->scratch);
+			give_s8(m, op->in0, ey);
+		}
+		break;
+	default:
+		for (int k = 0; k < 2; k++) {
+			const int t = k == 0 ? op->in0 : op->in1;
+			if (m->tensors[t].need_grad) {
+				int32_t *acc = m->scratch;
+				for (uint32_t j = 0; j < tsize(y); j++) {
+					acc[j] = dy[j];
+				}
+				give_s8(m, t, ey);
+			}
+		}
+		break;
+	}
+	if (!trainable(op)) {
+		return;
+	}
+	phase(m, KL_PHASE_UPDATE);
+	const int xe = x->exp;
+	const int n_b = op->kind == KL_OP_DENSE ? (int)tsize(y) : y->c;
+	int32_t *gw = keep ? op->gw : m->scratch;
+	int32_t *gb = keep ? op->gb : (int32_t *)m->scratch + op->n_w;
+	if (op->kind == KL_OP_DENSE) {
+		if (!keep) {
+			kl_fully_connected_sgd_s8(op->w, op->b, dy, x->data, x->zp, m->lr_q,
+						  op->w_exp + KL_LR_FRAC_BITS - ey - xe,
+						  op->b_exp + KL_LR_FRAC_BITS - ey, &m->dither,
+						  (int)tsize(x), (int)tsize(y), m->scratch);
+			return;
+		}
+		kl_fully_connected_grad_s8(dy, x->data, x->zp, gw, gb, (int)tsize(x), (int)tsize(y));
+	} else if (op->kind == KL_OP_CONV) {
+		kl_conv_grad_s8(&g, x->data, x->zp, dy, gw, gb);
+	} else {
+		kl_depthwise_conv_grad_s8(&g, x->data, x->zp, dy, gw, gb);
+	}
+	op->gw_exp = (int8_t)(ey + xe);
+	op->gb_exp = (int8_t)ey;
+	if (!keep) {
+		kl_sgd_weights_s8(op->w, gw, m->lr_q, op->w_exp + KL_LR_FRAC_BITS - op->gw_exp,
+				  &m->dither, (int)op->n_w);
+		kl_sgd_bias_s8(op->b, gb, m->lr_q, op->b_exp + KL_LR_FRAC_BITS - op->gb_exp, n_b);
+	}
 }
 
 /* Backward pass; keep != 0 stores gradients in gw/gb instead of updating. */
-static int backward(kl_model_t *m, int label, int keep)
+static void backward(kl_model_t *m, int label, int keep)
 {
-	const int first = first_trainable(m);
-	const int last = m->n_layers - 1;
-	void *dy = m->grad_a;
-	void *dx = m->grad_b;
-	int ey = 0;
+	for (int k = 0; k < m->n_tensors; k++) {
+		m->tensors[k].has_grad = 0;
+	}
+	kl_tensor_t *out = &m->tensors[m->output];
 	phase(m, KL_PHASE_LOSS);
 	if (m->dtype == KL_DTYPE_F32) {
-		kl_softmax_ce_f32(m->layers[last].y, m->n_classes, label, dy);
+		kl_softmax_ce_f32(out->data, m->n_classes, label, out->grad);
 	} else {
-		const int shift = m->layers[last].y_exp - m->lut_exp;
-		ey = -15 + kl_softmax_ce_s8(m->layers[last].y, m->n_classes, label, m->lut,
-					    shift < 0 ? 0 : shift, m->acc, dy);
-		m->logits_grad_exp = (int8_t)ey;
+		const int shift = out->exp - m->lut_exp;
+		out->grad_exp = (int8_t)(-15 + kl_softmax_ce_s8(out->data, m->n_classes, label, m->lut,
+							      shift < 0 ? 0 : shift, m->scratch,
+							      out->grad));
+		m->logits_grad_exp = out->grad_exp;
 	}
-	for (int l = last; l >= first; l--) {
-		kl_layer_t *L = &m->layers[l];
-		const void *x = layer_input(m, l);
-		if (m->dtype == KL_DTYPE_F32) {
-			float *g = dy;
-			phase(m, KL_PHASE_BACKWARD);
-			if (L->act == KL_ACT_RELU) {
-				const float *y = L->y;
-				for (int i = 0; i < L->n_out; i++) {
-					g[i] = y[i] > 0.0f ? g[i] : 0.0f;
-				}
-			}
-			if (l > first) {
-				kl_fully_connected_backward_input_f32(L->w, g, dx, L->n_in, L->n_out);
-			}
-			phase(m, KL_PHASE_UPDATE);
-			if (!is_trainable(L)) {
-				/* nothing to update */
-			} else if (keep) {
-				kl_fully_connected_grad_f32(g, x, L->gw, L->gb, L->n_in, L->n_out);
-			} else {
-				kl_fully_connected_sgd_f32(L->w, L->b, L->vw, L->vb, g, x, m->lr,
-							   m->momentum, L->n_in, L->n_out);
-			}
-		} else {
-			int8_t *g = dy;
-			phase(m, KL_PHASE_BACKWARD);
-			if (L->act == KL_ACT_RELU) {
-				const int8_t *y = L->y;
-				for (int i = 0; i < L->n_out; i++) {
-					g[i] = y[i] > L->y_zp ? g[i] : 0;
-				}
-			}
-			const int xe = layer_input_exp(m, l);
-			const int xz = layer_input_zp(m, l);
-			int ex = 0;
-			if (l > first) {
-				const kl_layer_t *P = &m->layers[l - 1];
-				const int masked = P->act == KL_ACT_RELU;
-				ex = L->w_exp + ey +
-				     kl_fully_connected_backward_input_s8(
-					     L->w, g, masked ? P->y : NULL, P->y_zp, m->acc, dx,
-					     L->n_in, L->n_out);
-			}
-			phase(m, KL_PHASE_UPDATE);
-			if (!is_trainable(L)) {
-				/* nothing to update */
-			} else if (keep) {
-				kl_fully_connected_grad_s8(g, x, xz, L->gw, L->n_in, L->n_out);
-				memcpy(L->gb, g, L->n_out);
-				L->gw_exp = (int8_t)(ey + xe);
-				L->gb_exp = (int8_t)ey;
-			} else {
-				kl_fully_connected_sgd_s8(L->w, L->b, g, x, xz, m->lr_q,
-							  L->w_exp + KL_LR_FRAC_BITS - ey - xe,
-							  L->b_exp + KL_LR_FRAC_BITS - ey, &m->dither,
-							  L->n_in, L->n_out, (int16_t *)(void *)m->acc);
-			}
-			ey = ex;
+	out->has_grad = 1;
+	for (int i = m->n_ops - 1; i >= 0; i--) {
+		kl_op_t *op = &m->ops[i];
+		if (!m->tensors[op->out].has_grad) {
+			continue;
 		}
-		void *t = dy;
-		dy = dx;
-		dx = t;
+		if (m->dtype == KL_DTYPE_F32) {
+			backward_op_f32(m, op, keep);
+		} else {
+			backward_op_s8(m, op, keep);
+		}
 	}
-	return KL_OK;
 }
 
 /* Delayed dynamic activation scaling: an output that saturated in this
@@ -304,18 +616,20 @@ static void adapt_ranges(kl_model_t *m)
 	if (m->dtype != KL_DTYPE_S8) {
 		return;
 	}
-	for (int l = 0; l < m->n_layers; l++) {
-		kl_layer_t *L = &m->layers[l];
-		if (L->sat && L->y_exp < KL_EXP_MAX) {
-			L->y_exp++;
+	for (int i = 0; i < m->n_ops; i++) {
+		kl_op_t *op = &m->ops[i];
+		kl_tensor_t *y = &m->tensors[op->out];
+		if (op->sat && y->exp < KL_EXP_MAX) {
+			y->exp++;
 		}
-		L->sat = 0;
+		op->sat = 0;
 	}
 }
 
 static int check_step(const kl_model_t *m, const void *x, int label)
 {
-	if (m == NULL || x == NULL || label < 0 || label >= m->n_classes || m->grad_a == NULL) {
+	if (m == NULL || x == NULL || label < 0 || label >= m->n_classes ||
+	    m->tensors[m->output].grad == NULL) {
 		return KL_EINVAL;
 	}
 	return KL_OK;
@@ -353,21 +667,23 @@ int kl_apply_grads(kl_model_t *m)
 	if (m == NULL || !(m->flags & KL_CFG_KEEP_GRADS)) {
 		return KL_EINVAL;
 	}
-	/* same order as the fused step: last layer first */
-	for (int l = m->n_layers - 1; l >= 0; l--) {
-		kl_layer_t *L = &m->layers[l];
-		if (!is_trainable(L)) {
+	/* same order as the fused step: last op first */
+	for (int i = m->n_ops - 1; i >= 0; i--) {
+		kl_op_t *op = &m->ops[i];
+		if (!trainable(op) || op->gw == NULL) {
 			continue;
 		}
-		const int n = L->n_in * L->n_out;
+		const kl_tensor_t *y = &m->tensors[op->out];
+		const int n_b = op->kind == KL_OP_DENSE ? (int)tsize(y) : y->c;
 		if (m->dtype == KL_DTYPE_F32) {
-			kl_sgd_f32(L->w, L->vw, L->gw, m->lr, m->momentum, n);
-			kl_sgd_f32(L->b, L->vb, L->gb, m->lr, m->momentum, L->n_out);
+			kl_sgd_f32(op->w, op->vw, op->gw, m->lr, m->momentum, (int)op->n_w);
+			kl_sgd_f32(op->b, op->vb, op->gb, m->lr, m->momentum, n_b);
 		} else {
-			kl_sgd_weights_s8(L->w, L->gw, m->lr_q,
-					  L->w_exp + KL_LR_FRAC_BITS - L->gw_exp, &m->dither, n);
-			kl_sgd_bias_s8(L->b, L->gb, m->lr_q, L->b_exp + KL_LR_FRAC_BITS - L->gb_exp,
-				       L->n_out);
+			kl_sgd_weights_s8(op->w, op->gw, m->lr_q,
+					  op->w_exp + KL_LR_FRAC_BITS - op->gw_exp, &m->dither,
+					  (int)op->n_w);
+			kl_sgd_bias_s8(op->b, op->gb, m->lr_q,
+				       op->b_exp + KL_LR_FRAC_BITS - op->gb_exp, n_b);
 		}
 	}
 	adapt_ranges(m);

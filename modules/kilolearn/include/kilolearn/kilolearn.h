@@ -29,7 +29,8 @@ extern "C" {
 #define KL_ECRC      (-203) /* CRC mismatch: corrupted blob */
 #define KL_ECORRUPT  (-204) /* CRC fine but contents inconsistent */
 
-#define KL_MAX_LAYERS 16
+#define KL_MAX_TENSORS 1024 /* sanity caps of the blob parser */
+#define KL_MAX_OPS     1024
 
 /* ---- arena ---------------------------------------------------------------- */
 typedef struct {
@@ -45,17 +46,30 @@ void kl_arena_reset(kl_arena_t *a, size_t mark);
 
 /* ---- model ---------------------------------------------------------------- */
 typedef struct {
-	uint8_t op, act, flags;
-	uint8_t sat; /* s8: an output saturated in the last forward pass */
-	uint16_t n_in, n_out;
-	int8_t w_exp, b_exp, y_exp, y_zp; /* s8 quantisation (power-of-two scales) */
-	void *w;                          /* f32: float[n_out][n_in]; s8: int8_t[..] */
-	void *b;                          /* f32: float[n_out]; s8: int32_t[n_out] */
-	void *y;                          /* output activations */
-	float *vw, *vb;                   /* f32 momentum buffers (or NULL) */
-	void *gw, *gb;                    /* kept gradients (KL_CFG_KEEP_GRADS) */
-	int8_t gw_exp, gb_exp;            /* s8: exponents of gw (int32) and gb (int8) */
-} kl_layer_t;
+	uint16_t h, w, c;
+	int8_t exp, zp;      /* s8: power-of-two scale exponent and zero point */
+	uint8_t n_users;     /* ops that read this tensor */
+	uint8_t need_grad;   /* backprop needs its gradient */
+	uint8_t has_grad;    /* a gradient arrived in this backward pass */
+	int8_t grad_exp;     /* s8: exponent of grad */
+	int16_t producer;    /* op index, -1 for the input */
+	void *data;          /* activations (the input: the caller's buffer) */
+	void *grad;          /* gradient (float or int8), if need_grad */
+} kl_tensor_t;
+
+typedef struct {
+	uint8_t kind, act, flags, stride;
+	uint8_t kh, kw, pad_t, pad_l, pad_b, pad_r;
+	int8_t w_exp, b_exp;
+	uint16_t in0, in1, out;
+	uint8_t sat;      /* s8: an output saturated in the last forward pass */
+	uint32_t n_w;     /* weight count */
+	void *w;          /* f32: float, s8: int8_t */
+	void *b;          /* f32: float, s8: int32_t */
+	float *vw, *vb;   /* f32 momentum buffers (or NULL) */
+	void *gw, *gb;    /* kept gradients (KL_CFG_KEEP_GRADS): f32 float, s8 int32 */
+	int8_t gw_exp, gb_exp;
+} kl_op_t;
 
 /* Phases of a training step, for an optional profiling hook */
 enum kl_phase {
@@ -78,14 +92,15 @@ typedef struct {
 } kl_train_cfg_t;
 
 typedef struct {
-	uint8_t dtype, n_layers;
-	uint16_t n_inputs, n_classes;
-	int8_t in_exp, in_zp, lut_exp;
+	uint8_t dtype;
+	uint16_t n_tensors, n_ops, input, output;
+	uint16_t n_inputs, n_classes; /* element counts of input and logits */
+	int8_t lut_exp;
 	const uint16_t *lut; /* s8 softmax table, in the blob */
-	const void *x;       /* input of the last forward pass */
-	kl_layer_t layers[KL_MAX_LAYERS];
-	void *grad_a, *grad_b; /* ping-pong gradient vectors */
-	int32_t *acc;          /* s8 int32 scratch, max width */
+	kl_tensor_t *tensors; /* in the arena */
+	kl_op_t *ops;         /* in the arena */
+	void *scratch;        /* int32 accumulators and kernel scratch */
+	uint32_t scratch_size;
 	int8_t logits_grad_exp;
 	float lr, momentum;
 	int32_t lr_q;
@@ -113,9 +128,9 @@ int kl_predict(kl_model_t *m, const void *x);
  * predicted class before the update (>= 0) or a negative error code. */
 int kl_train_step(kl_model_t *m, const void *x, int label);
 
-/* The same step in two halves, with the gradients kept in the layers' gw/gb
- * (needs KL_CFG_KEEP_GRADS): f32 gw = dL/dW, gb = dL/db; s8 gw = int32
- * products dy*(x - zp) with scale 2^gw_exp, gb = int8 dy with 2^gb_exp. */
+/* The same step in two halves, with the gradients kept in the ops' gw/gb
+ * (needs KL_CFG_KEEP_GRADS): f32 gw = dL/dW, gb = dL/db; s8 int32 sums of
+ * dy*(x - zp) with scale 2^gw_exp and of dy with scale 2^gb_exp. */
 int kl_compute_grads(kl_model_t *m, const void *x, int label);
 int kl_apply_grads(kl_model_t *m);
 

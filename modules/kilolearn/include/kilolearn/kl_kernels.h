@@ -3,9 +3,10 @@
  * named kl_<op>_<type>. The ref backend is the semantics; other backends
  * must agree with it bit for bit (int8) or to rounding (float32).
  *
- * int8 conventions: power-of-two scales, shifts round half away from zero
- * (gemmlowp RoundingDivideByPOT), int32 accumulators. See
- * docs/int8-training.md.
+ * Tensors are HWC. Weights: dense [out][in], conv [out][kh][kw][in],
+ * depthwise [kh][kw][c]. int8 conventions: power-of-two scales, shifts round
+ * half away from zero (gemmlowp RoundingDivideByPOT), int32 accumulators.
+ * See docs/int8-training.md.
  */
 #ifndef KILOLEARN_KL_KERNELS_H
 #define KILOLEARN_KL_KERNELS_H
@@ -16,9 +17,6 @@
 extern "C" {
 #endif
 
-#define KL_LR_FRAC_BITS 12
-#define KL_WEYL         0x9E3779B9u
-
 /* Backend selection: the dsp kernels (own ACLE-intrinsic code) where the
  * core has the DSP extension, unless KL_KERNELS_FORCE_REF is defined. The
  * ref kernels are always built: they are the semantics. */
@@ -28,6 +26,11 @@ extern "C" {
 #define KL_KERNELS_DSP 0
 #endif
 
+#define KL_LR_FRAC_BITS 12
+#define KL_WEYL         0x9E3779B9u
+
+enum kl_act_kind { KL_ACT_NONE = 0, KL_ACT_RELU = 1, KL_ACT_RELU6 = 2 };
+
 /* ---- quantisation helpers ------------------------------------------------ */
 static inline int32_t kl_sat32(int64_t x)
 {
@@ -35,11 +38,32 @@ static inline int32_t kl_sat32(int64_t x)
 }
 
 /* x / 2^s rounded half away from zero (gemmlowp RoundingDivideByPOT);
- * s <= 0 shifts left, saturating. */
+ * s <= 0 shifts left, saturating to int32. */
+static inline int64_t kl_rshift_round64(int64_t x, int s)
+{
+	if (s <= 0) {
+		const int l = -s > 32 ? 32 : -s;
+		if (x > ((int64_t)INT32_MAX >> l)) {
+			return INT32_MAX;
+		}
+		if (x < ((int64_t)INT32_MIN >> l)) {
+			return INT32_MIN;
+		}
+		return x * ((int64_t)1 << l);
+	}
+	if (s > 62) {
+		return 0;
+	}
+	const int64_t mask = (int64_t)(((uint64_t)1 << s) - 1u);
+	const int64_t rem = x & mask;
+	const int64_t threshold = (mask >> 1) + (x < 0);
+	return (x >> s) + (rem > threshold);
+}
+
 static inline int32_t kl_rshift_round(int32_t x, int s)
 {
 	if (s <= 0) {
-		return kl_sat32((int64_t)x * ((int64_t)1 << (-s > 32 ? 32 : -s)));
+		return (int32_t)kl_rshift_round64(x, s);
 	}
 	if (s > 31) {
 		return 0;
@@ -50,51 +74,99 @@ static inline int32_t kl_rshift_round(int32_t x, int s)
 	return (x >> s) + (rem > threshold);
 }
 
-/* Requantise an int8 layer output; sets *sat when it clamps (see
- * docs/int8-training.md). */
-static inline int8_t kl_requant_out_s8(int32_t dot, int32_t bias, int b_shift, int y_shift,
-				       int32_t y_zp, int relu, int *sat)
+/* Output stage of an int8 op (dense, conv, depthwise, add). */
+typedef struct {
+	int b_shift, y_shift;
+	int32_t zp, lo, hi, hi_range;
+	uint8_t act;
+	uint8_t cap_saturates; /* relu6: 6.0 does not fit, the range clamps */
+} kl_requant_t;
+
+/* x_exp + w_exp is the accumulator exponent (for add: the aligned inputs'). */
+static inline void kl_requant_init(kl_requant_t *q, int acc_exp, int b_exp, int y_exp,
+				   int32_t y_zp, int act)
 {
-	const int32_t acc = kl_sat32((int64_t)dot + kl_rshift_round(bias, b_shift));
-	int32_t r = kl_rshift_round(acc, y_shift);
-	const int32_t hi = 127 - y_zp;
-	const int32_t lo = relu ? 0 : -128 - y_zp;
-	if (r > hi) {
-		r = hi;
-		*sat = 1;
-	} else if (r < lo) {
-		*sat |= !relu;
-		r = lo;
+	q->b_shift = acc_exp - b_exp;
+	q->y_shift = y_exp - acc_exp;
+	q->zp = y_zp;
+	q->act = (uint8_t)act;
+	q->hi_range = 127 - y_zp;
+	q->lo = act != KL_ACT_NONE ? 0 : -128 - y_zp;
+	q->hi = q->hi_range;
+	q->cap_saturates = 1;
+	if (act == KL_ACT_RELU6) {
+		const int32_t q6 = kl_rshift_round(6, y_exp);
+		q->cap_saturates = q6 > q->hi_range;
+		q->hi = q6 < q->hi_range ? q6 : q->hi_range;
 	}
-	return (int8_t)(r + y_zp);
+}
+
+static inline int8_t kl_requant(const kl_requant_t *q, int32_t dot, int32_t bias, int *sat)
+{
+	const int32_t acc = kl_sat32((int64_t)dot + kl_rshift_round(bias, q->b_shift));
+	const int32_t r = kl_rshift_round(acc, q->y_shift);
+	if (r > q->hi_range && q->cap_saturates) {
+		*sat = 1;
+	} else if (r < q->lo && q->act == KL_ACT_NONE) {
+		*sat = 1;
+	}
+	const int32_t c = r > q->hi ? q->hi : (r < q->lo ? q->lo : r);
+	return (int8_t)(c + q->zp);
+}
+
+/* does int8 output y (zero point zp, exponent exp) pass gradient? */
+static inline int kl_act_pass_s8(int8_t y, int32_t zp, int act, int32_t q6)
+{
+	if (act == KL_ACT_RELU) {
+		return y > zp;
+	}
+	if (act == KL_ACT_RELU6) {
+		return y > zp && (int32_t)y - zp < q6;
+	}
+	return 1;
 }
 
 /* floor((v + top sh bits of the dither d) / 2^sh), sh limited to [1, 30] */
-static inline int32_t kl_stochastic_shift(int32_t v, int sh, uint32_t d)
+static inline int64_t kl_stochastic_shift(int64_t v, int sh, uint32_t d)
 {
 	if (sh > 30) {
-		v >>= (sh - 30 > 31 ? 31 : sh - 30);
+		v >>= (sh - 30 > 62 ? 62 : sh - 30);
 		sh = 30;
 	} else if (sh < 1) {
 		sh = 1;
 	}
-	return (v + (int32_t)(d >> (32 - sh))) >> sh;
+	return (v + (int64_t)(d >> (32 - sh))) >> sh;
 }
 
 /* the update of one weight: the step saturated to int8, the result clamped
  * to the symmetric weight range [-127, 127] */
-static inline int8_t kl_sub_clamp_w(int8_t w, int32_t delta)
+static inline int8_t kl_sub_clamp_w(int8_t w, int64_t delta)
 {
 	delta = delta > 127 ? 127 : (delta < -128 ? -128 : delta);
-	const int32_t r = (int32_t)w - delta;
+	const int32_t r = (int32_t)w - (int32_t)delta;
 	return (int8_t)(r > 127 ? 127 : (r < -127 ? -127 : r));
 }
+
 /* Smallest s >= 0 bringing max|acc| into int8 range; writes int8 values. */
 int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n);
+/* The same, in place (values stay int32). */
+int kl_quantize_grad_s32(int32_t *acc, int n);
 
-/* ---- fully connected, float32 ------------------------------------------- */
+/* index of the first maximum */
+int kl_argmax_f32(const float *v, int n);
+int kl_argmax_s8(const int8_t *v, int n);
+
+/* ---- geometry of conv / depthwise / pooling ------------------------------ */
+typedef struct {
+	int h, w, c;    /* input */
+	int ho, wo, co; /* output */
+	int kh, kw, stride;
+	int pad_t, pad_l;
+} kl_geom_t;
+
+/* ---- fully connected ------------------------------------------------------ */
 void kl_fully_connected_f32(const float *x, const float *w, const float *b, float *y, int n_in,
-			    int n_out, int relu);
+			    int n_out, int act);
 /* dx = W^T dy */
 void kl_fully_connected_backward_input_f32(const float *w, const float *dy, float *dx, int n_in,
 					   int n_out);
@@ -107,25 +179,20 @@ void kl_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, const 
 /* p -= lr * (v = mu v + g) over a flat vector (v may be NULL) */
 void kl_sgd_f32(float *p, float *v, const float *g, float lr, float mu, int n);
 
-/* ---- fully connected, int8 ---------------------------------------------- */
-/* y = act(rshift(W (x - x_zp) + rshift(b, b_shift), y_shift)) + y_zp.
- * Returns 1 if an output saturated, else 0. scratch: KL_FC_S8_SCRATCH(n_in,
- * n_out) bytes, 4-aligned (used by the dsp backend). */
+/* y = requant(W (x - x_zp), b). Returns 1 if an output saturated, else 0.
+ * scratch: KL_FC_S8_SCRATCH(n_in, n_out) bytes, 4-aligned. */
 #define KL_FC_S8_SCRATCH(n_in, n_out) (2u * (n_in) + 4u * (n_out) + 8u)
 #define KL_FC_S8_ARGS                                                                             \
-	const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b, int b_shift,            \
-		int y_shift, int32_t y_zp, int relu, int8_t *y, int n_in, int n_out,              \
-		int16_t *scratch
+	const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,                         \
+		const kl_requant_t *rq, int8_t *y, int n_in, int n_out, int16_t *scratch
 int kl_ref_fully_connected_s8(KL_FC_S8_ARGS);
 int kl_dsp_fully_connected_s8(KL_FC_S8_ARGS);
-/* acc = W^T dy, masked where mask[j] <= mask_zp (mask may be NULL), then
- * quantised to int8 dx; returns the added exponent s. */
-int kl_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, const int8_t *mask,
-					 int32_t mask_zp, int32_t *acc, int8_t *dx, int n_in,
-					 int n_out);
-/* gw = dy (x - x_zp)^T as int32 */
+/* acc = W^T dy (int32) */
+void kl_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
+					  int n_in, int n_out);
+/* gw = dy (x - x_zp)^T as int32, gb = dy */
 void kl_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
-				int n_in, int n_out);
+				int32_t *gb, int n_in, int n_out);
 /* Fused update: w -= floor((dy_i*lr_q*(x_j - x_zp) + dither) >> w_shift),
  * b -= rshift(dy_i*lr_q, b_shift). scratch as for the forward kernel. */
 #define KL_FC_SGD_S8_ARGS                                                                         \
@@ -133,10 +200,11 @@ void kl_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp,
 		int w_shift, int b_shift, uint32_t *dither, int n_in, int n_out, int16_t *scratch
 void kl_ref_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 void kl_dsp_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
-/* The same update from kept gradients (bit-identical to the fused one). */
+
+/* The update from kept gradients (bit-identical to the fused one). */
 void kl_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
 		       uint32_t *dither, int n);
-void kl_sgd_bias_s8(int32_t *b, const int8_t *gb, int32_t lr_q, int b_shift, int n);
+void kl_sgd_bias_s8(int32_t *b, const int32_t *gb, int32_t lr_q, int b_shift, int n);
 
 #if KL_KERNELS_DSP
 #define kl_fully_connected_s8     kl_dsp_fully_connected_s8
@@ -146,6 +214,52 @@ void kl_sgd_bias_s8(int32_t *b, const int8_t *gb, int32_t lr_q, int b_shift, int
 #define kl_fully_connected_sgd_s8 kl_ref_fully_connected_sgd_s8
 #endif
 
+/* ---- convolution (groups = 1) --------------------------------------------- */
+void kl_conv_f32(const kl_geom_t *g, const float *x, const float *w, const float *b, float *y,
+		 int act);
+/* dx = conv^T(dy), dx has the input's shape (overwritten) */
+void kl_conv_backward_input_f32(const kl_geom_t *g, const float *w, const float *dy, float *dx);
+/* gw, gb (overwritten) */
+void kl_conv_grad_f32(const kl_geom_t *g, const float *x, const float *dy, float *gw, float *gb);
+int kl_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+	       const int32_t *b, const kl_requant_t *rq, int8_t *y);
+void kl_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
+			       int32_t *acc);
+void kl_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *dy,
+		     int32_t *gw, int32_t *gb);
+
+/* ---- depthwise convolution (multiplier 1) -------------------------------- */
+void kl_depthwise_conv_f32(const kl_geom_t *g, const float *x, const float *w, const float *b,
+			   float *y, int act);
+void kl_depthwise_conv_backward_input_f32(const kl_geom_t *g, const float *w, const float *dy,
+					  float *dx);
+void kl_depthwise_conv_grad_f32(const kl_geom_t *g, const float *x, const float *dy, float *gw,
+				float *gb);
+int kl_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+			 const int32_t *b, const kl_requant_t *rq, int8_t *y);
+void kl_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
+					 int32_t *acc);
+void kl_depthwise_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp,
+			       const int8_t *dy, int32_t *gw, int32_t *gb);
+
+/* ---- pooling (valid windows) ------------------------------------------------ */
+void kl_avgpool_f32(const kl_geom_t *g, const float *x, float *y);
+void kl_avgpool_backward_f32(const kl_geom_t *g, const float *dy, float *dx);
+void kl_maxpool_f32(const kl_geom_t *g, const float *x, float *y);
+void kl_maxpool_backward_f32(const kl_geom_t *g, const float *x, const float *dy, float *dx);
+void kl_avgpool_s8(const kl_geom_t *g, const int8_t *x, int32_t zp, int8_t *y);
+/* acc = dy * round(2^16 / window) spread over each window (exponent - 16) */
+void kl_avgpool_backward_s8(const kl_geom_t *g, const int8_t *dy, int32_t *acc);
+void kl_maxpool_s8(const kl_geom_t *g, const int8_t *x, int8_t *y);
+void kl_maxpool_backward_s8(const kl_geom_t *g, const int8_t *x, const int8_t *dy,
+			    int32_t *acc);
+
+/* ---- residual add ------------------------------------------------------------ */
+void kl_add_f32(const float *a, const float *b, float *y, int n, int act);
+/* y = requant((a - za) << sa + (b - zb) << sb) */
+int kl_add_s8(const int8_t *a, int32_t za, int sa, const int8_t *b, int32_t zb, int sb,
+	      const kl_requant_t *rq, int8_t *y, int n);
+
 /* ---- softmax cross-entropy ------------------------------------------------ */
 /* dy = softmax(z) - onehot(label); returns the loss. */
 float kl_softmax_ce_f32(const float *z, int n, int label, float *dy);
@@ -154,10 +268,6 @@ float kl_softmax_ce_f32(const float *z, int n, int label, float *dy);
  * exponent s (dy scale 2^(s - 15)). */
 int kl_softmax_ce_s8(const int8_t *z, int n, int label, const uint16_t *lut, int lut_shift,
 		     int32_t *acc, int8_t *dy);
-
-/* index of the first maximum */
-int kl_argmax_f32(const float *v, int n);
-int kl_argmax_s8(const int8_t *v, int n);
 
 #ifdef __cplusplus
 }

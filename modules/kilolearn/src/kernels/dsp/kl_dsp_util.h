@@ -70,46 +70,42 @@ static inline void kl_center_interleave_s8(const int8_t *x, int32_t zp, int16_t 
 }
 
 /* Output stage of an int8 layer over n raw dot products, bit-identical to
- * kl_requant_out_s8 per element: a fast path for the usual shifts (bias
- * 1..31, output 1..22) with everything in registers, the general one for
- * other shifts and for sums near the int32 limits. Returns the saturation
- * flag. */
-static inline int kl_dsp_requant_n(const int32_t *dot, const int32_t *b, int b_shift,
-				   int y_shift, int32_t y_zp, int relu, int8_t *y, int n)
+ * kl_requant per element: a fast path for the usual shifts (bias 1..31,
+ * output 1..22) with everything in registers, the general one for other
+ * shifts and for sums near the int32 limits. Returns the saturation flag. */
+static inline int kl_dsp_requant_n(const int32_t *dot, const int32_t *b, const kl_requant_t *rq,
+				   int8_t *y, int n)
 {
 	int sat = 0;
-	if (!(y_shift >= 1 && y_shift <= 22 && b_shift >= 1 && b_shift <= 31)) {
+	const int bs = rq->b_shift, ys = rq->y_shift;
+	if (!(ys >= 1 && ys <= 22 && bs >= 1 && bs <= 31)) {
 		for (int i = 0; i < n; i++) {
-			y[i] = kl_requant_out_s8(dot[i], b[i], b_shift, y_shift, y_zp, relu, &sat);
+			y[i] = kl_requant(rq, dot[i], b[i], &sat);
 		}
 		return sat;
 	}
-	const int32_t bh = (int32_t)(1u << (b_shift - 1));
-	const int32_t yh = (int32_t)1 << (y_shift - 1);
-	const int32_t hi = 127 - y_zp;
-	const int32_t lo = relu ? 0 : -128 - y_zp;
+	const int32_t bh = (int32_t)(1u << (bs - 1));
+	const int32_t yh = (int32_t)1 << (ys - 1);
+	const int32_t hi = rq->hi, lo = rq->lo, zp = rq->zp;
+	/* above this the output saturates the range; below lo (no activation) too */
+	const int32_t sat_hi = rq->cap_saturates ? rq->hi_range : INT32_MAX;
+	const int32_t sat_lo = rq->act == KL_ACT_NONE ? lo : INT32_MIN;
 	for (int i = 0; i < n; i++) {
 		const int32_t bias = b[i];
 		/* round half away from zero: (v + half - (v < 0)) >> s, exact
 		 * unless v + half overflows, which goes the general way */
 		if (bias > INT32_MAX - bh) {
-			y[i] = kl_requant_out_s8(dot[i], bias, b_shift, y_shift, y_zp, relu, &sat);
+			y[i] = kl_requant(rq, dot[i], bias, &sat);
 			continue;
 		}
-		const int32_t acc = __qadd(dot[i], (bias + bh + (bias >> 31)) >> b_shift);
+		const int32_t acc = __qadd(dot[i], (bias + bh + (bias >> 31)) >> bs);
 		if (acc > INT32_MAX - yh) {
-			y[i] = kl_requant_out_s8(dot[i], bias, b_shift, y_shift, y_zp, relu, &sat);
+			y[i] = kl_requant(rq, dot[i], bias, &sat);
 			continue;
 		}
-		int32_t r = (acc + yh + (acc >> 31)) >> y_shift;
-		if (r > hi) {
-			r = hi;
-			sat = 1;
-		} else if (r < lo) {
-			sat |= !relu;
-			r = lo;
-		}
-		y[i] = (int8_t)(r + y_zp);
+		const int32_t r = (acc + yh + (acc >> 31)) >> ys;
+		sat |= (r > sat_hi) | (r < sat_lo);
+		y[i] = (int8_t)((r > hi ? hi : (r < lo ? lo : r)) + zp);
 	}
 	return sat;
 }

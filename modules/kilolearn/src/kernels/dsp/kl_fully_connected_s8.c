@@ -21,8 +21,8 @@ static inline int32_t dot_tail(const int8_t *row, const int16_t *xc, int j, int 
 	} while (0)
 
 int kl_dsp_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,
-			      int b_shift, int y_shift, int32_t y_zp, int relu, int8_t *y, int n_in,
-			      int n_out, int16_t *scratch)
+			      const kl_requant_t *rq, int8_t *y, int n_in, int n_out,
+			      int16_t *scratch)
 {
 	kl_center_interleave_s8(x, x_zp, scratch, n_in);
 	const uint32_t *xw = (const uint32_t *)(const void *)scratch;
@@ -79,7 +79,7 @@ int kl_dsp_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, co
 		a0 += dot_tail(r0, scratch, n4, n_in);
 		dots[i] = a0;
 	}
-	return kl_dsp_requant_n(dots, b, b_shift, y_shift, y_zp, relu, y, n_out);
+	return kl_dsp_requant_n(dots, b, rq, y, n_out);
 }
 #else
 typedef int kl_dsp_fully_connected_s8_unused;

@@ -2,7 +2,7 @@
 #include "kilolearn/kl_kernels.h"
 
 void kl_fully_connected_f32(const float *x, const float *w, const float *b, float *y, int n_in,
-			    int n_out, int relu)
+			    int n_out, int act)
 {
 	for (int i = 0; i < n_out; i++) {
 		const float *row = w + (long)i * n_in;
@@ -16,6 +16,12 @@ void kl_fully_connected_f32(const float *x, const float *w, const float *b, floa
 			acc += row[j] * x[j];
 		}
 		acc += b[i];
-		y[i] = (relu && acc < 0.0f) ? 0.0f : acc;
+		if (act != KL_ACT_NONE && acc < 0.0f) {
+			acc = 0.0f;
+		}
+		if (act == KL_ACT_RELU6 && acc > 6.0f) {
+			acc = 6.0f;
+		}
+		y[i] = acc;
 	}
 }

@@ -3,9 +3,8 @@
 
 #include "kilolearn/kl_kernels.h"
 
-int kl_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, const int8_t *mask,
-					 int32_t mask_zp, int32_t *acc, int8_t *dx, int n_in,
-					 int n_out)
+void kl_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
+					  int n_in, int n_out)
 {
 	for (int j = 0; j < n_in; j++) {
 		acc[j] = 0;
@@ -20,24 +19,17 @@ int kl_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, cons
 			acc[j] += (int32_t)row[j] * g;
 		}
 	}
-	if (mask != NULL) {
-		for (int j = 0; j < n_in; j++) {
-			if ((int32_t)mask[j] <= mask_zp) {
-				acc[j] = 0;
-			}
-		}
-	}
-	return kl_quantize_grad_s8(acc, dx, n_in);
 }
 
 void kl_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
-				int n_in, int n_out)
+				int32_t *gb, int n_in, int n_out)
 {
 	for (int i = 0; i < n_out; i++) {
 		int32_t *row = gw + (long)i * n_in;
 		for (int j = 0; j < n_in; j++) {
 			row[j] = (int32_t)dy[i] * ((int32_t)x[j] - x_zp);
 		}
+		gb[i] = dy[i];
 	}
 }
 
@@ -69,15 +61,16 @@ void kl_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
 {
 	uint32_t d = *dither;
 	for (int k = 0; k < n; k++) {
-		w[k] = kl_sub_clamp_w(w[k], kl_stochastic_shift(gw[k] * lr_q, w_shift, d));
+		w[k] = kl_sub_clamp_w(w[k], kl_stochastic_shift((int64_t)gw[k] * lr_q, w_shift, d));
 		d += KL_WEYL;
 	}
 	*dither = d;
 }
 
-void kl_sgd_bias_s8(int32_t *b, const int8_t *gb, int32_t lr_q, int b_shift, int n)
+void kl_sgd_bias_s8(int32_t *b, const int32_t *gb, int32_t lr_q, int b_shift, int n)
 {
 	for (int i = 0; i < n; i++) {
-		b[i] = kl_sat32((int64_t)b[i] - kl_rshift_round((int32_t)gb[i] * lr_q, b_shift));
+		b[i] = kl_sat32((int64_t)b[i] -
+				kl_rshift_round64((int64_t)gb[i] * lr_q, b_shift));
 	}
 }

@@ -2,8 +2,8 @@
 #include "kilolearn/kl_kernels.h"
 
 int kl_ref_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,
-			      int b_shift, int y_shift, int32_t y_zp, int relu, int8_t *y, int n_in,
-			      int n_out, int16_t *scratch)
+			      const kl_requant_t *rq, int8_t *y, int n_in, int n_out,
+			      int16_t *scratch)
 {
 	(void)scratch;
 	int sat = 0;
@@ -13,7 +13,7 @@ int kl_ref_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, co
 		for (int j = 0; j < n_in; j++) {
 			dot += (int32_t)row[j] * ((int32_t)x[j] - x_zp);
 		}
-		y[i] = kl_requant_out_s8(dot, b[i], b_shift, y_shift, y_zp, relu, &sat);
+		y[i] = kl_requant(rq, dot, b[i], &sat);
 	}
 	return sat;
 }

@@ -1,7 +1,7 @@
 /* int8 quantisation helpers shared by the kernels. */
 #include "kilolearn/kl_kernels.h"
 
-int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
+static int grad_shift(const int32_t *acc, int n)
 {
 	uint32_t m = 0;
 	for (int i = 0; i < n; i++) {
@@ -12,12 +12,29 @@ int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
 	int s = 0;
 	while (m > 127u) {
 		s++;
-		if (((m + (1u << (s - 1))) >> s) <= 127u) {
+		if (s >= 32 || ((((uint64_t)m + (1ull << (s - 1))) >> s) <= 127u)) {
 			break;
 		}
 	}
+	return s;
+}
+
+int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
+{
+	const int s = grad_shift(acc, n);
 	for (int i = 0; i < n; i++) {
 		out[i] = (int8_t)kl_rshift_round(acc[i], s);
+	}
+	return s;
+}
+
+int kl_quantize_grad_s32(int32_t *acc, int n)
+{
+	const int s = grad_shift(acc, n);
+	if (s > 0) {
+		for (int i = 0; i < n; i++) {
+			acc[i] = kl_rshift_round(acc[i], s);
+		}
 	}
 	return s;
 }
