@@ -15,7 +15,7 @@
 #include "kl_port.h"
 
 #ifndef KL_RUNNER_ARENA_SIZE
-#define KL_RUNNER_ARENA_SIZE (512u * 1024u)
+#define KL_RUNNER_ARENA_SIZE (2048u * 1024u)
 #endif
 
 static uint32_t arena_mem[KL_RUNNER_ARENA_SIZE / 4u];

@@ -26,14 +26,16 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     dtypes = list(train.DTYPES) if a.dtype == "both" else [a.dtype]
     ds = datasets.load(a.data)
-    print(f"kilolearn: {a.data} ({len(ds.y_train)} train / {len(ds.y_test)} test), MLP "
-          f"{ds.x_train.shape[1]}-{a.hidden}-{ds.n_classes}, SGD lr {a.lr}, batch 1, "
-          f"{a.epochs} epochs on {a.board} ({CPU.get(a.board, a.board)})", flush=True)
+    desc = (f"MLP {ds.x_train.shape[1]}-{a.hidden}-{ds.n_classes}" if a.model == "mlp"
+            else f"CNN ({a.hidden // 4}/{a.hidden // 2} channels)")
+    print(f"kilolearn: {a.data} ({len(ds.y_train)} train / {len(ds.y_test)} test), {desc}, "
+          f"SGD lr {a.lr}, batch 1, {a.epochs} epochs on {a.board} "
+          f"({CPU.get(a.board, a.board)})", flush=True)
     results = []
     for dt in dtypes:
         print(f"  training {dt} on the device and in the numpy reference ...", flush=True)
         results.append(train.run(a.board, dt, epochs=a.epochs, lr=a.lr, seed=a.seed, ds=ds,
-                                 sizes=[ds.x_train.shape[1], a.hidden, ds.n_classes]))
+                                 model_name=a.model, hidden=a.hidden))
     rows = [[r.dtype, f"{100 * r.device_acc[-1]:.2f} %", f"{100 * r.reference_acc:.2f} %",
              _fmt_insn(r.insn_per_train_sample), _fmt_insn(r.insn_per_inference),
              f"{r.arena_bytes:,}", f"{r.blob_bytes:,}"] for r in results]
@@ -131,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host"])
     t.add_argument("--dtype", default="both", choices=["f32", "s8", "both"])
     t.add_argument("--data", default="digits")
-    t.add_argument("--hidden", type=int, default=32)
+    t.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
+    t.add_argument("--hidden", type=int, default=32,
+                   help="MLP hidden units; the CNN uses hidden/4 and hidden/2 channels")
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--lr", type=float, default=0.05)
     t.add_argument("--seed", type=int, default=0)

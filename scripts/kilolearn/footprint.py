@@ -989,13 +989,13 @@ def bench(size_mb: float = 5.0, keep: Path | None = None) -> int:
             r = analyze(str(elf))
             times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "kilolearn.footprint", str(elf)], check=True,
+        subprocess.run([sys.executable, "-m", "kilolearn.cli", "footprint", str(elf)], check=True,
                        stdout=subprocess.DEVNULL)
         t_cli = time.perf_counter() - t0
         print(f"benchmark ELF: {sz:,} bytes ({sz / MiB:.2f} MiB), {r.dwarf_note}, "
               f"{len(r.symbols):,} symbols, {len(r.files)} files; built in {t_build:.1f} s")
         print(f"analysis: first {times[0]:.3f} s, best of 3 {min(times):.3f} s (in process); "
-              f"end to end `python -m kilolearn.footprint` {t_cli:.3f} s")
+              f"end to end `kilolearn footprint ELF` (a new Python process) {t_cli:.3f} s")
     return 0
 
 

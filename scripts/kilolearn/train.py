@@ -36,26 +36,41 @@ class Result:
         return asdict(self)
 
 
-def prepare(dtype: str, sizes: list[int], ds: datasets.Dataset, seed: int):
-    """(blob, train x, test x, numpy trainer factory) for one dtype."""
-    m = model.mlp(sizes)
+MODELS = ("mlp", "cnn")
+
+
+def build_model(name: str, ds: datasets.Dataset, hidden: int = 32) -> model.Model:
+    """The built-in models: 'mlp' (features-hidden-classes) and 'cnn' (small_cnn on the
+    images; digits are 8x8x1)."""
+    if name == "mlp":
+        return model.mlp([ds.x_train.shape[1], hidden, ds.n_classes])
+    if name == "cnn":
+        side = int(round(np.sqrt(ds.x_train.shape[1])))
+        if side * side != ds.x_train.shape[1]:
+            raise ValueError(f"cnn needs square single-channel images, {ds.name} is not")
+        return model.small_cnn((side, side, 1), ds.n_classes, hidden // 4)
+    raise ValueError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+
+
+def prepare(dtype: str, m: model.Model, ds: datasets.Dataset, seed: int):
+    """(blob, train x, test x, numpy trainer factory, model) for one dtype."""
     p = m.init(seed)
+    g = m.graph
     if dtype == "f32":
-        return (export.export_f32(m.graph, p), ds.x_train, ds.x_test,
-                lambda lr: reference.F32Trainer(m.graph, p, lr=lr), m)
-    qm = reference.quantize_model(m.graph, p, ds.x_train[:CALIBRATION_SAMPLES])
+        return (export.export_f32(g, p), ds.x_train, ds.x_test,
+                lambda lr: reference.F32Trainer(g, p, lr=lr), m)
+    qm = reference.quantize_model(g, p, ds.x_train[:CALIBRATION_SAMPLES])
     return (export.export_s8(qm), qm.quantize_input(ds.x_train), qm.quantize_input(ds.x_test),
             lambda lr: reference.S8Trainer(qm, lr=lr, seed=seed + 1), m)
 
 
 def run(board: str, dtype: str, *, epochs: int = 20, lr: float = 0.05, seed: int = 0,
-        sizes: list[int] | None = None, ds: datasets.Dataset | None = None,
+        model_name: str = "mlp", hidden: int = 32, ds: datasets.Dataset | None = None,
         with_reference: bool = True, profile: bool = False, timeout: float = 1800.0) -> Result:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}")
     ds = ds or datasets.digits()
-    sizes = sizes or [ds.x_train.shape[1], 32, ds.n_classes]
-    blob, xtr, xte, make_ref, _ = prepare(dtype, sizes, ds, seed)
+    blob, xtr, xte, make_ref, _ = prepare(dtype, build_model(model_name, ds, hidden), ds, seed)
     img = job.build(blob, xtr, ds.y_train, xte, ds.y_test, lr=lr, epochs=epochs,
                     seed=seed + 1, profile=profile)
     rep = runner.run_job(img, board, timeout=timeout)

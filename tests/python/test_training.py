@@ -22,3 +22,14 @@ def test_digits_mlp_learns_on_emulated_m4(dtype, floor, digits):
         assert abs(r.device_acc[-1] - r.reference_acc) <= 0.01
     assert r.insn_per_train_sample is not None and r.insn_per_train_sample > 1000
     assert r.arena_bytes <= (12 * 1024 if dtype == "f32" else 4 * 1024)
+
+
+def test_digits_cnn_int8_within_two_points_of_float_on_emulated_m4(digits):
+    """Conv-BN-ReLU / max-pool / conv-BN-ReLU / global-average-pool / dense, 10 epochs."""
+    require_target("mps2-an386")
+    r32 = train.run("mps2-an386", "f32", epochs=10, lr=0.05, ds=digits, model_name="cnn")
+    r8 = train.run("mps2-an386", "s8", epochs=10, lr=0.05, ds=digits, model_name="cnn")
+    assert r32.device_acc[-1] >= 0.88
+    assert r8.device_acc[-1] >= r32.device_acc[-1] - 0.02
+    assert r8.device_acc[-1] == r8.reference_acc  # bit-exact
+    assert abs(r32.device_acc[-1] - r32.reference_acc) <= 0.01
