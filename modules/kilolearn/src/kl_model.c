@@ -211,12 +211,20 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 			}
 		}
 	}
+	uint32_t kscratch = 4u;
 	for (int i = 0; i < m->n_ops; i++) {
-		scratch = umax(scratch, op_scratch(m, &m->ops[i], training));
+		const kl_op_t *op = &m->ops[i];
+		scratch = umax(scratch, op_scratch(m, op, training));
+		if (s8 && (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV)) {
+			const kl_geom_t g = geom(m, op);
+			kscratch = umax(kscratch, KL_CONV_S8_SCRATCH(&g));
+		}
 	}
 	m->scratch_size = scratch;
 	m->scratch = kl_arena_alloc(arena, scratch, 8u);
-	return m->scratch == NULL ? KL_ENOMEM : KL_OK;
+	m->kscratch_size = kscratch;
+	m->kscratch = kl_arena_alloc(arena, kscratch, 8u);
+	return m->scratch == NULL || m->kscratch == NULL ? KL_ENOMEM : KL_OK;
 }
 
 static inline void phase(const kl_model_t *m, int p)
@@ -270,10 +278,11 @@ static void forward_op_s8(kl_model_t *m, kl_op_t *op)
 					    (int)tsize(x), (int)tsize(y), m->scratch);
 		break;
 	case KL_OP_CONV:
-		sat = kl_conv_s8(&g, x->data, x->zp, op->w, op->b, &rq, y->data);
+		sat = kl_conv_s8(&g, x->data, x->zp, op->w, op->b, &rq, y->data, m->kscratch);
 		break;
 	case KL_OP_DWCONV:
-		sat = kl_depthwise_conv_s8(&g, x->data, x->zp, op->w, op->b, &rq, y->data);
+		sat = kl_depthwise_conv_s8(&g, x->data, x->zp, op->w, op->b, &rq, y->data,
+					   m->kscratch);
 		break;
 	case KL_OP_AVGPOOL:
 	case KL_OP_MAXPOOL:
@@ -512,13 +521,14 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
 		break;
 	case KL_OP_CONV:
 		if (need_dx) {
-			kl_conv_backward_input_s8(&g, op->w, dy, m->scratch);
+			kl_conv_backward_input_s8(&g, op->w, dy, m->scratch, m->kscratch);
 			give_s8(m, op->in0, op->w_exp + ey);
 		}
 		break;
 	case KL_OP_DWCONV:
 		if (need_dx) {
-			kl_depthwise_conv_backward_input_s8(&g, op->w, dy, m->scratch);
+			kl_depthwise_conv_backward_input_s8(&g, op->w, dy, m->scratch,
+							    m->kscratch);
 			give_s8(m, op->in0, op->w_exp + ey);
 		}
 		break;
@@ -565,9 +575,9 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
 		}
 		kl_fully_connected_grad_s8(dy, x->data, x->zp, gw, gb, (int)tsize(x), (int)tsize(y));
 	} else if (op->kind == KL_OP_CONV) {
-		kl_conv_grad_s8(&g, x->data, x->zp, dy, gw, gb);
+		kl_conv_grad_s8(&g, x->data, x->zp, dy, gw, gb, m->kscratch);
 	} else {
-		kl_depthwise_conv_grad_s8(&g, x->data, x->zp, dy, gw, gb);
+		kl_depthwise_conv_grad_s8(&g, x->data, x->zp, dy, gw, gb, m->kscratch);
 	}
 	op->gw_exp = (int8_t)(ey + xe);
 	op->gb_exp = (int8_t)ey;

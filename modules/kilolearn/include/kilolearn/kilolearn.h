@@ -99,8 +99,10 @@ typedef struct {
 	const uint16_t *lut; /* s8 softmax table, in the blob */
 	kl_tensor_t *tensors; /* in the arena */
 	kl_op_t *ops;         /* in the arena */
-	void *scratch;        /* int32 accumulators and kernel scratch */
+	void *scratch;        /* int32 accumulators (input and weight gradients) */
 	uint32_t scratch_size;
+	void *kscratch;       /* kernel scratch (im2col, transposes) */
+	uint32_t kscratch_size;
 	int8_t logits_grad_exp;
 	float lr, momentum;
 	int32_t lr_q;

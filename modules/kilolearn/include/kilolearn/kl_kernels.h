@@ -214,33 +214,51 @@ void kl_sgd_bias_s8(int32_t *b, const int32_t *gb, int32_t lr_q, int b_shift, in
 #define kl_fully_connected_sgd_s8 kl_ref_fully_connected_sgd_s8
 #endif
 
-/* ---- convolution (groups = 1) --------------------------------------------- */
+/* ---- convolution (groups = 1) and depthwise convolution (multiplier 1) ---
+ * int8 kernels take a kernel scratch area of KL_CONV_S8_SCRATCH(g) bytes
+ * (4-aligned; the dsp backend's im2col / transpose buffers). */
+#ifndef KL_CONV_S8_SCRATCH
+#define KL_CONV_S8_SCRATCH(g) ((uint32_t)(8u * (uint32_t)(g)->kh * (g)->kw * (g)->c + \
+					  8u * (uint32_t)(g)->co + 16u))
+#endif
 void kl_conv_f32(const kl_geom_t *g, const float *x, const float *w, const float *b, float *y,
 		 int act);
 /* dx = conv^T(dy), dx has the input's shape (overwritten) */
 void kl_conv_backward_input_f32(const kl_geom_t *g, const float *w, const float *dy, float *dx);
 /* gw, gb (overwritten) */
 void kl_conv_grad_f32(const kl_geom_t *g, const float *x, const float *dy, float *gw, float *gb);
-int kl_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
-	       const int32_t *b, const kl_requant_t *rq, int8_t *y);
-void kl_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
-			       int32_t *acc);
-void kl_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *dy,
-		     int32_t *gw, int32_t *gb);
-
-/* ---- depthwise convolution (multiplier 1) -------------------------------- */
 void kl_depthwise_conv_f32(const kl_geom_t *g, const float *x, const float *w, const float *b,
 			   float *y, int act);
 void kl_depthwise_conv_backward_input_f32(const kl_geom_t *g, const float *w, const float *dy,
 					  float *dx);
 void kl_depthwise_conv_grad_f32(const kl_geom_t *g, const float *x, const float *dy, float *gw,
 				float *gb);
-int kl_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
-			 const int32_t *b, const kl_requant_t *rq, int8_t *y);
-void kl_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
-					 int32_t *acc);
-void kl_depthwise_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp,
-			       const int8_t *dy, int32_t *gw, int32_t *gb);
+
+#define KL_CONV_S8_ARGS                                                                           \
+	const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,     \
+		const kl_requant_t *rq, int8_t *y, void *scratch
+/* acc (input shape, int32) = conv^T(dy) */
+#define KL_CONV_BWD_S8_ARGS                                                                       \
+	const kl_geom_t *g, const int8_t *w, const int8_t *dy, int32_t *acc, void *scratch
+/* gw, gb (int32, overwritten) */
+#define KL_CONV_GRAD_S8_ARGS                                                                      \
+	const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *dy, int32_t *gw,         \
+		int32_t *gb, void *scratch
+int kl_ref_conv_s8(KL_CONV_S8_ARGS);
+void kl_ref_conv_backward_input_s8(KL_CONV_BWD_S8_ARGS);
+void kl_ref_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
+int kl_ref_depthwise_conv_s8(KL_CONV_S8_ARGS);
+void kl_ref_depthwise_conv_backward_input_s8(KL_CONV_BWD_S8_ARGS);
+void kl_ref_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
+
+/* Which backend serves each int8 conv kernel: a dsp variant is switched on
+ * here once it exists (kl_dsp_<op>_s8 in src/kernels/dsp/). */
+#define kl_conv_s8                          kl_ref_conv_s8
+#define kl_conv_backward_input_s8           kl_ref_conv_backward_input_s8
+#define kl_conv_grad_s8                     kl_ref_conv_grad_s8
+#define kl_depthwise_conv_s8                kl_ref_depthwise_conv_s8
+#define kl_depthwise_conv_backward_input_s8 kl_ref_depthwise_conv_backward_input_s8
+#define kl_depthwise_conv_grad_s8           kl_ref_depthwise_conv_grad_s8
 
 /* ---- pooling (valid windows) ------------------------------------------------ */
 void kl_avgpool_f32(const kl_geom_t *g, const float *x, float *y);

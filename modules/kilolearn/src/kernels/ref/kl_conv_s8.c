@@ -2,9 +2,10 @@
  * Padding is the real value 0 (x == x_zp), so padded taps contribute nothing. */
 #include "kilolearn/kl_kernels.h"
 
-int kl_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
-	       const int32_t *b, const kl_requant_t *rq, int8_t *y)
+int kl_ref_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+	       const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
 {
+	(void)scratch;
 	const int ksz = g->kh * g->kw * g->c;
 	int sat = 0;
 	for (int oy = 0; oy < g->ho; oy++) {
@@ -37,9 +38,10 @@ int kl_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *
 	return sat;
 }
 
-void kl_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
-			       int32_t *acc)
+void kl_ref_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
+			       int32_t *acc, void *scratch)
 {
+	(void)scratch;
 	const long n = (long)g->h * g->w * g->c;
 	for (long k = 0; k < n; k++) {
 		acc[k] = 0;
@@ -76,9 +78,10 @@ void kl_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t
 	}
 }
 
-void kl_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *dy,
-		     int32_t *gw, int32_t *gb)
+void kl_ref_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *dy,
+		     int32_t *gw, int32_t *gb, void *scratch)
 {
+	(void)scratch;
 	const int ksz = g->kh * g->kw * g->c;
 	for (long k = 0; k < (long)g->co * ksz; k++) {
 		gw[k] = 0;

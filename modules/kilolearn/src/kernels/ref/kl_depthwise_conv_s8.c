@@ -19,9 +19,10 @@
 		}                                                                                 \
 	}
 
-int kl_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
-			 const int32_t *b, const kl_requant_t *rq, int8_t *y)
+int kl_ref_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+			 const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
 {
+	(void)scratch;
 	int sat = 0;
 	for (int oy = 0; oy < g->ho; oy++) {
 		for (int ox = 0; ox < g->wo; ox++) {
@@ -36,9 +37,10 @@ int kl_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, cons
 	return sat;
 }
 
-void kl_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
-					 int32_t *acc)
+void kl_ref_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
+					 int32_t *acc, void *scratch)
 {
+	(void)scratch;
 	for (long k = 0; k < (long)g->h * g->w * g->c; k++) {
 		acc[k] = 0;
 	}
@@ -52,9 +54,10 @@ void kl_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, co
 	}
 }
 
-void kl_depthwise_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp,
-			       const int8_t *dy, int32_t *gw, int32_t *gb)
+void kl_ref_depthwise_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp,
+			       const int8_t *dy, int32_t *gw, int32_t *gb, void *scratch)
 {
+	(void)scratch;
 	for (long k = 0; k < (long)g->kh * g->kw * g->c; k++) {
 		gw[k] = 0;
 	}
