@@ -205,6 +205,7 @@ class Report:
     ram_capacity: int | None = None
     flash_capacity: int | None = None
     seconds: float = 0.0
+    has_symtab: bool = True
 
     def percent(self) -> dict[str, float | None]:
         def pct(n: int, cap: int | None) -> float | None:
@@ -229,6 +230,7 @@ class Report:
             "callouts": [s.as_dict() for s in self.callouts],
             "symbols": [s.as_dict() for s in self.symbols],
             "dwarf": {"units": self.dwarf_units, "note": self.dwarf_note},
+            "symbol_table": self.has_symtab,
             "seconds": round(self.seconds, 4),
         }
 
@@ -752,7 +754,7 @@ def _analyze(path: str, elf: Any, raw: bytes, groups: Sequence[tuple[str, str]],
     return Report(path, machine, elf.elfclass, totals, seg_rom, seg_ram, sections, symbols,
                   dict(sorted(files.items(), key=lambda kv: -(kv[1][1].rom + kv[1][1].ram))),
                   components, called, list(callouts), dwarf.units, dwarf.note,
-                  seconds=time.perf_counter() - t0)
+                  seconds=time.perf_counter() - t0, has_symtab=bool(syms))
 
 
 # ----------------------------------------------------------------------------- output
@@ -792,9 +794,9 @@ def render(r: Report, fmt: str = "table", top: int = 25, all_rows: bool = False)
                f"SRAM {_human(r.ram_capacity) if r.ram_capacity else '?'}")
         if r.board:
             cap += f" ({r.board.note})"
-    title = f"{r.path}: ELF{r.elf_class} {r.machine}, DWARF: {r.dwarf_note}"
-    out.append(f"## footprint of `{r.path}`\n\nELF{r.elf_class} {r.machine}, DWARF: "
-               f"{r.dwarf_note}" if md else title)
+    what = f"ELF{r.elf_class} {r.machine}, DWARF: {r.dwarf_note}" + \
+        ("" if r.has_symtab else "; no symbol table (stripped): nothing can be attributed")
+    out.append(f"## footprint of `{r.path}`\n\n{what}" if md else f"{r.path}: {what}")
     if cap:
         out.append(cap if not md else f"\n{cap}")
     rows = [["ROM (flash) = text + data", _n(t.rom), _pct(t.rom, r.flash_capacity),

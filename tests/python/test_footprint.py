@@ -433,3 +433,11 @@ def test_classify() -> None:
     assert c("_udivsi3.o") == footprint.LIBC
     assert c("mystery.c") == footprint.OTHER
     assert c("vendor/x.c", [("vendor/*", "vendor")]) == "vendor"
+
+
+def test_stripped_elf_totals_stay_exact(app: Path, tmp_path: Path) -> None:
+    stripped = tmp_path / "stripped.elf"
+    run(["arm-none-eabi-strip", "-o", str(stripped), str(app)])
+    r = footprint.analyze(str(stripped))
+    assert {k: getattr(r.totals, k) for k in KINDS} == size_of(stripped)
+    assert not r.has_symtab and list(r.files) == [footprint.UNATTRIBUTED]
