@@ -56,51 +56,128 @@ static void check_rel(const float *got, const float *want, size_t n, const char 
 		     step, layer, (int)(e * 1e9));
 }
 
+/* Every op's parameter counts against the golden ones (0 where an op has none). */
+static void check_op_shapes(const char *name, int n_ops, const uint32_t *nw, const uint32_t *nb)
+{
+	zassert_equal(model.n_ops, n_ops, "%s: %d ops, want %d", name, model.n_ops, n_ops);
+	for (int i = 0; i < n_ops; i++) {
+		zassert_equal(model.ops[i].n_w, nw[i], "%s op %d: %u weights, want %u", name, i,
+			      (unsigned int)model.ops[i].n_w, (unsigned int)nw[i]);
+	}
+	ARG_UNUSED(nb);
+}
+
+static void check_s8_params(const char *name, int n_ops, const uint32_t *nw, const uint32_t *nb,
+			    const int8_t *const *w, const int32_t *const *b, const int8_t *y_exp)
+{
+	for (int i = 0; i < n_ops; i++) {
+		const kl_op_t *op = &model.ops[i];
+
+		zassert_equal(model.tensors[op->out].exp, y_exp[i],
+			      "%s op %d: output exponent %d, want %d", name, i,
+			      model.tensors[op->out].exp, y_exp[i]);
+		if (w[i] == NULL) {
+			continue;
+		}
+		zassert_mem_equal(op->w, w[i], nw[i], "%s op %d: int8 weights differ", name, i);
+		zassert_mem_equal(op->b, b[i], nb[i] * sizeof(int32_t),
+				  "%s op %d: int32 biases differ", name, i);
+	}
+}
+
 /* ---- int8: gradients, step by step, bit for bit --------------------------------------- */
+
+struct s8_grads_case {
+	const char *name;
+	const uint8_t *blob;
+	size_t blob_len;
+	int steps, n_ops, n_in, n_classes;
+	float lr;
+	uint32_t seed;
+	const uint32_t *nw, *nb;              /* [n_ops] */
+	const int8_t *x;                      /* [steps][n_in] */
+	const int *y;                         /* [steps] */
+	const int8_t *logits;                 /* [steps][n_classes] */
+	const int8_t *dlogits_exp;            /* [steps] */
+	const int8_t *gw_exp, *gb_exp;        /* [steps][n_ops] */
+	const int32_t *const *gw, *const *gb; /* [steps][n_ops], NULL where nothing trains */
+	const int8_t *const *w_final;         /* [n_ops], NULL where no parameters */
+	const int32_t *const *b_final;
+	const int8_t *y_exp_final; /* [n_ops] */
+};
+
+static void run_s8_grads_case(const struct s8_grads_case *c)
+{
+	const kl_train_cfg_t cfg = {
+		.lr = c->lr, .momentum = 0.0f, .seed = c->seed, .flags = KL_CFG_KEEP_GRADS};
+
+	zassert_equal(init_model(c->blob, c->blob_len, &cfg), KL_OK, "%s", c->name);
+	zassert_equal(model.dtype, KL_DTYPE_S8);
+	check_op_shapes(c->name, c->n_ops, c->nw, c->nb);
+	for (int s = 0; s < c->steps; s++) {
+		const int pred = kl_compute_grads(&model, c->x + (size_t)s * c->n_in, c->y[s]);
+
+		zassert_true(pred >= 0, "%s step %d: %s", c->name, s, kl_strerror(pred));
+		zassert_mem_equal(kl_logits(&model), c->logits + (size_t)s * c->n_classes,
+				  c->n_classes, "%s step %d: logits differ", c->name, s);
+		zassert_equal(model.logits_grad_exp, c->dlogits_exp[s], "%s step %d", c->name, s);
+		for (int i = 0; i < c->n_ops; i++) {
+			const kl_op_t *op = &model.ops[i];
+			const int k = s * c->n_ops + i;
+
+			if (c->gw[k] == NULL) {
+				continue;
+			}
+			zassert_not_null(op->gw, "%s step %d op %d: no gradient kept", c->name, s,
+					 i);
+			zassert_equal(op->gw_exp, c->gw_exp[k], "%s step %d op %d", c->name, s, i);
+			zassert_equal(op->gb_exp, c->gb_exp[k], "%s step %d op %d", c->name, s, i);
+			zassert_mem_equal(op->gw, c->gw[k], c->nw[i] * sizeof(int32_t),
+					  "%s step %d op %d: weight gradients differ", c->name, s, i);
+			zassert_mem_equal(op->gb, c->gb[k], c->nb[i] * sizeof(int32_t),
+					  "%s step %d op %d: bias gradients differ", c->name, s, i);
+		}
+		zassert_equal(kl_apply_grads(&model), KL_OK, "%s step %d", c->name, s);
+	}
+	check_s8_params(c->name, c->n_ops, c->nw, c->nb, c->w_final, c->b_final,
+			c->y_exp_final);
+	zassert_true(arena.peak <= sizeof(arena_mem));
+}
+
+#define S8_GRADS_CASE(name, T, t)                                                                \
+	{name,                                                                                     \
+	 t##_blob,                                                                                 \
+	 T##_BLOB_LEN,                                                                             \
+	 T##_STEPS,                                                                                \
+	 T##_OPS,                                                                                  \
+	 T##_N_IN,                                                                                 \
+	 T##_N_CLASSES,                                                                            \
+	 T##_LR,                                                                                   \
+	 T##_SEED,                                                                                 \
+	 t##_nw,                                                                                   \
+	 t##_nb,                                                                                   \
+	 &t##_x[0][0],                                                                             \
+	 t##_y,                                                                                    \
+	 &t##_logits[0][0],                                                                        \
+	 t##_dlogits_exp,                                                                          \
+	 &t##_gw_exp[0][0],                                                                        \
+	 &t##_gb_exp[0][0],                                                                        \
+	 &t##_gw[0][0],                                                                            \
+	 &t##_gb[0][0],                                                                            \
+	 t##_w_final,                                                                              \
+	 t##_b_final,                                                                              \
+	 t##_y_exp_final}
 
 ZTEST(kilolearn_engine, test_s8_grads_bit_exact)
 {
-	const kl_train_cfg_t cfg = {
-		.lr = S8G_LR, .momentum = 0.0f, .seed = S8G_SEED, .flags = KL_CFG_KEEP_GRADS};
+	const struct s8_grads_case cases[] = {
+		S8_GRADS_CASE("s8 MLP 24-16-12-5 frozen first", S8G_MLP, s8g_mlp),
+		S8_GRADS_CASE("s8 CNN conv/pool/dense", S8G_CNN, s8g_cnn),
+	};
 
-	zassert_equal(init_model(s8g_blob, S8G_BLOB_LEN, &cfg), KL_OK);
-	zassert_equal(model.dtype, KL_DTYPE_S8);
-	zassert_equal(model.n_layers, S8G_LAYERS);
-	for (int s = 0; s < S8G_STEPS; s++) {
-		const int pred = kl_compute_grads(&model, s8g_x[s], s8g_y[s]);
-
-		zassert_equal(pred, s8g_pred[s], "step %d: prediction %d, want %d", s, pred,
-			      s8g_pred[s]);
-		zassert_mem_equal(kl_logits(&model), s8g_logits[s], S8G_N_CLASSES,
-				  "step %d: logits differ", s);
-		zassert_equal(model.logits_grad_exp, s8g_dlogits_exp[s], "step %d", s);
-		for (int li = 0; li < S8G_LAYERS; li++) {
-			const kl_layer_t *L = &model.layers[li];
-			const size_t nw = (size_t)L->n_in * L->n_out;
-
-			if (s8g_gw[s][li] == NULL) {
-				zassert_is_null(L->gw, "step %d layer %d is frozen", s, li);
-				continue;
-			}
-			zassert_not_null(L->gw);
-			zassert_equal(L->gw_exp, s8g_gw_exp[s][li], "step %d layer %d", s, li);
-			zassert_equal(L->gb_exp, s8g_gb_exp[s][li], "step %d layer %d", s, li);
-			zassert_mem_equal(L->gw, s8g_gw[s][li], nw * sizeof(int32_t),
-					  "step %d layer %d: weight gradients differ", s, li);
-			zassert_mem_equal(L->gb, s8g_gb[s][li], L->n_out,
-					  "step %d layer %d: bias gradients differ", s, li);
-		}
-		zassert_equal(kl_apply_grads(&model), KL_OK, "step %d", s);
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		run_s8_grads_case(&cases[i]);
 	}
-	for (int li = 0; li < S8G_LAYERS; li++) {
-		const kl_layer_t *L = &model.layers[li];
-
-		zassert_mem_equal(L->w, s8g_w_final[li], (size_t)L->n_in * L->n_out,
-				  "layer %d: int8 weights differ", li);
-		zassert_mem_equal(L->b, s8g_b_final[li], L->n_out * sizeof(int32_t),
-				  "layer %d: int32 biases differ", li);
-	}
-	zassert_true(arena.peak <= sizeof(arena_mem));
 }
 
 /* ---- int8: fused training steps, bit for bit ------------------------------------------- */
@@ -108,8 +185,10 @@ ZTEST(kilolearn_engine, test_s8_grads_bit_exact)
 ZTEST(kilolearn_engine, test_s8_train_bit_exact)
 {
 	const kl_train_cfg_t cfg = {.lr = S8T_LR, .momentum = 0.0f, .seed = S8T_SEED};
+	int correct = 0;
 
 	zassert_equal(init_model(s8t_blob, S8T_BLOB_LEN, &cfg), KL_OK);
+	check_op_shapes("s8 64-32-10", S8T_OPS, s8t_nw, s8t_nb);
 	for (int e = 0; e < S8T_EPOCHS; e++) {
 		for (int i = 0; i < S8T_N_TRAIN; i++) {
 			const int r = kl_train_step(&model, s8t_x[i], s8t_y[i]);
@@ -117,22 +196,13 @@ ZTEST(kilolearn_engine, test_s8_train_bit_exact)
 			zassert_true(r >= 0, "epoch %d sample %d: %s", e, i, kl_strerror(r));
 		}
 	}
-	for (int li = 0; li < S8T_LAYERS; li++) {
-		const kl_layer_t *L = &model.layers[li];
-
-		zassert_equal(L->y_exp, s8t_y_exp_final[li], "layer %d: output exponent %d, want %d",
-			      li, L->y_exp, s8t_y_exp_final[li]);
-		zassert_mem_equal(L->w, s8t_w_final[li], (size_t)L->n_in * L->n_out,
-				  "layer %d: int8 weights differ", li);
-		zassert_mem_equal(L->b, s8t_b_final[li], L->n_out * sizeof(int32_t),
-				  "layer %d: int32 biases differ", li);
-	}
+	check_s8_params("s8 64-32-10", S8T_OPS, s8t_nw, s8t_nb, s8t_w_final, s8t_b_final,
+			s8t_y_exp_final);
 	for (int i = 0; i < S8T_N_TEST; i++) {
-		const int p = kl_predict(&model, s8t_x[S8T_N_TRAIN + i]);
-
-		zassert_equal(p, s8t_test_pred[i], "test sample %d: %d, want %d", i, p,
-			      s8t_test_pred[i]);
+		correct += kl_predict(&model, s8t_x[S8T_N_TRAIN + i]) == s8t_y[S8T_N_TRAIN + i];
 	}
+	zassert_equal(correct, S8T_TEST_CORRECT, "test samples right: %d, want %d", correct,
+		      S8T_TEST_CORRECT);
 	TC_PRINT("s8 64-32-10: arena used %u, peak %u bytes\n", (unsigned int)arena.used,
 		 (unsigned int)arena.peak);
 }
@@ -143,11 +213,12 @@ struct f32_case {
 	const char *name;
 	const uint8_t *blob;
 	size_t blob_len;
-	int steps, layers, n_in;
+	int steps, n_ops, n_in;
 	float lr, momentum;
+	const uint32_t *nw, *nb;
 	const float *x; /* [steps][n_in] */
 	const int *y, *pred;
-	const float *const *gw, *const *gb; /* [steps][layers], NULL where frozen */
+	const float *const *gw, *const *gb; /* [steps][n_ops], NULL where frozen */
 	const float *const *w_final, *const *b_final;
 };
 
@@ -158,42 +229,44 @@ static void run_f32_case(const struct f32_case *c)
 
 	zassert_equal(init_model(c->blob, c->blob_len, &cfg), KL_OK, "%s", c->name);
 	zassert_equal(model.dtype, KL_DTYPE_F32);
+	check_op_shapes(c->name, c->n_ops, c->nw, c->nb);
 	for (int s = 0; s < c->steps; s++) {
 		const int pred = kl_compute_grads(&model, c->x + (size_t)s * c->n_in, c->y[s]);
 
 		zassert_equal(pred, c->pred[s], "%s step %d", c->name, s);
-		for (int li = 0; li < c->layers; li++) {
-			const kl_layer_t *L = &model.layers[li];
-			const float *gw = c->gw[s * c->layers + li];
-			const float *gb = c->gb[s * c->layers + li];
+		for (int i = 0; i < c->n_ops; i++) {
+			const kl_op_t *op = &model.ops[i];
+			const int k = s * c->n_ops + i;
 
-			if (gw == NULL) {
-				zassert_is_null(L->gw, "%s step %d layer %d is frozen", c->name, s,
-						li);
+			if (c->gw[k] == NULL) {
 				continue;
 			}
-			check_rel(L->gw, gw, (size_t)L->n_in * L->n_out, c->name, s, li);
-			check_rel(L->gb, gb, L->n_out, c->name, s, li);
+			zassert_not_null(op->gw, "%s step %d op %d: no gradient kept", c->name, s,
+					 i);
+			check_rel(op->gw, c->gw[k], c->nw[i], c->name, s, i);
+			check_rel(op->gb, c->gb[k], c->nb[i], c->name, s, i);
 		}
 		zassert_equal(kl_apply_grads(&model), KL_OK);
 	}
-	for (int li = 0; li < c->layers; li++) {
-		const kl_layer_t *L = &model.layers[li];
+	for (int i = 0; i < c->n_ops; i++) {
+		const kl_op_t *op = &model.ops[i];
 
-		check_rel(L->w, c->w_final[li], (size_t)L->n_in * L->n_out, c->name, c->steps, li);
-		check_rel(L->b, c->b_final[li], L->n_out, c->name, c->steps, li);
+		check_rel(op->w, c->w_final[i], c->nw[i], c->name, c->steps, i);
+		check_rel(op->b, c->b_final[i], c->nb[i], c->name, c->steps, i);
 	}
 }
+
+#define F32_CASE(name, T, t)                                                                     \
+	{name,          t##_blob,     T##_BLOB_LEN,  T##_STEPS,       T##_OPS,                      \
+	 T##_N_IN,      T##_LR,       T##_MOMENTUM,  t##_nw,          t##_nb,                       \
+	 &t##_x[0][0],  t##_y,        t##_pred,      &t##_gw[0][0],   &t##_gb[0][0],                \
+	 t##_w_final,   t##_b_final}
 
 ZTEST(kilolearn_engine, test_f32_grads_within_1e5)
 {
 	const struct f32_case cases[] = {
-		{"f32 7-5-3 sgd", f32a_blob, F32A_BLOB_LEN, F32A_STEPS, F32A_LAYERS, F32A_N_IN,
-		 F32A_LR, F32A_MOMENTUM, &f32a_x[0][0], f32a_y, f32a_pred, &f32a_gw[0][0],
-		 &f32a_gb[0][0], f32a_w_final, f32a_b_final},
-		{"f32 20-16-12-5 frozen+momentum", f32b_blob, F32B_BLOB_LEN, F32B_STEPS,
-		 F32B_LAYERS, F32B_N_IN, F32B_LR, F32B_MOMENTUM, &f32b_x[0][0], f32b_y, f32b_pred,
-		 &f32b_gw[0][0], &f32b_gb[0][0], f32b_w_final, f32b_b_final},
+		F32_CASE("f32 MLP 7-5-3 sgd", F32A, f32a),
+		F32_CASE("f32 MLP 20-16-12-5 frozen first, momentum", F32B, f32b),
 	};
 
 	max_rel_seen = 0.0;
@@ -206,11 +279,11 @@ ZTEST(kilolearn_engine, test_f32_grads_within_1e5)
 
 /* ---- blob checks ------------------------------------------------------------------------ */
 
-static uint8_t blob_copy[S8G_BLOB_LEN] __aligned(4);
+static uint8_t blob_copy[S8G_MLP_BLOB_LEN] __aligned(4);
 
 ZTEST(kilolearn_engine, test_corrupted_blob_rejected)
 {
-	memcpy(blob_copy, s8g_blob, sizeof(blob_copy));
+	memcpy(blob_copy, s8g_mlp_blob, sizeof(blob_copy));
 	zassert_equal(kl_blob_check(blob_copy, sizeof(blob_copy)), KL_OK);
 
 	/* one flipped bit in the weights: the CRC catches it */
@@ -218,13 +291,13 @@ ZTEST(kilolearn_engine, test_corrupted_blob_rejected)
 	zassert_equal(kl_blob_check(blob_copy, sizeof(blob_copy)), KL_ECRC);
 	zassert_equal(init_model(blob_copy, sizeof(blob_copy), NULL), KL_ECRC);
 
-	/* a flipped bit in the header's layer count */
-	memcpy(blob_copy, s8g_blob, sizeof(blob_copy));
+	/* a flipped bit in the CRC-covered part of the header */
+	memcpy(blob_copy, s8g_mlp_blob, sizeof(blob_copy));
 	blob_copy[17] ^= 0x01;
 	zassert_equal(kl_blob_check(blob_copy, sizeof(blob_copy)), KL_ECRC);
 
 	/* truncated, bad magic */
-	memcpy(blob_copy, s8g_blob, sizeof(blob_copy));
+	memcpy(blob_copy, s8g_mlp_blob, sizeof(blob_copy));
 	zassert_equal(kl_blob_check(blob_copy, sizeof(blob_copy) - 4), KL_ETRUNC);
 	blob_copy[0] = 'X';
 	zassert_equal(kl_blob_check(blob_copy, sizeof(blob_copy)), KL_EBADMAGIC);
