@@ -36,8 +36,11 @@ def test_golden_header_contents():
     """The header covers what the suite checks (a guard against a generator that silently
     emits less)."""
     text = load_generator().render()
-    for name in ("s8g_blob", "s8g_gw", "s8g_w_final", "s8t_blob", "s8t_w_final",
-                 "s8t_y_exp_final", "f32a_blob", "f32a_gw", "f32b_gw", "f32b_w_final"):
+    for name in ("s8g_mlp_blob", "s8g_mlp_gw", "s8g_mlp_w_final", "s8g_cnn_blob", "s8g_cnn_gw",
+                 "s8g_cnn_y_exp_final", "s8t_blob", "s8t_w_final", "s8t_y_exp_final",
+                 "f32a_blob", "f32a_gw", "f32b_gw", "f32b_w_final"):
         assert f" {name}[" in text, name
+    # an int8 case with convolutions and pooling
+    assert "'conv', 'maxpool', 'conv', 'avgpool', 'dense'" in text
     # blobs are 4-byte aligned (the engine reads frozen weights in place)
-    assert text.count("__aligned(4)") == 4
+    assert text.count("__aligned(4)") == 5
