@@ -7,6 +7,9 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kl_blob.c
   ${KL_ENGINE_DIR}/src/kl_crc32.c
   ${KL_ENGINE_DIR}/src/kl_model.c
+  ${KL_ENGINE_DIR}/src/kl_replay.c
+  ${KL_ENGINE_DIR}/src/session/kl_cobs.c
+  ${KL_ENGINE_DIR}/src/session/kl_session.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_quant.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_f32.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_grad_f32.c
@@ -23,4 +26,6 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_add_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_sgd_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/dsp/kl_conv_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/dsp/kl_depthwise_conv_s8.c
 )

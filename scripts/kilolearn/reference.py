@@ -83,13 +83,19 @@ class F32Trainer:
         self.need = needs_grad(graph)
         self.vw = [None if w is None else np.zeros_like(w) for w in self.p.weights]
         self.vb = [None if b is None else np.zeros_like(b) for b in self.p.biases]
+        self.class_mask: np.ndarray | None = None  # active classes (bool), None = all
 
-    def forward(self, x: np.ndarray) -> list[np.ndarray]:
-        """Activations by tensor id, each (H, W, C) float32."""
+    def forward(self, x: np.ndarray, start: int | None = None) -> list[np.ndarray]:
+        """Activations by tensor id, each (H, W, C) float32; from tensor ``start`` (given x
+        as its activations) when set."""
         g = self.g
         acts: list[np.ndarray] = [np.zeros(0, np.float32)] * len(g.shapes)
-        acts[g.input] = np.asarray(x, np.float32).reshape(g.shapes[g.input])
+        t0 = g.input if start is None else start
+        acts[t0] = np.asarray(x, np.float32).reshape(g.shapes[t0])
+        first = first_op_after(g, t0)
         for i, op in enumerate(g.ops):
+            if i < first:
+                continue
             x0 = acts[op.inputs[0]]
             w, b = self.p.weights[i], self.p.biases[i]
             if op.kind == "dense":
@@ -108,13 +114,14 @@ class F32Trainer:
             acts[op.output] = _act_f32(y.astype(np.float32), op.act).reshape(g.shapes[op.output])
         return acts
 
-    def grads(self, x: np.ndarray, label: int
+    def grads(self, x: np.ndarray, label: int, start: int | None = None
               ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], float]:
         """(dW by op, db by op, loss) for one sample; None where nothing trains."""
         g = self.g
-        acts = self.forward(x)
+        acts = self.forward(x, start)
         z = acts[g.output].reshape(-1).astype(np.float64)
-        e = np.exp(z - z.max())
+        active = _active(self.class_mask, z.size, label)
+        e = np.where(active, np.exp(z - z[active].max()), 0.0)
         p = e / e.sum()
         loss = float(-np.log(max(p[label], 1e-30)))
         dz = p.astype(np.float32)
@@ -188,8 +195,8 @@ class F32Trainer:
             self.p.weights[i] -= self.lr * gw
             self.p.biases[i] -= self.lr * gb
 
-    def step(self, x: np.ndarray, label: int) -> float:
-        dws, dbs, loss = self.grads(x, label)
+    def step(self, x: np.ndarray, label: int, start: int | None = None) -> float:
+        dws, dbs, loss = self.grads(x, label, start)
         self.apply(dws, dbs)
         return loss
 
@@ -197,7 +204,31 @@ class F32Trainer:
         return self.forward(x)[self.g.output].reshape(-1)
 
     def predict(self, xs: np.ndarray) -> np.ndarray:
-        return np.array([int(np.argmax(self.logits(x))) for x in xs])
+        return np.array([masked_argmax(self.logits(x), self.class_mask) for x in xs])
+
+
+def first_op_after(g: Graph, t: int) -> int:
+    """Index of the first op after the producer of tensor t (0 for the input)."""
+    for i, op in enumerate(g.ops):
+        if op.output == t:
+            return i + 1
+    return 0
+
+
+def _active(mask: np.ndarray | None, n: int, label: int) -> np.ndarray:
+    a = np.ones(n, bool) if mask is None else np.asarray(mask, bool).copy()
+    a[label] = True
+    return a
+
+
+def masked_argmax(v: np.ndarray, mask: np.ndarray | None) -> int:
+    """First maximum among the active classes (all when mask is None)."""
+    if mask is None:
+        return int(np.argmax(v))
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return 0
+    return int(idx[np.argmax(v[idx])])
 
 
 def _max_route(pt: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -366,15 +397,21 @@ class S8Trainer:
         self.dither = seed & 0xFFFFFFFF
         self.need = needs_grad(self.g)
         self.logits_grad_exp = 0
+        self.class_mask: np.ndarray | None = None  # active classes (bool), None = all
 
     # forward -----------------------------------------------------------------------------
-    def forward(self, xq: np.ndarray) -> QForward:
+    def forward(self, xq: np.ndarray, start: int | None = None) -> QForward:
+        """int8 forward pass; from tensor ``start`` (xq are its activations) when set."""
         m, g = self.m, self.g
         acts: list[np.ndarray] = [np.zeros(0, np.int64)] * len(g.shapes)
         exps = list(m.exp)
-        acts[g.input] = np.asarray(xq, np.int64).reshape(g.shapes[g.input])
-        sats: list[bool] = []
+        t0 = g.input if start is None else start
+        acts[t0] = np.asarray(xq, np.int64).reshape(g.shapes[t0])
+        first = first_op_after(g, t0)
+        sats: list[bool] = [False] * first
         for i, op in enumerate(g.ops):
+            if i < first:
+                continue
             x0 = acts[op.inputs[0]]
             xe, xz = exps[op.inputs[0]], m.zp[op.inputs[0]]
             t = op.output
@@ -414,19 +451,22 @@ class S8Trainer:
     def logits_grad(self, logits: np.ndarray, label: int) -> tuple[np.ndarray, int]:
         """Softmax-CE gradient of int8 logits: (int8 values, exponent)."""
         m = self.m
-        gap = logits.max() - logits
-        d = np.where(gap == 0, 0, gap << min(m.exp[self.g.output] - m.lut_exp, 8))
-        t = np.where(d < 256, m.lut[np.minimum(d, 255)].astype(np.int64), 0)
+        active = _active(self.class_mask, logits.size, label)
+        gap = logits[active].max() - logits
+        shift = min(m.exp[self.g.output] - m.lut_exp, 8)
+        d = np.where(gap == 0, 0, np.where(gap > 0, gap, 0) << shift)
+        t = np.where((d < 256) & active, m.lut[np.minimum(d, 255)].astype(np.int64), 0)
         s = int(t.sum())
         g = ((t << 15) + (s >> 1)) // s
         g[label] -= 1 << 15
         return q.quantize_grad(g, -15)
 
     # backward + update ---------------------------------------------------------------------
-    def grads(self, xq: np.ndarray, label: int) -> list[QGrad | None]:
+    def grads(self, xq: np.ndarray, label: int, start: int | None = None
+              ) -> list[QGrad | None]:
         """Forward + backward of one sample; per op the kept gradients (None if frozen)."""
         m, g = self.m, self.g
-        fw = self._fw = self.forward(xq)
+        fw = self._fw = self.forward(xq, start)
         d0, e0 = self.logits_grad(fw.acts[g.output].reshape(-1), label)
         self.logits_grad_exp = e0
         grad: dict[int, tuple[np.ndarray, int]] = {g.output: (d0.reshape(g.shapes[g.output]),
@@ -518,9 +558,10 @@ class S8Trainer:
             if sat and m.exp[op.output] < EXP_MAX:
                 m.exp[op.output] += 1
 
-    def step(self, xq: np.ndarray, label: int) -> None:
-        """One SGD step (the engine's fused kl_train_step computes the same integers)."""
-        self.apply(self.grads(xq, label))
+    def step(self, xq: np.ndarray, label: int, start: int | None = None) -> None:
+        """One SGD step (the engine's fused kl_train_step computes the same integers);
+        from tensor ``start`` (a replayed latent) when set."""
+        self.apply(self.grads(xq, label, start))
 
     def logits(self, xq: np.ndarray) -> np.ndarray:
         saved = list(self.m.exp)
@@ -529,4 +570,4 @@ class S8Trainer:
         return out
 
     def predict(self, xq: np.ndarray) -> np.ndarray:
-        return np.array([int(np.argmax(self.logits(x))) for x in xq])
+        return np.array([masked_argmax(self.logits(x), self.class_mask) for x in xq])

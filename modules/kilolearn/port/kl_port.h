@@ -23,6 +23,13 @@ int kl_port_init(int argc, char **argv);
 /* Write n bytes to the console (UART on boards, stdout on the host). */
 void kl_port_write(const char *buf, size_t n);
 
+/* Read one byte from the console (blocking): 0..255, or -1 at the end of
+ * the input (host) / when there is no input channel. */
+int kl_port_getc(void);
+
+/* Push out what kl_port_write() buffered (the host's stdout). */
+void kl_port_flush(void);
+
 /* Retired-instruction counter. On QEMU with -icount shift=0 this is exact to
  * one timer tick (40 instructions). Returns 0 where no counter exists
  * (kl_port_has_counter() says which). */

@@ -308,14 +308,11 @@ static void forward_op_s8(kl_model_t *m, kl_op_t *op)
 	op->sat = (uint8_t)sat;
 }
 
-static int forward(kl_model_t *m, const void *x)
+/* run ops [first, n_ops) and return the predicted class */
+static int forward_ops(kl_model_t *m, int first)
 {
-	if (m == NULL || x == NULL) {
-		return KL_EINVAL;
-	}
 	phase(m, KL_PHASE_FORWARD);
-	m->tensors[m->input].data = (void *)(uintptr_t)x;
-	for (int i = 0; i < m->n_ops; i++) {
+	for (int i = first; i < m->n_ops; i++) {
 		if (m->dtype == KL_DTYPE_F32) {
 			forward_op_f32(m, &m->ops[i]);
 		} else {
@@ -323,13 +320,40 @@ static int forward(kl_model_t *m, const void *x)
 		}
 	}
 	const kl_tensor_t *out = &m->tensors[m->output];
-	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->data, m->n_classes)
-					: kl_argmax_s8(out->data, m->n_classes);
+	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->data, m->n_classes, m->class_mask)
+					: kl_argmax_s8(out->data, m->n_classes, m->class_mask);
+}
+
+static int forward(kl_model_t *m, const void *x)
+{
+	if (m == NULL || x == NULL) {
+		return KL_EINVAL;
+	}
+	m->tensors[m->input].data = (void *)(uintptr_t)x;
+	return forward_ops(m, 0);
 }
 
 int kl_predict(kl_model_t *m, const void *x)
 {
 	return forward(m, x);
+}
+
+int kl_model_check_cut(const kl_model_t *m, int t)
+{
+	if (m == NULL || t < 0 || t >= m->n_tensors || t == m->output) {
+		return KL_EINVAL;
+	}
+	const int first = m->tensors[t].producer + 1;
+	for (int i = first; i < m->n_ops; i++) {
+		const kl_op_t *op = &m->ops[i];
+		const int p0 = m->tensors[op->in0].producer;
+		const int p1 = op->kind == KL_OP_ADD ? m->tensors[op->in1].producer : first;
+		if ((op->in0 != t && p0 < first) || (op->kind == KL_OP_ADD && op->in1 != t &&
+						      p1 < first)) {
+			return KL_EINVAL;
+		}
+	}
+	return KL_OK;
 }
 
 const void *kl_logits(const kl_model_t *m)
@@ -597,12 +621,12 @@ static void backward(kl_model_t *m, int label, int keep)
 	kl_tensor_t *out = &m->tensors[m->output];
 	phase(m, KL_PHASE_LOSS);
 	if (m->dtype == KL_DTYPE_F32) {
-		kl_softmax_ce_f32(out->data, m->n_classes, label, out->grad);
+		kl_softmax_ce_f32(out->data, m->n_classes, label, m->class_mask, out->grad);
 	} else {
 		const int shift = out->exp - m->lut_exp;
 		out->grad_exp = (int8_t)(-15 + kl_softmax_ce_s8(out->data, m->n_classes, label, m->lut,
-							      shift < 0 ? 0 : shift, m->scratch,
-							      out->grad));
+							      shift < 0 ? 0 : shift, m->class_mask,
+							      m->scratch, out->grad));
 		m->logits_grad_exp = out->grad_exp;
 	}
 	out->has_grad = 1;
@@ -643,6 +667,32 @@ static int check_step(const kl_model_t *m, const void *x, int label)
 		return KL_EINVAL;
 	}
 	return KL_OK;
+}
+
+int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
+{
+	int err = check_step(m, data, label);
+	if (err == KL_OK) {
+		err = kl_model_check_cut(m, t);
+	}
+	if (err == KL_OK && m->tensors[t].need_grad) {
+		err = KL_EINVAL; /* something before the cut trains: its inputs are gone */
+	}
+	if (err != KL_OK) {
+		return err;
+	}
+	kl_tensor_t *cut = &m->tensors[t];
+	void *own = cut->data;
+	if (t == m->input) {
+		cut->data = (void *)(uintptr_t)data;
+	} else {
+		memcpy(own, data, tsize(cut) * (m->dtype == KL_DTYPE_S8 ? 1u : 4u));
+	}
+	const int pred = forward_ops(m, cut->producer + 1);
+	backward(m, label, 0);
+	adapt_ranges(m);
+	phase(m, KL_PHASE_DONE);
+	return pred;
 }
 
 int kl_train_step(kl_model_t *m, const void *x, int label)

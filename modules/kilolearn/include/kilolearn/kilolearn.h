@@ -111,6 +111,7 @@ typedef struct {
 	kl_arena_t *arena;
 	kl_phase_hook_t hook; /* called as each phase starts, if set */
 	void *hook_ctx;
+	const uint8_t *class_mask; /* active classes (1 per class), NULL = all */
 } kl_model_t;
 
 /* Parse and check a blob, then lay the model out in the arena (weights of
@@ -136,10 +137,46 @@ int kl_train_step(kl_model_t *m, const void *x, int label);
 int kl_compute_grads(kl_model_t *m, const void *x, int label);
 int kl_apply_grads(kl_model_t *m);
 
+/* Forward from tensor t (its activations replaced by data, e.g. a stored
+ * latent) to the logits, then backward and update as kl_train_step. Only
+ * ops after t's producer run; they may read no tensor made before t.
+ * Returns the predicted class or a negative error code. */
+int kl_train_step_from(kl_model_t *m, int t, const void *data, int label);
+
+/* Is every op after t's producer fed only by t and later tensors (a valid
+ * cut for latent replay)? KL_OK or KL_EINVAL. */
+int kl_model_check_cut(const kl_model_t *m, int t);
+
 /* Logits of the last forward pass (float* or int8_t*). */
 const void *kl_logits(const kl_model_t *m);
 
 const char *kl_strerror(int err);
+
+/* ---- latent replay ---------------------------------------------------------- */
+/* A class-balanced reservoir of latents (activations of a cut tensor of a
+ * frozen backbone) with their labels, in the arena. */
+typedef struct {
+	uint8_t *data;      /* cap * elem bytes */
+	uint16_t *labels;   /* cap */
+	uint16_t *stored;   /* per class: latents held */
+	uint32_t *seen;     /* per class: latents offered */
+	uint32_t cap, count, elem;
+	uint16_t n_classes;
+	uint32_t rng;       /* xorshift32 state */
+} kl_replay_t;
+
+int kl_replay_init(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
+		   uint16_t n_classes, uint32_t seed);
+/* Offer a latent: kept while there is room, then it replaces a random latent
+ * of the most represented class (or, if its own class is among those, a
+ * random latent of its class with probability stored/seen). Returns the slot
+ * written, or -1 when the latent was not kept. */
+int kl_replay_add(kl_replay_t *r, const void *latent, int label);
+/* A uniformly drawn slot, or -1 when empty. */
+int kl_replay_pick(kl_replay_t *r);
+const void *kl_replay_latent(const kl_replay_t *r, int slot);
+void kl_replay_clear(kl_replay_t *r);
+uint32_t kl_replay_rand(kl_replay_t *r);
 
 #ifdef __cplusplus
 }

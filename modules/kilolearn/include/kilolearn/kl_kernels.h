@@ -152,9 +152,10 @@ int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n);
 /* The same, in place (values stay int32). */
 int kl_quantize_grad_s32(int32_t *acc, int n);
 
-/* index of the first maximum */
-int kl_argmax_f32(const float *v, int n);
-int kl_argmax_s8(const int8_t *v, int n);
+/* index of the first maximum among the classes with mask[i] != 0 (mask
+ * NULL: all) */
+int kl_argmax_f32(const float *v, int n, const uint8_t *mask);
+int kl_argmax_s8(const int8_t *v, int n, const uint8_t *mask);
 
 /* ---- geometry of conv / depthwise / pooling ------------------------------ */
 typedef struct {
@@ -216,10 +217,53 @@ void kl_sgd_bias_s8(int32_t *b, const int32_t *gb, int32_t lr_q, int b_shift, in
 
 /* ---- convolution (groups = 1) and depthwise convolution (multiplier 1) ---
  * int8 kernels take a kernel scratch area of KL_CONV_S8_SCRATCH(g) bytes
- * (4-aligned; the dsp backend's im2col / transpose buffers). */
+ * (4-aligned; the dsp backend's im2col / transpose / packing buffers, laid
+ * out by src/kernels/dsp/kl_dsp_conv.h). The size is the largest need of the
+ * six int8 conv/depthwise kernels for that geometry (one formula serves both
+ * op kinds); every part is bounded by the layer's size or a fixed tile. */
+#define KL_DSP_WT_TILE_BYTES 8192u /* transposed-weight tile, input gradient */
+#define KL_DSP_GRAD_KTILE    256u  /* im2col columns per tile, weight gradient */
+#define KL_DSP_GRAD_PAIRS    4u    /* pixel pairs per chunk, weight gradient */
+/* input gradient: bytes of the W^T tile and its rows (im2col columns) */
+static inline uint32_t kl_conv_s8_wt_bytes(const kl_geom_t *g)
+{
+	const uint32_t k4 = ((uint32_t)g->kh * (uint32_t)g->kw * (uint32_t)g->c + 3u) & ~3u;
+	const uint32_t cmax = (uint32_t)(g->co > g->c ? g->co : g->c);
+	const uint32_t c4 = (cmax + 3u) & ~3u;
+	const uint32_t wt = k4 * c4;
+	const uint32_t wt_max = KL_DSP_WT_TILE_BYTES > 4u * c4 ? KL_DSP_WT_TILE_BYTES : 4u * c4;
+	return wt < wt_max ? wt : wt_max;
+}
+static inline uint32_t kl_conv_s8_wt_rows(const kl_geom_t *g)
+{
+	const uint32_t k4 = ((uint32_t)g->kh * (uint32_t)g->kw * (uint32_t)g->c + 3u) & ~3u;
+	const uint32_t cmax = (uint32_t)(g->co > g->c ? g->co : g->c);
+	const uint32_t c4 = (cmax + 3u) & ~3u;
+	const uint32_t t = (kl_conv_s8_wt_bytes(g) / c4) & ~3u;
+	return t < k4 ? t : k4;
+}
+static inline uint32_t kl_conv_s8_scratch(const kl_geom_t *g)
+{
+	const uint32_t taps = (uint32_t)g->kh * (uint32_t)g->kw;
+	const uint32_t k4 = (taps * (uint32_t)g->c + 3u) & ~3u;
+	const uint32_t cmax = (uint32_t)(g->co > g->c ? g->co : g->c);
+	const uint32_t c4 = (cmax + 3u) & ~3u;
+	/* forward: two int16 columns, two byte columns, two rows of dots */
+	uint32_t need = 6u * k4 + 8u * c4;
+	/* input gradient: W^T tile, two centred dy pixels, two int32 columns */
+	const uint32_t bwd = kl_conv_s8_wt_bytes(g) + 4u * c4 + 8u * kl_conv_s8_wt_rows(g);
+	need = need > bwd ? need : bwd;
+	/* weight gradient: packed im2col tile, packed dy, two byte columns */
+	const uint32_t kt = k4 < KL_DSP_GRAD_KTILE ? k4 : KL_DSP_GRAD_KTILE;
+	const uint32_t grad = 4u * KL_DSP_GRAD_PAIRS * (kt + c4) + 2u * kt;
+	need = need > grad ? need : grad;
+	/* depthwise: widened weights, correction, dots, a zero-point row, taps */
+	const uint32_t dw = 2u * taps * c4 + 9u * c4 + 8u * taps;
+	need = need > dw ? need : dw;
+	return need + 16u;
+}
 #ifndef KL_CONV_S8_SCRATCH
-#define KL_CONV_S8_SCRATCH(g) ((uint32_t)(8u * (uint32_t)(g)->kh * (g)->kw * (g)->c + \
-					  8u * (uint32_t)(g)->co + 16u))
+#define KL_CONV_S8_SCRATCH(g) kl_conv_s8_scratch(g)
 #endif
 void kl_conv_f32(const kl_geom_t *g, const float *x, const float *w, const float *b, float *y,
 		 int act);
@@ -251,14 +295,30 @@ int kl_ref_depthwise_conv_s8(KL_CONV_S8_ARGS);
 void kl_ref_depthwise_conv_backward_input_s8(KL_CONV_BWD_S8_ARGS);
 void kl_ref_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
 
-/* Which backend serves each int8 conv kernel: a dsp variant is switched on
- * here once it exists (kl_dsp_<op>_s8 in src/kernels/dsp/). */
+/* Which backend serves each int8 conv kernel: the dsp variants (own
+ * ACLE-intrinsic code in src/kernels/dsp/) where the core has the DSP
+ * extension, the ref ones elsewhere (M3, host). */
+int kl_dsp_conv_s8(KL_CONV_S8_ARGS);
+void kl_dsp_conv_backward_input_s8(KL_CONV_BWD_S8_ARGS);
+void kl_dsp_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
+int kl_dsp_depthwise_conv_s8(KL_CONV_S8_ARGS);
+void kl_dsp_depthwise_conv_backward_input_s8(KL_CONV_BWD_S8_ARGS);
+void kl_dsp_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
+#if KL_KERNELS_DSP
+#define kl_conv_s8                          kl_dsp_conv_s8
+#define kl_conv_backward_input_s8           kl_dsp_conv_backward_input_s8
+#define kl_conv_grad_s8                     kl_dsp_conv_grad_s8
+#define kl_depthwise_conv_s8                kl_dsp_depthwise_conv_s8
+#define kl_depthwise_conv_backward_input_s8 kl_dsp_depthwise_conv_backward_input_s8
+#define kl_depthwise_conv_grad_s8           kl_dsp_depthwise_conv_grad_s8
+#else
 #define kl_conv_s8                          kl_ref_conv_s8
 #define kl_conv_backward_input_s8           kl_ref_conv_backward_input_s8
 #define kl_conv_grad_s8                     kl_ref_conv_grad_s8
 #define kl_depthwise_conv_s8                kl_ref_depthwise_conv_s8
 #define kl_depthwise_conv_backward_input_s8 kl_ref_depthwise_conv_backward_input_s8
 #define kl_depthwise_conv_grad_s8           kl_ref_depthwise_conv_grad_s8
+#endif
 
 /* ---- pooling (valid windows) ------------------------------------------------ */
 void kl_avgpool_f32(const kl_geom_t *g, const float *x, float *y);
@@ -279,13 +339,15 @@ int kl_add_s8(const int8_t *a, int32_t za, int sa, const int8_t *b, int32_t zb, 
 	      const kl_requant_t *rq, int8_t *y, int n);
 
 /* ---- softmax cross-entropy ------------------------------------------------ */
-/* dy = softmax(z) - onehot(label); returns the loss. */
-float kl_softmax_ce_f32(const float *z, int n, int label, float *dy);
+/* dy = softmax(z) - onehot(label) over the active classes (mask[i] != 0, or
+ * all when mask is NULL; the label always counts); inactive classes get no
+ * probability and no gradient. Returns the loss. */
+float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
 /* int8 logits, table T[d] = round(2^15 exp(-d 2^lut_exp)); lut_shift =
  * logits_exp - lut_exp >= 0. dy in Q15 quantised to int8; returns the added
  * exponent s (dy scale 2^(s - 15)). */
 int kl_softmax_ce_s8(const int8_t *z, int n, int label, const uint16_t *lut, int lut_shift,
-		     int32_t *acc, int8_t *dy);
+		     const uint8_t *mask, int32_t *acc, int8_t *dy);
 
 #ifdef __cplusplus
 }

@@ -20,7 +20,9 @@
 #define UART_CTRL     KL_REG32(KL_UART_BASE + 0x008u)
 #define UART_BAUDDIV  KL_REG32(KL_UART_BASE + 0x010u)
 #define UART_STATE_TXFULL 0x1u
+#define UART_STATE_RXFULL 0x2u
 #define UART_CTRL_TXEN    0x1u
+#define UART_CTRL_RXEN    0x2u
 
 static void uart_enable(void)
 {
@@ -41,6 +43,21 @@ void kl_bm_write(const char *buf, size_t n)
         }
         UART_DATA = (uint8_t)buf[i];
     }
+}
+
+int kl_port_getc(void)
+{
+    uart_enable();
+    if ((UART_CTRL & UART_CTRL_RXEN) == 0u) {
+        UART_CTRL |= UART_CTRL_RXEN;
+    }
+    while ((UART_STATE & UART_STATE_RXFULL) == 0u) {
+    }
+    return (int)(UART_DATA & 0xFFu);
+}
+
+void kl_port_flush(void)
+{
 }
 
 void kl_bm_puts(const char *s)

@@ -33,6 +33,17 @@ void kl_port_write(const char *buf, size_t n)
     }
 }
 
+int kl_port_getc(void)
+{
+    const int c = getchar();
+    return c == EOF ? -1 : c;
+}
+
+void kl_port_flush(void)
+{
+    fflush(stdout);
+}
+
 uint64_t kl_port_insn(void)
 {
     return 0;

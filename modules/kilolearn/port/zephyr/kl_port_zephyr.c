@@ -23,6 +23,15 @@ void kl_port_write(const char *buf, size_t n)
 	}
 }
 
+int kl_port_getc(void)
+{
+	return -1; /* the Zephyr app reads its UART through an interrupt-driven ring buffer */
+}
+
+void kl_port_flush(void)
+{
+}
+
 uint64_t kl_port_insn(void)
 {
 	/* Cycles, not retired instructions: on hardware that is what there is. */

@@ -1,4 +1,6 @@
 /* int8 quantisation helpers shared by the kernels. */
+#include <stddef.h>
+
 #include "kilolearn/kl_kernels.h"
 
 static int grad_shift(const int32_t *acc, int n)
@@ -39,24 +41,24 @@ int kl_quantize_grad_s32(int32_t *acc, int n)
 	return s;
 }
 
-int kl_argmax_f32(const float *v, int n)
+int kl_argmax_f32(const float *v, int n, const uint8_t *mask)
 {
-	int best = 0;
-	for (int i = 1; i < n; i++) {
-		if (v[i] > v[best]) {
+	int best = -1;
+	for (int i = 0; i < n; i++) {
+		if ((mask == NULL || mask[i]) && (best < 0 || v[i] > v[best])) {
 			best = i;
 		}
 	}
-	return best;
+	return best < 0 ? 0 : best;
 }
 
-int kl_argmax_s8(const int8_t *v, int n)
+int kl_argmax_s8(const int8_t *v, int n, const uint8_t *mask)
 {
-	int best = 0;
-	for (int i = 1; i < n; i++) {
-		if (v[i] > v[best]) {
+	int best = -1;
+	for (int i = 0; i < n; i++) {
+		if ((mask == NULL || mask[i]) && (best < 0 || v[i] > v[best])) {
 			best = i;
 		}
 	}
-	return best;
+	return best < 0 ? 0 : best;
 }

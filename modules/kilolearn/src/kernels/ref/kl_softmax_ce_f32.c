@@ -1,17 +1,21 @@
 /* Softmax cross-entropy, float32: loss and gradient w.r.t. the logits. */
 #include <math.h>
 
+#include <stddef.h>
+
 #include "kilolearn/kl_kernels.h"
 
-float kl_softmax_ce_f32(const float *z, int n, int label, float *dy)
+float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
 {
-	float m = z[0];
-	for (int i = 1; i < n; i++) {
-		m = z[i] > m ? z[i] : m;
+	float m = z[label];
+	for (int i = 0; i < n; i++) {
+		if (mask == NULL || mask[i]) {
+			m = z[i] > m ? z[i] : m;
+		}
 	}
 	float s = 0.0f;
 	for (int i = 0; i < n; i++) {
-		dy[i] = expf(z[i] - m);
+		dy[i] = (mask == NULL || mask[i] || i == label) ? expf(z[i] - m) : 0.0f;
 		s += dy[i];
 	}
 	const float inv = 1.0f / s;

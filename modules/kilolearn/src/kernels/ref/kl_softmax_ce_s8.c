@@ -1,15 +1,23 @@
 /* Softmax cross-entropy, int8 logits: gradient from a host-built exp table. */
+#include <stddef.h>
+
 #include "kilolearn/kl_kernels.h"
 
 int kl_softmax_ce_s8(const int8_t *z, int n, int label, const uint16_t *lut, int lut_shift,
-		     int32_t *acc, int8_t *dy)
+		     const uint8_t *mask, int32_t *acc, int8_t *dy)
 {
-	int32_t m = z[0];
-	for (int i = 1; i < n; i++) {
-		m = z[i] > m ? z[i] : m;
+	int32_t m = z[label];
+	for (int i = 0; i < n; i++) {
+		if (mask == NULL || mask[i]) {
+			m = z[i] > m ? z[i] : m;
+		}
 	}
 	uint32_t s = 0;
 	for (int i = 0; i < n; i++) {
+		if (mask != NULL && !mask[i] && i != label) { /* inactive class: no share */
+			acc[i] = 0;
+			continue;
+		}
 		const uint32_t gap = (uint32_t)(m - z[i]);
 		const uint32_t d = gap == 0u ? 0u : (lut_shift >= 8 ? 256u : gap << lut_shift);
 		acc[i] = d < 256u ? (int32_t)lut[d] : 0;

@@ -1,0 +1,129 @@
+/*
+ * kilolearn session core: the continual-learning protocol of docs/protocol.md
+ * (COBS frames with CRC-32 and sequence numbers; INFO, LOAD, TRAIN, EVAL,
+ * PREDICT, COMMIT, STATS, CONFIG, RESET) on top of the engine and a latent
+ * replay buffer. Portable C, no OS calls: the port feeds received bytes in
+ * and sends the replies through a callback.
+ */
+#ifndef KILOLEARN_KL_SESSION_H
+#define KILOLEARN_KL_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kilolearn/kilolearn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KL_PROTO_VERSION 1u
+#ifndef KL_SESSION_MAX_PAYLOAD
+#define KL_SESSION_MAX_PAYLOAD 2048u
+#endif
+#define KL_FRAME_HEADER 6u /* type, version, seq (u16), len (u16) */
+#define KL_FRAME_CRC    4u
+#define KL_FRAME_MAX    (KL_FRAME_HEADER + KL_SESSION_MAX_PAYLOAD + KL_FRAME_CRC)
+/* COBS adds one byte per 254 and the delimiter */
+#define KL_FRAME_WIRE_MAX (KL_FRAME_MAX + KL_FRAME_MAX / 254u + 2u)
+
+enum kl_cmd {
+	KL_CMD_INFO = 0x01,
+	KL_CMD_LOAD = 0x02,
+	KL_CMD_TRAIN = 0x03,
+	KL_CMD_EVAL = 0x04,
+	KL_CMD_PREDICT = 0x05,
+	KL_CMD_COMMIT = 0x06,
+	KL_CMD_STATS = 0x07,
+	KL_CMD_CONFIG = 0x08,
+	KL_CMD_RESET = 0x09,
+	KL_CMD_REPLY = 0x80, /* reply type = command | KL_CMD_REPLY */
+	KL_CMD_NAK = 0xFF
+};
+
+enum kl_load_phase { KL_LOAD_BEGIN = 0, KL_LOAD_DATA = 1, KL_LOAD_END = 2 };
+
+enum kl_cfg_key {
+	KL_CFG_LR = 1,           /* f32 */
+	KL_CFG_REPLAY_RATIO = 2, /* u16: replayed latents per new sample */
+	KL_CFG_REPLAY_CAP = 3,   /* u32: latents held */
+	KL_CFG_CUT = 4,          /* u16: tensor id of the replay cut (0xFFFF: none) */
+	KL_CFG_SEED = 5,         /* u32 */
+	KL_CFG_CLASSES = 6       /* n bytes: 1 = class active; empty: grow as labels come */
+};
+
+/* protocol status codes (besides the engine's KL_E*) */
+#define KL_EFRAME   (-205) /* malformed frame: bad COBS, length or CRC */
+#define KL_ESEQ     (-206) /* sequence number out of order */
+#define KL_ENOMODEL (-207) /* no model loaded */
+#define KL_ESTATE   (-208) /* command not valid now (e.g. LOAD data before BEGIN) */
+
+/* Where the blob lives; a RAM buffer here, a flash partition behind the same
+ * calls in the flash store. */
+typedef struct kl_store {
+	int (*write)(struct kl_store *st, uint32_t off, const uint8_t *data, uint32_t n);
+	const uint8_t *base; /* readable in place (RAM or memory-mapped flash) */
+	uint32_t size;
+	void *ctx;
+	uint32_t bytes_written, erases;
+} kl_store_t;
+
+/* a store over a caller-provided RAM buffer (4-aligned) */
+void kl_store_ram_init(kl_store_t *st, uint8_t *buf, uint32_t size);
+
+typedef void (*kl_tx_fn)(void *ctx, const uint8_t *buf, size_t n);
+
+typedef struct {
+	uint8_t *arena;
+	size_t arena_size;
+	kl_store_t *store;
+	kl_tx_fn tx;
+	void *tx_ctx;
+	uint64_t (*insn)(void); /* instruction/cycle counter, may be NULL */
+} kl_session_cfg_t;
+
+typedef struct {
+	kl_session_cfg_t cfg;
+	kl_arena_t arena;
+	kl_model_t model;
+	kl_replay_t replay;
+	int loaded;
+	/* settings (CONFIG) */
+	float lr;
+	uint16_t replay_ratio, cut;
+	uint32_t replay_cap, seed;
+	int auto_classes;
+	uint8_t class_mask[256];
+	/* LOAD progress */
+	uint32_t load_size, load_got;
+	int loading;
+	/* sequencing */
+	int have_seq;
+	uint16_t last_seq;
+	/* stats */
+	uint32_t train_steps, replay_steps;
+	uint64_t train_insn;
+	/* frame buffers */
+	uint8_t rx[KL_FRAME_WIRE_MAX];
+	size_t rx_len;
+	int rx_overflow;
+	uint8_t frame[KL_FRAME_MAX];
+	uint8_t reply[KL_FRAME_MAX];
+	size_t reply_len; /* payload bytes of the cached last reply */
+	uint8_t reply_type;
+	uint8_t wire[KL_FRAME_WIRE_MAX];
+} kl_session_t;
+
+int kl_session_init(kl_session_t *s, const kl_session_cfg_t *cfg);
+/* Feed received bytes; complete frames are handled and answered at once. */
+void kl_session_feed(kl_session_t *s, const uint8_t *bytes, size_t n);
+
+/* COBS (consistent overhead byte stuffing); return the output length, or 0
+ * on malformed input / too small an output. */
+size_t kl_cobs_encode(const uint8_t *in, size_t n, uint8_t *out, size_t cap);
+size_t kl_cobs_decode(const uint8_t *in, size_t n, uint8_t *out, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KILOLEARN_KL_SESSION_H */

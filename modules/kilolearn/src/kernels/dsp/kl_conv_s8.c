@@ -1,0 +1,391 @@
+/* Convolution (groups = 1), int8, dsp backend: forward, input gradient and
+ * weight gradient as GEMMs with SMLAD, bit-identical to src/kernels/ref.
+ *
+ * forward      two output pixels at a time: their im2col rows are centred
+ *              into int16 and interleaved (per group of four: pixel 0 even
+ *              lanes, pixel 0 odd lanes, pixel 1 even, pixel 1 odd) to match
+ *              SXTB16 / SXTB16 ROR 8 of a weight word; two output channels x
+ *              two pixels per inner step (one LDM, two weight LDRs, eight
+ *              SMLADs per 16 MACs). 1x1 convolutions read the input in place.
+ * input grad   W is transposed once per call (per tile) into the scratch and
+ *              the same 2x2 GEMM runs on dy; its columns are added back into
+ *              the input's shape (col2im), or stored directly for 1x1/stride 1.
+ * weight grad  pixels are paired into int16x2 words (dy and the im2col rows)
+ *              so one SMLAD accumulates two pixels; a chunk of eight pixels is
+ *              accumulated in registers per 2x2 block of gw. The input is used
+ *              raw (padding = x_zp) and gw -= x_zp * gb at the end.
+ */
+#include "kilolearn/kl_kernels.h"
+
+#if KL_KERNELS_DSP
+#include "kl_dsp_conv.h"
+
+/* Two rows s0, s1 of n bytes, centred by zp, into the interleaved int16
+ * layout described above; a last partial group holds the n % 4 values of
+ * s0 (four int16, in order, zero-filled) then those of s1. */
+static void pack_pair(const int8_t *s0, const int8_t *s1, int32_t zp, uint32_t *col, int n)
+{
+	int j = 0;
+	if (zp == -128) { /* x + 128 = x ^ 0x80 read unsigned */
+		for (; j + 4 <= n; j += 4) {
+			const uint32_t v0 = kl_read_s8x4(s0 + j) ^ 0x80808080u;
+			const uint32_t v1 = kl_read_s8x4(s1 + j) ^ 0x80808080u;
+			col[0] = __uxtb16(v0);
+			col[1] = kl_uxtb16_ror8(v0);
+			col[2] = __uxtb16(v1);
+			col[3] = kl_uxtb16_ror8(v1);
+			col += 4;
+		}
+	} else if (zp == 0) {
+		for (; j + 4 <= n; j += 4) {
+			const uint32_t v0 = kl_read_s8x4(s0 + j);
+			const uint32_t v1 = kl_read_s8x4(s1 + j);
+			col[0] = kl_sxtb16(v0);
+			col[1] = kl_sxtb16_ror8(v0);
+			col[2] = kl_sxtb16(v1);
+			col[3] = kl_sxtb16_ror8(v1);
+			col += 4;
+		}
+	} else {
+		const uint32_t zz = ((uint32_t)zp & 0xFFFFu) * 0x10001u;
+		for (; j + 4 <= n; j += 4) {
+			const uint32_t v0 = kl_read_s8x4(s0 + j);
+			const uint32_t v1 = kl_read_s8x4(s1 + j);
+			col[0] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16(v0), (int16x2_t)zz);
+			col[1] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16_ror8(v0), (int16x2_t)zz);
+			col[2] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16(v1), (int16x2_t)zz);
+			col[3] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16_ror8(v1), (int16x2_t)zz);
+			col += 4;
+		}
+	}
+	if (j < n) {
+		int16_t *t = (int16_t *)(void *)col;
+		for (int i = 0; i < 4; i++) {
+			t[i] = (int16_t)(j + i < n ? s0[j + i] - zp : 0);
+			t[4 + i] = (int16_t)(j + i < n ? s1[j + i] - zp : 0);
+		}
+	}
+}
+
+#define MAC2X2(wv)                                                                                \
+	do {                                                                                      \
+		const uint32_t w0v = kl_read_s8x4(r0 + j + (wv));                                 \
+		uint32_t we = kl_sxtb16(w0v);                                                     \
+		a00 = kl_smlad(we, c[0], a00);                                                    \
+		a01 = kl_smlad(we, c[2], a01);                                                    \
+		we = kl_sxtb16_ror8(w0v);                                                         \
+		a00 = kl_smlad(we, c[1], a00);                                                    \
+		a01 = kl_smlad(we, c[3], a01);                                                    \
+		const uint32_t w1v = kl_read_s8x4(r1 + j + (wv));                                 \
+		we = kl_sxtb16(w1v);                                                              \
+		a10 = kl_smlad(we, c[0], a10);                                                    \
+		a11 = kl_smlad(we, c[2], a11);                                                    \
+		we = kl_sxtb16_ror8(w1v);                                                         \
+		a10 = kl_smlad(we, c[1], a10);                                                    \
+		a11 = kl_smlad(we, c[3], a11);                                                    \
+	} while (0)
+
+/* d = (r0 . col0, r0 . col1, r1 . col0, r1 . col1) over n, col from pack_pair */
+static inline void dot2x2(const int8_t *r0, const int8_t *r1, const uint32_t *col, int n,
+			  int32_t *d)
+{
+	int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+	const uint32_t *cp = col;
+	int j = 0;
+	for (; j + 8 <= n; j += 8) {
+		const uint32_t *c = cp;
+		MAC2X2(0);
+		c = cp + 4;
+		MAC2X2(4);
+		cp += 8;
+	}
+	if (j + 4 <= n) {
+		const uint32_t *c = cp;
+		MAC2X2(0);
+		cp += 4;
+		j += 4;
+	}
+	if (j < n) {
+		const int16_t *t = (const int16_t *)(const void *)cp;
+		for (int i = 0; j + i < n; i++) {
+			a00 += (int32_t)r0[j + i] * t[i];
+			a01 += (int32_t)r0[j + i] * t[4 + i];
+			a10 += (int32_t)r1[j + i] * t[i];
+			a11 += (int32_t)r1[j + i] * t[4 + i];
+		}
+	}
+	d[0] = a00;
+	d[1] = a01;
+	d[2] = a10;
+	d[3] = a11;
+}
+
+/* input offset of output pixel p for a 1x1 kernel without padding, or -1 */
+static int direct_1x1(const kl_geom_t *g)
+{
+	return g->kh == 1 && g->kw == 1 && g->pad_t == 0 && g->pad_l == 0 &&
+	       (g->ho - 1) * g->stride < g->h && (g->wo - 1) * g->stride < g->w;
+}
+
+static inline const int8_t *pixel_1x1(const kl_geom_t *g, const int8_t *x, int p)
+{
+	const int oy = p / g->wo, ox = p - oy * g->wo;
+	return x + ((long)oy * g->stride * g->w + (long)ox * g->stride) * g->c;
+}
+
+int kl_dsp_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+		   const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
+{
+	const int K = g->kh * g->kw * g->c, K4 = kl_round4(K);
+	const int co = g->co, C4 = kl_round4(co);
+	uint32_t *col = scratch;
+	int8_t *b0 = (int8_t *)scratch + 4 * K4;
+	int8_t *b1 = b0 + K4;
+	int32_t *dots = (int32_t *)(void *)(b1 + K4);
+	const int direct = direct_1x1(g);
+	const int npix = g->ho * g->wo;
+	int sat = 0;
+	for (int p = 0; p < npix; p += 2) {
+		const int q = p + 1 < npix ? p + 1 : p;
+		const int8_t *s0, *s1;
+		if (direct) {
+			s0 = pixel_1x1(g, x, p);
+			s1 = pixel_1x1(g, x, q);
+		} else {
+			kl_im2col_s8(g, x, x_zp, p / g->wo, p % g->wo, 0, K, b0);
+			kl_im2col_s8(g, x, x_zp, q / g->wo, q % g->wo, 0, K, b1);
+			s0 = b0;
+			s1 = b1;
+		}
+		pack_pair(s0, s1, x_zp, col, K);
+		for (int i = 0; i < co; i += 2) {
+			const int8_t *r0 = w + (long)i * K;
+			const int8_t *r1 = i + 1 < co ? r0 + K : r0;
+			int32_t d[4];
+			dot2x2(r0, r1, col, K, d);
+			dots[i] = d[0];
+			dots[C4 + i] = d[1];
+			dots[i + 1] = d[2];
+			dots[C4 + i + 1] = d[3];
+		}
+		sat |= kl_dsp_requant_n(dots, b, rq, y + (long)p * co, co);
+		if (q != p) {
+			sat |= kl_dsp_requant_n(dots + C4, b, rq, y + (long)q * co, co);
+		}
+	}
+	return sat;
+}
+
+/* acc[pixel p's taps, columns k0..k1-1] += cb */
+static void col2im_add(const kl_geom_t *g, int32_t *acc, const int32_t *cb, int p, int k0,
+		       int k1)
+{
+	const int c = g->c;
+	const int oy = p / g->wo, ox = p - oy * g->wo;
+	int k = k0;
+	int t = k / c;
+	int ci = k - t * c;
+	while (k < k1) {
+		int len = c - ci;
+		if (len > k1 - k) {
+			len = k1 - k;
+		}
+		const int ky = t / g->kw, kx = t - ky * g->kw;
+		const int iy = oy * g->stride + ky - g->pad_t;
+		const int ix = ox * g->stride + kx - g->pad_l;
+		if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) {
+			int32_t *a = acc + ((long)iy * g->w + ix) * c + ci;
+			int i = 0;
+			for (; i + 2 <= len; i += 2) {
+				const int32_t v0 = a[i] + cb[i], v1 = a[i + 1] + cb[i + 1];
+				a[i] = v0;
+				a[i + 1] = v1;
+			}
+			if (i < len) {
+				a[i] += cb[i];
+			}
+		}
+		cb += len;
+		k += len;
+		t++;
+		ci = 0;
+	}
+}
+
+void kl_dsp_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
+				   int32_t *acc, void *scratch)
+{
+	const int K = g->kh * g->kw * g->c;
+	const int co = g->co, RS = kl_round4(co);
+	const int T = (int)kl_conv_s8_wt_rows(g);
+	int8_t *wt = scratch;
+	uint32_t *dcol = (uint32_t *)(void *)((int8_t *)scratch + kl_conv_s8_wt_bytes(g));
+	int32_t *cb = (int32_t *)(void *)(dcol + RS);
+	const int direct = g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad_t == 0 &&
+			   g->pad_l == 0 && g->ho == g->h && g->wo == g->w;
+	const int npix = g->ho * g->wo;
+	if (!direct) {
+		memset(acc, 0, (size_t)g->h * (size_t)g->w * (size_t)g->c * sizeof(int32_t));
+	}
+	for (int k0 = 0; k0 < K; k0 += T) {
+		const int n = K - k0 < T ? K - k0 : T;
+		for (int k = 0; k < n; k++) {
+			const int8_t *src = w + k0 + k;
+			int8_t *dst = wt + (long)k * RS;
+			for (int o = 0; o < co; o++) {
+				dst[o] = src[(long)o * K];
+			}
+		}
+		for (int p = 0; p < npix; p += 2) {
+			const int q = p + 1 < npix ? p + 1 : p;
+			pack_pair(dy + (long)p * co, dy + (long)q * co, 0, dcol, co);
+			int32_t *o0 = direct ? acc + (long)p * K + k0 : cb;
+			int32_t *o1 = direct ? acc + (long)q * K + k0 : cb + T;
+			for (int kk = 0; kk < n; kk += 2) {
+				const int8_t *r0 = wt + (long)kk * RS;
+				const int two = kk + 1 < n;
+				const int8_t *r1 = two ? r0 + RS : r0;
+				int32_t d[4];
+				dot2x2(r0, r1, dcol, co, d);
+				o0[kk] = d[0];
+				o1[kk] = d[1]; /* q == p: the same values twice */
+				if (two) {
+					o0[kk + 1] = d[2];
+					o1[kk + 1] = d[3];
+				}
+			}
+			if (!direct) {
+				col2im_add(g, acc, cb, p, k0, k0 + n);
+				if (q != p) {
+					col2im_add(g, acc, cb + T, q, k0, k0 + n);
+				}
+			}
+		}
+	}
+}
+
+#define GP ((int)KL_DSP_GRAD_PAIRS)
+
+/* pixels a, b of 4 bytes each into four int16x2 words (a low, b high),
+ * element order 0, 1, 2, 3 */
+static inline void pair4(uint32_t va, uint32_t vb, uint32_t *w01, uint32_t *w23)
+{
+	const uint32_t ea = kl_sxtb16(va), eb = kl_sxtb16(vb);
+	const uint32_t oa = kl_sxtb16_ror8(va), ob = kl_sxtb16_ror8(vb);
+	w01[0] = kl_pkhbt(ea, eb);
+	w01[1] = kl_pkhbt(oa, ob);
+	w23[0] = kl_pkhtb(eb, ea);
+	w23[1] = kl_pkhtb(ob, oa);
+}
+
+void kl_dsp_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *dy,
+			 int32_t *gw, int32_t *gb, void *scratch)
+{
+	const int K = g->kh * g->kw * g->c, K4 = kl_round4(K);
+	const int co = g->co, C4 = kl_round4(co);
+	const int KT = K4 < (int)KL_DSP_GRAD_KTILE ? K4 : (int)KL_DSP_GRAD_KTILE;
+	uint32_t *X = scratch;        /* [KT / 2][GP][2]: im2col pairs */
+	uint32_t *D = X + KT * GP;    /* [C4 / 2][GP][2]: dy pairs */
+	int8_t *ba = (int8_t *)(void *)(D + C4 * GP);
+	int8_t *bb = ba + KT;
+	const int direct = direct_1x1(g) && (K & 3) == 0;
+	const int npix = g->ho * g->wo;
+	memset(gw, 0, (size_t)co * (size_t)K * sizeof(int32_t));
+	memset(gb, 0, (size_t)co * sizeof(int32_t));
+	for (int p0 = 0; p0 < npix; p0 += 2 * GP) {
+		/* dy of the chunk's pixel pairs; missing pixels are zero */
+		for (int pp = 0; pp < GP; pp++) {
+			const int pa = p0 + 2 * pp, pb = pa + 1;
+			const int8_t *da = pa < npix ? dy + (long)pa * co : NULL;
+			const int8_t *db = pb < npix ? dy + (long)pb * co : NULL;
+			int o = 0;
+			for (; o + 4 <= co; o += 4) {
+				const uint32_t va = da ? kl_read_s8x4(da + o) : 0u;
+				const uint32_t vb = db ? kl_read_s8x4(db + o) : 0u;
+				pair4(va, vb, D + ((o >> 1) * GP + pp) * 2,
+				      D + (((o >> 1) + 1) * GP + pp) * 2);
+			}
+			for (; o < C4; o++) {
+				const int32_t a = da && o < co ? da[o] : 0;
+				const int32_t bv = db && o < co ? db[o] : 0;
+				D[((o >> 1) * GP + pp) * 2 + (o & 1)] =
+					((uint32_t)a & 0xFFFFu) | ((uint32_t)bv << 16);
+			}
+		}
+		for (int o = 0; o < co; o++) {
+			const uint32_t *dp = D + (o >> 1) * GP * 2 + (o & 1);
+			int32_t s = gb[o];
+			for (int pp = 0; pp < GP; pp++) {
+				s = kl_smlad(dp[2 * pp], 0x00010001u, s);
+			}
+			gb[o] = s;
+		}
+		for (int k0 = 0; k0 < K4; k0 += KT) {
+			const int n = K4 - k0 < KT ? K4 - k0 : KT;
+			for (int pp = 0; pp < GP; pp++) {
+				int pa = p0 + 2 * pp, pb = pa + 1;
+				pa = pa < npix ? pa : p0; /* dy is zero there */
+				pb = pb < npix ? pb : pa;
+				const int8_t *sa, *sb;
+				if (direct) {
+					sa = pixel_1x1(g, x, pa) + k0;
+					sb = pixel_1x1(g, x, pb) + k0;
+				} else {
+					kl_im2col_s8(g, x, x_zp, pa / g->wo, pa % g->wo, k0, k0 + n, ba);
+					kl_im2col_s8(g, x, x_zp, pb / g->wo, pb % g->wo, k0, k0 + n, bb);
+					sa = ba;
+					sb = bb;
+				}
+				for (int j = 0; j < n; j += 4) {
+					pair4(kl_read_s8x4(sa + j), kl_read_s8x4(sb + j),
+					      X + ((j >> 1) * GP + pp) * 2,
+					      X + (((j >> 1) + 1) * GP + pp) * 2);
+				}
+			}
+			const int kend = K - k0 < n ? K - k0 : n;
+			for (int o = 0; o < co; o += 2) {
+				const uint32_t *dp = D + (o >> 1) * GP * 2;
+				int32_t *g0 = gw + (long)o * K + k0;
+				int32_t *g1 = o + 1 < co ? g0 + K : NULL;
+				for (int kk = 0; kk < kend; kk += 2) {
+					const uint32_t *xp = X + (kk >> 1) * GP * 2;
+					const int two = kk + 1 < kend;
+					int32_t a00 = g0[kk], a01 = two ? g0[kk + 1] : 0;
+					int32_t a10 = g1 ? g1[kk] : 0;
+					int32_t a11 = g1 && two ? g1[kk + 1] : 0;
+					for (int pp = 0; pp < GP; pp++) {
+						const uint32_t d0 = dp[2 * pp], d1 = dp[2 * pp + 1];
+						const uint32_t x0 = xp[2 * pp], x1 = xp[2 * pp + 1];
+						a00 = kl_smlad(d0, x0, a00);
+						a01 = kl_smlad(d0, x1, a01);
+						a10 = kl_smlad(d1, x0, a10);
+						a11 = kl_smlad(d1, x1, a11);
+					}
+					g0[kk] = a00;
+					if (two) {
+						g0[kk + 1] = a01;
+					}
+					if (g1) {
+						g1[kk] = a10;
+						if (two) {
+							g1[kk + 1] = a11;
+						}
+					}
+				}
+			}
+		}
+	}
+	/* sum dy (x - zp) = sum dy x - zp sum dy (mod 2^32, padding taps = zp) */
+	if (x_zp != 0) {
+		for (int o = 0; o < co; o++) {
+			const uint32_t z = (uint32_t)x_zp * (uint32_t)gb[o];
+			int32_t *row = gw + (long)o * K;
+			for (int k = 0; k < K; k++) {
+				row[k] = (int32_t)((uint32_t)row[k] - z);
+			}
+		}
+	}
+}
+#else
+typedef int kl_dsp_conv_s8_unused;
+#endif

@@ -1,0 +1,105 @@
+/* Latent replay buffer: class-balanced reservoir sampling (Chrysakis & Moens,
+ * "Online continual learning from imbalanced data", 2020) with a
+ * deterministic xorshift32 generator, so the numpy reference (replay.py)
+ * keeps the very same latents. */
+#include <string.h>
+
+#include "kilolearn/kilolearn.h"
+
+uint32_t kl_replay_rand(kl_replay_t *r)
+{
+	uint32_t x = r->rng;
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	r->rng = x;
+	return x;
+}
+
+int kl_replay_init(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
+		   uint16_t n_classes, uint32_t seed)
+{
+	if (r == NULL || a == NULL || elem == 0u || n_classes == 0u) {
+		return KL_EINVAL;
+	}
+	memset(r, 0, sizeof(*r));
+	r->cap = cap;
+	r->elem = elem;
+	r->n_classes = n_classes;
+	r->rng = seed != 0u ? seed : 0x2545F491u;
+	r->data = kl_arena_alloc(a, (size_t)cap * elem, 4u);
+	r->labels = kl_arena_alloc(a, (size_t)cap * 2u + 2u, 4u);
+	r->stored = kl_arena_alloc(a, (size_t)n_classes * 2u, 4u);
+	r->seen = kl_arena_alloc(a, (size_t)n_classes * 4u, 4u);
+	if (r->data == NULL || r->labels == NULL || r->stored == NULL || r->seen == NULL) {
+		return KL_ENOMEM;
+	}
+	kl_replay_clear(r);
+	return KL_OK;
+}
+
+void kl_replay_clear(kl_replay_t *r)
+{
+	r->count = 0;
+	memset(r->stored, 0, (size_t)r->n_classes * 2u);
+	memset(r->seen, 0, (size_t)r->n_classes * 4u);
+}
+
+/* the j-th slot holding class c (j < stored[c]) */
+static int nth_of_class(const kl_replay_t *r, int c, uint32_t j)
+{
+	for (uint32_t k = 0; k < r->count; k++) {
+		if (r->labels[k] == c && j-- == 0u) {
+			return (int)k;
+		}
+	}
+	return -1;
+}
+
+int kl_replay_add(kl_replay_t *r, const void *latent, int label)
+{
+	if (label < 0 || label >= r->n_classes || r->cap == 0u) {
+		return -1;
+	}
+	r->seen[label]++;
+	int slot = -1;
+	if (r->count < r->cap) {
+		slot = (int)r->count++;
+	} else {
+		int big = 0;
+		for (int c = 1; c < r->n_classes; c++) {
+			if (r->stored[c] > r->stored[big]) {
+				big = c;
+			}
+		}
+		if (r->stored[label] < r->stored[big]) {
+			slot = nth_of_class(r, big, kl_replay_rand(r) % r->stored[big]);
+		} else {
+			const uint32_t u = kl_replay_rand(r) % r->seen[label];
+			if (u < r->stored[label]) {
+				slot = nth_of_class(r, label, u);
+			}
+		}
+		if (slot < 0) {
+			return -1;
+		}
+		r->stored[r->labels[slot]]--;
+	}
+	memcpy(r->data + (size_t)slot * r->elem, latent, r->elem);
+	r->labels[slot] = (uint16_t)label;
+	r->stored[label]++;
+	return slot;
+}
+
+int kl_replay_pick(kl_replay_t *r)
+{
+	if (r->count == 0u) {
+		return -1;
+	}
+	return (int)(kl_replay_rand(r) % r->count);
+}
+
+const void *kl_replay_latent(const kl_replay_t *r, int slot)
+{
+	return r->data + (size_t)slot * r->elem;
+}

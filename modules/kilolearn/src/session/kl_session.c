@@ -1,0 +1,504 @@
+/* The session core: frames in, engine work, frames out. docs/protocol.md is
+ * the specification. */
+#include <string.h>
+
+#include "kilolearn/kl_session.h"
+
+static uint16_t rd16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+	       ((uint32_t)p[3] << 24);
+}
+
+static void wr16(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static void wr32(uint8_t *p, uint32_t v)
+{
+	wr16(p, v);
+	wr16(p + 2, v >> 16);
+}
+
+/* ---- RAM store ---------------------------------------------------------------- */
+
+static int ram_write(kl_store_t *st, uint32_t off, const uint8_t *data, uint32_t n)
+{
+	if (off > st->size || n > st->size - off) {
+		return KL_EINVAL;
+	}
+	memcpy((uint8_t *)st->ctx + off, data, n);
+	st->bytes_written += n;
+	return KL_OK;
+}
+
+void kl_store_ram_init(kl_store_t *st, uint8_t *buf, uint32_t size)
+{
+	memset(st, 0, sizeof(*st));
+	st->write = ram_write;
+	st->base = buf;
+	st->size = size;
+	st->ctx = buf;
+}
+
+/* ---- replies -------------------------------------------------------------------- */
+
+/* the reply payload is built in s->reply after the header, status first */
+static uint8_t *reply_payload(kl_session_t *s)
+{
+	return s->reply + KL_FRAME_HEADER;
+}
+
+static void send_raw(kl_session_t *s, uint8_t *f, uint8_t type, uint16_t seq, size_t len)
+{
+	f[0] = type;
+	f[1] = KL_PROTO_VERSION;
+	wr16(f + 2, seq);
+	wr16(f + 4, (uint32_t)len);
+	wr32(f + KL_FRAME_HEADER + len, kl_crc32(0, f, KL_FRAME_HEADER + len));
+	const size_t n = kl_cobs_encode(f, KL_FRAME_HEADER + len + KL_FRAME_CRC, s->wire,
+					sizeof(s->wire) - 1u);
+	s->wire[n] = 0;
+	s->cfg.tx(s->cfg.tx_ctx, s->wire, n + 1u);
+}
+
+static void send_frame(kl_session_t *s, uint8_t type, uint16_t seq, size_t len)
+{
+	send_raw(s, s->reply, type, seq, len);
+}
+
+/* NAKs have their own buffer: the cached last reply survives them */
+static void nak(kl_session_t *s, int status, uint16_t seq)
+{
+	uint8_t f[KL_FRAME_HEADER + 4u + KL_FRAME_CRC];
+	wr32(f + KL_FRAME_HEADER, (uint32_t)status);
+	send_raw(s, f, KL_CMD_NAK, seq, 4u);
+}
+
+/* ---- model lifecycle ------------------------------------------------------------ */
+
+static uint32_t sample_bytes(const kl_session_t *s)
+{
+	return (uint32_t)s->model.n_inputs * (s->model.dtype == KL_DTYPE_S8 ? 1u : 4u);
+}
+
+static uint32_t latent_bytes(const kl_session_t *s)
+{
+	const kl_tensor_t *t = &s->model.tensors[s->cut];
+	return (uint32_t)t->h * t->w * t->c * (s->model.dtype == KL_DTYPE_S8 ? 1u : 4u);
+}
+
+/* (Re)build the model from the stored blob and the settings. */
+static int start_model(kl_session_t *s)
+{
+	s->loaded = 0;
+	kl_arena_init(&s->arena, s->cfg.arena, s->cfg.arena_size);
+	const kl_train_cfg_t tc = {.lr = s->lr, .momentum = 0.0f, .seed = s->seed, .flags = 0u};
+	int err = kl_model_init(&s->model, s->cfg.store->base, s->load_size, &s->arena, &tc);
+	if (err != KL_OK) {
+		return err;
+	}
+	if (s->model.n_classes > sizeof(s->class_mask)) {
+		return KL_ENOTSUP;
+	}
+	if (s->cut != 0xFFFFu) {
+		err = kl_model_check_cut(&s->model, s->cut);
+		if (err == KL_OK && s->model.tensors[s->cut].need_grad) {
+			err = KL_EINVAL; /* the backbone before the cut must be frozen */
+		}
+		if (err == KL_OK) {
+			err = kl_replay_init(&s->replay, &s->arena, s->replay_cap, latent_bytes(s),
+					     s->model.n_classes, s->seed ^ 0x9E3779B9u);
+		}
+		if (err != KL_OK) {
+			return err;
+		}
+	}
+	s->model.class_mask = s->class_mask;
+	if (s->auto_classes) {
+		memset(s->class_mask, 0, sizeof(s->class_mask));
+	}
+	s->train_steps = s->replay_steps = 0;
+	s->train_insn = 0;
+	s->loaded = 1;
+	return KL_OK;
+}
+
+static void defaults(kl_session_t *s)
+{
+	s->lr = 0.05f;
+	s->replay_ratio = 0;
+	s->replay_cap = 0;
+	s->cut = 0xFFFFu;
+	s->seed = 1u;
+	s->auto_classes = 1;
+	memset(s->class_mask, 0, sizeof(s->class_mask));
+}
+
+int kl_session_init(kl_session_t *s, const kl_session_cfg_t *cfg)
+{
+	if (s == NULL || cfg == NULL || cfg->tx == NULL || cfg->store == NULL ||
+	    cfg->arena == NULL) {
+		return KL_EINVAL;
+	}
+	memset(s, 0, sizeof(*s));
+	s->cfg = *cfg;
+	defaults(s);
+	return KL_OK;
+}
+
+static uint64_t now(const kl_session_t *s)
+{
+	return s->cfg.insn != NULL ? s->cfg.insn() : 0u;
+}
+
+/* ---- commands -------------------------------------------------------------------- */
+
+/* each handler fills the reply payload after the status and returns its
+ * length (>= 0), or a negative status */
+
+static int cmd_info(kl_session_t *s, uint8_t *out)
+{
+	wr16(out, KL_PROTO_VERSION);
+	wr16(out + 2, KL_SESSION_MAX_PAYLOAD);
+	wr16(out + 4, 1u); /* window: one frame in flight */
+	out[6] = (uint8_t)s->loaded;
+	out[7] = s->loaded ? s->model.dtype : 0xFFu;
+	wr16(out + 8, s->loaded ? s->model.n_inputs : 0u);
+	wr16(out + 10, s->loaded ? s->model.n_classes : 0u);
+	wr16(out + 12, s->cut);
+	wr32(out + 14, s->replay_cap);
+	wr32(out + 18, (uint32_t)s->cfg.arena_size);
+	wr32(out + 22, s->cfg.store->size);
+	return 26;
+}
+
+static int cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
+{
+	if (n < 5u) {
+		return KL_EINVAL;
+	}
+	const uint32_t v = rd32(p + 1);
+	switch (p[0]) {
+	case KL_LOAD_BEGIN:
+		if (v < KL_BLOB_HEADER_SIZE || v > s->cfg.store->size) {
+			return KL_ENOMEM;
+		}
+		s->loaded = 0;
+		s->loading = 1;
+		s->load_size = v;
+		s->load_got = 0;
+		return 0;
+	case KL_LOAD_DATA: {
+		if (!s->loading) {
+			return KL_ESTATE;
+		}
+		const uint32_t len = n - 5u;
+		if (v != s->load_got || len > s->load_size - s->load_got) {
+			return KL_EINVAL; /* chunks come in order, within the announced size */
+		}
+		const int err = s->cfg.store->write(s->cfg.store, v, p + 5, len);
+		if (err != KL_OK) {
+			return err;
+		}
+		s->load_got += len;
+		return 0;
+	}
+	case KL_LOAD_END:
+		if (!s->loading || s->load_got != s->load_size) {
+			return KL_ESTATE;
+		}
+		s->loading = 0;
+		if (kl_crc32(0, s->cfg.store->base, s->load_size) != v) {
+			return KL_ECRC;
+		}
+		return start_model(s);
+	default:
+		return KL_EINVAL;
+	}
+}
+
+static int check_sample(const kl_session_t *s, uint32_t n, int with_label)
+{
+	if (!s->loaded) {
+		return KL_ENOMODEL;
+	}
+	return n == sample_bytes(s) + (with_label ? 2u : 0u) ? KL_OK : KL_EINVAL;
+}
+
+static int cmd_train(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out)
+{
+	int err = check_sample(s, n, 1);
+	if (err != KL_OK) {
+		return err;
+	}
+	const int label = rd16(p);
+	if (label >= s->model.n_classes) {
+		return KL_EINVAL;
+	}
+	if (s->auto_classes) {
+		s->class_mask[label] = 1;
+	}
+	const uint64_t t0 = now(s);
+	const int pred = kl_train_step(&s->model, p + 2, label);
+	if (pred < 0) {
+		return pred;
+	}
+	s->train_steps++;
+	uint32_t replayed = 0;
+	if (s->cut != 0xFFFFu) {
+		kl_replay_add(&s->replay, s->model.tensors[s->cut].data, label);
+		for (uint32_t r = 0; r < s->replay_ratio; r++) {
+			const int slot = kl_replay_pick(&s->replay);
+			if (slot < 0) {
+				break;
+			}
+			err = kl_train_step_from(&s->model, s->cut, kl_replay_latent(&s->replay, slot),
+						 s->replay.labels[slot]);
+			if (err < 0) {
+				return err;
+			}
+			replayed++;
+		}
+		s->replay_steps += replayed;
+	}
+	s->train_insn += now(s) - t0;
+	wr16(out, (uint32_t)pred);
+	wr16(out + 2, replayed);
+	return 4;
+}
+
+static int cmd_eval(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out, int predict)
+{
+	const int err = check_sample(s, n, !predict);
+	if (err != KL_OK) {
+		return err;
+	}
+	const int pred = kl_predict(&s->model, predict ? p : p + 2);
+	if (pred < 0) {
+		return pred;
+	}
+	wr16(out, (uint32_t)pred);
+	if (!predict) {
+		out[2] = (uint8_t)(pred == rd16(p));
+		return 3;
+	}
+	const uint32_t nl = (uint32_t)s->model.n_classes * (s->model.dtype == KL_DTYPE_S8 ? 1u : 4u);
+	if (2u + nl > KL_SESSION_MAX_PAYLOAD - 4u) {
+		return 2;
+	}
+	memcpy(out + 2, kl_logits(&s->model), nl);
+	return (int)(2u + nl);
+}
+
+static int cmd_stats(kl_session_t *s, uint8_t *out)
+{
+	uint32_t active = 0;
+	for (uint32_t c = 0; c < sizeof(s->class_mask); c++) {
+		active += s->class_mask[c] != 0u;
+	}
+	wr32(out, s->train_steps);
+	wr32(out + 4, s->replay_steps);
+	wr32(out + 8, (uint32_t)s->train_insn);
+	wr32(out + 12, (uint32_t)(s->train_insn >> 32));
+	wr32(out + 16, (uint32_t)s->arena.used);
+	wr32(out + 20, (uint32_t)s->arena.peak);
+	wr32(out + 24, s->cut != 0xFFFFu && s->loaded ? s->replay.count : 0u);
+	wr32(out + 28, s->cfg.store->bytes_written);
+	wr32(out + 32, s->cfg.store->erases);
+	wr16(out + 36, active);
+	return 38;
+}
+
+static int cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
+{
+	uint32_t i = 0;
+	while (i < n) {
+		if (n - i < 2u || p[i + 1] > n - i - 2u) {
+			return KL_EINVAL;
+		}
+		const uint8_t key = p[i], len = p[i + 1];
+		const uint8_t *v = p + i + 2;
+		switch (key) {
+		case KL_CFG_LR: {
+			if (len != 4u) {
+				return KL_EINVAL;
+			}
+			union {
+				uint32_t u;
+				float f;
+			} f;
+			f.u = rd32(v);
+			if (!(f.f >= 0.0f && f.f <= 1.0f)) {
+				return KL_EINVAL;
+			}
+			s->lr = f.f;
+			break;
+		}
+		case KL_CFG_REPLAY_RATIO:
+			if (len != 2u) {
+				return KL_EINVAL;
+			}
+			s->replay_ratio = rd16(v);
+			break;
+		case KL_CFG_REPLAY_CAP:
+			if (len != 4u) {
+				return KL_EINVAL;
+			}
+			s->replay_cap = rd32(v);
+			break;
+		case KL_CFG_CUT:
+			if (len != 2u) {
+				return KL_EINVAL;
+			}
+			s->cut = rd16(v);
+			break;
+		case KL_CFG_SEED:
+			if (len != 4u) {
+				return KL_EINVAL;
+			}
+			s->seed = rd32(v);
+			break;
+		case KL_CFG_CLASSES: /* len <= 255 < sizeof(class_mask) */
+			s->auto_classes = len == 0u;
+			memset(s->class_mask, 0, sizeof(s->class_mask));
+			memcpy(s->class_mask, v, len);
+			break;
+		default:
+			return KL_EINVAL;
+		}
+		i += 2u + len;
+	}
+	/* settings take effect on a fresh training state */
+	return s->load_size != 0u && !s->loading ? start_model(s) : 0;
+}
+
+/* COMMIT: write the trained parameters back into the stored blob, in place,
+ * and reseal its CRC (the flash store makes this power-loss safe). */
+static int cmd_commit(kl_session_t *s)
+{
+	if (!s->loaded) {
+		return KL_ENOMODEL;
+	}
+	kl_store_t *st = s->cfg.store;
+	const uint8_t *blob = st->base;
+	const uint32_t ops = rd32(blob + KL_BH_OPS);
+	const size_t es = s->model.dtype == KL_DTYPE_S8 ? 1u : 4u;
+	for (int i = 0; i < s->model.n_ops; i++) {
+		const kl_op_t *op = &s->model.ops[i];
+		if (!(op->flags & KL_OP_TRAINABLE) || op->n_w == 0u) {
+			continue;
+		}
+		const uint8_t *r = blob + ops + (uint32_t)i * KL_BLOB_OP_SIZE;
+		int err = st->write(st, rd32(r + KL_BO_W_OFF), op->w, (uint32_t)(op->n_w * es));
+		if (err == KL_OK) {
+			err = st->write(st, rd32(r + KL_BO_B_OFF), op->b, rd32(r + KL_BO_B_SIZE));
+		}
+		if (err != KL_OK) {
+			return err;
+		}
+	}
+	uint8_t crc[4];
+	wr32(crc, kl_crc32(0, blob + KL_BLOB_CRC_START, s->load_size - KL_BLOB_CRC_START));
+	return st->write(st, KL_BH_CRC, crc, 4u);
+}
+
+static int dispatch(kl_session_t *s, uint8_t type, const uint8_t *p, uint32_t n, uint8_t *out)
+{
+	switch (type) {
+	case KL_CMD_INFO:
+		return cmd_info(s, out);
+	case KL_CMD_LOAD:
+		return cmd_load(s, p, n);
+	case KL_CMD_TRAIN:
+		return cmd_train(s, p, n, out);
+	case KL_CMD_EVAL:
+		return cmd_eval(s, p, n, out, 0);
+	case KL_CMD_PREDICT:
+		return cmd_eval(s, p, n, out, 1);
+	case KL_CMD_COMMIT:
+		return cmd_commit(s);
+	case KL_CMD_STATS:
+		return cmd_stats(s, out);
+	case KL_CMD_CONFIG:
+		return cmd_config(s, p, n);
+	case KL_CMD_RESET:
+		if (s->load_size == 0u || s->loading) {
+			return KL_ENOMODEL;
+		}
+		return start_model(s);
+	default:
+		return KL_ENOTSUP;
+	}
+}
+
+static void handle_frame(kl_session_t *s, const uint8_t *wire, size_t n)
+{
+	const size_t len = kl_cobs_decode(wire, n, s->frame, sizeof(s->frame));
+	if (len < KL_FRAME_HEADER + KL_FRAME_CRC) {
+		nak(s, KL_EFRAME, 0);
+		return;
+	}
+	const uint8_t *f = s->frame;
+	const uint16_t seq = rd16(f + 2);
+	const uint32_t plen = rd16(f + 4);
+	if (plen != len - KL_FRAME_HEADER - KL_FRAME_CRC ||
+	    kl_crc32(0, f, KL_FRAME_HEADER + plen) != rd32(f + KL_FRAME_HEADER + plen)) {
+		nak(s, KL_EFRAME, seq);
+		return;
+	}
+	if (f[1] != KL_PROTO_VERSION) {
+		nak(s, KL_EVERSION, seq);
+		return;
+	}
+	const uint8_t type = f[0];
+	const int resync = type == KL_CMD_INFO;
+	if (!resync) {
+		if (s->have_seq && seq == s->last_seq && s->reply_len != 0u &&
+		    s->reply_type == (type | KL_CMD_REPLY)) {
+			/* a retransmission: the same reply again, no second execution */
+			send_frame(s, s->reply_type, seq, s->reply_len);
+			return;
+		}
+		if (!s->have_seq || seq != (uint16_t)(s->last_seq + 1u)) {
+			nak(s, KL_ESEQ, seq);
+			return;
+		}
+	}
+	s->have_seq = 1;
+	s->last_seq = seq;
+	uint8_t *out = reply_payload(s);
+	const int r = dispatch(s, type, f + KL_FRAME_HEADER, plen, out + 4);
+	const size_t rlen = r >= 0 ? 4u + (size_t)r : 4u;
+	wr32(out, (uint32_t)(r >= 0 ? KL_OK : r));
+	s->reply_type = (uint8_t)(type | KL_CMD_REPLY);
+	s->reply_len = rlen;
+	send_frame(s, s->reply_type, seq, rlen);
+}
+
+void kl_session_feed(kl_session_t *s, const uint8_t *bytes, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const uint8_t b = bytes[i];
+		if (b == 0u) {
+			if (s->rx_overflow) {
+				nak(s, KL_EFRAME, 0);
+			} else if (s->rx_len > 0u) {
+				handle_frame(s, s->rx, s->rx_len);
+			}
+			s->rx_len = 0;
+			s->rx_overflow = 0;
+		} else if (s->rx_len < sizeof(s->rx)) {
+			s->rx[s->rx_len++] = b;
+		} else {
+			s->rx_overflow = 1;
+		}
+	}
+}

@@ -1,0 +1,316 @@
+"""The session protocol, host side (docs/protocol.md): COBS frames with CRC-32 and sequence
+numbers over any byte link (pyserial URL, a child process's pipes)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import struct
+import subprocess
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from .export import ERRORS
+
+VERSION = 1
+HEADER = 6
+INFO, LOAD, TRAIN, EVAL, PREDICT, COMMIT, STATS, CONFIG, RESET = range(1, 10)
+REPLY, NAK = 0x80, 0xFF
+LOAD_BEGIN, LOAD_DATA, LOAD_END = 0, 1, 2
+CFG_LR, CFG_REPLAY_RATIO, CFG_REPLAY_CAP, CFG_CUT, CFG_SEED, CFG_CLASSES = range(1, 7)
+NO_CUT = 0xFFFF
+
+STATUS = dict(ERRORS)
+STATUS.update({-205: "KL_EFRAME", -206: "KL_ESEQ", -207: "KL_ENOMODEL", -208: "KL_ESTATE"})
+
+
+class FrameError(ValueError):
+    pass
+
+
+class DeviceError(RuntimeError):
+    def __init__(self, cmd: int, status: int):
+        super().__init__(f"command {cmd:#04x} failed: {STATUS.get(status, status)} ({status})")
+        self.status = status
+
+
+class LinkTimeout(TimeoutError):
+    pass
+
+
+def cobs_encode(data: bytes) -> bytes:
+    out = bytearray([0])
+    code_at, code = 0, 1
+    for b in data:
+        if b == 0:
+            out[code_at] = code
+            code_at, code = len(out), 1
+            out.append(0)
+        else:
+            out.append(b)
+            code += 1
+            if code == 0xFF:
+                out[code_at] = code
+                code_at, code = len(out), 1
+                out.append(0)
+    out[code_at] = code
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes:
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        code = data[i]
+        i += 1
+        if code == 0 or i + code - 1 > len(data):
+            raise FrameError("bad COBS data")
+        chunk = data[i:i + code - 1]
+        if 0 in chunk:
+            raise FrameError("zero inside COBS data")
+        out += chunk
+        i += code - 1
+        if code != 0xFF and i < len(data):
+            out.append(0)
+    return bytes(out)
+
+
+def pack(ftype: int, seq: int, payload: bytes = b"") -> bytes:
+    body = struct.pack("<BBHH", ftype, VERSION, seq & 0xFFFF, len(payload)) + payload
+    body += struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+    return cobs_encode(body) + b"\0"
+
+
+@dataclass
+class Frame:
+    type: int
+    seq: int
+    payload: bytes
+
+    @property
+    def status(self) -> int:
+        return struct.unpack_from("<i", self.payload)[0] if len(self.payload) >= 4 else -22
+
+
+def unpack(wire: bytes) -> Frame:
+    body = cobs_decode(wire)
+    if len(body) < HEADER + 4:
+        raise FrameError("short frame")
+    ftype, _ver, seq, n = struct.unpack_from("<BBHH", body)
+    if n != len(body) - HEADER - 4:
+        raise FrameError("length mismatch")
+    if zlib.crc32(body[:-4]) & 0xFFFFFFFF != struct.unpack_from("<I", body, len(body) - 4)[0]:
+        raise FrameError("CRC mismatch")
+    return Frame(ftype, seq, body[HEADER:-4])
+
+
+# ---------------------------------------------------------------------------- links
+
+
+class Link(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def read_frame(self, timeout: float) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class SerialLink:
+    """Any pyserial URL: /dev/ttyACM0, socket://127.0.0.1:4321, loop://, ..."""
+
+    def __init__(self, url: str, baudrate: int = 115200):
+        import serial
+
+        self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.05)
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.port.write(data)
+
+    def read_frame(self, timeout: float) -> bytes:
+        end = time.monotonic() + timeout
+        while True:
+            k = self.buf.find(0)
+            if k >= 0:
+                frame = bytes(self.buf[:k])
+                del self.buf[:k + 1]
+                if frame:
+                    return frame
+                continue
+            if time.monotonic() > end:
+                raise LinkTimeout("no reply")
+            self.buf += self.port.read(max(1, self.port.in_waiting))
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class ProcessLink:
+    """A child process speaking the protocol on its stdin/stdout (the host build)."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     bufsize=0)
+        self.frames: queue.Queue[bytes] = queue.Queue()
+        self.thread = threading.Thread(target=self._reader, daemon=True)
+        self.thread.start()
+
+    def _reader(self) -> None:
+        buf = bytearray()
+        assert self.proc.stdout is not None
+        while True:
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                return
+            buf += chunk
+            while (k := buf.find(0)) >= 0:
+                if k:
+                    self.frames.put(bytes(buf[:k]))
+                del buf[:k + 1]
+
+    def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def read_frame(self, timeout: float) -> bytes:
+        try:
+            return self.frames.get(timeout=timeout)
+        except queue.Empty:
+            raise LinkTimeout("no reply" if self.proc.poll() is None else
+                              f"device exited with {self.proc.returncode}") from None
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ---------------------------------------------------------------------------- client
+
+
+@dataclass
+class Info:
+    version: int
+    max_payload: int
+    window: int
+    loaded: bool
+    dtype: int
+    n_inputs: int
+    n_classes: int
+    cut: int
+    replay_cap: int
+    arena_size: int
+    store_size: int
+
+
+@dataclass
+class Stats:
+    train_steps: int
+    replay_steps: int
+    train_insn: int
+    arena_used: int
+    arena_peak: int
+    replay_count: int
+    store_bytes_written: int
+    store_erases: int
+    active_classes: int
+
+
+class Client:
+    """Stop-and-wait requests with retransmission on timeout or a damaged frame."""
+
+    def __init__(self, link: Link, timeout: float = 20.0, retries: int = 3):
+        self.link = link
+        self.timeout = timeout
+        self.retries = retries
+        self.seq = 0
+        self.bytes_sent = 0
+        self.max_payload = 1024
+        self.info()
+
+    def request(self, cmd: int, payload: bytes = b"") -> bytes:
+        if cmd != INFO:
+            self.seq = (self.seq + 1) & 0xFFFF
+        frame = pack(cmd, self.seq, payload)
+        for attempt in range(self.retries + 1):
+            self.link.write(frame)
+            self.bytes_sent += len(frame)
+            try:
+                while True:
+                    r = unpack(self.link.read_frame(self.timeout))
+                    if r.seq == self.seq and r.type in (cmd | REPLY, NAK):
+                        break
+            except (LinkTimeout, FrameError):
+                if attempt == self.retries:
+                    raise
+                continue
+            if r.type == NAK and r.status == -205 and attempt < self.retries:
+                continue  # our frame arrived damaged: send it again
+            if r.status != 0:
+                raise DeviceError(cmd, r.status)
+            return r.payload[4:]
+        raise LinkTimeout("no reply")
+
+    def info(self) -> Info:
+        self.seq = 0
+        p = self.request(INFO)
+        v = struct.unpack_from("<HHHBBHHHIII", p)
+        info = Info(v[0], v[1], v[2], bool(v[3]), v[4], v[5], v[6], v[7], v[8], v[9], v[10])
+        self.max_payload = info.max_payload
+        return info
+
+    def load(self, blob: bytes) -> None:
+        self.request(LOAD, struct.pack("<BI", LOAD_BEGIN, len(blob)))
+        step = self.max_payload - 5
+        for off in range(0, len(blob), step):
+            self.request(LOAD, struct.pack("<BI", LOAD_DATA, off) + blob[off:off + step])
+        self.request(LOAD, struct.pack("<BI", LOAD_END, zlib.crc32(blob) & 0xFFFFFFFF))
+
+    def config(self, lr: float | None = None, replay_ratio: int | None = None,
+               replay_cap: int | None = None, cut: int | None = None, seed: int | None = None,
+               classes: bytes | None = None) -> None:
+        p = b""
+        if lr is not None:
+            p += struct.pack("<BBf", CFG_LR, 4, lr)
+        if replay_ratio is not None:
+            p += struct.pack("<BBH", CFG_REPLAY_RATIO, 2, replay_ratio)
+        if replay_cap is not None:
+            p += struct.pack("<BBI", CFG_REPLAY_CAP, 4, replay_cap)
+        if cut is not None:
+            p += struct.pack("<BBH", CFG_CUT, 2, cut)
+        if seed is not None:
+            p += struct.pack("<BBI", CFG_SEED, 4, seed)
+        if classes is not None:
+            p += struct.pack("<BB", CFG_CLASSES, len(classes)) + classes
+        self.request(CONFIG, p)
+
+    def train(self, label: int, sample: bytes) -> tuple[int, int]:
+        pred, replayed = struct.unpack("<HH", self.request(TRAIN, struct.pack("<H", label) +
+                                                          sample))
+        return pred, replayed
+
+    def eval(self, label: int, sample: bytes) -> tuple[int, bool]:
+        pred, ok = struct.unpack("<HB", self.request(EVAL, struct.pack("<H", label) + sample))
+        return pred, bool(ok)
+
+    def predict(self, sample: bytes) -> tuple[int, bytes]:
+        p = self.request(PREDICT, sample)
+        return struct.unpack_from("<H", p)[0], p[2:]
+
+    def stats(self) -> Stats:
+        v = struct.unpack("<IIIIIIIIIH", self.request(STATS))
+        return Stats(v[0], v[1], v[2] | (v[3] << 32), v[4], v[5], v[6], v[7], v[8], v[9])
+
+    def commit(self) -> None:
+        self.request(COMMIT)
+
+    def reset(self) -> None:
+        self.request(RESET)
+
+    def close(self) -> None:
+        self.link.close()

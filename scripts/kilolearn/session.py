@@ -1,0 +1,218 @@
+"""Continual-learning sessions: start (or reach) a device, stream a class-incremental scenario to
+it over the session protocol, and run the same scenario in the numpy reference.
+
+Default scenario: split digits, 5 tasks of 2 classes. The model is a frozen random backbone
+(Dense 64, ReLU: the latent-replay cut) and a trainable head (Dense 32, ReLU, Dense 10); the
+head's logits are masked to the classes seen so far. Strategies: ``replay`` (class-balanced
+latent replay), ``naive`` (fine-tuning only on the new task) and ``joint`` (all classes at once,
+the upper bound).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import build, export, protocol, qemu, reference
+from . import data as datasets
+from . import model as M
+from .replay import ReplayBuffer
+
+STRATEGIES = ("replay", "naive", "joint")
+
+
+@dataclass
+class Scenario:
+    epochs: int = 3
+    lr: float = 0.05
+    replay_cap: int = 200
+    replay_ratio: int = 2
+    backbone: int = 64
+    seed: int = 2
+    classes_per_task: int = 2
+
+
+@dataclass
+class Result:
+    strategy: str
+    acc_after_task: list[float] = field(default_factory=list)  # on all classes seen so far
+    task_acc: list[list[float]] = field(default_factory=list)  # [after task t][task k]
+    reference_acc_after_task: list[float] = field(default_factory=list)
+    stats: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(sc: Scenario, n_inputs: int = 64, n_classes: int = 10) -> M.Model:
+    return M.Model([M.Input((n_inputs,)), M.Dense(sc.backbone, "relu", trainable=False),
+                    M.Dense(32, "relu"), M.Dense(n_classes), M.SoftmaxCrossEntropy()])
+
+
+def tasks_of(ds: datasets.Dataset, per_task: int) -> list[list[int]]:
+    return [list(range(c, min(c + per_task, ds.n_classes)))
+            for c in range(0, ds.n_classes, per_task)]
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def open_device(board: str = "mps2-an386", url: str | None = None,
+                sanitize: bool = False) -> Iterator[protocol.Client]:
+    """A client for a device: a pyserial URL, the host build, or a QEMU board started here with
+    its UART on a local TCP socket."""
+    if url is not None:
+        link: protocol.Link = protocol.SerialLink(url)
+        proc = None
+    elif board == "host":
+        exe = build.build("host", sanitize=sanitize, target="kl_session")
+        link = protocol.ProcessLink([str(exe)])
+        proc = None
+    else:
+        elf = build.build(board, target="kl_session")
+        port = _free_port()
+        cmd = qemu.qemu_command(elf, board)
+        i = cmd.index("-nographic")
+        cmd[i:i + 1] = ["-display", "none",
+                        "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on"]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        link = _connect(f"socket://127.0.0.1:{port}", proc)
+    try:
+        yield protocol.Client(link)
+    finally:
+        link.close()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+
+def _connect(url: str, proc: subprocess.Popen) -> protocol.SerialLink:
+    end = time.monotonic() + 20
+    while True:
+        try:
+            return protocol.SerialLink(url)
+        except Exception as e:  # QEMU not listening yet
+            if proc.poll() is not None or time.monotonic() > end:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"cannot reach the emulated board: {e} {err}") from e
+            time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------- scenario
+
+
+class _Reference:
+    """The same session in numpy: int8 trainer + replay twin, step for step."""
+
+    def __init__(self, qm: reference.QModel, sc: Scenario, replay: bool, n_classes: int):
+        self.t = reference.S8Trainer(qm, lr=sc.lr, seed=sc.seed)
+        self.mask = np.zeros(n_classes, bool)
+        self.t.class_mask = self.mask
+        self.cut = qm.graph.ops[0].output
+        self.buf = ReplayBuffer(sc.replay_cap, n_classes, sc.seed ^ 0x9E3779B9) if replay \
+            else None
+        self.ratio = sc.replay_ratio
+
+    def train(self, x: np.ndarray, label: int) -> None:
+        self.mask[label] = True
+        self.t.step(x, label)
+        if self.buf is not None:
+            self.buf.add(self.t._fw.acts[self.cut].reshape(-1), label)
+            for _ in range(self.ratio):
+                k = self.buf.pick()
+                self.t.step(self.buf.latents[k], self.buf.labels[k], start=self.cut)
+
+    def predict(self, xs: np.ndarray) -> np.ndarray:
+        return self.t.predict(xs)
+
+
+def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
+        ds: datasets.Dataset | None = None, with_reference: bool = True,
+        progress: Callable[[str], None] | None = None) -> Result:
+    """Run one strategy of the class-incremental scenario on the device (and in numpy)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}")
+    sc = sc or Scenario()
+    ds = ds or datasets.digits()
+    m = build_model(sc, ds.x_train.shape[1], ds.n_classes)
+    g = m.graph
+    p = m.init(sc.seed)
+    qm = reference.quantize_model(g, p, ds.x_train[:200])
+    xq, xt = qm.quantize_input(ds.x_train), qm.quantize_input(ds.x_test)
+    replay = strategy == "replay"
+    t0 = time.monotonic()
+    client.load(export.export_s8(qm))
+    client.config(lr=sc.lr, seed=sc.seed, cut=g.ops[0].output if replay else protocol.NO_CUT,
+                  replay_cap=sc.replay_cap if replay else 0,
+                  replay_ratio=sc.replay_ratio if replay else 0, classes=b"")
+    ref = _Reference(qm, sc, replay, ds.n_classes) if with_reference else None
+    res = Result(strategy)
+    tasks = tasks_of(ds, sc.classes_per_task)
+    rng = np.random.default_rng(sc.seed)
+    if strategy == "joint":  # one task holding every class, as many steps as replay takes
+        tasks = [sorted(c for t in tasks for c in t)]
+        epochs = sc.epochs * (1 + sc.replay_ratio)
+    else:
+        epochs = sc.epochs
+    seen: list[int] = []
+    for ti, classes in enumerate(tasks):
+        idx = np.flatnonzero(np.isin(ds.y_train, classes))
+        for e in range(epochs):
+            order = rng.permutation(idx)
+            for n, i in enumerate(order):
+                client.train(int(ds.y_train[i]), xq[i].tobytes())
+                if ref is not None:
+                    ref.train(xq[i], int(ds.y_train[i]))
+                if progress and n % 100 == 0:
+                    progress(f"{strategy}: task {ti + 1}/{len(tasks)} epoch {e + 1}/{epochs} "
+                             f"sample {n}/{len(order)}")
+        seen += classes
+        test = np.flatnonzero(np.isin(ds.y_test, seen))
+        preds = np.array([client.eval(int(ds.y_test[i]), xt[i].tobytes())[0] for i in test])
+        ok = preds == ds.y_test[test]
+        res.acc_after_task.append(float(ok.mean()))
+        res.task_acc.append([float(ok[np.isin(ds.y_test[test], c)].mean()) for c in tasks[:ti + 1]])
+        if ref is not None:
+            res.reference_acc_after_task.append(
+                float((ref.predict(xt[test]) == ds.y_test[test]).mean()))
+        res.stats.append(asdict(client.stats()))
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def plot(results: list[Result], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        xs = np.arange(1, len(r.acc_after_task) + 1)
+        if r.strategy == "joint":
+            ax.axhline(100 * r.acc_after_task[-1], ls="--", color="gray", label="joint")
+        else:
+            ax.plot(xs, 100 * np.array(r.acc_after_task), marker="o", label=r.strategy)
+    ax.set_xlabel("task (2 new classes each)")
+    ax.set_ylabel("accuracy on classes seen so far (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("class-incremental split digits, int8 on device")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
