@@ -77,6 +77,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_kernels(a: argparse.Namespace) -> int:
+    from . import kbench
+
+    return kbench.main(a)
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     sizes = [int(s) for s in a.sizes.split("-")]
     m = model.mlp(sizes)
@@ -149,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="also split each step into forward / loss / backward / update")
     b.add_argument("--json")
     b.set_defaults(fn=cmd_bench)
+
+    k = sub.add_parser("bench-kernels", help="int8 kernels: instructions per MAC, ref vs dsp")
+    from . import kbench
+
+    kbench.add_arguments(k)
+    k.set_defaults(fn=cmd_bench_kernels)
 
     e = sub.add_parser("export", help="export a freshly initialised MLP to a .klm blob")
     e.add_argument("output")

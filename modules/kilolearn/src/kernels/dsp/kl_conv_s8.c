@@ -86,7 +86,7 @@ static void pack_pair(const int8_t *s0, const int8_t *s1, int32_t zp, uint32_t *
 	} while (0)
 
 /* d = (r0 . col0, r0 . col1, r1 . col0, r1 . col1) over n, col from pack_pair */
-static inline void dot2x2(const int8_t *r0, const int8_t *r1, const uint32_t *col, int n,
+__attribute__((always_inline)) static inline void dot2x2(const int8_t *r0, const int8_t *r1, const uint32_t *col, int n,
 			  int32_t *d)
 {
 	int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
@@ -137,14 +137,15 @@ int kl_dsp_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8
 		   const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
 {
 	const int K = g->kh * g->kw * g->c, K4 = kl_round4(K);
-	const int co = g->co, C4 = kl_round4(co);
+	const int co = g->co;
 	uint32_t *col = scratch;
 	int8_t *b0 = (int8_t *)scratch + 4 * K4;
 	int8_t *b1 = b0 + K4;
-	int32_t *dots = (int32_t *)(void *)(b1 + K4);
+	int32_t *bq = (int32_t *)(void *)(b1 + K4);
+	kl_rqf_t f;
+	kl_rqf_init(&f, rq, b, bq, co);
 	const int direct = direct_1x1(g);
 	const int npix = g->ho * g->wo;
-	int sat = 0;
 	for (int p = 0; p < npix; p += 2) {
 		const int q = p + 1 < npix ? p + 1 : p;
 		const int8_t *s0, *s1;
@@ -158,22 +159,42 @@ int kl_dsp_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8
 			s1 = b1;
 		}
 		pack_pair(s0, s1, x_zp, col, K);
-		for (int i = 0; i < co; i += 2) {
-			const int8_t *r0 = w + (long)i * K;
-			const int8_t *r1 = i + 1 < co ? r0 + K : r0;
-			int32_t d[4];
-			dot2x2(r0, r1, col, K, d);
-			dots[i] = d[0];
-			dots[C4 + i] = d[1];
-			dots[i + 1] = d[2];
-			dots[C4 + i + 1] = d[3];
-		}
-		sat |= kl_dsp_requant_n(dots, b, rq, y + (long)p * co, co);
-		if (q != p) {
-			sat |= kl_dsp_requant_n(dots + C4, b, rq, y + (long)q * co, co);
+		int8_t *y0 = y + (long)p * co, *y1 = y + (long)q * co;
+		if (f.fast) {
+			int i = 0;
+			for (; i + 2 <= co; i += 2) {
+				const int8_t *r0 = w + (long)i * K;
+				int32_t d[4];
+				dot2x2(r0, r0 + K, col, K, d);
+				const int32_t bq0 = bq[i], bq1 = bq[i + 1];
+				y0[i] = kl_rqf_one(&f, d[0], bq0);
+				y1[i] = kl_rqf_one(&f, d[1], bq0);
+				y0[i + 1] = kl_rqf_one(&f, d[2], bq1);
+				y1[i + 1] = kl_rqf_one(&f, d[3], bq1);
+			}
+			if (i < co) {
+				const int8_t *r0 = w + (long)i * K;
+				int32_t d[4];
+				dot2x2(r0, r0, col, K, d);
+				y0[i] = kl_rqf_one(&f, d[0], bq[i]);
+				y1[i] = kl_rqf_one(&f, d[1], bq[i]);
+			}
+		} else {
+			for (int i = 0; i < co; i += 2) {
+				const int8_t *r0 = w + (long)i * K;
+				const int8_t *r1 = i + 1 < co ? r0 + K : r0;
+				int32_t d[4];
+				dot2x2(r0, r1, col, K, d);
+				y0[i] = kl_rqf_any(&f, d[0], bq[i]);
+				y1[i] = kl_rqf_any(&f, d[1], bq[i]);
+				if (i + 1 < co) {
+					y0[i + 1] = kl_rqf_any(&f, d[2], bq[i + 1]);
+					y1[i + 1] = kl_rqf_any(&f, d[3], bq[i + 1]);
+				}
+			}
 		}
 	}
-	return sat;
+	return kl_rqf_sat(&f);
 }
 
 /* acc[pixel p's taps, columns k0..k1-1] += cb */

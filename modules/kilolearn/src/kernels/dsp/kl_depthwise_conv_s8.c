@@ -58,8 +58,8 @@ int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 	const int c = g->c, C4 = kl_round4(c), G = C4 >> 2, cv = c & ~3;
 	uint32_t *wx = scratch;                                    /* 2 * taps * C4 bytes */
 	int32_t *corr = (int32_t *)(void *)(wx + (long)taps * G * 2); /* C4 */
-	int32_t *dots = corr + C4;                                 /* C4 */
-	int8_t *zrow = (int8_t *)(void *)(dots + C4);              /* C4 */
+	int32_t *bq = corr + C4;                                   /* C4 */
+	int8_t *zrow = (int8_t *)(void *)(bq + C4);                /* C4 */
 	const int8_t *ptr[MAX_TAPS];
 	widen_weights(w, taps, c, wx);
 	for (int ch = 0; ch < c; ch++) {
@@ -70,7 +70,8 @@ int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 		corr[ch] = (int32_t)(0u - (uint32_t)s * (uint32_t)x_zp);
 	}
 	memset(zrow, (int)(int8_t)x_zp, (size_t)C4);
-	int sat = 0;
+	kl_rqf_t f;
+	kl_rqf_init(&f, rq, b, bq, c);
 	for (int oy = 0; oy < g->ho; oy++) {
 		for (int ox = 0; ox < g->wo; ox++) {
 			int t = 0;
@@ -84,6 +85,7 @@ int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 							 : zrow;
 				}
 			}
+			int8_t *out = y + ((long)oy * g->wo + ox) * c;
 			for (int ch = 0; ch < cv; ch += 4) {
 				int32_t a0 = corr[ch], a1 = corr[ch + 1];
 				int32_t a2 = corr[ch + 2], a3 = corr[ch + 3];
@@ -93,22 +95,28 @@ int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 					DW_MAC4(v, wp);
 					wp += 2 * G;
 				}
-				dots[ch] = a0;
-				dots[ch + 1] = a1;
-				dots[ch + 2] = a2;
-				dots[ch + 3] = a3;
+				if (f.fast) {
+					out[ch] = kl_rqf_one(&f, a0, bq[ch]);
+					out[ch + 1] = kl_rqf_one(&f, a1, bq[ch + 1]);
+					out[ch + 2] = kl_rqf_one(&f, a2, bq[ch + 2]);
+					out[ch + 3] = kl_rqf_one(&f, a3, bq[ch + 3]);
+				} else {
+					out[ch] = kl_rqf_any(&f, a0, bq[ch]);
+					out[ch + 1] = kl_rqf_any(&f, a1, bq[ch + 1]);
+					out[ch + 2] = kl_rqf_any(&f, a2, bq[ch + 2]);
+					out[ch + 3] = kl_rqf_any(&f, a3, bq[ch + 3]);
+				}
 			}
 			for (int ch = cv; ch < c; ch++) {
 				int32_t a = corr[ch];
 				for (int k = 0; k < taps; k++) {
 					a += (int32_t)w[(long)k * c + ch] * ptr[k][ch];
 				}
-				dots[ch] = a;
+				out[ch] = kl_rqf_any(&f, a, bq[ch]);
 			}
-			sat |= kl_dsp_requant_n(dots, b, rq, y + ((long)oy * g->wo + ox) * c, c);
 		}
 	}
-	return sat;
+	return kl_rqf_sat(&f);
 }
 
 void kl_dsp_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w,

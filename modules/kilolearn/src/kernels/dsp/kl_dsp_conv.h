@@ -72,4 +72,65 @@ static inline void kl_im2col_s8(const kl_geom_t *g, const int8_t *x, int32_t zp,
 	}
 }
 
+/* Output stage, per call: the bias is shifted once per channel (bq), then
+ * every output is qadd, a rounding shift, a clamp. Bit-identical to
+ * kl_requant: with y_shift in 1..22, sat32 + round is QADD of the rounding
+ * constant (where that saturates, the true result is far above the int8
+ * range anyway, so the clamp and the saturation flag come out the same);
+ * other shifts take kl_requant itself. Saturation is judged once from the
+ * extremes of r. */
+typedef struct {
+	const kl_requant_t *rq;
+	int fast, ys;
+	int32_t yh, lo, hi, zp, sat_hi, sat_lo;
+	int32_t rmax, rmin;
+	int sat;
+} kl_rqf_t;
+
+static inline void kl_rqf_init(kl_rqf_t *f, const kl_requant_t *rq, const int32_t *b,
+			       int32_t *bq, int n)
+{
+	f->rq = rq;
+	f->ys = rq->y_shift;
+	f->fast = f->ys >= 1 && f->ys <= 22;
+	f->yh = f->fast ? (int32_t)1 << (f->ys - 1) : 0;
+	f->lo = rq->lo;
+	f->hi = rq->hi;
+	f->zp = rq->zp;
+	f->sat_hi = rq->cap_saturates ? rq->hi_range : INT32_MAX;
+	f->sat_lo = rq->act == KL_ACT_NONE ? rq->lo : INT32_MIN;
+	f->rmax = INT32_MIN;
+	f->rmin = INT32_MAX;
+	f->sat = 0;
+	for (int i = 0; i < n; i++) {
+		bq[i] = f->fast ? kl_rshift_round(b[i], rq->b_shift) : b[i];
+	}
+}
+
+/* fast path only: one output from a raw dot product and its shifted bias */
+static inline int8_t kl_rqf_one(kl_rqf_t *f, int32_t dot, int32_t bq)
+{
+	const int32_t acc = __qadd(dot, bq);
+	int32_t r = __qadd(acc, f->yh + (acc >> 31)) >> f->ys;
+	f->rmax = r > f->rmax ? r : f->rmax;
+	f->rmin = r < f->rmin ? r : f->rmin;
+	r = r > f->hi ? f->hi : r;
+	r = r < f->lo ? f->lo : r;
+	return (int8_t)(r + f->zp);
+}
+
+/* either path; bq is the raw bias on the general path */
+static inline int8_t kl_rqf_any(kl_rqf_t *f, int32_t dot, int32_t bq)
+{
+	if (f->fast) {
+		return kl_rqf_one(f, dot, bq);
+	}
+	return kl_requant(f->rq, dot, bq, &f->sat);
+}
+
+static inline int kl_rqf_sat(const kl_rqf_t *f)
+{
+	return f->sat | (f->rmax > f->sat_hi) | (f->rmin < f->sat_lo);
+}
+
 #endif

@@ -1,0 +1,151 @@
+"""Kernel benchmark: instructions per MAC of the int8 kernels, ref vs dsp.
+
+Builds ``tests/c/kl_bench_kernels.c`` for a board (or the host), runs it (QEMU
+with ``-icount shift=0`` on the boards, so the counts are retired
+instructions, exact to one timer tick) and parses its lines::
+
+    KL kbench op <name> dir fwd|bwd|wgrad backend ref|dsp macs N insn N mismatches N
+    KL kbench done dsp 0|1 counter 0|1 mismatches N
+
+The firmware itself checks every dsp output against ref bit for bit; its exit
+code is non-zero on any difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import build, qemu
+
+TARGET = "kl_bench_kernels"
+DIRS = ("fwd", "bwd", "wgrad")
+DIR_NAMES = {"fwd": "forward", "bwd": "input grad", "wgrad": "weight grad"}
+
+
+@dataclass
+class Measurement:
+    op: str
+    direction: str
+    backend: str
+    macs: int
+    insn: int
+    mismatches: int
+
+    @property
+    def insn_per_mac(self) -> float:
+        return self.insn / self.macs if self.macs else float("nan")
+
+
+@dataclass
+class KernelBench:
+    board: str
+    returncode: int
+    dsp: bool
+    mismatches: int
+    measurements: list[Measurement] = field(default_factory=list)
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.mismatches == 0 and self.done
+
+    done: bool = False
+
+    def get(self, op: str, direction: str, backend: str) -> Measurement | None:
+        for m in self.measurements:
+            if (m.op, m.direction, m.backend) == (op, direction, backend):
+                return m
+        return None
+
+    def rows(self, edge: bool = False) -> list[list[str]]:
+        """Table rows: board, op, direction, MACs, insn/MAC ref, insn/MAC dsp, speed-up."""
+        out = []
+        seen: list[tuple[str, str]] = []
+        for m in self.measurements:
+            key = (m.op, m.direction)
+            if key in seen or (m.op.startswith("edge_") and not edge):
+                continue
+            seen.append(key)
+            ref = self.get(m.op, m.direction, "ref")
+            dsp = self.get(m.op, m.direction, "dsp")
+            out.append([
+                self.board, m.op, DIR_NAMES.get(m.direction, m.direction), f"{m.macs:,}",
+                f"{ref.insn_per_mac:.2f}" if ref else "n/a",
+                f"{dsp.insn_per_mac:.2f}" if dsp else "n/a",
+                f"{ref.insn / dsp.insn:.1f}x" if ref and dsp and dsp.insn else "n/a",
+            ])
+        return out
+
+
+HEADERS = ["board", "op", "direction", "MACs", "insn/MAC ref", "insn/MAC dsp", "speed-up"]
+
+
+def parse(text: str, board: str, returncode: int = 0) -> KernelBench:
+    res = KernelBench(board=board, returncode=returncode, dsp=False, mismatches=0, output=text)
+    for line in text.splitlines():
+        f = line.split()
+        if f[:2] != ["KL", "kbench"]:
+            continue
+        if f[2] == "op" and len(f) >= 14:
+            kv = dict(zip(f[2::2], f[3::2], strict=False))
+            res.measurements.append(Measurement(
+                op=kv["op"], direction=kv["dir"], backend=kv["backend"], macs=int(kv["macs"]),
+                insn=int(kv["insn"]), mismatches=int(kv["mismatches"])))
+        elif f[2] == "done":
+            kv = dict(zip(f[3::2], f[4::2], strict=False))
+            res.done = True
+            res.dsp = kv.get("dsp") == "1"
+            res.mismatches = int(kv.get("mismatches", "0"))
+    res.mismatches = max(res.mismatches, sum(m.mismatches for m in res.measurements))
+    return res
+
+
+def run(board: str, sanitize: bool = False, timeout: float = 300) -> KernelBench:
+    """Build and run the kernel benchmark on ``board`` ("host" runs it natively)."""
+    import subprocess
+
+    exe = build.build(board, sanitize=sanitize, target=TARGET)
+    if board == build.HOST:
+        r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout,
+                           check=False)
+        return parse(r.stdout, board + ("-asan" if sanitize else ""), r.returncode)
+    rr = qemu.run_firmware(Path(exe), board, job=None, timeout=timeout)
+    return parse(rr.stdout, board, rr.returncode)
+
+
+BOARDS = ["mps2-an386", "mps2-an500", "mps2-an505", "mps2-an385"]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--boards", nargs="+", default=["mps2-an386", "mps2-an500"],
+                   choices=BOARDS + [build.HOST],
+                   help="boards to run on (default: the M4 and the M7)")
+    p.add_argument("--edge", action="store_true",
+                   help="also list the odd-shaped self-test layers")
+    p.add_argument("--json", help="write the measurements as JSON to this file")
+
+
+def main(a) -> int:
+    import json
+
+    from tabulate import tabulate
+
+    rows, out, bad = [], [], []
+    for board in a.boards:
+        r = run(board)
+        rows += r.rows(edge=a.edge)
+        out += [dict(board=board, **m.__dict__) for m in r.measurements]
+        if not r.ok:
+            bad.append(f"{board}: exit {r.returncode}, {r.mismatches} mismatches"
+                       + ("" if r.done else ", no final line"))
+    print("int8 kernels, retired instructions per multiply-accumulate (QEMU -icount "
+          "shift=0; one timer tick = 40 instructions, 50 on the an505); dsp checked "
+          "bit for bit against ref")
+    print(tabulate(rows, headers=HEADERS, colalign=("left", "left", "left", "right",
+                                                    "right", "right", "right")))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+    for b in bad:
+        print(f"FAILED {b}")
+    return 1 if bad else 0

@@ -1,0 +1,346 @@
+/*
+ * kl_bench_kernels: benchmark and self-test of the int8 kernels, ref vs dsp.
+ *
+ * For a table of layer shapes it fills inputs from a fixed PRNG, runs the ref
+ * and (where the core has the DSP extension) the dsp kernels for the forward
+ * pass, the input gradient and the weight gradient, times each call with
+ * kl_port_insn() (retired instructions, exact to one timer tick under QEMU
+ * -icount) and compares dsp with ref on every output element and on the
+ * saturation flag. A second table of odd shapes (channels and im2col lengths
+ * not multiples of four, padding, strides, ReLU6, zero points != 0, tiled
+ * paths, requantisation outside the fast path) is checked the same way.
+ *
+ * Output, one line per measurement:
+ *   KL kbench op <name> dir fwd|bwd|wgrad backend ref|dsp macs N insn N mismatches N
+ * then "KL kbench done dsp 0|1 mismatches N"; the exit code is 1 if any
+ * dsp result differs from ref (or the scratch guard was overwritten).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "kilolearn/kl_kernels.h"
+#include "kl_port.h"
+
+enum { FC, CONV, DW };
+
+typedef struct {
+	const char *name;
+	int kind;
+	int h, w, c, co, k, stride, pad;
+	int32_t x_zp, y_zp;
+	int act;
+	int y_shift; /* output exponent minus accumulator exponent */
+} layer_t;
+
+static const layer_t bench_layers[] = {
+	/* name        kind  h   w   c    co   k  s  pad x_zp  y_zp  act           ys */
+	{"fc64x32", FC, 1, 1, 64, 32, 1, 1, 0, -128, -128, KL_ACT_RELU, 9},
+	{"fc256x128", FC, 1, 1, 256, 128, 1, 1, 0, -128, 0, KL_ACT_NONE, 10},
+	{"conv1x1", CONV, 16, 16, 16, 32, 1, 1, 0, -128, -128, KL_ACT_RELU, 8},
+	{"conv3x3", CONV, 16, 16, 8, 16, 3, 1, 1, -128, -128, KL_ACT_RELU, 9},
+	{"conv3x3s2", CONV, 16, 16, 8, 16, 3, 2, 1, -128, -128, KL_ACT_RELU, 9},
+	{"dw3x3", DW, 16, 16, 32, 32, 3, 1, 1, -128, -128, KL_ACT_RELU6, 7},
+	{"dw3x3s2", DW, 16, 16, 32, 32, 3, 2, 1, -128, -128, KL_ACT_RELU, 7},
+};
+
+static const layer_t edge_layers[] = {
+	{"edge_fc37x11", FC, 1, 1, 37, 11, 1, 1, 0, 9, 3, KL_ACT_NONE, 6},
+	{"edge_conv3x3_c3_co5", CONV, 7, 5, 3, 5, 3, 1, 1, -128, -128, KL_ACT_RELU6, 6},
+	{"edge_conv1x1_c7_s2", CONV, 5, 5, 7, 3, 1, 2, 0, 17, 0, KL_ACT_NONE, 5},
+	{"edge_conv1x1_c12_zp0", CONV, 3, 4, 12, 6, 1, 1, 0, 0, 0, KL_ACT_NONE, 4},
+	{"edge_conv5x5_s2", CONV, 9, 7, 6, 9, 5, 2, 2, 0, 0, KL_ACT_NONE, 9},
+	{"edge_conv3x3_valid", CONV, 6, 6, 1, 2, 3, 1, 0, -3, 5, KL_ACT_RELU, 3},
+	{"edge_conv1x1_ktile", CONV, 3, 3, 300, 3, 1, 1, 0, -128, 0, KL_ACT_NONE, 12},
+	{"edge_conv3x3_wttile", CONV, 4, 4, 40, 41, 3, 1, 1, 7, 0, KL_ACT_NONE, 12},
+	{"edge_conv3x3_sat", CONV, 5, 5, 4, 4, 3, 1, 1, -128, 0, KL_ACT_NONE, 1},
+	{"edge_conv3x3_shift0", CONV, 4, 4, 4, 5, 3, 1, 1, -128, -128, KL_ACT_RELU, 0},
+	{"edge_conv3x3_shift24", CONV, 4, 4, 4, 5, 3, 1, 1, -128, 0, KL_ACT_NONE, 24},
+	{"edge_dw3x3_c7_s2", DW, 9, 6, 7, 7, 3, 2, 1, -128, -128, KL_ACT_RELU6, 5},
+	{"edge_dw3x3_c13", DW, 5, 5, 13, 13, 3, 1, 1, 5, 0, KL_ACT_NONE, 6},
+	{"edge_dw5x5_c8", DW, 8, 8, 8, 8, 5, 1, 2, 0, 0, KL_ACT_NONE, 7},
+	{"edge_dw3x3_valid_s2", DW, 7, 7, 4, 4, 3, 2, 0, -1, 0, KL_ACT_NONE, 1},
+};
+
+#define MAXB 40000 /* bytes of the largest int8 tensor */
+#define MAXW 33000 /* elements of the largest weight / int32 tensor */
+#define GUARD 64
+
+static int8_t xs[MAXB], ws[MAXW], dys[MAXB], y_ref[MAXB];
+static int32_t bs[1024];
+static int32_t a_ref[MAXW], gw_ref[MAXW], gb_ref[1024];
+#if KL_KERNELS_DSP
+static int8_t y_dsp[MAXB];
+static int32_t a_dsp[MAXW], gw_dsp[MAXW], gb_dsp[1024];
+#endif
+static uint32_t scratch_mem[(MAXB + 4 * MAXW) / 4 + GUARD];
+
+static uint32_t rng_state = 0x12345678u;
+static uint32_t rnd(void)
+{
+	uint32_t v = rng_state;
+	v ^= v << 13;
+	v ^= v >> 17;
+	v ^= v << 5;
+	return rng_state = v;
+}
+
+static void fill_s8(int8_t *p, long n, int lo, int hi)
+{
+	for (long i = 0; i < n; i++) {
+		p[i] = (int8_t)(lo + (int)(rnd() % (uint32_t)(hi - lo + 1)));
+	}
+}
+
+static void out_str(const char *s)
+{
+	kl_port_write(s, strlen(s));
+}
+
+static void out_int(int64_t v)
+{
+	char buf[24];
+	int n = 0;
+	uint64_t u = v < 0 ? (uint64_t)(-(v + 1)) + 1u : (uint64_t)v;
+	do {
+		buf[sizeof(buf) - 1 - n++] = (char)('0' + u % 10u);
+		u /= 10u;
+	} while (u != 0u);
+	if (v < 0) {
+		buf[sizeof(buf) - 1 - n++] = '-';
+	}
+	kl_port_write(buf + sizeof(buf) - n, (size_t)n);
+}
+
+static void report(const char *op, const char *dir, const char *backend, long macs,
+		   uint64_t insn, long mism)
+{
+	out_str("KL kbench op ");
+	out_str(op);
+	out_str(" dir ");
+	out_str(dir);
+	out_str(" backend ");
+	out_str(backend);
+	out_str(" macs ");
+	out_int(macs);
+	out_str(" insn ");
+	out_int((int64_t)insn);
+	out_str(" mismatches ");
+	out_int(mism);
+	out_str("\n");
+}
+
+#if KL_KERNELS_DSP
+#define KL_BENCH_UNUSED
+#else /* ref only: the comparison helpers and dsp buffers stay unused */
+#define KL_BENCH_UNUSED __attribute__((unused))
+#endif
+
+KL_BENCH_UNUSED static long diff_s8(const int8_t *a, const int8_t *b, long n)
+{
+	long m = 0;
+	for (long i = 0; i < n; i++) {
+		m += a[i] != b[i];
+	}
+	return m;
+}
+
+KL_BENCH_UNUSED static long diff_s32(const int32_t *a, const int32_t *b, long n)
+{
+	long m = 0;
+	for (long i = 0; i < n; i++) {
+		m += a[i] != b[i];
+	}
+	return m;
+}
+
+static void *scratch_for(uint32_t bytes)
+{
+	uint8_t *s = (uint8_t *)scratch_mem;
+	memset(s, 0xA5, bytes + GUARD);
+	return s;
+}
+
+KL_BENCH_UNUSED static long guard_broken(uint32_t bytes)
+{
+	const uint8_t *s = (const uint8_t *)scratch_mem + bytes;
+	long m = 0;
+	for (int i = 0; i < GUARD; i++) {
+		m += s[i] != 0xA5;
+	}
+	return m;
+}
+
+/* Fill a layer's tensors from the PRNG. */
+static void fill(const layer_t *L, const kl_geom_t *g, long nx, long nw, long ny, int nb)
+{
+	(void)g;
+	fill_s8(xs, nx, -128, 127);
+	fill_s8(ws, nw, -127, 127);
+	fill_s8(dys, ny, -128, 127);
+	for (int i = 0; i < nb; i++) {
+		bs[i] = (int32_t)(rnd() % 65536u) - 32768;
+	}
+	/* a few zero gradients, as after ReLU masking */
+	for (long i = 0; i < ny; i += 7) {
+		dys[i] = 0;
+	}
+	(void)L;
+}
+
+static uint64_t t0;
+static void tic(void)
+{
+	t0 = kl_port_insn();
+}
+static uint64_t toc(void)
+{
+	return kl_port_insn() - t0;
+}
+
+static long run_layer(const layer_t *L, int print)
+{
+	kl_geom_t g;
+	memset(&g, 0, sizeof g);
+	g.h = L->h;
+	g.w = L->w;
+	g.c = L->c;
+	g.co = L->kind == DW ? L->c : L->co;
+	g.kh = g.kw = L->k;
+	g.stride = L->stride;
+	g.pad_t = g.pad_l = L->pad;
+	g.ho = (L->h + 2 * L->pad - L->k) / L->stride + 1;
+	g.wo = (L->w + 2 * L->pad - L->k) / L->stride + 1;
+	const long nx = (long)g.h * g.w * g.c;
+	const long ny = (long)g.ho * g.wo * g.co;
+	const long nw = L->kind == DW ? (long)g.kh * g.kw * g.c : (long)g.co * g.kh * g.kw * g.c;
+	const long macs = L->kind == DW ? ny * g.kh * g.kw : ny * g.kh * g.kw * g.c;
+	const int nb = g.co;
+	fill(L, &g, nx, nw, ny, nb);
+	kl_requant_t rq;
+	/* accumulator exponent -12, bias exponent -20, output -12 + y_shift */
+	kl_requant_init(&rq, -12, -20, -12 + L->y_shift, L->y_zp, L->act);
+	const uint32_t sbytes = L->kind == FC ? KL_FC_S8_SCRATCH(g.c, g.co) : KL_CONV_S8_SCRATCH(&g);
+	const char *nm = L->name;
+	long bad = 0;
+	uint64_t ti;
+	int sr, sd;
+	long m;
+	(void)sd;
+	(void)m;
+	/* ---- forward ---- */
+	void *s = scratch_for(sbytes);
+	tic();
+	if (L->kind == FC) {
+		sr = kl_ref_fully_connected_s8(xs, L->x_zp, ws, bs, &rq, y_ref, g.c, g.co, s);
+	} else if (L->kind == CONV) {
+		sr = kl_ref_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_ref, s);
+	} else {
+		sr = kl_ref_depthwise_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_ref, s);
+	}
+	ti = toc();
+	if (print) {
+		report(nm, "fwd", "ref", macs, ti, 0);
+	}
+#if KL_KERNELS_DSP
+	memset(y_dsp, 0x55, (size_t)ny);
+	s = scratch_for(sbytes);
+	tic();
+	if (L->kind == FC) {
+		sd = kl_dsp_fully_connected_s8(xs, L->x_zp, ws, bs, &rq, y_dsp, g.c, g.co, s);
+	} else if (L->kind == CONV) {
+		sd = kl_dsp_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_dsp, s);
+	} else {
+		sd = kl_dsp_depthwise_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_dsp, s);
+	}
+	ti = toc();
+	m = diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
+	bad += m;
+	report(nm, "fwd", "dsp", macs, ti, m);
+#endif
+	(void)sr;
+	/* ---- input gradient ---- */
+	s = scratch_for(sbytes);
+	tic();
+	if (L->kind == FC) {
+		kl_fully_connected_backward_input_s8(ws, dys, a_ref, g.c, g.co);
+	} else if (L->kind == CONV) {
+		kl_ref_conv_backward_input_s8(&g, ws, dys, a_ref, s);
+	} else {
+		kl_ref_depthwise_conv_backward_input_s8(&g, ws, dys, a_ref, s);
+	}
+	ti = toc();
+	if (print) {
+		report(nm, "bwd", "ref", macs, ti, 0);
+	}
+#if KL_KERNELS_DSP
+	if (L->kind != FC) {
+		memset(a_dsp, 0x55, (size_t)nx * 4u);
+		s = scratch_for(sbytes);
+		tic();
+		if (L->kind == CONV) {
+			kl_dsp_conv_backward_input_s8(&g, ws, dys, a_dsp, s);
+		} else {
+			kl_dsp_depthwise_conv_backward_input_s8(&g, ws, dys, a_dsp, s);
+		}
+		ti = toc();
+		m = diff_s32(a_ref, a_dsp, nx) + guard_broken(sbytes);
+		bad += m;
+		report(nm, "bwd", "dsp", macs, ti, m);
+	}
+#endif
+	/* ---- weight gradient ---- */
+	s = scratch_for(sbytes);
+	tic();
+	if (L->kind == FC) {
+		kl_fully_connected_grad_s8(dys, xs, L->x_zp, gw_ref, gb_ref, g.c, g.co);
+	} else if (L->kind == CONV) {
+		kl_ref_conv_grad_s8(&g, xs, L->x_zp, dys, gw_ref, gb_ref, s);
+	} else {
+		kl_ref_depthwise_conv_grad_s8(&g, xs, L->x_zp, dys, gw_ref, gb_ref, s);
+	}
+	ti = toc();
+	if (print) {
+		report(nm, "wgrad", "ref", macs, ti, 0);
+	}
+#if KL_KERNELS_DSP
+	if (L->kind != FC) {
+		memset(gw_dsp, 0x55, (size_t)nw * 4u);
+		memset(gb_dsp, 0x55, (size_t)nb * 4u);
+		s = scratch_for(sbytes);
+		tic();
+		if (L->kind == CONV) {
+			kl_dsp_conv_grad_s8(&g, xs, L->x_zp, dys, gw_dsp, gb_dsp, s);
+		} else {
+			kl_dsp_depthwise_conv_grad_s8(&g, xs, L->x_zp, dys, gw_dsp, gb_dsp, s);
+		}
+		ti = toc();
+		m = diff_s32(gw_ref, gw_dsp, nw) + diff_s32(gb_ref, gb_dsp, nb) +
+		    guard_broken(sbytes);
+		bad += m;
+		report(nm, "wgrad", "dsp", macs, ti, m);
+	}
+#endif
+	return bad;
+}
+
+int main(int argc, char **argv)
+{
+	if (kl_port_init(argc, argv) != 0) {
+		return 2;
+	}
+	long bad = 0;
+	for (unsigned i = 0; i < sizeof bench_layers / sizeof bench_layers[0]; i++) {
+		bad += run_layer(&bench_layers[i], 1);
+	}
+	for (unsigned i = 0; i < sizeof edge_layers / sizeof edge_layers[0]; i++) {
+		bad += run_layer(&edge_layers[i], 1);
+	}
+	out_str("KL kbench done dsp ");
+	out_int(KL_KERNELS_DSP);
+	out_str(" counter ");
+	out_int(kl_port_has_counter());
+	out_str(" mismatches ");
+	out_int(bad);
+	out_str("\n");
+	return bad != 0;
+}

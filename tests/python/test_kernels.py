@@ -1,0 +1,60 @@
+"""int8 kernels: the dsp backend equals ref bit for bit (kl_bench_kernels self-test).
+
+Runs the kernel benchmark firmware on the DSP boards (M4, M7, M33), on the M3
+(ref only: it must still build and run) and on the host under ASan/UBSan, and
+asserts zero mismatches. Timing is printed by ``kilolearn bench-kernels``, not
+tested here.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import require_target, split_target
+
+from kilolearn import kbench
+
+DSP_BOARDS = ["mps2-an386", "mps2-an500", "mps2-an505"]
+OPS = ["fc64x32", "fc256x128", "conv1x1", "conv3x3", "conv3x3s2", "dw3x3", "dw3x3s2"]
+
+
+@pytest.mark.parametrize("target", DSP_BOARDS + ["mps2-an385", "host-asan"])
+def test_kernels_dsp_equals_ref(target: str) -> None:
+    require_target(target)
+    board, sanitize = split_target(target)
+    r = kbench.run(board, sanitize=sanitize)
+    assert r.done, f"no final line; exit {r.returncode}:\n{r.output[-2000:]}"
+    bad = [m for m in r.measurements if m.mismatches]
+    assert not bad, f"dsp != ref: {bad}"
+    assert r.mismatches == 0 and r.returncode == 0, r.output[-2000:]
+    assert r.dsp == (board in DSP_BOARDS)
+    ops = {m.op for m in r.measurements}
+    assert set(OPS) <= ops
+    assert any(op.startswith("edge_") for op in ops)
+    for op in OPS:
+        for d in kbench.DIRS:
+            assert r.get(op, d, "ref") is not None, (op, d)
+    if r.dsp:
+        # every conv / depthwise direction and the FC forward have a dsp variant
+        for op in OPS:
+            dirs = ["fwd"] if op.startswith("fc") else list(kbench.DIRS)
+            for d in dirs:
+                assert r.get(op, d, "dsp") is not None, (op, d)
+    else:
+        assert not any(m.backend == "dsp" for m in r.measurements)
+
+
+def test_parse_and_rows() -> None:
+    text = (
+        "KL kbench op conv3x3 dir fwd backend ref macs 1000 insn 9000 mismatches 0\n"
+        "KL kbench op conv3x3 dir fwd backend dsp macs 1000 insn 2000 mismatches 0\n"
+        "KL kbench op edge_x dir fwd backend ref macs 10 insn 90 mismatches 0\n"
+        "KL kbench done dsp 1 counter 1 mismatches 0\n"
+    )
+    r = kbench.parse(text, "mps2-an386")
+    assert r.ok and r.dsp and len(r.measurements) == 3
+    assert r.rows() == [["mps2-an386", "conv3x3", "forward", "1,000", "9.00", "2.00", "4.5x"]]
+    assert len(r.rows(edge=True)) == 2
+    bad = kbench.parse(text.replace("mismatches 0\nKL kbench done", "mismatches 3\nKL kbench done"),
+                       "b")
+    assert not bad.ok and bad.mismatches == 3
+    assert not kbench.parse("KL kbench op x", "b").ok
