@@ -48,6 +48,60 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_session(a: argparse.Namespace) -> int:
+    import json as _json
+
+    from . import session
+
+    sc = session.Scenario(epochs=a.epochs, lr=a.lr, replay_cap=a.replay_cap,
+                          replay_ratio=a.replay_ratio, seed=a.seed)
+    ds = datasets.load(a.data)
+    strategies = list(session.STRATEGIES) if a.strategy == "all" else [a.strategy]
+    where = a.port or f"{a.board} ({CPU.get(a.board, a.board)})"
+    print(f"kilolearn session: class-incremental {a.data}, {len(session.tasks_of(ds, 2))} tasks "
+          f"x 2 classes, int8, {a.epochs} epochs per task, latent replay {a.replay_cap} latents "
+          f"x ratio {a.replay_ratio}, on {where}", flush=True)
+    results = []
+    with session.open_device(a.board, a.port) as client:
+        info = client.info()
+        print(f"  device: protocol v{info.version}, window {info.window}, arena "
+              f"{info.arena_size:,} B, store {info.store_size:,} B", flush=True)
+        for st in strategies:
+            r = session.run(client, st, sc, ds, with_reference=not a.no_reference,
+                            progress=(lambda msg: print("  " + msg, end="\r", flush=True))
+                            if sys.stdout.isatty() else None)
+            results.append(r)
+            print(" " * 70, end="\r")
+            rows = []
+            for t, accs in enumerate(r.task_acc):
+                s = r.stats[t]
+                rows.append([t + 1, f"{100 * r.acc_after_task[t]:.1f}",
+                             f"{100 * r.reference_acc_after_task[t]:.1f}"
+                             if r.reference_acc_after_task else "-",
+                             " ".join(f"{100 * v:.0f}" for v in accs),
+                             f"{s['train_steps'] + s['replay_steps']:,}",
+                             f"{s['train_insn'] / max(s['train_steps'], 1):,.0f}"
+                             if s["train_insn"] else "n/a",
+                             f"{s['arena_peak']:,}", s["replay_count"],
+                             f"{s['store_bytes_written']:,}"])
+            print(f"\n{st}  ({r.seconds:.1f} s)")
+            print(tabulate(rows, headers=["task", "acc seen %", "numpy %", "per-task acc %",
+                                          "steps", "insn/new sample", "arena peak",
+                                          "replay", "store bytes"]))
+    print("\nsummary (accuracy on all classes after the last task)")
+    print(tabulate([[r.strategy, f"{100 * r.acc_after_task[-1]:.2f} %",
+                     f"{100 * r.reference_acc_after_task[-1]:.2f} %"
+                     if r.reference_acc_after_task else "-"] for r in results],
+                   headers=["strategy", "device", "numpy reference"]))
+    if a.json:
+        Path(a.json).write_text(_json.dumps([r.as_dict() for r in results], indent=2))
+        print(f"results written to {a.json}")
+    if a.plot:
+        session.plot(results, a.plot)
+        print(f"plot written to {a.plot}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import train
 
@@ -147,6 +201,24 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--json", help="write the results as JSON to this file")
     t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("session", help="a class-incremental continual-learning session on a "
+                       "device (the main job)")
+    s.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host"],
+                   help="emulated board started here (default) or the host build")
+    s.add_argument("--port", help="pyserial URL of a real board instead: /dev/ttyACM0, "
+                   "socket://host:port")
+    s.add_argument("--data", default="digits")
+    s.add_argument("--strategy", default="all", choices=["all", "replay", "naive", "joint"])
+    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--replay-cap", type=int, default=200)
+    s.add_argument("--replay-ratio", type=int, default=2)
+    s.add_argument("--seed", type=int, default=2)
+    s.add_argument("--no-reference", action="store_true", help="skip the numpy twin")
+    s.add_argument("--json", help="write the results as JSON to this file")
+    s.add_argument("--plot", help="write a PNG of accuracy over tasks to this file")
+    s.set_defaults(fn=cmd_session)
 
     b = sub.add_parser("bench", help="instructions per training sample on emulated boards")
     b.add_argument("--boards", nargs="+", default=BOARDS, choices=BOARDS)

@@ -2,7 +2,7 @@
 it over the session protocol, and run the same scenario in the numpy reference.
 
 Default scenario: split digits, 5 tasks of 2 classes. The model is a frozen random backbone
-(Dense 64, ReLU: the latent-replay cut) and a trainable head (Dense 32, ReLU, Dense 10); the
+(Dense 128, ReLU: the latent-replay cut) and a trainable head (Dense 32, ReLU, Dense 10); the
 head's logits are masked to the classes seen so far. Strategies: ``replay`` (class-balanced
 latent replay), ``naive`` (fine-tuning only on the new task) and ``joint`` (all classes at once,
 the upper bound).
@@ -33,7 +33,7 @@ class Scenario:
     lr: float = 0.05
     replay_cap: int = 200
     replay_ratio: int = 2
-    backbone: int = 64
+    backbone: int = 128
     seed: int = 2
     classes_per_task: int = 2
 
