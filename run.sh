@@ -2,13 +2,13 @@
 # kilolearn quick start. Each command installs what it needs first (apt + a
 # Python venv in .venv), so both work on a fresh Debian 12 / Ubuntu 24.04:
 #
-#   ./run.sh main   train the digits MLP on the emulated Cortex-M4 (QEMU
-#                   mps2-an386), float32 and int8, beside the numpy reference;
-#                   prints accuracy, instructions per sample and arena bytes
+#   ./run.sh main   a continual-learning session on the emulated Cortex-M4 (QEMU
+#                   mps2-an386): split digits, 5 tasks, int8, latent replay vs
+#                   naive fine-tuning vs joint training, beside the numpy twin
 #   ./run.sh test   run the whole test suite (lint, host + ASan/UBSan, QEMU
 #                   M3/M4/M7/M33)
 #
-# Extra arguments go to `kilolearn train` (main) or pytest (test).
+# Extra arguments go to `kilolearn session` (main) or pytest (test).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -51,7 +51,7 @@ case "$cmd" in
   main)
     install_system
     install_python
-    exec .venv/bin/kilolearn train "$@"
+    exec .venv/bin/kilolearn session --plot session.png --json session.json "$@"
     ;;
   test)
     install_system

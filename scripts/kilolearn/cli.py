@@ -63,6 +63,10 @@ def cmd_session(a: argparse.Namespace) -> int:
           f"x ratio {a.replay_ratio}, on {where}", flush=True)
     results = []
     with session.open_device(a.board, a.port) as client:
+        if a.bench_link:
+            b = session.bench_link(client, a.bench_link)
+            print(tabulate([[k, f"{v:,.2f}"] for k, v in b.items()], headers=["link", "value"]))
+            return 0
         info = client.info()
         print(f"  device: protocol v{info.version}, window {info.window}, arena "
               f"{info.arena_size:,} B, store {info.store_size:,} B", flush=True)
@@ -216,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--replay-ratio", type=int, default=2)
     s.add_argument("--seed", type=int, default=2)
     s.add_argument("--no-reference", action="store_true", help="skip the numpy twin")
+    s.add_argument("--bench-link", type=int, metavar="N", default=0,
+                   help="instead: stream N TRAIN frames and compare with the raw link rate")
     s.add_argument("--json", help="write the results as JSON to this file")
     s.add_argument("--plot", help="write a PNG of accuracy over tasks to this file")
     s.set_defaults(fn=cmd_session)

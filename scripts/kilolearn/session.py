@@ -208,6 +208,7 @@ def plot(results: list[Result], path: str) -> None:
             ax.axhline(100 * r.acc_after_task[-1], ls="--", color="gray", label="joint")
         else:
             ax.plot(xs, 100 * np.array(r.acc_after_task), marker="o", label=r.strategy)
+            ax.set_xticks(xs)
     ax.set_xlabel("task (2 new classes each)")
     ax.set_ylabel("accuracy on classes seen so far (%)")
     ax.set_ylim(0, 100)
@@ -216,3 +217,36 @@ def plot(results: list[Result], path: str) -> None:
     ax.set_title("class-incremental split digits, int8 on device")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def bench_link(client: protocol.Client, n: int = 2000, sc: Scenario | None = None,
+               ds: datasets.Dataset | None = None) -> dict[str, float]:
+    """TRAIN streaming rate (stop-and-wait, the protocol's window of one) against the raw rate
+    of the same link: frames of the same size pushed back to back, which the device rejects
+    at once (NAKs), so only the link and the framing limit them."""
+    sc = sc or Scenario()
+    ds = ds or datasets.digits()
+    m = build_model(sc, ds.x_train.shape[1], ds.n_classes)
+    qm = reference.quantize_model(m.graph, m.init(sc.seed), ds.x_train[:200])
+    xq = qm.quantize_input(ds.x_train)
+    client.load(export.export_s8(qm))
+    client.config(lr=sc.lr, cut=protocol.NO_CUT, replay_cap=0, replay_ratio=0, classes=b"")
+    size = len(protocol.pack(protocol.TRAIN, 1, b"\0" * (2 + xq.shape[1])))
+    t0 = time.monotonic()
+    for k in range(n):
+        i = k % len(xq)
+        client.train(int(ds.y_train[i]), xq[i].tobytes())
+    t_train = time.monotonic() - t0
+    junk = protocol.pack(protocol.TRAIN, client.seq + 10, b"\0" * (2 + xq.shape[1]))
+    junk = junk[:-5] + bytes([junk[-5] ^ 0xFF or 1]) + junk[-4:]  # damaged CRC: NAK at once
+    t0 = time.monotonic()
+    for start in range(0, n, 200):
+        block = min(200, n - start)
+        client.link.write(junk * block)
+        for _ in range(block):
+            client.link.read_frame(30)
+    t_raw = time.monotonic() - t0
+    return {"frame_bytes": size, "train_frames_per_s": n / t_train,
+            "train_bytes_per_s": n * size / t_train, "raw_frames_per_s": n / t_raw,
+            "raw_bytes_per_s": n * size / t_raw, "fraction_of_raw": t_raw / t_train,
+            "uart_115200_frames_per_s": 11520 / size}
