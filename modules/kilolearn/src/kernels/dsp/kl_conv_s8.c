@@ -31,8 +31,8 @@ static void pack_pair(const int8_t *s0, const int8_t *s1, int32_t zp, uint32_t *
 			const uint32_t v0 = kl_read_s8x4(s0 + j) ^ 0x80808080u;
 			const uint32_t v1 = kl_read_s8x4(s1 + j) ^ 0x80808080u;
 			col[0] = __uxtb16(v0);
-			col[1] = kl_uxtb16_ror8(v0);
-			col[2] = __uxtb16(v1);
+			col[1] = __uxtb16(v1);
+			col[2] = kl_uxtb16_ror8(v0);
 			col[3] = kl_uxtb16_ror8(v1);
 			col += 4;
 		}
@@ -41,8 +41,8 @@ static void pack_pair(const int8_t *s0, const int8_t *s1, int32_t zp, uint32_t *
 			const uint32_t v0 = kl_read_s8x4(s0 + j);
 			const uint32_t v1 = kl_read_s8x4(s1 + j);
 			col[0] = kl_sxtb16(v0);
-			col[1] = kl_sxtb16_ror8(v0);
-			col[2] = kl_sxtb16(v1);
+			col[1] = kl_sxtb16(v1);
+			col[2] = kl_sxtb16_ror8(v0);
 			col[3] = kl_sxtb16_ror8(v1);
 			col += 4;
 		}
@@ -52,8 +52,8 @@ static void pack_pair(const int8_t *s0, const int8_t *s1, int32_t zp, uint32_t *
 			const uint32_t v0 = kl_read_s8x4(s0 + j);
 			const uint32_t v1 = kl_read_s8x4(s1 + j);
 			col[0] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16(v0), (int16x2_t)zz);
-			col[1] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16_ror8(v0), (int16x2_t)zz);
-			col[2] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16(v1), (int16x2_t)zz);
+			col[1] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16(v1), (int16x2_t)zz);
+			col[2] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16_ror8(v0), (int16x2_t)zz);
 			col[3] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16_ror8(v1), (int16x2_t)zz);
 			col += 4;
 		}
@@ -67,42 +67,54 @@ static void pack_pair(const int8_t *s0, const int8_t *s1, int32_t zp, uint32_t *
 	}
 }
 
-#define MAC2X2(wv)                                                                                \
-	do {                                                                                      \
-		const uint32_t w0v = kl_read_s8x4(r0 + j + (wv));                                 \
-		uint32_t we = kl_sxtb16(w0v);                                                     \
-		a00 = kl_smlad(we, c[0], a00);                                                    \
-		a01 = kl_smlad(we, c[2], a01);                                                    \
-		we = kl_sxtb16_ror8(w0v);                                                         \
-		a00 = kl_smlad(we, c[1], a00);                                                    \
-		a01 = kl_smlad(we, c[3], a01);                                                    \
-		const uint32_t w1v = kl_read_s8x4(r1 + j + (wv));                                 \
-		we = kl_sxtb16(w1v);                                                              \
-		a10 = kl_smlad(we, c[0], a10);                                                    \
-		a11 = kl_smlad(we, c[2], a11);                                                    \
-		we = kl_sxtb16_ror8(w1v);                                                         \
-		a10 = kl_smlad(we, c[1], a10);                                                    \
-		a11 = kl_smlad(we, c[3], a11);                                                    \
-	} while (0)
+/* One step of four inputs: two weight words (rows 0, 1), the even lanes of
+ * both pixels (one LDRD), the odd lanes (another), eight SMLADs. */
+#define STEP4                                                                                     \
+	"ldr %[w0], [%[r0]], #4\n\t"                                                           \
+	"ldr %[w1], [%[r1]], #4\n\t"                                                           \
+	"ldrd %[c0], %[c1], [%[cp]], #8\n\t"                                                   \
+	"sxtb16 %[we], %[w0]\n\t"                                                              \
+	"smlad %[a00], %[we], %[c0], %[a00]\n\t"                                               \
+	"smlad %[a01], %[we], %[c1], %[a01]\n\t"                                               \
+	"sxtb16 %[we], %[w1]\n\t"                                                              \
+	"smlad %[a10], %[we], %[c0], %[a10]\n\t"                                               \
+	"smlad %[a11], %[we], %[c1], %[a11]\n\t"                                               \
+	"ldrd %[c0], %[c1], [%[cp]], #8\n\t"                                                   \
+	"sxtb16 %[we], %[w0], ror #8\n\t"                                                      \
+	"smlad %[a00], %[we], %[c0], %[a00]\n\t"                                               \
+	"smlad %[a01], %[we], %[c1], %[a01]\n\t"                                               \
+	"sxtb16 %[we], %[w1], ror #8\n\t"                                                      \
+	"smlad %[a10], %[we], %[c0], %[a10]\n\t"                                               \
+	"smlad %[a11], %[we], %[c1], %[a11]\n\t"
 
 /* d = (r0 . col0, r0 . col1, r1 . col0, r1 . col1) over n, col from pack_pair */
-__attribute__((always_inline)) static inline void dot2x2(const int8_t *r0, const int8_t *r1, const uint32_t *col, int n,
-			  int32_t *d)
+__attribute__((always_inline)) static inline void dot2x2(const int8_t *r0, const int8_t *r1,
+							 const uint32_t *col, int n, int32_t *d)
 {
 	int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
 	const uint32_t *cp = col;
-	int j = 0;
-	for (; j + 8 <= n; j += 8) {
-		const uint32_t *c = cp;
-		MAC2X2(0);
-		c = cp + 4;
-		MAC2X2(4);
-		cp += 8;
+	const int8_t *p0 = r0, *p1 = r1;
+	int n8 = n >> 3;
+	if (n8 > 0) {
+		uint32_t w0, w1, we, c0, c1;
+		__asm__("1:\n\t" STEP4 STEP4 "subs %[n8], %[n8], #1\n\t"
+			"bne 1b\n\t"
+			: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
+			  [r0] "+r"(p0), [r1] "+r"(p1), [cp] "+r"(cp), [n8] "+r"(n8),
+			  [w0] "=&r"(w0), [w1] "=&r"(w1), [we] "=&r"(we), [c0] "=&r"(c0),
+			  [c1] "=&r"(c1)
+			:
+			: "cc", "memory");
 	}
-	if (j + 4 <= n) {
-		const uint32_t *c = cp;
-		MAC2X2(0);
-		cp += 4;
+	int j = n & ~7;
+	if (n & 4) {
+		uint32_t w0, w1, we, c0, c1;
+		__asm__(STEP4
+			: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
+			  [r0] "+r"(p0), [r1] "+r"(p1), [cp] "+r"(cp), [w0] "=&r"(w0),
+			  [w1] "=&r"(w1), [we] "=&r"(we), [c0] "=&r"(c0), [c1] "=&r"(c1)
+			:
+			: "memory");
 		j += 4;
 	}
 	if (j < n) {
@@ -153,8 +165,8 @@ int kl_dsp_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8
 			s0 = pixel_1x1(g, x, p);
 			s1 = pixel_1x1(g, x, q);
 		} else {
-			kl_im2col_s8(g, x, x_zp, p / g->wo, p % g->wo, 0, K, b0);
-			kl_im2col_s8(g, x, x_zp, q / g->wo, q % g->wo, 0, K, b1);
+			kl_im2col_full_s8(g, x, x_zp, p / g->wo, p % g->wo, b0);
+			kl_im2col_full_s8(g, x, x_zp, q / g->wo, q % g->wo, b1);
 			s0 = b0;
 			s1 = b1;
 		}
@@ -286,6 +298,17 @@ void kl_dsp_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const in
 }
 
 #define GP ((int)KL_DSP_GRAD_PAIRS)
+typedef char kl_dsp_grad_pairs_is_4[KL_DSP_GRAD_PAIRS == 4u ? 1 : -1]; /* GSTEP x 4 below */
+
+/* one pixel pair of a 2x2 block of gw: dy words of channels o, o+1 and
+ * im2col words of columns k, k+1 (each two pixels), four SMLADs */
+#define GSTEP(off)                                                                                \
+	"ldrd %[d0], %[d1], [%[dp], #" off "]\n\t"                                            \
+	"ldrd %[x0], %[x1], [%[xp], #" off "]\n\t"                                            \
+	"smlad %[a00], %[d0], %[x0], %[a00]\n\t"                                               \
+	"smlad %[a01], %[d0], %[x1], %[a01]\n\t"                                               \
+	"smlad %[a10], %[d1], %[x0], %[a10]\n\t"                                               \
+	"smlad %[a11], %[d1], %[x1], %[a11]\n\t"
 
 /* pixels a, b of 4 bytes each into four int16x2 words (a low, b high),
  * element order 0, 1, 2, 3 */
@@ -352,8 +375,17 @@ void kl_dsp_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, cons
 					sa = pixel_1x1(g, x, pa) + k0;
 					sb = pixel_1x1(g, x, pb) + k0;
 				} else {
-					kl_im2col_s8(g, x, x_zp, pa / g->wo, pa % g->wo, k0, k0 + n, ba);
-					kl_im2col_s8(g, x, x_zp, pb / g->wo, pb % g->wo, k0, k0 + n, bb);
+					if (n == K4) { /* one tile: whole rows */
+						kl_im2col_full_s8(g, x, x_zp, pa / g->wo, pa % g->wo, ba);
+						kl_im2col_full_s8(g, x, x_zp, pb / g->wo, pb % g->wo, bb);
+						kl_fill_s8(ba + K, x_zp, K4 - K);
+						kl_fill_s8(bb + K, x_zp, K4 - K);
+					} else {
+						kl_im2col_s8(g, x, x_zp, pa / g->wo, pa % g->wo, k0,
+							     k0 + n, ba);
+						kl_im2col_s8(g, x, x_zp, pb / g->wo, pb % g->wo, k0,
+							     k0 + n, bb);
+					}
 					sa = ba;
 					sb = bb;
 				}
@@ -374,14 +406,13 @@ void kl_dsp_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, cons
 					int32_t a00 = g0[kk], a01 = two ? g0[kk + 1] : 0;
 					int32_t a10 = g1 ? g1[kk] : 0;
 					int32_t a11 = g1 && two ? g1[kk + 1] : 0;
-					for (int pp = 0; pp < GP; pp++) {
-						const uint32_t d0 = dp[2 * pp], d1 = dp[2 * pp + 1];
-						const uint32_t x0 = xp[2 * pp], x1 = xp[2 * pp + 1];
-						a00 = kl_smlad(d0, x0, a00);
-						a01 = kl_smlad(d0, x1, a01);
-						a10 = kl_smlad(d1, x0, a10);
-						a11 = kl_smlad(d1, x1, a11);
-					}
+					uint32_t d0, d1, x0, x1;
+					__asm__(GSTEP("0") GSTEP("8") GSTEP("16") GSTEP("24")
+						: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10),
+						  [a11] "+r"(a11), [d0] "=&r"(d0), [d1] "=&r"(d1),
+						  [x0] "=&r"(x0), [x1] "=&r"(x1)
+						: [dp] "r"(dp), [xp] "r"(xp)
+						: "memory");
 					g0[kk] = a00;
 					if (two) {
 						g0[kk + 1] = a01;

@@ -37,6 +37,61 @@ static inline int32_t kl_smlatt(uint32_t a, uint32_t b, int32_t acc)
 	return __smlatt((int32_t)a, (int32_t)b, acc);
 }
 
+static inline void kl_copy_s8(int8_t *d, const int8_t *s, int n)
+{
+	int i = 0;
+	for (; i + 4 <= n; i += 4) {
+		uint32_t v;
+		memcpy(&v, s + i, 4);
+		memcpy(d + i, &v, 4);
+	}
+	for (; i < n; i++) {
+		d[i] = s[i];
+	}
+}
+
+static inline void kl_fill_s8(int8_t *d, int32_t v, int n)
+{
+	const uint32_t vv = ((uint32_t)v & 0xFFu) * 0x01010101u;
+	int i = 0;
+	for (; i + 4 <= n; i += 4) {
+		memcpy(d + i, &vv, 4);
+	}
+	for (; i < n; i++) {
+		d[i] = (int8_t)v;
+	}
+}
+
+/* The whole im2col row (kh*kw*c bytes) of output pixel (oy, ox): one copy
+ * per kernel row (the taps of a row are contiguous in the input), zp in the
+ * padding. */
+static inline void kl_im2col_full_s8(const kl_geom_t *g, const int8_t *x, int32_t zp, int oy,
+				     int ox, int8_t *out)
+{
+	const int c = g->c, kw = g->kw;
+	const int ix0 = ox * g->stride - g->pad_l;
+	int kx0 = ix0 < 0 ? -ix0 : 0;
+	int kx1 = g->w - ix0 < kw ? g->w - ix0 : kw;
+	if (kx0 > kw) {
+		kx0 = kw;
+	}
+	if (kx1 < kx0) {
+		kx1 = kx0;
+	}
+	for (int ky = 0; ky < g->kh; ky++) {
+		const int iy = oy * g->stride + ky - g->pad_t;
+		if (iy < 0 || iy >= g->h) {
+			kl_fill_s8(out, zp, kw * c);
+		} else {
+			kl_fill_s8(out, zp, kx0 * c);
+			kl_copy_s8(out + kx0 * c, x + ((long)iy * g->w + ix0 + kx0) * c,
+				   (kx1 - kx0) * c);
+			kl_fill_s8(out + kx1 * c, zp, (kw - kx1) * c);
+		}
+		out += kw * c;
+	}
+}
+
 /* Row k0..k1-1 of the im2col matrix of output pixel (oy, ox) as bytes: the
  * input where the tap is inside the image, zp (the real value 0) in the
  * padding and beyond the row's end (k >= kh*kw*c). */
