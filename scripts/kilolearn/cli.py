@@ -66,7 +66,8 @@ def cmd_session(a: argparse.Namespace) -> int:
     with session.open_device(a.board, a.port) as client:
         if a.bench_link:
             b = session.bench_link(client, a.bench_link)
-            print(tabulate([[k, f"{v:,.2f}"] for k, v in b.items()], headers=["link", "value"]))
+            print(tabulate([[k, f"{v:,.2f}"] for k, v in b.items()], headers=["link", "value"],
+                           disable_numparse=True))
             return 0
         info = client.info()
         print(f"  device: protocol v{info.version}, window {info.window}, arena "
@@ -106,6 +107,45 @@ def cmd_session(a: argparse.Namespace) -> int:
     if a.plot:
         session.plot(results, a.plot)
         print(f"plot written to {a.plot}")
+    return 0
+
+
+def cmd_stream(a: argparse.Namespace) -> int:
+    import json as _json
+
+    from . import session, stream
+
+    x, y = stream.load_samples(a.data, a.split)
+    state = Path(a.state) if a.state else None
+    start = a.start
+    if state is not None and state.is_file() and a.resume:
+        start = int(_json.loads(state.read_text())["next"])
+    if not a.blob:
+        print("kilolearn stream: give --blob (the model to load; it also says how to "
+              "encode the samples)", file=sys.stderr)
+        return 2
+    with session.open_device(a.board, a.port) as client:
+        blob = Path(a.blob).read_bytes()
+        if not a.resume or start == 0:
+            client.load(blob)
+        xs = stream.encode(x, blob)
+        tty = sys.stdout.isatty()
+        res = stream.stream(client, xs, y, a.mode, start, state,
+                            (lambda i, n: print(f"  {i}/{n}", end="\r", flush=True))
+                            if tty else None)
+        raw = session.raw_rate(client, res.frame_bytes, 1000) if a.compare_raw else None
+    rows = [["samples", res.sent], ["seconds", f"{res.seconds:.2f}"],
+            ["frames/s", f"{res.frames_per_s:,.1f}"], ["bytes/s", f"{res.bytes_per_s:,.0f}"],
+            ["frame bytes", res.frame_bytes], ["retransmitted", res.retransmissions]]
+    if res.correct is not None:
+        rows.append(["accuracy", f"{100 * res.correct / max(res.sent, 1):.2f} %"])
+    if raw is not None:
+        rows += [["raw link bytes/s", f"{raw:,.0f}"],
+                 ["fraction of raw", f"{res.bytes_per_s / raw:.2f}"]]
+    print(tabulate(rows, headers=["stream", "value"], disable_numparse=True))
+    if a.json:
+        d = res.as_dict() | ({"raw_bytes_per_s": raw} if raw else {})
+        Path(a.json).write_text(_json.dumps(d, indent=2))
     return 0
 
 
@@ -211,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("session", help="a class-incremental continual-learning session on a "
                        "device (the main job)")
-    s.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host"],
+    s.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host", "host-pty"],
                    help="emulated board started here (default) or the host build")
     s.add_argument("--port", help="pyserial URL of a real board instead: /dev/ttyACM0, "
                    "socket://host:port")
@@ -228,6 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--json", help="write the results as JSON to this file")
     s.add_argument("--plot", help="write a PNG of accuracy over tasks to this file")
     s.set_defaults(fn=cmd_session)
+
+    st = sub.add_parser("stream", help="send a data set to a board as TRAIN/EVAL frames")
+    st.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host", "host-pty"])
+    st.add_argument("--port", help="pyserial URL of a real board instead")
+    st.add_argument("--blob", help="model to LOAD first (also gives the input encoding)")
+    st.add_argument("--data", default="digits", help="built-in name, .npz (x, y) or .csv")
+    st.add_argument("--split", default="train", choices=["train", "test"])
+    st.add_argument("--mode", default="train", choices=["train", "eval"])
+    st.add_argument("--start", type=int, default=0, help="first sample to send")
+    st.add_argument("--state", help="file recording progress (with --resume: continue there)")
+    st.add_argument("--resume", action="store_true")
+    st.add_argument("--compare-raw", action="store_true",
+                    help="also measure the raw link rate with back-to-back frames")
+    st.add_argument("--json")
+    st.set_defaults(fn=cmd_stream)
 
     b = sub.add_parser("bench", help="instructions per training sample on emulated boards")
     b.add_argument("--boards", nargs="+", default=BOARDS, choices=BOARDS)
