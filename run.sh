@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build
-              gcc libc6-dev python3 python3-venv python3-pip)
+              gcc libc6-dev python3 python3-venv python3-pip dataset-fashion-mnist)
 
 install_system() {
   local missing=()

@@ -116,3 +116,21 @@ def test_protocol_fuzz_host_asan(rng):
 def test_protocol_fuzz_emulated_m4(rng):
     require_target("mps2-an386")
     _fuzz("mps2-an386", 100_000, rng)
+
+
+def test_fashion_mnist_from_debian_package():
+    import os
+
+    from kilolearn import data
+
+    if not os.path.isdir(data.FASHION_DIR):
+        pytest.skip("dataset-fashion-mnist not installed")
+    d = data.fashion(n_train=500, n_test=200, size=14)
+    assert d.x_train.shape == (500, 196) and d.x_test.shape == (200, 196)
+    assert 0.0 <= d.x_train.min() and d.x_train.max() <= 1.0
+    assert set(np.unique(d.y_train)) == set(range(10))
+    full = data._idx(f"{data.FASHION_DIR}/train-images-idx3-ubyte.gz")
+    assert full.shape == (60000, 28, 28)
+    # 2x2 average pooling, checked on one image by hand
+    img = full[0].astype(np.float64) / 255
+    assert np.allclose(d.x_train[0].reshape(14, 14), img.reshape(14, 2, 14, 2).mean(axis=(1, 3)))
