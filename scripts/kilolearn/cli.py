@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     footprint.add_arguments(f)
     f.set_defaults(fn=cmd_footprint)
 
+    from .planner import add_cli as add_plan_cli
+
+    add_plan_cli(sub)
     a = ap.parse_args(argv)
     try:
         return a.fn(a)

@@ -1,0 +1,130 @@
+"""Memory planner: the DP equals an exhaustive search on random small chains; plans of real
+graphs fit their budget and the baselines order as expected."""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+
+import pytest
+
+from kilolearn import model as M
+from kilolearn import planner as P
+
+
+def exhaustive(ch: P.Chain, m: int) -> float:
+    """Dijkstra over every schedule of the chain: state = (bundles held, backward frontier,
+    gradient present); actions forward, drop, loss, backward. Cost = forward MACs."""
+    n = ch.n
+    start = (frozenset(), n + 1)
+    best = {start: 0}
+    pq = [(0, 0, start)]
+    tie = 0
+
+    def mem(held: frozenset, b: int) -> int:
+        return sum(ch.a[i] for i in held) + (ch.g[b] if b <= n else 0)
+
+    while pq:
+        cost, _, (held, b) = heapq.heappop(pq)
+        if best.get((held, b), None) != cost:
+            continue
+        if b <= ch.p or b == 0:
+            return cost
+        nxt = []
+        have = held | {0}
+        cur = mem(held, b)
+        for i in range(n):  # forward op i
+            if i in have and i + 1 not in have and i + 1 <= min(b, n):
+                if cur + ch.a[i + 1] <= m:
+                    nxt.append((cost + ch.f[i], held | {i + 1}, b))
+        for j in held:  # drop
+            if not (ch.keep_last and j == n and b <= n):
+                nxt.append((cost, held - {j}, b))
+        if b == n + 1 and n in held and cur + ch.g[n] <= m:
+            nxt.append((cost, held, n))
+        if b <= n and b - 1 in have and b in held and cur + ch.g[b - 1] <= m:
+            keep = ch.keep_last and b == n
+            nxt.append((cost, held if keep else held - {b}, b - 1))
+        for c, h, bb in nxt:
+            if c < best.get((h, bb), float("inf")):
+                best[(h, bb)] = c
+                tie += 1
+                heapq.heappush(pq, (c, tie, (h, bb)))
+    return float("inf")
+
+
+def random_chain(rng: random.Random) -> P.Chain:
+    n = rng.randint(2, 8)
+    a = [0] + [rng.choice([4, 8, 12, 16, 24, 40, 64]) for _ in range(n)]
+    g = [0] + [x if rng.random() < 0.7 else rng.choice([4, 8, 16]) for x in a[1:]]
+    f = [rng.randint(1, 100) for _ in range(n)]
+    return P.Chain(a, g, f, p=rng.choice([0, 0, 0, 1]), keep_last=rng.random() < 0.5)
+
+
+def test_dp_against_exhaustive_on_random_chains():
+    """The DP is optimal among persistent schedules (plus dropping the bundle a segment ends
+    on). The exhaustive search also sees schedules that drop and later recompute an earlier
+    checkpoint: feasibility always agrees, the cost agrees in >= 99 % of the cases (measured:
+    1469 of 1480, at most 22 % more MACs in the others; docs/planner.md)."""
+    rng = random.Random(1)
+    checked = tight = same = 0
+    for _ in range(300):
+        ch = random_chain(rng)
+        full = sum(ch.a) + max(ch.g) * 2
+        for m in sorted({rng.randint(0, full) for _ in range(4)} | {full}):
+            want = exhaustive(ch, m)
+            got = P.chain_cost(ch, m)
+            assert (got == float("inf")) == (want == float("inf")), (ch, m)
+            assert got >= want, (ch, m, got, want)
+            same += got == want
+            checked += 1
+            tight += sum(ch.f) < want < float("inf")
+    assert checked > 1000 and tight > 100  # many budgets actually force recomputation
+    assert same >= 0.99 * checked
+
+
+def _conv_chain(rng: random.Random, n: int) -> M.Graph:
+    layers: list[M.Layer] = [M.Input((rng.choice([8, 12, 16]),) * 2 + (rng.choice([1, 3]),))]
+    for _ in range(n - 2):
+        layers += [M.Conv2D(rng.choice([4, 8, 16]), rng.choice([1, 3]), rng.choice([1, 1, 2]),
+                            activation="relu")]
+    layers += [M.GlobalAvgPool(), M.Dense(4), M.SoftmaxCrossEntropy()]
+    return M.Model(layers).graph
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_real_chains_fit_and_match_the_dp(seed):
+    rng = random.Random(seed)
+    g = _conv_chain(rng, rng.randint(3, 8))
+    mm = P.MemModel(g, "s8")
+    sa = P.baseline(mm, "store-all")
+    ra = P.baseline(mm, "recompute-all")
+    assert ra.peak <= sa.peak <= mm.store_all_bytes()
+    assert sa.extra_macs == 0 and ra.extra_macs >= 0
+    for budget in range(ra.peak, sa.peak + 8, max(4, (sa.peak - ra.peak) // 6)):
+        pl = P.optimal(mm, budget)
+        assert pl is not None and pl.peak <= budget
+        assert pl.live_peak <= pl.region
+        assert pl.macs <= ra.macs
+    assert P.optimal(mm, P.min_budget(mm)) is not None
+    assert P.optimal(mm, P.min_budget(mm) - 8) is None
+
+
+def test_mobilenet_plans_and_runtime():
+    g = M.mobilenet_v1((96, 96, 3), 10, alpha=0.125).graph
+    mm = P.MemModel(g, "s8")
+    sa, sq = P.baseline(mm, "store-all"), P.baseline(mm, "sqrt-n")
+    t0 = time.perf_counter()
+    pl = P.optimal(mm, sq.peak)
+    assert time.perf_counter() - t0 < 2.0
+    assert pl is not None and pl.peak <= sq.peak and pl.macs <= sq.macs
+    assert sa.peak < mm.store_all_bytes()
+    assert P.optimal(mm, mm.static_bytes() + 100) is None
+
+
+def test_budget_parsing():
+    assert P.budget_of("256K") == 262144 and P.budget_of("1000") == 1000
+    assert P.budget_of("nucleo_f429zi") == 192 * 1024
+    with pytest.raises(P.PlanError):
+        P.budget_of("no-such-board")
