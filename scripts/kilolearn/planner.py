@@ -742,3 +742,33 @@ def add_cli(sub) -> None:  # noqa: ANN001
     p.add_argument("--dtype", default="s8", choices=["s8", "f32"])
     p.add_argument("--target", default="arm", choices=list(TARGET_PTR))
     p.set_defaults(fn=cmd_plan)
+
+
+def curve(mm: MemModel, points: int = 12) -> list[tuple[int, Plan | None]]:
+    """Optimal plans for budgets from the smallest feasible one to the store-all peak."""
+    lo, hi = min_budget(mm), baseline(mm, "store-all").peak
+    return [(b, optimal(mm, b)) for b in np.linspace(lo, hi, points).astype(int) // 4 * 4]
+
+
+def plot_curve(mm: MemModel, path: str, title: str) -> list[list]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(b, p) for b, p in curve(mm) if p is not None]
+    base = {w: baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")}
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.plot([p.peak / 1024 for _, p in pts], [p.extra_pct for _, p in pts], "o-",
+            label="optimal plan")
+    for w, mk in (("store-all", "s"), ("sqrt-n", "^")):
+        ax.plot(base[w].peak / 1024, base[w].extra_pct, mk, ms=9, label=w)
+    ax.axvline(mm.store_all_bytes() / 1024, ls=":", c="gray", label="engine without schedule")
+    ax.set_xlabel("arena peak (KiB)")
+    ax.set_ylabel("extra MACs (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return [[b, p.peak, f"{p.extra_pct:.1f}"] for b, p in pts] + \
+        [[w, pl.peak, f"{pl.extra_pct:.1f}"] for w, pl in base.items()]
