@@ -18,7 +18,8 @@ def test_short_class_incremental_session(client):
     ds.x_test, ds.y_test = ds.x_test[::3], ds.y_test[::3]
     sc = session.Scenario(epochs=1, replay_cap=50, replay_ratio=2)
     res = session.run(client, "replay", sc, ds)
-    for t, (dev, ref) in enumerate(zip(res.acc_after_task, res.reference_acc_after_task)):
+    for t, (dev, ref) in enumerate(zip(res.acc_after_task, res.reference_acc_after_task,
+                                             strict=True)):
         log.info("task %d: device %.2f %%  numpy %.2f %%  per task %s", t + 1, 100 * dev,
                  100 * ref, " ".join(f"{100 * a:.1f}" for a in res.task_acc[t]))
     assert res.acc_after_task == res.reference_acc_after_task  # bit-exact int8 twin

@@ -1,0 +1,80 @@
+"""Run the Zephyr session app's twister suites (app/sample.yaml): the pytest-harness session on
+the QEMU boards, the flash_area probe on mps2/an385, and the device-testing (HIL) path with
+app/hil/qemu_board.py standing in for a board behind --device-serial-pty.
+
+Needs a Zephyr v3.7.1 west workspace: ZEPHYR_BASE set, the toolchain in the environment
+(e.g. ZEPHYR_TOOLCHAIN_VARIANT=gnuarmemb GNUARMEMB_TOOLCHAIN_PATH=/usr) and, if the
+workspace's manifest does not list them, the CMSIS module (and hal_stm32 for the nucleo
+build) in ZEPHYR_MODULES. This repository is added with ZEPHYR_EXTRA_MODULES. Skipped where
+there is no Zephyr (CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "app"
+HIL = APP / "hil" / "qemu_board.py"
+ZEPHYR_BASE = os.environ.get("ZEPHYR_BASE")
+
+pytestmark = [
+    pytest.mark.skipif(not ZEPHYR_BASE, reason="ZEPHYR_BASE not set: no Zephyr workspace"),
+    pytest.mark.slow,
+]
+
+
+def _twister(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm not installed")
+    base = Path(ZEPHYR_BASE or "")
+    # west (the harness runs `west flash`) finds the workspace from the working directory
+    cmd = [sys.executable, str(base / "scripts" / "twister"), "-T", str(APP), "-O", str(out),
+           "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=base.parent)
+    summary = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
+               if "test configurations passed" in ln or "test cases were executed" in ln]
+    print("\n".join(summary))
+    assert proc.returncode == 0, "\n".join([*summary, proc.stdout[-4000:], proc.stderr[-4000:]])
+    return proc, json.loads((out / "twister.json").read_text())
+
+
+def _harness_log(out: Path, platform: str) -> str:
+    logs = list(out.glob(f"{platform}*/**/kilolearn.app.session/twister_harness.log"))
+    return logs[0].read_text() if logs else ""
+
+
+def test_app_session_under_twister_on_qemu(tmp_path):
+    out = tmp_path / "twister-out"
+    _, report = _twister(out, "-p", "qemu_cortex_m3", "-p", "mps2/an385", "-j", "2")
+    ran = {(s["platform"], s["name"].rsplit("/", 1)[-1]) for s in report["testsuites"]
+           if s["status"] == "passed"}
+    assert ("qemu_cortex_m3", "kilolearn.app.session") in ran
+    assert ("mps2/an385", "kilolearn.app.session") in ran
+    assert ("mps2/an385", "kilolearn.app.flash_probe") in ran
+    for s in report["testsuites"]:
+        assert s["status"] in ("passed", "filtered", "skipped"), (s["platform"], s["name"])
+    assert "STATS" in _harness_log(out, "qemu_cortex_m3")
+
+
+def test_app_session_device_testing_with_qemu_standin(tmp_path):
+    out = tmp_path / "twister-hil"
+    env_dir = tmp_path / "hil"
+    os.environ["KILOLEARN_HIL_DIR"] = str(env_dir)
+    try:
+        _, report = _twister(out, "-p", "qemu_cortex_m3", "-j", "1", "--device-testing",
+                             "--device-serial-pty", f"{HIL},serve",
+                             "--west-runner", "misc-flasher", "--west-flash", f"{HIL},flash",
+                             "-x", "KILOLEARN_MISC_FLASHER=ON")
+    finally:
+        del os.environ["KILOLEARN_HIL_DIR"]
+    run = [s for s in report["testsuites"] if s["status"] == "passed"]
+    assert [s["name"].rsplit("/", 1)[-1] for s in run] == ["kilolearn.app.session"]
+    assert "Flashing finished" in _harness_log(out, "qemu_cortex_m3")
