@@ -1,5 +1,6 @@
 /* Convolution (groups = 1), float32: forward, input gradient, weight gradient. */
 #include "kilolearn/kl_kernels.h"
+#include "kl_window.h"
 
 static float act_f32(float v, int act)
 {
@@ -19,23 +20,13 @@ void kl_conv_f32(const kl_geom_t *g, const float *x, const float *w, const float
 			for (int co = 0; co < g->co; co++) {
 				const float *wk = w + (long)co * ksz;
 				float acc = 0.0f;
-				for (int ky = 0; ky < g->kh; ky++) {
-					const int iy = oy * g->stride + ky - g->pad_t;
-					if (iy < 0 || iy >= g->h) {
-						continue;
+				KL_FOR_TAPS(g, oy, ox, {
+					const float *xi = x + xo;
+					const float *wi = wk + to;
+					for (int ci = 0; ci < g->c; ci++) {
+						acc += wi[ci] * xi[ci];
 					}
-					for (int kx = 0; kx < g->kw; kx++) {
-						const int ix = ox * g->stride + kx - g->pad_l;
-						if (ix < 0 || ix >= g->w) {
-							continue;
-						}
-						const float *xi = x + ((long)iy * g->w + ix) * g->c;
-						const float *wi = wk + ((long)ky * g->kw + kx) * g->c;
-						for (int ci = 0; ci < g->c; ci++) {
-							acc += wi[ci] * xi[ci];
-						}
-					}
-				}
+				})
 				out[co] = act_f32(acc + b[co], act);
 			}
 		}
@@ -58,23 +49,13 @@ void kl_conv_backward_input_f32(const kl_geom_t *g, const float *w, const float 
 					continue;
 				}
 				const float *wk = w + (long)co * ksz;
-				for (int ky = 0; ky < g->kh; ky++) {
-					const int iy = oy * g->stride + ky - g->pad_t;
-					if (iy < 0 || iy >= g->h) {
-						continue;
+				KL_FOR_TAPS(g, oy, ox, {
+					float *xi = dx + xo;
+					const float *wi = wk + to;
+					for (int ci = 0; ci < g->c; ci++) {
+						xi[ci] += wi[ci] * gv;
 					}
-					for (int kx = 0; kx < g->kw; kx++) {
-						const int ix = ox * g->stride + kx - g->pad_l;
-						if (ix < 0 || ix >= g->w) {
-							continue;
-						}
-						float *xi = dx + ((long)iy * g->w + ix) * g->c;
-						const float *wi = wk + ((long)ky * g->kw + kx) * g->c;
-						for (int ci = 0; ci < g->c; ci++) {
-							xi[ci] += wi[ci] * gv;
-						}
-					}
-				}
+				})
 			}
 		}
 	}
@@ -99,23 +80,13 @@ void kl_conv_grad_f32(const kl_geom_t *g, const float *x, const float *dy, float
 					continue;
 				}
 				float *wk = gw + (long)co * ksz;
-				for (int ky = 0; ky < g->kh; ky++) {
-					const int iy = oy * g->stride + ky - g->pad_t;
-					if (iy < 0 || iy >= g->h) {
-						continue;
+				KL_FOR_TAPS(g, oy, ox, {
+					const float *xi = x + xo;
+					float *wi = wk + to;
+					for (int ci = 0; ci < g->c; ci++) {
+						wi[ci] += gv * xi[ci];
 					}
-					for (int kx = 0; kx < g->kw; kx++) {
-						const int ix = ox * g->stride + kx - g->pad_l;
-						if (ix < 0 || ix >= g->w) {
-							continue;
-						}
-						const float *xi = x + ((long)iy * g->w + ix) * g->c;
-						float *wi = wk + ((long)ky * g->kw + kx) * g->c;
-						for (int ci = 0; ci < g->c; ci++) {
-							wi[ci] += gv * xi[ci];
-						}
-					}
-				}
+				})
 			}
 		}
 	}

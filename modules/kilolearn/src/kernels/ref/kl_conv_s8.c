@@ -1,6 +1,7 @@
 /* Convolution (groups = 1), int8: forward, input gradient, weight gradient.
  * Padding is the real value 0 (x == x_zp), so padded taps contribute nothing. */
 #include "kilolearn/kl_kernels.h"
+#include "kl_window.h"
 
 int kl_ref_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
 	       const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
@@ -14,23 +15,13 @@ int kl_ref_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8
 			for (int co = 0; co < g->co; co++) {
 				const int8_t *wk = w + (long)co * ksz;
 				int32_t acc = 0;
-				for (int ky = 0; ky < g->kh; ky++) {
-					const int iy = oy * g->stride + ky - g->pad_t;
-					if (iy < 0 || iy >= g->h) {
-						continue;
+				KL_FOR_TAPS(g, oy, ox, {
+					const int8_t *xi = x + xo;
+					const int8_t *wi = wk + to;
+					for (int ci = 0; ci < g->c; ci++) {
+						acc += (int32_t)wi[ci] * ((int32_t)xi[ci] - x_zp);
 					}
-					for (int kx = 0; kx < g->kw; kx++) {
-						const int ix = ox * g->stride + kx - g->pad_l;
-						if (ix < 0 || ix >= g->w) {
-							continue;
-						}
-						const int8_t *xi = x + ((long)iy * g->w + ix) * g->c;
-						const int8_t *wi = wk + ((long)ky * g->kw + kx) * g->c;
-						for (int ci = 0; ci < g->c; ci++) {
-							acc += (int32_t)wi[ci] * ((int32_t)xi[ci] - x_zp);
-						}
-					}
-				}
+				})
 				out[co] = kl_requant(rq, acc, b[co], &sat);
 			}
 		}
@@ -56,23 +47,13 @@ void kl_ref_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const in
 					continue;
 				}
 				const int8_t *wk = w + (long)co * ksz;
-				for (int ky = 0; ky < g->kh; ky++) {
-					const int iy = oy * g->stride + ky - g->pad_t;
-					if (iy < 0 || iy >= g->h) {
-						continue;
+				KL_FOR_TAPS(g, oy, ox, {
+					int32_t *xi = acc + xo;
+					const int8_t *wi = wk + to;
+					for (int ci = 0; ci < g->c; ci++) {
+						xi[ci] += (int32_t)wi[ci] * gv;
 					}
-					for (int kx = 0; kx < g->kw; kx++) {
-						const int ix = ox * g->stride + kx - g->pad_l;
-						if (ix < 0 || ix >= g->w) {
-							continue;
-						}
-						int32_t *xi = acc + ((long)iy * g->w + ix) * g->c;
-						const int8_t *wi = wk + ((long)ky * g->kw + kx) * g->c;
-						for (int ci = 0; ci < g->c; ci++) {
-							xi[ci] += (int32_t)wi[ci] * gv;
-						}
-					}
-				}
+				})
 			}
 		}
 	}
@@ -99,23 +80,13 @@ void kl_ref_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, cons
 					continue;
 				}
 				int32_t *wk = gw + (long)co * ksz;
-				for (int ky = 0; ky < g->kh; ky++) {
-					const int iy = oy * g->stride + ky - g->pad_t;
-					if (iy < 0 || iy >= g->h) {
-						continue;
+				KL_FOR_TAPS(g, oy, ox, {
+					const int8_t *xi = x + xo;
+					int32_t *wi = wk + to;
+					for (int ci = 0; ci < g->c; ci++) {
+						wi[ci] += gv * ((int32_t)xi[ci] - x_zp);
 					}
-					for (int kx = 0; kx < g->kw; kx++) {
-						const int ix = ox * g->stride + kx - g->pad_l;
-						if (ix < 0 || ix >= g->w) {
-							continue;
-						}
-						const int8_t *xi = x + ((long)iy * g->w + ix) * g->c;
-						int32_t *wi = wk + ((long)ky * g->kw + kx) * g->c;
-						for (int ci = 0; ci < g->c; ci++) {
-							wi[ci] += gv * ((int32_t)xi[ci] - x_zp);
-						}
-					}
-				}
+				})
 			}
 		}
 	}

@@ -1,23 +1,7 @@
 /* Depthwise convolution (multiplier 1), int8: forward, input gradient,
  * weight gradient. */
 #include "kilolearn/kl_kernels.h"
-
-#define FOR_TAPS(body)                                                                            \
-	for (int ky = 0; ky < g->kh; ky++) {                                                      \
-		const int iy = oy * g->stride + ky - g->pad_t;                                    \
-		if (iy < 0 || iy >= g->h) {                                                       \
-			continue;                                                                 \
-		}                                                                                 \
-		for (int kx = 0; kx < g->kw; kx++) {                                              \
-			const int ix = ox * g->stride + kx - g->pad_l;                            \
-			if (ix < 0 || ix >= g->w) {                                               \
-				continue;                                                         \
-			}                                                                         \
-			const long xo = ((long)iy * g->w + ix) * g->c;                            \
-			const long wo = ((long)ky * g->kw + kx) * g->c;                           \
-			body                                                                      \
-		}                                                                                 \
-	}
+#include "kl_window.h"
 
 int kl_ref_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
 			 const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
@@ -29,7 +13,7 @@ int kl_ref_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 			int8_t *out = y + ((long)oy * g->wo + ox) * g->c;
 			for (int c = 0; c < g->c; c++) {
 				int32_t acc = 0;
-				FOR_TAPS(acc += (int32_t)w[wo + c] * ((int32_t)x[xo + c] - x_zp);)
+				KL_FOR_TAPS(g, oy, ox, acc += (int32_t)w[to + c] * ((int32_t)x[xo + c] - x_zp);)
 				out[c] = kl_requant(rq, acc, b[c], &sat);
 			}
 		}
@@ -47,8 +31,8 @@ void kl_ref_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w
 	for (int oy = 0; oy < g->ho; oy++) {
 		for (int ox = 0; ox < g->wo; ox++) {
 			const int8_t *d = dy + ((long)oy * g->wo + ox) * g->c;
-			FOR_TAPS(for (int c = 0; c < g->c; c++) {
-				acc[xo + c] += (int32_t)w[wo + c] * d[c];
+			KL_FOR_TAPS(g, oy, ox, for (int c = 0; c < g->c; c++) {
+				acc[xo + c] += (int32_t)w[to + c] * d[c];
 			})
 		}
 	}
@@ -70,8 +54,8 @@ void kl_ref_depthwise_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t 
 			for (int c = 0; c < g->c; c++) {
 				gb[c] += d[c];
 			}
-			FOR_TAPS(for (int c = 0; c < g->c; c++) {
-				gw[wo + c] += (int32_t)d[c] * ((int32_t)x[xo + c] - x_zp);
+			KL_FOR_TAPS(g, oy, ox, for (int c = 0; c < g->c; c++) {
+				gw[to + c] += (int32_t)d[c] * ((int32_t)x[xo + c] - x_zp);
 			})
 		}
 	}

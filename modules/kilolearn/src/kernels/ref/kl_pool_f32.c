@@ -1,14 +1,6 @@
 /* Average and max pooling (valid windows), float32. */
 #include "kilolearn/kl_kernels.h"
-
-#define FOR_WINDOW(body)                                                                          \
-	for (int ky = 0; ky < g->kh; ky++) {                                                      \
-		for (int kx = 0; kx < g->kw; kx++) {                                              \
-			const long xo = ((long)(oy * g->stride + ky) * g->w +                    \
-					 (ox * g->stride + kx)) * g->c;                           \
-			body                                                                      \
-		}                                                                                 \
-	}
+#include "kl_window.h"
 
 void kl_avgpool_f32(const kl_geom_t *g, const float *x, float *y)
 {
@@ -18,7 +10,7 @@ void kl_avgpool_f32(const kl_geom_t *g, const float *x, float *y)
 			float *out = y + ((long)oy * g->wo + ox) * g->c;
 			for (int c = 0; c < g->c; c++) {
 				float s = 0.0f;
-				FOR_WINDOW(s += x[xo + c];)
+				KL_FOR_TAPS(g, oy, ox, s += x[xo + c];)
 				out[c] = s * inv;
 			}
 		}
@@ -36,7 +28,7 @@ void kl_avgpool_backward_f32(const kl_geom_t *g, const float *dy, float *dx)
 			const float *d = dy + ((long)oy * g->wo + ox) * g->c;
 			for (int c = 0; c < g->c; c++) {
 				const float v = d[c] * inv;
-				FOR_WINDOW(dx[xo + c] += v;)
+				KL_FOR_TAPS(g, oy, ox, dx[xo + c] += v;)
 			}
 		}
 	}
@@ -49,7 +41,7 @@ void kl_maxpool_f32(const kl_geom_t *g, const float *x, float *y)
 			float *out = y + ((long)oy * g->wo + ox) * g->c;
 			for (int c = 0; c < g->c; c++) {
 				float m = x[((long)(oy * g->stride) * g->w + ox * g->stride) * g->c + c];
-				FOR_WINDOW(m = x[xo + c] > m ? x[xo + c] : m;)
+				KL_FOR_TAPS(g, oy, ox, m = x[xo + c] > m ? x[xo + c] : m;)
 				out[c] = m;
 			}
 		}
@@ -66,7 +58,7 @@ void kl_maxpool_backward_f32(const kl_geom_t *g, const float *x, const float *dy
 			const float *d = dy + ((long)oy * g->wo + ox) * g->c;
 			for (int c = 0; c < g->c; c++) {
 				long best = -1;
-				FOR_WINDOW(if (best < 0 || x[xo + c] > x[best]) { best = xo + c; })
+				KL_FOR_TAPS(g, oy, ox, if (best < 0 || x[xo + c] > x[best]) { best = xo + c; })
 				dx[best] += d[c];
 			}
 		}

@@ -1,15 +1,7 @@
 /* Average and max pooling (valid windows), int8. The output keeps the
  * input's scale and zero point. */
 #include "kilolearn/kl_kernels.h"
-
-#define FOR_WINDOW(body)                                                                          \
-	for (int ky = 0; ky < g->kh; ky++) {                                                      \
-		for (int kx = 0; kx < g->kw; kx++) {                                              \
-			const long xo = ((long)(oy * g->stride + ky) * g->w +                    \
-					 (ox * g->stride + kx)) * g->c;                           \
-			body                                                                      \
-		}                                                                                 \
-	}
+#include "kl_window.h"
 
 void kl_avgpool_s8(const kl_geom_t *g, const int8_t *x, int32_t zp, int8_t *y)
 {
@@ -19,7 +11,7 @@ void kl_avgpool_s8(const kl_geom_t *g, const int8_t *x, int32_t zp, int8_t *y)
 			int8_t *out = y + ((long)oy * g->wo + ox) * g->c;
 			for (int c = 0; c < g->c; c++) {
 				int32_t s = 0;
-				FOR_WINDOW(s += (int32_t)x[xo + c] - zp;)
+				KL_FOR_TAPS(g, oy, ox, s += (int32_t)x[xo + c] - zp;)
 				/* round half away from zero */
 				const int32_t a = ((s < 0 ? -s : s) + count / 2) / count;
 				int32_t v = (s < 0 ? -a : a) + zp;
@@ -42,7 +34,7 @@ void kl_avgpool_backward_s8(const kl_geom_t *g, const int8_t *dy, int32_t *acc)
 			const int8_t *d = dy + ((long)oy * g->wo + ox) * g->c;
 			for (int c = 0; c < g->c; c++) {
 				const int32_t v = (int32_t)d[c] * recip;
-				FOR_WINDOW(acc[xo + c] += v;)
+				KL_FOR_TAPS(g, oy, ox, acc[xo + c] += v;)
 			}
 		}
 	}
@@ -55,7 +47,7 @@ void kl_maxpool_s8(const kl_geom_t *g, const int8_t *x, int8_t *y)
 			int8_t *out = y + ((long)oy * g->wo + ox) * g->c;
 			for (int c = 0; c < g->c; c++) {
 				int8_t m = -128;
-				FOR_WINDOW(m = x[xo + c] > m ? x[xo + c] : m;)
+				KL_FOR_TAPS(g, oy, ox, m = x[xo + c] > m ? x[xo + c] : m;)
 				out[c] = m;
 			}
 		}
@@ -73,7 +65,7 @@ void kl_maxpool_backward_s8(const kl_geom_t *g, const int8_t *x, const int8_t *d
 			const int8_t *d = dy + ((long)oy * g->wo + ox) * g->c;
 			for (int c = 0; c < g->c; c++) {
 				long best = -1;
-				FOR_WINDOW(if (best < 0 || x[xo + c] > x[best]) { best = xo + c; })
+				KL_FOR_TAPS(g, oy, ox, if (best < 0 || x[xo + c] > x[best]) { best = xo + c; })
 				acc[best] += d[c];
 			}
 		}
