@@ -4,10 +4,10 @@ Conventions (see docs/int8-training.md):
 
 * Every int8 tensor has a power-of-two scale ``2**exp`` and a zero point; weights and gradients
   are symmetric (zero point 0), activations asymmetric (ReLU outputs use zero point -128).
-* A power-of-two scale is a TFLite scale like any other: the requantisation ``acc * 2**-s`` is
-  TFLite's ``MultiplyByQuantizedMultiplier(acc, 1 << 30, 1 - s)`` exactly, i.e. a right shift
-  rounding half away from zero (gemmlowp ``RoundingDivideByPOT``). CMSIS-NN kernels therefore
-  apply unchanged.
+* A power-of-two scale is a TFLite scale like any other; the requantisation ``acc * 2**-s`` is
+  one right shift rounding half away from zero (gemmlowp ``RoundingDivideByPOT``). TFLite's and
+  CMSIS-NN's multiplier path rounds twice and can differ by one step on exact halves (see
+  docs/int8-training.md).
 * Gradient scales are chosen per tensor, per step (dynamic): the smallest shift that brings the
   int32 accumulators into [-127, 127].
 * Weight updates round stochastically with a Weyl-sequence dither (one add per weight), so
