@@ -309,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("blob")
     i.set_defaults(fn=cmd_info)
 
+    from . import importer
+
+    im = sub.add_parser("import", help="import an ONNX or TFLite model as a .klm blob")
+    importer.add_arguments(im)
+    im.set_defaults(fn=importer.run)
+
     c = sub.add_parser("build", help="build the runner for the host or a board")
     c.add_argument("--board", default="host", choices=BOARDS + ["host"])
     c.add_argument("--sanitize", action="store_true")

@@ -710,3 +710,49 @@ def summary(imp: Imported) -> str:
                      f"{imp.names[i]}{err}")
     lines += [f"  note: {s}" for s in imp.notes]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="a .onnx or .tflite file")
+    p.add_argument("-o", "--output", help="the .klm blob to write (default: MODEL.klm)")
+    p.add_argument("--dtype", choices=["f32", "s8"],
+                   help="blob type (default: s8 for an int8 TFLite model, else f32)")
+    p.add_argument("--train-last", type=int, metavar="N",
+                   help="train only the last N layers with weights (default: all)")
+    p.add_argument("--train", choices=["all", "none", "bias"], default="all",
+                   help="what trains in the chosen layers (bias: needs engine support)")
+    p.add_argument("--calib", metavar="X.npy",
+                   help="calibration inputs for --dtype s8 from a float model, in the model's "
+                        "own layout (N, C, H, W for ONNX); default: 64 uniform [0, 1) samples")
+    p.add_argument("--requantize", action="store_true",
+                   help="int8 TFLite: calibrate afresh instead of keeping its quantisation")
+
+
+def run(a) -> int:
+    from . import export
+    from .reference import quantize_model
+
+    imp = load(a.model)
+    set_trainable(imp, a.train_last, a.train)
+    dtype = a.dtype or ("s8" if imp.qmodel is not None else "f32")
+    if dtype == "f32":
+        blob = export.export_f32(imp.graph, imp.params)
+    elif imp.qmodel is not None and not a.requantize:
+        blob = export.export_s8(imp.qmodel)
+    else:
+        if a.calib:
+            calib = imp.to_hwc(np.load(a.calib))
+        else:
+            calib = np.random.default_rng(0).uniform(0, 1, (64, imp.graph.n_inputs))
+            imp.notes.append("int8 scales calibrated on 64 uniform [0, 1) inputs (give --calib "
+                             "with real data)")
+        blob = export.export_s8(quantize_model(imp.graph, imp.params, calib))
+    out = Path(a.output or Path(a.model).with_suffix(".klm"))
+    out.write_bytes(blob)
+    print(summary(imp))
+    print(f"wrote {out}: {len(blob):,} bytes, {dtype}, "
+          f"{sum(op.trainable for op in imp.graph.ops)} trainable layer(s)")
+    return 0

@@ -746,3 +746,23 @@ def test_imported_mobilenet_finetunes_on_m4(digits):
     assert base_acc > 0.85
     assert before < 0.5 and dev[-1] > 0.7
     assert dev[-1] == pytest.approx(numpy_acc, abs=1e-9)  # bit-exact twin
+
+
+def test_cli_import(tmp_path, rng, capsys):
+    _need("onnx")
+    _need("tflite")
+    from kilolearn import cli
+
+    path = tmp_path / "cnn.onnx"
+    path.write_bytes(onnx_cnn(rng).SerializeToString())
+    assert cli.main(["import", str(path), "--train-last", "2", "--dtype", "s8"]) == 0
+    b = export.read((tmp_path / "cnn.klm").read_bytes())
+    assert b.dtype == export.DTYPE_S8 and [op.trainable for op in b.graph.ops] == \
+        [False] * 5 + [True] * 2
+    assert "fused 3 BatchNormalization" in capsys.readouterr().out
+    assert cli.main(["import", str(path), "--train", "bias"]) == 1
+    assert "engine support" in capsys.readouterr().err
+    g, p, qm, buf, x = tfl_case(rng, per_channel=False)
+    (tmp_path / "m.tflite").write_bytes(buf)
+    assert cli.main(["import", str(tmp_path / "m.tflite"), "-o", str(tmp_path / "t.klm")]) == 0
+    assert np.array_equal(export.read((tmp_path / "t.klm").read_bytes()).qmodel.w[0], qm.w[0])
