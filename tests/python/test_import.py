@@ -235,6 +235,7 @@ def test_train_selection():
         I.set_trainable(imp, what="bias")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter
 def test_torch_export_round_trip(rng):
     """PyTorch → ONNX (TorchScript exporter, BatchNorm kept) → kilolearn, against torch."""
     torch = _need("torch")
