@@ -105,7 +105,11 @@ if(NOT TARGET kl_port)
       KL_INSN_PER_TICK=${KL_INSN_PER_TICK}u)
     target_include_directories(kl_port PRIVATE "${KL_PORT_DIR}/baremetal")
   else()
-    add_library(kl_port OBJECT "${KL_PORT_DIR}/posix/kl_port_posix.c")
+    add_library(kl_port OBJECT "${KL_PORT_DIR}/posix/kl_port_posix.c"
+      "${KL_PORT_DIR}/posix/kl_store_file.c")
+    # kl_store_file.c includes kilolearn/kl_store.h
+    target_include_directories(kl_port PRIVATE
+      "${KL_PORT_DIR}/../include")
   endif()
   target_include_directories(kl_port PUBLIC "${KL_PORT_DIR}")
 endif()
@@ -133,6 +137,13 @@ function(kl_add_firmware name)
   endif()
 
   if(KL_BAREMETAL)
+    # The simulated NOR flash of the weight store (kl_store.h): the upper
+    # half of the board's job region (PSRAM), which keeps its contents over
+    # a system reset.
+    math(EXPR _flash_sim "${KL_JOB_ADDR} + ${KL_JOB_MAX} / 2" OUTPUT_FORMAT HEXADECIMAL)
+    math(EXPR _flash_max "${KL_JOB_MAX} / 2" OUTPUT_FORMAT HEXADECIMAL)
+    target_compile_definitions(${name} PRIVATE KL_BAREMETAL=1 KL_JOB_ADDR=${KL_JOB_ADDR}u
+      KL_FLASH_SIM_ADDR=${_flash_sim}u KL_FLASH_SIM_MAX=${_flash_max}u)
     set(_ld_dirs)
     foreach(_d ${KL_LINKER_INCLUDE_DIRS})
       list(APPEND _ld_dirs "-L${_d}")

@@ -3,8 +3,17 @@
  * console (UART on the boards, stdin on the host) go to the session core,
  * replies go back out; see docs/protocol.md. The same program runs on the
  * host and on the QEMU boards; the Zephyr app wraps the same core.
+ *
+ * The weight store (docs/flash-store.md):
+ *   host        a RAM store, or with `--flash FILE [--geometry SIZE,ERASE,WRITE,EV]`
+ *               the file-backed NOR simulation (survives a restart: the
+ *               session boots with the newest committed generation);
+ *               `--cut K[,SEED]` loses power at the K-th program/erase step
+ *   QEMU mps2   the NOR simulation over PSRAM (KL_FLASH_SIM_ADDR), formatted
+ *               at power-on, kept over a system reset
  */
 #include <stdint.h>
+#include <string.h>
 
 #include "kilolearn/kl_session.h"
 #include "kl_port.h"
@@ -17,9 +26,93 @@
 #endif
 
 static uint32_t arena_mem[KL_SESSION_ARENA_SIZE / 4u];
-static uint32_t store_mem[KL_SESSION_STORE_SIZE / 4u];
 static kl_session_t session;
 static kl_store_t store;
+
+#ifdef KL_BAREMETAL
+/* NOR flash simulation over PSRAM: 1 MB, 16 KB sectors, 16-byte writes,
+ * erased to 0xFF. A marker after the image tells a power-on (PSRAM all
+ * zero: format) from a reset (keep); the wear counters follow it. */
+#define FLASH_SIZE   (1024u * 1024u)
+#define FLASH_SECTOR (16u * 1024u)
+#define FLASH_WRITE  16u
+#define FLASH_SECTORS (FLASH_SIZE / FLASH_SECTOR)
+#define SIM_MAGIC 0x4D49534Eu /* "NSIM" */
+static kl_nor_sim_t nor;
+
+static int store_init(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	uint8_t *mem = (uint8_t *)(uintptr_t)KL_FLASH_SIM_ADDR;
+	volatile uint32_t *marker = (volatile uint32_t *)(uintptr_t)(KL_FLASH_SIM_ADDR + FLASH_SIZE);
+	uint32_t *wear = (uint32_t *)(uintptr_t)(KL_FLASH_SIM_ADDR + FLASH_SIZE + 16u);
+	const kl_store_geom_t g = {FLASH_SIZE, FLASH_SECTOR, FLASH_WRITE, 0xFFu};
+	const int err = kl_store_nor_init(&store, &nor, mem, &g);
+	if (err != KL_OK) {
+		return err;
+	}
+	if (marker[0] != SIM_MAGIC || marker[1] != FLASH_SIZE || marker[2] != FLASH_SECTOR) {
+		kl_store_nor_format(&store); /* a fresh part */
+		memset(wear, 0, 2u * FLASH_SECTORS * sizeof(uint32_t));
+		marker[1] = FLASH_SIZE;
+		marker[2] = FLASH_SECTOR;
+		marker[0] = SIM_MAGIC;
+	}
+	kl_store_set_wear(&store, wear, wear + FLASH_SECTORS);
+	return KL_OK;
+}
+#else
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "posix/kl_store_file.h"
+
+static uint32_t store_mem[KL_SESSION_STORE_SIZE / 4u];
+static uint32_t ram_wear[2u * (KL_SESSION_STORE_SIZE / KL_STORE_RAM_SECTOR)];
+static kl_store_file_t file_store;
+
+static int store_init(int argc, char **argv)
+{
+	const char *path = NULL;
+	kl_store_geom_t g = {1024u * 1024u, 16u * 1024u, 16u, 0xFFu};
+	uint32_t cut = 0, seed = 0;
+	for (int i = 1; i + 1 < argc; i += 2) {
+		if (strcmp(argv[i], "--flash") == 0) {
+			path = argv[i + 1];
+		} else if (strcmp(argv[i], "--geometry") == 0) {
+			if (kl_store_geom_parse(argv[i + 1], &g) != KL_OK) {
+				fprintf(stderr, "kl_session: bad --geometry %s\n", argv[i + 1]);
+				return KL_EINVAL;
+			}
+		} else if (strcmp(argv[i], "--cut") == 0) {
+			char *end;
+			cut = (uint32_t)strtoul(argv[i + 1], &end, 0);
+			if (*end == ',') {
+				seed = (uint32_t)strtoul(end + 1, NULL, 0);
+			}
+		} else {
+			fprintf(stderr, "usage: kl_session [--flash FILE [--geometry SIZE,ERASE,WRITE,EV]"
+					" [--cut K[,SEED]]]\n");
+			return KL_EINVAL;
+		}
+	}
+	if (path == NULL) {
+		kl_store_ram_init(&store, (uint8_t *)store_mem, sizeof(store_mem));
+		kl_store_set_wear(&store, ram_wear, ram_wear + kl_store_sectors(&store));
+		return KL_OK;
+	}
+	const int err = kl_store_file_open(&store, &file_store, path, &g);
+	if (err != KL_OK) {
+		fprintf(stderr, "kl_session: cannot open the flash file %s (%d)\n", path, err);
+		return err;
+	}
+	if (cut != 0u) {
+		kl_store_nor_cut(&store, cut, seed);
+	}
+	return KL_OK;
+}
+#endif
 
 static void tx(void *ctx, const uint8_t *buf, size_t n)
 {
@@ -30,10 +123,9 @@ static void tx(void *ctx, const uint8_t *buf, size_t n)
 
 int main(int argc, char **argv)
 {
-	if (kl_port_init(argc, argv) != 0) {
+	if (kl_port_init(argc, argv) != 0 || store_init(argc, argv) != KL_OK) {
 		return 1;
 	}
-	kl_store_ram_init(&store, (uint8_t *)store_mem, sizeof(store_mem));
 	const kl_session_cfg_t cfg = {
 		.arena = (uint8_t *)arena_mem,
 		.arena_size = sizeof(arena_mem),
@@ -48,6 +140,11 @@ int main(int argc, char **argv)
 	for (;;) {
 		const int c = kl_port_getc();
 		if (c < 0) {
+#ifndef KL_BAREMETAL
+			if (file_store.f != NULL) {
+				kl_store_file_close(&store);
+			}
+#endif
 			return 0; /* end of input: the host closed the link */
 		}
 		const uint8_t b = (uint8_t)c;

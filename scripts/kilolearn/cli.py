@@ -320,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--sanitize", action="store_true")
     c.set_defaults(fn=cmd_build)
 
+    from . import storebench
+
+    w = sub.add_parser("store-bench", help="flash wear of training with periodic commits and "
+                       "the lifetime on STM32F429ZI-like flash")
+    storebench.add_arguments(w)
+    w.set_defaults(fn=storebench.run)
+
     from . import footprint
 
     f = sub.add_parser("footprint", help="RAM/flash of a firmware ELF by component, file, symbol")

@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .export import ERRORS
@@ -24,7 +24,8 @@ CFG_LR, CFG_REPLAY_RATIO, CFG_REPLAY_CAP, CFG_CUT, CFG_SEED, CFG_CLASSES = range
 NO_CUT = 0xFFFF
 
 STATUS = dict(ERRORS)
-STATUS.update({-205: "KL_EFRAME", -206: "KL_ESEQ", -207: "KL_ENOMODEL", -208: "KL_ESTATE"})
+STATUS.update({-205: "KL_EFRAME", -206: "KL_ESEQ", -207: "KL_ENOMODEL", -208: "KL_ESTATE",
+               -5: "KL_EIO", -28: "KL_ENOSPC"})
 
 
 class FrameError(ValueError):
@@ -219,6 +220,17 @@ class Stats:
     store_bytes_written: int
     store_erases: int
     active_classes: int
+    # the weight store (docs/flash-store.md): newest committed generation (0: none) and its slot
+    generation: int = 0
+    slot_offset: int = 0xFFFFFFFF
+    erase_block: int = 0
+    write_block: int = 0
+    erase_value: int = 0xFF
+    memory_mapped: bool = False
+    n_sectors: int = 0
+    #: per sector (the first ones that fit in a reply): erases, bytes programmed
+    sector_erases: list[int] = field(default_factory=list)
+    sector_bytes: list[int] = field(default_factory=list)
 
 
 class Client:
@@ -303,8 +315,16 @@ class Client:
         return struct.unpack_from("<H", p)[0], p[2:]
 
     def stats(self) -> Stats:
-        v = struct.unpack("<IIIIIIIIIH", self.request(STATS))
-        return Stats(v[0], v[1], v[2] | (v[3] << 32), v[4], v[5], v[6], v[7], v[8], v[9])
+        p = self.request(STATS)
+        v = struct.unpack_from("<IIIIIIIIIH", p)
+        st = Stats(v[0], v[1], v[2] | (v[3] << 32), v[4], v[5], v[6], v[7], v[8], v[9])
+        if len(p) >= 58:
+            (st.generation, st.slot_offset, st.erase_block, st.write_block, st.erase_value,
+             flags, st.n_sectors, k) = struct.unpack_from("<IIIHBBHH", p, 38)
+            st.memory_mapped = bool(flags & 1)
+            wear = struct.unpack_from(f"<{2 * k}I", p, 58)
+            st.sector_erases, st.sector_bytes = list(wear[0::2]), list(wear[1::2])
+        return st
 
     def commit(self) -> None:
         self.request(COMMIT)

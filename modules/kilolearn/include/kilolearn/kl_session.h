@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "kilolearn/kilolearn.h"
+#include "kilolearn/kl_store.h" /* kl_store_t, kl_store_ram_init, kl_slots_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -58,24 +59,13 @@ enum kl_cfg_key {
 #define KL_ENOMODEL (-207) /* no model loaded */
 #define KL_ESTATE   (-208) /* command not valid now (e.g. LOAD data before BEGIN) */
 
-/* Where the blob lives; a RAM buffer here, a flash partition behind the same
- * calls in the flash store. */
-typedef struct kl_store {
-	int (*write)(struct kl_store *st, uint32_t off, const uint8_t *data, uint32_t n);
-	const uint8_t *base; /* readable in place (RAM or memory-mapped flash) */
-	uint32_t size;
-	void *ctx;
-	uint32_t bytes_written, erases;
-} kl_store_t;
-
-/* a store over a caller-provided RAM buffer (4-aligned) */
-void kl_store_ram_init(kl_store_t *st, uint8_t *buf, uint32_t size);
-
 typedef void (*kl_tx_fn)(void *ctx, const uint8_t *buf, size_t n);
 
 typedef struct {
 	uint8_t *arena;
 	size_t arena_size;
+	/* where the blob lives: generations in a ring of slots (kl_store.h); must
+	 * be memory-mapped (the model reads frozen weights in place) */
 	kl_store_t *store;
 	kl_tx_fn tx;
 	void *tx_ctx;
@@ -87,6 +77,7 @@ typedef struct {
 	kl_arena_t arena;
 	kl_model_t model;
 	kl_replay_t replay;
+	kl_slots_t slots; /* the stored generations; the model runs from slots.pin */
 	int loaded;
 	/* settings (CONFIG) */
 	float lr;

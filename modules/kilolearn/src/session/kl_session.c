@@ -2,6 +2,7 @@
  * the specification. */
 #include <string.h>
 
+#include "kilolearn/kl_blob.h"
 #include "kilolearn/kl_session.h"
 
 static uint16_t rd16(const uint8_t *p)
@@ -25,27 +26,6 @@ static void wr32(uint8_t *p, uint32_t v)
 {
 	wr16(p, v);
 	wr16(p + 2, v >> 16);
-}
-
-/* ---- RAM store ---------------------------------------------------------------- */
-
-static int ram_write(kl_store_t *st, uint32_t off, const uint8_t *data, uint32_t n)
-{
-	if (off > st->size || n > st->size - off) {
-		return KL_EINVAL;
-	}
-	memcpy((uint8_t *)st->ctx + off, data, n);
-	st->bytes_written += n;
-	return KL_OK;
-}
-
-void kl_store_ram_init(kl_store_t *st, uint8_t *buf, uint32_t size)
-{
-	memset(st, 0, sizeof(*st));
-	st->write = ram_write;
-	st->base = buf;
-	st->size = size;
-	st->ctx = buf;
 }
 
 /* ---- replies -------------------------------------------------------------------- */
@@ -99,9 +79,16 @@ static uint32_t latent_bytes(const kl_session_t *s)
 static int start_model(kl_session_t *s)
 {
 	s->loaded = 0;
+	kl_slots_pin(&s->slots, 0);
+	uint32_t len;
+	const uint8_t *blob = kl_slots_active(&s->slots, &len);
+	if (blob == NULL) {
+		return s->slots.have_active ? KL_ENOTSUP : KL_ENOMODEL; /* not memory-mapped */
+	}
+	s->load_size = len;
 	kl_arena_init(&s->arena, s->cfg.arena, s->cfg.arena_size);
 	const kl_train_cfg_t tc = {.lr = s->lr, .momentum = 0.0f, .seed = s->seed, .flags = 0u};
-	int err = kl_model_init(&s->model, s->cfg.store->base, s->load_size, &s->arena, &tc);
+	int err = kl_model_init(&s->model, blob, len, &s->arena, &tc);
 	if (err != KL_OK) {
 		return err;
 	}
@@ -128,6 +115,7 @@ static int start_model(kl_session_t *s)
 	s->train_steps = s->replay_steps = 0;
 	s->train_insn = 0;
 	s->loaded = 1;
+	kl_slots_pin(&s->slots, 1); /* its frozen weights are read from this slot */
 	return KL_OK;
 }
 
@@ -151,6 +139,13 @@ int kl_session_init(kl_session_t *s, const kl_session_cfg_t *cfg)
 	memset(s, 0, sizeof(*s));
 	s->cfg = *cfg;
 	defaults(s);
+	const int err = kl_slots_mount(&s->slots, cfg->store);
+	if (err != KL_OK) {
+		return err;
+	}
+	if (s->slots.have_active) {
+		(void)start_model(s); /* boot with the newest committed generation */
+	}
 	return KL_OK;
 }
 
@@ -192,6 +187,16 @@ static int cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
 			return KL_ENOMEM;
 		}
 		s->loaded = 0;
+		s->loading = 0;
+		kl_slots_pin(&s->slots, 0);
+		{
+			/* the new blob goes to a free run of sectors; the active slot
+			 * stays valid until END has programmed the new header */
+			const int err = kl_slots_begin(&s->slots, v);
+			if (err != KL_OK) {
+				return err;
+			}
+		}
 		s->loading = 1;
 		s->load_size = v;
 		s->load_got = 0;
@@ -204,8 +209,9 @@ static int cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
 		if (v != s->load_got || len > s->load_size - s->load_got) {
 			return KL_EINVAL; /* chunks come in order, within the announced size */
 		}
-		const int err = s->cfg.store->write(s->cfg.store, v, p + 5, len);
+		const int err = kl_slots_write(&s->slots, p + 5, len);
 		if (err != KL_OK) {
+			s->loading = 0;
 			return err;
 		}
 		s->load_got += len;
@@ -216,8 +222,11 @@ static int cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
 			return KL_ESTATE;
 		}
 		s->loading = 0;
-		if (kl_crc32(0, s->cfg.store->base, s->load_size) != v) {
-			return KL_ECRC;
+		{
+			const int err = kl_slots_end(&s->slots, v); /* CRC check, then the switch */
+			if (err != KL_OK) {
+				return err;
+			}
 		}
 		return start_model(s);
 	default:
@@ -298,6 +307,9 @@ static int cmd_eval(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out,
 	return (int)(2u + nl);
 }
 
+/* sectors whose wear fits in a STATS reply */
+#define KL_STATS_MAX_SECTORS ((KL_SESSION_MAX_PAYLOAD - 4u - 58u) / 8u)
+
 static int cmd_stats(kl_session_t *s, uint8_t *out)
 {
 	uint32_t active = 0;
@@ -311,10 +323,30 @@ static int cmd_stats(kl_session_t *s, uint8_t *out)
 	wr32(out + 16, (uint32_t)s->arena.used);
 	wr32(out + 20, (uint32_t)s->arena.peak);
 	wr32(out + 24, s->cut != 0xFFFFu && s->loaded ? s->replay.count : 0u);
-	wr32(out + 28, s->cfg.store->bytes_written);
-	wr32(out + 32, s->cfg.store->erases);
+	const kl_store_t *st = s->cfg.store;
+	wr32(out + 28, st->bytes_written);
+	wr32(out + 32, st->erases);
 	wr16(out + 36, active);
-	return 38;
+	/* the store: active generation, geometry, wear per sector */
+	wr32(out + 38, s->slots.have_active ? s->slots.active.seq : 0u);
+	wr32(out + 42, s->slots.have_active ? s->slots.active.off : 0xFFFFFFFFu);
+	wr32(out + 46, st->geom.erase_block);
+	wr16(out + 50, st->geom.write_block);
+	out[52] = st->geom.erase_value;
+	out[53] = (uint8_t)((st->base != NULL ? 1u : 0u) |
+			    (st->sector_erases != NULL && st->sector_bytes != NULL ? 2u : 0u));
+	const uint32_t n_sec = kl_store_sectors(st);
+	uint32_t k = (out[53] & 2u) ? n_sec : 0u;
+	if (k > KL_STATS_MAX_SECTORS) {
+		k = KL_STATS_MAX_SECTORS;
+	}
+	wr16(out + 54, n_sec > 0xFFFFu ? 0xFFFFu : n_sec);
+	wr16(out + 56, k);
+	for (uint32_t i = 0; i < k; i++) {
+		wr32(out + 58 + 8u * i, st->sector_erases[i]);
+		wr32(out + 62 + 8u * i, st->sector_bytes[i]);
+	}
+	return (int)(58u + 8u * k);
 }
 
 static int cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
@@ -377,37 +409,83 @@ static int cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 		i += 2u + len;
 	}
 	/* settings take effect on a fresh training state */
-	return s->load_size != 0u && !s->loading ? start_model(s) : 0;
+	return s->slots.have_active && !s->loading ? start_model(s) : 0;
 }
 
-/* COMMIT: write the trained parameters back into the stored blob, in place,
- * and reseal its CRC (the flash store makes this power-loss safe). */
-static int cmd_commit(kl_session_t *s)
+/* The blob with the trained parameters: bytes [off, off+n) of the blob the
+ * model was started from (read in place), the arena's trainable tensors
+ * laid over it, and (int8) the activation exponents that training grew. */
+static void compose(const kl_session_t *s, const uint8_t *blob, uint32_t off, uint8_t *buf,
+		    uint32_t n)
 {
-	if (!s->loaded) {
-		return KL_ENOMODEL;
+	memcpy(buf, blob + off, n);
+	if (s->model.dtype == KL_DTYPE_S8) {
+		const uint32_t tens = rd32(blob + KL_BH_TENSORS);
+		for (uint32_t t = 0; t < s->model.n_tensors; t++) {
+			const uint32_t at = tens + t * KL_BLOB_TENSOR_SIZE + KL_BT_EXP;
+			if (at >= off && at < off + n) {
+				buf[at - off] = (uint8_t)s->model.tensors[t].exp;
+			}
+		}
 	}
-	kl_store_t *st = s->cfg.store;
-	const uint8_t *blob = st->base;
 	const uint32_t ops = rd32(blob + KL_BH_OPS);
-	const size_t es = s->model.dtype == KL_DTYPE_S8 ? 1u : 4u;
+	const uint32_t es = s->model.dtype == KL_DTYPE_S8 ? 1u : 4u;
 	for (int i = 0; i < s->model.n_ops; i++) {
 		const kl_op_t *op = &s->model.ops[i];
 		if (!(op->flags & KL_OP_TRAINABLE) || op->n_w == 0u) {
 			continue;
 		}
 		const uint8_t *r = blob + ops + (uint32_t)i * KL_BLOB_OP_SIZE;
-		int err = st->write(st, rd32(r + KL_BO_W_OFF), op->w, (uint32_t)(op->n_w * es));
-		if (err == KL_OK) {
-			err = st->write(st, rd32(r + KL_BO_B_OFF), op->b, rd32(r + KL_BO_B_SIZE));
-		}
-		if (err != KL_OK) {
-			return err;
+		const uint32_t t_off[2] = {rd32(r + KL_BO_W_OFF), rd32(r + KL_BO_B_OFF)};
+		const uint32_t t_len[2] = {op->n_w * es, rd32(r + KL_BO_B_SIZE)};
+		const uint8_t *src[2] = {(const uint8_t *)op->w, (const uint8_t *)op->b};
+		for (int t = 0; t < 2; t++) {
+			const uint32_t lo = t_off[t] > off ? t_off[t] : off;
+			const uint32_t hi_t = t_off[t] + t_len[t], hi_c = off + n;
+			const uint32_t hi = hi_t < hi_c ? hi_t : hi_c;
+			if (lo < hi) {
+				memcpy(buf + (lo - off), src[t] + (lo - t_off[t]), hi - lo);
+			}
 		}
 	}
-	uint8_t crc[4];
-	wr32(crc, kl_crc32(0, blob + KL_BLOB_CRC_START, s->load_size - KL_BLOB_CRC_START));
-	return st->write(st, KL_BH_CRC, crc, 4u);
+}
+
+/* COMMIT: the trained parameters as a new generation of the stored blob
+ * (CRC resealed), written to a free run of sectors and switched to by its
+ * slot header, programmed last: a power cut leaves the old or the new one.
+ * The model keeps reading frozen weights from its own (pinned) slot. */
+static int cmd_commit(kl_session_t *s)
+{
+	if (!s->loaded || !s->slots.have_pin) {
+		return KL_ENOMODEL;
+	}
+	const uint8_t *blob = s->cfg.store->base + s->slots.pin.off + s->slots.data_off;
+	const uint32_t len = s->slots.pin.len;
+	uint8_t buf[256];
+	/* pass 1: the blob's own CRC, over [KL_BLOB_CRC_START, len) */
+	uint32_t crc = 0;
+	for (uint32_t off = KL_BLOB_CRC_START; off < len; off += sizeof(buf)) {
+		const uint32_t n = len - off < sizeof(buf) ? len - off : (uint32_t)sizeof(buf);
+		compose(s, blob, off, buf, n);
+		crc = kl_crc32(crc, buf, n);
+	}
+	/* pass 2: write it out */
+	int err = kl_slots_begin(&s->slots, len);
+	for (uint32_t off = 0; err == KL_OK && off < len; off += sizeof(buf)) {
+		const uint32_t n = len - off < sizeof(buf) ? len - off : (uint32_t)sizeof(buf);
+		compose(s, blob, off, buf, n);
+		if (off <= KL_BH_CRC && KL_BH_CRC + 4u <= off + n) {
+			wr32(buf + (KL_BH_CRC - off), crc);
+		}
+		err = kl_slots_write(&s->slots, buf, n);
+	}
+	if (err == KL_OK) {
+		err = kl_slots_end(&s->slots, kl_slots_written_crc(&s->slots));
+	}
+	if (err != KL_OK) {
+		kl_slots_abort(&s->slots);
+	}
+	return err;
 }
 
 static int dispatch(kl_session_t *s, uint8_t type, const uint8_t *p, uint32_t n, uint8_t *out)
@@ -430,7 +508,7 @@ static int dispatch(kl_session_t *s, uint8_t type, const uint8_t *p, uint32_t n,
 	case KL_CMD_CONFIG:
 		return cmd_config(s, p, n);
 	case KL_CMD_RESET:
-		if (s->load_size == 0u || s->loading) {
+		if (!s->slots.have_active || s->loading) {
 			return KL_ENOMODEL;
 		}
 		return start_model(s);
