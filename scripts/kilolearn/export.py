@@ -3,7 +3,9 @@
 Format 2.0 (little-endian; docs/blob-format.md is the reference): a 48-byte header, a tensor
 table (12 bytes per tensor: shape, int8 exponent and zero point), an op table (48 bytes per op:
 kind, activation, flags, geometry, tensor ids, parameter offsets), then 4-byte aligned data: the
-int8 softmax table and the weights and biases.
+int8 softmax table and the weights and biases. Format 2.1 adds an optional schedule section (a
+memory plan of :mod:`kilolearn.planner`, ``Plan.pack()``) after the data; a blob without one is
+written as 2.0, byte for byte as before.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from .model import Graph, Op, Params
 from .reference import QModel
 
 MAGIC = b"KLMB"
-VERSION = (2, 0)
+VERSION = (2, 0)  # a blob without a schedule
+VERSION_SCHED = (2, 1)  # with one
 HEADER_SIZE = 48
 TENSOR_SIZE = 12
 OP_SIZE = 48
@@ -28,6 +31,7 @@ DTYPE_F32, DTYPE_S8 = 0, 1
 KINDS = {"dense": 1, "conv": 2, "dwconv": 3, "avgpool": 4, "maxpool": 5, "add": 6}
 ACTS = {"none": 0, "relu": 1, "relu6": 2}
 FLAG_TRAINABLE = 0x01
+SCHED_HEADER, STEP_SIZE = 16, 8  # schedule section (planner.SCHED_HEADER, STEP_SIZE)
 
 # engine return codes (modules/kilolearn/include/kilolearn/kilolearn.h)
 ERRORS = {
@@ -46,7 +50,7 @@ class BlobError(ValueError):
 
 def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
           ew: list[int], eb: list[int], exp: list[int], zp: list[int], lut_exp: int,
-          lut: bytes | None) -> bytes:
+          lut: bytes | None, sched: bytes | None = None) -> bytes:
     tensors_off = HEADER_SIZE
     ops_off = tensors_off + len(g.shapes) * TENSOR_SIZE
     data_base = ops_off + len(g.ops) * OP_SIZE
@@ -72,27 +76,39 @@ def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
                              FLAG_TRAINABLE if op.trainable else 0, op.stride, op.kernel[0],
                              op.kernel[1], *op.pad, ew[i], eb[i], op.inputs[0], in1, op.output,
                              w_off, w_sz, b_off, b_sz)
+    sched_off = place(sched)[0] if sched is not None else 0
     total = data_base + len(data)
-    body = struct.pack("<BxHHHHbxIII8x", dtype, len(g.shapes), len(g.ops), g.input, g.output,
-                       lut_exp, tensors_off, ops_off, lut_off) + trecs + bytes(orecs) + bytes(data)
+    body = struct.pack("<BxHHHHbxIIII4x", dtype, len(g.shapes), len(g.ops), g.input, g.output,
+                       lut_exp, tensors_off, ops_off, lut_off, sched_off) + trecs + bytes(orecs) \
+        + bytes(data)
     crc = zlib.crc32(body) & 0xFFFFFFFF
-    blob = MAGIC + struct.pack("<HHII", VERSION[0], VERSION[1], total, crc) + body
+    ver = VERSION_SCHED if sched is not None else VERSION
+    blob = MAGIC + struct.pack("<HHII", ver[0], ver[1], total, crc) + body
     assert len(blob) == total
     return blob
 
 
-def export_f32(g: Graph, params: Params) -> bytes:
+def _sched(g: Graph, plan) -> bytes | None:  # noqa: ANN001
+    """A planner.Plan (or its packed bytes) for this graph, or None."""
+    if plan is None:
+        return None
+    return plan if isinstance(plan, bytes | bytearray) else plan.pack()
+
+
+def export_f32(g: Graph, params: Params, plan=None) -> bytes:  # noqa: ANN001
+    """plan: an optional planner.Plan of g (format 2.1: the engine trains by its schedule)."""
     ws = [None if w is None else np.ascontiguousarray(w, "<f4").tobytes() for w in params.weights]
     bs = [None if b is None else np.ascontiguousarray(b, "<f4").tobytes() for b in params.biases]
     z = [0] * len(g.ops)
-    return _pack(DTYPE_F32, g, ws, bs, z, z, [0] * len(g.shapes), [0] * len(g.shapes), 0, None)
+    return _pack(DTYPE_F32, g, ws, bs, z, z, [0] * len(g.shapes), [0] * len(g.shapes), 0, None,
+                 _sched(g, plan))
 
 
-def export_s8(qm: QModel) -> bytes:
+def export_s8(qm: QModel, plan=None) -> bytes:  # noqa: ANN001
     ws = [None if w is None else w.astype("<i1").tobytes() for w in qm.w]
     bs = [None if b is None else b.astype("<i4").tobytes() for b in qm.b]
     return _pack(DTYPE_S8, qm.graph, ws, bs, qm.ew, qm.eb, qm.exp, qm.zp, qm.lut_exp,
-                 qm.lut.astype("<u2").tobytes())
+                 qm.lut.astype("<u2").tobytes(), _sched(qm.graph, plan))
 
 
 @dataclass
@@ -101,6 +117,7 @@ class Blob:
     graph: Graph
     params: Params | None  # f32
     qmodel: QModel | None  # s8
+    schedule: bytes | None = None  # 2.1: the schedule section (Plan.pack() bytes)
 
 
 def read(blob: bytes) -> Blob:
@@ -126,6 +143,11 @@ def read(blob: bytes) -> Blob:
 def _read_tables(blob: bytes) -> Blob:
     (dtype, n_t, n_ops, t_in, _t_out, lut_exp, t_off, o_off, lut_off) = struct.unpack_from(
         "<BxHHHHbxIII", blob, 16)
+    sched = None
+    if struct.unpack_from("<H", blob, 6)[0] >= 1 and (s_off := struct.unpack_from("<I", blob,
+                                                                                 40)[0]):
+        n_steps = struct.unpack_from("<I", blob, s_off)[0]
+        sched = bytes(blob[s_off:s_off + SCHED_HEADER + STEP_SIZE * n_steps])
     shapes, exp, zp = [], [], []
     for k in range(n_t):
         h, w, c, e, z = struct.unpack_from("<HHHbb", blob, t_off + k * TENSOR_SIZE)
@@ -157,9 +179,9 @@ def _read_tables(blob: bytes) -> Blob:
         ws.append(np.frombuffer(blob, wdt, int(np.prod(shape)), w_off).reshape(shape).copy())
         bs.append(np.frombuffer(blob, bdt, b_sz // 4, b_off).copy())
     if dtype == DTYPE_F32:
-        return Blob(dtype, g, Params(ws, bs), None)
+        return Blob(dtype, g, Params(ws, bs), None, sched)
     lut = np.frombuffer(blob, "<u2", 256, lut_off).copy()
     qm = QModel(g, [None if w is None else w.astype(np.int64) for w in ws],
                 [None if b is None else b.astype(np.int64) for b in bs],
                 [r[0] for r in raw], [r[1] for r in raw], exp, zp, lut_exp, lut)
-    return Blob(dtype, g, None, qm)
+    return Blob(dtype, g, None, qm, sched)

@@ -39,7 +39,7 @@ STEP_SIZE = 8
 INF = float("inf")
 
 # sizeof(kl_tensor_t), sizeof(kl_op_t) by pointer size (kilolearn.h)
-STRUCT_SIZES = {4: (24, 52), 8: (32, 88)}
+STRUCT_SIZES = {4: (24, 52), 8: (32, 80)}
 TARGET_PTR = {"arm": 4, "host": 8}
 
 
@@ -124,11 +124,11 @@ class MemModel:
         g = self.graph
         return int(np.prod(g.weight_shape(i))) if g.ops[i].has_params else 0
 
-    def _op_scratch(self, i: int) -> int:
+    def _op_scratch(self, i: int, training: bool | None = None) -> int:
         op = self.graph.ops[i]
         x, y = self.tsize[op.inputs[0]], self.tsize[op.output]
         need = 2 * x + 4 * y + 8 if op.kind == "dense" and self.dtype == "s8" else 0
-        if self.training:
+        if self.training if training is None else training:
             need = max(need, x * 4)
             if op.kind in ("conv", "dwconv"):
                 need = max(need, (self._n_w(i) + self.graph.shapes[op.output][2]) * 4)
@@ -154,12 +154,17 @@ class MemModel:
                 arena.alloc(n_w * 4)
                 arena.alloc(bsize)
 
-    def scratch_sizes(self) -> tuple[int, int]:
+    def bwd_scratch(self, i: int) -> int:
+        """Bytes of int32 scratch the backward step of op i gets in the planned region."""
+        return _al(self._op_scratch(i, True), 8)
+
+    def scratch_sizes(self, planned: bool = False) -> tuple[int, int]:
+        """planned: with a schedule the backward steps' int32 scratch is in the region."""
         g = self.graph
         scratch = self.tsize[g.output] * 4 if self.dtype == "s8" else 0
         kscratch = 4
         for i, op in enumerate(g.ops):
-            scratch = max(scratch, self._op_scratch(i))
+            scratch = max(scratch, self._op_scratch(i, False if planned else None))
             if self.dtype == "s8" and op.kind in ("conv", "dwconv"):
                 c = g.shapes[op.inputs[0]][2]
                 kscratch = max(kscratch, conv_s8_scratch(*op.kernel, c, g.shapes[op.output][2]))
@@ -169,7 +174,7 @@ class MemModel:
         """Arena bytes before the plan's region (which starts 8-aligned right after)."""
         a = _Arena()
         self._static(a)
-        s, k = self.scratch_sizes()
+        s, k = self.scratch_sizes(planned=True)
         a.alloc(s, 8)
         a.alloc(k, 8)
         return _al(a.used, 8)
@@ -504,7 +509,10 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
                     b = alloc(mm.gbytes[t])
                     live_g[t] = b
                     steps.append(Step(STEP_GRAD, t, b))
-            steps.append(Step(STEP_BWD, i))
+            sb = alloc(mm.bwd_scratch(i)) if mm.training else 0  # int32 scratch, this step
+            steps.append(Step(STEP_BWD, i, sb))
+            if mm.training:
+                free(sb)
             steps.append(Step(STEP_FREE_GRAD, op.output))
             free(live_g.pop(op.output))
         for t in list(live_d):
@@ -518,7 +526,7 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
             b[2] = end
     offs, region = assign_offsets(bufs)
     for s in steps:
-        if s.kind in (STEP_FWD, STEP_LOSS, STEP_GRAD):
+        if s.kind in (STEP_FWD, STEP_LOSS, STEP_GRAD, STEP_BWD):
             s.offset = offs[s.offset]
     del n_t
     return Plan(name, steps, region, mm.static_bytes(), peak, macs, sum(mm.macs), phases,
@@ -526,7 +534,7 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
 
 
 def assign_offsets(bufs: list[list[int]]) -> tuple[list[int], int]:
-    """Static offsets: biggest buffers first, each at the lowest 4-aligned offset free for its
+    """Static offsets: biggest buffers first, each at the lowest 8-aligned offset free for its
     whole lifetime [start, end)."""
     order = sorted(range(len(bufs)), key=lambda b: (-bufs[b][0], bufs[b][1]))
     placed: list[tuple[int, int, int, int]] = []  # off, size, start, end
@@ -539,7 +547,7 @@ def assign_offsets(bufs: list[list[int]]) -> tuple[list[int], int]:
         for lo, hi in busy:
             if off + size <= lo:
                 break
-            off = max(off, _al(hi, 4))
+            off = max(off, _al(hi, 8))
         offs[b] = off
         placed.append((off, size, s, e))
         region = max(region, off + size)

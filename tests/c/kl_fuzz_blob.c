@@ -1,6 +1,6 @@
 /*
  * Blob parser fuzzer (host, meant for the ASan/UBSan build): mutates a valid
- * blob in many ways, re-seals the CRC half of the time so the structural
+ * blob in many ways (the schedule section of a 2.1 blob among them), re-seals the CRC half of the time so the structural
  * checks behind it are reached, and loads each mutant. A mutant must either
  * be rejected with a KL_E* code or load and then train and predict without
  * any out-of-bounds access (the sanitizers turn one into a crash).
@@ -63,7 +63,8 @@ int main(int argc, char **argv)
 	for (long it = 0; it < iters; it++) {
 		memcpy(b, orig, n);
 		size_t len = n;
-		const uint32_t kind = rnd() % 6u;
+		const uint32_t sched = n >= KL_BLOB_HEADER_SIZE ? kl_blob_schedule(b) : 0u;
+		const uint32_t kind = rnd() % (sched != 0u && sched < n ? 7u : 6u);
 		const int reseal = (rnd() & 1u) != 0u;
 		if (kind == 0) { /* truncate */
 			len = rnd() % n;
@@ -77,7 +78,10 @@ int main(int argc, char **argv)
 			put32(b + 4u * (rnd() % 64u), rnd() % 2u ? rnd() : rnd() % 4096u);
 		} else if (kind == 4) { /* wrong version */
 			b[4] = (uint8_t)(1u + rnd() % 255u);
-		} else { /* 16-bit field set to an extreme */
+		} else if (kind == 6) { /* a step of the schedule (format 2.1) */
+			const size_t at = sched + rnd() % (n - sched);
+			b[at] = (uint8_t)(rnd() % 3u == 0u ? rnd() : b[at] ^ (1u << (rnd() % 8u)));
+		} else if (kind == 5) { /* 16-bit field set to an extreme */
 			const size_t at = 16u + 2u * (rnd() % 40u);
 			b[at] = (uint8_t)(rnd() % 2u ? 0xFFu : 0u);
 			b[at + 1] = (uint8_t)(rnd() % 2u ? 0xFFu : 0u);

@@ -106,18 +106,26 @@ def test_engine_rejects_bad_blobs_with_distinct_codes(blobs, dtype, digits):
     runner.run_job(job.build(blob, x, digits.y_train[:2]), "host", sanitize=True)
 
 
-@pytest.mark.parametrize("dtype", ["f32", "s8", "residual-f32", "residual-s8"])
+@pytest.mark.parametrize("dtype", ["f32", "s8", "residual-f32", "residual-s8",
+                                   "residual-s8-schedule", "residual-f32-schedule"])
 def test_fuzz_blob_parser_under_sanitizers(blobs, dtype, tmp_path, rng):
     exe = build.build("host", sanitize=True, target="kl_fuzz_blob")
     path = tmp_path / "model.klm"
     if dtype.startswith("residual"):
         from test_engine import residual_net
 
+        from kilolearn import planner
+
         m = residual_net()
         p = m.init(2)
         x = rng.uniform(0, 1, (4,) + m.graph.shapes[0]).astype(np.float32)
-        blob = export.export_f32(m.graph, p) if dtype.endswith("f32") else \
-            export.export_s8(R.quantize_model(m.graph, p, x))
+        f32 = "-f32" in dtype
+        plan = None
+        if dtype.endswith("schedule"):  # format 2.1: a recomputing plan in the blob
+            plan = planner.baseline(planner.MemModel(m.graph, "f32" if f32 else "s8"), "sqrt-n")
+            assert plan.extra_macs > 0
+        blob = export.export_f32(m.graph, p, plan) if f32 else \
+            export.export_s8(R.quantize_model(m.graph, p, x), plan)
     else:
         blob = blobs[dtype][0]
     path.write_bytes(blob)

@@ -1,5 +1,8 @@
-/* Defensive parser of the .klm model blob (format version 2): every size,
- * offset, tensor id and shape is checked before the engine touches it. */
+/* Defensive parser of the .klm model blob (format version 2.1): every size,
+ * offset, tensor id and shape, and the optional schedule, is checked before
+ * the engine touches it. */
+#include <string.h>
+
 #include "kilolearn/kilolearn.h"
 #include "kilolearn/kl_kernels.h"
 #include "kl_blob_read.h"
@@ -102,6 +105,196 @@ static int check_op(const uint8_t *blob, const uint8_t *o, uint32_t n_t, uint32_
 	return KL_OK;
 }
 
+/* ---- schedule section (2.1) ---------------------------------------------------- */
+
+#define BITS_BYTES (KL_MAX_TENSORS / 8u)
+
+typedef struct {
+	uint8_t need_grad[BITS_BYTES]; /* backprop needs the tensor's gradient */
+	uint8_t users1[BITS_BYTES];    /* read by at least one op */
+	uint8_t users2[BITS_BYTES];    /* read by two or more */
+	uint8_t act[BITS_BYTES];       /* made by an op with an activation */
+	uint8_t data[BITS_BYTES];      /* activations live */
+	uint8_t grad[BITS_BYTES];      /* gradient live */
+} sched_state_t;
+
+static int bit(const uint8_t *b, uint32_t k)
+{
+	return (b[k >> 3] >> (k & 7u)) & 1u;
+}
+
+static void set_bit(uint8_t *b, uint32_t k, int v)
+{
+	if (v) {
+		b[k >> 3] |= (uint8_t)(1u << (k & 7u));
+	} else {
+		b[k >> 3] &= (uint8_t)~(1u << (k & 7u));
+	}
+}
+
+/* Backward of an s8 op masks a single-use input's accumulators with the
+ * input's activations (kl_model.c give_s8). */
+static int mask_on_give(const sched_state_t *st, uint32_t t, uint32_t input, int s8)
+{
+	return s8 && t != input && !bit(st->users2, t) && bit(st->act, t);
+}
+
+/* Is every tensor the backward step of op o reads live? (mirror of
+ * planner.MemModel.bwd_reads: keep the two identical) */
+static int bwd_reads_live(const sched_state_t *st, const uint8_t *o, uint32_t input, int s8)
+{
+	const uint32_t in0 = kl_rd16(o + KL_BO_IN0), out = kl_rd16(o + KL_BO_OUT);
+	if (o[KL_BO_ACT] != KL_ACT_NONE && !bit(st->data, out)) {
+		return 0;
+	}
+	const uint32_t ins[2] = {in0, kl_rd16(o + KL_BO_IN1)};
+	if (o[KL_BO_KIND] != KL_OP_ADD) {
+		const int ng = bit(st->need_grad, in0);
+		const int reads = (o[KL_BO_FLAGS] & KL_OP_TRAINABLE) != 0u ||
+				  (o[KL_BO_KIND] == KL_OP_MAXPOOL && ng) ||
+				  (ng && mask_on_give(st, in0, input, s8));
+		return !reads || in0 == input || bit(st->data, in0);
+	}
+	for (int k = 0; k < 2; k++) {
+		const uint32_t t = ins[k];
+		if (bit(st->need_grad, t) && mask_on_give(st, t, input, s8) && t != input &&
+		    !bit(st->data, t)) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/* The schedule: every step's ids in range, every buffer inside the region,
+ * every step reads only live buffers, backward steps last op first and
+ * recomputations only before the backward frontier, one loss step, the
+ * logits live at the end. */
+static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo, uint32_t total,
+			  int s8)
+{
+	const uint32_t n_t = kl_rd16(blob + KL_BH_N_TENSORS);
+	const uint32_t n_ops = kl_rd16(blob + KL_BH_N_OPS);
+	const uint32_t input = kl_rd16(blob + KL_BH_INPUT);
+	const uint32_t output = kl_rd16(blob + KL_BH_OUTPUT);
+	const uint8_t *t_tab = blob + kl_rd32(blob + KL_BH_TENSORS);
+	const uint8_t *o_tab = blob + kl_rd32(blob + KL_BH_OPS);
+	if (!range_ok(sched, KL_SCHED_HEADER_SIZE, data_lo, total)) {
+		return KL_ECORRUPT;
+	}
+	const uint32_t n_steps = kl_rd32(blob + sched + KL_SCHED_N_STEPS);
+	const uint32_t region = kl_rd32(blob + sched + KL_SCHED_REGION);
+	if (n_steps == 0u || n_steps > KL_SCHED_MAX_STEPS || region > 0x7FFFFFFFu ||
+	    !range_ok(sched, KL_SCHED_HEADER_SIZE + (uint64_t)n_steps * KL_STEP_SIZE, data_lo,
+		      total)) {
+		return KL_ECORRUPT;
+	}
+	sched_state_t st;
+	memset(&st, 0, sizeof(st));
+	for (uint32_t i = 0; i < n_ops; i++) {
+		const uint8_t *o = o_tab + i * KL_BLOB_OP_SIZE;
+		const uint32_t in0 = kl_rd16(o + KL_BO_IN0), out = kl_rd16(o + KL_BO_OUT);
+		const int add = o[KL_BO_KIND] == KL_OP_ADD;
+		const uint32_t in1 = add ? kl_rd16(o + KL_BO_IN1) : in0;
+		for (int k = 0; k < (add ? 2 : 1); k++) {
+			const uint32_t t = k == 0 ? in0 : in1;
+			set_bit(st.users2, t, bit(st.users2, t) || bit(st.users1, t));
+			set_bit(st.users1, t, 1);
+		}
+		set_bit(st.act, out, o[KL_BO_ACT] != KL_ACT_NONE);
+		set_bit(st.need_grad, out,
+			(o[KL_BO_FLAGS] & KL_OP_TRAINABLE) != 0u || bit(st.need_grad, in0) ||
+				(add && bit(st.need_grad, in1)));
+	}
+	const uint64_t es = s8 ? 1u : 4u;
+	uint32_t n_loss = 0;
+	uint32_t frontier = n_ops; /* ops at or after it have had their backward step */
+	const uint8_t *sp = blob + sched + KL_SCHED_HEADER_SIZE;
+	for (uint32_t k = 0; k < n_steps; k++, sp += KL_STEP_SIZE) {
+		const uint32_t kind = sp[KL_SS_KIND], idx = kl_rd16(sp + KL_SS_INDEX);
+		const uint32_t off = kl_rd32(sp + KL_SS_OFFSET);
+		if (sp[KL_SS_FLAGS] & ~(kind == KL_STEP_FWD ? KL_STEP_RECOMPUTE : 0u)) {
+			return KL_ECORRUPT;
+		}
+		if (kind == KL_STEP_FWD || kind == KL_STEP_BWD) {
+			if (idx >= n_ops) {
+				return KL_ECORRUPT;
+			}
+			const uint8_t *o = o_tab + idx * KL_BLOB_OP_SIZE;
+			const uint32_t in0 = kl_rd16(o + KL_BO_IN0), out = kl_rd16(o + KL_BO_OUT);
+			const int add = o[KL_BO_KIND] == KL_OP_ADD;
+			const uint32_t in1 = add ? kl_rd16(o + KL_BO_IN1) : in0;
+			if (kind == KL_STEP_FWD) {
+				const uint64_t size = tensor_size(t_tab + out * KL_BLOB_TENSOR_SIZE) * es;
+				if (idx >= frontier || bit(st.data, out) || (off % 4u) != 0u ||
+				    off > region || size > region - off ||
+				    (in0 != input && !bit(st.data, in0)) ||
+				    (in1 != input && !bit(st.data, in1))) {
+					return KL_ECORRUPT;
+				}
+				set_bit(st.data, out, 1);
+				continue;
+			}
+			/* the step's int32 scratch (kl_model.c op_scratch, training) */
+			uint64_t need = (uint64_t)tensor_size(t_tab + in0 * KL_BLOB_TENSOR_SIZE) * 4u;
+			const uint64_t co = kl_rd16(t_tab + out * KL_BLOB_TENSOR_SIZE + KL_BT_C);
+			if (o[KL_BO_KIND] == KL_OP_DENSE && s8) {
+				const uint64_t fc = KL_FC_S8_SCRATCH(
+					tensor_size(t_tab + in0 * KL_BLOB_TENSOR_SIZE),
+					tensor_size(t_tab + out * KL_BLOB_TENSOR_SIZE));
+				need = fc > need ? fc : need;
+			} else if (o[KL_BO_KIND] == KL_OP_CONV || o[KL_BO_KIND] == KL_OP_DWCONV) {
+				const uint32_t ws = kl_rd32(o + KL_BO_W_SIZE);
+				const uint64_t wg = ((uint64_t)(s8 ? ws : ws >> 2) + co) * 4u;
+				need = wg > need ? wg : need;
+			}
+			if (idx >= frontier || !bit(st.grad, out) || (off % 8u) != 0u ||
+			    off > region || need > region - off ||
+			    !bwd_reads_live(&st, o, input, s8) ||
+			    (bit(st.need_grad, in0) && !bit(st.grad, in0)) ||
+			    (bit(st.need_grad, in1) && !bit(st.grad, in1))) {
+				return KL_ECORRUPT;
+			}
+			frontier = idx;
+			continue;
+		}
+		if (idx >= n_t || idx == input) {
+			return KL_ECORRUPT;
+		}
+		const uint64_t size = tensor_size(t_tab + idx * KL_BLOB_TENSOR_SIZE) * es;
+		const int placed = kind == KL_STEP_LOSS || kind == KL_STEP_GRAD;
+		if (placed && ((off % 4u) != 0u || off > region || size > region - off)) {
+			return KL_ECORRUPT;
+		}
+		switch (kind) {
+		case KL_STEP_LOSS:
+			if (idx != output || n_loss++ != 0u || !bit(st.data, idx) ||
+			    bit(st.grad, idx)) {
+				return KL_ECORRUPT;
+			}
+			set_bit(st.grad, idx, 1);
+			break;
+		case KL_STEP_GRAD:
+			if (!bit(st.need_grad, idx) || bit(st.grad, idx) || n_loss == 0u) {
+				return KL_ECORRUPT;
+			}
+			set_bit(st.grad, idx, 1);
+			break;
+		case KL_STEP_FREE_DATA:
+		case KL_STEP_FREE_GRAD: {
+			uint8_t *live = kind == KL_STEP_FREE_DATA ? st.data : st.grad;
+			if (!bit(live, idx) || (kind == KL_STEP_FREE_DATA && idx == output)) {
+				return KL_ECORRUPT;
+			}
+			set_bit(live, idx, 0);
+			break;
+		}
+		default:
+			return KL_ECORRUPT;
+		}
+	}
+	return n_loss == 1u && bit(st.data, output) ? KL_OK : KL_ECORRUPT;
+}
+
 int kl_blob_check(const uint8_t *blob, size_t len)
 {
 	if (blob == NULL) {
@@ -169,7 +362,8 @@ int kl_blob_check(const uint8_t *blob, size_t len)
 	    n_cls > 0xFFFFu || tensor_size(blob + t_off + input * KL_BLOB_TENSOR_SIZE) > 0xFFFFu) {
 		return KL_ECORRUPT;
 	}
-	return KL_OK;
+	const uint32_t sched = kl_blob_schedule(blob);
+	return sched == 0u ? KL_OK : check_schedule(blob, sched, data_lo, total, s8);
 }
 
 const char *kl_strerror(int err)
@@ -196,4 +390,9 @@ const char *kl_strerror(int err)
 	default:
 		return "unknown error";
 	}
+}
+
+uint32_t kl_blob_schedule(const uint8_t *blob)
+{
+	return kl_rd16(blob + KL_BH_VER_MINOR) >= 1u ? kl_rd32(blob + KL_BH_SCHED) : 0u;
 }

@@ -102,6 +102,7 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		m->lut = (const uint16_t *)(const void *)(blob + kl_rd32(blob + KL_BH_LUT));
 	}
 	const int training = cfg != NULL;
+	const uint32_t sched_off = training ? kl_blob_schedule(blob) : 0u;
 	if (training) {
 		if (!(cfg->lr >= 0.0f && cfg->lr <= 1.0f) ||
 		    !(cfg->momentum >= 0.0f && cfg->momentum < 1.0f)) {
@@ -196,7 +197,7 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	m->n_inputs = (uint16_t)tsize(&m->tensors[m->input]);
 	m->n_classes = (uint16_t)tsize(&m->tensors[m->output]);
 	uint32_t scratch = s8 ? m->n_classes * 4u : 0u;
-	for (int k = 0; k < m->n_tensors; k++) {
+	for (int k = 0; k < m->n_tensors && sched_off == 0u; k++) {
 		kl_tensor_t *t = &m->tensors[k];
 		if (k != m->input) {
 			t->data = kl_arena_alloc(arena, tsize(t) * es, 4u);
@@ -214,7 +215,8 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	uint32_t kscratch = 4u;
 	for (int i = 0; i < m->n_ops; i++) {
 		const kl_op_t *op = &m->ops[i];
-		scratch = umax(scratch, op_scratch(m, op, training));
+		/* with a schedule each backward step gets its scratch in the region */
+		scratch = umax(scratch, op_scratch(m, op, training && sched_off == 0u));
 		if (s8 && (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV)) {
 			const kl_geom_t g = geom(m, op);
 			kscratch = umax(kscratch, KL_CONV_S8_SCRATCH(&g));
@@ -224,7 +226,19 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	m->scratch = kl_arena_alloc(arena, scratch, 8u);
 	m->kscratch_size = kscratch;
 	m->kscratch = kl_arena_alloc(arena, kscratch, 8u);
-	return m->scratch == NULL || m->kscratch == NULL ? KL_ENOMEM : KL_OK;
+	if (m->scratch == NULL || m->kscratch == NULL) {
+		return KL_ENOMEM;
+	}
+	if (sched_off != 0u) { /* every activation and gradient in one planned region */
+		m->n_steps = kl_rd32(blob + sched_off + KL_SCHED_N_STEPS);
+		m->region_size = kl_rd32(blob + sched_off + KL_SCHED_REGION);
+		m->sched = blob + sched_off + KL_SCHED_HEADER_SIZE;
+		m->region = kl_arena_alloc(arena, m->region_size, 8u);
+		if (m->region == NULL) {
+			return KL_ENOMEM;
+		}
+	}
+	return KL_OK;
 }
 
 static inline void phase(const kl_model_t *m, int p)
@@ -308,21 +322,33 @@ static void forward_op_s8(kl_model_t *m, kl_op_t *op)
 	op->sat = (uint8_t)sat;
 }
 
+static void forward_op(kl_model_t *m, kl_op_t *op)
+{
+	if (m->dtype == KL_DTYPE_F32) {
+		forward_op_f32(m, op);
+	} else {
+		forward_op_s8(m, op);
+	}
+}
+
+static int predicted(const kl_model_t *m)
+{
+	const kl_tensor_t *out = &m->tensors[m->output];
+	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->data, m->n_classes, m->class_mask)
+					: kl_argmax_s8(out->data, m->n_classes, m->class_mask);
+}
+
 /* run ops [first, n_ops) and return the predicted class */
 static int forward_ops(kl_model_t *m, int first)
 {
 	phase(m, KL_PHASE_FORWARD);
 	for (int i = first; i < m->n_ops; i++) {
-		if (m->dtype == KL_DTYPE_F32) {
-			forward_op_f32(m, &m->ops[i]);
-		} else {
-			forward_op_s8(m, &m->ops[i]);
-		}
+		forward_op(m, &m->ops[i]);
 	}
-	const kl_tensor_t *out = &m->tensors[m->output];
-	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->data, m->n_classes, m->class_mask)
-					: kl_argmax_s8(out->data, m->n_classes, m->class_mask);
+	return predicted(m);
 }
+
+static int run_schedule(kl_model_t *m, int label, int keep);
 
 static int forward(kl_model_t *m, const void *x)
 {
@@ -330,7 +356,7 @@ static int forward(kl_model_t *m, const void *x)
 		return KL_EINVAL;
 	}
 	m->tensors[m->input].data = (void *)(uintptr_t)x;
-	return forward_ops(m, 0);
+	return m->sched != NULL ? run_schedule(m, -1, 0) : forward_ops(m, 0);
 }
 
 int kl_predict(kl_model_t *m, const void *x)
@@ -494,7 +520,7 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 		for (int k = 0; k < 2; k++) {
 			const int t = k == 0 ? op->in0 : op->in1;
 			if (m->tensors[t].need_grad) {
-				memcpy(m->scratch, dy, tsize(y) * 4u);
+				memmove(m->scratch, dy, tsize(y) * 4u); /* planned: may not overlap, but be safe */
 				give_f32(m, t);
 			}
 		}
@@ -612,8 +638,7 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
 	}
 }
 
-/* Backward pass; keep != 0 stores gradients in gw/gb instead of updating. */
-static void backward(kl_model_t *m, int label, int keep)
+static void loss(kl_model_t *m, int label)
 {
 	for (int k = 0; k < m->n_tensors; k++) {
 		m->tensors[k].has_grad = 0;
@@ -630,17 +655,73 @@ static void backward(kl_model_t *m, int label, int keep)
 		m->logits_grad_exp = out->grad_exp;
 	}
 	out->has_grad = 1;
+}
+
+static void backward_op(kl_model_t *m, kl_op_t *op, int keep)
+{
+	if (!m->tensors[op->out].has_grad) {
+		return;
+	}
+	if (m->dtype == KL_DTYPE_F32) {
+		backward_op_f32(m, op, keep);
+	} else {
+		backward_op_s8(m, op, keep);
+	}
+}
+
+/* Backward pass; keep != 0 stores gradients in gw/gb instead of updating. */
+static void backward(kl_model_t *m, int label, int keep)
+{
+	loss(m, label);
 	for (int i = m->n_ops - 1; i >= 0; i--) {
-		kl_op_t *op = &m->ops[i];
-		if (!m->tensors[op->out].has_grad) {
-			continue;
+		backward_op(m, &m->ops[i], keep);
+	}
+}
+
+/* Execute the blob's schedule (checked by kl_blob_check: every step reads
+ * only live buffers inside the region). label < 0: forward steps up to the
+ * loss only (prediction). Returns the predicted class. */
+static int run_schedule(kl_model_t *m, int label, int keep)
+{
+	int pred = 0;
+	const uint8_t *sp = m->sched;
+	for (uint32_t k = 0; k < m->n_steps; k++, sp += KL_STEP_SIZE) {
+		const int idx = kl_rd16(sp + KL_SS_INDEX);
+		uint8_t *at = m->region + kl_rd32(sp + KL_SS_OFFSET);
+		switch (sp[KL_SS_KIND]) {
+		case KL_STEP_FWD:
+			phase(m, KL_PHASE_FORWARD);
+			m->tensors[m->ops[idx].out].data = at;
+			forward_op(m, &m->ops[idx]);
+			break;
+		case KL_STEP_LOSS:
+			pred = predicted(m);
+			if (label < 0) {
+				return pred;
+			}
+			m->tensors[idx].grad = at;
+			loss(m, label);
+			break;
+		case KL_STEP_GRAD:
+			m->tensors[idx].grad = at;
+			m->tensors[idx].has_grad = 0;
+			break;
+		case KL_STEP_BWD: {
+			void *const fwd_scratch = m->scratch;
+			m->scratch = at; /* this step's int32 scratch, planned */
+			backward_op(m, &m->ops[idx], keep);
+			m->scratch = fwd_scratch;
+			break;
 		}
-		if (m->dtype == KL_DTYPE_F32) {
-			backward_op_f32(m, op, keep);
-		} else {
-			backward_op_s8(m, op, keep);
+		case KL_STEP_FREE_DATA:
+			m->tensors[idx].data = NULL;
+			break;
+		default:
+			m->tensors[idx].grad = NULL;
+			break;
 		}
 	}
+	return pred;
 }
 
 /* Delayed dynamic activation scaling: an output that saturated in this
@@ -660,10 +741,22 @@ static void adapt_ranges(kl_model_t *m)
 	}
 }
 
+/* forward, loss and backward of one sample: all ops, or the schedule */
+static int run_step(kl_model_t *m, const void *x, int label, int keep)
+{
+	m->tensors[m->input].data = (void *)(uintptr_t)x;
+	if (m->sched != NULL) {
+		return run_schedule(m, label, keep);
+	}
+	const int pred = forward_ops(m, 0);
+	backward(m, label, keep);
+	return pred;
+}
+
 static int check_step(const kl_model_t *m, const void *x, int label)
 {
 	if (m == NULL || x == NULL || label < 0 || label >= m->n_classes ||
-	    m->tensors[m->output].grad == NULL) {
+	    (m->sched == NULL && m->tensors[m->output].grad == NULL)) {
 		return KL_EINVAL;
 	}
 	return KL_OK;
@@ -672,6 +765,9 @@ static int check_step(const kl_model_t *m, const void *x, int label)
 int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 {
 	int err = check_step(m, data, label);
+	if (err == KL_OK && m->sched != NULL) {
+		err = KL_ENOTSUP; /* the schedule runs whole steps */
+	}
 	if (err == KL_OK) {
 		err = kl_model_check_cut(m, t);
 	}
@@ -701,8 +797,7 @@ int kl_train_step(kl_model_t *m, const void *x, int label)
 	if (err != KL_OK) {
 		return err;
 	}
-	const int pred = forward(m, x);
-	backward(m, label, 0);
+	const int pred = run_step(m, x, label, 0);
 	adapt_ranges(m);
 	phase(m, KL_PHASE_DONE);
 	return pred;
@@ -717,9 +812,7 @@ int kl_compute_grads(kl_model_t *m, const void *x, int label)
 	if (!(m->flags & KL_CFG_KEEP_GRADS)) {
 		return KL_EINVAL;
 	}
-	const int pred = forward(m, x);
-	backward(m, label, 1);
-	return pred;
+	return run_step(m, x, label, 1);
 }
 
 int kl_apply_grads(kl_model_t *m)

@@ -112,11 +112,21 @@ typedef struct {
 	kl_phase_hook_t hook; /* called as each phase starts, if set */
 	void *hook_ctx;
 	const uint8_t *class_mask; /* active classes (1 per class), NULL = all */
+	/* training with a schedule (blob 2.1): steps executed one by one, every
+	 * activation and gradient at its planned offset in one region */
+	const uint8_t *sched;  /* first step record in the blob, NULL = store-all */
+	uint32_t n_steps;
+	uint8_t *region;       /* in the arena */
+	uint32_t region_size;
 } kl_model_t;
 
 /* Parse and check a blob, then lay the model out in the arena (weights of
  * trainable layers are copied, frozen ones are read in place from the blob,
- * which must stay valid). cfg may be NULL for inference only. */
+ * which must stay valid). cfg may be NULL for inference only. A blob with a
+ * schedule (format 2.1), trained (cfg != NULL), gets one region of the
+ * planned size after the scratch instead of a buffer per tensor; its steps
+ * run kl_train_step / kl_compute_grads / kl_predict (docs/planner.md), and
+ * kl_train_step_from is KL_ENOTSUP. */
 int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *arena,
 		  const kl_train_cfg_t *cfg);
 

@@ -17,7 +17,7 @@ extern "C" {
 
 #define KL_BLOB_MAGIC         0x424D4C4Bu /* "KLMB" */
 #define KL_BLOB_VERSION_MAJOR 2u
-#define KL_BLOB_VERSION_MINOR 0u
+#define KL_BLOB_VERSION_MINOR 1u /* 2.1: optional schedule section */
 #define KL_BLOB_HEADER_SIZE   48u
 #define KL_BLOB_TENSOR_SIZE   12u
 #define KL_BLOB_OP_SIZE       48u
@@ -40,6 +40,29 @@ extern "C" {
 #define KL_BH_TENSORS    28u
 #define KL_BH_OPS        32u
 #define KL_BH_LUT        36u
+#define KL_BH_SCHED      40u /* 2.1: offset of the schedule section, 0 = none */
+
+/* schedule section (2.1, docs/blob-format.md): a header, then 8-byte steps */
+#define KL_SCHED_HEADER_SIZE 16u
+#define KL_SCHED_N_STEPS     0u  /* u32 */
+#define KL_SCHED_REGION      4u  /* u32: bytes of the arena region */
+#define KL_SCHED_LIVE_PEAK   8u  /* u32: informative */
+#define KL_SCHED_EXTRA_MACS  12u /* u32: informative */
+#define KL_STEP_SIZE         8u
+#define KL_SS_KIND           0u /* u8 */
+#define KL_SS_FLAGS          1u /* u8 */
+#define KL_SS_INDEX          2u /* u16: op (fwd, bwd) or tensor */
+#define KL_SS_OFFSET         4u /* u32: offset in the region (fwd, loss, grad; bwd: scratch) */
+#define KL_SCHED_MAX_STEPS   65535u
+enum kl_step_kind {
+	KL_STEP_FWD = 1,       /* run op index, its output at offset */
+	KL_STEP_LOSS = 2,      /* loss gradient of the logits (index) at offset */
+	KL_STEP_GRAD = 3,      /* gradient buffer of tensor index at offset */
+	KL_STEP_BWD = 4,       /* backward (and update) of op index, int32 scratch at offset */
+	KL_STEP_FREE_DATA = 5, /* tensor index's activations are dead */
+	KL_STEP_FREE_GRAD = 6  /* tensor index's gradient is dead */
+};
+#define KL_STEP_RECOMPUTE 0x01u /* fwd flag: a recomputation */
 
 /* tensor record field offsets */
 #define KL_BT_H   0u
@@ -82,6 +105,9 @@ enum kl_op_kind {
 #define KL_EXP_MAX 30
 
 uint32_t kl_crc32(uint32_t crc, const uint8_t *data, size_t len);
+
+/* Offset of a checked blob's schedule section, 0 when it has none (2.0). */
+uint32_t kl_blob_schedule(const uint8_t *blob);
 
 #ifdef __cplusplus
 }

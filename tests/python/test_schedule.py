@@ -1,0 +1,77 @@
+"""Blob 2.1 schedules executed by the engine: gradients, updated weights and exponents from
+store-all, Chen's sqrt(n), recompute-all and optimal plans at several budgets are bit-identical
+to the engine without a schedule (int8), on the host (plain and ASan/UBSan) and on QEMU
+mps2-an386; the runner's arena high-water mark equals the planner's peak to the byte."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import require_target, split_target
+from test_engine import data_for, residual_net
+
+from kilolearn import export, job, runner
+from kilolearn import model as M
+from kilolearn import planner as P
+from kilolearn import reference as R
+
+TARGETS = ["host", "host-asan", "mps2-an386"]
+
+MODELS = {
+    "mlp": lambda: M.mlp([12, 10, 8, 6, 3]),
+    "cnn": lambda: M.small_cnn((8, 8, 1), 4, 3),
+    "residual": residual_net,
+    "mobilenet_v2": lambda: M.mobilenet_v2((16, 16, 3), 4, alpha=0.35, trainable_last=2),
+}
+
+
+def plans_for(name: str, mm: P.MemModel) -> list[P.Plan]:
+    base = [P.baseline(mm, w) for w in ("store-all", "sqrt-n")]
+    if name != "mobilenet_v2":
+        base.append(P.baseline(mm, "recompute-all"))
+    hi, lo = base[0].peak, min(b.peak for b in base)
+    budgets = [hi - (hi - lo) // 3, lo + (hi - lo) // 3] if name != "mobilenet_v2" else \
+        [(hi + lo) // 2]
+    opt = [p for p in (P.optimal(mm, b) for b in budgets) if p is not None]
+    assert opt, name
+    return base + opt
+
+
+def run(blob: bytes, xq, y, board: str, asan: bool, cmd: int) -> job.Report:
+    kw = dict(cmd=cmd, n_steps=3, lr=0.2, seed=77, dump_weights=True) if cmd == job.CMD_GRADS \
+        else dict(lr=0.3, seed=9, epochs=1, dump_weights=True)
+    return runner.run_job(job.build(blob, xq, y, xq[:4], y[:4], **kw), board, sanitize=asan)
+
+
+def comparable(rep: job.Report) -> tuple:
+    recs = {k: v for k, v in rep.records.items() if k not in ("model", "done", "epoch")}
+    ep = [{k: v for k, v in e.items() if not k.endswith("_insn")}
+          for e in rep.records.get("epoch", [])]
+    return recs, ep, rep.dumps
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_schedules_bit_identical_to_store_all(target, name, rng):
+    require_target(target)
+    board, asan = split_target(target)
+    m = MODELS[name]()
+    g = m.graph
+    p = m.init(3)
+    x, y = data_for(m, rng, 6)
+    qm = R.quantize_model(g, p, x)
+    xq = qm.quantize_input(x)
+    arm = board != "host"
+    mm = P.MemModel(g, "s8", keep_grads=True, target="arm")
+    mm_t = P.MemModel(g, "s8", keep_grads=True, target="arm" if arm else "host")
+    cmds = [job.CMD_GRADS] + ([job.CMD_TRAIN] if name != "mobilenet_v2" else [])
+    ref = {c: run(export.export_s8(qm), xq, y, board, asan, c) for c in cmds}
+    assert ref[job.CMD_GRADS].one("done")["arena_peak"] == mm_t.store_all_bytes()
+    for pl in plans_for(name, mm):
+        blob = export.export_s8(qm, pl)
+        assert export.read(blob).schedule == pl.pack()
+        for c in cmds:
+            rep = run(blob, xq, y, board, asan, c)
+            assert comparable(rep) == comparable(ref[c]), (name, pl.name, pl.peak, c)
+            if c == job.CMD_GRADS:
+                want = mm_t.static_bytes() + pl.region
+                assert rep.one("done")["arena_peak"] == want, (name, pl.name)
