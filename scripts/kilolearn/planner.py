@@ -711,7 +711,14 @@ def cmd_plan(a) -> int:  # noqa: ANN001
     from tabulate import tabulate
 
     g = _graph_from_args(a)
-    mm = MemModel(g, a.dtype, target=a.target)
+    dtype = a.dtype
+    if a.blob:
+        from pathlib import Path
+
+        from . import export
+
+        dtype = "f32" if export.read(Path(a.blob).read_bytes()).qmodel is None else "s8"
+    mm = MemModel(g, dtype, target=a.target)
     budget = budget_of(a.budget) - a.reserve
     plans = [baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")]
     t0 = time.perf_counter()
@@ -735,7 +742,24 @@ def cmd_plan(a) -> int:  # noqa: ANN001
           f"{opt.live_peak:,} B), +{opt.extra_pct:.1f} % MACs, planned in {dt * 1000:.0f} ms")
     for r in phase_rows(opt):
         print(r)
+    if a.write:
+        write_blob(a.blob, opt, a.write)
+        print(f"wrote {a.write} (format 2.1, {len(opt.steps)} steps)")
     return 0
+
+
+def write_blob(src: str | None, pl: Plan, dst: str) -> None:
+    """Re-export the .klm at src with the schedule of pl (format 2.1)."""
+    from pathlib import Path
+
+    from . import export
+
+    if not src:
+        raise PlanError("--write needs --blob (the model to attach the schedule to)")
+    b = export.read(Path(src).read_bytes())
+    out = export.export_f32(b.graph, b.params, pl) if b.qmodel is None else \
+        export.export_s8(b.qmodel, pl)
+    Path(dst).write_bytes(out)
 
 
 def add_cli(sub) -> None:  # noqa: ANN001
@@ -745,6 +769,8 @@ def add_cli(sub) -> None:  # noqa: ANN001
     p.add_argument("--model", default="mobilenet_v1",
                    choices=["mobilenet_v1", "mobilenet_v2", "cnn"])
     p.add_argument("--blob", help="plan the graph of this .klm instead")
+    p.add_argument("--write", help="with --blob: write that model with the optimal schedule "
+                   "(format 2.1) to this path")
     p.add_argument("--input", type=int, default=96, help="input resolution (H = W)")
     p.add_argument("--alpha", type=float, default=0.0, help="width multiplier")
     p.add_argument("--dtype", default="s8", choices=["s8", "f32"])

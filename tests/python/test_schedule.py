@@ -75,3 +75,29 @@ def test_schedules_bit_identical_to_store_all(target, name, rng):
             if c == job.CMD_GRADS:
                 want = mm_t.static_bytes() + pl.region
                 assert rep.one("done")["arena_peak"] == want, (name, pl.name)
+
+
+@pytest.mark.parametrize("target", ["host", "host-asan"])
+def test_f32_schedule_identical_and_cli_writes_blob(target, rng, tmp_path):
+    """float32 too: a recomputing plan gives the same bits; `kilolearn plan --write`."""
+    board, asan = split_target(target)
+    m = residual_net()
+    g = m.graph
+    p = m.init(4)
+    x, y = data_for(m, rng, 4)
+    mm = P.MemModel(g, "f32", keep_grads=True)
+    src = tmp_path / "m.klm"
+    src.write_bytes(export.export_f32(g, p))
+    sq = P.baseline(mm, "sqrt-n")
+    from types import SimpleNamespace
+
+    out = tmp_path / "planned.klm"
+    args = SimpleNamespace(blob=str(src), budget=str(sq.peak), reserve=0, model="cnn", input=0,
+                           alpha=0.0, dtype="s8", target="arm", write=str(out))
+    assert P.cmd_plan(args) == 0
+    planned = out.read_bytes()
+    assert export.read(planned).schedule is not None and planned[6] == 1
+    for blob in (export.export_f32(g, p, sq), planned):
+        for c in (job.CMD_GRADS, job.CMD_TRAIN):
+            ref = run(export.export_f32(g, p), x, y, board, asan, c)
+            assert comparable(run(blob, x, y, board, asan, c)) == comparable(ref)
