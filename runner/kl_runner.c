@@ -92,9 +92,11 @@ static void dump_layers(const kl_model_t *m, int grads)
 		const kl_op_t *op = &m->ops[i];
 		const kl_tensor_t *y = &m->tensors[op->out];
 		const size_t n_b = op->kind == KL_OP_DENSE ? (size_t)y->h * y->w * y->c : y->c;
-		if (op->n_w != 0u && grads && op->gw != NULL) {
-			dump_name(name, 'g', i, "w");
-			out_hex(name, op->gw, op->n_w * 4u);
+		if (op->n_w != 0u && grads && op->gb != NULL) {
+			if (op->gw != NULL) { /* NULL: the op trains its bias only */
+				dump_name(name, 'g', i, "w");
+				out_hex(name, op->gw, op->n_w * 4u);
+			}
 			dump_name(name, 'g', i, "b");
 			out_hex(name, op->gb, n_b * 4u);
 		} else if (op->n_w != 0u && !grads) {

@@ -31,6 +31,7 @@ DTYPE_F32, DTYPE_S8 = 0, 1
 KINDS = {"dense": 1, "conv": 2, "dwconv": 3, "avgpool": 4, "maxpool": 5, "add": 6}
 ACTS = {"none": 0, "relu": 1, "relu6": 2}
 FLAG_TRAINABLE = 0x01
+FLAG_BIAS_ONLY = 0x02
 SCHED_HEADER, STEP_SIZE = 16, 8  # schedule section (planner.SCHED_HEADER, STEP_SIZE)
 
 # engine return codes (modules/kilolearn/include/kilolearn/kilolearn.h)
@@ -72,8 +73,10 @@ def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
             w_off, w_sz = place(ws[i])  # type: ignore[arg-type]
             b_off, b_sz = place(bs[i])  # type: ignore[arg-type]
         in1 = op.inputs[1] if len(op.inputs) > 1 else NO_TENSOR
+        flags = (FLAG_TRAINABLE if op.trainable else 0) | \
+            (FLAG_BIAS_ONLY if op.trainable and op.bias_only else 0)
         orecs += struct.pack("<BBBBBBBBBBbbHHHxxIIII12x", KINDS[op.kind], ACTS[op.act],
-                             FLAG_TRAINABLE if op.trainable else 0, op.stride, op.kernel[0],
+                             flags, op.stride, op.kernel[0],
                              op.kernel[1], *op.pad, ew[i], eb[i], op.inputs[0], in1, op.output,
                              w_off, w_sz, b_off, b_sz)
     sched_off = place(sched)[0] if sched is not None else 0
@@ -163,7 +166,7 @@ def _read_tables(blob: bytes) -> Blob:
          b_off, b_sz) = struct.unpack_from("<BBBBBBBBBBbbHHHxxIIII", blob, o_off + i * OP_SIZE)
         ins = [in0] + ([in1] if in1 != NO_TENSOR else [])
         ops.append(Op(kinds[kind], ins, out, acts[act], (kh, kw), stride, (pt, pl, pb, pr),
-                      bool(flags & FLAG_TRAINABLE)))
+                      bool(flags & FLAG_TRAINABLE), bool(flags & FLAG_BIAS_ONLY)))
         raw.append((we, be, w_off, w_sz, b_off, b_sz))
     g = Graph(shapes, ops, t_in)
     ws: list[np.ndarray | None] = []

@@ -105,14 +105,9 @@ class _Builder:
 
 def set_trainable(imp: Imported, last: int | None = None, what: str = "all") -> list[int]:
     """Choose what trains: the last ``last`` layers with weights (all when None), and ``what``
-    ('all' = weights and biases, 'none' = frozen). Bias-only updates need engine support that
-    the blob format does not have yet (one trainable flag per op): asked for, it is an error.
-    Returns the indices of the trainable ops."""
-    if what == "bias":
-        raise UnsupportedModel("--train bias: bias-only updates need engine support (a "
-                               "per-op 'bias only' flag in the blob and in kl_train_step); "
-                               "not available yet, use --train-last N")
-    if what not in ("all", "none"):
+    ('all' = weights and biases, 'bias' = only the biases, the weights stay frozen and are
+    read in place, 'none' = frozen). Returns the indices of the trainable ops."""
+    if what not in ("all", "none", "bias"):
         raise UnsupportedModel(f"--train {what!r}: expected all, none or bias")
     g = imp.graph
     with_w = [i for i, op in enumerate(g.ops) if op.has_params]
@@ -122,6 +117,7 @@ def set_trainable(imp: Imported, last: int | None = None, what: str = "all") -> 
                                               with_w[len(with_w) - min(last, len(with_w)):])
     for i, op in enumerate(g.ops):
         op.trainable = i in chosen
+        op.bias_only = op.trainable and what == "bias"
     return sorted(chosen)
 
 

@@ -62,7 +62,7 @@ class Input(Layer):
 class Dense(Layer):
     units: int
     activation: str | None = None
-    trainable: bool = True
+    trainable: bool | str = True  # True, False or "bias" (only the bias trains)
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +72,7 @@ class Conv2D(Layer):
     stride: int = 1
     padding: str = "same"  # "same" | "valid"
     activation: str | None = None
-    trainable: bool = True
+    trainable: bool | str = True  # True, False or "bias" (only the bias trains)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +81,7 @@ class DepthwiseConv2D(Layer):
     stride: int = 1
     padding: str = "same"
     activation: str | None = None
-    trainable: bool = True
+    trainable: bool | str = True  # True, False or "bias" (only the bias trains)
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,6 +153,7 @@ class Op:
     stride: int = 1
     pad: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
     trainable: bool = False
+    bias_only: bool = False  # trainable, but only the bias
 
     @property
     def has_params(self) -> bool:
@@ -331,19 +332,20 @@ class Model:
                 continue
             act = "none"
             if isinstance(L, Dense):
-                op = Op("dense", src, new_tensor((1, 1, L.units)), trainable=L.trainable)
+                op = Op("dense", src, new_tensor((1, 1, L.units)), trainable=bool(L.trainable),
+                        bias_only=L.trainable == "bias")
                 act = L.activation or "none"
             elif isinstance(L, Conv2D):
                 k = _pair(L.kernel)
                 ho, wo, pad = _conv_geometry(h, w, k, L.stride, L.padding)
                 op = Op("conv", src, new_tensor((ho, wo, L.filters)), kernel=k, stride=L.stride,
-                        pad=pad, trainable=L.trainable)
+                        pad=pad, trainable=bool(L.trainable), bias_only=L.trainable == "bias")
                 act = L.activation or "none"
             elif isinstance(L, DepthwiseConv2D):
                 k = _pair(L.kernel)
                 ho, wo, pad = _conv_geometry(h, w, k, L.stride, L.padding)
                 op = Op("dwconv", src, new_tensor((ho, wo, c)), kernel=k, stride=L.stride,
-                        pad=pad, trainable=L.trainable)
+                        pad=pad, trainable=bool(L.trainable), bias_only=L.trainable == "bias")
                 act = L.activation or "none"
             elif isinstance(L, (AvgPool2D, MaxPool2D)):
                 s = L.stride or L.pool

@@ -145,13 +145,17 @@ class MemModel:
                 continue
             bsize = 4 * (self.tsize[op.output] if op.kind == "dense"
                          else g.shapes[op.output][2])
-            arena.alloc(n_w * self.es)
+            wt = not op.bias_only  # a bias-only op reads its weights in place
+            if wt:
+                arena.alloc(n_w * self.es)
             arena.alloc(bsize)
             if self.dtype == "f32" and self.momentum:
-                arena.alloc(n_w * 4)
+                if wt:
+                    arena.alloc(n_w * 4)
                 arena.alloc(bsize)
             if self.keep_grads:
-                arena.alloc(n_w * 4)
+                if wt:
+                    arena.alloc(n_w * 4)
                 arena.alloc(bsize)
 
     def bwd_scratch(self, i: int) -> int:

@@ -181,18 +181,23 @@ class F32Trainer:
                 for t in op.inputs:
                     if self.need[t]:
                         give(t, dy)
+            if op.bias_only:
+                dws[i] = None  # the weights stay frozen
         return dws, dbs, loss
 
     def apply(self, dws: list[np.ndarray | None], dbs: list[np.ndarray | None]) -> None:
         for i, op in enumerate(self.g.ops):
             gw, gb = dws[i], dbs[i]
-            if not op.trainable or gw is None or gb is None:
+            if not op.trainable or gb is None:
                 continue
             if self.mu:
-                self.vw[i] = self.mu * self.vw[i] + gw
+                if gw is not None:
+                    self.vw[i] = self.mu * self.vw[i] + gw
+                    gw = self.vw[i]
                 self.vb[i] = self.mu * self.vb[i] + gb
-                gw, gb = self.vw[i], self.vb[i]
-            self.p.weights[i] -= self.lr * gw
+                gb = self.vb[i]
+            if gw is not None:
+                self.p.weights[i] -= self.lr * gw
             self.p.biases[i] -= self.lr * gb
 
     def step(self, x: np.ndarray, label: int, start: int | None = None) -> float:
@@ -379,7 +384,7 @@ class QForward:
 
 @dataclass
 class QGrad:
-    gw: np.ndarray  # int32 weight gradient (as int64), exponent gw_exp
+    gw: np.ndarray | None  # int32 weight gradient (as int64), exponent gw_exp; None: bias only
     gw_exp: int
     gb: np.ndarray  # int32 bias gradient, exponent gb_exp
     gb_exp: int
@@ -535,6 +540,8 @@ class S8Trainer:
                 for t in op.inputs:
                     if self.need[t]:
                         give(t, dy, ey)
+            if op.bias_only and out[i] is not None:
+                out[i].gw = None  # the weights stay frozen
         return out
 
     def apply(self, grads: list[QGrad | None]) -> None:
@@ -545,13 +552,14 @@ class S8Trainer:
             gr = grads[i]
             if gr is None:
                 continue
-            w = m.w[i]
-            n = w.size
-            sh = m.ew[i] + q.LR_FRAC_BITS - gr.gw_exp
-            dither = q.weyl_offsets(self.dither, n).reshape(w.shape)
-            step = np.clip(q.stochastic_shift(gr.gw * self.lr_q, sh, dither), -128, 127)
-            m.w[i] = np.clip(w - step, -127, 127)
-            self.dither = q.weyl_advance(self.dither, n)
+            if gr.gw is not None:  # (bias-only ops keep their weights and the dither)
+                w = m.w[i]
+                n = w.size
+                sh = m.ew[i] + q.LR_FRAC_BITS - gr.gw_exp
+                dither = q.weyl_offsets(self.dither, n).reshape(w.shape)
+                step = np.clip(q.stochastic_shift(gr.gw * self.lr_q, sh, dither), -128, 127)
+                m.w[i] = np.clip(w - step, -127, 127)
+                self.dither = q.weyl_advance(self.dither, n)
             db = q.rshift_round(gr.gb * self.lr_q, m.eb[i] + q.LR_FRAC_BITS - gr.gb_exp)
             m.b[i] = np.clip(m.b[i] - db, q.INT32_MIN, q.INT32_MAX)
         for op, sat in zip(self.g.ops, self._fw.sat, strict=True):

@@ -231,8 +231,11 @@ def test_train_selection():
     assert I.set_trainable(imp, last=2) == [1, 2]
     assert I.set_trainable(imp) == [0, 1, 2]
     assert I.set_trainable(imp, what="none") == []
-    with pytest.raises(I.UnsupportedModel, match="engine support"):
-        I.set_trainable(imp, what="bias")
+    assert I.set_trainable(imp, last=1, what="bias") == [2]
+    assert [(op.trainable, op.bias_only) for op in imp.graph.ops] == \
+        [(False, False), (False, False), (True, True)]
+    with pytest.raises(I.UnsupportedModel, match="expected"):
+        I.set_trainable(imp, what="weights")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter

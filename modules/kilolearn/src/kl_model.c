@@ -14,6 +14,12 @@ static int trainable(const kl_op_t *op)
 	return (op->flags & KL_OP_TRAINABLE) != 0u;
 }
 
+/* trainable, but only its bias: weights stay frozen (read in place) */
+static int bias_only(const kl_op_t *op)
+{
+	return (op->flags & KL_OP_BIAS_ONLY) != 0u;
+}
+
 static uint32_t tsize(const kl_tensor_t *t)
 {
 	return (uint32_t)t->h * t->w * t->c;
@@ -170,22 +176,23 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		const uint8_t *b = blob + kl_rd32(r + KL_BO_B_OFF);
 		const size_t bsize = kl_rd32(r + KL_BO_B_SIZE);
 		if (trainable(op)) {
-			op->w = arena_copy(arena, w, op->n_w * es);
+			const int wt = !bias_only(op); /* the weights train too */
+			op->w = wt ? arena_copy(arena, w, op->n_w * es) : (void *)(uintptr_t)w;
 			op->b = arena_copy(arena, b, bsize);
 			if (op->w == NULL || op->b == NULL) {
 				return KL_ENOMEM;
 			}
 			if (!s8 && m->momentum != 0.0f) {
-				op->vw = arena_zeros(arena, op->n_w * 4u);
+				op->vw = wt ? arena_zeros(arena, op->n_w * 4u) : NULL;
 				op->vb = arena_zeros(arena, bsize);
-				if (op->vw == NULL || op->vb == NULL) {
+				if ((wt && op->vw == NULL) || op->vb == NULL) {
 					return KL_ENOMEM;
 				}
 			}
 			if (m->flags & KL_CFG_KEEP_GRADS) {
-				op->gw = kl_arena_alloc(arena, op->n_w * 4u, 4u);
+				op->gw = wt ? kl_arena_alloc(arena, op->n_w * 4u, 4u) : NULL;
 				op->gb = kl_arena_alloc(arena, bsize, 4u);
-				if (op->gw == NULL || op->gb == NULL) {
+				if ((wt && op->gw == NULL) || op->gb == NULL) {
 					return KL_ENOMEM;
 				}
 			}
@@ -533,6 +540,21 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 	const int n_b = op->kind == KL_OP_DENSE ? (int)tsize(y) : y->c;
 	float *gw = keep ? op->gw : m->scratch;
 	float *gb = keep ? op->gb : (float *)m->scratch + op->n_w;
+	if (bias_only(op)) { /* gb = dy summed over positions */
+		const int n_pos = (int)(tsize(y) / (uint32_t)n_b);
+		for (int c = 0; c < n_b; c++) {
+			gb[c] = 0.0f;
+		}
+		for (int p = 0; p < n_pos; p++) {
+			for (int c = 0; c < n_b; c++) {
+				gb[c] += dy[p * n_b + c];
+			}
+		}
+		if (!keep) {
+			kl_sgd_f32(op->b, op->vb, gb, m->lr, m->momentum, n_b);
+		}
+		return;
+	}
 	if (op->kind == KL_OP_DENSE) {
 		if (!keep) {
 			kl_fully_connected_sgd_f32(op->w, op->b, op->vw, op->vb, dy, x->data, m->lr,
@@ -615,6 +637,22 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
 	const int n_b = op->kind == KL_OP_DENSE ? (int)tsize(y) : y->c;
 	int32_t *gw = keep ? op->gw : m->scratch;
 	int32_t *gb = keep ? op->gb : (int32_t *)m->scratch + op->n_w;
+	if (bias_only(op)) { /* gb = dy summed over positions */
+		const int n_pos = (int)(tsize(y) / (uint32_t)n_b);
+		for (int c = 0; c < n_b; c++) {
+			gb[c] = 0;
+		}
+		for (int p = 0; p < n_pos; p++) {
+			for (int c = 0; c < n_b; c++) {
+				gb[c] += dy[p * n_b + c];
+			}
+		}
+		op->gb_exp = (int8_t)ey;
+		if (!keep) {
+			kl_sgd_bias_s8(op->b, gb, m->lr_q, op->b_exp + KL_LR_FRAC_BITS - ey, n_b);
+		}
+		return;
+	}
 	if (op->kind == KL_OP_DENSE) {
 		if (!keep) {
 			kl_fully_connected_sgd_s8(op->w, op->b, dy, x->data, x->zp, m->lr_q,
@@ -823,18 +861,22 @@ int kl_apply_grads(kl_model_t *m)
 	/* same order as the fused step: last op first */
 	for (int i = m->n_ops - 1; i >= 0; i--) {
 		kl_op_t *op = &m->ops[i];
-		if (!trainable(op) || op->gw == NULL) {
+		if (!trainable(op) || op->gb == NULL) {
 			continue;
 		}
 		const kl_tensor_t *y = &m->tensors[op->out];
 		const int n_b = op->kind == KL_OP_DENSE ? (int)tsize(y) : y->c;
 		if (m->dtype == KL_DTYPE_F32) {
-			kl_sgd_f32(op->w, op->vw, op->gw, m->lr, m->momentum, (int)op->n_w);
+			if (op->gw != NULL) {
+				kl_sgd_f32(op->w, op->vw, op->gw, m->lr, m->momentum, (int)op->n_w);
+			}
 			kl_sgd_f32(op->b, op->vb, op->gb, m->lr, m->momentum, n_b);
 		} else {
-			kl_sgd_weights_s8(op->w, op->gw, m->lr_q,
-					  op->w_exp + KL_LR_FRAC_BITS - op->gw_exp, &m->dither,
-					  (int)op->n_w);
+			if (op->gw != NULL) {
+				kl_sgd_weights_s8(op->w, op->gw, m->lr_q,
+						  op->w_exp + KL_LR_FRAC_BITS - op->gw_exp,
+						  &m->dither, (int)op->n_w);
+			}
 			kl_sgd_bias_s8(op->b, op->gb, m->lr_q,
 				       op->b_exp + KL_LR_FRAC_BITS - op->gb_exp, n_b);
 		}

@@ -99,6 +99,7 @@ enum kl_op_kind {
 	KL_OP_ADD = 6
 };
 #define KL_OP_TRAINABLE 0x01u
+#define KL_OP_BIAS_ONLY 0x02u /* with TRAINABLE: only the bias trains */
 
 /* Exponents of power-of-two scales must lie in this range. */
 #define KL_EXP_MIN (-60)
