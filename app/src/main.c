@@ -102,6 +102,9 @@ int main(void)
 		return -ENODEV;
 	}
 	(void)app_store_probe_partition();
+#ifdef CONFIG_KILOLEARN_APP_POWERCUT_TEST
+	return app_powercut_run(&session, arena, sizeof(arena));
+#endif
 	if (app_store_init(&store) != 0) {
 		return -EIO;
 	}

@@ -1,17 +1,27 @@
 /*
- * Weight store adapter. For now a RAM store of CONFIG_KILOLEARN_APP_STORE_SIZE
- * bytes (kl_store_ram_init from the session core). The flash store replaces
- * app_store_init() with one over flash_area_open(FIXED_PARTITION_ID(
- * kilolearn_weights)); app_store_probe_partition() already reads what it needs
- * from the driver: erase value, write block size and erase page size.
+ * The app's weight store (docs/flash-store.md). Where the board has the
+ * kilolearn_weights fixed partition (every overlay in app/boards defines
+ * one) and CONFIG_KILOLEARN_APP_FLASH_STORE is on, the store is that
+ * partition through flash_area: read/program/erase map to flash_area_read,
+ * flash_area_write and flash_area_erase, and the geometry comes from the
+ * driver: erase value and write block size (flash_get_parameters), the
+ * erase page size (flash_get_page_info_by_offs, checked uniform over the
+ * partition). The session reads frozen weights in place, so the store needs
+ * the partition's memory-mapped address: the simulator's buffer
+ * (flash_simulator_get_memory) on the flash simulator, the flash's own
+ * address for SoC flash (soc-nv-flash), the FlexSPI AHB window for a
+ * FlexSPI NOR. Generations written by COMMIT survive a reboot there.
+ * Without the partition (or with the option off) the store is RAM,
+ * CONFIG_KILOLEARN_APP_STORE_SIZE bytes, lost at reset.
  */
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <zephyr/kernel.h>
 #include <zephyr/logging/log.h>
 
-#ifdef CONFIG_KILOLEARN_APP_FLASH_PROBE
+#if defined(CONFIG_FLASH_MAP)
 #include <zephyr/drivers/flash.h>
 #include <zephyr/storage/flash_map.h>
 #endif
@@ -20,26 +30,183 @@
 
 LOG_MODULE_DECLARE(kilolearn_app, CONFIG_KILOLEARN_APP_LOG_LEVEL);
 
+#if defined(CONFIG_FLASH_MAP) && FIXED_PARTITION_EXISTS(kilolearn_weights)
+#define KL_HAVE_PARTITION 1
+#else
+#define KL_HAVE_PARTITION 0
+#endif
+
+static kl_store_t store;
+
+#if KL_HAVE_PARTITION && defined(CONFIG_KILOLEARN_APP_FLASH_STORE)
+
+#define KL_PART_NODE  DT_NODELABEL(kilolearn_weights)
+#define KL_FLASH_NODE DT_GPARENT(KL_PART_NODE) /* partition -> partitions -> flash */
+#define KL_CTRL_NODE  DT_PARENT(KL_FLASH_NODE)
+
+#if DT_NODE_HAS_COMPAT(KL_CTRL_NODE, zephyr_sim_flash)
+#include <zephyr/drivers/flash/flash_simulator.h>
+#endif
+
+static const struct flash_area *store_fa;
+static uint32_t wear[2u * CONFIG_KILOLEARN_APP_STORE_MAX_SECTORS];
+
+static int fa_read(kl_store_t *st, uint32_t off, uint8_t *buf, uint32_t n)
+{
+	return flash_area_read(st->ctx, (off_t)off, buf, n) == 0 ? KL_OK : KL_EIO;
+}
+
+static int fa_program(kl_store_t *st, uint32_t off, const uint8_t *data, uint32_t n)
+{
+	return flash_area_write(st->ctx, (off_t)off, data, n) == 0 ? KL_OK : KL_EIO;
+}
+
+static int fa_erase(kl_store_t *st, uint32_t off, uint32_t n)
+{
+	return flash_area_erase(st->ctx, (off_t)off, n) == 0 ? KL_OK : KL_EIO;
+}
+
+static const kl_store_ops_t fa_ops = {fa_read, fa_program, fa_erase};
+
+/* The partition's memory-mapped address (the engine reads frozen weights
+ * through it), or NULL. */
+static const uint8_t *partition_xip(const struct device *dev, const struct flash_area *fa)
+{
+#if DT_NODE_HAS_COMPAT(KL_CTRL_NODE, zephyr_sim_flash)
+	size_t sim_size;
+	uint8_t *mem = flash_simulator_get_memory(dev, &sim_size);
+
+	if (mem == NULL || (size_t)fa->fa_off + fa->fa_size > sim_size) {
+		return NULL;
+	}
+	return mem + fa->fa_off;
+#elif DT_NODE_HAS_COMPAT(KL_CTRL_NODE, nxp_imx_flexspi) && DT_REG_HAS_IDX(KL_CTRL_NODE, 1)
+	ARG_UNUSED(dev);
+	return (const uint8_t *)(uintptr_t)(DT_REG_ADDR_BY_IDX(KL_CTRL_NODE, 1) + fa->fa_off);
+#elif DT_NODE_HAS_COMPAT(KL_FLASH_NODE, soc_nv_flash)
+	ARG_UNUSED(dev);
+	return (const uint8_t *)(uintptr_t)(DT_REG_ADDR(KL_FLASH_NODE) + fa->fa_off);
+#else
+	ARG_UNUSED(dev);
+	ARG_UNUSED(fa);
+	return NULL;
+#endif
+}
+
+int app_store_flash_open(kl_store_t *st)
+{
+	int err = 0;
+
+	if (store_fa == NULL) {
+		err = flash_area_open(FIXED_PARTITION_ID(kilolearn_weights), &store_fa);
+		if (err != 0) {
+			LOG_ERR("kilolearn_weights: flash_area_open failed (%d)", err);
+			store_fa = NULL;
+			return err;
+		}
+	}
+	const struct flash_area *fa = store_fa;
+	const struct device *dev = flash_area_get_device(fa);
+
+	if (dev == NULL || !device_is_ready(dev)) {
+		LOG_ERR("kilolearn_weights: flash device not ready");
+		return -ENODEV;
+	}
+	const struct flash_parameters *fp = flash_get_parameters(dev);
+	struct flash_pages_info page;
+
+	err = flash_get_page_info_by_offs(dev, fa->fa_off, &page);
+	if (err != 0) {
+		LOG_ERR("kilolearn_weights: no page info (%d)", err);
+		return err;
+	}
+	/* the store wants uniform sectors: check every page of the partition */
+	const uint32_t eb = (uint32_t)page.size;
+
+	for (uint32_t o = eb; o < fa->fa_size; o += eb) {
+		struct flash_pages_info p;
+
+		if (flash_get_page_info_by_offs(dev, fa->fa_off + o, &p) != 0 || p.size != eb ||
+		    (uint32_t)p.start_offset != (uint32_t)fa->fa_off + o) {
+			LOG_ERR("kilolearn_weights: erase pages not uniform at +0x%x", (unsigned int)o);
+			return -ENOTSUP;
+		}
+	}
+	if ((uint32_t)page.start_offset != (uint32_t)fa->fa_off) {
+		LOG_ERR("kilolearn_weights: does not start on an erase page");
+		return -ENOTSUP;
+	}
+	const uint8_t *xip = partition_xip(dev, fa);
+
+	if (xip == NULL) {
+		LOG_ERR("kilolearn_weights: not memory-mapped (the model reads it in place)");
+		return -ENOTSUP;
+	}
+	if (((uintptr_t)xip & 3u) != 0u) {
+		LOG_ERR("kilolearn_weights: mapped at %p, not 4-byte aligned", (const void *)xip);
+		return -ENOTSUP;
+	}
+	const kl_store_geom_t g = {
+		.size = (uint32_t)fa->fa_size / eb * eb,
+		.erase_block = eb,
+		.write_block = (uint32_t)fp->write_block_size,
+		.erase_value = fp->erase_value,
+	};
+	if (g.size == 0u || g.write_block == 0u || g.write_block > KL_STORE_MAX_WRITE_BLOCK ||
+	    (g.write_block & (g.write_block - 1u)) != 0u || eb % g.write_block != 0u ||
+	    (g.erase_value != 0x00u && g.erase_value != 0xFFu)) {
+		LOG_ERR("kilolearn_weights: geometry the store cannot use (write block %u, "
+			"erase value 0x%02x)",
+			(unsigned int)g.write_block, g.erase_value);
+		return -ENOTSUP;
+	}
+	*st = (kl_store_t){
+		.ops = &fa_ops,
+		.geom = g,
+		.base = xip,
+		.size = g.size,
+		.ctx = (void *)fa,
+	};
+	if (kl_store_sectors(st) <= CONFIG_KILOLEARN_APP_STORE_MAX_SECTORS) {
+		memset(wear, 0, sizeof(wear));
+		kl_store_set_wear(st, wear, wear + kl_store_sectors(st));
+	}
+	LOG_INF("store: kilolearn_weights on %s at 0x%lx, %u bytes, erase value 0x%02x, "
+		"write block %u, erase page %u, mapped at %p",
+		dev->name, (unsigned long)fa->fa_off, (unsigned int)g.size, g.erase_value,
+		(unsigned int)g.write_block, (unsigned int)eb, (const void *)xip);
+	return 0;
+}
+
+int app_store_init(kl_store_t **out)
+{
+	const int err = app_store_flash_open(&store);
+
+	if (err != 0) {
+		return err;
+	}
+	*out = &store;
+	return 0;
+}
+
+#else /* RAM store */
+
 BUILD_ASSERT(CONFIG_KILOLEARN_APP_STORE_SIZE % 4 == 0, "store size must be a multiple of 4");
 
 static uint32_t store_mem[CONFIG_KILOLEARN_APP_STORE_SIZE / 4];
-static kl_store_t store;
 
 int app_store_init(kl_store_t **out)
 {
 	kl_store_ram_init(&store, (uint8_t *)store_mem, sizeof(store_mem));
 	*out = &store;
-	LOG_INF("store: RAM, %u bytes", (unsigned int)store.size);
+	LOG_INF("store: RAM, %u bytes (no kilolearn_weights flash store)",
+		(unsigned int)store.size);
 	return 0;
 }
 
-#if defined(CONFIG_KILOLEARN_APP_FLASH_PROBE)
-#define KL_HAVE_WEIGHTS_PARTITION FIXED_PARTITION_EXISTS(kilolearn_weights)
-#else
-#define KL_HAVE_WEIGHTS_PARTITION 0
 #endif
 
-#if KL_HAVE_WEIGHTS_PARTITION
+#if KL_HAVE_PARTITION && defined(CONFIG_KILOLEARN_APP_FLASH_PROBE)
 int app_store_probe_partition(void)
 {
 	const struct flash_area *fa;
