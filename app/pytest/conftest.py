@@ -75,13 +75,9 @@ class DutLink:
         end = time.monotonic() + timeout
         with self.cond:
             while True:
-                k = self.buf.find(0)
-                if k >= 0:
-                    frame = bytes(self.buf[:k])
-                    del self.buf[:k + 1]
-                    if frame:
-                        return frame
-                    continue
+                frame = protocol.pop_frame(self.buf)
+                if frame is not None:
+                    return frame
                 left = end - time.monotonic()
                 if left <= 0:
                     raise protocol.LinkTimeout("no reply")

@@ -96,6 +96,16 @@ class Frame:
         return struct.unpack_from("<i", self.payload)[0] if len(self.payload) >= 4 else -22
 
 
+def pop_frame(buf: bytearray) -> bytes | None:
+    """Take the first complete, non-empty frame (up to its 0x00 delimiter) out of ``buf``."""
+    while (k := buf.find(0)) >= 0:
+        frame = bytes(buf[:k])
+        del buf[:k + 1]
+        if frame:
+            return frame
+    return None
+
+
 def unpack(wire: bytes) -> Frame:
     body = cobs_decode(wire)
     if len(body) < HEADER + 4:
@@ -132,13 +142,9 @@ class SerialLink:
     def read_frame(self, timeout: float) -> bytes:
         end = time.monotonic() + timeout
         while True:
-            k = self.buf.find(0)
-            if k >= 0:
-                frame = bytes(self.buf[:k])
-                del self.buf[:k + 1]
-                if frame:
-                    return frame
-                continue
+            frame = pop_frame(self.buf)
+            if frame is not None:
+                return frame
             if time.monotonic() > end:
                 raise LinkTimeout("no reply")
             self.buf += self.port.read(max(1, self.port.in_waiting))
@@ -165,10 +171,8 @@ class ProcessLink:
             if not chunk:
                 return
             buf += chunk
-            while (k := buf.find(0)) >= 0:
-                if k:
-                    self.frames.put(bytes(buf[:k]))
-                del buf[:k + 1]
+            while (frame := pop_frame(buf)) is not None:
+                self.frames.put(frame)
 
     def write(self, data: bytes) -> None:
         assert self.proc.stdin is not None

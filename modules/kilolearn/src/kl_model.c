@@ -416,7 +416,9 @@ static void mask_f32(const kl_tensor_t *t, int act, float *g)
 	}
 }
 
-static void mask_s8_i8(const kl_tensor_t *t, int act, int8_t *g)
+/* the same for int8 activations; g holds int8 gradients, or int32
+ * accumulators when wide */
+static void mask_s8(const kl_tensor_t *t, int act, void *g, int wide)
 {
 	if (act == KL_ACT_NONE) {
 		return;
@@ -425,21 +427,11 @@ static void mask_s8_i8(const kl_tensor_t *t, int act, int8_t *g)
 	const int32_t q6 = relu6_q(t->exp);
 	for (uint32_t k = 0; k < tsize(t); k++) {
 		if (!kl_act_pass_s8(y[k], t->zp, act, q6)) {
-			g[k] = 0;
-		}
-	}
-}
-
-static void mask_s8_i32(const kl_tensor_t *t, int act, int32_t *g)
-{
-	if (act == KL_ACT_NONE) {
-		return;
-	}
-	const int8_t *y = t->data;
-	const int32_t q6 = relu6_q(t->exp);
-	for (uint32_t k = 0; k < tsize(t); k++) {
-		if (!kl_act_pass_s8(y[k], t->zp, act, q6)) {
-			g[k] = 0;
+			if (wide) {
+				((int32_t *)g)[k] = 0;
+			} else {
+				((int8_t *)g)[k] = 0;
+			}
 		}
 	}
 }
@@ -464,7 +456,7 @@ static void give_s8(kl_model_t *m, int t_id, int e)
 	int32_t *acc = m->scratch;
 	const int n = (int)tsize(t);
 	if (t->producer >= 0 && t->n_users == 1u) { /* mask first: a finer scale */
-		mask_s8_i32(t, m->ops[t->producer].act, acc);
+		mask_s8(t, m->ops[t->producer].act, acc, 1);
 	}
 	if (!t->has_grad) {
 		t->grad_exp = (int8_t)(e + kl_quantize_grad_s8(acc, t->grad, n));
@@ -580,7 +572,7 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
 	int8_t *dy = y->grad;
 	const int ey = y->grad_exp;
 	phase(m, KL_PHASE_BACKWARD);
-	mask_s8_i8(y, op->act, dy);
+	mask_s8(y, op->act, dy, 0);
 	const kl_geom_t g = geom(m, op);
 	const int need_dx = x->need_grad;
 	switch (op->kind) {
