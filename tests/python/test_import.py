@@ -764,8 +764,11 @@ def test_cli_import(tmp_path, rng, capsys):
     assert b.dtype == export.DTYPE_S8 and [op.trainable for op in b.graph.ops] == \
         [False] * 5 + [True] * 2
     assert "fused 3 BatchNormalization" in capsys.readouterr().out
-    assert cli.main(["import", str(path), "--train", "bias"]) == 1
-    assert "engine support" in capsys.readouterr().err
+    assert cli.main(["import", str(path), "--train-last", "1", "--train", "bias"]) == 0
+    b = export.read((tmp_path / "cnn.klm").read_bytes())
+    assert [(op.trainable, op.bias_only) for op in b.graph.ops] == \
+        [(False, False)] * 6 + [(True, True)]
+    capsys.readouterr()
     g, p, qm, buf, x = tfl_case(rng, per_channel=False)
     (tmp_path / "m.tflite").write_bytes(buf)
     assert cli.main(["import", str(tmp_path / "m.tflite"), "-o", str(tmp_path / "t.klm")]) == 0

@@ -66,7 +66,11 @@ def test_f32_gradients_match_finite_differences(name, rng):
         if not op.trainable:
             assert dws[i] is None
             continue
-        for tensor, grad in ((tr.p.weights[i], dws[i]), (tr.p.biases[i], dbs[i])):
+        if op.bias_only:
+            assert dws[i] is None  # frozen weights: no weight gradient
+        pairs = [(tr.p.biases[i], dbs[i])] if op.bias_only else \
+            [(tr.p.weights[i], dws[i]), (tr.p.biases[i], dbs[i])]
+        for tensor, grad in pairs:
             flat = tensor.reshape(-1)
             idx = rng.choice(flat.size, min(flat.size, 12), replace=False)
             num = []
