@@ -424,14 +424,21 @@ static void mask_s8(const kl_tensor_t *t, int act, void *g, int wide)
 		return;
 	}
 	const int8_t *y = t->data;
-	const int32_t q6 = relu6_q(t->exp);
-	for (uint32_t k = 0; k < tsize(t); k++) {
-		if (!kl_act_pass_s8(y[k], t->zp, act, q6)) {
-			if (wide) {
-				((int32_t *)g)[k] = 0;
-			} else {
-				((int8_t *)g)[k] = 0;
-			}
+	const int32_t zp = t->zp;
+	const uint32_t n = tsize(t);
+	/* passes where 0 < y - zp < q6 (kl_act_pass_s8; ReLU has no upper cap) */
+	const int32_t q6 = act == KL_ACT_RELU6 ? relu6_q(t->exp) : INT32_MAX;
+	if (wide) {
+		int32_t *gw = g;
+		for (uint32_t k = 0; k < n; k++) {
+			const int32_t v = (int32_t)y[k] - zp;
+			gw[k] = (v > 0 && v < q6) ? gw[k] : 0;
+		}
+	} else {
+		int8_t *gn = g;
+		for (uint32_t k = 0; k < n; k++) {
+			const int32_t v = (int32_t)y[k] - zp;
+			gn[k] = (v > 0 && v < q6) ? gn[k] : 0;
 		}
 	}
 }

@@ -73,41 +73,74 @@ static inline void kl_center_interleave_s8(const int8_t *x, int32_t zp, int16_t 
  * kl_requant per element: a fast path for the usual shifts (bias 1..31,
  * output 1..22) with everything in registers, the general one for other
  * shifts and for sums near the int32 limits. Returns the saturation flag. */
-static inline int kl_dsp_requant_n(const int32_t *dot, const int32_t *b, const kl_requant_t *rq,
-				   int8_t *y, int n)
+/* the general per-element path, out of line so the loops below keep their
+ * registers (kl_fully_connected_s8.c) */
+int8_t kl_dsp_requant_one(const kl_requant_t *rq, int32_t dot, int32_t bias, int *sat);
+
+/* mode 1: ReLU with zero point -128 (USAT), mode 2: no activation with zero
+ * point 0 (SSAT), mode 0: anything else */
+static inline __attribute__((always_inline)) int kl_dsp_requant_loop(
+	const int32_t *dot, const int32_t *b, const kl_requant_t *rq, int8_t *y, int n,
+	const int mode)
 {
 	int sat = 0;
 	const int bs = rq->b_shift, ys = rq->y_shift;
+	const int32_t bh = (int32_t)(1u << (bs - 1));
+	const int32_t yh = (int32_t)1 << (ys - 1);
+	const int32_t b_lim = INT32_MAX - bh, y_lim = INT32_MAX - yh;
+	for (int i = 0; i < n; i++) {
+		const int32_t bias = b[i];
+		/* round half away from zero: (v + half - (v < 0)) >> s, exact
+		 * unless v + half overflows, which goes the general way */
+		if (bias > b_lim) {
+			y[i] = kl_dsp_requant_one(rq, dot[i], bias, &sat);
+			continue;
+		}
+		const int32_t acc = __qadd(dot[i], (bias + bh + (bias >> 31)) >> bs);
+		if (acc > y_lim) {
+			y[i] = kl_dsp_requant_one(rq, dot[i], bias, &sat);
+			continue;
+		}
+		const int32_t r = (acc + yh + (acc >> 31)) >> ys;
+		if (mode == 1) {
+			sat |= r > 255;
+			y[i] = (int8_t)((int32_t)__usat(r, 8) - 128);
+		} else if (mode == 2) {
+			const int32_t c = __ssat(r, 8);
+			sat |= c != r;
+			y[i] = (int8_t)c;
+		} else {
+			const int32_t sat_hi = rq->cap_saturates ? rq->hi_range : INT32_MAX;
+			const int32_t sat_lo = rq->act == KL_ACT_NONE ? rq->lo : INT32_MIN;
+			sat |= (r > sat_hi) | (r < sat_lo);
+			y[i] = (int8_t)((r > rq->hi ? rq->hi : (r < rq->lo ? rq->lo : r)) + rq->zp);
+		}
+	}
+	return sat;
+}
+
+/* Output stage of an int8 layer over n raw dot products, bit-identical to
+ * kl_requant per element: fast paths for the usual shifts (bias 1..31,
+ * output 1..22) and the usual activation/zero-point pairs, the general one
+ * otherwise. Returns the saturation flag. */
+static inline int kl_dsp_requant_n(const int32_t *dot, const int32_t *b, const kl_requant_t *rq,
+				   int8_t *y, int n)
+{
+	const int bs = rq->b_shift, ys = rq->y_shift;
 	if (!(ys >= 1 && ys <= 22 && bs >= 1 && bs <= 31)) {
+		int sat = 0;
 		for (int i = 0; i < n; i++) {
 			y[i] = kl_requant(rq, dot[i], b[i], &sat);
 		}
 		return sat;
 	}
-	const int32_t bh = (int32_t)(1u << (bs - 1));
-	const int32_t yh = (int32_t)1 << (ys - 1);
-	const int32_t hi = rq->hi, lo = rq->lo, zp = rq->zp;
-	/* above this the output saturates the range; below lo (no activation) too */
-	const int32_t sat_hi = rq->cap_saturates ? rq->hi_range : INT32_MAX;
-	const int32_t sat_lo = rq->act == KL_ACT_NONE ? lo : INT32_MIN;
-	for (int i = 0; i < n; i++) {
-		const int32_t bias = b[i];
-		/* round half away from zero: (v + half - (v < 0)) >> s, exact
-		 * unless v + half overflows, which goes the general way */
-		if (bias > INT32_MAX - bh) {
-			y[i] = kl_requant(rq, dot[i], bias, &sat);
-			continue;
-		}
-		const int32_t acc = __qadd(dot[i], (bias + bh + (bias >> 31)) >> bs);
-		if (acc > INT32_MAX - yh) {
-			y[i] = kl_requant(rq, dot[i], bias, &sat);
-			continue;
-		}
-		const int32_t r = (acc + yh + (acc >> 31)) >> ys;
-		sat |= (r > sat_hi) | (r < sat_lo);
-		y[i] = (int8_t)((r > hi ? hi : (r < lo ? lo : r)) + zp);
+	if (rq->act == KL_ACT_RELU && rq->zp == -128) {
+		return kl_dsp_requant_loop(dot, b, rq, y, n, 1);
 	}
-	return sat;
+	if (rq->act == KL_ACT_NONE && rq->zp == 0) {
+		return kl_dsp_requant_loop(dot, b, rq, y, n, 2);
+	}
+	return kl_dsp_requant_loop(dot, b, rq, y, n, 0);
 }
 
 #endif

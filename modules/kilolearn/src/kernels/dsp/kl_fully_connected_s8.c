@@ -5,6 +5,11 @@
 #if KL_KERNELS_DSP
 #include "kl_dsp_util.h"
 
+int8_t kl_dsp_requant_one(const kl_requant_t *rq, int32_t dot, int32_t bias, int *sat)
+{
+	return kl_requant(rq, dot, bias, sat);
+}
+
 static inline int32_t dot_tail(const int8_t *row, const int16_t *xc, int j, int n)
 {
 	int32_t acc = 0;
