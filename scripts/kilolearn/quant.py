@@ -42,6 +42,31 @@ def rshift_round(x: np.ndarray | int, s: int) -> np.ndarray:
     return (x >> s) + (rem > threshold)
 
 
+def requant_shift(x: np.ndarray | int, s: int) -> np.ndarray:
+    """x / 2^s the way TFLite and CMSIS-NN requantise with a power-of-two scale:
+    MultiplyByQuantizedMultiplier(x, 1 << 30, 1 - s), i.e. SaturatingRoundingDoublingHighMul
+    (x / 2 rounded half up) then RoundingDivideByPOT (half away from zero) by s - 1.
+    ``s <= 0`` shifts left exactly (saturating to int32), as there."""
+    x = np.asarray(x, dtype=np.int64)
+    if s <= 0:
+        return rshift_round(x, s)
+    return rshift_round((x + 1) >> 1, s - 1)
+
+
+def recip_q31(n: int) -> tuple[int, int]:
+    """TFLite's QuantizeMultiplier(1.0 / n) in integers: 1/n = q * 2**(e - 31)."""
+    k = (n - 1).bit_length()  # 2**k >= n
+    if 1 << k == n:
+        return 1 << 30, 1 - k
+    return ((1 << (k + 31)) + n) // (2 * n), 1 - k
+
+
+def mul_q31(x: np.ndarray, qm: int, e: int) -> np.ndarray:
+    """TFLite's MultiplyByQuantizedMultiplier(x, qm, e), e <= 1 (see requant_shift)."""
+    x = np.asarray(x, dtype=np.int64) * (2 if e > 0 else 1)
+    return rshift_round((x * qm + (1 << 30)) >> 31, max(-e, 0))
+
+
 def sat8(x: np.ndarray) -> np.ndarray:
     return np.clip(x, INT8_MIN, INT8_MAX)
 

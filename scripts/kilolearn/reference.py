@@ -338,10 +338,12 @@ def relu6_q(ey: int) -> int:
     return int(q.rshift_round(np.array(6), ey))
 
 
-def requant_out(acc: np.ndarray, shift: int, zy: int, act: str, ey: int
+def requant_out(acc: np.ndarray, shift: int, zy: int, act: str, ey: int, single: bool = False
                 ) -> tuple[np.ndarray, bool]:
-    """int32 accumulators -> int8 outputs of an op; (values, saturated)."""
-    r = q.rshift_round(acc, shift)
+    """int32 accumulators -> int8 outputs of an op; (values, saturated). Rounds as TFLite and
+    CMSIS-NN do (quant.requant_shift); ``single``: one rounding half away from zero, which is
+    what TFLite's ADD amounts to (its 2^20 headroom makes the first rounding exact)."""
+    r = q.rshift_round(acc, shift) if single else q.requant_shift(acc, shift)
     hi_range = q.INT8_MAX - zy
     lo = 0 if act != "none" else q.INT8_MIN - zy
     hi = hi_range
@@ -436,7 +438,11 @@ class S8Trainer:
             elif op.kind == "avgpool":
                 kh, kw = op.kernel
                 s = (patches(x0, op) - xz).sum(axis=(2, 3))
-                y = np.clip(avg_div(s, kh * kw) + xz, q.INT8_MIN, q.INT8_MAX)
+                if (kh, kw) == x0.shape[:2]:  # global: TFLite's MEAN (Q31 reciprocal)
+                    a = q.mul_q31(s, *q.recip_q31(kh * kw))
+                else:  # windowed: TFLite's AVERAGE_POOL_2D (division, half away from zero)
+                    a = avg_div(s, kh * kw)
+                y = np.clip(a + xz, q.INT8_MIN, q.INT8_MAX)
                 exps[t] = xe
             elif op.kind == "maxpool":
                 y = patches(x0, op).max(axis=(2, 3))
@@ -447,7 +453,7 @@ class S8Trainer:
                 emin = min(xe, e1)
                 acc = ((x0 - xz) << min(xe - emin, ADD_SHIFT_MAX)) + \
                     ((x1 - z1) << min(e1 - emin, ADD_SHIFT_MAX))
-                y, sat = requant_out(acc, exps[t] - emin, m.zp[t], op.act, exps[t])
+                y, sat = requant_out(acc, exps[t] - emin, m.zp[t], op.act, exps[t], single=True)
             acts[t] = y.reshape(g.shapes[t])
             sats.append(sat)
         m.exp = exps  # pools follow their inputs

@@ -123,7 +123,7 @@ def test_firmware_per_file_and_component_sums_equal_totals(board: str) -> None:
 @pytest.mark.parametrize("board", QEMU_BOARDS)
 def test_firmware_symbols_match_nm_and_aliases_count_once(board: str) -> None:
     elf = firmware(board)
-    ref = [s for s in nm_symbols(elf) if s[1] > 0 and s[2].lower() in "tdbr"]
+    ref = [s for s in nm_symbols(elf) if s[1] > 0 and s[2].lower() in "tdbrwv"]
     by_name = {}
     for addr, size, _l, name, _f in ref:
         by_name.setdefault(name, set()).add((addr, size))

@@ -101,10 +101,56 @@ static inline void kl_requant_init(kl_requant_t *q, int acc_exp, int b_exp, int 
 	}
 }
 
-static inline int8_t kl_requant(const kl_requant_t *q, int32_t dot, int32_t bias, int *sat)
+/* x / 2^s as TFLite and CMSIS-NN requantise with a power-of-two scale,
+ * MultiplyByQuantizedMultiplier(x, 1 << 30, 1 - s): x / 2 rounded half up
+ * (SaturatingRoundingDoublingHighMul), then RoundingDivideByPOT by s - 1.
+ * s <= 0 shifts left exactly, saturating. docs/int8-training.md */
+static inline int32_t kl_requant_shift(int32_t x, int s)
 {
-	const int32_t acc = kl_sat32((int64_t)dot + kl_rshift_round(bias, q->b_shift));
-	const int32_t r = kl_rshift_round(acc, q->y_shift);
+	if (s <= 0) {
+		return kl_rshift_round(x, s);
+	}
+	const int32_t h = (x >> 1) + (x & 1);
+	return kl_rshift_round(h, s - 1);
+}
+
+/* TFLite's QuantizeMultiplier(1.0 / n) in integers, n >= 1:
+ * 1/n = q * 2^(e - 31), q in [2^30, 2^31) */
+static inline void kl_recip_q31(int32_t n, int32_t *q, int *e)
+{
+	int k = 0;
+	while (((int64_t)1 << k) < n) {
+		k++;
+	}
+	*e = 1 - k;
+	if (((int64_t)1 << k) == n) {
+		*q = (int32_t)1 << 30;
+	} else { /* 2^(k-1) < n < 2^k: q = round(2^(k+30) / n), by shift and
+		  * subtract (no 64-bit division helper from libgcc) */
+		uint64_t num = ((uint64_t)1 << (k + 31)) + (uint64_t)n;
+		const uint64_t den = 2u * (uint64_t)n;
+		uint32_t r = 0;
+		for (int b = 31; b >= 0; b--) {
+			if ((den << b) <= num) {
+				num -= den << b;
+				r |= 1u << b;
+			}
+		}
+		*q = (int32_t)r;
+	}
+}
+
+/* TFLite's MultiplyByQuantizedMultiplier(x, q, e) for e <= 1: x * q / 2^31
+ * rounded half up, then divided by 2^-e rounded half away from zero */
+static inline int32_t kl_mul_q31(int32_t x, int32_t q, int e)
+{
+	const int64_t p = ((int64_t)x * (e > 0 ? 2 : 1)) * q;
+	return kl_rshift_round((int32_t)((p + ((int64_t)1 << 30)) >> 31), e > 0 ? 0 : -e);
+}
+
+/* clamp an output r (units of the output scale, before the zero point) */
+static inline int8_t kl_requant_clamp(const kl_requant_t *q, int32_t r, int *sat)
+{
 	if (r > q->hi_range && q->cap_saturates) {
 		*sat = 1;
 	} else if (r < q->lo && q->act == KL_ACT_NONE) {
@@ -112,6 +158,12 @@ static inline int8_t kl_requant(const kl_requant_t *q, int32_t dot, int32_t bias
 	}
 	const int32_t c = r > q->hi ? q->hi : (r < q->lo ? q->lo : r);
 	return (int8_t)(c + q->zp);
+}
+
+static inline int8_t kl_requant(const kl_requant_t *q, int32_t dot, int32_t bias, int *sat)
+{
+	const int32_t acc = kl_sat32((int64_t)dot + kl_rshift_round(bias, q->b_shift));
+	return kl_requant_clamp(q, kl_requant_shift(acc, q->y_shift), sat);
 }
 
 /* does int8 output y (zero point zp, exponent exp) pass gradient? */

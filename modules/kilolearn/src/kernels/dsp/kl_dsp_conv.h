@@ -129,15 +129,16 @@ static inline void kl_im2col_s8(const kl_geom_t *g, const int8_t *x, int32_t zp,
 
 /* Output stage, per call: the bias is shifted once per channel (bq), then
  * every output is qadd, a rounding shift, a clamp. Bit-identical to
- * kl_requant: with y_shift in 1..22, sat32 + round is QADD of the rounding
- * constant (where that saturates, the true result is far above the int8
- * range anyway, so the clamp and the saturation flag come out the same);
- * other shifts take kl_requant itself. Saturation is judged once from the
+ * kl_requant: with y_shift in 1..22, sat32 + the two roundings of
+ * kl_requant_shift are one QADD of kl_rq_add() and an arithmetic shift
+ * (where the QADD saturates, the true result is far above the int8 range
+ * anyway, so the clamp and the saturation flag come out the same); other
+ * shifts take kl_requant itself. Saturation is judged once from the
  * extremes of r. */
 typedef struct {
 	const kl_requant_t *rq;
 	int fast, ys;
-	int32_t yh, lo, hi, zp, sat_hi, sat_lo;
+	int32_t yk, ym, lo, hi, zp, sat_hi, sat_lo;
 	int32_t rmax, rmin;
 	int sat;
 } kl_rqf_t;
@@ -148,7 +149,8 @@ static inline void kl_rqf_init(kl_rqf_t *f, const kl_requant_t *rq, const int32_
 	f->rq = rq;
 	f->ys = rq->y_shift;
 	f->fast = f->ys >= 1 && f->ys <= 22;
-	f->yh = f->fast ? (int32_t)1 << (f->ys - 1) : 0;
+	f->yk = f->fast ? kl_rq_k(f->ys) : 0;
+	f->ym = kl_rq_m(f->ys);
 	f->lo = rq->lo;
 	f->hi = rq->hi;
 	f->zp = rq->zp;
@@ -166,7 +168,7 @@ static inline void kl_rqf_init(kl_rqf_t *f, const kl_requant_t *rq, const int32_
 static inline int8_t kl_rqf_one(kl_rqf_t *f, int32_t dot, int32_t bq)
 {
 	const int32_t acc = __qadd(dot, bq);
-	int32_t r = __qadd(acc, f->yh + (acc >> 31)) >> f->ys;
+	int32_t r = __qadd(acc, kl_rq_add(acc, f->yk, f->ym)) >> f->ys;
 	f->rmax = r > f->rmax ? r : f->rmax;
 	f->rmin = r < f->rmin ? r : f->rmin;
 	r = r > f->hi ? f->hi : r;

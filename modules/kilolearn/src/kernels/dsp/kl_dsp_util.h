@@ -69,6 +69,27 @@ static inline void kl_center_interleave_s8(const int8_t *x, int32_t zp, int16_t 
 	}
 }
 
+/* kl_requant_shift(x, s) for s >= 1 as one shift: x / 2 rounded half up,
+ * then rounded half away from zero by s - 1, folds (nested floors) into
+ * (x + k + (x < -1 ? m : 0)) >> s with k = 1 + 2^(s-1), m = -2 for s >= 2,
+ * and k = 1, m = 0 for s = 1. */
+static inline int32_t kl_rq_k(int s)
+{
+	return s >= 2 ? 1 + ((int32_t)1 << (s - 1)) : 1;
+}
+
+static inline int32_t kl_rq_m(int s)
+{
+	return s >= 2 ? -2 : 0;
+}
+
+/* the addend for x: k, plus m where x < -1 (x + 1 wraps harmlessly at
+ * INT32_MAX: the sum saturates there either way) */
+static inline int32_t kl_rq_add(int32_t x, int32_t k, int32_t m)
+{
+	return k + (((int32_t)((uint32_t)x + 1u) >> 31) & m);
+}
+
 /* Output stage of an int8 layer over n raw dot products, bit-identical to
  * kl_requant per element: a fast path for the usual shifts (bias 1..31,
  * output 1..22) with everything in registers, the general one for other
@@ -86,12 +107,12 @@ static inline __attribute__((always_inline)) int kl_dsp_requant_loop(
 	int sat = 0;
 	const int bs = rq->b_shift, ys = rq->y_shift;
 	const int32_t bh = (int32_t)(1u << (bs - 1));
-	const int32_t yh = (int32_t)1 << (ys - 1);
-	const int32_t b_lim = INT32_MAX - bh, y_lim = INT32_MAX - yh;
+	const int32_t yk = kl_rq_k(ys), ym = kl_rq_m(ys);
+	const int32_t b_lim = INT32_MAX - bh, y_lim = INT32_MAX - yk;
 	for (int i = 0; i < n; i++) {
 		const int32_t bias = b[i];
-		/* round half away from zero: (v + half - (v < 0)) >> s, exact
-		 * unless v + half overflows, which goes the general way */
+		/* bias: round half away from zero, (v + half - (v < 0)) >> s,
+		 * exact unless v + half overflows, which goes the general way */
 		if (bias > b_lim) {
 			y[i] = kl_dsp_requant_one(rq, dot[i], bias, &sat);
 			continue;
@@ -101,7 +122,7 @@ static inline __attribute__((always_inline)) int kl_dsp_requant_loop(
 			y[i] = kl_dsp_requant_one(rq, dot[i], bias, &sat);
 			continue;
 		}
-		const int32_t r = (acc + yh + (acc >> 31)) >> ys;
+		const int32_t r = (acc + kl_rq_add(acc, yk, ym)) >> ys;
 		if (mode == 1) {
 			sat |= r > 255;
 			y[i] = (int8_t)((int32_t)__usat(r, 8) - 128);

@@ -7,7 +7,9 @@ int kl_add_s8(const int8_t *a, int32_t za, int sa, const int8_t *b, int32_t zb, 
 	int sat = 0;
 	for (int k = 0; k < n; k++) {
 		const int32_t acc = ((int32_t)a[k] - za) * (1 << sa) + ((int32_t)b[k] - zb) * (1 << sb);
-		y[k] = kl_requant(rq, acc, 0, &sat);
+		/* one rounding, as TFLite's ADD (whose 2^20 headroom makes the
+		 * first of its two exact) */
+		y[k] = kl_requant_clamp(rq, kl_rshift_round(acc, rq->y_shift), &sat);
 	}
 	return sat;
 }
