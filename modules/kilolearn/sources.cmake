@@ -31,3 +31,10 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_conv_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_depthwise_conv_s8.c
 )
+# The CMSIS-NN backend (forward int8 kernels through CMSIS-NN), built only with
+# CMSIS-NN present; compiled with KL_KERNELS_CMSIS_NN=1 and CMSIS-NN's Include/.
+set(KL_ENGINE_CMSIS_NN_SOURCES
+  ${KL_ENGINE_DIR}/src/kernels/cmsis_nn/kl_fully_connected_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/cmsis_nn/kl_conv_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/cmsis_nn/kl_depthwise_conv_s8.c
+)

@@ -1,14 +1,14 @@
-"""Kernel benchmark: instructions per MAC of the int8 kernels, ref vs dsp.
+"""Kernel benchmark: instructions per MAC of the int8 kernels, ref vs dsp (vs cmsis_nn).
 
 Builds ``tests/c/kl_bench_kernels.c`` for a board (or the host), runs it (QEMU
 with ``-icount shift=0`` on the boards, so the counts are retired
 instructions, exact to one timer tick) and parses its lines::
 
-    KL kbench op <name> dir fwd|bwd|wgrad backend ref|dsp macs N insn N mismatches N
+    KL kbench op <name> dir fwd|bwd|wgrad backend ref|dsp|cmsis_nn macs N insn N mismatches N
     KL kbench done dsp 0|1 counter 0|1 mismatches N
 
-The firmware itself checks every dsp output against ref bit for bit; its exit
-code is non-zero on any difference.
+The firmware itself checks every dsp (and, in a CMSIS-NN build, cmsis_nn forward) output
+against ref bit for bit; its exit code is non-zero on any difference.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ class KernelBench:
                 return m
         return None
 
-    def rows(self, edge: bool = False) -> list[list[str]]:
-        """Table rows: board, op, direction, MACs, insn/MAC ref, insn/MAC dsp, speed-up."""
+    def rows(self, edge: bool = False, cmsis_nn: bool = False) -> list[list[str]]:
+        """Table rows: board, op, direction, MACs, insn/MAC ref, insn/MAC dsp, speed-up
+        (dsp over ref), and with ``cmsis_nn`` the CMSIS-NN backend's insn/MAC."""
         out = []
         seen: list[tuple[str, str]] = []
         for m in self.measurements:
@@ -75,10 +76,14 @@ class KernelBench:
                 f"{dsp.insn_per_mac:.2f}" if dsp else "n/a",
                 f"{ref.insn / dsp.insn:.1f}x" if ref and dsp and dsp.insn else "n/a",
             ])
+            if cmsis_nn:
+                cm = self.get(m.op, m.direction, "cmsis_nn")
+                out[-1].append(f"{cm.insn_per_mac:.2f}" if cm else "n/a")
         return out
 
 
 HEADERS = ["board", "op", "direction", "MACs", "insn/MAC ref", "insn/MAC dsp", "speed-up"]
+CMSIS_HEADER = "insn/MAC cmsis_nn"
 
 
 def parse(text: str, board: str, returncode: int = 0) -> KernelBench:
@@ -101,11 +106,13 @@ def parse(text: str, board: str, returncode: int = 0) -> KernelBench:
     return res
 
 
-def run(board: str, sanitize: bool = False, timeout: float = 300) -> KernelBench:
-    """Build and run the kernel benchmark on ``board`` ("host" runs it natively)."""
+def run(board: str, sanitize: bool = False, timeout: float = 300,
+        cmsis_nn: bool = False) -> KernelBench:
+    """Build and run the kernel benchmark on ``board`` ("host" runs it natively);
+    ``cmsis_nn`` adds the CMSIS-NN backend's forward kernels (build.cmsis_nn_dir())."""
     import subprocess
 
-    exe = build.build(board, sanitize=sanitize, target=TARGET)
+    exe = build.build(board, sanitize=sanitize, target=TARGET, cmsis_nn=cmsis_nn)
     if board == build.HOST:
         r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout,
                            check=False)
@@ -124,6 +131,9 @@ def add_arguments(p) -> None:
     p.add_argument("--edge", action="store_true",
                    help="also list the odd-shaped self-test layers")
     p.add_argument("--json", help="write the measurements as JSON to this file")
+    p.add_argument("--cmsis-nn", action="store_true",
+                   help="also the CMSIS-NN backend's forward kernels (a CMSIS-NN tree from "
+                        "$KILOLEARN_CMSIS_NN or the Zephyr workspace of $ZEPHYR_BASE)")
 
 
 def main(a) -> int:
@@ -133,17 +143,18 @@ def main(a) -> int:
 
     rows, out, bad = [], [], []
     for board in a.boards:
-        r = run(board)
-        rows += r.rows(edge=a.edge)
+        r = run(board, cmsis_nn=a.cmsis_nn)
+        rows += r.rows(edge=a.edge, cmsis_nn=a.cmsis_nn)
         out += [dict(board=board, **m.__dict__) for m in r.measurements]
         if not r.ok:
             bad.append(f"{board}: exit {r.returncode}, {r.mismatches} mismatches"
                        + ("" if r.done else ", no final line"))
     print("int8 kernels, retired instructions per multiply-accumulate (QEMU -icount "
           "shift=0; one timer tick = 40 instructions, 50 on the an505); dsp checked "
-          "bit for bit against ref")
-    print(tabulate(rows, headers=HEADERS, colalign=("left", "left", "left", "right",
-                                                    "right", "right", "right")))
+          "bit for bit against ref" + (", and so is cmsis_nn" if a.cmsis_nn else ""))
+    headers = HEADERS + ([CMSIS_HEADER] if a.cmsis_nn else [])
+    print(tabulate(rows, headers=headers,
+                   colalign=("left", "left", "left") + ("right",) * (len(headers) - 3)))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     for b in bad:

@@ -347,13 +347,13 @@ def requant_out(acc: np.ndarray, shift: int, zy: int, act: str, ey: int, single:
     hi_range = q.INT8_MAX - zy
     lo = 0 if act != "none" else q.INT8_MIN - zy
     hi = hi_range
-    sat = bool(np.any(r > hi_range))
+    sat = bool(np.any(r >= hi_range))  # an output at the top of the int8 range
     if act == "relu6":
         q6 = relu6_q(ey)
         hi = min(q6, hi_range)
         sat = sat and q6 > hi_range
     if act == "none":
-        sat = sat or bool(np.any(r < lo))
+        sat = sat or bool(np.any(r <= lo))  # or at its bottom, without an activation
     return np.clip(r, lo, hi) + zy, sat
 
 

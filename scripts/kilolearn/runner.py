@@ -14,8 +14,8 @@ class RunError(RuntimeError):
 
 
 def run_job(img: bytes, board: str = build.HOST, sanitize: bool = False,
-            timeout: float = 300.0) -> job.Report:
-    exe = build.build(board, sanitize=sanitize)
+            timeout: float = 300.0, cmsis_nn: bool = False) -> job.Report:
+    exe = build.build(board, sanitize=sanitize, cmsis_nn=cmsis_nn)
     if board == build.HOST:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "job.bin"

@@ -197,6 +197,10 @@ static uint64_t toc(void)
 	return kl_port_insn() - t0;
 }
 
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+static int8_t y_cmsis[MAXB];
+#endif
+
 static long run_layer(const layer_t *L, int print)
 {
 	kl_geom_t g;
@@ -256,6 +260,24 @@ static long run_layer(const layer_t *L, int print)
 	m = diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
 	bad += m;
 	report(nm, "fwd", "dsp", macs, ti, m);
+#endif
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	/* the CMSIS-NN backend's forward kernels, checked against ref */
+	memset(y_cmsis, 0x55, (size_t)ny);
+	s = scratch_for(sbytes);
+	int sc;
+	tic();
+	if (L->kind == FC) {
+		sc = kl_cmsis_fully_connected_s8(xs, L->x_zp, ws, bs, &rq, y_cmsis, g.c, g.co, s);
+	} else if (L->kind == CONV) {
+		sc = kl_cmsis_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s);
+	} else {
+		sc = kl_cmsis_depthwise_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s);
+	}
+	ti = toc();
+	m = diff_s8(y_ref, y_cmsis, ny) + (sr != sc) + guard_broken(sbytes);
+	bad += m;
+	report(nm, "fwd", "cmsis_nn", macs, ti, m);
 #endif
 	(void)sr;
 	/* ---- input gradient ---- */

@@ -11,6 +11,8 @@ from kilolearn import build, data
 
 QEMU_BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505"]
 HOST_TARGETS = ["host", "host-asan"]
+# the CMSIS-NN kernel backend, where a CMSIS-NN tree is found (build.cmsis_nn_dir())
+CMSIS_NN_TARGETS = ["host-cmsis-nn", "mps2-an386-cmsis-nn"]
 
 
 def qemu_missing() -> str | None:
@@ -25,12 +27,23 @@ def split_target(target: str) -> tuple[str, bool]:
     """'host-asan' -> ('host', True); a board name -> (board, False)."""
     if target == "host-asan":
         return "host", True
-    return target, False
+    return target.removesuffix("-cmsis-nn"), False
 
 
 def require_target(target: str) -> None:
-    if target in QEMU_BOARDS and (why := qemu_missing()):
+    board = target.removesuffix("-cmsis-nn")
+    if board in QEMU_BOARDS and (why := qemu_missing()):
         pytest.skip(why)
+    if target.endswith("-cmsis-nn") and build.cmsis_nn_dir() is None:
+        pytest.skip("no CMSIS-NN tree (set KILOLEARN_CMSIS_NN or ZEPHYR_BASE)")
+
+
+def run_job(img: bytes, target: str):
+    """runner.run_job on a test target (host, host-asan, a board, <board>-cmsis-nn)."""
+    from kilolearn import runner
+
+    board, asan = split_target(target)
+    return runner.run_job(img, board, sanitize=asan, cmsis_nn=target.endswith("-cmsis-nn"))
 
 
 @pytest.fixture(scope="session")

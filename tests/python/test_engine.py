@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import HOST_TARGETS, QEMU_BOARDS, require_target, split_target
+from conftest import (
+    CMSIS_NN_TARGETS,
+    HOST_TARGETS,
+    QEMU_BOARDS,
+    require_target,
+    run_job,
+    split_target,
+)
 
 from kilolearn import export, job, runner
 from kilolearn import model as M
 from kilolearn import reference as R
 
 TARGETS = HOST_TARGETS + QEMU_BOARDS
+S8_TARGETS = TARGETS + CMSIS_NN_TARGETS  # the int8 forward kernels through CMSIS-NN too
 
 
 def residual_net() -> M.Model:
@@ -95,18 +103,17 @@ def test_f32_gradients_match_numpy(target, net, rng):
             assert rel_err(w, ref.p.weights[i]) < 1e-5, (name, i)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", S8_TARGETS)
 def test_s8_gradients_bit_exact(target, net, rng):
     require_target(target)
-    board, asan = split_target(target)
     name, m = net
     g = m.graph
     p = m.init(int(rng.integers(1000)))
     x, y = data_for(m, rng, 4)
     qm = R.quantize_model(g, p, x)
     xq = qm.quantize_input(x)
-    rep = runner.run_job(job.build(export.export_s8(qm), xq, y, cmd=job.CMD_GRADS, n_steps=4,
-                                   lr=0.2, seed=77, dump_weights=True), board, sanitize=asan)
+    rep = run_job(job.build(export.export_s8(qm), xq, y, cmd=job.CMD_GRADS, n_steps=4,
+                            lr=0.2, seed=77, dump_weights=True), target)
     ref = R.S8Trainer(qm, lr=0.2, seed=77)
     for s in range(4):
         gs = ref.grads(xq[s], int(y[s]))
@@ -134,11 +141,10 @@ def test_s8_gradients_bit_exact(target, net, rng):
             assert np.array_equal(rep.dump(f"b{i:02d}", "<i4"), ref.m.b[i]), (name, i)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", S8_TARGETS)
 def test_s8_fused_training_bit_exact(target, rng):
     """Many fused steps (kl_train_step): weights, biases and the adapted exponents agree."""
     require_target(target)
-    board, asan = split_target(target)
     for name in ("mlp-big", "residual", "bias-only"):
         m = M.mlp([64, 32, 10]) if name == "mlp-big" else MODELS[name]()
         g = m.graph
@@ -146,9 +152,8 @@ def test_s8_fused_training_bit_exact(target, rng):
         x, y = data_for(m, rng, 150 if name == "mlp-big" else 40)
         qm = R.quantize_model(g, p, x[:10])
         xq = qm.quantize_input(x)
-        rep = runner.run_job(job.build(export.export_s8(qm), xq, y, xq[:30], y[:30], lr=0.3,
-                                       seed=9, epochs=2, dump_weights=True), board,
-                             sanitize=asan)
+        rep = run_job(job.build(export.export_s8(qm), xq, y, xq[:30], y[:30], lr=0.3,
+                                seed=9, epochs=2, dump_weights=True), target)
         ref = R.S8Trainer(qm, lr=0.3, seed=9)
         for _ in range(2):
             for i in range(len(xq)):

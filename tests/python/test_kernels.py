@@ -43,6 +43,21 @@ def test_kernels_dsp_equals_ref(target: str) -> None:
         assert not any(m.backend == "dsp" for m in r.measurements)
 
 
+@pytest.mark.parametrize("target", ["mps2-an386-cmsis-nn", "host-cmsis-nn"])
+def test_kernels_cmsis_nn_equals_ref(target: str) -> None:
+    """The CMSIS-NN backend's forward kernels (through arm_fully_connected_s8,
+    arm_convolve_wrapper_s8, arm_depthwise_conv_wrapper_s8) equal ref bit for bit, outputs
+    and saturation flag, on every layer including the odd-shaped and fallback ones."""
+    require_target(target)
+    board, _ = split_target(target)
+    r = kbench.run(board, cmsis_nn=True)
+    assert r.ok, r.output[-2000:]
+    for op in {m.op for m in r.measurements}:
+        cm = r.get(op, "fwd", "cmsis_nn")
+        assert cm is not None and cm.mismatches == 0, op
+    assert not any(m.backend == "cmsis_nn" and m.direction != "fwd" for m in r.measurements)
+
+
 def test_parse_and_rows() -> None:
     text = (
         "KL kbench op conv3x3 dir fwd backend ref macs 1000 insn 9000 mismatches 0\n"

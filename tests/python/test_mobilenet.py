@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import require_target
+from conftest import require_target, run_job
 
-from kilolearn import export, job, runner
+from kilolearn import export, job
 from kilolearn import model as M
 from kilolearn import reference as R
 
 
-@pytest.mark.parametrize("target", ["host", "mps2-an386"])
+@pytest.mark.parametrize("target", ["host", "mps2-an386", "mps2-an386-cmsis-nn"])
 def test_mobilenet_v2_step_matches_reference(target, rng):
     require_target(target)
     m = M.mobilenet_v2((32, 32, 3), 10, alpha=0.35, trainable_last=3)
@@ -23,8 +23,8 @@ def test_mobilenet_v2_step_matches_reference(target, rng):
     y = np.array([3, 7])
     qm = R.quantize_model(g, p, x)
     xq = qm.quantize_input(x)
-    rep = runner.run_job(job.build(export.export_s8(qm), xq, y, cmd=job.CMD_GRADS, n_steps=2,
-                                   lr=0.1, seed=5, dump_weights=True), target)
+    rep = run_job(job.build(export.export_s8(qm), xq, y, cmd=job.CMD_GRADS, n_steps=2,
+                            lr=0.1, seed=5, dump_weights=True), target)
     ref = R.S8Trainer(qm, lr=0.1, seed=5)
     trained = [i for i, op in enumerate(g.ops) if op.trainable]
     assert len(trained) >= 8 and not g.ops[0].trainable
@@ -38,8 +38,8 @@ def test_mobilenet_v2_step_matches_reference(target, rng):
     for i in trained:
         assert np.array_equal(rep.dump(f"w{i:02d}", "i1").reshape(ref.m.w[i].shape), ref.m.w[i])
 
-    rep = runner.run_job(job.build(export.export_f32(g, p), x, y, cmd=job.CMD_GRADS, n_steps=1,
-                                   lr=0.1), target)
+    rep = run_job(job.build(export.export_f32(g, p), x, y, cmd=job.CMD_GRADS, n_steps=1,
+                            lr=0.1), target)
     dws, _, _ = R.F32Trainer(g, p, lr=0.1).grads(x[0], int(y[0]))
     for i in trained:
         got = rep.dump(f"g{i:02d}w", "<f4", 0).reshape(dws[i].shape)

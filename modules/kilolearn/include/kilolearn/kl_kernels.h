@@ -148,12 +148,16 @@ static inline int32_t kl_mul_q31(int32_t x, int32_t q, int e)
 	return kl_rshift_round((int32_t)((p + ((int64_t)1 << 30)) >> 31), e > 0 ? 0 : -e);
 }
 
-/* clamp an output r (units of the output scale, before the zero point) */
+/* clamp an output r (units of the output scale, before the zero point).
+ * The layer saturated when an output reached the end of the int8 range that
+ * is not an activation's bound: the top (unless ReLU6's cap is lower), and
+ * the bottom without an activation. That is visible in the outputs alone,
+ * so every backend (CMSIS-NN included) reports the same flag. */
 static inline int8_t kl_requant_clamp(const kl_requant_t *q, int32_t r, int *sat)
 {
-	if (r > q->hi_range && q->cap_saturates) {
+	if (r >= q->hi_range && q->cap_saturates) {
 		*sat = 1;
-	} else if (r < q->lo && q->act == KL_ACT_NONE) {
+	} else if (r <= q->lo && q->act == KL_ACT_NONE) {
 		*sat = 1;
 	}
 	const int32_t c = r > q->hi ? q->hi : (r < q->lo ? q->lo : r);
@@ -370,6 +374,34 @@ void kl_dsp_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
 #define kl_depthwise_conv_s8                kl_ref_depthwise_conv_s8
 #define kl_depthwise_conv_backward_input_s8 kl_ref_depthwise_conv_backward_input_s8
 #define kl_depthwise_conv_grad_s8           kl_ref_depthwise_conv_grad_s8
+#endif
+
+/* The CMSIS-NN backend (src/kernels/cmsis_nn/, only with CMSIS-NN present):
+ * the forward int8 dense, conv and depthwise kernels through CMSIS-NN, the
+ * backward ones as above. Its scratch adds per-channel bias, multipliers and
+ * shifts and CMSIS-NN's own buffer to the default need. */
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+int kl_cmsis_fully_connected_s8(KL_FC_S8_ARGS);
+int kl_cmsis_conv_s8(KL_CONV_S8_ARGS);
+int kl_cmsis_depthwise_conv_s8(KL_CONV_S8_ARGS);
+uint32_t kl_cmsis_conv_s8_buffer(const kl_geom_t *g);
+uint32_t kl_cmsis_depthwise_conv_s8_buffer(const kl_geom_t *g);
+static inline uint32_t kl_cmsis_conv_s8_scratch(const kl_geom_t *g)
+{
+	const uint32_t a = kl_cmsis_conv_s8_buffer(g), b = kl_cmsis_depthwise_conv_s8_buffer(g);
+	const uint32_t c = (uint32_t)(g->co > g->c ? g->co : g->c);
+	const uint32_t need = 12u * c + (a > b ? a : b) + 16u;
+	const uint32_t dflt = kl_conv_s8_scratch(g);
+	return need > dflt ? need : dflt;
+}
+#undef KL_CONV_S8_SCRATCH
+#define KL_CONV_S8_SCRATCH(g) kl_cmsis_conv_s8_scratch(g)
+#undef kl_fully_connected_s8
+#undef kl_conv_s8
+#undef kl_depthwise_conv_s8
+#define kl_fully_connected_s8 kl_cmsis_fully_connected_s8
+#define kl_conv_s8            kl_cmsis_conv_s8
+#define kl_depthwise_conv_s8  kl_cmsis_depthwise_conv_s8
 #endif
 
 /* ---- pooling (valid windows) ------------------------------------------------ */

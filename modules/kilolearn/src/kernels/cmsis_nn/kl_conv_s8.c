@@ -1,0 +1,53 @@
+/* Convolution forward (groups = 1), int8, through CMSIS-NN's
+ * arm_convolve_wrapper_s8 (1x1, 1xN and general kernels). */
+#include "kl_cmsis_nn.h"
+
+static void conv_params(const kl_geom_t *g, const kl_requant_t *rq, int32_t x_zp,
+			cmsis_nn_conv_params *p, cmsis_nn_dims *in, cmsis_nn_dims *f,
+			cmsis_nn_dims *out)
+{
+	p->input_offset = -x_zp;
+	p->output_offset = rq != NULL ? rq->zp : 0;
+	p->stride.w = g->stride;
+	p->stride.h = g->stride;
+	p->padding.w = g->pad_l;
+	p->padding.h = g->pad_t;
+	p->dilation.w = 1;
+	p->dilation.h = 1;
+	if (rq != NULL) {
+		p->activation = kl_cmsis_act(rq);
+	} else {
+		p->activation.min = -128;
+		p->activation.max = 127;
+	}
+	*in = (cmsis_nn_dims){1, g->h, g->w, g->c};
+	*f = (cmsis_nn_dims){g->co, g->kh, g->kw, g->c};
+	*out = (cmsis_nn_dims){1, g->ho, g->wo, g->co};
+}
+
+uint32_t kl_cmsis_conv_s8_buffer(const kl_geom_t *g)
+{
+	cmsis_nn_conv_params p;
+	cmsis_nn_dims in, f, out;
+	conv_params(g, NULL, 0, &p, &in, &f, &out);
+	const int32_t n = arm_convolve_wrapper_s8_get_buffer_size(&p, &in, &f, &out);
+	return n > 0 ? (uint32_t)n : 0u;
+}
+
+int kl_cmsis_conv_s8(KL_CONV_S8_ARGS)
+{
+	if (!kl_cmsis_rq_ok(rq)) {
+		return KL_CMSIS_FALLBACK(conv_s8)(g, x, x_zp, w, b, rq, y, scratch);
+	}
+	cmsis_nn_per_channel_quant_params qp;
+	int32_t *bq;
+	const uint32_t used = kl_cmsis_channels(rq, b, g->co, scratch, &bq, &qp);
+	cmsis_nn_conv_params p;
+	cmsis_nn_dims in, f, out;
+	conv_params(g, rq, x_zp, &p, &in, &f, &out);
+	const cmsis_nn_dims bd = {1, 1, 1, g->co};
+	const cmsis_nn_context ctx = {(uint8_t *)scratch + used,
+				      (int32_t)kl_cmsis_conv_s8_buffer(g)};
+	(void)arm_convolve_wrapper_s8(&ctx, &p, &qp, &in, x, &f, w, &bd, bq, &out, y);
+	return kl_cmsis_sat(rq, y, g->ho * g->wo * g->co);
+}
