@@ -187,7 +187,7 @@ static inline int8_t kl_rqf_any(kl_rqf_t *f, int32_t dot, int32_t bq)
 
 static inline int kl_rqf_sat(const kl_rqf_t *f)
 {
-	return f->sat | (f->rmax > f->sat_hi) | (f->rmin < f->sat_lo);
+	return f->sat | (f->rmax >= f->sat_hi) | (f->rmin <= f->sat_lo);
 }
 
 #endif

@@ -124,16 +124,16 @@ static inline __attribute__((always_inline)) int kl_dsp_requant_loop(
 		}
 		const int32_t r = (acc + kl_rq_add(acc, yk, ym)) >> ys;
 		if (mode == 1) {
-			sat |= r > 255;
+			sat |= r >= 255;
 			y[i] = (int8_t)((int32_t)__usat(r, 8) - 128);
 		} else if (mode == 2) {
 			const int32_t c = __ssat(r, 8);
-			sat |= c != r;
+			sat |= (c == 127) | (c == -128);
 			y[i] = (int8_t)c;
 		} else {
 			const int32_t sat_hi = rq->cap_saturates ? rq->hi_range : INT32_MAX;
 			const int32_t sat_lo = rq->act == KL_ACT_NONE ? rq->lo : INT32_MIN;
-			sat |= (r > sat_hi) | (r < sat_lo);
+			sat |= (r >= sat_hi) | (r <= sat_lo);
 			y[i] = (int8_t)((r > rq->hi ? rq->hi : (r < rq->lo ? rq->lo : r)) + rq->zp);
 		}
 	}
