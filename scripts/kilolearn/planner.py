@@ -10,11 +10,13 @@ exact arena peak (the engine's bookkeeping, weight copies and scratch mirrored b
 The graph is treated as a chain of *cuts*: cut ``i`` lies before op ``i`` (ops in blob order);
 its bundle ``D_i`` is every tensor made before the cut and read at or after it (for a plain chain
 one tensor; inside a residual block the block input as well). Checkpointing cut ``i`` keeps
-``D_i``, from which ops ``i..`` can be recomputed. On that chain the dynamic programme of
-:func:`_Dp` is exact (persistent checkpoints, memory in bytes, heterogeneous sizes and MACs, the
-checkpoints re-chosen for every phase of the backward pass as it frees memory); the steps are then
-generated with buffers freed right after their last read, and the peak is measured on the steps
-and the offsets, not estimated.
+``D_i``, from which ops ``i..`` can be recomputed. On that chain :func:`_search` is exact over
+every schedule the engine can run (chains of up to ``EXACT_MAX`` ops: checkpoints dropped and
+recomputed whenever that pays) and :class:`_GridDp` is optimal among persistent schedules on a
+grid of memory levels (longer chains; heterogeneous sizes and MACs, the checkpoints re-chosen for
+every phase of the backward pass as it frees memory); the steps are then generated with buffers
+freed right after their last read, and the peak is measured on the steps and the offsets, not
+estimated.
 """
 
 from __future__ import annotations
@@ -230,13 +232,18 @@ class MemModel:
 @dataclass
 class Chain:
     """Cuts 0..n: a[i] data bytes of bundle i, g[i] its gradient bytes, f[i] MACs of op i, p the
-    first op with a backward step, keep_last: the last bundle (the logits) is never freed."""
+    first op with a backward step, keep_last: the last bundle (the logits) is never freed,
+    w[i]: scratch bytes the backward step of op i needs besides the gradients (none if empty)."""
 
     a: list[int]
     g: list[int]
     f: list[int]
     p: int = 0
     keep_last: bool = False
+    w: list[int] = field(default_factory=list)
+
+    def scratch(self, i: int) -> int:
+        return self.w[i] if self.w else 0
 
     @property
     def n(self) -> int:
@@ -252,7 +259,9 @@ def chain_of(mm: MemModel) -> Chain:
              and t != g.input]
         a.append(sum(mm.dbytes[t] for t in d))
         gr.append(sum(mm.gbytes[t] for t in d if mm.need_grad[t] or t == g.output))
-    return Chain(a, gr, list(mm.macs), mm.first_bwd(), keep_last=True)
+    w = [mm.bwd_scratch(i) if mm.training and (mm.need_grad[op.output] or op.output == g.output)
+         else 0 for i, op in enumerate(g.ops)]
+    return Chain(a, gr, list(mm.macs), mm.first_bwd(), keep_last=True, w=w)
 
 
 # ------------------------------------------------------------ exact search (short chains)
@@ -298,7 +307,7 @@ def _replay(ch: Chain, macros: list[tuple]) -> tuple[float, int]:
         else:
             if grad != mc[1] + 1:
                 return INF, 0
-            peak = max(peak, mem() + ch.g[mc[1]])
+            peak = max(peak, mem() + ch.g[mc[1]] + ch.scratch(mc[1]))
             grad = mc[1]
         for i in list(held):
             if not needed(i, j):
@@ -349,7 +358,8 @@ def _search(ch: Chain, m: int) -> tuple[float, list[tuple]]:
                 nxt.append((cost, held & ~(1 << j), b, ()))
         if b == n + 1 and held >> n & 1 and cur + g[n] <= m:
             nxt.append((cost, held, n, ("L",)))
-        if b <= n and have >> (b - 1) & 1 and held >> b & 1 and cur + g[b - 1] <= m:
+        if (b <= n and have >> (b - 1) & 1 and held >> b & 1
+                and cur + g[b - 1] + ch.scratch(b - 1) <= m):
             keep = ch.keep_last and b == n
             nxt.append((cost, held if keep else held & ~(1 << b), b - 1, ("B", b - 1)))
         for c, hh, bb, mv in nxt:
@@ -382,6 +392,7 @@ class _GridDp:
         n = ch.n
         self.A = [-(-x // q) for x in ch.a]
         self.G = [-(-x // q) for x in ch.g]
+        self.S = [-(-ch.scratch(i) // q) for i in range(ch.n)]  # backward scratch
         self.F = [0] * (n + 1)
         for i in range(n):
             self.F[i + 1] = self.F[i] + ch.f[i]
@@ -421,8 +432,9 @@ class _GridDp:
             s = np.arange(n + 1 - d)
             t = s + d
             if d == 1:
-                ch_d = np.where(lv[None, :] >= Gn[s][:, None], 0.0, INF)
-                cn_d = np.where(lv[None, :] >= (Gn[s] + An[t])[:, None],
+                Sn = np.array(self.S, dtype=np.int64)
+                ch_d = np.where(lv[None, :] >= (Gn[s] + Sn[s])[:, None], 0.0, INF)
+                cn_d = np.where(lv[None, :] >= (Gn[s] + An[t] + Sn[s])[:, None],
                                 np.array(ch.f, dtype=np.float64)[:, None], INF)
             else:
                 jj, s0 = np.divmod(np.arange((d - 1) * len(s)), len(s))
@@ -530,10 +542,10 @@ class _GridDp:
         m = min(m, self.L - 1)
         want = self._c(s, t, m, held)
         if t == s + 1:
-            if held and G[s] <= m:
+            if held and G[s] + self.S[s] <= m:
                 out.append(("B", s))
                 return
-            if not held and G[s] + A[t] <= m:
+            if not held and G[s] + A[t] + self.S[s] <= m:
                 out.extend([("F", s), ("B", s)])
                 return
         back = self.back(t, held)
@@ -817,23 +829,47 @@ def optimal(mm: MemModel, budget: int, *, chain: Chain | None = None) -> Plan | 
     m = budget - static
     best: Plan | None = None
     if m >= 0:
+        # the chain bound m' that gives the cheapest plan whose real peak fits: the chain model
+        # over-counts (rounding, tensors a step does not read) and under-counts (offset
+        # fragmentation, skip tensors), so probe bounds below and above m
+        hi_m = m + m // 4
+        q = 1
         if ch.n <= EXACT_MAX:
             solve = lambda mb: _search(ch, mb)  # noqa: E731
-        else:  # one grid DP serves every bound below m
-            q = max(1, -(-m // GRID_LEVELS))
-            dp = _GridDp(ch, m // q + 1, q)
-            solve = dp.solve
-        for _ in range(24):  # the region may exceed the chain's bound (fragmentation, DAG)
-            if m < 0:
+        else:  # one grid DP serves every bound up to hi_m
+            q = max(1, -(-hi_m // GRID_LEVELS))
+            solve = _GridDp(ch, hi_m // q + 1, q).solve
+        built: dict[int, Plan | None] = {}
+
+        def probe(mb: int) -> Plan | None:
+            if mb not in built:
+                cost, macros = solve(mb)
+                built[mb] = None if cost == INF else build_steps(mm, macros, "optimal")
+            return built[mb]
+
+        fit = None
+        mb = m
+        for _ in range(24):  # down from m until the real peak fits
+            if mb < 0:
                 break
-            cost, macros = solve(m)
-            if cost == INF:
+            pl = probe(mb)
+            if pl is None:
                 break
-            pl = build_steps(mm, macros, "optimal")
             if pl.peak <= budget:
-                best = pl
+                best, fit = pl, mb
                 break
-            m -= max(4, pl.peak - budget)
+            mb -= max(4, q, pl.peak - budget)  # at least one grid level
+        if fit is not None:  # up from there while it still fits (bisection on the bound)
+            lo, hi = fit, hi_m
+            while hi - lo > q:
+                mid = (lo + hi) // 2
+                pl = probe(mid)
+                if pl is not None and pl.peak <= budget:
+                    lo = mid
+                    if pl.macs < best.macs:
+                        best = pl
+                else:
+                    hi = mid
     # the chain model is conservative (bundles sharing a skip tensor count it twice, a step
     # may not read every tensor of its bundles): a baseline may fit where the DP sees no room
     if best is None or best.extra_macs > 0:
@@ -951,6 +987,12 @@ def cmd_plan(a) -> int:  # noqa: ANN001
           f"{opt.live_peak:,} B), +{opt.extra_pct:.1f} % MACs, planned in {dt * 1000:.0f} ms")
     for r in phase_rows(opt):
         print(r)
+    if getattr(a, "curve", None):
+        title = (f"{a.model} alpha {a.alpha} {a.input}x{a.input}, {dtype}, {len(g.ops)} ops"
+                 if not a.blob else a.blob)
+        rows = plot_curve(mm, a.curve, title)
+        print(tabulate(rows, headers=["budget B", "arena peak B", "extra MACs %"]))
+        print(f"wrote {a.curve}")
     if a.write:
         write_blob(a.blob, opt, a.write)
         print(f"wrote {a.write} (format 2.1, {len(opt.steps)} steps)")
@@ -984,6 +1026,8 @@ def add_cli(sub) -> None:  # noqa: ANN001
     p.add_argument("--alpha", type=float, default=0.0, help="width multiplier")
     p.add_argument("--dtype", default="s8", choices=["s8", "f32"])
     p.add_argument("--target", default="arm", choices=list(TARGET_PTR))
+    p.add_argument("--curve", help="also plot extra MACs vs budget (optimal, store-all, "
+                   "sqrt(n)) to this PNG and print its table")
     p.set_defaults(fn=cmd_plan)
 
 
