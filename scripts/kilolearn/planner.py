@@ -10,20 +10,23 @@ exact arena peak (the engine's bookkeeping, weight copies and scratch mirrored b
 The graph is treated as a chain of *cuts*: cut ``i`` lies before op ``i`` (ops in blob order);
 its bundle ``D_i`` is every tensor made before the cut and read at or after it (for a plain chain
 one tensor; inside a residual block the block input as well). Checkpointing cut ``i`` keeps
-``D_i``, from which ops ``i..`` can be recomputed. On that chain the dynamic programme of
-:func:`_Dp` is exact (persistent checkpoints, memory in bytes, heterogeneous sizes and MACs, the
-checkpoints re-chosen for every phase of the backward pass as it frees memory); the steps are then
-generated with buffers freed right after their last read, and the peak is measured on the steps
-and the offsets, not estimated.
+``D_i``, from which ops ``i..`` can be recomputed. On that chain :func:`_search` is exact over
+every schedule the engine can run (chains of up to ``EXACT_MAX`` ops: checkpoints dropped and
+recomputed whenever that pays) and :class:`_GridDp` is optimal among persistent schedules on a
+grid of memory levels (longer chains; heterogeneous sizes and MACs, the checkpoints re-chosen for
+every phase of the backward pass as it frees memory); the steps are then generated with buffers
+freed right after their last read, and the peak is measured on the steps and the offsets, not
+estimated.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 import struct
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
@@ -229,13 +232,18 @@ class MemModel:
 @dataclass
 class Chain:
     """Cuts 0..n: a[i] data bytes of bundle i, g[i] its gradient bytes, f[i] MACs of op i, p the
-    first op with a backward step, keep_last: the last bundle (the logits) is never freed."""
+    first op with a backward step, keep_last: the last bundle (the logits) is never freed,
+    w[i]: scratch bytes the backward step of op i needs besides the gradients (none if empty)."""
 
     a: list[int]
     g: list[int]
     f: list[int]
     p: int = 0
     keep_last: bool = False
+    w: list[int] = field(default_factory=list)
+
+    def scratch(self, i: int) -> int:
+        return self.w[i] if self.w else 0
 
     @property
     def n(self) -> int:
@@ -251,139 +259,327 @@ def chain_of(mm: MemModel) -> Chain:
              and t != g.input]
         a.append(sum(mm.dbytes[t] for t in d))
         gr.append(sum(mm.gbytes[t] for t in d if mm.need_grad[t] or t == g.output))
-    return Chain(a, gr, list(mm.macs), mm.first_bwd(), keep_last=True)
+    w = [mm.bwd_scratch(i) if mm.training and (mm.need_grad[op.output] or op.output == g.output)
+         else 0 for i, op in enumerate(g.ops)]
+    return Chain(a, gr, list(mm.macs), mm.first_bwd(), keep_last=True, w=w)
 
 
-class _Dp:
-    """Optimal persistent checkpointing of a chain under a memory bound, in bytes.
+# ------------------------------------------------------------ exact search (short chains)
 
-    T(s, m): bundle s held, m bytes free: the cheapest way to run forward to the loss and back
-    to cut s. C(s, t, m): bundle s held, bundle t and its gradient held: backprop ops s..t-1,
-    leaving the gradient of bundle s. Both pick the next checkpoint k; the right part runs
-    with bundle k held, the left part with the memory the right part has freed."""
+EXACT_MAX = 10  # chains of up to this many ops are planned by the exact search
 
-    def __init__(self, ch: Chain, quantum: int = 1):
-        self.ch = ch
-        self.q = quantum  # free memory is rounded down to this (1: exact)
+
+def _replay(ch: Chain, macros: list[tuple]) -> tuple[float, int]:
+    """(forward MACs, peak bytes) of a macro schedule on the chain, every bundle dropped right
+    after its last read (what build_steps does); inf if a step reads a bundle not held."""
+    n = ch.n
+    reads: list[set[int]] = []
+    for mc in macros:
+        reads.append({mc[1]} if mc[0] == "F" else {n} if mc[0] == "L" else {mc[1], mc[1] + 1})
+    held: set[int] = set()
+    cost, peak, grad = 0, 0, -1  # grad: the bundle whose gradient is held
+
+    def mem() -> int:
+        return sum(ch.a[i] for i in held) + (ch.g[grad] if grad >= 0 else 0) + ch.a[0]
+
+    def needed(i: int, j: int) -> bool:
+        if ch.keep_last and i == n and any(mc[0] == "L" for mc in macros[:j + 1]):
+            return True
+        for mc, r in zip(macros[j + 1:], reads[j + 1:], strict=True):
+            if i in r:
+                return True
+            if mc[0] == "F" and mc[1] + 1 == i:
+                return False
+        return False
+
+    for j, mc in enumerate(macros):
+        if any(i != 0 and i not in held for i in reads[j]):
+            return INF, 0
+        if mc[0] == "F":
+            if mc[1] + 1 in held:
+                return INF, 0
+            held.add(mc[1] + 1)
+            cost += ch.f[mc[1]]
+            peak = max(peak, mem())
+        elif mc[0] == "L":
+            grad = n
+            peak = max(peak, mem())
+        else:
+            if grad != mc[1] + 1:
+                return INF, 0
+            peak = max(peak, mem() + ch.g[mc[1]] + ch.scratch(mc[1]))
+            grad = mc[1]
+        for i in list(held):
+            if not needed(i, j):
+                held.discard(i)
+    return cost, peak
+
+
+def _search(ch: Chain, m: int) -> tuple[float, list[tuple]]:
+    """The cheapest schedule of a short chain within m bytes: Dijkstra over (bundles held,
+    backward frontier) with forward, drop, loss and backward moves, i.e. every schedule the
+    engine can run on the chain (the gradient buffer of a step exists only during it; a
+    bundle is dropped whenever that helps, kept as long as that helps)."""
+    n = ch.n
+    a, g, f = ch.a, ch.g, ch.f
+    m -= a[0]
+    start = (0, n + 1)
+    best = {start: 0}
+    prev: dict[tuple[int, int], tuple[tuple[int, int], tuple]] = {}
+    pq = [(0, 0, start)]
+    tie = 0
+    sizes = [0] * (1 << (n + 1))  # bytes of a held set (bit i: bundle i)
+    for s in range(1, len(sizes)):
+        low = (s & -s).bit_length() - 1
+        sizes[s] = sizes[s & (s - 1)] + a[low]
+    while pq:
+        cost, _, st = heapq.heappop(pq)
+        if best[st] != cost:
+            continue
+        held, b = st
+        if b <= ch.p or b == 0:
+            out: list[tuple] = []
+            while st in prev:
+                st, mv = prev[st]
+                if mv:
+                    out.append(mv)
+            return cost, out[::-1]
+        have = held | 1
+        cur = sizes[held] + (g[b] if b <= n else 0)
+        nxt: list[tuple[int, int, int, tuple]] = []
+        for i in range(min(b, n)):  # forward op i: bundle i held, i + 1 not
+            if have >> i & 1 and not held >> (i + 1) & 1 and cur + a[i + 1] <= m:
+                nxt.append((cost + f[i], held | 1 << (i + 1), b, ("F", i)))
+        h = held
+        while h:  # drop a bundle
+            j = (h & -h).bit_length() - 1
+            h &= h - 1
+            if not (ch.keep_last and j == n and b <= n):
+                nxt.append((cost, held & ~(1 << j), b, ()))
+        if b == n + 1 and held >> n & 1 and cur + g[n] <= m:
+            nxt.append((cost, held, n, ("L",)))
+        if (b <= n and have >> (b - 1) & 1 and held >> b & 1
+                and cur + g[b - 1] + ch.scratch(b - 1) <= m):
+            keep = ch.keep_last and b == n
+            nxt.append((cost, held if keep else held & ~(1 << b), b - 1, ("B", b - 1)))
+        for c, hh, bb, mv in nxt:
+            if c < best.get((hh, bb), INF):
+                best[(hh, bb)] = c
+                prev[(hh, bb)] = (st, mv)
+                tie += 1
+                heapq.heappush(pq, (c, tie, (hh, bb)))
+    return INF, []
+
+
+# ------------------------------------------------------------ dynamic programme (long chains)
+
+
+class _GridDp:
+    """Optimal persistent checkpointing of a chain, memory on a grid of `q`-byte levels
+    (bundle sizes rounded up, free memory down: every plan found fits).
+
+    C(s, t, m): bundle s held, bundle t (held or not: `Ch` / `Cn`) and its gradient held, m
+    levels free: the cheapest way to backprop ops s..t-1, leaving the gradient of bundle s.
+    It picks the next checkpoint k, runs the right part with bundle k held and the left part
+    with the memory the right part freed (the checkpoints re-chosen for every phase of the
+    backward pass); a held end bundle may be dropped and recomputed. T(s, m): bundle s held,
+    forward to the loss and back to s. Every C(s, t, .) and T(s, .) is a numpy vector over
+    all memory levels, computed bottom-up, segments of one length at a time (vectorised over
+    their start)."""
+
+    def __init__(self, ch: Chain, levels: int, q: int):
+        self.ch, self.L, self.q = ch, levels, q
         n = ch.n
+        self.A = [-(-x // q) for x in ch.a]
+        self.G = [-(-x // q) for x in ch.g]
+        self.S = [-(-ch.scratch(i) // q) for i in range(ch.n)]  # backward scratch
         self.F = [0] * (n + 1)
         for i in range(n):
             self.F[i + 1] = self.F[i] + ch.f[i]
-        self.fp = [[0] * (n + 1) for _ in range(n + 1)]  # forward-and-drop peak s -> k
+        self.FP = np.zeros((n + 1, n + 1), dtype=np.int64)  # forward-and-drop peak s -> k
         for s in range(n + 1):
             peak = 0
             for k in range(s + 1, n + 1):
-                i = k - 1
-                peak = max(peak, (ch.a[i] if i > s else 0) + ch.a[k])
-                self.fp[s][k] = peak
-        self.C = lru_cache(maxsize=None)(self._C)
-        self.T = lru_cache(maxsize=None)(self._T)
+                peak = max(peak, (self.A[k - 1] if k - 1 > s else 0) + self.A[k])
+                self.FP[s, k] = peak
+        self.pin = self.A[n] if ch.keep_last else 0
+        self._solve()
 
-    def freed(self, t: int) -> int:
-        ch = self.ch
-        return ch.g[t] + (0 if (ch.keep_last and t == ch.n) else ch.a[t])
+    def back(self, t: int, held: bool) -> int:
+        """Levels freed when the frontier leaves bundle t."""
+        pinned = self.ch.keep_last and t == self.ch.n
+        return self.G[t] + (self.A[t] if held and not pinned else 0)
 
-    def _C(self, s: int, t: int, m: int, held: bool = True) -> tuple[float, int]:
-        """held: bundle t is in memory (else it is recomputed from the left)."""
-        if m % self.q:
-            return self.C(s, t, m - m % self.q, held)
-        ch = self.ch
-        if t <= ch.p:
-            return 0, -1
-        best: tuple[float, int] = (INF, -1)
-        if held and not (ch.keep_last and t == ch.n):
-            best = (self.C(s, t, m + ch.a[t], False)[0], -2)  # drop bundle t, recompute it
-        if t == s + 1:
-            need = ch.g[s] + (0 if held else ch.a[t])
-            c = 0 if held else ch.f[s]
-            return (c, -1) if need <= m and c < best[0] else best
-        for k in range(s + 1, t):
-            if self.fp[s][k] > m:
-                break
-            r = self.C(k, t, m - ch.a[k], held)[0]
-            if r == INF:
-                continue
-            c = self.F[k] - self.F[s] + r
-            if c >= best[0]:
-                continue
-            back = self.freed(t) if held else ch.g[t]
-            left = self.C(s, k, m + back - ch.a[k] - ch.g[k])[0]
-            if c + left < best[0]:
-                best = (c + left, k)
-        return best
-
-    def _T(self, s: int, m: int) -> tuple[float, int]:
-        if m % self.q:
-            return self.T(s, m - m % self.q)
-        ch = self.ch
+    def _solve(self) -> None:
+        ch, L, A, G = self.ch, self.L, self.A, self.G
         n = ch.n
-        best: tuple[float, int] = (INF, -1)
-        pin = ch.a[n] if ch.keep_last else 0
-        for k in range(s + 1, n + 1):
-            if self.fp[s][k] > m:
-                break
-            c = self.F[k] - self.F[s]
-            if k == n:
-                if ch.a[n] + ch.g[n] > m:
-                    continue
-                c += self.C(s, n, m - ch.a[n] - ch.g[n])[0]
+        lv = np.arange(L)
+        An = np.array(A, dtype=np.int64)
+        Gn = np.array(G, dtype=np.int64)
+        Fn = np.array(self.F, dtype=np.float64)
+        pad = int(An.max() + Gn.max()) + self.pin + 1
+        self.pad = pad
+        W = pad + L + pad  # [inf pad | levels 0..L-1 | the last level repeated]
+        # Ch[d, s, pad + m] = C(s, s + d, m, held), Cn: the end bundle not held
+        self.Ch = np.full((n + 1, n + 1, W), INF)
+        self.Cn = np.full((n + 1, n + 1, W), INF)
+        flat_h, flat_n = self.Ch.reshape(-1), self.Cn.reshape(-1)
+        need_h = np.full((n + 1, n + 1), L, dtype=np.int64)  # first level with a finite C
+        need_n = need_h.copy()
+        pinned_t = np.zeros(n + 1, dtype=bool)
+        pinned_t[n] = ch.keep_last
+        for d in range(1, n + 1):
+            s = np.arange(n + 1 - d)
+            t = s + d
+            if d == 1:
+                Sn = np.array(self.S, dtype=np.int64)
+                ch_d = np.where(lv[None, :] >= (Gn[s] + Sn[s])[:, None], 0.0, INF)
+                cn_d = np.where(lv[None, :] >= (Gn[s] + An[t] + Sn[s])[:, None],
+                                np.array(ch.f, dtype=np.float64)[:, None], INF)
             else:
-                r = self.T(k, m - ch.a[k])[0]
-                if r == INF:
-                    continue
-                c += r
-                if c >= best[0]:
-                    continue
-                c += self.C(s, k, m - ch.a[k] - ch.g[k] - pin)[0]
-            if c < best[0]:
-                best = (c, k)
-        return best
+                jj, s0 = np.divmod(np.arange((d - 1) * len(s)), len(s))
+                j = jj + 1  # every (checkpoint offset, start) pair of this length
+                k = s0 + j
+                tt = s0 + d
+                back_n = Gn[tt]
+                back_h = back_n + np.where(pinned_t[tt], 0, An[tt])
+                outs = []
+                for held, back in ((True, back_h), (False, back_n)):
+                    nr = (need_h if held else need_n)[d - j, k]
+                    # the least memory each pair needs: skip the pairs that never fit
+                    lo = np.maximum(np.maximum(self.FP[s0, k], An[k] + nr),
+                                    need_h[j, s0] - back + An[k] + Gn[k])
+                    sel = np.nonzero(lo < L)[0]
+                    out = np.full((len(s), L), INF)
+                    if len(sel) == len(j):
+                        sel = slice(None)
+                    if len(j[sel]):
+                        js, ss, ks, bs = j[sel], s0[sel], k[sel], back[sel]
+                        base_r = (((d - js) * (n + 1) + ks) * W + pad - An[ks])[:, None]
+                        base_l = ((js * (n + 1) + ss) * W + pad - An[ks] - Gn[ks] + bs)[:, None]
+                        c = (Fn[ks] - Fn[ss])[:, None] + (flat_h if held else flat_n)[base_r + lv]
+                        c += flat_h[base_l + lv]
+                        c[lv[None, :] < lo[sel][:, None]] = INF
+                        if isinstance(sel, slice):
+                            out = c.reshape(d - 1, len(s), L).min(axis=0)
+                        else:
+                            full = np.full((len(j), L), INF)
+                            full[sel] = c
+                            out = full.reshape(d - 1, len(s), L).min(axis=0)
+                    outs.append(out)
+                ch_d, cn_d = outs
+            # drop the end bundle and recompute it (not the pinned logits)
+            drop = np.take_along_axis(cn_d, np.minimum(lv[None, :] + An[t][:, None], L - 1), 1)
+            drop[pinned_t[t]] = INF
+            np.minimum(ch_d, drop, out=ch_d)
+            done = t <= ch.p
+            ch_d[done] = 0
+            cn_d[done] = 0
+            for arr, v, need in ((self.Ch, ch_d, need_h), (self.Cn, cn_d, need_n)):
+                arr[d, : len(s), pad: pad + L] = v
+                arr[d, : len(s), pad + L:] = v[:, -1:]
+                fin = v < INF
+                need[d, : len(s)] = np.where(fin.any(axis=1), fin.argmax(axis=1), L)
+        self.T = np.full((n + 1, L), INF)
+        for s_ in range(n - 1, -1, -1):
+            best = np.full(L, INF)
+            for k_ in range(s_ + 1, n + 1):
+                c0_ = self.F[k_] - self.F[s_]
+                if k_ == n:
+                    c = c0_ + self.Ch[n - s_, s_, pad - A[n] - G[n]: pad - A[n] - G[n] + L]
+                else:
+                    i0 = pad - A[k_] - G[k_] - self.pin
+                    r = np.full(L, INF)
+                    if A[k_] < L:
+                        r[A[k_]:] = self.T[k_][: L - A[k_]]
+                    c = c0_ + r + self.Ch[k_ - s_, s_, i0: i0 + L]
+                c[lv < self.FP[s_, k_]] = INF
+                np.minimum(best, c, out=best)
+            self.T[s_] = best
 
-    def solve(self, m: int) -> tuple[float, list[tuple]]:
-        cost, _ = self.T(0, m - self.ch.a[0])
-        if cost == INF:
+    # -- the schedule of the optimum: re-derive each choice at its memory level ------------
+    def _c(self, s: int, t: int, m: int, held: bool) -> float:
+        if m < 0:
+            return INF
+        return float((self.Ch if held else self.Cn)[t - s, s, self.pad + min(m, self.L - 1)])
+
+    def solve(self, m_bytes: int) -> tuple[float, list[tuple]]:
+        m = min(m_bytes // self.q - self.A[0], self.L - 1)
+        if m < 0 or self.T[0][m] == INF:
             return INF, []
         out: list[tuple] = []
-        self._genT(0, m - self.ch.a[0], out)
-        return cost, out
-
-    def _fw(self, s: int, k: int, out: list[tuple]) -> None:
-        out.extend(("F", i) for i in range(s, k))
+        self._genT(0, m, out)
+        return float(self.T[0][m]), out
 
     def _genT(self, s: int, m: int, out: list[tuple]) -> None:
-        ch = self.ch
-        k = self.T(s, m)[1]
-        self._fw(s, k, out)
-        if k == ch.n:
-            out.append(("L",))
-            self._genC(s, ch.n, m - ch.a[k] - ch.g[k], out)
-        else:
-            self._genT(k, m - ch.a[k], out)
-            pin = ch.a[ch.n] if ch.keep_last else 0
-            self._genC(s, k, m - ch.a[k] - ch.g[k] - pin, out)
+        n, A, G = self.ch.n, self.A, self.G
+        want = self.T[s][m]
+        for k in range(s + 1, n + 1):
+            if self.FP[s, k] > m:
+                break
+            c0 = self.F[k] - self.F[s]
+            if k == n:
+                c = c0 + self._c(s, n, m - A[n] - G[n], True)
+                if c == want:
+                    out.extend(("F", i) for i in range(s, n))
+                    out.append(("L",))
+                    self._genC(s, n, m - A[n] - G[n], True, out)
+                    return
+                continue
+            r = float(self.T[k][m - A[k]]) if m >= A[k] else INF
+            c = c0 + r + self._c(s, k, m - A[k] - G[k] - self.pin, True)
+            if c == want:
+                out.extend(("F", i) for i in range(s, k))
+                self._genT(k, m - A[k], out)
+                self._genC(s, k, m - A[k] - G[k] - self.pin, True, out)
+                return
+        raise AssertionError("no choice reproduces T")
 
-    def _genC(self, s: int, t: int, m: int, out: list[tuple], held: bool = True) -> None:
-        ch = self.ch
+    def _genC(self, s: int, t: int, m: int, held: bool, out: list[tuple]) -> None:
+        ch, A, G = self.ch, self.A, self.G
         if t <= ch.p:
             return
-        k = self.C(s, t, m, held)[1]
-        if k == -2:
-            self._genC(s, t, m + ch.a[t], out, False)
-            return
+        m = min(m, self.L - 1)
+        want = self._c(s, t, m, held)
         if t == s + 1:
-            if not held:
-                out.append(("F", s))
-            out.append(("B", s))
+            if held and G[s] + self.S[s] <= m:
+                out.append(("B", s))
+                return
+            if not held and G[s] + A[t] + self.S[s] <= m:
+                out.extend([("F", s), ("B", s)])
+                return
+        back = self.back(t, held)
+        for k in range(s + 1, t):
+            if self.FP[s, k] > m:
+                break
+            c = (self.F[k] - self.F[s] + self._c(k, t, m - A[k], held)
+                 + self._c(s, k, m + back - A[k] - G[k], True))
+            if c == want:
+                out.extend(("F", i) for i in range(s, k))
+                self._genC(k, t, m - A[k], held, out)
+                self._genC(s, k, m + back - A[k] - G[k], True, out)
+                return
+        if held and not (ch.keep_last and t == ch.n):
+            self._genC(s, t, m + A[t], False, out)
             return
-        self._fw(s, k, out)
-        self._genC(k, t, m - ch.a[k], out, held)
-        back = self.freed(t) if held else ch.g[t]
-        self._genC(s, k, m + back - ch.a[k] - ch.g[k], out)
+        raise AssertionError("no choice reproduces C")
+
+
+GRID_LEVELS = 256
+
+
+def chain_plan(ch: Chain, m: int, levels: int = GRID_LEVELS) -> tuple[float, list[tuple]]:
+    """Forward MACs (first pass included) and macros of the cheapest schedule within m bytes
+    (inf, [] if none): the exact search up to EXACT_MAX ops, the grid DP above."""
+    if ch.n <= EXACT_MAX:
+        return _search(ch, m)
+    q = max(1, -(-m // levels))
+    return _GridDp(ch, m // q + 1, q).solve(m)
 
 
 def chain_cost(ch: Chain, m: int) -> float:
     """Minimal MACs of a whole step (first forward included) within m bytes; inf if none."""
-    return _Dp(ch).T(0, m - ch.a[0])[0]
+    return chain_plan(ch, m)[0]
 
 
 # --------------------------------------------------------------------------- steps
@@ -467,13 +663,23 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
         bufs[buf][2] = len(steps)
         cur -= bufs[buf][0]
 
+    # per tensor: the macros reading it and the macros producing it, in order
+    read_at: dict[int, list[int]] = {}
+    prod_at: dict[int, list[int]] = {}
+    for j, r in enumerate(reads):
+        for t in r:
+            read_at.setdefault(t, []).append(j)
+        if producer_at[j] >= 0:
+            prod_at.setdefault(producer_at[j], []).append(j)
+
     def still_read(t: int, j: int) -> bool:
-        for j2 in range(j + 1, len(macros)):
-            if t in reads[j2]:
-                return True
-            if producer_at[j2] == t:
-                return False
-        return False
+        """Is tensor t read after macro j before it is produced again?"""
+        r, p = read_at.get(t, []), prod_at.get(t, [])
+        nr = bisect.bisect_right(r, j)
+        if nr == len(r):
+            return False
+        npr = bisect.bisect_right(p, j)
+        return npr == len(p) or r[nr] < p[npr]
 
     for j, mc in enumerate(macros):
         if mc[0] == "F":
@@ -541,19 +747,25 @@ def assign_offsets(bufs: list[list[int]]) -> tuple[list[int], int]:
     """Static offsets: biggest buffers first, each at the lowest 8-aligned offset free for its
     whole lifetime [start, end)."""
     order = sorted(range(len(bufs)), key=lambda b: (-bufs[b][0], bufs[b][1]))
-    placed: list[tuple[int, int, int, int]] = []  # off, size, start, end
-    offs = [0] * len(bufs)
+    nb = len(bufs)
+    p_lo = np.zeros(nb, dtype=np.int64)  # placed buffers: offset, end offset, lifetime
+    p_hi = np.zeros(nb, dtype=np.int64)
+    p_s = np.zeros(nb, dtype=np.int64)
+    p_e = np.zeros(nb, dtype=np.int64)
+    offs = [0] * nb
     region = 0
-    for b in order:
+    for npl, b in enumerate(order):
         size, s, e = bufs[b]
-        busy = sorted((o, o + sz) for o, sz, s2, e2 in placed if s2 < e and s < e2)
+        ov = (p_s[:npl] < e) & (s < p_e[:npl])
+        lo, hi = p_lo[:npl][ov], p_hi[:npl][ov]
+        srt = np.argsort(lo, kind="stable")
         off = 0
-        for lo, hi in busy:
-            if off + size <= lo:
+        for lo_, hi_ in zip(lo[srt].tolist(), hi[srt].tolist(), strict=True):
+            if off + size <= lo_:
                 break
-            off = max(off, _al(hi, 8))
+            off = max(off, _al(hi_, 8))
         offs[b] = off
-        placed.append((off, size, s, e))
+        p_lo[npl], p_hi[npl], p_s[npl], p_e[npl] = off, off + size, s, e
         region = max(region, off + size)
     return offs, _al(region, 8)
 
@@ -609,26 +821,55 @@ def baseline(mm: MemModel, which: str) -> Plan:
     return _finish(mm, mac, which, t0)
 
 
-def optimal(mm: MemModel, budget: int, *, chain: Chain | None = None,
-            quantum: int = 0) -> Plan | None:
+def optimal(mm: MemModel, budget: int, *, chain: Chain | None = None) -> Plan | None:
     """The fewest recomputed MACs with static + region <= budget, or None."""
     t0 = time.perf_counter()
     ch = chain or chain_of(mm)
     static = mm.static_bytes()
     m = budget - static
-    dp = _Dp(ch, quantum if quantum else (1 if ch.n <= 16 else max(4, m // 128 // 4 * 4)))
     best: Plan | None = None
-    for _ in range(24):  # the region may exceed the DP's bound (fragmentation, DAG overlap)
-        if m < 0:
-            break
-        cost, macros = dp.solve(m)
-        if cost == INF:
-            break
-        pl = build_steps(mm, macros, "optimal")
-        if pl.peak <= budget:
-            best = pl
-            break
-        m -= max(4, pl.peak - budget)
+    if m >= 0:
+        # the chain bound m' that gives the cheapest plan whose real peak fits: the chain model
+        # over-counts (rounding, tensors a step does not read) and under-counts (offset
+        # fragmentation, skip tensors), so probe bounds below and above m
+        hi_m = m + m // 4
+        q = 1
+        if ch.n <= EXACT_MAX:
+            solve = lambda mb: _search(ch, mb)  # noqa: E731
+        else:  # one grid DP serves every bound up to hi_m
+            q = max(1, -(-hi_m // GRID_LEVELS))
+            solve = _GridDp(ch, hi_m // q + 1, q).solve
+        built: dict[int, Plan | None] = {}
+
+        def probe(mb: int) -> Plan | None:
+            if mb not in built:
+                cost, macros = solve(mb)
+                built[mb] = None if cost == INF else build_steps(mm, macros, "optimal")
+            return built[mb]
+
+        fit = None
+        mb = m
+        for _ in range(24):  # down from m until the real peak fits
+            if mb < 0:
+                break
+            pl = probe(mb)
+            if pl is None:
+                break
+            if pl.peak <= budget:
+                best, fit = pl, mb
+                break
+            mb -= max(4, q, pl.peak - budget)  # at least one grid level
+        if fit is not None:  # up from there while it still fits (bisection on the bound)
+            lo, hi = fit, hi_m
+            while hi - lo > q:
+                mid = (lo + hi) // 2
+                pl = probe(mid)
+                if pl is not None and pl.peak <= budget:
+                    lo = mid
+                    if pl.macs < best.macs:
+                        best = pl
+                else:
+                    hi = mid
     # the chain model is conservative (bundles sharing a skip tensor count it twice, a step
     # may not read every tensor of its bundles): a baseline may fit where the DP sees no room
     if best is None or best.extra_macs > 0:
@@ -746,6 +987,12 @@ def cmd_plan(a) -> int:  # noqa: ANN001
           f"{opt.live_peak:,} B), +{opt.extra_pct:.1f} % MACs, planned in {dt * 1000:.0f} ms")
     for r in phase_rows(opt):
         print(r)
+    if getattr(a, "curve", None):
+        title = (f"{a.model} alpha {a.alpha} {a.input}x{a.input}, {dtype}, {len(g.ops)} ops"
+                 if not a.blob else a.blob)
+        rows = plot_curve(mm, a.curve, title)
+        print(tabulate(rows, headers=["budget B", "arena peak B", "extra MACs %"]))
+        print(f"wrote {a.curve}")
     if a.write:
         write_blob(a.blob, opt, a.write)
         print(f"wrote {a.write} (format 2.1, {len(opt.steps)} steps)")
@@ -779,6 +1026,8 @@ def add_cli(sub) -> None:  # noqa: ANN001
     p.add_argument("--alpha", type=float, default=0.0, help="width multiplier")
     p.add_argument("--dtype", default="s8", choices=["s8", "f32"])
     p.add_argument("--target", default="arm", choices=list(TARGET_PTR))
+    p.add_argument("--curve", help="also plot extra MACs vs budget (optimal, store-all, "
+                   "sqrt(n)) to this PNG and print its table")
     p.set_defaults(fn=cmd_plan)
 
 
