@@ -103,6 +103,30 @@ def test_f32_gradients_match_numpy(target, net, rng):
             assert rel_err(w, ref.p.weights[i]) < 1e-5, (name, i)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_f32_fused_training_matches_numpy(target, rng):
+    """Fused float32 SGD steps without momentum (the fpu kernels' VLDM/VFMA blocks of eight and
+    their tails on M4/M7/M33): weights after 2 epochs equal numpy's to float rounding."""
+    require_target(target)
+    board, asan = split_target(target)
+    for name in ("mlp-big", "mlp-frozen-first"):
+        m = M.mlp([64, 32, 10]) if name == "mlp-big" else MODELS[name]()
+        g = m.graph
+        p = m.init(3)
+        x, y = data_for(m, rng, 40)
+        rep = runner.run_job(job.build(export.export_f32(g, p), x, y, x[:20], y[:20], lr=0.1,
+                                       epochs=2, dump_weights=True), board, sanitize=asan)
+        ref = R.F32Trainer(g, p, lr=0.1)
+        for _ in range(2):
+            for i in range(len(x)):
+                ref.step(x[i], int(y[i]))
+        for i, op in enumerate(g.ops):
+            if op.has_params:
+                got = rep.dump(f"w{i:02d}", "<f4").reshape(ref.p.weights[i].shape)
+                assert rel_err(got, ref.p.weights[i]) < 1e-5, (name, i)
+                assert rel_err(rep.dump(f"b{i:02d}", "<f4"), ref.p.biases[i]) < 1e-5, (name, i)
+
+
 @pytest.mark.parametrize("target", S8_TARGETS)
 def test_s8_gradients_bit_exact(target, net, rng):
     require_target(target)

@@ -26,6 +26,14 @@ extern "C" {
 #define KL_KERNELS_DSP 0
 #endif
 
+/* The fpu kernels (src/kernels/fpu/: float32 dense layers on VLDM/VSTM and
+ * VFMA) where the core has a single-precision FPU and Thumb-2. */
+#if defined(__ARM_FP) && (__ARM_FP & 4) && defined(__thumb2__) && !defined(KL_KERNELS_FORCE_REF)
+#define KL_KERNELS_FPU 1
+#else
+#define KL_KERNELS_FPU 0
+#endif
+
 #define KL_LR_FRAC_BITS 12
 #define KL_WEYL         0x9E3779B9u
 
@@ -222,17 +230,32 @@ typedef struct {
 } kl_geom_t;
 
 /* ---- fully connected ------------------------------------------------------ */
-void kl_fully_connected_f32(const float *x, const float *w, const float *b, float *y, int n_in,
-			    int n_out, int act);
+void kl_ref_fully_connected_f32(const float *x, const float *w, const float *b, float *y,
+				int n_in, int n_out, int act);
+void kl_fpu_fully_connected_f32(const float *x, const float *w, const float *b, float *y,
+				int n_in, int n_out, int act);
 /* dx = W^T dy */
-void kl_fully_connected_backward_input_f32(const float *w, const float *dy, float *dx, int n_in,
-					   int n_out);
+void kl_ref_fully_connected_backward_input_f32(const float *w, const float *dy, float *dx,
+					       int n_in, int n_out);
+void kl_fpu_fully_connected_backward_input_f32(const float *w, const float *dy, float *dx,
+					       int n_in, int n_out);
 /* gw = dy x^T, gb = dy */
 void kl_fully_connected_grad_f32(const float *dy, const float *x, float *gw, float *gb, int n_in,
 				 int n_out);
 /* fused SGD (vw == NULL) or SGD with momentum: v = mu v + g; w -= lr v */
-void kl_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, const float *dy,
-				const float *x, float lr, float mu, int n_in, int n_out);
+void kl_ref_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, const float *dy,
+				    const float *x, float lr, float mu, int n_in, int n_out);
+void kl_fpu_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, const float *dy,
+				    const float *x, float lr, float mu, int n_in, int n_out);
+#if KL_KERNELS_FPU
+#define kl_fully_connected_f32                kl_fpu_fully_connected_f32
+#define kl_fully_connected_backward_input_f32 kl_fpu_fully_connected_backward_input_f32
+#define kl_fully_connected_sgd_f32            kl_fpu_fully_connected_sgd_f32
+#else
+#define kl_fully_connected_f32                kl_ref_fully_connected_f32
+#define kl_fully_connected_backward_input_f32 kl_ref_fully_connected_backward_input_f32
+#define kl_fully_connected_sgd_f32            kl_ref_fully_connected_sgd_f32
+#endif
 /* p -= lr * (v = mu v + g) over a flat vector (v may be NULL) */
 void kl_sgd_f32(float *p, float *v, const float *g, float lr, float mu, int n);
 

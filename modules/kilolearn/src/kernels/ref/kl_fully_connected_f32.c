@@ -1,8 +1,8 @@
 /* Fully connected layer, float32: forward. */
 #include "kilolearn/kl_kernels.h"
 
-void kl_fully_connected_f32(const float *x, const float *w, const float *b, float *y, int n_in,
-			    int n_out, int act)
+void kl_ref_fully_connected_f32(const float *x, const float *w, const float *b, float *y,
+				int n_in, int n_out, int act)
 {
 	for (int i = 0; i < n_out; i++) {
 		const float *row = w + (long)i * n_in;

@@ -3,8 +3,8 @@
 
 #include "kilolearn/kl_kernels.h"
 
-void kl_fully_connected_backward_input_f32(const float *w, const float *dy, float *dx, int n_in,
-					   int n_out)
+void kl_ref_fully_connected_backward_input_f32(const float *w, const float *dy, float *dx,
+					       int n_in, int n_out)
 {
 	for (int j = 0; j < n_in; j++) {
 		dx[j] = 0.0f;
@@ -33,8 +33,8 @@ void kl_fully_connected_grad_f32(const float *dy, const float *x, float *gw, flo
 	}
 }
 
-void kl_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, const float *dy,
-				const float *x, float lr, float mu, int n_in, int n_out)
+void kl_ref_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, const float *dy,
+				    const float *x, float lr, float mu, int n_in, int n_out)
 {
 	for (int i = 0; i < n_out; i++) {
 		const float g = dy[i];
