@@ -13,6 +13,10 @@
 
 #include "golden.h"
 
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+#include "cmsis_calls.h" /* the CMSIS-NN backend: calls into CMSIS-NN, counted */
+#endif
+
 #define REL_TOL 1e-5
 
 static uint8_t arena_mem[CONFIG_KILOLEARN_ARENA_SIZE] __aligned(8);
@@ -114,6 +118,11 @@ static void run_s8_grads_case(const struct s8_grads_case *c)
 	zassert_equal(init_model(c->blob, c->blob_len, &cfg), KL_OK, "%s", c->name);
 	zassert_equal(model.dtype, KL_DTYPE_S8);
 	check_op_shapes(c->name, c->n_ops, c->nw, c->nb);
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	struct kl_test_cmsis_calls before, after;
+
+	kl_test_cmsis_calls_get(&before);
+#endif
 	for (int s = 0; s < c->steps; s++) {
 		const int pred = kl_compute_grads(&model, c->x + (size_t)s * c->n_in, c->y[s]);
 
@@ -142,6 +151,30 @@ static void run_s8_grads_case(const struct s8_grads_case *c)
 	check_s8_params(c->name, c->n_ops, c->nw, c->nb, c->w_final, c->b_final,
 			c->y_exp_final);
 	zassert_true(arena.peak <= sizeof(arena_mem));
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	/* the forward passes above went through CMSIS-NN, op kind by op kind */
+	kl_test_cmsis_calls_get(&after);
+	int n_dense = 0, n_conv = 0, n_dw = 0;
+
+	for (int i = 0; i < c->n_ops; i++) {
+		n_dense += model.ops[i].kind == KL_OP_DENSE;
+		n_conv += model.ops[i].kind == KL_OP_CONV;
+		n_dw += model.ops[i].kind == KL_OP_DWCONV;
+	}
+	const uint32_t fc = after.fc - before.fc, conv = after.conv - before.conv,
+		       dw = after.dw - before.dw;
+
+	TC_PRINT("%s: CMSIS-NN calls in %d steps: %u fully connected (%d dense ops), %u conv "
+		 "(%d), %u depthwise (%d)\n",
+		 c->name, c->steps, (unsigned int)fc, n_dense, (unsigned int)conv, n_conv,
+		 (unsigned int)dw, n_dw);
+	zassert_true(fc >= (uint32_t)(c->steps * n_dense), "%s: dense ops missed CMSIS-NN",
+		     c->name);
+	zassert_true(conv >= (uint32_t)(c->steps * n_conv), "%s: conv ops missed CMSIS-NN",
+		     c->name);
+	zassert_true(dw >= (uint32_t)(c->steps * n_dw), "%s: depthwise ops missed CMSIS-NN",
+		     c->name);
+#endif
 }
 
 #define S8_GRADS_CASE(name, T, t)                                                                \
@@ -189,6 +222,11 @@ ZTEST(kilolearn_engine, test_s8_train_bit_exact)
 
 	zassert_equal(init_model(s8t_blob, S8T_BLOB_LEN, &cfg), KL_OK);
 	check_op_shapes("s8 64-32-10", S8T_OPS, s8t_nw, s8t_nb);
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	struct kl_test_cmsis_calls before, after;
+
+	kl_test_cmsis_calls_get(&before);
+#endif
 	for (int e = 0; e < S8T_EPOCHS; e++) {
 		for (int i = 0; i < S8T_N_TRAIN; i++) {
 			const int r = kl_train_step(&model, s8t_x[i], s8t_y[i]);
@@ -205,6 +243,17 @@ ZTEST(kilolearn_engine, test_s8_train_bit_exact)
 		      S8T_TEST_CORRECT);
 	TC_PRINT("s8 64-32-10: arena used %u, peak %u bytes\n", (unsigned int)arena.used,
 		 (unsigned int)arena.peak);
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	/* every forward pass (training steps and predictions) through CMSIS-NN */
+	kl_test_cmsis_calls_get(&after);
+	const uint32_t fc = after.fc - before.fc;
+	const uint32_t passes = S8T_EPOCHS * S8T_N_TRAIN + S8T_N_TEST;
+
+	TC_PRINT("s8 64-32-10: %u CMSIS-NN fully connected calls in %u forward passes of %d "
+		 "dense ops\n",
+		 (unsigned int)fc, (unsigned int)passes, S8T_OPS);
+	zassert_true(fc >= passes * S8T_OPS, "dense ops missed CMSIS-NN");
+#endif
 }
 
 /* ---- float32: gradients and weights within 1e-5 ----------------------------------------- */
