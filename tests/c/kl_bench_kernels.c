@@ -284,7 +284,7 @@ static long run_layer(const layer_t *L, int print)
 	s = scratch_for(sbytes);
 	tic();
 	if (L->kind == FC) {
-		kl_fully_connected_backward_input_s8(ws, dys, a_ref, g.c, g.co);
+		kl_ref_fully_connected_backward_input_s8(ws, dys, a_ref, g.c, g.co);
 	} else if (L->kind == CONV) {
 		kl_ref_conv_backward_input_s8(&g, ws, dys, a_ref, s);
 	} else {
@@ -295,11 +295,13 @@ static long run_layer(const layer_t *L, int print)
 		report(nm, "bwd", "ref", macs, ti, 0);
 	}
 #if KL_KERNELS_DSP
-	if (L->kind != FC) {
+	{
 		memset(a_dsp, 0x55, (size_t)nx * 4u);
 		s = scratch_for(sbytes);
 		tic();
-		if (L->kind == CONV) {
+		if (L->kind == FC) {
+			kl_dsp_fully_connected_backward_input_s8(ws, dys, a_dsp, g.c, g.co);
+		} else if (L->kind == CONV) {
 			kl_dsp_conv_backward_input_s8(&g, ws, dys, a_dsp, s);
 		} else {
 			kl_dsp_depthwise_conv_backward_input_s8(&g, ws, dys, a_dsp, s);

@@ -34,9 +34,10 @@ def test_kernels_dsp_equals_ref(target: str) -> None:
         for d in kbench.DIRS:
             assert r.get(op, d, "ref") is not None, (op, d)
     if r.dsp:
-        # every conv / depthwise direction and the FC forward have a dsp variant
+        # every conv / depthwise direction and the FC forward and input gradient have a dsp
+        # variant (the FC weight gradient is fused into the dsp SGD step)
         for op in OPS:
-            dirs = ["fwd"] if op.startswith("fc") else list(kbench.DIRS)
+            dirs = ["fwd", "bwd"] if op.startswith("fc") else list(kbench.DIRS)
             for d in dirs:
                 assert r.get(op, d, "dsp") is not None, (op, d)
     else:

@@ -268,8 +268,10 @@ void kl_sgd_f32(float *p, float *v, const float *g, float lr, float mu, int n);
 int kl_ref_fully_connected_s8(KL_FC_S8_ARGS);
 int kl_dsp_fully_connected_s8(KL_FC_S8_ARGS);
 /* acc = W^T dy (int32) */
-void kl_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
-					  int n_in, int n_out);
+void kl_ref_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
+					      int n_in, int n_out);
+void kl_dsp_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
+					      int n_in, int n_out);
 /* gw = dy (x - x_zp)^T as int32, gb = dy */
 void kl_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
 				int32_t *gb, int n_in, int n_out);
@@ -287,11 +289,13 @@ void kl_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
 void kl_sgd_bias_s8(int32_t *b, const int32_t *gb, int32_t lr_q, int b_shift, int n);
 
 #if KL_KERNELS_DSP
-#define kl_fully_connected_s8     kl_dsp_fully_connected_s8
-#define kl_fully_connected_sgd_s8 kl_dsp_fully_connected_sgd_s8
+#define kl_fully_connected_s8                kl_dsp_fully_connected_s8
+#define kl_fully_connected_sgd_s8            kl_dsp_fully_connected_sgd_s8
+#define kl_fully_connected_backward_input_s8 kl_dsp_fully_connected_backward_input_s8
 #else
-#define kl_fully_connected_s8     kl_ref_fully_connected_s8
-#define kl_fully_connected_sgd_s8 kl_ref_fully_connected_sgd_s8
+#define kl_fully_connected_s8                kl_ref_fully_connected_s8
+#define kl_fully_connected_sgd_s8            kl_ref_fully_connected_sgd_s8
+#define kl_fully_connected_backward_input_s8 kl_ref_fully_connected_backward_input_s8
 #endif
 
 /* ---- convolution (groups = 1) and depthwise convolution (multiplier 1) ---

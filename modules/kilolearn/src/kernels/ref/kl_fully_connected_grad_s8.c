@@ -3,8 +3,8 @@
 
 #include "kilolearn/kl_kernels.h"
 
-void kl_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
-					  int n_in, int n_out)
+void kl_ref_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
+					      int n_in, int n_out)
 {
 	for (int j = 0; j < n_in; j++) {
 		acc[j] = 0;
