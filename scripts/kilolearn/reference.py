@@ -204,7 +204,7 @@ class F32Trainer:
 
     def _channel_sparse(self, op: Op) -> bool:
         return self.policy == sel.POLICIES["channel-sparse"] and op.trainable and \
-            not op.bias_only and op.kind in ("dense", "conv")
+            not op.bias_only and op.kind in ("dense", "conv") and op.output != self.g.output
 
     def apply(self, dws: list[np.ndarray | None], dbs: list[np.ndarray | None]) -> None:
         for i, op in enumerate(self.g.ops):
@@ -475,7 +475,7 @@ class S8Trainer:
 
     def _channel_sparse(self, op: Op) -> bool:
         return self.policy == sel.POLICIES["channel-sparse"] and op.trainable and \
-            not op.bias_only and op.kind in ("dense", "conv")
+            not op.bias_only and op.kind in ("dense", "conv") and op.output != self.g.output
 
     # forward -----------------------------------------------------------------------------
     def forward(self, xq: np.ndarray, start: int | None = None) -> QForward:

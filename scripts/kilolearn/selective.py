@@ -8,9 +8,10 @@ threshold, whole-tensor masks where it skips work), so that the twin checks it.
   magnitude are applied (ties: lower index first); biases train fully.
 * ``channel-norm`` (Deutel et al.): per layer, the ``round(r C)`` output channels with the largest
   gradient norm (weights and bias, squared) are updated; the others keep weights and bias.
-* ``channel-sparse`` (Paissan et al.): per dense/conv layer, a block of ``round(r C)`` output
-  channels backpropagates this step (blocks in turn, the last one ending at the last channel);
-  the other channels get no weight, bias or input-gradient work.
+* ``channel-sparse`` (Paissan et al.): per dense/conv layer before the classifier, a block of
+  ``round(r C)`` output channels backpropagates this step (blocks in turn, the last one ending
+  at the last channel); the other channels get no weight, bias or input-gradient work. The
+  classifier (the op making the logits) trains fully: its output channels are the classes.
 """
 
 from __future__ import annotations

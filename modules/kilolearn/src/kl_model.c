@@ -107,11 +107,12 @@ static uint32_t upd_count(uint32_t n, uint32_t permille)
 	return k < 1u ? 1u : (k > n ? n : (uint32_t)k);
 }
 
-/* Paissan: does this op backpropagate through a block of channels only? */
+/* Paissan: does this op backpropagate through a block of channels only? (not
+ * the classifier: its output channels are the classes) */
 static int channel_sparse(const kl_model_t *m, const kl_op_t *op)
 {
 	return m->upd_policy == KL_UPDATE_CHANNEL_SPARSE && sel_op(op) &&
-	       (op->kind == KL_OP_DENSE || op->kind == KL_OP_CONV);
+	       (op->kind == KL_OP_DENSE || op->kind == KL_OP_CONV) && op->out != m->output;
 }
 
 /* The active block [c0, c0 + k) this step: blocks of k channels in turn,

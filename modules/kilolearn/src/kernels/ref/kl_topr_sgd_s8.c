@@ -11,6 +11,13 @@
 static inline int32_t topr_step(const int32_t *gw, const int8_t *dy, const int8_t *x, int32_t x_zp,
 				int32_t lr_q, int w_shift, int i, int j, int cols, uint32_t d)
 {
+	if (gw == NULL && w_shift >= 1 && w_shift <= 30) {
+		/* fused dense: |v| < 2^27 and the dither's top bits < 2^30, so the
+		 * stochastic shift fits int32 (the same integers) */
+		const int32_t v = (int32_t)dy[i] * lr_q * ((int32_t)x[j] - x_zp);
+		const int32_t s = (v + (int32_t)(d >> (32 - w_shift))) >> w_shift;
+		return s > 127 ? 127 : (s < -128 ? -128 : s);
+	}
 	const int64_t v = gw != NULL ? (int64_t)gw[(long)i * cols + j] * lr_q
 				     : (int64_t)((int32_t)dy[i] * lr_q * ((int32_t)x[j] - x_zp));
 	const int64_t s = kl_stochastic_shift(v, w_shift, d);
