@@ -16,11 +16,14 @@
 enum kl_job_cmd { KL_JOB_TRAIN = 1, KL_JOB_GRADS = 2 };
 #define KL_JOB_DUMP_WEIGHTS 0x01u
 #define KL_JOB_PROFILE      0x02u /* per-phase instruction counts while training */
+#define KL_JOB_UPDATE       0x04u /* set the update policy (kl_model_set_update_policy) */
 
 typedef struct {
 	uint16_t cmd, epochs, flags;
 	float lr, momentum;
 	uint32_t seed, n_steps, arena_size;
+	uint8_t upd_policy;   /* with KL_JOB_UPDATE: enum kl_update_policy */
+	uint16_t upd_frac;    /* per mille */
 	const uint8_t *blob;
 	uint32_t blob_size;
 	uint32_t n_train, n_test;

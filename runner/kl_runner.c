@@ -168,6 +168,7 @@ static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 			m->hook = profile_hook;
 			m->hook_ctx = &prof;
 		}
+		const uint64_t touched0 = m->upd_touched, weights0 = m->upd_weights;
 		const uint64_t t0 = kl_port_insn();
 		for (uint32_t i = 0; i < job->n_train; i++) {
 			const int r = kl_train_step(m, job->train_x + (size_t)i * sb,
@@ -189,6 +190,8 @@ static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 		out_kv("n_test", job->n_test);
 		out_kv("train_insn", (int64_t)train_insn);
 		out_kv("eval_insn", (int64_t)eval_insn);
+		out_kv("upd_touched", (int64_t)(m->upd_touched - touched0));
+		out_kv("upd_weights", (int64_t)(m->upd_weights - weights0));
 		if (profiling) {
 			out_kv("forward_insn", (int64_t)prof.insn[KL_PHASE_FORWARD]);
 			out_kv("loss_insn", (int64_t)prof.insn[KL_PHASE_LOSS]);
@@ -215,10 +218,15 @@ static int run_grads(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 		out_str("\n");
 		out_hex("logits", kl_logits(m), m->n_classes * es);
 		dump_layers(m, 1);
+		const uint64_t touched0 = m->upd_touched;
 		const int err = kl_apply_grads(m);
 		if (err < 0) {
 			return fail("apply_grads", err);
 		}
+		out_str("KL applied");
+		out_kv("n", s);
+		out_kv("upd_touched", (int64_t)(m->upd_touched - touched0));
+		out_str("\n");
 	}
 	return 0;
 }
@@ -251,6 +259,12 @@ int main(int argc, char **argv)
 	if (err != KL_OK) {
 		return fail("model", err);
 	}
+	if (job.flags & KL_JOB_UPDATE) {
+		err = kl_model_set_update_policy(&model, job.upd_policy, job.upd_frac);
+		if (err != KL_OK) {
+			return fail("update policy", err);
+		}
+	}
 	const uint32_t sb = model.n_inputs * (model.dtype == KL_DTYPE_S8 ? 1u : 4u);
 	err = kl_job_check_samples(&job, sb);
 	if (err != KL_OK) {
@@ -261,6 +275,8 @@ int main(int argc, char **argv)
 	out_kv("ops", model.n_ops);
 	out_kv("arena", (int64_t)arena.used);
 	out_kv("counter", kl_port_has_counter());
+	out_kv("policy", model.upd_policy);
+	out_kv("permille", model.upd_frac);
 	out_str("\n");
 	int rc = job.cmd == KL_JOB_TRAIN ? run_train(&model, &job, sb)
 					 : run_grads(&model, &job, sb);

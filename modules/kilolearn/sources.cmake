@@ -26,6 +26,8 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_pool_f32.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_pool_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_add_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_topr_sgd_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_topr_sgd_f32.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_sgd_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_grad_s8.c

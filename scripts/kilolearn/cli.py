@@ -327,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     storebench.add_arguments(w)
     w.set_defaults(fn=storebench.run)
 
+    from . import sparsebench
+
+    sp = sub.add_parser("sparse-bench", help="selective updates: accuracy vs fraction updated, "
+                        "instructions saved, weight-store traffic and flash lifetime")
+    sparsebench.add_arguments(sp)
+    sp.set_defaults(fn=sparsebench.run)
+
     from . import footprint
 
     f = sub.add_parser("footprint", help="RAM/flash of a firmware ELF by component, file, symbol")

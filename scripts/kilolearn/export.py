@@ -5,7 +5,8 @@ table (12 bytes per tensor: shape, int8 exponent and zero point), an op table (4
 kind, activation, flags, geometry, tensor ids, parameter offsets), then 4-byte aligned data: the
 int8 softmax table and the weights and biases. Format 2.1 adds an optional schedule section (a
 memory plan of :mod:`kilolearn.planner`, ``Plan.pack()``) after the data; a blob without one is
-written as 2.0, byte for byte as before.
+written as 2.0, byte for byte as before. Format 2.2 adds the selective-update policy in the
+header's last four bytes (docs/selective-updates.md); written only when a policy is set.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .reference import QModel
 MAGIC = b"KLMB"
 VERSION = (2, 0)  # a blob without a schedule
 VERSION_SCHED = (2, 1)  # with one
+VERSION_UPDATE = (2, 2)  # with a selective-update policy (header bytes 44..47)
 HEADER_SIZE = 48
 TENSOR_SIZE = 12
 OP_SIZE = 48
@@ -51,7 +53,8 @@ class BlobError(ValueError):
 
 def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
           ew: list[int], eb: list[int], exp: list[int], zp: list[int], lut_exp: int,
-          lut: bytes | None, sched: bytes | None = None) -> bytes:
+          lut: bytes | None, sched: bytes | None = None,
+          update: tuple[int, int] | None = None) -> bytes:
     tensors_off = HEADER_SIZE
     ops_off = tensors_off + len(g.shapes) * TENSOR_SIZE
     data_base = ops_off + len(g.ops) * OP_SIZE
@@ -81,11 +84,12 @@ def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
                              w_off, w_sz, b_off, b_sz)
     sched_off = place(sched)[0] if sched is not None else 0
     total = data_base + len(data)
-    body = struct.pack("<BxHHHHbxIIII4x", dtype, len(g.shapes), len(g.ops), g.input, g.output,
-                       lut_exp, tensors_off, ops_off, lut_off, sched_off) + trecs + bytes(orecs) \
-        + bytes(data)
+    policy, pm = _update(update)
+    body = struct.pack("<BxHHHHbxIIIIBxH", dtype, len(g.shapes), len(g.ops), g.input, g.output,
+                       lut_exp, tensors_off, ops_off, lut_off, sched_off, policy, pm) + trecs + \
+        bytes(orecs) + bytes(data)
     crc = zlib.crc32(body) & 0xFFFFFFFF
-    ver = VERSION_SCHED if sched is not None else VERSION
+    ver = VERSION_UPDATE if policy else VERSION_SCHED if sched is not None else VERSION
     blob = MAGIC + struct.pack("<HHII", ver[0], ver[1], total, crc) + body
     assert len(blob) == total
     return blob
@@ -98,20 +102,41 @@ def _sched(g: Graph, plan) -> bytes | None:  # noqa: ANN001
     return plan if isinstance(plan, bytes | bytearray) else plan.pack()
 
 
-def export_f32(g: Graph, params: Params, plan=None) -> bytes:  # noqa: ANN001
-    """plan: an optional planner.Plan of g (format 2.1: the engine trains by its schedule)."""
+def _update(update: tuple[str | int, float | int] | None) -> tuple[int, int]:
+    """(policy, fraction) -> the header's (policy id, per mille); a fraction > 1 is per mille
+    already. (0, 0) for none or 'all'."""
+    from . import selective
+
+    if update is None:
+        return 0, 0
+    policy = selective.policy_id(update[0])
+    if policy == 0:
+        return 0, 0
+    frac = update[1]
+    pm = int(frac) if isinstance(frac, int) and frac > 1 else selective.permille(float(frac))
+    if not 1 <= pm <= selective.FRAC_ONE:
+        raise ValueError(f"update fraction {frac} outside (0, 1]")
+    return policy, pm
+
+
+def export_f32(g: Graph, params: Params, plan=None,  # noqa: ANN001
+               update: tuple[str | int, float | int] | None = None) -> bytes:
+    """plan: an optional planner.Plan of g (format 2.1: the engine trains by its schedule);
+    update: an optional selective-update policy and fraction, e.g. ("topr", 0.2)
+    (format 2.2)."""
     ws = [None if w is None else np.ascontiguousarray(w, "<f4").tobytes() for w in params.weights]
     bs = [None if b is None else np.ascontiguousarray(b, "<f4").tobytes() for b in params.biases]
     z = [0] * len(g.ops)
     return _pack(DTYPE_F32, g, ws, bs, z, z, [0] * len(g.shapes), [0] * len(g.shapes), 0, None,
-                 _sched(g, plan))
+                 _sched(g, plan), update)
 
 
-def export_s8(qm: QModel, plan=None) -> bytes:  # noqa: ANN001
+def export_s8(qm: QModel, plan=None,  # noqa: ANN001
+              update: tuple[str | int, float | int] | None = None) -> bytes:
     ws = [None if w is None else w.astype("<i1").tobytes() for w in qm.w]
     bs = [None if b is None else b.astype("<i4").tobytes() for b in qm.b]
     return _pack(DTYPE_S8, qm.graph, ws, bs, qm.ew, qm.eb, qm.exp, qm.zp, qm.lut_exp,
-                 qm.lut.astype("<u2").tobytes(), _sched(qm.graph, plan))
+                 qm.lut.astype("<u2").tobytes(), _sched(qm.graph, plan), update)
 
 
 @dataclass
@@ -121,6 +146,7 @@ class Blob:
     params: Params | None  # f32
     qmodel: QModel | None  # s8
     schedule: bytes | None = None  # 2.1: the schedule section (Plan.pack() bytes)
+    update: tuple[int, int] = (0, 0)  # 2.2: (policy id, per mille); (0, 0) = every weight
 
 
 def read(blob: bytes) -> Blob:
@@ -147,7 +173,9 @@ def _read_tables(blob: bytes) -> Blob:
     (dtype, n_t, n_ops, t_in, _t_out, lut_exp, t_off, o_off, lut_off) = struct.unpack_from(
         "<BxHHHHbxIII", blob, 16)
     sched = None
-    if struct.unpack_from("<H", blob, 6)[0] >= 1 and (s_off := struct.unpack_from("<I", blob,
+    minor = struct.unpack_from("<H", blob, 6)[0]
+    update = struct.unpack_from("<BxH", blob, 44) if minor >= 2 else (0, 0)
+    if minor >= 1 and (s_off := struct.unpack_from("<I", blob,
                                                                                  40)[0]):
         n_steps = struct.unpack_from("<I", blob, s_off)[0]
         sched = bytes(blob[s_off:s_off + SCHED_HEADER + STEP_SIZE * n_steps])
@@ -182,9 +210,9 @@ def _read_tables(blob: bytes) -> Blob:
         ws.append(np.frombuffer(blob, wdt, int(np.prod(shape)), w_off).reshape(shape).copy())
         bs.append(np.frombuffer(blob, bdt, b_sz // 4, b_off).copy())
     if dtype == DTYPE_F32:
-        return Blob(dtype, g, Params(ws, bs), None, sched)
+        return Blob(dtype, g, Params(ws, bs), None, sched, update)
     lut = np.frombuffer(blob, "<u2", 256, lut_off).copy()
     qm = QModel(g, [None if w is None else w.astype(np.int64) for w in ws],
                 [None if b is None else b.astype(np.int64) for b in bs],
                 [r[0] for r in raw], [r[1] for r in raw], exp, zp, lut_exp, lut)
-    return Blob(dtype, g, None, qm, sched)
+    return Blob(dtype, g, None, qm, sched, update)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import quant as q
+from . import selective as sel
 from .model import Graph, Op, Params
 
 # --------------------------------------------------------------------------- geometry
@@ -84,6 +85,20 @@ class F32Trainer:
         self.vw = [None if w is None else np.zeros_like(w) for w in self.p.weights]
         self.vb = [None if b is None else np.zeros_like(b) for b in self.p.biases]
         self.class_mask: np.ndarray | None = None  # active classes (bool), None = all
+        self.set_update_policy("all")
+
+    def set_update_policy(self, policy: str | int, fraction: float | None = None,
+                          permille: int | None = None) -> None:
+        """kl_model_set_update_policy: a selective-update policy and the fraction updated
+        (docs/selective-updates.md); restarts the step count."""
+        self.policy = sel.policy_id(policy)
+        if self.policy and self.mu:
+            raise NotImplementedError("selective updates with momentum")
+        self.pm = sel.FRAC_ONE if not self.policy else (
+            permille if permille is not None else sel.permille(fraction or 1.0))
+        self.upd_step = 0
+        self.upd_touched = 0
+        self.upd_weights = 0
 
     def forward(self, x: np.ndarray, start: int | None = None) -> list[np.ndarray]:
         """Activations by tensor id, each (H, W, C) float32; from tensor ``start`` (given x
@@ -141,6 +156,8 @@ class F32Trainer:
                 continue
             dy = np.where(_mask_f32(acts[op.output], op.act), grad[op.output],
                           np.float32(0)).astype(np.float32)
+            if self._channel_sparse(op):
+                dy = sel.channel_mask_dy(dy, op.kind, self.pm, self.upd_step)[0]
             x0 = acts[op.inputs[0]]
             w = self.p.weights[i]
             if op.kind == "dense":
@@ -185,11 +202,21 @@ class F32Trainer:
                 dws[i] = None  # the weights stay frozen
         return dws, dbs, loss
 
+    def _channel_sparse(self, op: Op) -> bool:
+        return self.policy == sel.POLICIES["channel-sparse"] and op.trainable and \
+            not op.bias_only and op.kind in ("dense", "conv") and op.output != self.g.output
+
     def apply(self, dws: list[np.ndarray | None], dbs: list[np.ndarray | None]) -> None:
         for i, op in enumerate(self.g.ops):
             gw, gb = dws[i], dbs[i]
             if not op.trainable or gb is None:
                 continue
+            if gw is not None and self.policy:
+                self._apply_selected(i, op, gw, gb)
+                continue
+            if gw is not None:
+                self.upd_touched += gw.size
+                self.upd_weights += gw.size
             if self.mu:
                 if gw is not None:
                     self.vw[i] = self.mu * self.vw[i] + gw
@@ -199,6 +226,35 @@ class F32Trainer:
             if gw is not None:
                 self.p.weights[i] -= self.lr * gw
             self.p.biases[i] -= self.lr * gb
+        self.upd_step += 1
+
+    def _apply_selected(self, i: int, op: Op, gw: np.ndarray, gb: np.ndarray) -> None:
+        n = gw.size
+        n_ch = gb.size
+        self.upd_weights += n
+        if self.policy == sel.POLICIES["topr"]:
+            delta = (self.lr * gw).astype(np.float32)
+            keys = np.abs(delta).view(np.uint32)
+            chosen = sel.top_r(keys, sel.count(n, self.pm)) & (keys > 0)
+            self.p.weights[i] = np.where(chosen, self.p.weights[i] - delta,
+                                         self.p.weights[i]).astype(np.float32)
+            self.p.biases[i] -= self.lr * gb
+            self.upd_touched += int(chosen.sum())
+            return
+        k = sel.count(n_ch, self.pm)
+        ax = sel.channel_axis(op.kind)
+        if self.policy == sel.POLICIES["channel-norm"]:
+            g64 = np.moveaxis(gw.astype(np.float64), ax, 0).reshape(n_ch, -1)
+            scores = [float(gb[c]) ** 2 + float(np.sum(g64[c] ** 2)) for c in range(n_ch)]
+            keep = sel.top_channels(scores, k)
+            shape = [1] * gw.ndim
+            shape[ax] = n_ch
+            gw = np.where(keep.reshape(shape), gw, np.float32(0)).astype(np.float32)
+            gb = np.where(keep, gb, np.float32(0)).astype(np.float32)
+        self.p.weights[i] -= self.lr * gw
+        self.p.biases[i] -= self.lr * gb
+        sparse = self.policy == sel.POLICIES["channel-norm"] or self._channel_sparse(op)
+        self.upd_touched += k * (n // n_ch) if sparse else n
 
     def step(self, x: np.ndarray, label: int, start: int | None = None) -> float:
         dws, dbs, loss = self.grads(x, label, start)
@@ -405,6 +461,21 @@ class S8Trainer:
         self.need = needs_grad(self.g)
         self.logits_grad_exp = 0
         self.class_mask: np.ndarray | None = None  # active classes (bool), None = all
+        self.set_update_policy("all")
+
+    def set_update_policy(self, policy: str | int, fraction: float | None = None,
+                          permille: int | None = None) -> None:
+        """kl_model_set_update_policy (docs/selective-updates.md); restarts the step count."""
+        self.policy = sel.policy_id(policy)
+        self.pm = sel.FRAC_ONE if not self.policy else (
+            permille if permille is not None else sel.permille(fraction or 1.0))
+        self.upd_step = 0
+        self.upd_touched = 0  # weights the policy let the updates write, summed over steps
+        self.upd_weights = 0  # trainable weights, summed over steps
+
+    def _channel_sparse(self, op: Op) -> bool:
+        return self.policy == sel.POLICIES["channel-sparse"] and op.trainable and \
+            not op.bias_only and op.kind in ("dense", "conv") and op.output != self.g.output
 
     # forward -----------------------------------------------------------------------------
     def forward(self, xq: np.ndarray, start: int | None = None) -> QForward:
@@ -505,6 +576,8 @@ class S8Trainer:
             dy, ey = grad[op.output]
             dy = np.where(act_mask_q(fw.acts[op.output], op.act, m.zp[op.output],
                                      fw.exps[op.output]), dy, 0)
+            if self._channel_sparse(op):  # the other channels do not backpropagate
+                dy = sel.channel_mask_dy(dy, op.kind, self.pm, self.upd_step)[0]
             src = op.inputs[0]
             x0, xe, xz = fw.acts[src], fw.exps[src], m.zp[src]
             w = m.w[i]
@@ -558,19 +631,44 @@ class S8Trainer:
             gr = grads[i]
             if gr is None:
                 continue
+            gb = gr.gb
             if gr.gw is not None:  # (bias-only ops keep their weights and the dither)
                 w = m.w[i]
                 n = w.size
+                gw = gr.gw
+                n_ch = gb.size
+                k = sel.count(n_ch, self.pm)
+                touched = n
+                if self.policy == sel.POLICIES["channel-norm"]:
+                    ax = sel.channel_axis(self.g.ops[i].kind)
+                    sq = np.moveaxis(gw.astype(np.int64) ** 2, ax, 0).reshape(n_ch, -1)
+                    scores = [int((int(gb[c]) ** 2 + int(sq[c].astype(np.uint64).sum(
+                        dtype=np.uint64))) % 2**64) for c in range(n_ch)]
+                    keep = sel.top_channels(scores, k)
+                    shape = [1] * gw.ndim
+                    shape[ax] = n_ch
+                    gw = np.where(keep.reshape(shape), gw, 0)
+                    gb = np.where(keep, gb, 0)
+                    touched = k * (n // n_ch)
+                elif self._channel_sparse(self.g.ops[i]):
+                    touched = k * (n // n_ch)  # the others' gradients are zero
                 sh = m.ew[i] + q.LR_FRAC_BITS - gr.gw_exp
                 dither = q.weyl_offsets(self.dither, n).reshape(w.shape)
-                step = np.clip(q.stochastic_shift(gr.gw * self.lr_q, sh, dither), -128, 127)
+                step = np.clip(q.stochastic_shift(gw * self.lr_q, sh, dither), -128, 127)
+                if self.policy == sel.POLICIES["topr"]:
+                    chosen = sel.top_r(np.abs(step), sel.count(n, self.pm)) & (step != 0)
+                    step = np.where(chosen, step, 0)
+                    touched = int(chosen.sum())
                 m.w[i] = np.clip(w - step, -127, 127)
                 self.dither = q.weyl_advance(self.dither, n)
-            db = q.rshift_round(gr.gb * self.lr_q, m.eb[i] + q.LR_FRAC_BITS - gr.gb_exp)
+                self.upd_touched += touched
+                self.upd_weights += n
+            db = q.rshift_round(gb * self.lr_q, m.eb[i] + q.LR_FRAC_BITS - gr.gb_exp)
             m.b[i] = np.clip(m.b[i] - db, q.INT32_MIN, q.INT32_MAX)
         for op, sat in zip(self.g.ops, self._fw.sat, strict=True):
             if sat and m.exp[op.output] < EXP_MAX:
                 m.exp[op.output] += 1
+        self.upd_step += 1
 
     def step(self, xq: np.ndarray, label: int, start: int | None = None) -> None:
         """One SGD step (the engine's fused kl_train_step computes the same integers);

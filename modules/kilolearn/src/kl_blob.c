@@ -1,4 +1,4 @@
-/* Defensive parser of the .klm model blob (format version 2.1): every size,
+/* Defensive parser of the .klm model blob (format version 2.2): every size,
  * offset, tensor id and shape, and the optional schedule, is checked before
  * the engine touches it. */
 #include <string.h>
@@ -363,8 +363,27 @@ int kl_blob_check(const uint8_t *blob, size_t len)
 	    n_cls > 0xFFFFu || tensor_size(blob + t_off + input * KL_BLOB_TENSOR_SIZE) > 0xFFFFu) {
 		return KL_ECORRUPT;
 	}
+	if (kl_rd16(blob + KL_BH_VER_MINOR) >= 2u) { /* 2.2: the update policy */
+		const uint32_t pol = blob[KL_BH_UPD_POLICY];
+		const uint32_t frac = kl_rd16(blob + KL_BH_UPD_FRAC);
+		if (pol >= KL_UPDATE_POLICY_COUNT || blob[KL_BH_UPD_RSVD] != 0u ||
+		    frac > KL_UPDATE_FRAC_ONE || (pol != KL_UPDATE_ALL && frac == 0u) ||
+		    (pol == KL_UPDATE_ALL && frac != 0u)) {
+			return KL_ECORRUPT;
+		}
+	}
 	const uint32_t sched = kl_blob_schedule(blob);
 	return sched == 0u ? KL_OK : check_schedule(blob, sched, data_lo, total, s8);
+}
+
+int kl_blob_update_policy(const uint8_t *blob, uint32_t *permille)
+{
+	if (kl_rd16(blob + KL_BH_VER_MINOR) < 2u) {
+		*permille = 0;
+		return KL_UPDATE_ALL;
+	}
+	*permille = kl_rd16(blob + KL_BH_UPD_FRAC);
+	return blob[KL_BH_UPD_POLICY];
 }
 
 const char *kl_strerror(int err)

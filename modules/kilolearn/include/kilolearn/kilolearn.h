@@ -118,7 +118,30 @@ typedef struct {
 	uint32_t n_steps;
 	uint8_t *region;       /* in the arena */
 	uint32_t region_size;
+	/* selective updates (docs/selective-updates.md) */
+	uint8_t upd_policy;    /* enum kl_update_policy */
+	uint16_t upd_frac;     /* fraction updated, per mille (1..1000) */
+	uint32_t upd_step;     /* training steps since the policy was set */
+	void *sel;             /* selection scratch, in the arena */
+	uint32_t sel_size;
+	uint64_t upd_touched;  /* weights the policy let the updates write, summed over steps */
+	uint64_t upd_weights;  /* trainable weights, summed over steps (the 100 % figure) */
 } kl_model_t;
+
+/* Selective updates: which weights an SGD step writes (docs/selective-updates.md).
+ * The fraction applies per trainable layer with weights; biases of bias-only
+ * layers always train. */
+enum kl_update_policy {
+	KL_UPDATE_ALL = 0,            /* every weight, every step */
+	KL_UPDATE_TOPR = 1,           /* Kwon & Park: the r largest |weight updates| of each layer */
+	KL_UPDATE_CHANNEL_NORM = 2,   /* Deutel et al.: the output channels with the largest
+				       * gradient norm this step (weights and biases) */
+	KL_UPDATE_CHANNEL_SPARSE = 3, /* Paissan et al.: a rotating block of output channels of
+				       * each dense/conv layer backpropagates; the others' weight-
+				       * and input-gradient work is skipped */
+	KL_UPDATE_POLICY_COUNT = 4
+};
+#define KL_UPDATE_FRAC_ONE 1000u /* fractions are per mille */
 
 /* Parse and check a blob, then lay the model out in the arena (weights of
  * trainable layers are copied, frozen ones are read in place from the blob,
@@ -129,6 +152,13 @@ typedef struct {
  * kl_train_step_from is KL_ENOTSUP. */
 int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *arena,
 		  const kl_train_cfg_t *cfg);
+
+/* Set the update policy of a training model (overrides the blob's, format
+ * 2.2) and restart its step count; permille in [1, 1000] (ignored for
+ * KL_UPDATE_ALL). Selection scratch comes from the model's arena (allocated
+ * once, grown when a policy needs more). KL_EINVAL for a bad policy or
+ * fraction, KL_ENOTSUP with momentum, KL_ENOMEM when the arena is full. */
+int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille);
 
 /* Only check a blob (header, CRC, every table entry). */
 int kl_blob_check(const uint8_t *blob, size_t len);

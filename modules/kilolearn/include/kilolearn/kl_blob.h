@@ -17,7 +17,7 @@ extern "C" {
 
 #define KL_BLOB_MAGIC         0x424D4C4Bu /* "KLMB" */
 #define KL_BLOB_VERSION_MAJOR 2u
-#define KL_BLOB_VERSION_MINOR 1u /* 2.1: optional schedule section */
+#define KL_BLOB_VERSION_MINOR 2u /* 2.1: optional schedule section, 2.2: update policy */
 #define KL_BLOB_HEADER_SIZE   48u
 #define KL_BLOB_TENSOR_SIZE   12u
 #define KL_BLOB_OP_SIZE       48u
@@ -41,6 +41,9 @@ extern "C" {
 #define KL_BH_OPS        32u
 #define KL_BH_LUT        36u
 #define KL_BH_SCHED      40u /* 2.1: offset of the schedule section, 0 = none */
+#define KL_BH_UPD_POLICY 44u /* 2.2: u8 update policy (enum kl_update_policy) */
+#define KL_BH_UPD_RSVD   45u /* 2.2: u8, 0 */
+#define KL_BH_UPD_FRAC   46u /* 2.2: u16 fraction updated, per mille */
 
 /* schedule section (2.1, docs/blob-format.md): a header, then 8-byte steps */
 #define KL_SCHED_HEADER_SIZE 16u
@@ -109,6 +112,10 @@ uint32_t kl_crc32(uint32_t crc, const uint8_t *data, size_t len);
 
 /* Offset of a checked blob's schedule section, 0 when it has none (2.0). */
 uint32_t kl_blob_schedule(const uint8_t *blob);
+
+/* A checked blob's update policy and fraction (per mille); 0 (all weights)
+ * before format 2.2. */
+int kl_blob_update_policy(const uint8_t *blob, uint32_t *permille);
 
 #ifdef __cplusplus
 }

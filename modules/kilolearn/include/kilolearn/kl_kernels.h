@@ -460,6 +460,23 @@ float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, f
 int kl_softmax_ce_s8(const int8_t *z, int n, int label, const uint16_t *lut, int lut_shift,
 		     const uint8_t *mask, int32_t *acc, int8_t *dy);
 
+/* ---- selective updates (docs/selective-updates.md) ---------------------------
+ * Top-r SGD (Kwon & Park): of the rows x cols weight updates of a layer only
+ * the k_sel largest in magnitude are applied (ties: lower index first). The
+ * updates are gw[k] * lr (gw != NULL, a kept or computed weight gradient) or,
+ * fused for dense layers, dy[i] * x[j] * lr (int8: dy[i] * lr_q * (x[j] -
+ * x_zp)); int8 steps are those of kl_sgd_weights_s8 with the same dither, which
+ * advances over all rows * cols weights. hist: KL_TOPR_HIST_WORDS uint32_t.
+ * Returns the number of weights updated (non-zero steps). Biases are not
+ * touched. */
+#define KL_TOPR_S8_BINS    129 /* |int8 step| in [0, 128] */
+#define KL_TOPR_HIST_WORDS 256u
+uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, const int8_t *x,
+				int32_t x_zp, int rows, int cols, int32_t lr_q, int w_shift,
+				uint32_t *dither, uint32_t k_sel, uint32_t *hist);
+uint32_t kl_topr_sgd_weights_f32(float *w, const float *gw, const float *dy, const float *x,
+				 int rows, int cols, float lr, uint32_t k_sel, uint32_t *hist);
+
 #ifdef __cplusplus
 }
 #endif

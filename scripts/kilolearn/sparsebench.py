@@ -1,0 +1,243 @@
+"""``kilolearn sparse-bench``: selective updates (docs/selective-updates.md) measured.
+
+1. Accuracy vs the fraction of weights updated, per policy, for the int8 MLP (64-32-10) and the
+   small CNN on sklearn digits: the emulated board and the numpy twin side by side (the int8
+   predictions must be identical), with the % of weights the policy selected (the engine's
+   counter) and the % that changed (counted in the twin, bit-identical to the board).
+2. Instructions per training step on the board (QEMU ``-icount shift=0``) for each run, and
+   the saving of structured channel sparsity (25 % / 50 % of channels frozen) against the full
+   update.
+3. Weight-store traffic per step and flash wear per 1,000 steps vs updating everything, and
+   the lifetime on STM32F429ZI-like flash (10,000 cycles; 16, 64 and 128 KB sectors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import data as datasets
+from . import job, runner, selective, train
+
+CYCLES = 10_000
+SECTORS = {"4x16K": (4, 16 * 1024), "2x64K": (2, 64 * 1024), "7x128K": (7, 128 * 1024)}
+JOURNAL_RECORD = 4  # bytes per changed weight in a delta commit: u16 index, i8 value, u8 tag
+BIAS_RECORD = 8  # a changed int32 bias: u16 index, u16 tag, i32 value
+COMMIT_HEADER = 32  # as the generation header of docs/flash-store.md
+
+
+@dataclass
+class Run:
+    model: str
+    policy: str
+    fraction: float
+    epochs: int
+    device_acc: float
+    numpy_acc: float
+    same_predictions: bool
+    selected_pct: float  # engine counter: weights the policy let the update write
+    changed_pct: float  # twin: weights whose value changed, per step
+    insn_per_step: float | None  # mean over the epochs
+    insn_first_epoch: float | None
+    arena_bytes: int
+    blob_bytes: int
+    trainable_weights: int
+    trainable_biases: int
+    changed_per_step: float = 0.0
+    changed_biases_per_step: float = 0.0
+    read_per_step: float = 0.0  # weights paged in from the store (what the policy selects)
+    dirty: dict[int, float] = field(default_factory=dict)  # commit every N: dirty weights
+    dirty_biases: dict[int, float] = field(default_factory=dict)
+
+
+def _twin(tr, xtr, ytr, xte, yte, epochs: int, commit_every: list[int]):  # noqa: ANN001
+    """Train the numpy twin, counting changed weights per step and per commit interval."""
+    ops = [i for i, op in enumerate(tr.g.ops) if op.has_params and op.trainable]
+    changed = changed_b = 0
+    dirty = {n: 0 for n in commit_every}
+    dirty_b = {n: 0 for n in commit_every}
+    snap = {n: ([tr.m.w[i].copy() for i in ops], [tr.m.b[i].copy() for i in ops])
+            for n in commit_every}
+    step = 0
+    for _ in range(epochs):
+        for k in range(len(xtr)):
+            before_w = [tr.m.w[i].copy() for i in ops]
+            before_b = [tr.m.b[i].copy() for i in ops]
+            tr.step(xtr[k], int(ytr[k]))
+            step += 1
+            changed += sum(int((tr.m.w[i] != w).sum()) for i, w in zip(ops, before_w,
+                                                                         strict=True))
+            changed_b += sum(int((tr.m.b[i] != b).sum()) for i, b in zip(ops, before_b,
+                                                                           strict=True))
+            for n in commit_every:
+                if step % n == 0:
+                    sw, sb = snap[n]
+                    dirty[n] += sum(int((tr.m.w[i] != w).sum()) for i, w in zip(ops, sw,
+                                                                                  strict=True))
+                    dirty_b[n] += sum(int((tr.m.b[i] != b).sum()) for i, b in zip(ops, sb,
+                                                                                    strict=True))
+                    snap[n] = ([tr.m.w[i].copy() for i in ops], [tr.m.b[i].copy() for i in ops])
+    pred = tr.predict(xte)
+    return pred, changed / step, changed_b / step, \
+        {n: dirty[n] / max(step // n, 1) for n in commit_every}, \
+        {n: dirty_b[n] / max(step // n, 1) for n in commit_every}
+
+
+def run_one(board: str, model_name: str, policy: str, fraction: float, epochs: int,
+            ds: datasets.Dataset, commit_every: list[int], lr: float = 0.05,
+            seed: int = 0) -> Run:
+    blob, xtr, xte, make_ref, _ = train.prepare("s8", train.build_model(model_name, ds), ds,
+                                                seed)
+    pid = selective.policy_id(policy)
+    pm = selective.permille(fraction) if pid else selective.FRAC_ONE
+    img = job.build(blob, xtr, ds.y_train, xte, ds.y_test, lr=lr, epochs=epochs, seed=seed + 1,
+                    update=(pid, pm), dump_weights=True)
+    with ThreadPoolExecutor(1) as pool:  # the board runs while the twin trains
+        fut = pool.submit(runner.run_job, img, board, False, 3600.0)
+        tr = make_ref(lr)
+        tr.set_update_policy(pid, permille=pm)
+        pred, ch, chb, dirty, dirty_b = _twin(tr, xtr, ds.y_train, xte, ds.y_test, epochs,
+                                              commit_every)
+        rep = fut.result()
+    eps = rep.records["epoch"]
+    counter = bool(rep.one("model").get("counter"))
+    ops = [i for i, op in enumerate(tr.g.ops) if op.has_params and op.trainable]
+    n_w = sum(tr.m.w[i].size for i in ops)
+    n_b = sum(tr.m.b[i].size for i in ops)
+    same = all(np.array_equal(rep.dump(f"w{i:02d}", "i1").reshape(tr.m.w[i].shape), tr.m.w[i])
+               for i in ops)
+    dev_acc = eps[-1]["test_correct"] / eps[-1]["n_test"]
+    np_acc = float((pred == ds.y_test).mean())
+    steps = sum(e["n_train"] for e in eps)
+    sel_pct = 100.0 * sum(e["upd_touched"] for e in eps) / max(sum(e["upd_weights"]
+                                                                   for e in eps), 1)
+    return Run(model_name, policy if pid else "all", fraction if pid else 1.0, epochs, dev_acc,
+               np_acc, same and dev_acc == np_acc, sel_pct, 100.0 * ch / n_w,
+               float(np.mean([e["train_insn"] / e["n_train"] for e in eps])) if counter else None,
+               eps[0]["train_insn"] / eps[0]["n_train"] if counter else None,
+               rep.one("done")["arena_peak"], len(blob), n_w, n_b, ch, chb,
+               sum(e["upd_touched"] for e in eps) / steps, dirty, dirty_b)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    out = [headers] + rows
+    w = [max(len(r[i]) for r in out) for i in range(len(headers))]
+    lines = []
+    for j, r in enumerate(out):
+        lines.append("  ".join(c.ljust(w[i]) if i < 3 else c.rjust(w[i])
+                               for i, c in enumerate(r)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * x for x in w))
+    return "\n".join(lines)
+
+
+def _insn(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def _life(steps: float) -> str:
+    days = steps / 86400
+    return f"{days:,.1f} d" if days < 365.25 else f"{days / 365.25:,.1f} y"
+
+
+def accuracy_table(runs: list[Run]) -> str:
+    full = {r.model: r for r in runs if r.policy == "all"}
+    rows = []
+    for r in runs:
+        f = full.get(r.model)
+        rows.append([r.model, r.policy, f"{100 * r.fraction:g} %",
+                     f"{100 * r.device_acc:.2f} %", f"{100 * r.numpy_acc:.2f} %",
+                     "yes" if r.same_predictions else "NO",
+                     f"{100 * (r.device_acc - f.device_acc):+.2f}" if f else "",
+                     f"{r.selected_pct:.1f} %", f"{r.changed_pct:.2f} %",
+                     _insn(r.insn_per_step),
+                     f"{100 * (1 - r.insn_per_step / f.insn_per_step):+.1f} %"
+                     if f and r.insn_per_step and f.insn_per_step else "",
+                     f"{r.arena_bytes:,}"])
+    return _table(["model", "policy", "fraction", "device acc", "numpy acc", "bit-exact",
+                   "vs full (pts)", "selected", "changed/step", "insn/step", "insn saved",
+                   "arena B"], rows)
+
+
+def traffic_tables(runs: list[Run], every: int) -> tuple[str, str]:
+    rows1, rows2 = [], []
+    for r in runs:
+        if r.model != "mlp":
+            continue
+        sram_w = r.changed_per_step + 4 * r.changed_biases_per_step
+        rows1.append([r.model, r.policy, f"{100 * r.fraction:g} %", f"{r.read_per_step:,.0f}",
+                      f"{r.changed_per_step:,.1f}", f"{sram_w:,.1f}",
+                      f"{r.dirty.get(every, 0):,.0f}",
+                      f"{r.dirty_biases.get(every, 0):,.0f}"])
+        commits = 1000 / every
+        journal = COMMIT_HEADER + JOURNAL_RECORD * r.dirty.get(every, 0) + \
+            BIAS_RECORD * r.dirty_biases.get(every, 0)
+        gen = r.blob_bytes + COMMIT_HEADER
+        row = [r.model, r.policy, f"{100 * r.fraction:g} %", f"{gen * commits / 1024:,.1f}",
+               f"{journal * commits / 1024:,.1f}"]
+        for n_sec, sec in SECTORS.values():
+            # a generation takes whole sectors; a journal fills sectors in turn
+            gen_erases = commits * -(-gen // sec)
+            j_erases = journal * commits / sec
+            rotating = n_sec - 1  # the pinned slot stays out (flash-store.md)
+            life_gen = CYCLES * rotating * every if gen <= sec * rotating else 0
+            life_j = CYCLES * n_sec * sec / (journal / every)
+            row += [f"{gen_erases:g} / {j_erases:.2f}", f"{_life(life_gen)} / {_life(life_j)}"]
+        rows2.append(row)
+    t1 = _table(["model", "policy", "fraction", "weights read/step", "weights changed/step",
+                 "SRAM bytes written/step", f"dirty weights/{every} steps",
+                 f"dirty biases/{every} steps"], rows1)
+    hdr = ["model", "policy", "fraction", "KB/1k steps generation", "KB/1k steps journal"]
+    for part in SECTORS:
+        hdr += [f"erases/1k {part} gen/journal", f"lifetime {part} gen/journal"]
+    return t1, _table(hdr, rows2)
+
+
+def run(a: argparse.Namespace) -> int:
+    ds = datasets.digits()
+    runs: list[Run] = []
+    for model_name in a.models:
+        epochs = a.epochs if a.epochs else (20 if model_name == "mlp" else 10)
+        configs = [("all", 1.0)] + [(p, f) for p in a.policies for f in a.fractions if f < 1.0]
+        for p, f in configs:
+            print(f"  {model_name} {p} {100 * f:g} % ...", flush=True)
+            runs.append(run_one(a.board, model_name, p, f, epochs, ds, a.commit_every))
+    print(f"\nint8 on sklearn digits (1,200 train / 597 test), SGD lr 0.05, batch 1; MLP "
+          f"64-32-10 {a.epochs or 20} epochs, CNN {a.epochs or 10} epochs; {a.board} under "
+          "QEMU -icount shift=0 beside the numpy twin")
+    print(accuracy_table(runs))
+    for every in a.commit_every:
+        t1, t2 = traffic_tables(runs, every)
+        print(f"\nweight-store traffic per training step (int8 MLP; weights are bytes; a "
+              f"commit every {every} steps)")
+        print(t1)
+        print(f"\nflash per 1,000 steps and lifetime at 1 step/s, STM32F429ZI-like "
+              f"({CYCLES:,} cycles), a commit every {every} steps: generation = the "
+              "implemented COMMIT (whole blob, docs/flash-store.md); journal = projected delta "
+              "commit of the changed weights only")
+        print(t2)
+    if a.json:
+        Path(a.json).write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    bad = [r for r in runs if not r.same_predictions]
+    for r in bad:
+        print(f"MISMATCH {r.model} {r.policy} {r.fraction}: device and numpy differ")
+    return 1 if bad else 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", default="mps2-an386")
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(train.MODELS))
+    p.add_argument("--policies", nargs="+", default=["topr", "channel-norm", "channel-sparse"],
+                   choices=[k for k in selective.POLICIES if k != "all"])
+    p.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.2, 0.1, 0.75],
+                   help="fractions updated (0.75 and 0.5 of channel-sparse are 25 %% and 50 %% "
+                   "of channels frozen)")
+    p.add_argument("--epochs", type=int, default=0, help="default: MLP 20, CNN 10")
+    p.add_argument("--commit-every", type=int, nargs="+", default=[10, 100],
+                   help="commit intervals (training steps) of the traffic tables")
+    p.add_argument("--json", help="write every run as JSON to this file")
