@@ -1,9 +1,16 @@
-"""Run the Zephyr engine ztest suite (tests/zephyr/engine) with twister on the QEMU boards.
+"""Run the Zephyr engine ztest suite (tests/zephyr/engine) with twister on the QEMU boards:
+the reference kernels (with and without logging) and the CMSIS-NN backend
+(kilolearn.engine.cmsis_nn), one twister run for all.
 
 Needs a Zephyr v3.7.1 workspace: ZEPHYR_BASE set, the toolchain in the environment
 (e.g. ZEPHYR_TOOLCHAIN_VARIANT=gnuarmemb GNUARMEMB_TOOLCHAIN_PATH=/usr) and, if the
-workspace's west manifest does not list them, the CMSIS modules in ZEPHYR_MODULES. This
-repository is added with ZEPHYR_EXTRA_MODULES. Skipped where there is no Zephyr (CI).
+workspace's west manifest does not list them, the CMSIS modules in ZEPHYR_MODULES
+(cmsis, cmsis-nn and cmsis-dsp: CONFIG_CMSIS_NN selects CMSIS_DSP). This repository is
+added with ZEPHYR_EXTRA_MODULES. Skipped where there is no Zephyr (CI).
+
+Twister runs under the first Python that can start it (`twister --help`): $TWISTER_PYTHON,
+this interpreter, then `python3` on PATH, so the repository's venv need not hold twister's
+requirements (Zephyr's scripts/requirements-base.txt and psutil, setuptools, ...).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "tests" / "zephyr" / "engine"
 PLATFORMS = ["qemu_cortex_m3", "mps2/an385", "mps2/an521/cpu0"]
+REF_SCENARIOS = ["kilolearn.engine.ref", "kilolearn.engine.ref.logging"]
+CMSIS_NN_SCENARIO = "kilolearn.engine.cmsis_nn"
 ZEPHYR_BASE = os.environ.get("ZEPHYR_BASE")
 
 pytestmark = [
@@ -28,12 +37,29 @@ pytestmark = [
 ]
 
 
-def test_engine_ztest_suite_passes_under_twister(tmp_path):
+def twister_python(twister: Path) -> str:
+    """The first interpreter that starts twister (see the module's docstring)."""
+    tried = []
+    for py in (os.environ.get("TWISTER_PYTHON"), sys.executable, shutil.which("python3")):
+        if not py or py in tried:
+            continue
+        tried.append(py)
+        probe = subprocess.run([py, str(twister), "--help"], capture_output=True, timeout=120)
+        if probe.returncode == 0:
+            return py
+    pytest.fail(f"no Python among {tried} starts twister: install Zephyr's "
+                "scripts/requirements-base.txt (+ psutil, setuptools) or set TWISTER_PYTHON")
+
+
+@pytest.fixture(scope="module")
+def twister_run(tmp_path_factory) -> dict:
+    """One twister run of every scenario the QEMU boards allow; the suites by
+    (platform, scenario)."""
     if shutil.which("qemu-system-arm") is None:
         pytest.skip("qemu-system-arm not installed")
     twister = Path(ZEPHYR_BASE or "") / "scripts" / "twister"
-    out = tmp_path / "twister-out"
-    cmd = [sys.executable, str(twister), "-T", str(SUITE), "-O", str(out), "-j", "2",
+    out = tmp_path_factory.mktemp("twister") / "twister-out"
+    cmd = [twister_python(twister), str(twister), "-T", str(SUITE), "-O", str(out), "-j", "2",
            "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}"]
     for p in PLATFORMS:
         cmd += ["-p", p]
@@ -43,11 +69,38 @@ def test_engine_ztest_suite_passes_under_twister(tmp_path):
     print("\n".join(summary))
     assert proc.returncode == 0, "\n".join([*summary, proc.stdout[-4000:], proc.stderr[-4000:]])
     report = json.loads((out / "twister.json").read_text())
-    suites = report["testsuites"]
-    # every scenario that runs in QEMU (engine, engine with logging) on every board
-    assert {s["platform"] for s in suites} == set(PLATFORMS)
-    assert len(suites) >= 2 * len(PLATFORMS)
-    for s in suites:
-        assert s["status"] == "passed", (s["platform"], s["name"], s["status"])
-        cases = s["testcases"]
-        assert len(cases) >= 5 and all(c["status"] == "passed" for c in cases), s["platform"]
+    return {(s["platform"], s["name"].rsplit("/", 1)[-1]): s for s in report["testsuites"]}
+
+
+def _check_passed(s: dict, min_cases: int) -> list[str]:
+    assert s["status"] == "passed", (s["platform"], s["name"], s["status"], s.get("reason"))
+    cases = s["testcases"]
+    assert len(cases) >= min_cases, (s["platform"], s["name"], len(cases))
+    assert all(c["status"] == "passed" for c in cases), (s["platform"], s["name"], cases)
+    return [c["identifier"] for c in cases]
+
+
+def test_engine_ztest_suite_passes_under_twister(twister_run):
+    # every scenario that runs in QEMU with the reference kernels, on every board
+    assert {p for p, _ in twister_run} == set(PLATFORMS)
+    for p in PLATFORMS:
+        for name in REF_SCENARIOS:
+            assert (p, name) in twister_run, (p, name)
+            _check_passed(twister_run[(p, name)], 6)
+    for s in twister_run.values():
+        assert s["status"] in ("passed", "filtered", "skipped"), (s["platform"], s["name"])
+
+
+def test_engine_cmsis_nn_variant_passes_under_twister(twister_run):
+    """The golden vectors bit for bit with the CMSIS-NN backend, and its own suite
+    (kilolearn_cmsis_nn: CMSIS-NN calls counted, kl_cmsis_* against kl_ref_*)."""
+    for p in PLATFORMS:
+        s = twister_run.get((p, CMSIS_NN_SCENARIO))
+        assert s is not None, (p, CMSIS_NN_SCENARIO)
+        if s["status"] == "filtered" and "modules" in (s.get("reason") or ""):
+            pytest.skip(f"{CMSIS_NN_SCENARIO}: {s['reason']} (cmsis-nn, cmsis-dsp)")
+        ids = _check_passed(s, 10)
+        for case in ("test_backend_is_cmsis_nn", "test_fully_connected_matches_ref",
+                     "test_conv_matches_ref", "test_depthwise_matches_ref",
+                     "test_s8_grads_bit_exact", "test_s8_train_bit_exact"):
+            assert any(i.endswith(case) for i in ids), (p, case, ids)
