@@ -8,6 +8,10 @@ Needs a Zephyr v3.7.1 west workspace: ZEPHYR_BASE set, the toolchain in the envi
 workspace's manifest does not list them, the CMSIS module (and hal_stm32 for the nucleo
 build) in ZEPHYR_MODULES. This repository is added with ZEPHYR_EXTRA_MODULES. Skipped where
 there is no Zephyr (CI).
+
+Twister runs under the first Python that can start it (`twister --help`): $TWISTER_PYTHON,
+this interpreter, then `python3` on PATH, so the repository's venv need not hold twister's
+requirements (Zephyr's scripts/requirements-base.txt and psutil, setuptools, ...).
 """
 
 from __future__ import annotations
@@ -32,12 +36,27 @@ pytestmark = [
 ]
 
 
+def _twister_python(twister: Path) -> str:
+    """The first interpreter that starts twister (see the module's docstring)."""
+    tried = []
+    for py in (os.environ.get("TWISTER_PYTHON"), sys.executable, shutil.which("python3")):
+        if not py or py in tried:
+            continue
+        tried.append(py)
+        probe = subprocess.run([py, str(twister), "--help"], capture_output=True, timeout=120)
+        if probe.returncode == 0:
+            return py
+    pytest.fail(f"no Python among {tried} starts twister: install Zephyr's "
+                "scripts/requirements-base.txt (+ psutil, setuptools) or set TWISTER_PYTHON")
+
+
 def _twister(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     if shutil.which("qemu-system-arm") is None:
         pytest.skip("qemu-system-arm not installed")
     base = Path(ZEPHYR_BASE or "")
     # west (the harness runs `west flash`) finds the workspace from the working directory
-    cmd = [sys.executable, str(base / "scripts" / "twister"), "-T", str(APP), "-O", str(out),
+    twister = base / "scripts" / "twister"
+    cmd = [_twister_python(twister), str(twister), "-T", str(APP), "-O", str(out),
            "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=base.parent)
     summary = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
