@@ -37,6 +37,7 @@ STEP_FWD, STEP_LOSS, STEP_GRAD, STEP_BWD, STEP_FREE_DATA, STEP_FREE_GRAD = 1, 2,
 STEP_NAMES = {STEP_FWD: "fwd", STEP_LOSS: "loss", STEP_GRAD: "grad", STEP_BWD: "bwd",
               STEP_FREE_DATA: "free", STEP_FREE_GRAD: "free_grad"}
 FWD_RECOMPUTE = 0x01  # step flag: a recomputation (not the first forward pass)
+STEP_IN_PLACE = 0x02  # bwd flag: the input's gradient is made at the start of the scratch
 SCHED_HEADER = 16
 STEP_SIZE = 8
 INF = float("inf")
@@ -96,6 +97,7 @@ class MemModel:
     keep_grads: bool = False  # KL_CFG_KEEP_GRADS (the gradient-dump job)
     momentum: bool = False  # f32 momentum buffers
     target: str = "arm"
+    in_place: bool = True  # plans quantise input gradients in their backward scratch
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -127,14 +129,42 @@ class MemModel:
         g = self.graph
         return int(np.prod(g.weight_shape(i))) if g.ops[i].has_params else 0
 
-    def _op_scratch(self, i: int, training: bool | None = None) -> int:
+    def _need_dx(self, i: int) -> bool:
+        """Does the backward step of op i compute an input gradient (kl_model.c need_dx)?"""
+        return any(self.need_grad[t] for t in self.graph.ops[i].inputs)
+
+    def in_place_at(self, i: int) -> bool:
+        """Does the backward step of op i quantise its input gradient in place, inside its
+        int32 scratch, at its start or at its end (KL_STEP_IN_PLACE)? Planned, int8,
+        training, not an add, the input needs a gradient and op i is its last reader (the
+        first backward step to give it one)."""
         op = self.graph.ops[i]
+        x = op.inputs[0]
+        return (self.in_place and self.training and self.dtype == "s8" and op.kind != "add"
+                and self.need_grad[x] and self.last_use[x] == i)
+
+    def _op_scratch(self, i: int, training: bool | None = None, in_place: bool = False) -> int:
+        """kl_model.c op_scratch(): forward (dense s8 kernel scratch) and, training, the
+        input-gradient accumulators (when the input needs a gradient) and the update's
+        scratch (weight and bias gradients), the latter after the in-place input gradient."""
+        g = self.graph
+        op = g.ops[i]
         x, y = self.tsize[op.inputs[0]], self.tsize[op.output]
-        need = 2 * x + 4 * y + 8 if op.kind == "dense" and self.dtype == "s8" else 0
+        s8_dense = op.kind == "dense" and self.dtype == "s8"
+        need = 2 * x + 4 * y + 8 if s8_dense else 0
         if self.training if training is None else training:
-            need = max(need, x * 4)
-            if op.kind in ("conv", "dwconv"):
-                need = max(need, (self._n_w(i) + self.graph.shapes[op.output][2]) * 4)
+            if self._need_dx(i):
+                need = max(need, x * 4)
+            upd = 0
+            if self.trainable[i] and op.has_params:
+                n_b = y if op.kind == "dense" else g.shapes[op.output][2]
+                if op.bias_only:
+                    upd = 4 * n_b
+                elif op.kind in ("conv", "dwconv"):
+                    upd = (self._n_w(i) + n_b) * 4
+                elif s8_dense:
+                    upd = 2 * x + 4 * y + 8
+            need = max(need, (_al(x * self.es, 8) if in_place else 0) + upd)
         return need
 
     def _static(self, arena: _Arena) -> None:
@@ -162,8 +192,15 @@ class MemModel:
                 arena.alloc(bsize)
 
     def bwd_scratch(self, i: int) -> int:
-        """Bytes of int32 scratch the backward step of op i gets in the planned region."""
-        return _al(self._op_scratch(i, True), 8)
+        """Bytes of int32 scratch the backward step of op i gets in the planned region (with
+        in_place_at(i), its input gradient ends up in the first bytes)."""
+        return _al(self._op_scratch(i, True, self.in_place_at(i)), 8)
+
+    def bwd_extra(self, i: int) -> int:
+        """Bytes the backward step of op i adds to its gradients: its scratch, less the input
+        gradient it holds when quantised in place (the chain model's w[i])."""
+        x = self.graph.ops[i].inputs[0]
+        return self.bwd_scratch(i) - (self.gbytes[x] if self.in_place_at(i) else 0)
 
     def scratch_sizes(self, planned: bool = False) -> tuple[int, int]:
         """planned: with a schedule the backward steps' int32 scratch is in the region."""
@@ -209,7 +246,9 @@ class MemModel:
 
     def bwd_reads(self, i: int) -> list[int]:
         op = self.graph.ops[i]
-        r = [op.output] if op.act != "none" else []
+        # its output's activations mask its gradient, unless the gradient was masked when it
+        # was given (s8, a single consumer: kl_model.c give_s8)
+        r = [op.output] if op.act != "none" and not self._mask_on_give(op.output) else []
         if op.kind != "add":
             x = op.inputs[0]
             if ((self.trainable[i] and op.has_params) or (op.kind == "maxpool" and
@@ -233,7 +272,8 @@ class MemModel:
 class Chain:
     """Cuts 0..n: a[i] data bytes of bundle i, g[i] its gradient bytes, f[i] MACs of op i, p the
     first op with a backward step, keep_last: the last bundle (the logits) is never freed,
-    w[i]: scratch bytes the backward step of op i needs besides the gradients (none if empty)."""
+    w[i]: scratch bytes the backward step of op i needs besides the gradients (none if empty),
+    r[i]: does the backward step of op i read bundle i + 1 (always if empty)."""
 
     a: list[int]
     g: list[int]
@@ -241,9 +281,13 @@ class Chain:
     p: int = 0
     keep_last: bool = False
     w: list[int] = field(default_factory=list)
+    r: list[bool] = field(default_factory=list)
 
     def scratch(self, i: int) -> int:
         return self.w[i] if self.w else 0
+
+    def reads_out(self, i: int) -> bool:
+        return self.r[i] if self.r else True
 
     @property
     def n(self) -> int:
@@ -253,15 +297,17 @@ class Chain:
 def chain_of(mm: MemModel) -> Chain:
     g = mm.graph
     n = mm.n
-    a, gr = [], []
+    a, gr, bundles = [], [], []
     for i in range(n + 1):
         d = [t for t in range(len(g.shapes)) if mm.producer[t] < i and mm.last_use[t] >= i
              and t != g.input]
+        bundles.append(set(d))
         a.append(sum(mm.dbytes[t] for t in d))
         gr.append(sum(mm.gbytes[t] for t in d if mm.need_grad[t] or t == g.output))
-    w = [mm.bwd_scratch(i) if mm.training and (mm.need_grad[op.output] or op.output == g.output)
+    w = [mm.bwd_extra(i) if mm.training and (mm.need_grad[op.output] or op.output == g.output)
          else 0 for i, op in enumerate(g.ops)]
-    return Chain(a, gr, list(mm.macs), mm.first_bwd(), keep_last=True, w=w)
+    r = [bool(set(mm.bwd_reads(i)) & bundles[i + 1]) for i in range(n)]
+    return Chain(a, gr, list(mm.macs), mm.first_bwd(), keep_last=True, w=w, r=r)
 
 
 # ------------------------------------------------------------ exact search (short chains)
@@ -275,7 +321,8 @@ def _replay(ch: Chain, macros: list[tuple]) -> tuple[float, int]:
     n = ch.n
     reads: list[set[int]] = []
     for mc in macros:
-        reads.append({mc[1]} if mc[0] == "F" else {n} if mc[0] == "L" else {mc[1], mc[1] + 1})
+        reads.append({mc[1]} if mc[0] == "F" else {n} if mc[0] == "L" else
+                     {mc[1], mc[1] + 1} if ch.reads_out(mc[1]) else {mc[1]})
     held: set[int] = set()
     cost, peak, grad = 0, 0, -1  # grad: the bundle whose gradient is held
 
@@ -358,7 +405,7 @@ def _search(ch: Chain, m: int) -> tuple[float, list[tuple]]:
                 nxt.append((cost, held & ~(1 << j), b, ()))
         if b == n + 1 and held >> n & 1 and cur + g[n] <= m:
             nxt.append((cost, held, n, ("L",)))
-        if (b <= n and have >> (b - 1) & 1 and held >> b & 1
+        if (b <= n and have >> (b - 1) & 1 and (held >> b & 1 or not ch.reads_out(b - 1))
                 and cur + g[b - 1] + ch.scratch(b - 1) <= m):
             keep = ch.keep_last and b == n
             nxt.append((cost, held if keep else held & ~(1 << b), b - 1, ("B", b - 1)))
@@ -433,9 +480,12 @@ class _GridDp:
             t = s + d
             if d == 1:
                 Sn = np.array(self.S, dtype=np.int64)
+                ro = np.array([ch.reads_out(i) for i in range(n)], dtype=bool)
                 ch_d = np.where(lv[None, :] >= (Gn[s] + Sn[s])[:, None], 0.0, INF)
-                cn_d = np.where(lv[None, :] >= (Gn[s] + An[t] + Sn[s])[:, None],
-                                np.array(ch.f, dtype=np.float64)[:, None], INF)
+                # not held: recompute it first, unless the step does not read it
+                cn_d = np.where(lv[None, :] >= (Gn[s] + np.where(ro, An[t], 0) + Sn[s])[:, None],
+                                np.where(ro, np.array(ch.f, dtype=np.float64), 0.0)[:, None],
+                                INF)
             else:
                 jj, s0 = np.divmod(np.arange((d - 1) * len(s)), len(s))
                 j = jj + 1  # every (checkpoint offset, start) pair of this length
@@ -545,6 +595,9 @@ class _GridDp:
             if held and G[s] + self.S[s] <= m:
                 out.append(("B", s))
                 return
+            if not held and not ch.reads_out(s) and G[s] + self.S[s] <= m:
+                out.append(("B", s))
+                return
             if not held and G[s] + A[t] + self.S[s] <= m:
                 out.extend([("F", s), ("B", s)])
                 return
@@ -642,7 +695,7 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
     # next read / next production of each tensor after macro j
     n_t = len(g.shapes)
     steps: list[Step] = []
-    bufs: list[list[int]] = []  # [size, start step, end step]
+    bufs: list[list[int]] = []  # [size, start step, end step, buffer it shares an offset with]
     live_d: dict[int, int] = {}  # tensor -> buffer id
     live_g: dict[int, int] = {}
     seen_out = set()
@@ -651,11 +704,14 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
     in_recompute = False
     bwd_pos = -1
 
-    def alloc(size: int) -> int:
+    def alloc(size: int, tie: int = -1) -> int:
+        """A buffer from the next step on; tie: at the offset of that buffer, inside it, so
+        counted only once that one is freed."""
         nonlocal cur, peak
-        bufs.append([size, len(steps), -1])
-        cur += size
-        peak = max(peak, cur)
+        bufs.append([size, len(steps), -1, tie])
+        if tie < 0:
+            cur += size
+            peak = max(peak, cur)
         return len(bufs) - 1
 
     def free(buf: int) -> None:
@@ -714,15 +770,24 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
                 continue
             if op.output not in live_g:
                 raise PlanError(f"backward op {i}: no gradient for tensor {op.output}")
+            ip = mm.in_place_at(i)
+            x = op.inputs[0]
+            if ip and x in live_g:
+                raise PlanError(f"backward op {i}: input gradient {x} already live")
             for t in op.inputs:
-                if mm.need_grad[t] and t not in live_g:
+                if mm.need_grad[t] and t not in live_g and not (ip and t == x):
                     b = alloc(mm.gbytes[t])
                     live_g[t] = b
                     steps.append(Step(STEP_GRAD, t, b))
             sb = alloc(mm.bwd_scratch(i)) if mm.training else 0  # int32 scratch, this step
-            steps.append(Step(STEP_BWD, i, sb))
+            if ip:  # the input gradient, quantised in place at the start or end of the scratch
+                live_g[x] = alloc(mm.gbytes[x], tie=sb)
+                steps.append(Step(STEP_GRAD, x, live_g[x]))
+            steps.append(Step(STEP_BWD, i, sb, STEP_IN_PLACE if ip else 0))
             if mm.training:
                 free(sb)
+            if ip:
+                cur += mm.gbytes[x]
             steps.append(Step(STEP_FREE_GRAD, op.output))
             free(live_g.pop(op.output))
         for t in list(live_d):
@@ -744,29 +809,74 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
 
 
 def assign_offsets(bufs: list[list[int]]) -> tuple[list[int], int]:
-    """Static offsets: biggest buffers first, each at the lowest 8-aligned offset free for its
-    whole lifetime [start, end)."""
-    order = sorted(range(len(bufs)), key=lambda b: (-bufs[b][0], bufs[b][1]))
+    """The smallest region of _assign_offsets over a few placement orders: biggest buffers
+    first, earliest first, or longest-lived first."""
+    best: tuple[list[int], int] | None = None
+    for key in ("size", "start", "area"):
+        offs, region = _assign_offsets(bufs, key)
+        if best is None or region < best[1]:
+            best = (offs, region)
+    assert best is not None
+    return best
+
+
+def _assign_offsets(bufs: list[list[int]], key: str) -> tuple[list[int], int]:
+    """Static offsets: biggest buffers first (key), each at the lowest 8-aligned offset free for its
+    whole lifetime [start, end); a buffer tied to another (bufs[b][3] >= 0) lies at that one's
+    start or at its end (its offset + its size - the tied one's size), whichever gives the
+    lower offset (the group is placed together, each rectangle free)."""
     nb = len(bufs)
+    members: dict[int, list[int]] = {}
+    for b in range(nb):
+        root = b
+        while len(bufs[root]) > 3 and bufs[root][3] >= 0:
+            root = bufs[root][3]
+        members.setdefault(root, []).append(b)
+    def rank(r: int) -> tuple:
+        size = max(bufs[b][0] for b in members[r])
+        life = max(bufs[b][2] for b in members[r]) - bufs[r][1]
+        return {"size": (-size, bufs[r][1]), "start": (bufs[r][1], -size),
+                "area": (-size * life, bufs[r][1])}[key]
+
+    order = sorted(members, key=rank)
     p_lo = np.zeros(nb, dtype=np.int64)  # placed buffers: offset, end offset, lifetime
     p_hi = np.zeros(nb, dtype=np.int64)
     p_s = np.zeros(nb, dtype=np.int64)
     p_e = np.zeros(nb, dtype=np.int64)
     offs = [0] * nb
     region = 0
-    for npl, b in enumerate(order):
-        size, s, e = bufs[b]
-        ov = (p_s[:npl] < e) & (s < p_e[:npl])
-        lo, hi = p_lo[:npl][ov], p_hi[:npl][ov]
-        srt = np.argsort(lo, kind="stable")
-        off = 0
-        for lo_, hi_ in zip(lo[srt].tolist(), hi[srt].tolist(), strict=True):
-            if off + size <= lo_:
-                break
-            off = max(off, _al(hi_, 8))
-        offs[b] = off
-        p_lo[npl], p_hi[npl], p_s[npl], p_e[npl] = off, off + size, s, e
-        region = max(region, off + size)
+    npl = 0
+    for r in order:
+        tied = [b for b in members[r] if b != r]
+        best: tuple[int, list[int]] | None = None
+        for mode in range(1 << len(tied)):  # each tied buffer at the start (0) or the end
+            delta = {r: 0}
+            for k, b in enumerate(tied):
+                delta[b] = bufs[r][0] - bufs[b][0] if mode >> k & 1 else 0
+            # offsets forbidden for the group: (lo - size - delta, hi - delta) of every placed
+            # buffer a member's lifetime overlaps
+            lo_l, hi_l = [], []
+            for b in members[r]:
+                size, s, e = bufs[b][:3]
+                ov = (p_s[:npl] < e) & (s < p_e[:npl])
+                lo_l.append(p_lo[:npl][ov] - size - delta[b])
+                hi_l.append(p_hi[:npl][ov] - delta[b])
+            lo, hi = np.concatenate(lo_l), np.concatenate(hi_l)
+            srt = np.argsort(lo, kind="stable")
+            off = 0
+            for lo_, hi_ in zip(lo[srt].tolist(), hi[srt].tolist(), strict=True):
+                if off <= lo_:
+                    break
+                off = max(off, _al(hi_, 8))
+            if best is None or off < best[0]:
+                best = (off, [off + delta[b] for b in members[r]])
+        assert best is not None
+        for b, o in zip(members[r], best[1], strict=True):
+            size, s, e = bufs[b][:3]
+            offs[b] = o
+            p_lo[npl], p_hi[npl], p_s[npl], p_e[npl] = o, o + size, s, e
+            npl += 1
+            region = max(region, o + size)
     return offs, _al(region, 8)
 
 

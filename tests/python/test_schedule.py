@@ -101,3 +101,52 @@ def test_f32_schedule_identical_and_cli_writes_blob(target, rng, tmp_path):
         for c in (job.CMD_GRADS, job.CMD_TRAIN):
             ref = run(export.export_f32(g, p), x, y, board, asan, c)
             assert comparable(run(blob, x, y, board, asan, c)) == comparable(ref)
+
+
+FULL_DEPTH_INPUT = 110  # MobileNetV1 alpha 0.125, every layer trainable (docs/planner.md)
+ARENA_256K = 256 * 1024 - 8192  # 256 KiB SRAM less 8 KiB for the firmware's own RAM and stack
+
+
+@pytest.mark.parametrize("target", ["host", "mps2-an386"])
+def test_mobilenet_full_depth_trains_in_256k(target, rng):
+    """Full-depth int8 training of MobileNetV1 alpha 0.125 at 110x110, whose engine without a
+    schedule needs more than 512 KiB of arena: the optimal plan for 256 KiB - 8 KiB runs in an
+    arena of exactly its planned peak, its gradients (kept-gradient job) and its fused training
+    epoch are bit-identical to store-all, and the measured high-water mark is the planned peak
+    to the byte."""
+    require_target(target)
+    board, asan = split_target(target)
+    m = M.mobilenet_v1((FULL_DEPTH_INPUT,) * 2 + (3,), 10, alpha=0.125)
+    g = m.graph
+    assert all(op.trainable for op in g.ops if op.has_params)
+    p = m.init(5)
+    x, y = data_for(m, rng, 3)
+    qm = R.quantize_model(g, p, x)
+    xq = qm.quantize_input(x)
+    tgt = "host" if board == "host" else "arm"
+    mm = P.MemModel(g, "s8", target="arm")
+    assert mm.store_all_bytes() > 512 * 1024
+    pl = P.optimal(mm, ARENA_256K)
+    assert pl is not None and pl.peak <= ARENA_256K and pl.extra_macs > 0
+    blob = export.export_s8(qm, pl)
+    ref_blob = export.export_s8(qm)
+    mm_t = P.MemModel(g, "s8", target=tgt)
+    mm_k = P.MemModel(g, "s8", keep_grads=True, target=tgt)
+    # fused training in an arena of exactly the planned peak
+    exact = mm_t.static_bytes() + pl.region
+    kw = dict(lr=0.3, seed=9, epochs=1, dump_weights=True)
+    rep = runner.run_job(job.build(blob, xq, y, xq[:2], y[:2], arena_size=exact, **kw), board,
+                         sanitize=asan)
+    ref = runner.run_job(job.build(ref_blob, xq, y, xq[:2], y[:2], **kw), board, sanitize=asan)
+    assert ref.one("done")["arena_peak"] == mm_t.store_all_bytes()
+    assert rep.one("done")["arena_peak"] == exact
+    if tgt == "arm":
+        assert exact == pl.peak
+    assert comparable(rep) == comparable(ref)
+    # every layer's int8 gradients over two steps (the same schedule, kept-gradient buffers)
+    kw = dict(cmd=job.CMD_GRADS, n_steps=2, lr=0.2, seed=77, dump_weights=True)
+    rep = runner.run_job(job.build(blob, xq, y, xq[:2], y[:2], **kw), board, sanitize=asan)
+    ref = runner.run_job(job.build(ref_blob, xq, y, xq[:2], y[:2], **kw), board, sanitize=asan)
+    assert rep.one("done")["arena_peak"] == mm_k.static_bytes() + pl.region
+    assert comparable(rep) == comparable(ref)
+    assert sum(k.startswith("g") for k in rep.dumps) >= 2 * 28

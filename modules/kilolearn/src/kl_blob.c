@@ -145,7 +145,9 @@ static int mask_on_give(const sched_state_t *st, uint32_t t, uint32_t input, int
 static int bwd_reads_live(const sched_state_t *st, const uint8_t *o, uint32_t input, int s8)
 {
 	const uint32_t in0 = kl_rd16(o + KL_BO_IN0), out = kl_rd16(o + KL_BO_OUT);
-	if (o[KL_BO_ACT] != KL_ACT_NONE && !bit(st->data, out)) {
+	/* the output masks the gradient, unless its single consumer masked it */
+	const int masked = bit(st->users1, out) && mask_on_give(st, out, input, s8);
+	if (o[KL_BO_ACT] != KL_ACT_NONE && !masked && !bit(st->data, out)) {
 		return 0;
 	}
 	const uint32_t ins[2] = {in0, kl_rd16(o + KL_BO_IN1)};
@@ -213,7 +215,9 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 	for (uint32_t k = 0; k < n_steps; k++, sp += KL_STEP_SIZE) {
 		const uint32_t kind = sp[KL_SS_KIND], idx = kl_rd16(sp + KL_SS_INDEX);
 		const uint32_t off = kl_rd32(sp + KL_SS_OFFSET);
-		if (sp[KL_SS_FLAGS] & ~(kind == KL_STEP_FWD ? KL_STEP_RECOMPUTE : 0u)) {
+		if (sp[KL_SS_FLAGS] & ~(kind == KL_STEP_FWD	? KL_STEP_RECOMPUTE
+					: kind == KL_STEP_BWD ? KL_STEP_IN_PLACE
+								: 0u)) {
 			return KL_ECORRUPT;
 		}
 		if (kind == KL_STEP_FWD || kind == KL_STEP_BWD) {
@@ -236,18 +240,33 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 				continue;
 			}
 			/* the step's int32 scratch (kl_model.c op_scratch, training) */
-			uint64_t need = (uint64_t)tensor_size(t_tab + in0 * KL_BLOB_TENSOR_SIZE) * 4u;
-			const uint64_t co = kl_rd16(t_tab + out * KL_BLOB_TENSOR_SIZE + KL_BT_C);
-			if (o[KL_BO_KIND] == KL_OP_DENSE && s8) {
-				const uint64_t fc = KL_FC_S8_SCRATCH(
-					tensor_size(t_tab + in0 * KL_BLOB_TENSOR_SIZE),
-					tensor_size(t_tab + out * KL_BLOB_TENSOR_SIZE));
-				need = fc > need ? fc : need;
-			} else if (o[KL_BO_KIND] == KL_OP_CONV || o[KL_BO_KIND] == KL_OP_DWCONV) {
-				const uint32_t ws = kl_rd32(o + KL_BO_W_SIZE);
-				const uint64_t wg = ((uint64_t)(s8 ? ws : ws >> 2) + co) * 4u;
-				need = wg > need ? wg : need;
+			const int in_place = (sp[KL_SS_FLAGS] & KL_STEP_IN_PLACE) != 0u;
+			if (in_place && (add || !s8 || !bit(st.need_grad, in0))) {
+				return KL_ECORRUPT;
 			}
+			const uint64_t nx = tensor_size(t_tab + in0 * KL_BLOB_TENSOR_SIZE);
+			const uint64_t ny = tensor_size(t_tab + out * KL_BLOB_TENSOR_SIZE);
+			const uint64_t co = kl_rd16(t_tab + out * KL_BLOB_TENSOR_SIZE + KL_BT_C);
+			const int dense = o[KL_BO_KIND] == KL_OP_DENSE;
+			const int conv = o[KL_BO_KIND] == KL_OP_CONV || o[KL_BO_KIND] == KL_OP_DWCONV;
+			const uint32_t ws = kl_rd32(o + KL_BO_W_SIZE);
+			uint64_t need = dense && s8 ? KL_FC_S8_SCRATCH(nx, ny) : 0u;
+			if (bit(st.need_grad, in0) || (add && bit(st.need_grad, in1))) {
+				need = nx * 4u > need ? nx * 4u : need; /* input-gradient sums */
+			}
+			uint64_t upd = 0;
+			if ((o[KL_BO_FLAGS] & KL_OP_TRAINABLE) != 0u && ws != 0u) {
+				const uint64_t n_b = dense ? ny : co;
+				if ((o[KL_BO_FLAGS] & KL_OP_BIAS_ONLY) != 0u) {
+					upd = n_b * 4u;
+				} else if (conv) {
+					upd = ((uint64_t)(s8 ? ws : ws >> 2) + n_b) * 4u;
+				} else if (dense && s8) {
+					upd = KL_FC_S8_SCRATCH(nx, ny);
+				}
+			}
+			upd += in_place ? (nx * es + 7u) & ~(uint64_t)7u : 0u;
+			need = upd > need ? upd : need;
 			if (idx >= frontier || !bit(st.grad, out) || (off % 8u) != 0u ||
 			    off > region || need > region - off ||
 			    !bwd_reads_live(&st, o, input, s8) ||

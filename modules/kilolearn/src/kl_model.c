@@ -67,20 +67,47 @@ static uint32_t umax(uint32_t a, uint32_t b)
 	return a > b ? a : b;
 }
 
-/* bytes of scratch an op needs (int32 accumulators, kernel scratch) */
-static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training)
+/* does the backward step of op compute an input gradient? */
+static int need_dx(const kl_model_t *m, const kl_op_t *op)
+{
+	return m->tensors[op->in0].need_grad ||
+	       (op->kind == KL_OP_ADD && m->tensors[op->in1].need_grad);
+}
+
+static uint32_t align8(uint32_t v)
+{
+	return (v + 7u) & ~7u;
+}
+
+/* Bytes of scratch an op needs: forward (dense s8 kernel scratch) and, for
+ * training, the input-gradient accumulators (only when the input needs a
+ * gradient) and the update's weight and bias gradients. in_place: the
+ * schedule put the int8 input gradient at the start or the end of this
+ * scratch (KL_STEP_IN_PLACE); the update's part then lies after it (start)
+ * or before it (end). Mirrored by kl_blob.c and planner.MemModel._op_scratch. */
+static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training, int in_place)
 {
 	const kl_tensor_t *x = &m->tensors[op->in0];
 	const kl_tensor_t *y = &m->tensors[op->out];
-	uint32_t need = 0;
-	if (op->kind == KL_OP_DENSE && m->dtype == KL_DTYPE_S8) {
-		need = KL_FC_S8_SCRATCH(tsize(x), tsize(y));
-	}
+	const int s8_dense = op->kind == KL_OP_DENSE && m->dtype == KL_DTYPE_S8;
+	uint32_t need = s8_dense ? KL_FC_S8_SCRATCH(tsize(x), tsize(y)) : 0u;
 	if (training) {
-		need = umax(need, tsize(x) * 4u); /* input-gradient accumulators */
-		if (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV) {
-			need = umax(need, (op->n_w + y->c) * 4u); /* weight gradients */
+		if (need_dx(m, op)) {
+			need = umax(need, tsize(x) * 4u); /* input-gradient accumulators */
 		}
+		uint32_t upd = 0;
+		if (trainable(op) && op->n_w != 0u) {
+			const uint32_t n_b = op->kind == KL_OP_DENSE ? tsize(y) : y->c;
+			if (bias_only(op)) {
+				upd = n_b * 4u;
+			} else if (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV) {
+				upd = (op->n_w + n_b) * 4u; /* weight gradients */
+			} else if (s8_dense) {
+				upd = KL_FC_S8_SCRATCH(tsize(x), tsize(y)); /* fused SGD */
+			}
+		}
+		const uint32_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
+		need = umax(need, (in_place ? align8(tsize(x) * es) : 0u) + upd);
 	}
 	return need;
 }
@@ -123,11 +150,6 @@ static void active_block(const kl_model_t *m, uint32_t n_ch, uint32_t *c0, uint3
 	const uint32_t nb = (n_ch + *k - 1u) / *k;
 	const uint32_t s = (m->upd_step % nb) * *k;
 	*c0 = s + *k > n_ch ? n_ch - *k : s;
-}
-
-static uint32_t align8(uint32_t v)
-{
-	return (v + 7u) & ~7u;
 }
 
 /* bytes of selection scratch a policy needs for this model */
@@ -301,6 +323,18 @@ static void pack_channels(const uint8_t *dy, uint8_t *out, uint32_t positions, u
 	}
 }
 
+/* The update's scratch: after the input gradient when the schedule made it
+ * in place at the start of the step's scratch (kl_blob_check sized it so),
+ * else the scratch itself (an input gradient at the end lies after it). */
+static void *upd_scratch(const kl_model_t *m, const kl_tensor_t *x)
+{
+	if ((const void *)x->grad == m->scratch) {
+		const uint32_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
+		return (uint8_t *)m->scratch + align8(tsize(x) * es);
+	}
+	return m->scratch;
+}
+
 int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *arena,
 		  const kl_train_cfg_t *cfg)
 {
@@ -439,7 +473,7 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	for (int i = 0; i < m->n_ops; i++) {
 		const kl_op_t *op = &m->ops[i];
 		/* with a schedule each backward step gets its scratch in the region */
-		scratch = umax(scratch, op_scratch(m, op, training && sched_off == 0u));
+		scratch = umax(scratch, op_scratch(m, op, training && sched_off == 0u, 0));
 		if (s8 && (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV)) {
 			const kl_geom_t g = geom(m, op);
 			kscratch = umax(kscratch, KL_CONV_S8_SCRATCH(&g));
@@ -837,8 +871,9 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 	}
 	phase(m, KL_PHASE_UPDATE);
 	const int n_b = (int)n_channels(m, op);
-	float *gw = keep ? op->gw : m->scratch;
-	float *gb = keep ? op->gb : (float *)m->scratch + op->n_w;
+	float *const wsc = upd_scratch(m, x);
+	float *gw = keep ? op->gw : wsc;
+	float *gb = keep ? op->gb : bias_only(op) ? wsc : wsc + op->n_w;
 	if (bias_only(op)) { /* gb = dy summed over positions */
 		const int n_pos = (int)(tsize(y) / (uint32_t)n_b);
 		for (int c = 0; c < n_b; c++) {
@@ -922,7 +957,7 @@ static void update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, co
 	if (nk != 0u) {
 		uint32_t d = m->dither + c0 * (uint32_t)n_in * KL_WEYL;
 		kl_fully_connected_sgd_s8(w + c0 * (uint32_t)n_in, b + c0, dy + c0, x->data, x->zp,
-					  m->lr_q, w_shift, b_shift, &d, n_in, (int)nk, m->scratch);
+					  m->lr_q, w_shift, b_shift, &d, n_in, (int)nk, upd_scratch(m, x));
 		m->dither += op->n_w * KL_WEYL;
 		touched = nk * (uint32_t)n_in;
 	} else if (m->upd_policy == KL_UPDATE_TOPR) {
@@ -937,11 +972,11 @@ static void update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, co
 		int8_t *dsel = (int8_t *)m->sel + align8((uint32_t)n_out * 9u);
 		top_channels_dy(m, dy, dsel, (uint32_t)n_out, 1);
 		kl_fully_connected_sgd_s8(w, b, dsel, x->data, x->zp, m->lr_q, w_shift, b_shift,
-					  &m->dither, n_in, n_out, m->scratch);
+					  &m->dither, n_in, n_out, upd_scratch(m, x));
 		touched = upd_count((uint32_t)n_out, m->upd_frac) * (uint32_t)n_in;
 	} else {
 		kl_fully_connected_sgd_s8(w, b, dy, x->data, x->zp, m->lr_q, w_shift, b_shift,
-					  &m->dither, n_in, n_out, m->scratch);
+					  &m->dither, n_in, n_out, upd_scratch(m, x));
 	}
 	m->upd_touched += touched;
 	m->upd_weights += op->n_w;
@@ -954,7 +989,9 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
 	int8_t *dy = y->grad;
 	const int ey = y->grad_exp;
 	phase(m, KL_PHASE_BACKWARD);
-	mask_s8(y, op->act, dy, 0);
+	if (y->n_users != 1u) { /* a single consumer masked it in give_s8 already */
+		mask_s8(y, op->act, dy, 0);
+	}
 	kl_geom_t g = geom(m, op);
 	const int need_dx = x->need_grad;
 	/* Paissan: only channels [c0, c0 + nk) backpropagate (see backward_op_f32) */
@@ -1027,8 +1064,9 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
 	phase(m, KL_PHASE_UPDATE);
 	const int xe = x->exp;
 	const int n_b = (int)n_channels(m, op);
-	int32_t *gw = keep ? op->gw : m->scratch;
-	int32_t *gb = keep ? op->gb : (int32_t *)m->scratch + op->n_w;
+	int32_t *const wsc = upd_scratch(m, x);
+	int32_t *gw = keep ? op->gw : wsc;
+	int32_t *gb = keep ? op->gb : bias_only(op) ? wsc : wsc + op->n_w;
 	if (bias_only(op)) { /* gb = dy summed over positions */
 		const int n_pos = (int)(tsize(y) / (uint32_t)n_b);
 		for (int c = 0; c < n_b; c++) {

@@ -66,6 +66,10 @@ enum kl_step_kind {
 	KL_STEP_FREE_GRAD = 6  /* tensor index's gradient is dead */
 };
 #define KL_STEP_RECOMPUTE 0x01u /* fwd flag: a recomputation */
+/* bwd flag (int8): the input's gradient (its grad step came right before)
+ * lies at the start or the end of this step's scratch and is quantised in
+ * place from its int32 sums; the scratch is sized for that */
+#define KL_STEP_IN_PLACE 0x02u
 
 /* tensor record field offsets */
 #define KL_BT_H   0u

@@ -211,7 +211,9 @@ static inline int8_t kl_sub_clamp_w(int8_t w, int64_t delta)
 	return (int8_t)(r > 127 ? 127 : (r < -127 ? -127 : r));
 }
 
-/* Smallest s >= 0 bringing max|acc| into int8 range; writes int8 values. */
+/* Smallest s >= 0 bringing max|acc| into int8 range; writes int8 values.
+ * out may overlap acc when it starts at acc or ends at or before the end of
+ * acc's n int32 (a gradient quantised in place in its accumulators). */
 int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n);
 /* The same, in place (values stay int32). */
 int kl_quantize_grad_s32(int32_t *acc, int n);

@@ -1,5 +1,6 @@
 /* int8 quantisation helpers shared by the kernels. */
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kilolearn/kl_kernels.h"
 
@@ -24,8 +25,17 @@ static int grad_shift(const int32_t *acc, int n)
 int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
 {
 	const int s = grad_shift(acc, n);
-	for (int i = 0; i < n; i++) {
-		out[i] = (int8_t)kl_rshift_round(acc[i], s);
+	if ((uintptr_t)out > (uintptr_t)acc) {
+		/* out may overlap the end of acc: byte i is written after every
+		 * acc[j], j >= i, was read, and byte i lies in acc[j >= i] */
+		for (int i = n - 1; i >= 0; i--) {
+			out[i] = (int8_t)kl_rshift_round(acc[i], s);
+		}
+	} else {
+		/* out may be acc itself: byte i lies in acc[i / 4], read already */
+		for (int i = 0; i < n; i++) {
+			out[i] = (int8_t)kl_rshift_round(acc[i], s);
+		}
 	}
 	return s;
 }
