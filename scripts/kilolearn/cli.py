@@ -54,8 +54,12 @@ def cmd_session(a: argparse.Namespace) -> int:
 
     from . import session
 
+    update = None
+    if a.update:
+        name, _, frac = a.update.partition(":")
+        update = (name, float(frac or 1.0))
     sc = session.Scenario(epochs=a.epochs, lr=a.lr, replay_cap=a.replay_cap,
-                          replay_ratio=a.replay_ratio, seed=a.seed)
+                          replay_ratio=a.replay_ratio, seed=a.seed, update=update)
     ds = datasets.load(a.data)
     strategies = list(session.STRATEGIES) if a.strategy == "all" else [a.strategy]
     where = a.port or f"{a.board} ({CPU.get(a.board, a.board)})"
@@ -262,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--replay-cap", type=int, default=200)
     s.add_argument("--replay-ratio", type=int, default=2)
     s.add_argument("--seed", type=int, default=2)
+    s.add_argument("--update", metavar="POLICY:FRACTION",
+                   help="selective updates on the device (CONFIG), e.g. topr:0.2, "
+                   "channel-norm:0.5, channel-sparse:0.5 (docs/selective-updates.md)")
     s.add_argument("--no-reference", action="store_true", help="skip the numpy twin")
     s.add_argument("--bench-link", type=int, metavar="N", default=0,
                    help="instead: stream N TRAIN frames and compare with the raw link rate")

@@ -20,7 +20,8 @@ HEADER = 6
 INFO, LOAD, TRAIN, EVAL, PREDICT, COMMIT, STATS, CONFIG, RESET = range(1, 10)
 REPLY, NAK = 0x80, 0xFF
 LOAD_BEGIN, LOAD_DATA, LOAD_END = 0, 1, 2
-CFG_LR, CFG_REPLAY_RATIO, CFG_REPLAY_CAP, CFG_CUT, CFG_SEED, CFG_CLASSES = range(1, 7)
+CFG_LR, CFG_REPLAY_RATIO, CFG_REPLAY_CAP, CFG_CUT, CFG_SEED, CFG_CLASSES, CFG_UPDATE = range(1, 8)
+UPDATE_BLOB = 0xFF  # CFG_UPDATE policy: the one the blob carries
 NO_CUT = 0xFFFF
 
 STATUS = dict(ERRORS)
@@ -289,7 +290,9 @@ class Client:
 
     def config(self, lr: float | None = None, replay_ratio: int | None = None,
                replay_cap: int | None = None, cut: int | None = None, seed: int | None = None,
-               classes: bytes | None = None) -> None:
+               classes: bytes | None = None, update: tuple[int, int] | None = None) -> None:
+        """CONFIG; ``update`` = (policy id, per mille): a selective-update policy
+        (docs/selective-updates.md) over the blob's, UPDATE_BLOB to go back to it."""
         p = b""
         if lr is not None:
             p += struct.pack("<BBf", CFG_LR, 4, lr)
@@ -303,6 +306,8 @@ class Client:
             p += struct.pack("<BBI", CFG_SEED, 4, seed)
         if classes is not None:
             p += struct.pack("<BB", CFG_CLASSES, len(classes)) + classes
+        if update is not None:
+            p += struct.pack("<BBBH", CFG_UPDATE, 3, *update)
         self.request(CONFIG, p)
 
     def train(self, label: int, sample: bytes) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import build, export, protocol, qemu, reference
+from . import build, export, protocol, qemu, reference, selective
 from . import data as datasets
 from . import model as M
 from .replay import ReplayBuffer
@@ -36,6 +36,7 @@ class Scenario:
     backbone: int = 128
     seed: int = 2
     classes_per_task: int = 2
+    update: tuple[str, float] | None = None  # selective-update policy and fraction updated
 
 
 @dataclass
@@ -135,6 +136,8 @@ class _Reference:
 
     def __init__(self, qm: reference.QModel, sc: Scenario, replay: bool, n_classes: int):
         self.t = reference.S8Trainer(qm, lr=sc.lr, seed=sc.seed)
+        if sc.update is not None:
+            self.t.set_update_policy(*sc.update)
         self.mask = np.zeros(n_classes, bool)
         self.t.class_mask = self.mask
         self.cut = qm.graph.ops[0].output
@@ -173,7 +176,9 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
     client.load(export.export_s8(qm))
     client.config(lr=sc.lr, seed=sc.seed, cut=g.ops[0].output if replay else protocol.NO_CUT,
                   replay_cap=sc.replay_cap if replay else 0,
-                  replay_ratio=sc.replay_ratio if replay else 0, classes=b"")
+                  replay_ratio=sc.replay_ratio if replay else 0, classes=b"",
+                  update=None if sc.update is None else
+                  (selective.policy_id(sc.update[0]), selective.permille(sc.update[1])))
     ref = _Reference(qm, sc, replay, ds.n_classes) if with_reference else None
     res = Result(strategy)
     tasks = tasks_of(ds, sc.classes_per_task)

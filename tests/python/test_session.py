@@ -55,6 +55,24 @@ def test_split_digits_replay_vs_naive_vs_joint(target, digits):
         assert st["train_insn"] > 0
 
 
+@pytest.mark.parametrize("target", ["host", "mps2-an386"])
+def test_session_selective_updates_over_config(target, digits):
+    """CONFIG key 7 sets a selective-update policy on the device; the session stays bit-exact
+    with the numpy twin running the same policy, and bad policies are refused."""
+    require_target(target)
+    with S.open_device(target) as client:
+        for strategy, update in (("replay", ("topr", 0.2)), ("naive", ("channel-sparse", 0.5))):
+            sc = S.Scenario(epochs=1, update=update)
+            r = S.run(client, strategy, sc, digits)
+            assert r.acc_after_task == r.reference_acc_after_task, (strategy, update)
+            assert r.acc_after_task[0] > 0.9
+        for bad in ((7, 200), (1, 0), (1, 1001)):
+            with pytest.raises(P.DeviceError) as e:
+                client.config(update=bad)
+            assert e.value.status == -22
+        client.config(update=(P.UPDATE_BLOB, 1000))  # back to the blob's policy
+
+
 def _bad_frames(rng, n: int, seq: int) -> list[bytes]:
     """Damaged frames of every kind; each must be answered by exactly one NAK."""
     out = []

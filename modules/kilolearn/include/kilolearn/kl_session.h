@@ -50,7 +50,8 @@ enum kl_cfg_key {
 	KL_CFG_REPLAY_CAP = 3,   /* u32: latents held */
 	KL_CFG_CUT = 4,          /* u16: tensor id of the replay cut (0xFFFF: none) */
 	KL_CFG_SEED = 5,         /* u32 */
-	KL_CFG_CLASSES = 6       /* n bytes: 1 = class active; empty: grow as labels come */
+	KL_CFG_CLASSES = 6,      /* n bytes: 1 = class active; empty: grow as labels come */
+	KL_CFG_UPDATE = 7        /* u8 policy (kl_update_policy, 0xFF: the blob's), u16 per mille */
 };
 
 /* protocol status codes (besides the engine's KL_E*) */
@@ -83,6 +84,8 @@ typedef struct {
 	float lr;
 	uint16_t replay_ratio, cut;
 	uint32_t replay_cap, seed;
+	uint8_t upd_policy; /* 0xFF: the blob's own */
+	uint16_t upd_permille;
 	int auto_classes;
 	uint8_t class_mask[256];
 	/* LOAD progress */

@@ -95,6 +95,12 @@ static int start_model(kl_session_t *s)
 	if (s->model.n_classes > sizeof(s->class_mask)) {
 		return KL_ENOTSUP;
 	}
+	if (s->upd_policy != 0xFFu) { /* CONFIG's selective-update policy over the blob's */
+		err = kl_model_set_update_policy(&s->model, s->upd_policy, s->upd_permille);
+		if (err != KL_OK) {
+			return err;
+		}
+	}
 	if (s->cut != 0xFFFFu) {
 		err = kl_model_check_cut(&s->model, s->cut);
 		if (err == KL_OK && s->model.tensors[s->cut].need_grad) {
@@ -126,6 +132,8 @@ static void defaults(kl_session_t *s)
 	s->replay_cap = 0;
 	s->cut = 0xFFFFu;
 	s->seed = 1u;
+	s->upd_policy = 0xFFu;
+	s->upd_permille = KL_UPDATE_FRAC_ONE;
 	s->auto_classes = 1;
 	memset(s->class_mask, 0, sizeof(s->class_mask));
 }
@@ -397,6 +405,14 @@ static int cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 				return KL_EINVAL;
 			}
 			s->seed = rd32(v);
+			break;
+		case KL_CFG_UPDATE:
+			if (len != 3u || (v[0] >= KL_UPDATE_POLICY_COUNT && v[0] != 0xFFu) ||
+			    rd16(v + 1) == 0u || rd16(v + 1) > KL_UPDATE_FRAC_ONE) {
+				return KL_EINVAL;
+			}
+			s->upd_policy = v[0];
+			s->upd_permille = rd16(v + 1);
 			break;
 		case KL_CFG_CLASSES: /* len <= 255 < sizeof(class_mask) */
 			s->auto_classes = len == 0u;
