@@ -54,7 +54,7 @@ endif()
 
 # ---- flags -----------------------------------------------------------------
 
-set(KL_C_FLAGS -std=c99 -Wall -Wextra -Werror -O2)
+set(KL_C_FLAGS -std=c99 -Wall -Wextra -Werror -Wdouble-promotion -O2)
 if(KL_BAREMETAL)
   set(KL_TARGET_FLAGS ${KL_CPU_FLAGS} -ffunction-sections -fdata-sections
       --specs=nano.specs)

@@ -266,9 +266,9 @@ static uint32_t keep_top_channels_f32(kl_model_t *m, const kl_op_t *op, float *g
 	uint64_t *score = m->sel;
 	uint8_t *taken = (uint8_t *)m->sel + 8u * l.n_ch;
 	for (uint32_t c = 0; c < l.n_ch; c++) {
-		double sc = (double)gb[c] * gb[c];
+		double sc = (double)gb[c] * (double)gb[c];
 		for (uint32_t j = 0; j < l.row; j++) {
-			const double v = gw[c * l.cs + j * l.es];
+			const double v = (double)gw[c * l.cs + j * l.es];
 			sc += v * v;
 		}
 		memcpy(&score[c], &sc, sizeof(sc)); /* ordered like the value (>= 0) */
@@ -298,7 +298,7 @@ static void top_channels_dy(kl_model_t *m, const void *dy, void *out, uint32_t n
 			const int32_t v = ((const int8_t *)dy)[c];
 			score[c] = (uint64_t)(v * v);
 		} else {
-			const double v = ((const float *)dy)[c];
+			const double v = (double)((const float *)dy)[c];
 			const double sq = v * v;
 			memcpy(&score[c], &sq, sizeof(sq));
 		}

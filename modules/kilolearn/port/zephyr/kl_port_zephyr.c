@@ -38,7 +38,17 @@ uint64_t kl_port_insn(void)
 #ifdef CONFIG_TIMER_HAS_64BIT_CYCLE_COUNTER
 	return k_cycle_get_64();
 #else
-	return k_cycle_get_32();
+	/* the 32-bit counter extended to 64 bits: a wrap is seen as a smaller
+	 * reading (callers read it at least once per wrap period: 171 s at
+	 * 25 MHz), so differences of two readings never go negative */
+	static uint32_t last;
+	static uint64_t high;
+	const uint32_t now = k_cycle_get_32();
+	if (now < last) {
+		high += (uint64_t)1 << 32;
+	}
+	last = now;
+	return high | now;
 #endif
 }
 
