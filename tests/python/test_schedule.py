@@ -103,20 +103,21 @@ def test_f32_schedule_identical_and_cli_writes_blob(target, rng, tmp_path):
             assert comparable(run(blob, x, y, board, asan, c)) == comparable(ref)
 
 
-FULL_DEPTH_INPUT = 110  # MobileNetV1 alpha 0.125, every layer trainable (docs/planner.md)
+FULL_DEPTH_INPUT = 118  # MobileNetV1 alpha 0.1, every layer trainable (docs/planner.md)
+FULL_DEPTH_ALPHA = 0.1
 ARENA_256K = 256 * 1024 - 8192  # 256 KiB SRAM less 8 KiB for the firmware's own RAM and stack
 
 
 @pytest.mark.parametrize("target", ["host", "mps2-an386"])
 def test_mobilenet_full_depth_trains_in_256k(target, rng):
-    """Full-depth int8 training of MobileNetV1 alpha 0.125 at 110x110, whose engine without a
-    schedule needs more than 512 KiB of arena: the optimal plan for 256 KiB - 8 KiB runs in an
-    arena of exactly its planned peak, its gradients (kept-gradient job) and its fused training
-    epoch are bit-identical to store-all, and the measured high-water mark is the planned peak
-    to the byte."""
+    """Full-depth int8 training of MobileNetV1 alpha 0.1 at 118x118, whose engine without a
+    schedule needs more than 512 KiB of arena: the optimal plan for 256 KiB - 8 KiB costs at
+    most 15 % extra MACs, runs in an arena of exactly its planned peak, its gradients
+    (kept-gradient job) and its fused training epoch are bit-identical to store-all, and the
+    measured high-water mark is the planned peak to the byte."""
     require_target(target)
     board, asan = split_target(target)
-    m = M.mobilenet_v1((FULL_DEPTH_INPUT,) * 2 + (3,), 10, alpha=0.125)
+    m = M.mobilenet_v1((FULL_DEPTH_INPUT,) * 2 + (3,), 10, alpha=FULL_DEPTH_ALPHA)
     g = m.graph
     assert all(op.trainable for op in g.ops if op.has_params)
     p = m.init(5)
@@ -127,7 +128,7 @@ def test_mobilenet_full_depth_trains_in_256k(target, rng):
     mm = P.MemModel(g, "s8", target="arm")
     assert mm.store_all_bytes() > 512 * 1024
     pl = P.optimal(mm, ARENA_256K)
-    assert pl is not None and pl.peak <= ARENA_256K and pl.extra_macs > 0
+    assert pl is not None and pl.peak <= ARENA_256K and 0 < pl.extra_pct <= 15.0
     blob = export.export_s8(qm, pl)
     ref_blob = export.export_s8(qm)
     mm_t = P.MemModel(g, "s8", target=tgt)
