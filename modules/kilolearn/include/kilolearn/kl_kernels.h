@@ -39,6 +39,15 @@ extern "C" {
 
 enum kl_act_kind { KL_ACT_NONE = 0, KL_ACT_RELU = 1, KL_ACT_RELU6 = 2 };
 
+/* float32 activation of an output (ReLU, ReLU6 or none) */
+static inline float kl_act_f32(float v, int act)
+{
+	if (act != KL_ACT_NONE && v < 0.0f) {
+		return 0.0f;
+	}
+	return (act == KL_ACT_RELU6 && v > 6.0f) ? 6.0f : v;
+}
+
 /* ---- quantisation helpers ------------------------------------------------ */
 static inline int32_t kl_sat32(int64_t x)
 {

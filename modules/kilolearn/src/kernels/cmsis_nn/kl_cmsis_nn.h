@@ -43,6 +43,30 @@ static inline int kl_cmsis_sat(const kl_requant_t *rq, const int8_t *y, int n)
 	return sat;
 }
 
+/* The convolution parameters of a kilolearn geometry (rq NULL: only the
+ * shape, for buffer sizes); the depthwise kernels take the same values. */
+static inline void kl_cmsis_conv_params(const kl_geom_t *g, const kl_requant_t *rq,
+					int32_t x_zp, cmsis_nn_conv_params *p, cmsis_nn_dims *in,
+					cmsis_nn_dims *out)
+{
+	p->input_offset = -x_zp;
+	p->output_offset = rq != NULL ? rq->zp : 0;
+	p->stride.w = g->stride;
+	p->stride.h = g->stride;
+	p->padding.w = g->pad_l;
+	p->padding.h = g->pad_t;
+	p->dilation.w = 1;
+	p->dilation.h = 1;
+	if (rq != NULL) {
+		p->activation = kl_cmsis_act(rq);
+	} else {
+		p->activation.min = -128;
+		p->activation.max = 127;
+	}
+	*in = (cmsis_nn_dims){1, g->h, g->w, g->c};
+	*out = (cmsis_nn_dims){1, g->ho, g->wo, g->co};
+}
+
 /* per-output-channel parameters in the scratch: the bias shifted to the
  * accumulator's scale, multipliers, shifts; returns the bytes used */
 static inline uint32_t kl_cmsis_channels(const kl_requant_t *rq, const int32_t *b, int co,

@@ -6,23 +6,8 @@ static void conv_params(const kl_geom_t *g, const kl_requant_t *rq, int32_t x_zp
 			cmsis_nn_conv_params *p, cmsis_nn_dims *in, cmsis_nn_dims *f,
 			cmsis_nn_dims *out)
 {
-	p->input_offset = -x_zp;
-	p->output_offset = rq != NULL ? rq->zp : 0;
-	p->stride.w = g->stride;
-	p->stride.h = g->stride;
-	p->padding.w = g->pad_l;
-	p->padding.h = g->pad_t;
-	p->dilation.w = 1;
-	p->dilation.h = 1;
-	if (rq != NULL) {
-		p->activation = kl_cmsis_act(rq);
-	} else {
-		p->activation.min = -128;
-		p->activation.max = 127;
-	}
-	*in = (cmsis_nn_dims){1, g->h, g->w, g->c};
+	kl_cmsis_conv_params(g, rq, x_zp, p, in, out);
 	*f = (cmsis_nn_dims){g->co, g->kh, g->kw, g->c};
-	*out = (cmsis_nn_dims){1, g->ho, g->wo, g->co};
 }
 
 uint32_t kl_cmsis_conv_s8_buffer(const kl_geom_t *g)

@@ -72,14 +72,7 @@ void kl_fpu_fully_connected_f32(const float *x, const float *w, const float *b, 
 		for (int j = done; j < n_in; j++) {
 			acc += row[j] * x[j];
 		}
-		acc += b[i];
-		if (act != KL_ACT_NONE && acc < 0.0f) {
-			acc = 0.0f;
-		}
-		if (act == KL_ACT_RELU6 && acc > 6.0f) {
-			acc = 6.0f;
-		}
-		y[i] = acc;
+		y[i] = kl_act_f32(acc + b[i], act);
 	}
 }
 

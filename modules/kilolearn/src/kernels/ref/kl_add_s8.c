@@ -17,10 +17,6 @@ int kl_add_s8(const int8_t *a, int32_t za, int sa, const int8_t *b, int32_t zb, 
 void kl_add_f32(const float *a, const float *b, float *y, int n, int act)
 {
 	for (int k = 0; k < n; k++) {
-		float v = a[k] + b[k];
-		if (act != KL_ACT_NONE && v < 0.0f) {
-			v = 0.0f;
-		}
-		y[k] = (act == KL_ACT_RELU6 && v > 6.0f) ? 6.0f : v;
+		y[k] = kl_act_f32(a[k] + b[k], act);
 	}
 }

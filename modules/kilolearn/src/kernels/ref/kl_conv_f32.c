@@ -2,14 +2,6 @@
 #include "kilolearn/kl_kernels.h"
 #include "kl_window.h"
 
-static float act_f32(float v, int act)
-{
-	if (act != KL_ACT_NONE && v < 0.0f) {
-		return 0.0f;
-	}
-	return (act == KL_ACT_RELU6 && v > 6.0f) ? 6.0f : v;
-}
-
 void kl_conv_f32(const kl_geom_t *g, const float *x, const float *w, const float *b, float *y,
 		 int act)
 {
@@ -27,7 +19,7 @@ void kl_conv_f32(const kl_geom_t *g, const float *x, const float *w, const float
 						acc += wi[ci] * xi[ci];
 					}
 				})
-				out[co] = act_f32(acc + b[co], act);
+				out[co] = kl_act_f32(acc + b[co], act);
 			}
 		}
 	}

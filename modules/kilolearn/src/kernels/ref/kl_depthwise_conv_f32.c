@@ -14,11 +14,7 @@ void kl_depthwise_conv_f32(const kl_geom_t *g, const float *x, const float *w, c
 			}
 			KL_FOR_TAPS(g, oy, ox, for (int c = 0; c < g->c; c++) { out[c] += w[to + c] * x[xo + c]; })
 			for (int c = 0; c < g->c; c++) {
-				float v = out[c] + b[c];
-				if (act != KL_ACT_NONE && v < 0.0f) {
-					v = 0.0f;
-				}
-				out[c] = (act == KL_ACT_RELU6 && v > 6.0f) ? 6.0f : v;
+				out[c] = kl_act_f32(out[c] + b[c], act);
 			}
 		}
 	}
