@@ -54,3 +54,22 @@ def digits() -> data.Dataset:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def twister_python(twister) -> str:
+    """The first interpreter that starts Zephyr's twister: $TWISTER_PYTHON, this one, python3
+    (the repository's venv may lack twister's requirements, e.g. pkg_resources)."""
+    import os
+    import subprocess
+    import sys
+
+    tried = []
+    for py in (os.environ.get("TWISTER_PYTHON"), sys.executable, shutil.which("python3")):
+        if not py or py in tried:
+            continue
+        tried.append(py)
+        probe = subprocess.run([py, str(twister), "--help"], capture_output=True, timeout=120)
+        if probe.returncode == 0:
+            return py
+    pytest.fail(f"no Python among {tried} starts twister: install Zephyr's "
+                "scripts/requirements-base.txt (+ psutil, setuptools) or set TWISTER_PYTHON")

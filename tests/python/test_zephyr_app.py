@@ -20,10 +20,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import twister_python
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app"
@@ -36,27 +36,13 @@ pytestmark = [
 ]
 
 
-def _twister_python(twister: Path) -> str:
-    """The first interpreter that starts twister (see the module's docstring)."""
-    tried = []
-    for py in (os.environ.get("TWISTER_PYTHON"), sys.executable, shutil.which("python3")):
-        if not py or py in tried:
-            continue
-        tried.append(py)
-        probe = subprocess.run([py, str(twister), "--help"], capture_output=True, timeout=120)
-        if probe.returncode == 0:
-            return py
-    pytest.fail(f"no Python among {tried} starts twister: install Zephyr's "
-                "scripts/requirements-base.txt (+ psutil, setuptools) or set TWISTER_PYTHON")
-
-
 def _twister(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     if shutil.which("qemu-system-arm") is None:
         pytest.skip("qemu-system-arm not installed")
     base = Path(ZEPHYR_BASE or "")
     # west (the harness runs `west flash`) finds the workspace from the working directory
     twister = base / "scripts" / "twister"
-    cmd = [_twister_python(twister), str(twister), "-T", str(APP), "-O", str(out),
+    cmd = [twister_python(twister), str(twister), "-T", str(APP), "-O", str(out),
            "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=base.parent)
     summary = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines()

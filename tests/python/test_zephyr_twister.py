@@ -19,10 +19,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import twister_python
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "tests" / "zephyr" / "engine"
@@ -35,20 +35,6 @@ pytestmark = [
     pytest.mark.skipif(not ZEPHYR_BASE, reason="ZEPHYR_BASE not set: no Zephyr workspace"),
     pytest.mark.slow,
 ]
-
-
-def twister_python(twister: Path) -> str:
-    """The first interpreter that starts twister (see the module's docstring)."""
-    tried = []
-    for py in (os.environ.get("TWISTER_PYTHON"), sys.executable, shutil.which("python3")):
-        if not py or py in tried:
-            continue
-        tried.append(py)
-        probe = subprocess.run([py, str(twister), "--help"], capture_output=True, timeout=120)
-        if probe.returncode == 0:
-            return py
-    pytest.fail(f"no Python among {tried} starts twister: install Zephyr's "
-                "scripts/requirements-base.txt (+ psutil, setuptools) or set TWISTER_PYTHON")
 
 
 @pytest.fixture(scope="module")
