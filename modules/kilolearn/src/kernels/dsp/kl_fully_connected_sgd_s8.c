@@ -27,6 +27,10 @@ void kl_dsp_fully_connected_sgd_s8(int8_t *w, int32_t *b, const int8_t *dy, cons
 	const int sh = w_shift;
 	const int dsh = 32 - sh;
 	const int n4 = n_in & ~3;
+	/* the Weyl increment in a register, so the four dither steps stay adds
+	 * (GCC would otherwise fold them into d + k W from literal loads) */
+	uint32_t wy = KL_WEYL;
+	__asm__("" : "+r"(wy));
 	for (int i = 0; i < n_out; i++) {
 		const int32_t c = (int32_t)dy[i] * lr_q;
 		if (c == 0) {
@@ -35,16 +39,17 @@ void kl_dsp_fully_connected_sgd_s8(int8_t *w, int32_t *b, const int8_t *dy, cons
 		}
 		int8_t *row = w + (long)i * n_in;
 		int j = 0;
-		uint32_t d1 = d + KL_WEYL, d2 = d + 2u * KL_WEYL, d3 = d + 3u * KL_WEYL;
 		for (; j < n4; j += 4) {
-			const int32_t q0 = STEP(0, d), q1 = STEP(1, d1);
-			const int32_t q2 = STEP(2, d2), q3 = STEP(3, d3);
-			d += 4u * KL_WEYL;
-			d1 += 4u * KL_WEYL;
-			d2 += 4u * KL_WEYL;
-			d3 += 4u * KL_WEYL;
-			/* keep the four dither phases in registers */
-			__asm__("" : "+r"(d), "+r"(d1), "+r"(d2), "+r"(d3));
+			/* one dither register advanced per weight (four phases in
+			 * registers spill on the M4) */
+			const int32_t q0 = STEP(0, d);
+			d += wy;
+			const int32_t q1 = STEP(1, d);
+			d += wy;
+			const int32_t q2 = STEP(2, d);
+			d += wy;
+			const int32_t q3 = STEP(3, d);
+			d += wy;
 			/* lanes (q0, q2) and (q1, q3), saturated to int8, then bytes
 			 * interleaved back to (q0, q1, q2, q3) */
 			const uint32_t e = (uint32_t)__ssat16(
@@ -57,7 +62,6 @@ void kl_dsp_fully_connected_sgd_s8(int8_t *w, int32_t *b, const int8_t *dy, cons
 			word = kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)word, (int8x4_t)steps));
 			memcpy(row + j, &word, 4);
 		}
-		d = d1 - KL_WEYL;
 		for (; j < n_in; j++) {
 			const int32_t v = c * xc[j];
 			row[j] = kl_sub_clamp_w(row[j], (v + (int32_t)(d >> dsh)) >> sh);
