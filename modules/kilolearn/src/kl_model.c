@@ -796,6 +796,34 @@ static void update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, const f
 	m->upd_weights += op->n_w;
 }
 
+/* Paissan: only channels [c0, c0 + nk) of a channel-sparse op backpropagate;
+ * the dense kernels get those rows of W and dy (n_out = nk), the conv kernels
+ * a geometry of nk output channels with the block's dy packed into m->sel.
+ * es: bytes per weight and gradient element. Leaves everything as it is (nk
+ * 0) for other ops. */
+static void active_channels(kl_model_t *m, const kl_op_t *op, kl_geom_t *g, uint32_t es,
+			    const void **w, const void **dy, int *n_out, uint32_t *c0,
+			    uint32_t *nk)
+{
+	if (!channel_sparse(m, op)) {
+		return;
+	}
+	active_block(m, n_channels(m, op), c0, nk);
+	uint32_t row; /* elements of W per output channel */
+	if (op->kind == KL_OP_DENSE) {
+		row = tsize(&m->tensors[op->in0]);
+		*dy = (const uint8_t *)*dy + *c0 * es;
+		*n_out = (int)*nk;
+	} else {
+		row = op->n_w / (uint32_t)g->co;
+		pack_channels((const uint8_t *)*dy, m->sel, (uint32_t)(g->ho * g->wo),
+			      (uint32_t)g->co, *c0, *nk, es);
+		*dy = m->sel;
+		g->co = (int)*nk;
+	}
+	*w = (const uint8_t *)*w + *c0 * row * es;
+}
+
 static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 {
 	kl_tensor_t *y = &m->tensors[op->out];
@@ -805,25 +833,11 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 	mask_f32(y, op->act, dy);
 	kl_geom_t g = geom(m, op);
 	const int need_dx = x->need_grad;
-	/* Paissan: only channels [c0, c0 + nk) backpropagate; the dense kernels
-	 * get those rows, the conv kernels a geometry of nk output channels */
 	uint32_t c0 = 0, nk = 0;
-	const float *wc = op->w, *dyc = dy;
 	int n_out = (int)tsize(y);
-	if (channel_sparse(m, op)) {
-		active_block(m, n_channels(m, op), &c0, &nk);
-		if (op->kind == KL_OP_DENSE) {
-			wc += c0 * tsize(x);
-			dyc += c0;
-			n_out = (int)nk;
-		} else {
-			pack_channels((const uint8_t *)dy, m->sel, (uint32_t)(g.ho * g.wo),
-				      (uint32_t)g.co, c0, nk, 4u);
-			dyc = m->sel;
-			wc += c0 * (op->n_w / (uint32_t)g.co);
-			g.co = (int)nk;
-		}
-	}
+	const void *wv = op->w, *dv = dy;
+	active_channels(m, op, &g, 4u, &wv, &dv, &n_out, &c0, &nk);
+	const float *wc = wv, *dyc = dv;
 	switch (op->kind) {
 	case KL_OP_DENSE:
 		if (need_dx) {
@@ -994,24 +1008,11 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
 	}
 	kl_geom_t g = geom(m, op);
 	const int need_dx = x->need_grad;
-	/* Paissan: only channels [c0, c0 + nk) backpropagate (see backward_op_f32) */
 	uint32_t c0 = 0, nk = 0;
-	const int8_t *wc = op->w, *dyc = dy;
 	int n_out = (int)tsize(y);
-	if (channel_sparse(m, op)) {
-		active_block(m, n_channels(m, op), &c0, &nk);
-		if (op->kind == KL_OP_DENSE) {
-			wc += c0 * tsize(x);
-			dyc += c0;
-			n_out = (int)nk;
-		} else {
-			pack_channels((const uint8_t *)dy, m->sel, (uint32_t)(g.ho * g.wo),
-				      (uint32_t)g.co, c0, nk, 1u);
-			dyc = m->sel;
-			wc += c0 * (op->n_w / (uint32_t)g.co);
-			g.co = (int)nk;
-		}
-	}
+	const void *wv = op->w, *dv = dy;
+	active_channels(m, op, &g, 1u, &wv, &dv, &n_out, &c0, &nk);
+	const int8_t *wc = wv, *dyc = dv;
 	switch (op->kind) {
 	case KL_OP_DENSE:
 		if (need_dx) {
