@@ -24,6 +24,8 @@ MAGIC = b"KLMB"
 VERSION = (2, 0)  # a blob without a schedule
 VERSION_SCHED = (2, 1)  # with one
 VERSION_UPDATE = (2, 2)  # with a selective-update policy (header bytes 44..47)
+VERSION_COMPACT = (2, 3)  # a schedule with compact backward steps (KL_STEP_COMPACT)
+STEP_COMPACT = 0x04
 HEADER_SIZE = 48
 TENSOR_SIZE = 12
 OP_SIZE = 48
@@ -89,7 +91,10 @@ def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
                        lut_exp, tensors_off, ops_off, lut_off, sched_off, policy, pm) + trecs + \
         bytes(orecs) + bytes(data)
     crc = zlib.crc32(body) & 0xFFFFFFFF
-    ver = VERSION_UPDATE if policy else VERSION_SCHED if sched is not None else VERSION
+    compact = sched is not None and any(
+        sched[16 + 8 * k + 1] & STEP_COMPACT for k in range(struct.unpack_from("<I", sched)[0]))
+    ver = (VERSION_COMPACT if compact else VERSION_UPDATE if policy else
+           VERSION_SCHED if sched is not None else VERSION)
     blob = MAGIC + struct.pack("<HHII", ver[0], ver[1], total, crc) + body
     assert len(blob) == total
     return blob

@@ -38,6 +38,19 @@ STEP_NAMES = {STEP_FWD: "fwd", STEP_LOSS: "loss", STEP_GRAD: "grad", STEP_BWD: "
               STEP_FREE_DATA: "free", STEP_FREE_GRAD: "free_grad"}
 FWD_RECOMPUTE = 0x01  # step flag: a recomputation (not the first forward pass)
 STEP_IN_PLACE = 0x02  # bwd flag: the input's gradient is made at the start of the scratch
+STEP_COMPACT = 0x04  # bwd flag: int16 input-gradient sums made in bands (kl_blob.h)
+BAND_BYTES = 8192  # KL_BAND_BYTES
+
+
+def band_rows(h: int, w: int, c: int, stride: int) -> int:
+    """kl_band_rows: input rows per band of a compact step, a multiple of the stride."""
+    row = w * c * 4 * stride
+    return min(h, max(1, BAND_BYTES // row if row else 1) * stride)
+
+
+def compact_scratch(h: int, w: int, c: int, stride: int) -> int:
+    """kl_compact_scratch: int16 sums (8-aligned) and one band of int32 sums."""
+    return _al(2 * h * w * c, 8) + 4 * band_rows(h, w, c, stride) * w * c
 SCHED_HEADER = 16
 STEP_SIZE = 8
 INF = float("inf")
@@ -98,6 +111,7 @@ class MemModel:
     momentum: bool = False  # f32 momentum buffers
     target: str = "arm"
     in_place: bool = True  # plans quantise input gradients in their backward scratch
+    compact: bool = True  # ... from int16 sums made in bands, where that needs less scratch
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -143,17 +157,29 @@ class MemModel:
         return (self.in_place and self.training and self.dtype == "s8" and op.kind != "add"
                 and self.need_grad[x] and self.last_use[x] == i)
 
-    def _op_scratch(self, i: int, training: bool | None = None, in_place: bool = False) -> int:
+    def compact_at(self, i: int) -> bool:
+        """Does the backward step of op i (in place) make its input gradient from int16 sums
+        in bands (KL_STEP_COMPACT)? Conv and depthwise, where that needs less scratch."""
+        op = self.graph.ops[i]
+        if not (self.compact and self.in_place_at(i) and op.kind in ("conv", "dwconv")):
+            return False
+        return self._op_scratch(i, True, True, True) < self._op_scratch(i, True, True)
+
+    def _op_scratch(self, i: int, training: bool | None = None, in_place: bool = False,
+                    compact: bool = False) -> int:
         """kl_model.c op_scratch(): forward (dense s8 kernel scratch) and, training, the
-        input-gradient accumulators (when the input needs a gradient) and the update's
-        scratch (weight and bias gradients), the latter after the in-place input gradient."""
+        input-gradient accumulators (when the input needs a gradient; compact: int16 and a
+        band, kl_blob.c) and the update's scratch (weight and bias gradients), the latter
+        after the in-place input gradient."""
         g = self.graph
         op = g.ops[i]
         x, y = self.tsize[op.inputs[0]], self.tsize[op.output]
         s8_dense = op.kind == "dense" and self.dtype == "s8"
         need = 2 * x + 4 * y + 8 if s8_dense else 0
         if self.training if training is None else training:
-            if self._need_dx(i):
+            if compact:
+                need = compact_scratch(*g.shapes[op.inputs[0]], op.stride)
+            elif self._need_dx(i):
                 need = max(need, x * 4)
             upd = 0
             if self.trainable[i] and op.has_params:
@@ -194,7 +220,7 @@ class MemModel:
     def bwd_scratch(self, i: int) -> int:
         """Bytes of int32 scratch the backward step of op i gets in the planned region (with
         in_place_at(i), its input gradient ends up in the first bytes)."""
-        return _al(self._op_scratch(i, True, self.in_place_at(i)), 8)
+        return _al(self._op_scratch(i, True, self.in_place_at(i), self.compact_at(i)), 8)
 
     def bwd_extra(self, i: int) -> int:
         """Bytes the backward step of op i adds to its gradients: its scratch, less the input
@@ -695,7 +721,8 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
     # next read / next production of each tensor after macro j
     n_t = len(g.shapes)
     steps: list[Step] = []
-    bufs: list[list[int]] = []  # [size, start step, end step, buffer it shares an offset with]
+    # [size, start step, end step, buffer it shares an offset with (, pinned to its start)]
+    bufs: list[list[int]] = []
     live_d: dict[int, int] = {}  # tensor -> buffer id
     live_g: dict[int, int] = {}
     seen_out = set()
@@ -780,10 +807,13 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
                     live_g[t] = b
                     steps.append(Step(STEP_GRAD, t, b))
             sb = alloc(mm.bwd_scratch(i)) if mm.training else 0  # int32 scratch, this step
+            cp = mm.compact_at(i)
             if ip:  # the input gradient, quantised in place at the start or end of the scratch
-                live_g[x] = alloc(mm.gbytes[x], tie=sb)
+                live_g[x] = alloc(mm.gbytes[x], tie=sb)  # (compact: at the start)
+                bufs[live_g[x]].append(cp)
                 steps.append(Step(STEP_GRAD, x, live_g[x]))
-            steps.append(Step(STEP_BWD, i, sb, STEP_IN_PLACE if ip else 0))
+            steps.append(Step(STEP_BWD, i, sb, (STEP_IN_PLACE if ip else 0)
+                              | (STEP_COMPACT if cp else 0)))
             if mm.training:
                 free(sb)
             if ip:
@@ -850,6 +880,9 @@ def _assign_offsets(bufs: list[list[int]], key: str) -> tuple[list[int], int]:
         tied = [b for b in members[r] if b != r]
         best: tuple[int, list[int]] | None = None
         for mode in range(1 << len(tied)):  # each tied buffer at the start (0) or the end
+            if any(mode >> k & 1 and len(bufs[b]) > 4 and bufs[b][4]
+                   for k, b in enumerate(tied)):
+                continue  # pinned to the start (a compact step's gradient)
             delta = {r: 0}
             for k, b in enumerate(tied):
                 delta[b] = bufs[r][0] - bufs[b][0] if mode >> k & 1 else 0

@@ -107,11 +107,22 @@ def test_engine_rejects_bad_blobs_with_distinct_codes(blobs, dtype, digits):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "s8", "residual-f32", "residual-s8",
-                                   "residual-s8-schedule", "residual-f32-schedule"])
+                                   "residual-s8-schedule", "residual-f32-schedule",
+                                   "compact-s8-schedule"])
 def test_fuzz_blob_parser_under_sanitizers(blobs, dtype, tmp_path, rng):
     exe = build.build("host", sanitize=True, target="kl_fuzz_blob")
     path = tmp_path / "model.klm"
-    if dtype.startswith("residual"):
+    if dtype.startswith("compact"):  # format 2.3: compact backward steps
+        from test_schedule import compact_net
+
+        from kilolearn import planner
+
+        m = compact_net()
+        x = rng.uniform(0, 1, (2,) + m.graph.shapes[0]).astype(np.float32)
+        plan = planner.baseline(planner.MemModel(m.graph, "s8"), "store-all")
+        assert any(s.flags & planner.STEP_COMPACT for s in plan.steps)
+        blob = export.export_s8(R.quantize_model(m.graph, m.init(2), x), plan)
+    elif dtype.startswith("residual"):
         from test_engine import residual_net
 
         from kilolearn import planner
@@ -129,7 +140,8 @@ def test_fuzz_blob_parser_under_sanitizers(blobs, dtype, tmp_path, rng):
     else:
         blob = blobs[dtype][0]
     path.write_bytes(blob)
-    r = subprocess.run([str(exe), str(path), "100000", "7"], capture_output=True, text=True,
+    n = "20000" if dtype.startswith("compact") else "100000"  # a 10x bigger blob
+    r = subprocess.run([str(exe), str(path), n, "7"], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     counts = dict(re.findall(r"(-\d+):(\d+)", r.stdout))

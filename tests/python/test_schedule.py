@@ -5,6 +5,7 @@ mps2-an386; the runner's arena high-water mark equals the planner's peak to the 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import require_target, split_target
 from test_engine import data_for, residual_net
@@ -12,6 +13,7 @@ from test_engine import data_for, residual_net
 from kilolearn import export, job, runner
 from kilolearn import model as M
 from kilolearn import planner as P
+from kilolearn import quant as Q
 from kilolearn import reference as R
 
 TARGETS = ["host", "host-asan", "mps2-an386"]
@@ -151,3 +153,126 @@ def test_mobilenet_full_depth_trains_in_256k(target, rng):
     assert rep.one("done")["arena_peak"] == mm_k.static_bytes() + pl.region
     assert comparable(rep) == comparable(ref)
     assert sum(k.startswith("g") for k in rep.dumps) >= 2 * 28
+
+
+def _compact_quantize(sums: np.ndarray, band: int) -> tuple[np.ndarray, int]:
+    """kl_model.c give_s8_compact's arithmetic, written independently: bands of `band`
+    int32 sums kept as int16 rounded to odd at a growing shift, then rounded to int8."""
+    def odd(v: np.ndarray, sh: int) -> np.ndarray:
+        return v if sh == 0 else (v >> sh) | ((v & ((1 << sh) - 1)) != 0)
+
+    st = np.zeros(sums.size, dtype=np.int64)
+    mx, a = 0, 0
+    for k0 in range(0, sums.size, band):
+        b = sums[k0:k0 + band].astype(np.int64)
+        mx = max(mx, int(np.abs(b).max()))
+        a_new = max(a, max(0, mx.bit_length() - 15))
+        while mx >> a_new > 32767:
+            a_new += 1
+        st[:k0] = odd(st[:k0], a_new - a)
+        a = a_new
+        st[k0:k0 + band] = odd(b, a)
+        assert np.abs(st).max() <= 32767
+    s = Q.grad_shift(sums)
+    return Q.rshift_round(st, s - a).astype(np.int8), s
+
+
+def test_compact_sums_round_like_int32(rng):
+    """int16 sums rounded to odd, re-shifted as the maximum grows, then rounded once more:
+    the int8 gradient and exponent equal one rounding of the int32 sums (ties of both signs,
+    small sums kept exact, maxima appearing in late bands)."""
+    for trial in range(3000):
+        n = int(rng.integers(1, 400))
+        band = int(rng.integers(1, 64))
+        scale = 2 ** int(rng.integers(0, 31))
+        v = rng.integers(-scale, scale + 1, n, dtype=np.int64)
+        if trial % 3 == 0:  # growing magnitudes: every band re-shifts the earlier ones
+            v = (v * np.linspace(0.001, 1, n)).astype(np.int64)
+        if trial % 5 == 0:  # exact ties at some shift
+            v = (v >> 6 << 6) + 32
+        v = np.clip(v.astype(np.int64), -(2 ** 31) + 1, 2 ** 31 - 1)
+        want, ws = Q.quantize_grad(v, 0)
+        got, s = _compact_quantize(v, band)
+        assert s == ws and np.array_equal(got, want), trial
+
+
+def compact_net() -> M.Model:
+    """Depthwise (stride 1 and 2) and 1x1 conv layers on 32x32x16 inputs: several bands per
+    input gradient (the sanitizer build keeps 10-bit sums: every band rounds)."""
+    return M.Model([M.Input((32, 32, 4)), M.Conv2D(16, 3), M.BatchNorm(), M.ReLU(),
+                    M.DepthwiseConv2D(3), M.BatchNorm(), M.ReLU6(), M.Conv2D(16, 1),
+                    M.BatchNorm(), M.ReLU(), M.DepthwiseConv2D(3, 2), M.BatchNorm(), M.ReLU(),
+                    M.Conv2D(32, 1), M.BatchNorm(), M.ReLU(), M.GlobalAvgPool(), M.Dense(5),
+                    M.SoftmaxCrossEntropy()])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_compact_steps_bit_identical(target, rng):
+    """Plans whose conv and depthwise input gradients are compact (KL_STEP_COMPACT, several
+    bands each) give the gradients, weights and exponents of the int32 path (the same blob
+    without the flag, and the engine without a schedule), and need less arena."""
+    require_target(target)
+    board, asan = split_target(target)
+    m = compact_net()
+    g = m.graph
+    p = m.init(6)
+    x, y = data_for(m, rng, 4)
+    qm = R.quantize_model(g, p, x)
+    xq = qm.quantize_input(x)
+    mm = P.MemModel(g, "s8", keep_grads=True)
+    plain = P.MemModel(g, "s8", keep_grads=True, compact=False)
+    for which in ("store-all", "sqrt-n"):
+        pl, pl0 = P.baseline(mm, which), P.baseline(plain, which)
+        bands = [i for i in range(mm.n) if mm.compact_at(i)
+                 and P.band_rows(*g.shapes[g.ops[i].inputs[0]], g.ops[i].stride)
+                 < g.shapes[g.ops[i].inputs[0]][0]]
+        assert len(bands) >= 3 and sum(s.flags & P.STEP_COMPACT != 0 for s in pl.steps) >= 3
+        assert pl.region < pl0.region
+        assert export.export_s8(qm, pl)[6] == 3  # minor version: compact steps
+        for c in (job.CMD_GRADS, job.CMD_TRAIN):
+            ref = run(export.export_s8(qm, pl0), xq, y, board, asan, c)
+            assert comparable(run(export.export_s8(qm, pl), xq, y, board, asan, c)) == \
+                comparable(ref)
+            assert comparable(run(export.export_s8(qm), xq, y, board, asan, c)) == \
+                comparable(ref)
+
+
+def test_engine_rejects_bad_compact_steps(rng):
+    """KL_STEP_COMPACT only on an in-place conv or depthwise step whose input gradient the
+    grad step right before placed at the start of the scratch; anything else is corrupt."""
+    import re
+    import struct
+    import zlib
+
+    m = compact_net()
+    g = m.graph
+    x, y = data_for(m, rng, 2)
+    qm = R.quantize_model(g, m.init(1), x)
+    xq = qm.quantize_input(x)
+    pl = P.baseline(P.MemModel(g, "s8"), "store-all")
+    blob = bytearray(export.export_s8(qm, pl))
+    base = struct.unpack_from("<I", blob, 40)[0] + 16  # the schedule offset, its header
+    steps = [(base + 8 * k, s) for k, s in enumerate(pl.steps)]
+    comp = next(o for o, s in steps if s.flags & P.STEP_COMPACT)
+    plain_bwd = next(o for o, s in steps if s.kind == P.STEP_BWD and not s.flags)
+    in_place = next(o for o, s in steps if s.flags == P.STEP_IN_PLACE)
+
+    def patched(edits: list[tuple[int, int]]) -> bytes:
+        b = bytearray(blob)
+        for off, v in edits:
+            b[off] = v
+        struct.pack_into("<I", b, 12, zlib.crc32(bytes(b[16:])) & 0xFFFFFFFF)
+        return bytes(b)
+
+    runner.run_job(job.build(patched([]), xq, y), "host")
+    bad = {"flag without in place": [(comp + 1, P.STEP_COMPACT)],
+           "flag on a plain step": [(plain_bwd + 1, P.STEP_COMPACT)],
+           "gradient not at the scratch": [(comp - 8 + 4, blob[comp - 8 + 4] ^ 8)]}
+    if g.ops[struct.unpack_from("<H", blob, in_place + 2)[0]].kind == "dense":
+        bad["a dense step"] = [(in_place + 1, P.STEP_IN_PLACE | P.STEP_COMPACT)]
+    assert len(bad) == 4
+    for why, edits in bad.items():
+        with pytest.raises(runner.RunError) as e:
+            runner.run_job(job.build(patched(edits), xq, y), "host")
+        got = int(re.search(r"code (-\d+)", str(e.value)).group(1))
+        assert export.ERRORS[got] == "KL_ECORRUPT", why

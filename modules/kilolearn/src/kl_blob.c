@@ -216,7 +216,7 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 		const uint32_t kind = sp[KL_SS_KIND], idx = kl_rd16(sp + KL_SS_INDEX);
 		const uint32_t off = kl_rd32(sp + KL_SS_OFFSET);
 		if (sp[KL_SS_FLAGS] & ~(kind == KL_STEP_FWD	? KL_STEP_RECOMPUTE
-					: kind == KL_STEP_BWD ? KL_STEP_IN_PLACE
+					: kind == KL_STEP_BWD ? KL_STEP_IN_PLACE | KL_STEP_COMPACT
 								: 0u)) {
 			return KL_ECORRUPT;
 		}
@@ -244,14 +244,27 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 			if (in_place && (add || !s8 || !bit(st.need_grad, in0))) {
 				return KL_ECORRUPT;
 			}
-			const uint64_t nx = tensor_size(t_tab + in0 * KL_BLOB_TENSOR_SIZE);
+			const int compact = (sp[KL_SS_FLAGS] & KL_STEP_COMPACT) != 0u;
+			const uint8_t *tx = t_tab + in0 * KL_BLOB_TENSOR_SIZE;
+			const uint64_t nx = tensor_size(tx);
 			const uint64_t ny = tensor_size(t_tab + out * KL_BLOB_TENSOR_SIZE);
 			const uint64_t co = kl_rd16(t_tab + out * KL_BLOB_TENSOR_SIZE + KL_BT_C);
 			const int dense = o[KL_BO_KIND] == KL_OP_DENSE;
 			const int conv = o[KL_BO_KIND] == KL_OP_CONV || o[KL_BO_KIND] == KL_OP_DWCONV;
 			const uint32_t ws = kl_rd32(o + KL_BO_W_SIZE);
 			uint64_t need = dense && s8 ? KL_FC_S8_SCRATCH(nx, ny) : 0u;
-			if (bit(st.need_grad, in0) || (add && bit(st.need_grad, in1))) {
+			if (compact) { /* int16 sums and a band: conv, depthwise, the gradient
+					* of in0 made by the grad step right before, here */
+				const uint8_t *pv = sp - KL_STEP_SIZE; /* k > 0: a grad step */
+				if (!in_place || !conv || k == 0u || pv[KL_SS_FLAGS] != 0u ||
+				    pv[KL_SS_KIND] != KL_STEP_GRAD ||
+				    kl_rd16(pv + KL_SS_INDEX) != in0 ||
+				    kl_rd32(pv + KL_SS_OFFSET) != off) {
+					return KL_ECORRUPT;
+				}
+				need = kl_compact_scratch(kl_rd16(tx + KL_BT_H), kl_rd16(tx + KL_BT_W),
+							  kl_rd16(tx + KL_BT_C), o[KL_BO_STRIDE]);
+			} else if (bit(st.need_grad, in0) || (add && bit(st.need_grad, in1))) {
 				need = nx * 4u > need ? nx * 4u : need; /* input-gradient sums */
 			}
 			uint64_t upd = 0;

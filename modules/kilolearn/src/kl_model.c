@@ -674,14 +674,23 @@ static void mask_f32(const kl_tensor_t *t, int act, float *g)
 
 /* the same for int8 activations; g holds int8 gradients, or int32
  * accumulators when wide */
+static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint32_t k0,
+			  uint32_t n);
+
 static void mask_s8(const kl_tensor_t *t, int act, void *g, int wide)
+{
+	mask_s8_range(t, act, g, wide, 0u, tsize(t));
+}
+
+/* mask elements k0 .. k0 + n - 1 of t's gradient; g points at element k0 */
+static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint32_t k0,
+			  uint32_t n)
 {
 	if (act == KL_ACT_NONE) {
 		return;
 	}
-	const int8_t *y = t->data;
+	const int8_t *y = (const int8_t *)t->data + k0;
 	const int32_t zp = t->zp;
-	const uint32_t n = tsize(t);
 	/* passes where 0 < y - zp < q6 (kl_act_pass_s8; ReLU has no upper cap) */
 	const int32_t q6 = act == KL_ACT_RELU6 ? relu6_q(t->exp) : INT32_MAX;
 	if (wide) {
@@ -735,6 +744,94 @@ static void give_s8(kl_model_t *m, int t_id, int e)
 		acc[k] = kl_rshift_round(old[k], e_sum - e_old) + kl_rshift_round(acc[k], e_sum - e_new);
 	}
 	t->grad_exp = (int8_t)(e_sum + kl_quantize_grad_s8(acc, t->grad, n));
+}
+
+/* largest magnitude of a compact step's kept sums: int16 (the sanitizer
+ * test build narrows it so that every step re-shifts; at least 511, so the
+ * final shift exceeds the kept one by 2 or more) */
+#ifndef KL_COMPACT_MAX
+#define KL_COMPACT_MAX 32767u
+#endif
+typedef char kl_compact_max_ok[(KL_COMPACT_MAX >= 511u && KL_COMPACT_MAX <= 32767u) ? 1 : -1];
+
+/* round-to-odd right shift: the bits shifted out leave a 1 in the lowest
+ * bit. Rounding the result again by k >= 2 bits (kl_rshift_round) gives
+ * what rounding v by sh + k bits gives: a kept 1 marks "above the tie". */
+static inline int32_t rshift_odd(int32_t v, int sh)
+{
+	return sh == 0 ? v : (v >> sh) | ((v & (int32_t)((1u << sh) - 1u)) != 0);
+}
+
+/* KL_STEP_COMPACT: the input gradient of a conv or depthwise op made in
+ * bands of input rows. Each band's int32 sums (all output rows that reach
+ * it, through a geometry cut to the band) are masked, then kept as int16
+ * at a shift a that grows with the largest magnitude so far (earlier
+ * bands re-shifted), rounded to odd; the final shift s >= a + 2 when
+ * a > 0, so the int8 gradient equals kl_quantize_grad_s8 of the int32
+ * sums. It is written over the int16 sums at the start of the scratch. */
+static void give_s8_compact(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g,
+			    const int8_t *w, const int8_t *dy, int e)
+{
+	kl_tensor_t *t = &m->tensors[op->in0];
+	const uint32_t n = tsize(t), row = (uint32_t)g->w * (uint32_t)g->c;
+	int16_t *st = m->scratch;
+	int32_t *band = (int32_t *)(void *)((uint8_t *)m->scratch + align8(2u * n));
+	const int rows = (int)kl_band_rows((uint32_t)g->h, (uint32_t)g->w, (uint32_t)g->c,
+					   (uint32_t)g->stride);
+	const int masked = t->producer >= 0 && t->n_users == 1u;
+	const int act = masked ? m->ops[t->producer].act : KL_ACT_NONE;
+	uint32_t mx = 0;
+	int a = 0;
+	for (int y0 = 0; y0 < g->h; y0 += rows) {
+		const int y1 = y0 + rows < g->h ? y0 + rows : g->h;
+		/* output rows oy with oy * stride + ky - pad_t in [y0, y1) */
+		int lo = y0 + g->pad_t - g->kh + 1;
+		lo = lo <= 0 ? 0 : (lo + g->stride - 1) / g->stride;
+		int hi = (y1 - 1 + g->pad_t) / g->stride;
+		hi = hi < g->ho - 1 ? hi : g->ho - 1;
+		const uint32_t nb = (uint32_t)(y1 - y0) * row;
+		if (hi < lo) {
+			memset(band, 0, nb * 4u);
+		} else {
+			kl_geom_t b = *g;
+			b.h = y1 - y0;
+			b.pad_t = g->pad_t + y0 - lo * g->stride;
+			b.ho = hi - lo + 1;
+			const int8_t *d = dy + (long)lo * g->wo * g->co;
+			if (op->kind == KL_OP_CONV) {
+				kl_conv_backward_input_s8(&b, w, d, band, m->kscratch);
+			} else {
+				kl_depthwise_conv_backward_input_s8(&b, w, d, band, m->kscratch);
+			}
+		}
+		mask_s8_range(t, act, band, 1, (uint32_t)y0 * row, nb);
+		for (uint32_t k = 0; k < nb; k++) {
+			const int32_t v = band[k];
+			const uint32_t av = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
+			mx = av > mx ? av : mx;
+		}
+		int a_new = a;
+		while ((mx >> a_new) > KL_COMPACT_MAX) {
+			a_new++;
+		}
+		if (a_new > a) { /* the bands so far, to the coarser shift */
+			for (uint32_t k = 0; k < (uint32_t)y0 * row; k++) {
+				st[k] = (int16_t)rshift_odd(st[k], a_new - a);
+			}
+			a = a_new;
+		}
+		int16_t *o = st + (uint32_t)y0 * row;
+		for (uint32_t k = 0; k < nb; k++) {
+			o[k] = (int16_t)rshift_odd(band[k], a);
+		}
+	}
+	const int s = kl_grad_shift(mx);
+	int8_t *gx = t->grad; /* == the scratch: byte k after int16 k was read */
+	for (uint32_t k = 0; k < n; k++) {
+		gx[k] = (int8_t)kl_rshift_round(st[k], s - a);
+	}
+	t->grad_exp = (int8_t)(e + s);
+	t->has_grad = 1;
 }
 
 /* Apply float32 weight gradients gw (bias gb) of an op under the update
@@ -996,7 +1093,8 @@ static void update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, co
 	m->upd_weights += op->n_w;
 }
 
-static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
+/* compact: KL_STEP_COMPACT (conv, depthwise) */
+static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 {
 	kl_tensor_t *y = &m->tensors[op->out];
 	const kl_tensor_t *x = &m->tensors[op->in0];
@@ -1022,13 +1120,17 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep)
 		}
 		break;
 	case KL_OP_CONV:
-		if (need_dx) {
+		if (need_dx && compact) {
+			give_s8_compact(m, op, &g, wc, dyc, op->w_exp + ey);
+		} else if (need_dx) {
 			kl_conv_backward_input_s8(&g, wc, dyc, m->scratch, m->kscratch);
 			give_s8(m, op->in0, op->w_exp + ey);
 		}
 		break;
 	case KL_OP_DWCONV:
-		if (need_dx) {
+		if (need_dx && compact) {
+			give_s8_compact(m, op, &g, op->w, dy, op->w_exp + ey);
+		} else if (need_dx) {
 			kl_depthwise_conv_backward_input_s8(&g, op->w, dy, m->scratch,
 							    m->kscratch);
 			give_s8(m, op->in0, op->w_exp + ey);
@@ -1127,7 +1229,7 @@ static void loss(kl_model_t *m, int label)
 	out->has_grad = 1;
 }
 
-static void backward_op(kl_model_t *m, kl_op_t *op, int keep)
+static void backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact)
 {
 	if (!m->tensors[op->out].has_grad) {
 		return;
@@ -1135,7 +1237,7 @@ static void backward_op(kl_model_t *m, kl_op_t *op, int keep)
 	if (m->dtype == KL_DTYPE_F32) {
 		backward_op_f32(m, op, keep);
 	} else {
-		backward_op_s8(m, op, keep);
+		backward_op_s8(m, op, keep, compact);
 	}
 }
 
@@ -1144,7 +1246,7 @@ static void backward(kl_model_t *m, int label, int keep)
 {
 	loss(m, label);
 	for (int i = m->n_ops - 1; i >= 0; i--) {
-		backward_op(m, &m->ops[i], keep);
+		backward_op(m, &m->ops[i], keep, 0);
 	}
 }
 
@@ -1179,7 +1281,8 @@ static int run_schedule(kl_model_t *m, int label, int keep)
 		case KL_STEP_BWD: {
 			void *const fwd_scratch = m->scratch;
 			m->scratch = at; /* this step's int32 scratch, planned */
-			backward_op(m, &m->ops[idx], keep);
+			backward_op(m, &m->ops[idx], keep,
+				    (sp[KL_SS_FLAGS] & KL_STEP_COMPACT) != 0u);
 			m->scratch = fwd_scratch;
 			break;
 		}

@@ -17,7 +17,8 @@ extern "C" {
 
 #define KL_BLOB_MAGIC         0x424D4C4Bu /* "KLMB" */
 #define KL_BLOB_VERSION_MAJOR 2u
-#define KL_BLOB_VERSION_MINOR 2u /* 2.1: optional schedule section, 2.2: update policy */
+#define KL_BLOB_VERSION_MINOR 3u /* 2.1: optional schedule section, 2.2: update policy,
+                                  * 2.3: compact backward steps */
 #define KL_BLOB_HEADER_SIZE   48u
 #define KL_BLOB_TENSOR_SIZE   12u
 #define KL_BLOB_OP_SIZE       48u
@@ -70,6 +71,31 @@ enum kl_step_kind {
  * lies at the start or the end of this step's scratch and is quantised in
  * place from its int32 sums; the scratch is sized for that */
 #define KL_STEP_IN_PLACE 0x02u
+/* bwd flag (format 2.3; int8 conv or depthwise, with KL_STEP_IN_PLACE, the
+ * input's gradient at the start of the scratch): the input-gradient sums
+ * are made in bands of input rows (kl_band_rows) and kept as int16 rounded
+ * to odd, 2 bytes per input element instead of 4, then quantised into the
+ * gradient; the same integers as the int32 sums (docs/planner.md) */
+#define KL_STEP_COMPACT 0x04u
+#define KL_BAND_BYTES   8192u /* int32 bytes of one band of sums, at most (or stride rows) */
+
+/* input rows per band of a compact step: a multiple of the stride */
+static inline uint32_t kl_band_rows(uint32_t h, uint32_t w, uint32_t c, uint32_t stride)
+{
+	const uint64_t row = (uint64_t)w * c * 4u * stride;
+	uint64_t r = row == 0u ? 1u : KL_BAND_BYTES / row;
+	r = (r < 1u ? 1u : r) * stride;
+	return (uint32_t)(r < h ? r : h);
+}
+
+/* scratch bytes of a compact step's input-gradient part: the int16 sums,
+ * 8-aligned, then one band of int32 sums */
+static inline uint64_t kl_compact_scratch(uint32_t h, uint32_t w, uint32_t c, uint32_t stride)
+{
+	const uint64_t nx = (uint64_t)h * w * c;
+	return ((2u * nx + 7u) & ~(uint64_t)7u) +
+	       4u * (uint64_t)kl_band_rows(h, w, c, stride) * w * c;
+}
 
 /* tensor record field offsets */
 #define KL_BT_H   0u

@@ -224,6 +224,9 @@ static inline int8_t kl_sub_clamp_w(int8_t w, int64_t delta)
  * out may overlap acc when it starts at acc or ends at or before the end of
  * acc's n int32 (a gradient quantised in place in its accumulators). */
 int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n);
+/* that shift for the largest magnitude m: the smallest s with
+ * round(m / 2^s) <= 127 */
+int kl_grad_shift(uint32_t m);
 /* The same, in place (values stay int32). */
 int kl_quantize_grad_s32(int32_t *acc, int n);
 

@@ -12,6 +12,11 @@ static int grad_shift(const int32_t *acc, int n)
 		const uint32_t a = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
 		m = a > m ? a : m;
 	}
+	return kl_grad_shift(m);
+}
+
+int kl_grad_shift(uint32_t m)
+{
 	int s = 0;
 	while (m > 127u) {
 		s++;
