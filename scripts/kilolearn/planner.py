@@ -22,10 +22,12 @@ estimated.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import math
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,6 +114,7 @@ class MemModel:
     target: str = "arm"
     in_place: bool = True  # plans quantise input gradients in their backward scratch
     compact: bool = True  # ... from int16 sums made in bands, where that needs less scratch
+    uncompact: frozenset[int] = frozenset()  # ops kept on int32 sums (trim_compact)
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -161,7 +164,8 @@ class MemModel:
         """Does the backward step of op i (in place) make its input gradient from int16 sums
         in bands (KL_STEP_COMPACT)? Conv and depthwise, where that needs less scratch."""
         op = self.graph.ops[i]
-        if not (self.compact and self.in_place_at(i) and op.kind in ("conv", "dwconv")):
+        if not (self.compact and i not in self.uncompact and self.in_place_at(i)
+                and op.kind in ("conv", "dwconv")):
             return False
         return self._op_scratch(i, True, True, True) < self._op_scratch(i, True, True)
 
@@ -460,12 +464,13 @@ class _GridDp:
     all memory levels, computed bottom-up, segments of one length at a time (vectorised over
     their start)."""
 
-    def __init__(self, ch: Chain, levels: int, q: int):
+    def __init__(self, ch: Chain, levels: int, q: int, nearest: bool = False):
         self.ch, self.L, self.q = ch, levels, q
         n = ch.n
-        self.A = [-(-x // q) for x in ch.a]
-        self.G = [-(-x // q) for x in ch.g]
-        self.S = [-(-ch.scratch(i) // q) for i in range(ch.n)]  # backward scratch
+        r = q // 2 if nearest else q - 1  # sizes to the nearest level, or up
+        self.A = [(x + r) // q for x in ch.a]
+        self.G = [(x + r) // q for x in ch.g]
+        self.S = [(ch.scratch(i) + r) // q for i in range(ch.n)]  # backward scratch
         self.F = [0] * (n + 1)
         for i in range(n):
             self.F[i + 1] = self.F[i] + ch.f[i]
@@ -684,6 +689,7 @@ class Plan:
     phases: list[tuple[int, list[int], int]] = field(default_factory=list)  # (op, ckpts, live)
     store_all_engine: int = 0  # arena peak of the engine with no schedule
     seconds: float = 0.0
+    macros: list[tuple] = field(default_factory=list, repr=False)  # what the steps came from
 
     @property
     def peak(self) -> int:
@@ -835,7 +841,21 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
             s.offset = offs[s.offset]
     del n_t
     return Plan(name, steps, region, mm.static_bytes(), peak, macs, sum(mm.macs), phases,
-                mm.store_all_bytes())
+                mm.store_all_bytes(), macros=macros)
+
+
+def trim_compact(mm: MemModel, pl: Plan) -> Plan:
+    """Compact steps cost instructions (about 2 % of a MobileNet step on the M4, docs/
+    planner.md): rebuild the plan with int32 sums at every compact step the region does not
+    need (kept where turning it off would grow the region)."""
+    ops = sorted((s.index for s in pl.steps if s.kind == STEP_BWD and s.flags & STEP_COMPACT),
+                 key=mm.bwd_scratch)
+    off: frozenset[int] = mm.uncompact
+    for i in ops:
+        trial = build_steps(dataclasses.replace(mm, uncompact=off | {i}), pl.macros, pl.name)
+        if trial.region <= pl.region:
+            pl, off = trial, off | {i}
+    return pl
 
 
 def assign_offsets(bufs: list[list[int]]) -> tuple[list[int], int]:
@@ -951,17 +971,69 @@ def sqrt_n_macros(mm: MemModel) -> list[tuple]:
     return _segments_macros(mm, list(range(seg, n, seg)))
 
 
-def _finish(mm: MemModel, macros: list[tuple], name: str, t0: float) -> Plan:
+def _finish(mm: MemModel, macros: list[tuple], name: str, t0: float, trim: bool = True) -> Plan:
     pl = build_steps(mm, macros, name)
+    pl = trim_compact(mm, pl) if trim else pl
     pl.seconds = time.perf_counter() - t0
     return pl
 
 
-def baseline(mm: MemModel, which: str) -> Plan:
+def baseline(mm: MemModel, which: str, trim: bool = True) -> Plan:
     t0 = time.perf_counter()
     mac = {"store-all": _store_all_macros, "recompute-all": _recompute_all_macros,
            "sqrt-n": sqrt_n_macros}[which](mm)
-    return _finish(mm, mac, which, t0)
+    return _finish(mm, mac, which, t0, trim)
+
+
+def _probe_bounds(mm: MemModel, budget: int, m: int, hi_m: int, q: int,
+                  solve: Callable[[int], tuple[float, list[tuple]]]) -> Plan | None:
+    """The cheapest plan whose real peak fits, over chain bounds: down from m until one fits,
+    then up while plans still fit (bisection)."""
+    built: dict[int, Plan | None] = {}
+
+    def probe(mb: int) -> Plan | None:
+        if mb not in built:
+            cost, macros = solve(mb)
+            built[mb] = None if cost == INF else build_steps(mm, macros, "optimal")
+        return built[mb]
+
+    best: Plan | None = None
+    fit = None
+    mb, too_big = m, None
+    for _ in range(24):  # down from m until the real peak fits
+        if mb < 0:
+            break
+        pl = probe(mb)
+        if pl is None:  # stepped below what the chain model can do: bisect back up
+            lo, hi = mb, too_big
+            while hi is not None and hi - lo > q:
+                mid = (lo + hi) // 2
+                pl = probe(mid)
+                if pl is None:
+                    lo = mid
+                elif pl.peak > budget:
+                    hi = mid
+                else:
+                    best, fit = pl, mid
+                    break
+            break
+        if pl.peak <= budget:
+            best, fit = pl, mb
+            break
+        too_big = mb
+        mb -= max(4, q, pl.peak - budget)  # at least one grid level
+    if fit is not None:  # up from there while it still fits (bisection on the bound)
+        lo, hi = fit, hi_m
+        while hi - lo > q:
+            mid = (lo + hi) // 2
+            pl = probe(mid)
+            if pl is not None and pl.peak <= budget:
+                lo = mid
+                if best is None or pl.macs < best.macs:
+                    best = pl
+            else:
+                hi = mid
+    return best
 
 
 def optimal(mm: MemModel, budget: int, *, chain: Chain | None = None) -> Plan | None:
@@ -970,59 +1042,33 @@ def optimal(mm: MemModel, budget: int, *, chain: Chain | None = None) -> Plan | 
     ch = chain or chain_of(mm)
     static = mm.static_bytes()
     m = budget - static
-    best: Plan | None = None
+    cands: list[Plan | None] = []
     if m >= 0:
         # the chain bound m' that gives the cheapest plan whose real peak fits: the chain model
         # over-counts (rounding, tensors a step does not read) and under-counts (offset
         # fragmentation, skip tensors), so probe bounds below and above m
         hi_m = m + m // 4
-        q = 1
         if ch.n <= EXACT_MAX:
-            solve = lambda mb: _search(ch, mb)  # noqa: E731
-        else:  # one grid DP serves every bound up to hi_m
+            cands.append(_probe_bounds(mm, budget, m, hi_m, 1, lambda mb: _search(ch, mb)))
+        else:  # one grid DP serves every bound up to hi_m; sizes rounded up, and to nearest
             q = max(1, -(-hi_m // GRID_LEVELS))
-            solve = _GridDp(ch, hi_m // q + 1, q).solve
-        built: dict[int, Plan | None] = {}
-
-        def probe(mb: int) -> Plan | None:
-            if mb not in built:
-                cost, macros = solve(mb)
-                built[mb] = None if cost == INF else build_steps(mm, macros, "optimal")
-            return built[mb]
-
-        fit = None
-        mb = m
-        for _ in range(24):  # down from m until the real peak fits
-            if mb < 0:
-                break
-            pl = probe(mb)
-            if pl is None:
-                break
-            if pl.peak <= budget:
-                best, fit = pl, mb
-                break
-            mb -= max(4, q, pl.peak - budget)  # at least one grid level
-        if fit is not None:  # up from there while it still fits (bisection on the bound)
-            lo, hi = fit, hi_m
-            while hi - lo > q:
-                mid = (lo + hi) // 2
-                pl = probe(mid)
-                if pl is not None and pl.peak <= budget:
-                    lo = mid
-                    if pl.macs < best.macs:
-                        best = pl
-                else:
-                    hi = mid
+            for nearest in (False, True):
+                dp = _GridDp(ch, hi_m // q + 1, q, nearest=nearest)
+                cands.append(_probe_bounds(mm, budget, m, hi_m, q, dp.solve))
     # the chain model is conservative (bundles sharing a skip tensor count it twice, a step
     # may not read every tensor of its bundles): a baseline may fit where the DP sees no room
-    if best is None or best.extra_macs > 0:
-        for which in ("store-all", "sqrt-n", "recompute-all"):
-            pl = baseline(mm, which)
-            if pl.peak <= budget and (best is None or pl.macs < best.macs):
-                pl.name = "optimal"
-                best = pl
-    if best is not None:
-        best.seconds = time.perf_counter() - t0
+    for which in ("store-all", "sqrt-n", "recompute-all"):
+        pl = baseline(mm, which, trim=False)
+        if pl.peak > budget and any(st.flags & STEP_COMPACT for st in pl.steps):
+            pl = trim_compact(mm, pl)  # the other offsets may pack tighter
+        cands.append(pl)
+    fits = [p for p in cands if p is not None and p.peak <= budget]
+    if not fits:
+        return None
+    best = min(fits, key=lambda p: (p.macs, p.peak))
+    best.name = "optimal"
+    best = trim_compact(mm, best)
+    best.seconds = time.perf_counter() - t0
     return best
 
 
@@ -1074,20 +1120,25 @@ def format_plan(pl: Plan, budget: int | None = None) -> list[str]:
 # --------------------------------------------------------------------------- command line
 
 
+def _model_from_args(a):  # noqa: ANN001, ANN202
+    from . import model as M
+
+    shape = (a.input, a.input, 3)
+    if a.model == "mobilenet_v1":
+        return M.mobilenet_v1(shape, 10, alpha=a.alpha or 0.25)
+    if a.model == "mobilenet_v2":
+        return M.mobilenet_v2(shape, 10, alpha=a.alpha or 0.35)
+    return M.small_cnn()
+
+
 def _graph_from_args(a) -> Graph:  # noqa: ANN001
     from . import export
-    from . import model as M
 
     if a.blob:
         from pathlib import Path
 
         return export.read(Path(a.blob).read_bytes()).graph
-    shape = (a.input, a.input, 3)
-    if a.model == "mobilenet_v1":
-        return M.mobilenet_v1(shape, 10, alpha=a.alpha or 0.25).graph
-    if a.model == "mobilenet_v2":
-        return M.mobilenet_v2(shape, 10, alpha=a.alpha or 0.35).graph
-    return M.small_cnn().graph
+    return _model_from_args(a).graph
 
 
 def phase_rows(pl: Plan) -> list[str]:
@@ -1133,13 +1184,46 @@ def cmd_plan(a) -> int:  # noqa: ANN001
     if getattr(a, "curve", None):
         title = (f"{a.model} alpha {a.alpha} {a.input}x{a.input}, {dtype}, {len(g.ops)} ops"
                  if not a.blob else a.blob)
-        rows = plot_curve(mm, a.curve, title)
+        rows = plot_curve(mm, a.curve, title, budget)
         print(tabulate(rows, headers=["budget B", "arena peak B", "extra MACs %"]))
         print(f"wrote {a.curve}")
+    if getattr(a, "measure", None):
+        if dtype != "s8":
+            print("--measure runs int8 training only")
+            return 2
+        _measure(a, g, mm, plans[0], opt)
     if a.write:
         write_blob(a.blob, opt, a.write)
-        print(f"wrote {a.write} (format 2.1, {len(opt.steps)} steps)")
+        with open(a.write, "rb") as f:
+            minor = f.read(8)[6]
+        print(f"wrote {a.write} (format 2.{minor}, {len(opt.steps)} steps)")
     return 0
+
+
+def _measure(a, g: Graph, mm: MemModel, store_all: Plan, opt: Plan) -> None:  # noqa: ANN001
+    """--measure: the store-all plan with int32 sums and with every eligible step compact,
+    and the optimal plan, trained on the board; measured vs planned peak, insn per sample."""
+    from pathlib import Path
+
+    from tabulate import tabulate
+
+    from . import export
+    from . import planbench as B
+    from . import reference as R
+
+    if a.blob:
+        qm = export.read(Path(a.blob).read_bytes()).qmodel
+    else:
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 1, (4,) + g.shapes[g.input]).astype(np.float32)
+        qm = R.quantize_model(g, _model_from_args(a).init(0), x)
+    plain = dataclasses.replace(mm, compact=False)
+    plans = [(plain, baseline(plain, "store-all")), (mm, B.compact_everywhere(mm, store_all)),
+             (mm, opt)]
+    plans[0][1].name = "store-all (int32 sums)"
+    ms = B.measure(qm, plans, a.measure)
+    print(f"measured on {a.measure} (one fused training step per sample, arena = planned peak):")
+    print(tabulate(B.rows(ms), headers=B.HEADERS))
 
 
 def write_blob(src: str | None, pl: Plan, dst: str) -> None:
@@ -1164,38 +1248,62 @@ def add_cli(sub) -> None:  # noqa: ANN001
                    choices=["mobilenet_v1", "mobilenet_v2", "cnn"])
     p.add_argument("--blob", help="plan the graph of this .klm instead")
     p.add_argument("--write", help="with --blob: write that model with the optimal schedule "
-                   "(format 2.1) to this path")
+                   "(format 2.1, 2.3 with compact steps) to this path")
     p.add_argument("--input", type=int, default=96, help="input resolution (H = W)")
     p.add_argument("--alpha", type=float, default=0.0, help="width multiplier")
     p.add_argument("--dtype", default="s8", choices=["s8", "f32"])
     p.add_argument("--target", default="arm", choices=list(TARGET_PTR))
     p.add_argument("--curve", help="also plot extra MACs vs budget (optimal, store-all, "
                    "sqrt(n)) to this PNG and print its table")
+    p.add_argument("--measure", metavar="BOARD",
+                   help="also train with the plans on BOARD (mps2-an386, ..., host): the "
+                   "measured arena high-water mark and instructions per sample")
     p.set_defaults(fn=cmd_plan)
 
 
-def curve(mm: MemModel, points: int = 12) -> list[tuple[int, Plan | None]]:
-    """Optimal plans for budgets from the smallest feasible one to the store-all peak."""
+def curve(mm: MemModel, points: int = 12, extra: int | None = None
+          ) -> list[tuple[int, Plan | None]]:
+    """Optimal plans for budgets from the smallest feasible one to the store-all peak (and
+    the budget `extra`, when given). A plan for a smaller budget fits every larger one: each
+    point is the cheapest plan found at or below its budget (`optimal` alone is not
+    monotone in the budget on every long chain: its grid and bound probing depend on it)."""
     lo, hi = min_budget(mm), baseline(mm, "store-all").peak
-    return [(b, optimal(mm, b)) for b in np.linspace(lo, hi, points).astype(int) // 4 * 4]
+    budgets = set((np.linspace(lo, hi, points).astype(int) // 4 * 4).tolist())
+    if extra is not None and lo <= extra <= hi:
+        budgets.add(extra)
+    out: list[tuple[int, Plan | None]] = []
+    best: Plan | None = None
+    for b in sorted(budgets):
+        pl = optimal(mm, b)
+        if pl is not None and (best is None or pl.macs < best.macs):
+            best = pl
+        out.append((b, best))
+    return out
 
 
-def plot_curve(mm: MemModel, path: str, title: str) -> list[list]:
+def plot_curve(mm: MemModel, path: str, title: str, budget: int | None = None) -> list[list]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(b, p) for b, p in curve(mm) if p is not None]
+    pts = [(b, p) for b, p in curve(mm, extra=budget) if p is not None]
     base = {w: baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")}
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot([p.peak / 1024 for _, p in pts], [p.extra_pct for _, p in pts], "o-",
             label="optimal plan")
-    for w, mk in (("store-all", "s"), ("sqrt-n", "^")):
-        ax.plot(base[w].peak / 1024, base[w].extra_pct, mk, ms=9, label=w)
-    ax.axvline(mm.store_all_bytes() / 1024, ls=":", c="gray", label="engine without schedule")
+    for w, mk, lab in (("store-all", "s", "store-all plan (activations kept, buffers packed)"),
+                       ("sqrt-n", "^", "Chen's sqrt(n)")):
+        ax.plot(base[w].peak / 1024, base[w].extra_pct, mk, ms=9, label=lab)
+    ax.axvline(mm.store_all_bytes() / 1024, ls=":", c="gray",
+               label="engine without a schedule (every activation and gradient)")
+    ax.set_yscale("symlog", linthresh=10)
+    mine = [p for b, p in pts if b == budget]
+    if mine:
+        ax.plot(mine[0].peak / 1024, mine[0].extra_pct, "*", ms=13, c="red",
+                label=f"optimal in {budget:,} B")
     ax.set_xlabel("arena peak (KiB)")
-    ax.set_ylabel("extra MACs (%)")
+    ax.set_ylabel("extra MACs (% of a forward pass, symlog)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import random
 
+import numpy as np
 import pytest
 
 from kilolearn import model as M
@@ -202,3 +203,20 @@ def test_budget_parsing():
     assert P.budget_of("nucleo_f429zi") == 192 * 1024
     with pytest.raises(P.PlanError):
         P.budget_of("no-such-board")
+
+
+def test_optimal_is_monotone_in_the_budget():
+    """A plan that fits a budget fits every larger one: on a scan of MobileNetV1 alpha 0.1
+    96x96 budgets from the smallest feasible to store-all, `optimal` at each budget costs at
+    most 1.5 points of extra MACs more than the cheapest plan it returned at any smaller
+    budget (its grid and bound probing depend on the budget; the curve takes that envelope)."""
+    mm = P.MemModel(M.mobilenet_v1((96, 96, 3), 10, alpha=0.1).graph, "s8")
+    lo, hi = P.min_budget(mm), P.baseline(mm, "store-all").peak
+    env = None
+    for b in np.linspace(lo, hi, 16).astype(int):
+        pl = P.optimal(mm, int(b))
+        assert pl is not None and pl.peak <= b
+        if env is not None:
+            assert pl.extra_pct <= env.extra_pct + 1.5, (int(b), pl.extra_pct, env.extra_pct)
+        env = pl if env is None or pl.macs < env.macs else env
+    assert env.extra_macs == 0 and env.peak == hi

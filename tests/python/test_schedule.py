@@ -105,14 +105,14 @@ def test_f32_schedule_identical_and_cli_writes_blob(target, rng, tmp_path):
             assert comparable(run(blob, x, y, board, asan, c)) == comparable(ref)
 
 
-FULL_DEPTH_INPUT = 118  # MobileNetV1 alpha 0.1, every layer trainable (docs/planner.md)
+FULL_DEPTH_INPUT = 128  # MobileNetV1 alpha 0.1, every layer trainable (docs/planner.md)
 FULL_DEPTH_ALPHA = 0.1
 ARENA_256K = 256 * 1024 - 8192  # 256 KiB SRAM less 8 KiB for the firmware's own RAM and stack
 
 
 @pytest.mark.parametrize("target", ["host", "mps2-an386"])
 def test_mobilenet_full_depth_trains_in_256k(target, rng):
-    """Full-depth int8 training of MobileNetV1 alpha 0.1 at 118x118, whose engine without a
+    """Full-depth int8 training of MobileNetV1 alpha 0.1 at 128x128, whose engine without a
     schedule needs more than 512 KiB of arena: the optimal plan for 256 KiB - 8 KiB costs at
     most 15 % extra MACs, runs in an arena of exactly its planned peak, its gradients
     (kept-gradient job) and its fused training epoch are bit-identical to store-all, and the
@@ -276,3 +276,23 @@ def test_engine_rejects_bad_compact_steps(rng):
             runner.run_job(job.build(patched(edits), xq, y), "host")
         got = int(re.search(r"code (-\d+)", str(e.value)).group(1))
         assert export.ERRORS[got] == "KL_ECORRUPT", why
+
+
+@pytest.mark.parametrize("target", ["host", "mps2-an386"])
+def test_plan_measure_reports_device_peaks(target, capsys):
+    """`kilolearn plan --measure BOARD`: the store-all plans (int32 sums, every step
+    compact) and the optimal plan train on the board in arenas of exactly their planned
+    peaks, and the device's high-water marks equal them."""
+    require_target(target)
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(blob=None, budget="150000", reserve=0, model="mobilenet_v1",
+                           input=80, alpha=0.1, dtype="s8", target="host" if target == "host"
+                           else "arm", write=None, curve=None, measure=target)
+    assert P.cmd_plan(args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("measured on"):].splitlines()[3:]
+    assert len(table) == 3 and all(" yes " in r for r in table), out
+    assert all(int(r.split()[-2]) > 0 for r in table[1:]), out  # compact steps
+    if target != "host":
+        assert all(int(r.split()[-1].replace(",", "")) > 0 for r in table)
