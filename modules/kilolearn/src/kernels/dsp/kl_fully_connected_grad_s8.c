@@ -1,8 +1,9 @@
 /* Fully connected layer, int8, dsp backend: the input gradient
  * acc = W^T dy (int32). Rows whose gradient is zero are skipped, the others
- * are taken four at a time: the bytes of two rows are paired per column with
- * PKHBT / PKHTB after SXTB16, so one SMLAD adds both rows' products with the
- * packed (dy_a, dy_b). Same integers as the ref kernel. */
+ * are taken four at a time (the last one to three with the same SIMD steps):
+ * the bytes of two rows are paired per column with PKHBT / PKHTB after
+ * SXTB16, so one SMLAD adds both rows' products with the packed (dy_a, dy_b).
+ * Same integers as the ref kernel. */
 #include "kilolearn/kl_kernels.h"
 
 #if KL_KERNELS_DSP
@@ -43,6 +44,45 @@ static void rows4(int32_t *acc, const int8_t *const *r, const int32_t *gr, int n
 	}
 }
 
+/* two rows a, b: their bytes paired per column, one SMLAD each */
+static void rows2(int32_t *acc, const int8_t *ra, const int8_t *rb, int32_t ga, int32_t gb,
+		  int n_in)
+{
+	const uint32_t g = ((uint32_t)ga & 0xFFFFu) | ((uint32_t)gb << 16);
+	const int n4 = n_in & ~3;
+	int j = 0;
+	for (; j < n4; j += 4) {
+		const uint32_t wa = kl_read_s8x4(ra + j), wb = kl_read_s8x4(rb + j);
+		const uint32_t ea = kl_sxtb16(wa), oa = kl_sxtb16_ror8(wa);
+		const uint32_t eb = kl_sxtb16(wb), ob = kl_sxtb16_ror8(wb);
+		acc[j] = kl_smlad(kl_pkhbt(ea, eb), g, acc[j]);
+		acc[j + 1] = kl_smlad(kl_pkhbt(oa, ob), g, acc[j + 1]);
+		acc[j + 2] = kl_smlad(kl_pkhtb(eb, ea), g, acc[j + 2]);
+		acc[j + 3] = kl_smlad(kl_pkhtb(ob, oa), g, acc[j + 3]);
+	}
+	for (; j < n_in; j++) {
+		acc[j] += ra[j] * ga + rb[j] * gb;
+	}
+}
+
+/* one row: SMLABB / SMLATB on its sign-extended byte pairs */
+static void row1(int32_t *acc, const int8_t *ra, int32_t ga, int n_in)
+{
+	const int n4 = n_in & ~3;
+	int j = 0;
+	for (; j < n4; j += 4) {
+		const uint32_t wa = kl_read_s8x4(ra + j);
+		const uint32_t ea = kl_sxtb16(wa), oa = kl_sxtb16_ror8(wa);
+		acc[j] = __smlabb((int32_t)ea, ga, acc[j]);
+		acc[j + 1] = __smlabb((int32_t)oa, ga, acc[j + 1]);
+		acc[j + 2] = __smlatb((int32_t)ea, ga, acc[j + 2]);
+		acc[j + 3] = __smlatb((int32_t)oa, ga, acc[j + 3]);
+	}
+	for (; j < n_in; j++) {
+		acc[j] += ra[j] * ga;
+	}
+}
+
 void kl_dsp_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
 					      int n_in, int n_out)
 {
@@ -63,10 +103,14 @@ void kl_dsp_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy,
 			k = 0;
 		}
 	}
-	for (int q = 0; q < k; q++) { /* the last one to three rows */
-		for (int j = 0; j < n_in; j++) {
-			acc[j] += (int32_t)r[q][j] * gr[q];
-		}
+	if (k == 3) { /* the last rows with a zero-gradient fourth */
+		r[3] = r[0];
+		gr[3] = 0;
+		rows4(acc, r, gr, n_in);
+	} else if (k == 2) {
+		rows2(acc, r[0], r[1], gr[0], gr[1], n_in);
+	} else if (k == 1) {
+		row1(acc, r[0], gr[0], n_in);
 	}
 }
 #else

@@ -27,19 +27,35 @@ int kl_grad_shift(uint32_t m)
 	return s;
 }
 
+/* kl_rshift_round(v, s) for a shift s in [1, 31] known to the loop */
+static inline int32_t rshift_round_pos(int32_t v, int s, int32_t mask, int32_t half)
+{
+	return (v >> s) + ((v & mask) > half + (v < 0));
+}
+
 int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
 {
-	const int s = grad_shift(acc, n);
+	const int s = grad_shift(acc, n); /* 0..31 */
+	const int32_t mask = (int32_t)((1u << s) - 1u), half = mask >> 1;
 	if ((uintptr_t)out > (uintptr_t)acc) {
 		/* out may overlap the end of acc: byte i is written after every
 		 * acc[j], j >= i, was read, and byte i lies in acc[j >= i] */
-		for (int i = n - 1; i >= 0; i--) {
-			out[i] = (int8_t)kl_rshift_round(acc[i], s);
+		if (s == 0) {
+			for (int i = n - 1; i >= 0; i--) {
+				out[i] = (int8_t)acc[i];
+			}
+		} else {
+			for (int i = n - 1; i >= 0; i--) {
+				out[i] = (int8_t)rshift_round_pos(acc[i], s, mask, half);
+			}
+		}
+	} else if (s == 0) { /* out may be acc itself: byte i lies in acc[i / 4], read already */
+		for (int i = 0; i < n; i++) {
+			out[i] = (int8_t)acc[i];
 		}
 	} else {
-		/* out may be acc itself: byte i lies in acc[i / 4], read already */
 		for (int i = 0; i < n; i++) {
-			out[i] = (int8_t)kl_rshift_round(acc[i], s);
+			out[i] = (int8_t)rshift_round_pos(acc[i], s, mask, half);
 		}
 	}
 	return s;
