@@ -114,12 +114,16 @@ static inline __attribute__((always_inline)) int kl_dsp_requant_loop(
 		/* bias: round half away from zero, (v + half - (v < 0)) >> s,
 		 * exact unless v + half overflows, which goes the general way */
 		if (bias > b_lim) {
-			y[i] = kl_dsp_requant_one(rq, dot[i], bias, &sat);
+			int s1 = 0; /* (sat itself stays in a register) */
+			y[i] = kl_dsp_requant_one(rq, dot[i], bias, &s1);
+			sat |= s1;
 			continue;
 		}
 		const int32_t acc = __qadd(dot[i], (bias + bh + (bias >> 31)) >> bs);
 		if (acc > y_lim) {
-			y[i] = kl_dsp_requant_one(rq, dot[i], bias, &sat);
+			int s1 = 0;
+			y[i] = kl_dsp_requant_one(rq, dot[i], bias, &s1);
+			sat |= s1;
 			continue;
 		}
 		const int32_t r = (acc + kl_rq_add(acc, yk, ym)) >> ys;

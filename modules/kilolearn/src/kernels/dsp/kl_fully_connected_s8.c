@@ -10,6 +10,13 @@ int8_t kl_dsp_requant_one(const kl_requant_t *rq, int32_t dot, int32_t bias, int
 	return kl_requant(rq, dot, bias, sat);
 }
 
+/* the output stage out of line: its loop keeps its constants in registers */
+static __attribute__((noinline)) int requant_dots(const int32_t *dots, const int32_t *b,
+						  const kl_requant_t *rq, int8_t *y, int n)
+{
+	return kl_dsp_requant_n(dots, b, rq, y, n);
+}
+
 static inline int32_t dot_tail(const int8_t *row, const int16_t *xc, int j, int n)
 {
 	int32_t acc = 0;
@@ -145,7 +152,7 @@ int kl_dsp_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, co
 		a0 += dot_tail(r0, scratch, n4, n_in);
 		dots[i] = a0;
 	}
-	return kl_dsp_requant_n(dots, b, rq, y, n_out);
+	return requant_dots(dots, b, rq, y, n_out);
 }
 #else
 typedef int kl_dsp_fully_connected_s8_unused;
