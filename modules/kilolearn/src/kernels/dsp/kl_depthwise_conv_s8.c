@@ -48,8 +48,8 @@ static void widen_weights(const int8_t *w, int taps, int c, uint32_t *wx)
 		a3 = kl_smlatt(wo_, xo_, a3);                                                     \
 	} while (0)
 
-int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
-			     const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
+static int dw_fwd_any(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+		      const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
 {
 	const int taps = g->kh * g->kw;
 	if (taps > MAX_TAPS) {
@@ -119,8 +119,8 @@ int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 	return kl_rqf_sat(&f);
 }
 
-void kl_dsp_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w,
-					     const int8_t *dy, int32_t *acc, void *scratch)
+static void dw_bwd_any(const kl_geom_t *g, const int8_t *w, const int8_t *dy, int32_t *acc,
+		       void *scratch)
 {
 	const int taps = g->kh * g->kw;
 	if (taps > MAX_TAPS) {
@@ -256,6 +256,418 @@ void kl_dsp_depthwise_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t 
 			}
 		}
 	}
+}
+/* ---- 3x3, stride 1 and 2: taps paired in SMLAD lanes ----------------------
+ * Two output pixels of one row at a time. Per kernel row, the input words
+ * of the pixels they read (four at stride 1, five at stride 2) are paired
+ * by PKHBT / PKHTB (channels 0,1 / 2,3 of two pixels) and SXTB16 (ROR 8)
+ * turns each into one channel of two neighbouring pixels, (x[i], x[i+1]).
+ * With W01 = (w0, w1), W12 = (w1, w2) of that channel and kernel row:
+ *   stride 1  o0 += SMLAD(x0x1, W01) + SMLABT(x2x3, W12)
+ *             o1 += SMLATB(x0x1, W01) + SMLAD(x2x3, W12)
+ *   stride 2  o0 += SMLAD(x0x1, W01) + SMLABT(x2x3, W12)
+ *             o1 += SMLAD(x2x3, W01) + SMLABT(x4, W12)
+ * Blocks whose taps are all inside the image read it directly; the others
+ * read through a table of 15 pixel pointers, padding taps pointing at a row
+ * of the padding value. */
+
+#define DW3_WORDS 24 /* words of the pair table per group of four channels */
+
+static inline uint32_t sxtb16_ror16(uint32_t v)
+{
+	uint32_t r;
+	__asm__("sxtb16 %0, %1, ror #16" : "=r"(r) : "r"(v));
+	return r;
+}
+
+static inline uint32_t sxtb16_ror24(uint32_t v)
+{
+	uint32_t r;
+	__asm__("sxtb16 %0, %1, ror #24" : "=r"(r) : "r"(v));
+	return r;
+}
+
+/* bytewise unsigned minimum / maximum */
+static inline uint32_t umin8(uint32_t v, uint32_t m)
+{
+	uint32_t t;
+	__asm__("usub8 %0, %2, %1\n\tsel %0, %1, %2" : "=&r"(t) : "r"(v), "r"(m) : "cc");
+	return t;
+}
+
+static inline uint32_t umax8(uint32_t v, uint32_t m)
+{
+	uint32_t t;
+	__asm__("usub8 %0, %1, %2\n\tsel %0, %1, %2" : "=&r"(t) : "r"(v), "r"(m) : "cc");
+	return t;
+}
+
+static inline uint32_t pair16(int32_t lo, int32_t hi)
+{
+	return ((uint32_t)lo & 0xFFFFu) | ((uint32_t)hi << 16);
+}
+
+/* pair table [group][ky][channel of 4][W01, W12]; flip: the kernel rotated by
+ * 180 degrees (input gradient at stride 1). Lanes beyond c are zero. */
+static void dw3_table(const int8_t *w, int c, int flip, uint32_t *wt)
+{
+	const int G = kl_round4(c) >> 2;
+	for (int gi = 0; gi < G; gi++) {
+		for (int ky = 0; ky < 3; ky++) {
+			for (int j = 0; j < 4; j++) {
+				const int ch = 4 * gi + j;
+				int32_t v[3] = {0, 0, 0};
+				for (int kx = 0; kx < 3 && ch < c; kx++) {
+					const int t = flip ? (2 - ky) * 3 + 2 - kx : ky * 3 + kx;
+					v[kx] = w[(long)t * c + ch];
+				}
+				uint32_t *o = wt + gi * DW3_WORDS + ky * 8 + j * 2;
+				o[0] = pair16(v[0], v[1]);
+				o[1] = pair16(v[1], v[2]);
+			}
+		}
+	}
+}
+
+typedef struct {
+	const int8_t *src; /* HWC image read (x, or dy for the input gradient) */
+	int sh, sw, c, s;  /* its height, width, channels; stride */
+	int off_y, off_x;  /* source row of output row r, tap ky: r * s + ky - off_y */
+	const uint32_t *wt;
+	const int8_t *zrow; /* the padding value, c bytes */
+} dw3_t;
+
+/* One kernel row of one half (channels ch + 2h, ch + 2h + 1) of a block:
+ * the input words into t0..t3 (t1 = the fifth pixel after the pairing at
+ * stride 2), paired, then eight multiplies on a00, a01 (pixel 0, channels
+ * 2h, 2h + 1) and a10, a11 (pixel 1). Operands: p = the row's first pixel
+ * (direct) or its five pixel pointers (table), c = the pixel stride
+ * (direct) or the channel offset (table); w advances by one kernel row. */
+#define DW3_LD_D                                                                                  \
+	"ldr %[t0], [%[p]]\n\t"                                                                   \
+	"ldr %[t1], [%[p], %[c]]\n\t"                                                             \
+	"ldr %[t2], [%[p], %[c], lsl #1]\n\t"                                                     \
+	"add %[t3], %[p], %[c], lsl #1\n\t"                                                       \
+	"ldr %[t3], [%[t3], %[c]]\n\t"
+#define DW3_LD_T                                                                                  \
+	"ldrd %[t0], %[t1], [%[p]]\n\t"                                                           \
+	"ldrd %[t2], %[t3], [%[p], #8]\n\t"                                                       \
+	"ldr %[t0], [%[t0], %[c]]\n\t"                                                            \
+	"ldr %[t1], [%[t1], %[c]]\n\t"                                                            \
+	"ldr %[t2], [%[t2], %[c]]\n\t"                                                            \
+	"ldr %[t3], [%[t3], %[c]]\n\t"
+#define DW3_PK0                                                                                   \
+	"pkhbt %[t0], %[t0], %[t1], lsl #16\n\t"                                                  \
+	"pkhbt %[t2], %[t2], %[t3], lsl #16\n\t"
+#define DW3_PK1                                                                                   \
+	"pkhtb %[t0], %[t1], %[t0], asr #16\n\t"                                                  \
+	"pkhtb %[t2], %[t3], %[t2], asr #16\n\t"
+#define DW3_LD4_D "ldr %[t1], [%[p], %[c], lsl #2]\n\t"
+#define DW3_LD4_T                                                                                 \
+	"ldr %[t1], [%[p], #16]\n\t"                                                              \
+	"ldr %[t1], [%[t1], %[c]]\n\t"
+#define DW3_MAC_S1                                                                                \
+	"ldrd %[wa], %[wb], [%[w]], #8\n\t"                                                       \
+	"sxtb16 %[t1], %[t0]\n\t"                                                                 \
+	"sxtb16 %[t3], %[t2]\n\t"                                                                 \
+	"smlad %[a00], %[t1], %[wa], %[a00]\n\t"                                                  \
+	"smlatb %[a10], %[t1], %[wa], %[a10]\n\t"                                                 \
+	"smlabt %[a00], %[t3], %[wb], %[a00]\n\t"                                                 \
+	"smlad %[a10], %[t3], %[wb], %[a10]\n\t"                                                  \
+	"ldrd %[wa], %[wb], [%[w]], #24\n\t"                                                      \
+	"sxtb16 %[t1], %[t0], ror #8\n\t"                                                         \
+	"sxtb16 %[t3], %[t2], ror #8\n\t"                                                         \
+	"smlad %[a01], %[t1], %[wa], %[a01]\n\t"                                                  \
+	"smlatb %[a11], %[t1], %[wa], %[a11]\n\t"                                                 \
+	"smlabt %[a01], %[t3], %[wb], %[a01]\n\t"                                                 \
+	"smlad %[a11], %[t3], %[wb], %[a11]\n\t"
+#define DW3_MAC_S2(E4, O4)                                                                        \
+	"ldrd %[wa], %[wb], [%[w]], #8\n\t"                                                       \
+	"sxtb16 %[t3], %[t0]\n\t"                                                                 \
+	"smlad %[a00], %[t3], %[wa], %[a00]\n\t"                                                  \
+	"sxtb16 %[t3], %[t2]\n\t"                                                                 \
+	"smlabt %[a00], %[t3], %[wb], %[a00]\n\t"                                                 \
+	"smlad %[a10], %[t3], %[wa], %[a10]\n\t"                                                  \
+	"sxtb16 %[t3], %[t1]" E4 "\n\t"                                                           \
+	"smlabt %[a10], %[t3], %[wb], %[a10]\n\t"                                                 \
+	"ldrd %[wa], %[wb], [%[w]], #24\n\t"                                                      \
+	"sxtb16 %[t3], %[t0], ror #8\n\t"                                                         \
+	"smlad %[a01], %[t3], %[wa], %[a01]\n\t"                                                  \
+	"sxtb16 %[t3], %[t2], ror #8\n\t"                                                         \
+	"smlabt %[a01], %[t3], %[wb], %[a01]\n\t"                                                 \
+	"smlad %[a11], %[t3], %[wa], %[a11]\n\t"                                                  \
+	"sxtb16 %[t3], %[t1]" O4 "\n\t"                                                           \
+	"smlabt %[a11], %[t3], %[wb], %[a11]\n\t"
+#define DW3_OPS                                                                                   \
+	: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [w] "+r"(w),        \
+	  [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3), [wa] "=&r"(wa),         \
+	  [wb] "=&r"(wb)                                                                          \
+	: [p] "r"(p), [c] "r"(cc)                                                                 \
+	: "memory"
+
+static inline __attribute__((always_inline)) void
+dw3_row(const void *p, int cc, const uint32_t **wp, int tab, int s2, int h, int32_t *p00,
+	int32_t *p01, int32_t *p10, int32_t *p11)
+{
+	int32_t a00 = *p00, a01 = *p01, a10 = *p10, a11 = *p11;
+	const uint32_t *w = *wp;
+	uint32_t t0, t1, t2, t3, wa, wb;
+	if (!tab && !s2 && !h) {
+		__asm__(DW3_LD_D DW3_PK0 DW3_MAC_S1 DW3_OPS);
+	} else if (!tab && !s2) {
+		__asm__(DW3_LD_D DW3_PK1 DW3_MAC_S1 DW3_OPS);
+	} else if (!tab && !h) {
+		__asm__(DW3_LD_D DW3_PK0 DW3_LD4_D DW3_MAC_S2("", ", ror #8") DW3_OPS);
+	} else if (!tab) {
+		__asm__(DW3_LD_D DW3_PK1 DW3_LD4_D DW3_MAC_S2(", ror #16", ", ror #24") DW3_OPS);
+	} else if (!s2 && !h) {
+		__asm__(DW3_LD_T DW3_PK0 DW3_MAC_S1 DW3_OPS);
+	} else if (!s2) {
+		__asm__(DW3_LD_T DW3_PK1 DW3_MAC_S1 DW3_OPS);
+	} else if (!h) {
+		__asm__(DW3_LD_T DW3_PK0 DW3_LD4_T DW3_MAC_S2("", ", ror #8") DW3_OPS);
+	} else {
+		__asm__(DW3_LD_T DW3_PK1 DW3_LD4_T DW3_MAC_S2(", ror #16", ", ror #24") DW3_OPS);
+	}
+	*wp = w;
+	*p00 = a00;
+	*p01 = a01;
+	*p10 = a10;
+	*p11 = a11;
+}
+
+/* Half h of a block over the three kernel rows: direct (base = pixel 0 of
+ * row 0 at channel ch, rs = the row stride) or through the table P. */
+static inline __attribute__((always_inline)) void
+dw3_half(const int8_t *const *P, const int8_t *base, long rs, int c, int ch, int tab, int s2,
+	 int h, const uint32_t *wk, int32_t *p00, int32_t *p01, int32_t *p10, int32_t *p11)
+{
+	const uint32_t *w = wk + 4 * h;
+	if (tab) {
+		dw3_row(P, ch, &w, 1, s2, h, p00, p01, p10, p11);
+		dw3_row(P + 5, ch, &w, 1, s2, h, p00, p01, p10, p11);
+		dw3_row(P + 10, ch, &w, 1, s2, h, p00, p01, p10, p11);
+	} else {
+		dw3_row(base, c, &w, 0, s2, h, p00, p01, p10, p11);
+		dw3_row(base + rs, c, &w, 0, s2, h, p00, p01, p10, p11);
+		dw3_row(base + 2 * rs, c, &w, 0, s2, h, p00, p01, p10, p11);
+	}
+}
+
+/* The output stage of the fast forward path: with an activation (lo = 0),
+ * no overflow possible (|bias| < 2^29) and y_shift in 1..22, kl_requant is
+ * min(USAT8((dot + bq + k) >> ys), hi) + zp, k = kl_rq_k(ys): the sign
+ * correction of kl_rq_add only changes sums that clamp to 0 anyway. */
+typedef struct {
+	const int32_t *binit; /* per channel: bq + k - x_zp * sum(w) */
+	int ys;
+	uint32_t hi4, zp4, mx; /* hi and zp in every byte; bytewise max of r */
+	int8_t *y;
+} dw3_out_t;
+
+/* half h of one block: accumulate, then the output stage */
+static inline __attribute__((always_inline)) void
+dw3_out_half(const int8_t *const *P, const int8_t *base, long rs, int c, int ch, int tab, int s2,
+	     int h, const uint32_t *wk, dw3_out_t *o, uint32_t *mx, int8_t *y8, int32_t *y32,
+	     int two)
+{
+	int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+	if (o) {
+		a00 = a10 = o->binit[ch + 2 * h];
+		a01 = a11 = o->binit[ch + 2 * h + 1];
+	}
+	dw3_half(P, base, rs, c, ch, tab, s2, h, wk, &a00, &a01, &a10, &a11);
+	if (o) {
+		const int ys = o->ys;
+		uint32_t pk = __usat(a00 >> ys, 8);
+		pk |= __usat(a01 >> ys, 8) << 8;
+		pk |= __usat(a10 >> ys, 8) << 16;
+		pk |= __usat(a11 >> ys, 8) << 24;
+		pk = umin8(pk, o->hi4);
+		*mx = umax8(pk, *mx);
+		pk = (uint32_t)__uadd8((uint8x4_t)pk, (uint8x4_t)o->zp4);
+		const uint16_t lo16 = (uint16_t)pk, hi16 = (uint16_t)(pk >> 16);
+		memcpy(y8 + ch + 2 * h, &lo16, 2);
+		if (two) {
+			memcpy(y8 + c + ch + 2 * h, &hi16, 2);
+		}
+	} else {
+		y32[ch + 2 * h] = a00;
+		y32[ch + 2 * h + 1] = a01;
+		if (two) {
+			y32[c + ch + 2 * h] = a10;
+			y32[c + ch + 2 * h + 1] = a11;
+		}
+	}
+}
+
+/* one block (two output pixels at row r, column ox; pixel 1 only if two)
+ * over the vector channel groups: forward (o, y8) or int32 sums (y32) */
+static inline __attribute__((always_inline)) void
+dw3_block(const dw3_t *d, const int8_t *const *P, const int8_t *base, int cv, int tab, int s2,
+	  dw3_out_t *o, int8_t *y8, int32_t *y32, int two)
+{
+	const int c = d->c;
+	const long rs = (long)d->sw * c;
+	uint32_t mx = o ? o->mx : 0;
+	const uint32_t *wk = d->wt;
+	for (int ch = 0; ch < cv; ch += 4) {
+		dw3_out_half(P, base, rs, c, ch, tab, s2, 0, wk, o, &mx, y8, y32, two);
+		dw3_out_half(P, base, rs, c, ch, tab, s2, 1, wk, o, &mx, y8, y32, two);
+		wk += DW3_WORDS;
+		if (!tab) {
+			base += 4;
+		}
+	}
+	if (o) {
+		o->mx = mx;
+	}
+}
+
+/* Rows of outputs (oh x ow) of the 3x3 operator d, the vector channels;
+ * the others (c % 4) one by one (value and weight from the sources,
+ * padding as d->zrow[0]). */
+static inline __attribute__((always_inline)) void
+dw3_run(const dw3_t *d, int oh, int ow, dw3_out_t *o, int8_t *y8, int32_t *y32, const int8_t *w,
+	int flip)
+{
+	const int c = d->c, cv = c & ~3, s = d->s, span = s == 2 ? 5 : 4;
+	const int8_t *P[15];
+	int32_t rmax = 0;
+	for (int r = 0; r < oh; r++) {
+		const int iy0 = r * s - d->off_y;
+		const int rows_ok = iy0 >= 0 && iy0 + 2 < d->sh;
+		for (int ox = 0; ox < ow; ox += 2) {
+			const int ix0 = ox * s - d->off_x;
+			const int two = ox + 1 < ow;
+			const long po = (long)r * ow + ox;
+			int8_t *yb = o ? y8 + po * c : NULL;
+			int32_t *yw = o ? NULL : y32 + po * c;
+			if (cv > 0) {
+				if (rows_ok && two && ix0 >= 0 && ix0 + span <= d->sw) {
+					const int8_t *base = d->src + ((long)iy0 * d->sw + ix0) * c;
+					if (s == 2) {
+						dw3_block(d, P, base, cv, 0, 1, o, yb, yw, 1);
+					} else {
+						dw3_block(d, P, base, cv, 0, 0, o, yb, yw, 1);
+					}
+				} else {
+					for (int ky = 0; ky < 3; ky++) {
+						const int iy = iy0 + ky;
+						for (int i = 0; i < 5; i++) {
+							const int ix = ix0 + i;
+							P[ky * 5 + i] =
+								iy >= 0 && iy < d->sh && ix >= 0 &&
+										ix < d->sw
+									? d->src + ((long)iy * d->sw + ix) * c
+									: d->zrow;
+						}
+					}
+					if (s == 2) {
+						dw3_block(d, P, NULL, cv, 1, 1, o, yb, yw, two);
+					} else {
+						dw3_block(d, P, NULL, cv, 1, 0, o, yb, yw, two);
+					}
+				}
+			}
+			for (int k = 0; k < 1 + two && cv < c; k++) {
+				for (int ch = cv; ch < c; ch++) {
+					int32_t a = o ? o->binit[ch] : 0;
+					for (int ky = 0; ky < 3; ky++) {
+						const int iy = iy0 + ky;
+						for (int kx = 0; kx < 3; kx++) {
+							const int ix = ix0 + k * s + kx;
+							const int t = flip ? (2 - ky) * 3 + 2 - kx : ky * 3 + kx;
+							const int32_t v =
+								iy >= 0 && iy < d->sh && ix >= 0 && ix < d->sw
+									? d->src[((long)iy * d->sw + ix) * c + ch]
+									: d->zrow[0];
+							a += (int32_t)w[(long)t * c + ch] * v;
+						}
+					}
+					if (o) {
+						int32_t r8 = (int32_t)__usat(a >> o->ys, 8);
+						const int32_t hi = (int32_t)(o->hi4 & 0xFFu);
+						r8 = r8 > hi ? hi : r8;
+						rmax = r8 > rmax ? r8 : rmax;
+						yb[(long)k * c + ch] = (int8_t)(r8 + (int32_t)(int8_t)o->zp4);
+					} else {
+						yw[(long)k * c + ch] = a;
+					}
+				}
+			}
+		}
+	}
+	if (o) {
+		o->mx = umax8(o->mx, (uint32_t)rmax);
+	}
+}
+
+static void dw3_run_fwd(const dw3_t *d, int oh, int ow, dw3_out_t *o, int8_t *y8, const int8_t *w)
+{
+	dw3_run(d, oh, ow, o, y8, NULL, w, 0);
+}
+
+static void dw3_run_bwd(const dw3_t *d, int oh, int ow, int32_t *y32, const int8_t *w)
+{
+	dw3_run(d, oh, ow, NULL, NULL, y32, w, 1);
+}
+
+int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+			     const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
+{
+	const int c = g->c, C4 = kl_round4(c), ys = rq->y_shift;
+	const int fast = g->kh == 3 && g->kw == 3 && (g->stride == 1 || g->stride == 2) &&
+			 rq->act != KL_ACT_NONE && ys >= 1 && ys <= 22 && rq->hi >= 0 &&
+			 rq->hi <= 255 && (!rq->cap_saturates || rq->hi >= 1) &&
+			 29u * (uint32_t)C4 + 8u <= kl_conv_s8_scratch(g) - 16u;
+	if (!fast) {
+		return dw_fwd_any(g, x, x_zp, w, b, rq, y, scratch);
+	}
+	uint32_t *wt = scratch;                                   /* 24 * C4 bytes */
+	int32_t *binit = (int32_t *)(void *)(wt + 6 * C4);        /* 4 * C4 */
+	int8_t *zrow = (int8_t *)(void *)(binit + C4);           /* C4 */
+	const int32_t k = kl_rq_k(ys);
+	for (int ch = 0; ch < c; ch++) {
+		int32_t sw = 0;
+		for (int t = 0; t < 9; t++) {
+			sw += w[(long)t * c + ch];
+		}
+		const int32_t bq = kl_rshift_round(b[ch], rq->b_shift);
+		if (bq >= (1 << 29) || bq <= -(1 << 29)) {
+			return dw_fwd_any(g, x, x_zp, w, b, rq, y, scratch);
+		}
+		binit[ch] = bq + k - sw * x_zp;
+	}
+	dw3_table(w, c, 0, wt);
+	memset(zrow, (int)(int8_t)x_zp, (size_t)C4);
+	const dw3_t d = {x, g->h, g->w, c, g->stride, g->pad_t, g->pad_l, wt, zrow};
+	dw3_out_t o = {binit, ys, ((uint32_t)rq->hi & 0xFFu) * 0x01010101u,
+		       ((uint32_t)rq->zp & 0xFFu) * 0x01010101u, 0, y};
+	dw3_run_fwd(&d, g->ho, g->wo, &o, y, w);
+	const uint32_t m = o.mx;
+	uint32_t mb = m & 0xFFu;
+	mb = (m >> 8 & 0xFFu) > mb ? m >> 8 & 0xFFu : mb;
+	mb = (m >> 16 & 0xFFu) > mb ? m >> 16 & 0xFFu : mb;
+	mb = (m >> 24) > mb ? m >> 24 : mb;
+	return rq->cap_saturates && (int32_t)mb >= rq->hi;
+}
+
+void kl_dsp_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w,
+					     const int8_t *dy, int32_t *acc, void *scratch)
+{
+	const int c = g->c, C4 = kl_round4(c);
+	if (!(g->kh == 3 && g->kw == 3 && g->stride == 1 &&
+	      25u * (uint32_t)C4 <= kl_conv_s8_scratch(g) - 16u)) {
+		dw_bwd_any(g, w, dy, acc, scratch);
+		return;
+	}
+	uint32_t *wt = scratch;                   /* 24 * C4 bytes */
+	int8_t *zrow = (int8_t *)(void *)(wt + 6 * C4); /* C4 */
+	dw3_table(w, c, 1, wt);
+	memset(zrow, 0, (size_t)C4);
+	const dw3_t d = {dy, g->ho, g->wo, c, 1, 2 - g->pad_t, 2 - g->pad_l, wt, zrow};
+	dw3_run_bwd(&d, g->h, g->w, acc, w);
 }
 #else
 typedef int kl_dsp_depthwise_conv_s8_unused;
