@@ -311,20 +311,19 @@ static inline uint32_t pair16(int32_t lo, int32_t hi)
  * 180 degrees (input gradient at stride 1). Lanes beyond c are zero. */
 static void dw3_table(const int8_t *w, int c, int flip, uint32_t *wt)
 {
-	const int G = kl_round4(c) >> 2;
-	for (int gi = 0; gi < G; gi++) {
-		for (int ky = 0; ky < 3; ky++) {
-			for (int j = 0; j < 4; j++) {
-				const int ch = 4 * gi + j;
-				int32_t v[3] = {0, 0, 0};
-				for (int kx = 0; kx < 3 && ch < c; kx++) {
-					const int t = flip ? (2 - ky) * 3 + 2 - kx : ky * 3 + kx;
-					v[kx] = w[(long)t * c + ch];
-				}
-				uint32_t *o = wt + gi * DW3_WORDS + ky * 8 + j * 2;
-				o[0] = pair16(v[0], v[1]);
-				o[1] = pair16(v[1], v[2]);
-			}
+	const int C4 = kl_round4(c);
+	for (int ky = 0; ky < 3; ky++) {
+		const int8_t *r = w + (long)(flip ? 2 - ky : ky) * 3 * c;
+		const int8_t *w0 = flip ? r + 2 * c : r, *w2 = flip ? r : r + 2 * c;
+		const int8_t *w1 = r + c;
+		uint32_t *o = wt + ky * 8;
+		for (int ch = 0; ch < C4; ch++) {
+			const int in = ch < c;
+			const int32_t v0 = in ? w0[ch] : 0, v1 = in ? w1[ch] : 0;
+			const int32_t v2 = in ? w2[ch] : 0;
+			uint32_t *q = o + (ch >> 2) * DW3_WORDS + (ch & 3) * 2;
+			q[0] = pair16(v0, v1);
+			q[1] = pair16(v1, v2);
 		}
 	}
 }
@@ -405,6 +404,42 @@ typedef struct {
 	: [p] "r"(p), [c] "r"(cc)                                                                 \
 	: "memory"
 
+#define DW3_ADV                                                                                   \
+	"ldr %[t0], %[rs]\n\t"                                                                     \
+	"add %[p], %[p], %[t0]\n\t"
+#define DW3_R_S1_0 DW3_LD_D DW3_PK0 DW3_MAC_S1
+#define DW3_R_S1_1 DW3_LD_D DW3_PK1 DW3_MAC_S1
+#define DW3_R_S2_0 DW3_LD_D DW3_PK0 DW3_LD4_D DW3_MAC_S2("", ", ror #8")
+#define DW3_R_S2_1 DW3_LD_D DW3_PK1 DW3_LD4_D DW3_MAC_S2(", ror #16", ", ror #24")
+#define DW3_OPS3                                                                                  \
+	: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [w] "+r"(w),        \
+	  [p] "+r"(p), [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3),            \
+	  [wa] "=&r"(wa), [wb] "=&r"(wb)                                                          \
+	: [c] "r"(c), [rs] "m"(rs)                                                                \
+	: "memory"
+
+/* the three kernel rows of a half, direct (rows rs bytes apart) */
+static inline __attribute__((always_inline)) void
+dw3_rows3(const int8_t *p, int c, long rs, const uint32_t *w, int s2, int h, int32_t *p00,
+	  int32_t *p01, int32_t *p10, int32_t *p11)
+{
+	int32_t a00 = *p00, a01 = *p01, a10 = *p10, a11 = *p11;
+	uint32_t t0, t1, t2, t3, wa, wb;
+	if (!s2 && !h) {
+		__asm__(DW3_R_S1_0 DW3_ADV DW3_R_S1_0 DW3_ADV DW3_R_S1_0 DW3_OPS3);
+	} else if (!s2) {
+		__asm__(DW3_R_S1_1 DW3_ADV DW3_R_S1_1 DW3_ADV DW3_R_S1_1 DW3_OPS3);
+	} else if (!h) {
+		__asm__(DW3_R_S2_0 DW3_ADV DW3_R_S2_0 DW3_ADV DW3_R_S2_0 DW3_OPS3);
+	} else {
+		__asm__(DW3_R_S2_1 DW3_ADV DW3_R_S2_1 DW3_ADV DW3_R_S2_1 DW3_OPS3);
+	}
+	*p00 = a00;
+	*p01 = a01;
+	*p10 = a10;
+	*p11 = a11;
+}
+
 static inline __attribute__((always_inline)) void
 dw3_row(const void *p, int cc, const uint32_t **wp, int tab, int s2, int h, int32_t *p00,
 	int32_t *p01, int32_t *p10, int32_t *p11)
@@ -448,9 +483,7 @@ dw3_half(const int8_t *const *P, const int8_t *base, long rs, int c, int ch, int
 		dw3_row(P + 5, ch, &w, 1, s2, h, p00, p01, p10, p11);
 		dw3_row(P + 10, ch, &w, 1, s2, h, p00, p01, p10, p11);
 	} else {
-		dw3_row(base, c, &w, 0, s2, h, p00, p01, p10, p11);
-		dw3_row(base + rs, c, &w, 0, s2, h, p00, p01, p10, p11);
-		dw3_row(base + 2 * rs, c, &w, 0, s2, h, p00, p01, p10, p11);
+		dw3_rows3(base, c, rs, w, s2, h, p00, p01, p10, p11);
 	}
 }
 
@@ -629,9 +662,11 @@ int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 	int8_t *zrow = (int8_t *)(void *)(binit + C4);           /* C4 */
 	const int32_t k = kl_rq_k(ys);
 	for (int ch = 0; ch < c; ch++) {
+		const int8_t *wc = w + ch;
+		const long c3 = 3L * c;
 		int32_t sw = 0;
-		for (int t = 0; t < 9; t++) {
-			sw += w[(long)t * c + ch];
+		for (int t = 0; t < 3; t++, wc += c3) {
+			sw += wc[0] + wc[c] + wc[2 * c];
 		}
 		const int32_t bq = kl_rshift_round(b[ch], rq->b_shift);
 		if (bq >= (1 << 29) || bq <= -(1 << 29)) {
