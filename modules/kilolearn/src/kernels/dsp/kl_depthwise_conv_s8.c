@@ -1,6 +1,26 @@
-/* Depthwise convolution (multiplier 1), int8, dsp backend: four channels per
- * word, SMLABB/SMLATT on SXTB16 lanes, bit-identical to src/kernels/ref.
+/* Depthwise convolution (multiplier 1), int8, dsp backend, bit-identical to
+ * src/kernels/ref.
  *
+ * 3x3, stride 1 or 2 (the usual MobileNet layers): kernel taps paired in
+ * SMLAD lanes. The weights are widened once per call into a pair table
+ * (per channel and kernel row: (w0, w1), (w1, w2), 24 bytes per channel);
+ * two output pixels of a row per pass, four channels as two halves of two.
+ * Per kernel row and half, the input words of the pixels read are paired by
+ * PKHBT / PKHTB and SXTB16 (ROR 8) into (x[i], x[i+1]) of one channel, and
+ * eight SMLAD / SMLABT / SMLATB make the 12 MACs (inline asm, see dw3_row).
+ *   forward      raw input, bias + rounding constant - x_zp * sum(w) preset
+ *                in the accumulators; output stage ASR, USAT, byte-wise
+ *                min (ReLU6) / max (saturation flag) / add zp on four
+ *                outputs. Taken with an activation, y_shift 1..22 and
+ *                |bias| < 2^29 (the others: the general path below).
+ *   input grad   stride 1: the same kernel on dy with the weights rotated by
+ *                180 degrees (zero padding), int32 out.
+ * Blocks with padding taps read through a table of 15 pixel pointers
+ * (padding -> a row of the padding value); channels beyond the last
+ * multiple of four go one by one. Scratch: 29 bytes per channel (rounded
+ * to 4), within kl_conv_s8_scratch().
+ *
+ * Other shapes, and the input gradient at stride 2:
  * forward      weights widened once per call to int16 (lanes as SXTB16 /
  *              SXTB16 ROR 8 leave the input); every output pixel gets a table
  *              of tap pointers (padding taps point at a row of x_zp), the
