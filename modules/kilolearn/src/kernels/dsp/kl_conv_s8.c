@@ -1,12 +1,19 @@
 /* Convolution (groups = 1), int8, dsp backend: forward, input gradient and
  * weight gradient as GEMMs with SMLAD, bit-identical to src/kernels/ref.
  *
- * forward      two output pixels at a time: their im2col rows are centred
- *              into int16 and interleaved (per group of four: pixel 0 even
- *              lanes, pixel 0 odd lanes, pixel 1 even, pixel 1 odd) to match
- *              SXTB16 / SXTB16 ROR 8 of a weight word; two output channels x
- *              two pixels per inner step (one LDM, two weight LDRs, eight
- *              SMLADs per 16 MACs). 1x1 convolutions read the input in place.
+ * forward      four output pixels x one output channel per step (fwd4_*, a
+ *              naked assembly channel loop): the pixels' im2col rows (1x1:
+ *              the input in place) are packed once into int16 words, even
+ *              lanes then odd lanes of the four pixels per group of four
+ *              inputs, to match SXTB16 / SXTB16 ROR 8 of a weight word; per
+ *              group one weight LDR, two SXTB16, two LDMs, eight SMLADs. The
+ *              accumulator starts at the bias folded with the rounding and
+ *              zero-point terms, so an output is one shift and one SSAT
+ *              (fwd_fast; the saturation flag is read from the outputs).
+ *              Other shapes and shifts: two pixels x two channels (fwd_pairs)
+ *              through the kl_rqf output stage, the rows centred and
+ *              interleaved per group of four as pixel 0 even lanes, pixel 1
+ *              even, pixel 0 odd, pixel 1 odd (pack_pair, dot2x2).
  * input grad   W is transposed once per call (per tile) into the scratch and
  *              the same 2x2 GEMM runs on dy; its columns are added back into
  *              the input's shape (col2im), or stored directly for 1x1/stride 1.
@@ -145,8 +152,13 @@ static inline const int8_t *pixel_1x1(const kl_geom_t *g, const int8_t *x, int p
 	return x + ((long)oy * g->stride * g->w + (long)ox * g->stride) * g->c;
 }
 
-int kl_dsp_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
-		   const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
+/* ---- forward ------------------------------------------------------------ */
+
+/* Pixels p0.. (in pairs) through the 2x2 GEMM of dot2x2 and the kl_rqf
+ * output stage: the general path, and the last npix % 4 pixels of the fast
+ * one. Returns the saturation flag. */
+static int fwd_pairs(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+		     const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch, int p0)
 {
 	const int K = g->kh * g->kw * g->c, K4 = kl_round4(K);
 	const int co = g->co;
@@ -158,7 +170,7 @@ int kl_dsp_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8
 	kl_rqf_init(&f, rq, b, bq, co);
 	const int direct = direct_1x1(g);
 	const int npix = g->ho * g->wo;
-	for (int p = 0; p < npix; p += 2) {
+	for (int p = p0; p < npix; p += 2) {
 		const int q = p + 1 < npix ? p + 1 : p;
 		const int8_t *s0, *s1;
 		if (direct) {
@@ -207,6 +219,372 @@ int kl_dsp_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8
 		}
 	}
 	return kl_rqf_sat(&f);
+}
+
+/* Four pixels x one output channel per step (fwd4_*): per four inputs one
+ * weight LDR, two SXTB16, two LDMs of the four pixels' centred int16 words
+ * and eight SMLADs (13 instructions per 16 MACs). The packed column holds,
+ * per group of four inputs, the even lanes of pixels 0..3 then their odd
+ * lanes. The accumulator starts at the folded bias bf = round(b >> b_shift)
+ * + k + (zp << y_shift) (kl_rq_k; exact: fwd_fast checks that no sum can
+ * leave int32), so an output is SSAT(acc >> y_shift, 8) (mode A: ReLU with
+ * zero point -128), with the round-down of negative sums first (mode N, no
+ * activation: acc -= 2 where acc < thr, kl_rq_m) or a clamp to [lo, hi]
+ * after (mode G). The channel loop is one naked function; the frame below is
+ * copied onto its stack. The saturation flag comes from the outputs
+ * (sat_scan). */
+typedef struct {
+	int32_t ys, co;   /* output shift, output stride */
+	uint32_t bqa;     /* address of bf minus 4 x address of y */
+	const uint32_t *col;
+	int32_t K;        /* multiple of 4 */
+	int8_t *yend;     /* y + co */
+	uint32_t entry;   /* set by the function */
+	int32_t thr, lo, hi, pad;
+	const int8_t *w;
+	int8_t *y;        /* output of pixel 0, channel 0 */
+} fwd4_t;
+
+/* group of four inputs (52 bytes: every instruction 32-bit) */
+#define FWD4_STEP(A0, A1, A2, A3)                                                                 \
+	"ldr.w r4, [r11], #4\n\t"                                                                 \
+	"ldm.w r10!, {r0-r3}\n\t"                                                                 \
+	"sxtb16 r5, r4\n\t"                                                                        \
+	"smlad r6, r5, r0, " A0 "\n\t"                                                             \
+	"smlad r7, r5, r1, " A1 "\n\t"                                                             \
+	"smlad r8, r5, r2, " A2 "\n\t"                                                             \
+	"smlad r9, r5, r3, " A3 "\n\t"                                                             \
+	"ldm.w r10!, {r0-r3}\n\t"                                                                 \
+	"sxtb16 r4, r4, ror #8\n\t"                                                                \
+	"smlad r6, r4, r0, r6\n\t"                                                                 \
+	"smlad r7, r4, r1, r7\n\t"                                                                 \
+	"smlad r8, r4, r2, r8\n\t"                                                                 \
+	"smlad r9, r4, r3, r9\n\t"
+
+/* r0 = ys, r1 = co, lr = output; r2-r4, r11, r12 stay */
+#define FWD4_STORE                                                                                \
+	"strb r6, [lr]\n\t"                                                                        \
+	"strb r7, [lr, r1]\n\t"                                                                    \
+	"add r0, lr, r1, lsl #1\n\t"                                                               \
+	"strb r8, [r0]\n\t"                                                                        \
+	"strb r9, [r0, r1]\n\t"
+
+#define FWD4_SHIFT_SAT                                                                            \
+	"asr r6, r6, r0\n\t"                                                                       \
+	"asr r7, r7, r0\n\t"                                                                       \
+	"asr r8, r8, r0\n\t"                                                                       \
+	"asr r9, r9, r0\n\t"                                                                       \
+	"ssat r6, #8, r6\n\t"                                                                      \
+	"ssat r7, #8, r7\n\t"                                                                      \
+	"ssat r8, #8, r8\n\t"                                                                      \
+	"ssat r9, #8, r9\n\t"
+
+#define FWD4_OUT_A FWD4_SHIFT_SAT FWD4_STORE
+
+#define FWD4_RD(A)                                                                                \
+	"cmp " A ", r5\n\t"                                                                        \
+	"it lt\n\t"                                                                                \
+	"sublt " A ", " A ", #2\n\t"
+#define FWD4_OUT_N                                                                                \
+	"ldr r5, [sp, #28]\n\t" FWD4_RD("r6") FWD4_RD("r7") FWD4_RD("r8")                          \
+		FWD4_RD("r9") FWD4_SHIFT_SAT FWD4_STORE
+
+#define FWD4_CL(A)                                                                                \
+	"cmp " A ", r0\n\t"                                                                        \
+	"it lt\n\t"                                                                                \
+	"movlt " A ", r0\n\t"                                                                      \
+	"cmp " A ", r5\n\t"                                                                        \
+	"it gt\n\t"                                                                                \
+	"movgt " A ", r5\n\t"
+#define FWD4_OUT_G                                                                                \
+	FWD4_SHIFT_SAT "ldrd r0, r5, [sp, #32]\n\t" FWD4_CL("r6") FWD4_CL("r7") FWD4_CL("r8")      \
+		FWD4_CL("r9") FWD4_STORE
+
+/* The remaining K / 4 - 1 groups after the first run as four-group passes
+ * entered part way (the entry is computed once per call). */
+#define FWD4_FUNC(name, OUT)                                                                      \
+	__attribute__((naked, noinline)) static void name(const fwd4_t *a __attribute__((unused))) \
+	{                                                                                         \
+		__asm__ volatile(                                                                 \
+			"push {r4-r11, lr}\n\t"                                                   \
+			"sub sp, sp, #44\n\t"                                                     \
+			"ldm r0!, {r1-r7}\n\t"                                                    \
+			"stm sp, {r1-r7}\n\t"                                                     \
+			"ldm r0, {r1-r6}\n\t"                                                     \
+			"add r12, sp, #28\n\t"                                                    \
+			"stm r12, {r1-r4}\n\t"                                                    \
+			"mov r11, r5\n\t"                                                         \
+			"mov lr, r6\n\t"                                                          \
+			"ldr r4, [sp, #16]\n\t"                                                   \
+			"lsrs r5, r4, #2\n\t"                                                     \
+			"subs r5, r5, #1\n\t"                                                     \
+			"beq 5f\n\t"                                                              \
+			"negs r5, r5\n\t"                                                         \
+			"and r5, r5, #3\n\t"                                                      \
+			"adr.w r6, 3f\n\t"                                                        \
+			"movs r7, #52\n\t"                                                        \
+			"mla r6, r5, r7, r6\n\t"                                                  \
+			"b 6f\n\t"                                                                \
+			"5:\n\t"                                                                  \
+			"adr.w r6, 4f\n\t"                                                        \
+			"6:\n\t"                                                                  \
+			"orr r6, r6, #1\n\t"                                                      \
+			"str r6, [sp, #24]\n\t"                                                   \
+			"ldr r2, [sp, #8]\n\t"                                                    \
+			"ldr r3, [sp, #12]\n\t"                                                   \
+			"1:\n\t"                                                                  \
+			"ldr r9, [r2, lr, lsl #2]\n\t"                                            \
+			"mov r10, r3\n\t"                                                         \
+			"add r12, r11, r4\n\t" FWD4_STEP("r9", "r9", "r9", "r9")                  \
+			"ldr pc, [sp, #24]\n\t"                                                   \
+			"3:\n\t" FWD4_STEP("r6", "r7", "r8", "r9") FWD4_STEP("r6", "r7", "r8", "r9") \
+				FWD4_STEP("r6", "r7", "r8", "r9")                                 \
+					FWD4_STEP("r6", "r7", "r8", "r9")                         \
+			"cmp r11, r12\n\t"                                                        \
+			"bne 3b\n\t"                                                              \
+			"4:\n\t"                                                                  \
+			"ldm sp, {r0-r4, r12}\n\t" OUT "add lr, lr, #1\n\t"                       \
+			"cmp lr, r12\n\t"                                                         \
+			"bne 1b\n\t"                                                              \
+			"add sp, sp, #44\n\t"                                                     \
+			"pop {r4-r11, pc}\n\t");                                                  \
+	}
+
+FWD4_FUNC(fwd4_a, FWD4_OUT_A)
+FWD4_FUNC(fwd4_n, FWD4_OUT_N)
+FWD4_FUNC(fwd4_g, FWD4_OUT_G)
+
+/* four pixels' n bytes (n % 4 == 0) into the four-pixel column: centred
+ * for zero point -128 (x + 128 = x ^ 0x80 read unsigned) or by zc != 0,
+ * otherwise sign-extended as they are (a zero point folded into the bias) */
+static void pack_px4(const int8_t *s0, const int8_t *s1, const int8_t *s2, const int8_t *s3,
+		     uint32_t *col, int n, int flip, int32_t zc)
+{
+	if (zc != 0) { /* centred by zc */
+		const uint32_t zz = ((uint32_t)zc & 0xFFFFu) * 0x10001u;
+		const int8_t *const src[4] = {s0, s1, s2, s3};
+		for (int i = 0; i < 4; i++) {
+			uint32_t *c = col + i;
+			for (int j = 0; j < n; j += 4) {
+				const uint32_t v = kl_read_s8x4(src[i] + j);
+				c[0] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16(v), (int16x2_t)zz);
+				c[4] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16_ror8(v), (int16x2_t)zz);
+				c += 8;
+			}
+		}
+		return;
+	}
+	if (flip) {
+		for (int j = 0; j < n; j += 4) {
+			const uint32_t v0 = kl_read_s8x4(s0 + j) ^ 0x80808080u;
+			const uint32_t v1 = kl_read_s8x4(s1 + j) ^ 0x80808080u;
+			const uint32_t v2 = kl_read_s8x4(s2 + j) ^ 0x80808080u;
+			const uint32_t v3 = kl_read_s8x4(s3 + j) ^ 0x80808080u;
+			col[0] = __uxtb16(v0);
+			col[1] = __uxtb16(v1);
+			col[2] = __uxtb16(v2);
+			col[3] = __uxtb16(v3);
+			col[4] = kl_uxtb16_ror8(v0);
+			col[5] = kl_uxtb16_ror8(v1);
+			col[6] = kl_uxtb16_ror8(v2);
+			col[7] = kl_uxtb16_ror8(v3);
+			col += 8;
+		}
+		return;
+	}
+	for (int j = 0; j < n; j += 4) {
+		const uint32_t v0 = kl_read_s8x4(s0 + j), v1 = kl_read_s8x4(s1 + j);
+		const uint32_t v2 = kl_read_s8x4(s2 + j), v3 = kl_read_s8x4(s3 + j);
+		col[0] = kl_sxtb16(v0);
+		col[1] = kl_sxtb16(v1);
+		col[2] = kl_sxtb16(v2);
+		col[3] = kl_sxtb16(v3);
+		col[4] = kl_sxtb16_ror8(v0);
+		col[5] = kl_sxtb16_ror8(v1);
+		col[6] = kl_sxtb16_ror8(v2);
+		col[7] = kl_sxtb16_ror8(v3);
+		col += 8;
+	}
+}
+
+/* sum of a row of n weights (n % 4 == 0): USADA8 of the bytes + 128 */
+static int32_t row_sum(const int8_t *r, int n)
+{
+	uint32_t s = 0;
+	for (int j = 0; j < n; j += 4) {
+		s = __usada8(kl_read_s8x4(r + j) ^ 0x80808080u, 0u, s);
+	}
+	return (int32_t)s - 128 * n;
+}
+
+/* any output byte at 127 (or, with lo, at -128): the saturation flag of the
+ * folded output stage (kl_requant_clamp: visible in the outputs alone when
+ * lo < hi) */
+static int sat_scan(const int8_t *y, long n, int lo)
+{
+	uint32_t f = 0;
+	const uint32_t c7f = 0x7F7F7F7Fu;
+	long i = 0;
+	for (; i < n && ((uintptr_t)(y + i) & 3u) != 0; i++) {
+		f |= (uint32_t)(y[i] == 127 || (lo && y[i] == -128));
+	}
+	const int8_t *p = y + i;
+	long nw = (n - i) >> 2;
+	i += nw << 2;
+	if (lo) {
+		for (; nw > 0; nw--) {
+			const uint32_t v = kl_read_s8x4(p);
+			uint32_t t;
+			p += 4;
+			__asm__("ssub8 %[t], %[v], %[c]\n\t"
+				"sel %[f], %[c], %[f]\n\t"
+				"sadd8 %[t], %[v], %[c]\n\t"
+				"sel %[f], %[f], %[c]"
+				: [f] "+r"(f), [t] "=&r"(t)
+				: [v] "r"(v), [c] "r"(c7f));
+		}
+	} else {
+		if (nw >= 8) { /* p is 4-aligned here */
+			const int8_t *e = p + ((nw >> 3) << 5);
+			__asm__ volatile("1:\n\t"
+					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
+					 "ssub8 r4, r4, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r5, r5, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r6, r6, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r7, r7, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
+					 "ssub8 r4, r4, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r5, r5, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r6, r6, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r7, r7, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "cmp %[p], %[e]\n\t"
+					 "bne 1b"
+					 : [p] "+r"(p), [f] "+r"(f)
+					 : [c] "r"(c7f), [e] "r"(e)
+					 : "r4", "r5", "r6", "r7", "cc", "memory");
+			nw &= 7;
+		}
+		for (; nw > 0; nw--) {
+			const uint32_t v = kl_read_s8x4(p);
+			uint32_t t;
+			p += 4;
+			__asm__("ssub8 %[t], %[v], %[c]\n\t"
+				"sel %[f], %[c], %[f]"
+				: [f] "+r"(f), [t] "=&r"(t)
+				: [v] "r"(v), [c] "r"(c7f));
+		}
+	}
+	for (; i < n; i++) {
+		f |= (uint32_t)(y[i] == 127 || (lo && y[i] == -128));
+	}
+	return f != 0;
+}
+
+/* The fast path: pixels in fours (fwd4_*), the rest by fwd_pairs. Returns
+ * -1 where it does not apply (shift, shape, range or scratch), else the
+ * saturation flag. */
+static int fwd_fast(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+		    const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
+{
+	const int K = g->kh * g->kw * g->c;
+	const int co = g->co, npix = g->ho * g->wo;
+	const int ys = rq->y_shift;
+	if ((K & 3) != 0 || K < 4 || npix < 4 || ys < 1 || ys > 22 || rq->hi <= rq->lo ||
+	    K > 32768 || x_zp < -128 || x_zp > 127) {
+		return -1;
+	}
+	const int direct = direct_1x1(g);
+	const uint32_t need = 8u * (uint32_t)K + (direct ? 0u : 4u * (uint32_t)K) + 4u * (uint32_t)co;
+	if (need + 16u > kl_conv_s8_scratch(g)) {
+		return -1;
+	}
+	uint32_t *col = scratch;
+	int32_t *bf = (int32_t *)(void *)(col + 2 * K);
+	int8_t *buf = (int8_t *)(void *)(bf + co);
+	const int32_t k = kl_rq_k(ys);
+	const int64_t zsh = (int64_t)rq->zp * ((int64_t)1 << ys);
+	const int64_t dmax = (int64_t)K * 128 * 255 + 2;
+	const int flip = x_zp == -128;
+	/* other zero points: folded into the bias with the row sums where there
+	 * are many pixels, else centred in the packing */
+	const int fold = !flip && x_zp != 0 && npix > 2 * co;
+	const int32_t zc = !flip && !fold ? x_zp : 0;
+	for (int i = 0; i < co; i++) {
+		const int64_t v = (int64_t)kl_rshift_round(b[i], rq->b_shift) + k + zsh;
+		if (v + dmax > INT32_MAX || v - dmax < INT32_MIN) {
+			return -1;
+		}
+		/* sum w (x - zp) = sum w x - zp sum w: the true sum fits, so
+		 * the wrapping one is exact */
+		const int32_t zs = fold ? x_zp * row_sum(w + (long)i * K, K) : 0;
+		bf[i] = (int32_t)((uint32_t)v - (uint32_t)zs);
+	}
+	void (*fn)(const fwd4_t *);
+	fwd4_t a;
+	a.lo = -128;
+	a.hi = 127;
+	a.thr = 0;
+	a.pad = 0;
+	if (rq->act == KL_ACT_NONE) {
+		fn = fwd4_n;
+		/* kl_rq_m: no round-down for a shift of 1 */
+		a.thr = ys >= 2 ? (int32_t)(k - 1 + zsh) : INT32_MIN;
+	} else if (rq->zp == -128 && rq->hi == 255) {
+		fn = fwd4_a;
+	} else {
+		fn = fwd4_g;
+		a.lo = rq->zp;
+		a.hi = rq->hi + rq->zp;
+	}
+	a.ys = ys;
+	a.co = co;
+	a.col = col;
+	a.K = K;
+	a.w = w;
+	a.entry = 0;
+	const int np4 = npix & ~3;
+	for (int p = 0; p < np4; p += 4) {
+		const int8_t *sp[4];
+		for (int j = 0; j < 4; j++) {
+			if (direct) {
+				sp[j] = pixel_1x1(g, x, p + j);
+			} else {
+				int8_t *bj = buf + j * K;
+				kl_im2col_full_s8(g, x, x_zp, (p + j) / g->wo, (p + j) % g->wo, bj);
+				sp[j] = bj;
+			}
+		}
+		pack_px4(sp[0], sp[1], sp[2], sp[3], col, K, flip, zc);
+		a.y = y + (long)p * co;
+		a.yend = a.y + co;
+		a.bqa = (uint32_t)(uintptr_t)bf - 4u * (uint32_t)(uintptr_t)a.y;
+		fn(&a);
+	}
+	if (np4 < npix) {
+		(void)fwd_pairs(g, x, x_zp, w, b, rq, y, scratch, np4);
+	}
+	if (rq->act != KL_ACT_NONE && !rq->cap_saturates) {
+		return 0;
+	}
+	return sat_scan(y, (long)npix * co, rq->act == KL_ACT_NONE);
+}
+
+int kl_dsp_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
+		   const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
+{
+	const int sat = fwd_fast(g, x, x_zp, w, b, rq, y, scratch);
+	if (sat >= 0) {
+		return sat;
+	}
+	return fwd_pairs(g, x, x_zp, w, b, rq, y, scratch, 0);
 }
 
 /* acc[pixel p's taps, columns k0..k1-1] += cb */
