@@ -33,6 +33,7 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_grad_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_conv_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_depthwise_conv_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/dsp/kl_sgd_weights_s8.c
   ${KL_ENGINE_DIR}/src/kernels/fpu/kl_fully_connected_f32.c
 )
 # The CMSIS-NN backend (forward int8 kernels through CMSIS-NN), built only with

@@ -9,6 +9,7 @@
 #include "kilolearn/kl_kernels.h"
 #include "kl_port.h"
 
+#if KL_KERNELS_DSP /* (without dsp kernels there is nothing to compare) */
 static uint32_t st = 0x2545F491u;
 static uint32_t rnd(void)
 {
@@ -21,6 +22,7 @@ static int rr(int lo, int hi)
 {
 	return lo + (int)(rnd() % (uint32_t)(hi - lo + 1));
 }
+#endif
 
 static void out_str(const char *s)
 {
@@ -41,10 +43,12 @@ static void out_int(long v)
 	kl_port_write(b + sizeof b - n, (size_t)n);
 }
 
+#if KL_KERNELS_DSP
 #define MX 12000
 static int8_t xs[MX], ws[MX], y0[MX], y1[MX];
 static int32_t bs[512];
 static uint32_t scr[8192];
+#endif
 
 int main(int argc, char **argv)
 {

@@ -298,18 +298,22 @@ void kl_ref_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 void kl_dsp_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 
 /* The update from kept gradients (bit-identical to the fused one). */
-void kl_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
-		       uint32_t *dither, int n);
+void kl_ref_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
+			   uint32_t *dither, int n);
+void kl_dsp_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
+			   uint32_t *dither, int n);
 void kl_sgd_bias_s8(int32_t *b, const int32_t *gb, int32_t lr_q, int b_shift, int n);
 
 #if KL_KERNELS_DSP
 #define kl_fully_connected_s8                kl_dsp_fully_connected_s8
 #define kl_fully_connected_sgd_s8            kl_dsp_fully_connected_sgd_s8
 #define kl_fully_connected_backward_input_s8 kl_dsp_fully_connected_backward_input_s8
+#define kl_sgd_weights_s8                    kl_dsp_sgd_weights_s8
 #else
 #define kl_fully_connected_s8                kl_ref_fully_connected_s8
 #define kl_fully_connected_sgd_s8            kl_ref_fully_connected_sgd_s8
 #define kl_fully_connected_backward_input_s8 kl_ref_fully_connected_backward_input_s8
+#define kl_sgd_weights_s8                    kl_ref_sgd_weights_s8
 #endif
 
 /* ---- convolution (groups = 1) and depthwise convolution (multiplier 1) ---

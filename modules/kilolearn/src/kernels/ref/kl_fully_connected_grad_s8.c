@@ -56,8 +56,8 @@ void kl_ref_fully_connected_sgd_s8(int8_t *w, int32_t *b, const int8_t *dy, cons
 	*dither = d;
 }
 
-void kl_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
-		       uint32_t *dither, int n)
+void kl_ref_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
+			   uint32_t *dither, int n)
 {
 	uint32_t d = *dither;
 	for (int k = 0; k < n; k++) {
