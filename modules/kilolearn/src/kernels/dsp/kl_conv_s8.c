@@ -12,8 +12,10 @@
  *              the input's shape (col2im), or stored directly for 1x1/stride 1.
  * weight grad  pixels are paired into int16x2 words (dy and the im2col rows)
  *              so one SMLAD accumulates two pixels; a chunk of eight pixels is
- *              accumulated in registers per 2x2 block of gw. The input is used
- *              raw (padding = x_zp) and gw -= x_zp * gb at the end.
+ *              accumulated per 2x2 block of gw, two rows of gw at a time in
+ *              assembly (LDRD / STRD of the sums, 30 instructions per 32
+ *              MACs). The input is used raw (padding = x_zp) and
+ *              gw -= x_zp * gb at the end.
  */
 #include "kilolearn/kl_kernels.h"
 
@@ -322,6 +324,39 @@ static inline void pair4(uint32_t va, uint32_t vb, uint32_t *w01, uint32_t *w23)
 	w23[1] = kl_pkhtb(ob, oa);
 }
 
+/* one pixel pair of a 2x2 block: dy words at dp + off, im2col words at
+ * xp (post-incremented), four SMLADs */
+#define GSTEP_X(off)                                                                              \
+	"ldrd %[d0], %[d1], [%[dp], #" off "]\n\t"                                            \
+	"ldrd %[x0], %[x1], [%[xp]], #8\n\t"                                                  \
+	"smlad %[a00], %[d0], %[x0], %[a00]\n\t"                                               \
+	"smlad %[a01], %[d0], %[x1], %[a01]\n\t"                                               \
+	"smlad %[a10], %[d1], %[x0], %[a10]\n\t"                                               \
+	"smlad %[a11], %[d1], %[x1], %[a11]\n\t"
+
+/* g0[0..kp-1], g1[0..kp-1] (kp even) += the chunk's products: per column
+ * pair one LDRD of each row's two sums, four pixel pairs (GSTEP_X), one
+ * STRD each (30 instructions per 32 MACs) */
+static void grad_rows2(const uint32_t *dp, const uint32_t *xp, int32_t *g0, int32_t *g1, int kp)
+{
+	int32_t *const gend = g0 + kp;
+	int32_t a00, a01, a10, a11;
+	uint32_t d0, d1, x0, x1;
+	__asm__ volatile("1:\n\t"
+			 "ldrd %[a00], %[a01], [%[g0]]\n\t"
+			 "ldrd %[a10], %[a11], [%[g1]]\n\t" GSTEP_X("0") GSTEP_X("8")
+				 GSTEP_X("16") GSTEP_X("24")
+			 "strd %[a00], %[a01], [%[g0]], #8\n\t"
+			 "strd %[a10], %[a11], [%[g1]], #8\n\t"
+			 "cmp %[g0], %[gend]\n\t"
+			 "bne 1b\n\t"
+			 : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11),
+			   [d0] "=&r"(d0), [d1] "=&r"(d1), [x0] "=&r"(x0), [x1] "=&r"(x1),
+			   [g0] "+r"(g0), [g1] "+r"(g1), [xp] "+r"(xp)
+			 : [dp] "r"(dp), [gend] "r"(gend)
+			 : "cc", "memory");
+}
+
 void kl_dsp_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *dy,
 			 int32_t *gw, int32_t *gb, void *scratch)
 {
@@ -396,11 +431,20 @@ void kl_dsp_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, cons
 				}
 			}
 			const int kend = K - k0 < n ? K - k0 : n;
-			for (int o = 0; o < co; o += 2) {
-				const uint32_t *dp = D + (o >> 1) * GP * 2;
-				int32_t *g0 = gw + (long)o * K + k0;
-				int32_t *g1 = o + 1 < co ? g0 + K : NULL;
-				for (int kk = 0; kk < kend; kk += 2) {
+			const int kp = kend & ~1;
+			int o = 0;
+			if (kp > 0) { /* the 2x2 blocks of two rows, in assembly */
+				for (; o + 2 <= co; o += 2) {
+					int32_t *g0 = gw + (long)o * K + k0;
+					grad_rows2(D + (o >> 1) * GP * 2, X, g0, g0 + K, kp);
+				}
+			}
+			/* the last column of an odd tile and row of an odd co */
+			for (int oo = 0; oo < co; oo += 2) {
+				const uint32_t *dp = D + (oo >> 1) * GP * 2;
+				int32_t *g0 = gw + (long)oo * K + k0;
+				int32_t *g1 = oo + 1 < co ? g0 + K : NULL;
+				for (int kk = oo < o ? kp : 0; kk < kend; kk += 2) {
 					const uint32_t *xp = X + (kk >> 1) * GP * 2;
 					const int two = kk + 1 < kend;
 					int32_t a00 = g0[kk], a01 = two ? g0[kk + 1] : 0;
