@@ -50,8 +50,7 @@
 			 : "cc", "memory")
 
 /* acc[0..n4-1] (+)= rows ra..rd (of which the first nr count) times the
- * gradients in g (rows a, b) and h (rows c, d); first (only with nr = 4):
- * acc is not read */
+ * gradients in g (rows a, b) and h (rows c, d); first: acc is not read */
 __attribute__((always_inline)) static inline void rows_asm(int32_t *acc, const int8_t *ra,
 							   const int8_t *rb,
 							   const int8_t *rc,
@@ -68,7 +67,13 @@ __attribute__((always_inline)) static inline void rows_asm(int32_t *acc, const i
 	int j = n4 & 4;
 	if (j != 0) { /* one step of four columns, then pairs of steps */
 		if (first) {
-			FCG_LOOP(FCG_FIRST FCG_B FCG_C FCG_D FCG_STORE, 4);
+			if (nr == 4) {
+				FCG_LOOP(FCG_FIRST FCG_B FCG_C FCG_D FCG_STORE, 4);
+			} else if (nr == 3) {
+				FCG_LOOP(FCG_FIRST FCG_B FCG_C FCG_STORE, 4);
+			} else {
+				FCG_LOOP(FCG_FIRST FCG_B FCG_STORE, 4);
+			}
 		} else {
 			if (nr == 4) {
 				FCG_LOOP(FCG_LOAD FCG_B FCG_C FCG_D FCG_STORE, 4);
@@ -84,8 +89,15 @@ __attribute__((always_inline)) static inline void rows_asm(int32_t *acc, const i
 		return;
 	}
 	if (first) {
-		FCG_LOOP(FCG_FIRST FCG_B FCG_C FCG_D FCG_STORE FCG_FIRST FCG_B FCG_C FCG_D FCG_STORE,
-			 8);
+		if (nr == 4) {
+			FCG_LOOP(FCG_FIRST FCG_B FCG_C FCG_D FCG_STORE FCG_FIRST FCG_B FCG_C FCG_D
+					 FCG_STORE,
+				 8);
+		} else if (nr == 3) {
+			FCG_LOOP(FCG_FIRST FCG_B FCG_C FCG_STORE FCG_FIRST FCG_B FCG_C FCG_STORE, 8);
+		} else {
+			FCG_LOOP(FCG_FIRST FCG_B FCG_STORE FCG_FIRST FCG_B FCG_STORE, 8);
+		}
 	} else {
 		if (nr == 4) {
 			FCG_LOOP(FCG_LOAD FCG_B FCG_C FCG_D FCG_STORE FCG_LOAD FCG_B FCG_C FCG_D
@@ -123,19 +135,16 @@ static __attribute__((noinline)) void rows_last(int32_t *acc, const int8_t **r, 
 		r[i] = r[0];
 		gd[i] = 0;
 	}
-	if (first) {
-		for (int j = 0; j < n_in; j++) {
-			acc[j] = 0;
-		}
-	}
 	nr = nr < 2 ? 2 : nr;
 	if (n4 > 0) {
 		uint32_t g, h;
 		memcpy(&g, gd, 4);
 		memcpy(&h, gd + 2, 4);
-		rows_asm(acc, r[0], r[1], r[2], r[3], g, h, n4, nr, 0);
+		rows_asm(acc, r[0], r[1], r[2], r[3], g, h, n4, nr, first);
 	}
-	cols_tail(acc, r, gd, n4, n_in, nr, 0);
+	if (n4 != n_in) {
+		cols_tail(acc, r, gd, n4, n_in, nr, first);
+	}
 }
 
 /* full groups of four rows after the first one: acc += rows r[0..4 ng - 1]
@@ -170,6 +179,23 @@ static __attribute__((noinline)) void groups(int32_t *acc, const int8_t *const *
 		memcpy(&g, gd, 4);
 		memcpy(&h, gd + 2, 4);
 		rows_asm(acc, r[0], r[1], r[2], r[3], g, h, n4, 4, 0);
+	}
+}
+
+/* acc[0..n-1] = 0 with STRDs (newlib-nano's memset stores bytes) */
+static void zero_s32(int32_t *p, int n)
+{
+	int32_t *const e = p + (n & ~3);
+	const uint32_t z = 0u;
+	while (p != e) {
+		__asm__ volatile("strd %[z], %[z], [%[p]], #8\n\t"
+				 "strd %[z], %[z], [%[p]], #8\n\t"
+				 : [p] "+r"(p)
+				 : [z] "r"(z)
+				 : "memory");
+	}
+	for (int i = 0; i < (n & 3); i++) {
+		__asm__ volatile("str %[z], [%[p]], #4" : [p] "+r"(p) : [z] "r"(z) : "memory");
 	}
 }
 
@@ -227,9 +253,7 @@ void kl_dsp_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy,
 	if (n > 0) {
 		rows_last(acc, r, gd, n_in, n, first);
 	} else if (first) { /* every gradient is zero */
-		for (int j = 0; j < n_in; j++) {
-			acc[j] = 0;
-		}
+		zero_s32(acc, n_in);
 	}
 }
 #else
