@@ -14,13 +14,22 @@
  *              through the kl_rqf output stage, the rows centred and
  *              interleaved per group of four as pixel 0 even lanes, pixel 1
  *              even, pixel 0 odd, pixel 1 odd (pack_pair, dot2x2).
- * input grad   W is transposed once per call (per tile) into the scratch and
- *              the same 2x2 GEMM runs on dy; its columns are added back into
- *              the input's shape (col2im), or stored directly for 1x1/stride 1.
+ * input grad   gathered per input pixel: the weights of pairs of input
+ *              channels are widened to int16 into the scratch (as many pairs
+ *              as fit, per tile), then for a pair of input pixels (p and
+ *              p + stride) and a channel pair the taps that reach them are
+ *              summed in registers (per tap a dot over co in assembly, 34
+ *              instructions per 32 MACs; a missing pixel reads a zero dy
+ *              row) and stored once, no clearing or col2im. 1x1 stride-1
+ *              convolutions, co % 4 != 0, kernels over 25 taps and tiles too
+ *              small take the older way: W transposed into the scratch, the
+ *              2x2 GEMM on dy, columns added back (col2im) or stored.
  * weight grad  pixels are paired into int16x2 words (dy and the im2col rows)
  *              so one SMLAD accumulates two pixels; a chunk of eight pixels is
- *              accumulated in registers per 2x2 block of gw. The input is used
- *              raw (padding = x_zp) and gw -= x_zp * gb at the end.
+ *              accumulated per 2x2 block of gw, two rows of gw at a time in
+ *              assembly (LDRD / STRD of the sums, 30 instructions per 32
+ *              MACs). The input is used raw (padding = x_zp) and
+ *              gw -= x_zp * gb at the end.
  */
 #include "kilolearn/kl_kernels.h"
 
@@ -623,8 +632,10 @@ static void col2im_add(const kl_geom_t *g, int32_t *acc, const int32_t *cb, int 
 	}
 }
 
-void kl_dsp_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
-				   int32_t *acc, void *scratch)
+/* the input gradient as a GEMM per pixel pair and col2im (the general way:
+ * co % 4 != 0, large kernels, a tile too small for the gather below) */
+static void bwd_input_scatter(const kl_geom_t *g, const int8_t *w, const int8_t *dy, int32_t *acc,
+			      void *scratch)
 {
 	const int K = g->kh * g->kw * g->c;
 	const int co = g->co, RS = kl_round4(co);
@@ -675,6 +686,190 @@ void kl_dsp_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const in
 	}
 }
 
+/* input gradient, gather form: one tap of a pixel pair (dy rows at dp, dq)
+ * and a pair of input channels (int16 weights at wp, per four output
+ * channels: ci0 even, ci1 even, ci0 odd, ci1 odd lanes), eight output
+ * channels per loop pass: 34 instructions per 32 MACs */
+#define BWD_STEP                                                                                  \
+	"ldr %[d0], [%[dp]], #4\n\t"                                                             \
+	"ldr %[d1], [%[dq]], #4\n\t"                                                             \
+	"ldrd %[w0], %[w1], [%[wp]], #8\n\t"                                                     \
+	"sxtb16 %[t], %[d0]\n\t"                                                                 \
+	"smlad %[a00], %[w0], %[t], %[a00]\n\t"                                                  \
+	"smlad %[a10], %[w1], %[t], %[a10]\n\t"                                                  \
+	"sxtb16 %[t], %[d1]\n\t"                                                                 \
+	"smlad %[a01], %[w0], %[t], %[a01]\n\t"                                                  \
+	"smlad %[a11], %[w1], %[t], %[a11]\n\t"                                                  \
+	"ldrd %[w0], %[w1], [%[wp]], #8\n\t"                                                     \
+	"sxtb16 %[t], %[d0], ror #8\n\t"                                                         \
+	"smlad %[a00], %[w0], %[t], %[a00]\n\t"                                                  \
+	"smlad %[a10], %[w1], %[t], %[a10]\n\t"                                                  \
+	"sxtb16 %[t], %[d1], ror #8\n\t"                                                         \
+	"smlad %[a01], %[w0], %[t], %[a01]\n\t"                                                  \
+	"smlad %[a11], %[w1], %[t], %[a11]\n\t"
+
+#define BWD_TAPS_MAX 25 /* kernels up to 5x5 take the gather form */
+
+typedef struct {
+	const uint32_t *w; /* the tap's weights within a channel pair's tile */
+	const int8_t *dp, *dq;
+} bwd_tap_t;
+
+/* acc of input pixels p (and q = p + stride, if hq) of row iy for the
+ * channel pairs of the tile; the row's kernel rows ky[0..nky-1] meet the dy
+ * rows drow[] */
+static __attribute__((noinline)) void bwd_gather_pair(const kl_geom_t *g, const int8_t *const *drow, const int *kys,
+			    int nky, const int8_t *zrow, const uint32_t *tile, int ci0, int ncp,
+			    int iy, int p, int hq, int32_t *acc)
+{
+	const int s = g->stride, co = g->co, kw = g->kw, c = g->c;
+	const int pair_words = g->kh * kw * co; /* a channel pair's tile, words */
+	bwd_tap_t tl[BWD_TAPS_MAX];
+	int nt = 0;
+	/* the taps kx = kx0, kx0 + s, ... meet dy columns ox, ox - 1, ... */
+	const int u = p + g->pad_l;
+	const int kx0 = u % s;
+	for (int i = 0; i < nky; i++) {
+		const uint32_t *wrow = tile + (long)kys[i] * kw * co;
+		int ox = u / s;
+		for (int kx = kx0; kx < kw; kx += s, ox--) {
+			const int vp = ox >= 0 && ox < g->wo;
+			const int vq = hq && ox + 1 >= 0 && ox + 1 < g->wo;
+			if (!vp && !vq) {
+				continue;
+			}
+			tl[nt].w = wrow + (long)kx * co;
+			tl[nt].dp = vp ? drow[i] + (long)ox * co : zrow;
+			tl[nt].dq = vq ? drow[i] + (long)(ox + 1) * co : zrow;
+			nt++;
+		}
+	}
+	int32_t *o0 = acc + ((long)iy * g->w + p) * c + ci0;
+	int32_t *o1 = o0 + (long)s * c;
+	for (int cp = 0; cp < ncp; cp++) {
+		int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+		const long wofs = (long)cp * pair_words;
+		for (int i = 0; i < nt; i++) {
+			const uint32_t *wp = tl[i].w + wofs;
+			const uint32_t *const wend = wp + co;
+			const int8_t *dp = tl[i].dp, *dq = tl[i].dq;
+			uint32_t d0, d1, w0, w1, t;
+			if (co & 4) {
+				__asm__(BWD_STEP
+					: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10),
+					  [a11] "+r"(a11), [dp] "+r"(dp), [dq] "+r"(dq), [wp] "+r"(wp),
+					  [d0] "=&r"(d0), [d1] "=&r"(d1), [w0] "=&r"(w0), [w1] "=&r"(w1),
+					  [t] "=&r"(t)
+					:
+					: "memory");
+			}
+			if (wp != wend) {
+				__asm__("1:\n\t" BWD_STEP BWD_STEP "cmp %[wp], %[wend]\n\t"
+					"bne 1b\n\t"
+					: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10),
+					  [a11] "+r"(a11), [dp] "+r"(dp), [dq] "+r"(dq), [wp] "+r"(wp),
+					  [d0] "=&r"(d0), [d1] "=&r"(d1), [w0] "=&r"(w0), [w1] "=&r"(w1),
+					  [t] "=&r"(t)
+					: [wend] "r"(wend)
+					: "cc", "memory");
+			}
+		}
+		const int ci = ci0 + 2 * cp;
+		o0[2 * cp] = a00;
+		if (hq) {
+			o1[2 * cp] = a01;
+		}
+		if (ci + 1 < c) {
+			o0[2 * cp + 1] = a10;
+			if (hq) {
+				o1[2 * cp + 1] = a11;
+			}
+		}
+	}
+}
+
+void kl_dsp_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
+				   int32_t *acc, void *scratch)
+{
+	const int co = g->co, c = g->c, kw = g->kw, s = g->stride;
+	const int taps = g->kh * kw, K = taps * c;
+	/* a zero dy row, then the int16 weights of as many channel pairs as fit */
+	const uint32_t budget = kl_conv_s8_scratch(g) - 16u;
+	const uint32_t pair_bytes = 4u * (uint32_t)taps * (uint32_t)co;
+	const uint32_t zbytes = (uint32_t)co;
+	const int npairs = (c + 1) / 2;
+	int cpb = budget > zbytes ? (int)((budget - zbytes) / pair_bytes) : 0;
+	const int direct = kw == 1 && g->kh == 1 && s == 1 && g->pad_t == 0 && g->pad_l == 0 &&
+			   g->ho == g->h && g->wo == g->w;
+	if (direct || (co & 3) != 0 || g->kh > BWD_TAPS_MAX || taps > BWD_TAPS_MAX || cpb < 1) {
+		bwd_input_scatter(g, w, dy, acc, scratch);
+		return;
+	}
+	cpb = cpb < npairs ? cpb : npairs;
+	int8_t *zrow = scratch;
+	memset(zrow, 0, zbytes);
+	uint32_t *tile = (uint32_t *)(void *)(zrow + zbytes);
+	for (int cp0 = 0; cp0 < npairs; cp0 += cpb) {
+		const int ncp = npairs - cp0 < cpb ? npairs - cp0 : cpb;
+		/* tile[cp][tap][o / 4]: per four output channels the int16 pairs
+		 * (ci0: o, o+2), (ci1: o, o+2), (ci0: o+1, o+3), (ci1: o+1, o+3) */
+		uint32_t *tw = tile;
+		for (int cp = 0; cp < ncp; cp++) {
+			const int ci = 2 * (cp0 + cp);
+			const int one = ci + 1 < c; /* else the second channel is zero */
+			for (int t = 0; t < taps; t++) {
+				const int8_t *src = w + (long)t * c + ci;
+				for (int o = 0; o < co; o += 4, tw += 4) {
+					const int8_t *w0 = src + (long)o * K, *w1 = w0 + K;
+					const int8_t *w2 = w1 + K, *w3 = w2 + K;
+					tw[0] = ((uint32_t)w0[0] & 0xFFFFu) | ((uint32_t)w2[0] << 16);
+					tw[2] = ((uint32_t)w1[0] & 0xFFFFu) | ((uint32_t)w3[0] << 16);
+					if (one) {
+						tw[1] = ((uint32_t)w0[1] & 0xFFFFu) |
+							((uint32_t)w2[1] << 16);
+						tw[3] = ((uint32_t)w1[1] & 0xFFFFu) |
+							((uint32_t)w3[1] << 16);
+					} else {
+						tw[1] = tw[3] = 0u;
+					}
+				}
+			}
+		}
+		for (int iy = 0; iy < g->h; iy++) {
+			/* the kernel rows that reach row iy and their dy rows */
+			const int8_t *drow[BWD_TAPS_MAX];
+			int kys[BWD_TAPS_MAX], nky = 0;
+			for (int ky = 0; ky < g->kh; ky++) {
+				const int tv = iy + g->pad_t - ky;
+				if (tv >= 0 && tv % s == 0 && tv / s < g->ho) {
+					kys[nky] = ky;
+					drow[nky++] = dy + (long)(tv / s) * g->wo * co;
+				}
+			}
+			for (int base = 0; base < g->w; base += 2 * s) {
+				for (int r = 0; r < s && base + r < g->w; r++) {
+					const int p = base + r;
+					if (nky == 0) { /* no kernel row reaches it */
+						int32_t *o = acc + ((long)iy * g->w + p) * c +
+							     2 * cp0;
+						const int hq = p + s < g->w;
+						for (int i = 0; i < 2 * ncp && 2 * cp0 + i < c;
+						     i++) {
+							o[i] = 0;
+							if (hq) {
+								o[(long)s * c + i] = 0;
+							}
+						}
+						continue;
+					}
+					bwd_gather_pair(g, drow, kys, nky, zrow, tile, 2 * cp0,
+							ncp, iy, p, p + s < g->w, acc);
+				}
+			}
+		}
+	}
+}
+
 #define GP ((int)KL_DSP_GRAD_PAIRS)
 typedef char kl_dsp_grad_pairs_is_4[KL_DSP_GRAD_PAIRS == 4u ? 1 : -1]; /* GSTEP x 4 below */
 
@@ -698,6 +893,39 @@ static inline void pair4(uint32_t va, uint32_t vb, uint32_t *w01, uint32_t *w23)
 	w01[1] = kl_pkhbt(oa, ob);
 	w23[0] = kl_pkhtb(eb, ea);
 	w23[1] = kl_pkhtb(ob, oa);
+}
+
+/* one pixel pair of a 2x2 block: dy words at dp + off, im2col words at
+ * xp (post-incremented), four SMLADs */
+#define GSTEP_X(off)                                                                              \
+	"ldrd %[d0], %[d1], [%[dp], #" off "]\n\t"                                            \
+	"ldrd %[x0], %[x1], [%[xp]], #8\n\t"                                                  \
+	"smlad %[a00], %[d0], %[x0], %[a00]\n\t"                                               \
+	"smlad %[a01], %[d0], %[x1], %[a01]\n\t"                                               \
+	"smlad %[a10], %[d1], %[x0], %[a10]\n\t"                                               \
+	"smlad %[a11], %[d1], %[x1], %[a11]\n\t"
+
+/* g0[0..kp-1], g1[0..kp-1] (kp even) += the chunk's products: per column
+ * pair one LDRD of each row's two sums, four pixel pairs (GSTEP_X), one
+ * STRD each (30 instructions per 32 MACs) */
+static void grad_rows2(const uint32_t *dp, const uint32_t *xp, int32_t *g0, int32_t *g1, int kp)
+{
+	int32_t *const gend = g0 + kp;
+	int32_t a00, a01, a10, a11;
+	uint32_t d0, d1, x0, x1;
+	__asm__ volatile("1:\n\t"
+			 "ldrd %[a00], %[a01], [%[g0]]\n\t"
+			 "ldrd %[a10], %[a11], [%[g1]]\n\t" GSTEP_X("0") GSTEP_X("8")
+				 GSTEP_X("16") GSTEP_X("24")
+			 "strd %[a00], %[a01], [%[g0]], #8\n\t"
+			 "strd %[a10], %[a11], [%[g1]], #8\n\t"
+			 "cmp %[g0], %[gend]\n\t"
+			 "bne 1b\n\t"
+			 : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11),
+			   [d0] "=&r"(d0), [d1] "=&r"(d1), [x0] "=&r"(x0), [x1] "=&r"(x1),
+			   [g0] "+r"(g0), [g1] "+r"(g1), [xp] "+r"(xp)
+			 : [dp] "r"(dp), [gend] "r"(gend)
+			 : "cc", "memory");
 }
 
 void kl_dsp_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *dy,
@@ -774,11 +1002,20 @@ void kl_dsp_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, cons
 				}
 			}
 			const int kend = K - k0 < n ? K - k0 : n;
-			for (int o = 0; o < co; o += 2) {
-				const uint32_t *dp = D + (o >> 1) * GP * 2;
-				int32_t *g0 = gw + (long)o * K + k0;
-				int32_t *g1 = o + 1 < co ? g0 + K : NULL;
-				for (int kk = 0; kk < kend; kk += 2) {
+			const int kp = kend & ~1;
+			int o = 0;
+			if (kp > 0) { /* the 2x2 blocks of two rows, in assembly */
+				for (; o + 2 <= co; o += 2) {
+					int32_t *g0 = gw + (long)o * K + k0;
+					grad_rows2(D + (o >> 1) * GP * 2, X, g0, g0 + K, kp);
+				}
+			}
+			/* the last column of an odd tile and row of an odd co */
+			for (int oo = 0; oo < co; oo += 2) {
+				const uint32_t *dp = D + (oo >> 1) * GP * 2;
+				int32_t *g0 = gw + (long)oo * K + k0;
+				int32_t *g1 = oo + 1 < co ? g0 + K : NULL;
+				for (int kk = oo < o ? kp : 0; kk < kend; kk += 2) {
 					const uint32_t *xp = X + (kk >> 1) * GP * 2;
 					const int two = kk + 1 < kend;
 					int32_t a00 = g0[kk], a01 = two ? g0[kk + 1] : 0;
