@@ -16,14 +16,20 @@
  *              even, pixel 0 odd, pixel 1 odd (pack_pair, dot2x2).
  * input grad   gathered per input pixel: the weights of pairs of input
  *              channels are widened to int16 into the scratch (as many pairs
- *              as fit, per tile), then for a pair of input pixels (p and
- *              p + stride) and a channel pair the taps that reach them are
- *              summed in registers (per tap a dot over co in assembly, 34
- *              instructions per 32 MACs; a missing pixel reads a zero dy
- *              row) and stored once, no clearing or col2im. 1x1 stride-1
- *              convolutions, co % 4 != 0, kernels over 25 taps and tiles too
- *              small take the older way: W transposed into the scratch, the
- *              2x2 GEMM on dy, columns added back (col2im) or stored.
+ *              as fit, per tile), ordered by column class (kx mod stride),
+ *              row class (ky mod stride), ky, kx descending, so the taps of
+ *              one kernel row that reach a pixel meet contiguous dy columns.
+ *              Per input row and column class the reaching kernel rows are
+ *              found once; a run of pixel pairs (p, p + stride) with every
+ *              tap in range then takes per pair and channel pair one
+ *              assembly block: per kernel row one dot over its dy columns
+ *              (34 instructions per 32 MACs, pixel q one column on), the
+ *              kernel rows' weights contiguous, sums stored once (no
+ *              clearing or col2im). Edge pairs go tap by tap with a zero dy
+ *              row for a missing column. 1x1 stride-1 convolutions,
+ *              co % 4 != 0, kernels over 25 taps and tiles too small take
+ *              the older way: W transposed into the scratch, the 2x2 GEMM on
+ *              dy, columns added back (col2im) or stored.
  * weight grad  pixels are paired into int16x2 words (dy and the im2col rows)
  *              so one SMLAD accumulates two pixels; a chunk of eight pixels is
  *              accumulated per 2x2 block of gw, two rows of gw at a time in
@@ -710,98 +716,151 @@ static void bwd_input_scatter(const kl_geom_t *g, const int8_t *w, const int8_t 
 
 #define BWD_TAPS_MAX 25 /* kernels up to 5x5 take the gather form */
 
-typedef struct {
-	const uint32_t *w; /* the tap's weights within a channel pair's tile */
-	const int8_t *dp, *dq;
-} bwd_tap_t;
+/* a00..a11 += the dot of NW tile words (NW / 4 steps of four output
+ * channels) with the dy bytes at DP (pixel p) and DQ (pixel q) */
+#define BWD_DOT(DP, DQ, WP, NW)                                                                   \
+	do {                                                                                      \
+		const int8_t *dp = (DP), *dq = (DQ);                                              \
+		const uint32_t *wp = (WP);                                                        \
+		const uint32_t *const wend = wp + (NW);                                           \
+		uint32_t d0, d1, w0, w1, t;                                                       \
+		if ((NW) & 4) {                                                                   \
+			__asm__(BWD_STEP                                                          \
+				: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10),              \
+				  [a11] "+r"(a11), [dp] "+r"(dp), [dq] "+r"(dq), [wp] "+r"(wp),   \
+				  [d0] "=&r"(d0), [d1] "=&r"(d1), [w0] "=&r"(w0), [w1] "=&r"(w1), \
+				  [t] "=&r"(t)                                                    \
+				:                                                                 \
+				: "memory");                                                      \
+		}                                                                                 \
+		if (wp != wend) {                                                                 \
+			__asm__("1:\n\t" BWD_STEP BWD_STEP "cmp %[wp], %[wend]\n\t"               \
+				"bne 1b\n\t"                                                      \
+				: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10),              \
+				  [a11] "+r"(a11), [dp] "+r"(dp), [dq] "+r"(dq), [wp] "+r"(wp),   \
+				  [d0] "=&r"(d0), [d1] "=&r"(d1), [w0] "=&r"(w0), [w1] "=&r"(w1), \
+				  [t] "=&r"(t)                                                    \
+				: [wend] "r"(wend)                                                \
+				: "cc", "memory");                                                \
+		}                                                                                 \
+	} while (0)
 
-/* acc of input pixels p (and q = p + stride, if hq) of row iy for the
- * channel pairs of the tile; the row's kernel rows ky[0..nky-1] meet the dy
- * rows drow[] */
-static __attribute__((noinline)) void bwd_gather_pair(const kl_geom_t *g, const int8_t *const *drow, const int *kys,
-			    int nky, const int8_t *zrow, const uint32_t *tile, int ci0, int ncp,
-			    int iy, int p, int hq, int32_t *acc)
+/* the four sums of channel pair cp into o0 (pixel p) and o0 + qofs (q) */
+#define BWD_STORE(o0, qofs, cp, nch, hq)                                                          \
+	do {                                                                                      \
+		(o0)[2 * (cp)] = a00;                                                             \
+		if (hq) {                                                                         \
+			(o0)[(qofs) + 2 * (cp)] = a01;                                            \
+		}                                                                                 \
+		if (2 * (cp) + 1 < (nch)) {                                                       \
+			(o0)[2 * (cp) + 1] = a10;                                                 \
+			if (hq) {                                                                 \
+				(o0)[(qofs) + 2 * (cp) + 1] = a11;                                \
+			}                                                                         \
+		}                                                                                 \
+	} while (0)
+
+/* the loop-invariant values of the gather below */
+typedef struct {
+	int32_t co, wo, ncp, nch;
+	int32_t pair_words; /* a channel pair's tile, words */
+	int32_t nwb;        /* a kernel row's taps of one column class, bytes */
+	int32_t dadj;       /* dy bytes from a kernel row's end to the next one's start */
+	int32_t wtot;       /* the weights of all kernel rows reaching the row, words */
+	long qofs, ostep;   /* acc of q from p; from a pair to the next */
+} bwd_prm_t;
+
+/* npp pixel pairs (p, p + stride), p advancing by 2 * stride, every tap in
+ * range. Per pair and channel pair one assembly block: per kernel row a
+ * contiguous dot over dy columns from d on (pixel q: one column on) and
+ * the tile words from w on (contiguous over the kernel rows), the next
+ * kernel row's dy at dadj bytes from the end. */
+static __attribute__((noinline)) void bwd_gather_run(const int8_t *d, const uint32_t *w, int npp,
+						     int32_t *o0, const bwd_prm_t *pp)
 {
-	const int s = g->stride, co = g->co, kw = g->kw, c = g->c;
-	const int pair_words = g->kh * kw * co; /* a channel pair's tile, words */
-	bwd_tap_t tl[BWD_TAPS_MAX];
-	int nt = 0;
-	/* the taps kx = kx0, kx0 + s, ... meet dy columns ox, ox - 1, ... */
-	const int u = p + g->pad_l;
-	const int kx0 = u % s;
-	for (int i = 0; i < nky; i++) {
-		const uint32_t *wrow = tile + (long)kys[i] * kw * co;
-		int ox = u / s;
-		for (int kx = kx0; kx < kw; kx += s, ox--) {
-			const int vp = ox >= 0 && ox < g->wo;
-			const int vq = hq && ox + 1 >= 0 && ox + 1 < g->wo;
-			if (!vp && !vq) {
-				continue;
-			}
-			tl[nt].w = wrow + (long)kx * co;
-			tl[nt].dp = vp ? drow[i] + (long)ox * co : zrow;
-			tl[nt].dq = vq ? drow[i] + (long)(ox + 1) * co : zrow;
-			nt++;
+	const bwd_prm_t pr = *pp;
+	for (int k = 0; k < npp; k++, d += 2 * pr.co, o0 += pr.ostep) {
+		const uint32_t *wc = w;
+		for (int cp = 0; cp < pr.ncp; cp++, wc += pr.pair_words) {
+			int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+			const int8_t *dp = d, *dq;
+			const uint32_t *wp = wc, *wend;
+			const uint32_t *const wfin = wc + pr.wtot;
+			uint32_t d0, d1, w0, w1, t;
+			__asm__("ldr %[t], %[co]\n\t"
+				"add %[dq], %[dp], %[t]\n\t"
+				"0:\n\t"
+				"ldr %[t], %[nwb]\n\t"
+				"add %[wend], %[wp], %[t]\n\t"
+				"tst %[t], #16\n\t" /* an odd number of steps */
+				"bne 2f\n\t"
+				"1:\n\t" BWD_STEP "2:\n\t" BWD_STEP "cmp %[wp], %[wend]\n\t"
+				"bne 1b\n\t"
+				"ldr %[t], %[wfin]\n\t"
+				"cmp %[wp], %[t]\n\t"
+				"beq 3f\n\t"
+				"ldr %[t], %[dadj]\n\t"
+				"add %[dp], %[dp], %[t]\n\t"
+				"add %[dq], %[dq], %[t]\n\t"
+				"b 0b\n\t"
+				"3:\n\t"
+				: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
+				  [dp] "+r"(dp), [dq] "=&r"(dq), [wp] "+r"(wp), [wend] "=&r"(wend),
+				  [d0] "=&r"(d0), [d1] "=&r"(d1), [w0] "=&r"(w0), [w1] "=&r"(w1),
+				  [t] "=&r"(t)
+				: [co] "m"(pr.co), [nwb] "m"(pr.nwb), [wfin] "m"(wfin),
+				  [dadj] "m"(pr.dadj)
+				: "cc", "memory");
+			BWD_STORE(o0, pr.qofs, cp, pr.nch, 1);
 		}
 	}
-	int32_t *o0 = acc + ((long)iy * g->w + p) * c + ci0;
-	int32_t *o1 = o0 + (long)s * c;
-	for (int cp = 0; cp < ncp; cp++) {
+}
+
+/* one pixel pair with taps out of range (an edge) or no pixel q (hq = 0):
+ * per tap, a zero dy row for a missing column; nky kernel rows, the first
+ * one's dy row at drow, the next ones wo * co bytes before */
+static __attribute__((noinline)) void bwd_gather_edge(const int8_t *drow, const uint32_t *w,
+						      int nky, int m, int c0, int hq,
+						      const int8_t *zrow, int32_t *o0,
+						      const bwd_prm_t *pr)
+{
+	const int co = pr->co, wo = pr->wo;
+	for (int cp = 0; cp < pr->ncp; cp++) {
 		int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-		const long wofs = (long)cp * pair_words;
-		for (int i = 0; i < nt; i++) {
-			const uint32_t *wp = tl[i].w + wofs;
-			const uint32_t *const wend = wp + co;
-			const int8_t *dp = tl[i].dp, *dq = tl[i].dq;
-			uint32_t d0, d1, w0, w1, t;
-			if (co & 4) {
-				__asm__(BWD_STEP
-					: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10),
-					  [a11] "+r"(a11), [dp] "+r"(dp), [dq] "+r"(dq), [wp] "+r"(wp),
-					  [d0] "=&r"(d0), [d1] "=&r"(d1), [w0] "=&r"(w0), [w1] "=&r"(w1),
-					  [t] "=&r"(t)
-					:
-					: "memory");
-			}
-			if (wp != wend) {
-				__asm__("1:\n\t" BWD_STEP BWD_STEP "cmp %[wp], %[wend]\n\t"
-					"bne 1b\n\t"
-					: [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10),
-					  [a11] "+r"(a11), [dp] "+r"(dp), [dq] "+r"(dq), [wp] "+r"(wp),
-					  [d0] "=&r"(d0), [d1] "=&r"(d1), [w0] "=&r"(w0), [w1] "=&r"(w1),
-					  [t] "=&r"(t)
-					: [wend] "r"(wend)
-					: "cc", "memory");
+		const uint32_t *wc = w + (long)cp * pr->pair_words;
+		for (int j = 0; j < nky; j++) {
+			const int8_t *dr = drow - (long)j * wo * co;
+			for (int tt = 0; tt < m; tt++, wc += co) {
+				const int col = c0 + tt;
+				const int vp = col >= 0 && col < wo;
+				const int vq = hq && col + 1 >= 0 && col + 1 < wo;
+				if (!vp && !vq) {
+					continue;
+				}
+				const int8_t *dp0 = vp ? dr + (long)col * co : zrow;
+				const int8_t *dq0 = vq ? dr + (long)(col + 1) * co : zrow;
+				BWD_DOT(dp0, dq0, wc, co);
 			}
 		}
-		const int ci = ci0 + 2 * cp;
-		o0[2 * cp] = a00;
-		if (hq) {
-			o1[2 * cp] = a01;
-		}
-		if (ci + 1 < c) {
-			o0[2 * cp + 1] = a10;
-			if (hq) {
-				o1[2 * cp + 1] = a11;
-			}
-		}
+		BWD_STORE(o0, pr->qofs, cp, pr->nch, hq);
 	}
 }
 
 void kl_dsp_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const int8_t *dy,
 				   int32_t *acc, void *scratch)
 {
-	const int co = g->co, c = g->c, kw = g->kw, s = g->stride;
-	const int taps = g->kh * kw, K = taps * c;
+	const int co = g->co, c = g->c, kw = g->kw, kh = g->kh, s = g->stride, wo = g->wo;
+	const int taps = kh * kw, K = taps * c;
 	/* a zero dy row, then the int16 weights of as many channel pairs as fit */
 	const uint32_t budget = kl_conv_s8_scratch(g) - 16u;
 	const uint32_t pair_bytes = 4u * (uint32_t)taps * (uint32_t)co;
 	const uint32_t zbytes = (uint32_t)co;
 	const int npairs = (c + 1) / 2;
 	int cpb = budget > zbytes ? (int)((budget - zbytes) / pair_bytes) : 0;
-	const int direct = kw == 1 && g->kh == 1 && s == 1 && g->pad_t == 0 && g->pad_l == 0 &&
+	const int direct = kw == 1 && kh == 1 && s == 1 && g->pad_t == 0 && g->pad_l == 0 &&
 			   g->ho == g->h && g->wo == g->w;
-	if (direct || (co & 3) != 0 || g->kh > BWD_TAPS_MAX || taps > BWD_TAPS_MAX || cpb < 1) {
+	if (direct || (co & 3) != 0 || kh > BWD_TAPS_MAX || kw > BWD_TAPS_MAX ||
+	    taps > BWD_TAPS_MAX || cpb < 1 || g->pad_l < 0) {
 		bwd_input_scatter(g, w, dy, acc, scratch);
 		return;
 	}
@@ -809,61 +868,122 @@ void kl_dsp_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w, const in
 	int8_t *zrow = scratch;
 	memset(zrow, 0, zbytes);
 	uint32_t *tile = (uint32_t *)(void *)(zrow + zbytes);
+	/* column class rx (kx = rx mod stride): mx[rx] taps; row class ry:
+	 * my[ry] kernel rows; the class pair's block starts offx[rx] +
+	 * mx[rx] * offy[ry] words into a channel pair's tile */
+	const int ncx = s < kw ? s : kw, ncy = s < kh ? s : kh;
+	int mx[BWD_TAPS_MAX], my[BWD_TAPS_MAX], offx[BWD_TAPS_MAX], offy[BWD_TAPS_MAX];
+	for (int r = 0, n = 0; r < ncx; r++) {
+		mx[r] = (kw - 1 - r) / s + 1;
+		offx[r] = n * kh * co;
+		n += mx[r];
+	}
+	for (int r = 0, n = 0; r < ncy; r++) {
+		my[r] = (kh - 1 - r) / s + 1;
+		offy[r] = n * co;
+		n += my[r];
+	}
+	bwd_prm_t pr;
+	pr.co = co;
+	pr.wo = wo;
+	pr.pair_words = taps * co;
+	pr.qofs = (long)s * c;
+	pr.ostep = 2 * pr.qofs;
 	for (int cp0 = 0; cp0 < npairs; cp0 += cpb) {
 		const int ncp = npairs - cp0 < cpb ? npairs - cp0 : cpb;
-		/* tile[cp][tap][o / 4]: per four output channels the int16 pairs
-		 * (ci0: o, o+2), (ci1: o, o+2), (ci0: o+1, o+3), (ci1: o+1, o+3) */
+		const int ci0 = 2 * cp0;
+		pr.ncp = ncp;
+		pr.nch = c - ci0 < 2 * ncp ? c - ci0 : 2 * ncp;
+		/* tile[cp][rx][ry][ky ascending][kx descending][o / 4]: per four
+		 * output channels the int16 pairs (ci0: o, o+2), (ci1: o, o+2),
+		 * (ci0: o+1, o+3), (ci1: o+1, o+3) */
 		uint32_t *tw = tile;
 		for (int cp = 0; cp < ncp; cp++) {
-			const int ci = 2 * (cp0 + cp);
+			const int ci = ci0 + 2 * cp;
 			const int one = ci + 1 < c; /* else the second channel is zero */
-			for (int t = 0; t < taps; t++) {
-				const int8_t *src = w + (long)t * c + ci;
-				for (int o = 0; o < co; o += 4, tw += 4) {
-					const int8_t *w0 = src + (long)o * K, *w1 = w0 + K;
-					const int8_t *w2 = w1 + K, *w3 = w2 + K;
-					tw[0] = ((uint32_t)w0[0] & 0xFFFFu) | ((uint32_t)w2[0] << 16);
-					tw[2] = ((uint32_t)w1[0] & 0xFFFFu) | ((uint32_t)w3[0] << 16);
-					if (one) {
-						tw[1] = ((uint32_t)w0[1] & 0xFFFFu) |
-							((uint32_t)w2[1] << 16);
-						tw[3] = ((uint32_t)w1[1] & 0xFFFFu) |
-							((uint32_t)w3[1] << 16);
-					} else {
-						tw[1] = tw[3] = 0u;
+			for (int rx = 0; rx < ncx; rx++) {
+				for (int ry = 0; ry < ncy; ry++) {
+					for (int ky = ry; ky < kh; ky += s) {
+						for (int kx = rx + (mx[rx] - 1) * s; kx >= 0; kx -= s) {
+							const int8_t *src =
+								w + (long)(ky * kw + kx) * c + ci;
+							for (int o = 0; o < co; o += 4, tw += 4) {
+								const int8_t *w0 = src + (long)o * K;
+								const int8_t *w1 = w0 + K, *w2 = w1 + K;
+								const int8_t *w3 = w2 + K;
+								tw[0] = ((uint32_t)w0[0] & 0xFFFFu) |
+									((uint32_t)w2[0] << 16);
+								tw[2] = ((uint32_t)w1[0] & 0xFFFFu) |
+									((uint32_t)w3[0] << 16);
+								if (one) {
+									tw[1] = ((uint32_t)w0[1] &
+										 0xFFFFu) |
+										((uint32_t)w2[1] << 16);
+									tw[3] = ((uint32_t)w1[1] &
+										 0xFFFFu) |
+										((uint32_t)w3[1] << 16);
+								} else {
+									tw[1] = tw[3] = 0u;
+								}
+							}
+						}
 					}
 				}
 			}
 		}
 		for (int iy = 0; iy < g->h; iy++) {
-			/* the kernel rows that reach row iy and their dy rows */
-			const int8_t *drow[BWD_TAPS_MAX];
-			int kys[BWD_TAPS_MAX], nky = 0;
-			for (int ky = 0; ky < g->kh; ky++) {
-				const int tv = iy + g->pad_t - ky;
-				if (tv >= 0 && tv % s == 0 && tv / s < g->ho) {
-					kys[nky] = ky;
-					drow[nky++] = dy + (long)(tv / s) * g->wo * co;
-				}
+			/* the kernel rows ky = ry + j * s, j0 <= j < j0 + nky, reach
+			 * row iy; row j meets dy row (ty - ry) / s - j */
+			const int ty = iy + g->pad_t;
+			const int ry = ty >= 0 ? ty % s : 0;
+			int j0 = 0, nky = 0;
+			if (ty >= 0 && ry < ncy) {
+				const int top = (ty - ry) / s; /* dy row of j = 0 */
+				j0 = top - (g->ho - 1) > 0 ? top - (g->ho - 1) : 0;
+				int j1 = top + 1 < my[ry] ? top + 1 : my[ry];
+				nky = j1 > j0 ? j1 - j0 : 0;
 			}
-			for (int base = 0; base < g->w; base += 2 * s) {
-				for (int r = 0; r < s && base + r < g->w; r++) {
-					const int p = base + r;
-					if (nky == 0) { /* no kernel row reaches it */
-						int32_t *o = acc + ((long)iy * g->w + p) * c +
-							     2 * cp0;
-						const int hq = p + s < g->w;
-						for (int i = 0; i < 2 * ncp && 2 * cp0 + i < c;
-						     i++) {
-							o[i] = 0;
+			const int8_t *drow =
+				nky ? dy + (long)((ty - ry) / s - j0) * wo * co : dy;
+			int32_t *orow = acc + (long)iy * g->w * c + ci0;
+			for (int r0 = 0; r0 < s && r0 < g->w; r0++) {
+				const int u0 = r0 + g->pad_l;
+				const int rx = u0 % s;
+				const int m = rx < ncx ? mx[rx] : 0;
+				const uint32_t *wseg =
+					tile + offx[rx < ncx ? rx : 0] +
+					(long)m * (offy[ry < ncy ? ry : 0] + (long)j0 * co);
+				pr.nwb = 4 * m * co;
+				pr.dadj = -(wo + m) * co;
+				pr.wtot = nky * m * co;
+				for (int p = r0; p < g->w;) {
+					const int hq = p + s < g->w;
+					int32_t *o0 = orow + (long)p * c;
+					if (nky == 0 || m == 0) { /* no tap reaches it */
+						for (int i = 0; i < pr.nch; i++) {
+							o0[i] = 0;
 							if (hq) {
-								o[(long)s * c + i] = 0;
+								o0[pr.qofs + i] = 0;
 							}
 						}
+						p += 2 * s;
 						continue;
 					}
-					bwd_gather_pair(g, drow, kys, nky, zrow, tile, 2 * cp0,
-							ncp, iy, p, p + s < g->w, acc);
+					const int ou = (p + g->pad_l) / s; /* p's last column */
+					const int c0 = ou - (m - 1);
+					if (!hq || c0 < 0 || ou + 1 >= wo) {
+						bwd_gather_edge(drow, wseg, nky, m, c0, hq, zrow, o0,
+								&pr);
+						p += 2 * s;
+						continue;
+					}
+					/* a run of pairs with every tap in range */
+					int npp = 1;
+					while (p + 2 * s * npp + s < g->w && ou + 2 * npp + 1 < wo) {
+						npp++;
+					}
+					bwd_gather_run(drow + (long)c0 * co, wseg, npp, o0, &pr);
+					p += 2 * s * npp;
 				}
 			}
 		}
