@@ -640,7 +640,7 @@ static void col2im_add(const kl_geom_t *g, int32_t *acc, const int32_t *cb, int 
 
 /* the input gradient as a GEMM per pixel pair and col2im (the general way:
  * co % 4 != 0, large kernels, a tile too small for the gather below) */
-static void bwd_input_scatter(const kl_geom_t *g, const int8_t *w, const int8_t *dy, int32_t *acc,
+static __attribute__((noinline)) void bwd_input_scatter(const kl_geom_t *g, const int8_t *w, const int8_t *dy, int32_t *acc,
 			      void *scratch)
 {
 	const int K = g->kh * g->kw * g->c;
