@@ -6,17 +6,19 @@
  *              packed once into int16 words, even lanes then odd lanes of
  *              the four pixels per group of four inputs, to match SXTB16 /
  *              SXTB16 ROR 8 of a weight word (1x1: from the input in place,
- *              four LDRs + eight SXTB16 + one STM per group, pack4_raw;
- *              input channels % 4 == 0: tap by tap from the input with the
+ *              four LDRs (+ four EORs: zero point -128) + eight SXTB16 /
+ *              UXTB16 + one STM per group, pack4_*; input channels % 4 ==
+ *              0: whole kernel rows of the four pixels the same way where
+ *              they lie inside the image, else tap by tap per pixel with the
  *              padding as words, pack_im2col; else through a byte im2col
  *              row); per group one weight LDR, two SXTB16, two LDMs, eight
  *              SMLADs. The accumulator starts at the bias folded with the
  *              rounding and zero-point terms (the input zero point too, by
- *              the weight row sums, where pixels outnumber 2 co), so an
- *              output is one SSAT with the shift built in: one output block
- *              per shift, entered by TBH, with the stores and the channel
- *              loop test (fwd_fast; the saturation flag is read from the
- *              outputs).
+ *              the weight row sums, where pixels outnumber 2 co; not -128
+ *              for 1x1), so an output is one SSAT with the shift built in:
+ *              one output block per shift, entered by TBH, with the stores
+ *              and the channel loop test (fwd_fast; the saturation flag is
+ *              read from the outputs).
  *              Other shapes and shifts: two pixels x two channels (fwd_pairs)
  *              through the kl_rqf output stage, the rows centred and
  *              interleaved per group of four as pixel 0 even lanes, pixel 1
@@ -260,7 +262,7 @@ typedef struct {
 	const uint32_t *col;
 	const uint32_t *cend; /* col + 2 K */
 	int32_t thr, lo, hi;  /* mode N: thr; mode G: clamp of acc */
-	uint32_t entry;       /* set by the function */
+	uint32_t entry;       /* 0: set by the function on its first call */
 	const int8_t *w;
 	int8_t *y; /* output of pixel 0, channel 0 */
 	int32_t K; /* multiple of 4 */
@@ -306,7 +308,7 @@ typedef struct {
  * r0-r2 store offsets, r3 = y + co, r4 = shift - 1, r5 = bqa, r10 = col,
  * r12 = col end (one LDM), then the shift's output block. */
 #define FWD4_FUNC(name, PRE)                                                                      \
-	__attribute__((naked, noinline)) static void name(const fwd4_t *a __attribute__((unused))) \
+	__attribute__((naked, noinline)) static void name(fwd4_t *a __attribute__((unused)))       \
 	{                                                                                         \
 		__asm__ volatile(                                                                 \
 			"push {r4-r11, lr}\n\t"                                                   \
@@ -318,6 +320,7 @@ typedef struct {
 			"stm r12, {r1-r7}\n\t"                                                    \
 			"mov r11, r5\n\t"                                                         \
 			"mov lr, r6\n\t"                                                          \
+			"cbnz r4, 9f\n\t"                                                         \
 			"lsrs r5, r7, #2\n\t"                                                     \
 			"subs r5, r5, #1\n\t"                                                     \
 			"beq 5f\n\t"                                                              \
@@ -332,6 +335,8 @@ typedef struct {
 			"6:\n\t"                                                                  \
 			"orr r6, r6, #1\n\t"                                                      \
 			"str r6, [sp, #44]\n\t"                                                   \
+			"str r6, [r0, #12]\n\t"                                                   \
+			"9:\n\t"                                                                  \
 			"ldm sp, {r0-r5, r10, r12}\n\t"                                           \
 			"1:\n\t"                                                                  \
 			"ldr r9, [r5, lr, lsl #2]\n\t" FWD4_STEP("r9", "r9", "r9", "r9")          \
@@ -345,10 +350,10 @@ typedef struct {
 			"tbh [pc, r4, lsl #1]\n\t"                                                \
 			"7:\n\t"                                                                  \
 			".irp s, " FWD4_SHIFTS "\n\t"                                             \
-			".hword (" #name "_b\\s - 7b) / 2\n\t"                                    \
+			".hword (.L" #name "_b\\s - 7b) / 2\n\t"                                  \
 			".endr\n\t"                                                               \
 			".irp s, " FWD4_SHIFTS "\n"                                               \
-			#name "_b\\s:\n\t"                                                        \
+			".L" #name "_b\\s:\n\t"                                                      \
 			"ssat r6, #8, r6, asr #\\s\n\t"                                           \
 			"ssat r7, #8, r7, asr #\\s\n\t"                                           \
 			"ssat r8, #8, r8, asr #\\s\n\t"                                           \
@@ -423,35 +428,38 @@ static void pack_px4(const int8_t *s0, const int8_t *s1, const int8_t *s2, const
 	}
 }
 
-/* four pixels' n bytes (n % 4 == 0, n > 0) sign-extended into the
- * four-pixel column: per group four LDRs, eight SXTB16, one STM
- * (sp: the four pixels' rows) */
-__attribute__((naked, noinline)) static void pack4_raw(const int8_t *const *sp __attribute__((unused)),
-							 uint32_t *col __attribute__((unused)),
-							 int n __attribute__((unused)))
-{
-	__asm__ volatile("push {r4-r11, lr}\n\t"
-			 "ldm r0, {r10, r11, r12, lr}\n\t"
-			 "mov r0, r1\n\t"
-			 "add r1, r1, r2, lsl #3\n\t"
-			 "1:\n\t"
-			 "ldr r6, [r10], #4\n\t"
-			 "ldr r7, [r11], #4\n\t"
-			 "ldr r8, [r12], #4\n\t"
-			 "ldr r9, [lr], #4\n\t"
-			 "sxtb16 r2, r6\n\t"
-			 "sxtb16 r3, r7\n\t"
-			 "sxtb16 r4, r8\n\t"
-			 "sxtb16 r5, r9\n\t"
-			 "sxtb16 r6, r6, ror #8\n\t"
-			 "sxtb16 r7, r7, ror #8\n\t"
-			 "sxtb16 r8, r8, ror #8\n\t"
-			 "sxtb16 r9, r9, ror #8\n\t"
-			 "stm r0!, {r2-r9}\n\t"
-			 "cmp r0, r1\n\t"
-			 "bne 1b\n\t"
-			 "pop {r4-r11, pc}\n\t");
-}
+/* four pixels' n bytes (n % 4 == 0, n > 0) into the four-pixel column,
+ * sign-extended (pack4_raw) or + 128 (pack4_flip: x ^ 0x80 read
+ * unsigned): per group four LDRs, (four EORs,) eight SXTB16 / UXTB16, one
+ * STM (sp: the four pixels' rows) */
+#define PACK4_FUNC(name, EOR, XT)                                                                 \
+	__attribute__((naked, noinline)) static void name(                                        \
+		const int8_t *const *sp __attribute__((unused)),                                  \
+		uint32_t *col __attribute__((unused)), int n __attribute__((unused)))             \
+	{                                                                                         \
+		__asm__ volatile("push {r4-r11, lr}\n\t"                                          \
+				 "ldm r0, {r10, r11, r12, lr}\n\t"                                \
+				 "mov r0, r1\n\t"                                                 \
+				 "add r1, r1, r2, lsl #3\n\t"                                     \
+				 "1:\n\t"                                                         \
+				 "ldr r6, [r10], #4\n\t"                                          \
+				 "ldr r7, [r11], #4\n\t"                                          \
+				 "ldr r8, [r12], #4\n\t"                                          \
+				 "ldr r9, [lr], #4\n\t" EOR XT " r2, r6\n\t" XT " r3, r7\n\t"     \
+				 XT " r4, r8\n\t" XT " r5, r9\n\t" XT " r6, r6, ror #8\n\t"       \
+				 XT " r7, r7, ror #8\n\t" XT " r8, r8, ror #8\n\t"                \
+				 XT " r9, r9, ror #8\n\t"                                         \
+				 "stm r0!, {r2-r9}\n\t"                                           \
+				 "cmp r0, r1\n\t"                                                 \
+				 "bne 1b\n\t"                                                     \
+				 "pop {r4-r11, pc}\n\t");                                         \
+	}
+
+PACK4_FUNC(pack4_raw, "", "sxtb16")
+PACK4_FUNC(pack4_flip,
+	   "eor r6, r6, #0x80808080\n\teor r7, r7, #0x80808080\n\t"
+	   "eor r8, r8, #0x80808080\n\teor r9, r9, #0x80808080\n\t",
+	   "uxtb16")
 
 /* one pixel's n bytes (n % 4 == 0) into its lane of the four-pixel column
  * (c[0] even lanes, c[4] odd lanes, per group of four): x + 128 for
@@ -556,9 +564,27 @@ static int sat_scan(const int8_t *y, long n, int lo)
 				: [v] "r"(v), [c] "r"(c7f));
 		}
 	} else {
-		if (nw >= 8) { /* p is 4-aligned here */
-			const int8_t *e = p + ((nw >> 3) << 5);
+		if (nw >= 16) { /* p is 4-aligned here; 16 words a pass */
+			const int8_t *e = p + ((nw >> 4) << 6);
 			__asm__ volatile("1:\n\t"
+					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
+					 "ssub8 r4, r4, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r5, r5, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r6, r6, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r7, r7, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
+					 "ssub8 r4, r4, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r5, r5, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r6, r6, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r7, r7, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
 					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
 					 "ssub8 r4, r4, %[c]\n\t"
 					 "sel %[f], %[c], %[f]\n\t"
@@ -582,7 +608,7 @@ static int sat_scan(const int8_t *y, long n, int lo)
 					 : [p] "+r"(p), [f] "+r"(f)
 					 : [c] "r"(c7f), [e] "r"(e)
 					 : "r4", "r5", "r6", "r7", "cc", "memory");
-			nw &= 7;
+			nw &= 15;
 		}
 		for (; nw > 0; nw--) {
 			const uint32_t v = kl_read_s8x4(p);
@@ -625,8 +651,9 @@ static int fwd_fast(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int
 	const int64_t zsh = (int64_t)rq->zp * ((int64_t)1 << ys);
 	const int64_t dmax = (int64_t)K * 128 * 255 + 2;
 	/* zero points != 0: folded into the bias with the row sums where there
-	 * are many pixels, else centred in the packing (-128: flipped) */
-	const int fold = x_zp != 0 && npix > 2 * co;
+	 * are many pixels (not -128 for 1x1: flipped in pack4_flip), else
+	 * centred in the packing (-128: flipped) */
+	const int fold = x_zp != 0 && (x_zp != -128 || !direct) && npix > 2 * co;
 	const int flip = !fold && x_zp == -128;
 	const int32_t zc = !flip && !fold ? x_zp : 0;
 	const uint32_t zz = ((uint32_t)zc & 0xFFFFu) * 0x10001u;
@@ -645,7 +672,7 @@ static int fwd_fast(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int
 		const int32_t zs = fold ? x_zp * row_sum(w + (long)i * K, K) : 0;
 		bf[i] = (int32_t)((uint32_t)v - (uint32_t)zs);
 	}
-	void (*fn)(const fwd4_t *);
+	void (*fn)(fwd4_t *);
 	fwd4_t a;
 	a.lo = 0;
 	a.hi = 0;
@@ -678,14 +705,46 @@ static int fwd_fast(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int
 			for (int j = 0; j < 4; j++) {
 				sp[j] = seq ? x + (long)(p + j) * K : pixel_1x1(g, x, p + j);
 			}
-			if (!flip && zc == 0) {
-				pack4_raw(sp, col, K);
+			if (zc == 0) {
+				(flip ? pack4_flip : pack4_raw)(sp, col, K);
 			} else {
 				pack_px4(sp[0], sp[1], sp[2], sp[3], col, K, flip, zc);
 			}
 		} else if (by_tap) {
+			int oy[4], ix[4], inx = !flip && zc == 0;
 			for (int j = 0; j < 4; j++) {
-				pack_im2col(g, x, (p + j) / g->wo, (p + j) % g->wo, col + j, flip, zz, pw);
+				oy[j] = (p + j) / g->wo;
+				ix[j] = ((p + j) - oy[j] * g->wo) * g->stride - g->pad_l;
+				inx &= ix[j] >= 0 && ix[j] + g->kw <= g->w;
+			}
+			if (inx) { /* kernel rows whole: four pixels at once */
+				const int n = g->kw * g->c;
+				for (int ky = 0; ky < g->kh; ky++) {
+					const int8_t *sp[4];
+					int all = 1;
+					for (int j = 0; j < 4; j++) {
+						const int iy = oy[j] * g->stride + ky - g->pad_t;
+						const int in = iy >= 0 && iy < g->h;
+						all &= in;
+						sp[j] = in ? x + ((long)iy * g->w + ix[j]) * g->c : NULL;
+					}
+					uint32_t *c = col + 2 * ky * n;
+					if (all) {
+						pack4_raw(sp, c, n);
+						continue;
+					}
+					for (int j = 0; j < 4; j++) {
+						if (sp[j] != NULL) {
+							pack_px(sp[j], c + j, n, 0, 0u);
+						} else {
+							pack_fill(c + j, n, pw);
+						}
+					}
+				}
+			} else {
+				for (int j = 0; j < 4; j++) {
+					pack_im2col(g, x, oy[j], (p + j) - oy[j] * g->wo, col + j, flip, zz, pw);
+				}
 			}
 		} else {
 			const int8_t *sp[4];
