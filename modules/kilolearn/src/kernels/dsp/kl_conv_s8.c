@@ -2,14 +2,23 @@
  * weight gradient as GEMMs with SMLAD, bit-identical to src/kernels/ref.
  *
  * forward      four output pixels x one output channel per step (fwd4_*, a
- *              naked assembly channel loop): the pixels' im2col rows (1x1:
- *              the input in place) are packed once into int16 words, even
- *              lanes then odd lanes of the four pixels per group of four
- *              inputs, to match SXTB16 / SXTB16 ROR 8 of a weight word; per
- *              group one weight LDR, two SXTB16, two LDMs, eight SMLADs. The
- *              accumulator starts at the bias folded with the rounding and
- *              zero-point terms, so an output is one shift and one SSAT
- *              (fwd_fast; the saturation flag is read from the outputs).
+ *              naked assembly channel loop): the pixels' im2col rows are
+ *              packed once into int16 words, even lanes then odd lanes of
+ *              the four pixels per group of four inputs, to match SXTB16 /
+ *              SXTB16 ROR 8 of a weight word (1x1: from the input in place,
+ *              four LDRs (+ four EORs: zero point -128) + eight SXTB16 /
+ *              UXTB16 + one STM per group, pack4_*; input channels % 4 ==
+ *              0: whole kernel rows of the four pixels the same way where
+ *              they lie inside the image, else tap by tap per pixel with the
+ *              padding as words, pack_im2col; else through a byte im2col
+ *              row); per group one weight LDR, two SXTB16, two LDMs, eight
+ *              SMLADs. The accumulator starts at the bias folded with the
+ *              rounding and zero-point terms (the input zero point too, by
+ *              the weight row sums, where pixels outnumber 2 co; not -128
+ *              for 1x1), so an output is one SSAT with the shift built in:
+ *              one output block per shift, entered by TBH, with the stores
+ *              and the channel loop test (fwd_fast; the saturation flag is
+ *              read from the outputs).
  *              Other shapes and shifts: two pixels x two channels (fwd_pairs)
  *              through the kl_rqf output stage, the rows centred and
  *              interleaved per group of four as pixel 0 even lanes, pixel 1
@@ -237,27 +246,32 @@ static int fwd_pairs(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const in
 }
 
 /* Four pixels x one output channel per step (fwd4_*): per four inputs one
- * weight LDR, two SXTB16, two LDMs of the four pixels' centred int16 words
- * and eight SMLADs (13 instructions per 16 MACs). The packed column holds,
- * per group of four inputs, the even lanes of pixels 0..3 then their odd
- * lanes. The accumulator starts at the folded bias bf = round(b >> b_shift)
- * + k + (zp << y_shift) (kl_rq_k; exact: fwd_fast checks that no sum can
- * leave int32), so an output is SSAT(acc >> y_shift, 8) (mode A: ReLU with
- * zero point -128), with the round-down of negative sums first (mode N, no
- * activation: acc -= 2 where acc < thr, kl_rq_m) or a clamp to [lo, hi]
- * after (mode G). The channel loop is one naked function; the frame below is
- * copied onto its stack. The saturation flag comes from the outputs
- * (sat_scan). */
+ * weight LDR, two SXTB16, two LDMs of the four pixels' int16 words and eight
+ * SMLADs (13 instructions per 16 MACs). The packed column holds, per group
+ * of four inputs, the even lanes of pixels 0..3 then their odd lanes. The
+ * accumulator starts at the folded bias bf = round(b >> b_shift) + k +
+ * (zp << y_shift) (kl_rq_k; exact: fwd_fast checks that no sum can leave
+ * int32), so an output is SSAT(acc, 8, ASR #y_shift): one block per shift
+ * (1..22, entered by TBH) holds the four SSATs with the shift built in, the
+ * four stores and the channel loop's test. Mode A (ReLU with zero point
+ * -128) goes there directly; mode N (no activation) first rounds negative
+ * sums down (acc -= 2 where acc < thr, kl_rq_m); mode G first clamps acc to
+ * [lo << ys, ((hi + 1) << ys) - 1], which is the clamp of the output to
+ * [lo, hi]. The channel loop is one naked function; the frame below is
+ * copied onto its stack and reloaded per channel by one LDM. The saturation
+ * flag comes from the outputs (sat_scan). */
 typedef struct {
-	int32_t ys, co;   /* output shift, output stride */
-	uint32_t bqa;     /* address of bf minus 4 x address of y */
+	int32_t c1, c2, c3; /* co - 1, 2 co - 1, 3 co - 1 (store offsets) */
+	int8_t *yend;       /* y + co */
+	int32_t sidx;       /* y_shift - 1 */
+	uint32_t bqa;       /* address of bf minus 4 x address of y */
 	const uint32_t *col;
-	int32_t K;        /* multiple of 4 */
-	int8_t *yend;     /* y + co */
-	uint32_t entry;   /* set by the function */
-	int32_t thr, lo, hi, pad;
+	const uint32_t *cend; /* col + 2 K */
+	int32_t thr, lo, hi;  /* mode N: thr; mode G: clamp of acc */
+	uint32_t entry;       /* 0: set by the function on its first call */
 	const int8_t *w;
-	int8_t *y;        /* output of pixel 0, channel 0 */
+	int8_t *y; /* output of pixel 0, channel 0 */
+	int32_t K; /* multiple of 4 */
 } fwd4_t;
 
 /* group of four inputs (52 bytes: every instruction 32-bit) */
@@ -276,33 +290,13 @@ typedef struct {
 	"smlad r8, r4, r2, r8\n\t"                                                                 \
 	"smlad r9, r4, r3, r9\n\t"
 
-/* r0 = ys, r1 = co, lr = output; r2-r4, r11, r12 stay */
-#define FWD4_STORE                                                                                \
-	"strb r6, [lr]\n\t"                                                                        \
-	"strb r7, [lr, r1]\n\t"                                                                    \
-	"add r0, lr, r1, lsl #1\n\t"                                                               \
-	"strb r8, [r0]\n\t"                                                                        \
-	"strb r9, [r0, r1]\n\t"
-
-#define FWD4_SHIFT_SAT                                                                            \
-	"asr r6, r6, r0\n\t"                                                                       \
-	"asr r7, r7, r0\n\t"                                                                       \
-	"asr r8, r8, r0\n\t"                                                                       \
-	"asr r9, r9, r0\n\t"                                                                       \
-	"ssat r6, #8, r6\n\t"                                                                      \
-	"ssat r7, #8, r7\n\t"                                                                      \
-	"ssat r8, #8, r8\n\t"                                                                      \
-	"ssat r9, #8, r9\n\t"
-
-#define FWD4_OUT_A FWD4_SHIFT_SAT FWD4_STORE
+#define FWD4_PRE_A ""
 
 #define FWD4_RD(A)                                                                                \
 	"cmp " A ", r5\n\t"                                                                        \
 	"it lt\n\t"                                                                                \
 	"sublt " A ", " A ", #2\n\t"
-#define FWD4_OUT_N                                                                                \
-	"ldr r5, [sp, #28]\n\t" FWD4_RD("r6") FWD4_RD("r7") FWD4_RD("r8")                          \
-		FWD4_RD("r9") FWD4_SHIFT_SAT FWD4_STORE
+#define FWD4_PRE_N "ldr r5, [sp, #32]\n\t" FWD4_RD("r6") FWD4_RD("r7") FWD4_RD("r8") FWD4_RD("r9")
 
 #define FWD4_CL(A)                                                                                \
 	"cmp " A ", r0\n\t"                                                                        \
@@ -311,27 +305,29 @@ typedef struct {
 	"cmp " A ", r5\n\t"                                                                        \
 	"it gt\n\t"                                                                                \
 	"movgt " A ", r5\n\t"
-#define FWD4_OUT_G                                                                                \
-	FWD4_SHIFT_SAT "ldrd r0, r5, [sp, #32]\n\t" FWD4_CL("r6") FWD4_CL("r7") FWD4_CL("r8")      \
-		FWD4_CL("r9") FWD4_STORE
+#define FWD4_PRE_G "ldrd r0, r5, [sp, #36]\n\t" FWD4_CL("r6") FWD4_CL("r7") FWD4_CL("r8") FWD4_CL("r9")
+
+#define FWD4_SHIFTS "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22"
 
 /* The remaining K / 4 - 1 groups after the first run as four-group passes
- * entered part way (the entry is computed once per call). */
-#define FWD4_FUNC(name, OUT)                                                                      \
-	__attribute__((naked, noinline)) static void name(const fwd4_t *a __attribute__((unused))) \
+ * entered part way (the entry is computed once per call). After the sums:
+ * r0-r2 store offsets, r3 = y + co, r4 = shift - 1, r5 = bqa, r10 = col,
+ * r12 = col end (one LDM), then the shift's output block. */
+#define FWD4_FUNC(name, PRE)                                                                      \
+	__attribute__((naked, noinline)) static void name(fwd4_t *a __attribute__((unused)))       \
 	{                                                                                         \
 		__asm__ volatile(                                                                 \
 			"push {r4-r11, lr}\n\t"                                                   \
-			"sub sp, sp, #44\n\t"                                                     \
-			"ldm r0!, {r1-r7}\n\t"                                                    \
-			"stm sp, {r1-r7}\n\t"                                                     \
-			"ldm r0, {r1-r6}\n\t"                                                     \
-			"add r12, sp, #28\n\t"                                                    \
-			"stm r12, {r1-r4}\n\t"                                                    \
+			"sub sp, sp, #60\n\t"                                                     \
+			"ldm r0!, {r1-r8}\n\t"                                                    \
+			"stm sp, {r1-r8}\n\t"                                                     \
+			"ldm r0, {r1-r7}\n\t"                                                     \
+			"add r12, sp, #32\n\t"                                                    \
+			"stm r12, {r1-r7}\n\t"                                                    \
 			"mov r11, r5\n\t"                                                         \
 			"mov lr, r6\n\t"                                                          \
-			"ldr r4, [sp, #16]\n\t"                                                   \
-			"lsrs r5, r4, #2\n\t"                                                     \
+			"cbnz r4, 9f\n\t"                                                         \
+			"lsrs r5, r7, #2\n\t"                                                     \
 			"subs r5, r5, #1\n\t"                                                     \
 			"beq 5f\n\t"                                                              \
 			"negs r5, r5\n\t"                                                         \
@@ -344,30 +340,46 @@ typedef struct {
 			"adr.w r6, 4f\n\t"                                                        \
 			"6:\n\t"                                                                  \
 			"orr r6, r6, #1\n\t"                                                      \
-			"str r6, [sp, #24]\n\t"                                                   \
-			"ldr r2, [sp, #8]\n\t"                                                    \
-			"ldr r3, [sp, #12]\n\t"                                                   \
+			"str r6, [sp, #44]\n\t"                                                   \
+			"str r6, [r0, #12]\n\t"                                                   \
+			"9:\n\t"                                                                  \
+			"ldm sp, {r0-r5, r10, r12}\n\t"                                           \
 			"1:\n\t"                                                                  \
-			"ldr r9, [r2, lr, lsl #2]\n\t"                                            \
-			"mov r10, r3\n\t"                                                         \
-			"add r12, r11, r4\n\t" FWD4_STEP("r9", "r9", "r9", "r9")                  \
-			"ldr pc, [sp, #24]\n\t"                                                   \
+			"ldr r9, [r5, lr, lsl #2]\n\t" FWD4_STEP("r9", "r9", "r9", "r9")          \
+			"ldr pc, [sp, #44]\n\t"                                                   \
 			"3:\n\t" FWD4_STEP("r6", "r7", "r8", "r9") FWD4_STEP("r6", "r7", "r8", "r9") \
 				FWD4_STEP("r6", "r7", "r8", "r9")                                 \
 					FWD4_STEP("r6", "r7", "r8", "r9")                         \
-			"cmp r11, r12\n\t"                                                        \
+			"cmp r10, r12\n\t"                                                        \
 			"bne 3b\n\t"                                                              \
-			"4:\n\t"                                                                  \
-			"ldm sp, {r0-r4, r12}\n\t" OUT "add lr, lr, #1\n\t"                       \
-			"cmp lr, r12\n\t"                                                         \
-			"bne 1b\n\t"                                                              \
-			"add sp, sp, #44\n\t"                                                     \
+			"4:\n\t" PRE "ldm sp, {r0-r5, r10, r12}\n\t"                              \
+			"tbh [pc, r4, lsl #1]\n\t"                                                \
+			"7:\n\t"                                                                  \
+			".irp s, " FWD4_SHIFTS "\n\t"                                             \
+			".hword (.L" #name "_b\\s - 7b) / 2\n\t"                                  \
+			".endr\n\t"                                                               \
+			".irp s, " FWD4_SHIFTS "\n"                                               \
+			".L" #name "_b\\s:\n\t"                                                      \
+			"ssat r6, #8, r6, asr #\\s\n\t"                                           \
+			"ssat r7, #8, r7, asr #\\s\n\t"                                           \
+			"ssat r8, #8, r8, asr #\\s\n\t"                                           \
+			"ssat r9, #8, r9, asr #\\s\n\t"                                           \
+			"strb r6, [lr], #1\n\t"                                                   \
+			"strb r7, [lr, r0]\n\t"                                                   \
+			"strb r8, [lr, r1]\n\t"                                                   \
+			"strb r9, [lr, r2]\n\t"                                                   \
+			"cmp lr, r3\n\t"                                                          \
+			"bne.w 1b\n\t"                                                            \
+			"b.w 8f\n\t"                                                              \
+			".endr\n\t"                                                               \
+			"8:\n\t"                                                                  \
+			"add sp, sp, #60\n\t"                                                     \
 			"pop {r4-r11, pc}\n\t");                                                  \
 	}
 
-FWD4_FUNC(fwd4_a, FWD4_OUT_A)
-FWD4_FUNC(fwd4_n, FWD4_OUT_N)
-FWD4_FUNC(fwd4_g, FWD4_OUT_G)
+FWD4_FUNC(fwd4_a, FWD4_PRE_A)
+FWD4_FUNC(fwd4_n, FWD4_PRE_N)
+FWD4_FUNC(fwd4_g, FWD4_PRE_G)
 
 /* four pixels' n bytes (n % 4 == 0) into the four-pixel column: centred
  * for zero point -128 (x + 128 = x ^ 0x80 read unsigned) or by zc != 0,
@@ -422,6 +434,105 @@ static void pack_px4(const int8_t *s0, const int8_t *s1, const int8_t *s2, const
 	}
 }
 
+/* four pixels' n bytes (n % 4 == 0, n > 0) into the four-pixel column,
+ * sign-extended (pack4_raw) or + 128 (pack4_flip: x ^ 0x80 read
+ * unsigned): per group four LDRs, (four EORs,) eight SXTB16 / UXTB16, one
+ * STM (sp: the four pixels' rows) */
+#define PACK4_FUNC(name, EOR, XT)                                                                 \
+	__attribute__((naked, noinline)) static void name(                                        \
+		const int8_t *const *sp __attribute__((unused)),                                  \
+		uint32_t *col __attribute__((unused)), int n __attribute__((unused)))             \
+	{                                                                                         \
+		__asm__ volatile("push {r4-r11, lr}\n\t"                                          \
+				 "ldm r0, {r10, r11, r12, lr}\n\t"                                \
+				 "mov r0, r1\n\t"                                                 \
+				 "add r1, r1, r2, lsl #3\n\t"                                     \
+				 "1:\n\t"                                                         \
+				 "ldr r6, [r10], #4\n\t"                                          \
+				 "ldr r7, [r11], #4\n\t"                                          \
+				 "ldr r8, [r12], #4\n\t"                                          \
+				 "ldr r9, [lr], #4\n\t" EOR XT " r2, r6\n\t" XT " r3, r7\n\t"     \
+				 XT " r4, r8\n\t" XT " r5, r9\n\t" XT " r6, r6, ror #8\n\t"       \
+				 XT " r7, r7, ror #8\n\t" XT " r8, r8, ror #8\n\t"                \
+				 XT " r9, r9, ror #8\n\t"                                         \
+				 "stm r0!, {r2-r9}\n\t"                                           \
+				 "cmp r0, r1\n\t"                                                 \
+				 "bne 1b\n\t"                                                     \
+				 "pop {r4-r11, pc}\n\t");                                         \
+	}
+
+PACK4_FUNC(pack4_raw, "", "sxtb16")
+PACK4_FUNC(pack4_flip,
+	   "eor r6, r6, #0x80808080\n\teor r7, r7, #0x80808080\n\t"
+	   "eor r8, r8, #0x80808080\n\teor r9, r9, #0x80808080\n\t",
+	   "uxtb16")
+
+/* one pixel's n bytes (n % 4 == 0) into its lane of the four-pixel column
+ * (c[0] even lanes, c[4] odd lanes, per group of four): x + 128 for
+ * zero point -128 (flip: x ^ 0x80 read unsigned), x - zc (zz = zc in both
+ * halves) for zc != 0, else sign-extended as they are */
+static void pack_px(const int8_t *s, uint32_t *c, int n, int flip, uint32_t zz)
+{
+	const int8_t *e = s + n;
+	if (flip) {
+		for (; s != e; s += 4, c += 8) {
+			const uint32_t v = kl_read_s8x4(s) ^ 0x80808080u;
+			c[0] = __uxtb16(v);
+			c[4] = kl_uxtb16_ror8(v);
+		}
+	} else if (zz != 0u) {
+		for (; s != e; s += 4, c += 8) {
+			const uint32_t v = kl_read_s8x4(s);
+			c[0] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16(v), (int16x2_t)zz);
+			c[4] = (uint32_t)__ssub16((int16x2_t)kl_sxtb16_ror8(v), (int16x2_t)zz);
+		}
+	} else {
+		for (; s != e; s += 4, c += 8) {
+			const uint32_t v = kl_read_s8x4(s);
+			c[0] = kl_sxtb16(v);
+			c[4] = kl_sxtb16_ror8(v);
+		}
+	}
+}
+
+/* n / 4 groups of a pixel's lane set to the padding word pw */
+static void pack_fill(uint32_t *c, int n, uint32_t pw)
+{
+	for (uint32_t *e = c + 2 * n; c != e; c += 8) {
+		c[0] = pw;
+		c[4] = pw;
+	}
+}
+
+/* pixel (oy, ox)'s im2col row straight from the input into its lane (c % 4
+ * == 0: every tap is whole groups); pw is the packed padding */
+static void pack_im2col(const kl_geom_t *g, const int8_t *x, int oy, int ox, uint32_t *c,
+			int flip, uint32_t zz, uint32_t pw)
+{
+	const int ch = g->c, kw = g->kw;
+	const int ix0 = ox * g->stride - g->pad_l;
+	int kx0 = ix0 < 0 ? -ix0 : 0;
+	int kx1 = g->w - ix0 < kw ? g->w - ix0 : kw;
+	if (kx0 > kw) {
+		kx0 = kw;
+	}
+	if (kx1 < kx0) {
+		kx1 = kx0;
+	}
+	for (int ky = 0; ky < g->kh; ky++) {
+		const int iy = oy * g->stride + ky - g->pad_t;
+		if (iy < 0 || iy >= g->h) {
+			pack_fill(c, kw * ch, pw);
+		} else {
+			pack_fill(c, kx0 * ch, pw);
+			pack_px(x + ((long)iy * g->w + ix0 + kx0) * ch, c + 2 * kx0 * ch, (kx1 - kx0) * ch,
+				flip, zz);
+			pack_fill(c + 2 * kx1 * ch, (kw - kx1) * ch, pw);
+		}
+		c += 2 * kw * ch;
+	}
+}
+
 /* sum of a row of n weights (n % 4 == 0): USADA8 of the bytes + 128 */
 static int32_t row_sum(const int8_t *r, int n)
 {
@@ -459,9 +570,27 @@ static int sat_scan(const int8_t *y, long n, int lo)
 				: [v] "r"(v), [c] "r"(c7f));
 		}
 	} else {
-		if (nw >= 8) { /* p is 4-aligned here */
-			const int8_t *e = p + ((nw >> 3) << 5);
+		if (nw >= 16) { /* p is 4-aligned here; 16 words a pass */
+			const int8_t *e = p + ((nw >> 4) << 6);
 			__asm__ volatile("1:\n\t"
+					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
+					 "ssub8 r4, r4, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r5, r5, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r6, r6, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r7, r7, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
+					 "ssub8 r4, r4, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r5, r5, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r6, r6, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
+					 "ssub8 r7, r7, %[c]\n\t"
+					 "sel %[f], %[c], %[f]\n\t"
 					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
 					 "ssub8 r4, r4, %[c]\n\t"
 					 "sel %[f], %[c], %[f]\n\t"
@@ -485,7 +614,7 @@ static int sat_scan(const int8_t *y, long n, int lo)
 					 : [p] "+r"(p), [f] "+r"(f)
 					 : [c] "r"(c7f), [e] "r"(e)
 					 : "r4", "r5", "r6", "r7", "cc", "memory");
-			nw &= 7;
+			nw &= 15;
 		}
 		for (; nw > 0; nw--) {
 			const uint32_t v = kl_read_s8x4(p);
@@ -527,11 +656,18 @@ static int fwd_fast(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int
 	const int32_t k = kl_rq_k(ys);
 	const int64_t zsh = (int64_t)rq->zp * ((int64_t)1 << ys);
 	const int64_t dmax = (int64_t)K * 128 * 255 + 2;
-	const int flip = x_zp == -128;
-	/* other zero points: folded into the bias with the row sums where there
-	 * are many pixels, else centred in the packing */
-	const int fold = !flip && x_zp != 0 && npix > 2 * co;
+	/* zero points != 0: folded into the bias with the row sums where there
+	 * are many pixels (not -128 for 1x1: flipped in pack4_flip), else
+	 * centred in the packing (-128: flipped) */
+	const int fold = x_zp != 0 && (x_zp != -128 || !direct) && npix > 2 * co;
+	const int flip = !fold && x_zp == -128;
 	const int32_t zc = !flip && !fold ? x_zp : 0;
+	const uint32_t zz = ((uint32_t)zc & 0xFFFFu) * 0x10001u;
+	/* the padding packed: x_zp as it is when folded, else 0 */
+	const uint32_t pw = fold ? ((uint32_t)x_zp & 0xFFFFu) * 0x10001u : 0u;
+	const int by_tap = !direct && (g->c & 3) == 0;
+	/* 1x1, stride 1, full rows: pixel p at x + p K */
+	const int seq = direct && g->stride == 1 && g->wo == g->w;
 	for (int i = 0; i < co; i++) {
 		const int64_t v = (int64_t)kl_rshift_round(b[i], rq->b_shift) + k + zsh;
 		if (v + dmax > INT32_MAX || v - dmax < INT32_MIN) {
@@ -542,12 +678,11 @@ static int fwd_fast(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int
 		const int32_t zs = fold ? x_zp * row_sum(w + (long)i * K, K) : 0;
 		bf[i] = (int32_t)((uint32_t)v - (uint32_t)zs);
 	}
-	void (*fn)(const fwd4_t *);
+	void (*fn)(fwd4_t *);
 	fwd4_t a;
-	a.lo = -128;
-	a.hi = 127;
+	a.lo = 0;
+	a.hi = 0;
 	a.thr = 0;
-	a.pad = 0;
 	if (rq->act == KL_ACT_NONE) {
 		fn = fwd4_n;
 		/* kl_rq_m: no round-down for a shift of 1 */
@@ -556,28 +691,76 @@ static int fwd_fast(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int
 		fn = fwd4_a;
 	} else {
 		fn = fwd4_g;
-		a.lo = rq->zp;
-		a.hi = rq->hi + rq->zp;
+		/* y in [lo, hi] <=> acc in [lo << ys, ((hi + 1) << ys) - 1] */
+		a.lo = (int32_t)((uint32_t)rq->zp << ys);
+		a.hi = (int32_t)(((uint32_t)(rq->hi + rq->zp + 1) << ys) - 1u);
 	}
-	a.ys = ys;
-	a.co = co;
+	a.c1 = co - 1;
+	a.c2 = 2 * co - 1;
+	a.c3 = 3 * co - 1;
+	a.sidx = ys - 1;
 	a.col = col;
+	a.cend = col + 2 * K;
 	a.K = K;
 	a.w = w;
 	a.entry = 0;
 	const int np4 = npix & ~3;
 	for (int p = 0; p < np4; p += 4) {
-		const int8_t *sp[4];
-		for (int j = 0; j < 4; j++) {
-			if (direct) {
-				sp[j] = pixel_1x1(g, x, p + j);
+		if (direct) {
+			const int8_t *sp[4];
+			for (int j = 0; j < 4; j++) {
+				sp[j] = seq ? x + (long)(p + j) * K : pixel_1x1(g, x, p + j);
+			}
+			if (zc == 0) {
+				(flip ? pack4_flip : pack4_raw)(sp, col, K);
 			} else {
+				pack_px4(sp[0], sp[1], sp[2], sp[3], col, K, flip, zc);
+			}
+		} else if (by_tap) {
+			int oy[4], ix[4], inx = !flip && zc == 0;
+			for (int j = 0; j < 4; j++) {
+				oy[j] = (p + j) / g->wo;
+				ix[j] = ((p + j) - oy[j] * g->wo) * g->stride - g->pad_l;
+				inx &= ix[j] >= 0 && ix[j] + g->kw <= g->w;
+			}
+			if (inx) { /* kernel rows whole: four pixels at once */
+				const int n = g->kw * g->c;
+				for (int ky = 0; ky < g->kh; ky++) {
+					const int8_t *sp[4];
+					int all = 1;
+					for (int j = 0; j < 4; j++) {
+						const int iy = oy[j] * g->stride + ky - g->pad_t;
+						const int in = iy >= 0 && iy < g->h;
+						all &= in;
+						sp[j] = in ? x + ((long)iy * g->w + ix[j]) * g->c : NULL;
+					}
+					uint32_t *c = col + 2 * ky * n;
+					if (all) {
+						pack4_raw(sp, c, n);
+						continue;
+					}
+					for (int j = 0; j < 4; j++) {
+						if (sp[j] != NULL) {
+							pack_px(sp[j], c + j, n, 0, 0u);
+						} else {
+							pack_fill(c + j, n, pw);
+						}
+					}
+				}
+			} else {
+				for (int j = 0; j < 4; j++) {
+					pack_im2col(g, x, oy[j], (p + j) - oy[j] * g->wo, col + j, flip, zz, pw);
+				}
+			}
+		} else {
+			const int8_t *sp[4];
+			for (int j = 0; j < 4; j++) {
 				int8_t *bj = buf + j * K;
 				kl_im2col_full_s8(g, x, x_zp, (p + j) / g->wo, (p + j) % g->wo, bj);
 				sp[j] = bj;
 			}
+			pack_px4(sp[0], sp[1], sp[2], sp[3], col, K, flip, zc);
 		}
-		pack_px4(sp[0], sp[1], sp[2], sp[3], col, K, flip, zc);
 		a.y = y + (long)p * co;
 		a.yend = a.y + co;
 		a.bqa = (uint32_t)(uintptr_t)bf - 4u * (uint32_t)(uintptr_t)a.y;
