@@ -1,5 +1,14 @@
-/* Fully connected layer, int8, dsp backend: two rows and eight inputs at a time, SMLAD on
- * sign-extended weight pairs against a centred, reordered int16 input. */
+/* Fully connected layer, int8, dsp backend: SMLAD on sign-extended weight pairs against the
+ * input centred once into int16 words, reordered per group of four inputs to match
+ * SXTB16 / SXTB16 ROR 8 of a weight word (kl_center_interleave_s8).
+ *
+ * fast path   n_in % 8 == 0, word-aligned weights, the usual shifts (fc_fast): three rows
+ *             per step in a naked assembly loop (LDM of the input, LDRD per row, 28
+ *             instructions per 24 MACs), bias folded per row into the accumulator so an
+ *             output is ASR + SSAT; n_out % 3 rows by one more overlapping group; the
+ *             saturation flag is read from the outputs.
+ * otherwise   (fc_general) four rows per step (LDRD of the input, LDR per row) where
+ *             n_in % 4 == 0, then two and one; output stage kl_dsp_requant_n. */
 #include "kilolearn/kl_kernels.h"
 
 #if KL_KERNELS_DSP
@@ -56,9 +65,8 @@ static inline int32_t dot_tail(const int8_t *row, const int16_t *xc, int j, int 
 	"sxtb16 %[t], %[v], ror #8\n\t"                                                          \
 	"smlad %[a2], %[t], %[xo], %[a2]\n\t"
 
-int kl_dsp_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,
-			      const kl_requant_t *rq, int8_t *y, int n_in, int n_out,
-			      int16_t *scratch)
+static int fc_general(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,
+		      const kl_requant_t *rq, int8_t *y, int n_in, int n_out, int16_t *scratch)
 {
 	kl_center_interleave_s8(x, x_zp, scratch, n_in);
 	const uint32_t *xw = (const uint32_t *)(const void *)scratch;
@@ -153,6 +161,307 @@ int kl_dsp_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, co
 		dots[i] = a0;
 	}
 	return requant_dots(dots, b, rq, y, n_out);
+}
+
+/* ---- the fast path: three rows per step in a naked assembly loop ---------
+ *
+ * Per eight inputs one LDM of the four centred int16 words, per row one LDRD
+ * of two weight words, four SXTB16 and four SMLAD (28 instructions per 24
+ * MACs). The input loop is unrolled eight times and entered part way (Duff);
+ * it ends on a sentinel word after the centred input (lanes of -32768, which
+ * no centred value reaches), so the loop costs one CMP and one BNE per 64
+ * inputs and all 14 registers hold operands. Each accumulator starts at its
+ * folded bias round(b >> b_shift) + k + (zp << y_shift) (kl_rq_k), computed
+ * in the group prologue as ((sat(b - (b < 0)) >> (b_shift - 1)) + 2 K' + 1)
+ * >> 1 with K' = k + (zp << y_shift), exact for every int32 b; fc_fast checks
+ * that no sum can leave int32. An output is then SSAT(acc >> y_shift, 8)
+ * (mode A: ReLU with zero point -128), with the round-down of negative sums
+ * first (mode N, no activation: acc -= 2 where acc < K' - 1, kl_rq_m) or a
+ * clamp to [lo, hi] + zp after (mode G). The saturation flag is read from the
+ * outputs (sat_scan). */
+typedef struct {
+	const int32_t *b; /* bias of row 0 of the next group */
+	int32_t bsm1;     /* b_shift - 1 */
+	int32_t c2;       /* 2 K' + 1 */
+	int32_t n;        /* n_in: row stride */
+	const uint32_t *xc; /* centred input, sentinel after it */
+	uint32_t entry;   /* set by the function */
+	int32_t ys;
+	int8_t *y;        /* output of row 0 of the next group */
+	const int8_t *wend; /* row 0 + 3 n_in x groups */
+	int32_t lo;       /* mode N: K' - 1 (threshold); mode G: lo + zp */
+	int32_t hi;       /* mode G: hi + zp */
+	const int8_t *w;  /* row 0 */
+	int32_t steps;    /* n_in / 8 */
+} fc3_t;
+
+#define FC3_SENTINEL 0x80008000u
+
+/* one row of a step: weights at P (post-incremented), accumulator A */
+#define FC3_ROW(P, A)                                                                             \
+	"ldrd r7, r8, [" P "], #8\n\t"                                                            \
+	"sxtb16 r9, r7\n\t"                                                                        \
+	"smlad " A ", r9, r0, " A "\n\t"                                                           \
+	"sxtb16 r7, r7, ror #8\n\t"                                                                \
+	"smlad " A ", r7, r1, " A "\n\t"                                                           \
+	"sxtb16 r9, r8\n\t"                                                                        \
+	"smlad " A ", r9, r2, " A "\n\t"                                                           \
+	"sxtb16 r8, r8, ror #8\n\t"                                                                \
+	"smlad " A ", r8, r3, " A "\n\t"
+
+/* a step after its LDM (108 bytes: every instruction 32-bit) */
+#define FC3_REST FC3_ROW("r10", "r4") FC3_ROW("r11", "r5") FC3_ROW("r12", "r6")
+#define FC3_LDM "ldm.w lr!, {r0-r3}\n\t"
+#define FC3_STEP FC3_LDM FC3_REST
+
+/* folded bias of one row: b in B, into A (r1 = b_shift - 1, r2 = 2 K' + 1) */
+#define FC3_BIAS(B, A)                                                                            \
+	"asr " A ", " B ", #31\n\t"                                                                \
+	"qadd " A ", " B ", " A "\n\t"                                                             \
+	"asr " A ", " A ", r1\n\t"                                                                 \
+	"add " A ", " A ", r2\n\t"                                                                 \
+	"asr " A ", " A ", #1\n\t"
+
+#define FC3_SHIFT_SAT                                                                             \
+	"asr r4, r4, r7\n\t"                                                                       \
+	"asr r5, r5, r7\n\t"                                                                       \
+	"asr r6, r6, r7\n\t"                                                                       \
+	"ssat r4, #8, r4\n\t"                                                                      \
+	"ssat r5, #8, r5\n\t"                                                                      \
+	"ssat r6, #8, r6\n\t"
+
+#define FC3_STORE                                                                                 \
+	"strb r4, [r8], #1\n\t"                                                                    \
+	"strb r5, [r8], #1\n\t"                                                                    \
+	"strb r6, [r8], #1\n\t"                                                                    \
+	"str r8, [sp, #28]\n\t"
+
+#define FC3_OUT_A "ldrd r7, r8, [sp, #24]\n\t" FC3_SHIFT_SAT FC3_STORE
+
+#define FC3_RD(A)                                                                                 \
+	"cmp " A ", r9\n\t"                                                                        \
+	"it lt\n\t"                                                                                \
+	"sublt " A ", " A ", #2\n\t"
+#define FC3_OUT_N                                                                                 \
+	"ldrd r7, r8, [sp, #24]\n\t"                                                              \
+	"ldr r9, [sp, #36]\n\t" FC3_RD("r4") FC3_RD("r5") FC3_RD("r6") FC3_SHIFT_SAT FC3_STORE
+
+#define FC3_CL(A)                                                                                 \
+	"cmp " A ", r9\n\t"                                                                        \
+	"it lt\n\t"                                                                                \
+	"movlt " A ", r9\n\t"                                                                      \
+	"cmp " A ", r0\n\t"                                                                        \
+	"it gt\n\t"                                                                                \
+	"movgt " A ", r0\n\t"
+#define FC3_OUT_G                                                                                 \
+	"ldrd r7, r8, [sp, #24]\n\t" FC3_SHIFT_SAT "ldrd r9, r0, [sp, #36]\n\t" FC3_CL("r4")       \
+		FC3_CL("r5") FC3_CL("r6") FC3_STORE
+
+/* Registers in the input loop: r0-r3 centred input, r4-r6 accumulators,
+ * r7-r9 weights, r10-r12 row pointers, lr input pointer. The frame (the
+ * fc3_t, 13 words) is copied onto the stack. */
+#define FC3_FUNC(name, OUT)                                                                       \
+	__attribute__((naked, noinline)) static void name(const fc3_t *a __attribute__((unused)))  \
+	{                                                                                         \
+		__asm__ volatile(                                                                 \
+			"push {r4-r11, lr}\n\t"                                                   \
+			"sub sp, sp, #52\n\t"                                                     \
+			"ldm r0!, {r1-r7}\n\t"                                                    \
+			"stm sp, {r1-r7}\n\t"                                                     \
+			"ldm r0, {r1-r6}\n\t"                                                     \
+			"add r12, sp, #28\n\t"                                                    \
+			"stm r12, {r1-r6}\n\t"                                                    \
+			"mov r12, r5\n\t"                                                         \
+			"negs r6, r6\n\t"                                                         \
+			"and r6, r6, #7\n\t"                                                      \
+			"movs r7, #112\n\t"                                                       \
+			"adr.w r8, 3f\n\t"                                                        \
+			"mla r8, r6, r7, r8\n\t"                                                  \
+			"orr r8, r8, #1\n\t"                                                      \
+			"str r8, [sp, #20]\n\t"                                                   \
+			"1:\n\t"                                                                  \
+			"ldm sp, {r0-r3, lr}\n\t"                                                 \
+			"ldm r0!, {r7-r9}\n\t"                                                    \
+			"str r0, [sp]\n\t" FC3_BIAS("r7", "r4") FC3_BIAS("r8", "r5")              \
+				FC3_BIAS("r9", "r6") "mov r10, r12\n\t"                           \
+			"add r11, r12, r3\n\t"                                                    \
+			"add r12, r11, r3\n\t" FC3_LDM "ldr pc, [sp, #20]\n\t"                    \
+			"3:\n\t" FC3_REST FC3_STEP FC3_STEP FC3_STEP FC3_STEP FC3_STEP FC3_STEP   \
+				FC3_STEP FC3_LDM "cmp.w r0, #0x80008000\n\t"                      \
+			"bne 3b\n\t" OUT "ldr r9, [sp, #32]\n\t"                                  \
+			"cmp r12, r9\n\t"                                                         \
+			"bne 1b\n\t"                                                              \
+			"add sp, sp, #52\n\t"                                                     \
+			"pop {r4-r11, pc}\n\t");                                                  \
+	}
+
+FC3_FUNC(fc3_a, FC3_OUT_A)
+FC3_FUNC(fc3_n, FC3_OUT_N)
+FC3_FUNC(fc3_g, FC3_OUT_G)
+
+/* any output byte at 127 (or, with lo, at -128) */
+static int sat_scan(const int8_t *y, int n, int lo)
+{
+	uint32_t f = 0;
+	const uint32_t c = 0x7F7F7F7Fu;
+	int i = 0;
+	if (lo) {
+		for (; i + 4 <= n; i += 4) {
+			const uint32_t v = kl_read_s8x4(y + i);
+			uint32_t t;
+			__asm__("ssub8 %[t], %[v], %[c]\n\t"
+				"sel %[f], %[c], %[f]\n\t"
+				"sadd8 %[t], %[v], %[c]\n\t"
+				"sel %[f], %[f], %[c]"
+				: [f] "+r"(f), [t] "=&r"(t)
+				: [v] "r"(v), [c] "r"(c));
+		}
+	} else {
+		for (; i + 4 <= n; i += 4) {
+			const uint32_t v = kl_read_s8x4(y + i);
+			uint32_t t;
+			__asm__("ssub8 %[t], %[v], %[c]\n\t"
+				"sel %[f], %[c], %[f]"
+				: [f] "+r"(f), [t] "=&r"(t)
+				: [v] "r"(v), [c] "r"(c));
+		}
+	}
+	for (; i < n; i++) {
+		f |= (uint32_t)(y[i] == 127 || (lo && y[i] == -128));
+	}
+	return f != 0;
+}
+
+/* kl_center_interleave_s8 for n % 8 == 0, eight inputs per pass (one STM):
+ * zero point -128 as (x ^ 0x80) read unsigned, 0 as it is, others by SSUB16 */
+static void center8(const int8_t *x, int32_t zp, uint32_t *o, int n)
+{
+	const int8_t *const end = x + n;
+	if (zp == -128) {
+		__asm__ volatile("1:\n\t"
+				 "ldr r4, [%[x]], #4\n\t"
+				 "ldr r6, [%[x]], #4\n\t"
+				 "eor r4, r4, #0x80808080\n\t"
+				 "eor r6, r6, #0x80808080\n\t"
+				 "uxtb16 r5, r4, ror #8\n\t"
+				 "uxtb16 r4, r4\n\t"
+				 "uxtb16 r7, r6, ror #8\n\t"
+				 "uxtb16 r6, r6\n\t"
+				 "stm %[o]!, {r4-r7}\n\t"
+				 "cmp %[x], %[e]\n\t"
+				 "bne 1b"
+				 : [x] "+r"(x), [o] "+r"(o)
+				 : [e] "r"(end)
+				 : "r4", "r5", "r6", "r7", "cc", "memory");
+	} else if (zp == 0) {
+		__asm__ volatile("1:\n\t"
+				 "ldr r4, [%[x]], #4\n\t"
+				 "ldr r6, [%[x]], #4\n\t"
+				 "sxtb16 r5, r4, ror #8\n\t"
+				 "sxtb16 r4, r4\n\t"
+				 "sxtb16 r7, r6, ror #8\n\t"
+				 "sxtb16 r6, r6\n\t"
+				 "stm %[o]!, {r4-r7}\n\t"
+				 "cmp %[x], %[e]\n\t"
+				 "bne 1b"
+				 : [x] "+r"(x), [o] "+r"(o)
+				 : [e] "r"(end)
+				 : "r4", "r5", "r6", "r7", "cc", "memory");
+	} else {
+		const uint32_t zz = ((uint32_t)zp & 0xFFFFu) * 0x10001u;
+		__asm__ volatile("1:\n\t"
+				 "ldr r4, [%[x]], #4\n\t"
+				 "ldr r6, [%[x]], #4\n\t"
+				 "sxtb16 r5, r4, ror #8\n\t"
+				 "sxtb16 r4, r4\n\t"
+				 "sxtb16 r7, r6, ror #8\n\t"
+				 "sxtb16 r6, r6\n\t"
+				 "ssub16 r4, r4, %[z]\n\t"
+				 "ssub16 r5, r5, %[z]\n\t"
+				 "ssub16 r6, r6, %[z]\n\t"
+				 "ssub16 r7, r7, %[z]\n\t"
+				 "stm %[o]!, {r4-r7}\n\t"
+				 "cmp %[x], %[e]\n\t"
+				 "bne 1b"
+				 : [x] "+r"(x), [o] "+r"(o)
+				 : [e] "r"(end), [z] "r"(zz)
+				 : "r4", "r5", "r6", "r7", "cc", "memory");
+	}
+}
+
+/* Returns -1 where the fast path does not apply, else the saturation flag. */
+static int fc_fast(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,
+		   const kl_requant_t *rq, int8_t *y, int n_in, int n_out, int16_t *scratch)
+{
+	const int ys = rq->y_shift, bs = rq->b_shift;
+	if ((n_in & 7) != 0 || n_in < 8 || n_in > 16384 || n_out < 3 ||
+	    ((uintptr_t)w & 3u) != 0 || ys < 1 || ys > 22 || bs < 2 || bs > 31 ||
+	    rq->hi <= rq->lo || x_zp < -128 || x_zp > 127 || rq->zp < -128 || rq->zp > 127) {
+		return -1;
+	}
+	/* K' = k + zp 2^ys: |K'| < 2^29, |round(b >> bs)| <= 2^29 and the dot
+	 * products stay below 2^30 - 2^29, so no sum leaves int32 */
+	const int32_t kk = kl_rq_k(ys) + (int32_t)((uint32_t)rq->zp << ys);
+	const int64_t dmax = (int64_t)n_in * 128 * 255 + 2;
+	if (dmax + (kk < 0 ? -(int64_t)kk : kk) >= ((int64_t)1 << 30)) {
+		return -1;
+	}
+	uint32_t *xc = (uint32_t *)(void *)scratch;
+	center8(x, x_zp, xc, n_in);
+	/* read by the loop's last LDM with the three words after it (within
+	 * the scratch: n_out >= 3) */
+	xc[n_in >> 1] = FC3_SENTINEL;
+	void (*fn)(const fc3_t *);
+	fc3_t a;
+	a.lo = 0;
+	a.hi = 0;
+	if (rq->act == KL_ACT_NONE) {
+		fn = fc3_n;
+		/* kl_rq_m: no round-down for a shift of 1 */
+		a.lo = ys >= 2 ? kk - 1 : INT32_MIN;
+	} else if (rq->zp == -128 && rq->hi == 255) {
+		fn = fc3_a;
+	} else {
+		fn = fc3_g;
+		a.lo = rq->lo + rq->zp;
+		a.hi = rq->hi + rq->zp;
+	}
+	a.bsm1 = bs - 1;
+	a.c2 = 2 * kk + 1;
+	a.n = n_in;
+	a.xc = xc;
+	a.entry = 0;
+	a.ys = ys;
+	a.steps = n_in >> 3;
+	const int ng = n_out / 3;
+	a.b = b;
+	a.y = y;
+	a.w = w;
+	a.wend = w + (long)3 * ng * n_in;
+	fn(&a);
+	if (ng * 3 != n_out) { /* the last three rows again */
+		const int r = n_out - 3;
+		a.b = b + r;
+		a.y = y + r;
+		a.w = w + (long)r * n_in;
+		a.wend = a.w + (long)3 * n_in;
+		fn(&a);
+	}
+	if (rq->act != KL_ACT_NONE && !rq->cap_saturates) {
+		return 0;
+	}
+	return sat_scan(y, n_out, rq->act == KL_ACT_NONE);
+}
+
+int kl_dsp_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,
+			      const kl_requant_t *rq, int8_t *y, int n_in, int n_out,
+			      int16_t *scratch)
+{
+	const int sat = fc_fast(x, x_zp, w, b, rq, y, n_in, n_out, scratch);
+	if (sat >= 0) {
+		return sat;
+	}
+	return fc_general(x, x_zp, w, b, rq, y, n_in, n_out, scratch);
 }
 #else
 typedef int kl_dsp_fully_connected_s8_unused;
