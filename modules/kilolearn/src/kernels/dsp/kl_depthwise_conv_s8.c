@@ -15,12 +15,14 @@
  *                |bias| < 2^29 (the others: the general path below).
  *   input grad   stride 1: the same kernel on dy with the weights rotated by
  *                180 degrees (zero padding), int32 out.
+ *                stride 2: a gather by parity (see dw3_bwd_s2): 2x2 input
+ *                pixels per dy pixel, one dy row pair unpacked per half.
  * Blocks with padding taps read through a table of 15 pixel pointers
  * (padding -> a row of the padding value); channels beyond the last
  * multiple of four go one by one. Scratch: 29 bytes per channel (rounded
  * to 4), within kl_conv_s8_scratch().
  *
- * Other shapes, and the input gradient at stride 2:
+ * Other shapes:
  * forward      weights widened once per call to int16 (lanes as SXTB16 /
  *              SXTB16 ROR 8 leave the input); every output pixel gets a table
  *              of tap pointers (padding taps point at a row of x_zp), the
@@ -708,10 +710,337 @@ int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 	return rq->cap_saturates && (int32_t)mb >= rq->hi;
 }
 
+
+/* ---- input gradient, 3x3 stride 2 ----------------------------------------
+ * Input pixel (iy, ix) takes kernel row ky where iy + pad_t - ky is even:
+ * with e = iy + pad_t even ("A row") ky = 0 from dy row e/2 and ky = 2 from
+ * dy row e/2 - 1, with e odd ("B row") ky = 1 from dy row (e - 1)/2; the
+ * same for columns. A unit is the 2x2 block of input pixels (A and B row,
+ * A and B column) of dy pixel (a, u): it reads dy rows a, a - 1 and columns
+ * u - 1, u. Per half (two channels), the dy words of (row, u - 1) and
+ * (row, u) are paired (PKHBT / PKHTB, SXTB16) into (d[u-1], d[u]) of each
+ * channel; with Wk = (w[k][2], w[k][0]) of that channel and Vk = w[k][1] of
+ * both channels:
+ *   B row   A col: SMUAD(Pa, W1)             B col: SMULTB / TT(Pa, V1)
+ *   A row   A col: SMUAD(Pa, W0) + SMLAD(Pb, W2)
+ *           B col: SMULTB(Pa, V0) + SMLATB(Pb, V2)  (TT / TT for channel 1)
+ * 18 MACs per half in 34 instructions. Units whose pixels or dy reads leave
+ * the image (and the channels beyond the last multiple of four) go through
+ * s2_pixel, a gather over the (at most four) taps of one pixel. */
+
+#define S2_WORDS 18 /* words of the stride-2 table per group of four channels */
+
+/* table [group][half][W1 c0, W1 c1, V1, W0 c0, W0 c1, V0, W2 c0, W2 c1, V2] */
+static void s2_table(const int8_t *w, int c, uint32_t *t)
+{
+	static const int krow[3] = {1, 0, 2};
+	const int C4 = kl_round4(c);
+	for (int ch = 0; ch < C4; ch += 2) {
+		uint32_t *o = t + (ch >> 2) * S2_WORDS + ((ch >> 1) & 1) * 9;
+		for (int i = 0; i < 3; i++) {
+			const int8_t *r = w + (long)krow[i] * 3 * c;
+			int32_t v[2][3];
+			for (int j = 0; j < 2; j++) {
+				for (int kx = 0; kx < 3; kx++) {
+					v[j][kx] = ch + j < c ? r[(long)kx * c + ch + j] : 0;
+				}
+			}
+			o[3 * i] = pair16(v[0][2], v[0][0]);
+			o[3 * i + 1] = pair16(v[1][2], v[1][0]);
+			o[3 * i + 2] = pair16(v[0][1], v[1][1]);
+		}
+	}
+}
+
+/* dy words of columns u - 1 (at p) and u (at p + c), paired for half H */
+#define S2_LD(H)                                                                                  \
+	"ldr %[t1], [%[p], %[c]]\n\t"                                                             \
+	"ldr %[t0], [%[p]]\n\t" S2_PK##H                                                          \
+	"sxtb16 %[t1], %[t0]\n\t"                                                                 \
+	"sxtb16 %[t0], %[t0], ror #8\n\t"
+#define S2_PK0 "pkhbt %[t0], %[t0], %[t1], lsl #16\n\t"
+#define S2_PK1 "pkhtb %[t0], %[t1], %[t0], asr #16\n\t"
+/* B row (kernel row 1), stored at q (A col) and q + 4c (B col); q += 8 */
+#define S2_B(OW, OV)                                                                              \
+	"ldrd %[wa], %[wb], [%[w], #" #OW "]\n\t"                                                 \
+	"smuad %[a00], %[t1], %[wa]\n\t"                                                          \
+	"smuad %[a01], %[t0], %[wb]\n\t"                                                          \
+	"strd %[a00], %[a01], [%[q]], #8\n\t"                                                     \
+	"ldr %[wa], [%[w], #" #OV "]\n\t"                                                         \
+	"smultb %[a00], %[t1], %[wa]\n\t"                                                         \
+	"smultt %[a01], %[t0], %[wa]\n\t"                                                         \
+	"add %[wb], %[q], %[c], lsl #2\n\t"                                                       \
+	"strd %[a00], %[a01], [%[wb], #-8]\n\t"
+/* A row, first dy row: a00 a01 (A col), a10 a11 (B col) set */
+#define S2_A_SET(OW, OV)                                                                          \
+	"ldrd %[wa], %[wb], [%[w], #" #OW "]\n\t"                                                 \
+	"smuad %[a00], %[t1], %[wa]\n\t"                                                          \
+	"smuad %[a01], %[t0], %[wb]\n\t"                                                          \
+	"ldr %[wa], [%[w], #" #OV "]\n\t"                                                         \
+	"smultb %[a10], %[t1], %[wa]\n\t"                                                         \
+	"smultt %[a11], %[t0], %[wa]\n\t"
+#define S2_A_ADD(OW, OV)                                                                          \
+	"ldrd %[wa], %[wb], [%[w], #" #OW "]\n\t"                                                 \
+	"smlad %[a00], %[t1], %[wa], %[a00]\n\t"                                                  \
+	"smlad %[a01], %[t0], %[wb], %[a01]\n\t"                                                  \
+	"ldr %[wa], [%[w], #" #OV "]\n\t"                                                         \
+	"smlatb %[a10], %[t1], %[wa], %[a10]\n\t"                                                 \
+	"smlatt %[a11], %[t0], %[wa], %[a11]\n\t"
+#define S2_ST                                                                                     \
+	"strd %[a00], %[a01], [%[q]], #8\n\t"                                                     \
+	"add %[wb], %[q], %[c], lsl #2\n\t"                                                       \
+	"strd %[a10], %[a11], [%[wb], #-8]\n\t"
+#define S2_OPS                                                                                    \
+	: [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),                 \
+	  [t0] "=&r"(t0), [t1] "=&r"(t1), [wa] "=&r"(wa), [wb] "=&r"(wb), [q] "+&r"(*q)           \
+	: [p] "r"(p), [c] "r"(c), [w] "r"(w)                                                      \
+	: "memory"
+
+/* Row a of a unit, half h: the B row (b) stored through *q, the A row's
+ * kernel row 0 (a0) into the accumulators. */
+static inline __attribute__((always_inline)) void
+s2_row_a(const int8_t *p, int c, const uint32_t *w, int32_t **q, int b, int a0, int h,
+	 int32_t *acc)
+{
+	int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+	uint32_t t0, t1, wa, wb;
+	if (h == 0) {
+		if (b && a0) {
+			__asm__ volatile(S2_LD(0) S2_B(0, 8) S2_A_SET(12, 20) S2_OPS);
+		} else if (b) {
+			__asm__ volatile(S2_LD(0) S2_B(0, 8) S2_OPS);
+		} else {
+			__asm__ volatile(S2_LD(0) S2_A_SET(12, 20) S2_OPS);
+		}
+	} else {
+		if (b && a0) {
+			__asm__ volatile(S2_LD(1) S2_B(36, 44) S2_A_SET(48, 56) S2_OPS);
+		} else if (b) {
+			__asm__ volatile(S2_LD(1) S2_B(36, 44) S2_OPS);
+		} else {
+			__asm__ volatile(S2_LD(1) S2_A_SET(48, 56) S2_OPS);
+		}
+	}
+	acc[0] = a00;
+	acc[1] = a01;
+	acc[2] = a10;
+	acc[3] = a11;
+}
+
+/* Row a - 1 of a unit, half h: the A row's kernel row 2 added (a2; set
+ * when there was no kernel row 0, first), then the A row stored. */
+static inline __attribute__((always_inline)) void
+s2_row_b(const int8_t *p, int c, const uint32_t *w, int32_t **q, int a2, int first, int h,
+	 int32_t *acc)
+{
+	int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+	uint32_t t0, t1, wa, wb;
+	if (h == 0) {
+		if (a2 && first) {
+			__asm__ volatile(S2_LD(0) S2_A_SET(24, 32) S2_ST S2_OPS);
+		} else if (a2) {
+			__asm__ volatile(S2_LD(0) S2_A_ADD(24, 32) S2_ST S2_OPS);
+		} else {
+			__asm__ volatile(S2_ST S2_OPS);
+		}
+	} else {
+		if (a2 && first) {
+			__asm__ volatile(S2_LD(1) S2_A_SET(60, 68) S2_ST S2_OPS);
+		} else if (a2) {
+			__asm__ volatile(S2_LD(1) S2_A_ADD(60, 68) S2_ST S2_OPS);
+		} else {
+			__asm__ volatile(S2_ST S2_OPS);
+		}
+	}
+}
+
+/* The units of one unit row over the vector channels: rows pa (dy row a,
+ * column u0 - 1) and pb (row a - 1), outputs qa (A row, A col of unit u0)
+ * and qb (B row); B: B row written, A0 / A2: A row from dy row a / a - 1. */
+static inline __attribute__((always_inline)) void
+s2_units(const int8_t *pa, const int8_t *pb, int32_t *qa, int32_t *qb, int n, int c, int G,
+	 const uint32_t *wt, int B, int A0, int A2)
+{
+	for (int u = 0; u < n; u++) {
+		const int8_t *p0 = pa, *p1 = pb;
+		int32_t *q0 = qa, *q1 = qb;
+		const uint32_t *w = wt;
+		for (int k = 0; k < G; k++) {
+			for (int h = 0; h < 2; h++) {
+				int32_t acc[4] = {0, 0, 0, 0};
+				if (B || A0) {
+					s2_row_a(p0, c, w, &q1, B, A0, h, acc);
+				}
+				if (A0 || A2) {
+					s2_row_b(p1, c, w, &q0, A2, !A0, h, acc);
+				}
+			}
+			p0 += 4;
+			p1 += 4;
+			w += S2_WORDS;
+		}
+		pa += c;
+		pb += c;
+		qa += 2 * c;
+		qb += 2 * c;
+	}
+}
+
+/* int32 sums of n taps (dy pixel dp[k], widened weights wp[k] at channel 0)
+ * over the vector channels */
+static inline __attribute__((always_inline)) void
+gather_n(const int8_t *const *dp, const uint32_t *const *wp, int n, int cv, int32_t *out)
+{
+	const int8_t *d0 = dp[0], *d1 = n > 1 ? dp[1] : NULL;
+	const int8_t *d2 = n > 2 ? dp[2] : NULL, *d3 = n > 3 ? dp[3] : NULL;
+	const uint32_t *w0 = wp[0], *w1 = n > 1 ? wp[1] : NULL;
+	const uint32_t *w2 = n > 2 ? wp[2] : NULL, *w3 = n > 3 ? wp[3] : NULL;
+	for (int ch = 0; ch < cv; ch += 4) {
+		int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+		DW_MAC4(kl_read_s8x4(d0 + ch), w0);
+		w0 += 2;
+		if (n > 1) {
+			DW_MAC4(kl_read_s8x4(d1 + ch), w1);
+			w1 += 2;
+		}
+		if (n > 2) {
+			DW_MAC4(kl_read_s8x4(d2 + ch), w2);
+			w2 += 2;
+		}
+		if (n > 3) {
+			DW_MAC4(kl_read_s8x4(d3 + ch), w3);
+			w3 += 2;
+		}
+		out[ch] = a0;
+		out[ch + 1] = a1;
+		out[ch + 2] = a2;
+		out[ch + 3] = a3;
+	}
+}
+
+/* One input pixel (iy, ix) at stride 2, channels from ch0 (0 or cv): the
+ * gather over its (at most four) taps, wx = widen_weights. */
+static void s2_pixel(const kl_geom_t *g, const int8_t *w, const uint32_t *wx, const int8_t *dy,
+		     int iy, int ix, int ch0, int32_t *out)
+{
+	const int c = g->c, cv = c & ~3, G = kl_round4(c) >> 2;
+	int ky[2], oy[2], kx[2], ox[2], ny = 0, nx = 0;
+	const int ey = iy + g->pad_t, ex = ix + g->pad_l;
+	for (int k = (ey & 1); k < 3; k += 2) {
+		const int r = (ey - k) >> 1;
+		if (r >= 0 && r < g->ho) {
+			ky[ny] = k;
+			oy[ny++] = r;
+		}
+	}
+	for (int k = (ex & 1); k < 3; k += 2) {
+		const int r = (ex - k) >> 1;
+		if (r >= 0 && r < g->wo) {
+			kx[nx] = k;
+			ox[nx++] = r;
+		}
+	}
+	const int8_t *dp[4];
+	const uint32_t *wp[4];
+	int tk[4], n = 0;
+	for (int i = 0; i < ny; i++) {
+		for (int j = 0; j < nx; j++) {
+			tk[n] = ky[i] * 3 + kx[j];
+			dp[n] = dy + ((long)oy[i] * g->wo + ox[j]) * c;
+			wp[n] = wx + (long)tk[n] * G * 2;
+			n++;
+		}
+	}
+	if (ch0 == 0) {
+		if (n == 1) {
+			gather_n(dp, wp, 1, cv, out);
+		} else if (n == 2) {
+			gather_n(dp, wp, 2, cv, out);
+		} else if (n == 4) {
+			gather_n(dp, wp, 4, cv, out);
+		} else {
+			for (int ch = 0; ch < cv; ch++) {
+				out[ch] = 0;
+			}
+		}
+	}
+	for (int ch = cv; ch < c; ch++) {
+		int32_t a = 0;
+		for (int k = 0; k < n; k++) {
+			a += (int32_t)w[(long)tk[k] * c + ch] * dp[k][ch];
+		}
+		out[ch] = a;
+	}
+}
+
+static void dw3_bwd_s2(const kl_geom_t *g, const int8_t *w, const int8_t *dy, int32_t *acc,
+		       void *scratch)
+{
+	const int c = g->c, C4 = kl_round4(c), G = C4 >> 2, cv = c & ~3, Gv = cv >> 2;
+	const int pt = g->pad_t, pl = g->pad_l, H = g->h, W = g->w;
+	uint32_t *wt = scratch;                  /* 18 * C4 bytes */
+	uint32_t *wx = wt + (long)G * S2_WORDS; /* 18 * C4 bytes */
+	s2_table(w, c, wt);
+	widen_weights(w, 9, c, wx);
+	/* units u in [u0, u1): dy columns u - 1, u and pixel columns 2u - pl,
+	 * 2u + 1 - pl inside */
+	int u0 = (pl + 1) >> 1;
+	u0 = u0 < 1 ? 1 : u0;
+	int u1 = (W - 2 + pl) >= 0 ? ((W - 2 + pl) >> 1) + 1 : 0;
+	u1 = u1 < g->wo ? u1 : g->wo;
+	const int nu = u1 > u0 && Gv > 0 ? u1 - u0 : 0;
+	const int xc0 = nu ? 2 * u0 - pl : 0, xc1 = nu ? 2 * u1 - pl : 0;
+	const long rs = (long)g->wo * c;
+	for (int iya = -(pt & 1); iya < H; iya += 2) {
+		const int a = (iya + pt) >> 1;
+		const int wA = iya >= 0, wB = iya + 1 < H;
+		const int ra = a < g->ho, rb = a >= 1 && a - 1 < g->ho;
+		const int B = wB && ra, A0 = wA && ra, A2 = wA && rb;
+		int32_t *qa = acc + ((long)iya * W + xc0) * c;
+		int32_t *qb = qa + (long)W * c;
+		const int8_t *pa = dy + (long)a * rs + (long)(u0 - 1) * c;
+		const int8_t *pb = pa - rs;
+		if (nu) {
+			if (B && A0 && A2) {
+				s2_units(pa, pb, qa, qb, nu, c, Gv, wt, 1, 1, 1);
+			} else if (B && A0) {
+				s2_units(pa, pb, qa, qb, nu, c, Gv, wt, 1, 1, 0);
+			} else if (B) {
+				s2_units(pa, pb, qa, qb, nu, c, Gv, wt, 1, 0, 0);
+			} else if (A0 && A2) {
+				s2_units(pa, pb, qa, qb, nu, c, Gv, wt, 0, 1, 1);
+			} else if (A0) {
+				s2_units(pa, pb, qa, qb, nu, c, Gv, wt, 0, 1, 0);
+			} else if (A2) {
+				s2_units(pa, pb, qa, qb, nu, c, Gv, wt, 0, 0, 1);
+			}
+		}
+		for (int r = 0; r < 2; r++) {
+			const int iy = iya + r;
+			if (r == 0 ? !wA : !wB) {
+				continue;
+			}
+			const int done = nu && (r == 0 ? A0 || A2 : B);
+			int32_t *orow = acc + (long)iy * W * c;
+			for (int ix = 0; ix < W; ix++) {
+				const int in = done && ix >= xc0 && ix < xc1;
+				if (!in || cv < c) {
+					s2_pixel(g, w, wx, dy, iy, ix, in ? cv : 0, orow + (long)ix * c);
+				}
+			}
+		}
+	}
+}
+
 void kl_dsp_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w,
 					     const int8_t *dy, int32_t *acc, void *scratch)
 {
 	const int c = g->c, C4 = kl_round4(c);
+	if (g->kh == 3 && g->kw == 3 && g->stride == 2 && g->pad_t >= 0 && g->pad_l >= 0 &&
+	    36u * (uint32_t)C4 <= kl_conv_s8_scratch(g) - 16u) {
+		dw3_bwd_s2(g, w, dy, acc, scratch);
+		return;
+	}
 	if (!(g->kh == 3 && g->kw == 3 && g->stride == 1 &&
 	      25u * (uint32_t)C4 <= kl_conv_s8_scratch(g) - 16u)) {
 		dw_bwd_any(g, w, dy, acc, scratch);
