@@ -29,8 +29,12 @@
  *              input is used raw and sum w * x_zp is subtracted up front.
  * input grad   a gather: for each input pixel, the (dy pixel, tap) pairs that
  *              reach it, then the same inner loop on dy (no zero point).
- * weight grad  for each tap, the rectangle of output pixels whose tap is
- *              inside the image; accumulators in registers over it.
+ * weight grad  3x3: per kernel row and half, output pixel pairs whose three
+ *              taps are inside the image, the dy pair unpacked once for the
+ *              three kx (see wgrad3_half); the remaining columns, and other
+ *              kernels, per tap over the rectangle of output pixels whose tap
+ *              is inside the image, accumulators in registers over it;
+ *              x - x_zp as SXTAB16; the bias gradient in int16 lanes.
  * Channels beyond the last multiple of four go the scalar way.
  */
 #include "kilolearn/kl_kernels.h"
@@ -211,58 +215,221 @@ static void tap_range(int off, int stride, int n_in, int n_out, int *lo, int *hi
 	*hi = h > l ? h : l;
 }
 
+static inline uint32_t sxtab16(uint32_t a, uint32_t v)
+{
+	uint32_t r;
+	__asm__("sxtab16 %0, %1, %2" : "=r"(r) : "r"(a), "r"(v));
+	return r;
+}
+
+static inline uint32_t sxtab16_ror8(uint32_t a, uint32_t v)
+{
+	uint32_t r;
+	__asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(v));
+	return r;
+}
+
+/* gb = dy summed over the pixels: int16 lanes (SXTAB16) over blocks of at
+ * most 255 pixels, then int32 */
+static void grad_bias(const int8_t *dy, long npix, int c, int32_t *gb)
+{
+	const int cv = c & ~3;
+	for (int ch = 0; ch < cv; ch += 4) {
+		int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+		const int8_t *d = dy + ch;
+		for (long p = 0; p < npix;) {
+			const long e = npix - p < 255 ? npix : p + 255;
+			uint32_t se = 0, so = 0;
+			for (; p < e; p++, d += c) {
+				const uint32_t v = kl_read_s8x4(d);
+				se = sxtab16(se, v);
+				so = sxtab16_ror8(so, v);
+			}
+			s0 += (int16_t)se;
+			s2 += (int16_t)(se >> 16);
+			s1 += (int16_t)so;
+			s3 += (int16_t)(so >> 16);
+		}
+		gb[ch] = s0;
+		gb[ch + 1] = s1;
+		gb[ch + 2] = s2;
+		gb[ch + 3] = s3;
+	}
+	for (int ch = cv; ch < c; ch++) {
+		int32_t a = 0;
+		for (long p = 0; p < npix; p++) {
+			a += dy[p * c + ch];
+		}
+		gb[ch] = a;
+	}
+}
+
+/* four channels of one pixel: a0..a3 += d * (x - x_zp) */
+#define WG_MAC4(dp, xp)                                                                           \
+	do {                                                                                      \
+		const uint32_t vd_ = kl_read_s8x4(dp), vx_ = kl_read_s8x4(xp);                    \
+		const uint32_t de_ = kl_sxtb16(vd_), do_ = kl_sxtb16_ror8(vd_);                   \
+		const uint32_t xe_ = sxtab16(nz, vx_), xo_ = sxtab16_ror8(nz, vx_);               \
+		a0 = kl_smlabb(de_, xe_, a0);                                                     \
+		a2 = kl_smlatt(de_, xe_, a2);                                                     \
+		a1 = kl_smlabb(do_, xo_, a1);                                                     \
+		a3 = kl_smlatt(do_, xo_, a3);                                                     \
+	} while (0)
+
+/* tap (ky, kx) of the vector channels over output columns [ox0, ox1) of
+ * rows [oy0, oy1), added to gt (x - x_zp as SXTAB16 with nz = -x_zp) */
+static void wgrad_tap(const kl_geom_t *g, const int8_t *x, uint32_t nz, const int8_t *dy,
+		      int ky, int kx, int oy0, int oy1, int ox0, int ox1, int32_t *gt)
+{
+	const int c = g->c, cv = c & ~3, s = g->stride, n = ox1 - ox0;
+	if (n <= 0 || oy1 <= oy0) {
+		return;
+	}
+	const long xstep = (long)s * c, drs = (long)g->wo * c, xrs = (long)s * g->w * c;
+	const int8_t *dp0 = dy + ((long)oy0 * g->wo + ox0) * c;
+	const int8_t *xp0 =
+		x + ((long)(oy0 * s + ky - g->pad_t) * g->w + ox0 * s + kx - g->pad_l) * c;
+	for (int ch = 0; ch < cv; ch += 4) {
+		int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+		const int8_t *dr = dp0 + ch, *xr = xp0 + ch;
+		if (n == 1) { /* a border column: down the rows */
+			for (int oy = oy0; oy < oy1; oy++, dr += drs, xr += xrs) {
+				WG_MAC4(dr, xr);
+			}
+		} else {
+			for (int oy = oy0; oy < oy1; oy++, dr += drs, xr += xrs) {
+				const int8_t *dp = dr, *xp = xr;
+				for (int i = 0; i < n; i++, dp += c, xp += xstep) {
+					WG_MAC4(dp, xp);
+				}
+			}
+		}
+		gt[ch] += a0;
+		gt[ch + 1] += a1;
+		gt[ch + 2] += a2;
+		gt[ch + 3] += a3;
+	}
+}
+
+/* Weight gradient, 3x3: kernel row ky, half h of the channel group at ch,
+ * over the pixel pairs (ox, ox + 1), ox = ox0 + 2i, i < np, of rows
+ * [oy0, oy1): per pair the dy pair of each channel (d[ox], d[ox+1]) once
+ * (PKH, SXTB16), then per kx the x pair (x[j+kx], x[j+kx+s]) - x_zp (PKH,
+ * SXTAB16 on -x_zp), one SMLAD per channel and kx: 12 MACs in 32
+ * instructions. */
+#define WG_PK0 "pkhbt %[t0], %[t0], %[t1], lsl #16\n\t"
+#define WG_PK1 "pkhtb %[t0], %[t1], %[t0], asr #16\n\t"
+#define WG_X(PK, LD, G0, G1)                                                                      \
+	LD PK "sxtab16 %[t1], %[nz], %[t0]\n\t"                                                   \
+	"smlad %[" G0 "], %[de], %[t1], %[" G0 "]\n\t"                                            \
+	"sxtab16 %[t1], %[nz], %[t0], ror #8\n\t"                                                 \
+	"smlad %[" G1 "], %[dq], %[t1], %[" G1 "]\n\t"
+#define WG_D(PK)                                                                                  \
+	"ldr %[t1], [%[dp], %[c]]\n\t"                                                            \
+	"ldr %[t0], [%[dp]]\n\t" PK "sxtb16 %[de], %[t0]\n\t"                                     \
+	"sxtb16 %[dq], %[t0], ror #8\n\t"
+#define WG_L_0_C "ldr %[t0], [%[xp]]\n\tldr %[t1], [%[xp], %[c]]\n\t"
+#define WG_L_C_2C "ldr %[t0], [%[xp], %[c]]\n\tldr %[t1], [%[xp], %[c], lsl #1]\n\t"
+#define WG_L_2C_3C                                                                                \
+	"ldr %[t0], [%[xp], %[c], lsl #1]\n\t"                                                    \
+	"add %[t1], %[xp], %[c], lsl #1\n\t"                                                      \
+	"ldr %[t1], [%[t1], %[c]]\n\t"
+#define WG_L_0_2C "ldr %[t0], [%[xp]]\n\tldr %[t1], [%[xp], %[c], lsl #1]\n\t"
+#define WG_L_C_3C                                                                                 \
+	"ldr %[t0], [%[xp], %[c]]\n\t"                                                            \
+	"add %[t1], %[xp], %[c], lsl #1\n\t"                                                      \
+	"ldr %[t1], [%[t1], %[c]]\n\t"
+#define WG_L_2C_4C "ldr %[t0], [%[xp], %[c], lsl #1]\n\tldr %[t1], [%[xp], %[c], lsl #2]\n\t"
+#define WG_LOOP(PK, L0, L1, L2, XS)                                                               \
+	"1:\n\t" WG_D(PK) WG_X(PK, L0, "g00", "g01") WG_X(PK, L1, "g10", "g11")                    \
+		WG_X(PK, L2, "g20", "g21") "add %[dp], %[dp], %[c], lsl #1\n\t"                   \
+					   "add %[xp], %[xp], %[c], lsl #" XS "\n\t"              \
+					   "ldr %[t0], %[end]\n\t"                                \
+					   "cmp %[dp], %[t0]\n\t"                                 \
+					   "bne 1b\n\t"
+#define WG_OPS                                                                                    \
+	: [g00] "+r"(g00), [g01] "+r"(g01), [g10] "+r"(g10), [g11] "+r"(g11), [g20] "+r"(g20),    \
+	  [g21] "+r"(g21), [de] "=&r"(de), [dq] "=&r"(dq), [t0] "=&r"(t0), [t1] "=&r"(t1),        \
+	  [dp] "+&r"(dp), [xp] "+&r"(xp)                                                          \
+	: [c] "r"(c), [nz] "r"(nz), [end] "m"(end)                                                \
+	: "cc", "memory"
+
+static inline __attribute__((always_inline)) void
+wgrad3_half(const kl_geom_t *g, const int8_t *x, uint32_t nz, const int8_t *dy, int ky, int ch,
+	    int h, int oy0, int oy1, int ox0, int np, int32_t *gt)
+{
+	const int c = g->c, s = g->stride;
+	int32_t g00 = 0, g01 = 0, g10 = 0, g11 = 0, g20 = 0, g21 = 0;
+	const long drs = (long)g->wo * c, xrs = (long)s * g->w * c;
+	const int8_t *xr = x + ((long)(oy0 * s + ky - g->pad_t) * g->w + ox0 * s - g->pad_l) * c + ch;
+	const int8_t *dr = dy + ((long)oy0 * g->wo + ox0) * c + ch;
+	for (int oy = oy0; oy < oy1; oy++, xr += xrs, dr += drs) {
+		const int8_t *xp = xr, *dp = dr;
+		const int8_t *end = dp + 2L * np * c;
+		uint32_t de, dq, t0, t1;
+		if (s == 1 && h == 0) {
+			__asm__ volatile(WG_LOOP(WG_PK0, WG_L_0_C, WG_L_C_2C, WG_L_2C_3C, "1") WG_OPS);
+		} else if (s == 1) {
+			__asm__ volatile(WG_LOOP(WG_PK1, WG_L_0_C, WG_L_C_2C, WG_L_2C_3C, "1") WG_OPS);
+		} else if (h == 0) {
+			__asm__ volatile(WG_LOOP(WG_PK0, WG_L_0_2C, WG_L_C_3C, WG_L_2C_4C, "2") WG_OPS);
+		} else {
+			__asm__ volatile(WG_LOOP(WG_PK1, WG_L_0_2C, WG_L_C_3C, WG_L_2C_4C, "2") WG_OPS);
+		}
+	}
+	const int k = ch + 2 * h;
+	gt[k] = g00;
+	gt[k + 1] = g01;
+	gt[c + k] = g10;
+	gt[c + k + 1] = g11;
+	gt[2 * c + k] = g20;
+	gt[2 * c + k + 1] = g21;
+}
+
 void kl_dsp_depthwise_conv_grad_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp,
 				   const int8_t *dy, int32_t *gw, int32_t *gb, void *scratch)
 {
 	(void)scratch;
 	const int c = g->c, cv = c & ~3, s = g->stride;
-	const uint32_t zz = ((uint32_t)x_zp & 0xFFFFu) * 0x10001u;
-	const long npix = (long)g->ho * g->wo;
-	for (int ch = 0; ch < c; ch++) {
-		gb[ch] = 0;
-	}
-	for (long p = 0; p < npix; p++) {
-		const int8_t *d = dy + p * c;
-		for (int ch = 0; ch < c; ch++) {
-			gb[ch] += d[ch];
+	const uint32_t nz = ((uint32_t)(-x_zp) & 0xFFFFu) * 0x10001u;
+	grad_bias(dy, (long)g->ho * g->wo, c, gb);
+	const int k3 = g->kw == 3;
+	int cl = 0, cr = 0, np = 0; /* 3x3: pairs from column cl, all three kx inside */
+	if (k3) {
+		cl = 0;
+		cr = g->wo;
+		for (int kx = 0; kx < 3; kx++) {
+			int l, r;
+			tap_range(kx - g->pad_l, s, g->w, g->wo, &l, &r);
+			cl = l > cl ? l : cl;
+			cr = r < cr ? r : cr;
 		}
+		np = cr > cl ? (cr - cl) >> 1 : 0;
 	}
 	for (int ky = 0; ky < g->kh; ky++) {
 		int oy0, oy1;
 		tap_range(ky - g->pad_t, s, g->h, g->ho, &oy0, &oy1);
+		int32_t *grow = gw + (long)ky * g->kw * c;
+		if (np > 0) {
+			for (int ch = 0; ch < cv; ch += 4) {
+				wgrad3_half(g, x, nz, dy, ky, ch, 0, oy0, oy1, cl, np, grow);
+				wgrad3_half(g, x, nz, dy, ky, ch, 1, oy0, oy1, cl, np, grow);
+			}
+		} else {
+			for (int k = 0; k < g->kw * c; k++) {
+				grow[k] = 0;
+			}
+		}
 		for (int kx = 0; kx < g->kw; kx++) {
 			int ox0, ox1;
 			tap_range(kx - g->pad_l, s, g->w, g->wo, &ox0, &ox1);
-			int32_t *gt = gw + ((long)ky * g->kw + kx) * c;
-			const int nx = ox1 - ox0;
-			const long xstep = (long)s * c;
-			for (int ch = 0; ch < cv; ch += 4) {
-				int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-				for (int oy = oy0; oy < oy1; oy++) {
-					const int iy = oy * s + ky - g->pad_t;
-					const int8_t *xp =
-						x + ((long)iy * g->w + ox0 * s + kx - g->pad_l) * c + ch;
-					const int8_t *dp = dy + ((long)oy * g->wo + ox0) * c + ch;
-					for (int i = 0; i < nx; i++) {
-						const uint32_t vd = kl_read_s8x4(dp);
-						const uint32_t vx = kl_read_s8x4(xp);
-						const uint32_t de = kl_sxtb16(vd), dd = kl_sxtb16_ror8(vd);
-						const uint32_t xe = (uint32_t)__ssub16(
-							(int16x2_t)kl_sxtb16(vx), (int16x2_t)zz);
-						const uint32_t xo = (uint32_t)__ssub16(
-							(int16x2_t)kl_sxtb16_ror8(vx), (int16x2_t)zz);
-						a0 = kl_smlabb(de, xe, a0);
-						a2 = kl_smlatt(de, xe, a2);
-						a1 = kl_smlabb(dd, xo, a1);
-						a3 = kl_smlatt(dd, xo, a3);
-						dp += c;
-						xp += xstep;
-					}
-				}
-				gt[ch] = a0;
-				gt[ch + 1] = a1;
-				gt[ch + 2] = a2;
-				gt[ch + 3] = a3;
+			int32_t *gt = grow + (long)kx * c;
+			if (np > 0) { /* the columns outside the pairs */
+				const int pe = cl + 2 * np;
+				wgrad_tap(g, x, nz, dy, ky, kx, oy0, oy1, ox0, ox1 < cl ? ox1 : cl, gt);
+				wgrad_tap(g, x, nz, dy, ky, kx, oy0, oy1, ox0 > pe ? ox0 : pe, ox1, gt);
+			} else {
+				wgrad_tap(g, x, nz, dy, ky, kx, oy0, oy1, ox0, ox1, gt);
 			}
 			for (int ch = cv; ch < c; ch++) {
 				int32_t a = 0;
