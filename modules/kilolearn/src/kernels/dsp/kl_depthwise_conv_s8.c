@@ -316,7 +316,8 @@ static void wgrad_tap(const kl_geom_t *g, const int8_t *x, uint32_t nz, const in
  * [oy0, oy1): per pair the dy pair of each channel (d[ox], d[ox+1]) once
  * (PKH, SXTB16), then per kx the x pair (x[j+kx], x[j+kx+s]) - x_zp (PKH,
  * SXTAB16 on -x_zp), one SMLAD per channel and kx: 12 MACs in 32
- * instructions. */
+ * instructions; the rows in the same asm loop (row end and advances in
+ * memory). */
 #define WG_PK0 "pkhbt %[t0], %[t0], %[t1], lsl #16\n\t"
 #define WG_PK1 "pkhtb %[t0], %[t1], %[t0], asr #16\n\t"
 #define WG_X(PK, LD, G0, G1)                                                                      \
@@ -346,12 +347,24 @@ static void wgrad_tap(const kl_geom_t *g, const int8_t *x, uint32_t nz, const in
 					   "add %[xp], %[xp], %[c], lsl #" XS "\n\t"              \
 					   "ldr %[t0], %[end]\n\t"                                \
 					   "cmp %[dp], %[t0]\n\t"                                 \
+					   "bne 1b\n\t"                                           \
+					   "ldr %[t1], %[dadv]\n\t"                               \
+					   "add %[dp], %[dp], %[t1]\n\t"                          \
+					   "ldr %[t1], %[xadv]\n\t"                               \
+					   "add %[xp], %[xp], %[t1]\n\t"                          \
+					   "ldr %[t1], %[drs]\n\t"                                \
+					   "add %[t0], %[t0], %[t1]\n\t"                          \
+					   "str %[t0], %[end]\n\t"                                \
+					   "ldr %[t1], %[last]\n\t"                               \
+					   "cmp %[t0], %[t1]\n\t"                                 \
 					   "bne 1b\n\t"
 #define WG_OPS                                                                                    \
 	: [g00] "+r"(g00), [g01] "+r"(g01), [g10] "+r"(g10), [g11] "+r"(g11), [g20] "+r"(g20),    \
 	  [g21] "+r"(g21), [de] "=&r"(de), [dq] "=&r"(dq), [t0] "=&r"(t0), [t1] "=&r"(t1),        \
 	  [dp] "+&r"(dp), [xp] "+&r"(xp)                                                          \
-	: [c] "r"(c), [nz] "r"(nz), [end] "m"(end)                                                \
+	  , [end] "+m"(end)                                                                       \
+	: [c] "r"(c), [nz] "r"(nz), [dadv] "m"(dadv), [xadv] "m"(xadv), [drs] "m"(drs),          \
+	  [last] "m"(last)                                                                        \
 	: "cc", "memory"
 
 static inline __attribute__((always_inline)) void
@@ -360,12 +373,14 @@ wgrad3_half(const kl_geom_t *g, const int8_t *x, uint32_t nz, const int8_t *dy, 
 {
 	const int c = g->c, s = g->stride;
 	int32_t g00 = 0, g01 = 0, g10 = 0, g11 = 0, g20 = 0, g21 = 0;
-	const long drs = (long)g->wo * c, xrs = (long)s * g->w * c;
-	const int8_t *xr = x + ((long)(oy0 * s + ky - g->pad_t) * g->w + ox0 * s - g->pad_l) * c + ch;
-	const int8_t *dr = dy + ((long)oy0 * g->wo + ox0) * c + ch;
-	for (int oy = oy0; oy < oy1; oy++, xr += xrs, dr += drs) {
-		const int8_t *xp = xr, *dp = dr;
+	if (oy1 > oy0) { /* the rows in the asm: row end, advances in memory */
+		const long drs = (long)g->wo * c, xrs = (long)s * g->w * c;
+		const long dadv = drs - 2L * np * c, xadv = xrs - 2L * np * s * c;
+		const int8_t *xp =
+			x + ((long)(oy0 * s + ky - g->pad_t) * g->w + ox0 * s - g->pad_l) * c + ch;
+		const int8_t *dp = dy + ((long)oy0 * g->wo + ox0) * c + ch;
 		const int8_t *end = dp + 2L * np * c;
+		const int8_t *last = end + (long)(oy1 - oy0) * drs;
 		uint32_t de, dq, t0, t1;
 		if (s == 1 && h == 0) {
 			__asm__ volatile(WG_LOOP(WG_PK0, WG_L_0_C, WG_L_C_2C, WG_L_2C_3C, "1") WG_OPS);
@@ -891,7 +906,10 @@ int kl_dsp_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
  *   B row   A col: SMUAD(Pa, W1)             B col: SMULTB / TT(Pa, V1)
  *   A row   A col: SMUAD(Pa, W0) + SMLAD(Pb, W2)
  *           B col: SMULTB(Pa, V0) + SMLATB(Pb, V2)  (TT / TT for channel 1)
- * 18 MACs per half in 34 instructions. Units whose pixels or dy reads leave
+ * 18 MACs per half in 34 instructions; units with both rows and both dy
+ * rows run as one asm loop over the channel groups (s2_units_full), the
+ * border rows' variants as C loops of asm halves. Units whose pixels or dy
+ * reads leave
  * the image (and the channels beyond the last multiple of four) go through
  * s2_pixel, a gather over the (at most four) taps of one pixel. */
 
@@ -957,11 +975,13 @@ static void s2_table(const int8_t *w, int c, uint32_t *t)
 	"strd %[a00], %[a01], [%[q]], #8\n\t"                                                     \
 	"add %[wb], %[q], %[c], lsl #2\n\t"                                                       \
 	"strd %[a10], %[a11], [%[wb], #-8]\n\t"
-#define S2_OPS                                                                                    \
-	: [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),                 \
-	  [t0] "=&r"(t0), [t1] "=&r"(t1), [wa] "=&r"(wa), [wb] "=&r"(wb), [q] "+&r"(*q)           \
+#define S2_OPS_(M)                                                                                \
+	: [a00] M(a00), [a01] M(a01), [a10] M(a10), [a11] M(a11), [t0] "=&r"(t0),                 \
+	  [t1] "=&r"(t1), [wa] "=&r"(wa), [wb] "=&r"(wb), [q] "+&r"(*q)                           \
 	: [p] "r"(p), [c] "r"(c), [w] "r"(w)                                                      \
 	: "memory"
+#define S2_OPS  S2_OPS_("+&r") /* accumulators read */
+#define S2_OPSW S2_OPS_("=&r") /* accumulators only written */
 
 /* Row a of a unit, half h: the B row (b) stored through *q, the A row's
  * kernel row 0 (a0) into the accumulators. */
@@ -969,29 +989,31 @@ static inline __attribute__((always_inline)) void
 s2_row_a(const int8_t *p, int c, const uint32_t *w, int32_t **q, int b, int a0, int h,
 	 int32_t *acc)
 {
-	int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+	int32_t a00, a01, a10, a11;
 	uint32_t t0, t1, wa, wb;
 	if (h == 0) {
 		if (b && a0) {
-			__asm__ volatile(S2_LD(0) S2_B(0, 8) S2_A_SET(12, 20) S2_OPS);
+			__asm__ volatile(S2_LD(0) S2_B(0, 8) S2_A_SET(12, 20) S2_OPSW);
 		} else if (b) {
-			__asm__ volatile(S2_LD(0) S2_B(0, 8) S2_OPS);
+			__asm__ volatile(S2_LD(0) S2_B(0, 8) S2_OPSW);
 		} else {
-			__asm__ volatile(S2_LD(0) S2_A_SET(12, 20) S2_OPS);
+			__asm__ volatile(S2_LD(0) S2_A_SET(12, 20) S2_OPSW);
 		}
 	} else {
 		if (b && a0) {
-			__asm__ volatile(S2_LD(1) S2_B(36, 44) S2_A_SET(48, 56) S2_OPS);
+			__asm__ volatile(S2_LD(1) S2_B(36, 44) S2_A_SET(48, 56) S2_OPSW);
 		} else if (b) {
-			__asm__ volatile(S2_LD(1) S2_B(36, 44) S2_OPS);
+			__asm__ volatile(S2_LD(1) S2_B(36, 44) S2_OPSW);
 		} else {
-			__asm__ volatile(S2_LD(1) S2_A_SET(48, 56) S2_OPS);
+			__asm__ volatile(S2_LD(1) S2_A_SET(48, 56) S2_OPSW);
 		}
 	}
-	acc[0] = a00;
-	acc[1] = a01;
-	acc[2] = a10;
-	acc[3] = a11;
+	if (a0) {
+		acc[0] = a00;
+		acc[1] = a01;
+		acc[2] = a10;
+		acc[3] = a11;
+	}
 }
 
 /* Row a - 1 of a unit, half h: the A row's kernel row 2 added (a2; set
@@ -1000,11 +1022,17 @@ static inline __attribute__((always_inline)) void
 s2_row_b(const int8_t *p, int c, const uint32_t *w, int32_t **q, int a2, int first, int h,
 	 int32_t *acc)
 {
-	int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+	int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+	if (!(a2 && first)) {
+		a00 = acc[0];
+		a01 = acc[1];
+		a10 = acc[2];
+		a11 = acc[3];
+	}
 	uint32_t t0, t1, wa, wb;
 	if (h == 0) {
 		if (a2 && first) {
-			__asm__ volatile(S2_LD(0) S2_A_SET(24, 32) S2_ST S2_OPS);
+			__asm__ volatile(S2_LD(0) S2_A_SET(24, 32) S2_ST S2_OPSW);
 		} else if (a2) {
 			__asm__ volatile(S2_LD(0) S2_A_ADD(24, 32) S2_ST S2_OPS);
 		} else {
@@ -1012,12 +1040,66 @@ s2_row_b(const int8_t *p, int c, const uint32_t *w, int32_t **q, int a2, int fir
 		}
 	} else {
 		if (a2 && first) {
-			__asm__ volatile(S2_LD(1) S2_A_SET(60, 68) S2_ST S2_OPS);
+			__asm__ volatile(S2_LD(1) S2_A_SET(60, 68) S2_ST S2_OPSW);
 		} else if (a2) {
 			__asm__ volatile(S2_LD(1) S2_A_ADD(60, 68) S2_ST S2_OPS);
 		} else {
 			__asm__ volatile(S2_ST S2_OPS);
 		}
+	}
+}
+
+/* The whole unit (both rows, kernel rows 1, 0, 2) as one loop over the
+ * channel groups: pa / pb dy rows a / a - 1, qa / qb the A / B row. */
+#define S2F_LD(PK, P, POST)                                                                       \
+	"ldr %[t1], [%[" P "], %[c]]\n\t"                                                         \
+	"ldr %[t0], [%[" P "]]" POST "\n\t" PK "sxtb16 %[t1], %[t0]\n\t"                          \
+	"sxtb16 %[t0], %[t0], ror #8\n\t"
+#define S2F_B(OW, OV)                                                                             \
+	"ldrd %[wa], %[wb], [%[w], #" #OW "]\n\t"                                                 \
+	"smuad %[a00], %[t1], %[wa]\n\t"                                                          \
+	"smuad %[a01], %[t0], %[wb]\n\t"                                                          \
+	"strd %[a00], %[a01], [%[qb]], #8\n\t"                                                    \
+	"ldr %[wa], [%[w], #" #OV "]\n\t"                                                         \
+	"smultb %[a00], %[t1], %[wa]\n\t"                                                         \
+	"smultt %[a01], %[t0], %[wa]\n\t"                                                         \
+	"add %[wb], %[qb], %[c], lsl #2\n\t"                                                      \
+	"strd %[a00], %[a01], [%[wb], #-8]\n\t"
+#define S2F_ST                                                                                    \
+	"strd %[a00], %[a01], [%[qa]], #8\n\t"                                                    \
+	"add %[wb], %[qa], %[c], lsl #2\n\t"                                                      \
+	"strd %[a10], %[a11], [%[wb], #-8]\n\t"
+#define S2F_HALF(PK, POST, O0, O1, O2, O3, O4, O5)                                                \
+	S2F_LD(PK, "pa", POST) S2F_B(O0, O1) S2_A_SET(O2, O3) S2F_LD(PK, "pb", POST)               \
+		S2_A_ADD(O4, O5) S2F_ST
+
+static inline __attribute__((always_inline)) void
+s2_units_full(const int8_t *pa, const int8_t *pb, int32_t *qa, int32_t *qb, int n, int c, int G,
+	      const uint32_t *wt)
+{
+	for (int u = 0; u < n; u++) {
+		const int8_t *p0 = pa, *p1 = pb;
+		int32_t *q0 = qa, *q1 = qb;
+		const uint32_t *w = wt;
+		const int8_t *end = pa + 4 * G;
+		int32_t a00, a01, a10, a11;
+		uint32_t t0, t1, wa, wb;
+		__asm__ volatile("1:\n\t" S2F_HALF(S2_PK0, "", 0, 8, 12, 20, 24, 32)
+					 S2F_HALF(S2_PK1, ", #4", 36, 44, 48, 56, 60, 68)
+					 "add %[w], %[w], #72\n\t"
+					 "ldr %[t0], %[end]\n\t"
+					 "cmp %[pa], %[t0]\n\t"
+					 "bne 1b\n\t"
+				 : [a00] "=&r"(a00), [a01] "=&r"(a01), [a10] "=&r"(a10),
+				   [a11] "=&r"(a11), [t0] "=&r"(t0), [t1] "=&r"(t1), [wa] "=&r"(wa),
+				   [wb] "=&r"(wb), [pa] "+&r"(p0), [pb] "+&r"(p1), [qa] "+&r"(q0),
+				   [qb] "+&r"(q1), [w] "+&r"(w)
+				 : [c] "r"(c), [end] "m"(end)
+				 : "cc", "memory");
+		pa += c;
+		pb += c;
+		qa += 2 * c;
+		qb += 2 * c;
 	}
 }
 
@@ -1034,7 +1116,7 @@ s2_units(const int8_t *pa, const int8_t *pb, int32_t *qa, int32_t *qb, int n, in
 		const uint32_t *w = wt;
 		for (int k = 0; k < G; k++) {
 			for (int h = 0; h < 2; h++) {
-				int32_t acc[4] = {0, 0, 0, 0};
+				int32_t acc[4];
 				if (B || A0) {
 					s2_row_a(p0, c, w, &q1, B, A0, h, acc);
 				}
@@ -1169,7 +1251,7 @@ static void dw3_bwd_s2(const kl_geom_t *g, const int8_t *w, const int8_t *dy, in
 		const int8_t *pb = pa - rs;
 		if (nu) {
 			if (B && A0 && A2) {
-				s2_units(pa, pb, qa, qb, nu, c, Gv, wt, 1, 1, 1);
+				s2_units_full(pa, pb, qa, qb, nu, c, Gv, wt);
 			} else if (B && A0) {
 				s2_units(pa, pb, qa, qb, nu, c, Gv, wt, 1, 1, 0);
 			} else if (B) {
