@@ -15,12 +15,17 @@
  *                |bias| < 2^29 (the others: the general path below).
  *   input grad   stride 1: the same kernel on dy with the weights rotated by
  *                180 degrees (zero padding), int32 out.
- *                stride 2: a gather by parity (see dw3_bwd_s2): 2x2 input
- *                pixels per dy pixel, one dy row pair unpacked per half.
+ *                stride 2: not this kernel but a gather by parity (see
+ *                dw3_bwd_s2): the 2x2 input pixels of a dy pixel, the dy
+ *                pair (d[u-1], d[u]) of a channel in SMLAD lanes against
+ *                (w[k][2], w[k][0]); border pixels through a tap gather.
+ *                Scratch 36 bytes per channel (rounded to 4): its table and
+ *                the widened weights.
  * Blocks with padding taps read through a table of 15 pixel pointers
  * (padding -> a row of the padding value); channels beyond the last
  * multiple of four go one by one. Scratch: 29 bytes per channel (rounded
- * to 4), within kl_conv_s8_scratch().
+ * to 4). All within kl_conv_s8_scratch() (its forward term alone is at
+ * least 62 bytes per channel); the weight gradient takes none.
  *
  * Other shapes:
  * forward      weights widened once per call to int16 (lanes as SXTB16 /
