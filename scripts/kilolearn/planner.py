@@ -845,7 +845,7 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
 
 
 def trim_compact(mm: MemModel, pl: Plan) -> Plan:
-    """Compact steps cost instructions (about 2 % of a MobileNet step on the M4, docs/
+    """Compact steps cost instructions (about 6 % of a MobileNet step on the M4, docs/
     planner.md): rebuild the plan with int32 sums at every compact step the region does not
     need (kept where turning it off would grow the region)."""
     ops = sorted((s.index for s in pl.steps if s.kind == STEP_BWD and s.flags & STEP_COMPACT),
