@@ -355,13 +355,28 @@ FC2_FUNC(fc2_a, FC2_OUT_A)
 FC2_FUNC(fc2_n, FC2_OUT_N)
 FC2_FUNC(fc2_g, FC2_OUT_G)
 
-/* any output byte at 127 (or, with lo, at -128) */
+/* any output byte at 127 (or, with lo, at -128); eight bytes per pass */
 static int sat_scan(const int8_t *y, int n, int lo)
 {
 	uint32_t f = 0;
 	const uint32_t c = 0x7F7F7F7Fu;
 	int i = 0;
+	/* eight outputs per pass, then four */
 	if (lo) {
+		for (; i + 8 <= n; i += 8) {
+			const uint32_t v = kl_read_s8x4(y + i), u = kl_read_s8x4(y + i + 4);
+			uint32_t t;
+			__asm__("ssub8 %[t], %[v], %[c]\n\t"
+				"sel %[f], %[c], %[f]\n\t"
+				"sadd8 %[t], %[v], %[c]\n\t"
+				"sel %[f], %[f], %[c]\n\t"
+				"ssub8 %[t], %[u], %[c]\n\t"
+				"sel %[f], %[c], %[f]\n\t"
+				"sadd8 %[t], %[u], %[c]\n\t"
+				"sel %[f], %[f], %[c]"
+				: [f] "+r"(f), [t] "=&r"(t)
+				: [v] "r"(v), [u] "r"(u), [c] "r"(c));
+		}
 		for (; i + 4 <= n; i += 4) {
 			const uint32_t v = kl_read_s8x4(y + i);
 			uint32_t t;
@@ -373,6 +388,16 @@ static int sat_scan(const int8_t *y, int n, int lo)
 				: [v] "r"(v), [c] "r"(c));
 		}
 	} else {
+		for (; i + 8 <= n; i += 8) {
+			const uint32_t v = kl_read_s8x4(y + i), u = kl_read_s8x4(y + i + 4);
+			uint32_t t;
+			__asm__("ssub8 %[t], %[v], %[c]\n\t"
+				"sel %[f], %[c], %[f]\n\t"
+				"ssub8 %[t], %[u], %[c]\n\t"
+				"sel %[f], %[c], %[f]"
+				: [f] "+r"(f), [t] "=&r"(t)
+				: [v] "r"(v), [u] "r"(u), [c] "r"(c));
+		}
 		for (; i + 4 <= n; i += 4) {
 			const uint32_t v = kl_read_s8x4(y + i);
 			uint32_t t;
@@ -388,22 +413,34 @@ static int sat_scan(const int8_t *y, int n, int lo)
 	return f != 0;
 }
 
-/* kl_center_interleave_s8 for n % 8 == 0, eight inputs per pass (one STM):
- * zero point -128 as (x ^ 0x80) read unsigned, 0 as it is, others by SSUB16 */
+/* kl_center_interleave_s8 for n % 8 == 0, one STM per eight inputs: zero
+ * point -128 as (x ^ 0x80) read unsigned (sixteen inputs per pass), 0 as it
+ * is, others by SSUB16 (eight per pass) */
 static void center8(const int8_t *x, int32_t zp, uint32_t *o, int n)
 {
 	const int8_t *const end = x + n;
 	if (zp == -128) {
-		__asm__ volatile("1:\n\t"
-				 "ldr r4, [%[x]], #4\n\t"
-				 "ldr r6, [%[x]], #4\n\t"
-				 "eor r4, r4, #0x80808080\n\t"
-				 "eor r6, r6, #0x80808080\n\t"
-				 "uxtb16 r5, r4, ror #8\n\t"
-				 "uxtb16 r4, r4\n\t"
-				 "uxtb16 r7, r6, ror #8\n\t"
-				 "uxtb16 r6, r6\n\t"
-				 "stm %[o]!, {r4-r7}\n\t"
+#define C8_M128                                                                                   \
+	"ldr r4, [%[x]], #4\n\t"                                                                  \
+	"ldr r6, [%[x]], #4\n\t"                                                                  \
+	"eor r4, r4, #0x80808080\n\t"                                                             \
+	"eor r6, r6, #0x80808080\n\t"                                                             \
+	"uxtb16 r5, r4, ror #8\n\t"                                                               \
+	"uxtb16 r4, r4\n\t"                                                                       \
+	"uxtb16 r7, r6, ror #8\n\t"                                                               \
+	"uxtb16 r6, r6\n\t"                                                                       \
+	"stm %[o]!, {r4-r7}\n\t"
+		/* sixteen inputs per pass, eight first where n % 16 == 8 */
+		if (n & 8) {
+			__asm__ volatile(C8_M128
+					 : [x] "+r"(x), [o] "+r"(o)
+					 :
+					 : "r4", "r5", "r6", "r7", "memory");
+			if (x == end) {
+				return;
+			}
+		}
+		__asm__ volatile("1:\n\t" C8_M128 C8_M128
 				 "cmp %[x], %[e]\n\t"
 				 "bne 1b"
 				 : [x] "+r"(x), [o] "+r"(o)
