@@ -6,8 +6,8 @@
  *             per step in a naked assembly loop (LDM of the input, LDRD per row, 28
  *             instructions per 24 MACs), bias folded per row into the accumulator so an
  *             output is ASR + SSAT; the last n_out % 3 rows by the same loop on two
- *             rows (19 instructions per 16 MACs; with n_out % 3 == 1 the row before
- *             again); the saturation flag is read from the outputs.
+ *             rows (19 instructions per 16 MACs) or one (10 per 8); the saturation
+ *             flag is read from the outputs.
  * otherwise   (fc_general) four rows per step (LDRD of the input, LDR per row) where
  *             n_in % 4 == 0, then two and one; output stage kl_dsp_requant_n. */
 #include "kilolearn/kl_kernels.h"
@@ -300,11 +300,10 @@ FC3_FUNC(fc3_a, FC3_OUT_A)
 FC3_FUNC(fc3_n, FC3_OUT_N)
 FC3_FUNC(fc3_g, FC3_OUT_G)
 
-/* the last two rows (n_out % 3 != 0): the same loop on two rows (19
+/* the last two rows where n_out % 3 == 2: the same loop on two rows (19
  * instructions per 16 MACs, 76-byte steps), r4, r5 accumulators, r10, r11
  * row pointers; one group, the frame as above */
 #define FC2_REST FC3_ROW("r10", "r4") FC3_ROW("r11", "r5")
-#define FC2_STEP FC3_LDM FC2_REST
 
 #define FC2_SHIFT_SAT                                                                             \
 	"asr r4, r4, r7\n\t"                                                                       \
@@ -324,7 +323,8 @@ FC3_FUNC(fc3_g, FC3_OUT_G)
 	"ldrd r7, r8, [sp, #24]\n\t" FC2_SHIFT_SAT "ldrd r9, r0, [sp, #36]\n\t" FC3_CL("r4")       \
 		FC3_CL("r5") FC2_STORE
 
-#define FC2_FUNC(name, OUT)                                                                       \
+/* one group of two rows (REST: FC2_REST, SB = 76) or one row (FC1_REST, 40) */
+#define FCT_FUNC(name, REST, SB, BIAS, OUT)                                                       \
 	__attribute__((naked, noinline)) static void name(const fc3_t *a __attribute__((unused)))  \
 	{                                                                                         \
 		__asm__ volatile(                                                                 \
@@ -338,22 +338,47 @@ FC3_FUNC(fc3_g, FC3_OUT_G)
 			"mov r10, r5\n\t"                                                         \
 			"negs r6, r6\n\t"                                                         \
 			"and r6, r6, #7\n\t"                                                      \
-			"movs r7, #76\n\t"                                                        \
+			"movs r7, #" #SB "\n\t"                                                   \
 			"adr.w r8, 3f\n\t"                                                        \
 			"mla r6, r6, r7, r8\n\t"                                                  \
 			"orr r6, r6, #1\n\t"                                                      \
-			"ldm sp, {r0-r3, lr}\n\t"                                                 \
-			"ldrd r7, r8, [r0]\n\t" FC3_BIAS("r7", "r4") FC3_BIAS("r8", "r5")         \
-			"add r11, r10, r3\n\t" FC3_LDM "bx r6\n\t"                                \
-			"3:\n\t" FC2_REST FC2_STEP FC2_STEP FC2_STEP FC2_STEP FC2_STEP FC2_STEP   \
-				FC2_STEP FC3_LDM "cmp.w r0, #0x80008000\n\t"                      \
+			"ldm sp, {r0-r3, lr}\n\t" BIAS FC3_LDM "bx r6\n\t"                       \
+			"3:\n\t" REST FC3_LDM REST FC3_LDM REST FC3_LDM REST FC3_LDM REST FC3_LDM \
+				REST FC3_LDM REST FC3_LDM REST FC3_LDM "cmp.w r0, #0x80008000\n\t" \
 			"bne 3b\n\t" OUT "add sp, sp, #52\n\t"                                    \
 			"pop {r4-r11, pc}\n\t");                                                  \
 	}
 
-FC2_FUNC(fc2_a, FC2_OUT_A)
-FC2_FUNC(fc2_n, FC2_OUT_N)
-FC2_FUNC(fc2_g, FC2_OUT_G)
+#define FC2_BIAS                                                                                  \
+	"ldrd r7, r8, [r0]\n\t" FC3_BIAS("r7", "r4") FC3_BIAS("r8", "r5") "add r11, r10, r3\n\t"
+
+FCT_FUNC(fc2_a, FC2_REST, 76, FC2_BIAS, FC2_OUT_A)
+FCT_FUNC(fc2_n, FC2_REST, 76, FC2_BIAS, FC2_OUT_N)
+FCT_FUNC(fc2_g, FC2_REST, 76, FC2_BIAS, FC2_OUT_G)
+
+/* the last row where n_out % 3 == 1: r4 accumulator, r10 row pointer (10
+ * instructions per 8 MACs) */
+#define FC1_REST FC3_ROW("r10", "r4")
+#define FC1_BIAS "ldr r7, [r0]\n\t" FC3_BIAS("r7", "r4")
+#define FC1_OUT_A                                                                                 \
+	"ldrd r7, r8, [sp, #24]\n\t"                                                              \
+	"asr r4, r4, r7\n\t"                                                                       \
+	"ssat r4, #8, r4\n\t"                                                                      \
+	"strb r4, [r8]\n\t"
+#define FC1_OUT_N                                                                                 \
+	"ldrd r7, r8, [sp, #24]\n\t"                                                              \
+	"ldr r9, [sp, #36]\n\t" FC3_RD("r4") "asr r4, r4, r7\n\t"                                 \
+	"ssat r4, #8, r4\n\t"                                                                      \
+	"strb r4, [r8]\n\t"
+#define FC1_OUT_G                                                                                 \
+	"ldrd r7, r8, [sp, #24]\n\t"                                                              \
+	"asr r4, r4, r7\n\t"                                                                       \
+	"ssat r4, #8, r4\n\t"                                                                      \
+	"ldrd r9, r0, [sp, #36]\n\t" FC3_CL("r4") "strb r4, [r8]\n\t"
+
+FCT_FUNC(fc1_a, FC1_REST, 40, FC1_BIAS, FC1_OUT_A)
+FCT_FUNC(fc1_n, FC1_REST, 40, FC1_BIAS, FC1_OUT_N)
+FCT_FUNC(fc1_g, FC1_REST, 40, FC1_BIAS, FC1_OUT_G)
 
 /* any output byte at 127 (or, with lo, at -128); eight bytes per pass */
 static int sat_scan(const int8_t *y, int n, int lo)
@@ -506,20 +531,24 @@ static int fc_fast(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t
 	xc[n_in >> 1] = FC3_SENTINEL;
 	void (*fn)(const fc3_t *);
 	void (*fn2)(const fc3_t *);
+	void (*fn1)(const fc3_t *);
 	fc3_t a;
 	a.lo = 0;
 	a.hi = 0;
 	if (rq->act == KL_ACT_NONE) {
 		fn = fc3_n;
 		fn2 = fc2_n;
+		fn1 = fc1_n;
 		/* kl_rq_m: no round-down for a shift of 1 */
 		a.lo = ys >= 2 ? kk - 1 : INT32_MIN;
 	} else if (rq->zp == -128 && rq->hi == 255) {
 		fn = fc3_a;
 		fn2 = fc2_a;
+		fn1 = fc1_a;
 	} else {
 		fn = fc3_g;
 		fn2 = fc2_g;
+		fn1 = fc1_g;
 		a.lo = rq->lo + rq->zp;
 		a.hi = rq->hi + rq->zp;
 	}
@@ -536,13 +565,12 @@ static int fc_fast(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t
 	a.w = w;
 	a.wend = w + (long)3 * ng * n_in;
 	fn(&a);
-	if (ng * 3 != n_out) { /* the last two rows (n_out % 3 == 1: one again) */
-		const int r = n_out - 2;
+	if (ng * 3 != n_out) { /* the last one or two rows */
+		const int r = ng * 3;
 		a.b = b + r;
 		a.y = y + r;
 		a.w = w + (long)r * n_in;
-		a.wend = a.w + (long)2 * n_in;
-		fn2(&a);
+		(n_out - r == 2 ? fn2 : fn1)(&a);
 	}
 	if (rq->act != KL_ACT_NONE && !rq->cap_saturates) {
 		return 0;
