@@ -20,6 +20,7 @@
 
 #include "kilolearn/kl_kernels.h"
 #include "kl_port.h"
+#include "kl_test_out.h"
 
 enum { FC, CONV, DW };
 
@@ -77,11 +78,7 @@ static uint32_t scratch_mem[(MAXB + 4 * MAXW) / 4 + GUARD];
 static uint32_t rng_state = 0x12345678u;
 static uint32_t rnd(void)
 {
-	uint32_t v = rng_state;
-	v ^= v << 13;
-	v ^= v >> 17;
-	v ^= v << 5;
-	return rng_state = v;
+	return kl_test_xorshift(&rng_state);
 }
 
 static void fill_s8(int8_t *p, long n, int lo, int hi)
@@ -89,26 +86,6 @@ static void fill_s8(int8_t *p, long n, int lo, int hi)
 	for (long i = 0; i < n; i++) {
 		p[i] = (int8_t)(lo + (int)(rnd() % (uint32_t)(hi - lo + 1)));
 	}
-}
-
-static void out_str(const char *s)
-{
-	kl_port_write(s, strlen(s));
-}
-
-static void out_int(int64_t v)
-{
-	char buf[24];
-	int n = 0;
-	uint64_t u = v < 0 ? (uint64_t)(-(v + 1)) + 1u : (uint64_t)v;
-	do {
-		buf[sizeof(buf) - 1 - n++] = (char)('0' + u % 10u);
-		u /= 10u;
-	} while (u != 0u);
-	if (v < 0) {
-		buf[sizeof(buf) - 1 - n++] = '-';
-	}
-	kl_port_write(buf + sizeof(buf) - n, (size_t)n);
 }
 
 static void report(const char *op, const char *dir, const char *backend, long macs,

@@ -10,34 +10,14 @@
 
 #include "kilolearn/kl_kernels.h"
 #include "kl_port.h"
+#include "kl_test_out.h"
 
-static void out_str(const char *s)
-{
-	kl_port_write(s, strlen(s));
-}
-static void out_int(long v)
-{
-	char b[24];
-	int n = 0;
-	unsigned long u = v < 0 ? (unsigned long)(-v) : (unsigned long)v;
-	do {
-		b[sizeof b - 1 - n++] = (char)('0' + u % 10u);
-		u /= 10u;
-	} while (u);
-	if (v < 0) {
-		b[sizeof b - 1 - n++] = '-';
-	}
-	kl_port_write(b + sizeof b - n, (size_t)n);
-}
 
 #if KL_KERNELS_DSP /* (without dsp kernels there is nothing to compare) */
 static uint32_t st = 0x9E3779B9u;
 static uint32_t rnd(void)
 {
-	st ^= st << 13;
-	st ^= st >> 17;
-	st ^= st << 5;
-	return st;
+	return kl_test_xorshift(&st);
 }
 static int rr(int lo, int hi)
 {

@@ -510,15 +510,8 @@ static void pack_im2col(const kl_geom_t *g, const int8_t *x, int oy, int ox, uin
 			int flip, uint32_t zz, uint32_t pw)
 {
 	const int ch = g->c, kw = g->kw;
-	const int ix0 = ox * g->stride - g->pad_l;
-	int kx0 = ix0 < 0 ? -ix0 : 0;
-	int kx1 = g->w - ix0 < kw ? g->w - ix0 : kw;
-	if (kx0 > kw) {
-		kx0 = kw;
-	}
-	if (kx1 < kx0) {
-		kx1 = kx0;
-	}
+	int kx0, kx1;
+	const int ix0 = kl_im2col_cols(g, ox, &kx0, &kx1);
 	for (int ky = 0; ky < g->kh; ky++) {
 		const int iy = oy * g->stride + ky - g->pad_t;
 		if (iy < 0 || iy >= g->h) {

@@ -62,6 +62,25 @@ static inline void kl_fill_s8(int8_t *d, int32_t v, int n)
 	}
 }
 
+/* Output column ox: returns the input column of its tap kx = 0 and sets
+ * [kx0, kx1), the kernel columns that fall inside the input. */
+static inline int kl_im2col_cols(const kl_geom_t *g, int ox, int *kx0, int *kx1)
+{
+	const int kw = g->kw;
+	const int ix0 = ox * g->stride - g->pad_l;
+	int a = ix0 < 0 ? -ix0 : 0;
+	int b = g->w - ix0 < kw ? g->w - ix0 : kw;
+	if (a > kw) {
+		a = kw;
+	}
+	if (b < a) {
+		b = a;
+	}
+	*kx0 = a;
+	*kx1 = b;
+	return ix0;
+}
+
 /* The whole im2col row (kh*kw*c bytes) of output pixel (oy, ox): one copy
  * per kernel row (the taps of a row are contiguous in the input), zp in the
  * padding. */
@@ -69,15 +88,8 @@ static inline void kl_im2col_full_s8(const kl_geom_t *g, const int8_t *x, int32_
 				     int ox, int8_t *out)
 {
 	const int c = g->c, kw = g->kw;
-	const int ix0 = ox * g->stride - g->pad_l;
-	int kx0 = ix0 < 0 ? -ix0 : 0;
-	int kx1 = g->w - ix0 < kw ? g->w - ix0 : kw;
-	if (kx0 > kw) {
-		kx0 = kw;
-	}
-	if (kx1 < kx0) {
-		kx1 = kx0;
-	}
+	int kx0, kx1;
+	const int ix0 = kl_im2col_cols(g, ox, &kx0, &kx1);
 	for (int ky = 0; ky < g->kh; ky++) {
 		const int iy = oy * g->stride + ky - g->pad_t;
 		if (iy < 0 || iy >= g->h) {
