@@ -123,10 +123,5 @@ int main(int argc, char **argv)
 		}
 	}
 #endif
-	out_str("KL fuzz done cases ");
-	out_int(cases);
-	out_str(" mismatches ");
-	out_int(bad);
-	out_str("\n");
-	return bad != 0;
+	return kl_test_done(cases, bad);
 }

@@ -28,6 +28,17 @@ static inline void out_int(int64_t v)
 	kl_port_write(buf + sizeof(buf) - n, (size_t)n);
 }
 
+/* the final line of a fuzz firmware; its exit code */
+static inline int kl_test_done(long cases, long bad)
+{
+	out_str("KL fuzz done cases ");
+	out_int(cases);
+	out_str(" mismatches ");
+	out_int(bad);
+	out_str("\n");
+	return bad != 0;
+}
+
 /* xorshift32: the next value of *state */
 static inline uint32_t kl_test_xorshift(uint32_t *state)
 {

@@ -73,3 +73,19 @@ def twister_python(twister) -> str:
             return py
     pytest.fail(f"no Python among {tried} starts twister: install Zephyr's "
                 "scripts/requirements-base.txt (+ psutil, setuptools) or set TWISTER_PYTHON")
+
+
+def run_fuzz_firmware(board: str, target: str) -> tuple[int, int]:
+    """Build and run a kernel fuzz firmware (tests/c/kl_fuzz_*.c) on a QEMU board; returns
+    (cases, mismatches) from its final "KL fuzz done cases N mismatches N" line."""
+    from pathlib import Path
+
+    from kilolearn import build, qemu
+
+    exe = build.build(board, target=target)
+    r = qemu.run_firmware(Path(exe), board, job=None, timeout=600)
+    last = [ln for ln in r.stdout.splitlines() if ln.startswith("KL fuzz done")]
+    assert last, r.stdout[-2000:]
+    f = last[-1].split()
+    assert r.returncode == (0 if f[6] == "0" else 1), r.stdout[-2000:]
+    return int(f[4]), int(f[6])

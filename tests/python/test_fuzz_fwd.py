@@ -8,21 +8,12 @@ saturation flag must equal ref on the DSP boards.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from conftest import require_target
-
-from kilolearn import build, qemu
+from conftest import require_target, run_fuzz_firmware
 
 
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500", "mps2-an505"])
 def test_forward_fuzz_dsp_equals_ref(board: str) -> None:
     require_target(board)
-    exe = build.build(board, target="kl_fuzz_fwd")
-    r = qemu.run_firmware(Path(exe), board, job=None, timeout=600)
-    last = [ln for ln in r.stdout.splitlines() if ln.startswith("KL fuzz done")]
-    assert last, r.stdout[-2000:]
-    f = last[-1].split()
-    assert int(f[4]) > 10000 and f[6] == "0", r.stdout[-2000:]
-    assert r.returncode == 0
+    cases, mismatches = run_fuzz_firmware(board, "kl_fuzz_fwd")
+    assert cases > 10000 and mismatches == 0

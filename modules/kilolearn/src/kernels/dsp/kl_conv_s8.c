@@ -536,6 +536,18 @@ static int32_t row_sum(const int8_t *r, int n)
 	return (int32_t)s - 128 * n;
 }
 
+/* four words of outputs against the flag constant: GE lanes select it */
+#define SAT_SCAN4                                                                                 \
+	"ldm %[p]!, {r4, r5, r6, r7}\n\t"                                                         \
+	"ssub8 r4, r4, %[c]\n\t"                                                                  \
+	"sel %[f], %[c], %[f]\n\t"                                                                \
+	"ssub8 r5, r5, %[c]\n\t"                                                                  \
+	"sel %[f], %[c], %[f]\n\t"                                                                \
+	"ssub8 r6, r6, %[c]\n\t"                                                                  \
+	"sel %[f], %[c], %[f]\n\t"                                                                \
+	"ssub8 r7, r7, %[c]\n\t"                                                                  \
+	"sel %[f], %[c], %[f]\n\t"
+
 /* any output byte at 127 (or, with lo, at -128): the saturation flag of the
  * folded output stage (kl_requant_clamp: visible in the outputs alone when
  * lo < hi) */
@@ -566,42 +578,7 @@ static int sat_scan(const int8_t *y, long n, int lo)
 		if (nw >= 16) { /* p is 4-aligned here; 16 words a pass */
 			const int8_t *e = p + ((nw >> 4) << 6);
 			__asm__ volatile("1:\n\t"
-					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
-					 "ssub8 r4, r4, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r5, r5, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r6, r6, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r7, r7, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
-					 "ssub8 r4, r4, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r5, r5, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r6, r6, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r7, r7, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
-					 "ssub8 r4, r4, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r5, r5, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r6, r6, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r7, r7, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ldm %[p]!, {r4, r5, r6, r7}\n\t"
-					 "ssub8 r4, r4, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r5, r5, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r6, r6, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
-					 "ssub8 r7, r7, %[c]\n\t"
-					 "sel %[f], %[c], %[f]\n\t"
+					 SAT_SCAN4 SAT_SCAN4 SAT_SCAN4 SAT_SCAN4
 					 "cmp %[p], %[e]\n\t"
 					 "bne 1b"
 					 : [p] "+r"(p), [f] "+r"(f)
