@@ -104,7 +104,23 @@ static int store_init(int argc, char **argv)
 	}
 	const int err = kl_store_file_open(&store, &file_store, path, &g);
 	if (err != KL_OK) {
-		fprintf(stderr, "kl_session: cannot open the flash file %s (%d)\n", path, err);
+		kl_store_geom_t had;
+		if (err == KL_ESTOREFILE && kl_store_file_probe(path, &had) == KL_OK) {
+			fprintf(stderr,
+				"kl_session: %s holds a store of geometry %lu,%lu,%lu,0x%02X, not the "
+				"one asked for; left untouched (give --geometry %lu,%lu,%lu,0x%02X "
+				"or another file)\n",
+				path, (unsigned long)had.size, (unsigned long)had.erase_block,
+				(unsigned long)had.write_block, had.erase_value,
+				(unsigned long)had.size, (unsigned long)had.erase_block,
+				(unsigned long)had.write_block, had.erase_value);
+		} else if (err == KL_ESTOREFILE) {
+			fprintf(stderr, "kl_session: %s is not a kilolearn flash image; left "
+					"untouched\n", path);
+		} else {
+			fprintf(stderr, "kl_session: cannot open the flash file %s (%d)\n", path,
+				err);
+		}
 		return err;
 	}
 	if (cut != 0u) {

@@ -217,6 +217,10 @@ def _read_tables(blob: bytes) -> Blob:
     if dtype == DTYPE_F32:
         return Blob(dtype, g, Params(ws, bs), None, sched, update)
     lut = np.frombuffer(blob, "<u2", 256, lut_off).copy()
+    if lut[0] != 32768 or np.any(np.diff(lut.astype(np.int64)) > 0):
+        # the engine reads it as exp(-d 2^lut_exp) in Q15 (kl_blob_check: lut_ok)
+        raise BlobError("KL_ECORRUPT", "softmax table is not a Q15 exp table (T[0] != 32768 "
+                        "or growing)")
     qm = QModel(g, [None if w is None else w.astype(np.int64) for w in ws],
                 [None if b is None else b.astype(np.int64) for b in bs],
                 [r[0] for r in raw], [r[1] for r in raw], exp, zp, lut_exp, lut)

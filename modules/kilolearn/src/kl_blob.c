@@ -12,6 +12,26 @@ static int exp_ok(int8_t e)
 	return e >= KL_EXP_MIN && e <= KL_EXP_MAX;
 }
 
+/* The int8 softmax table is read as exp(-d 2^lut_exp) in Q15: T[0] = 2^15 (the
+ * largest logit's share, the divisor's floor in kl_softmax_ce_s8) and never
+ * growing with d. Any other table is not one the exporter makes, and a zero
+ * T[0] would divide by zero. */
+static int lut_ok(const uint8_t *lut)
+{
+	uint32_t prev = kl_rd16(lut);
+	if (prev != 32768u) {
+		return 0;
+	}
+	for (uint32_t d = 1; d < KL_BLOB_LUT_ENTRIES; d++) {
+		const uint32_t v = kl_rd16(lut + 2u * d);
+		if (v > prev) {
+			return 0;
+		}
+		prev = v;
+	}
+	return 1;
+}
+
 /* [off, off + size) inside [lo, total), 4-byte aligned */
 static int range_ok(uint32_t off, uint64_t size, uint32_t lo, uint32_t total)
 {
@@ -370,7 +390,8 @@ int kl_blob_check(const uint8_t *blob, size_t len)
 	const int s8 = dtype == KL_DTYPE_S8;
 	const uint32_t data_lo = o_off + n_ops * KL_BLOB_OP_SIZE;
 	if (s8 && (!exp_ok((int8_t)blob[KL_BH_LUT_EXP]) ||
-		   !range_ok(kl_rd32(blob + KL_BH_LUT), 2u * KL_BLOB_LUT_ENTRIES, data_lo, total))) {
+		   !range_ok(kl_rd32(blob + KL_BH_LUT), 2u * KL_BLOB_LUT_ENTRIES, data_lo, total) ||
+		   !lut_ok(blob + kl_rd32(blob + KL_BH_LUT)))) {
 		return KL_ECORRUPT;
 	}
 	for (uint32_t k = 0; k < n_t; k++) {

@@ -613,9 +613,16 @@ static int forward_ops(kl_model_t *m, int first)
 
 static int run_schedule(kl_model_t *m, int label, int keep);
 
+/* A sample the engine can read: float32 samples are read as floats, so they
+ * must sit on a 4-byte boundary (a Cortex-M faults on unaligned VLDR/LDRD). */
+static int sample_ok(const kl_model_t *m, const void *x)
+{
+	return x != NULL && (m->dtype != KL_DTYPE_F32 || ((uintptr_t)x & 3u) == 0u);
+}
+
 static int forward(kl_model_t *m, const void *x)
 {
-	if (m == NULL || x == NULL) {
+	if (m == NULL || !sample_ok(m, x)) {
 		return KL_EINVAL;
 	}
 	m->tensors[m->input].data = (void *)(uintptr_t)x;
@@ -1328,7 +1335,7 @@ static int run_step(kl_model_t *m, const void *x, int label, int keep)
 
 static int check_step(const kl_model_t *m, const void *x, int label)
 {
-	if (m == NULL || x == NULL || label < 0 || label >= m->n_classes ||
+	if (m == NULL || !sample_ok(m, x) || label < 0 || label >= m->n_classes ||
 	    (m->sched == NULL && m->tensors[m->output].grad == NULL)) {
 		return KL_EINVAL;
 	}

@@ -16,8 +16,19 @@ uint32_t kl_replay_rand(kl_replay_t *r)
 	return x;
 }
 
-int kl_replay_init(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
-		   uint16_t n_classes, uint32_t seed)
+/* n * elem bytes from the arena; 0 on a product past size_t (a 32-bit
+ * size_t on Cortex-M: a capacity near 2^32 / elem must not wrap) */
+static void *alloc_n(kl_arena_t *a, uint32_t n, uint32_t elem, uint32_t extra)
+{
+	const uint64_t size = (uint64_t)n * elem + extra;
+	if (size > (uint64_t)a->size) {
+		return NULL;
+	}
+	return kl_arena_alloc(a, (size_t)size, 4u);
+}
+
+int kl_replay_reserve(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
+		      uint16_t n_classes)
 {
 	if (r == NULL || a == NULL || elem == 0u || n_classes == 0u) {
 		return KL_EINVAL;
@@ -26,14 +37,24 @@ int kl_replay_init(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
 	r->cap = cap;
 	r->elem = elem;
 	r->n_classes = n_classes;
-	r->rng = seed != 0u ? seed : 0x2545F491u;
-	r->data = kl_arena_alloc(a, (size_t)cap * elem, 4u);
-	r->labels = kl_arena_alloc(a, (size_t)cap * 2u + 2u, 4u);
-	r->stored = kl_arena_alloc(a, (size_t)n_classes * 2u, 4u);
-	r->seen = kl_arena_alloc(a, (size_t)n_classes * 4u, 4u);
+	r->data = alloc_n(a, cap, elem, 0u);
+	r->labels = alloc_n(a, cap, 2u, 2u);
+	r->stored = alloc_n(a, n_classes, 2u, 0u);
+	r->seen = alloc_n(a, n_classes, 4u, 0u);
 	if (r->data == NULL || r->labels == NULL || r->stored == NULL || r->seen == NULL) {
 		return KL_ENOMEM;
 	}
+	return KL_OK;
+}
+
+int kl_replay_init(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
+		   uint16_t n_classes, uint32_t seed)
+{
+	const int err = kl_replay_reserve(r, a, cap, elem, n_classes);
+	if (err != KL_OK) {
+		return err;
+	}
+	r->rng = seed != 0u ? seed : 0x2545F491u;
 	kl_replay_clear(r);
 	return KL_OK;
 }

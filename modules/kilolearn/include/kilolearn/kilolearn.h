@@ -207,6 +207,11 @@ typedef struct {
 
 int kl_replay_init(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
 		   uint16_t n_classes, uint32_t seed);
+/* The allocations of kl_replay_init alone (nothing written to the arena's
+ * memory): on a copy of an arena it tells whether a buffer would fit.
+ * KL_ENOMEM when cap * elem does not fit the arena (checked in 64 bits). */
+int kl_replay_reserve(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
+		      uint16_t n_classes);
 /* Offer a latent: kept while there is room, then it replaces a random latent
  * of the most represented class (or, if its own class is among those, a
  * random latent of its class with probability stored/seen). Returns the slot

@@ -73,6 +73,19 @@ typedef struct {
 	uint64_t (*insn)(void); /* instruction/cycle counter, may be NULL */
 } kl_session_cfg_t;
 
+/* The settings CONFIG changes (docs/protocol.md): a CONFIG is checked whole
+ * against the running model and then applied, or refused with nothing
+ * changed. A LOAD and a reboot start from the defaults. */
+typedef struct {
+	float lr;
+	uint16_t replay_ratio, cut;
+	uint32_t replay_cap, seed;
+	uint8_t upd_policy; /* 0xFF: the blob's own */
+	uint16_t upd_permille;
+	uint8_t auto_classes;
+	uint8_t class_mask[256];
+} kl_session_settings_t;
+
 typedef struct {
 	kl_session_cfg_t cfg;
 	kl_arena_t arena;
@@ -80,14 +93,12 @@ typedef struct {
 	kl_replay_t replay;
 	kl_slots_t slots; /* the stored generations; the model runs from slots.pin */
 	int loaded;
-	/* settings (CONFIG) */
-	float lr;
-	uint16_t replay_ratio, cut;
-	uint32_t replay_cap, seed;
-	uint8_t upd_policy; /* 0xFF: the blob's own */
-	uint16_t upd_permille;
-	int auto_classes;
-	uint8_t class_mask[256];
+	kl_session_settings_t set;
+	/* the arena right after kl_model_init (before CONFIG's parts): where a
+	 * CONFIG's trial layout starts */
+	size_t init_used;
+	void *init_sel;
+	uint32_t init_sel_size;
 	/* LOAD progress */
 	uint32_t load_size, load_got;
 	int loading;
@@ -101,7 +112,9 @@ typedef struct {
 	uint8_t rx[KL_FRAME_WIRE_MAX];
 	size_t rx_len;
 	int rx_overflow;
-	uint8_t frame[KL_FRAME_MAX];
+	/* the decoded frame, word-aligned so that a sample in it can be moved to
+	 * a 4-byte boundary before the engine reads it as float */
+	uint32_t frame[(KL_FRAME_MAX + 3u) / 4u];
 	uint8_t reply[KL_FRAME_MAX];
 	size_t reply_len; /* payload bytes of the cached last reply */
 	uint8_t reply_type;

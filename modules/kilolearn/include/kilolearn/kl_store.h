@@ -141,6 +141,8 @@ typedef struct {
 	kl_slot_t w;
 	uint32_t w_pos, w_erased; /* bytes of the blob written; slot bytes erased */
 	uint32_t w_crc;
+	int finished;        /* kl_slots_finish() verified the data; the header is next */
+	uint32_t w_blob_crc; /* the verified blob CRC the header will carry */
 	uint8_t pend[KL_STORE_MAX_WRITE_BLOCK];
 	uint32_t pend_n;
 } kl_slots_t;
@@ -148,6 +150,11 @@ typedef struct {
 /* Scan the store for the newest valid generation. KL_OK (with or without
  * one: kl_slots_active() says), or KL_EINVAL on an unusable geometry. */
 int kl_slots_mount(kl_slots_t *g, kl_store_t *st);
+/* The same, counting a generation valid only if check(blob, len) == KL_OK as
+ * well (memory-mapped stores; e.g. kl_blob_check): a CRC-valid generation the
+ * caller cannot use is passed over for the newest one it can. */
+typedef int (*kl_slot_check_fn)(const uint8_t *blob, size_t len);
+int kl_slots_mount_checked(kl_slots_t *g, kl_store_t *st, kl_slot_check_fn check);
 /* The newest blob read in place (memory-mapped stores), or NULL. */
 const uint8_t *kl_slots_active(const kl_slots_t *g, uint32_t *len);
 /* The running model reads the active slot in place: keep it (1) or not (0). */
@@ -161,6 +168,15 @@ int kl_slots_write(kl_slots_t *g, const uint8_t *data, uint32_t n);
  * blob; KL_ECRC on mismatch) and program the header. On KL_OK the new
  * generation is active. */
 int kl_slots_end(kl_slots_t *g, uint32_t crc);
+/* kl_slots_end() in two steps, so that a caller can look at the new blob in
+ * place before it becomes the active generation: finish (tail, verify, as
+ * kl_slots_end) and then commit (program the header: the switch). Between
+ * the two, kl_slots_pending() is the new blob (memory-mapped stores) and
+ * kl_slots_abort() drops it; the active generation is untouched until the
+ * commit. */
+int kl_slots_finish(kl_slots_t *g, uint32_t crc);
+const uint8_t *kl_slots_pending(const kl_slots_t *g, uint32_t *len);
+int kl_slots_commit(kl_slots_t *g);
 /* CRC-32 of the bytes given to kl_slots_write() so far */
 static inline uint32_t kl_slots_written_crc(const kl_slots_t *g)
 {

@@ -1,6 +1,7 @@
 /* File-backed NOR flash simulation for the host: see kl_store_file.h. */
 #include "posix/kl_store_file.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,6 +76,29 @@ static int create(kl_store_file_t *fs, const char *path, const kl_store_geom_t *
 	return fflush(fs->f) == 0 ? KL_OK : KL_EIO;
 }
 
+int kl_store_file_probe(const char *path, kl_store_geom_t *geom)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL) {
+		return errno == ENOENT ? KL_ENOENT : KL_EIO;
+	}
+	uint8_t h[HDR];
+	const size_t got = fread(h, 1, HDR, f);
+	const int empty = got == 0u && feof(f);
+	fclose(f);
+	if (empty) {
+		return KL_ENOENT; /* nothing to lose: made anew */
+	}
+	if (got != HDR || memcmp(h, "KLNORSIM", 8) != 0) {
+		return KL_ESTOREFILE;
+	}
+	geom->size = get32(h + 8);
+	geom->erase_block = get32(h + 12);
+	geom->write_block = get32(h + 16);
+	geom->erase_value = (uint8_t)get32(h + 20);
+	return KL_OK;
+}
+
 /* an existing file of this geometry: image and counters back in memory */
 static int reopen(kl_store_file_t *fs, const char *path, const kl_store_geom_t *g)
 {
@@ -88,14 +112,14 @@ static int reopen(kl_store_file_t *fs, const char *path, const kl_store_geom_t *
 	    fread(fs->image, 1, g->size, fs->f) != g->size) {
 		fclose(fs->f);
 		fs->f = NULL;
-		return KL_EINVAL;
+		return KL_ESTOREFILE;
 	}
 	for (uint32_t i = 0; i < 2u * fs->n_sectors; i++) {
 		uint8_t b[4];
 		if (fread(b, 1, 4, fs->f) != 4u) {
 			fclose(fs->f);
 			fs->f = NULL;
-			return KL_EINVAL;
+			return KL_ESTOREFILE;
 		}
 		fs->wear[i] = get32(b);
 	}
@@ -118,8 +142,17 @@ int kl_store_file_open(kl_store_t *st, kl_store_file_t *fs, const char *path,
 		return KL_EIO;
 	}
 	int err = kl_store_nor_init(st, &fs->sim, fs->image, geom);
-	if (err == KL_OK && reopen(fs, path, geom) != KL_OK) {
-		err = create(fs, path, geom);
+	if (err == KL_OK) {
+		/* only a missing (or empty) file is made anew: a file holding
+		 * anything else, another geometry's image among it, is refused and
+		 * left as it is */
+		kl_store_geom_t had;
+		err = kl_store_file_probe(path, &had);
+		if (err == KL_ENOENT) {
+			err = create(fs, path, geom);
+		} else if (err == KL_OK) {
+			err = reopen(fs, path, geom);
+		}
 	}
 	if (err != KL_OK) {
 		if (fs->f != NULL) {

@@ -25,10 +25,19 @@ typedef struct {
 	int dirty_wear;
 } kl_store_file_t;
 
-/* Open (or create, erased, when missing or of another geometry) the file at
- * path. KL_OK, KL_EINVAL (geometry) or KL_EIO (file). */
+#define KL_ENOENT     (-2)   /* no such file */
+#define KL_ESTOREFILE (-210) /* the file is not a store image of the asked geometry */
+
+/* Open the store image at path, or create it (erased) when the file is
+ * missing or empty. A file that holds anything else (another geometry's
+ * image, or not an image at all) is refused with KL_ESTOREFILE and left
+ * untouched: kl_store_file_probe() tells its geometry. KL_OK, KL_EINVAL
+ * (geometry), KL_ESTOREFILE or KL_EIO (file). */
 int kl_store_file_open(kl_store_t *st, kl_store_file_t *fs, const char *path,
 		       const kl_store_geom_t *geom);
+/* The geometry recorded in the image at path: KL_OK, KL_ENOENT (missing or
+ * empty), KL_ESTOREFILE (not a store image) or KL_EIO. */
+int kl_store_file_probe(const char *path, kl_store_geom_t *geom);
 /* Write the wear counters out and close: a clean shutdown. Dropping the
  * struct without it is a power cut (the image is always up to date, the
  * counters of the last operation may be lost). */

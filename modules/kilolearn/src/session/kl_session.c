@@ -69,13 +69,79 @@ static uint32_t sample_bytes(const kl_session_t *s)
 	return (uint32_t)s->model.n_inputs * (s->model.dtype == KL_DTYPE_S8 ? 1u : 4u);
 }
 
-static uint32_t latent_bytes(const kl_session_t *s)
+static uint32_t latent_bytes(const kl_model_t *m, uint16_t cut)
 {
-	const kl_tensor_t *t = &s->model.tensors[s->cut];
-	return (uint32_t)t->h * t->w * t->c * (s->model.dtype == KL_DTYPE_S8 ? 1u : 4u);
+	const kl_tensor_t *t = &m->tensors[cut];
+	return (uint32_t)t->h * t->w * t->c * (m->dtype == KL_DTYPE_S8 ? 1u : 4u);
 }
 
-/* (Re)build the model from the stored blob and the settings. */
+/* a replay cut the model allows: in range, and the backbone before it frozen */
+static int cut_ok(const kl_model_t *m, uint16_t cut)
+{
+	const int err = kl_model_check_cut(m, cut);
+	if (err != KL_OK) {
+		return err;
+	}
+	return m->tensors[cut].need_grad ? KL_EINVAL : KL_OK;
+}
+
+static void defaults(kl_session_settings_t *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->lr = 0.05f;
+	c->cut = 0xFFFFu;
+	c->seed = 1u;
+	c->upd_policy = 0xFFu;
+	c->upd_permille = KL_UPDATE_FRAC_ONE;
+	c->auto_classes = 1;
+}
+
+/* Build the model from blob with the settings in force (the arena anew). */
+static int build_model(kl_session_t *s, const uint8_t *blob, uint32_t len)
+{
+	const kl_session_settings_t *c = &s->set;
+	s->loaded = 0;
+	kl_arena_init(&s->arena, s->cfg.arena, s->cfg.arena_size);
+	const kl_train_cfg_t tc = {.lr = c->lr, .momentum = 0.0f, .seed = c->seed, .flags = 0u};
+	int err = kl_model_init(&s->model, blob, len, &s->arena, &tc);
+	if (err != KL_OK) {
+		return err;
+	}
+	if (s->model.n_classes > sizeof(c->class_mask)) {
+		return KL_ENOTSUP;
+	}
+	s->init_used = s->arena.used;
+	s->init_sel = s->model.sel;
+	s->init_sel_size = s->model.sel_size;
+	if (c->upd_policy != 0xFFu) { /* CONFIG's selective-update policy over the blob's */
+		err = kl_model_set_update_policy(&s->model, c->upd_policy, c->upd_permille);
+		if (err != KL_OK) {
+			return err;
+		}
+	}
+	if (c->cut != 0xFFFFu) {
+		err = cut_ok(&s->model, c->cut);
+		if (err == KL_OK) {
+			err = kl_replay_init(&s->replay, &s->arena, c->replay_cap,
+					     latent_bytes(&s->model, c->cut), s->model.n_classes,
+					     c->seed ^ 0x9E3779B9u);
+		}
+		if (err != KL_OK) {
+			return err;
+		}
+	}
+	s->model.class_mask = s->set.class_mask;
+	if (c->auto_classes) {
+		memset(s->set.class_mask, 0, sizeof(s->set.class_mask));
+	}
+	s->train_steps = s->replay_steps = 0;
+	s->train_insn = 0;
+	s->loaded = 1;
+	return KL_OK;
+}
+
+/* (Re)start the model from the active generation; it is pinned while it runs
+ * (its frozen weights are read in place from that slot). */
 static int start_model(kl_session_t *s)
 {
 	s->loaded = 0;
@@ -85,57 +151,54 @@ static int start_model(kl_session_t *s)
 	if (blob == NULL) {
 		return s->slots.have_active ? KL_ENOTSUP : KL_ENOMODEL; /* not memory-mapped */
 	}
-	s->load_size = len;
-	kl_arena_init(&s->arena, s->cfg.arena, s->cfg.arena_size);
-	const kl_train_cfg_t tc = {.lr = s->lr, .momentum = 0.0f, .seed = s->seed, .flags = 0u};
-	int err = kl_model_init(&s->model, blob, len, &s->arena, &tc);
-	if (err != KL_OK) {
-		return err;
+	const int err = build_model(s, blob, len);
+	if (err == KL_OK) {
+		kl_slots_pin(&s->slots, 1);
 	}
-	if (s->model.n_classes > sizeof(s->class_mask)) {
-		return KL_ENOTSUP;
-	}
-	if (s->upd_policy != 0xFFu) { /* CONFIG's selective-update policy over the blob's */
-		err = kl_model_set_update_policy(&s->model, s->upd_policy, s->upd_permille);
-		if (err != KL_OK) {
-			return err;
-		}
-	}
-	if (s->cut != 0xFFFFu) {
-		err = kl_model_check_cut(&s->model, s->cut);
-		if (err == KL_OK && s->model.tensors[s->cut].need_grad) {
-			err = KL_EINVAL; /* the backbone before the cut must be frozen */
-		}
-		if (err == KL_OK) {
-			err = kl_replay_init(&s->replay, &s->arena, s->replay_cap, latent_bytes(s),
-					     s->model.n_classes, s->seed ^ 0x9E3779B9u);
-		}
-		if (err != KL_OK) {
-			return err;
-		}
-	}
-	s->model.class_mask = s->class_mask;
-	if (s->auto_classes) {
-		memset(s->class_mask, 0, sizeof(s->class_mask));
-	}
-	s->train_steps = s->replay_steps = 0;
-	s->train_insn = 0;
-	s->loaded = 1;
-	kl_slots_pin(&s->slots, 1); /* its frozen weights are read from this slot */
-	return KL_OK;
+	return err;
 }
 
-static void defaults(kl_session_t *s)
+/* after a failed or dropped LOAD: the committed model runs again if it had
+ * been stopped to make room */
+static void resume_model(kl_session_t *s)
 {
-	s->lr = 0.05f;
-	s->replay_ratio = 0;
-	s->replay_cap = 0;
-	s->cut = 0xFFFFu;
-	s->seed = 1u;
-	s->upd_policy = 0xFFu;
-	s->upd_permille = KL_UPDATE_FRAC_ONE;
-	s->auto_classes = 1;
-	memset(s->class_mask, 0, sizeof(s->class_mask));
+	if (!s->loaded && s->slots.have_active) {
+		(void)start_model(s);
+	}
+}
+
+/* Would these settings fit the running model? The layout CONFIG would make
+ * (update policy scratch, replay buffer) tried on copies of the model and the
+ * arena as kl_model_init left them: nothing written, nothing changed. */
+static int settings_fit(const kl_session_t *s, const kl_session_settings_t *c)
+{
+	if (!s->loaded) { /* nothing to lay out against: the arena bounds what fits */
+		return c->cut != 0xFFFFu && c->replay_cap > s->cfg.arena_size ? KL_ENOMEM : KL_OK;
+	}
+	kl_arena_t a = s->arena;
+	a.used = s->init_used;
+	kl_model_t m = s->model;
+	m.arena = &a;
+	m.sel = s->init_sel;
+	m.sel_size = s->init_sel_size;
+	int err = KL_OK;
+	if (c->upd_policy != 0xFFu) {
+		err = kl_model_set_update_policy(&m, c->upd_policy, c->upd_permille);
+	}
+	if (err == KL_OK && c->cut != 0xFFFFu) {
+		err = cut_ok(&m, c->cut);
+		if (err == KL_OK) {
+			kl_replay_t r;
+			err = kl_replay_reserve(&r, &a, c->replay_cap, latent_bytes(&m, c->cut),
+						m.n_classes);
+		}
+	}
+	return err;
+}
+
+static int session_blob_check(const uint8_t *blob, size_t len)
+{
+	return ((uintptr_t)blob & 3u) != 0u ? KL_EINVAL : kl_blob_check(blob, len);
 }
 
 int kl_session_init(kl_session_t *s, const kl_session_cfg_t *cfg)
@@ -146,8 +209,10 @@ int kl_session_init(kl_session_t *s, const kl_session_cfg_t *cfg)
 	}
 	memset(s, 0, sizeof(*s));
 	s->cfg = *cfg;
-	defaults(s);
-	const int err = kl_slots_mount(&s->slots, cfg->store);
+	defaults(&s->set);
+	/* a generation counts only if the engine accepts it: a CRC-valid blob it
+	 * refuses is passed over for the newest one it can run */
+	const int err = kl_slots_mount_checked(&s->slots, cfg->store, session_blob_check);
 	if (err != KL_OK) {
 		return err;
 	}
@@ -176,11 +241,51 @@ static int cmd_info(kl_session_t *s, uint8_t *out)
 	out[7] = s->loaded ? s->model.dtype : 0xFFu;
 	wr16(out + 8, s->loaded ? s->model.n_inputs : 0u);
 	wr16(out + 10, s->loaded ? s->model.n_classes : 0u);
-	wr16(out + 12, s->cut);
-	wr32(out + 14, s->replay_cap);
+	wr16(out + 12, s->set.cut);
+	wr32(out + 14, s->set.replay_cap);
 	wr32(out + 18, (uint32_t)s->cfg.arena_size);
 	wr32(out + 22, s->cfg.store->size);
 	return 26;
+}
+
+/* a LOAD that failed or was dropped: the writer stops, the old model stays */
+static int load_failed(kl_session_t *s, int err)
+{
+	s->loading = 0;
+	kl_slots_abort(&s->slots);
+	resume_model(s);
+	return err;
+}
+
+/* LOAD END: the new blob is checked in place, and a model built from it with
+ * the default settings, before its slot header makes it the active
+ * generation. A blob the engine refuses never becomes active: the old model
+ * stays committed and running. */
+static int load_end(kl_session_t *s, uint32_t crc)
+{
+	int err = kl_slots_finish(&s->slots, crc);
+	if (err != KL_OK) {
+		return load_failed(s, err);
+	}
+	uint32_t len;
+	const uint8_t *blob = kl_slots_pending(&s->slots, &len);
+	if (blob == NULL) {
+		return load_failed(s, KL_ENOTSUP); /* the engine reads blobs in place */
+	}
+	const kl_session_settings_t old = s->set;
+	defaults(&s->set); /* a new model starts from the default settings */
+	err = build_model(s, blob, len);
+	if (err == KL_OK) {
+		err = kl_slots_commit(&s->slots);
+	}
+	if (err != KL_OK) {
+		s->loaded = 0;
+		s->set = old;
+		return load_failed(s, err);
+	}
+	s->loading = 0;
+	kl_slots_pin(&s->slots, 1); /* the new active slot */
+	return KL_OK;
 }
 
 static int cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
@@ -190,25 +295,31 @@ static int cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
 	}
 	const uint32_t v = rd32(p + 1);
 	switch (p[0]) {
-	case KL_LOAD_BEGIN:
+	case KL_LOAD_BEGIN: {
 		if (v < KL_BLOB_HEADER_SIZE || v > s->cfg.store->size) {
 			return KL_ENOMEM;
 		}
-		s->loaded = 0;
+		/* the new blob goes to a free run of sectors; the active slot stays
+		 * valid (and its model running) until END has checked the new one
+		 * and programmed its header */
 		s->loading = 0;
-		kl_slots_pin(&s->slots, 0);
-		{
-			/* the new blob goes to a free run of sectors; the active slot
-			 * stays valid until END has programmed the new header */
-			const int err = kl_slots_begin(&s->slots, v);
-			if (err != KL_OK) {
-				return err;
-			}
+		int err = kl_slots_begin(&s->slots, v);
+		if (err == KL_ENOSPC && s->slots.have_pin && s->slots.pin.off != s->slots.active.off) {
+			/* the model runs from an older generation than the active one:
+			 * its slot is the room; it restarts from the active one if the
+			 * LOAD fails */
+			s->loaded = 0;
+			kl_slots_pin(&s->slots, 0);
+			err = kl_slots_begin(&s->slots, v);
+		}
+		if (err != KL_OK) {
+			return load_failed(s, err);
 		}
 		s->loading = 1;
 		s->load_size = v;
 		s->load_got = 0;
 		return 0;
+	}
 	case KL_LOAD_DATA: {
 		if (!s->loading) {
 			return KL_ESTATE;
@@ -219,8 +330,7 @@ static int cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
 		}
 		const int err = kl_slots_write(&s->slots, p + 5, len);
 		if (err != KL_OK) {
-			s->loading = 0;
-			return err;
+			return load_failed(s, err);
 		}
 		s->load_got += len;
 		return 0;
@@ -229,14 +339,7 @@ static int cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
 		if (!s->loading || s->load_got != s->load_size) {
 			return KL_ESTATE;
 		}
-		s->loading = 0;
-		{
-			const int err = kl_slots_end(&s->slots, v); /* CRC check, then the switch */
-			if (err != KL_OK) {
-				return err;
-			}
-		}
-		return start_model(s);
+		return load_end(s, v);
 	default:
 		return KL_EINVAL;
 	}
@@ -250,7 +353,20 @@ static int check_sample(const kl_session_t *s, uint32_t n, int with_label)
 	return n == sample_bytes(s) + (with_label ? 2u : 0u) ? KL_OK : KL_EINVAL;
 }
 
-static int cmd_train(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out)
+/* The sample at p (n bytes, in the frame buffer) moved down to a 4-byte
+ * boundary, over bytes already read (the label, the frame header): the
+ * engine reads float samples as floats. The frame buffer is word-aligned and
+ * the payload starts 6 bytes in, so there is room below. */
+static const void *aligned_sample(uint8_t *p, uint32_t n)
+{
+	const uintptr_t mis = (uintptr_t)p & 3u;
+	if (mis != 0u) {
+		memmove(p - mis, p, n);
+	}
+	return p - mis;
+}
+
+static int cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 {
 	int err = check_sample(s, n, 1);
 	if (err != KL_OK) {
@@ -260,24 +376,26 @@ static int cmd_train(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out
 	if (label >= s->model.n_classes) {
 		return KL_EINVAL;
 	}
-	if (s->auto_classes) {
-		s->class_mask[label] = 1;
+	const void *x = aligned_sample(p + 2, n - 2u);
+	if (s->set.auto_classes) {
+		s->set.class_mask[label] = 1;
 	}
 	const uint64_t t0 = now(s);
-	const int pred = kl_train_step(&s->model, p + 2, label);
+	const int pred = kl_train_step(&s->model, x, label);
 	if (pred < 0) {
 		return pred;
 	}
 	s->train_steps++;
 	uint32_t replayed = 0;
-	if (s->cut != 0xFFFFu) {
-		kl_replay_add(&s->replay, s->model.tensors[s->cut].data, label);
-		for (uint32_t r = 0; r < s->replay_ratio; r++) {
+	if (s->set.cut != 0xFFFFu) {
+		kl_replay_add(&s->replay, s->model.tensors[s->set.cut].data, label);
+		for (uint32_t r = 0; r < s->set.replay_ratio; r++) {
 			const int slot = kl_replay_pick(&s->replay);
 			if (slot < 0) {
 				break;
 			}
-			err = kl_train_step_from(&s->model, s->cut, kl_replay_latent(&s->replay, slot),
+			err = kl_train_step_from(&s->model, s->set.cut,
+						 kl_replay_latent(&s->replay, slot),
 						 s->replay.labels[slot]);
 			if (err < 0) {
 				return err;
@@ -292,19 +410,21 @@ static int cmd_train(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out
 	return 4;
 }
 
-static int cmd_eval(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out, int predict)
+static int cmd_eval(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out, int predict)
 {
 	const int err = check_sample(s, n, !predict);
 	if (err != KL_OK) {
 		return err;
 	}
-	const int pred = kl_predict(&s->model, predict ? p : p + 2);
+	const int label = predict ? -1 : (int)rd16(p);
+	const int pred = kl_predict(&s->model, aligned_sample(predict ? p : p + 2,
+								n - (predict ? 0u : 2u)));
 	if (pred < 0) {
 		return pred;
 	}
 	wr16(out, (uint32_t)pred);
 	if (!predict) {
-		out[2] = (uint8_t)(pred == rd16(p));
+		out[2] = (uint8_t)(pred == label);
 		return 3;
 	}
 	const uint32_t nl = (uint32_t)s->model.n_classes * (s->model.dtype == KL_DTYPE_S8 ? 1u : 4u);
@@ -321,8 +441,8 @@ static int cmd_eval(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out,
 static int cmd_stats(kl_session_t *s, uint8_t *out)
 {
 	uint32_t active = 0;
-	for (uint32_t c = 0; c < sizeof(s->class_mask); c++) {
-		active += s->class_mask[c] != 0u;
+	for (uint32_t c = 0; c < sizeof(s->set.class_mask); c++) {
+		active += s->set.class_mask[c] != 0u;
 	}
 	wr32(out, s->train_steps);
 	wr32(out + 4, s->replay_steps);
@@ -330,7 +450,7 @@ static int cmd_stats(kl_session_t *s, uint8_t *out)
 	wr32(out + 12, (uint32_t)(s->train_insn >> 32));
 	wr32(out + 16, (uint32_t)s->arena.used);
 	wr32(out + 20, (uint32_t)s->arena.peak);
-	wr32(out + 24, s->cut != 0xFFFFu && s->loaded ? s->replay.count : 0u);
+	wr32(out + 24, s->set.cut != 0xFFFFu && s->loaded ? s->replay.count : 0u);
 	const kl_store_t *st = s->cfg.store;
 	wr32(out + 28, st->bytes_written);
 	wr32(out + 32, st->erases);
@@ -357,8 +477,15 @@ static int cmd_stats(kl_session_t *s, uint8_t *out)
 	return (int)(58u + 8u * k);
 }
 
+/* CONFIG: every item parsed and checked into a copy of the settings, the
+ * whole against the running model (settings_fit), and only then applied: a
+ * refused CONFIG changes nothing, not even the items before the bad one. */
 static int cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 {
+	if (s->loading) {
+		return KL_ESTATE; /* finish (or drop) the LOAD first */
+	}
+	kl_session_settings_t c = s->set;
 	uint32_t i = 0;
 	while (i < n) {
 		if (n - i < 2u || p[i + 1] > n - i - 2u) {
@@ -379,53 +506,67 @@ static int cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 			if (!(f.f >= 0.0f && f.f <= 1.0f)) {
 				return KL_EINVAL;
 			}
-			s->lr = f.f;
+			c.lr = f.f;
 			break;
 		}
 		case KL_CFG_REPLAY_RATIO:
 			if (len != 2u) {
 				return KL_EINVAL;
 			}
-			s->replay_ratio = rd16(v);
+			c.replay_ratio = rd16(v);
 			break;
 		case KL_CFG_REPLAY_CAP:
 			if (len != 4u) {
 				return KL_EINVAL;
 			}
-			s->replay_cap = rd32(v);
+			c.replay_cap = rd32(v);
 			break;
 		case KL_CFG_CUT:
 			if (len != 2u) {
 				return KL_EINVAL;
 			}
-			s->cut = rd16(v);
+			c.cut = rd16(v);
 			break;
 		case KL_CFG_SEED:
 			if (len != 4u) {
 				return KL_EINVAL;
 			}
-			s->seed = rd32(v);
+			c.seed = rd32(v);
 			break;
 		case KL_CFG_UPDATE:
 			if (len != 3u || (v[0] >= KL_UPDATE_POLICY_COUNT && v[0] != 0xFFu) ||
 			    rd16(v + 1) == 0u || rd16(v + 1) > KL_UPDATE_FRAC_ONE) {
 				return KL_EINVAL;
 			}
-			s->upd_policy = v[0];
-			s->upd_permille = rd16(v + 1);
+			c.upd_policy = v[0];
+			c.upd_permille = rd16(v + 1);
 			break;
 		case KL_CFG_CLASSES: /* len <= 255 < sizeof(class_mask) */
-			s->auto_classes = len == 0u;
-			memset(s->class_mask, 0, sizeof(s->class_mask));
-			memcpy(s->class_mask, v, len);
+			c.auto_classes = len == 0u;
+			memset(c.class_mask, 0, sizeof(c.class_mask));
+			memcpy(c.class_mask, v, len);
 			break;
 		default:
 			return KL_EINVAL;
 		}
 		i += 2u + len;
 	}
+	const int err = settings_fit(s, &c);
+	if (err != KL_OK) {
+		return err;
+	}
+	const kl_session_settings_t old = s->set;
+	s->set = c;
+	if (!s->slots.have_active) {
+		return 0;
+	}
 	/* settings take effect on a fresh training state */
-	return s->slots.have_active && !s->loading ? start_model(s) : 0;
+	const int started = start_model(s);
+	if (started != KL_OK) { /* not foreseen by settings_fit: back to the old ones */
+		s->set = old;
+		(void)start_model(s);
+	}
+	return started;
 }
 
 /* The blob with the trained parameters: bytes [off, off+n) of the blob the
@@ -496,7 +637,15 @@ static int cmd_commit(kl_session_t *s)
 		err = kl_slots_write(&s->slots, buf, n);
 	}
 	if (err == KL_OK) {
-		err = kl_slots_end(&s->slots, kl_slots_written_crc(&s->slots));
+		err = kl_slots_finish(&s->slots, kl_slots_written_crc(&s->slots));
+	}
+	if (err == KL_OK) { /* what the next boot would run must pass the engine's check */
+		uint32_t n;
+		const uint8_t *fresh = kl_slots_pending(&s->slots, &n);
+		err = fresh != NULL ? session_blob_check(fresh, n) : KL_ENOTSUP;
+	}
+	if (err == KL_OK) {
+		err = kl_slots_commit(&s->slots);
 	}
 	if (err != KL_OK) {
 		kl_slots_abort(&s->slots);
@@ -504,7 +653,7 @@ static int cmd_commit(kl_session_t *s)
 	return err;
 }
 
-static int dispatch(kl_session_t *s, uint8_t type, const uint8_t *p, uint32_t n, uint8_t *out)
+static int dispatch(kl_session_t *s, uint8_t type, uint8_t *p, uint32_t n, uint8_t *out)
 {
 	switch (type) {
 	case KL_CMD_INFO:
@@ -535,12 +684,12 @@ static int dispatch(kl_session_t *s, uint8_t type, const uint8_t *p, uint32_t n,
 
 static void handle_frame(kl_session_t *s, const uint8_t *wire, size_t n)
 {
-	const size_t len = kl_cobs_decode(wire, n, s->frame, sizeof(s->frame));
+	uint8_t *f = (uint8_t *)s->frame;
+	const size_t len = kl_cobs_decode(wire, n, f, sizeof(s->frame));
 	if (len < KL_FRAME_HEADER + KL_FRAME_CRC) {
 		nak(s, KL_EFRAME, 0);
 		return;
 	}
-	const uint8_t *f = s->frame;
 	const uint16_t seq = rd16(f + 2);
 	const uint32_t plen = rd16(f + 4);
 	if (plen != len - KL_FRAME_HEADER - KL_FRAME_CRC ||
@@ -553,6 +702,12 @@ static void handle_frame(kl_session_t *s, const uint8_t *wire, size_t n)
 		return;
 	}
 	const uint8_t type = f[0];
+	if (type & KL_CMD_REPLY) {
+		/* reply and NAK types are never requests: a NAK (not executed, no
+		 * sequence number used), so no reply can look like one */
+		nak(s, KL_ENOTSUP, seq);
+		return;
+	}
 	const int resync = type == KL_CMD_INFO;
 	if (!resync) {
 		if (s->have_seq && seq == s->last_seq && s->reply_len != 0u &&

@@ -58,7 +58,21 @@ static int stored_crc(kl_store_t *st, uint32_t off, uint32_t n, uint32_t *crc)
 	return KL_OK;
 }
 
+/* Is sequence number a newer than b? Serial-number arithmetic (RFC 1982):
+ * the generations in a store lie within a few counts of each other, so a
+ * commit after 0xFFFFFFFF (a crafted image, or 2^32 commits) with sequence
+ * number 0 is newer than it, not older. */
+static int seq_newer(uint32_t a, uint32_t b)
+{
+	return (int32_t)(a - b) > 0;
+}
+
 int kl_slots_mount(kl_slots_t *g, kl_store_t *st)
+{
+	return kl_slots_mount_checked(g, st, NULL);
+}
+
+int kl_slots_mount_checked(kl_slots_t *g, kl_store_t *st, kl_slot_check_fn check)
 {
 	memset(g, 0, sizeof(*g));
 	g->st = st;
@@ -80,8 +94,14 @@ int kl_slots_mount(kl_slots_t *g, kl_store_t *st)
 		    stored_crc(st, off + g->data_off, len, &crc) != KL_OK || crc != rd32(h + SH_CRC)) {
 			continue;
 		}
+		/* a generation the caller cannot use (e.g. a CRC-valid blob that
+		 * kl_blob_check refuses) is not one to boot into */
+		if (check != NULL && st->base != NULL &&
+		    check(st->base + off + g->data_off, len) != KL_OK) {
+			continue;
+		}
 		g->n_valid++;
-		if (!g->have_active || seq > g->active.seq) {
+		if (!g->have_active || seq_newer(seq, g->active.seq)) {
 			g->have_active = 1;
 			g->active.off = off;
 			g->active.len = len;
@@ -139,6 +159,7 @@ int kl_slots_begin(kl_slots_t *g, uint32_t len)
 		g->w.seq = g->have_active ? g->active.seq + 1u : 1u;
 		g->w_pos = g->w_erased = g->pend_n = 0;
 		g->w_crc = 0;
+		g->finished = 0;
 		g->writing = 1;
 		return KL_OK;
 	}
@@ -173,12 +194,13 @@ static int put(kl_slots_t *g, uint32_t pos, const uint8_t *data, uint32_t n)
 static int fail(kl_slots_t *g, int err)
 {
 	g->writing = 0;
+	g->finished = 0;
 	return err;
 }
 
 int kl_slots_write(kl_slots_t *g, const uint8_t *data, uint32_t n)
 {
-	if (!g->writing) {
+	if (!g->writing || g->finished) {
 		return KL_EINVAL;
 	}
 	if (n > g->w.len - g->w_pos - g->pend_n) {
@@ -218,7 +240,13 @@ int kl_slots_write(kl_slots_t *g, const uint8_t *data, uint32_t n)
 
 int kl_slots_end(kl_slots_t *g, uint32_t crc)
 {
-	if (!g->writing) {
+	const int err = kl_slots_finish(g, crc);
+	return err != KL_OK ? err : kl_slots_commit(g);
+}
+
+int kl_slots_finish(kl_slots_t *g, uint32_t crc)
+{
+	if (!g->writing || g->finished) {
 		return KL_EINVAL;
 	}
 	if (g->w_pos + g->pend_n != g->w.len) {
@@ -245,6 +273,28 @@ int kl_slots_end(kl_slots_t *g, uint32_t crc)
 	if (got != crc) {
 		return fail(g, KL_ECRC);
 	}
+	g->w_blob_crc = crc;
+	g->finished = 1;
+	return KL_OK;
+}
+
+const uint8_t *kl_slots_pending(const kl_slots_t *g, uint32_t *len)
+{
+	if (!g->writing || !g->finished || g->st->base == NULL) {
+		return NULL;
+	}
+	*len = g->w.len;
+	return g->st->base + g->w.off + g->data_off;
+}
+
+int kl_slots_commit(kl_slots_t *g)
+{
+	if (!g->writing || !g->finished) {
+		return KL_EINVAL;
+	}
+	const uint8_t ev = g->st->geom.erase_value;
+	const uint32_t crc = g->w_blob_crc;
+	int err;
 	/* the commit point: the header */
 	uint8_t h[KL_STORE_MAX_WRITE_BLOCK];
 	memset(h, ev, g->data_off);
@@ -262,6 +312,7 @@ int kl_slots_end(kl_slots_t *g, uint32_t crc)
 		return fail(g, err);
 	}
 	g->writing = 0;
+	g->finished = 0;
 	g->have_active = 1;
 	g->active = g->w;
 	g->n_valid++;
@@ -271,5 +322,6 @@ int kl_slots_end(kl_slots_t *g, uint32_t crc)
 void kl_slots_abort(kl_slots_t *g)
 {
 	g->writing = 0;
+	g->finished = 0;
 	g->pend_n = 0;
 }
