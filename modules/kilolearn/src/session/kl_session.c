@@ -702,9 +702,10 @@ static void handle_frame(kl_session_t *s, const uint8_t *wire, size_t n)
 		return;
 	}
 	const uint8_t type = f[0];
-	if (type & KL_CMD_REPLY) {
-		/* reply and NAK types are never requests: a NAK (not executed, no
-		 * sequence number used), so no reply can look like one */
+	if (type >= (KL_CMD_NAK & ~KL_CMD_REPLY)) {
+		/* reply and NAK types are never requests, nor 0x7F (its reply type
+		 * would be the NAK's): a NAK (not executed, no sequence number
+		 * used), so that no reply can look like one */
 		nak(s, KL_ENOTSUP, seq);
 		return;
 	}
