@@ -185,6 +185,25 @@ def test_config_refused_changes_nothing(exe, s8):
     c.close()
 
 
+def test_replay_cut_on_a_planned_model_refused(exe, digits):
+    """A model trained by its schedule frees activations as it goes: a replay cut there would
+    copy a freed (NULL) tensor. CONFIG refuses it (KL_ENOTSUP) and the session trains on."""
+    from kilolearn import planner, session
+
+    sc = session.Scenario()
+    m = session.build_model(sc, 64, 10)
+    qm = reference.quantize_model(m.graph, m.init(1), digits.x_train[:200])
+    pl = planner.baseline(planner.MemModel(m.graph, "s8"), "store-all")
+    c = _client(exe)
+    c.load(export.export_s8(qm, pl))
+    _expect(ENOTSUP, c.config, None, 1, 8, m.graph.ops[0].output)
+    assert c.info().cut == P.NO_CUT
+    for i in range(5):
+        c.train(i, _q(qm, digits.x_train[i]))
+    _alive(c)
+    c.close()
+
+
 # ---- 5. a refused LOAD keeps the committed model --------------------------------------------
 
 def test_refused_load_keeps_the_model_across_reboot(exe, s8, tmp_path):

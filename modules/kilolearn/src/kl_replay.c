@@ -36,8 +36,11 @@ int kl_replay_reserve(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem
 	memset(r, 0, sizeof(*r));
 	r->cap = cap;
 	r->elem = elem;
+	/* every latent on a 4-byte boundary (a float32 latent is read as
+	 * floats; an int8 one at the input may reach word loads) */
+	r->stride = elem > 0xFFFFFFFCu ? 0u : (elem + 3u) & ~3u;
 	r->n_classes = n_classes;
-	r->data = alloc_n(a, cap, elem, 0u);
+	r->data = r->stride == 0u ? NULL : alloc_n(a, cap, r->stride, 0u);
 	r->labels = alloc_n(a, cap, 2u, 2u);
 	r->stored = alloc_n(a, n_classes, 2u, 0u);
 	r->seen = alloc_n(a, n_classes, 4u, 0u);
@@ -106,7 +109,7 @@ int kl_replay_add(kl_replay_t *r, const void *latent, int label)
 		}
 		r->stored[r->labels[slot]]--;
 	}
-	memcpy(r->data + (size_t)slot * r->elem, latent, r->elem);
+	memcpy(r->data + (size_t)slot * r->stride, latent, r->elem);
 	r->labels[slot] = (uint16_t)label;
 	r->stored[label]++;
 	return slot;
@@ -122,5 +125,5 @@ int kl_replay_pick(kl_replay_t *r)
 
 const void *kl_replay_latent(const kl_replay_t *r, int slot)
 {
-	return r->data + (size_t)slot * r->elem;
+	return r->data + (size_t)slot * r->stride;
 }

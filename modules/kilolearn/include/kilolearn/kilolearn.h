@@ -196,11 +196,11 @@ const char *kl_strerror(int err);
 /* A class-balanced reservoir of latents (activations of a cut tensor of a
  * frozen backbone) with their labels, in the arena. */
 typedef struct {
-	uint8_t *data;      /* cap * elem bytes */
+	uint8_t *data;      /* cap latents of elem bytes, stride bytes apart (4-aligned) */
 	uint16_t *labels;   /* cap */
 	uint16_t *stored;   /* per class: latents held */
 	uint32_t *seen;     /* per class: latents offered */
-	uint32_t cap, count, elem;
+	uint32_t cap, count, elem, stride;
 	uint16_t n_classes;
 	uint32_t rng;       /* xorshift32 state */
 } kl_replay_t;

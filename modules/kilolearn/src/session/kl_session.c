@@ -75,9 +75,13 @@ static uint32_t latent_bytes(const kl_model_t *m, uint16_t cut)
 	return (uint32_t)t->h * t->w * t->c * (m->dtype == KL_DTYPE_S8 ? 1u : 4u);
 }
 
-/* a replay cut the model allows: in range, and the backbone before it frozen */
+/* a replay cut the model allows: in range, the backbone before it frozen, and
+ * the model laid out store-all (its activations stay where replay reads them) */
 static int cut_ok(const kl_model_t *m, uint16_t cut)
 {
+	if (m->sched != NULL) {
+		return KL_ENOTSUP; /* a planned model frees the cut's activations: no replay */
+	}
 	const int err = kl_model_check_cut(m, cut);
 	if (err != KL_OK) {
 		return err;
