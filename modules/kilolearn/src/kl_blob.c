@@ -154,7 +154,7 @@ static void set_bit(uint8_t *b, uint32_t k, int v)
 }
 
 /* Backward of an s8 op masks a single-use input's accumulators with the
- * input's activations (kl_model.c give_s8). */
+ * input's activations (model/kl_backward.c kl_give_s8). */
 static int mask_on_give(const sched_state_t *st, uint32_t t, uint32_t input, int s8)
 {
 	return s8 && t != input && !bit(st->users2, t) && bit(st->act, t);
@@ -259,7 +259,7 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 				set_bit(st.data, out, 1);
 				continue;
 			}
-			/* the step's int32 scratch (kl_model.c op_scratch, training) */
+			/* the step's int32 scratch (model/kl_model_init.c op_scratch, training) */
 			const int in_place = (sp[KL_SS_FLAGS] & KL_STEP_IN_PLACE) != 0u;
 			if (in_place && (add || !s8 || !bit(st.need_grad, in0))) {
 				return KL_ECORRUPT;

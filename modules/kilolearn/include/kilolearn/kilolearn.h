@@ -48,7 +48,7 @@ void kl_arena_reset(kl_arena_t *a, size_t mark);
 typedef struct {
 	uint16_t h, w, c;
 	int8_t exp, zp;      /* s8: power-of-two scale exponent and zero point */
-	uint8_t n_users;     /* ops that read this tensor */
+	uint16_t n_users;    /* ops that read this tensor (up to 2 * KL_MAX_OPS: no wrap) */
 	uint8_t need_grad;   /* backprop needs its gradient */
 	uint8_t has_grad;    /* a gradient arrived in this backward pass */
 	int8_t grad_exp;     /* s8: exponent of grad */

@@ -132,7 +132,7 @@ static uint32_t scratch[1024];
 
 ZTEST(kilolearn_cmsis_nn, test_backend_is_cmsis_nn)
 {
-	/* the names the engine calls (kl_model.c) resolve to the CMSIS-NN kernels */
+	/* the names the engine calls (src/model/kl_ops.c) resolve to the CMSIS-NN kernels */
 	zassert_str_equal(STRINGIFY(kl_fully_connected_s8), "kl_cmsis_fully_connected_s8");
 	zassert_str_equal(STRINGIFY(kl_conv_s8), "kl_cmsis_conv_s8");
 	zassert_str_equal(STRINGIFY(kl_depthwise_conv_s8), "kl_cmsis_depthwise_conv_s8");

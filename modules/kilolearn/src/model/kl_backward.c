@@ -1,0 +1,345 @@
+/* The backward pass: the loss gradient, activation masks, input gradients
+ * handed to their tensors (summed where a tensor has two consumers; int8
+ * requantised), compact (banded) input gradients, and each op's weight
+ * gradients, through the op table, then its update (kl_update.c). */
+#include <string.h>
+
+#include "kl_model_priv.h"
+
+static int32_t relu6_q(int exp)
+{
+	return kl_rshift_round(6, exp);
+}
+
+/* zero gradient entries where the producing op's activation passed nothing */
+static void mask_f32(const kl_tensor_t *t, int act, float *g)
+{
+	const float *y = t->data;
+	const uint32_t n = kl_tsize(t);
+	if (act == KL_ACT_NONE) {
+		return;
+	}
+	for (uint32_t k = 0; k < n; k++) {
+		if (!(y[k] > 0.0f && (act != KL_ACT_RELU6 || y[k] < 6.0f))) {
+			g[k] = 0.0f;
+		}
+	}
+}
+
+/* the same for int8 activations; g holds int8 gradients, or int32
+ * accumulators when wide */
+static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint32_t k0,
+			  uint32_t n);
+
+static void mask_s8(const kl_tensor_t *t, int act, void *g, int wide)
+{
+	mask_s8_range(t, act, g, wide, 0u, kl_tsize(t));
+}
+
+/* mask elements k0 .. k0 + n - 1 of t's gradient; g points at element k0 */
+static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint32_t k0,
+			  uint32_t n)
+{
+	if (act == KL_ACT_NONE) {
+		return;
+	}
+	const int8_t *y = (const int8_t *)t->data + k0;
+	const int32_t zp = t->zp;
+	/* passes where 0 < y - zp < q6 (kl_act_pass_s8; ReLU has no upper cap) */
+	const int32_t q6 = act == KL_ACT_RELU6 ? relu6_q(t->exp) : INT32_MAX;
+	if (wide) {
+		int32_t *gw = g;
+		for (uint32_t k = 0; k < n; k++) {
+			const int32_t v = (int32_t)y[k] - zp;
+			gw[k] = (v > 0 && v < q6) ? gw[k] : 0;
+		}
+	} else {
+		int8_t *gn = g;
+		for (uint32_t k = 0; k < n; k++) {
+			const int32_t v = (int32_t)y[k] - zp;
+			gn[k] = (v > 0 && v < q6) ? gn[k] : 0;
+		}
+	}
+}
+
+/* Hand tensor t the input gradient in the scratch buffer (float, or int32
+ * accumulators with exponent e), summing with what it already has. */
+void kl_give_f32(kl_model_t *m, int t_id)
+{
+	kl_tensor_t *t = &m->tensors[t_id];
+	const float *v = m->scratch;
+	float *g = t->grad;
+	const uint32_t n = kl_tsize(t);
+	for (uint32_t k = 0; k < n; k++) {
+		g[k] = t->has_grad ? g[k] + v[k] : v[k];
+	}
+	t->has_grad = 1;
+}
+
+void kl_give_s8(kl_model_t *m, int t_id, int e)
+{
+	kl_tensor_t *t = &m->tensors[t_id];
+	int32_t *acc = m->scratch;
+	const int n = (int)kl_tsize(t);
+	if (t->producer >= 0 && t->n_users == 1u) { /* mask first: a finer scale */
+		mask_s8(t, m->ops[t->producer].act, acc, 1);
+	}
+	if (!t->has_grad) {
+		t->grad_exp = (int8_t)(e + kl_quantize_grad_s8(acc, t->grad, n));
+		t->has_grad = 1;
+		return;
+	}
+	/* a second consumer: align both to the coarser exponent, add, requantise */
+	const int e_new = e + kl_quantize_grad_s32(acc, n);
+	const int e_old = t->grad_exp;
+	const int e_sum = e_new > e_old ? e_new : e_old;
+	const int8_t *old = t->grad;
+	for (int k = 0; k < n; k++) {
+		acc[k] = kl_rshift_round(old[k], e_sum - e_old) + kl_rshift_round(acc[k], e_sum - e_new);
+	}
+	t->grad_exp = (int8_t)(e_sum + kl_quantize_grad_s8(acc, t->grad, n));
+}
+
+/* largest magnitude of a compact step's kept sums: int16 (the sanitizer
+ * test build narrows it so that every step re-shifts; at least 511, so the
+ * final shift exceeds the kept one by 2 or more) */
+#ifndef KL_COMPACT_MAX
+#define KL_COMPACT_MAX 32767u
+#endif
+typedef char kl_compact_max_ok[(KL_COMPACT_MAX >= 511u && KL_COMPACT_MAX <= 32767u) ? 1 : -1];
+
+/* round-to-odd right shift: the bits shifted out leave a 1 in the lowest
+ * bit. Rounding the result again by k >= 2 bits (kl_rshift_round) gives
+ * what rounding v by sh + k bits gives: a kept 1 marks "above the tie". */
+static inline int32_t rshift_odd(int32_t v, int sh)
+{
+	return sh == 0 ? v : (v >> sh) | ((v & (int32_t)((1u << sh) - 1u)) != 0);
+}
+
+/* KL_STEP_COMPACT: the input gradient of a conv or depthwise op made in
+ * bands of input rows. Each band's int32 sums (all output rows that reach
+ * it, through a geometry cut to the band) are masked, then kept as int16
+ * at a shift a that grows with the largest magnitude so far (earlier
+ * bands re-shifted), rounded to odd; the final shift s >= a + 2 when
+ * a > 0, so the int8 gradient equals kl_quantize_grad_s8 of the int32
+ * sums. It is written over the int16 sums at the start of the scratch. */
+void kl_give_s8_compact(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g,
+			    const int8_t *w, const int8_t *dy, int e)
+{
+	kl_tensor_t *t = &m->tensors[op->in0];
+	const uint32_t n = kl_tsize(t), row = (uint32_t)g->w * (uint32_t)g->c;
+	int16_t *st = m->scratch;
+	int32_t *band = (int32_t *)(void *)((uint8_t *)m->scratch + kl_align8(2u * n));
+	const int rows = (int)kl_band_rows((uint32_t)g->h, (uint32_t)g->w, (uint32_t)g->c,
+					   (uint32_t)g->stride);
+	const int masked = t->producer >= 0 && t->n_users == 1u;
+	const int act = masked ? m->ops[t->producer].act : KL_ACT_NONE;
+	uint32_t mx = 0;
+	int a = 0;
+	for (int y0 = 0; y0 < g->h; y0 += rows) {
+		const int y1 = y0 + rows < g->h ? y0 + rows : g->h;
+		/* output rows oy with oy * stride + ky - pad_t in [y0, y1) */
+		int lo = y0 + g->pad_t - g->kh + 1;
+		lo = lo <= 0 ? 0 : (lo + g->stride - 1) / g->stride;
+		int hi = (y1 - 1 + g->pad_t) / g->stride;
+		hi = hi < g->ho - 1 ? hi : g->ho - 1;
+		const uint32_t nb = (uint32_t)(y1 - y0) * row;
+		if (hi < lo) {
+			memset(band, 0, nb * 4u);
+		} else {
+			kl_geom_t b = *g;
+			b.h = y1 - y0;
+			b.pad_t = g->pad_t + y0 - lo * g->stride;
+			b.ho = hi - lo + 1;
+			const int8_t *d = dy + (long)lo * g->wo * g->co;
+			if (op->kind == KL_OP_CONV) {
+				kl_conv_backward_input_s8(&b, w, d, band, m->kscratch);
+			} else {
+				kl_depthwise_conv_backward_input_s8(&b, w, d, band, m->kscratch);
+			}
+		}
+		mask_s8_range(t, act, band, 1, (uint32_t)y0 * row, nb);
+		for (uint32_t k = 0; k < nb; k++) {
+			const int32_t v = band[k];
+			const uint32_t av = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
+			mx = av > mx ? av : mx;
+		}
+		int a_new = a;
+		while ((mx >> a_new) > KL_COMPACT_MAX) {
+			a_new++;
+		}
+		if (a_new > a) { /* the bands so far, to the coarser shift */
+			for (uint32_t k = 0; k < (uint32_t)y0 * row; k++) {
+				st[k] = (int16_t)rshift_odd(st[k], a_new - a);
+			}
+			a = a_new;
+		}
+		int16_t *o = st + (uint32_t)y0 * row;
+		for (uint32_t k = 0; k < nb; k++) {
+			o[k] = (int16_t)rshift_odd(band[k], a);
+		}
+	}
+	const int s = kl_grad_shift(mx);
+	int8_t *gx = t->grad; /* == the scratch: byte k after int16 k was read */
+	for (uint32_t k = 0; k < n; k++) {
+		gx[k] = (int8_t)kl_rshift_round(st[k], s - a);
+	}
+	t->grad_exp = (int8_t)(e + s);
+	t->has_grad = 1;
+}
+
+static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
+{
+	kl_tensor_t *y = &m->tensors[op->out];
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	float *dy = y->grad;
+	kl_phase(m, KL_PHASE_BACKWARD);
+	mask_f32(y, op->act, dy);
+	kl_geom_t g = kl_geom(m, op);
+	uint32_t c0 = 0, nk = 0;
+	int n_out = (int)kl_tsize(y);
+	const void *wv = op->w, *dv = dy;
+	kl_active_channels(m, op, &g, 4u, &wv, &dv, &n_out, &c0, &nk);
+	const float *wc = wv, *dyc = dv;
+	if (kl_need_dx(m, op)) {
+		kl_op_table[op->kind].dx_f32(m, op, &g, wc, dyc, n_out);
+	}
+	if (!kl_trainable(op)) {
+		return;
+	}
+	kl_phase(m, KL_PHASE_UPDATE);
+	const int n_b = (int)kl_n_channels(m, op);
+	float *const wsc = kl_upd_scratch(m, x);
+	float *gw = keep ? op->gw : wsc;
+	float *gb = keep ? op->gb : kl_bias_only(op) ? wsc : wsc + op->n_w;
+	if (kl_bias_only(op)) { /* gb = dy summed over positions */
+		const int n_pos = (int)(kl_tsize(y) / (uint32_t)n_b);
+		for (int c = 0; c < n_b; c++) {
+			gb[c] = 0.0f;
+		}
+		for (int p = 0; p < n_pos; p++) {
+			for (int c = 0; c < n_b; c++) {
+				gb[c] += dy[p * n_b + c];
+			}
+		}
+		if (!keep) {
+			kl_sgd_f32(op->b, op->vb, gb, m->lr, m->momentum, n_b);
+		}
+		return;
+	}
+	if (nk != 0u && keep) { /* the skipped channels' gradients are zero */
+		memset(gw, 0, op->n_w * 4u);
+		memset(gb, 0, (size_t)n_b * 4u);
+	}
+	const uint32_t row = op->n_w / (uint32_t)n_b;
+	if (op->kind == KL_OP_DENSE && !keep) { /* fused: no weight gradient stored */
+		kl_update_dense_f32(m, op, x->data, dy, (int)kl_tsize(x), n_b, c0, nk);
+		return;
+	}
+	kl_op_table[op->kind].dw_f32(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
+	if (!keep) {
+		kl_apply_f32(m, op, gw, gb, n_b, c0, nk);
+	}
+}
+
+/* compact: KL_STEP_COMPACT (conv, depthwise) */
+static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
+{
+	kl_tensor_t *y = &m->tensors[op->out];
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	int8_t *dy = y->grad;
+	const int ey = y->grad_exp;
+	kl_phase(m, KL_PHASE_BACKWARD);
+	if (y->n_users != 1u) { /* a single consumer masked it in kl_give_s8 already */
+		mask_s8(y, op->act, dy, 0);
+	}
+	kl_geom_t g = kl_geom(m, op);
+	uint32_t c0 = 0, nk = 0;
+	int n_out = (int)kl_tsize(y);
+	const void *wv = op->w, *dv = dy;
+	kl_active_channels(m, op, &g, 1u, &wv, &dv, &n_out, &c0, &nk);
+	const int8_t *wc = wv, *dyc = dv;
+	if (kl_need_dx(m, op)) {
+		kl_op_table[op->kind].dx_s8(m, op, &g, wc, dyc, n_out, ey, compact);
+	}
+	if (!kl_trainable(op)) {
+		return;
+	}
+	kl_phase(m, KL_PHASE_UPDATE);
+	const int xe = x->exp;
+	const int n_b = (int)kl_n_channels(m, op);
+	int32_t *const wsc = kl_upd_scratch(m, x);
+	int32_t *gw = keep ? op->gw : wsc;
+	int32_t *gb = keep ? op->gb : kl_bias_only(op) ? wsc : wsc + op->n_w;
+	if (kl_bias_only(op)) { /* gb = dy summed over positions */
+		const int n_pos = (int)(kl_tsize(y) / (uint32_t)n_b);
+		for (int c = 0; c < n_b; c++) {
+			gb[c] = 0;
+		}
+		for (int p = 0; p < n_pos; p++) {
+			for (int c = 0; c < n_b; c++) {
+				gb[c] += dy[p * n_b + c];
+			}
+		}
+		op->gb_exp = (int8_t)ey;
+		if (!keep) {
+			kl_sgd_bias_s8(op->b, gb, m->lr_q, op->b_exp + KL_LR_FRAC_BITS - ey, n_b);
+		}
+		return;
+	}
+	if (nk != 0u && keep) { /* the skipped channels' gradients are zero */
+		memset(gw, 0, op->n_w * 4u);
+		memset(gb, 0, (size_t)n_b * 4u);
+	}
+	const uint32_t row = op->n_w / (uint32_t)n_b;
+	if (op->kind == KL_OP_DENSE && !keep) { /* fused: no weight gradient stored */
+		kl_update_dense_s8(m, op, x, dy, ey, n_b, c0, nk);
+		return;
+	}
+	kl_op_table[op->kind].dw_s8(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
+	op->gw_exp = (int8_t)(ey + xe);
+	op->gb_exp = (int8_t)ey;
+	if (!keep) {
+		kl_apply_s8(m, op, gw, gb, n_b, c0, nk);
+	}
+}
+
+void kl_loss(kl_model_t *m, int label)
+{
+	for (int k = 0; k < m->n_tensors; k++) {
+		m->tensors[k].has_grad = 0;
+	}
+	kl_tensor_t *out = &m->tensors[m->output];
+	kl_phase(m, KL_PHASE_LOSS);
+	if (m->dtype == KL_DTYPE_F32) {
+		kl_softmax_ce_f32(out->data, m->n_classes, label, m->class_mask, out->grad);
+	} else {
+		const int shift = out->exp - m->lut_exp;
+		out->grad_exp = (int8_t)(-15 + kl_softmax_ce_s8(out->data, m->n_classes, label, m->lut,
+							      shift < 0 ? 0 : shift, m->class_mask,
+							      m->scratch, out->grad));
+		m->logits_grad_exp = out->grad_exp;
+	}
+	out->has_grad = 1;
+}
+
+void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact)
+{
+	if (!m->tensors[op->out].has_grad) {
+		return;
+	}
+	if (m->dtype == KL_DTYPE_F32) {
+		backward_op_f32(m, op, keep);
+	} else {
+		backward_op_s8(m, op, keep, compact);
+	}
+}
+
+/* Backward pass; keep != 0 stores gradients in gw/gb instead of updating. */
+void kl_backward(kl_model_t *m, int label, int keep)
+{
+	kl_loss(m, label);
+	for (int i = m->n_ops - 1; i >= 0; i--) {
+		kl_backward_op(m, &m->ops[i], keep, 0);
+	}
+}

@@ -1,0 +1,71 @@
+/* The forward pass: each op through the op table (kl_ops.c); predictions. */
+#include "kl_model_priv.h"
+
+void kl_forward_op(kl_model_t *m, kl_op_t *op)
+{
+	const kl_op_entry_t *e = &kl_op_table[op->kind];
+	const kl_geom_t g = kl_geom(m, op);
+	if (m->dtype == KL_DTYPE_F32) {
+		e->fwd_f32(m, op, &g);
+		return;
+	}
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	const kl_tensor_t *y = &m->tensors[op->out];
+	kl_requant_t rq;
+	kl_requant_init(&rq, x->exp + op->w_exp, op->b_exp, y->exp, y->zp, op->act);
+	op->sat = (uint8_t)e->fwd_s8(m, op, &g, &rq);
+}
+
+int kl_predicted(const kl_model_t *m)
+{
+	const kl_tensor_t *out = &m->tensors[m->output];
+	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->data, m->n_classes, m->class_mask)
+					: kl_argmax_s8(out->data, m->n_classes, m->class_mask);
+}
+
+/* run ops [first, n_ops) and return the predicted class */
+int kl_forward_ops(kl_model_t *m, int first)
+{
+	kl_phase(m, KL_PHASE_FORWARD);
+	for (int i = first; i < m->n_ops; i++) {
+		kl_forward_op(m, &m->ops[i]);
+	}
+	return kl_predicted(m);
+}
+
+static int forward(kl_model_t *m, const void *x)
+{
+	if (m == NULL || !kl_sample_ok(m, x)) {
+		return KL_EINVAL;
+	}
+	m->tensors[m->input].data = (void *)(uintptr_t)x;
+	return m->sched != NULL ? kl_run_schedule(m, -1, 0) : kl_forward_ops(m, 0);
+}
+
+int kl_predict(kl_model_t *m, const void *x)
+{
+	return forward(m, x);
+}
+
+int kl_model_check_cut(const kl_model_t *m, int t)
+{
+	if (m == NULL || t < 0 || t >= m->n_tensors || t == m->output) {
+		return KL_EINVAL;
+	}
+	const int first = m->tensors[t].producer + 1;
+	for (int i = first; i < m->n_ops; i++) {
+		const kl_op_t *op = &m->ops[i];
+		const int p0 = m->tensors[op->in0].producer;
+		const int p1 = op->kind == KL_OP_ADD ? m->tensors[op->in1].producer : first;
+		if ((op->in0 != t && p0 < first) || (op->kind == KL_OP_ADD && op->in1 != t &&
+						      p1 < first)) {
+			return KL_EINVAL;
+		}
+	}
+	return KL_OK;
+}
+
+const void *kl_logits(const kl_model_t *m)
+{
+	return m->tensors[m->output].data;
+}

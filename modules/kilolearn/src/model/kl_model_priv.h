@@ -1,0 +1,153 @@
+/* The model engine's parts, by concern (one file each):
+ *   kl_model_init.c  layout in the arena from a checked blob
+ *   kl_forward.c     forward pass (through the op table)
+ *   kl_backward.c    loss, masks, input gradients, weight gradients (op table)
+ *   kl_update.c      update policies and the SGD steps that apply them
+ *   kl_train.c       the schedule executor and the public step calls
+ *   kl_ops.c         the op table: each op kind's forward, input-gradient and
+ *                    weight-gradient entry points, per dtype (TFLite Micro's
+ *                    registration style): a new op is a kernel file
+ *                    (src/kernels/ref/kl_<op>_<type>.c) and one table row.
+ * Internal: nothing here is public API. The numpy twin is
+ * scripts/kilolearn/reference.py. */
+#ifndef KL_MODEL_PRIV_H
+#define KL_MODEL_PRIV_H
+
+#include <stdint.h>
+
+#include "kilolearn/kilolearn.h"
+#include "kilolearn/kl_kernels.h"
+#include "../kl_blob_read.h"
+
+#define ADD_SHIFT_MAX 21
+
+static inline int kl_trainable(const kl_op_t *op)
+{
+	return (op->flags & KL_OP_TRAINABLE) != 0u;
+}
+
+/* trainable, but only its bias: weights stay frozen (read in place) */
+static inline int kl_bias_only(const kl_op_t *op)
+{
+	return (op->flags & KL_OP_BIAS_ONLY) != 0u;
+}
+
+static inline uint32_t kl_tsize(const kl_tensor_t *t)
+{
+	return (uint32_t)t->h * t->w * t->c;
+}
+
+static inline kl_geom_t kl_geom(const kl_model_t *m, const kl_op_t *op)
+{
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	const kl_tensor_t *y = &m->tensors[op->out];
+	kl_geom_t g;
+	g.h = x->h;
+	g.w = x->w;
+	g.c = x->c;
+	g.ho = y->h;
+	g.wo = y->w;
+	g.co = y->c;
+	g.kh = op->kh;
+	g.kw = op->kw;
+	g.stride = op->stride;
+	g.pad_t = op->pad_t;
+	g.pad_l = op->pad_l;
+	return g;
+}
+
+static inline uint32_t kl_umax(uint32_t a, uint32_t b)
+{
+	return a > b ? a : b;
+}
+
+/* does the backward step of op compute an input gradient? */
+static inline int kl_need_dx(const kl_model_t *m, const kl_op_t *op)
+{
+	return m->tensors[op->in0].need_grad ||
+	       (op->kind == KL_OP_ADD && m->tensors[op->in1].need_grad);
+}
+
+static inline uint32_t kl_align8(uint32_t v)
+{
+	return (v + 7u) & ~7u;
+}
+
+static inline void kl_phase(const kl_model_t *m, int p)
+{
+	if (m->hook != NULL) {
+		m->hook(m->hook_ctx, p);
+	}
+}
+
+/* output channels of an op with parameters (dense: its outputs) */
+static inline uint32_t kl_n_channels(const kl_model_t *m, const kl_op_t *op)
+{
+	const kl_tensor_t *y = &m->tensors[op->out];
+	return op->kind == KL_OP_DENSE ? kl_tsize(y) : y->c;
+}
+
+/* A sample the engine can read: float32 samples are read as floats, so they
+ * must sit on a 4-byte boundary (a Cortex-M faults on unaligned VLDR/LDRD). */
+static inline int kl_sample_ok(const kl_model_t *m, const void *x)
+{
+	return x != NULL && (m->dtype != KL_DTYPE_F32 || ((uintptr_t)x & 3u) == 0u);
+}
+
+/* ---- the op table (kl_ops.c) ----------------------------------------------------
+ * Entry points of one op kind. g is the op's geometry; for a channel-sparse
+ * op (Paissan) w, dy and n_out (or g->co) describe the active block only.
+ *   fwd_*   output activations; fwd_s8 returns nonzero when an output saturated
+ *           (rq: the op's requantisation, made by the caller)
+ *   dx_*    input gradient(s), handed to the input tensor(s) (kl_give_*);
+ *           called when an input needs a gradient; ey: dy's exponent
+ *   dw_*    weight and bias gradients into gw, gb (ops with parameters; the
+ *           dense op's fused update does not come here) */
+typedef struct {
+	void (*fwd_f32)(kl_model_t *m, kl_op_t *op, const kl_geom_t *g);
+	int (*fwd_s8)(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq);
+	void (*dx_f32)(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
+		       const float *dy, int n_out);
+	void (*dx_s8)(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+		      const int8_t *dy, int n_out, int ey, int compact);
+	void (*dw_f32)(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *dy,
+		       float *gw, float *gb, int n_out);
+	void (*dw_s8)(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *dy,
+		      int32_t *gw, int32_t *gb, int n_out);
+} kl_op_entry_t;
+
+/* indexed by enum kl_op_kind (kl_blob_check admits KL_OP_DENSE..KL_OP_ADD) */
+extern const kl_op_entry_t kl_op_table[KL_OP_ADD + 1];
+
+/* ---- across the files ---------------------------------------------------------- */
+/* kl_forward.c */
+void kl_forward_op(kl_model_t *m, kl_op_t *op);
+int kl_forward_ops(kl_model_t *m, int first);
+int kl_predicted(const kl_model_t *m);
+/* kl_backward.c */
+void kl_give_f32(kl_model_t *m, int t_id);
+void kl_give_s8(kl_model_t *m, int t_id, int e);
+void kl_give_s8_compact(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+			const int8_t *dy, int e);
+void kl_loss(kl_model_t *m, int label);
+void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact);
+void kl_backward(kl_model_t *m, int label, int keep);
+/* kl_update.c */
+int kl_channel_sparse(const kl_model_t *m, const kl_op_t *op);
+void kl_active_block(const kl_model_t *m, uint32_t n_ch, uint32_t *c0, uint32_t *k);
+void kl_active_channels(kl_model_t *m, const kl_op_t *op, kl_geom_t *g, uint32_t es,
+			const void **w, const void **dy, int *n_out, uint32_t *c0, uint32_t *nk);
+void *kl_upd_scratch(const kl_model_t *m, const kl_tensor_t *x);
+void kl_apply_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, uint32_t c0,
+		  uint32_t nk);
+void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, int n_b, uint32_t c0,
+		 uint32_t nk);
+void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, const float *dy, int n_in,
+			 int n_out, uint32_t c0, uint32_t nk);
+void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, const int8_t *dy,
+			int ey, int n_out, uint32_t c0, uint32_t nk);
+/* kl_train.c */
+int kl_run_schedule(kl_model_t *m, int label, int keep);
+void kl_adapt_ranges(kl_model_t *m);
+
+#endif /* KL_MODEL_PRIV_H */

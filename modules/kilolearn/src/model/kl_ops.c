@@ -1,0 +1,300 @@
+/* The op table: what each op kind computes in the forward pass, for its
+ * input gradient and for its weight gradients, per dtype, mapped onto the
+ * kernels (kl_kernels.h; ref, dsp, fpu or cmsis_nn by the build). A new op
+ * is a kernel file and one row here (and its twin in reference.py). */
+#include <string.h>
+
+#include "kl_model_priv.h"
+
+#define X(m, op)  (&(m)->tensors[(op)->in0])
+#define X1(m, op) (&(m)->tensors[(op)->in1])
+#define Y(m, op)  (&(m)->tensors[(op)->out])
+
+/* ---- dense ---------------------------------------------------------------------- */
+
+static void dense_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
+{
+	(void)g;
+	kl_fully_connected_f32(X(m, op)->data, op->w, op->b, Y(m, op)->data,
+			       (int)kl_tsize(X(m, op)), (int)kl_tsize(Y(m, op)), op->act);
+}
+
+static int dense_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
+{
+	(void)g;
+	const kl_tensor_t *x = X(m, op);
+	return kl_fully_connected_s8(x->data, x->zp, op->w, op->b, rq, Y(m, op)->data,
+				     (int)kl_tsize(x), (int)kl_tsize(Y(m, op)), m->scratch);
+}
+
+static void dense_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
+			 const float *dy, int n_out)
+{
+	(void)g;
+	kl_fully_connected_backward_input_f32(w, dy, m->scratch, (int)kl_tsize(X(m, op)), n_out);
+	kl_give_f32(m, op->in0);
+}
+
+static void dense_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+			const int8_t *dy, int n_out, int ey, int compact)
+{
+	(void)g;
+	(void)compact;
+	kl_fully_connected_backward_input_s8(w, dy, m->scratch, (int)kl_tsize(X(m, op)), n_out);
+	kl_give_s8(m, op->in0, op->w_exp + ey);
+}
+
+static void dense_dw_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *dy,
+			 float *gw, float *gb, int n_out)
+{
+	(void)g;
+	kl_fully_connected_grad_f32(dy, X(m, op)->data, gw, gb, (int)kl_tsize(X(m, op)), n_out);
+}
+
+static void dense_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *dy,
+			int32_t *gw, int32_t *gb, int n_out)
+{
+	(void)g;
+	const kl_tensor_t *x = X(m, op);
+	kl_fully_connected_grad_s8(dy, x->data, x->zp, gw, gb, (int)kl_tsize(x), n_out);
+}
+
+/* ---- convolution ------------------------------------------------------------------ */
+
+static void conv_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
+{
+	kl_conv_f32(g, X(m, op)->data, op->w, op->b, Y(m, op)->data, op->act);
+}
+
+static int conv_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
+{
+	const kl_tensor_t *x = X(m, op);
+	return kl_conv_s8(g, x->data, x->zp, op->w, op->b, rq, Y(m, op)->data, m->kscratch);
+}
+
+static void conv_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
+			const float *dy, int n_out)
+{
+	(void)n_out;
+	kl_conv_backward_input_f32(g, w, dy, m->scratch);
+	kl_give_f32(m, op->in0);
+}
+
+static void conv_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+		       const int8_t *dy, int n_out, int ey, int compact)
+{
+	(void)n_out;
+	if (compact) {
+		kl_give_s8_compact(m, op, g, w, dy, op->w_exp + ey);
+		return;
+	}
+	kl_conv_backward_input_s8(g, w, dy, m->scratch, m->kscratch);
+	kl_give_s8(m, op->in0, op->w_exp + ey);
+}
+
+static void conv_dw_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *dy,
+			float *gw, float *gb, int n_out)
+{
+	(void)n_out;
+	kl_conv_grad_f32(g, X(m, op)->data, dy, gw, gb);
+}
+
+static void conv_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *dy,
+		       int32_t *gw, int32_t *gb, int n_out)
+{
+	(void)n_out;
+	const kl_tensor_t *x = X(m, op);
+	kl_conv_grad_s8(g, x->data, x->zp, dy, gw, gb, m->kscratch);
+}
+
+/* ---- depthwise convolution (never channel-sparse: w and dy are whole) -------------- */
+
+static void dw_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
+{
+	kl_depthwise_conv_f32(g, X(m, op)->data, op->w, op->b, Y(m, op)->data, op->act);
+}
+
+static int dw_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
+{
+	const kl_tensor_t *x = X(m, op);
+	return kl_depthwise_conv_s8(g, x->data, x->zp, op->w, op->b, rq, Y(m, op)->data,
+				    m->kscratch);
+}
+
+static void dw_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
+		      const float *dy, int n_out)
+{
+	(void)n_out;
+	kl_depthwise_conv_backward_input_f32(g, w, dy, m->scratch);
+	kl_give_f32(m, op->in0);
+}
+
+static void dw_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+		     const int8_t *dy, int n_out, int ey, int compact)
+{
+	(void)n_out;
+	if (compact) {
+		kl_give_s8_compact(m, op, g, w, dy, op->w_exp + ey);
+		return;
+	}
+	kl_depthwise_conv_backward_input_s8(g, w, dy, m->scratch, m->kscratch);
+	kl_give_s8(m, op->in0, op->w_exp + ey);
+}
+
+static void dw_dw_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *dy,
+		      float *gw, float *gb, int n_out)
+{
+	(void)n_out;
+	kl_depthwise_conv_grad_f32(g, X(m, op)->data, dy, gw, gb);
+}
+
+static void dw_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *dy,
+		     int32_t *gw, int32_t *gb, int n_out)
+{
+	(void)n_out;
+	const kl_tensor_t *x = X(m, op);
+	kl_depthwise_conv_grad_s8(g, x->data, x->zp, dy, gw, gb, m->kscratch);
+}
+
+/* ---- pooling (keeps the input's scale; no parameters) -------------------------------- */
+
+static void avgpool_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
+{
+	kl_avgpool_f32(g, X(m, op)->data, Y(m, op)->data);
+}
+
+static void maxpool_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
+{
+	kl_maxpool_f32(g, X(m, op)->data, Y(m, op)->data);
+}
+
+static void pool_scale_s8(kl_model_t *m, const kl_op_t *op)
+{
+	Y(m, op)->exp = X(m, op)->exp; /* pooling keeps the input's scale */
+	Y(m, op)->zp = X(m, op)->zp;
+}
+
+static int avgpool_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
+{
+	(void)rq;
+	pool_scale_s8(m, op);
+	kl_avgpool_s8(g, X(m, op)->data, X(m, op)->zp, Y(m, op)->data);
+	return 0;
+}
+
+static int maxpool_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
+{
+	(void)rq;
+	pool_scale_s8(m, op);
+	kl_maxpool_s8(g, X(m, op)->data, Y(m, op)->data);
+	return 0;
+}
+
+static void avgpool_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
+			   const float *dy, int n_out)
+{
+	(void)w;
+	(void)n_out;
+	kl_avgpool_backward_f32(g, dy, m->scratch);
+	kl_give_f32(m, op->in0);
+}
+
+static void maxpool_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
+			   const float *dy, int n_out)
+{
+	(void)w;
+	(void)n_out;
+	kl_maxpool_backward_f32(g, X(m, op)->data, dy, m->scratch);
+	kl_give_f32(m, op->in0);
+}
+
+static void avgpool_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+			  const int8_t *dy, int n_out, int ey, int compact)
+{
+	(void)w;
+	(void)n_out;
+	(void)compact;
+	kl_avgpool_backward_s8(g, dy, m->scratch);
+	kl_give_s8(m, op->in0, ey - 16);
+}
+
+static void maxpool_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+			  const int8_t *dy, int n_out, int ey, int compact)
+{
+	(void)w;
+	(void)n_out;
+	(void)compact;
+	kl_maxpool_backward_s8(g, X(m, op)->data, dy, m->scratch);
+	kl_give_s8(m, op->in0, ey);
+}
+
+/* ---- add (two inputs, the same shape) --------------------------------------------- */
+
+static void add_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
+{
+	(void)g;
+	kl_add_f32(X(m, op)->data, X1(m, op)->data, Y(m, op)->data, (int)kl_tsize(Y(m, op)),
+		   op->act);
+}
+
+static int add_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
+{
+	(void)g;
+	const kl_tensor_t *x = X(m, op), *x1 = X1(m, op);
+	kl_tensor_t *y = Y(m, op);
+	const int emin = x->exp < x1->exp ? x->exp : x1->exp;
+	const int sa = x->exp - emin > ADD_SHIFT_MAX ? ADD_SHIFT_MAX : x->exp - emin;
+	const int sb = x1->exp - emin > ADD_SHIFT_MAX ? ADD_SHIFT_MAX : x1->exp - emin;
+	kl_requant_init(rq, emin, emin, y->exp, y->zp, op->act);
+	return kl_add_s8(x->data, x->zp, sa, x1->data, x1->zp, sb, rq, y->data, (int)kl_tsize(y));
+}
+
+static void add_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
+		       const float *dy, int n_out)
+{
+	(void)g;
+	(void)w;
+	(void)n_out;
+	for (int k = 0; k < 2; k++) {
+		const int t = k == 0 ? op->in0 : op->in1;
+		if (m->tensors[t].need_grad) {
+			/* planned: may not overlap, but be safe */
+			memmove(m->scratch, dy, kl_tsize(Y(m, op)) * 4u);
+			kl_give_f32(m, t);
+		}
+	}
+}
+
+static void add_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+		      const int8_t *dy, int n_out, int ey, int compact)
+{
+	(void)g;
+	(void)w;
+	(void)n_out;
+	(void)compact;
+	for (int k = 0; k < 2; k++) {
+		const int t = k == 0 ? op->in0 : op->in1;
+		if (m->tensors[t].need_grad) {
+			int32_t *acc = m->scratch;
+			for (uint32_t j = 0; j < kl_tsize(Y(m, op)); j++) {
+				acc[j] = dy[j];
+			}
+			kl_give_s8(m, t, ey);
+		}
+	}
+}
+
+/* ---- the table -------------------------------------------------------------------- */
+
+const kl_op_entry_t kl_op_table[KL_OP_ADD + 1] = {
+	[KL_OP_DENSE] = {dense_fwd_f32, dense_fwd_s8, dense_dx_f32, dense_dx_s8, dense_dw_f32,
+			 dense_dw_s8},
+	[KL_OP_CONV] = {conv_fwd_f32, conv_fwd_s8, conv_dx_f32, conv_dx_s8, conv_dw_f32,
+			conv_dw_s8},
+	[KL_OP_DWCONV] = {dw_fwd_f32, dw_fwd_s8, dw_dx_f32, dw_dx_s8, dw_dw_f32, dw_dw_s8},
+	[KL_OP_AVGPOOL] = {avgpool_fwd_f32, avgpool_fwd_s8, avgpool_dx_f32, avgpool_dx_s8, NULL,
+			   NULL},
+	[KL_OP_MAXPOOL] = {maxpool_fwd_f32, maxpool_fwd_s8, maxpool_dx_f32, maxpool_dx_s8, NULL,
+			   NULL},
+	[KL_OP_ADD] = {add_fwd_f32, add_fwd_s8, add_dx_f32, add_dx_s8, NULL, NULL},
+};

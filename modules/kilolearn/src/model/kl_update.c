@@ -1,0 +1,377 @@
+/* Update policies (docs/selective-updates.md) and the SGD steps that apply
+ * them: which weights a step writes, and the writing. */
+#include <string.h>
+
+#include "kl_model_priv.h"
+
+/* weights of an op a policy selects among (kl_trainable weights, not bias only) */
+static int sel_op(const kl_op_t *op)
+{
+	return kl_trainable(op) && !kl_bias_only(op) && op->n_w != 0u;
+}
+
+/* round(n * permille / 1000), at least 1, at most n */
+static uint32_t upd_count(uint32_t n, uint32_t permille)
+{
+	const uint64_t k = ((uint64_t)n * permille + KL_UPDATE_FRAC_ONE / 2u) / KL_UPDATE_FRAC_ONE;
+	return k < 1u ? 1u : (k > n ? n : (uint32_t)k);
+}
+
+/* Paissan: does this op backpropagate through a block of channels only? (not
+ * the classifier: its output channels are the classes) */
+int kl_channel_sparse(const kl_model_t *m, const kl_op_t *op)
+{
+	return m->upd_policy == KL_UPDATE_CHANNEL_SPARSE && sel_op(op) &&
+	       (op->kind == KL_OP_DENSE || op->kind == KL_OP_CONV) && op->out != m->output;
+}
+
+/* The active block [c0, c0 + k) this step: blocks of k channels in turn,
+ * the last one ending at the last channel. */
+void kl_active_block(const kl_model_t *m, uint32_t n_ch, uint32_t *c0, uint32_t *k)
+{
+	*k = upd_count(n_ch, m->upd_frac);
+	const uint32_t nb = (n_ch + *k - 1u) / *k;
+	const uint32_t s = (m->upd_step % nb) * *k;
+	*c0 = s + *k > n_ch ? n_ch - *k : s;
+}
+
+/* bytes of selection scratch a policy needs for this model */
+static uint32_t sel_need(const kl_model_t *m, int policy, uint32_t permille)
+{
+	const uint32_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
+	uint32_t need = 0;
+	for (int i = 0; i < m->n_ops; i++) {
+		const kl_op_t *op = &m->ops[i];
+		if (!sel_op(op)) {
+			continue;
+		}
+		const uint32_t n_ch = kl_n_channels(m, op);
+		if (policy == KL_UPDATE_TOPR) {
+			need = kl_umax(need, KL_TOPR_HIST_WORDS * 4u);
+		} else if (policy == KL_UPDATE_CHANNEL_NORM) { /* scores, picks, masked dy */
+			need = kl_umax(need, kl_align8(n_ch * 9u) + n_ch * 4u);
+		} else if (policy == KL_UPDATE_CHANNEL_SPARSE && op->kind == KL_OP_CONV) {
+			const kl_tensor_t *y = &m->tensors[op->out];
+			need = kl_umax(need, (uint32_t)y->h * y->w * upd_count(n_ch, permille) * es);
+		}
+	}
+	return need;
+}
+
+int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille)
+{
+	if (m == NULL || m->ops == NULL || policy < 0 || policy >= KL_UPDATE_POLICY_COUNT ||
+	    permille > KL_UPDATE_FRAC_ONE || (policy != KL_UPDATE_ALL && permille == 0u)) {
+		return KL_EINVAL;
+	}
+	if (policy != KL_UPDATE_ALL && m->momentum != 0.0f) {
+		return KL_ENOTSUP;
+	}
+	const uint32_t need = sel_need(m, policy, permille);
+	if (need > m->sel_size) {
+		void *p = kl_arena_alloc(m->arena, need, 8u);
+		if (p == NULL) {
+			return KL_ENOMEM;
+		}
+		m->sel = p;
+		m->sel_size = need;
+	}
+	m->upd_policy = (uint8_t)policy;
+	m->upd_frac = (uint16_t)(policy == KL_UPDATE_ALL ? KL_UPDATE_FRAC_ONE : permille);
+	m->upd_step = 0;
+	return KL_OK;
+}
+
+/* Deutel: mark the k channels with the largest score (ties: lower index) */
+static void pick_channels(const uint64_t *score, uint8_t *taken, uint32_t n, uint32_t k)
+{
+	memset(taken, 0, n);
+	for (uint32_t r = 0; r < k; r++) {
+		uint32_t best = n;
+		for (uint32_t c = 0; c < n; c++) {
+			if (!taken[c] && (best == n || score[c] > score[best])) {
+				best = c;
+			}
+		}
+		taken[best] = 1u;
+	}
+}
+
+/* Channel c's weights sit at c * cs + j * es, j < row (dense and conv: rows
+ * of [out][...]; depthwise: columns of [kh][kw][c]). */
+typedef struct {
+	uint32_t n_ch, row, cs, es;
+} kl_chan_t;
+
+static kl_chan_t chan_layout(const kl_model_t *m, const kl_op_t *op)
+{
+	kl_chan_t l;
+	l.n_ch = kl_n_channels(m, op);
+	l.row = op->n_w / l.n_ch;
+	l.cs = op->kind == KL_OP_DWCONV ? 1u : l.row;
+	l.es = op->kind == KL_OP_DWCONV ? l.n_ch : 1u;
+	return l;
+}
+
+/* Deutel on kept or computed gradients: score = squared norm of a channel's
+ * weight and bias gradients; the gradients of the unpicked channels are
+ * zeroed (a zero gradient leaves a weight unchanged). Returns the weights
+ * kept. */
+static uint32_t keep_top_channels_s8(kl_model_t *m, const kl_op_t *op, int32_t *gw, int32_t *gb)
+{
+	const kl_chan_t l = chan_layout(m, op);
+	uint64_t *score = m->sel;
+	uint8_t *taken = (uint8_t *)m->sel + 8u * l.n_ch;
+	for (uint32_t c = 0; c < l.n_ch; c++) {
+		uint64_t sc = (uint64_t)((int64_t)gb[c] * gb[c]);
+		for (uint32_t j = 0; j < l.row; j++) {
+			const int64_t v = gw[c * l.cs + j * l.es];
+			sc += (uint64_t)(v * v);
+		}
+		score[c] = sc;
+	}
+	const uint32_t k = upd_count(l.n_ch, m->upd_frac);
+	pick_channels(score, taken, l.n_ch, k);
+	for (uint32_t c = 0; c < l.n_ch; c++) {
+		if (!taken[c]) {
+			gb[c] = 0;
+			for (uint32_t j = 0; j < l.row; j++) {
+				gw[c * l.cs + j * l.es] = 0;
+			}
+		}
+	}
+	return k * l.row;
+}
+
+static uint32_t keep_top_channels_f32(kl_model_t *m, const kl_op_t *op, float *gw, float *gb)
+{
+	const kl_chan_t l = chan_layout(m, op);
+	uint64_t *score = m->sel;
+	uint8_t *taken = (uint8_t *)m->sel + 8u * l.n_ch;
+	for (uint32_t c = 0; c < l.n_ch; c++) {
+		double sc = (double)gb[c] * (double)gb[c];
+		for (uint32_t j = 0; j < l.row; j++) {
+			const double v = (double)gw[c * l.cs + j * l.es];
+			sc += v * v;
+		}
+		memcpy(&score[c], &sc, sizeof(sc)); /* ordered like the value (>= 0) */
+	}
+	const uint32_t k = upd_count(l.n_ch, m->upd_frac);
+	pick_channels(score, taken, l.n_ch, k);
+	for (uint32_t c = 0; c < l.n_ch; c++) {
+		if (!taken[c]) {
+			gb[c] = 0.0f;
+			for (uint32_t j = 0; j < l.row; j++) {
+				gw[c * l.cs + j * l.es] = 0.0f;
+			}
+		}
+	}
+	return k * l.row;
+}
+
+/* Deutel for the fused dense update: a channel's gradient norm is
+ * |dy_i| * sqrt(|x|^2 + 1), so ranking by dy_i^2 picks the same channels.
+ * Writes dy with the unpicked channels zeroed to `out`. */
+static void top_channels_dy(kl_model_t *m, const void *dy, void *out, uint32_t n, int s8)
+{
+	uint64_t *score = m->sel;
+	uint8_t *taken = (uint8_t *)m->sel + 8u * n;
+	for (uint32_t c = 0; c < n; c++) {
+		if (s8) {
+			const int32_t v = ((const int8_t *)dy)[c];
+			score[c] = (uint64_t)(v * v);
+		} else {
+			const double v = (double)((const float *)dy)[c];
+			const double sq = v * v;
+			memcpy(&score[c], &sq, sizeof(sq));
+		}
+	}
+	pick_channels(score, taken, n, upd_count(n, m->upd_frac));
+	for (uint32_t c = 0; c < n; c++) {
+		if (s8) {
+			((int8_t *)out)[c] = taken[c] ? ((const int8_t *)dy)[c] : 0;
+		} else {
+			((float *)out)[c] = taken[c] ? ((const float *)dy)[c] : 0.0f;
+		}
+	}
+}
+
+/* Paissan: the gradient of output channels [c0, c0 + k) of an HWC tensor
+ * with c channels, packed as a tensor of k channels */
+static void pack_channels(const uint8_t *dy, uint8_t *out, uint32_t positions, uint32_t c,
+			  uint32_t c0, uint32_t k, uint32_t es)
+{
+	for (uint32_t p = 0; p < positions; p++) {
+		memcpy(out + (size_t)p * k * es, dy + ((size_t)p * c + c0) * es, (size_t)k * es);
+	}
+}
+
+/* The update's scratch: after the input gradient when the schedule made it
+ * in place at the start of the step's scratch (kl_blob_check sized it so),
+ * else the scratch itself (an input gradient at the end lies after it). */
+void *kl_upd_scratch(const kl_model_t *m, const kl_tensor_t *x)
+{
+	if ((const void *)x->grad == m->scratch) {
+		const uint32_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
+		return (uint8_t *)m->scratch + kl_align8(kl_tsize(x) * es);
+	}
+	return m->scratch;
+}
+
+/* Apply float32 weight gradients gw (bias gb) of an op under the update
+ * policy (fused steps and kl_apply_grads). c0/nk: the Paissan block, nk = 0
+ * when the op is not channel-sparse. */
+void kl_apply_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, uint32_t c0,
+		      uint32_t nk)
+{
+	const uint32_t row = op->n_w / (uint32_t)n_b;
+	uint32_t touched = op->n_w;
+	if (nk != 0u) {
+		kl_sgd_f32((float *)op->w + c0 * row, NULL, gw + c0 * row, m->lr, 0.0f,
+			   (int)(nk * row));
+		kl_sgd_f32((float *)op->b + c0, NULL, gb + c0, m->lr, 0.0f, (int)nk);
+		m->upd_touched += nk * row;
+		m->upd_weights += op->n_w;
+		return;
+	}
+	if (m->upd_policy == KL_UPDATE_TOPR) {
+		touched = kl_topr_sgd_weights_f32(op->w, gw, NULL, NULL, 1, (int)op->n_w, m->lr,
+						  upd_count(op->n_w, m->upd_frac), m->sel);
+	} else {
+		if (m->upd_policy == KL_UPDATE_CHANNEL_NORM) {
+			touched = keep_top_channels_f32(m, op, gw, gb);
+		}
+		kl_sgd_f32(op->w, op->vw, gw, m->lr, m->momentum, (int)op->n_w);
+	}
+	kl_sgd_f32(op->b, op->vb, gb, m->lr, m->momentum, n_b);
+	m->upd_touched += touched;
+	m->upd_weights += op->n_w;
+}
+
+/* the fused dense update (no weight gradient stored) */
+void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, const float *dy,
+			     int n_in, int n_out, uint32_t c0, uint32_t nk)
+{
+	float *w = op->w, *b = op->b;
+	uint32_t touched = op->n_w;
+	if (nk != 0u) {
+		kl_fully_connected_sgd_f32(w + c0 * (uint32_t)n_in, b + c0, NULL, NULL, dy + c0, x,
+					   m->lr, 0.0f, n_in, (int)nk);
+		touched = nk * (uint32_t)n_in;
+	} else if (m->upd_policy == KL_UPDATE_TOPR) {
+		touched = kl_topr_sgd_weights_f32(w, NULL, dy, x, n_out, n_in, m->lr,
+						  upd_count(op->n_w, m->upd_frac), m->sel);
+		for (int i = 0; i < n_out; i++) {
+			b[i] -= m->lr * dy[i];
+		}
+	} else if (m->upd_policy == KL_UPDATE_CHANNEL_NORM) {
+		float *dsel = (float *)(void *)((uint8_t *)m->sel + kl_align8((uint32_t)n_out * 9u));
+		top_channels_dy(m, dy, dsel, (uint32_t)n_out, 0);
+		kl_fully_connected_sgd_f32(w, b, NULL, NULL, dsel, x, m->lr, 0.0f, n_in, n_out);
+		touched = upd_count((uint32_t)n_out, m->upd_frac) * (uint32_t)n_in;
+	} else {
+		kl_fully_connected_sgd_f32(w, b, op->vw, op->vb, dy, x, m->lr, m->momentum, n_in,
+					   n_out);
+	}
+	m->upd_touched += touched;
+	m->upd_weights += op->n_w;
+}
+
+/* Paissan: only channels [c0, c0 + nk) of a channel-sparse op backpropagate;
+ * the dense kernels get those rows of W and dy (n_out = nk), the conv kernels
+ * a geometry of nk output channels with the block's dy packed into m->sel.
+ * es: bytes per weight and gradient element. Leaves everything as it is (nk
+ * 0) for other ops. */
+void kl_active_channels(kl_model_t *m, const kl_op_t *op, kl_geom_t *g, uint32_t es,
+			    const void **w, const void **dy, int *n_out, uint32_t *c0,
+			    uint32_t *nk)
+{
+	if (!kl_channel_sparse(m, op)) {
+		return;
+	}
+	kl_active_block(m, kl_n_channels(m, op), c0, nk);
+	uint32_t row; /* elements of W per output channel */
+	if (op->kind == KL_OP_DENSE) {
+		row = kl_tsize(&m->tensors[op->in0]);
+		*dy = (const uint8_t *)*dy + *c0 * es;
+		*n_out = (int)*nk;
+	} else {
+		row = op->n_w / (uint32_t)g->co;
+		pack_channels((const uint8_t *)*dy, m->sel, (uint32_t)(g->ho * g->wo),
+			      (uint32_t)g->co, *c0, *nk, es);
+		*dy = m->sel;
+		g->co = (int)*nk;
+	}
+	*w = (const uint8_t *)*w + *c0 * row * es;
+}
+
+/* Apply int8 weight gradients (the same for fused steps and
+ * kl_apply_grads). */
+void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, int n_b, uint32_t c0,
+		     uint32_t nk)
+{
+	const int w_shift = op->w_exp + KL_LR_FRAC_BITS - op->gw_exp;
+	const int b_shift = op->b_exp + KL_LR_FRAC_BITS - op->gb_exp;
+	const uint32_t row = op->n_w / (uint32_t)n_b;
+	uint32_t touched = op->n_w;
+	if (nk != 0u) { /* the dither advances over the whole tensor */
+		uint32_t d = m->dither + c0 * row * KL_WEYL;
+		kl_sgd_weights_s8((int8_t *)op->w + c0 * row, gw + c0 * row, m->lr_q, w_shift, &d,
+				  (int)(nk * row));
+		m->dither += op->n_w * KL_WEYL;
+		kl_sgd_bias_s8((int32_t *)op->b + c0, gb + c0, m->lr_q, b_shift, (int)nk);
+		touched = nk * row;
+	} else {
+		if (m->upd_policy == KL_UPDATE_TOPR) {
+			touched = kl_topr_sgd_weights_s8(op->w, gw, NULL, NULL, 0, 1, (int)op->n_w,
+							 m->lr_q, w_shift, &m->dither,
+							 upd_count(op->n_w, m->upd_frac), m->sel);
+		} else {
+			if (m->upd_policy == KL_UPDATE_CHANNEL_NORM) {
+				touched = keep_top_channels_s8(m, op, gw, gb);
+			}
+			kl_sgd_weights_s8(op->w, gw, m->lr_q, w_shift, &m->dither, (int)op->n_w);
+		}
+		kl_sgd_bias_s8(op->b, gb, m->lr_q, b_shift, n_b);
+	}
+	m->upd_touched += touched;
+	m->upd_weights += op->n_w;
+}
+
+/* the fused dense update (no weight gradient stored) */
+void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, const int8_t *dy,
+			    int ey, int n_out, uint32_t c0, uint32_t nk)
+{
+	const int n_in = (int)kl_tsize(x);
+	const int w_shift = op->w_exp + KL_LR_FRAC_BITS - ey - x->exp;
+	const int b_shift = op->b_exp + KL_LR_FRAC_BITS - ey;
+	int8_t *w = op->w;
+	int32_t *b = op->b;
+	uint32_t touched = op->n_w;
+	if (nk != 0u) {
+		uint32_t d = m->dither + c0 * (uint32_t)n_in * KL_WEYL;
+		kl_fully_connected_sgd_s8(w + c0 * (uint32_t)n_in, b + c0, dy + c0, x->data, x->zp,
+					  m->lr_q, w_shift, b_shift, &d, n_in, (int)nk, kl_upd_scratch(m, x));
+		m->dither += op->n_w * KL_WEYL;
+		touched = nk * (uint32_t)n_in;
+	} else if (m->upd_policy == KL_UPDATE_TOPR) {
+		touched = kl_topr_sgd_weights_s8(w, NULL, dy, x->data, x->zp, n_out, n_in, m->lr_q,
+						 w_shift, &m->dither,
+						 upd_count(op->n_w, m->upd_frac), m->sel);
+		for (int i = 0; i < n_out; i++) {
+			b[i] = kl_sat32((int64_t)b[i] - kl_rshift_round((int32_t)dy[i] * m->lr_q,
+									b_shift));
+		}
+	} else if (m->upd_policy == KL_UPDATE_CHANNEL_NORM) {
+		int8_t *dsel = (int8_t *)m->sel + kl_align8((uint32_t)n_out * 9u);
+		top_channels_dy(m, dy, dsel, (uint32_t)n_out, 1);
+		kl_fully_connected_sgd_s8(w, b, dsel, x->data, x->zp, m->lr_q, w_shift, b_shift,
+					  &m->dither, n_in, n_out, kl_upd_scratch(m, x));
+		touched = upd_count((uint32_t)n_out, m->upd_frac) * (uint32_t)n_in;
+	} else {
+		kl_fully_connected_sgd_s8(w, b, dy, x->data, x->zp, m->lr_q, w_shift, b_shift,
+					  &m->dither, n_in, n_out, kl_upd_scratch(m, x));
+	}
+	m->upd_touched += touched;
+	m->upd_weights += op->n_w;
+}
