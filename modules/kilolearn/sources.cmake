@@ -6,12 +6,7 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kl_arena.c
   ${KL_ENGINE_DIR}/src/kl_blob.c
   ${KL_ENGINE_DIR}/src/kl_crc32.c
-  ${KL_ENGINE_DIR}/src/model/kl_model_init.c
-  ${KL_ENGINE_DIR}/src/model/kl_forward.c
-  ${KL_ENGINE_DIR}/src/model/kl_backward.c
-  ${KL_ENGINE_DIR}/src/model/kl_update.c
-  ${KL_ENGINE_DIR}/src/model/kl_train.c
-  ${KL_ENGINE_DIR}/src/model/kl_ops.c
+  ${KL_ENGINE_DIR}/src/model/kl_model.c  # includes the other src/model/*.c (one unit)
   ${KL_ENGINE_DIR}/src/kl_replay.c
   ${KL_ENGINE_DIR}/src/session/kl_cobs.c
   ${KL_ENGINE_DIR}/src/session/kl_session.c

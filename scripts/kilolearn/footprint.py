@@ -127,10 +127,26 @@ def parse_size(text: str) -> int:
 
 
 def _size_arg(text: str) -> int:
+    """A memory size for the command line: 0 .. 4 GiB (a 32-bit address space)."""
     try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        v = parse_size(text)
+    except (ValueError, OverflowError) as e:
+        raise argparse.ArgumentTypeError(str(e) if isinstance(e, ValueError) else
+                                         f"not a size: {text!r} (too large)") from None
+    if v > 1 << 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: more than 4 GiB")
+    return v
+
+
+def _capacity_arg(text: str) -> int:
+    """A memory's capacity: 1 byte .. 4 GiB."""
+    v = _size_arg(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a memory of 0 bytes")
+    return v
+
+
+_size_arg.kind = _capacity_arg.kind = "size"  # type: ignore[attr-defined]  # for tests
 
 
 # ----------------------------------------------------------------------------- data model
@@ -247,6 +263,7 @@ class SourceIndex:
         self._resolved: dict[tuple[str, tuple[str, ...]], str] = {}
         self._texts: dict[str, str] = {}
         self._units: dict[str, set[str]] = {}
+        self._parts: dict[str, list[str]] = {}
 
     def add_unit(self, path: str) -> None:
         """A DWARF compile unit: bare names outside the source tree may resolve to it."""
@@ -292,6 +309,25 @@ class SourceIndex:
         tail = os.path.commonprefix([p[len(head):][::-1] for p in parts])[::-1]
         mids = sorted({"/".join(p[len(head):len(p) - len(tail)]) for p in parts})
         return "/".join([*head, "{" + ",".join(mids) + "}", *tail])
+
+    def part_of(self, rel: str, symbols: Sequence[str]) -> str:
+        """A unit that ``#include``s other .c files (src/model/kl_model.c compiles its parts as
+        one translation unit) gets its symbols attributed to the part that defines them."""
+        if not rel.endswith(".c") or self.root is None:
+            return rel
+        parts = self._parts.get(rel)
+        if parts is None:
+            here = os.path.dirname(rel)
+            parts = self._parts[rel] = [
+                os.path.normpath(os.path.join(here, inc)).replace(os.sep, "/")
+                for inc in re.findall(r'^\s*#\s*include\s+"([^"]+\.c)"', self._text(rel), re.M)]
+        words = {w.split(".")[0] for w in symbols if w}
+        for part in parts:
+            if any(re.search(rf"\b{re.escape(w)}\s*\(", self._text(part)) or
+                   re.search(rf"^\S.*\b{re.escape(w)}\b", self._text(part), re.M)
+                   for w in words):
+                return part
+        return rel
 
     def _text(self, rel: str) -> str:
         if rel not in self._texts:
@@ -478,13 +514,18 @@ class _Dwarf:
     ranges: list[tuple[int, int, str]] = field(default_factory=list)
     variables: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # addr -> names
     single: str | None = None                                # a relocatable with one CU
+    # functions declared in another file than their CU's (a unit that #includes .c parts, an
+    # out-of-line static inline of a header): (lo, hi, declaring file), sorted
+    fn_starts: list[int] = field(default_factory=list)
+    fn_ranges: list[tuple[int, int, str]] = field(default_factory=list)
 
     def code_file(self, addr: int) -> str | None:
-        i = bisect.bisect_right(self.starts, addr) - 1
-        if i >= 0:
-            lo, hi, path = self.ranges[i]
-            if lo <= addr < hi:
-                return path
+        for starts, ranges in ((self.fn_starts, self.fn_ranges), (self.starts, self.ranges)):
+            i = bisect.bisect_right(starts, addr) - 1
+            if i >= 0:
+                lo, hi, path = ranges[i]
+                if lo <= addr < hi:
+                    return path
         return self.single
 
     def variable_file(self, addr: int, names: Iterable[str]) -> str | None:
@@ -551,6 +592,9 @@ def _dwarf(elf: Any, headers: list[Any], is_rel: bool, src: SourceIndex) -> _Dwa
         ranges.sort()
         out.ranges = ranges
         out.starts = [r[0] for r in ranges]
+        fn = sorted(r for cu, top in cus for r in _declared_elsewhere(dw, cu, top, cu_path, src))
+        out.fn_ranges = fn
+        out.fn_starts = [r[0] for r in fn]
         for cu, top in cus:
             path = cu_path[cu.cu_offset]
             size = cu["address_size"]
@@ -575,6 +619,50 @@ def _dwarf(elf: Any, headers: list[Any], is_rel: bool, src: SourceIndex) -> _Dwa
     except Exception as e:  # a damaged debug section should not stop the size report
         out.note = f"DWARF unreadable ({type(e).__name__}: {e}); files from the symbol table"
         out.ranges, out.starts, out.variables = [], [], {}
+    return out
+
+
+def _declared_elsewhere(dw: Any, cu: Any, top: Any, cu_path: dict[int, str],
+                        src: SourceIndex) -> list[tuple[int, int, str]]:
+    """Code ranges of the CU's functions whose DW_AT_decl_file is not the CU's own file. A
+    file index of the primary file (1; 0 too in DWARF 5) is the common case and costs nothing;
+    only a CU with another one has its line-program file table read."""
+    v5 = cu["version"] >= 5
+    found: list[tuple[int, int, int]] = []
+    for die in top.iter_children():
+        if die.tag != "DW_TAG_subprogram":
+            continue
+        a = die.attributes
+        f, lo, hi = a.get("DW_AT_decl_file"), a.get("DW_AT_low_pc"), a.get("DW_AT_high_pc")
+        if f is None or lo is None or hi is None or f.value in (0, 1) or not lo.value:
+            continue
+        end = hi.value if hi.form == "DW_FORM_addr" else lo.value + hi.value
+        if end > lo.value:
+            found.append((lo.value, end, f.value))
+    if not found:
+        return []
+    lp = dw.line_program_for_CU(cu)
+    if lp is None:
+        return []
+    files, dirs = lp["file_entry"], lp["include_directory"]
+    comp_dir = _attr_str(top, "DW_AT_comp_dir") or ""
+    out = []
+    for lo, hi, k in found:
+        i = k if v5 else k - 1
+        if not 0 <= i < len(files):
+            continue
+        e = files[i]
+        name = e.name.decode("utf-8", "replace") if isinstance(e.name, bytes) else str(e.name)
+        d = e.dir_index if v5 else e.dir_index - 1
+        if not os.path.isabs(name) and 0 <= d < len(dirs):
+            dd = dirs[d]
+            name = os.path.join(dd.decode("utf-8", "replace") if isinstance(dd, bytes)
+                                else str(dd), name)
+        if not os.path.isabs(name):
+            name = os.path.join(comp_dir, name)
+        path = src.from_dwarf(os.path.normpath(name))
+        if path != cu_path[cu.cu_offset]:
+            out.append((lo, hi, path))
     return out
 
 
@@ -708,7 +796,7 @@ def _analyze(path: str, elf: Any, raw: bytes, groups: Sequence[tuple[str, str]],
                     file = src.from_symtab(local, names)
             if file is None:
                 file = from_anchor(sec_anchors, anchor_offs, start, end, names)
-            file = file or NO_FILE
+            file = src.part_of(file, names) if file else NO_FILE
             symbols.append(SymbolInfo(head.name, _TYPE_NAMES.get(head.type, "notype"), sec.name,
                                       sec.kind, addr, min(head.size, sec.size - start), nbytes,
                                       file, classify(file, groups) if file != NO_FILE else OTHER,
@@ -1006,8 +1094,9 @@ def bench(size_mb: float = 5.0, keep: Path | None = None) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("elf", nargs="?", help="the ELF file to analyse")
     p.add_argument("--board", help=f"percentages of this board's memory ({', '.join(BOARDS)})")
-    p.add_argument("--ram", type=_size_arg, help="SRAM size (192K, 2M, bytes); overrides --board")
-    p.add_argument("--flash", type=_size_arg, help="flash size; overrides --board")
+    p.add_argument("--ram", type=_capacity_arg,
+                   help="SRAM size (192K, 2M, bytes); overrides --board")
+    p.add_argument("--flash", type=_capacity_arg, help="flash size; overrides --board")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     out.add_argument("--markdown", action="store_true", help="print Markdown tables")
@@ -1016,7 +1105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"exit {EXIT_OVER_LIMIT} if RAM (data + bss) exceeds SIZE")
     p.add_argument("--max-flash", type=_size_arg, metavar="SIZE",
                    help=f"exit {EXIT_OVER_LIMIT} if ROM (text + data) exceeds SIZE")
-    p.add_argument("--top", type=int, default=25, help="rows per table (default 25)")
+    from .cliargs import FloatRange, IntRange
+
+    p.add_argument("--top", type=IntRange(1, 1_000_000), default=25,
+                   help="rows per table (default 25)")
     p.add_argument("--all", action="store_true", help="every file and symbol")
     p.add_argument("--callout", action="append", default=[], metavar="GLOB",
                    help="also call out symbols matching GLOB (besides *arena*, *replay*)")
@@ -1024,7 +1116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="put source files matching GLOB in COMPONENT (checked first)")
     p.add_argument("--bench", action="store_true",
                    help="build a large ELF with DWARF in a temp dir and time the analysis")
-    p.add_argument("--bench-size", type=float, default=5.0, metavar="MB",
+    p.add_argument("--bench-size", type=FloatRange(0.0, 200.0), default=5.0, metavar="MB",
                    help="approximate size of the benchmark ELF (default 5)")
 
 

@@ -156,8 +156,8 @@ def test_mobilenet_full_depth_trains_in_256k(target, rng):
 
 
 def _compact_quantize(sums: np.ndarray, band: int) -> tuple[np.ndarray, int]:
-    """src/model/kl_backward.c kl_give_s8_compact's arithmetic, written independently: bands of `band`
-    int32 sums kept as int16 rounded to odd at a growing shift, then rounded to int8."""
+    """src/model/kl_backward.c kl_give_s8_compact's arithmetic, written independently: bands of
+    `band` int32 sums kept as int16 rounded to odd at a growing shift, then rounded to int8."""
     def odd(v: np.ndarray, sh: int) -> np.ndarray:
         return v if sh == 0 else (v >> sh) | ((v & ((1 << sh) - 1)) != 0)
 

@@ -2,10 +2,7 @@
  * handed to their tensors (summed where a tensor has two consumers; int8
  * requantised), compact (banded) input gradients, and each op's weight
  * gradients, through the op table, then its update (kl_update.c). */
-#include <string.h>
-
-#include "kl_model_priv.h"
-
+/* A part of kl_model.c's translation unit (included there, not compiled alone). */
 static int32_t relu6_q(int exp)
 {
 	return kl_rshift_round(6, exp);
@@ -64,7 +61,7 @@ static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint
 
 /* Hand tensor t the input gradient in the scratch buffer (float, or int32
  * accumulators with exponent e), summing with what it already has. */
-void kl_give_f32(kl_model_t *m, int t_id)
+static void kl_give_f32(kl_model_t *m, int t_id)
 {
 	kl_tensor_t *t = &m->tensors[t_id];
 	const float *v = m->scratch;
@@ -76,7 +73,7 @@ void kl_give_f32(kl_model_t *m, int t_id)
 	t->has_grad = 1;
 }
 
-void kl_give_s8(kl_model_t *m, int t_id, int e)
+static void kl_give_s8(kl_model_t *m, int t_id, int e)
 {
 	kl_tensor_t *t = &m->tensors[t_id];
 	int32_t *acc = m->scratch;
@@ -123,7 +120,7 @@ static inline int32_t rshift_odd(int32_t v, int sh)
  * bands re-shifted), rounded to odd; the final shift s >= a + 2 when
  * a > 0, so the int8 gradient equals kl_quantize_grad_s8 of the int32
  * sums. It is written over the int16 sums at the start of the scratch. */
-void kl_give_s8_compact(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g,
+static void kl_give_s8_compact(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g,
 			    const int8_t *w, const int8_t *dy, int e)
 {
 	kl_tensor_t *t = &m->tensors[op->in0];
@@ -201,8 +198,8 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 	const void *wv = op->w, *dv = dy;
 	kl_active_channels(m, op, &g, 4u, &wv, &dv, &n_out, &c0, &nk);
 	const float *wc = wv, *dyc = dv;
-	if (kl_need_dx(m, op)) {
-		kl_op_table[op->kind].dx_f32(m, op, &g, wc, dyc, n_out);
+	if (x->need_grad || op->kind == KL_OP_ADD) { /* add: each input checks its own */
+		op_dx_f32(m, op, &g, wc, dyc, n_out);
 	}
 	if (!kl_trainable(op)) {
 		return;
@@ -236,7 +233,7 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 		kl_update_dense_f32(m, op, x->data, dy, (int)kl_tsize(x), n_b, c0, nk);
 		return;
 	}
-	kl_op_table[op->kind].dw_f32(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
+	op_dw_f32(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
 	if (!keep) {
 		kl_apply_f32(m, op, gw, gb, n_b, c0, nk);
 	}
@@ -259,8 +256,8 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 	const void *wv = op->w, *dv = dy;
 	kl_active_channels(m, op, &g, 1u, &wv, &dv, &n_out, &c0, &nk);
 	const int8_t *wc = wv, *dyc = dv;
-	if (kl_need_dx(m, op)) {
-		kl_op_table[op->kind].dx_s8(m, op, &g, wc, dyc, n_out, ey, compact);
+	if (x->need_grad || op->kind == KL_OP_ADD) { /* add: each input checks its own */
+		op_dx_s8(m, op, &g, wc, dyc, n_out, ey, compact);
 	}
 	if (!kl_trainable(op)) {
 		return;
@@ -296,7 +293,7 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 		kl_update_dense_s8(m, op, x, dy, ey, n_b, c0, nk);
 		return;
 	}
-	kl_op_table[op->kind].dw_s8(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
+	op_dw_s8(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
 	op->gw_exp = (int8_t)(ey + xe);
 	op->gb_exp = (int8_t)ey;
 	if (!keep) {
@@ -304,7 +301,7 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 	}
 }
 
-void kl_loss(kl_model_t *m, int label)
+static void kl_loss(kl_model_t *m, int label)
 {
 	for (int k = 0; k < m->n_tensors; k++) {
 		m->tensors[k].has_grad = 0;
@@ -323,7 +320,7 @@ void kl_loss(kl_model_t *m, int label)
 	out->has_grad = 1;
 }
 
-void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact)
+static void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact)
 {
 	if (!m->tensors[op->out].has_grad) {
 		return;
@@ -336,7 +333,7 @@ void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact)
 }
 
 /* Backward pass; keep != 0 stores gradients in gw/gb instead of updating. */
-void kl_backward(kl_model_t *m, int label, int keep)
+static void kl_backward(kl_model_t *m, int label, int keep)
 {
 	kl_loss(m, label);
 	for (int i = m->n_ops - 1; i >= 0; i--) {

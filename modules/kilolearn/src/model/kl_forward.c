@@ -1,22 +1,20 @@
 /* The forward pass: each op through the op table (kl_ops.c); predictions. */
-#include "kl_model_priv.h"
-
-void kl_forward_op(kl_model_t *m, kl_op_t *op)
+/* A part of kl_model.c's translation unit (included there, not compiled alone). */
+static void kl_forward_op(kl_model_t *m, kl_op_t *op)
 {
-	const kl_op_entry_t *e = &kl_op_table[op->kind];
 	const kl_geom_t g = kl_geom(m, op);
 	if (m->dtype == KL_DTYPE_F32) {
-		e->fwd_f32(m, op, &g);
+		op_fwd_f32(m, op, &g);
 		return;
 	}
 	const kl_tensor_t *x = &m->tensors[op->in0];
 	const kl_tensor_t *y = &m->tensors[op->out];
 	kl_requant_t rq;
 	kl_requant_init(&rq, x->exp + op->w_exp, op->b_exp, y->exp, y->zp, op->act);
-	op->sat = (uint8_t)e->fwd_s8(m, op, &g, &rq);
+	op->sat = (uint8_t)op_fwd_s8(m, op, &g, &rq);
 }
 
-int kl_predicted(const kl_model_t *m)
+static int kl_predicted(const kl_model_t *m)
 {
 	const kl_tensor_t *out = &m->tensors[m->output];
 	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->data, m->n_classes, m->class_mask)
@@ -24,7 +22,7 @@ int kl_predicted(const kl_model_t *m)
 }
 
 /* run ops [first, n_ops) and return the predicted class */
-int kl_forward_ops(kl_model_t *m, int first)
+static int kl_forward_ops(kl_model_t *m, int first)
 {
 	kl_phase(m, KL_PHASE_FORWARD);
 	for (int i = first; i < m->n_ops; i++) {

@@ -1,10 +1,7 @@
 /* The model laid out in the arena from a checked blob: tensors, ops,
  * trainable weights copied in (frozen ones read in place), activation and
  * gradient buffers or the schedule's region, scratch. */
-#include <string.h>
-
-#include "kl_model_priv.h"
-
+/* A part of kl_model.c's translation unit (included there, not compiled alone). */
 static void *arena_copy(kl_arena_t *a, const uint8_t *src, size_t size)
 {
 	void *p = kl_arena_alloc(a, size, 4u);

@@ -6,8 +6,11 @@
  *   kl_train.c       the schedule executor and the public step calls
  *   kl_ops.c         the op table: each op kind's forward, input-gradient and
  *                    weight-gradient entry points, per dtype (TFLite Micro's
- *                    registration style): a new op is a kernel file
- *                    (src/kernels/ref/kl_<op>_<type>.c) and one table row.
+ *                    registration, as one X-macro table): a new op is a kernel
+ *                    file (src/kernels/ref/kl_<op>_<type>.c) and one table row.
+ * kl_model.c compiles the parts as one translation unit, so that the
+ * compiler inlines across them as it did when they were one file (the
+ * instruction counts of docs/ are unchanged by the split).
  * Internal: nothing here is public API. The numpy twin is
  * scripts/kilolearn/reference.py. */
 #ifndef KL_MODEL_PRIV_H
@@ -95,59 +98,45 @@ static inline int kl_sample_ok(const kl_model_t *m, const void *x)
 }
 
 /* ---- the op table (kl_ops.c) ----------------------------------------------------
- * Entry points of one op kind. g is the op's geometry; for a channel-sparse
- * op (Paissan) w, dy and n_out (or g->co) describe the active block only.
- *   fwd_*   output activations; fwd_s8 returns nonzero when an output saturated
- *           (rq: the op's requantisation, made by the caller)
- *   dx_*    input gradient(s), handed to the input tensor(s) (kl_give_*);
- *           called when an input needs a gradient; ey: dy's exponent
- *   dw_*    weight and bias gradients into gw, gb (ops with parameters; the
- *           dense op's fused update does not come here) */
-typedef struct {
-	void (*fwd_f32)(kl_model_t *m, kl_op_t *op, const kl_geom_t *g);
-	int (*fwd_s8)(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq);
-	void (*dx_f32)(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
-		       const float *dy, int n_out);
-	void (*dx_s8)(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
-		      const int8_t *dy, int n_out, int ey, int compact);
-	void (*dw_f32)(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *dy,
-		       float *gw, float *gb, int n_out);
-	void (*dw_s8)(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *dy,
-		      int32_t *gw, int32_t *gb, int n_out);
-} kl_op_entry_t;
+ * Entry points of each op kind, dispatched by op_*() switches generated from
+ * one table (KL_OPS). g is the op's geometry; for a channel-sparse op
+ * (Paissan) w, dy and n_out (or g->co) describe the active block only.
+ *   op_fwd_*  output activations; op_fwd_s8 returns nonzero when an output
+ *             saturated (rq: the op's requantisation, made by the caller)
+ *   op_dx_*   input gradient(s), handed to the input tensor(s) (kl_give_*);
+ *             called when an input needs a gradient; ey: dy's exponent
+ *   op_dw_*   weight and bias gradients into gw, gb (ops with parameters; the
+ *             dense op's fused update does not come here) */
 
-/* indexed by enum kl_op_kind (kl_blob_check admits KL_OP_DENSE..KL_OP_ADD) */
-extern const kl_op_entry_t kl_op_table[KL_OP_ADD + 1];
-
-/* ---- across the files ---------------------------------------------------------- */
+/* ---- across the parts (one translation unit: kl_model.c) ------------------------ */
 /* kl_forward.c */
-void kl_forward_op(kl_model_t *m, kl_op_t *op);
-int kl_forward_ops(kl_model_t *m, int first);
-int kl_predicted(const kl_model_t *m);
+static void kl_forward_op(kl_model_t *m, kl_op_t *op);
+static int kl_forward_ops(kl_model_t *m, int first);
+static int kl_predicted(const kl_model_t *m);
 /* kl_backward.c */
-void kl_give_f32(kl_model_t *m, int t_id);
-void kl_give_s8(kl_model_t *m, int t_id, int e);
-void kl_give_s8_compact(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+static void kl_give_f32(kl_model_t *m, int t_id);
+static void kl_give_s8(kl_model_t *m, int t_id, int e);
+static void kl_give_s8_compact(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
 			const int8_t *dy, int e);
-void kl_loss(kl_model_t *m, int label);
-void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact);
-void kl_backward(kl_model_t *m, int label, int keep);
+static void kl_loss(kl_model_t *m, int label);
+static void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact);
+static void kl_backward(kl_model_t *m, int label, int keep);
 /* kl_update.c */
-int kl_channel_sparse(const kl_model_t *m, const kl_op_t *op);
-void kl_active_block(const kl_model_t *m, uint32_t n_ch, uint32_t *c0, uint32_t *k);
-void kl_active_channels(kl_model_t *m, const kl_op_t *op, kl_geom_t *g, uint32_t es,
+static int kl_channel_sparse(const kl_model_t *m, const kl_op_t *op);
+static void kl_active_block(const kl_model_t *m, uint32_t n_ch, uint32_t *c0, uint32_t *k);
+static void kl_active_channels(kl_model_t *m, const kl_op_t *op, kl_geom_t *g, uint32_t es,
 			const void **w, const void **dy, int *n_out, uint32_t *c0, uint32_t *nk);
-void *kl_upd_scratch(const kl_model_t *m, const kl_tensor_t *x);
-void kl_apply_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, uint32_t c0,
+static void *kl_upd_scratch(const kl_model_t *m, const kl_tensor_t *x);
+static void kl_apply_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, uint32_t c0,
 		  uint32_t nk);
-void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, int n_b, uint32_t c0,
+static void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, int n_b, uint32_t c0,
 		 uint32_t nk);
-void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, const float *dy, int n_in,
+static void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, const float *dy, int n_in,
 			 int n_out, uint32_t c0, uint32_t nk);
-void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, const int8_t *dy,
+static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, const int8_t *dy,
 			int ey, int n_out, uint32_t c0, uint32_t nk);
 /* kl_train.c */
-int kl_run_schedule(kl_model_t *m, int label, int keep);
-void kl_adapt_ranges(kl_model_t *m);
+static int kl_run_schedule(kl_model_t *m, int label, int keep);
+static void kl_adapt_ranges(kl_model_t *m);
 
 #endif /* KL_MODEL_PRIV_H */

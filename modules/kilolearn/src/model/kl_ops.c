@@ -2,10 +2,7 @@
  * input gradient and for its weight gradients, per dtype, mapped onto the
  * kernels (kl_kernels.h; ref, dsp, fpu or cmsis_nn by the build). A new op
  * is a kernel file and one row here (and its twin in reference.py). */
-#include <string.h>
-
-#include "kl_model_priv.h"
-
+/* A part of kl_model.c's translation unit (included there, not compiled alone). */
 #define X(m, op)  (&(m)->tensors[(op)->in0])
 #define X1(m, op) (&(m)->tensors[(op)->in1])
 #define Y(m, op)  (&(m)->tensors[(op)->out])
@@ -284,17 +281,128 @@ static void add_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, cons
 	}
 }
 
-/* ---- the table -------------------------------------------------------------------- */
+/* ---- ops without parameters: no weight gradient ------------------------------------ */
 
-const kl_op_entry_t kl_op_table[KL_OP_ADD + 1] = {
-	[KL_OP_DENSE] = {dense_fwd_f32, dense_fwd_s8, dense_dx_f32, dense_dx_s8, dense_dw_f32,
-			 dense_dw_s8},
-	[KL_OP_CONV] = {conv_fwd_f32, conv_fwd_s8, conv_dx_f32, conv_dx_s8, conv_dw_f32,
-			conv_dw_s8},
-	[KL_OP_DWCONV] = {dw_fwd_f32, dw_fwd_s8, dw_dx_f32, dw_dx_s8, dw_dw_f32, dw_dw_s8},
-	[KL_OP_AVGPOOL] = {avgpool_fwd_f32, avgpool_fwd_s8, avgpool_dx_f32, avgpool_dx_s8, NULL,
-			   NULL},
-	[KL_OP_MAXPOOL] = {maxpool_fwd_f32, maxpool_fwd_s8, maxpool_dx_f32, maxpool_dx_s8, NULL,
-			   NULL},
-	[KL_OP_ADD] = {add_fwd_f32, add_fwd_s8, add_dx_f32, add_dx_s8, NULL, NULL},
-};
+static void none_dw_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *dy,
+			float *gw, float *gb, int n_out)
+{
+	(void)m;
+	(void)op;
+	(void)g;
+	(void)dy;
+	(void)gw;
+	(void)gb;
+	(void)n_out;
+}
+
+static void none_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *dy,
+		       int32_t *gw, int32_t *gb, int n_out)
+{
+	(void)m;
+	(void)op;
+	(void)g;
+	(void)dy;
+	(void)gw;
+	(void)gb;
+	(void)n_out;
+}
+
+/* ---- the table ----------------------------------------------------------------------
+ * One row per op kind: X(kind, prefix of its entry points, prefix of its weight
+ * gradient). The dispatchers below are generated from it as switches (not
+ * function pointers), so the compiler inlines an entry point into its caller
+ * exactly as if it were written there. */
+#define KL_OPS(X)                                                                                 \
+	X(KL_OP_DENSE, dense, dense)                                                              \
+	X(KL_OP_CONV, conv, conv)                                                                 \
+	X(KL_OP_DWCONV, dw, dw)                                                                   \
+	X(KL_OP_AVGPOOL, avgpool, none)                                                           \
+	X(KL_OP_MAXPOOL, maxpool, none)                                                           \
+	X(KL_OP_ADD, add, none)
+
+static void op_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
+{
+	switch (op->kind) {
+#define CASE(kind, p, d)                                                                          \
+	case kind:                                                                                \
+		p##_fwd_f32(m, op, g);                                                            \
+		break;
+		KL_OPS(CASE)
+#undef CASE
+	default:
+		break;
+	}
+}
+
+static int op_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
+{
+	switch (op->kind) {
+#define CASE(kind, p, d)                                                                          \
+	case kind:                                                                                \
+		return p##_fwd_s8(m, op, g, rq);
+		KL_OPS(CASE)
+#undef CASE
+	default:
+		return 0;
+	}
+}
+
+static void op_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
+		      const float *dy, int n_out)
+{
+	switch (op->kind) {
+#define CASE(kind, p, d)                                                                          \
+	case kind:                                                                                \
+		p##_dx_f32(m, op, g, w, dy, n_out);                                               \
+		break;
+		KL_OPS(CASE)
+#undef CASE
+	default:
+		break;
+	}
+}
+
+static void op_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
+		     const int8_t *dy, int n_out, int ey, int compact)
+{
+	switch (op->kind) {
+#define CASE(kind, p, d)                                                                          \
+	case kind:                                                                                \
+		p##_dx_s8(m, op, g, w, dy, n_out, ey, compact);                                   \
+		break;
+		KL_OPS(CASE)
+#undef CASE
+	default:
+		break;
+	}
+}
+
+static void op_dw_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *dy,
+		      float *gw, float *gb, int n_out)
+{
+	switch (op->kind) {
+#define CASE(kind, p, d)                                                                          \
+	case kind:                                                                                \
+		d##_dw_f32(m, op, g, dy, gw, gb, n_out);                                          \
+		break;
+		KL_OPS(CASE)
+#undef CASE
+	default:
+		break;
+	}
+}
+
+static void op_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *dy,
+		     int32_t *gw, int32_t *gb, int n_out)
+{
+	switch (op->kind) {
+#define CASE(kind, p, d)                                                                          \
+	case kind:                                                                                \
+		d##_dw_s8(m, op, g, dy, gw, gb, n_out);                                           \
+		break;
+		KL_OPS(CASE)
+#undef CASE
+	default:
+		break;
+	}
+}

@@ -1,13 +1,10 @@
 /* Training steps: the schedule executor (blob 2.1), delayed activation
  * scaling, and the public step calls. */
-#include <string.h>
-
-#include "kl_model_priv.h"
-
+/* A part of kl_model.c's translation unit (included there, not compiled alone). */
 /* Execute the blob's schedule (checked by kl_blob_check: every step reads
  * only live buffers inside the region). label < 0: forward steps up to the
  * loss only (prediction). Returns the predicted class. */
-int kl_run_schedule(kl_model_t *m, int label, int keep)
+static int kl_run_schedule(kl_model_t *m, int label, int keep)
 {
 	int pred = 0;
 	const uint8_t *sp = m->sched;
@@ -53,7 +50,7 @@ int kl_run_schedule(kl_model_t *m, int label, int keep)
 
 /* Delayed dynamic activation scaling: an output that saturated in this
  * step's forward pass gets twice the range from the next step on. */
-void kl_adapt_ranges(kl_model_t *m)
+static void kl_adapt_ranges(kl_model_t *m)
 {
 	if (m->dtype != KL_DTYPE_S8) {
 		return;

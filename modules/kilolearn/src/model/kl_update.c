@@ -1,9 +1,6 @@
 /* Update policies (docs/selective-updates.md) and the SGD steps that apply
  * them: which weights a step writes, and the writing. */
-#include <string.h>
-
-#include "kl_model_priv.h"
-
+/* A part of kl_model.c's translation unit (included there, not compiled alone). */
 /* weights of an op a policy selects among (kl_trainable weights, not bias only) */
 static int sel_op(const kl_op_t *op)
 {
@@ -19,7 +16,7 @@ static uint32_t upd_count(uint32_t n, uint32_t permille)
 
 /* Paissan: does this op backpropagate through a block of channels only? (not
  * the classifier: its output channels are the classes) */
-int kl_channel_sparse(const kl_model_t *m, const kl_op_t *op)
+static int kl_channel_sparse(const kl_model_t *m, const kl_op_t *op)
 {
 	return m->upd_policy == KL_UPDATE_CHANNEL_SPARSE && sel_op(op) &&
 	       (op->kind == KL_OP_DENSE || op->kind == KL_OP_CONV) && op->out != m->output;
@@ -27,7 +24,7 @@ int kl_channel_sparse(const kl_model_t *m, const kl_op_t *op)
 
 /* The active block [c0, c0 + k) this step: blocks of k channels in turn,
  * the last one ending at the last channel. */
-void kl_active_block(const kl_model_t *m, uint32_t n_ch, uint32_t *c0, uint32_t *k)
+static void kl_active_block(const kl_model_t *m, uint32_t n_ch, uint32_t *c0, uint32_t *k)
 {
 	*k = upd_count(n_ch, m->upd_frac);
 	const uint32_t nb = (n_ch + *k - 1u) / *k;
@@ -209,7 +206,7 @@ static void pack_channels(const uint8_t *dy, uint8_t *out, uint32_t positions, u
 /* The update's scratch: after the input gradient when the schedule made it
  * in place at the start of the step's scratch (kl_blob_check sized it so),
  * else the scratch itself (an input gradient at the end lies after it). */
-void *kl_upd_scratch(const kl_model_t *m, const kl_tensor_t *x)
+static void *kl_upd_scratch(const kl_model_t *m, const kl_tensor_t *x)
 {
 	if ((const void *)x->grad == m->scratch) {
 		const uint32_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
@@ -221,7 +218,7 @@ void *kl_upd_scratch(const kl_model_t *m, const kl_tensor_t *x)
 /* Apply float32 weight gradients gw (bias gb) of an op under the update
  * policy (fused steps and kl_apply_grads). c0/nk: the Paissan block, nk = 0
  * when the op is not channel-sparse. */
-void kl_apply_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, uint32_t c0,
+static void kl_apply_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, uint32_t c0,
 		      uint32_t nk)
 {
 	const uint32_t row = op->n_w / (uint32_t)n_b;
@@ -249,7 +246,7 @@ void kl_apply_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, uin
 }
 
 /* the fused dense update (no weight gradient stored) */
-void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, const float *dy,
+static void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, const float *dy,
 			     int n_in, int n_out, uint32_t c0, uint32_t nk)
 {
 	float *w = op->w, *b = op->b;
@@ -282,7 +279,7 @@ void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, const float
  * a geometry of nk output channels with the block's dy packed into m->sel.
  * es: bytes per weight and gradient element. Leaves everything as it is (nk
  * 0) for other ops. */
-void kl_active_channels(kl_model_t *m, const kl_op_t *op, kl_geom_t *g, uint32_t es,
+static void kl_active_channels(kl_model_t *m, const kl_op_t *op, kl_geom_t *g, uint32_t es,
 			    const void **w, const void **dy, int *n_out, uint32_t *c0,
 			    uint32_t *nk)
 {
@@ -307,7 +304,7 @@ void kl_active_channels(kl_model_t *m, const kl_op_t *op, kl_geom_t *g, uint32_t
 
 /* Apply int8 weight gradients (the same for fused steps and
  * kl_apply_grads). */
-void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, int n_b, uint32_t c0,
+static void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, int n_b, uint32_t c0,
 		     uint32_t nk)
 {
 	const int w_shift = op->w_exp + KL_LR_FRAC_BITS - op->gw_exp;
@@ -339,7 +336,7 @@ void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, int n_b, 
 }
 
 /* the fused dense update (no weight gradient stored) */
-void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, const int8_t *dy,
+static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, const int8_t *dy,
 			    int ey, int n_out, uint32_t c0, uint32_t nk)
 {
 	const int n_in = (int)kl_tsize(x);
