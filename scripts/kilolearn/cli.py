@@ -1,19 +1,34 @@
-"""``kilolearn`` command line."""
+"""``kilolearn`` command line.
+
+Every subcommand checks its arguments before it starts work (``cliargs``: numbers in range,
+input files that exist and parse, output paths that can be written, what depends on the data
+or the model). Exit status: 0 done; 2 a bad argument or input (a missing or unreadable file, a
+file that is not what it should be, a number out of range, an unreachable or silent device, a
+request the device refused), with one line ``kilolearn <command>: <what>`` on stderr; 1 the run
+failed (a build, a job on the device) or an internal error, also one line (set
+``KILOLEARN_DEBUG=1`` for the traceback); 3 ``footprint`` over a limit; 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tabulate import tabulate
 
-from . import build, export, model, reference
+from . import build, export, model, protocol, reference
+from . import cliargs as ca
 from . import data as datasets
+from .cliargs import UsageError
 
-BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505"]
+BOARDS = ca.BOARDS
+DATASETS = ["digits", "fashion"]
 CPU = {"mps2-an385": "Cortex-M3", "mps2-an386": "Cortex-M4F", "mps2-an500": "Cortex-M7",
        "mps2-an505": "Cortex-M33", "host": "host"}
 
@@ -26,6 +41,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     from . import train
 
     dtypes = list(train.DTYPES) if a.dtype == "both" else [a.dtype]
+    if a.model == "cnn" and a.hidden < 4:
+        raise UsageError(f"--hidden {a.hidden}: the CNN needs at least 4 (hidden/4 and hidden/2 "
+                         "channels)")
     ds = datasets.load(a.data)
     desc = (f"MLP {ds.x_train.shape[1]}-{a.hidden}-{ds.n_classes}" if a.model == "mlp"
             else f"CNN ({a.hidden // 4}/{a.hidden // 2} channels)")
@@ -54,20 +72,22 @@ def cmd_session(a: argparse.Namespace) -> int:
 
     from . import session
 
-    update = None
-    if a.update:
-        name, _, frac = a.update.partition(":")
-        update = (name, float(frac or 1.0))
-    sc = session.Scenario(epochs=a.epochs, lr=a.lr, replay_cap=a.replay_cap,
-                          replay_ratio=a.replay_ratio, seed=a.seed, update=update)
+    if a.plot:
+        ca.need_matplotlib("--plot")
+    sc = session.Scenario(epochs=a.epochs, lr=a.lr, replay_ratio=a.replay_ratio, seed=a.seed,
+                          update=a.update)
+    if a.replay_cap is not None:
+        sc.replay_cap = a.replay_cap
+    else:  # the default: as many of the default latents as the device's arena holds
+        sc.fit_replay = True
     ds = datasets.load(a.data)
     strategies = list(session.STRATEGIES) if a.strategy == "all" else [a.strategy]
     where = a.port or f"{a.board} ({CPU.get(a.board, a.board)})"
     print(f"kilolearn session: class-incremental {a.data}, {len(session.tasks_of(ds, 2))} tasks "
-          f"x 2 classes, int8, {a.epochs} epochs per task, latent replay {a.replay_cap} latents "
+          f"x 2 classes, int8, {a.epochs} epochs per task, latent replay {sc.replay_cap} latents "
           f"x ratio {a.replay_ratio}, on {where}", flush=True)
     results = []
-    with session.open_device(a.board, a.port) as client:
+    with _device(a) as client:
         if a.bench_link:
             b = session.bench_link(client, a.bench_link)
             print(tabulate([[k, f"{v:,.2f}"] for k, v in b.items()], headers=["link", "value"],
@@ -79,7 +99,8 @@ def cmd_session(a: argparse.Namespace) -> int:
         for st in strategies:
             r = session.run(client, st, sc, ds, with_reference=not a.no_reference,
                             progress=(lambda msg: print("  " + msg, end="\r", flush=True))
-                            if sys.stdout.isatty() else None)
+                            if sys.stdout.isatty() else None,
+                            note=lambda msg: print("  " + msg, flush=True))
             results.append(r)
             print(" " * 70, end="\r")
             rows = []
@@ -119,20 +140,38 @@ def cmd_stream(a: argparse.Namespace) -> int:
 
     from . import session, stream
 
-    x, y = stream.load_samples(a.data, a.split)
+    if not a.blob:
+        raise UsageError("give --blob (the model to load; it also says how to encode the "
+                         "samples)")
+    if a.resume and not a.state:
+        raise UsageError("--resume needs --state (the file recording progress)")
+    blob = Path(a.blob).read_bytes()
+    b = _read_blob(blob, f"--blob {a.blob}")
+    n_in, n_classes = _io_sizes(b.graph)
+    if n_classes < 2:
+        raise UsageError(f"--blob {a.blob}: the model has {n_classes} output(s), a classifier "
+                         "needs at least 2")
+    try:
+        x, y = stream.load_samples(a.data, a.split)
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise UsageError(f"--data {a.data}: {ca.one_line(str(e)) or type(e).__name__}") from None
+    if x.shape[1] != n_in:
+        raise UsageError(f"--data {a.data}: samples of {x.shape[1]} values, the model of "
+                         f"--blob {a.blob} takes {n_in}")
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise UsageError(f"--data {a.data}: labels {int(y.min())}..{int(y.max())}, the model "
+                         f"has {n_classes} classes (0..{n_classes - 1})")
     state = Path(a.state) if a.state else None
     start = a.start
     if state is not None and state.is_file() and a.resume:
-        start = int(_json.loads(state.read_text())["next"])
-    if not a.blob:
-        print("kilolearn stream: give --blob (the model to load; it also says how to "
-              "encode the samples)", file=sys.stderr)
-        return 2
-    with session.open_device(a.board, a.port) as client:
-        blob = Path(a.blob).read_bytes()
+        start = _resume_point(state, len(x))
+    if start >= len(x):
+        raise UsageError(f"--start {start} is past the data: {a.data} has {len(x):,} samples "
+                         f"(0..{len(x) - 1:,})")
+    xs = stream.encode(x, blob)
+    with _device(a) as client:
         if not a.resume or start == 0:
             client.load(blob)
-        xs = stream.encode(x, blob)
         tty = sys.stdout.isatty()
         res = stream.stream(client, xs, y, a.mode, start, state,
                             (lambda i, n: print(f"  {i}/{n}", end="\r", flush=True))
@@ -151,6 +190,61 @@ def cmd_stream(a: argparse.Namespace) -> int:
         d = res.as_dict() | ({"raw_bytes_per_s": raw} if raw else {})
         Path(a.json).write_text(_json.dumps(d, indent=2))
     return 0
+
+
+@contextlib.contextmanager
+def _device(a: argparse.Namespace) -> Iterator[protocol.Client]:
+    """session.open_device for --board / --port; a port that cannot be opened, a device that
+    does not answer, hangs up or does not speak the protocol: one UsageError naming it."""
+    from . import session
+
+    where = f"--port {a.port}" if a.port else f"--board {a.board}"
+    try:
+        with session.open_device(a.board, a.port, timeout=a.timeout) as client:
+            yield client
+    except protocol.LinkTimeout as e:
+        raise UsageError(f"{where}: the device did not reply within {a.timeout:g} s"
+                         + ("" if str(e) == "no reply" else f" ({ca.one_line(str(e))})")
+                         + ": is it running the kilolearn session firmware? (--timeout)"
+                         ) from None
+    except protocol.FrameError as e:
+        raise UsageError(f"{where}: the device's replies are not kilolearn session frames "
+                         f"({ca.one_line(str(e))})") from None
+    except Exception as e:
+        if not any(c.__module__.startswith("serial") for c in type(e).__mro__):
+            raise
+        raise UsageError(f"{where}: {ca.one_line(str(e)) or type(e).__name__}") from None
+
+
+def _read_blob(blob: bytes, what: str) -> export.Blob:
+    """export.read with any failure as one UsageError naming ``what``."""
+    try:
+        return export.read(blob)
+    except Exception as e:  # noqa: BLE001 - random bytes may break the reader anywhere
+        msg = ca.one_line(str(e)) or type(e).__name__
+        if not isinstance(e, export.BlobError):
+            msg = f"not a valid kilolearn blob ({type(e).__name__}: {msg})"
+        raise UsageError(f"{what}: {msg}") from None
+
+
+def _io_sizes(g: model.Graph) -> tuple[int, int]:
+    """(inputs, outputs) of a graph."""
+    return int(np.prod(g.shapes[g.input])), int(np.prod(g.shapes[g.output]))
+
+
+def _resume_point(state: Path, n: int) -> int:
+    """The next sample recorded in a --state file."""
+    try:
+        nxt = json.loads(state.read_text())["next"]
+        if not isinstance(nxt, int) or isinstance(nxt, bool) or not 0 <= nxt <= n:
+            raise ValueError(f"'next' must be a sample index from 0 to {n:,}, not {nxt!r}")
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--state {state}: not a progress file of kilolearn stream "
+                         f"({ca.one_line(str(e)) or type(e).__name__})") from None
+    if nxt == n:
+        raise UsageError(f"--state {state}: every one of the {n:,} samples was sent already "
+                         "(drop --resume to start again)")
+    return nxt
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -189,29 +283,25 @@ def cmd_bench_kernels(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    sizes = [int(s) for s in a.sizes.split("-")]
+    sizes = a.sizes
+    if a.dtype == "s8" and sizes[0] != 64:
+        raise UsageError(f"--sizes {'-'.join(map(str, sizes))}: int8 export calibrates on "
+                         "digits, the input must have 64 features")
     m = model.mlp(sizes)
     p = m.init(a.seed)
     if a.dtype == "f32":
         blob = export.export_f32(m.graph, p)
     else:
         ds = datasets.digits()
-        if ds.x_train.shape[1] != sizes[0]:
-            print("int8 export calibrates on digits: the input must have 64 features",
-                  file=sys.stderr)
-            return 2
         blob = export.export_s8(reference.quantize_model(m.graph, p, ds.x_train[:200]))
     Path(a.output).write_bytes(blob)
-    print(f"wrote {a.output}: {len(blob):,} bytes, {a.dtype}, layers {a.sizes}")
+    print(f"wrote {a.output}: {len(blob):,} bytes, {a.dtype}, layers "
+          f"{'-'.join(map(str, sizes))}")
     return 0
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    try:
-        b = export.read(Path(a.blob).read_bytes())
-    except export.BlobError as e:
-        print(f"{a.blob}: {e}", file=sys.stderr)
-        return 1
+    b = _read_blob(Path(a.blob).read_bytes(), a.blob)
     print(f"{a.blob}: kilolearn blob, format {export.VERSION[0]}.x, "
           f"{'float32' if b.dtype == export.DTYPE_F32 else 'int8'}")
     g = b.graph
@@ -236,67 +326,83 @@ def cmd_footprint(a: argparse.Namespace) -> int:
     return footprint.run(a)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="kilolearn", description="on-device training for MCUs")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kilolearn`` parser with every subcommand (its errors: one line, exit 2)."""
+    ap = ca.Parser(prog="kilolearn", description="on-device training for MCUs",
+                   epilog="exit status: 0 done, 2 bad arguments or input (one line on stderr), "
+                   "1 the run failed or an internal error (KILOLEARN_DEBUG=1 shows the "
+                   "traceback), 3 footprint over a limit, 130 interrupted")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    lr_help = "SGD learning rate, in (0, 10]"
 
     t = sub.add_parser("train", help="train a model on a board beside the numpy reference")
     t.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host"])
     t.add_argument("--dtype", default="both", choices=["f32", "s8", "both"])
-    t.add_argument("--data", default="digits")
+    t.add_argument("--data", default="digits", choices=DATASETS)
     t.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
-    t.add_argument("--hidden", type=int, default=32,
+    t.add_argument("--hidden", type=ca.IntRange(1, 4096), default=32,
                    help="MLP hidden units; the CNN uses hidden/4 and hidden/2 channels")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--lr", type=float, default=0.05)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--json", help="write the results as JSON to this file")
+    t.add_argument("--epochs", type=ca.EPOCHS, default=20)
+    t.add_argument("--lr", type=ca.LR, default=0.05, help=lr_help)
+    t.add_argument("--seed", type=ca.SEED, default=0)
+    t.add_argument("--json", type=ca.OutFile(), help="write the results as JSON to this file")
     t.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("session", help="a class-incremental continual-learning session on a "
                        "device (the main job)")
     s.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host", "host-pty"],
                    help="emulated board started here (default) or the host build")
-    s.add_argument("--port", help="pyserial URL of a real board instead: /dev/ttyACM0, "
-                   "socket://host:port")
-    s.add_argument("--data", default="digits")
+    s.add_argument("--port", type=ca.PortUrl(), help="pyserial URL of a real board instead: "
+                   "/dev/ttyACM0, socket://host:port")
+    s.add_argument("--timeout", type=ca.TIMEOUT, default=20.0, metavar="SECONDS",
+                   help="wait this long for each reply (3 retries; default 20)")
+    s.add_argument("--data", default="digits", choices=DATASETS)
     s.add_argument("--strategy", default="all", choices=["all", "replay", "naive", "joint"])
-    s.add_argument("--epochs", type=int, default=3)
-    s.add_argument("--lr", type=float, default=0.05)
-    s.add_argument("--replay-cap", type=int, default=200)
-    s.add_argument("--replay-ratio", type=int, default=2)
-    s.add_argument("--seed", type=int, default=2)
-    s.add_argument("--update", metavar="POLICY:FRACTION",
+    s.add_argument("--epochs", type=ca.EPOCHS, default=3)
+    s.add_argument("--lr", type=ca.LR, default=0.05, help=lr_help)
+    s.add_argument("--replay-cap", type=ca.IntRange(1, 65535), default=None, metavar="N",
+                   help="latents the replay buffer holds (default: 200, or as many as the "
+                   "device's arena holds)")
+    s.add_argument("--replay-ratio", type=ca.IntRange(0, 100), default=2)
+    s.add_argument("--seed", type=ca.SEED, default=2)
+    s.add_argument("--update", type=ca.UpdateSpec(), metavar="POLICY:FRACTION",
                    help="selective updates on the device (CONFIG), e.g. topr:0.2, "
                    "channel-norm:0.5, channel-sparse:0.5 (docs/selective-updates.md)")
     s.add_argument("--no-reference", action="store_true", help="skip the numpy twin")
-    s.add_argument("--bench-link", type=int, metavar="N", default=0,
+    s.add_argument("--bench-link", type=ca.IntRange(0, 1_000_000), metavar="N", default=0,
                    help="instead: stream N TRAIN frames and compare with the raw link rate")
-    s.add_argument("--json", help="write the results as JSON to this file")
-    s.add_argument("--plot", help="write a PNG of accuracy over tasks to this file")
+    s.add_argument("--json", type=ca.OutFile(), help="write the results as JSON to this file")
+    s.add_argument("--plot", type=ca.OutFile(ca.PLOT_SUFFIXES),
+                   help="write a plot of accuracy over tasks to this .png/.pdf/.svg file")
     s.set_defaults(fn=cmd_session)
 
     st = sub.add_parser("stream", help="send a data set to a board as TRAIN/EVAL frames")
     st.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host", "host-pty"])
-    st.add_argument("--port", help="pyserial URL of a real board instead")
-    st.add_argument("--blob", help="model to LOAD first (also gives the input encoding)")
-    st.add_argument("--data", default="digits", help="built-in name, .npz (x, y) or .csv")
+    st.add_argument("--port", type=ca.PortUrl(), help="pyserial URL of a real board instead")
+    st.add_argument("--timeout", type=ca.TIMEOUT, default=20.0, metavar="SECONDS",
+                    help="wait this long for each reply (3 retries; default 20)")
+    st.add_argument("--blob", type=ca.InFile("blob"),
+                    help="model to LOAD first (also gives the input encoding)")
+    st.add_argument("--data", default="digits", type=ca.DataSource(DATASETS),
+                    help="built-in name, .npz (x, y) or .csv")
     st.add_argument("--split", default="train", choices=["train", "test"])
     st.add_argument("--mode", default="train", choices=["train", "eval"])
-    st.add_argument("--start", type=int, default=0, help="first sample to send")
-    st.add_argument("--state", help="file recording progress (with --resume: continue there)")
+    st.add_argument("--start", type=ca.IntRange(0, 1 << 31), default=0,
+                    help="first sample to send")
+    st.add_argument("--state", type=ca.OutFile(),
+                    help="file recording progress (with --resume: continue there)")
     st.add_argument("--resume", action="store_true")
     st.add_argument("--compare-raw", action="store_true",
                     help="also measure the raw link rate with back-to-back frames")
-    st.add_argument("--json")
+    st.add_argument("--json", type=ca.OutFile())
     st.set_defaults(fn=cmd_stream)
 
     b = sub.add_parser("bench", help="instructions per training sample on emulated boards")
     b.add_argument("--boards", nargs="+", default=BOARDS, choices=BOARDS)
-    b.add_argument("--epochs", type=int, default=20)
+    b.add_argument("--epochs", type=ca.EPOCHS, default=20)
     b.add_argument("--profile", action="store_true",
                    help="also split each step into forward / loss / backward / update")
-    b.add_argument("--json")
+    b.add_argument("--json", type=ca.OutFile())
     b.set_defaults(fn=cmd_bench)
 
     k = sub.add_parser("bench-kernels", help="int8 kernels: instructions per MAC, ref vs dsp")
@@ -306,14 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     k.set_defaults(fn=cmd_bench_kernels)
 
     e = sub.add_parser("export", help="export a freshly initialised MLP to a .klm blob")
-    e.add_argument("output")
-    e.add_argument("--sizes", default="64-32-10")
+    e.add_argument("output", type=ca.OutFile())
+    e.add_argument("--sizes", default=[64, 32, 10], type=ca.Sizes(),
+                   help="layer sizes, input to classes (default 64-32-10)")
     e.add_argument("--dtype", default="f32", choices=["f32", "s8"])
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=ca.SEED, default=0)
     e.set_defaults(fn=cmd_export)
 
     i = sub.add_parser("info", help="check a .klm blob and list its layers")
-    i.add_argument("blob")
+    i.add_argument("blob", type=ca.InFile("blob"))
     i.set_defaults(fn=cmd_info)
 
     from . import importer
@@ -350,12 +457,24 @@ def main(argv: list[str] | None = None) -> int:
     from .planner import add_cli as add_plan_cli
 
     add_plan_cli(sub)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    prog = f"kilolearn {a.cmd}"
     try:
         return a.fn(a)
-    except (build.BuildError, RuntimeError, ValueError) as err:
-        print(f"kilolearn {a.cmd}: {err}", file=sys.stderr)
+    except BrokenPipeError:  # stdout closed early (| head): nothing left to say
+        try:
+            sys.stdout = open(os.devnull, "w")  # no flush error at exit
+        except OSError:
+            pass
         return 1
+    except (Exception, KeyboardInterrupt) as err:  # one line, never a traceback
+        if ca.debug() and not isinstance(err, UsageError | KeyboardInterrupt):
+            raise
+        return ca.report(prog, err)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ node and the supported ops: there is no silent fallback.
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -712,41 +713,107 @@ def summary(imp: Imported) -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="a .onnx or .tflite file")
-    p.add_argument("-o", "--output", help="the .klm blob to write (default: MODEL.klm)")
+    from . import cliargs as ca
+
+    p.add_argument("model", type=ca.InFile("model", (".onnx", ".tflite")),
+                   help="a .onnx or .tflite file")
+    p.add_argument("-o", "--output", type=ca.OutFile(),
+                   help="the .klm blob to write (default: MODEL.klm)")
     p.add_argument("--dtype", choices=["f32", "s8"],
                    help="blob type (default: s8 for an int8 TFLite model, else f32)")
-    p.add_argument("--train-last", type=int, metavar="N",
+    p.add_argument("--train-last", type=ca.IntRange(0, 65535), metavar="N",
                    help="train only the last N layers with weights (default: all)")
     p.add_argument("--train", choices=["all", "none", "bias"], default="all",
                    help="what trains in the chosen layers (bias: needs engine support)")
-    p.add_argument("--calib", metavar="X.npy",
+    p.add_argument("--calib", metavar="X.npy", type=ca.InFile("calibration array", (".npy",)),
                    help="calibration inputs for --dtype s8 from a float model, in the model's "
                         "own layout (N, C, H, W for ONNX); default: 64 uniform [0, 1) samples")
     p.add_argument("--requantize", action="store_true",
                    help="int8 TFLite: calibrate afresh instead of keeping its quantisation")
 
 
+def load_checked(path: str | Path) -> Imported:
+    """``load`` for the command line: anything a broken or foreign file makes the parsers
+    raise becomes an UnsupportedModel naming the file; a model with fewer than two outputs is
+    refused (kilolearn trains classifiers)."""
+    p = Path(path)
+    kind = "ONNX" if p.suffix.lower() == ".onnx" else "TFLite"
+    if kind == "TFLite":
+        with open(p, "rb") as f:
+            head = f.read(8)
+        if len(head) < 8 or head[4:8] != b"TFL3":
+            raise UnsupportedModel(f"{p}: not a TFLite flatbuffer (no TFL3 identifier)")
+    try:
+        imp = load(p)
+    except UnsupportedModel as e:
+        raise UnsupportedModel(f"{p.name}: {e}") from None
+    except ModuleNotFoundError as e:
+        raise UnsupportedModel(f"importing {kind} needs the {e.name} package: pip install "
+                               "'kilolearn[import]'") from None
+    except (MemoryError, RecursionError) as e:
+        raise UnsupportedModel(f"{p}: not a valid {kind} model ({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - a malformed file may break a parser anywhere
+        msg = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UnsupportedModel(f"{p}: not a valid {kind} model ({type(e).__name__}: "
+                               f"{msg})") from None
+    n_out = int(np.prod(imp.graph.shapes[imp.graph.output]))
+    if n_out < 2:
+        raise UnsupportedModel(f"{p.name}: the model has {n_out} output(s); kilolearn trains "
+                               "classifiers (at least 2 classes)")
+    return imp
+
+
+def _calibration(imp: Imported, path: str) -> np.ndarray:
+    """--calib: (N, ...) inputs in the model's own layout -> (N, features) finite float32."""
+    from .cliargs import UsageError
+
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise UsageError(f"--calib {path}: not a .npy array ({e})") from None
+    if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "biuf" or raw.ndim < 1 or \
+            len(raw) == 0:
+        raise UsageError(f"--calib {path}: expected a numeric (N, ...) array of N >= 1 inputs")
+    n_in = imp.graph.n_inputs
+    with np.errstate(over="ignore", invalid="ignore"):
+        calib = imp.to_hwc(raw)
+    if calib.shape[1] != n_in:
+        raise UsageError(f"--calib {path}: inputs of {calib.shape[1]} values (shape "
+                         f"{raw.shape}), the model takes {n_in}")
+    if not np.isfinite(calib).all():
+        raise UsageError(f"--calib {path}: NaN, infinite or too large values")
+    return calib
+
+
 def run(a) -> int:
     from . import export
+    from .cliargs import UsageError, check_writable
     from .reference import quantize_model
 
-    imp = load(a.model)
+    out = Path(a.output or Path(a.model).with_suffix(".klm"))
+    if not a.output:
+        try:
+            check_writable(str(out))
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"cannot write the default output: {e} (give -o)") from None
+    imp = load_checked(a.model)
     set_trainable(imp, a.train_last, a.train)
     dtype = a.dtype or ("s8" if imp.qmodel is not None else "f32")
+    calibrate = dtype == "s8" and (imp.qmodel is None or a.requantize)
+    if a.calib and not calibrate:
+        raise UsageError(f"--calib {a.calib}: not used: only an int8 blob from a float model "
+                         "(--dtype s8) or --requantize calibrates")
+    calib = _calibration(imp, a.calib) if a.calib else None
     if dtype == "f32":
         blob = export.export_f32(imp.graph, imp.params)
     elif imp.qmodel is not None and not a.requantize:
         blob = export.export_s8(imp.qmodel)
     else:
-        if a.calib:
-            calib = imp.to_hwc(np.load(a.calib))
-        else:
+        if calib is None:
             calib = np.random.default_rng(0).uniform(0, 1, (64, imp.graph.n_inputs))
             imp.notes.append("int8 scales calibrated on 64 uniform [0, 1) inputs (give --calib "
                              "with real data)")
         blob = export.export_s8(quantize_model(imp.graph, imp.params, calib))
-    out = Path(a.output or Path(a.model).with_suffix(".klm"))
     out.write_bytes(blob)
     print(summary(imp))
     print(f"wrote {out}: {len(blob):,} bytes, {dtype}, "

@@ -130,7 +130,9 @@ def add_arguments(p) -> None:
                    help="boards to run on (default: the M4 and the M7)")
     p.add_argument("--edge", action="store_true",
                    help="also list the odd-shaped self-test layers")
-    p.add_argument("--json", help="write the measurements as JSON to this file")
+    from .cliargs import OutFile
+
+    p.add_argument("--json", type=OutFile(), help="write the measurements as JSON to this file")
     p.add_argument("--cmsis-nn", action="store_true",
                    help="also the CMSIS-NN backend's forward kernels (a CMSIS-NN tree from "
                         "$KILOLEARN_CMSIS_NN or the Zephyr workspace of $ZEPHYR_BASE)")
@@ -141,6 +143,11 @@ def main(a) -> int:
 
     from tabulate import tabulate
 
+    from .cliargs import UsageError
+
+    if a.cmsis_nn and build.cmsis_nn_dir() is None:
+        raise UsageError("--cmsis-nn: no CMSIS-NN source tree (set KILOLEARN_CMSIS_NN or "
+                         "ZEPHYR_BASE)")
     rows, out, bad = [], [], []
     for board in a.boards:
         r = run(board, cmsis_nn=a.cmsis_nn)

@@ -498,6 +498,11 @@ class _GridDp:
         pad = int(An.max() + Gn.max()) + self.pin + 1
         self.pad = pad
         W = pad + L + pad  # [inf pad | levels 0..L-1 | the last level repeated]
+        need = 2 * (n + 1) * (n + 1) * W * 8
+        if need > GRID_MEMORY_MAX:  # tensors far larger than the budget: refuse, do not swap
+            raise PlanError(f"the planner's grid would need {need / 2**30:.1f} GiB ({n} ops, "
+                            f"{L} levels of {self.q:,} B, tensors up to {max(ch.a):,} B): "
+                            "the model is too large for the budget")
         # Ch[d, s, pad + m] = C(s, s + d, m, held), Cn: the end bundle not held
         self.Ch = np.full((n + 1, n + 1, W), INF)
         self.Cn = np.full((n + 1, n + 1, W), INF)
@@ -650,6 +655,7 @@ class _GridDp:
 
 
 GRID_LEVELS = 256
+GRID_MEMORY_MAX = 2 << 30  # bytes the grid DP may take; more raises PlanError
 
 
 def chain_plan(ch: Chain, m: int, levels: int = GRID_LEVELS) -> tuple[float, list[tuple]]:
@@ -1050,7 +1056,9 @@ def optimal(mm: MemModel, budget: int, *, chain: Chain | None = None) -> Plan | 
         hi_m = m + m // 4
         if ch.n <= EXACT_MAX:
             cands.append(_probe_bounds(mm, budget, m, hi_m, 1, lambda mb: _search(ch, mb)))
-        else:  # one grid DP serves every bound up to hi_m; sizes rounded up, and to nearest
+        elif max(ch.a) <= 2 * hi_m:  # one grid DP serves every bound up to hi_m; sizes
+            # rounded up, and to nearest (a larger bundle fits no bound: every real plan holds
+            # each bundle once, so no plan of the DP could pass the real-peak check)
             q = max(1, -(-hi_m // GRID_LEVELS))
             for nearest in (False, True):
                 dp = _GridDp(ch, hi_m // q + 1, q, nearest=nearest)
@@ -1146,19 +1154,42 @@ def phase_rows(pl: Plan) -> list[str]:
             for k, (op, ck, live) in enumerate(pl.phases)]
 
 
+def _check_plan_args(a):  # noqa: ANN001, ANN202
+    """What ``kilolearn plan`` checks before planning: (graph, dtype, budget)."""
+    from pathlib import Path
+
+    from . import export
+    from .cliargs import UsageError, need_matplotlib
+
+    budget = (a.budget if isinstance(a.budget, int) else budget_of(a.budget)) - a.reserve
+    if budget < 1:
+        raise UsageError(f"--reserve {a.reserve:,} leaves no arena of the budget "
+                         f"{budget + a.reserve:,} B")
+    if a.write and not a.blob:
+        raise UsageError("--write needs --blob (the model to attach the schedule to)")
+    if getattr(a, "curve", None):
+        need_matplotlib("--curve")
+    if a.blob:
+        try:
+            b = export.read(Path(a.blob).read_bytes())
+        except export.BlobError as e:
+            raise UsageError(f"--blob {a.blob}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - random bytes may break the reader anywhere
+            raise UsageError(f"--blob {a.blob}: not a valid kilolearn blob "
+                             f"({type(e).__name__}: {e})") from None
+        g, dtype = b.graph, ("f32" if b.qmodel is None else "s8")
+    else:
+        g, dtype = _model_from_args(a).graph, a.dtype
+    if getattr(a, "measure", None) and dtype != "s8":
+        raise UsageError("--measure runs int8 training only (--dtype s8 or an int8 --blob)")
+    return g, dtype, budget
+
+
 def cmd_plan(a) -> int:  # noqa: ANN001
     from tabulate import tabulate
 
-    g = _graph_from_args(a)
-    dtype = a.dtype
-    if a.blob:
-        from pathlib import Path
-
-        from . import export
-
-        dtype = "f32" if export.read(Path(a.blob).read_bytes()).qmodel is None else "s8"
+    g, dtype, budget = _check_plan_args(a)
     mm = MemModel(g, dtype, target=a.target)
-    budget = budget_of(a.budget) - a.reserve
     plans = [baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")]
     t0 = time.perf_counter()
     opt = optimal(mm, budget)
@@ -1168,7 +1199,7 @@ def cmd_plan(a) -> int:  # noqa: ANN001
     for pl in plans + ([opt] if opt else []):
         rows.append([pl.name, f"{pl.peak:,}", f"{pl.extra_pct:.1f} %", len(pl.phases),
                      "yes" if pl.peak <= budget else "no"])
-    print(f"{len(g.ops)} ops, {sum(mm.macs):,} MACs per forward pass, {a.dtype}, target "
+    print(f"{len(g.ops)} ops, {sum(mm.macs):,} MACs per forward pass, {dtype}, target "
           f"{a.target}; arena budget {budget:,} B (static part {mm.static_bytes():,} B: "
           "bookkeeping, weight copies, scratch)")
     print(tabulate(rows, headers=["plan", "arena peak B", "extra MACs", "recompute phases",
@@ -1182,15 +1213,13 @@ def cmd_plan(a) -> int:  # noqa: ANN001
     for r in phase_rows(opt):
         print(r)
     if getattr(a, "curve", None):
-        title = (f"{a.model} alpha {a.alpha} {a.input}x{a.input}, {dtype}, {len(g.ops)} ops"
+        alpha = a.alpha or (0.25 if a.model == "mobilenet_v1" else 0.35)
+        title = (f"{a.model} alpha {alpha} {a.input}x{a.input}, {dtype}, {len(g.ops)} ops"
                  if not a.blob else a.blob)
         rows = plot_curve(mm, a.curve, title, budget)
         print(tabulate(rows, headers=["budget B", "arena peak B", "extra MACs %"]))
         print(f"wrote {a.curve}")
     if getattr(a, "measure", None):
-        if dtype != "s8":
-            print("--measure runs int8 training only")
-            return 2
         _measure(a, g, mm, plans[0], opt)
     if a.write:
         write_blob(a.blob, opt, a.write)
@@ -1241,21 +1270,30 @@ def write_blob(src: str | None, pl: Plan, dst: str) -> None:
 
 
 def add_cli(sub) -> None:  # noqa: ANN001
+    from . import cliargs as ca
+
     p = sub.add_parser("plan", help="checkpointed-backprop schedule for an SRAM budget")
-    p.add_argument("--budget", required=True, help="arena bytes (262144, 256K) or a board name")
-    p.add_argument("--reserve", type=int, default=0, help="bytes of the budget not for the arena")
+    p.add_argument("--budget", required=True, type=ca.Budget(),
+                   help="arena bytes (262144, 256K) or a board name")
+    p.add_argument("--reserve", type=ca.IntRange(0, ca.U32), default=0,
+                   help="bytes of the budget not for the arena")
     p.add_argument("--model", default="mobilenet_v1",
                    choices=["mobilenet_v1", "mobilenet_v2", "cnn"])
-    p.add_argument("--blob", help="plan the graph of this .klm instead")
-    p.add_argument("--write", help="with --blob: write that model with the optimal schedule "
+    p.add_argument("--blob", type=ca.InFile("blob"), help="plan the graph of this .klm instead")
+    p.add_argument("--write", type=ca.OutFile(),
+                   help="with --blob: write that model with the optimal schedule "
                    "(format 2.1, 2.3 with compact steps) to this path")
-    p.add_argument("--input", type=int, default=96, help="input resolution (H = W)")
-    p.add_argument("--alpha", type=float, default=0.0, help="width multiplier")
+    p.add_argument("--input", type=ca.IntRange(8, 512), default=96,
+                   help="input resolution (H = W) of the MobileNets")
+    p.add_argument("--alpha", type=ca.FloatRange(0.0, 2.0), default=None,
+                   help="width multiplier of the MobileNets, in (0, 2] (default: v1 0.25, "
+                   "v2 0.35)")
     p.add_argument("--dtype", default="s8", choices=["s8", "f32"])
     p.add_argument("--target", default="arm", choices=list(TARGET_PTR))
-    p.add_argument("--curve", help="also plot extra MACs vs budget (optimal, store-all, "
-                   "sqrt(n)) to this PNG and print its table")
-    p.add_argument("--measure", metavar="BOARD",
+    p.add_argument("--curve", type=ca.OutFile(ca.PLOT_SUFFIXES),
+                   help="also plot extra MACs vs budget (optimal, store-all, "
+                   "sqrt(n)) to this .png/.pdf/.svg and print its table")
+    p.add_argument("--measure", metavar="BOARD", choices=ca.BOARDS + ["host"],
                    help="also train with the plans on BOARD (mps2-an386, ..., host): the "
                    "measured arena high-water mark and instructions per sample")
     p.set_defaults(fn=cmd_plan)

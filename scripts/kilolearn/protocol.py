@@ -248,6 +248,7 @@ class Client:
         self.seq = 0
         self.bytes_sent = 0
         self.max_payload = 1024
+        self.last_info: Info | None = None
         self.info()
 
     def request(self, cmd: int, payload: bytes = b"") -> bytes:
@@ -276,9 +277,12 @@ class Client:
     def info(self) -> Info:
         self.seq = 0
         p = self.request(INFO)
+        if len(p) < struct.calcsize("<HHHBBHHHIII"):
+            raise FrameError(f"INFO reply of {len(p)} bytes: not a kilolearn session device")
         v = struct.unpack_from("<HHHBBHHHIII", p)
         info = Info(v[0], v[1], v[2], bool(v[3]), v[4], v[5], v[6], v[7], v[8], v[9], v[10])
         self.max_payload = info.max_payload
+        self.last_info = info
         return info
 
     def load(self, blob: bytes) -> None:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +37,13 @@ class Scenario:
     seed: int = 2
     classes_per_task: int = 2
     update: tuple[str, float] | None = None  # selective-update policy and fraction updated
+    #: when replay_cap latents do not fit the device's arena: hold as many as fit (else
+    #: DoesNotFit says how many would)
+    fit_replay: bool = False
+
+
+class DoesNotFit(ValueError):
+    """The scenario asks the device for more arena than it has."""
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Result:
     reference_acc_after_task: list[float] = field(default_factory=list)
     stats: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    replay_cap: int = 0  # latents the replay buffer held (0: no replay)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,9 +81,9 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def open_device(board: str = "mps2-an386", url: str | None = None,
-                sanitize: bool = False) -> Iterator[protocol.Client]:
+                sanitize: bool = False, timeout: float = 20.0) -> Iterator[protocol.Client]:
     """A client for a device: a pyserial URL, the host build, or a QEMU board started here with
-    its UART on a local TCP socket."""
+    its UART on a local TCP socket. ``timeout``: seconds to wait for each reply."""
     if url is not None:
         link: protocol.Link = protocol.SerialLink(url)
         proc = None
@@ -108,7 +116,7 @@ def open_device(board: str = "mps2-an386", url: str | None = None,
                                 stderr=subprocess.PIPE)
         link = _connect(f"socket://127.0.0.1:{port}", proc)
     try:
-        yield protocol.Client(link)
+        yield protocol.Client(link, timeout=timeout)
     finally:
         link.close()
         if proc is not None:
@@ -158,10 +166,51 @@ class _Reference:
         return self.t.predict(xs)
 
 
+def replay_bytes(cap: int, latent: int, n_classes: int) -> int:
+    """Arena bytes of a replay buffer (kl_replay_reserve): the latents (each on a 4-byte
+    boundary), 2 cap + 2 bytes of labels, 2 and 4 bytes per class, each part 4-aligned."""
+    def a4(n: int) -> int:
+        return (n + 3) // 4 * 4
+
+    return cap * a4(latent) + a4(2 * cap + 2) + a4(2 * n_classes) + 4 * n_classes
+
+
+def _fit_replay(client: protocol.Client, cap: int, cfg: dict, latent: int, n_classes: int,
+                fit: bool) -> tuple[int, str]:
+    """After CONFIG with ``cap`` latents failed with KL_ENOMEM: the arena the model takes (a
+    CONFIG without latents, then STATS) and the largest capacity that fits the arena INFO
+    reported. Returns (capacity, note) when ``fit``, else raises DoesNotFit."""
+    arena = (client.last_info or client.info()).arena_size
+    try:
+        client.config(replay_cap=0, **cfg)
+    except protocol.DeviceError as e:
+        if e.status != ENOMEM:
+            raise
+        raise DoesNotFit(f"the model does not fit the device's {arena:,}-byte arena") from None
+    base = client.stats().arena_used - replay_bytes(0, latent, n_classes)
+    lo, hi = 0, max(0, (arena - base) // max(latent, 1)) + 1
+    while hi - lo > 1:  # the largest capacity whose buffer fits
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if base + replay_bytes(mid, latent, n_classes) <= arena else (lo, mid)
+    what = (f"replay capacity {cap} latents ({replay_bytes(cap, latent, n_classes):,} B) does "
+            f"not fit the device's {arena:,}-byte arena, the model takes {base:,} B")
+    if lo < 1:
+        raise DoesNotFit(f"{what}: no replay buffer fits (a latent takes {latent} B)")
+    if not fit:
+        raise DoesNotFit(f"{what}: at most {lo} latents fit")
+    return lo, f"{what}: using {lo} latents"
+
+
+ENOMEM = -12
+
+
 def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
         ds: datasets.Dataset | None = None, with_reference: bool = True,
-        progress: Callable[[str], None] | None = None) -> Result:
-    """Run one strategy of the class-incremental scenario on the device (and in numpy)."""
+        progress: Callable[[str], None] | None = None,
+        note: Callable[[str], None] | None = None) -> Result:
+    """Run one strategy of the class-incremental scenario on the device (and in numpy).
+    A replay buffer of ``sc.replay_cap`` latents that does not fit the device's arena raises
+    DoesNotFit, or with ``sc.fit_replay`` shrinks to what fits (said through ``note``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}")
     sc = sc or Scenario()
@@ -174,13 +223,24 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
     replay = strategy == "replay"
     t0 = time.monotonic()
     client.load(export.export_s8(qm))
-    client.config(lr=sc.lr, seed=sc.seed, cut=g.ops[0].output if replay else protocol.NO_CUT,
-                  replay_cap=sc.replay_cap if replay else 0,
-                  replay_ratio=sc.replay_ratio if replay else 0, classes=b"",
-                  update=None if sc.update is None else
-                  (selective.policy_id(sc.update[0]), selective.permille(sc.update[1])))
+    cfg = dict(lr=sc.lr, seed=sc.seed, cut=g.ops[0].output if replay else protocol.NO_CUT,
+               replay_ratio=sc.replay_ratio if replay else 0, classes=b"",
+               update=None if sc.update is None else
+               (selective.policy_id(sc.update[0]), selective.permille(sc.update[1])))
+    cap = sc.replay_cap if replay else 0
+    try:
+        client.config(replay_cap=cap, **cfg)
+    except protocol.DeviceError as e:
+        if not (replay and e.status == ENOMEM):
+            raise
+        latent = int(np.prod(g.shapes[g.ops[0].output]))  # int8
+        cap, msg = _fit_replay(client, cap, cfg, latent, ds.n_classes, sc.fit_replay)
+        if note is not None:
+            note(msg)
+        client.config(replay_cap=cap, **cfg)
+        sc = replace(sc, replay_cap=cap)
     ref = _Reference(qm, sc, replay, ds.n_classes) if with_reference else None
-    res = Result(strategy)
+    res = Result(strategy, replay_cap=cap)
     tasks = tasks_of(ds, sc.classes_per_task)
     rng = np.random.default_rng(sc.seed)
     if strategy == "joint":  # one task holding every class, as many steps as replay takes

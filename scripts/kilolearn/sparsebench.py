@@ -230,14 +230,18 @@ def run(a: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--board", default="mps2-an386")
+    from .cliargs import BOARDS, FloatRange, IntRange, OutFile
+
+    p.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host"])
     p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(train.MODELS))
     p.add_argument("--policies", nargs="+", default=["topr", "channel-norm", "channel-sparse"],
                    choices=[k for k in selective.POLICIES if k != "all"])
-    p.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.2, 0.1, 0.75],
+    p.add_argument("--fractions", nargs="+", type=FloatRange(0.001, 1.0, lo_open=False),
+                   default=[0.5, 0.2, 0.1, 0.75],
                    help="fractions updated (0.75 and 0.5 of channel-sparse are 25 %% and 50 %% "
                    "of channels frozen)")
-    p.add_argument("--epochs", type=int, default=0, help="default: MLP 20, CNN 10")
-    p.add_argument("--commit-every", type=int, nargs="+", default=[10, 100],
+    p.add_argument("--epochs", type=IntRange(0, 1000), default=0,
+                   help="default (0): MLP 20, CNN 10")
+    p.add_argument("--commit-every", type=IntRange(1, 1_000_000), nargs="+", default=[10, 100],
                    help="commit intervals (training steps) of the traffic tables")
-    p.add_argument("--json", help="write every run as JSON to this file")
+    p.add_argument("--json", type=OutFile(), help="write every run as JSON to this file")

@@ -97,6 +97,13 @@ def _duration(seconds: float) -> str:
 
 
 def run(a: argparse.Namespace) -> int:
+    from .cliargs import UsageError
+
+    for every in a.every:
+        if every * a.commits > MAX_STEPS:
+            raise UsageError(f"--every {every} x --commits {a.commits} = "
+                             f"{every * a.commits:,} training steps in a run, more than "
+                             f"{MAX_STEPS:,}")
     exe = build.build("host", target="kl_session")
     blob = session_blob()
     rows = []
@@ -124,11 +131,16 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
+MAX_STEPS = 10_000_000  # training steps of one run (--every x --commits)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cliargs import IntRange, OutFile
+
     p.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
-    p.add_argument("--every", nargs="+", type=int, default=[10, 100, 1000],
+    p.add_argument("--every", nargs="+", type=IntRange(1, 100_000), default=[10, 100, 1000],
                    help="commit every N training steps")
-    p.add_argument("--commits", type=int, default=120,
+    p.add_argument("--commits", type=IntRange(1, 100_000), default=120,
                    help="commits per run (N x this many training steps; 120 divides evenly "
                    "over 2, 3 and 6 rotating slots)")
-    p.add_argument("--json", help="write the rows as JSON to this file")
+    p.add_argument("--json", type=OutFile(), help="write the rows as JSON to this file")
