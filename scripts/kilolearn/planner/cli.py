@@ -1,0 +1,187 @@
+"""`kilolearn plan`: the command line of the memory planner (plan, write, measure on a board)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from ..model import Graph
+from .curve import plot_curve
+from .memory import TARGET_PTR, MemModel, PlanError
+from .steps import Plan
+from .strategies import baseline, budget_of, min_budget, optimal
+
+# --------------------------------------------------------------------------- command line
+
+
+def _model_from_args(a):  # noqa: ANN001, ANN202
+    from .. import model as M
+
+    shape = (a.input, a.input, 3)
+    if a.model == "mobilenet_v1":
+        return M.mobilenet_v1(shape, 10, alpha=a.alpha or 0.25)
+    if a.model == "mobilenet_v2":
+        return M.mobilenet_v2(shape, 10, alpha=a.alpha or 0.35)
+    return M.small_cnn()
+
+
+def _graph_from_args(a) -> Graph:  # noqa: ANN001
+    from .. import export
+
+    if a.blob:
+        from pathlib import Path
+
+        return export.read(Path(a.blob).read_bytes()).graph
+    return _model_from_args(a).graph
+
+
+def phase_rows(pl: Plan) -> list[str]:
+    return [f"    phase {k}: backward at op {op}, checkpoints (tensors) {ck}, {live:,} B live"
+            for k, (op, ck, live) in enumerate(pl.phases)]
+
+
+def _check_plan_args(a):  # noqa: ANN001, ANN202
+    """What ``kilolearn plan`` checks before planning: (graph, dtype, budget)."""
+    from pathlib import Path
+
+    from .. import export
+    from ..cliargs import UsageError, need_matplotlib
+
+    budget = (a.budget if isinstance(a.budget, int) else budget_of(a.budget)) - a.reserve
+    if budget < 1:
+        raise UsageError(f"--reserve {a.reserve:,} leaves no arena of the budget "
+                         f"{budget + a.reserve:,} B")
+    if a.write and not a.blob:
+        raise UsageError("--write needs --blob (the model to attach the schedule to)")
+    if getattr(a, "curve", None):
+        need_matplotlib("--curve")
+    if a.blob:
+        try:
+            b = export.read(Path(a.blob).read_bytes())
+        except export.BlobError as e:
+            raise UsageError(f"--blob {a.blob}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - random bytes may break the reader anywhere
+            raise UsageError(f"--blob {a.blob}: not a valid kilolearn blob "
+                             f"({type(e).__name__}: {e})") from None
+        g, dtype = b.graph, ("f32" if b.qmodel is None else "s8")
+    else:
+        g, dtype = _model_from_args(a).graph, a.dtype
+    if getattr(a, "measure", None) and dtype != "s8":
+        raise UsageError("--measure runs int8 training only (--dtype s8 or an int8 --blob)")
+    return g, dtype, budget
+
+
+def cmd_plan(a) -> int:  # noqa: ANN001
+    from tabulate import tabulate
+
+    g, dtype, budget = _check_plan_args(a)
+    mm = MemModel(g, dtype, target=a.target)
+    plans = [baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")]
+    t0 = time.perf_counter()
+    opt = optimal(mm, budget)
+    dt = time.perf_counter() - t0
+    rows = [["engine without a schedule", f"{mm.store_all_bytes():,}", "0.0 %", "-",
+             "yes" if mm.store_all_bytes() <= budget else "no"]]
+    for pl in plans + ([opt] if opt else []):
+        rows.append([pl.name, f"{pl.peak:,}", f"{pl.extra_pct:.1f} %", len(pl.phases),
+                     "yes" if pl.peak <= budget else "no"])
+    print(f"{len(g.ops)} ops, {sum(mm.macs):,} MACs per forward pass, {dtype}, target "
+          f"{a.target}; arena budget {budget:,} B (static part {mm.static_bytes():,} B: "
+          "bookkeeping, weight copies, scratch)")
+    print(tabulate(rows, headers=["plan", "arena peak B", "extra MACs", "recompute phases",
+                                  "fits"]))
+    if opt is None:
+        mb = min_budget(mm)
+        print(f"NO PLAN FITS {budget:,} B; the smallest budget that fits is {mb:,} B")
+        return 1
+    print(f"optimal plan: {opt.peak:,} B (region {opt.region:,} B, live max "
+          f"{opt.live_peak:,} B), +{opt.extra_pct:.1f} % MACs, planned in {dt * 1000:.0f} ms")
+    for r in phase_rows(opt):
+        print(r)
+    if getattr(a, "curve", None):
+        alpha = a.alpha or (0.25 if a.model == "mobilenet_v1" else 0.35)
+        title = (f"{a.model} alpha {alpha} {a.input}x{a.input}, {dtype}, {len(g.ops)} ops"
+                 if not a.blob else a.blob)
+        rows = plot_curve(mm, a.curve, title, budget)
+        print(tabulate(rows, headers=["budget B", "arena peak B", "extra MACs %"]))
+        print(f"wrote {a.curve}")
+    if getattr(a, "measure", None):
+        _measure(a, g, mm, plans[0], opt)
+    if a.write:
+        write_blob(a.blob, opt, a.write)
+        with open(a.write, "rb") as f:
+            minor = f.read(8)[6]
+        print(f"wrote {a.write} (format 2.{minor}, {len(opt.steps)} steps)")
+    return 0
+
+
+def _measure(a, g: Graph, mm: MemModel, store_all: Plan, opt: Plan) -> None:  # noqa: ANN001
+    """--measure: the store-all plan with int32 sums and with every eligible step compact,
+    and the optimal plan, trained on the board; measured vs planned peak, insn per sample."""
+    from pathlib import Path
+
+    from tabulate import tabulate
+
+    from .. import export
+    from .. import planbench as B
+    from .. import reference as R
+
+    if a.blob:
+        qm = export.read(Path(a.blob).read_bytes()).qmodel
+    else:
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 1, (4,) + g.shapes[g.input]).astype(np.float32)
+        qm = R.quantize_model(g, _model_from_args(a).init(0), x)
+    plain = dataclasses.replace(mm, compact=False)
+    plans = [(plain, baseline(plain, "store-all")), (mm, B.compact_everywhere(mm, store_all)),
+             (mm, opt)]
+    plans[0][1].name = "store-all (int32 sums)"
+    ms = B.measure(qm, plans, a.measure)
+    print(f"measured on {a.measure} (one fused training step per sample, arena = planned peak):")
+    print(tabulate(B.rows(ms), headers=B.HEADERS))
+
+
+def write_blob(src: str | None, pl: Plan, dst: str) -> None:
+    """Re-export the .klm at src with the schedule of pl (format 2.1)."""
+    from pathlib import Path
+
+    from .. import export
+
+    if not src:
+        raise PlanError("--write needs --blob (the model to attach the schedule to)")
+    b = export.read(Path(src).read_bytes())
+    out = export.export_f32(b.graph, b.params, pl) if b.qmodel is None else \
+        export.export_s8(b.qmodel, pl)
+    Path(dst).write_bytes(out)
+
+
+def add_cli(sub) -> None:  # noqa: ANN001
+    from .. import cliargs as ca
+
+    p = sub.add_parser("plan", help="checkpointed-backprop schedule for an SRAM budget")
+    p.add_argument("--budget", required=True, type=ca.Budget(),
+                   help="arena bytes (262144, 256K) or a board name")
+    p.add_argument("--reserve", type=ca.IntRange(0, ca.U32), default=0,
+                   help="bytes of the budget not for the arena")
+    p.add_argument("--model", default="mobilenet_v1",
+                   choices=["mobilenet_v1", "mobilenet_v2", "cnn"])
+    p.add_argument("--blob", type=ca.InFile("blob"), help="plan the graph of this .klm instead")
+    p.add_argument("--write", type=ca.OutFile(),
+                   help="with --blob: write that model with the optimal schedule "
+                   "(format 2.1, 2.3 with compact steps) to this path")
+    p.add_argument("--input", type=ca.IntRange(8, 512), default=96,
+                   help="input resolution (H = W) of the MobileNets")
+    p.add_argument("--alpha", type=ca.FloatRange(0.0, 2.0), default=None,
+                   help="width multiplier of the MobileNets, in (0, 2] (default: v1 0.25, "
+                   "v2 0.35)")
+    p.add_argument("--dtype", default="s8", choices=["s8", "f32"])
+    p.add_argument("--target", default="arm", choices=list(TARGET_PTR))
+    p.add_argument("--curve", type=ca.OutFile(ca.PLOT_SUFFIXES),
+                   help="also plot extra MACs vs budget (optimal, store-all, "
+                   "sqrt(n)) to this .png/.pdf/.svg and print its table")
+    p.add_argument("--measure", metavar="BOARD", choices=ca.BOARDS + ["host"],
+                   help="also train with the plans on BOARD (mps2-an386, ..., host): the "
+                   "measured arena high-water mark and instructions per sample")
+    p.set_defaults(fn=cmd_plan)

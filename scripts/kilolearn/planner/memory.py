@@ -1,0 +1,271 @@
+"""The planner's memory model: step and schedule constants, the engine's arena bookkeeping mirrored
+byte for byte (MemModel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..model import Graph
+
+# step kinds (docs/blob-format.md, kl_blob.h KL_STEP_*)
+STEP_FWD, STEP_LOSS, STEP_GRAD, STEP_BWD, STEP_FREE_DATA, STEP_FREE_GRAD = 1, 2, 3, 4, 5, 6
+STEP_NAMES = {STEP_FWD: "fwd", STEP_LOSS: "loss", STEP_GRAD: "grad", STEP_BWD: "bwd",
+              STEP_FREE_DATA: "free", STEP_FREE_GRAD: "free_grad"}
+FWD_RECOMPUTE = 0x01  # step flag: a recomputation (not the first forward pass)
+STEP_IN_PLACE = 0x02  # bwd flag: the input's gradient is made at the start of the scratch
+STEP_COMPACT = 0x04  # bwd flag: int16 input-gradient sums made in bands (kl_blob.h)
+BAND_BYTES = 8192  # KL_BAND_BYTES
+
+
+def band_rows(h: int, w: int, c: int, stride: int) -> int:
+    """kl_band_rows: input rows per band of a compact step, a multiple of the stride."""
+    row = w * c * 4 * stride
+    return min(h, max(1, BAND_BYTES // row if row else 1) * stride)
+
+
+def compact_scratch(h: int, w: int, c: int, stride: int) -> int:
+    """kl_compact_scratch: int16 sums (8-aligned) and one band of int32 sums."""
+    return _al(2 * h * w * c, 8) + 4 * band_rows(h, w, c, stride) * w * c
+SCHED_HEADER = 16
+STEP_SIZE = 8
+INF = float("inf")
+
+# sizeof(kl_tensor_t), sizeof(kl_op_t) by pointer size (kilolearn.h)
+STRUCT_SIZES = {4: (24, 52), 8: (32, 80)}
+TARGET_PTR = {"arm": 4, "host": 8}
+
+
+class PlanError(ValueError):
+    pass
+
+
+def _al(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+class _Arena:
+    """kl_arena_alloc on an 8-aligned base."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def alloc(self, size: int, align: int = 4) -> int:
+        off = _al(self.used, align)
+        self.used = off + size
+        return off
+
+
+# --------------------------------------------------------------------------- memory model
+
+
+def conv_s8_scratch(kh: int, kw: int, c: int, co: int) -> int:
+    """kl_conv_s8_scratch() of kl_kernels.h."""
+    taps = kh * kw
+    k4 = _al(taps * c, 4)
+    c4 = _al(max(co, c), 4)
+    wt = k4 * c4
+    wt_max = max(8192, 4 * c4)
+    wt_bytes = min(wt, wt_max)
+    wt_rows = min((wt_bytes // c4) & ~3, k4)
+    need = 6 * k4 + 8 * c4
+    need = max(need, wt_bytes + 4 * c4 + 8 * wt_rows)
+    kt = min(k4, 256)
+    need = max(need, 4 * 4 * (kt + c4) + 2 * kt)
+    need = max(need, 2 * taps * c4 + 9 * c4 + 8 * taps)
+    return need + 16
+
+
+@dataclass
+class MemModel:
+    """What kl_model_init() lays out, for one graph, dtype and training configuration."""
+
+    graph: Graph
+    dtype: str = "s8"  # "s8" | "f32"
+    training: bool = True
+    keep_grads: bool = False  # KL_CFG_KEEP_GRADS (the gradient-dump job)
+    momentum: bool = False  # f32 momentum buffers
+    target: str = "arm"
+    in_place: bool = True  # plans quantise input gradients in their backward scratch
+    compact: bool = True  # ... from int16 sums made in bands, where that needs less scratch
+    uncompact: frozenset[int] = frozenset()  # ops kept on int32 sums (trim_compact)
+
+    def __post_init__(self) -> None:
+        g = self.graph
+        self.es = 1 if self.dtype == "s8" else 4
+        self.n = len(g.ops)
+        self.tsize = [int(np.prod(s)) for s in g.shapes]
+        self.dbytes = [_al(v * self.es, 4) for v in self.tsize]  # data buffer bytes
+        self.producer = [-1] * len(g.shapes)
+        self.n_users = [0] * len(g.shapes)
+        self.need_grad = [False] * len(g.shapes)
+        self.trainable = [op.trainable and self.training for op in g.ops]
+        for i, op in enumerate(g.ops):
+            self.producer[op.output] = i
+            for t in op.inputs:
+                self.n_users[t] += 1
+            self.need_grad[op.output] = self.trainable[i] or any(self.need_grad[t]
+                                                                  for t in op.inputs)
+        self.gbytes = [d if (ng or t == g.output) and self.training else 0
+                       for t, (d, ng) in enumerate(zip(self.dbytes, self.need_grad, strict=True))]
+        self.last_use = [-1] * len(g.shapes)
+        for i, op in enumerate(g.ops):
+            for t in op.inputs:
+                self.last_use[t] = i
+        self.last_use[g.output] = self.n  # the logits stay (kl_logits after a step)
+        self.macs = [g.macs(i) for i in range(self.n)]
+
+    # -- what kl_model_init allocates ------------------------------------------------------
+    def _n_w(self, i: int) -> int:
+        g = self.graph
+        return int(np.prod(g.weight_shape(i))) if g.ops[i].has_params else 0
+
+    def _need_dx(self, i: int) -> bool:
+        """Does the backward step of op i compute an input gradient (kl_model.c need_dx)?"""
+        return any(self.need_grad[t] for t in self.graph.ops[i].inputs)
+
+    def in_place_at(self, i: int) -> bool:
+        """Does the backward step of op i quantise its input gradient in place, inside its
+        int32 scratch, at its start or at its end (KL_STEP_IN_PLACE)? Planned, int8,
+        training, not an add, the input needs a gradient and op i is its last reader (the
+        first backward step to give it one)."""
+        op = self.graph.ops[i]
+        x = op.inputs[0]
+        return (self.in_place and self.training and self.dtype == "s8" and op.kind != "add"
+                and self.need_grad[x] and self.last_use[x] == i)
+
+    def compact_at(self, i: int) -> bool:
+        """Does the backward step of op i (in place) make its input gradient from int16 sums
+        in bands (KL_STEP_COMPACT)? Conv and depthwise, where that needs less scratch."""
+        op = self.graph.ops[i]
+        if not (self.compact and i not in self.uncompact and self.in_place_at(i)
+                and op.kind in ("conv", "dwconv")):
+            return False
+        return self._op_scratch(i, True, True, True) < self._op_scratch(i, True, True)
+
+    def _op_scratch(self, i: int, training: bool | None = None, in_place: bool = False,
+                    compact: bool = False) -> int:
+        """kl_model.c op_scratch(): forward (dense s8 kernel scratch) and, training, the
+        input-gradient accumulators (when the input needs a gradient; compact: int16 and a
+        band, kl_blob.c) and the update's scratch (weight and bias gradients), the latter
+        after the in-place input gradient."""
+        g = self.graph
+        op = g.ops[i]
+        x, y = self.tsize[op.inputs[0]], self.tsize[op.output]
+        s8_dense = op.kind == "dense" and self.dtype == "s8"
+        need = 2 * x + 4 * y + 8 if s8_dense else 0
+        if self.training if training is None else training:
+            if compact:
+                need = compact_scratch(*g.shapes[op.inputs[0]], op.stride)
+            elif self._need_dx(i):
+                need = max(need, x * 4)
+            upd = 0
+            if self.trainable[i] and op.has_params:
+                n_b = y if op.kind == "dense" else g.shapes[op.output][2]
+                if op.bias_only:
+                    upd = 4 * n_b
+                elif op.kind in ("conv", "dwconv"):
+                    upd = (self._n_w(i) + n_b) * 4
+                elif s8_dense:
+                    upd = 2 * x + 4 * y + 8
+            need = max(need, (_al(x * self.es, 8) if in_place else 0) + upd)
+        return need
+
+    def _static(self, arena: _Arena) -> None:
+        g = self.graph
+        ts, os_ = STRUCT_SIZES[TARGET_PTR[self.target]]
+        arena.alloc(ts * len(g.shapes))
+        arena.alloc(os_ * self.n)
+        for i, op in enumerate(g.ops):
+            n_w = self._n_w(i)
+            if n_w == 0 or not self.trainable[i]:
+                continue
+            bsize = 4 * (self.tsize[op.output] if op.kind == "dense"
+                         else g.shapes[op.output][2])
+            wt = not op.bias_only  # a bias-only op reads its weights in place
+            if wt:
+                arena.alloc(n_w * self.es)
+            arena.alloc(bsize)
+            if self.dtype == "f32" and self.momentum:
+                if wt:
+                    arena.alloc(n_w * 4)
+                arena.alloc(bsize)
+            if self.keep_grads:
+                if wt:
+                    arena.alloc(n_w * 4)
+                arena.alloc(bsize)
+
+    def bwd_scratch(self, i: int) -> int:
+        """Bytes of int32 scratch the backward step of op i gets in the planned region (with
+        in_place_at(i), its input gradient ends up in the first bytes)."""
+        return _al(self._op_scratch(i, True, self.in_place_at(i), self.compact_at(i)), 8)
+
+    def bwd_extra(self, i: int) -> int:
+        """Bytes the backward step of op i adds to its gradients: its scratch, less the input
+        gradient it holds when quantised in place (the chain model's w[i])."""
+        x = self.graph.ops[i].inputs[0]
+        return self.bwd_scratch(i) - (self.gbytes[x] if self.in_place_at(i) else 0)
+
+    def scratch_sizes(self, planned: bool = False) -> tuple[int, int]:
+        """planned: with a schedule the backward steps' int32 scratch is in the region."""
+        g = self.graph
+        scratch = self.tsize[g.output] * 4 if self.dtype == "s8" else 0
+        kscratch = 4
+        for i, op in enumerate(g.ops):
+            scratch = max(scratch, self._op_scratch(i, False if planned else None))
+            if self.dtype == "s8" and op.kind in ("conv", "dwconv"):
+                c = g.shapes[op.inputs[0]][2]
+                kscratch = max(kscratch, conv_s8_scratch(*op.kernel, c, g.shapes[op.output][2]))
+        return scratch, kscratch
+
+    def static_bytes(self) -> int:
+        """Arena bytes before the plan's region (which starts 8-aligned right after)."""
+        a = _Arena()
+        self._static(a)
+        s, k = self.scratch_sizes(planned=True)
+        a.alloc(s, 8)
+        a.alloc(k, 8)
+        return _al(a.used, 8)
+
+    def store_all_bytes(self) -> int:
+        """Arena peak of the engine without a schedule: every activation and gradient."""
+        g = self.graph
+        a = _Arena()
+        self._static(a)
+        for t in range(len(g.shapes)):
+            if t != g.input:
+                a.alloc(self.tsize[t] * self.es)
+            if self.training and (self.need_grad[t] or t == g.output):
+                a.alloc(self.tsize[t] * self.es)
+        s, k = self.scratch_sizes()
+        a.alloc(s, 8)
+        a.alloc(k, 8)
+        return a.used
+
+    # -- what a backward step reads (kl_model.c bwd_reads: keep the two identical) ---------
+    def _mask_on_give(self, t: int) -> bool:
+        p = self.producer[t]
+        return (self.dtype == "s8" and p >= 0 and self.n_users[t] == 1
+                and self.graph.ops[p].act != "none")
+
+    def bwd_reads(self, i: int) -> list[int]:
+        op = self.graph.ops[i]
+        # its output's activations mask its gradient, unless the gradient was masked when it
+        # was given (s8, a single consumer: kl_model.c give_s8)
+        r = [op.output] if op.act != "none" and not self._mask_on_give(op.output) else []
+        if op.kind != "add":
+            x = op.inputs[0]
+            if ((self.trainable[i] and op.has_params) or (op.kind == "maxpool" and
+                                                          self.need_grad[x])
+                    or (self.need_grad[x] and self._mask_on_give(x))):
+                r.append(x)
+        else:
+            r += [t for t in op.inputs if self.need_grad[t] and self._mask_on_give(t)]
+        return [t for t in r if t != self.graph.input]
+
+    def first_bwd(self) -> int:
+        """Index of the first op the backward pass runs (n when nothing trains)."""
+        return next((i for i in range(self.n) if self.need_grad[self.graph.ops[i].output]),
+                    self.n)
