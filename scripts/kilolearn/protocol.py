@@ -17,7 +17,8 @@ from .export import ERRORS
 
 VERSION = 1
 HEADER = 6
-INFO, LOAD, TRAIN, EVAL, PREDICT, COMMIT, STATS, CONFIG, RESET = range(1, 10)
+INFO, LOAD, TRAIN, EVAL, PREDICT, COMMIT, STATS, CONFIG, RESET, READ = range(1, 11)
+READ_TRAINED, READ_STORED = 0, 1  # READ sources: the model as trained now, the stored one
 REPLY, NAK = 0x80, 0xFF
 LOAD_BEGIN, LOAD_DATA, LOAD_END = 0, 1, 2
 CFG_LR, CFG_REPLAY_RATIO, CFG_REPLAY_CAP, CFG_CUT, CFG_SEED, CFG_CLASSES, CFG_UPDATE = range(1, 8)
@@ -341,6 +342,30 @@ class Client:
 
     def commit(self) -> None:
         self.request(COMMIT)
+
+    def read_blob(self, source: int = READ_TRAINED, attempts: int = 3) -> bytes:
+        """READ in chunks: the model as trained now (what COMMIT would store, CRC resealed) or
+        the stored generation. A read during which the device's version changed (a TRAIN in
+        between) starts again. The bytes are as the device sent them: ``export.read`` checks
+        the blob's CRC."""
+        for _ in range(attempts):
+            out = bytearray()
+            total = version = None
+            while total is None or len(out) < total:
+                p = self.request(READ, struct.pack("<BIH", source, len(out), 0xFFFF))
+                t, v = struct.unpack_from("<II", p)
+                if total is None:
+                    total, version = t, v
+                elif (t, v) != (total, version):
+                    break  # the model changed under the read
+                if len(p) == 8:
+                    raise FrameError(f"READ at {len(out)} of {total} returned no bytes")
+                out += p[8:]
+            else:
+                if len(out) != total:
+                    raise FrameError(f"READ gave {len(out)} bytes, the device said {total}")
+                return bytes(out)
+        raise LinkTimeout(f"the model kept changing during {attempts} READs")
 
     def reset(self) -> None:
         self.request(RESET)

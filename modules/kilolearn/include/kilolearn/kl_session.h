@@ -1,7 +1,7 @@
 /*
  * kilolearn session core: the continual-learning protocol of docs/protocol.md
  * (COBS frames with CRC-32 and sequence numbers; INFO, LOAD, TRAIN, EVAL,
- * PREDICT, COMMIT, STATS, CONFIG, RESET) on top of the engine and a latent
+ * PREDICT, COMMIT, STATS, CONFIG, RESET, READ) on top of the engine and a latent
  * replay buffer. Portable C, no OS calls: the port feeds received bytes in
  * and sends the replies through a callback.
  */
@@ -38,6 +38,7 @@ enum kl_cmd {
 	KL_CMD_STATS = 0x07,
 	KL_CMD_CONFIG = 0x08,
 	KL_CMD_RESET = 0x09,
+	KL_CMD_READ = 0x0A,  /* pull a blob back: the model as trained, or the stored one */
 	KL_CMD_REPLY = 0x80, /* reply type = command | KL_CMD_REPLY */
 	KL_CMD_NAK = 0xFF
 };
@@ -105,6 +106,10 @@ typedef struct {
 	/* sequencing */
 	int have_seq;
 	uint16_t last_seq;
+	/* READ of the trained model: the training state's version and the
+	 * resealed CRC computed for it */
+	uint32_t state_seq, read_crc, read_crc_seq;
+	int read_crc_ok;
 	/* stats */
 	uint32_t train_steps, replay_steps;
 	uint64_t train_insn;

@@ -140,6 +140,7 @@ static int build_model(kl_session_t *s, const uint8_t *blob, uint32_t len)
 	}
 	s->train_steps = s->replay_steps = 0;
 	s->train_insn = 0;
+	s->state_seq++;
 	s->loaded = 1;
 	return KL_OK;
 }
@@ -385,6 +386,7 @@ static int cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 		s->set.class_mask[label] = 1;
 	}
 	const uint64_t t0 = now(s);
+	s->state_seq++; /* the weights change from here on, even if the step fails */
 	const int pred = kl_train_step(&s->model, x, label);
 	if (pred < 0) {
 		return pred;
@@ -611,6 +613,40 @@ static void compose(const kl_session_t *s, const uint8_t *blob, uint32_t off, ui
 	}
 }
 
+/* The blob as trained: its own CRC (over [KL_BLOB_CRC_START, len)) recomputed
+ * over the composed bytes. */
+static uint32_t composed_crc(const kl_session_t *s, const uint8_t *blob, uint32_t len)
+{
+	uint8_t buf[256];
+	uint32_t crc = 0;
+	for (uint32_t off = KL_BLOB_CRC_START; off < len; off += sizeof(buf)) {
+		const uint32_t n = len - off < sizeof(buf) ? len - off : (uint32_t)sizeof(buf);
+		compose(s, blob, off, buf, n);
+		crc = kl_crc32(crc, buf, n);
+	}
+	return crc;
+}
+
+/* bytes [off, off + n) of the trained blob with its header CRC set to crc */
+static void compose_sealed(const kl_session_t *s, const uint8_t *blob, uint32_t off, uint8_t *buf,
+			   uint32_t n, uint32_t crc)
+{
+	compose(s, blob, off, buf, n);
+	for (uint32_t k = 0; k < 4u; k++) {
+		const uint32_t at = KL_BH_CRC + k;
+		if (at >= off && at < off + n) {
+			buf[at - off] = (uint8_t)(crc >> (8u * k));
+		}
+	}
+}
+
+/* the blob the running model was started from (read in place) */
+static const uint8_t *pinned_blob(const kl_session_t *s, uint32_t *len)
+{
+	*len = s->slots.pin.len;
+	return s->cfg.store->base + s->slots.pin.off + s->slots.data_off;
+}
+
 /* COMMIT: the trained parameters as a new generation of the stored blob
  * (CRC resealed), written to a free run of sectors and switched to by its
  * slot header, programmed last: a power cut leaves the old or the new one.
@@ -620,24 +656,14 @@ static int cmd_commit(kl_session_t *s)
 	if (!s->loaded || !s->slots.have_pin) {
 		return KL_ENOMODEL;
 	}
-	const uint8_t *blob = s->cfg.store->base + s->slots.pin.off + s->slots.data_off;
-	const uint32_t len = s->slots.pin.len;
+	uint32_t len;
+	const uint8_t *blob = pinned_blob(s, &len);
+	const uint32_t crc = composed_crc(s, blob, len);
 	uint8_t buf[256];
-	/* pass 1: the blob's own CRC, over [KL_BLOB_CRC_START, len) */
-	uint32_t crc = 0;
-	for (uint32_t off = KL_BLOB_CRC_START; off < len; off += sizeof(buf)) {
-		const uint32_t n = len - off < sizeof(buf) ? len - off : (uint32_t)sizeof(buf);
-		compose(s, blob, off, buf, n);
-		crc = kl_crc32(crc, buf, n);
-	}
-	/* pass 2: write it out */
 	int err = kl_slots_begin(&s->slots, len);
 	for (uint32_t off = 0; err == KL_OK && off < len; off += sizeof(buf)) {
 		const uint32_t n = len - off < sizeof(buf) ? len - off : (uint32_t)sizeof(buf);
-		compose(s, blob, off, buf, n);
-		if (off <= KL_BH_CRC && KL_BH_CRC + 4u <= off + n) {
-			wr32(buf + (KL_BH_CRC - off), crc);
-		}
+		compose_sealed(s, blob, off, buf, n, crc);
 		err = kl_slots_write(&s->slots, buf, n);
 	}
 	if (err == KL_OK) {
@@ -655,6 +681,54 @@ static int cmd_commit(kl_session_t *s)
 		kl_slots_abort(&s->slots);
 	}
 	return err;
+}
+
+/* READ: bytes of a blob, for the host to pull a model back. Source 0: the
+ * model as trained now (what COMMIT would write, CRC resealed); 1: the active
+ * stored generation. The reply carries the blob's length and a version (0: the
+ * training state, which every TRAIN, CONFIG, RESET and LOAD changes; 1: the
+ * generation number): a host reading in chunks restarts when it changes. */
+static int cmd_read(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out)
+{
+	if (n != 7u || p[0] > 1u) {
+		return KL_EINVAL;
+	}
+	const uint32_t off = rd32(p + 1);
+	uint32_t want = rd16(p + 5);
+	const uint32_t room = KL_SESSION_MAX_PAYLOAD - 4u - 8u;
+	want = want < room ? want : room;
+	uint32_t len, version;
+	const uint8_t *blob;
+	if (p[0] == 0u) {
+		if (!s->loaded || !s->slots.have_pin) {
+			return KL_ENOMODEL;
+		}
+		blob = pinned_blob(s, &len);
+		version = s->state_seq;
+		if (!s->read_crc_ok || s->read_crc_seq != version) {
+			s->read_crc = composed_crc(s, blob, len); /* once per training state */
+			s->read_crc_seq = version;
+			s->read_crc_ok = 1;
+		}
+	} else {
+		blob = kl_slots_active(&s->slots, &len);
+		if (blob == NULL) {
+			return s->slots.have_active ? KL_ENOTSUP : KL_ENOMODEL;
+		}
+		version = s->slots.active.seq;
+	}
+	if (off > len) {
+		return KL_EINVAL;
+	}
+	const uint32_t k = len - off < want ? len - off : want;
+	wr32(out, len);
+	wr32(out + 4, version);
+	if (p[0] == 0u) {
+		compose_sealed(s, blob, off, out + 8, k, s->read_crc);
+	} else {
+		memcpy(out + 8, blob + off, k);
+	}
+	return (int)(8u + k);
 }
 
 static int dispatch(kl_session_t *s, uint8_t type, uint8_t *p, uint32_t n, uint8_t *out)
@@ -681,6 +755,8 @@ static int dispatch(kl_session_t *s, uint8_t type, uint8_t *p, uint32_t n, uint8
 			return KL_ENOMODEL;
 		}
 		return start_model(s);
+	case KL_CMD_READ:
+		return cmd_read(s, p, n, out);
 	default:
 		return KL_ENOTSUP;
 	}
