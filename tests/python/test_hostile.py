@@ -321,7 +321,7 @@ def test_reply_and_nak_types_are_refused_unexecuted(exe):
         assert (r.type, r.seq, r.status) == (P.NAK, seq, ENOTSUP), hex(t)
         assert c.stats().n_sectors >= 0  # STATS takes the very same sequence number
         assert c.seq == seq
-    for t in (0x0A, 0x42, 0x7E):
+    for t in (0x0B, 0x42, 0x7E):
         c.seq = (c.seq + 1) & 0xFFFF
         link.write(P.pack(t, c.seq))
         r = P.unpack(link.read_frame(10))
