@@ -13,11 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build
-              gcc libc6-dev python3 python3-venv python3-pip dataset-fashion-mnist)
+              gcc libc6-dev python3 python3-venv python3-pip dataset-fashion-mnist clang)
 
-install_system() {
+apt_install_missing() {
   local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -26,6 +26,14 @@ install_system() {
   echo "run.sh: installing ${missing[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_system() {
+  apt_install_missing "${APT_PACKAGES[@]}"
+  # libFuzzer and the sanitizer runtimes of that clang (14 on Debian 12, 18 on Ubuntu 24.04)
+  local v
+  v=$(clang --version | sed -n 's/.*clang version \([0-9][0-9]*\).*/\1/p' | head -n 1)
+  apt_install_missing "libfuzzer-$v-dev" "libclang-rt-$v-dev"
 }
 
 install_python() {

@@ -384,7 +384,7 @@ static void experiment(int exp, uint32_t seed)
 	/* the uncut run: the old and the new blob, and how many steps */
 	check(prologue() == 0, "prologue", 0);
 	copy_active(blob_old);
-	const uint32_t gen = sess->slots.active.seq;
+	const uint32_t gen = (uint32_t)sess->slots.active.seq;
 
 	power_on(0, 0);
 	check(run_op(exp) == KL_OK, "uncut operation", 0);
@@ -413,7 +413,7 @@ static void experiment(int exp, uint32_t seed)
 		n_old += (uint32_t)is_old;
 		n_new += (uint32_t)is_new;
 		if (up == 1) {
-			const uint32_t g = sess->slots.active.seq;
+			const uint32_t g = (uint32_t)sess->slots.active.seq;
 
 			check(train(1, 3) == KL_OK && request(KL_CMD_COMMIT, NULL, 0) == KL_OK,
 			      "commit after the cut", k);

@@ -37,11 +37,12 @@ def _check_report(out: str, min_steps: int, write_block: int = 16) -> None:
     for _what, steps, _kind, points, old, new in found:
         steps, points, old, new = int(steps), int(points), int(old), int(new)
         # every step is a cut point (plus one after the last): all old until the header landed;
-        # the header's last writes may only hold erased padding (its 24 bytes, then 0xFF/0x00)
-        data_off = max(32, write_block)
+        # the header's last writes may only hold erased padding (its 28 bytes, KLS2 with a
+        # 64-bit sequence number, then 0xFF/0x00)
+        data_off, used = max(32, write_block), 28
         assert steps >= min_steps and points == steps + 1
-        assert (old, new) == (points - 1 - (data_off - 24) // write_block,
-                              1 + (data_off - 24) // write_block), out
+        assert (old, new) == (points - 1 - (data_off - used) // write_block,
+                              1 + (data_off - used) // write_block), out
 
 
 def test_power_cut_at_every_step_host_asan(tmp_path, session_blob):

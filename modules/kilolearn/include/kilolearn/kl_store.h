@@ -114,20 +114,23 @@ uint32_t kl_store_nor_steps(const kl_store_t *st);
 
 /* ---- power-loss-safe generations of a blob ----------------------------------
  * The store is a ring of slots, each a run of whole sectors starting with a
- * slot header (magic, sequence number, blob length, blob CRC, header CRC);
+ * slot header (magic, 64-bit sequence number, blob length, blob CRC, header CRC);
  * the blob follows at KL_SLOT_HDR (or the write block, if larger). A new
  * generation goes to the next free run after the active slot (rotating over
  * the whole store: wear levelling), sectors erased as the writer reaches
  * them, data first and the header last: programming the header is the
  * commit point. At mount the valid slot (header and blob CRC) with the
- * highest sequence number wins, so a power cut anywhere leaves exactly the
+ * highest sequence number wins (a new one is numbered above every intact
+ * slot, checked or not; 64 bits never wrap), so a power cut anywhere leaves exactly the
  * old or exactly the new generation. The slot a running model reads in
  * place (pinned) is never erased. */
-#define KL_SLOT_MAGIC 0x31534C4Bu /* "KLS1" */
+#define KL_SLOT_MAGIC    0x32534C4Bu /* "KLS2": 64-bit sequence numbers (written) */
+#define KL_SLOT_MAGIC_V1 0x31534C4Bu /* "KLS1": 32-bit ones (read) */
 #define KL_SLOT_HDR   32u
 
 typedef struct {
-	uint32_t off, len, seq; /* slot start, blob length, sequence number */
+	uint32_t off, len; /* slot start, blob length */
+	uint64_t seq;      /* sequence number: 64 bits, so it never wraps */
 } kl_slot_t;
 
 typedef struct {
@@ -136,6 +139,7 @@ typedef struct {
 	int have_active, have_pin;
 	kl_slot_t active, pin;
 	uint32_t n_valid;  /* valid slots found at mount */
+	uint64_t max_seq;  /* the highest sequence number of any intact slot (0: none) */
 	/* writer */
 	int writing;
 	kl_slot_t w;

@@ -462,7 +462,7 @@ static int cmd_stats(kl_session_t *s, uint8_t *out)
 	wr32(out + 32, st->erases);
 	wr16(out + 36, active);
 	/* the store: active generation, geometry, wear per sector */
-	wr32(out + 38, s->slots.have_active ? s->slots.active.seq : 0u);
+	wr32(out + 38, s->slots.have_active ? (uint32_t)s->slots.active.seq : 0u); /* low half */
 	wr32(out + 42, s->slots.have_active ? s->slots.active.off : 0xFFFFFFFFu);
 	wr32(out + 46, st->geom.erase_block);
 	wr16(out + 50, st->geom.write_block);
@@ -715,7 +715,7 @@ static int cmd_read(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out)
 		if (blob == NULL) {
 			return s->slots.have_active ? KL_ENOTSUP : KL_ENOMODEL;
 		}
-		version = s->slots.active.seq;
+		version = (uint32_t)s->slots.active.seq;
 	}
 	if (off > len) {
 		return KL_EINVAL;
@@ -765,14 +765,14 @@ static int dispatch(kl_session_t *s, uint8_t type, uint8_t *p, uint32_t n, uint8
 static void handle_frame(kl_session_t *s, const uint8_t *wire, size_t n)
 {
 	uint8_t *f = (uint8_t *)s->frame;
-	const size_t len = kl_cobs_decode(wire, n, f, sizeof(s->frame));
+	const size_t len = kl_cobs_decode(wire, n, f, KL_FRAME_MAX); /* not the rounded-up buffer */
 	if (len < KL_FRAME_HEADER + KL_FRAME_CRC) {
 		nak(s, KL_EFRAME, 0);
 		return;
 	}
 	const uint16_t seq = rd16(f + 2);
 	const uint32_t plen = rd16(f + 4);
-	if (plen != len - KL_FRAME_HEADER - KL_FRAME_CRC ||
+	if (plen > KL_SESSION_MAX_PAYLOAD || plen != len - KL_FRAME_HEADER - KL_FRAME_CRC ||
 	    kl_crc32(0, f, KL_FRAME_HEADER + plen) != rd32(f + KL_FRAME_HEADER + plen)) {
 		nak(s, KL_EFRAME, seq);
 		return;

@@ -6,14 +6,18 @@
 #include "kilolearn/kl_blob.h"
 #include "kilolearn/kl_store.h"
 
-/* slot header, little-endian u32s */
-#define SH_MAGIC 0u
-#define SH_SEQ   4u
-#define SH_LEN   8u
-#define SH_CRC   12u /* CRC-32 of the blob */
-#define SH_DATA  16u /* blob offset inside the slot (layout check) */
-#define SH_HCRC  20u /* CRC-32 of bytes [0, 20) */
-#define SH_USED  24u
+/* slot header, little-endian u32s. KLS2 (written now) carries a 64-bit
+ * sequence number, its high half at 20 and the header CRC over [0, 24) at 24;
+ * KLS1 (read still) has a 32-bit one and its header CRC over [0, 20) at 20. */
+#define SH_MAGIC   0u
+#define SH_SEQ     4u
+#define SH_LEN     8u
+#define SH_CRC     12u /* CRC-32 of the blob */
+#define SH_DATA    16u /* blob offset inside the slot (layout check) */
+#define SH_SEQ_HI  20u /* KLS2 */
+#define SH_HCRC1   20u /* KLS1: CRC-32 of bytes [0, 20) */
+#define SH_HCRC2   24u /* KLS2: CRC-32 of bytes [0, 24) */
+#define SH_USED    28u
 
 static uint32_t rd32(const uint8_t *p)
 {
@@ -58,13 +62,20 @@ static int stored_crc(kl_store_t *st, uint32_t off, uint32_t n, uint32_t *crc)
 	return KL_OK;
 }
 
-/* Is sequence number a newer than b? Serial-number arithmetic (RFC 1982):
- * the generations in a store lie within a few counts of each other, so a
- * commit after 0xFFFFFFFF (a crafted image, or 2^32 commits) with sequence
- * number 0 is newer than it, not older. */
-static int seq_newer(uint32_t a, uint32_t b)
+/* The sequence number of a slot header, or 0 when it is not a valid one. */
+static uint64_t header_seq(const uint8_t *h, uint32_t data_off)
 {
-	return (int32_t)(a - b) > 0;
+	const uint32_t magic = rd32(h + SH_MAGIC);
+	if (rd32(h + SH_DATA) != data_off) {
+		return 0u;
+	}
+	if (magic == KL_SLOT_MAGIC && rd32(h + SH_HCRC2) == kl_crc32(0, h, SH_HCRC2)) {
+		return ((uint64_t)rd32(h + SH_SEQ_HI) << 32) | rd32(h + SH_SEQ);
+	}
+	if (magic == KL_SLOT_MAGIC_V1 && rd32(h + SH_HCRC1) == kl_crc32(0, h, SH_HCRC1)) {
+		return rd32(h + SH_SEQ);
+	}
+	return 0u;
 }
 
 int kl_slots_mount(kl_slots_t *g, kl_store_t *st)
@@ -84,16 +95,18 @@ int kl_slots_mount_checked(kl_slots_t *g, kl_store_t *st, kl_slot_check_fn check
 	}
 	for (uint32_t off = 0; off < st->geom.size; off += eb) {
 		uint8_t h[SH_USED];
-		if (kl_store_read(st, off, h, SH_USED) != KL_OK || rd32(h + SH_MAGIC) != KL_SLOT_MAGIC ||
-		    rd32(h + SH_HCRC) != kl_crc32(0, h, SH_HCRC) || rd32(h + SH_DATA) != g->data_off) {
+		if (kl_store_read(st, off, h, SH_USED) != KL_OK) {
 			continue;
 		}
-		const uint32_t len = rd32(h + SH_LEN), seq = rd32(h + SH_SEQ);
+		const uint64_t seq = header_seq(h, g->data_off);
+		const uint32_t len = rd32(h + SH_LEN);
 		uint32_t crc;
-		if (len == 0u || len > st->geom.size - off - g->data_off ||
+		if (seq == 0u || len == 0u || len > st->geom.size - off - g->data_off ||
 		    stored_crc(st, off + g->data_off, len, &crc) != KL_OK || crc != rd32(h + SH_CRC)) {
 			continue;
 		}
+		/* the next generation numbers above every intact one, used or not */
+		g->max_seq = seq > g->max_seq ? seq : g->max_seq;
 		/* a generation the caller cannot use (e.g. a CRC-valid blob that
 		 * kl_blob_check refuses) is not one to boot into */
 		if (check != NULL && st->base != NULL &&
@@ -101,7 +114,7 @@ int kl_slots_mount_checked(kl_slots_t *g, kl_store_t *st, kl_slot_check_fn check
 			continue;
 		}
 		g->n_valid++;
-		if (!g->have_active || seq_newer(seq, g->active.seq)) {
+		if (!g->have_active || seq > g->active.seq) {
 			g->have_active = 1;
 			g->active.off = off;
 			g->active.len = len;
@@ -145,6 +158,9 @@ int kl_slots_begin(kl_slots_t *g, uint32_t len)
 	if (len == 0u || len > g->st->geom.size - g->data_off) {
 		return KL_ENOSPC;
 	}
+	if (g->max_seq == UINT64_MAX) {
+		return KL_ENOSPC; /* no number above it (a crafted image: 2^64 commits never come) */
+	}
 	const uint32_t k = span(g, len);
 	/* the ring: the first free run after the active slot */
 	const uint32_t first = g->have_active ? (g->active.off / eb + span(g, g->active.len)) % n : 0u;
@@ -156,7 +172,7 @@ int kl_slots_begin(kl_slots_t *g, uint32_t len)
 		}
 		g->w.off = s * eb;
 		g->w.len = len;
-		g->w.seq = g->have_active ? g->active.seq + 1u : 1u;
+		g->w.seq = g->max_seq + 1u;
 		g->w_pos = g->w_erased = g->pend_n = 0;
 		g->w_crc = 0;
 		g->finished = 0;
@@ -299,11 +315,12 @@ int kl_slots_commit(kl_slots_t *g)
 	uint8_t h[KL_STORE_MAX_WRITE_BLOCK];
 	memset(h, ev, g->data_off);
 	wr32(h + SH_MAGIC, KL_SLOT_MAGIC);
-	wr32(h + SH_SEQ, g->w.seq);
+	wr32(h + SH_SEQ, (uint32_t)g->w.seq);
 	wr32(h + SH_LEN, g->w.len);
 	wr32(h + SH_CRC, crc);
 	wr32(h + SH_DATA, g->data_off);
-	wr32(h + SH_HCRC, kl_crc32(0, h, SH_HCRC));
+	wr32(h + SH_SEQ_HI, (uint32_t)(g->w.seq >> 32));
+	wr32(h + SH_HCRC2, kl_crc32(0, h, SH_HCRC2));
 	err = erase_to(g, g->data_off);
 	if (err == KL_OK) {
 		err = kl_store_program(g->st, g->w.off, h, g->data_off);
@@ -315,6 +332,7 @@ int kl_slots_commit(kl_slots_t *g)
 	g->finished = 0;
 	g->have_active = 1;
 	g->active = g->w;
+	g->max_seq = g->w.seq;
 	g->n_valid++;
 	return KL_OK;
 }
