@@ -10,6 +10,8 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kl_replay.c
   ${KL_ENGINE_DIR}/src/session/kl_cobs.c
   ${KL_ENGINE_DIR}/src/session/kl_session.c
+  ${KL_ENGINE_DIR}/src/session/kl_session_model.c
+  ${KL_ENGINE_DIR}/src/session/kl_session_cmds.c
   ${KL_ENGINE_DIR}/src/store/kl_store.c
   ${KL_ENGINE_DIR}/src/store/kl_slots.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_quant.c

@@ -1,0 +1,295 @@
+/* The session's data commands: TRAIN (with latent replay), EVAL, PREDICT,
+ * STATS, and the trained blob composed over the stored one for COMMIT and
+ * READ. */
+#include <string.h>
+
+#include "kl_session_priv.h"
+
+static int check_sample(const kl_session_t *s, uint32_t n, int with_label)
+{
+	if (!s->loaded) {
+		return KL_ENOMODEL;
+	}
+	return n == kl_sess_sample_bytes(s) + (with_label ? 2u : 0u) ? KL_OK : KL_EINVAL;
+}
+
+/* The sample at p (n bytes, in the frame buffer) moved down to a 4-byte
+ * boundary, over bytes already read (the label, the frame header): the
+ * engine reads float samples as floats. The frame buffer is word-aligned and
+ * the payload starts 6 bytes in, so there is room below. */
+static const void *aligned_sample(uint8_t *p, uint32_t n)
+{
+	const uintptr_t mis = (uintptr_t)p & 3u;
+	if (mis != 0u) {
+		memmove(p - mis, p, n);
+	}
+	return p - mis;
+}
+
+int kl_sess_cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
+{
+	int err = check_sample(s, n, 1);
+	if (err != KL_OK) {
+		return err;
+	}
+	const int label = rd16(p);
+	if (label >= s->model.n_classes) {
+		return KL_EINVAL;
+	}
+	const void *x = aligned_sample(p + 2, n - 2u);
+	if (s->set.auto_classes) {
+		s->set.class_mask[label] = 1;
+	}
+	const uint64_t t0 = kl_sess_now(s);
+	s->state_seq++; /* the weights change from here on, even if the step fails */
+	const int pred = kl_train_step(&s->model, x, label);
+	if (pred < 0) {
+		return pred;
+	}
+	s->train_steps++;
+	uint32_t replayed = 0;
+	if (s->set.cut != 0xFFFFu) {
+		kl_replay_add(&s->replay, s->model.tensors[s->set.cut].data, label);
+		for (uint32_t r = 0; r < s->set.replay_ratio; r++) {
+			const int slot = kl_replay_pick(&s->replay);
+			if (slot < 0) {
+				break;
+			}
+			err = kl_train_step_from(&s->model, s->set.cut,
+						 kl_replay_latent(&s->replay, slot),
+						 s->replay.labels[slot]);
+			if (err < 0) {
+				return err;
+			}
+			replayed++;
+		}
+		s->replay_steps += replayed;
+	}
+	s->train_insn += kl_sess_now(s) - t0;
+	wr16(out, (uint32_t)pred);
+	wr16(out + 2, replayed);
+	return 4;
+}
+
+int kl_sess_cmd_eval(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out, int predict)
+{
+	const int err = check_sample(s, n, !predict);
+	if (err != KL_OK) {
+		return err;
+	}
+	const int label = predict ? -1 : (int)rd16(p);
+	const int pred = kl_predict(&s->model, aligned_sample(predict ? p : p + 2,
+								n - (predict ? 0u : 2u)));
+	if (pred < 0) {
+		return pred;
+	}
+	wr16(out, (uint32_t)pred);
+	if (!predict) {
+		out[2] = (uint8_t)(pred == label);
+		return 3;
+	}
+	const uint32_t nl = (uint32_t)s->model.n_classes * (s->model.dtype == KL_DTYPE_S8 ? 1u : 4u);
+	if (2u + nl > KL_SESSION_MAX_PAYLOAD - 4u) {
+		return 2;
+	}
+	memcpy(out + 2, kl_logits(&s->model), nl);
+	return (int)(2u + nl);
+}
+
+/* sectors whose wear fits in a STATS reply */
+#define KL_STATS_MAX_SECTORS ((KL_SESSION_MAX_PAYLOAD - 4u - 58u) / 8u)
+
+int kl_sess_cmd_stats(kl_session_t *s, uint8_t *out)
+{
+	uint32_t active = 0;
+	for (uint32_t c = 0; c < sizeof(s->set.class_mask); c++) {
+		active += s->set.class_mask[c] != 0u;
+	}
+	wr32(out, s->train_steps);
+	wr32(out + 4, s->replay_steps);
+	wr32(out + 8, (uint32_t)s->train_insn);
+	wr32(out + 12, (uint32_t)(s->train_insn >> 32));
+	wr32(out + 16, (uint32_t)s->arena.used);
+	wr32(out + 20, (uint32_t)s->arena.peak);
+	wr32(out + 24, s->set.cut != 0xFFFFu && s->loaded ? s->replay.count : 0u);
+	const kl_store_t *st = s->cfg.store;
+	wr32(out + 28, st->bytes_written);
+	wr32(out + 32, st->erases);
+	wr16(out + 36, active);
+	/* the store: active generation, geometry, wear per sector */
+	wr32(out + 38, s->slots.have_active ? (uint32_t)s->slots.active.seq : 0u); /* low half */
+	wr32(out + 42, s->slots.have_active ? s->slots.active.off : 0xFFFFFFFFu);
+	wr32(out + 46, st->geom.erase_block);
+	wr16(out + 50, st->geom.write_block);
+	out[52] = st->geom.erase_value;
+	out[53] = (uint8_t)((st->base != NULL ? 1u : 0u) |
+			    (st->sector_erases != NULL && st->sector_bytes != NULL ? 2u : 0u));
+	const uint32_t n_sec = kl_store_sectors(st);
+	uint32_t k = (out[53] & 2u) ? n_sec : 0u;
+	if (k > KL_STATS_MAX_SECTORS) {
+		k = KL_STATS_MAX_SECTORS;
+	}
+	wr16(out + 54, n_sec > 0xFFFFu ? 0xFFFFu : n_sec);
+	wr16(out + 56, k);
+	for (uint32_t i = 0; i < k; i++) {
+		wr32(out + 58 + 8u * i, st->sector_erases[i]);
+		wr32(out + 62 + 8u * i, st->sector_bytes[i]);
+	}
+	return (int)(58u + 8u * k);
+}
+
+/* The blob with the trained parameters: bytes [off, off+n) of the blob the
+ * model was started from (read in place), the arena's trainable tensors
+ * laid over it, and (int8) the activation exponents that training grew. */
+static void compose(const kl_session_t *s, const uint8_t *blob, uint32_t off, uint8_t *buf,
+		    uint32_t n)
+{
+	memcpy(buf, blob + off, n);
+	if (s->model.dtype == KL_DTYPE_S8) {
+		const uint32_t tens = rd32(blob + KL_BH_TENSORS);
+		for (uint32_t t = 0; t < s->model.n_tensors; t++) {
+			const uint32_t at = tens + t * KL_BLOB_TENSOR_SIZE + KL_BT_EXP;
+			if (at >= off && at < off + n) {
+				buf[at - off] = (uint8_t)s->model.tensors[t].exp;
+			}
+		}
+	}
+	const uint32_t ops = rd32(blob + KL_BH_OPS);
+	const uint32_t es = s->model.dtype == KL_DTYPE_S8 ? 1u : 4u;
+	for (int i = 0; i < s->model.n_ops; i++) {
+		const kl_op_t *op = &s->model.ops[i];
+		if (!(op->flags & KL_OP_TRAINABLE) || op->n_w == 0u) {
+			continue;
+		}
+		const uint8_t *r = blob + ops + (uint32_t)i * KL_BLOB_OP_SIZE;
+		const uint32_t t_off[2] = {rd32(r + KL_BO_W_OFF), rd32(r + KL_BO_B_OFF)};
+		const uint32_t t_len[2] = {op->n_w * es, rd32(r + KL_BO_B_SIZE)};
+		const uint8_t *src[2] = {(const uint8_t *)op->w, (const uint8_t *)op->b};
+		for (int t = 0; t < 2; t++) {
+			const uint32_t lo = t_off[t] > off ? t_off[t] : off;
+			const uint32_t hi_t = t_off[t] + t_len[t], hi_c = off + n;
+			const uint32_t hi = hi_t < hi_c ? hi_t : hi_c;
+			if (lo < hi) {
+				memcpy(buf + (lo - off), src[t] + (lo - t_off[t]), hi - lo);
+			}
+		}
+	}
+}
+
+/* The blob as trained: its own CRC (over [KL_BLOB_CRC_START, len)) recomputed
+ * over the composed bytes. */
+static uint32_t composed_crc(const kl_session_t *s, const uint8_t *blob, uint32_t len)
+{
+	uint8_t buf[256];
+	uint32_t crc = 0;
+	for (uint32_t off = KL_BLOB_CRC_START; off < len; off += sizeof(buf)) {
+		const uint32_t n = len - off < sizeof(buf) ? len - off : (uint32_t)sizeof(buf);
+		compose(s, blob, off, buf, n);
+		crc = kl_crc32(crc, buf, n);
+	}
+	return crc;
+}
+
+/* bytes [off, off + n) of the trained blob with its header CRC set to crc */
+static void compose_sealed(const kl_session_t *s, const uint8_t *blob, uint32_t off, uint8_t *buf,
+			   uint32_t n, uint32_t crc)
+{
+	compose(s, blob, off, buf, n);
+	for (uint32_t k = 0; k < 4u; k++) {
+		const uint32_t at = KL_BH_CRC + k;
+		if (at >= off && at < off + n) {
+			buf[at - off] = (uint8_t)(crc >> (8u * k));
+		}
+	}
+}
+
+/* the blob the running model was started from (read in place) */
+static const uint8_t *pinned_blob(const kl_session_t *s, uint32_t *len)
+{
+	*len = s->slots.pin.len;
+	return s->cfg.store->base + s->slots.pin.off + s->slots.data_off;
+}
+
+/* COMMIT: the trained parameters as a new generation of the stored blob
+ * (CRC resealed), written to a free run of sectors and switched to by its
+ * slot header, programmed last: a power cut leaves the old or the new one.
+ * The model keeps reading frozen weights from its own (pinned) slot. */
+int kl_sess_cmd_commit(kl_session_t *s)
+{
+	if (!s->loaded || !s->slots.have_pin) {
+		return KL_ENOMODEL;
+	}
+	uint32_t len;
+	const uint8_t *blob = pinned_blob(s, &len);
+	const uint32_t crc = composed_crc(s, blob, len);
+	uint8_t buf[256];
+	int err = kl_slots_begin(&s->slots, len);
+	for (uint32_t off = 0; err == KL_OK && off < len; off += sizeof(buf)) {
+		const uint32_t n = len - off < sizeof(buf) ? len - off : (uint32_t)sizeof(buf);
+		compose_sealed(s, blob, off, buf, n, crc);
+		err = kl_slots_write(&s->slots, buf, n);
+	}
+	if (err == KL_OK) {
+		err = kl_slots_finish(&s->slots, kl_slots_written_crc(&s->slots));
+	}
+	if (err == KL_OK) { /* what the next boot would run must pass the engine's check */
+		uint32_t n;
+		const uint8_t *fresh = kl_slots_pending(&s->slots, &n);
+		err = fresh != NULL ? kl_sess_blob_check(fresh, n) : KL_ENOTSUP;
+	}
+	if (err == KL_OK) {
+		err = kl_slots_commit(&s->slots);
+	}
+	if (err != KL_OK) {
+		kl_slots_abort(&s->slots);
+	}
+	return err;
+}
+
+/* READ: bytes of a blob, for the host to pull a model back. Source 0: the
+ * model as trained now (what COMMIT would write, CRC resealed); 1: the active
+ * stored generation. The reply carries the blob's length and a version (0: the
+ * training state, which every TRAIN, CONFIG, RESET and LOAD changes; 1: the
+ * generation number): a host reading in chunks restarts when it changes. */
+int kl_sess_cmd_read(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out)
+{
+	if (n != 7u || p[0] > 1u) {
+		return KL_EINVAL;
+	}
+	const uint32_t off = rd32(p + 1);
+	uint32_t want = rd16(p + 5);
+	const uint32_t room = KL_SESSION_MAX_PAYLOAD - 4u - 8u;
+	want = want < room ? want : room;
+	uint32_t len, version;
+	const uint8_t *blob;
+	if (p[0] == 0u) {
+		if (!s->loaded || !s->slots.have_pin) {
+			return KL_ENOMODEL;
+		}
+		blob = pinned_blob(s, &len);
+		version = s->state_seq;
+		if (!s->read_crc_ok || s->read_crc_seq != version) {
+			s->read_crc = composed_crc(s, blob, len); /* once per training state */
+			s->read_crc_seq = version;
+			s->read_crc_ok = 1;
+		}
+	} else {
+		blob = kl_slots_active(&s->slots, &len);
+		if (blob == NULL) {
+			return s->slots.have_active ? KL_ENOTSUP : KL_ENOMODEL;
+		}
+		version = (uint32_t)s->slots.active.seq;
+	}
+	if (off > len) {
+		return KL_EINVAL;
+	}
+	const uint32_t k = len - off < want ? len - off : want;
+	wr32(out, len);
+	wr32(out + 4, version);
+	if (p[0] == 0u) {
+		compose_sealed(s, blob, off, out + 8, k, s->read_crc);
+	} else {
+		memcpy(out + 8, blob + off, k);
+	}
+	return (int)(8u + k);
+}
