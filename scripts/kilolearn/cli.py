@@ -55,12 +55,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"  training {dt} on the device and in the numpy reference ...", flush=True)
         results.append(train.run(a.board, dt, epochs=a.epochs, lr=a.lr, seed=a.seed, ds=ds,
                                  model_name=a.model, hidden=a.hidden))
-    rows = [[r.dtype, f"{100 * r.device_acc[-1]:.2f} %", f"{100 * r.reference_acc:.2f} %",
-             _fmt_insn(r.insn_per_train_sample), _fmt_insn(r.insn_per_inference),
-             f"{r.arena_bytes:,}", f"{r.blob_bytes:,}"] for r in results]
-    print(tabulate(rows, headers=["dtype", "device test acc", "numpy reference",
-                                  "insn/train sample", "insn/inference", "arena bytes",
-                                  "blob bytes"]))
+    print(train.table([r.as_dict() for r in results]))
     if a.json:
         Path(a.json).write_text(json.dumps([r.as_dict() for r in results], indent=2))
         print(f"results written to {a.json}")
@@ -121,11 +116,7 @@ def cmd_session(a: argparse.Namespace) -> int:
                                           "replay", "store bytes"]))
     print("\nsummary after the last task (accuracy on all classes; mean of the per-task "
           "accuracies)")
-    print(tabulate([[r.strategy, f"{100 * r.acc_after_task[-1]:.2f} %",
-                     f"{100 * r.reference_acc_after_task[-1]:.2f} %"
-                     if r.reference_acc_after_task else "-",
-                     f"{100 * float(np.mean(r.task_acc[-1])):.2f} %"] for r in results],
-                   headers=["strategy", "device", "numpy reference", "average task accuracy"]))
+    print(session.summary_table([r.as_dict() for r in results]))
     if a.json:
         Path(a.json).write_text(_json.dumps([r.as_dict() for r in results], indent=2))
         print(f"results written to {a.json}")
@@ -453,6 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("footprint", help="RAM/flash of a firmware ELF by component, file, symbol")
     footprint.add_arguments(f)
     f.set_defaults(fn=cmd_footprint)
+
+    from . import docfigs
+
+    dc = sub.add_parser("docs", help="rewrite the measured figures of README.md and docs/*.md "
+                        "from docs/figures/*.json (--measure: rerun them first; --check: list "
+                        "the blocks that differ)")
+    docfigs.add_arguments(dc)
+    dc.set_defaults(fn=docfigs.run)
+
+    from . import fuzz
+
+    fz = sub.add_parser("fuzz", help="coverage-guided fuzzing of the engine, the session and the "
+                        "store (libFuzzer; tests/fuzz/README.md)")
+    fuzz.add_arguments(fz)
+    fz.set_defaults(fn=fuzz.run)
 
     from .planner import add_cli as add_plan_cli
 

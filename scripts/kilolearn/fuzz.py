@@ -316,19 +316,22 @@ def inputs_of(target: str, regressions: bool = True) -> list[Path]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cliargs import InDir, IntRange
+
     p.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS),
                    help="which targets (default: all)")
-    p.add_argument("--seconds", type=int, default=60, help="fuzzing time per target")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--seconds", type=IntRange(1, 7 * 24 * 3600), default=60,
+                   help="fuzzing time per target")
+    p.add_argument("--jobs", type=IntRange(1, 64), default=1,
                    help="targets fuzzed at the same time (one libFuzzer process each)")
-    p.add_argument("--runs", type=int, default=None,
+    p.add_argument("--runs", type=IntRange(1, 1 << 40), default=None,
                    help="stop a target after this many executions (or --seconds, first)")
     p.add_argument("--keep-going", action="store_true",
                    help="record every crash and go on (libFuzzer fork mode) instead of stopping "
                    "at the first")
     p.add_argument("--replay", action="store_true",
                    help="only run the seed corpora and tests/fuzz/regressions/ once each")
-    p.add_argument("--src", type=Path, default=None,
+    p.add_argument("--src", type=InDir(), default=None,
                    help="build the engine from another source tree (e.g. an older checkout)")
 
 
@@ -336,7 +339,7 @@ def run(a: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     try:
-        exes = build(a.targets, src=a.src, jobs=max(2, a.jobs))
+        exes = build(a.targets, src=Path(a.src) if a.src else None, jobs=max(2, a.jobs))
     except BuildError as e:
         print(f"kilolearn fuzz: {e}")
         return 2

@@ -274,6 +274,19 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
     return res
 
 
+def summary_table(results: list[dict]) -> str:
+    """The summary ``kilolearn session`` ends with, from Result.as_dict() records: per
+    strategy the accuracy on all classes after the last task (device, numpy twin) and the mean
+    of the per-task accuracies."""
+    from tabulate import tabulate
+
+    return tabulate([[r["strategy"], f"{100 * r['acc_after_task'][-1]:.2f} %",
+                      f"{100 * r['reference_acc_after_task'][-1]:.2f} %"
+                      if r["reference_acc_after_task"] else "-",
+                      f"{100 * float(np.mean(r['task_acc'][-1])):.2f} %"] for r in results],
+                    headers=["strategy", "device", "numpy reference", "average task accuracy"])
+
+
 def plot(results: list[Result], path: str) -> None:
     import matplotlib
 

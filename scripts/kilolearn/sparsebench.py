@@ -164,6 +164,26 @@ def accuracy_table(runs: list[Run]) -> str:
                    "arena B"], rows)
 
 
+def traffic(r: Run, every: int) -> dict:
+    """Flash figures of one run with a commit every ``every`` steps: KB per 1,000 steps for a
+    generation COMMIT and a projected delta journal, and per partition layout (SECTORS) the
+    sector erases per 1,000 steps and the lifetime in steps (1 step/s: seconds)."""
+    commits = 1000 / every
+    journal = COMMIT_HEADER + JOURNAL_RECORD * r.dirty.get(every, 0) + \
+        BIAS_RECORD * r.dirty_biases.get(every, 0)
+    gen = r.blob_bytes + COMMIT_HEADER
+    out: dict = {"gen_kb": gen * commits / 1024, "journal_kb": journal * commits / 1024,
+                 "parts": {}}
+    for part, (n_sec, sec) in SECTORS.items():
+        # a generation takes whole sectors; a journal fills sectors in turn
+        rotating = n_sec - 1  # the pinned slot stays out (flash-store.md)
+        out["parts"][part] = {
+            "gen_erases": commits * -(-gen // sec), "journal_erases": journal * commits / sec,
+            "gen_life": CYCLES * rotating * every if gen <= sec * rotating else 0,
+            "journal_life": CYCLES * n_sec * sec / (journal / every)}
+    return out
+
+
 def traffic_tables(runs: list[Run], every: int) -> tuple[str, str]:
     rows1, rows2 = [], []
     for r in runs:
@@ -174,20 +194,12 @@ def traffic_tables(runs: list[Run], every: int) -> tuple[str, str]:
                       f"{r.changed_per_step:,.1f}", f"{sram_w:,.1f}",
                       f"{r.dirty.get(every, 0):,.0f}",
                       f"{r.dirty_biases.get(every, 0):,.0f}"])
-        commits = 1000 / every
-        journal = COMMIT_HEADER + JOURNAL_RECORD * r.dirty.get(every, 0) + \
-            BIAS_RECORD * r.dirty_biases.get(every, 0)
-        gen = r.blob_bytes + COMMIT_HEADER
-        row = [r.model, r.policy, f"{100 * r.fraction:g} %", f"{gen * commits / 1024:,.1f}",
-               f"{journal * commits / 1024:,.1f}"]
-        for n_sec, sec in SECTORS.values():
-            # a generation takes whole sectors; a journal fills sectors in turn
-            gen_erases = commits * -(-gen // sec)
-            j_erases = journal * commits / sec
-            rotating = n_sec - 1  # the pinned slot stays out (flash-store.md)
-            life_gen = CYCLES * rotating * every if gen <= sec * rotating else 0
-            life_j = CYCLES * n_sec * sec / (journal / every)
-            row += [f"{gen_erases:g} / {j_erases:.2f}", f"{_life(life_gen)} / {_life(life_j)}"]
+        t = traffic(r, every)
+        row = [r.model, r.policy, f"{100 * r.fraction:g} %", f"{t['gen_kb']:,.1f}",
+               f"{t['journal_kb']:,.1f}"]
+        for f in t["parts"].values():
+            row += [f"{f['gen_erases']:g} / {f['journal_erases']:.2f}",
+                    f"{_life(f['gen_life'])} / {_life(f['journal_life'])}"]
         rows2.append(row)
     t1 = _table(["model", "policy", "fraction", "weights read/step", "weights changed/step",
                  "SRAM bytes written/step", f"dirty weights/{every} steps",
@@ -198,29 +210,56 @@ def traffic_tables(runs: list[Run], every: int) -> tuple[str, str]:
     return t1, _table(hdr, rows2)
 
 
-def run(a: argparse.Namespace) -> int:
+def accuracy_report(runs: list[Run], board: str, epochs: int = 0) -> str:
+    """The accuracy table with its title line (what ``sparse-bench`` prints first)."""
+    return (f"int8 on sklearn digits (1,200 train / 597 test), SGD lr 0.05, batch 1; MLP "
+            f"64-32-10 {epochs or 20} epochs, CNN {epochs or 10} epochs; {board} under "
+            "QEMU -icount shift=0 beside the numpy twin\n" + accuracy_table(runs))
+
+
+def traffic_report(runs: list[Run], commit_every: list[int]) -> str:
+    """The traffic and flash tables, two per commit interval, with their title lines."""
+    parts = []
+    for every in commit_every:
+        t1, t2 = traffic_tables(runs, every)
+        parts.append(f"weight-store traffic per training step (int8 MLP; weights are bytes; a "
+                     f"commit every {every} steps)\n{t1}")
+        parts.append(f"flash per 1,000 steps and lifetime at 1 step/s, STM32F429ZI-like "
+                     f"({CYCLES:,} cycles), a commit every {every} steps: generation = the "
+                     "implemented COMMIT (whole blob, docs/flash-store.md); journal = projected "
+                     f"delta commit of the changed weights only\n{t2}")
+    return "\n\n".join(parts)
+
+
+def run_from_dict(d: dict) -> Run:
+    """A Run from its JSON form (dict keys of dirty counts back to ints)."""
+    d = dict(d)
+    for k in ("dirty", "dirty_biases"):
+        d[k] = {int(n): v for n, v in d.get(k, {}).items()}
+    return Run(**d)
+
+
+def measure(board: str = "mps2-an386", models: list[str] | None = None,
+            policies: list[str] | None = None, fractions: list[float] | None = None,
+            epochs: int = 0, commit_every: list[int] | None = None) -> list[Run]:
+    """Every run of ``sparse-bench`` (the defaults are the command's)."""
     ds = datasets.digits()
     runs: list[Run] = []
-    for model_name in a.models:
-        epochs = a.epochs if a.epochs else (20 if model_name == "mlp" else 10)
-        configs = [("all", 1.0)] + [(p, f) for p in a.policies for f in a.fractions if f < 1.0]
+    for model_name in models or list(DEFAULT_MODELS):
+        ep = epochs if epochs else (20 if model_name == "mlp" else 10)
+        configs = [("all", 1.0)] + [(p, f) for p in policies or list(DEFAULT_POLICIES)
+                                    for f in fractions or list(DEFAULT_FRACTIONS) if f < 1.0]
         for p, f in configs:
             print(f"  {model_name} {p} {100 * f:g} % ...", flush=True)
-            runs.append(run_one(a.board, model_name, p, f, epochs, ds, a.commit_every))
-    print(f"\nint8 on sklearn digits (1,200 train / 597 test), SGD lr 0.05, batch 1; MLP "
-          f"64-32-10 {a.epochs or 20} epochs, CNN {a.epochs or 10} epochs; {a.board} under "
-          "QEMU -icount shift=0 beside the numpy twin")
-    print(accuracy_table(runs))
-    for every in a.commit_every:
-        t1, t2 = traffic_tables(runs, every)
-        print(f"\nweight-store traffic per training step (int8 MLP; weights are bytes; a "
-              f"commit every {every} steps)")
-        print(t1)
-        print(f"\nflash per 1,000 steps and lifetime at 1 step/s, STM32F429ZI-like "
-              f"({CYCLES:,} cycles), a commit every {every} steps: generation = the "
-              "implemented COMMIT (whole blob, docs/flash-store.md); journal = projected delta "
-              "commit of the changed weights only")
-        print(t2)
+            runs.append(run_one(board, model_name, p, f, ep, ds,
+                                commit_every or list(DEFAULT_COMMIT_EVERY)))
+    return runs
+
+
+def run(a: argparse.Namespace) -> int:
+    runs = measure(a.board, a.models, a.policies, a.fractions, a.epochs, a.commit_every)
+    print("\n" + accuracy_report(runs, a.board, a.epochs))
+    print("\n" + traffic_report(runs, a.commit_every))
     if a.json:
         Path(a.json).write_text(json.dumps([asdict(r) for r in runs], indent=1))
     bad = [r for r in runs if not r.same_predictions]
@@ -229,19 +268,27 @@ def run(a: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+DEFAULT_MODELS = ("mlp", "cnn")
+DEFAULT_POLICIES = ("topr", "channel-norm", "channel-sparse")
+DEFAULT_FRACTIONS = (0.5, 0.2, 0.1, 0.75)
+DEFAULT_COMMIT_EVERY = (10, 100)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .cliargs import BOARDS, FloatRange, IntRange, OutFile
 
     p.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host"])
-    p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(train.MODELS))
-    p.add_argument("--policies", nargs="+", default=["topr", "channel-norm", "channel-sparse"],
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                   choices=list(train.MODELS))
+    p.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES),
                    choices=[k for k in selective.POLICIES if k != "all"])
     p.add_argument("--fractions", nargs="+", type=FloatRange(0.001, 1.0, lo_open=False),
-                   default=[0.5, 0.2, 0.1, 0.75],
+                   default=list(DEFAULT_FRACTIONS),
                    help="fractions updated (0.75 and 0.5 of channel-sparse are 25 %% and 50 %% "
                    "of channels frozen)")
     p.add_argument("--epochs", type=IntRange(0, 1000), default=0,
                    help="default (0): MLP 20, CNN 10")
-    p.add_argument("--commit-every", type=IntRange(1, 1_000_000), nargs="+", default=[10, 100],
+    p.add_argument("--commit-every", type=IntRange(1, 1_000_000), nargs="+",
+                   default=list(DEFAULT_COMMIT_EVERY),
                    help="commit intervals (training steps) of the traffic tables")
     p.add_argument("--json", type=OutFile(), help="write every run as JSON to this file")

@@ -97,3 +97,20 @@ def run(board: str, dtype: str, *, epochs: int = 20, lr: float = 0.05, seed: int
         phases=({p: float(np.mean([e[f"{p}_insn"] / e["n_train"] for e in eps]))
                  for p in PHASES} if profile and counter else None),
     )
+
+
+def _insn(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def table(results: list[dict]) -> str:
+    """The table ``kilolearn train`` prints, from Result.as_dict() records."""
+    from tabulate import tabulate
+
+    rows = [[r["dtype"], f"{100 * r['device_acc'][-1]:.2f} %",
+             f"{100 * r['reference_acc']:.2f} %", _insn(r["insn_per_train_sample"]),
+             _insn(r["insn_per_inference"]), f"{r['arena_bytes']:,}", f"{r['blob_bytes']:,}"]
+            for r in results]
+    return tabulate(rows, headers=["dtype", "device test acc", "numpy reference",
+                                   "insn/train sample", "insn/inference", "arena bytes",
+                                   "blob bytes"])
