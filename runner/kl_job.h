@@ -1,7 +1,7 @@
 /*
  * Job images: what the host harness hands a runner (a file on the host, a
  * memory image loaded by QEMU on the boards). Little-endian, CRC-checked,
- * version 1. Written by scripts/kilolearn/job.py.
+ * version 1. Written by scripts/kilolearn/device/job.py.
  */
 #ifndef KL_JOB_H
 #define KL_JOB_H

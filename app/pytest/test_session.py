@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from kilolearn import data, session
+from kilolearn.core import data
+from kilolearn.device import session
 
 log = logging.getLogger(__name__)
 

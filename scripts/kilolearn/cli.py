@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from . import build, export, model, protocol, reference
 from . import cliargs as ca
-from . import data as datasets
 from .cliargs import UsageError
+from .core import data as datasets
+from .core import model, reference
+from .device import build, protocol
+from .formats import export
 
 BOARDS = ca.BOARDS
 DATASETS = ["digits", "fashion"]
@@ -38,7 +40,7 @@ def _fmt_insn(v: float | None) -> str:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from . import train
+    from .device import train
 
     dtypes = list(train.DTYPES) if a.dtype == "both" else [a.dtype]
     if a.model == "cnn" and a.hidden < 4:
@@ -65,7 +67,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_session(a: argparse.Namespace) -> int:
     import json as _json
 
-    from . import session
+    from .device import session
 
     if a.plot:
         ca.need_matplotlib("--plot")
@@ -129,7 +131,7 @@ def cmd_session(a: argparse.Namespace) -> int:
 def cmd_stream(a: argparse.Namespace) -> int:
     import json as _json
 
-    from . import session, stream
+    from .device import session, stream
 
     if not a.blob:
         raise UsageError("give --blob (the model to load; it also says how to encode the "
@@ -187,7 +189,7 @@ def cmd_stream(a: argparse.Namespace) -> int:
 def _device(a: argparse.Namespace) -> Iterator[protocol.Client]:
     """session.open_device for --board / --port; a port that cannot be opened, a device that
     does not answer, hangs up or does not speak the protocol: one UsageError naming it."""
-    from . import session
+    from .device import session
 
     where = f"--port {a.port}" if a.port else f"--board {a.board}"
     try:
@@ -239,7 +241,7 @@ def _resume_point(state: Path, n: int) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from . import train
+    from .device import train
 
     ds = datasets.digits()
     rows, out = [], []
@@ -268,7 +270,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_bench_kernels(a: argparse.Namespace) -> int:
-    from . import kbench
+    from .bench import kbench
 
     return kbench.main(a)
 
@@ -397,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     k = sub.add_parser("bench-kernels", help="int8 kernels: instructions per MAC, ref vs dsp")
-    from . import kbench
+    from .bench import kbench
 
     kbench.add_arguments(k)
     k.set_defaults(fn=cmd_bench_kernels)
@@ -414,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("blob", type=ca.InFile("blob"))
     i.set_defaults(fn=cmd_info)
 
-    from . import importer
+    from .formats import importer
 
     im = sub.add_parser("import", help="import an ONNX or TFLite model as a .klm blob")
     importer.add_arguments(im)
@@ -425,14 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sanitize", action="store_true")
     c.set_defaults(fn=cmd_build)
 
-    from . import storebench
+    from .bench import storebench
 
     w = sub.add_parser("store-bench", help="flash wear of training with periodic commits and "
                        "the lifetime on STM32F429ZI-like flash")
     storebench.add_arguments(w)
     w.set_defaults(fn=storebench.run)
 
-    from . import sparsebench
+    from .bench import sparsebench
 
     sp = sub.add_parser("sparse-bench", help="selective updates: accuracy vs fraction updated, "
                         "instructions saved, weight-store traffic and flash lifetime")
@@ -445,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     footprint.add_arguments(f)
     f.set_defaults(fn=cmd_footprint)
 
-    from . import docfigs
+    from .tools import docfigs
 
     dc = sub.add_parser("docs", help="rewrite the measured figures of README.md and docs/*.md "
                         "from docs/figures/*.json (--measure: rerun them first; --check: list "
@@ -453,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     docfigs.add_arguments(dc)
     dc.set_defaults(fn=docfigs.run)
 
-    from . import fuzz
+    from .tools import fuzz
 
     fz = sub.add_parser("fuzz", help="coverage-guided fuzzing of the engine, the session and the "
                         "store (libFuzzer; tests/fuzz/README.md)")

@@ -313,7 +313,7 @@ class UpdateSpec:
     __name__ = "update"
 
     def __call__(self, text: str) -> tuple[str, float]:
-        from . import selective
+        from .core import selective
 
         name, _, frac = text.partition(":")
         if name not in selective.POLICIES:
@@ -363,7 +363,7 @@ def classify(e: BaseException) -> tuple[int, str]:
     import subprocess
     import zipfile
 
-    from . import build, protocol
+    from .device import build, protocol
 
     msg = one_line(str(e)) or type(e).__name__
     if isinstance(e, UsageError):

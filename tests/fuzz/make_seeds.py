@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kilolearn import export
-from kilolearn import model as M
 from kilolearn import planner as P
-from kilolearn import reference as R
+from kilolearn.core import model as M
+from kilolearn.core import reference as R
+from kilolearn.formats import export
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"

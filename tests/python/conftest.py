@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from kilolearn import build, data
+from kilolearn.core import data
+from kilolearn.device import build
 
 QEMU_BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505"]
 HOST_TARGETS = ["host", "host-asan"]
@@ -40,7 +41,7 @@ def require_target(target: str) -> None:
 
 def run_job(img: bytes, target: str):
     """runner.run_job on a test target (host, host-asan, a board, <board>-cmsis-nn)."""
-    from kilolearn import runner
+    from kilolearn.device import runner
 
     board, asan = split_target(target)
     return runner.run_job(img, board, sanitize=asan, cmsis_nn=target.endswith("-cmsis-nn"))
@@ -80,7 +81,7 @@ def run_fuzz_firmware(board: str, target: str) -> tuple[int, int]:
     (cases, mismatches) from its final "KL fuzz done cases N mismatches N" line."""
     from pathlib import Path
 
-    from kilolearn import build, qemu
+    from kilolearn.device import build, qemu
 
     exe = build.build(board, target=target)
     r = qemu.run_firmware(Path(exe), board, job=None, timeout=600)

@@ -11,8 +11,10 @@ import zlib
 import numpy as np
 import pytest
 
-from kilolearn import build, export, job, model, runner
-from kilolearn import reference as R
+from kilolearn.core import model
+from kilolearn.core import reference as R
+from kilolearn.device import build, job, runner
+from kilolearn.formats import export
 
 
 @pytest.fixture(scope="module")

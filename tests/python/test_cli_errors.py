@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kilolearn import cli, export
+from kilolearn import cli
 from kilolearn import cliargs as ca
-from kilolearn import model as M
+from kilolearn.core import model as M
+from kilolearn.formats import export
 
 #: value-taking arguments without a checked type; each is checked by its command (footprint
 #: reports every bad ELF, board and group itself) and still gets bad values below
@@ -85,7 +86,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     rng = np.random.default_rng(15)
     good = export.export_f32(M.mlp([64, 32, 10]).graph, M.mlp([64, 32, 10]).init(0))
     (tmp / "good.klm").write_bytes(good)
-    from kilolearn import data, reference
+    from kilolearn.core import data, reference
 
     m = M.mlp([64, 32, 10])
     qm = reference.quantize_model(m.graph, m.init(0), data.digits().x_train[:200])
@@ -346,7 +347,10 @@ class WorkStarted(BaseException):  # noqa: N818 - not an error the CLI may swall
 def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every entry point of real work raises WorkStarted (a BaseException: the CLI's guard
     does not catch it), so a bad call that gets past the checks fails the test."""
-    from kilolearn import build, importer, kbench, planner, qemu, runner, session, train
+    from kilolearn import planner
+    from kilolearn.bench import kbench
+    from kilolearn.device import build, qemu, runner, session, train
+    from kilolearn.formats import importer
 
     def trap(what: str):  # noqa: ANN202
         def f(*_a: object, **_k: object) -> None:
@@ -570,7 +574,7 @@ class _SmallArenaDevice:
     arena), a replay buffer kl_replay_init's bytes on top; KL_ENOMEM past the arena."""
 
     def __init__(self, arena: int = 20480, base: int = 5820):
-        from kilolearn import protocol
+        from kilolearn.device import protocol
 
         self.arena, self.base, self.used = arena, base, 0
         self.last_info = protocol.Info(1, 2048, 1, False, 0xFF, 0, 0, 0xFFFF, 0, arena, 1 << 18)
@@ -583,7 +587,7 @@ class _SmallArenaDevice:
         pass
 
     def config(self, replay_cap: int = 0, cut: int = 0xFFFF, **_k: object) -> None:
-        from kilolearn import protocol, session
+        from kilolearn.device import protocol, session
 
         used = self.base + (session.replay_bytes(replay_cap, 128, 10) if cut != 0xFFFF else 0)
         if used > self.arena:
@@ -601,7 +605,8 @@ def test_replay_capacity_fits_the_device_arena(monkeypatch: pytest.MonkeyPatch) 
     """Issue 15: the default replay capacity shrinks to what the device's arena holds (INFO's
     arena size, the model's share measured by STATS); an explicit --replay-cap that does not
     fit is one line saying what does, exit 2."""
-    from kilolearn import data, session
+    from kilolearn.core import data
+    from kilolearn.device import session
 
     dev = _SmallArenaDevice()
     cap, note = session._fit_replay(dev, 200, {"cut": 1}, 128, 10, fit=True)

@@ -1,5 +1,5 @@
 """The measured figures of README.md and docs/*.md are generated (``kilolearn docs``,
-scripts/kilolearn/docfigs.py): every marked block must equal the render of its JSON in
+scripts/kilolearn/tools/docfigs.py): every marked block must equal the render of its JSON in
 docs/figures/, every figure must appear in exactly one block, markers must name known figures,
 and one cheap figure is measured again here and held to its JSON.
 """
@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import qemu_missing
 
-from kilolearn import build, cli, docfigs, train
+from kilolearn import cli
+from kilolearn.device import build, train
+from kilolearn.tools import docfigs
 
 ROOT = build.repo_root()
 

@@ -15,9 +15,10 @@ from conftest import (
     split_target,
 )
 
-from kilolearn import export, job, runner
-from kilolearn import model as M
-from kilolearn import reference as R
+from kilolearn.core import model as M
+from kilolearn.core import reference as R
+from kilolearn.device import job, runner
+from kilolearn.formats import export
 
 TARGETS = HOST_TARGETS + QEMU_BOARDS
 S8_TARGETS = TARGETS + CMSIS_NN_TARGETS  # the int8 forward kernels through CMSIS-NN too

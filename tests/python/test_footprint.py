@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kilolearn import build, cli, footprint
+from kilolearn import cli, footprint
+from kilolearn.device import build
 
 QEMU_BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505"]
 KINDS = ("text", "data", "bss")

@@ -1,4 +1,4 @@
-"""libFuzzer targets (tests/fuzz/, built by kilolearn.fuzz with clang and
+"""libFuzzer targets (tests/fuzz/, built by kilolearn.tools.fuzz with clang and
 -fsanitize=fuzzer,address,undefined): the committed seed corpora and the reproducers of fixed
 crashes (tests/fuzz/regressions/<target>/) replayed once each, then every target fuzzed for a
 bounded time (KL_FUZZ_SECONDS, default 25 s each). `kilolearn fuzz --seconds N` runs them
@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from kilolearn import fuzz
+from kilolearn.tools import fuzz
 
 pytestmark = pytest.mark.skipif(fuzz.missing() is not None, reason=str(fuzz.missing()))
 

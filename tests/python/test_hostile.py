@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from conftest import require_target
 
-from kilolearn import build, export, model, reference
-from kilolearn import protocol as P
+from kilolearn.core import model, reference
+from kilolearn.device import build
+from kilolearn.device import protocol as P
+from kilolearn.formats import export
 
 EINVAL, ENOMEM, ENOTSUP, ECORRUPT, ESTATE, ENOSPC = -22, -12, -134, -204, -208, -28
 GEOMETRY = "64K,4K,16,0xFF"
@@ -188,7 +190,8 @@ def test_config_refused_changes_nothing(exe, s8):
 def test_replay_cut_on_a_planned_model_refused(exe, digits):
     """A model trained by its schedule frees activations as it goes: a replay cut there would
     copy a freed (NULL) tensor. CONFIG refuses it (KL_ENOTSUP) and the session trains on."""
-    from kilolearn import planner, session
+    from kilolearn import planner
+    from kilolearn.device import session
 
     sc = session.Scenario()
     m = session.build_model(sc, 64, 10)
@@ -339,7 +342,7 @@ def test_replay_capacity_overflowing_32_bits_refused_on_m4(digits):
     accepted, and the TRAINs after it wrote past it. Now KL_ENOMEM, nothing applied, and the
     session trains on."""
     require_target("mps2-an386")
-    from kilolearn import session
+    from kilolearn.device import session
 
     sc = session.Scenario()
     m = session.build_model(sc, 64, 10)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from conftest import require_target
 
-from kilolearn import export, job, runner
-from kilolearn import importer as I
-from kilolearn import model as M
-from kilolearn import reference as R
+from kilolearn.core import model as M
+from kilolearn.core import reference as R
+from kilolearn.device import job, runner
+from kilolearn.formats import export
+from kilolearn.formats import importer as I
 
 TARGETS = ["host", "mps2-an386"]
 
@@ -576,7 +577,7 @@ def test_tflite_pow2_matches_litert(rng):
     _need("ai_edge_litert")
     from ai_edge_litert import interpreter as lt
 
-    from kilolearn import quant as Q
+    from kilolearn.core import quant as Q
 
     g, p, qm, buf, x = tfl_case(rng, per_channel=False)
     iq = I.load_tflite(buf).qmodel

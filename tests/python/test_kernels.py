@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from conftest import require_target, split_target
 
-from kilolearn import kbench
+from kilolearn.bench import kbench
 
 DSP_BOARDS = ["mps2-an386", "mps2-an500", "mps2-an505"]
 OPS = ["fc64x32", "fc256x128", "conv1x1", "conv3x3", "conv3x3s2", "dw3x3", "dw3x3s2"]

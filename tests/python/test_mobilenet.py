@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from conftest import require_target, run_job
 
-from kilolearn import export, job
-from kilolearn import model as M
-from kilolearn import reference as R
+from kilolearn.core import model as M
+from kilolearn.core import reference as R
+from kilolearn.device import job
+from kilolearn.formats import export
 
 
 @pytest.mark.parametrize("target", ["host", "mps2-an386", "mps2-an386-cmsis-nn"])

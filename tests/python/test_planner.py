@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from kilolearn import model as M
 from kilolearn import planner as P
+from kilolearn.core import model as M
 
 
 def exhaustive(ch: P.Chain, m: int) -> float:

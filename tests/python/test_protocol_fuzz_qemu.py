@@ -25,8 +25,10 @@ import numpy as np
 import pytest
 from conftest import require_target
 
-from kilolearn import build, export, protocol, qemu, reference, session
-from kilolearn import data as datasets
+from kilolearn.core import data as datasets
+from kilolearn.core import reference
+from kilolearn.device import build, protocol, qemu, session
+from kilolearn.formats import export
 
 pytestmark = pytest.mark.qemu
 

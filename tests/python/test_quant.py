@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from kilolearn import quant as q
+from kilolearn.core import quant as q
 
 
 def round_half_away(fr: Fraction) -> int:

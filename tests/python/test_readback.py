@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from conftest import require_target
 
-from kilolearn import export, model, reference, session
-from kilolearn import protocol as P
+from kilolearn.core import model, reference
+from kilolearn.device import protocol as P
+from kilolearn.device import session
+from kilolearn.formats import export
 
 ALL = bytes([1] * 10)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_engine import MODELS
 
-from kilolearn import model as M
-from kilolearn import reference as R
+from kilolearn.core import model as M
+from kilolearn.core import reference as R
 
 
 def loss64(tr: R.F32Trainer, x: np.ndarray, label: int) -> float:

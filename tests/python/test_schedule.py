@@ -10,11 +10,12 @@ import pytest
 from conftest import require_target, split_target
 from test_engine import data_for, residual_net
 
-from kilolearn import export, job, runner
-from kilolearn import model as M
 from kilolearn import planner as P
-from kilolearn import quant as Q
-from kilolearn import reference as R
+from kilolearn.core import model as M
+from kilolearn.core import quant as Q
+from kilolearn.core import reference as R
+from kilolearn.device import job, runner
+from kilolearn.formats import export
 
 TARGETS = ["host", "host-asan", "mps2-an386"]
 

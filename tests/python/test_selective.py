@@ -16,10 +16,13 @@ from conftest import HOST_TARGETS, QEMU_BOARDS, require_target, split_target
 from test_blob import reseal
 from test_engine import MODELS, data_for
 
-from kilolearn import build, export, job, runner, selective, sparsebench
-from kilolearn import model as M
-from kilolearn import quant as q
-from kilolearn import reference as R
+from kilolearn.bench import sparsebench
+from kilolearn.core import model as M
+from kilolearn.core import quant as q
+from kilolearn.core import reference as R
+from kilolearn.core import selective
+from kilolearn.device import build, job, runner
+from kilolearn.formats import export
 
 TARGETS = HOST_TARGETS + QEMU_BOARDS
 POLICIES = [("topr", 200), ("channel-norm", 500), ("channel-sparse", 500),

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import require_target
 
-from kilolearn import protocol as P
-from kilolearn import session as S
-from kilolearn.replay import ReplayBuffer
+from kilolearn.core.replay import ReplayBuffer
+from kilolearn.device import protocol as P
+from kilolearn.device import session as S
 
 
 def test_cobs_round_trip_and_rejects_garbage(rng):
@@ -139,7 +139,7 @@ def test_protocol_fuzz_emulated_m4(rng):
 def test_fashion_mnist_from_debian_package():
     import os
 
-    from kilolearn import data
+    from kilolearn.core import data
 
     if not os.path.isdir(data.FASHION_DIR):
         pytest.skip("dataset-fashion-mnist not installed")

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from conftest import require_target
 
-from kilolearn import build, export, model, protocol, qemu, reference, storebench
+from kilolearn.bench import storebench
+from kilolearn.core import model, reference
+from kilolearn.device import build, protocol, qemu
+from kilolearn.formats import export
 
 LINE = re.compile(r"(commit|load): (\d+) steps, (clean|torn) cut at each of (\d+) points: "
                   r"(\d+) old, (\d+) new")

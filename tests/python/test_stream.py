@@ -7,8 +7,11 @@ import json
 
 import numpy as np
 
-from kilolearn import cli, export, reference, session, stream
-from kilolearn import model as M
+from kilolearn import cli
+from kilolearn.core import model as M
+from kilolearn.core import reference
+from kilolearn.device import session, stream
+from kilolearn.formats import export
 
 
 def test_stream_over_a_pty_matches_numpy(digits, tmp_path):

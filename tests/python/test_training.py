@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import require_target
 
-from kilolearn import train
+from kilolearn.device import train
 
 
 @pytest.mark.parametrize("dtype,floor", [("f32", 0.90), ("s8", 0.88)])

@@ -48,7 +48,7 @@ def analyze(path: str, groups: Sequence[tuple[str, str]] = (),
 
 def _default_root() -> Path | None:
     try:
-        from ..build import repo_root
+        from ..device.build import repo_root
         return repo_root()
     except Exception:
         return None

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ..model import Graph
+from ..core.model import Graph
 from .curve import plot_curve
 from .memory import TARGET_PTR, MemModel, PlanError
 from .steps import Plan
@@ -17,7 +17,7 @@ from .strategies import baseline, budget_of, min_budget, optimal
 
 
 def _model_from_args(a):  # noqa: ANN001, ANN202
-    from .. import model as M
+    from ..core import model as M
 
     shape = (a.input, a.input, 3)
     if a.model == "mobilenet_v1":
@@ -28,7 +28,7 @@ def _model_from_args(a):  # noqa: ANN001, ANN202
 
 
 def _graph_from_args(a) -> Graph:  # noqa: ANN001
-    from .. import export
+    from ..formats import export
 
     if a.blob:
         from pathlib import Path
@@ -46,8 +46,8 @@ def _check_plan_args(a):  # noqa: ANN001, ANN202
     """What ``kilolearn plan`` checks before planning: (graph, dtype, budget)."""
     from pathlib import Path
 
-    from .. import export
     from ..cliargs import UsageError, need_matplotlib
+    from ..formats import export
 
     budget = (a.budget if isinstance(a.budget, int) else budget_of(a.budget)) - a.reserve
     if budget < 1:
@@ -124,9 +124,9 @@ def _measure(a, g: Graph, mm: MemModel, store_all: Plan, opt: Plan) -> None:  # 
 
     from tabulate import tabulate
 
-    from .. import export
-    from .. import planbench as B
-    from .. import reference as R
+    from ..bench import planbench as B
+    from ..core import reference as R
+    from ..formats import export
 
     if a.blob:
         qm = export.read(Path(a.blob).read_bytes()).qmodel
@@ -147,7 +147,7 @@ def write_blob(src: str | None, pl: Plan, dst: str) -> None:
     """Re-export the .klm at src with the schedule of pl (format 2.1)."""
     from pathlib import Path
 
-    from .. import export
+    from ..formats import export
 
     if not src:
         raise PlanError("--write needs --blob (the model to attach the schedule to)")

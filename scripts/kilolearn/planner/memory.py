@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model import Graph
+from ..core.model import Graph
 
 # step kinds (docs/blob-format.md, kl_blob.h KL_STEP_*)
 STEP_FWD, STEP_LOSS, STEP_GRAD, STEP_BWD, STEP_FREE_DATA, STEP_FREE_GRAD = 1, 2, 3, 4, 5, 6

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable
 
-from ..model import Graph
+from ..core.model import Graph
 from .chain import EXACT_MAX, GRID_LEVELS, Chain, _GridDp, _search, chain_of
 from .memory import INF, STEP_COMPACT, MemModel, PlanError
 from .steps import Plan, build_steps, trim_compact

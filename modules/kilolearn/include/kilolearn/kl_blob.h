@@ -1,6 +1,6 @@
 /*
  * The kilolearn model blob (.klm), format version 1. All fields little-endian.
- * Written only by the host exporter (scripts/kilolearn/export.py); parsed
+ * Written only by the host exporter (scripts/kilolearn/formats/export.py); parsed
  * defensively by kl_blob_parse(): every size and offset is checked.
  * The authoritative description is docs/blob-format.md (format 2: a
  * graph of tensors and ops).

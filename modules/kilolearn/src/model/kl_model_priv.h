@@ -12,7 +12,7 @@
  * compiler inlines across them as it did when they were one file (the
  * instruction counts of docs/ are unchanged by the split).
  * Internal: nothing here is public API. The numpy twin is
- * scripts/kilolearn/reference.py. */
+ * scripts/kilolearn/core/reference.py. */
 #ifndef KL_MODEL_PRIV_H
 #define KL_MODEL_PRIV_H
 

@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from . import build, export, protocol, qemu, reference, selective
-from . import data as datasets
-from . import model as M
-from .replay import ReplayBuffer
+from ..core import data as datasets
+from ..core import model as M
+from ..core import reference, selective
+from ..core.replay import ReplayBuffer
+from ..formats import export
+from . import build, protocol, qemu
 
 STRATEGIES = ("replay", "naive", "joint")
 

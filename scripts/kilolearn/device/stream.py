@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as datasets
-from . import export, protocol
+from ..core import data as datasets
+from ..formats import export
+from . import protocol
 
 
 @dataclass

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Graph, Op, Params
-from .reference import QModel
+from ..core.model import Graph, Op, Params
+from ..core.reference import QModel
 
 MAGIC = b"KLMB"
 VERSION = (2, 0)  # a blob without a schedule
@@ -110,7 +110,7 @@ def _sched(g: Graph, plan) -> bytes | None:  # noqa: ANN001
 def _update(update: tuple[str | int, float | int] | None) -> tuple[int, int]:
     """(policy, fraction) -> the header's (policy id, per mille); a fraction > 1 is per mille
     already. (0, 0) for none or 'all'."""
-    from . import selective
+    from ..core import selective
 
     if update is None:
         return 0, 0

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import quant as q
-from .model import Graph, Op, Params, _conv_geometry
-from .reference import BIAS_EXTRA_BITS, QModel
+from ..core import quant as q
+from ..core.model import Graph, Op, Params, _conv_geometry
+from ..core.reference import BIAS_EXTRA_BITS, QModel
 
 ONNX_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "AveragePool",
             "GlobalAveragePool", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "Softmax",
@@ -713,7 +713,7 @@ def summary(imp: Imported) -> str:
 
 
 def add_arguments(p) -> None:
-    from . import cliargs as ca
+    from .. import cliargs as ca
 
     p.add_argument("model", type=ca.InFile("model", (".onnx", ".tflite")),
                    help="a .onnx or .tflite file")
@@ -765,7 +765,7 @@ def load_checked(path: str | Path) -> Imported:
 
 def _calibration(imp: Imported, path: str) -> np.ndarray:
     """--calib: (N, ...) inputs in the model's own layout -> (N, features) finite float32."""
-    from .cliargs import UsageError
+    from ..cliargs import UsageError
 
     try:
         raw = np.load(path, allow_pickle=False)
@@ -786,9 +786,9 @@ def _calibration(imp: Imported, path: str) -> np.ndarray:
 
 
 def run(a) -> int:
+    from ..cliargs import UsageError, check_writable
+    from ..core.reference import quantize_model
     from . import export
-    from .cliargs import UsageError, check_writable
-    from .reference import quantize_model
 
     out = Path(a.output or Path(a.model).with_suffix(".klm"))
     if not a.output:

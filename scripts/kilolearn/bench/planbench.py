@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import export, job, runner
-from . import planner as P
-from . import reference as R
+from .. import planner as P
+from ..core import reference as R
+from ..device import job, runner
+from ..formats import export
 
 
 @dataclass

@@ -104,8 +104,8 @@ BOARD = "mps2-an386"
 
 def _measure_train(model_name: str, epochs: int, board: str = BOARD,
                    with_reference: bool = True) -> dict:
-    from . import data as datasets
-    from . import train
+    from ..core import data as datasets
+    from ..device import train
 
     ds = datasets.digits()
     out = []
@@ -122,7 +122,7 @@ def _by_dtype(rec: dict) -> dict[str, dict]:
 
 
 def render_train_mlp(rec: dict) -> str:
-    from . import train
+    from ..device import train
 
     return _fence(train.table(rec["data"]["results"])) + "\n\n" + _stamp(rec)
 
@@ -165,8 +165,8 @@ def render_train_cnn(rec: dict) -> str:
 
 def _measure_session(board: str, data: str, plot: Path | None = None) -> dict:
     """`kilolearn session` with its defaults (the replay buffer sized to the device's arena)."""
-    from . import data as datasets
-    from . import session
+    from ..core import data as datasets
+    from ..device import session
 
     sc = session.Scenario()
     sc.fit_replay = True
@@ -193,7 +193,7 @@ def _insn_per_new(r: dict) -> list[float]:
 
 
 def render_session_digits(rec: dict) -> str:
-    from . import session
+    from ..device import session
 
     d = rec["data"]
     res = {r["strategy"]: r for r in d["results"]}
@@ -246,7 +246,7 @@ def _measure_quickstart() -> dict:
     """Wall time of `./run.sh main` with the apt packages and .venv present (the firmware built
     from scratch in a fresh build directory), and of what run.sh adds without .venv: a new
     venv and `pip install -e .[test,plot]` from PyPI with no pip cache."""
-    from . import build
+    from ..device import build
 
     root = build.repo_root()
     py = shutil.which("python3") or sys.executable
@@ -283,7 +283,7 @@ def render_quickstart(rec: dict) -> str:
 
 
 def _measure_sparse() -> dict:
-    from . import sparsebench as sb
+    from ..bench import sparsebench as sb
 
     runs = sb.measure(BOARD)
     return {"board": BOARD, "epochs": 0, "commit_every": list(sb.DEFAULT_COMMIT_EVERY),
@@ -291,7 +291,7 @@ def _measure_sparse() -> dict:
 
 
 def _runs(rec: dict) -> list:
-    from . import sparsebench as sb
+    from ..bench import sparsebench as sb
 
     return [sb.run_from_dict(r) for r in rec["data"]["runs"]]
 
@@ -302,7 +302,7 @@ def _find(runs: list, model: str, policy: str, fraction: float):  # noqa: ANN202
 
 
 def render_sparse(rec: dict) -> str:
-    from . import sparsebench as sb
+    from ..bench import sparsebench as sb
 
     d = rec["data"]
     runs = _runs(rec)
@@ -338,7 +338,7 @@ def render_sparse(rec: dict) -> str:
 
 
 def render_sparse_traffic(rec: dict) -> str:
-    from . import sparsebench as sb
+    from ..bench import sparsebench as sb
 
     d = rec["data"]
     runs = _runs(rec)
@@ -383,7 +383,7 @@ DIRS = {"fwd": "forward", "bwd": "input grad", "wgrad": "weight grad"}
 
 def _previous(name: str) -> dict | None:
     try:
-        from . import build
+        from ..device import build
 
         return json.loads((build.repo_root() / FIGURES_DIR / f"{name}.json").read_text())
     except (OSError, ValueError, RuntimeError):
@@ -391,7 +391,8 @@ def _previous(name: str) -> dict | None:
 
 
 def _measure_kernels() -> dict:
-    from . import build, kbench
+    from ..bench import kbench
+    from ..device import build
 
     tree = build.cmsis_nn_dir()
     boards: dict[str, list[dict]] = {}
@@ -534,7 +535,7 @@ def _runner_ram(board: str) -> dict:
     """RAM of the bare-metal runner besides its arena: .data and .bss without arena_mem."""
     from elftools.elf.elffile import ELFFile
 
-    from . import build
+    from ..device import build
 
     exe = build.build(board)
     with open(exe, "rb") as f:
@@ -549,10 +550,10 @@ def _runner_ram(board: str) -> dict:
 def _measure_planner() -> dict:
     import numpy as np
 
-    from . import model as M
-    from . import planbench as B
-    from . import planner as P
-    from . import reference as R
+    from .. import planner as P
+    from ..bench import planbench as B
+    from ..core import model as M
+    from ..core import reference as R
 
     mdl = M.mobilenet_v1((128, 128, 3), 10, alpha=0.1)
     g = mdl.graph
@@ -649,8 +650,8 @@ def _measure_zephyr() -> dict:
                       "docs/zephyr.md); the recorded figures are kept")
     if shutil.which("west") is None:
         raise Skipped("west is not installed")
-    from . import build
-    from . import footprint as fp
+    from .. import footprint as fp
+    from ..device import build
 
     root = build.repo_root()
     ws = Path(zb).resolve().parent
@@ -751,7 +752,7 @@ _ROOT: list[Path] = []  # the checkout being rewritten (set by main; measure wri
 
 
 def _doc_path(rel: str) -> Path:
-    from . import build
+    from ..device import build
 
     return (_ROOT[0] if _ROOT else build.repo_root()) / rel
 
@@ -905,7 +906,7 @@ def measure(root: Path, name: str) -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cliargs import InDir
+    from ..cliargs import InDir
 
     p.add_argument("--measure", nargs="+", choices=["all", *NAMES], metavar="NAME",
                    help="rerun these figures (all: every one) and write their JSON first: "
@@ -918,8 +919,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from . import build
-    from .cliargs import UsageError
+    from ..cliargs import UsageError
+    from ..device import build
 
     if a.check and a.measure:
         raise UsageError("--check writes nothing: leave out --measure")

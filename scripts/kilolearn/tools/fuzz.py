@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .build import BuildError, repo_root
+from ..device.build import BuildError, repo_root
 
 TARGETS: dict[str, list[str]] = {  # target -> extra sources (relative to the source root)
     "kl_fuzz_blob_lf": [],
@@ -316,7 +316,7 @@ def inputs_of(target: str, regressions: bool = True) -> list[Path]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cliargs import InDir, IntRange
+    from ..cliargs import InDir, IntRange
 
     p.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS),
                    help="which targets (default: all)")
@@ -374,7 +374,7 @@ def run(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kilolearn.fuzz", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m kilolearn.tools.fuzz", description=__doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as datasets
-from . import job, runner, selective, train
+from ..core import data as datasets
+from ..core import selective
+from ..device import job, runner, train
 
 CYCLES = 10_000
 SECTORS = {"4x16K": (4, 16 * 1024), "2x64K": (2, 64 * 1024), "7x128K": (7, 128 * 1024)}
@@ -275,7 +276,7 @@ DEFAULT_COMMIT_EVERY = (10, 100)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cliargs import BOARDS, FloatRange, IntRange, OutFile
+    from ..cliargs import BOARDS, FloatRange, IntRange, OutFile
 
     p.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host"])
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),

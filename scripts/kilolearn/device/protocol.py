@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .export import ERRORS
+from ..formats.export import ERRORS
 
 VERSION = 1
 HEADER = 6

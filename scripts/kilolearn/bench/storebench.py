@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build, protocol
+from ..device import build, protocol
 
 #: STM32F429ZI: 2 MB in two banks of 4 x 16 KB, 1 x 64 KB, 7 x 128 KB sectors; 10k cycles;
 #: x32 programming (4-byte writes) at 2.7-3.6 V; erased to 0xFF.
@@ -47,7 +47,7 @@ class Row:
 
 def session_blob(seed: int = 0) -> bytes:
     """The split-digits session's int8 model (64 -> 128 frozen -> 32 -> 10)."""
-    from . import session as S
+    from ..device import session as S
 
     sc = S.Scenario()
     m = S.build_model(sc)
@@ -97,7 +97,7 @@ def _duration(seconds: float) -> str:
 
 
 def run(a: argparse.Namespace) -> int:
-    from .cliargs import UsageError
+    from ..cliargs import UsageError
 
     for every in a.every:
         if every * a.commits > MAX_STEPS:
@@ -135,7 +135,7 @@ MAX_STEPS = 10_000_000  # training steps of one run (--every x --commits)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cliargs import IntRange, OutFile
+    from ..cliargs import IntRange, OutFile
 
     p.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
     p.add_argument("--every", nargs="+", type=IntRange(1, 100_000), default=[10, 100, 1000],

@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import data as datasets
-from . import export, job, model, reference, runner
+from ..core import data as datasets
+from ..core import model, reference
+from ..formats import export
+from . import job, runner
 
 DTYPES = ("f32", "s8")
 CALIBRATION_SAMPLES = 200

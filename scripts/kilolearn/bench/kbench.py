@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import build, qemu
+from ..device import build, qemu
 
 TARGET = "kl_bench_kernels"
 DIRS = ("fwd", "bwd", "wgrad")
@@ -130,7 +130,7 @@ def add_arguments(p) -> None:
                    help="boards to run on (default: the M4 and the M7)")
     p.add_argument("--edge", action="store_true",
                    help="also list the odd-shaped self-test layers")
-    from .cliargs import OutFile
+    from ..cliargs import OutFile
 
     p.add_argument("--json", type=OutFile(), help="write the measurements as JSON to this file")
     p.add_argument("--cmsis-nn", action="store_true",
@@ -143,7 +143,7 @@ def main(a) -> int:
 
     from tabulate import tabulate
 
-    from .cliargs import UsageError
+    from ..cliargs import UsageError
 
     if a.cmsis_nn and build.cmsis_nn_dir() is None:
         raise UsageError("--cmsis-nn: no CMSIS-NN source tree (set KILOLEARN_CMSIS_NN or "

@@ -1,0 +1,1 @@
+"""Model formats: the .klm blob (export: write and read) and ONNX/TFLite import."""

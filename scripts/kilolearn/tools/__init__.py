@@ -1,0 +1,1 @@
+"""Tools: coverage-guided fuzzing of the engine (fuzz), generated doc figures (docfigs)."""
