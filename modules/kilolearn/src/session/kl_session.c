@@ -100,10 +100,10 @@ static void handle_frame(kl_session_t *s, const uint8_t *wire, size_t n)
 		nak(s, KL_EFRAME, 0);
 		return;
 	}
-	const uint16_t seq = rd16(f + 2);
-	const uint32_t plen = rd16(f + 4);
+	const uint16_t seq = kl_rd16(f + 2);
+	const uint32_t plen = kl_rd16(f + 4);
 	if (plen > KL_SESSION_MAX_PAYLOAD || plen != len - KL_FRAME_HEADER - KL_FRAME_CRC ||
-	    kl_crc32(0, f, KL_FRAME_HEADER + plen) != rd32(f + KL_FRAME_HEADER + plen)) {
+	    kl_crc32(0, f, KL_FRAME_HEADER + plen) != kl_rd32(f + KL_FRAME_HEADER + plen)) {
 		nak(s, KL_EFRAME, seq);
 		return;
 	}

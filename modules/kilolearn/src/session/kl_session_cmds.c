@@ -32,7 +32,7 @@ int kl_sess_cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 	if (err != KL_OK) {
 		return err;
 	}
-	const int label = rd16(p);
+	const int label = kl_rd16(p);
 	if (label >= s->model.n_classes) {
 		return KL_EINVAL;
 	}
@@ -77,7 +77,7 @@ int kl_sess_cmd_eval(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out, int 
 	if (err != KL_OK) {
 		return err;
 	}
-	const int label = predict ? -1 : (int)rd16(p);
+	const int label = predict ? -1 : (int)kl_rd16(p);
 	const int pred = kl_predict(&s->model, aligned_sample(predict ? p : p + 2,
 								n - (predict ? 0u : 2u)));
 	if (pred < 0) {
@@ -146,7 +146,7 @@ static void compose(const kl_session_t *s, const uint8_t *blob, uint32_t off, ui
 {
 	memcpy(buf, blob + off, n);
 	if (s->model.dtype == KL_DTYPE_S8) {
-		const uint32_t tens = rd32(blob + KL_BH_TENSORS);
+		const uint32_t tens = kl_rd32(blob + KL_BH_TENSORS);
 		for (uint32_t t = 0; t < s->model.n_tensors; t++) {
 			const uint32_t at = tens + t * KL_BLOB_TENSOR_SIZE + KL_BT_EXP;
 			if (at >= off && at < off + n) {
@@ -154,7 +154,7 @@ static void compose(const kl_session_t *s, const uint8_t *blob, uint32_t off, ui
 			}
 		}
 	}
-	const uint32_t ops = rd32(blob + KL_BH_OPS);
+	const uint32_t ops = kl_rd32(blob + KL_BH_OPS);
 	const uint32_t es = s->model.dtype == KL_DTYPE_S8 ? 1u : 4u;
 	for (int i = 0; i < s->model.n_ops; i++) {
 		const kl_op_t *op = &s->model.ops[i];
@@ -162,8 +162,8 @@ static void compose(const kl_session_t *s, const uint8_t *blob, uint32_t off, ui
 			continue;
 		}
 		const uint8_t *r = blob + ops + (uint32_t)i * KL_BLOB_OP_SIZE;
-		const uint32_t t_off[2] = {rd32(r + KL_BO_W_OFF), rd32(r + KL_BO_B_OFF)};
-		const uint32_t t_len[2] = {op->n_w * es, rd32(r + KL_BO_B_SIZE)};
+		const uint32_t t_off[2] = {kl_rd32(r + KL_BO_W_OFF), kl_rd32(r + KL_BO_B_OFF)};
+		const uint32_t t_len[2] = {op->n_w * es, kl_rd32(r + KL_BO_B_SIZE)};
 		const uint8_t *src[2] = {(const uint8_t *)op->w, (const uint8_t *)op->b};
 		for (int t = 0; t < 2; t++) {
 			const uint32_t lo = t_off[t] > off ? t_off[t] : off;
@@ -256,8 +256,8 @@ int kl_sess_cmd_read(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out
 	if (n != 7u || p[0] > 1u) {
 		return KL_EINVAL;
 	}
-	const uint32_t off = rd32(p + 1);
-	uint32_t want = rd16(p + 5);
+	const uint32_t off = kl_rd32(p + 1);
+	uint32_t want = kl_rd16(p + 5);
 	const uint32_t room = KL_SESSION_MAX_PAYLOAD - 4u - 8u;
 	want = want < room ? want : room;
 	uint32_t len, version;

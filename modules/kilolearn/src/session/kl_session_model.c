@@ -213,7 +213,7 @@ int kl_sess_cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
 	if (n < 5u) {
 		return KL_EINVAL;
 	}
-	const uint32_t v = rd32(p + 1);
+	const uint32_t v = kl_rd32(p + 1);
 	switch (p[0]) {
 	case KL_LOAD_BEGIN: {
 		if (v < KL_BLOB_HEADER_SIZE || v > s->cfg.store->size) {
@@ -290,7 +290,7 @@ int kl_sess_cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 				uint32_t u;
 				float f;
 			} f;
-			f.u = rd32(v);
+			f.u = kl_rd32(v);
 			if (!(f.f >= 0.0f && f.f <= 1.0f)) {
 				return KL_EINVAL;
 			}
@@ -301,33 +301,33 @@ int kl_sess_cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 			if (len != 2u) {
 				return KL_EINVAL;
 			}
-			c.replay_ratio = rd16(v);
+			c.replay_ratio = kl_rd16(v);
 			break;
 		case KL_CFG_REPLAY_CAP:
 			if (len != 4u) {
 				return KL_EINVAL;
 			}
-			c.replay_cap = rd32(v);
+			c.replay_cap = kl_rd32(v);
 			break;
 		case KL_CFG_CUT:
 			if (len != 2u) {
 				return KL_EINVAL;
 			}
-			c.cut = rd16(v);
+			c.cut = kl_rd16(v);
 			break;
 		case KL_CFG_SEED:
 			if (len != 4u) {
 				return KL_EINVAL;
 			}
-			c.seed = rd32(v);
+			c.seed = kl_rd32(v);
 			break;
 		case KL_CFG_UPDATE:
 			if (len != 3u || (v[0] >= KL_UPDATE_POLICY_COUNT && v[0] != 0xFFu) ||
-			    rd16(v + 1) == 0u || rd16(v + 1) > KL_UPDATE_FRAC_ONE) {
+			    kl_rd16(v + 1) == 0u || kl_rd16(v + 1) > KL_UPDATE_FRAC_ONE) {
 				return KL_EINVAL;
 			}
 			c.upd_policy = v[0];
-			c.upd_permille = rd16(v + 1);
+			c.upd_permille = kl_rd16(v + 1);
 			break;
 		case KL_CFG_CLASSES: /* len <= 255 < sizeof(class_mask) */
 			c.auto_classes = len == 0u;

@@ -11,17 +11,7 @@
 
 #include "kilolearn/kl_blob.h"
 #include "kilolearn/kl_session.h"
-
-static inline uint16_t rd16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static inline uint32_t rd32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-	       ((uint32_t)p[3] << 24);
-}
+#include "../kl_blob_read.h" /* kl_rd16, kl_rd32 */
 
 static inline void wr16(uint8_t *p, uint32_t v)
 {
