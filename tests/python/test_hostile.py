@@ -167,6 +167,9 @@ def test_config_refused_changes_nothing(exe, s8):
                 struct.pack("<BBf", P.CFG_LR, 4, 0.5) + struct.pack("<BBBH", P.CFG_UPDATE, 3, 9,
                                                                      500),
                 struct.pack("<BBf", P.CFG_LR, 4, 0.5) + b"\x02\x05",  # truncated item
+                # 65,535 replay steps per TRAIN: no crash, but a TRAIN that never ends
+                struct.pack("<BBf", P.CFG_LR, 4, 0.5) + struct.pack("<BBH", P.CFG_REPLAY_RATIO,
+                                                                     2, 101),
             ):
                 with pytest.raises(P.DeviceError) as e:
                     c.request(P.CONFIG, bad)

@@ -22,6 +22,9 @@ extern "C" {
 #ifndef KL_SESSION_MAX_PAYLOAD
 #define KL_SESSION_MAX_PAYLOAD 2048u
 #endif
+/* replayed latents per new sample at most (each is a training step: a bound
+ * on how long one TRAIN may take) */
+#define KL_SESSION_MAX_REPLAY_RATIO 100u
 #define KL_FRAME_HEADER 6u /* type, version, seq (u16), len (u16) */
 #define KL_FRAME_CRC    4u
 #define KL_FRAME_MAX    (KL_FRAME_HEADER + KL_SESSION_MAX_PAYLOAD + KL_FRAME_CRC)
@@ -47,7 +50,7 @@ enum kl_load_phase { KL_LOAD_BEGIN = 0, KL_LOAD_DATA = 1, KL_LOAD_END = 2 };
 
 enum kl_cfg_key {
 	KL_CFG_LR = 1,           /* f32 */
-	KL_CFG_REPLAY_RATIO = 2, /* u16: replayed latents per new sample */
+	KL_CFG_REPLAY_RATIO = 2, /* u16: replayed latents per new sample (<= 100) */
 	KL_CFG_REPLAY_CAP = 3,   /* u32: latents held */
 	KL_CFG_CUT = 4,          /* u16: tensor id of the replay cut (0xFFFF: none) */
 	KL_CFG_SEED = 5,         /* u32 */

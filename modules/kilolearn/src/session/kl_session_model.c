@@ -302,6 +302,9 @@ int kl_sess_cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 				return KL_EINVAL;
 			}
 			c.replay_ratio = kl_rd16(v);
+			if (c.replay_ratio > KL_SESSION_MAX_REPLAY_RATIO) {
+				return KL_EINVAL; /* each replayed latent is a training step */
+			}
 			break;
 		case KL_CFG_REPLAY_CAP:
 			if (len != 4u) {
