@@ -8,6 +8,7 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kl_crc32.c
   ${KL_ENGINE_DIR}/src/model/kl_model.c  # includes the other src/model/*.c (one unit)
   ${KL_ENGINE_DIR}/src/kl_replay.c
+  ${KL_ENGINE_DIR}/src/kl_samples.c
   ${KL_ENGINE_DIR}/src/session/kl_cobs.c
   ${KL_ENGINE_DIR}/src/session/kl_session.c
   ${KL_ENGINE_DIR}/src/session/kl_session_model.c

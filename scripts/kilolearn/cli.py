@@ -12,27 +12,23 @@ failed (a build, a job on the device) or an internal error, also one line (set
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from tabulate import tabulate
 
 from . import cliargs as ca
 from .cliargs import UsageError
 from .core import data as datasets
 from .core import model, reference
-from .device import build, protocol
+from .device import build
 from .formats import export
 
 BOARDS = ca.BOARDS
 DATASETS = ["digits", "fashion"]
-CPU = {"mps2-an385": "Cortex-M3", "mps2-an386": "Cortex-M4F", "mps2-an500": "Cortex-M7",
-       "mps2-an505": "Cortex-M33", "host": "host"}
+CPU = ca.CPU
 
 
 def _fmt_insn(v: float | None) -> str:
@@ -84,7 +80,7 @@ def cmd_session(a: argparse.Namespace) -> int:
           f"x 2 classes, int8, {a.epochs} epochs per task, latent replay {sc.replay_cap} latents "
           f"x ratio {a.replay_ratio}, on {where}", flush=True)
     results = []
-    with _device(a) as client:
+    with ca.open_device(a) as client:
         if a.bench_link:
             b = session.bench_link(client, a.bench_link)
             print(tabulate([[k, f"{v:,.2f}"] for k, v in b.items()], headers=["link", "value"],
@@ -139,8 +135,8 @@ def cmd_stream(a: argparse.Namespace) -> int:
     if a.resume and not a.state:
         raise UsageError("--resume needs --state (the file recording progress)")
     blob = Path(a.blob).read_bytes()
-    b = _read_blob(blob, f"--blob {a.blob}")
-    n_in, n_classes = _io_sizes(b.graph)
+    b = ca.read_blob(blob, f"--blob {a.blob}")
+    n_in, n_classes = ca.io_sizes(b.graph)
     if n_classes < 2:
         raise UsageError(f"--blob {a.blob}: the model has {n_classes} output(s), a classifier "
                          "needs at least 2")
@@ -162,7 +158,7 @@ def cmd_stream(a: argparse.Namespace) -> int:
         raise UsageError(f"--start {start} is past the data: {a.data} has {len(x):,} samples "
                          f"(0..{len(x) - 1:,})")
     xs = stream.encode(x, blob)
-    with _device(a) as client:
+    with ca.open_device(a) as client:
         if not a.resume or start == 0:
             client.load(blob)
         tty = sys.stdout.isatty()
@@ -183,46 +179,6 @@ def cmd_stream(a: argparse.Namespace) -> int:
         d = res.as_dict() | ({"raw_bytes_per_s": raw} if raw else {})
         Path(a.json).write_text(_json.dumps(d, indent=2))
     return 0
-
-
-@contextlib.contextmanager
-def _device(a: argparse.Namespace) -> Iterator[protocol.Client]:
-    """session.open_device for --board / --port; a port that cannot be opened, a device that
-    does not answer, hangs up or does not speak the protocol: one UsageError naming it."""
-    from .device import session
-
-    where = f"--port {a.port}" if a.port else f"--board {a.board}"
-    try:
-        with session.open_device(a.board, a.port, timeout=a.timeout) as client:
-            yield client
-    except protocol.LinkTimeout as e:
-        raise UsageError(f"{where}: the device did not reply within {a.timeout:g} s"
-                         + ("" if str(e) == "no reply" else f" ({ca.one_line(str(e))})")
-                         + ": is it running the kilolearn session firmware? (--timeout)"
-                         ) from None
-    except protocol.FrameError as e:
-        raise UsageError(f"{where}: the device's replies are not kilolearn session frames "
-                         f"({ca.one_line(str(e))})") from None
-    except Exception as e:
-        if not any(c.__module__.startswith("serial") for c in type(e).__mro__):
-            raise
-        raise UsageError(f"{where}: {ca.one_line(str(e)) or type(e).__name__}") from None
-
-
-def _read_blob(blob: bytes, what: str) -> export.Blob:
-    """export.read with any failure as one UsageError naming ``what``."""
-    try:
-        return export.read(blob)
-    except Exception as e:  # noqa: BLE001 - random bytes may break the reader anywhere
-        msg = ca.one_line(str(e)) or type(e).__name__
-        if not isinstance(e, export.BlobError):
-            msg = f"not a valid kilolearn blob ({type(e).__name__}: {msg})"
-        raise UsageError(f"{what}: {msg}") from None
-
-
-def _io_sizes(g: model.Graph) -> tuple[int, int]:
-    """(inputs, outputs) of a graph."""
-    return int(np.prod(g.shapes[g.input])), int(np.prod(g.shapes[g.output]))
 
 
 def _resume_point(state: Path, n: int) -> int:
@@ -294,7 +250,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    b = _read_blob(Path(a.blob).read_bytes(), a.blob)
+    b = ca.read_blob(Path(a.blob).read_bytes(), a.blob)
     print(f"{a.blob}: kilolearn blob, format {export.VERSION[0]}.x, "
           f"{'float32' if b.dtype == export.DTYPE_F32 else 'int8'}")
     g = b.graph
@@ -321,11 +277,16 @@ def cmd_footprint(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kilolearn`` parser with every subcommand (its errors: one line, exit 2)."""
-    ap = ca.Parser(prog="kilolearn", description="on-device training for MCUs",
+    ap = ca.Parser(prog="kilolearn", description="on-device training for MCUs. Your loop: "
+                   "fit a model on your data (fit), adapt it on a board with new samples and "
+                   "pull it back (adapt), evaluate it anywhere (eval); docs/user-guide.md",
                    epilog="exit status: 0 done, 2 bad arguments or input (one line on stderr), "
                    "1 the run failed or an internal error (KILOLEARN_DEBUG=1 shows the "
                    "traceback), 3 footprint over a limit, 130 interrupted")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    from . import cliloop
+
+    cliloop.add_parsers(sub)  # the user's loop first: example-data, fit, adapt, eval, ...
     lr_help = "SGD learning rate, in (0, 10]"
 
     t = sub.add_parser("train", help="train a model on a board beside the numpy reference")
@@ -377,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--blob", type=ca.InFile("blob"),
                     help="model to LOAD first (also gives the input encoding)")
     st.add_argument("--data", default="digits", type=ca.DataSource(DATASETS),
-                    help="built-in name, .npz (x, y) or .csv")
+                    help="built-in name, .npz (x, y), .npy or .csv (label first)")
     st.add_argument("--split", default="train", choices=["train", "test"])
     st.add_argument("--mode", default="train", choices=["train", "eval"])
     st.add_argument("--start", type=ca.IntRange(0, 1 << 31), default=0,

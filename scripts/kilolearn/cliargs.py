@@ -13,13 +13,20 @@ bad values for every argument of every subcommand from the parser itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from .core.model import Graph
+    from .device import protocol
+    from .formats import export
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEBUG_ENV = "KILOLEARN_DEBUG"
@@ -105,6 +112,8 @@ class FloatRange:
 
 
 BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505"]  # the emulated boards
+CPU = {"mps2-an385": "Cortex-M3", "mps2-an386": "Cortex-M4F", "mps2-an500": "Cortex-M7",
+       "mps2-an505": "Cortex-M33", "host": "host", "host-pty": "host"}
 U32 = 2**32 - 1
 SEED = IntRange(0, 2**31 - 1)  # seeds go to the device as u32, some as seed + 1
 LR = FloatRange(0.0, 10.0)
@@ -332,20 +341,59 @@ class UpdateSpec:
 
 
 class DataSource:
-    """A built-in data set name, or an existing .npz (arrays x, y) or .csv (label first)."""
+    """A built-in data set name, or an existing .npz (arrays x, y), .npy or .csv (label
+    first). ``kind`` "data": checked against a model by its command (width, labels, scale);
+    "traindata": data a new model is built for (any width, any number of classes)."""
 
     kind = "data"
     __name__ = "data"
+    SUFFIXES = (".npz", ".npy", ".csv")
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], kind: str = "data"):
         self.names = names
+        self.kind = kind
 
     def __call__(self, text: str) -> str:
-        if text.lower().endswith((".npz", ".csv")):
-            return InFile("data file", (".npz", ".csv"))(text)
+        if text.lower().endswith(self.SUFFIXES):
+            return InFile("data file", self.SUFFIXES)(text)
         if text not in self.names:
             raise argparse.ArgumentTypeError(
-                f"{text!r}: expected {', '.join(self.names)}, an .npz (x, y) or a .csv file")
+                f"{text!r}: expected {', '.join(self.names)}, an .npz (x, y), .npy or .csv "
+                "file")
+        return text
+
+
+class TrainsSpec:
+    """What trains: all, bias, none, last:N, last:N:bias (core.fit.parse_trains)."""
+
+    kind = "trains"
+    __name__ = "trains"
+
+    def __call__(self, text: str) -> str:
+        from .core import fit
+
+        try:
+            fit.parse_trains(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+
+class OutDir:
+    """A directory to write into: an existing one, or a new one whose parent exists."""
+
+    kind = "outdir"
+    __name__ = "directory"
+
+    def __call__(self, text: str) -> str:
+        p = _path(text)
+        if p.exists() and not p.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: exists and is not a directory")
+        parent = p if p.is_dir() else (p.parent if str(p.parent) else Path("."))
+        if not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"{text}: cannot write in {parent}")
         return text
 
 
@@ -407,3 +455,50 @@ def report(prog: str, e: BaseException) -> int:
 
 def debug() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+# ---------------------------------------------------------------------------- devices, blobs
+
+
+@contextlib.contextmanager
+def open_device(a: argparse.Namespace) -> Iterator[protocol.Client]:
+    """session.open_device for --board / --port; a port that cannot be opened, a device that
+    does not answer, hangs up or does not speak the protocol: one UsageError naming it."""
+    from .device import protocol, session
+
+    where = f"--port {a.port}" if a.port else f"--board {a.board}"
+    try:
+        with session.open_device(a.board, a.port, timeout=a.timeout) as client:
+            yield client
+    except protocol.LinkTimeout as e:
+        raise UsageError(f"{where}: the device did not reply within {a.timeout:g} s"
+                         + ("" if str(e) == "no reply" else f" ({one_line(str(e))})")
+                         + ": is it running the kilolearn session firmware? (--timeout)"
+                         ) from None
+    except protocol.FrameError as e:
+        raise UsageError(f"{where}: the device's replies are not kilolearn session frames "
+                         f"({one_line(str(e))})") from None
+    except Exception as e:
+        if not _is(e, "serial"):
+            raise
+        raise UsageError(f"{where}: {one_line(str(e)) or type(e).__name__}") from None
+
+
+def read_blob(blob: bytes, what: str) -> export.Blob:
+    """export.read with any failure as one UsageError naming ``what``."""
+    from .formats import export
+
+    try:
+        return export.read(blob)
+    except Exception as e:  # noqa: BLE001 - random bytes may break the reader anywhere
+        msg = one_line(str(e)) or type(e).__name__
+        if not isinstance(e, export.BlobError):
+            msg = f"not a valid kilolearn blob ({type(e).__name__}: {msg})"
+        raise UsageError(f"{what}: {msg}") from None
+
+
+def io_sizes(g: Graph) -> tuple[int, int]:
+    """(inputs, outputs) of a graph."""
+    import numpy as np
+
+    return int(np.prod(g.shapes[g.input])), int(np.prod(g.shapes[g.output]))

@@ -174,6 +174,12 @@ def baseline(cmd: str, f: Files) -> dict[str, list[str]]:
                    "--dtype": ["--dtype", "s8"]},  # uses --calib
         "plan": {"--budget": ["--budget=256K"]},
         "stream": {"--blob": ["--blob", f.blob], "--data": ["--data", f.bad["small.npz"]]},
+        "fit": {"data": [f.bad["small.npz"]], "--output": ["-o", str(f.tmp / "fit.klm")]},
+        "adapt": {"blob": [f.blob_s8], "--data": ["--data", f.bad["small.npz"]]},
+        "eval": {"blob": [f.blob_s8], "--data": ["--data", f.bad["small.npz"]]},
+        "deploy": {"blob": [f.blob]},
+        "pull": {"--output": ["-o", str(f.tmp / "pulled.klm")]},
+        "example-data": {"dir": [str(f.tmp / "example")]},
         "footprint": {"elf": [str(Path(sys.executable).resolve())]},  # an ELF file
     }
     return base.get(cmd, {})
@@ -198,8 +204,8 @@ def bad_values(a: argparse.Action, f: Files) -> list[tuple[str, str]]:
         return [(f"{low:g}", "at/below the range"), (f"{t.hi * 10 + 1:g}", "above the range"),
                 ("nan", "nan"), ("-inf", "infinite"), ("1e999", "overflow"),
                 ("x1", "garbage"), ("", "empty")]
-    if kind in ("in", "data"):
-        sfx = (t.suffixes[0] if kind == "in" and t.suffixes else ".npz" if kind == "data"
+    if kind in ("in", "data", "traindata"):
+        sfx = (t.suffixes[0] if kind == "in" and t.suffixes else ".npz" if kind != "in"
                else ".klm")
         out = [(str(f.tmp / f"missing{sfx}"), "missing file"),
                (str(f.tmp / "no-dir" / f"x{sfx}"), "missing directory"),
@@ -207,12 +213,15 @@ def bad_values(a: argparse.Action, f: Files) -> list[tuple[str, str]]:
                ("", "empty name")]
         if kind == "in" and t.suffixes:
             out.append((f.bad["notes.txt"], "wrong suffix"))
-        if kind == "data":
+        if kind in ("data", "traindata"):
             out += [("no-such-set", "unknown name"), (f.bad["random.npz"], "random bytes"),
                     (f.bad["random.csv"], "random bytes"), (f.bad["empty.csv"], "empty"),
-                    (f.bad["width.npz"], "wrong width"), (f.bad["labels.npz"], "bad labels"),
+                    (f.bad["random.npy"], "random bytes"), (f.bad["empty.npy"], "empty"),
                     (f.bad["nan.npz"], "NaN"), (f.bad["nokeys.npz"], "no x, y"),
                     (f.bad["count.npz"], "x/y count")]
+            if kind == "data":  # checked against the command's model
+                out += [(f.bad["width.npz"], "wrong width"),
+                        (f.bad["labels.npz"], "bad labels")]
         elif sfx == ".klm" or not t.suffixes:
             out += [(f.bad[n], n) for n in ("random.klm", "empty.klm", "truncated.klm",
                                             "flipped.klm")]
@@ -233,6 +242,12 @@ def bad_values(a: argparse.Action, f: Files) -> list[tuple[str, str]]:
     if kind == "dir":
         return [(str(f.tmp / "missing-dir"), "missing directory"), (f.blob, "a file"),
                 ("", "empty name")]
+    if kind == "outdir":
+        return [(str(f.tmp / "no-dir" / "sub"), "missing parent"), (f.blob, "a file"),
+                ("", "empty name")]
+    if kind == "trains":
+        return [("last:0", "zero layers"), ("first:2", "unknown"), ("last:x", "garbage"),
+                ("last:2:weights", "unknown part"), ("", "empty")]
     if kind == "sizes":
         return [("64", "one size"), ("64-0-10", "zero"), ("64-100000-10", "too large"),
                 ("a-b", "garbage"), ("64--10", "negative"), ("64-32-1", "one class"),
@@ -319,6 +334,19 @@ def semantic(f: Files) -> list[Case]:
         Case(["store-bench", "--every", "100000", "--commits", "100000"], ["--every"],
              "too many steps"),
         Case(["footprint"], ["ELF"], "no ELF"),
+        Case(["fit", f.bad["width.npz"], "-o", str(f.tmp / "f.klm"), "--model", "cnn"],
+             ["square"], "CNN of non-square samples"),
+        Case(["fit", f.bad["small.npz"], "-o", str(f.tmp / "f.klm"), "--test",
+              f.bad["width.npz"]], ["--test"], "test data of another width"),
+        Case(["fit", f.bad["small.npz"], "-o", str(f.tmp / "f.klm"), "--init", f.blob_s8,
+              "--test", f.bad["labels.npz"]], ["--test"], "test labels past the blob's"),
+        Case(["adapt", f.blob_s8, *small, "--samples", "10", "21"], ["--samples"],
+             "more samples than the data"),
+        Case(["adapt", f.blob_s8, *small, "--trains", "none"], ["trains"], "nothing trains"),
+        Case(["adapt", f.bad["oneclass.klm"], *small], ["labels", "class"],
+             "labels past a one-class model"),
+        Case(["example-data", str(f.tmp / "ex"), "--adapt-samples", "5000"],
+             ["--adapt-samples"], "more adaptation samples than the data"),
     ]
     if f.onnx:
         o = ["-o", str(f.tmp / "i.klm")]
@@ -349,7 +377,8 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     does not catch it), so a bad call that gets past the checks fails the test."""
     from kilolearn import planner
     from kilolearn.bench import kbench
-    from kilolearn.device import build, qemu, runner, session, train
+    from kilolearn.core import fit
+    from kilolearn.device import adapt, build, qemu, runner, session, train
     from kilolearn.formats import importer
 
     def trap(what: str):  # noqa: ANN202
@@ -360,7 +389,8 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     for mod, attr in ((build, "build"), (runner, "run_job"), (session, "open_device"),
                       (qemu, "run_firmware"), (kbench, "run"), (train, "run"),
                       (planner, "MemModel"), (export, "export_f32"), (export, "export_s8"),
-                      (importer, "quantize_model")):
+                      (importer, "quantize_model"), (fit, "fit_new"), (fit, "fit_blob"),
+                      (adapt, "run")):
         monkeypatch.setattr(mod, attr, trap(f"{mod.__name__}.{attr}"), raising=False)
 
 
@@ -421,7 +451,7 @@ def env_for(tmp: Path) -> dict[str, str]:
 def test_every_value_argument_is_checked() -> None:
     """Each argument that takes a value has a checked type the sweep knows, or choices."""
     known = {"int", "float", "in", "dir", "out", "data", "sizes", "budget", "port", "update",
-             "size", "choices"}
+             "size", "choices", "traindata", "outdir", "trains"}
     unchecked = [f"{cmd} {name_of(a)}" for cmd, p in subcommands().items()
                  for a in value_actions(p)
                  if kind_of(a) not in known and (cmd, name_of(a)) not in UNTYPED]

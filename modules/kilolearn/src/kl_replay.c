@@ -6,14 +6,19 @@
 
 #include "kilolearn/kilolearn.h"
 
-uint32_t kl_replay_rand(kl_replay_t *r)
+uint32_t kl_xorshift32(uint32_t *state)
 {
-	uint32_t x = r->rng;
+	uint32_t x = *state;
 	x ^= x << 13;
 	x ^= x >> 17;
 	x ^= x << 5;
-	r->rng = x;
+	*state = x;
 	return x;
+}
+
+uint32_t kl_replay_rand(kl_replay_t *r)
+{
+	return kl_xorshift32(&r->rng);
 }
 
 /* n * elem bytes from the arena; 0 on a product past size_t (a 32-bit

@@ -8,6 +8,14 @@ import numpy as np
 MASK32 = 0xFFFFFFFF
 
 
+def xorshift32(x: int) -> int:
+    """The next state of the engine's generator (kl_xorshift32: shifts 13, 17, 5)."""
+    x ^= (x << 13) & MASK32
+    x ^= x >> 17
+    x ^= (x << 5) & MASK32
+    return x
+
+
 class ReplayBuffer:
     """Class-balanced reservoir of latents (Chrysakis & Moens 2020), xorshift32-driven."""
 
@@ -21,12 +29,8 @@ class ReplayBuffer:
         self.seen = [0] * n_classes
 
     def rand(self) -> int:
-        x = self.rng
-        x ^= (x << 13) & MASK32
-        x ^= x >> 17
-        x ^= (x << 5) & MASK32
-        self.rng = x
-        return x
+        self.rng = xorshift32(self.rng)
+        return self.rng
 
     def _nth_of_class(self, c: int, j: int) -> int:
         for k, lab in enumerate(self.labels):

@@ -17,11 +17,13 @@ from ..formats.export import ERRORS
 
 VERSION = 1
 HEADER = 6
-INFO, LOAD, TRAIN, EVAL, PREDICT, COMMIT, STATS, CONFIG, RESET, READ = range(1, 11)
+INFO, LOAD, TRAIN, EVAL, PREDICT, COMMIT, STATS, CONFIG, RESET, READ, EPOCHS = range(1, 12)
 READ_TRAINED, READ_STORED = 0, 1  # READ sources: the model as trained now, the stored one
 REPLY, NAK = 0x80, 0xFF
 LOAD_BEGIN, LOAD_DATA, LOAD_END = 0, 1, 2
-CFG_LR, CFG_REPLAY_RATIO, CFG_REPLAY_CAP, CFG_CUT, CFG_SEED, CFG_CLASSES, CFG_UPDATE = range(1, 8)
+(CFG_LR, CFG_REPLAY_RATIO, CFG_REPLAY_CAP, CFG_CUT, CFG_SEED, CFG_CLASSES, CFG_UPDATE,
+ CFG_BUFFER) = range(1, 9)
+MAX_EPOCHS = 100  # per EPOCHS request
 UPDATE_BLOB = 0xFF  # CFG_UPDATE policy: the one the blob carries
 NO_CUT = 0xFFFF
 
@@ -213,6 +215,23 @@ class Info:
     replay_cap: int
     arena_size: int
     store_size: int
+    #: the configuration in force (None from a device that does not report it)
+    config: Config | None = None
+
+
+@dataclass
+class Config:
+    """The configuration in force, as INFO reports it (docs/protocol.md)."""
+
+    lr: float
+    replay_ratio: int
+    seed: int
+    update_policy: int  # UPDATE_BLOB: the blob's own
+    update_permille: int
+    grow_classes: bool  # classes become active as their labels are trained
+    active_classes: int
+    buffer_cap: int  # samples kept for EPOCHS
+    buffered: int  # samples held now
 
 
 @dataclass
@@ -282,6 +301,9 @@ class Client:
             raise FrameError(f"INFO reply of {len(p)} bytes: not a kilolearn session device")
         v = struct.unpack_from("<HHHBBHHHIII", p)
         info = Info(v[0], v[1], v[2], bool(v[3]), v[4], v[5], v[6], v[7], v[8], v[9], v[10])
+        if len(p) >= 50:
+            c = struct.unpack_from("<fHIBHBHII", p, 26)
+            info.config = Config(c[0], c[1], c[2], c[3], c[4], bool(c[5]), c[6], c[7], c[8])
         self.max_payload = info.max_payload
         self.last_info = info
         return info
@@ -295,9 +317,13 @@ class Client:
 
     def config(self, lr: float | None = None, replay_ratio: int | None = None,
                replay_cap: int | None = None, cut: int | None = None, seed: int | None = None,
-               classes: bytes | None = None, update: tuple[int, int] | None = None) -> None:
-        """CONFIG; ``update`` = (policy id, per mille): a selective-update policy
-        (docs/selective-updates.md) over the blob's, UPDATE_BLOB to go back to it."""
+               classes: bytes | None = None, update: tuple[int, int] | None = None,
+               buffer: int | None = None) -> None:
+        """CONFIG: the whole configuration; what is left out (None) takes its default
+        (docs/protocol.md), not the previous CONFIG's value. ``classes``: one byte per class
+        (1 active), ``b""`` = classes grow with the labels trained, None = all active;
+        ``update`` = (policy id, per mille): a selective-update policy
+        (docs/selective-updates.md) over the blob's; ``buffer``: samples kept for EPOCHS."""
         p = b""
         if lr is not None:
             p += struct.pack("<BBf", CFG_LR, 4, lr)
@@ -313,7 +339,15 @@ class Client:
             p += struct.pack("<BB", CFG_CLASSES, len(classes)) + classes
         if update is not None:
             p += struct.pack("<BBBH", CFG_UPDATE, 3, *update)
+        if buffer is not None:
+            p += struct.pack("<BBI", CFG_BUFFER, 4, buffer)
         self.request(CONFIG, p)
+
+    def epochs(self, n: int = 1) -> tuple[int, int]:
+        """EPOCHS: ``n`` more epochs over the buffered samples, each in a new shuffled order.
+        Returns (steps, predictions before the update that were right)."""
+        steps, correct = struct.unpack("<II", self.request(EPOCHS, struct.pack("<H", n)))
+        return steps, correct
 
     def train(self, label: int, sample: bytes) -> tuple[int, int]:
         pred, replayed = struct.unpack("<HH", self.request(TRAIN, struct.pack("<H", label) +

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..core import data as datasets
+from ..core import userdata
 from ..formats import export
 from . import protocol
 
@@ -38,52 +36,9 @@ class StreamResult:
 
 
 def load_samples(source: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """A built-in data set name, an .npz with x and y arrays, or a CSV (label first). Samples
-    come back flat, (n, features) float32, labels int64; ValueError if the file does not hold
-    at least one sample with finite values and integer labels."""
-    if source.lower().endswith(".npz"):
-        try:
-            z = np.load(source, allow_pickle=False)
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive (a single array)")
-            with z:
-                missing = [k for k in ("x", "y") if k not in z.files]
-                if missing:
-                    raise ValueError(f"no array {' or '.join(missing)} (has: "
-                                     f"{', '.join(z.files) or 'none'})")
-                x, y = np.asarray(z["x"]), np.asarray(z["y"])
-        except (OSError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"not an .npz archive ({e})") from None
-    elif source.lower().endswith(".csv"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # an empty file: "input contained no data"
-            arr = np.loadtxt(source, delimiter=",", ndmin=2, dtype=np.float64)
-        if arr.shape[1] < 2:
-            raise ValueError("expected rows of a label and at least one value")
-        x, y = arr[:, 1:], arr[:, 0]
-    else:
-        ds = datasets.load(source)
-        return (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
-    return _check_samples(x, y)
-
-
-def _check_samples(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
-        raise ValueError(f"x and y must be numbers (x is {x.dtype}, y is {y.dtype})")
-    if x.ndim < 1 or len(x) == 0 or x.size == 0:
-        raise ValueError("no samples")
-    x = x.reshape(len(x), -1)
-    y = y.reshape(-1)
-    if len(y) != len(x):
-        raise ValueError(f"{len(x):,} samples but {len(y):,} labels")
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError("samples hold NaN, infinite or too large values")
-    if not np.isfinite(y).all() or (y != np.round(y)).any() or (y < 0).any() or \
-            (y > 0xFFFF).any():
-        raise ValueError("labels must be integers from 0 to 65535")
-    return x, y.astype(np.int64)
+    """A built-in data set name, an .npz with x and y arrays, an .npy or a CSV (label first):
+    ``userdata.load`` (its DataError, a ValueError, says what is wrong in one line)."""
+    return userdata.load(source, split)
 
 
 def encode(x: np.ndarray, blob: bytes) -> np.ndarray:

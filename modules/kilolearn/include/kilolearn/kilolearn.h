@@ -222,6 +222,38 @@ int kl_replay_pick(kl_replay_t *r);
 const void *kl_replay_latent(const kl_replay_t *r, int slot);
 void kl_replay_clear(kl_replay_t *r);
 uint32_t kl_replay_rand(kl_replay_t *r);
+/* The generator of replay and sample buffers: xorshift32 (13, 17, 5). */
+uint32_t kl_xorshift32(uint32_t *state);
+
+/* ---- sample buffer: on-device epochs -------------------------------------- */
+/* The most recent cap labelled samples (model inputs) in a ring in the arena,
+ * revisited in shuffled epochs (kl_samples.c). */
+#define KL_SAMPLES_MAX 65535u
+typedef struct {
+	uint8_t *data;    /* cap samples of elem bytes, stride bytes apart (4-aligned) */
+	uint16_t *labels; /* cap */
+	uint16_t *order;  /* cap: the visiting order of the last epoch */
+	uint32_t cap, count, next, elem, stride;
+	uint32_t rng;     /* xorshift32 state */
+} kl_samples_t;
+
+/* cap (1..KL_SAMPLES_MAX) samples of elem bytes: KL_ENOMEM when they do not fit
+ * the arena (sizes checked in 64 bits). _reserve only allocates (nothing
+ * written: on a copy of an arena it tells whether the buffer fits). */
+int kl_samples_reserve(kl_samples_t *b, kl_arena_t *a, uint32_t cap, uint32_t elem);
+int kl_samples_init(kl_samples_t *b, kl_arena_t *a, uint32_t cap, uint32_t elem, uint32_t seed);
+/* Keep a sample (elem bytes) and its label; when full it replaces the oldest. */
+void kl_samples_add(kl_samples_t *b, const void *x, int label);
+/* Sample of slot (< count) and its label. */
+const void *kl_samples_get(const kl_samples_t *b, uint32_t slot, int *label);
+/* A new epoch's order: order[0..count) a Fisher-Yates shuffle of the slots
+ * (i from count down to 2: j = xorshift32 % i, swap order[i-1], order[j]).
+ * Returns count. */
+uint32_t kl_samples_shuffle(kl_samples_t *b);
+/* One epoch: a shuffle, then a training step on every buffered sample in that
+ * order. Returns the steps taken (correct: predictions before each update
+ * that were right) or a negative error code. */
+int kl_samples_epoch(kl_samples_t *b, kl_model_t *m, uint32_t *correct);
 
 #ifdef __cplusplus
 }

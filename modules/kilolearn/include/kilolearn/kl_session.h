@@ -1,8 +1,8 @@
 /*
  * kilolearn session core: the continual-learning protocol of docs/protocol.md
  * (COBS frames with CRC-32 and sequence numbers; INFO, LOAD, TRAIN, EVAL,
- * PREDICT, COMMIT, STATS, CONFIG, RESET, READ) on top of the engine and a latent
- * replay buffer. Portable C, no OS calls: the port feeds received bytes in
+ * PREDICT, COMMIT, STATS, CONFIG, RESET, READ, EPOCHS) on top of the engine, a
+ * latent replay buffer and a buffer of recent samples. Portable C, no OS calls: the port feeds received bytes in
  * and sends the replies through a callback.
  */
 #ifndef KILOLEARN_KL_SESSION_H
@@ -25,6 +25,8 @@ extern "C" {
 /* replayed latents per new sample at most (each is a training step: a bound
  * on how long one TRAIN may take) */
 #define KL_SESSION_MAX_REPLAY_RATIO 100u
+/* epochs over the sample buffer per EPOCHS request at most (the same bound) */
+#define KL_SESSION_MAX_EPOCHS 100u
 #define KL_FRAME_HEADER 6u /* type, version, seq (u16), len (u16) */
 #define KL_FRAME_CRC    4u
 #define KL_FRAME_MAX    (KL_FRAME_HEADER + KL_SESSION_MAX_PAYLOAD + KL_FRAME_CRC)
@@ -42,6 +44,7 @@ enum kl_cmd {
 	KL_CMD_CONFIG = 0x08,
 	KL_CMD_RESET = 0x09,
 	KL_CMD_READ = 0x0A,  /* pull a blob back: the model as trained, or the stored one */
+	KL_CMD_EPOCHS = 0x0B, /* train again on the buffered samples, shuffled */
 	KL_CMD_REPLY = 0x80, /* reply type = command | KL_CMD_REPLY */
 	KL_CMD_NAK = 0xFF
 };
@@ -55,7 +58,8 @@ enum kl_cfg_key {
 	KL_CFG_CUT = 4,          /* u16: tensor id of the replay cut (0xFFFF: none) */
 	KL_CFG_SEED = 5,         /* u32 */
 	KL_CFG_CLASSES = 6,      /* n bytes: 1 = class active; empty: grow as labels come */
-	KL_CFG_UPDATE = 7        /* u8 policy (kl_update_policy, 0xFF: the blob's), u16 per mille */
+	KL_CFG_UPDATE = 7,       /* u8 policy (kl_update_policy, 0xFF: the blob's), u16 per mille */
+	KL_CFG_BUFFER = 8        /* u32: labelled samples kept for EPOCHS (0: none) */
 };
 
 /* protocol status codes (besides the engine's KL_E*) */
@@ -77,8 +81,9 @@ typedef struct {
 	uint64_t (*insn)(void); /* instruction/cycle counter, may be NULL */
 } kl_session_cfg_t;
 
-/* The settings CONFIG changes (docs/protocol.md): a CONFIG is checked whole
- * against the running model and then applied, or refused with nothing
+/* The settings CONFIG changes (docs/protocol.md): each CONFIG states the
+ * whole configuration (keys it leaves out take their defaults); it is checked
+ * whole against the running model and then applied, or refused with nothing
  * changed. A LOAD and a reboot start from the defaults. */
 typedef struct {
 	float lr;
@@ -86,8 +91,9 @@ typedef struct {
 	uint32_t replay_cap, seed;
 	uint8_t upd_policy; /* 0xFF: the blob's own */
 	uint16_t upd_permille;
-	uint8_t auto_classes;
+	uint8_t auto_classes; /* 1: classes become active as their labels are trained */
 	uint8_t class_mask[256];
+	uint32_t buf_cap; /* samples kept for EPOCHS */
 } kl_session_settings_t;
 
 typedef struct {
@@ -95,6 +101,7 @@ typedef struct {
 	kl_arena_t arena;
 	kl_model_t model;
 	kl_replay_t replay;
+	kl_samples_t samples; /* recent labelled samples (set.buf_cap > 0) */
 	kl_slots_t slots; /* the stored generations; the model runs from slots.pin */
 	int loaded;
 	kl_session_settings_t set;

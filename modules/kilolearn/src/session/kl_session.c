@@ -87,6 +87,8 @@ static int dispatch(kl_session_t *s, uint8_t type, uint8_t *p, uint32_t n, uint8
 		return kl_sess_start_model(s);
 	case KL_CMD_READ:
 		return kl_sess_cmd_read(s, p, n, out);
+	case KL_CMD_EPOCHS:
+		return kl_sess_cmd_epochs(s, p, n, out);
 	default:
 		return KL_ENOTSUP;
 	}

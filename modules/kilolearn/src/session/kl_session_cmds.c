@@ -65,10 +65,47 @@ int kl_sess_cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 		}
 		s->replay_steps += replayed;
 	}
+	if (s->set.buf_cap != 0u) {
+		kl_samples_add(&s->samples, x, label);
+	}
 	s->train_insn += kl_sess_now(s) - t0;
 	wr16(out, (uint32_t)pred);
 	wr16(out + 2, replayed);
 	return 4;
+}
+
+/* EPOCHS: u16 epochs (1..KL_SESSION_MAX_EPOCHS) over the buffered samples,
+ * each epoch in a new shuffled order. Reply: u32 steps, u32 predictions
+ * before the update that were right. */
+int kl_sess_cmd_epochs(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out)
+{
+	if (!s->loaded) {
+		return KL_ENOMODEL;
+	}
+	if (n != 2u || kl_rd16(p) == 0u || kl_rd16(p) > KL_SESSION_MAX_EPOCHS) {
+		return KL_EINVAL;
+	}
+	if (s->set.buf_cap == 0u) {
+		return KL_ESTATE; /* no sample buffer configured (CONFIG key 8) */
+	}
+	const uint32_t epochs = kl_rd16(p);
+	uint32_t steps = 0, correct = 0;
+	const uint64_t t0 = kl_sess_now(s);
+	s->state_seq++;
+	for (uint32_t e = 0; e < epochs; e++) {
+		uint32_t ok;
+		const int r = kl_samples_epoch(&s->samples, &s->model, &ok);
+		if (r < 0) {
+			return r;
+		}
+		steps += (uint32_t)r;
+		correct += ok;
+	}
+	s->train_steps += steps;
+	s->train_insn += kl_sess_now(s) - t0;
+	wr32(out, steps);
+	wr32(out + 4, correct);
+	return 8;
 }
 
 int kl_sess_cmd_eval(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out, int predict)
@@ -101,10 +138,7 @@ int kl_sess_cmd_eval(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out, int 
 
 int kl_sess_cmd_stats(kl_session_t *s, uint8_t *out)
 {
-	uint32_t active = 0;
-	for (uint32_t c = 0; c < sizeof(s->set.class_mask); c++) {
-		active += s->set.class_mask[c] != 0u;
-	}
+	const uint32_t active = kl_sess_active_classes(s);
 	wr32(out, s->train_steps);
 	wr32(out + 4, s->replay_steps);
 	wr32(out + 8, (uint32_t)s->train_insn);

@@ -38,7 +38,17 @@ void kl_sess_defaults(kl_session_settings_t *c)
 	c->seed = 1u;
 	c->upd_policy = 0xFFu;
 	c->upd_permille = KL_UPDATE_FRAC_ONE;
-	c->auto_classes = 1;
+	c->auto_classes = 0;
+	memset(c->class_mask, 1, sizeof(c->class_mask)); /* every class of the model active */
+}
+
+uint32_t kl_sess_active_classes(const kl_session_t *s)
+{
+	uint32_t active = 0;
+	for (uint32_t c = 0; s->loaded && c < s->model.n_classes; c++) {
+		active += s->set.class_mask[c] != 0u;
+	}
+	return active;
 }
 
 /* Build the model from blob with the settings in force (the arena anew). */
@@ -71,6 +81,13 @@ int kl_sess_build_model(kl_session_t *s, const uint8_t *blob, uint32_t len)
 					     latent_bytes(&s->model, c->cut), s->model.n_classes,
 					     c->seed ^ 0x9E3779B9u);
 		}
+		if (err != KL_OK) {
+			return err;
+		}
+	}
+	if (c->buf_cap != 0u) {
+		err = kl_samples_init(&s->samples, &s->arena, c->buf_cap, kl_sess_sample_bytes(s),
+				      c->seed ^ 0x7F4A7C15u);
 		if (err != KL_OK) {
 			return err;
 		}
@@ -118,8 +135,14 @@ void kl_sess_resume_model(kl_session_t *s)
  * arena as kl_model_init left them: nothing written, nothing changed. */
 static int settings_fit(const kl_session_t *s, const kl_session_settings_t *c)
 {
+	if (c->buf_cap > KL_SAMPLES_MAX) {
+		return KL_EINVAL;
+	}
 	if (!s->loaded) { /* nothing to lay out against: the arena bounds what fits */
-		return c->cut != 0xFFFFu && c->replay_cap > s->cfg.arena_size ? KL_ENOMEM : KL_OK;
+		return (c->cut != 0xFFFFu && c->replay_cap > s->cfg.arena_size) ||
+				       c->buf_cap > s->cfg.arena_size
+			       ? KL_ENOMEM
+			       : KL_OK;
 	}
 	kl_arena_t a = s->arena;
 	a.used = s->init_used;
@@ -138,6 +161,10 @@ static int settings_fit(const kl_session_t *s, const kl_session_settings_t *c)
 			err = kl_replay_reserve(&r, &a, c->replay_cap, latent_bytes(&m, c->cut),
 						m.n_classes);
 		}
+	}
+	if (err == KL_OK && c->buf_cap != 0u) {
+		kl_samples_t b;
+		err = kl_samples_reserve(&b, &a, c->buf_cap, kl_sess_sample_bytes(s));
 	}
 	return err;
 }
@@ -165,7 +192,21 @@ int kl_sess_cmd_info(kl_session_t *s, uint8_t *out)
 	wr32(out + 14, s->set.replay_cap);
 	wr32(out + 18, (uint32_t)s->cfg.arena_size);
 	wr32(out + 22, s->cfg.store->size);
-	return 26;
+	/* the configuration in force */
+	union {
+		float f;
+		uint32_t u;
+	} lr = {.f = s->set.lr};
+	wr32(out + 26, lr.u);
+	wr16(out + 30, s->set.replay_ratio);
+	wr32(out + 32, s->set.seed);
+	out[36] = s->set.upd_policy;
+	wr16(out + 37, s->set.upd_permille);
+	out[39] = s->set.auto_classes;
+	wr16(out + 40, kl_sess_active_classes(s));
+	wr32(out + 42, s->set.buf_cap);
+	wr32(out + 46, s->loaded && s->set.buf_cap != 0u ? s->samples.count : 0u);
+	return 50;
 }
 
 /* a LOAD that failed or was dropped: the writer stops, the old model stays */
@@ -265,15 +306,17 @@ int kl_sess_cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
 	}
 }
 
-/* CONFIG: every item parsed and checked into a copy of the settings, the
- * whole against the running model (settings_fit), and only then applied: a
- * refused CONFIG changes nothing, not even the items before the bad one. */
+/* CONFIG: the whole configuration (keys not given take their defaults):
+ * every item parsed and checked into a fresh copy of the defaults, the whole
+ * against the running model (settings_fit), and only then applied: a refused
+ * CONFIG changes nothing, not even the items before the bad one. */
 int kl_sess_cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 {
 	if (s->loading) {
 		return KL_ESTATE; /* finish (or drop) the LOAD first */
 	}
-	kl_session_settings_t c = s->set;
+	kl_session_settings_t c;
+	kl_sess_defaults(&c);
 	uint32_t i = 0;
 	while (i < n) {
 		if (n - i < 2u || p[i + 1] > n - i - 2u) {
@@ -331,6 +374,12 @@ int kl_sess_cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 			}
 			c.upd_policy = v[0];
 			c.upd_permille = kl_rd16(v + 1);
+			break;
+		case KL_CFG_BUFFER:
+			if (len != 4u) {
+				return KL_EINVAL;
+			}
+			c.buf_cap = kl_rd32(v);
 			break;
 		case KL_CFG_CLASSES: /* len <= 255 < sizeof(class_mask) */
 			c.auto_classes = len == 0u;
