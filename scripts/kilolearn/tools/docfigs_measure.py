@@ -1,0 +1,271 @@
+"""The measurements behind the figures of ``kilolearn docs`` (kilolearn.tools.docfigs): what
+``--measure NAME`` runs, each returning the "data" of the figure's JSON record."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# where and with what the figures are measured (the renderers read KERNEL_BOARDS, PLAN_BUDGET)
+BOARD = "mps2-an386"
+KERNEL_BOARDS = ("mps2-an386", "mps2-an500")
+PLAN_BUDGET, PLAN_RESERVE = 256 * 1024, 8192
+ZEPHYR_BOARDS = {"qemu_cortex_m3": "256 KB flash, 64 KB SRAM", "mps2/an385": "4 MB, 4 MB",
+                 "nucleo_f429zi": "2 MB, 192 KB", "mimxrt1060_evk": "8 MB QSPI, 1 MB",
+                 "nrf52840dk/nrf52840": "1 MB, 256 KB"}
+
+
+class Skipped(Exception):  # noqa: N818 - not an error: the figure cannot be measured here
+    """The figure cannot be measured on this machine (the reason in one line)."""
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def _no_nan(d: dict) -> dict:
+    """NaN (a field that was not measured) as null: JSON has no NaN."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
+
+
+# ---------------------------------------------------------------------------- train / bench
+
+
+def _measure_train(model_name: str, epochs: int, board: str = BOARD,
+                   with_reference: bool = True) -> dict:
+    from ..core import data as datasets
+    from ..device import train
+
+    ds = datasets.digits()
+    out = []
+    for dt in train.DTYPES:
+        print(f"  {model_name} {dt} on {board} ...", flush=True)
+        r = train.run(board, dt, epochs=epochs, ds=ds, model_name=model_name,
+                      with_reference=with_reference)
+        out.append(_no_nan(r.as_dict()))
+    return {"board": board, "model": model_name, "epochs": epochs, "results": out}
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+def _measure_session(board: str, data: str, plot: Path | None = None) -> dict:
+    """`kilolearn session` with its defaults (the replay buffer sized to the device's arena)."""
+    from ..core import data as datasets
+    from ..device import session
+
+    sc = session.Scenario()
+    sc.fit_replay = True
+    ds = datasets.load(data)
+    notes: list[str] = []
+    results = []
+    with session.open_device(board) as client:
+        arena = client.info().arena_size
+        for st in session.STRATEGIES:
+            print(f"  {st} on {board} ...", flush=True)
+            results.append(session.run(client, st, sc, ds, note=notes.append))
+    if plot is not None:
+        try:
+            session.plot(results, str(plot))
+            print(f"  plot written to {plot}")
+        except ImportError:
+            print(f"  {plot} not rewritten: matplotlib is not installed")
+    return {"board": board, "data": data, "scenario": dataclasses.asdict(sc),
+            "arena_size": arena, "notes": notes, "results": [r.as_dict() for r in results]}
+
+
+def _run_timed(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> float:
+    print(f"  {what}: {' '.join(cmd)}", flush=True)
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    dt = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {r.returncode}): "
+                           f"{(r.stderr or r.stdout).strip()[-300:]}")
+    print(f"    {dt:.1f} s", flush=True)
+    return dt
+
+
+def _measure_quickstart() -> dict:
+    """Wall time of `./run.sh main` with the apt packages and .venv present (the firmware built
+    from scratch in a fresh build directory), and of what run.sh adds without .venv: a new
+    venv and `pip install -e .[test,plot]` from PyPI with no pip cache."""
+    from ..device import build
+
+    root = build.repo_root()
+    py = shutil.which("python3") or sys.executable
+    out: dict = {"cores": os.cpu_count(), "machine": os.uname().machine}
+    with tempfile.TemporaryDirectory(prefix="kilolearn-quickstart-") as tmp:
+        env = dict(os.environ, PIP_NO_CACHE_DIR="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+        out["load_install"] = os.getloadavg()[0]
+        v = f"{tmp}/venv/bin/python"
+        out["install_s"] = (
+            _run_timed([py, "-m", "venv", f"{tmp}/venv"], root, env, "venv")
+            + _run_timed([v, "-m", "pip", "install", "-q", "--upgrade", "pip"], root, env,
+                         "pip upgrade")
+            + _run_timed([v, "-m", "pip", "install", "-q", "-e", ".[test,plot]"], root, env,
+                         "pip install"))
+        env = dict(os.environ, KILOLEARN_BUILD_DIR=f"{tmp}/build")
+        out["load_main"] = os.getloadavg()[0]
+        out["main_s"] = _run_timed(["./run.sh", "main"], root, env, "./run.sh main")
+    return out
+
+
+# ---------------------------------------------------------------------------- sparse-bench
+
+
+def _measure_sparse() -> dict:
+    from ..bench import sparsebench as sb
+
+    runs = sb.measure(BOARD)
+    return {"board": BOARD, "epochs": 0, "commit_every": list(sb.DEFAULT_COMMIT_EVERY),
+            "runs": [_no_nan(dataclasses.asdict(r)) for r in runs]}
+
+
+# ---------------------------------------------------------------------------- kernels
+
+
+def _previous(name: str) -> dict | None:
+    try:
+        from ..device import build
+        from .docfigs import FIGURES_DIR
+
+        return json.loads((build.repo_root() / FIGURES_DIR / f"{name}.json").read_text())
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def _measure_kernels() -> dict:
+    from ..bench import kbench
+    from ..device import build
+
+    tree = build.cmsis_nn_dir()
+    boards: dict[str, list[dict]] = {}
+    cmsis: dict | None = None
+    for b in KERNEL_BOARDS:
+        with_cm = tree is not None and b == KERNEL_BOARDS[0]
+        print(f"  bench-kernels on {b}{' with CMSIS-NN' if with_cm else ''} ...", flush=True)
+        r = kbench.run(b, cmsis_nn=with_cm)
+        if not r.ok:
+            raise RuntimeError(f"bench-kernels on {b}: exit {r.returncode}, {r.mismatches} "
+                               "mismatches" + ("" if r.done else ", no final line"))
+        ms = [m for m in r.measurements if not m.op.startswith("edge_")]
+        boards[b] = [dict(m.__dict__) for m in ms if m.backend in ("ref", "dsp")]
+        if with_cm:
+            desc = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--tags"],
+                                  capture_output=True, text=True, check=False).stdout.strip()
+            cmsis = {"measured": today(), "board": b,
+                     "source": f"CMSIS-NN {desc or 'tree'} (KILOLEARN_CMSIS_NN), `-O2` for the "
+                               "same CPU flags",
+                     "insn_per_mac": {f"{m.op} {m.direction}": m.insn_per_mac
+                                      for m in ms if m.backend == "cmsis_nn"}}
+    if cmsis is None:  # no tree here: keep the last measurement that had one
+        prev = _previous("kernels")
+        cmsis = prev["data"].get("cmsis_nn") if prev else None
+        if cmsis:
+            print(f"  no CMSIS-NN tree: its column kept from {cmsis['measured']}")
+    return {"boards": boards, "cmsis_nn": cmsis}
+
+
+# ---------------------------------------------------------------------------- planner
+
+
+def _plan_d(pl) -> dict:  # noqa: ANN001
+    return {"name": pl.name, "peak": pl.peak, "static": pl.static, "region": pl.region,
+            "extra_pct": pl.extra_pct}
+
+
+def _runner_ram(board: str) -> dict:
+    """RAM of the bare-metal runner besides its arena: .data and .bss without arena_mem."""
+    from elftools.elf.elffile import ELFFile
+
+    from ..device import build
+
+    exe = build.build(board)
+    with open(exe, "rb") as f:
+        e = ELFFile(f)
+        sym = e.get_section_by_name(".symtab")
+        arena = next(s["st_size"] for s in sym.iter_symbols() if s.name == "arena_mem")
+        return {"elf": f"build/{board}/{exe.name}",
+                "data": e.get_section_by_name(".data")["sh_size"],
+                "bss": e.get_section_by_name(".bss")["sh_size"] - arena}
+
+
+def _measure_planner() -> dict:
+    import numpy as np
+
+    from .. import planner as P
+    from ..bench import planbench as B
+    from ..core import model as M
+    from ..core import reference as R
+
+    mdl = M.mobilenet_v1((128, 128, 3), 10, alpha=0.1)
+    g = mdl.graph
+    budget = PLAN_BUDGET - PLAN_RESERVE
+    mm = P.MemModel(g, "s8", target="arm")
+    base = {w: P.baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")}
+    print("  planning ...", flush=True)
+    opt = P.optimal(mm, budget)
+    if opt is None:
+        raise RuntimeError(f"no plan fits {budget:,} B")
+    x = np.random.default_rng(0).uniform(0, 1, (4,) + g.shapes[g.input]).astype(np.float32)
+    qm = R.quantize_model(g, mdl.init(0), x)
+    plain = dataclasses.replace(mm, compact=False)
+    plans = [(plain, P.baseline(plain, "store-all")),
+             (mm, B.compact_everywhere(mm, base["store-all"])), (mm, opt)]
+    print(f"  training with 3 plans on {BOARD} ...", flush=True)
+    ms = B.measure(qm, plans, BOARD)
+    return {"budget": budget, "ops": len(g.ops), "macs": int(sum(mm.macs)),
+            "engine_without_schedule": mm.store_all_bytes(), "runner": _runner_ram(BOARD),
+            "plans": {k: _plan_d(v) for k, v in base.items()} | {"optimal": _plan_d(opt)},
+            "measured": [dataclasses.asdict(m) for m in ms]}
+
+
+# ---------------------------------------------------------------------------- Zephyr
+
+
+def _measure_zephyr() -> dict:
+    """The session app built for every board in a Zephyr v3.7.1 workspace ($ZEPHYR_BASE):
+    sizes from the ELF (kilolearn footprint = arm-none-eabi-size) and Zephyr's own
+    rom_report / ram_report."""
+    zb = os.environ.get("ZEPHYR_BASE")
+    if not zb:
+        raise Skipped("ZEPHYR_BASE is not set (it needs a Zephyr v3.7.1 workspace, "
+                      "docs/zephyr.md); the recorded figures are kept")
+    if shutil.which("west") is None:
+        raise Skipped("west is not installed")
+    from .. import footprint as fp
+    from ..device import build
+
+    root = build.repo_root()
+    ws = Path(zb).resolve().parent
+    extra = [] if ws in root.resolve().parents else [f"-DZEPHYR_EXTRA_MODULES={root}"]
+    boards: dict[str, dict] = {}
+    kernels: dict | None = None
+    with tempfile.TemporaryDirectory(prefix="kilolearn-zephyr-") as tmp:
+        for b in ZEPHYR_BOARDS:
+            out = Path(tmp) / b.replace("/", "_")
+            _run_timed(["west", "build", "-p", "always", "-b", b, str(root / "app"), "-d",
+                        str(out), "--", *extra], ws, dict(os.environ), f"build {b}")
+            rep = fp.analyze(str(out / "zephyr" / "zephyr.elf"))
+            row = {"text": rep.totals.text, "data": rep.totals.data, "bss": rep.totals.bss}
+            for t in ("rom_report", "ram_report"):
+                _run_timed(["west", "build", "-d", str(out), "-t", t], ws, dict(os.environ), t)
+                row[t] = int(json.loads((out / f"{t[:3]}.json").read_text())["symbols"]["size"])
+            boards[b] = row
+            if b == "nucleo_f429zi" and "kernels" in rep.components:
+                files = sorted(((f, u.rom) for f, (c, u) in rep.files.items() if c == "kernels"),
+                               key=lambda t: -t[1])[:4]
+                kernels = {"board": b, "bytes": rep.components["kernels"].rom,
+                           "parts": {Path(f).name: n for f, n in files}}
+    return {"boards": ZEPHYR_BOARDS, "measurements": [
+        {"what": "the session app, default kernel backend", "measured": today(),
+         "boards": boards, "kernels": kernels}]}
