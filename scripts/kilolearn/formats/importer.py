@@ -35,19 +35,15 @@ from .import_tflite import TFLITE_OPS, _map_quantisation, _pow2_exp, load_tflite
 def set_trainable(imp: Imported, last: int | None = None, what: str = "all") -> list[int]:
     """Choose what trains: the last ``last`` layers with weights (all when None), and ``what``
     ('all' = weights and biases, 'bias' = only the biases, the weights stay frozen and are
-    read in place, 'none' = frozen). Returns the indices of the trainable ops."""
+    read in place, 'none' = frozen). Returns the indices of the trainable ops
+    (``core.fit.set_trainable`` on the imported graph)."""
+    from ..core import fit
+
     if what not in ("all", "none", "bias"):
         raise UnsupportedModel(f"--train {what!r}: expected all, none or bias")
-    g = imp.graph
-    with_w = [i for i, op in enumerate(g.ops) if op.has_params]
     if last is not None and last < 0:
         raise UnsupportedModel("--train-last must be >= 0")
-    chosen = set() if what == "none" else set(with_w if last is None else
-                                              with_w[len(with_w) - min(last, len(with_w)):])
-    for i, op in enumerate(g.ops):
-        op.trainable = i in chosen
-        op.bias_only = op.trainable and what == "bias"
-    return sorted(chosen)
+    return fit.set_trainable(imp.graph, last, what)
 
 
 def load(path: str | Path) -> Imported:
