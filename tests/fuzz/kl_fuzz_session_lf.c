@@ -51,14 +51,19 @@ static int same_info(const fz_info_t *a, const fz_info_t *b)
 	       a->classes == b->classes && a->cut == b->cut && a->replay_cap == b->replay_cap;
 }
 
-/* CONFIG items as the device reads them; replay ratios kept below 16 (a ratio of
- * 65535 makes every TRAIN 65535 replay steps: slow, and nothing new to the fuzzer) */
+/* CONFIG items as the device reads them; replay ratios kept below 16 and sample
+ * buffers below 256 (a ratio of 65535 makes every TRAIN 65535 replay steps, a buffer
+ * of thousands every EPOCHS thousands of steps: slow, and nothing new to the fuzzer) */
 static void tame_config(uint8_t *p, size_t n)
 {
 	for (size_t i = 0; i + 2u <= n && p[i + 1] <= n - i - 2u; i += 2u + p[i + 1]) {
 		if (p[i] == KL_CFG_REPLAY_RATIO && p[i + 1] == 2u) {
 			p[i + 2] &= 15u;
 			p[i + 3] = 0;
+		}
+		if (p[i] == KL_CFG_BUFFER && p[i + 1] == 4u && p[i + 5] <= 0x7Fu) {
+			/* at most 255 samples; a capacity with its top bit set stays (refused) */
+			p[i + 3] = p[i + 4] = p[i + 5] = 0;
 		}
 	}
 }
@@ -88,6 +93,9 @@ static void frame_record(fz_in_t *in, uint8_t op)
 	memcpy(payload, p, n);
 	if (type == KL_CMD_CONFIG) {
 		tame_config(payload, n);
+	}
+	if (type == KL_CMD_EPOCHS && n == 2u && payload[1] == 0u) {
+		payload[0] &= 3u; /* a few epochs (0: refused); other lengths stay as they are */
 	}
 	const unsigned damage = (op >> 4) & 3u;
 	if (damage != 0u) { /* a damaged frame: one NAK(KL_EFRAME), nothing else */

@@ -269,3 +269,48 @@ def _measure_zephyr() -> dict:
     return {"boards": ZEPHYR_BOARDS, "measurements": [
         {"what": "the session app, default kernel backend", "measured": today(),
          "boards": boards, "kernels": kernels}]}
+
+
+# ---------------------------------------------------------------------------- the user's loop
+
+ADAPT_SAMPLES = [25, 50, 100, 200]
+ADAPT_EPOCHS = 5
+ADAPT_STEPS = [  # the loop as a user types it (in a scratch directory)
+    ["example-data", "shift", "--shift", "translate"],
+    ["fit", "shift/train.npz", "--test", "shift/test.npz", "-o", "base.klm", "--json",
+     "fit.json"],
+    ["adapt", "base.klm", "--data", "shift/adapt.npz", "--eval", "shift/shifted-test.npz",
+     "--eval", "shift/test.npz", "--samples", *map(str, ADAPT_SAMPLES), "--epochs",
+     str(ADAPT_EPOCHS), "--board", BOARD, "-o", "adapted.klm", "--json", "adapt.json",
+     "--host-runs", "5"],
+    ["eval", "adapted.klm", "--data", "shift/shifted-test.npz", "--json", "eval.json"],
+]
+
+
+def _measure_adapt() -> dict:
+    """The domain-shift scenario of docs/user-guide.md through the CLI (ADAPT_STEPS), and the
+    same adaptation in one pass (--epochs 1) for comparison."""
+    from .. import cli
+
+    def run(argv: list[str]) -> None:
+        print("  kilolearn " + " ".join(argv), flush=True)
+        if cli.main(argv) != 0:
+            raise RuntimeError(f"kilolearn {argv[0]} failed")
+
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="kilolearn-adapt-") as tmp:
+        os.chdir(tmp)
+        try:
+            for argv in ADAPT_STEPS:
+                run(argv)
+            one = [a if a != str(ADAPT_EPOCHS) else "1" for a in ADAPT_STEPS[2][:-2]]
+            one[one.index("adapt.json")] = "adapt1.json"
+            one[one.index("adapted.klm")] = "adapted1.klm"
+            run(one + ["--host-runs", "0"])
+            rd = {n: json.loads(Path(n).read_text())
+                  for n in ("fit.json", "adapt.json", "adapt1.json", "eval.json")}
+        finally:
+            os.chdir(cwd)
+    return {"board": BOARD, "steps": [" ".join(["kilolearn", *s]) for s in ADAPT_STEPS],
+            "fit": rd["fit.json"], "adapt": rd["adapt.json"], "single_pass": rd["adapt1.json"],
+            "eval": rd["eval.json"]}

@@ -419,3 +419,55 @@ def render_zephyr(rec: dict) -> str:
             parts.append(f"On {k['board']} the kernels are {k['bytes']:,} B of the ROM ("
                          + ", ".join(f"{n} {v:,} B" for n, v in k["parts"].items()) + ").")
     return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- the user's loop
+
+
+def render_adapt(rec: dict) -> str:
+    d = rec["data"]
+    a, one = d["adapt"], d["single_pass"]
+    sets = list(a["before"])
+    head = ("| new samples | epochs | " + " | ".join(
+        f"{s}: device | numpy twin | host" for s in sets) + " |")
+    sep = "|---|---|" + "---|---|---|" * len(sets)
+
+    def p(v: float) -> str:
+        return f"{100 * v:.1f}"
+
+    rows = ["| 0 (before) | – | " + " | ".join(f"{p(a['before'][s])} | = | =" for s in sets)
+            + " |"]
+    def host(pt: dict, s: str) -> str:
+        runs = [r[s] for r in pt["host_runs"]]
+        return f"{p(pt['host'][s])} ({p(min(runs))}–{p(max(runs))})"
+
+    for pt in a["points"]:
+        rows.append(f"| {pt['n']} | {a['epochs']} | " + " | ".join(
+            f"**{p(pt['device'][s])}** | {'=' if pt['agree'][s] == 1 else p(pt['twin'][s])} | "
+            f"{host(pt, s)}" for s in sets) + " |")
+    for pt in one["points"]:
+        rows.append(f"| {pt['n']} | 1 | " + " | ".join(
+            f"{p(pt['device'][s])} | {'=' if pt['agree'][s] == 1 else p(pt['twin'][s])} | –"
+            for s in sets) + " |")
+    steps = "\n".join(d["steps"])
+    last = a["points"][-1]
+    n_runs = len(last["host_runs"])
+    gap = max(abs(last["device"][s] - last["host"][s]) for s in sets)
+    worst = max(abs(pt["device"][s] - pt["host"][s]) for pt in a["points"] for s in sets)
+    inside = sum(min(r[s] for r in pt["host_runs"]) <= pt["device"][s] <=
+                 max(r[s] for r in pt["host_runs"]) for pt in a["points"] for s in sets)
+    return (f"```\n{steps}\n```\n\n{head}\n{sep}\n" + "\n".join(rows) + "\n\n"
+            f"Accuracy in % on QEMU {d['board']} (Cortex-M4), int8. *device*: EVAL on the board "
+            "after adapting with the first N samples of `adapt.npz` from the pretrained blob; "
+            "*numpy twin*: the same steps in numpy, in the device's order (=: every prediction "
+            "equal to the device's: 0 points apart); *host*: the same samples and epochs "
+            f"trained in numpy in its own shuffled orders, mean (min–max) of {n_runs} runs. "
+            f"Device vs the host's mean: {100 * gap:.1f} points at {last['n']} samples, at "
+            f"most {100 * worst:.1f} over the table; the device lies within the host runs' "
+            f"range in {inside} of {len(a['points']) * len(sets)} cells (the order of the "
+            "samples alone moves a result by a few points). The pulled-back `adapted.klm` on "
+            f"the host (`kilolearn eval`, numpy): {p(d['eval']['accuracy'])} % on shifted-test "
+            f"= the device's {p(last['device'][sets[0]])} %. Pretrained: "
+            f"{p(d['fit']['test_acc'])} % on the original test set ({d['fit']['model']}, "
+            f"{d['fit']['dtype']}).\n\n"
+            + _stamp(rec))
