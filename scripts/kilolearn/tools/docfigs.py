@@ -110,8 +110,8 @@ TRAIN_CMD = f"kilolearn train --board {BOARD} --dtype both --epochs 20"
 SESSION_CMD = "kilolearn session"
 
 FIGURES: dict[str, Figure] = {f.name: f for f in [
-    Figure("quickstart", "time ./run.sh main; time (python3 -m venv V && "
-           "V/bin/pip install -e '.[test,plot]')", render_quickstart, _measure_quickstart,
+    Figure("quickstart", "git clone; time ./run.sh main; time ./run.sh test -q",
+           render_quickstart, _measure_quickstart,
            where="README.md"),
     Figure("session-digits", SESSION_CMD, render_session_digits,
            lambda: _measure_session(BOARD, "digits", _doc_path("docs/session-digits.png")),
