@@ -15,6 +15,7 @@ from .cliargs import UsageError
 
 DATASETS = ["digits", "fashion"]
 DEVICE_BOARDS = ca.BOARDS + ["host", "host-pty"]
+MAX_CLASSES = 256  # the session's class mask (kl_session_settings_t)
 
 
 def _data(source: str, split: str, what: str):  # noqa: ANN202 - (x, y, shape)
@@ -103,6 +104,9 @@ def cmd_fit(a: argparse.Namespace) -> int:
                                  f"training data's up to {int(y.max())} (classes never "
                                  "trained)")
         n_classes = int(y.max()) + 1
+        if n_classes > MAX_CLASSES:
+            raise UsageError(f"data {a.data}: labels up to {n_classes - 1}; a session model "
+                             f"has at most {MAX_CLASSES} classes (0..{MAX_CLASSES - 1})")
         if n_classes < 2:
             raise UsageError(f"data {a.data}: every label is 0, a classifier needs at least "
                              "2 classes")

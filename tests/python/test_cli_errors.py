@@ -122,6 +122,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     npz("nan.npz", x=np.full((5, 64), np.nan), y=np.arange(5))
     npz("nokeys.npz", a=np.zeros(3))
     npz("count.npz", x=np.zeros((5, 64)), y=np.arange(4))
+    npz("manyclasses.npz", x=np.zeros((3, 64)), y=np.array([0, 1, 300]))
     bad["calib.npy"] = tmp / "calib.npy"
     np.save(bad["calib.npy"], np.zeros((4, 5), np.float32))
     for suffix in ("klm", "onnx", "tflite", "npz", "npy", "csv", "elf", "json", "png"):
@@ -334,6 +335,8 @@ def semantic(f: Files) -> list[Case]:
         Case(["store-bench", "--every", "100000", "--commits", "100000"], ["--every"],
              "too many steps"),
         Case(["footprint"], ["ELF"], "no ELF"),
+        Case(["fit", f.bad["manyclasses.npz"], "-o", str(f.tmp / "f.klm")], ["256"],
+             "more classes than a session holds"),
         Case(["fit", f.bad["width.npz"], "-o", str(f.tmp / "f.klm"), "--model", "cnn"],
              ["square"], "CNN of non-square samples"),
         Case(["fit", f.bad["small.npz"], "-o", str(f.tmp / "f.klm"), "--test",
