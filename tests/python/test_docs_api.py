@@ -12,14 +12,19 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parents[2] / "docs" / "python-api.md"
 
 
-def test_example_runs_and_device_equals_numpy(tmp_path):
-    code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
-    script = tmp_path / "example.py"
+def _run_example(doc: Path, tmp_path: Path) -> str:
+    """The first ```python block of ``doc`` run as a script; its stdout."""
+    code = re.search(r"```python\n(.*?)```", doc.read_text(), re.S).group(1)
+    script = tmp_path / f"{doc.stem}.py"
     script.write_text(code)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "device = numpy after 100 steps" in r.stdout
+    return r.stdout
+
+
+def test_example_runs_and_device_equals_numpy(tmp_path):
+    assert "device = numpy after 100 steps" in _run_example(DOC, tmp_path)
 
 
 def test_listed_subpackages_import():
@@ -31,12 +36,6 @@ def test_listed_subpackages_import():
 
 def test_user_guide_example_runs_and_the_pulled_model_is_the_devices(tmp_path):
     """docs/user-guide.md's Python loop (fit, adapt on the host build, pull back) as written."""
-    guide = DOC.with_name("user-guide.md")
-    code = re.search(r"```python\n(.*?)```", guide.read_text(), re.S).group(1)
-    script = tmp_path / "loop.py"
-    script.write_text(code)
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    m = re.search(r"shifted test accuracy ([\d.]+) % -> ([\d.]+) %", r.stdout)
+    out = _run_example(DOC.with_name("user-guide.md"), tmp_path)
+    m = re.search(r"shifted test accuracy ([\d.]+) % -> ([\d.]+) %", out)
     assert m and float(m.group(2)) > float(m.group(1)) + 10  # adapting recovers accuracy

@@ -418,7 +418,8 @@ def render_zephyr(rec: dict) -> str:
         sep += "---|"
         rows = [hdr, sep]
         for b, v in m["boards"].items():
-            row = (f"| {b} | {v['text']:,} | {v['data']:,} | {v['bss']:,} | "
+            name = f"{b} (measured {v['kept_from']})" if "kept_from" in v else b
+            row = (f"| {name} | {v['text']:,} | {v['data']:,} | {v['bss']:,} | "
                    f"{v['text'] + v['data']:,} | {v['data'] + v['bss']:,} |")
             if reports:
                 row += (f" {v['rom_report']:,} | {v['ram_report']:,} |" if "rom_report" in v
