@@ -16,6 +16,7 @@ from .cliargs import UsageError
 DATASETS = ["digits", "fashion"]
 DEVICE_BOARDS = ca.BOARDS + ["host", "host-pty"]
 MAX_CLASSES = 256  # the session's class mask (kl_session_settings_t)
+MAX_BUFFER = 65535  # samples the device's buffer holds at most (KL_SAMPLES_MAX)
 
 
 def _data(source: str, split: str, what: str):  # noqa: ANN202 - (x, y, shape)
@@ -160,6 +161,10 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     samples = a.samples or [len(x)]
     if max(samples) > len(x):
         raise UsageError(f"--samples {max(samples)}: --data {a.data} has {len(x):,} samples")
+    if a.epochs > 1 and max(samples) > MAX_BUFFER:
+        raise UsageError(f"{'--samples' if a.samples else '--data'}: {max(samples):,} samples; "
+                         f"the device buffers at most {MAX_BUFFER:,} for more epochs "
+                         "(--samples N, or --epochs 1)")
     raw, b = _retrain(raw, b, a.trains, a.blob)
     st = adapt.Settings(samples, a.epochs, a.lr, a.seed, a.update, a.classes == "grow",
                         a.host_runs)

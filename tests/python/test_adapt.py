@@ -122,6 +122,14 @@ def test_refused_buffer_config_changes_nothing(pretrained):
             with pytest.raises(P.DeviceError) as e:
                 dev.epochs(n)
             assert e.value.status == -22
+        xq = export.read(pretrained).qmodel.quantize_input(np.zeros((1, 64)))
+        dev.config(buffer=1000)
+        for _ in range(700):
+            dev.train(0, xq[0].tobytes())
+        assert dev.epochs(93)[0] == 93 * 700  # 65,100 steps: within the bound
+        with pytest.raises(P.DeviceError) as e:
+            dev.epochs(94)  # 65,800 steps in one request: refused, nothing trained
+        assert e.value.status == -22 and dev.stats().train_steps == 700 + 93 * 700
 
 
 # ---------------------------------------------------------------------------- EPOCHS

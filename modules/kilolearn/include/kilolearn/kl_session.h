@@ -25,8 +25,10 @@ extern "C" {
 /* replayed latents per new sample at most (each is a training step: a bound
  * on how long one TRAIN may take) */
 #define KL_SESSION_MAX_REPLAY_RATIO 100u
-/* epochs over the sample buffer per EPOCHS request at most (the same bound) */
-#define KL_SESSION_MAX_EPOCHS 100u
+/* epochs over the sample buffer per EPOCHS request at most, and training steps
+ * (epochs x buffered samples): a bound on how long one EPOCHS may take */
+#define KL_SESSION_MAX_EPOCHS      100u
+#define KL_SESSION_MAX_EPOCH_STEPS 65535u
 #define KL_FRAME_HEADER 6u /* type, version, seq (u16), len (u16) */
 #define KL_FRAME_CRC    4u
 #define KL_FRAME_MAX    (KL_FRAME_HEADER + KL_SESSION_MAX_PAYLOAD + KL_FRAME_CRC)

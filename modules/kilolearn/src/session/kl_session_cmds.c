@@ -75,8 +75,9 @@ int kl_sess_cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 }
 
 /* EPOCHS: u16 epochs (1..KL_SESSION_MAX_EPOCHS) over the buffered samples,
- * each epoch in a new shuffled order. Reply: u32 steps, u32 predictions
- * before the update that were right. */
+ * each epoch in a new shuffled order, at most KL_SESSION_MAX_EPOCH_STEPS
+ * steps in all. Reply: u32 steps, u32 predictions before the update that were
+ * right. */
 int kl_sess_cmd_epochs(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out)
 {
 	if (!s->loaded) {
@@ -89,6 +90,9 @@ int kl_sess_cmd_epochs(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *o
 		return KL_ESTATE; /* no sample buffer configured (CONFIG key 8) */
 	}
 	const uint32_t epochs = kl_rd16(p);
+	if ((uint64_t)epochs * s->samples.count > KL_SESSION_MAX_EPOCH_STEPS) {
+		return KL_EINVAL; /* fewer epochs per request */
+	}
 	uint32_t steps = 0, correct = 0;
 	const uint64_t t0 = kl_sess_now(s);
 	s->state_seq++;
