@@ -24,6 +24,7 @@
 #include "kilolearn/kl_blob.h"
 #include "kilolearn/kl_session.h"
 #include "kilolearn/kl_store.h"
+#include "kl_blob_read.h" /* modules/kilolearn/src */
 
 #define FZ_CHECK(cond, ...)                                                     \
 	do {                                                                    \
@@ -37,28 +38,11 @@
 	} while (0)
 
 /* ---- little-endian fields ------------------------------------------------------ */
-static inline uint16_t fz_rd16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static inline uint32_t fz_rd32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-	       ((uint32_t)p[3] << 24);
-}
-
-static inline void fz_wr16(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static inline void fz_wr32(uint8_t *p, uint32_t v)
-{
-	fz_wr16(p, v);
-	fz_wr16(p + 2, v >> 16);
-}
+/* the engine's little-endian field helpers */
+#define fz_rd16 kl_rd16
+#define fz_rd32 kl_rd32
+#define fz_wr16 kl_wr16
+#define fz_wr32 kl_wr32
 
 /* KL_FUZZ_TRACE=1 in the environment: every frame and reply on stderr (to
  * read what a reproducer does) */

@@ -9,6 +9,10 @@ from .model import Graph, Op
 
 # --------------------------------------------------------------------------- geometry
 
+#: every name here, the private helpers too: `reference` re-exports them all
+__all__ = ["_active", "_max_route", "col2im", "first_op_after", "masked_argmax", "needs_grad",
+           "patches"]
+
 
 def patches(x: np.ndarray, op: Op, pad_value: float | int = 0) -> np.ndarray:
     """(Ho, Wo, kh, kw, C) windows of an (H, W, C) tensor under op's kernel/stride/padding."""

@@ -12,15 +12,7 @@ quantize_model, the int8 requantisation helpers, S8Trainer).
 
 from __future__ import annotations
 
-from .ref_common import (  # noqa: F401
-    _active,
-    _max_route,
-    col2im,
-    first_op_after,
-    masked_argmax,
-    needs_grad,
-    patches,
-)
+from .ref_common import *  # noqa: F403 - its __all__, the private helpers too
 from .ref_f32 import F32Trainer, _act_f32, _mask_f32  # noqa: F401
 from .ref_s8 import (  # noqa: F401
     ADD_SHIFT_MAX,

@@ -118,7 +118,7 @@ def build(targets: list[str] | None = None, src: Path | None = None, out: Path |
     obj_dir = out / "obj"
     obj_dir.mkdir(parents=True, exist_ok=True)
     eng = src / "modules" / "kilolearn"
-    incs = [f"-I{eng / 'include'}", f"-I{eng / 'port'}", f"-I{fuzz_dir()}"]
+    incs = [f"-I{eng / 'include'}", f"-I{eng / 'port'}", f"-I{eng / 'src'}", f"-I{fuzz_dir()}"]
     stamp = hashlib.sha1(" ".join([clang(), *CFLAGS, *LDFLAGS, str(src)]).encode()).hexdigest()
     stamp_file = out / "flags.sha1"
     fresh = stamp_file.is_file() and stamp_file.read_text() == stamp

@@ -18,9 +18,9 @@ static void send_raw(kl_session_t *s, uint8_t *f, uint8_t type, uint16_t seq, si
 {
 	f[0] = type;
 	f[1] = KL_PROTO_VERSION;
-	wr16(f + 2, seq);
-	wr16(f + 4, (uint32_t)len);
-	wr32(f + KL_FRAME_HEADER + len, kl_crc32(0, f, KL_FRAME_HEADER + len));
+	kl_wr16(f + 2, seq);
+	kl_wr16(f + 4, (uint32_t)len);
+	kl_wr32(f + KL_FRAME_HEADER + len, kl_crc32(0, f, KL_FRAME_HEADER + len));
 	const size_t n = kl_cobs_encode(f, KL_FRAME_HEADER + len + KL_FRAME_CRC, s->wire,
 					sizeof(s->wire) - 1u);
 	s->wire[n] = 0;
@@ -36,7 +36,7 @@ static void send_frame(kl_session_t *s, uint8_t type, uint16_t seq, size_t len)
 static void nak(kl_session_t *s, int status, uint16_t seq)
 {
 	uint8_t f[KL_FRAME_HEADER + 4u + KL_FRAME_CRC];
-	wr32(f + KL_FRAME_HEADER, (uint32_t)status);
+	kl_wr32(f + KL_FRAME_HEADER, (uint32_t)status);
 	send_raw(s, f, KL_CMD_NAK, seq, 4u);
 }
 
@@ -139,7 +139,7 @@ static void handle_frame(kl_session_t *s, const uint8_t *wire, size_t n)
 	uint8_t *out = reply_payload(s);
 	const int r = dispatch(s, type, f + KL_FRAME_HEADER, plen, out + 4);
 	const size_t rlen = r >= 0 ? 4u + (size_t)r : 4u;
-	wr32(out, (uint32_t)(r >= 0 ? KL_OK : r));
+	kl_wr32(out, (uint32_t)(r >= 0 ? KL_OK : r));
 	s->reply_type = (uint8_t)(type | KL_CMD_REPLY);
 	s->reply_len = rlen;
 	send_frame(s, s->reply_type, seq, rlen);

@@ -69,8 +69,8 @@ int kl_sess_cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 		kl_samples_add(&s->samples, x, label);
 	}
 	s->train_insn += kl_sess_now(s) - t0;
-	wr16(out, (uint32_t)pred);
-	wr16(out + 2, replayed);
+	kl_wr16(out, (uint32_t)pred);
+	kl_wr16(out + 2, replayed);
 	return 4;
 }
 
@@ -107,8 +107,8 @@ int kl_sess_cmd_epochs(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *o
 	}
 	s->train_steps += steps;
 	s->train_insn += kl_sess_now(s) - t0;
-	wr32(out, steps);
-	wr32(out + 4, correct);
+	kl_wr32(out, steps);
+	kl_wr32(out + 4, correct);
 	return 8;
 }
 
@@ -124,7 +124,7 @@ int kl_sess_cmd_eval(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out, int 
 	if (pred < 0) {
 		return pred;
 	}
-	wr16(out, (uint32_t)pred);
+	kl_wr16(out, (uint32_t)pred);
 	if (!predict) {
 		out[2] = (uint8_t)(pred == label);
 		return 3;
@@ -143,22 +143,22 @@ int kl_sess_cmd_eval(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out, int 
 int kl_sess_cmd_stats(kl_session_t *s, uint8_t *out)
 {
 	const uint32_t active = kl_sess_active_classes(s);
-	wr32(out, s->train_steps);
-	wr32(out + 4, s->replay_steps);
-	wr32(out + 8, (uint32_t)s->train_insn);
-	wr32(out + 12, (uint32_t)(s->train_insn >> 32));
-	wr32(out + 16, (uint32_t)s->arena.used);
-	wr32(out + 20, (uint32_t)s->arena.peak);
-	wr32(out + 24, s->set.cut != 0xFFFFu && s->loaded ? s->replay.count : 0u);
+	kl_wr32(out, s->train_steps);
+	kl_wr32(out + 4, s->replay_steps);
+	kl_wr32(out + 8, (uint32_t)s->train_insn);
+	kl_wr32(out + 12, (uint32_t)(s->train_insn >> 32));
+	kl_wr32(out + 16, (uint32_t)s->arena.used);
+	kl_wr32(out + 20, (uint32_t)s->arena.peak);
+	kl_wr32(out + 24, s->set.cut != 0xFFFFu && s->loaded ? s->replay.count : 0u);
 	const kl_store_t *st = s->cfg.store;
-	wr32(out + 28, st->bytes_written);
-	wr32(out + 32, st->erases);
-	wr16(out + 36, active);
+	kl_wr32(out + 28, st->bytes_written);
+	kl_wr32(out + 32, st->erases);
+	kl_wr16(out + 36, active);
 	/* the store: active generation, geometry, wear per sector */
-	wr32(out + 38, s->slots.have_active ? (uint32_t)s->slots.active.seq : 0u); /* low half */
-	wr32(out + 42, s->slots.have_active ? s->slots.active.off : 0xFFFFFFFFu);
-	wr32(out + 46, st->geom.erase_block);
-	wr16(out + 50, st->geom.write_block);
+	kl_wr32(out + 38, s->slots.have_active ? (uint32_t)s->slots.active.seq : 0u); /* low half */
+	kl_wr32(out + 42, s->slots.have_active ? s->slots.active.off : 0xFFFFFFFFu);
+	kl_wr32(out + 46, st->geom.erase_block);
+	kl_wr16(out + 50, st->geom.write_block);
 	out[52] = st->geom.erase_value;
 	out[53] = (uint8_t)((st->base != NULL ? 1u : 0u) |
 			    (st->sector_erases != NULL && st->sector_bytes != NULL ? 2u : 0u));
@@ -167,11 +167,11 @@ int kl_sess_cmd_stats(kl_session_t *s, uint8_t *out)
 	if (k > KL_STATS_MAX_SECTORS) {
 		k = KL_STATS_MAX_SECTORS;
 	}
-	wr16(out + 54, n_sec > 0xFFFFu ? 0xFFFFu : n_sec);
-	wr16(out + 56, k);
+	kl_wr16(out + 54, n_sec > 0xFFFFu ? 0xFFFFu : n_sec);
+	kl_wr16(out + 56, k);
 	for (uint32_t i = 0; i < k; i++) {
-		wr32(out + 58 + 8u * i, st->sector_erases[i]);
-		wr32(out + 62 + 8u * i, st->sector_bytes[i]);
+		kl_wr32(out + 58 + 8u * i, st->sector_erases[i]);
+		kl_wr32(out + 62 + 8u * i, st->sector_bytes[i]);
 	}
 	return (int)(58u + 8u * k);
 }
@@ -322,8 +322,8 @@ int kl_sess_cmd_read(kl_session_t *s, const uint8_t *p, uint32_t n, uint8_t *out
 		return KL_EINVAL;
 	}
 	const uint32_t k = len - off < want ? len - off : want;
-	wr32(out, len);
-	wr32(out + 4, version);
+	kl_wr32(out, len);
+	kl_wr32(out + 4, version);
 	if (p[0] == 0u) {
 		compose_sealed(s, blob, off, out + 8, k, s->read_crc);
 	} else {

@@ -181,31 +181,31 @@ uint64_t kl_sess_now(const kl_session_t *s)
 
 int kl_sess_cmd_info(kl_session_t *s, uint8_t *out)
 {
-	wr16(out, KL_PROTO_VERSION);
-	wr16(out + 2, KL_SESSION_MAX_PAYLOAD);
-	wr16(out + 4, 1u); /* window: one frame in flight */
+	kl_wr16(out, KL_PROTO_VERSION);
+	kl_wr16(out + 2, KL_SESSION_MAX_PAYLOAD);
+	kl_wr16(out + 4, 1u); /* window: one frame in flight */
 	out[6] = (uint8_t)s->loaded;
 	out[7] = s->loaded ? s->model.dtype : 0xFFu;
-	wr16(out + 8, s->loaded ? s->model.n_inputs : 0u);
-	wr16(out + 10, s->loaded ? s->model.n_classes : 0u);
-	wr16(out + 12, s->set.cut);
-	wr32(out + 14, s->set.replay_cap);
-	wr32(out + 18, (uint32_t)s->cfg.arena_size);
-	wr32(out + 22, s->cfg.store->size);
+	kl_wr16(out + 8, s->loaded ? s->model.n_inputs : 0u);
+	kl_wr16(out + 10, s->loaded ? s->model.n_classes : 0u);
+	kl_wr16(out + 12, s->set.cut);
+	kl_wr32(out + 14, s->set.replay_cap);
+	kl_wr32(out + 18, (uint32_t)s->cfg.arena_size);
+	kl_wr32(out + 22, s->cfg.store->size);
 	/* the configuration in force */
 	union {
 		float f;
 		uint32_t u;
 	} lr = {.f = s->set.lr};
-	wr32(out + 26, lr.u);
-	wr16(out + 30, s->set.replay_ratio);
-	wr32(out + 32, s->set.seed);
+	kl_wr32(out + 26, lr.u);
+	kl_wr16(out + 30, s->set.replay_ratio);
+	kl_wr32(out + 32, s->set.seed);
 	out[36] = s->set.upd_policy;
-	wr16(out + 37, s->set.upd_permille);
+	kl_wr16(out + 37, s->set.upd_permille);
 	out[39] = s->set.auto_classes;
-	wr16(out + 40, kl_sess_active_classes(s));
-	wr32(out + 42, s->set.buf_cap);
-	wr32(out + 46, s->loaded && s->set.buf_cap != 0u ? s->samples.count : 0u);
+	kl_wr16(out + 40, kl_sess_active_classes(s));
+	kl_wr32(out + 42, s->set.buf_cap);
+	kl_wr32(out + 46, s->loaded && s->set.buf_cap != 0u ? s->samples.count : 0u);
 	return 50;
 }
 

@@ -11,19 +11,7 @@
 
 #include "kilolearn/kl_blob.h"
 #include "kilolearn/kl_session.h"
-#include "../kl_blob_read.h" /* kl_rd16, kl_rd32 */
-
-static inline void wr16(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static inline void wr32(uint8_t *p, uint32_t v)
-{
-	wr16(p, v);
-	wr16(p + 2, v >> 16);
-}
+#include "../kl_blob_read.h" /* kl_rd16, kl_rd32, kl_wr16, kl_wr32 */
 
 /* kl_session_model.c */
 void kl_sess_defaults(kl_session_settings_t *c);
