@@ -56,102 +56,59 @@ static void dense_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, co
 	kl_fully_connected_grad_s8(dy, x->data, x->zp, gw, gb, (int)kl_tsize(x), n_out);
 }
 
-/* ---- convolution ------------------------------------------------------------------ */
+/* ---- convolution and depthwise convolution -------------------------------------- */
 
-static void conv_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
-{
-	kl_conv_f32(g, X(m, op)->data, op->w, op->b, Y(m, op)->data, op->act);
-}
-
-static int conv_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
-{
-	const kl_tensor_t *x = X(m, op);
-	return kl_conv_s8(g, x->data, x->zp, op->w, op->b, rq, Y(m, op)->data, m->kscratch);
-}
-
-static void conv_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
-			const float *dy, int n_out)
-{
-	(void)n_out;
-	kl_conv_backward_input_f32(g, w, dy, m->scratch);
-	kl_give_f32(m, op->in0);
-}
-
-static void conv_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
-		       const int8_t *dy, int n_out, int ey, int compact)
-{
-	(void)n_out;
-	if (compact) {
-		kl_give_s8_compact(m, op, g, w, dy, op->w_exp + ey);
-		return;
+/* The six entry points of a windowed op whose kernels are named
+ * <kern>_{f32,s8}, <kern>_backward_input_{f32,s8}, <kern>_grad_{f32,s8}
+ * (convolution and depthwise convolution: the same calls, other kernels; the
+ * depthwise op is never channel-sparse, so w and dy are whole for both). */
+#define KL_WINDOW_OP(name, kern)                                                               \
+	static void name##_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)             \
+	{                                                                                      \
+		kern##_f32(g, X(m, op)->data, op->w, op->b, Y(m, op)->data, op->act);          \
+	}                                                                                      \
+	static int name##_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g,              \
+				 kl_requant_t *rq)                                             \
+	{                                                                                      \
+		const kl_tensor_t *x = X(m, op);                                               \
+		return kern##_s8(g, x->data, x->zp, op->w, op->b, rq, Y(m, op)->data,          \
+				 m->kscratch);                                                 \
+	}                                                                                      \
+	static void name##_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g,       \
+				  const float *w, const float *dy, int n_out)                  \
+	{                                                                                      \
+		(void)n_out;                                                                   \
+		kern##_backward_input_f32(g, w, dy, m->scratch);                               \
+		kl_give_f32(m, op->in0);                                                       \
+	}                                                                                      \
+	static void name##_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g,        \
+				 const int8_t *w, const int8_t *dy, int n_out, int ey,         \
+				 int compact)                                                  \
+	{                                                                                      \
+		(void)n_out;                                                                   \
+		if (compact) {                                                                 \
+			kl_give_s8_compact(m, op, g, w, dy, op->w_exp + ey);                   \
+			return;                                                                \
+		}                                                                              \
+		kern##_backward_input_s8(g, w, dy, m->scratch, m->kscratch);                   \
+		kl_give_s8(m, op->in0, op->w_exp + ey);                                        \
+	}                                                                                      \
+	static void name##_dw_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g,       \
+				  const float *dy, float *gw, float *gb, int n_out)            \
+	{                                                                                      \
+		(void)n_out;                                                                   \
+		kern##_grad_f32(g, X(m, op)->data, dy, gw, gb);                                \
+	}                                                                                      \
+	static void name##_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g,        \
+				 const int8_t *dy, int32_t *gw, int32_t *gb, int n_out)        \
+	{                                                                                      \
+		(void)n_out;                                                                   \
+		const kl_tensor_t *x = X(m, op);                                               \
+		kern##_grad_s8(g, x->data, x->zp, dy, gw, gb, m->kscratch);                    \
 	}
-	kl_conv_backward_input_s8(g, w, dy, m->scratch, m->kscratch);
-	kl_give_s8(m, op->in0, op->w_exp + ey);
-}
 
-static void conv_dw_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *dy,
-			float *gw, float *gb, int n_out)
-{
-	(void)n_out;
-	kl_conv_grad_f32(g, X(m, op)->data, dy, gw, gb);
-}
-
-static void conv_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *dy,
-		       int32_t *gw, int32_t *gb, int n_out)
-{
-	(void)n_out;
-	const kl_tensor_t *x = X(m, op);
-	kl_conv_grad_s8(g, x->data, x->zp, dy, gw, gb, m->kscratch);
-}
-
-/* ---- depthwise convolution (never channel-sparse: w and dy are whole) -------------- */
-
-static void dw_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
-{
-	kl_depthwise_conv_f32(g, X(m, op)->data, op->w, op->b, Y(m, op)->data, op->act);
-}
-
-static int dw_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
-{
-	const kl_tensor_t *x = X(m, op);
-	return kl_depthwise_conv_s8(g, x->data, x->zp, op->w, op->b, rq, Y(m, op)->data,
-				    m->kscratch);
-}
-
-static void dw_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
-		      const float *dy, int n_out)
-{
-	(void)n_out;
-	kl_depthwise_conv_backward_input_f32(g, w, dy, m->scratch);
-	kl_give_f32(m, op->in0);
-}
-
-static void dw_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *w,
-		     const int8_t *dy, int n_out, int ey, int compact)
-{
-	(void)n_out;
-	if (compact) {
-		kl_give_s8_compact(m, op, g, w, dy, op->w_exp + ey);
-		return;
-	}
-	kl_depthwise_conv_backward_input_s8(g, w, dy, m->scratch, m->kscratch);
-	kl_give_s8(m, op->in0, op->w_exp + ey);
-}
-
-static void dw_dw_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *dy,
-		      float *gw, float *gb, int n_out)
-{
-	(void)n_out;
-	kl_depthwise_conv_grad_f32(g, X(m, op)->data, dy, gw, gb);
-}
-
-static void dw_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const int8_t *dy,
-		     int32_t *gw, int32_t *gb, int n_out)
-{
-	(void)n_out;
-	const kl_tensor_t *x = X(m, op);
-	kl_depthwise_conv_grad_s8(g, x->data, x->zp, dy, gw, gb, m->kscratch);
-}
+KL_WINDOW_OP(conv, kl_conv)
+KL_WINDOW_OP(dw, kl_depthwise_conv)
 
 /* ---- pooling (keeps the input's scale; no parameters) -------------------------------- */
 
