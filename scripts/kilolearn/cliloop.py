@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _blob_arg(path: str, what: str):  # noqa: ANN202 - (bytes, export.Blob)
+def _blob_arg(path: str, option: str = ""):  # noqa: ANN202 - (bytes, export.Blob)
+    """The blob file's bytes and its parsed form; a bad blob: one line naming it."""
     raw = Path(path).read_bytes()
-    return raw, ca.read_blob(raw, f"{what} {path}")
+    return raw, ca.read_blob(raw, f"{option} {path}".strip())
 
 
 def _retrain(raw: bytes, b, trains: str | None, what: str):  # noqa: ANN001, ANN202
@@ -149,7 +151,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
 def cmd_adapt(a: argparse.Namespace) -> int:
     from .device import adapt
 
-    raw, b = _blob_arg(a.blob, "")
+    raw, b = _blob_arg(a.blob)
     notes: list[str] = []
     x, y = _checked(a.data, "train", "--data", b, not a.no_scale_check, notes)
     evals = {}
@@ -175,7 +177,7 @@ def cmd_adapt(a: argparse.Namespace) -> int:
           f"{a.lr}{f', {a.update[0]}:{a.update[1]:g}' if a.update else ''}", flush=True)
     for n in notes:
         print("note: " + n)
-    tty = __import__("sys").stdout.isatty()
+    tty = sys.stdout.isatty()
     with ca.open_device(a) as client:
         try:
             r = adapt.run(client, raw, x, y, evals, st,
@@ -230,7 +232,7 @@ def cmd_adapt(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from .core import fit
 
-    raw, b = _blob_arg(a.blob, "")
+    raw, b = _blob_arg(a.blob)
     notes: list[str] = []
     x, y = _checked(a.data, "test", "--data", b, not a.no_scale_check, notes)
     for n in notes:
@@ -257,7 +259,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_deploy(a: argparse.Namespace) -> int:
-    raw, b = _blob_arg(a.blob, "")
+    raw, b = _blob_arg(a.blob)
     with ca.open_device(a) as client:
         client.load(raw)
         st = client.stats()
