@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import ref_common as rc
 from . import selective as sel
 from .model import Graph, Op, Params
-from .ref_common import (
-    _active,
-    _max_route,
-    col2im,
-    first_op_after,
-    masked_argmax,
-    needs_grad,
-    patches,
-)
 
 
 def _act_f32(y: np.ndarray, act: str) -> np.ndarray:
@@ -40,7 +32,7 @@ class F32Trainer:
         self.p = params.copy()
         self.lr = np.float32(lr)
         self.mu = np.float32(momentum)
-        self.need = needs_grad(graph)
+        self.need = rc.needs_grad(graph)
         self.vw = [None if w is None else np.zeros_like(w) for w in self.p.weights]
         self.vb = [None if b is None else np.zeros_like(b) for b in self.p.biases]
         self.class_mask: np.ndarray | None = None  # active classes (bool), None = all
@@ -66,7 +58,7 @@ class F32Trainer:
         acts: list[np.ndarray] = [np.zeros(0, np.float32)] * len(g.shapes)
         t0 = g.input if start is None else start
         acts[t0] = np.asarray(x, np.float32).reshape(g.shapes[t0])
-        first = first_op_after(g, t0)
+        first = rc.first_op_after(g, t0)
         for i, op in enumerate(g.ops):
             if i < first:
                 continue
@@ -75,14 +67,14 @@ class F32Trainer:
             if op.kind == "dense":
                 y = w @ x0.reshape(-1) + b
             elif op.kind == "conv":
-                pt = patches(x0, op)
+                pt = rc.patches(x0, op)
                 y = pt.reshape(pt.shape[0], pt.shape[1], -1) @ w.reshape(w.shape[0], -1).T + b
             elif op.kind == "dwconv":
-                y = np.einsum("hwijc,ijc->hwc", patches(x0, op), w) + b
+                y = np.einsum("hwijc,ijc->hwc", rc.patches(x0, op), w) + b
             elif op.kind == "avgpool":
-                y = patches(x0, op).mean(axis=(2, 3))
+                y = rc.patches(x0, op).mean(axis=(2, 3))
             elif op.kind == "maxpool":
-                y = patches(x0, op).max(axis=(2, 3))
+                y = rc.patches(x0, op).max(axis=(2, 3))
             else:  # add
                 y = x0 + acts[op.inputs[1]]
             acts[op.output] = _act_f32(y.astype(np.float32), op.act).reshape(g.shapes[op.output])
@@ -94,7 +86,7 @@ class F32Trainer:
         g = self.g
         acts = self.forward(x, start)
         z = acts[g.output].reshape(-1).astype(np.float64)
-        active = _active(self.class_mask, z.size, label)
+        active = rc._active(self.class_mask, z.size, label)
         e = np.where(active, np.exp(z - z[active].max()), 0.0)
         p = e / e.sum()
         loss = float(-np.log(max(p[label], 1e-30)))
@@ -127,7 +119,7 @@ class F32Trainer:
                 if self.need[op.inputs[0]]:
                     give(op.inputs[0], w.T @ d)
             elif op.kind == "conv":
-                pt = patches(x0, op)
+                pt = rc.patches(x0, op)
                 P = pt.shape[0] * pt.shape[1]
                 d = dy.reshape(P, -1)
                 if op.trainable:
@@ -135,24 +127,25 @@ class F32Trainer:
                     dbs[i] = d.sum(axis=0).astype(np.float32)
                 if self.need[op.inputs[0]]:
                     dp = (d @ w.reshape(w.shape[0], -1)).reshape(pt.shape)
-                    give(op.inputs[0], col2im(dp, x0.shape, op))
+                    give(op.inputs[0], rc.col2im(dp, x0.shape, op))
             elif op.kind == "dwconv":
-                pt = patches(x0, op)
+                pt = rc.patches(x0, op)
                 if op.trainable:
                     dws[i] = np.einsum("hwijc,hwc->ijc", pt, dy).astype(np.float32)
                     dbs[i] = dy.sum(axis=(0, 1)).astype(np.float32)
                 if self.need[op.inputs[0]]:
                     dp = dy[:, :, None, None, :] * w[None, None]
-                    give(op.inputs[0], col2im(dp, x0.shape, op))
+                    give(op.inputs[0], rc.col2im(dp, x0.shape, op))
             elif op.kind == "avgpool":
                 if self.need[op.inputs[0]]:
                     kh, kw = op.kernel
                     dp = np.broadcast_to((dy / np.float32(kh * kw))[:, :, None, None, :],
                                          dy.shape[:2] + (kh, kw, dy.shape[2]))
-                    give(op.inputs[0], col2im(np.ascontiguousarray(dp), x0.shape, op))
+                    give(op.inputs[0], rc.col2im(np.ascontiguousarray(dp), x0.shape, op))
             elif op.kind == "maxpool":
                 if self.need[op.inputs[0]]:
-                    give(op.inputs[0], col2im(_max_route(patches(x0, op), dy), x0.shape, op))
+                    route = rc._max_route(rc.patches(x0, op), dy)
+                    give(op.inputs[0], rc.col2im(route, x0.shape, op))
             else:  # add
                 for t in op.inputs:
                     if self.need[t]:
@@ -224,4 +217,4 @@ class F32Trainer:
         return self.forward(x)[self.g.output].reshape(-1)
 
     def predict(self, xs: np.ndarray) -> np.ndarray:
-        return np.array([masked_argmax(self.logits(x), self.class_mask) for x in xs])
+        return np.array([rc.masked_argmax(self.logits(x), self.class_mask) for x in xs])

@@ -10,17 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import quant as q
+from . import ref_common as rc
 from . import selective as sel
 from .model import Graph, Op, Params
-from .ref_common import (
-    _active,
-    _max_route,
-    col2im,
-    first_op_after,
-    masked_argmax,
-    needs_grad,
-    patches,
-)
 from .ref_f32 import F32Trainer
 
 # --------------------------------------------------------------------------- int8 FQT
@@ -179,7 +171,7 @@ class S8Trainer:
         self.g = qm.graph
         self.lr_q = q.quantize_lr(lr)
         self.dither = seed & 0xFFFFFFFF
-        self.need = needs_grad(self.g)
+        self.need = rc.needs_grad(self.g)
         self.logits_grad_exp = 0
         self.class_mask: np.ndarray | None = None  # active classes (bool), None = all
         self.set_update_policy("all")
@@ -206,7 +198,7 @@ class S8Trainer:
         exps = list(m.exp)
         t0 = g.input if start is None else start
         acts[t0] = np.asarray(xq, np.int64).reshape(g.shapes[t0])
-        first = first_op_after(g, t0)
+        first = rc.first_op_after(g, t0)
         sats: list[bool] = [False] * first
         for i, op in enumerate(g.ops):
             if i < first:
@@ -221,15 +213,15 @@ class S8Trainer:
                 if op.kind == "dense":
                     acc = w @ (x0.reshape(-1) - xz)
                 elif op.kind == "conv":
-                    pt = patches(x0, op, xz) - xz
+                    pt = rc.patches(x0, op, xz) - xz
                     acc = pt.reshape(pt.shape[0], pt.shape[1], -1) @ w.reshape(w.shape[0], -1).T
                 else:
-                    acc = np.einsum("hwijc,ijc->hwc", patches(x0, op, xz) - xz, w)
+                    acc = np.einsum("hwijc,ijc->hwc", rc.patches(x0, op, xz) - xz, w)
                 acc = np.clip(acc + bt, q.INT32_MIN, q.INT32_MAX)
                 y, sat = requant_out(acc, exps[t] - xe - m.ew[i], m.zp[t], op.act, exps[t])
             elif op.kind == "avgpool":
                 kh, kw = op.kernel
-                s = (patches(x0, op) - xz).sum(axis=(2, 3))
+                s = (rc.patches(x0, op) - xz).sum(axis=(2, 3))
                 if (kh, kw) == x0.shape[:2]:  # global: TFLite's MEAN (Q31 reciprocal)
                     a = q.mul_q31(s, *q.recip_q31(kh * kw))
                 else:  # windowed: TFLite's AVERAGE_POOL_2D (division, half away from zero)
@@ -237,7 +229,7 @@ class S8Trainer:
                 y = np.clip(a + xz, q.INT8_MIN, q.INT8_MAX)
                 exps[t] = xe
             elif op.kind == "maxpool":
-                y = patches(x0, op).max(axis=(2, 3))
+                y = rc.patches(x0, op).max(axis=(2, 3))
                 exps[t] = xe
             else:  # add
                 x1 = acts[op.inputs[1]]
@@ -254,7 +246,7 @@ class S8Trainer:
     def logits_grad(self, logits: np.ndarray, label: int) -> tuple[np.ndarray, int]:
         """Softmax-CE gradient of int8 logits: (int8 values, exponent)."""
         m = self.m
-        active = _active(self.class_mask, logits.size, label)
+        active = rc._active(self.class_mask, logits.size, label)
         gap = logits[active].max() - logits
         shift = min(m.exp[self.g.output] - m.lut_exp, 8)
         d = np.where(gap == 0, 0, np.where(gap > 0, gap, 0) << shift)
@@ -309,7 +301,7 @@ class S8Trainer:
                 if self.need[src]:
                     give(src, w.T @ d, m.ew[i] + ey)
             elif op.kind == "conv":
-                pt = patches(x0, op, xz) - xz
+                pt = rc.patches(x0, op, xz) - xz
                 P = pt.shape[0] * pt.shape[1]
                 d = dy.reshape(P, -1)
                 if op.trainable:
@@ -317,25 +309,25 @@ class S8Trainer:
                                    d.sum(axis=0), ey)
                 if self.need[src]:
                     dp = (d @ w.reshape(w.shape[0], -1)).reshape(pt.shape)
-                    give(src, col2im(dp, x0.shape, op), m.ew[i] + ey)
+                    give(src, rc.col2im(dp, x0.shape, op), m.ew[i] + ey)
             elif op.kind == "dwconv":
-                pt = patches(x0, op, xz) - xz
+                pt = rc.patches(x0, op, xz) - xz
                 if op.trainable:
                     out[i] = QGrad(np.einsum("hwijc,hwc->ijc", pt, dy), ey + xe,
                                    dy.sum(axis=(0, 1)), ey)
                 if self.need[src]:
                     dp = dy[:, :, None, None, :] * w[None, None]
-                    give(src, col2im(dp, x0.shape, op), m.ew[i] + ey)
+                    give(src, rc.col2im(dp, x0.shape, op), m.ew[i] + ey)
             elif op.kind == "avgpool":
                 if self.need[src]:
                     kh, kw = op.kernel
                     recip = (65536 + (kh * kw) // 2) // (kh * kw)
                     dp = np.broadcast_to((dy * recip)[:, :, None, None, :],
                                          dy.shape[:2] + (kh, kw, dy.shape[2]))
-                    give(src, col2im(np.ascontiguousarray(dp), x0.shape, op), ey - 16)
+                    give(src, rc.col2im(np.ascontiguousarray(dp), x0.shape, op), ey - 16)
             elif op.kind == "maxpool":
                 if self.need[src]:
-                    give(src, col2im(_max_route(patches(x0, op), dy), x0.shape, op), ey)
+                    give(src, rc.col2im(rc._max_route(rc.patches(x0, op), dy), x0.shape, op), ey)
             else:  # add
                 for t in op.inputs:
                     if self.need[t]:
@@ -403,4 +395,4 @@ class S8Trainer:
         return out
 
     def predict(self, xq: np.ndarray) -> np.ndarray:
-        return np.array([masked_argmax(self.logits(x), self.class_mask) for x in xq])
+        return np.array([rc.masked_argmax(self.logits(x), self.class_mask) for x in xq])
