@@ -47,6 +47,10 @@ def _checked(source: str, split: str, what: str, blob, scale_check: bool,  # noq
     return x, y
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
@@ -88,8 +92,8 @@ def cmd_fit(a: argparse.Namespace) -> int:
         xt, yt = (_checked(test_src, "test", "--test", b, not a.no_scale_check, notes)
                   if test_src else (None, None))
         raw, b = _retrain(raw, b, a.trains, f"--init {a.init}")
-        print(f"kilolearn fit: {a.init} on {a.data} ({len(x):,} samples), {a.epochs} epochs, "
-              f"SGD lr {a.lr}, batch 1, numpy", flush=True)
+        print(f"kilolearn fit: {a.init} on {a.data} ({_count(len(x), 'sample')}), "
+              f"{a.epochs} epochs, SGD lr {a.lr}, batch 1, numpy", flush=True)
         try:
             blob, r = fit.fit_blob(raw, x, y, a.epochs, a.lr, a.seed, xt, yt)
         except fit.FitError as e:
@@ -118,7 +122,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
                 shape = fit.cnn_shape(x.shape[1], a.hidden, shape)
             except fit.FitError as e:
                 raise UsageError(f"data {a.data}: {e}") from None
-        print(f"kilolearn fit: a new {a.model.upper()} on {a.data} ({len(x):,} samples, "
+        print(f"kilolearn fit: a new {a.model.upper()} on {a.data} ({_count(len(x), 'sample')}, "
               f"{x.shape[1]} values, {n_classes} classes), {a.epochs} epochs, SGD lr {a.lr}, "
               f"batch 1, float32 in numpy{', then int8' if a.dtype == 's8' else ''}",
               flush=True)
