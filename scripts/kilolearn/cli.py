@@ -304,12 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("session", help="a class-incremental continual-learning session on a "
                        "device (the main job)")
-    s.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host", "host-pty"],
-                   help="emulated board started here (default) or the host build")
-    s.add_argument("--port", type=ca.PortUrl(), help="pyserial URL of a real board instead: "
-                   "/dev/ttyACM0, socket://host:port")
-    s.add_argument("--timeout", type=ca.TIMEOUT, default=20.0, metavar="SECONDS",
-                   help="wait this long for each reply (3 retries; default 20)")
+    ca.add_device_args(s)
     s.add_argument("--data", default="digits", choices=DATASETS)
     s.add_argument("--strategy", default="all", choices=["all", "replay", "naive", "joint"])
     s.add_argument("--epochs", type=ca.EPOCHS, default=3)
@@ -331,10 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_session)
 
     st = sub.add_parser("stream", help="send a data set to a board as TRAIN/EVAL frames")
-    st.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host", "host-pty"])
-    st.add_argument("--port", type=ca.PortUrl(), help="pyserial URL of a real board instead")
-    st.add_argument("--timeout", type=ca.TIMEOUT, default=20.0, metavar="SECONDS",
-                    help="wait this long for each reply (3 retries; default 20)")
+    ca.add_device_args(st)
     st.add_argument("--blob", type=ca.InFile("blob"),
                     help="model to LOAD first (also gives the input encoding)")
     st.add_argument("--data", default="digits", type=ca.DataSource(DATASETS),

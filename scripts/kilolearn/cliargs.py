@@ -484,6 +484,17 @@ def open_device(a: argparse.Namespace) -> Iterator[protocol.Client]:
         raise UsageError(f"{where}: {one_line(str(e)) or type(e).__name__}") from None
 
 
+def add_device_args(p: argparse.ArgumentParser, default: str | None = "mps2-an386") -> None:
+    """--board / --port / --timeout of a command that talks to a session device."""
+    p.add_argument("--board", default=default, choices=BOARDS + ["host", "host-pty"],
+                   help="emulated board started here" + (" (default)" if default else "")
+                   + ", or the host build")
+    p.add_argument("--port", type=PortUrl(), help="pyserial URL of a real board instead: "
+                   "/dev/ttyACM0, socket://host:port")
+    p.add_argument("--timeout", type=TIMEOUT, default=20.0, metavar="SECONDS",
+                   help="wait this long for each reply (3 retries; default 20)")
+
+
 def read_blob(blob: bytes, what: str) -> export.Blob:
     """export.read with any failure as one UsageError naming ``what``."""
     from .formats import export

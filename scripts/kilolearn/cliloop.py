@@ -15,7 +15,6 @@ from . import cliargs as ca
 from .cliargs import UsageError
 
 DATASETS = ["digits", "fashion"]
-DEVICE_BOARDS = ca.BOARDS + ["host", "host-pty"]
 MAX_CLASSES = 256  # the session's class mask (kl_session_settings_t)
 MAX_BUFFER = 65535  # samples the device's buffer holds at most (KL_SAMPLES_MAX)
 
@@ -317,16 +316,6 @@ def cmd_example_data(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parsers
 
 
-def _device_args(p: argparse.ArgumentParser, default: str | None = "mps2-an386") -> None:
-    p.add_argument("--board", default=default, choices=DEVICE_BOARDS,
-                   help="emulated board started here" + (" (default)" if default else "")
-                   + ", or the host build")
-    p.add_argument("--port", type=ca.PortUrl(), help="pyserial URL of a real board instead: "
-                   "/dev/ttyACM0, socket://host:port")
-    p.add_argument("--timeout", type=ca.TIMEOUT, default=20.0, metavar="SECONDS",
-                   help="wait this long for each reply (3 retries; default 20)")
-
-
 def add_parsers(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
     from .core import fit
 
@@ -390,7 +379,7 @@ def add_parsers(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
     d.add_argument("--no-scale-check", action="store_true",
                    help="accept data far outside the model's calibrated input range")
     d.add_argument("--json", type=ca.OutFile())
-    _device_args(d)
+    ca.add_device_args(d)
     d.set_defaults(fn=cmd_adapt)
 
     v = sub.add_parser("eval", help="the loop, step 3: accuracy of a blob on data, on the host "
@@ -400,18 +389,18 @@ def add_parsers(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
                    " (a built-in name: its test split)")
     v.add_argument("--no-scale-check", action="store_true")
     v.add_argument("--json", type=ca.OutFile())
-    _device_args(v, default=None)
+    ca.add_device_args(v, default=None)
     v.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("deploy", help="load a blob into a board's weight store (it boots "
                        "with it)")
     p.add_argument("blob", type=ca.InFile("blob"))
-    _device_args(p)
+    ca.add_device_args(p)
     p.set_defaults(fn=cmd_deploy)
 
     u = sub.add_parser("pull", help="read the model back from a board: as trained now, or "
                        "--stored (the committed one)")
     u.add_argument("-o", "--output", type=ca.OutFile(), required=True)
     u.add_argument("--stored", action="store_true")
-    _device_args(u)
+    ca.add_device_args(u)
     u.set_defaults(fn=cmd_pull)
