@@ -22,7 +22,7 @@ from tabulate import tabulate
 from . import cliargs as ca
 from .cliargs import UsageError
 from .core import data as datasets
-from .core import model, reference
+from .core import model, reference, userdata
 from .device import build
 from .formats import export
 
@@ -144,12 +144,10 @@ def cmd_stream(a: argparse.Namespace) -> int:
         x, y = stream.load_samples(a.data, a.split)
     except (OSError, ValueError, KeyError, EOFError) as e:
         raise UsageError(f"--data {a.data}: {ca.one_line(str(e)) or type(e).__name__}") from None
-    if x.shape[1] != n_in:
-        raise UsageError(f"--data {a.data}: samples of {x.shape[1]} values, the model of "
-                         f"--blob {a.blob} takes {n_in}")
-    if len(y) and (y.min() < 0 or y.max() >= n_classes):
-        raise UsageError(f"--data {a.data}: labels {int(y.min())}..{int(y.max())}, the model "
-                         f"has {n_classes} classes (0..{n_classes - 1})")
+    try:  # width and labels (the input scale is not checked here)
+        userdata.check_for_model(x, y, n_in, n_classes, what=f"the model of --blob {a.blob}")
+    except userdata.DataError as e:
+        raise UsageError(f"--data {a.data}: {e}") from None
     state = Path(a.state) if a.state else None
     start = a.start
     if state is not None and state.is_file() and a.resume:

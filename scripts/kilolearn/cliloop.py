@@ -234,6 +234,7 @@ def cmd_adapt(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from .core import fit
+    from .device import adapt
 
     raw, b = _blob_arg(a.blob)
     notes: list[str] = []
@@ -244,8 +245,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         xs = fit.encode(b, x)
         with ca.open_device(a) as client:
             client.load(raw)
-            preds = np.array([client.eval(int(t), s.tobytes())[0] for s, t in zip(xs, y,
-                                                                                   strict=True)])
+            preds = adapt.device_predict(client, xs, y)
         where = a.port or a.board
     else:
         preds = fit.predict(b, x)

@@ -112,7 +112,8 @@ class _Twin:
         return self.t.predict(xs)
 
 
-def _device_predict(client: protocol.Client, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def device_predict(client: protocol.Client, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The device's predictions (EVAL) of encoded samples xs with labels ys."""
     return np.array([client.eval(int(y), x.tobytes())[0] for x, y in zip(xs, ys, strict=True)])
 
 
@@ -142,7 +143,7 @@ def run(client: protocol.Client, blob: bytes, x: np.ndarray, y: np.ndarray, eval
     base = _Twin(b, st, 1, n_classes)
     for name, (ex, ey) in ev.items():
         say(f"evaluating {name} before adapting")
-        dp = _device_predict(client, ex, ey)
+        dp = device_predict(client, ex, ey)
         res.before[name] = float(np.mean(dp == ey))
         res.before_agree[name] = float(np.mean(dp == base.predict(ex)))
     for n in st.samples:
@@ -180,7 +181,7 @@ def run(client: protocol.Client, blob: bytes, x: np.ndarray, y: np.ndarray, eval
                   after.train_insn - before.train_insn, 0.0)
         for name, (ex, ey) in ev.items():
             say(f"{n} samples: evaluating {name}")
-            dp = _device_predict(client, ex, ey)
+            dp = device_predict(client, ex, ey)
             tp = twin.predict(ex)
             p.device[name] = float(np.mean(dp == ey))
             p.twin[name] = float(np.mean(tp == ey))
