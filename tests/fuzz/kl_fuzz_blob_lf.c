@@ -52,27 +52,8 @@ static int known_code(int err)
 /* sample k of the model's input size from the trailing bytes (or a pattern) */
 static const void *sample(const kl_model_t *m, const uint8_t *src, size_t n_src, int raw, int k)
 {
-	const size_t count = m->n_inputs;
-	uint8_t *out = (uint8_t *)sample_mem;
-	for (size_t i = 0; i < count; i++) {
-		const size_t j = i + (size_t)k * 7u;
-		const uint8_t b = n_src ? src[j % n_src] : (uint8_t)(j * 37u + 11u);
-		if (m->dtype == KL_DTYPE_F32) {
-			union {
-				float f;
-				uint32_t u;
-			} v;
-			if (raw && n_src >= 4u) {
-				v.u = fz_rd32(src + (4u * j) % (n_src - 3u));
-			} else {
-				v.f = ((float)b - 128.0f) / 64.0f;
-			}
-			memcpy(out + 4u * i, &v.f, 4);
-		} else {
-			out[i] = b;
-		}
-	}
-	return out;
+	(void)fz_fill((uint8_t *)sample_mem, m->n_inputs, m->dtype, src, n_src, raw, (size_t)k * 7u);
+	return sample_mem;
 }
 
 static size_t logits_bytes(const kl_model_t *m)

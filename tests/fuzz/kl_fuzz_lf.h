@@ -554,26 +554,23 @@ static inline int32_t fz_load(fz_harness_t *h, const uint8_t *blob, uint32_t len
 	return err;
 }
 
-/* A sample of the running model's size (f32: small floats from the bytes),
- * 4-aligned; `label` first when with_label. Returns the payload length. */
-static inline size_t fz_sample(uint8_t *out, const fz_info_t *info, uint16_t label, int with_label,
-			       const uint8_t *src, size_t n_src, int raw_f32)
+/* count input values of type dtype at out from the fuzz bytes (value i from
+ * byte i + skip; f32: small floats, or with raw_f32 raw bit patterns), or from
+ * a fixed pattern without bytes. Returns the bytes written. */
+static inline size_t fz_fill(uint8_t *out, size_t count, uint8_t dtype, const uint8_t *src,
+			     size_t n_src, int raw_f32, size_t skip)
 {
 	size_t k = 0;
-	if (with_label) {
-		fz_wr16(out, label);
-		k = 2;
-	}
-	const size_t count = info->inputs;
 	for (size_t i = 0; i < count; i++) {
-		const uint8_t b = n_src ? src[i % n_src] : (uint8_t)(i * 37u + 11u);
-		if (info->dtype == KL_DTYPE_F32) {
+		const size_t j = i + skip;
+		const uint8_t b = n_src ? src[j % n_src] : (uint8_t)(j * 37u + 11u);
+		if (dtype == KL_DTYPE_F32) {
 			union {
 				float f;
 				uint32_t u;
 			} v;
 			if (raw_f32 && n_src >= 4u) {
-				v.u = fz_rd32(src + (4u * i) % (n_src - 3u));
+				v.u = fz_rd32(src + (4u * j) % (n_src - 3u));
 			} else {
 				v.f = ((float)b - 128.0f) / 64.0f;
 			}
@@ -584,6 +581,19 @@ static inline size_t fz_sample(uint8_t *out, const fz_info_t *info, uint16_t lab
 		}
 	}
 	return k;
+}
+
+/* A sample of the running model's size (f32: small floats from the bytes),
+ * 4-aligned; `label` first when with_label. Returns the payload length. */
+static inline size_t fz_sample(uint8_t *out, const fz_info_t *info, uint16_t label, int with_label,
+			       const uint8_t *src, size_t n_src, int raw_f32)
+{
+	size_t k = 0;
+	if (with_label) {
+		fz_wr16(out, label);
+		k = 2;
+	}
+	return k + fz_fill(out + k, info->inputs, info->dtype, src, n_src, raw_f32, 0);
 }
 
 #endif /* KL_FUZZ_LF_H */
