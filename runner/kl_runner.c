@@ -13,6 +13,7 @@
 #include "kilolearn/kilolearn.h"
 #include "kl_job.h"
 #include "kl_port.h"
+#include "kl_runner_paged.h"
 
 #ifndef KL_RUNNER_ARENA_SIZE
 #define KL_RUNNER_ARENA_SIZE (2048u * 1024u)
@@ -156,8 +157,9 @@ static int evaluate(kl_model_t *m, const kl_job_t *job, uint32_t sb, uint64_t *i
 	return correct;
 }
 
-static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
+static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb, int paged)
 {
+	kl_runner_flash_t fl0 = {0}, fl = {0};
 	static profile_t prof;
 	const int profiling = (job->flags & KL_JOB_PROFILE) != 0u;
 	for (uint32_t e = 1; e <= job->epochs; e++) {
@@ -169,6 +171,9 @@ static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 			m->hook_ctx = &prof;
 		}
 		const uint64_t touched0 = m->upd_touched, weights0 = m->upd_weights;
+		if (paged) {
+			kl_runner_paged_stats(&fl0);
+		}
 		const uint64_t t0 = kl_port_insn();
 		for (uint32_t i = 0; i < job->n_train; i++) {
 			const int r = kl_train_step(m, job->train_x + (size_t)i * sb,
@@ -177,6 +182,9 @@ static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 				return fail("train_step", r);
 			}
 			correct += r == job->train_y[i];
+			if (paged) {
+				kl_runner_paged_stats(&fl);
+			}
 		}
 		const uint64_t train_insn = kl_port_insn() - t0;
 		m->hook = NULL;
@@ -192,6 +200,11 @@ static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 		out_kv("eval_insn", (int64_t)eval_insn);
 		out_kv("upd_touched", (int64_t)(m->upd_touched - touched0));
 		out_kv("upd_weights", (int64_t)(m->upd_weights - weights0));
+		if (paged) {
+			out_kv("flash_bytes", (int64_t)(fl.bytes - fl0.bytes));
+			out_kv("flash_erases", (int64_t)(fl.erases - fl0.erases));
+			out_kv("folds", (int64_t)(fl.folds - fl0.folds));
+		}
 		if (profiling) {
 			out_kv("forward_insn", (int64_t)prof.insn[KL_PHASE_FORWARD]);
 			out_kv("loss_insn", (int64_t)prof.insn[KL_PHASE_LOSS]);
@@ -255,9 +268,24 @@ int main(int argc, char **argv)
 		.flags = job.cmd == KL_JOB_GRADS ? KL_CFG_KEEP_GRADS : 0u,
 	};
 	static kl_model_t model;
-	err = kl_model_init(&model, job.blob, job.blob_size, &arena, &cfg);
+	const int paged = (job.flags & KL_JOB_PAGED) != 0u;
+	const uint8_t *blob = job.blob;
+	size_t blob_len = job.blob_size;
+	if (paged) { /* the blob into simulated flash, read from there */
+		err = kl_runner_paged_setup(&job, &blob, &blob_len);
+		if (err != KL_OK) {
+			return fail("paged store", err);
+		}
+	}
+	err = kl_model_init(&model, blob, blob_len, &arena, &cfg);
 	if (err != KL_OK) {
 		return fail("model", err);
+	}
+	if (paged) {
+		err = kl_runner_paged_attach(&model);
+		if (err != KL_OK) {
+			return fail("weight log", err);
+		}
 	}
 	if (job.flags & KL_JOB_UPDATE) {
 		err = kl_model_set_update_policy(&model, job.upd_policy, job.upd_frac);
@@ -277,10 +305,26 @@ int main(int argc, char **argv)
 	out_kv("counter", kl_port_has_counter());
 	out_kv("policy", model.upd_policy);
 	out_kv("permille", model.upd_frac);
+	out_kv("paged", model.paged);
 	out_str("\n");
-	int rc = job.cmd == KL_JOB_TRAIN ? run_train(&model, &job, sb)
+	if (paged) {
+		kl_runner_flash_t fl;
+		kl_runner_paged_stats(&fl);
+		out_str("KL store");
+		out_kv("slots", fl.slot_size);
+		out_kv("log", fl.log_size);
+		out_kv("sectors", fl.sectors);
+		out_str("\n");
+	}
+	int rc = job.cmd == KL_JOB_TRAIN ? run_train(&model, &job, sb, paged)
 					 : run_grads(&model, &job, sb);
 	if (rc == 0 && (job.flags & KL_JOB_DUMP_WEIGHTS)) {
+		if (paged) { /* the logged rows folded into the blob: contiguous again */
+			err = kl_model_fold(&model);
+			if (err != KL_OK) {
+				return fail("fold", err);
+			}
+		}
 		dump_layers(&model, 0);
 	}
 	out_str("KL done");

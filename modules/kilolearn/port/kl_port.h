@@ -41,6 +41,11 @@ int kl_port_has_counter(void);
  * Returns NULL (and *len = 0) when there is none. */
 const uint8_t *kl_port_job(size_t *len);
 
+/* Memory a program may use as simulated flash (kl_store_nor_init): on the
+ * mps2 boards the PSRAM after the job image, on the host a static buffer.
+ * 8-aligned; NULL (and *len = 0) where there is none. */
+uint8_t *kl_port_flash_sim(size_t *len);
+
 /* End the run with an exit code (semihosting SYS_EXIT_EXTENDED on boards). */
 void kl_port_exit(int code);
 

@@ -60,8 +60,11 @@ static int check_op(const uint8_t *blob, const uint8_t *o, uint32_t n_t, uint32_
 	const uint32_t in1 = kl_rd16(o + KL_BO_IN1);
 	const uint32_t out = kl_rd16(o + KL_BO_OUT);
 	if (kind < KL_OP_DENSE || kind > KL_OP_ADD || o[KL_BO_ACT] > KL_ACT_RELU6 ||
-	    (o[KL_BO_FLAGS] & ~(KL_OP_TRAINABLE | KL_OP_BIAS_ONLY)) != 0u ||
-	    o[KL_BO_FLAGS] == KL_OP_BIAS_ONLY || in0 >= n_t || out >= n_t ||
+	    (o[KL_BO_FLAGS] & ~(KL_OP_TRAINABLE | KL_OP_BIAS_ONLY | KL_OP_PAGED)) != 0u ||
+	    o[KL_BO_FLAGS] == KL_OP_BIAS_ONLY ||
+	    ((o[KL_BO_FLAGS] & KL_OP_PAGED) != 0u &&
+	     (kind != KL_OP_DENSE || o[KL_BO_FLAGS] != (KL_OP_TRAINABLE | KL_OP_PAGED))) ||
+	    in0 >= n_t || out >= n_t ||
 	    !(produced[in0 >> 3] & (1u << (in0 & 7u))) || (produced[out >> 3] & (1u << (out & 7u)))) {
 		return KL_ECORRUPT;
 	}

@@ -7,6 +7,8 @@ int8 softmax table and the weights and biases. Format 2.1 adds an optional sched
 memory plan of :mod:`kilolearn.planner`, ``Plan.pack()``) after the data; a blob without one is
 written as 2.0, byte for byte as before. Format 2.2 adds the selective-update policy in the
 header's last four bytes (docs/selective-updates.md); written only when a policy is set.
+Format 2.4 adds the paged flag of dense ops (weights stay in the weight store, updated rows go to
+the weight log: docs/paged-weights.md); written only for a paged blob.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ VERSION = (2, 0)  # a blob without a schedule
 VERSION_SCHED = (2, 1)  # with one
 VERSION_UPDATE = (2, 2)  # with a selective-update policy (header bytes 44..47)
 VERSION_COMPACT = (2, 3)  # a schedule with compact backward steps (KL_STEP_COMPACT)
+VERSION_PAGED = (2, 4)  # paged dense ops (FLAG_PAGED)
 STEP_COMPACT = 0x04
 HEADER_SIZE = 48
 TENSOR_SIZE = 12
@@ -36,6 +39,7 @@ KINDS = {"dense": 1, "conv": 2, "dwconv": 3, "avgpool": 4, "maxpool": 5, "add": 
 ACTS = {"none": 0, "relu": 1, "relu6": 2}
 FLAG_TRAINABLE = 0x01
 FLAG_BIAS_ONLY = 0x02
+FLAG_PAGED = 0x04  # dense, trainable (weights too): weights in the store, rows to the log
 SCHED_HEADER, STEP_SIZE = 16, 8  # schedule section (planner.SCHED_HEADER, STEP_SIZE)
 
 # engine return codes (modules/kilolearn/include/kilolearn/kilolearn.h)
@@ -56,7 +60,9 @@ class BlobError(ValueError):
 def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
           ew: list[int], eb: list[int], exp: list[int], zp: list[int], lut_exp: int,
           lut: bytes | None, sched: bytes | None = None,
-          update: tuple[int, int] | None = None) -> bytes:
+          update: tuple[int, int] | None = None, paged: bool = False) -> bytes:
+    if paged and sched is not None:
+        raise ValueError("a paged model trains without a schedule (docs/paged-weights.md)")
     tensors_off = HEADER_SIZE
     ops_off = tensors_off + len(g.shapes) * TENSOR_SIZE
     data_base = ops_off + len(g.ops) * OP_SIZE
@@ -80,6 +86,8 @@ def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
         in1 = op.inputs[1] if len(op.inputs) > 1 else NO_TENSOR
         flags = (FLAG_TRAINABLE if op.trainable else 0) | \
             (FLAG_BIAS_ONLY if op.trainable and op.bias_only else 0)
+        if paged and pageable(op):
+            flags |= FLAG_PAGED
         orecs += struct.pack("<BBBBBBBBBBbbHHHxxIIII12x", KINDS[op.kind], ACTS[op.act],
                              flags, op.stride, op.kernel[0],
                              op.kernel[1], *op.pad, ew[i], eb[i], op.inputs[0], in1, op.output,
@@ -93,11 +101,16 @@ def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
     crc = zlib.crc32(body) & 0xFFFFFFFF
     compact = sched is not None and any(
         sched[16 + 8 * k + 1] & STEP_COMPACT for k in range(struct.unpack_from("<I", sched)[0]))
-    ver = (VERSION_COMPACT if compact else VERSION_UPDATE if policy else
-           VERSION_SCHED if sched is not None else VERSION)
+    ver = (VERSION_PAGED if paged else VERSION_COMPACT if compact else
+           VERSION_UPDATE if policy else VERSION_SCHED if sched is not None else VERSION)
     blob = MAGIC + struct.pack("<HHII", ver[0], ver[1], total, crc) + body
     assert len(blob) == total
     return blob
+
+
+def pageable(op: Op) -> bool:
+    """Can this op's weights stay in the store (a trainable dense op, weights and bias)?"""
+    return op.kind == "dense" and bool(op.trainable) and not op.bias_only
 
 
 def _sched(g: Graph, plan) -> bytes | None:  # noqa: ANN001
@@ -125,23 +138,23 @@ def _update(update: tuple[str | int, float | int] | None) -> tuple[int, int]:
 
 
 def export_f32(g: Graph, params: Params, plan=None,  # noqa: ANN001
-               update: tuple[str | int, float | int] | None = None) -> bytes:
+               update: tuple[str | int, float | int] | None = None, paged: bool = False) -> bytes:
     """plan: an optional planner.Plan of g (format 2.1: the engine trains by its schedule);
     update: an optional selective-update policy and fraction, e.g. ("topr", 0.2)
-    (format 2.2)."""
+    (format 2.2); paged: the trainable dense ops' weights stay in the weight store (2.4)."""
     ws = [None if w is None else np.ascontiguousarray(w, "<f4").tobytes() for w in params.weights]
     bs = [None if b is None else np.ascontiguousarray(b, "<f4").tobytes() for b in params.biases]
     z = [0] * len(g.ops)
     return _pack(DTYPE_F32, g, ws, bs, z, z, [0] * len(g.shapes), [0] * len(g.shapes), 0, None,
-                 _sched(g, plan), update)
+                 _sched(g, plan), update, paged)
 
 
 def export_s8(qm: QModel, plan=None,  # noqa: ANN001
-              update: tuple[str | int, float | int] | None = None) -> bytes:
+              update: tuple[str | int, float | int] | None = None, paged: bool = False) -> bytes:
     ws = [None if w is None else w.astype("<i1").tobytes() for w in qm.w]
     bs = [None if b is None else b.astype("<i4").tobytes() for b in qm.b]
     return _pack(DTYPE_S8, qm.graph, ws, bs, qm.ew, qm.eb, qm.exp, qm.zp, qm.lut_exp,
-                 qm.lut.astype("<u2").tobytes(), _sched(qm.graph, plan), update)
+                 qm.lut.astype("<u2").tobytes(), _sched(qm.graph, plan), update, paged)
 
 
 @dataclass
@@ -152,6 +165,7 @@ class Blob:
     qmodel: QModel | None  # s8
     schedule: bytes | None = None  # 2.1: the schedule section (Plan.pack() bytes)
     update: tuple[int, int] = (0, 0)  # 2.2: (policy id, per mille); (0, 0) = every weight
+    paged: bool = False  # 2.4: its trainable dense ops are paged
 
 
 def read(blob: bytes) -> Blob:
@@ -194,6 +208,7 @@ def _read_tables(blob: bytes) -> Blob:
     acts = {v: k for k, v in ACTS.items()}
     ops: list[Op] = []
     raw: list[tuple[int, int, int, int, int, int]] = []
+    paged = False
     for i in range(n_ops):
         (kind, act, flags, stride, kh, kw, pt, pl, pb, pr, we, be, in0, in1, out, w_off, w_sz,
          b_off, b_sz) = struct.unpack_from("<BBBBBBBBBBbbHHHxxIIII", blob, o_off + i * OP_SIZE)
@@ -201,6 +216,7 @@ def _read_tables(blob: bytes) -> Blob:
         ops.append(Op(kinds[kind], ins, out, acts[act], (kh, kw), stride, (pt, pl, pb, pr),
                       bool(flags & FLAG_TRAINABLE), bool(flags & FLAG_BIAS_ONLY)))
         raw.append((we, be, w_off, w_sz, b_off, b_sz))
+        paged |= bool(flags & FLAG_PAGED)
     g = Graph(shapes, ops, t_in)
     ws: list[np.ndarray | None] = []
     bs: list[np.ndarray | None] = []
@@ -215,7 +231,7 @@ def _read_tables(blob: bytes) -> Blob:
         ws.append(np.frombuffer(blob, wdt, int(np.prod(shape)), w_off).reshape(shape).copy())
         bs.append(np.frombuffer(blob, bdt, b_sz // 4, b_off).copy())
     if dtype == DTYPE_F32:
-        return Blob(dtype, g, Params(ws, bs), None, sched, update)
+        return Blob(dtype, g, Params(ws, bs), None, sched, update, paged)
     lut = np.frombuffer(blob, "<u2", 256, lut_off).copy()
     if lut[0] != 32768 or np.any(np.diff(lut.astype(np.int64)) > 0):
         # the engine reads it as exp(-d 2^lut_exp) in Q15 (kl_blob_check: lut_ok)
@@ -224,4 +240,4 @@ def _read_tables(blob: bytes) -> Blob:
     qm = QModel(g, [None if w is None else w.astype(np.int64) for w in ws],
                 [None if b is None else b.astype(np.int64) for b in bs],
                 [r[0] for r in raw], [r[1] for r in raw], exp, zp, lut_exp, lut)
-    return Blob(dtype, g, None, qm, sched, update)
+    return Blob(dtype, g, None, qm, sched, update, paged)

@@ -45,6 +45,7 @@ void *kl_arena_alloc(kl_arena_t *a, size_t size, size_t align);
 void kl_arena_reset(kl_arena_t *a, size_t mark);
 
 /* ---- model ---------------------------------------------------------------- */
+struct kl_wlog;
 typedef struct {
 	uint16_t h, w, c;
 	int8_t exp, zp;      /* s8: power-of-two scale exponent and zero point */
@@ -69,6 +70,10 @@ typedef struct {
 	float *vw, *vb;   /* f32 momentum buffers (or NULL) */
 	void *gw, *gb;    /* kept gradients (KL_CFG_KEEP_GRADS): f32 float, s8 int32 */
 	int8_t gw_exp, gb_exp;
+	/* paged (KL_OP_PAGED): per output row, its latest copy in the weight log
+	 * (weights, then the bias at the next 4-byte boundary), or NULL while the
+	 * row is the blob's (w, b read in place) */
+	const uint8_t **rows;
 } kl_op_t;
 
 /* Phases of a training step, for an optional profiling hook */
@@ -126,6 +131,12 @@ typedef struct {
 	uint32_t sel_size;
 	uint64_t upd_touched;  /* weights the policy let the updates write, summed over steps */
 	uint64_t upd_weights;  /* trainable weights, summed over steps (the 100 % figure) */
+	/* paged weights (docs/paged-weights.md) */
+	const uint8_t *blob;   /* the blob the model reads in place */
+	uint32_t blob_len;
+	uint8_t paged;         /* some op has KL_OP_PAGED */
+	struct kl_wlog *wlog;  /* where updated rows go (kl_model_attach_wlog) */
+	int pg_err;            /* the last step's weight-log error, if any */
 } kl_model_t;
 
 /* Selective updates: which weights an SGD step writes (docs/selective-updates.md).
@@ -159,6 +170,18 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
  * once, grown when a policy needs more). KL_EINVAL for a bad policy or
  * fraction, KL_ENOTSUP with momentum, KL_ENOMEM when the arena is full. */
 int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille);
+
+/* Paged models (docs/paged-weights.md): the weights of KL_OP_PAGED ops stay
+ * in the weight store, read in place; a training step appends the rows it
+ * changes to a weight log (kl_wlog.h) as one transaction. Attach mounts the
+ * log (its committed rows replace the blob's) and must precede training;
+ * the blob must be the log's generation (KL_EINVAL otherwise). Update
+ * policies: all or KL_UPDATE_CHANNEL_NORM (rows); others are KL_ENOTSUP. */
+int kl_model_attach_wlog(kl_model_t *m, struct kl_wlog *lg);
+/* Write the blob with the logged rows over it as a new generation (the
+ * log's kl_slots), read it in place from then on and restart the log. A
+ * training step folds by itself when the log cannot take the step. */
+int kl_model_fold(kl_model_t *m);
 
 /* Only check a blob (header, CRC, every table entry). */
 int kl_blob_check(const uint8_t *blob, size_t len);

@@ -17,8 +17,8 @@ extern "C" {
 
 #define KL_BLOB_MAGIC         0x424D4C4Bu /* "KLMB" */
 #define KL_BLOB_VERSION_MAJOR 2u
-#define KL_BLOB_VERSION_MINOR 3u /* 2.1: optional schedule section, 2.2: update policy,
-                                  * 2.3: compact backward steps */
+#define KL_BLOB_VERSION_MINOR 4u /* 2.1: optional schedule section, 2.2: update policy,
+                                  * 2.3: compact backward steps, 2.4: paged ops */
 #define KL_BLOB_HEADER_SIZE   48u
 #define KL_BLOB_TENSOR_SIZE   12u
 #define KL_BLOB_OP_SIZE       48u
@@ -133,6 +133,8 @@ enum kl_op_kind {
 };
 #define KL_OP_TRAINABLE 0x01u
 #define KL_OP_BIAS_ONLY 0x02u /* with TRAINABLE: only the bias trains */
+#define KL_OP_PAGED     0x04u /* 2.4, dense with TRAINABLE: weights stay in the store,
+			       * updated rows go to the weight log (kl_wlog.h) */
 
 /* Exponents of power-of-two scales must lie in this range. */
 #define KL_EXP_MIN (-60)

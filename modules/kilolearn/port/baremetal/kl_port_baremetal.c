@@ -198,6 +198,16 @@ const uint8_t *kl_port_job(size_t *len)
     return (const uint8_t *)(uintptr_t)KL_JOB_ADDR;
 }
 
+uint8_t *kl_port_flash_sim(size_t *len)
+{
+    size_t job = 0;
+    (void)kl_port_job(&job);
+    const uintptr_t start = ((uintptr_t)KL_JOB_ADDR + job + 4095u) & ~(uintptr_t)4095u;
+    const uintptr_t end = (uintptr_t)KL_JOB_ADDR + (uintptr_t)KL_JOB_MAX;
+    *len = start < end ? (size_t)(end - start) : 0u;
+    return *len != 0u ? (uint8_t *)start : NULL;
+}
+
 #define SYS_EXIT_EXTENDED           0x20u
 #define ADP_STOPPED_APPLICATIONEXIT 0x20026u
 

@@ -94,6 +94,13 @@ static uint8_t *read_all(FILE *f, size_t *out_len)
     return buf;
 }
 
+uint8_t *kl_port_flash_sim(size_t *len)
+{
+    static uint64_t mem[(16u << 20) / 8u];
+    *len = sizeof(mem);
+    return (uint8_t *)mem;
+}
+
 const uint8_t *kl_port_job(size_t *len)
 {
     if (!job_loaded) {

@@ -63,6 +63,12 @@ const uint8_t *kl_port_job(size_t *len)
 	return NULL;
 }
 
+uint8_t *kl_port_flash_sim(size_t *len)
+{
+	*len = 0;
+	return NULL;
+}
+
 void kl_port_exit(int code)
 {
 	LOG_INF("exit %d", code);

@@ -192,6 +192,14 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 	float *dy = y->grad;
 	kl_phase(m, KL_PHASE_BACKWARD);
 	mask_f32(y, op->act, dy);
+	if (kl_paged_op(op)) {
+		if (x->need_grad) {
+			pg_dx(m, op, dy, 0);
+		}
+		kl_phase(m, KL_PHASE_UPDATE);
+		pg_update(m, op, dy, 0);
+		return;
+	}
 	kl_geom_t g = kl_geom(m, op);
 	uint32_t c0 = 0, nk = 0;
 	int n_out = (int)kl_tsize(y);
@@ -249,6 +257,14 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 	kl_phase(m, KL_PHASE_BACKWARD);
 	if (y->n_users != 1u) { /* a single consumer masked it in kl_give_s8 already */
 		mask_s8(y, op->act, dy, 0);
+	}
+	if (kl_paged_op(op)) {
+		if (x->need_grad) {
+			pg_dx(m, op, dy, ey);
+		}
+		kl_phase(m, KL_PHASE_UPDATE);
+		pg_update(m, op, dy, ey);
+		return;
 	}
 	kl_geom_t g = kl_geom(m, op);
 	uint32_t c0 = 0, nk = 0;
@@ -336,7 +352,16 @@ static void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact)
 static void kl_backward(kl_model_t *m, int label, int keep)
 {
 	kl_loss(m, label);
+	if (m->paged) { /* the step's rows go to the log as one transaction */
+		m->pg_err = pg_prepare(m);
+		if (m->pg_err != KL_OK) {
+			return;
+		}
+	}
 	for (int i = m->n_ops - 1; i >= 0; i--) {
 		kl_backward_op(m, &m->ops[i], keep, 0);
+	}
+	if (m->paged && m->pg_err == KL_OK) {
+		m->pg_err = kl_wlog_commit(m->wlog);
 	}
 }

@@ -4,14 +4,18 @@ static void kl_forward_op(kl_model_t *m, kl_op_t *op)
 {
 	const kl_geom_t g = kl_geom(m, op);
 	if (m->dtype == KL_DTYPE_F32) {
-		op_fwd_f32(m, op, &g);
+		if (kl_paged_op(op)) {
+			(void)pg_forward(m, op, NULL);
+		} else {
+			op_fwd_f32(m, op, &g);
+		}
 		return;
 	}
 	const kl_tensor_t *x = &m->tensors[op->in0];
 	const kl_tensor_t *y = &m->tensors[op->out];
 	kl_requant_t rq;
 	kl_requant_init(&rq, x->exp + op->w_exp, op->b_exp, y->exp, y->zp, op->act);
-	op->sat = (uint8_t)op_fwd_s8(m, op, &g, &rq);
+	op->sat = (uint8_t)(kl_paged_op(op) ? pg_forward(m, op, &rq) : op_fwd_s8(m, op, &g, &rq));
 }
 
 static int kl_predicted(const kl_model_t *m)

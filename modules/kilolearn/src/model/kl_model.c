@@ -6,12 +6,14 @@
 #include <string.h>
 
 #include "kl_model_priv.h"
+#include "kilolearn/kl_wlog.h"
 
 /* clang-format off */
 #include "kl_ops.c"
 #include "kl_forward.c"
 #include "kl_backward.c"
 #include "kl_update.c"
+#include "kl_paged.c"
 #include "kl_train.c"
 #include "kl_model_init.c"
 /* clang-format on */

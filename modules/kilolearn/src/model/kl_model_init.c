@@ -43,8 +43,9 @@ static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training,
 				upd = n_b * 4u;
 			} else if (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV) {
 				upd = (op->n_w + n_b) * 4u; /* weight gradients */
-			} else if (s8_dense) {
-				upd = KL_FC_S8_SCRATCH(kl_tsize(x), kl_tsize(y)); /* fused SGD */
+			} else if (s8_dense) { /* fused SGD (paged: a chunk of a row at a time) */
+				upd = kl_paged_op(op) ? KL_FC_S8_SCRATCH(PG_CHUNK, 1u)
+						      : KL_FC_S8_SCRATCH(kl_tsize(x), kl_tsize(y));
 			}
 		}
 		const uint32_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
@@ -65,6 +66,8 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	}
 	memset(m, 0, sizeof(*m));
 	m->arena = arena;
+	m->blob = blob;
+	m->blob_len = kl_rd32(blob + KL_BH_TOTAL_SIZE);
 	m->dtype = blob[KL_BH_DTYPE];
 	m->n_tensors = kl_rd16(blob + KL_BH_N_TENSORS);
 	m->n_ops = kl_rd16(blob + KL_BH_N_OPS);
@@ -114,7 +117,7 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		const uint8_t *r = orec + (uint32_t)i * KL_BLOB_OP_SIZE;
 		op->kind = r[KL_BO_KIND];
 		op->act = r[KL_BO_ACT];
-		op->flags = training ? r[KL_BO_FLAGS] : 0u;
+		op->flags = training ? r[KL_BO_FLAGS] : (uint8_t)(r[KL_BO_FLAGS] & KL_OP_PAGED);
 		op->stride = r[KL_BO_STRIDE];
 		op->kh = r[KL_BO_KH];
 		op->kw = r[KL_BO_KW];
@@ -143,6 +146,20 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		const uint8_t *w = blob + kl_rd32(r + KL_BO_W_OFF);
 		const uint8_t *b = blob + kl_rd32(r + KL_BO_B_OFF);
 		const size_t bsize = kl_rd32(r + KL_BO_B_SIZE);
+		if (op->flags & KL_OP_PAGED) { /* read in place, rows from the log */
+			if (sched_off != 0u || (training && (m->momentum != 0.0f ||
+							      (m->flags & KL_CFG_KEEP_GRADS)))) {
+				return KL_ENOTSUP;
+			}
+			op->w = (void *)(uintptr_t)w;
+			op->b = (void *)(uintptr_t)b;
+			op->rows = arena_zeros(arena, sizeof(op->rows[0]) * kl_tsize(y));
+			if (op->rows == NULL) {
+				return KL_ENOMEM;
+			}
+			m->paged = 1u;
+			continue;
+		}
 		if (kl_trainable(op)) {
 			const int wt = !kl_bias_only(op); /* the weights train too */
 			op->w = wt ? arena_copy(arena, w, op->n_w * es) : (void *)(uintptr_t)w;

@@ -3,6 +3,8 @@
  *   kl_forward.c     forward pass (through the op table)
  *   kl_backward.c    loss, masks, input gradients, weight gradients (op table)
  *   kl_update.c      update policies and the SGD steps that apply them
+ *   kl_paged.c       paged dense ops: weights in the store, updated rows to
+ *                    the weight log (kl_wlog), folds
  *   kl_train.c       the schedule executor and the public step calls
  *   kl_ops.c         the op table: each op kind's forward, input-gradient and
  *                    weight-gradient entry points, per dtype (TFLite Micro's
@@ -135,6 +137,12 @@ static void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, cons
 			 int n_out, uint32_t c0, uint32_t nk);
 static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, const int8_t *dy,
 			int ey, int n_out, uint32_t c0, uint32_t nk);
+/* kl_paged.c */
+static int kl_paged_op(const kl_op_t *op);
+static int pg_forward(kl_model_t *m, kl_op_t *op, const kl_requant_t *rq);
+static void pg_dx(kl_model_t *m, const kl_op_t *op, const void *dy, int ey);
+static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey);
+static int pg_prepare(kl_model_t *m);
 /* kl_train.c */
 static int kl_run_schedule(kl_model_t *m, int label, int keep);
 static void kl_adapt_ranges(kl_model_t *m);

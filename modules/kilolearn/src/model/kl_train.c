@@ -110,6 +110,9 @@ int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 	}
 	const int pred = kl_forward_ops(m, cut->producer + 1);
 	kl_backward(m, label, 0);
+	if (m->paged && m->pg_err != KL_OK) {
+		return m->pg_err;
+	}
 	kl_adapt_ranges(m);
 	m->upd_step++;
 	kl_phase(m, KL_PHASE_DONE);
@@ -123,6 +126,9 @@ int kl_train_step(kl_model_t *m, const void *x, int label)
 		return err;
 	}
 	const int pred = run_step(m, x, label, 0);
+	if (m->paged && m->pg_err != KL_OK) {
+		return m->pg_err; /* rows of this step may be written; a mount drops them */
+	}
 	kl_adapt_ranges(m);
 	m->upd_step++;
 	kl_phase(m, KL_PHASE_DONE);

@@ -46,7 +46,8 @@ static uint32_t sel_need(const kl_model_t *m, int policy, uint32_t permille)
 		if (policy == KL_UPDATE_TOPR) {
 			need = kl_umax(need, KL_TOPR_HIST_WORDS * 4u);
 		} else if (policy == KL_UPDATE_CHANNEL_NORM) { /* scores, picks, masked dy */
-			need = kl_umax(need, kl_align8(n_ch * 9u) + n_ch * 4u);
+			need = kl_umax(need, kl_paged_op(op) ? n_ch * 4u /* keys */
+							     : kl_align8(n_ch * 9u) + n_ch * 4u);
 		} else if (policy == KL_UPDATE_CHANNEL_SPARSE && op->kind == KL_OP_CONV) {
 			const kl_tensor_t *y = &m->tensors[op->out];
 			need = kl_umax(need, (uint32_t)y->h * y->w * upd_count(n_ch, permille) * es);
@@ -61,7 +62,8 @@ int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille)
 	    permille > KL_UPDATE_FRAC_ONE || (policy != KL_UPDATE_ALL && permille == 0u)) {
 		return KL_EINVAL;
 	}
-	if (policy != KL_UPDATE_ALL && m->momentum != 0.0f) {
+	if ((policy != KL_UPDATE_ALL && m->momentum != 0.0f) ||
+	    (m->paged && policy != KL_UPDATE_ALL && policy != KL_UPDATE_CHANNEL_NORM)) {
 		return KL_ENOTSUP;
 	}
 	const uint32_t need = sel_need(m, policy, permille);

@@ -1,0 +1,430 @@
+/* Paged dense ops (docs/paged-weights.md): weights read in place from the
+ * weight store, row by row from the blob or from the weight log; a training
+ * step writes the rows it changes to the log, chunk by chunk through a small
+ * buffer, as one transaction; folds. */
+/* A part of kl_model.c's translation unit (included there, not compiled alone). */
+#define PG_CHUNK 256u /* bytes of a row updated at a time (a multiple of 4) */
+
+static int kl_paged_op(const kl_op_t *op)
+{
+	return op->rows != NULL;
+}
+
+static uint32_t pg_es(const kl_model_t *m)
+{
+	return m->dtype == KL_DTYPE_S8 ? 1u : 4u;
+}
+
+/* bytes of one row of weights, and of a row's log payload (weights, bias) */
+static uint32_t pg_row_bytes(const kl_model_t *m, const kl_op_t *op)
+{
+	return kl_tsize(&m->tensors[op->in0]) * pg_es(m);
+}
+
+static uint32_t pg_payload(const kl_model_t *m, const kl_op_t *op)
+{
+	return ((pg_row_bytes(m, op) + 3u) & ~3u) + 4u;
+}
+
+static const uint8_t *pg_row(const kl_model_t *m, const kl_op_t *op, uint32_t r)
+{
+	return op->rows[r] != NULL ? op->rows[r]
+				   : (const uint8_t *)op->w + (size_t)r * pg_row_bytes(m, op);
+}
+
+static const void *pg_bias(const kl_model_t *m, const kl_op_t *op, uint32_t r)
+{
+	return op->rows[r] != NULL ? (const void *)(op->rows[r] + pg_payload(m, op) - 4u)
+				   : (const void *)((const uint8_t *)op->b + 4u * r);
+}
+
+/* Forward: runs of rows still in the blob in one kernel call, logged rows
+ * one by one. Returns the saturation flag (int8). */
+static int pg_forward(kl_model_t *m, kl_op_t *op, const kl_requant_t *rq)
+{
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	const uint32_t n_in = kl_tsize(x), n_out = kl_tsize(&m->tensors[op->out]);
+	uint8_t *y = m->tensors[op->out].data;
+	int sat = 0;
+	for (uint32_t r = 0; r < n_out;) {
+		uint32_t k = 1;
+		if (op->rows[r] == NULL) {
+			while (r + k < n_out && op->rows[r + k] == NULL) {
+				k++;
+			}
+		}
+		const void *w = pg_row(m, op, r), *b = pg_bias(m, op, r);
+		if (m->dtype == KL_DTYPE_F32) {
+			kl_fully_connected_f32(x->data, w, b, (float *)(void *)y + r, (int)n_in, (int)k,
+					       op->act);
+		} else {
+			sat |= kl_fully_connected_s8(x->data, x->zp, w, b, rq, (int8_t *)(void *)y + r,
+						     (int)n_in, (int)k, m->scratch);
+		}
+		r += k;
+	}
+	return sat;
+}
+
+/* Input gradient dx = W^T dy, row by row: f32 into the scratch as floats,
+ * s8 as int32 sums (then handed on as the dense kernels' results are). */
+static void pg_dx(kl_model_t *m, const kl_op_t *op, const void *dy, int ey)
+{
+	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]);
+	const uint32_t n_out = kl_tsize(&m->tensors[op->out]);
+	if (m->dtype == KL_DTYPE_F32) {
+		float *acc = m->scratch;
+		for (uint32_t j = 0; j < n_in; j++) {
+			acc[j] = 0.0f;
+		}
+		for (uint32_t r = 0; r < n_out; r++) {
+			const float g = ((const float *)dy)[r];
+			if (g == 0.0f) {
+				continue;
+			}
+			const float *row = (const float *)(const void *)pg_row(m, op, r);
+			for (uint32_t j = 0; j < n_in; j++) {
+				acc[j] += row[j] * g;
+			}
+		}
+		kl_give_f32(m, op->in0);
+		return;
+	}
+	int32_t *acc = m->scratch;
+	for (uint32_t j = 0; j < n_in; j++) {
+		acc[j] = 0;
+	}
+	for (uint32_t r = 0; r < n_out; r++) {
+		const int32_t g = ((const int8_t *)dy)[r];
+		if (g == 0) {
+			continue;
+		}
+		const int8_t *row = (const int8_t *)pg_row(m, op, r);
+		for (uint32_t j = 0; j < n_in; j++) {
+			acc[j] += (int32_t)row[j] * g;
+		}
+	}
+	kl_give_s8(m, op->in0, op->w_exp + ey);
+}
+
+/* rows a step of this op writes, at most */
+static uint32_t pg_rows_per_step(const kl_model_t *m, const kl_op_t *op)
+{
+	const uint32_t n = kl_tsize(&m->tensors[op->out]);
+	return m->upd_policy == KL_UPDATE_CHANNEL_NORM ? upd_count(n, m->upd_frac) : n;
+}
+
+/* Before a step's updates: room in the log for every row it may write, or
+ * a fold first. */
+static int pg_prepare(kl_model_t *m)
+{
+	kl_wlog_t *lg = m->wlog;
+	if (lg == NULL) {
+		return KL_EINVAL; /* a paged model trains with a weight log */
+	}
+	uint64_t need = 0;
+	for (int i = 0; i < m->n_ops; i++) {
+		const kl_op_t *op = &m->ops[i];
+		if (kl_paged_op(op) && kl_trainable(op)) {
+			need += (uint64_t)pg_rows_per_step(m, op) * kl_wlog_span(lg, pg_payload(m, op));
+		}
+	}
+	if (kl_wlog_room(lg, need)) {
+		return KL_OK;
+	}
+	if (lg->slots == NULL) {
+		return KL_ENOSPC;
+	}
+	const int err = kl_model_fold(m);
+	if (err != KL_OK) {
+		return err;
+	}
+	return kl_wlog_room(lg, need) ? KL_OK : KL_ENOSPC;
+}
+
+/* |dy| as an unsigned key that orders like dy^2 (the Deutel score of a row
+ * of the fused update, see top_channels_dy) */
+static uint32_t pg_key(const kl_model_t *m, const void *dy, uint32_t i)
+{
+	if (m->dtype == KL_DTYPE_S8) {
+		const int32_t v = ((const int8_t *)dy)[i];
+		return (uint32_t)(v < 0 ? -v : v);
+	}
+	uint32_t u;
+	memcpy(&u, (const float *)dy + i, 4u);
+	return u & 0x7FFFFFFFu;
+}
+
+/* the k-th largest of a[0..n) (1 <= k <= n; a is reordered): quickselect
+ * with a three-way partition */
+static uint32_t pg_kth_largest(uint32_t *a, int32_t n, int32_t k)
+{
+	int32_t lo = 0, hi = n - 1;
+	const int32_t want = k - 1;
+	while (lo < hi) {
+		const uint32_t p = a[lo + (hi - lo) / 2];
+		int32_t lt = lo, i = lo, gt = hi;
+		while (i <= gt) { /* [lo, lt) > p, [lt, i) == p, (gt, hi] < p */
+			const uint32_t v = a[i];
+			if (v > p) {
+				a[i++] = a[lt];
+				a[lt++] = v;
+			} else if (v < p) {
+				a[i] = a[gt];
+				a[gt--] = v;
+			} else {
+				i++;
+			}
+		}
+		if (want < lt) {
+			hi = lt - 1;
+		} else if (want > gt) {
+			lo = gt + 1;
+		} else {
+			return p;
+		}
+	}
+	return a[lo];
+}
+
+/* One row's new weights and bias into the log: the old row read in place a
+ * chunk at a time, the fused SGD step applied to the chunk in a buffer, the
+ * chunk appended. */
+static int pg_write_row(kl_model_t *m, int op_i, kl_op_t *op, uint32_t r, const void *dyv, int ey)
+{
+	kl_wlog_t *lg = m->wlog;
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	const uint32_t n_in = kl_tsize(x), es = pg_es(m), rb = pg_row_bytes(m, op);
+	const uint8_t *old = pg_row(m, op, r);
+	int32_t bias;
+	memcpy(&bias, pg_bias(m, op, r), 4u);
+	int err = kl_wlog_begin(lg, (uint16_t)op_i, (uint16_t)r, pg_payload(m, op));
+	uint32_t chunk[PG_CHUNK / 4u];
+	for (uint32_t j0 = 0; err == KL_OK && j0 < n_in; j0 += PG_CHUNK / es) {
+		const uint32_t n = n_in - j0 < PG_CHUNK / es ? n_in - j0 : PG_CHUNK / es;
+		memcpy(chunk, old + j0 * es, n * es);
+		if (m->dtype == KL_DTYPE_F32) {
+			float b_unused = 0.0f;
+			kl_fully_connected_sgd_f32((float *)(void *)chunk, &b_unused, NULL, NULL,
+						   (const float *)dyv + r, (const float *)x->data + j0,
+						   m->lr, 0.0f, (int)n, 1);
+		} else {
+			int32_t b_unused = 0;
+			uint32_t d = m->dither + (r * n_in + j0) * KL_WEYL;
+			kl_fully_connected_sgd_s8((int8_t *)(void *)chunk, &b_unused,
+						  (const int8_t *)dyv + r, (const int8_t *)x->data + j0,
+						  x->zp, m->lr_q, op->w_exp + KL_LR_FRAC_BITS - ey - x->exp,
+						  op->b_exp + KL_LR_FRAC_BITS - ey, &d, (int)n, 1,
+						  kl_upd_scratch(m, x));
+		}
+		err = kl_wlog_append(lg, (const uint8_t *)chunk, n * es);
+	}
+	if (err == KL_OK) {
+		if (m->dtype == KL_DTYPE_F32) {
+			float b;
+			memcpy(&b, &bias, 4u);
+			const float c = m->lr * ((const float *)dyv)[r];
+			b -= c;
+			memcpy(&bias, &b, 4u);
+		} else {
+			const int32_t c = (int32_t)((const int8_t *)dyv)[r] * m->lr_q;
+			bias = kl_sat32((int64_t)bias - kl_rshift_round(c, op->b_exp + KL_LR_FRAC_BITS - ey));
+		}
+		uint8_t tail[8] = {0};
+		const uint32_t pad = pg_payload(m, op) - 4u - rb;
+		memcpy(tail + pad, &bias, 4u);
+		err = kl_wlog_append(lg, tail, pad + 4u);
+	}
+	const uint8_t *p = NULL;
+	if (err == KL_OK) {
+		err = kl_wlog_end(lg, &p);
+	}
+	if (err == KL_OK) {
+		op->rows[r] = p;
+	}
+	return err;
+}
+
+/* The fused update of a paged dense op: every row, or the rows with the
+ * largest |dy| (Deutel; ties to the lower index, as top_channels_dy), each
+ * written to the log when its step is not zero. Selection costs O(n_out),
+ * the writing the selected rows. */
+static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey)
+{
+	const int op_i = (int)(op - m->ops);
+	const uint32_t n_out = kl_tsize(&m->tensors[op->out]);
+	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]);
+	const uint32_t k = pg_rows_per_step(m, op);
+	uint32_t thr = 0, ties = 0;
+	if (k < n_out) {
+		uint32_t *keys = m->sel;
+		uint32_t gt = 0;
+		for (uint32_t i = 0; i < n_out; i++) {
+			keys[i] = pg_key(m, dy, i);
+		}
+		thr = pg_kth_largest(keys, (int32_t)n_out, (int32_t)k);
+		for (uint32_t i = 0; i < n_out; i++) {
+			gt += pg_key(m, dy, i) > thr;
+		}
+		ties = k - gt;
+	}
+	for (uint32_t r = 0; r < n_out && m->pg_err == KL_OK; r++) {
+		if (k < n_out) {
+			const uint32_t key = pg_key(m, dy, r);
+			if (key < thr || (key == thr && ties == 0u)) {
+				continue;
+			}
+			ties -= key == thr;
+		}
+		const int zero = m->dtype == KL_DTYPE_F32
+					 ? ((const float *)dy)[r] == 0.0f
+					 : (int32_t)((const int8_t *)dy)[r] * m->lr_q == 0;
+		if (!zero) {
+			m->pg_err = pg_write_row(m, op_i, op, r, dy, ey);
+		}
+	}
+	if (m->dtype == KL_DTYPE_S8) {
+		m->dither += op->n_w * KL_WEYL;
+	}
+	m->upd_touched += (uint64_t)k * n_in;
+	m->upd_weights += op->n_w;
+}
+
+/* ---- attach, fold -------------------------------------------------------------- */
+static int pg_apply(void *ctx, uint16_t op_i, uint16_t row, const uint8_t *payload, uint32_t len)
+{
+	kl_model_t *m = ctx;
+	if (op_i >= m->n_ops || !kl_paged_op(&m->ops[op_i])) {
+		return -1;
+	}
+	kl_op_t *op = &m->ops[op_i];
+	if (row >= kl_tsize(&m->tensors[op->out]) || len != pg_payload(m, op) ||
+	    ((uintptr_t)payload & 3u) != 0u) {
+		return -1;
+	}
+	op->rows[row] = payload;
+	return 0;
+}
+
+static void pg_clear_rows(kl_model_t *m)
+{
+	for (int i = 0; i < m->n_ops; i++) {
+		kl_op_t *op = &m->ops[i];
+		if (kl_paged_op(op)) {
+			memset(op->rows, 0, sizeof(op->rows[0]) * kl_tsize(&m->tensors[op->out]));
+		}
+	}
+}
+
+int kl_model_attach_wlog(kl_model_t *m, kl_wlog_t *lg)
+{
+	if (m == NULL || lg == NULL || m->blob == NULL || !m->paged ||
+	    lg->blob_crc != kl_rd32(m->blob + KL_BH_CRC)) {
+		return KL_EINVAL;
+	}
+	pg_clear_rows(m);
+	const int err = kl_wlog_mount(lg, pg_apply, m);
+	m->wlog = err == KL_OK ? lg : NULL;
+	return err;
+}
+
+/* n bytes of the blob at off as they are now: the blob's, with the logged
+ * rows (weights and biases) of paged ops over them */
+static void pg_merged(const kl_model_t *m, uint32_t off, uint8_t *buf, uint32_t n)
+{
+	memcpy(buf, m->blob + off, n);
+	for (int i = 0; i < m->n_ops; i++) {
+		const kl_op_t *op = &m->ops[i];
+		if (!kl_paged_op(op)) {
+			continue;
+		}
+		const uint32_t rb = pg_row_bytes(m, op), n_out = kl_tsize(&m->tensors[op->out]);
+		const uint32_t w_off = (uint32_t)((const uint8_t *)op->w - m->blob);
+		const uint32_t b_off = (uint32_t)((const uint8_t *)op->b - m->blob);
+		for (int part = 0; part < 2; part++) { /* weights, biases */
+			const uint32_t lo = part == 0 ? w_off : b_off, unit = part == 0 ? rb : 4u;
+			const uint32_t hi = lo + unit * n_out;
+			if (off + n <= lo || off >= hi) {
+				continue;
+			}
+			const uint32_t a = off > lo ? off : lo, z = off + n < hi ? off + n : hi;
+			for (uint32_t r = (a - lo) / unit; r < n_out && lo + r * unit < z; r++) {
+				if (op->rows[r] == NULL) {
+					continue;
+				}
+				const uint32_t s = lo + r * unit, e = s + unit;
+				const uint32_t c0 = s > a ? s : a, c1 = e < z ? e : z;
+				const uint8_t *src = part == 0 ? op->rows[r] : (const uint8_t *)pg_bias(m, op, r);
+				memcpy(buf + (c0 - off), src + (c0 - s), c1 - c0);
+			}
+		}
+	}
+}
+
+/* every pointer into the old blob moves by the same amount into the new one */
+static void pg_repoint(kl_model_t *m, const uint8_t *nb)
+{
+	const uint8_t *ob = m->blob;
+	const uint8_t *oe = ob + m->blob_len;
+#define PG_MOVE(p)                                                                          \
+	do {                                                                                \
+		if ((const uint8_t *)(p) >= ob && (const uint8_t *)(p) < oe) {              \
+			(p) = (void *)(uintptr_t)(nb + ((const uint8_t *)(p) - ob));         \
+		}                                                                           \
+	} while (0)
+	for (int i = 0; i < m->n_ops; i++) {
+		PG_MOVE(m->ops[i].w);
+		PG_MOVE(m->ops[i].b);
+	}
+	if (m->lut != NULL) {
+		m->lut = (const uint16_t *)(const void *)(nb + ((const uint8_t *)m->lut - ob));
+	}
+#undef PG_MOVE
+	m->blob = nb;
+}
+
+int kl_model_fold(kl_model_t *m)
+{
+	if (m == NULL || m->wlog == NULL) {
+		return KL_EINVAL;
+	}
+	kl_wlog_t *lg = m->wlog;
+	kl_slots_t *g = lg->slots;
+	if (g == NULL) {
+		return KL_ENOTSUP;
+	}
+	uint8_t buf[PG_CHUNK];
+	uint32_t crc = 0;
+	for (uint32_t off = KL_BLOB_CRC_START; off < m->blob_len; off += PG_CHUNK) {
+		const uint32_t n = m->blob_len - off < PG_CHUNK ? m->blob_len - off : PG_CHUNK;
+		pg_merged(m, off, buf, n);
+		crc = kl_crc32(crc, buf, n);
+	}
+	int err = kl_slots_begin(g, m->blob_len);
+	for (uint32_t off = 0; err == KL_OK && off < m->blob_len; off += PG_CHUNK) {
+		const uint32_t n = m->blob_len - off < PG_CHUNK ? m->blob_len - off : PG_CHUNK;
+		pg_merged(m, off, buf, n);
+		if (off == 0u) {
+			kl_wr32(buf + KL_BH_CRC, crc);
+		}
+		err = kl_slots_write(g, buf, n);
+	}
+	if (err == KL_OK) {
+		err = kl_slots_end(g, kl_slots_written_crc(g));
+	}
+	if (err != KL_OK) {
+		kl_slots_abort(g);
+		return err; /* the old generation and the log stand */
+	}
+	uint32_t len = 0;
+	const uint8_t *nb = kl_slots_active(g, &len);
+	if (nb == NULL) {
+		return KL_EINVAL; /* not memory-mapped: kl_wlog_open refuses such a store */
+	}
+	kl_slots_pin(g, 1);
+	pg_repoint(m, nb);
+	pg_clear_rows(m);
+	kl_wlog_restart(lg, g->active.seq, crc);
+	lg->folds++;
+	return KL_OK;
+}
