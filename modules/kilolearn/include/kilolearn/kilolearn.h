@@ -183,6 +183,11 @@ int kl_model_attach_wlog(kl_model_t *m, struct kl_wlog *lg);
  * training step folds by itself when the log cannot take the step. */
 int kl_model_fold(kl_model_t *m);
 
+/* n bytes at off of the blob as the model has it now: a paged model's
+ * logged rows over the blob's (the header's CRC field as stored). KL_EINVAL
+ * outside the blob. */
+int kl_model_blob_read(const kl_model_t *m, uint32_t off, uint8_t *buf, uint32_t n);
+
 /* Only check a blob (header, CRC, every table entry). */
 int kl_blob_check(const uint8_t *blob, size_t len);
 

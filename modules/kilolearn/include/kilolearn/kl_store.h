@@ -66,6 +66,7 @@ typedef struct kl_store {
 	 * across restarts) */
 	uint32_t bytes_written, erases;
 	uint32_t *sector_erases, *sector_bytes;
+	uint32_t base_off;   /* a part of another store (kl_store_sub_init): where it starts */
 } kl_store_t;
 
 /* Checked calls (bounds, alignment); they count the wear. */
@@ -79,6 +80,12 @@ static inline uint32_t kl_store_sectors(const kl_store_t *st)
 /* Attach per-sector wear counters (kl_store_sectors() entries each, zeroed
  * by the caller or carried over from an earlier run). */
 void kl_store_set_wear(kl_store_t *st, uint32_t *sector_erases, uint32_t *sector_bytes);
+
+/* A part of a store: size bytes from off (whole sectors), same geometry;
+ * its operations go through the parent's checked calls (which count the
+ * wear, and the NOR simulation's power cuts, there too). E.g. one flash
+ * partition as the blob's generations and a weight log (kl_wlog.h). */
+int kl_store_sub_init(kl_store_t *sub, kl_store_t *parent, uint32_t off, uint32_t size);
 
 /* A store over a caller-provided RAM buffer (4-aligned). No NOR rules:
  * any byte can be rewritten; it reports 4 KB virtual sectors, 1-byte writes

@@ -361,6 +361,18 @@ static void pg_merged(const kl_model_t *m, uint32_t off, uint8_t *buf, uint32_t 
 	}
 }
 
+int kl_model_blob_read(const kl_model_t *m, uint32_t off, uint8_t *buf, uint32_t n)
+{
+	if (m == NULL || m->blob == NULL || (buf == NULL && n != 0u) || off > m->blob_len ||
+	    n > m->blob_len - off) {
+		return KL_EINVAL;
+	}
+	if (n != 0u) {
+		pg_merged(m, off, buf, n);
+	}
+	return KL_OK;
+}
+
 /* every pointer into the old blob moves by the same amount into the new one */
 static void pg_repoint(kl_model_t *m, const uint8_t *nb)
 {

@@ -83,6 +83,46 @@ static int geom_ok(const kl_store_geom_t *g)
 	       g->size % g->erase_block == 0u && (g->erase_value == 0xFFu || g->erase_value == 0u);
 }
 
+/* ---- a part of another store ----------------------------------------------------- */
+
+static int sub_read(kl_store_t *st, uint32_t off, uint8_t *buf, uint32_t n)
+{
+	kl_store_t *p = st->ctx;
+	return kl_store_read(p, (uint32_t)(st->base_off + off), buf, n);
+}
+
+static int sub_program(kl_store_t *st, uint32_t off, const uint8_t *data, uint32_t n)
+{
+	kl_store_t *p = st->ctx;
+	return kl_store_program(p, (uint32_t)(st->base_off + off), data, n);
+}
+
+static int sub_erase(kl_store_t *st, uint32_t off, uint32_t n)
+{
+	kl_store_t *p = st->ctx;
+	return kl_store_erase(p, (uint32_t)(st->base_off + off), n);
+}
+
+static const kl_store_ops_t sub_ops = {sub_read, sub_program, sub_erase};
+
+int kl_store_sub_init(kl_store_t *sub, kl_store_t *parent, uint32_t off, uint32_t size)
+{
+	const uint32_t eb = parent != NULL ? parent->geom.erase_block : 0u;
+	if (sub == NULL || parent == NULL || eb == 0u || size == 0u || off % eb != 0u ||
+	    size % eb != 0u || off > parent->geom.size || size > parent->geom.size - off) {
+		return KL_EINVAL;
+	}
+	memset(sub, 0, sizeof(*sub));
+	sub->ops = &sub_ops;
+	sub->geom = parent->geom;
+	sub->geom.size = size;
+	sub->size = size;
+	sub->base = parent->base != NULL ? parent->base + off : NULL;
+	sub->ctx = parent;
+	sub->base_off = off;
+	return KL_OK;
+}
+
 /* ---- RAM ----------------------------------------------------------------------- */
 
 static int ram_read(kl_store_t *st, uint32_t off, uint8_t *buf, uint32_t n)
