@@ -187,49 +187,84 @@ static uint32_t pg_kth_largest(uint32_t *a, int32_t n, int32_t k)
 	return a[lo];
 }
 
-/* One row's new weights and bias into the log: the old row read in place a
- * chunk at a time, the fused SGD step applied to the chunk in a buffer, the
- * chunk appended. */
+/* Elements [j0, j0 + n) of row r after the fused SGD step, into chunk (the
+ * old ones read in place, the step applied in the buffer). */
+static void pg_new_chunk(kl_model_t *m, const kl_op_t *op, uint32_t r, uint32_t j0, uint32_t n,
+			 uint32_t *chunk, const void *dyv, int ey)
+{
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	const uint32_t n_in = kl_tsize(x), es = pg_es(m);
+	memcpy(chunk, pg_row(m, op, r) + j0 * es, n * es);
+	if (m->dtype == KL_DTYPE_F32) {
+		float b_unused = 0.0f;
+		kl_fully_connected_sgd_f32((float *)(void *)chunk, &b_unused, NULL, NULL,
+					   (const float *)dyv + r, (const float *)x->data + j0, m->lr,
+					   0.0f, (int)n, 1);
+	} else {
+		int32_t b_unused = 0;
+		uint32_t d = m->dither + (r * n_in + j0) * KL_WEYL;
+		kl_fully_connected_sgd_s8((int8_t *)(void *)chunk, &b_unused, (const int8_t *)dyv + r,
+					  (const int8_t *)x->data + j0, x->zp, m->lr_q,
+					  op->w_exp + KL_LR_FRAC_BITS - ey - x->exp,
+					  op->b_exp + KL_LR_FRAC_BITS - ey, &d, (int)n, 1,
+					  kl_upd_scratch(m, x));
+	}
+}
+
+/* row r's bias after the step */
+static int32_t pg_new_bias(const kl_model_t *m, const kl_op_t *op, uint32_t r, const void *dyv,
+			   int ey)
+{
+	int32_t bias;
+	memcpy(&bias, pg_bias(m, op, r), 4u);
+	if (m->dtype == KL_DTYPE_F32) {
+		float b;
+		memcpy(&b, &bias, 4u);
+		const float c = m->lr * ((const float *)dyv)[r];
+		b -= c;
+		memcpy(&bias, &b, 4u);
+		return bias;
+	}
+	const int32_t c = (int32_t)((const int8_t *)dyv)[r] * m->lr_q;
+	return kl_sat32((int64_t)bias - kl_rshift_round(c, op->b_exp + KL_LR_FRAC_BITS - ey));
+}
+
+/* Does the step change row r? (int8: a rounded step is often zero for a
+ * whole row, and a row that stays is not written) */
+static int pg_row_changes(kl_model_t *m, const kl_op_t *op, uint32_t r, const void *dyv, int ey)
+{
+	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]), es = pg_es(m);
+	int32_t old_b;
+	memcpy(&old_b, pg_bias(m, op, r), 4u);
+	if (pg_new_bias(m, op, r, dyv, ey) != old_b) {
+		return 1;
+	}
+	uint32_t chunk[PG_CHUNK / 4u];
+	for (uint32_t j0 = 0; j0 < n_in; j0 += PG_CHUNK / es) {
+		const uint32_t n = n_in - j0 < PG_CHUNK / es ? n_in - j0 : PG_CHUNK / es;
+		pg_new_chunk(m, op, r, j0, n, chunk, dyv, ey);
+		if (memcmp(chunk, pg_row(m, op, r) + j0 * es, n * es) != 0) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* One row's new weights and bias into the log, a chunk at a time. */
 static int pg_write_row(kl_model_t *m, int op_i, kl_op_t *op, uint32_t r, const void *dyv, int ey)
 {
 	kl_wlog_t *lg = m->wlog;
-	const kl_tensor_t *x = &m->tensors[op->in0];
-	const uint32_t n_in = kl_tsize(x), es = pg_es(m), rb = pg_row_bytes(m, op);
-	const uint8_t *old = pg_row(m, op, r);
-	int32_t bias;
-	memcpy(&bias, pg_bias(m, op, r), 4u);
+	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]), es = pg_es(m);
+	const uint32_t rb = pg_row_bytes(m, op);
+	const int32_t bias = pg_new_bias(m, op, r, dyv, ey);
 	int err = kl_wlog_begin(lg, (uint16_t)op_i, (uint16_t)r, pg_payload(m, op));
 	uint32_t chunk[PG_CHUNK / 4u];
 	for (uint32_t j0 = 0; err == KL_OK && j0 < n_in; j0 += PG_CHUNK / es) {
 		const uint32_t n = n_in - j0 < PG_CHUNK / es ? n_in - j0 : PG_CHUNK / es;
-		memcpy(chunk, old + j0 * es, n * es);
-		if (m->dtype == KL_DTYPE_F32) {
-			float b_unused = 0.0f;
-			kl_fully_connected_sgd_f32((float *)(void *)chunk, &b_unused, NULL, NULL,
-						   (const float *)dyv + r, (const float *)x->data + j0,
-						   m->lr, 0.0f, (int)n, 1);
-		} else {
-			int32_t b_unused = 0;
-			uint32_t d = m->dither + (r * n_in + j0) * KL_WEYL;
-			kl_fully_connected_sgd_s8((int8_t *)(void *)chunk, &b_unused,
-						  (const int8_t *)dyv + r, (const int8_t *)x->data + j0,
-						  x->zp, m->lr_q, op->w_exp + KL_LR_FRAC_BITS - ey - x->exp,
-						  op->b_exp + KL_LR_FRAC_BITS - ey, &d, (int)n, 1,
-						  kl_upd_scratch(m, x));
-		}
+		pg_new_chunk(m, op, r, j0, n, chunk, dyv, ey);
 		err = kl_wlog_append(lg, (const uint8_t *)chunk, n * es);
 	}
 	if (err == KL_OK) {
-		if (m->dtype == KL_DTYPE_F32) {
-			float b;
-			memcpy(&b, &bias, 4u);
-			const float c = m->lr * ((const float *)dyv)[r];
-			b -= c;
-			memcpy(&bias, &b, 4u);
-		} else {
-			const int32_t c = (int32_t)((const int8_t *)dyv)[r] * m->lr_q;
-			bias = kl_sat32((int64_t)bias - kl_rshift_round(c, op->b_exp + KL_LR_FRAC_BITS - ey));
-		}
 		uint8_t tail[8] = {0};
 		const uint32_t pad = pg_payload(m, op) - 4u - rb;
 		memcpy(tail + pad, &bias, 4u);
@@ -278,7 +313,8 @@ static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey)
 		}
 		const int zero = m->dtype == KL_DTYPE_F32
 					 ? ((const float *)dy)[r] == 0.0f
-					 : (int32_t)((const int8_t *)dy)[r] * m->lr_q == 0;
+					 : (int32_t)((const int8_t *)dy)[r] * m->lr_q == 0 ||
+						   !pg_row_changes(m, op, r, dy, ey);
 		if (!zero) {
 			m->pg_err = pg_write_row(m, op_i, op, r, dy, ey);
 		}
