@@ -117,6 +117,38 @@ static void dump_layers(const kl_model_t *m, int grads)
 	}
 }
 
+static int fail(const char *what, int err);
+
+/* the model laid out in the arena, with the job's update policy */
+static int init_model(kl_model_t *m, kl_arena_t *arena, const uint8_t *blob, size_t len,
+		      const kl_train_cfg_t *cfg, const kl_job_t *job)
+{
+	int err = kl_model_init(m, blob, len, arena, cfg);
+	if (err == KL_OK && (job->flags & KL_JOB_UPDATE)) {
+		err = kl_model_set_update_policy(m, job->upd_policy, job->upd_frac);
+	}
+	return err;
+}
+
+/* Does the job's model fit its arena? Checked on the job's blob, before it
+ * goes to (simulated) flash; KL_ENOMEM names the arena it needs. */
+static int check_fits(kl_model_t *m, const kl_job_t *job, const kl_train_cfg_t *cfg)
+{
+	kl_arena_t a;
+	kl_arena_init(&a, arena_mem, job->arena_size);
+	int err = init_model(m, &a, job->blob, job->blob_size, cfg, job);
+	if (err == KL_ENOMEM) {
+		kl_arena_init(&a, arena_mem, sizeof(arena_mem));
+		if (init_model(m, &a, job->blob, job->blob_size, cfg, job) == KL_OK) {
+			out_str("KL need");
+			out_kv("arena", (int64_t)a.used);
+			out_kv("have", (int64_t)job->arena_size);
+			out_str("\n");
+		}
+	}
+	return err;
+}
+
 static int fail(const char *what, int err)
 {
 	out_str("KL error ");
@@ -272,6 +304,10 @@ int main(int argc, char **argv)
 	const uint8_t *blob = job.blob;
 	size_t blob_len = job.blob_size;
 	if (paged) { /* the blob into simulated flash, read from there */
+		err = check_fits(&model, &job, &cfg); /* nothing written yet */
+		if (err != KL_OK) {
+			return fail("model", err);
+		}
 		err = kl_runner_paged_setup(&job, &blob, &blob_len);
 		if (err != KL_OK) {
 			return fail("paged store", err);
@@ -326,6 +362,14 @@ int main(int argc, char **argv)
 			}
 		}
 		dump_layers(&model, 0);
+	}
+	if (paged) {
+		kl_runner_flash_t fl;
+		kl_runner_paged_stats(&fl);
+		out_str("KL wear");
+		out_kv("max_sector_erases", fl.max_sector_erases);
+		out_kv("erases", (int64_t)fl.erases);
+		out_str("\n");
 	}
 	out_str("KL done");
 	out_kv("arena_peak", (int64_t)arena.peak);

@@ -20,6 +20,9 @@ static kl_store_t slot_st, log_st;
 static kl_nor_sim_t slot_sim, log_sim;
 static kl_slots_t slots;
 static kl_wlog_t wlog;
+/* per-sector wear of both parts (erases, bytes) */
+#define MAX_SECTORS 4096u
+static uint32_t wear[2][2u * MAX_SECTORS];
 
 static uint32_t round_sec(uint64_t v)
 {
@@ -51,6 +54,9 @@ int kl_runner_paged_setup(const kl_job_t *job, const uint8_t **blob, size_t *len
 	if (err != KL_OK) {
 		return err;
 	}
+	if (slot_size / NOR_SECTOR > MAX_SECTORS || log_size / NOR_SECTOR > MAX_SECTORS) {
+		return KL_ENOMEM;
+	}
 	kl_store_nor_format(&slot_st);
 	kl_store_nor_format(&log_st);
 	err = kl_slots_mount_checked(&slots, &slot_st, kl_blob_check);
@@ -72,6 +78,8 @@ int kl_runner_paged_setup(const kl_job_t *job, const uint8_t **blob, size_t *len
 	kl_slots_pin(&slots, 1);
 	/* what loading cost is not training's */
 	slot_st.bytes_written = slot_st.erases = 0;
+	kl_store_set_wear(&slot_st, wear[0], wear[0] + MAX_SECTORS);
+	kl_store_set_wear(&log_st, wear[1], wear[1] + MAX_SECTORS);
 	return KL_OK;
 }
 
@@ -98,6 +106,13 @@ void kl_runner_paged_stats(kl_runner_flash_t *f)
 	f->bytes = bytes;
 	f->erases = erases;
 	f->folds = wlog.folds;
+	f->max_sector_erases = 0;
+	for (int k = 0; k < 2; k++) {
+		for (uint32_t s = 0; s < MAX_SECTORS; s++) {
+			f->max_sector_erases = wear[k][s] > f->max_sector_erases ? wear[k][s]
+										 : f->max_sector_erases;
+		}
+	}
 	f->slot_size = slot_st.geom.size;
 	f->log_size = log_st.geom.size;
 	f->sectors = (slot_st.geom.size + log_st.geom.size) / NOR_SECTOR;

@@ -11,6 +11,7 @@
 typedef struct {
 	uint64_t bytes, erases; /* programmed and erased since the blob was stored */
 	uint32_t folds, slot_size, log_size, sectors;
+	uint32_t max_sector_erases; /* the most erased sector's count */
 } kl_runner_flash_t;
 
 /* Store the job's blob as a generation in simulated NOR flash; *blob is

@@ -237,10 +237,11 @@ def cmd_export(a: argparse.Namespace) -> int:
     m = model.mlp(sizes)
     p = m.init(a.seed)
     if a.dtype == "f32":
-        blob = export.export_f32(m.graph, p)
+        blob = export.export_f32(m.graph, p, paged=a.paged)
     else:
         ds = datasets.digits()
-        blob = export.export_s8(reference.quantize_model(m.graph, p, ds.x_train[:200]))
+        blob = export.export_s8(reference.quantize_model(m.graph, p, ds.x_train[:200]),
+                                paged=a.paged)
     Path(a.output).write_bytes(blob)
     print(f"wrote {a.output}: {len(blob):,} bytes, {a.dtype}, layers "
           f"{'-'.join(map(str, sizes))}")
@@ -361,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer sizes, input to classes (default 64-32-10)")
     e.add_argument("--dtype", default="f32", choices=["f32", "s8"])
     e.add_argument("--seed", type=ca.SEED, default=0)
+    e.add_argument("--paged", action="store_true",
+                   help="weights stay in flash, updated rows go to a weight log "
+                   "(docs/paged-weights.md)")
     e.set_defaults(fn=cmd_export)
 
     i = sub.add_parser("info", help="check a .klm blob and list its layers")
@@ -391,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "instructions saved, weight-store traffic and flash lifetime")
     sparsebench.add_arguments(sp)
     sp.set_defaults(fn=sparsebench.run)
+
+    from .bench import pagedbench
+
+    pg = sub.add_parser("paged-bench", help="a 1.9 MB model trained in a 20 KB arena, weights in "
+                        "flash: accuracy, instructions, flash wear per fraction of rows updated")
+    pagedbench.add_arguments(pg)
+    pg.set_defaults(fn=pagedbench.run)
 
     from . import footprint
 

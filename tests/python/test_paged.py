@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +207,51 @@ def test_policies_the_paged_update_refuses(rng):
     img = job.build(export.export_f32(g, p, paged=True), x, y, momentum=0.9, paged=True)
     with pytest.raises(runner.RunError, match="code -134"):
         runner.run_job(img, sanitize=True)
+
+
+@pytest.mark.parametrize("target", ["host", "mps2-an386"])
+def test_planner_sizes_the_paged_arena_to_the_byte(target, rng):
+    """MemModel(paged=True) is the arena kl_model_init lays out for a paged model (with and
+    without the row selection's keys), and far below the model's size."""
+    require_target(target)
+    from kilolearn.planner.memory import MemModel
+
+    tgt = "host" if target == "host" else "arm"
+    for sizes in ((64, 32, 10), (784, 512, 128, 10)):
+        g, _, _, y, qm, xq = setup(rng, sizes, n=2)
+        for pm in (0, 185):
+            rep = runner.run_job(job.build(export.export_s8(qm, paged=True), xq, y,
+                                           update=(NORM, pm) if pm else None, paged=True,
+                                           log_size=1 << 20), target)
+            mm = MemModel(g, "s8", target=tgt, paged=True, row_select=pm > 0)
+            assert rep.one("done")["arena_peak"] == mm.store_all_bytes(), (sizes, pm)
+    assert mm.store_all_bytes() < 20 * 1024 < MemModel(g, "s8", target=tgt).store_all_bytes()
+
+
+def test_too_small_even_paged_refused_before_flash(tmp_path, rng):
+    """An arena smaller than the paged model needs: the planner says KL_ENOMEM with the
+    smallest arena (exit 2), and the runner stops with KL_ENOMEM and the arena it needs before
+    it writes the blob to its flash."""
+    from kilolearn.planner.memory import MemModel
+
+    g, _, _, y, qm, xq = setup(rng, (784, 512, 128, 10), n=2)
+    blob = export.export_s8(qm, paged=True)
+    need = MemModel(g, "s8", target="host", paged=True).store_all_bytes()
+    img = job.build(blob, xq, y, paged=True, arena_size=need - 8)
+    with pytest.raises(runner.RunError, match="code -12"):
+        runner.run_job(img)
+    exe = build.build("host", target="kl_runner")
+    jp = tmp_path / "job.bin"
+    jp.write_bytes(img)
+    out = subprocess.run([str(exe), str(jp)], capture_output=True, text=True).stdout
+    assert f"KL need arena {need} have {need - 8}" in out and "KL store" not in out
+    bp = tmp_path / "m.klm"
+    bp.write_bytes(blob)
+    arm = MemModel(g, "s8", target="arm", paged=True).store_all_bytes()
+    cli = [str(Path(sys.executable).with_name("kilolearn"))]
+    r = subprocess.run([*cli, "plan", "--blob", str(bp), "--budget", str(arm - 1)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and f"smallest arena that fits is {arm:,} B" in r.stdout
+    r = subprocess.run([*cli, "plan", "--blob", str(bp), "--budget", str(arm)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and f"fits: {arm:,} B" in r.stdout

@@ -20,6 +20,8 @@ def _model_from_args(a):  # noqa: ANN001, ANN202
     from ..core import model as M
 
     shape = (a.input, a.input, 3)
+    if a.model == "mlp":
+        return M.mlp(list(a.sizes))
     if a.model == "mobilenet_v1":
         return M.mobilenet_v1(shape, 10, alpha=a.alpha or 0.25)
     if a.model == "mobilenet_v2":
@@ -66,17 +68,57 @@ def _check_plan_args(a):  # noqa: ANN001, ANN202
             raise UsageError(f"--blob {a.blob}: not a valid kilolearn blob "
                              f"({type(e).__name__}: {e})") from None
         g, dtype = b.graph, ("f32" if b.qmodel is None else "s8")
+        a.paged = a.paged or b.paged
+        a.row_select = b.update[0] == 2  # KL_UPDATE_CHANNEL_NORM
     else:
         g, dtype = _model_from_args(a).graph, a.dtype
+        a.row_select = False
     if getattr(a, "measure", None) and dtype != "s8":
         raise UsageError("--measure runs int8 training only (--dtype s8 or an int8 --blob)")
     return g, dtype, budget
+
+
+def _paged_need(g: Graph, dtype: str, target: str, row_select: bool) -> int:
+    return MemModel(g, dtype, target=target, paged=True, row_select=row_select).store_all_bytes()
+
+
+def cmd_plan_paged(a, g: Graph, dtype: str, budget: int) -> int:  # noqa: ANN001
+    """A paged model (blob 2.4, or --paged): no schedule; the arena holds activations,
+    gradients, scratch and a pointer per row of the paged ops. KL_ENOMEM with the smallest
+    arena when it does not fit (before anything is written to a board's flash)."""
+    from ..cliargs import UsageError
+    from ..formats import export
+
+    if getattr(a, "write", None) or getattr(a, "measure", None) or getattr(a, "curve", None):
+        raise UsageError("a paged model trains without a schedule: leave out --write, "
+                         "--measure and --curve")
+    mm = MemModel(g, dtype, target=a.target, paged=True)
+    paged = [i for i, op in enumerate(g.ops) if export.pageable(op)]
+    if not paged:
+        raise UsageError("--paged: the model has no trainable dense op to page")
+    es = 1 if dtype == "s8" else 4
+    in_flash = sum(mm._n_w(i) * es + 4 * mm.tsize[g.ops[i].output] for i in paged)
+    every = _paged_need(g, dtype, a.target, False)
+    rows = _paged_need(g, dtype, a.target, True)
+    need = rows if a.row_select else every
+    print(f"{len(g.ops)} ops, {dtype}, target {a.target}, paged: {len(paged)} dense ops read in "
+          f"place, {in_flash:,} B of weights and biases stay in flash")
+    print(f"arena: {every:,} B updating every row, {rows:,} B selecting rows (channel-norm); "
+          f"budget {budget:,} B")
+    if need > budget:
+        print(f"kilolearn: KL_ENOMEM: the model needs {need:,} B of arena even paged; the "
+              f"smallest arena that fits is {need:,} B (budget {budget:,} B)")
+        return 2
+    print(f"fits: {need:,} B of {budget:,} B")
+    return 0
 
 
 def cmd_plan(a) -> int:  # noqa: ANN001
     from tabulate import tabulate
 
     g, dtype, budget = _check_plan_args(a)
+    if a.paged:
+        return cmd_plan_paged(a, g, dtype, budget)
     mm = MemModel(g, dtype, target=a.target)
     plans = [baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")]
     t0 = time.perf_counter()
@@ -95,6 +137,11 @@ def cmd_plan(a) -> int:  # noqa: ANN001
     if opt is None:
         mb = min_budget(mm)
         print(f"NO PLAN FITS {budget:,} B; the smallest budget that fits is {mb:,} B")
+        from ..formats import export
+
+        if any(export.pageable(op) for op in g.ops):
+            print(f"paged (kilolearn export --paged; docs/paged-weights.md) it needs "
+                  f"{_paged_need(g, dtype, a.target, False):,} B")
         return 1
     print(f"optimal plan: {opt.peak:,} B (region {opt.region:,} B, live max "
           f"{opt.live_peak:,} B), +{opt.extra_pct:.1f} % MACs, planned in {dt * 1000:.0f} ms")
@@ -166,7 +213,12 @@ def add_cli(sub) -> None:  # noqa: ANN001
     p.add_argument("--reserve", type=ca.IntRange(0, ca.U32), default=0,
                    help="bytes of the budget not for the arena")
     p.add_argument("--model", default="mobilenet_v1",
-                   choices=["mobilenet_v1", "mobilenet_v2", "cnn"])
+                   choices=["mobilenet_v1", "mobilenet_v2", "cnn", "mlp"])
+    p.add_argument("--sizes", default=[784, 512, 128, 10], type=ca.Sizes(),
+                   help="with --model mlp: layer sizes, input to classes (default 784-512-128-10)")
+    p.add_argument("--paged", action="store_true",
+                   help="the trainable dense ops' weights stay in flash (docs/paged-weights.md): "
+                   "the arena the model needs paged (a paged --blob is planned so anyway)")
     p.add_argument("--blob", type=ca.InFile("blob"), help="plan the graph of this .klm instead")
     p.add_argument("--write", type=ca.OutFile(),
                    help="with --blob: write that model with the optimal schedule "

@@ -34,7 +34,7 @@ STEP_SIZE = 8
 INF = float("inf")
 
 # sizeof(kl_tensor_t), sizeof(kl_op_t) by pointer size (kilolearn.h)
-STRUCT_SIZES = {4: (24, 52), 8: (32, 80)}
+STRUCT_SIZES = {4: (24, 56), 8: (32, 88)}
 TARGET_PTR = {"arm": 4, "host": 8}
 
 
@@ -91,6 +91,8 @@ class MemModel:
     in_place: bool = True  # plans quantise input gradients in their backward scratch
     compact: bool = True  # ... from int16 sums made in bands, where that needs less scratch
     uncompact: frozenset[int] = frozenset()  # ops kept on int32 sums (trim_compact)
+    paged: bool = False  # trainable dense ops read in place, rows to the weight log (2.4)
+    row_select: bool = False  # paged: channel-norm's selection keys (4 bytes per row)
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -121,6 +123,12 @@ class MemModel:
     def _n_w(self, i: int) -> int:
         g = self.graph
         return int(np.prod(g.weight_shape(i))) if g.ops[i].has_params else 0
+
+    def is_paged(self, i: int) -> bool:
+        """Is op i paged (export.pageable, in a paged blob)?"""
+        op = self.graph.ops[i]
+        return (self.paged and op.kind == "dense" and bool(op.trainable)
+                and not op.bias_only)
 
     def _need_dx(self, i: int) -> bool:
         """Does the backward step of op i compute an input gradient (kl_model.c need_dx)?"""
@@ -168,8 +176,8 @@ class MemModel:
                     upd = 4 * n_b
                 elif op.kind in ("conv", "dwconv"):
                     upd = (self._n_w(i) + n_b) * 4
-                elif s8_dense:
-                    upd = 2 * x + 4 * y + 8
+                elif s8_dense:  # paged: a 256-byte chunk of a row at a time
+                    upd = 2 * 256 + 4 + 8 if self.is_paged(i) else 2 * x + 4 * y + 8
             need = max(need, (_al(x * self.es, 8) if in_place else 0) + upd)
         return need
 
@@ -179,6 +187,9 @@ class MemModel:
         arena.alloc(ts * len(g.shapes))
         arena.alloc(os_ * self.n)
         for i, op in enumerate(g.ops):
+            if self.is_paged(i):  # a pointer per row (paged ops are trained or read alike)
+                arena.alloc(TARGET_PTR[self.target] * self.tsize[op.output])
+                continue
             n_w = self._n_w(i)
             if n_w == 0 or not self.trainable[i]:
                 continue
@@ -242,6 +253,10 @@ class MemModel:
         s, k = self.scratch_sizes()
         a.alloc(s, 8)
         a.alloc(k, 8)
+        if self.row_select and self.training:  # kl_model_set_update_policy's keys
+            keys = [4 * self.tsize[op.output] for i, op in enumerate(g.ops) if self.is_paged(i)]
+            if keys:
+                a.alloc(max(keys), 8)
         return a.used
 
     # -- what a backward step reads (kl_model.c bwd_reads: keep the two identical) ---------

@@ -137,6 +137,9 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            where="docs/selective-updates.md"),
     Figure("sparse-bench-traffic", "kilolearn sparse-bench", render_sparse_traffic,
            source="sparse-bench", where="docs/selective-updates.md"),
+    Figure("paged-bench", "kilolearn paged-bench",
+           lambda rec: _paged().render(rec), lambda: _paged().measure_figure(),
+           where="docs/paged-weights.md"),
     Figure("adapt-shift", "kilolearn example-data / fit / adapt / eval (docs/user-guide.md)",
            render_adapt, _measure_adapt, where="docs/user-guide.md"),
     Figure("zephyr-footprint", "west build -b BOARD app for each board; kilolearn footprint "
@@ -144,6 +147,12 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            _measure_zephyr, where="docs/zephyr.md"),
 ]}
 NAMES = list(FIGURES)
+
+
+def _paged():  # noqa: ANN202
+    from ..bench import pagedbench
+
+    return pagedbench
 
 _ROOT: list[Path] = []  # the checkout being rewritten (set by main; measure writes there)
 

@@ -235,6 +235,17 @@ int kl_wlog_append(kl_wlog_t *lg, const uint8_t *data, uint32_t n)
 	}
 	lg->r_crc = kl_crc32(lg->r_crc, data, n);
 	while (n > 0u) {
+		if (lg->buf_n == 0u && n >= wb) { /* whole write blocks straight from data */
+			const uint32_t k = n / wb * wb;
+			const int err = put(lg, lg->r_off + lg->hdr_span + lg->r_done, data, k);
+			if (err != KL_OK) {
+				return err;
+			}
+			lg->r_done += k;
+			data += k;
+			n -= k;
+			continue;
+		}
 		uint32_t k = wb - lg->buf_n;
 		k = k < n ? k : n;
 		memcpy(lg->buf + lg->buf_n, data, k);
