@@ -30,7 +30,8 @@ SIZES = (784, 512, 128, 10)
 FRACTIONS = (1000, 500, 185, 100)  # per mille; 18.5 %: Kwon & Park's 18.52 %
 CYCLES = 10_000
 ARENA = 20 * 1024
-LOG = 4 << 20
+LOG = 3 << 20  # > one step of every f32 row (1.9 MB); the f32 job, two generations and
+# the log share the board's 16 MB of PSRAM
 LR = {"f32": 0.01, "s8": 0.05}
 
 
@@ -103,7 +104,7 @@ def run_one(board: str, dtype: str, pm: int, paged: bool, ds, n_train: int,  # n
 
 
 def measure(board: str = "mps2-an386", dtypes: list[str] | None = None,
-            fractions: list[int] | None = None, n_train: int = 2000, n_test: int = 500,
+            fractions: list[int] | None = None, n_train: int = 1500, n_test: int = 500,
             log_size: int = LOG) -> list[Run]:
     ds = datasets.fashion(n_train, n_test, size=28)
     runs: list[Run] = []
@@ -145,7 +146,7 @@ def run_from_dict(d: dict) -> Run:
 
 def measure_figure() -> dict:
     """``kilolearn docs --measure paged-bench``: the command's defaults, as JSON data."""
-    return {"board": "mps2-an386", "n_train": 2000, "n_test": 500, "log_size": LOG,
+    return {"board": "mps2-an386", "n_train": 1500, "n_test": 500, "log_size": LOG,
             "runs": [asdict(r) for r in measure()]}
 
 
@@ -208,7 +209,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtypes", nargs="+", default=["f32", "s8"], choices=["f32", "s8"])
     p.add_argument("--fractions", nargs="+", type=IntRange(1, 1000), default=list(FRACTIONS),
                    metavar="PERMILLE", help="rows updated per step, per mille (1000: all)")
-    p.add_argument("--n-train", type=IntRange(1, 60000), default=2000)
+    p.add_argument("--n-train", type=IntRange(1, 60000), default=1500)
     p.add_argument("--n-test", type=IntRange(1, 10000), default=500)
     p.add_argument("--log-size", type=_size, default=LOG,
                    help="bytes of the weight log (e.g. 4M; at least one step's rows)")

@@ -7,7 +7,8 @@
  * per updated output row (its weights and bias), programmed data first and
  * header last, so that a record is either complete and CRC-valid or ignored.
  * The rows one training step writes form a transaction closed by a commit
- * record; a mount applies only committed transactions, so a power cut
+ * record (carrying the step's other state: an int8 model's activation
+ * exponents); a mount applies only committed transactions, so a power cut
  * anywhere leaves the weights of the last committed step or of the one
  * before, never a mix. When the log is full, the model folds it: the base
  * weights with the logged rows over them are written as a new generation of
@@ -58,8 +59,9 @@ typedef struct kl_wlog {
 	uint32_t folds;      /* folds since open */
 } kl_wlog_t;
 
-/* Called by a mount for each committed record, in log order. Returning
- * nonzero drops the record (counted in dropped). */
+/* Called by a mount for each record of a committed transaction, in log
+ * order, its commit record (op KL_WLOG_COMMIT) last. Returning nonzero drops
+ * the record (counted in dropped). */
 typedef int (*kl_wlog_apply_fn)(void *ctx, uint16_t op, uint16_t row, const uint8_t *payload,
 				uint32_t len);
 
@@ -76,7 +78,7 @@ int kl_wlog_open_active(kl_wlog_t *lg, kl_store_t *st, kl_slots_t *slots);
 int kl_wlog_mount(kl_wlog_t *lg, kl_wlog_apply_fn apply, void *ctx);
 /* Bytes a record of len payload bytes takes in the log. */
 uint32_t kl_wlog_span(const kl_wlog_t *lg, uint32_t len);
-/* Is there room for bytes more (records plus this transaction's commit)? */
+/* Is there room for bytes more (records, the commit record included)? */
 int kl_wlog_room(const kl_wlog_t *lg, uint64_t bytes);
 /* Write a record: begin, append its payload (any chunking), end. end
  * programs the header (the record's commit point) and returns the payload
@@ -84,8 +86,9 @@ int kl_wlog_room(const kl_wlog_t *lg, uint64_t bytes);
 int kl_wlog_begin(kl_wlog_t *lg, uint16_t op, uint16_t row, uint32_t len);
 int kl_wlog_append(kl_wlog_t *lg, const uint8_t *data, uint32_t n);
 int kl_wlog_end(kl_wlog_t *lg, const uint8_t **payload);
-/* Close the transaction (a commit record; nothing when it wrote no record). */
-int kl_wlog_commit(kl_wlog_t *lg);
+/* Close the transaction: a commit record with len bytes of payload (nothing
+ * when the transaction wrote no record). */
+int kl_wlog_commit(kl_wlog_t *lg, const uint8_t *payload, uint32_t len);
 /* The log starts again for a new generation (after a fold). */
 void kl_wlog_restart(kl_wlog_t *lg, uint64_t gen, uint32_t blob_crc);
 

@@ -361,7 +361,4 @@ static void kl_backward(kl_model_t *m, int label, int keep)
 	for (int i = m->n_ops - 1; i >= 0; i--) {
 		kl_backward_op(m, &m->ops[i], keep, 0);
 	}
-	if (m->paged && m->pg_err == KL_OK) {
-		m->pg_err = kl_wlog_commit(m->wlog);
-	}
 }

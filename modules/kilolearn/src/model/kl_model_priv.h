@@ -143,6 +143,7 @@ static int pg_forward(kl_model_t *m, kl_op_t *op, const kl_requant_t *rq);
 static void pg_dx(kl_model_t *m, const kl_op_t *op, const void *dy, int ey);
 static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey);
 static int pg_prepare(kl_model_t *m);
+static int pg_commit(kl_model_t *m);
 /* kl_train.c */
 static int kl_run_schedule(kl_model_t *m, int label, int keep);
 static void kl_adapt_ranges(kl_model_t *m);

@@ -114,6 +114,28 @@ static uint32_t pg_rows_per_step(const kl_model_t *m, const kl_op_t *op)
 	return m->upd_policy == KL_UPDATE_CHANNEL_NORM ? upd_count(n, m->upd_frac) : n;
 }
 
+/* a commit record's payload: an int8 model's training state besides the
+ * weights, so that a reboot goes on exactly where the step left it: the
+ * rounding dither (u32) and the activation exponents (a byte per tensor) */
+static uint32_t pg_commit_len(const kl_model_t *m)
+{
+	return m->dtype == KL_DTYPE_S8 ? 4u + m->n_tensors : 0u;
+}
+
+/* After a step (and its range adaptation): close its transaction. */
+static int pg_commit(kl_model_t *m)
+{
+	uint8_t state[4u + KL_MAX_TENSORS];
+	const uint32_t n = pg_commit_len(m);
+	if (n != 0u) {
+		kl_wr32(state, m->dither);
+		for (uint32_t t = 0; t < m->n_tensors; t++) {
+			state[4u + t] = (uint8_t)m->tensors[t].exp;
+		}
+	}
+	return kl_wlog_commit(m->wlog, state, n);
+}
+
 /* Before a step's updates: room in the log for every row it may write, or
  * a fold first. */
 static int pg_prepare(kl_model_t *m)
@@ -129,6 +151,7 @@ static int pg_prepare(kl_model_t *m)
 			need += (uint64_t)pg_rows_per_step(m, op) * kl_wlog_span(lg, pg_payload(m, op));
 		}
 	}
+	need += kl_wlog_span(lg, pg_commit_len(m));
 	if (kl_wlog_room(lg, need)) {
 		return KL_OK;
 	}
@@ -330,6 +353,23 @@ static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey)
 static int pg_apply(void *ctx, uint16_t op_i, uint16_t row, const uint8_t *payload, uint32_t len)
 {
 	kl_model_t *m = ctx;
+	if (op_i == KL_WLOG_COMMIT) { /* the step's dither and activation exponents */
+		if (len != pg_commit_len(m)) {
+			return -1;
+		}
+		for (uint32_t t = 4u; t < len; t++) {
+			if ((int8_t)payload[t] < KL_EXP_MIN || (int8_t)payload[t] > KL_EXP_MAX) {
+				return -1;
+			}
+		}
+		if (len != 0u) {
+			m->dither = kl_rd32(payload);
+		}
+		for (uint32_t t = 4u; t < len; t++) {
+			m->tensors[t - 4u].exp = (int8_t)payload[t];
+		}
+		return 0;
+	}
 	if (op_i >= m->n_ops || !kl_paged_op(&m->ops[op_i])) {
 		return -1;
 	}
@@ -364,34 +404,61 @@ int kl_model_attach_wlog(kl_model_t *m, kl_wlog_t *lg)
 	return err;
 }
 
-/* n bytes of the blob at off as they are now: the blob's, with the logged
- * rows (weights and biases) of paged ops over them */
+/* copy the part of [lo, lo + len) of src that falls in the chunk [off, off + n) */
+static void pg_overlay(uint8_t *buf, uint32_t off, uint32_t n, uint32_t lo, uint32_t len,
+		       const uint8_t *src)
+{
+	const uint32_t a = off > lo ? off : lo;
+	const uint32_t z = off + n < lo + len ? off + n : lo + len;
+	if (a < z) {
+		memcpy(buf + (a - off), src + (a - lo), z - a);
+	}
+}
+
+/* n bytes of the blob at off as the model has them now: the blob's, with the
+ * int8 activation exponents, the arena copies of trained weights and the
+ * logged rows of paged ops over them */
 static void pg_merged(const kl_model_t *m, uint32_t off, uint8_t *buf, uint32_t n)
 {
-	memcpy(buf, m->blob + off, n);
+	const uint8_t *blob = m->blob;
+	memcpy(buf, blob + off, n);
+	if (m->dtype == KL_DTYPE_S8) {
+		const uint32_t tens = kl_rd32(blob + KL_BH_TENSORS);
+		for (uint32_t t = 0; t < m->n_tensors; t++) {
+			const uint8_t e = (uint8_t)m->tensors[t].exp;
+			pg_overlay(buf, off, n, tens + t * KL_BLOB_TENSOR_SIZE + KL_BT_EXP, 1u, &e);
+		}
+	}
+	const uint32_t ops = kl_rd32(blob + KL_BH_OPS), es = pg_es(m);
 	for (int i = 0; i < m->n_ops; i++) {
 		const kl_op_t *op = &m->ops[i];
-		if (!kl_paged_op(op)) {
+		if (op->n_w == 0u) {
 			continue;
 		}
-		const uint32_t rb = pg_row_bytes(m, op), n_out = kl_tsize(&m->tensors[op->out]);
-		const uint32_t w_off = (uint32_t)((const uint8_t *)op->w - m->blob);
-		const uint32_t b_off = (uint32_t)((const uint8_t *)op->b - m->blob);
-		for (int part = 0; part < 2; part++) { /* weights, biases */
+		const uint8_t *r = blob + ops + (uint32_t)i * KL_BLOB_OP_SIZE;
+		const uint32_t w_off = kl_rd32(r + KL_BO_W_OFF), b_off = kl_rd32(r + KL_BO_B_OFF);
+		const uint32_t n_b = kl_rd32(r + KL_BO_B_SIZE) / 4u;
+		if (!kl_paged_op(op)) { /* trained in the arena: its copies (a frozen op reads the blob) */
+			if ((const uint8_t *)op->w < blob || (const uint8_t *)op->w >= blob + m->blob_len) {
+				pg_overlay(buf, off, n, w_off, op->n_w * es, op->w);
+			}
+			if ((const uint8_t *)op->b < blob || (const uint8_t *)op->b >= blob + m->blob_len) {
+				pg_overlay(buf, off, n, b_off, n_b * 4u, op->b);
+			}
+			continue;
+		}
+		const uint32_t rb = pg_row_bytes(m, op);
+		for (int part = 0; part < 2; part++) { /* weights, biases: the logged rows' */
 			const uint32_t lo = part == 0 ? w_off : b_off, unit = part == 0 ? rb : 4u;
-			const uint32_t hi = lo + unit * n_out;
-			if (off + n <= lo || off >= hi) {
+			if (off + n <= lo || off >= lo + unit * n_b) {
 				continue;
 			}
-			const uint32_t a = off > lo ? off : lo, z = off + n < hi ? off + n : hi;
-			for (uint32_t r = (a - lo) / unit; r < n_out && lo + r * unit < z; r++) {
-				if (op->rows[r] == NULL) {
-					continue;
+			for (uint32_t k = (off > lo ? off - lo : 0u) / unit; k < n_b && lo + k * unit < off + n;
+			     k++) {
+				if (op->rows[k] != NULL) {
+					pg_overlay(buf, off, n, lo + k * unit, unit,
+						   part == 0 ? op->rows[k] : (const uint8_t *)pg_bias(m, op, k));
 				}
-				const uint32_t s = lo + r * unit, e = s + unit;
-				const uint32_t c0 = s > a ? s : a, c1 = e < z ? e : z;
-				const uint8_t *src = part == 0 ? op->rows[r] : (const uint8_t *)pg_bias(m, op, r);
-				memcpy(buf + (c0 - off), src + (c0 - s), c1 - c0);
 			}
 		}
 	}

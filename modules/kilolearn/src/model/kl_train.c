@@ -114,6 +114,9 @@ int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 		return m->pg_err;
 	}
 	kl_adapt_ranges(m);
+	if (m->paged && (m->pg_err = pg_commit(m)) != KL_OK) {
+		return m->pg_err;
+	}
 	m->upd_step++;
 	kl_phase(m, KL_PHASE_DONE);
 	return pred;
@@ -130,6 +133,9 @@ int kl_train_step(kl_model_t *m, const void *x, int label)
 		return m->pg_err; /* rows of this step may be written; a mount drops them */
 	}
 	kl_adapt_ranges(m);
+	if (m->paged && (m->pg_err = pg_commit(m)) != KL_OK) {
+		return m->pg_err; /* the step stays uncommitted: a mount drops it */
+	}
 	m->upd_step++;
 	kl_phase(m, KL_PHASE_DONE);
 	return pred;

@@ -85,7 +85,7 @@ uint32_t kl_wlog_span(const kl_wlog_t *lg, uint32_t len)
 
 int kl_wlog_room(const kl_wlog_t *lg, uint64_t bytes)
 {
-	return (uint64_t)lg->pos + bytes + kl_wlog_span(lg, 0) <= lg->st->geom.size;
+	return (uint64_t)lg->pos + bytes <= lg->st->geom.size;
 }
 
 /* The record at off, if it is a valid one of this generation: its header,
@@ -121,11 +121,12 @@ static int all_erased(const kl_wlog_t *lg, uint32_t off, uint32_t end)
 	return 1;
 }
 
-/* apply the records of the transaction from off up to (not including) end */
+/* apply the records of the transaction from off up to and including its
+ * commit record at end */
 static void apply_txn(kl_wlog_t *lg, uint32_t off, uint32_t end, kl_wlog_apply_fn apply,
 		      void *ctx)
 {
-	while (off < end) {
+	while (off <= end) {
 		const uint8_t *h = lg->st->base + off;
 		const uint32_t len = kl_rd32(h + RH_LEN);
 		if (apply(ctx, kl_rd16(h + RH_OP), kl_rd16(h + RH_ROW), h + lg->hdr_span, len) == 0) {
@@ -166,6 +167,7 @@ int kl_wlog_mount(kl_wlog_t *lg, kl_wlog_apply_fn apply, void *ctx)
 		if (kl_rd16(h + RH_OP) == KL_WLOG_COMMIT) {
 			if (t_records != 0u && txn == t_txn) {
 				apply_txn(lg, t_start, off, apply, ctx);
+				lg->mounted--; /* the commit record is not a row */
 			}
 			t_records = 0;
 		} else {
@@ -304,15 +306,18 @@ int kl_wlog_end(kl_wlog_t *lg, const uint8_t **payload)
 	return KL_OK;
 }
 
-int kl_wlog_commit(kl_wlog_t *lg)
+int kl_wlog_commit(kl_wlog_t *lg, const uint8_t *payload, uint32_t len)
 {
-	if (lg == NULL || lg->st == NULL) {
+	if (lg == NULL || lg->st == NULL || (payload == NULL && len != 0u)) {
 		return KL_EINVAL;
 	}
 	if (lg->txn_records == 0u) {
 		return KL_OK;
 	}
-	int err = kl_wlog_begin(lg, KL_WLOG_COMMIT, 0, 0);
+	int err = kl_wlog_begin(lg, KL_WLOG_COMMIT, 0, len);
+	if (err == KL_OK && len != 0u) {
+		err = kl_wlog_append(lg, payload, len);
+	}
 	if (err == KL_OK) {
 		err = kl_wlog_end(lg, NULL);
 	}
