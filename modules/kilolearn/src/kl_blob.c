@@ -463,6 +463,12 @@ const char *kl_strerror(int err)
 		return "blob CRC mismatch";
 	case KL_ECORRUPT:
 		return "blob contents inconsistent";
+	case KL_EBUSY:
+		return "busy: the weight store is being written";
+	case -5: /* KL_EIO (kl_store.h) */
+		return "flash failed (or lost power)";
+	case -28: /* KL_ENOSPC (kl_store.h) */
+		return "no room in the weight store";
 	default:
 		return "unknown error";
 	}

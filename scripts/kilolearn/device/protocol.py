@@ -29,7 +29,7 @@ NO_CUT = 0xFFFF
 
 STATUS = dict(ERRORS)
 STATUS.update({-205: "KL_EFRAME", -206: "KL_ESEQ", -207: "KL_ENOMODEL", -208: "KL_ESTATE",
-               -5: "KL_EIO", -28: "KL_ENOSPC"})
+               -5: "KL_EIO", -28: "KL_ENOSPC", -16: "KL_EBUSY"})
 
 
 class FrameError(ValueError):

@@ -23,6 +23,7 @@ extern "C" {
 #define KL_ENOMEM    (-12)  /* arena too small */
 #define KL_EINVAL    (-22)  /* bad argument */
 #define KL_ENOTSUP   (-134) /* valid, but not supported by this build */
+#define KL_EBUSY     (-16)  /* the weight store is being written (a LOAD): not now */
 #define KL_EBADMAGIC (-200) /* not a kilolearn blob */
 #define KL_EVERSION  (-201) /* blob format version not supported */
 #define KL_ETRUNC    (-202) /* blob shorter than its header says */

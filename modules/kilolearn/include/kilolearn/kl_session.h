@@ -12,7 +12,8 @@
 #include <stdint.h>
 
 #include "kilolearn/kilolearn.h"
-#include "kilolearn/kl_store.h" /* kl_store_t, kl_store_ram_init, kl_slots_t */
+#include "kilolearn/kl_store.h"
+#include "kilolearn/kl_wlog.h" /* kl_store_t, kl_store_ram_init, kl_slots_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -81,6 +82,10 @@ typedef struct {
 	kl_tx_fn tx;
 	void *tx_ctx;
 	uint64_t (*insn)(void); /* instruction/cycle counter, may be NULL */
+	/* where a paged model (docs/paged-weights.md) logs the rows it trains: a
+	 * store of its own (e.g. a kl_store_sub_init part of the partition), or
+	 * NULL: paged models are refused (KL_ENOTSUP) */
+	kl_store_t *log_store;
 } kl_session_cfg_t;
 
 /* The settings CONFIG changes (docs/protocol.md): each CONFIG states the
@@ -105,6 +110,7 @@ typedef struct {
 	kl_replay_t replay;
 	kl_samples_t samples; /* recent labelled samples (set.buf_cap > 0) */
 	kl_slots_t slots; /* the stored generations; the model runs from slots.pin */
+	kl_wlog_t wlog;   /* a paged model's weight log (on cfg.log_store) */
 	int loaded;
 	kl_session_settings_t set;
 	/* the arena right after kl_model_init (before CONFIG's parts): where a

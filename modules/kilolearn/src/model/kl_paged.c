@@ -508,6 +508,9 @@ int kl_model_fold(kl_model_t *m)
 	if (g == NULL) {
 		return KL_ENOTSUP;
 	}
+	if (g->writing) {
+		return KL_EBUSY; /* a LOAD is writing a generation: the fold would end it */
+	}
 	uint8_t buf[PG_CHUNK];
 	uint32_t crc = 0;
 	for (uint32_t off = KL_BLOB_CRC_START; off < m->blob_len; off += PG_CHUNK) {

@@ -176,46 +176,15 @@ int kl_sess_cmd_stats(kl_session_t *s, uint8_t *out)
 	return (int)(58u + 8u * k);
 }
 
-/* The blob with the trained parameters: bytes [off, off+n) of the blob the
- * model was started from (read in place), the arena's trainable tensors
- * laid over it, and (int8) the activation exponents that training grew. */
+/* bytes [off, off + n) of the blob as trained: the model's own composition
+ * (kl_model_blob_read: exponents, trained weights, a paged model's rows) */
 static void compose(const kl_session_t *s, const uint8_t *blob, uint32_t off, uint8_t *buf,
 		    uint32_t n)
 {
-	memcpy(buf, blob + off, n);
-	if (s->model.dtype == KL_DTYPE_S8) {
-		const uint32_t tens = kl_rd32(blob + KL_BH_TENSORS);
-		for (uint32_t t = 0; t < s->model.n_tensors; t++) {
-			const uint32_t at = tens + t * KL_BLOB_TENSOR_SIZE + KL_BT_EXP;
-			if (at >= off && at < off + n) {
-				buf[at - off] = (uint8_t)s->model.tensors[t].exp;
-			}
-		}
-	}
-	const uint32_t ops = kl_rd32(blob + KL_BH_OPS);
-	const uint32_t es = s->model.dtype == KL_DTYPE_S8 ? 1u : 4u;
-	for (int i = 0; i < s->model.n_ops; i++) {
-		const kl_op_t *op = &s->model.ops[i];
-		if (!(op->flags & KL_OP_TRAINABLE) || op->n_w == 0u) {
-			continue;
-		}
-		const uint8_t *r = blob + ops + (uint32_t)i * KL_BLOB_OP_SIZE;
-		const uint32_t t_off[2] = {kl_rd32(r + KL_BO_W_OFF), kl_rd32(r + KL_BO_B_OFF)};
-		const uint32_t t_len[2] = {op->n_w * es, kl_rd32(r + KL_BO_B_SIZE)};
-		const uint8_t *src[2] = {(const uint8_t *)op->w, (const uint8_t *)op->b};
-		for (int t = 0; t < 2; t++) {
-			const uint32_t lo = t_off[t] > off ? t_off[t] : off;
-			const uint32_t hi_t = t_off[t] + t_len[t], hi_c = off + n;
-			const uint32_t hi = hi_t < hi_c ? hi_t : hi_c;
-			if (lo < hi) {
-				memcpy(buf + (lo - off), src[t] + (lo - t_off[t]), hi - lo);
-			}
-		}
-	}
+	(void)blob; /* the pinned blob: the one the model reads */
+	(void)kl_model_blob_read(&s->model, off, buf, n);
 }
 
-/* The blob as trained: its own CRC (over [KL_BLOB_CRC_START, len)) recomputed
- * over the composed bytes. */
 static uint32_t composed_crc(const kl_session_t *s, const uint8_t *blob, uint32_t len)
 {
 	uint8_t buf[256];
@@ -256,6 +225,9 @@ int kl_sess_cmd_commit(kl_session_t *s)
 {
 	if (!s->loaded || !s->slots.have_pin) {
 		return KL_ENOMODEL;
+	}
+	if (s->model.paged) { /* its steps are in the log already: fold it into a generation */
+		return kl_model_fold(&s->model);
 	}
 	uint32_t len;
 	const uint8_t *blob = pinned_blob(s, &len);

@@ -51,7 +51,17 @@ uint32_t kl_sess_active_classes(const kl_session_t *s)
 	return active;
 }
 
-/* Build the model from blob with the settings in force (the arena anew). */
+/* A paged model running from the active generation: its weight log opened
+ * and mounted (the committed rows come back). */
+static int attach_log(kl_session_t *s)
+{
+	int err = kl_wlog_open_active(&s->wlog, s->cfg.log_store, &s->slots);
+	return err == KL_OK ? kl_model_attach_wlog(&s->model, &s->wlog) : err;
+}
+
+/* Build the model from blob with the settings in force (the arena anew). A
+ * paged model attaches its log when blob is the active generation (a LOAD
+ * attaches it once its blob is committed). */
 int kl_sess_build_model(kl_session_t *s, const uint8_t *blob, uint32_t len)
 {
 	const kl_session_settings_t *c = &s->set;
@@ -62,8 +72,16 @@ int kl_sess_build_model(kl_session_t *s, const uint8_t *blob, uint32_t len)
 	if (err != KL_OK) {
 		return err;
 	}
-	if (s->model.n_classes > sizeof(c->class_mask)) {
+	if (s->model.n_classes > sizeof(c->class_mask) ||
+	    (s->model.paged && s->cfg.log_store == NULL)) {
 		return KL_ENOTSUP;
+	}
+	uint32_t alen;
+	if (s->model.paged && kl_slots_active(&s->slots, &alen) == blob) {
+		err = attach_log(s);
+		if (err != KL_OK) {
+			return err;
+		}
 	}
 	s->init_used = s->arena.used;
 	s->init_sel = s->model.sel;
@@ -246,7 +264,11 @@ static int load_end(kl_session_t *s, uint32_t crc)
 	}
 	s->loading = 0;
 	kl_slots_pin(&s->slots, 1); /* the new active slot */
-	return KL_OK;
+	if (s->model.paged) { /* its log, now that its generation is the active one */
+		err = attach_log(s);
+		s->loaded = err == KL_OK;
+	}
+	return err;
 }
 
 int kl_sess_cmd_load(kl_session_t *s, const uint8_t *p, uint32_t n)
