@@ -8,7 +8,9 @@
  *   host        a RAM store, or with `--flash FILE [--geometry SIZE,ERASE,WRITE,EV]`
  *               the file-backed NOR simulation (survives a restart: the
  *               session boots with the newest committed generation);
- *               `--cut K[,SEED]` loses power at the K-th program/erase step
+ *               `--cut K[,SEED]` loses power at the K-th program/erase step;
+ *               `--log BYTES` keeps the last BYTES of the store (whole
+ *               sectors) for a paged model's weight log (docs/paged-weights.md)
  *   QEMU mps2   the NOR simulation over PSRAM (KL_FLASH_SIM_ADDR), formatted
  *               at power-on, kept over a system reset
  */
@@ -27,7 +29,9 @@
 
 static uint32_t arena_mem[KL_SESSION_ARENA_SIZE / 4u];
 static kl_session_t session;
-static kl_store_t store;
+static kl_store_t store;     /* the generations: the whole part, or its first part */
+static kl_store_t log_store; /* its last part, with --log */
+static int have_log;
 
 #ifdef KL_BAREMETAL
 /* NOR flash simulation over PSRAM: 1 MB, 16 KB sectors, 16-byte writes,
@@ -68,6 +72,27 @@ static int store_init(int argc, char **argv)
 
 #include "posix/kl_store_file.h"
 
+static kl_store_t part; /* the flash part, split by --log */
+
+/* --log: the store's last log bytes (whole sectors) become the weight log */
+static int split_log(unsigned long log)
+{
+	if (log == 0u) {
+		return KL_OK;
+	}
+	const uint32_t size = part.geom.size;
+	const int err = log < size ? kl_store_sub_init(&log_store, &part, size - (uint32_t)log,
+						       (uint32_t)log)
+				   : KL_EINVAL;
+	if (err != KL_OK || kl_store_sub_init(&store, &part, 0, size - (uint32_t)log) != KL_OK) {
+		fprintf(stderr, "kl_session: --log %lu: not whole sectors of the %lu-byte store\n",
+			log, (unsigned long)size);
+		return KL_EINVAL;
+	}
+	have_log = 1;
+	return KL_OK;
+}
+
 static uint32_t store_mem[KL_SESSION_STORE_SIZE / 4u];
 static uint32_t ram_wear[2u * (KL_SESSION_STORE_SIZE / KL_STORE_RAM_SECTOR)];
 static kl_store_file_t file_store;
@@ -77,12 +102,20 @@ static int store_init(int argc, char **argv)
 	const char *path = NULL;
 	kl_store_geom_t g = {1024u * 1024u, 16u * 1024u, 16u, 0xFFu};
 	uint32_t cut = 0, seed = 0;
+	unsigned long log = 0;
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--flash") == 0) {
 			path = argv[i + 1];
 		} else if (strcmp(argv[i], "--geometry") == 0) {
 			if (kl_store_geom_parse(argv[i + 1], &g) != KL_OK) {
 				fprintf(stderr, "kl_session: bad --geometry %s\n", argv[i + 1]);
+				return KL_EINVAL;
+			}
+		} else if (strcmp(argv[i], "--log") == 0) {
+			char *end;
+			log = strtoul(argv[i + 1], &end, 0);
+			if (*end != '\0' || log == 0u) {
+				fprintf(stderr, "kl_session: bad --log %s\n", argv[i + 1]);
 				return KL_EINVAL;
 			}
 		} else if (strcmp(argv[i], "--cut") == 0) {
@@ -93,16 +126,17 @@ static int store_init(int argc, char **argv)
 			}
 		} else {
 			fprintf(stderr, "usage: kl_session [--flash FILE [--geometry SIZE,ERASE,WRITE,EV]"
-					" [--cut K[,SEED]]]\n");
+					" [--cut K[,SEED]]] [--log BYTES]\n");
 			return KL_EINVAL;
 		}
 	}
+	kl_store_t *raw = log != 0u ? &part : &store; /* the whole part (drivers keep it) */
 	if (path == NULL) {
-		kl_store_ram_init(&store, (uint8_t *)store_mem, sizeof(store_mem));
-		kl_store_set_wear(&store, ram_wear, ram_wear + kl_store_sectors(&store));
-		return KL_OK;
+		kl_store_ram_init(raw, (uint8_t *)store_mem, sizeof(store_mem));
+		kl_store_set_wear(raw, ram_wear, ram_wear + kl_store_sectors(raw));
+		return split_log(log);
 	}
-	const int err = kl_store_file_open(&store, &file_store, path, &g);
+	const int err = kl_store_file_open(raw, &file_store, path, &g);
 	if (err != KL_OK) {
 		kl_store_geom_t had;
 		if (err == KL_ESTOREFILE && kl_store_file_probe(path, &had) == KL_OK) {
@@ -124,9 +158,9 @@ static int store_init(int argc, char **argv)
 		return err;
 	}
 	if (cut != 0u) {
-		kl_store_nor_cut(&store, cut, seed);
+		kl_store_nor_cut(raw, cut, seed);
 	}
-	return KL_OK;
+	return split_log(log);
 }
 #endif
 
@@ -149,6 +183,7 @@ int main(int argc, char **argv)
 		.tx = tx,
 		.tx_ctx = NULL,
 		.insn = kl_port_has_counter() ? kl_port_insn : NULL,
+		.log_store = have_log ? &log_store : NULL,
 	};
 	if (kl_session_init(&session, &cfg) != KL_OK) {
 		return 1;
@@ -158,7 +193,7 @@ int main(int argc, char **argv)
 		if (c < 0) {
 #ifndef KL_BAREMETAL
 			if (file_store.f != NULL) {
-				kl_store_file_close(&store);
+				kl_store_file_close(have_log ? &part : &store);
 			}
 #endif
 			return 0; /* end of input: the host closed the link */

@@ -257,3 +257,60 @@ def test_too_small_even_paged_refused_before_flash(tmp_path, rng):
     r = subprocess.run([*cli, "plan", "--blob", str(bp), "--budget", str(arm)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and f"fits: {arm:,} B" in r.stdout
+
+
+def test_session_trains_a_paged_model_across_restarts(tmp_path, digits):
+    """The session firmware on the host's file store with a weight log (--log): a paged int8
+    model is loaded, trained over the protocol and pulled back equal to the twin trained in
+    memory; after a restart without COMMIT the log brings every committed step back and
+    training goes on bit for bit; COMMIT folds (the stored generation is the pulled model); a
+    session without a log refuses the paged model (KL_ENOTSUP) and keeps the old one."""
+    from kilolearn.device import protocol as P
+
+    exe = build.build("host", target="kl_session")
+    flash = tmp_path / "flash.bin"
+
+    def client(*extra: str) -> P.Client:
+        return P.Client(P.ProcessLink([str(exe), "--flash", str(flash), "--geometry",
+                                       "256K,4K,16,0xFF", *extra]))
+
+    m = M.mlp([64, 32, 10])
+    qm = R.quantize_model(m.graph, m.init(2), digits.x_train[:200])
+    blob = export.export_s8(qm, paged=True)
+    xq = qm.quantize_input(digits.x_train[:160])
+    y = digits.y_train[:160]
+    twin = R.S8Trainer(qm, lr=0.05, seed=4)
+    twin.set_update_policy("channel-norm", permille=500)
+
+    def train(c: P.Client, lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            c.train(int(y[i]), xq[i].tobytes())
+            twin.step(xq[i], int(y[i]))
+
+    def same_as_twin(pulled: bytes) -> None:
+        got = export.read(pulled).qmodel
+        for a, b in zip(got.w + got.b, twin.m.w + twin.m.b, strict=True):
+            assert (a is None and b is None) or np.array_equal(a, b)
+        assert list(got.exp) == list(twin.m.exp)
+
+    all_classes = bytes([1] * 10)
+    c = client("--log", "49152")
+    c.load(blob)
+    c.config(lr=0.05, seed=4, classes=all_classes, update=(NORM, 500))
+    train(c, 0, 100)
+    pulled = c.read_blob()
+    same_as_twin(pulled)
+    c.close()  # a restart, no COMMIT
+    c = client("--log", "49152")
+    c.config(lr=0.05, seed=4, classes=all_classes, update=(NORM, 500))
+    assert c.read_blob() == pulled
+    train(c, 100, 160)  # 48 KB of log: folds on the way
+    pulled = c.read_blob()
+    same_as_twin(pulled)
+    c.commit()
+    assert c.read_blob(P.READ_STORED) == pulled
+    c.close()
+    c = client()  # no log: a paged model cannot train here
+    with pytest.raises(P.DeviceError, match="KL_ENOTSUP"):
+        c.load(blob)
+    c.close()
