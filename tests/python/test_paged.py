@@ -95,8 +95,8 @@ def test_f32_paged_close_to_twin(rng):
 def test_flash_bytes_are_the_records(rng):
     """Without folds (a log big enough), each step programs one record per row it changes
     (header + row + bias, in 16-byte units; int8 rows whose rounded step is zero are not
-    written) and a commit record with the exponents: the runner's count of programmed bytes is that sum, from the
-    rows that changed in the twin."""
+    written) and a commit record with the dither and exponents: the runner's count of
+    programmed bytes is that sum, from the rows that changed in the twin."""
     g, _, _, y, qm, xq = setup(rng, n=30)
     img = job.build(export.export_s8(qm, paged=True), xq, y, lr=0.3, seed=9, epochs=1,
                     update=(NORM, 250), paged=True, log_size=1 << 20)
