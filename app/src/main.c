@@ -115,6 +115,7 @@ int main(void)
 		.tx = session_tx,
 		.tx_ctx = NULL,
 		.insn = kl_port_has_counter() ? kl_port_insn : NULL,
+		.log_store = app_store_log(),
 	};
 	const int err = kl_session_init(&session, &cfg);
 

@@ -37,6 +37,40 @@ LOG_MODULE_DECLARE(kilolearn_app, CONFIG_KILOLEARN_APP_LOG_LEVEL);
 #endif
 
 static kl_store_t store;
+/* with CONFIG_KILOLEARN_APP_WEIGHT_LOG_SIZE: the whole store, and its last
+ * part as a paged model's weight log (docs/paged-weights.md) */
+static kl_store_t part, log_part;
+static int have_log;
+
+/* Split the store at *st into the generations and the weight log; *st
+ * becomes the generations' part. */
+static int split_log(kl_store_t **st)
+{
+	const uint32_t log = (uint32_t)CONFIG_KILOLEARN_APP_WEIGHT_LOG_SIZE;
+
+	if (log == 0u) {
+		return 0;
+	}
+	part = **st;
+	const uint32_t size = part.geom.size;
+
+	if (log >= size || kl_store_sub_init(&log_part, &part, size - log, log) != KL_OK ||
+	    kl_store_sub_init(&store, &part, 0, size - log) != KL_OK) {
+		LOG_ERR("weight log: %u bytes are not whole erase pages of the %u-byte store",
+			(unsigned int)log, (unsigned int)size);
+		return -EINVAL;
+	}
+	*st = &store;
+	have_log = 1;
+	LOG_INF("store: %u bytes for generations, %u for the weight log",
+		(unsigned int)(size - log), (unsigned int)log);
+	return 0;
+}
+
+kl_store_t *app_store_log(void)
+{
+	return have_log ? &log_part : NULL;
+}
 
 #if KL_HAVE_PARTITION && defined(CONFIG_KILOLEARN_APP_FLASH_STORE)
 
@@ -186,7 +220,7 @@ int app_store_init(kl_store_t **out)
 		return err;
 	}
 	*out = &store;
-	return 0;
+	return split_log(out);
 }
 
 #else /* RAM store */
@@ -201,7 +235,7 @@ int app_store_init(kl_store_t **out)
 	*out = &store;
 	LOG_INF("store: RAM, %u bytes (no kilolearn_weights flash store)",
 		(unsigned int)store.size);
-	return 0;
+	return split_log(out);
 }
 
 #endif

@@ -11,6 +11,10 @@
  * points at it on success. Returns 0 or -errno. */
 int app_store_init(kl_store_t **store);
 
+/* The weight log's part of the store (CONFIG_KILOLEARN_APP_WEIGHT_LOG_SIZE),
+ * or NULL: then paged models are refused. After app_store_init. */
+kl_store_t *app_store_log(void);
+
 /* Open the kilolearn_weights partition as a store (geometry from the
  * driver, memory-mapped base); 0 or -errno. With the flash store only. */
 int app_store_flash_open(kl_store_t *st);
