@@ -294,7 +294,7 @@ static inline int fz_boot(fz_harness_t *h)
 	if (h->arena == NULL) {
 		h->arena = (uint8_t *)fz_arena_mem;
 	}
-	const kl_session_cfg_t cfg = {h->arena, h->arena_size, &h->st, fz_tx, h, NULL};
+	const kl_session_cfg_t cfg = {h->arena, h->arena_size, &h->st, fz_tx, h, NULL, NULL};
 	h->have_seq = 0;
 	h->cached_type = 0;
 	h->cached_len = 0;
