@@ -213,8 +213,9 @@ def test_policies_the_paged_update_refuses(rng):
 
 @pytest.mark.parametrize("target", ["host", "mps2-an386"])
 def test_planner_sizes_the_paged_arena_to_the_byte(target, rng):
-    """MemModel(paged=True) is the arena kl_model_init lays out for a paged model (with and
-    without the row selection's keys), and far below the model's size."""
+    """MemModel(paged=True) is the arena kl_model_init lays out for a paged model, with every
+    row updated or rows selected (the selection takes no memory), and far below the model's
+    size."""
     require_target(target)
     from kilolearn.planner.memory import MemModel
 
@@ -225,7 +226,7 @@ def test_planner_sizes_the_paged_arena_to_the_byte(target, rng):
             rep = runner.run_job(job.build(export.export_s8(qm, paged=True), xq, y,
                                            update=(NORM, pm) if pm else None, paged=True,
                                            log_size=1 << 20), target)
-            mm = MemModel(g, "s8", target=tgt, paged=True, row_select=pm > 0)
+            mm = MemModel(g, "s8", target=tgt, paged=True)
             assert rep.one("done")["arena_peak"] == mm.store_all_bytes(), (sizes, pm)
     assert mm.store_all_bytes() < 20 * 1024 < MemModel(g, "s8", target=tgt).store_all_bytes()
 

@@ -69,17 +69,16 @@ def _check_plan_args(a):  # noqa: ANN001, ANN202
                              f"({type(e).__name__}: {e})") from None
         g, dtype = b.graph, ("f32" if b.qmodel is None else "s8")
         a.paged = a.paged or b.paged
-        a.row_select = b.update[0] == 2  # KL_UPDATE_CHANNEL_NORM
     else:
         g, dtype = _model_from_args(a).graph, a.dtype
-        a.row_select = False
     if getattr(a, "measure", None) and dtype != "s8":
         raise UsageError("--measure runs int8 training only (--dtype s8 or an int8 --blob)")
     return g, dtype, budget
 
 
-def _paged_need(g: Graph, dtype: str, target: str, row_select: bool) -> int:
-    return MemModel(g, dtype, target=target, paged=True, row_select=row_select).store_all_bytes()
+def _paged_need(g: Graph, dtype: str, target: str) -> int:
+    """Arena bytes of a paged model (the row selection needs none: keys read as made)."""
+    return MemModel(g, dtype, target=target, paged=True).store_all_bytes()
 
 
 def cmd_plan_paged(a, g: Graph, dtype: str, budget: int) -> int:  # noqa: ANN001
@@ -98,13 +97,11 @@ def cmd_plan_paged(a, g: Graph, dtype: str, budget: int) -> int:  # noqa: ANN001
         raise UsageError("--paged: the model has no trainable dense op to page")
     es = 1 if dtype == "s8" else 4
     in_flash = sum(mm._n_w(i) * es + 4 * mm.tsize[g.ops[i].output] for i in paged)
-    every = _paged_need(g, dtype, a.target, False)
-    rows = _paged_need(g, dtype, a.target, True)
-    need = rows if a.row_select else every
+    need = _paged_need(g, dtype, a.target)
     print(f"{len(g.ops)} ops, {dtype}, target {a.target}, paged: {len(paged)} dense ops read in "
           f"place, {in_flash:,} B of weights and biases stay in flash")
-    print(f"arena: {every:,} B updating every row, {rows:,} B selecting rows (channel-norm); "
-          f"budget {budget:,} B")
+    print(f"arena: {need:,} B (every row or rows selected by gradient alike); budget "
+          f"{budget:,} B")
     if need > budget:
         print(f"kilolearn: KL_ENOMEM: the model needs {need:,} B of arena even paged; the "
               f"smallest arena that fits is {need:,} B (budget {budget:,} B)")
@@ -141,7 +138,7 @@ def cmd_plan(a) -> int:  # noqa: ANN001
 
         if any(export.pageable(op) for op in g.ops):
             print(f"paged (kilolearn export --paged; docs/paged-weights.md) it needs "
-                  f"{_paged_need(g, dtype, a.target, False):,} B")
+                  f"{_paged_need(g, dtype, a.target):,} B")
         return 1
     print(f"optimal plan: {opt.peak:,} B (region {opt.region:,} B, live max "
           f"{opt.live_peak:,} B), +{opt.extra_pct:.1f} % MACs, planned in {dt * 1000:.0f} ms")

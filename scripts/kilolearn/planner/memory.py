@@ -92,7 +92,6 @@ class MemModel:
     compact: bool = True  # ... from int16 sums made in bands, where that needs less scratch
     uncompact: frozenset[int] = frozenset()  # ops kept on int32 sums (trim_compact)
     paged: bool = False  # trainable dense ops read in place, rows to the weight log (2.4)
-    row_select: bool = False  # paged: channel-norm's selection keys (4 bytes per row)
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -253,10 +252,6 @@ class MemModel:
         s, k = self.scratch_sizes()
         a.alloc(s, 8)
         a.alloc(k, 8)
-        if self.row_select and self.training:  # kl_model_set_update_policy's keys
-            keys = [4 * self.tsize[op.output] for i, op in enumerate(g.ops) if self.is_paged(i)]
-            if keys:
-                a.alloc(max(keys), 8)
         return a.used
 
     # -- what a backward step reads (kl_model.c bwd_reads: keep the two identical) ---------

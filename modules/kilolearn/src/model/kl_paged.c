@@ -178,36 +178,15 @@ static uint32_t pg_key(const kl_model_t *m, const void *dy, uint32_t i)
 	return u & 0x7FFFFFFFu;
 }
 
-/* the k-th largest of a[0..n) (1 <= k <= n; a is reordered): quickselect
- * with a three-way partition */
-static uint32_t pg_kth_largest(uint32_t *a, int32_t n, int32_t k)
+typedef struct {
+	const kl_model_t *m;
+	const void *dy;
+} pg_keys_t;
+
+static uint64_t pg_key_of(const void *ctx, uint32_t i)
 {
-	int32_t lo = 0, hi = n - 1;
-	const int32_t want = k - 1;
-	while (lo < hi) {
-		const uint32_t p = a[lo + (hi - lo) / 2];
-		int32_t lt = lo, i = lo, gt = hi;
-		while (i <= gt) { /* [lo, lt) > p, [lt, i) == p, (gt, hi] < p */
-			const uint32_t v = a[i];
-			if (v > p) {
-				a[i++] = a[lt];
-				a[lt++] = v;
-			} else if (v < p) {
-				a[i] = a[gt];
-				a[gt--] = v;
-			} else {
-				i++;
-			}
-		}
-		if (want < lt) {
-			hi = lt - 1;
-		} else if (want > gt) {
-			lo = gt + 1;
-		} else {
-			return p;
-		}
-	}
-	return a[lo];
+	const pg_keys_t *k = ctx;
+	return pg_key(k->m, k->dy, i);
 }
 
 /* Elements [j0, j0 + n) of row r after the fused SGD step, into chunk (the
@@ -305,8 +284,8 @@ static int pg_write_row(kl_model_t *m, int op_i, kl_op_t *op, uint32_t r, const 
 
 /* The fused update of a paged dense op: every row, or the rows with the
  * largest |dy| (Deutel; ties to the lower index, as top_channels_dy), each
- * written to the log when its step is not zero. Selection costs O(n_out),
- * the writing the selected rows. */
+ * written to the log when its step is not zero. Selection costs O(n_out)
+ * and no memory, the writing the selected rows. */
 static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey)
 {
 	const int op_i = (int)(op - m->ops);
@@ -314,13 +293,10 @@ static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey)
 	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]);
 	const uint32_t k = pg_rows_per_step(m, op);
 	uint32_t thr = 0, ties = 0;
-	if (k < n_out) {
-		uint32_t *keys = m->sel;
+	if (k < n_out) { /* the k-th largest |dy| by radix selection: no buffer */
+		const pg_keys_t keys = {m, dy};
 		uint32_t gt = 0;
-		for (uint32_t i = 0; i < n_out; i++) {
-			keys[i] = pg_key(m, dy, i);
-		}
-		thr = pg_kth_largest(keys, (int32_t)n_out, (int32_t)k);
+		thr = (uint32_t)kl_kth_largest(pg_key_of, &keys, n_out, k, 4);
 		for (uint32_t i = 0; i < n_out; i++) {
 			gt += pg_key(m, dy, i) > thr;
 		}

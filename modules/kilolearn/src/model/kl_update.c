@@ -46,7 +46,7 @@ static uint32_t sel_need(const kl_model_t *m, int policy, uint32_t permille)
 		if (policy == KL_UPDATE_TOPR) {
 			need = kl_umax(need, KL_TOPR_HIST_WORDS * 4u);
 		} else if (policy == KL_UPDATE_CHANNEL_NORM) { /* scores, picks, masked dy */
-			need = kl_umax(need, kl_paged_op(op) ? n_ch * 4u /* keys */
+			need = kl_umax(need, kl_paged_op(op) ? 0u /* keys made as read */
 							     : kl_align8(n_ch * 9u) + n_ch * 4u);
 		} else if (policy == KL_UPDATE_CHANNEL_SPARSE && op->kind == KL_OP_CONV) {
 			const kl_tensor_t *y = &m->tensors[op->out];
@@ -81,18 +81,54 @@ int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille)
 	return KL_OK;
 }
 
+/* The k-th largest of n keys (1 <= k <= n), key(ctx, i) of `bytes` bytes,
+ * by radix selection from the top byte: a pass over the keys per byte, a
+ * 256-entry histogram on the stack, nothing else. With the count of keys
+ * above it, it picks the k largest with ties to the lower index in one more
+ * pass: O(n) for any k. */
+typedef uint64_t (*kl_key_fn)(const void *ctx, uint32_t i);
+
+static uint64_t kl_kth_largest(kl_key_fn key, const void *ctx, uint32_t n, uint32_t k, int bytes)
+{
+	uint64_t prefix = 0, mask = 0;
+	for (int b = bytes - 1; b >= 0; b--) {
+		uint32_t hist[256];
+		memset(hist, 0, sizeof(hist));
+		const int sh = 8 * b;
+		for (uint32_t i = 0; i < n; i++) {
+			const uint64_t v = key(ctx, i);
+			if ((v & mask) == prefix) {
+				hist[(v >> sh) & 0xFFu]++;
+			}
+		}
+		uint32_t d = 255u;
+		while (d > 0u && hist[d] < k) {
+			k -= hist[d--];
+		}
+		prefix |= (uint64_t)d << sh;
+		mask |= (uint64_t)0xFFu << sh;
+	}
+	return prefix;
+}
+
+static uint64_t score_key(const void *ctx, uint32_t i)
+{
+	return ((const uint64_t *)ctx)[i];
+}
+
 /* Deutel: mark the k channels with the largest score (ties: lower index) */
 static void pick_channels(const uint64_t *score, uint8_t *taken, uint32_t n, uint32_t k)
 {
-	memset(taken, 0, n);
-	for (uint32_t r = 0; r < k; r++) {
-		uint32_t best = n;
-		for (uint32_t c = 0; c < n; c++) {
-			if (!taken[c] && (best == n || score[c] > score[best])) {
-				best = c;
-			}
-		}
-		taken[best] = 1u;
+	const uint64_t thr = kl_kth_largest(score_key, score, n, k, 8);
+	uint32_t above = 0;
+	for (uint32_t c = 0; c < n; c++) {
+		above += score[c] > thr;
+	}
+	uint32_t ties = k - above;
+	for (uint32_t c = 0; c < n; c++) {
+		const int eq = score[c] == thr && ties != 0u;
+		taken[c] = (uint8_t)(score[c] > thr || eq);
+		ties -= (uint32_t)eq;
 	}
 }
 
