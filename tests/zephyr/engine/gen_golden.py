@@ -231,9 +231,7 @@ def emit_s8_train(e: Emitter) -> None:
     qm = R.quantize_model(g, p, x[:10])
     xq = qm.quantize_input(x)
     ref = R.S8Trainer(qm, lr=lr, seed=seed)
-    for _ in range(epochs):
-        for i in range(n_train):
-            ref.step(xq[i], int(y[i]))
+    R.train_in_order(ref, xq[:n_train], y[:n_train], epochs)
     adapted = [ref.m.exp[op.output] != qm.exp[op.output] for op in g.ops]
     assert any(adapted), "s8t should exercise the dynamic range adaptation"
     correct = int((ref.predict(xq[n_train:]) == y[n_train:]).sum())
