@@ -12,6 +12,7 @@ failed (a build, a job on the device) or an internal error, also one line (set
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -268,10 +269,28 @@ def cmd_build(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_footprint(a: argparse.Namespace) -> int:
-    from . import footprint
+#: subcommands whose module brings both their arguments (``add_arguments(parser)``) and the
+#: command (``run(args)``): name, module (relative to this package), help, in the help's order
+MODULE_COMMANDS = [
+    ("store-bench", ".bench.storebench", "flash wear of training with periodic commits and the "
+     "lifetime on STM32F429ZI-like flash"),
+    ("sparse-bench", ".bench.sparsebench", "selective updates: accuracy vs fraction updated, "
+     "instructions saved, weight-store traffic and flash lifetime"),
+    ("paged-bench", ".bench.pagedbench", "a 1.9 MB model trained in a 20 KB arena, weights in "
+     "flash: accuracy, instructions, flash wear per fraction of rows updated"),
+    ("footprint", ".footprint", "RAM/flash of a firmware ELF by component, file, symbol"),
+    ("docs", ".tools.docfigs", "rewrite the measured figures of README.md and docs/*.md from "
+     "docs/figures/*.json (--measure: rerun them first; --check: list the blocks that differ)"),
+    ("fuzz", ".tools.fuzz", "coverage-guided fuzzing of the engine, the session and the store "
+     "(libFuzzer; tests/fuzz/README.md)"),
+]
 
-    return footprint.run(a)
+
+def _module_command(sub: argparse._SubParsersAction, name: str, module: str, text: str) -> None:
+    mod = importlib.import_module(module, __package__)
+    p = sub.add_parser(name, help=text)
+    mod.add_arguments(p)
+    p.set_defaults(fn=mod.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,58 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("blob", type=ca.InFile("blob"))
     i.set_defaults(fn=cmd_info)
 
-    from .formats import importer
-
-    im = sub.add_parser("import", help="import an ONNX or TFLite model as a .klm blob")
-    importer.add_arguments(im)
-    im.set_defaults(fn=importer.run)
+    _module_command(sub, "import", ".formats.importer",
+                    "import an ONNX or TFLite model as a .klm blob")
 
     c = sub.add_parser("build", help="build the runner for the host or a board")
     c.add_argument("--board", default="host", choices=BOARDS + ["host"])
     c.add_argument("--sanitize", action="store_true")
     c.set_defaults(fn=cmd_build)
 
-    from .bench import storebench
-
-    w = sub.add_parser("store-bench", help="flash wear of training with periodic commits and "
-                       "the lifetime on STM32F429ZI-like flash")
-    storebench.add_arguments(w)
-    w.set_defaults(fn=storebench.run)
-
-    from .bench import sparsebench
-
-    sp = sub.add_parser("sparse-bench", help="selective updates: accuracy vs fraction updated, "
-                        "instructions saved, weight-store traffic and flash lifetime")
-    sparsebench.add_arguments(sp)
-    sp.set_defaults(fn=sparsebench.run)
-
-    from .bench import pagedbench
-
-    pg = sub.add_parser("paged-bench", help="a 1.9 MB model trained in a 20 KB arena, weights in "
-                        "flash: accuracy, instructions, flash wear per fraction of rows updated")
-    pagedbench.add_arguments(pg)
-    pg.set_defaults(fn=pagedbench.run)
-
-    from . import footprint
-
-    f = sub.add_parser("footprint", help="RAM/flash of a firmware ELF by component, file, symbol")
-    footprint.add_arguments(f)
-    f.set_defaults(fn=cmd_footprint)
-
-    from .tools import docfigs
-
-    dc = sub.add_parser("docs", help="rewrite the measured figures of README.md and docs/*.md "
-                        "from docs/figures/*.json (--measure: rerun them first; --check: list "
-                        "the blocks that differ)")
-    docfigs.add_arguments(dc)
-    dc.set_defaults(fn=docfigs.run)
-
-    from .tools import fuzz
-
-    fz = sub.add_parser("fuzz", help="coverage-guided fuzzing of the engine, the session and the "
-                        "store (libFuzzer; tests/fuzz/README.md)")
-    fuzz.add_arguments(fz)
-    fz.set_defaults(fn=fuzz.run)
+    for name, module, text in MODULE_COMMANDS:
+        _module_command(sub, name, module, text)
 
     from .planner import add_cli as add_plan_cli
 

@@ -19,9 +19,9 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     from .core.model import Graph
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEBUG_ENV = "KILOLEARN_DEBUG"
 MAX_LINE = 2000  # characters of an error line (the rest is cut)
+_T = TypeVar("_T")
 
 
 class UsageError(Exception):
@@ -58,17 +59,45 @@ def _fmt(v: float) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:g}"
 
 
+def _reworded(parse: Callable[[str], _T], text: str,
+              errors: type[Exception] | tuple[type[Exception], ...],
+              why: Callable[[Exception], str]) -> _T:
+    """``parse(text)``; one of its ``errors`` becomes argparse's error with the line ``why(e)``
+    (for the structured strings that a library function parses)."""
+    try:
+        return parse(text)
+    except errors as e:
+        raise argparse.ArgumentTypeError(why(e)) from None
+
+
+class ArgType:
+    """Base of the argparse ``type`` callables here. ``kind`` names what a value is checked for
+    (tests/python/cli_sweep.py derives the values to refuse from it); ``name`` is what argparse
+    calls a value in its own messages (the callable's ``__name__``). A subclass gives both as
+    class arguments, ``class Budget(ArgType, kind="budget")`` (``name`` defaults to ``kind``),
+    or sets them per instance."""
+
+    kind = ""
+    name = ""
+
+    def __init_subclass__(cls, kind: str = "", name: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind:
+            cls.kind, cls.name = kind, name or kind
+
+    @property
+    def __name__(self) -> str:
+        return self.name
+
+
 # ---------------------------------------------------------------------------- numbers
 
 
-class IntRange:
+class IntRange(ArgType, kind="int", name="integer"):
     """An integer in [lo, hi]."""
-
-    kind = "int"
 
     def __init__(self, lo: int, hi: int):
         self.lo, self.hi = lo, hi
-        self.__name__ = "integer"
 
     def __call__(self, text: str) -> int:
         s = text.strip()
@@ -86,14 +115,11 @@ class IntRange:
         return v
 
 
-class FloatRange:
+class FloatRange(ArgType, kind="float", name="number"):
     """A finite number in (lo, hi] (``lo_open``) or [lo, hi]."""
-
-    kind = "float"
 
     def __init__(self, lo: float, hi: float, lo_open: bool = True):
         self.lo, self.hi, self.lo_open = lo, hi, lo_open
-        self.__name__ = "number"
 
     def describe(self) -> str:
         return (f"{'above' if self.lo_open else 'from'} {_fmt(self.lo)} "
@@ -130,26 +156,30 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
-class InFile:
-    """An existing, readable regular file; ``suffixes``: the names it may end in."""
+def _stat(p: Path, text: str) -> os.stat_result | None:
+    """``p``'s stat, None when nothing is there; any other OS error is argparse's error."""
+    try:
+        return p.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{text}: {e.strerror or e}") from None
 
-    kind = "in"
+
+class InFile(ArgType, kind="in"):
+    """An existing, readable regular file; ``suffixes``: the names it may end in."""
 
     def __init__(self, what: str = "file", suffixes: tuple[str, ...] = ()):
         self.what, self.suffixes = what, suffixes
-        self.__name__ = what
+        self.name = what
 
     def __call__(self, text: str) -> str:
         p = _path(text)
         if self.suffixes and p.suffix.lower() not in self.suffixes:
             raise argparse.ArgumentTypeError(
                 f"{text}: expected a {' or '.join(self.suffixes)} file")
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            raise argparse.ArgumentTypeError(f"{text}: no such file") from None
-        except OSError as e:
-            raise argparse.ArgumentTypeError(f"{text}: {e.strerror or e}") from None
+        if (st := _stat(p, text)) is None:
+            raise argparse.ArgumentTypeError(f"{text}: no such file")
         if stat.S_ISDIR(st.st_mode):
             raise argparse.ArgumentTypeError(f"{text}: is a directory, expected a {self.what}")
         if not stat.S_ISREG(st.st_mode):
@@ -162,20 +192,13 @@ class InFile:
         return text
 
 
-class InDir:
+class InDir(ArgType, kind="dir", name="directory"):
     """An existing directory."""
-
-    kind = "dir"
-    __name__ = "directory"
 
     def __call__(self, text: str) -> str:
         p = _path(text)
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            raise argparse.ArgumentTypeError(f"{text}: no such directory") from None
-        except OSError as e:
-            raise argparse.ArgumentTypeError(f"{text}: {e.strerror or e}") from None
+        if (st := _stat(p, text)) is None:
+            raise argparse.ArgumentTypeError(f"{text}: no such directory")
         if not stat.S_ISDIR(st.st_mode):
             raise argparse.ArgumentTypeError(f"{text}: not a directory")
         return text
@@ -187,12 +210,7 @@ def check_writable(text: str, suffixes: tuple[str, ...] = ()) -> str:
     p = _path(text)
     if suffixes and p.suffix.lower() not in suffixes:
         raise argparse.ArgumentTypeError(f"{text}: expected a {', '.join(suffixes)} file name")
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise argparse.ArgumentTypeError(f"{text}: {e.strerror or e}") from None
+    st = _stat(p, text)
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise argparse.ArgumentTypeError(f"{text}: is a directory, expected a file name")
@@ -218,14 +236,11 @@ def check_writable(text: str, suffixes: tuple[str, ...] = ()) -> str:
     return text
 
 
-class OutFile:
+class OutFile(ArgType, kind="out", name="output file"):
     """A file to write: its directory exists and it can be created or overwritten."""
-
-    kind = "out"
 
     def __init__(self, suffixes: tuple[str, ...] = ()):
         self.suffixes = suffixes
-        self.__name__ = "output file"
 
     def __call__(self, text: str) -> str:
         return check_writable(text, self.suffixes)
@@ -244,15 +259,12 @@ def need_matplotlib(option: str) -> None:
 # ---------------------------------------------------------------------------- structured
 
 
-class Sizes:
+class Sizes(ArgType, kind="sizes"):
     """MLP layer sizes, input to output: 64-32-10; each in [1, 65535] (the blob's u16), at
     least two classes, at most ``max_params`` weights in all."""
 
-    kind = "sizes"
-
     def __init__(self, max_layers: int = 32, max_size: int = 65535, max_params: int = 1 << 24):
         self.max_layers, self.max_size, self.max_params = max_layers, max_size, max_params
-        self.__name__ = "sizes"
 
     def __call__(self, text: str) -> list[int]:
         parts = text.strip().split("-")
@@ -277,31 +289,21 @@ class Sizes:
         return sizes
 
 
-class Budget:
+class Budget(ArgType, kind="budget"):
     """Bytes (262144, 256K, 1M) or a board name, in [1, 4 GiB)."""
-
-    kind = "budget"
-    __name__ = "budget"
 
     def __call__(self, text: str) -> int:
         from .planner import budget_of
 
-        try:
-            v = budget_of(text)
-        except (ValueError, OverflowError, IndexError) as e:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected bytes (262144, 256K, 1M) or a board name ({one_line(str(e))})"
-            ) from None
+        v = _reworded(budget_of, text, (ValueError, OverflowError, IndexError), lambda e: (
+            f"{text!r}: expected bytes (262144, 256K, 1M) or a board name ({one_line(str(e))})"))
         if not 1 <= v <= U32:
             raise argparse.ArgumentTypeError(f"{text!r}: expected 1 byte to 4 GiB")
         return v
 
 
-class PortUrl:
+class PortUrl(ArgType, kind="port"):
     """A pyserial URL or device: /dev/ttyACM0, socket://127.0.0.1:4321, rfc2217://..."""
-
-    kind = "port"
-    __name__ = "port"
 
     def __call__(self, text: str) -> str:
         if not text.strip() or "\0" in text:
@@ -315,11 +317,8 @@ class PortUrl:
         return text
 
 
-class UpdateSpec:
+class UpdateSpec(ArgType, kind="update"):
     """POLICY[:FRACTION] of a selective update: topr:0.2 (fraction in (0, 1])."""
-
-    kind = "update"
-    __name__ = "update"
 
     def __call__(self, text: str) -> tuple[str, float]:
         from .core import selective
@@ -340,13 +339,10 @@ class UpdateSpec:
         return name, f
 
 
-class DataSource:
+class DataSource(ArgType, kind="data"):
     """A built-in data set name, or an existing .npz (arrays x, y), .npy or .csv (label
     first). ``kind`` "data": checked against a model by its command (width, labels, scale);
     "traindata": data a new model is built for (any width, any number of classes)."""
-
-    kind = "data"
-    __name__ = "data"
     SUFFIXES = (".npz", ".npy", ".csv")
 
     def __init__(self, names: list[str], kind: str = "data"):
@@ -363,27 +359,18 @@ class DataSource:
         return text
 
 
-class TrainsSpec:
+class TrainsSpec(ArgType, kind="trains"):
     """What trains: all, bias, none, last:N, last:N:bias (core.fit.parse_trains)."""
-
-    kind = "trains"
-    __name__ = "trains"
 
     def __call__(self, text: str) -> str:
         from .core import fit
 
-        try:
-            fit.parse_trains(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+        _reworded(fit.parse_trains, text, ValueError, str)
         return text
 
 
-class OutDir:
+class OutDir(ArgType, kind="outdir", name="directory"):
     """A directory to write into: an existing one, or a new one whose parent exists."""
-
-    kind = "outdir"
-    __name__ = "directory"
 
     def __call__(self, text: str) -> str:
         p = _path(text)

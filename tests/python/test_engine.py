@@ -118,9 +118,7 @@ def test_f32_fused_training_matches_numpy(target, rng):
         rep = runner.run_job(job.build(export.export_f32(g, p), x, y, x[:20], y[:20], lr=0.1,
                                        epochs=2, dump_weights=True), board, sanitize=asan)
         ref = R.F32Trainer(g, p, lr=0.1)
-        for _ in range(2):
-            for i in range(len(x)):
-                ref.step(x[i], int(y[i]))
+        R.train_in_order(ref, x, y, 2)
         for i, op in enumerate(g.ops):
             if op.has_params:
                 got = rep.dump(f"w{i:02d}", "<f4").reshape(ref.p.weights[i].shape)
@@ -180,9 +178,7 @@ def test_s8_fused_training_bit_exact(target, rng):
         rep = run_job(job.build(export.export_s8(qm), xq, y, xq[:30], y[:30], lr=0.3,
                                 seed=9, epochs=2, dump_weights=True), target)
         ref = R.S8Trainer(qm, lr=0.3, seed=9)
-        for _ in range(2):
-            for i in range(len(xq)):
-                ref.step(xq[i], int(y[i]))
+        R.train_in_order(ref, xq, y, 2)
         assert rep.records["epoch"][-1]["test_correct"] == \
             int((ref.predict(xq[:30]) == y[:30]).sum())
         for i, op in enumerate(g.ops):

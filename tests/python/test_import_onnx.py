@@ -293,9 +293,7 @@ def test_imported_mobilenet_finetunes_on_m4(digits):
     before = float((ref.predict(xq_te) == yte).mean())
     rep = runner.run_job(job.build(export.export_s8(qm), xq_tr, ytr, xq_te, yte, lr=lr, seed=3,
                                    epochs=epochs), "mps2-an386", timeout=600)
-    for _ in range(epochs):
-        for i in range(len(xq_tr)):
-            ref.step(xq_tr[i], int(ytr[i]))
+    R.train_in_order(ref, xq_tr, ytr, epochs)
     dev = [e["test_correct"] / e["n_test"] for e in rep.records["epoch"]]
     numpy_acc = float((ref.predict(xq_te) == yte).mean())
     print(f"\nimported MobileNet-class: base (digits 0-4, float) {base_acc:.1%}; new classes "

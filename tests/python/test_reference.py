@@ -15,38 +15,10 @@ def loss64(tr: R.F32Trainer, x: np.ndarray, label: int) -> float:
     t64 = R.F32Trainer(tr.g, tr.p)
     t64.p.weights = [None if w is None else w.astype(np.float64) for w in tr.p.weights]
     t64.p.biases = [None if b is None else b.astype(np.float64) for b in tr.p.biases]
-    acts = _forward64(t64, x)
+    acts = t64.forward(x, dtype=np.float64)
     z = acts[tr.g.output].reshape(-1)
     z = z - z.max()
     return float(-(z[label] - np.log(np.exp(z).sum())))
-
-
-def _forward64(tr: R.F32Trainer, x: np.ndarray) -> list[np.ndarray]:
-    g = tr.g
-    acts: list[np.ndarray] = [np.zeros(0)] * len(g.shapes)
-    acts[g.input] = np.asarray(x, np.float64).reshape(g.shapes[g.input])
-    for i, op in enumerate(g.ops):
-        x0 = acts[op.inputs[0]]
-        w, b = tr.p.weights[i], tr.p.biases[i]
-        if op.kind == "dense":
-            y = w @ x0.reshape(-1) + b
-        elif op.kind == "conv":
-            pt = R.patches(x0, op)
-            y = pt.reshape(pt.shape[0], pt.shape[1], -1) @ w.reshape(w.shape[0], -1).T + b
-        elif op.kind == "dwconv":
-            y = np.einsum("hwijc,ijc->hwc", R.patches(x0, op), w) + b
-        elif op.kind == "avgpool":
-            y = R.patches(x0, op).mean(axis=(2, 3))
-        elif op.kind == "maxpool":
-            y = R.patches(x0, op).max(axis=(2, 3))
-        else:
-            y = x0 + acts[op.inputs[1]]
-        if op.act == "relu":
-            y = np.maximum(y, 0)
-        elif op.act == "relu6":
-            y = np.clip(y, 0, 6)
-        acts[op.output] = y.reshape(g.shapes[op.output])
-    return acts
 
 
 @pytest.mark.parametrize("name", list(MODELS))

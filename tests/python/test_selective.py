@@ -60,9 +60,7 @@ def test_s8_policies_bit_exact(target, rng):
             assert rep.one("model")["policy"] == pid and rep.one("model")["permille"] == pm
             ref = R.S8Trainer(qm, lr=0.3, seed=9)
             ref.set_update_policy(policy, permille=pm)
-            for _ in range(2):
-                for i in range(len(xq)):
-                    ref.step(xq[i], int(y[i]))
+            R.train_in_order(ref, xq, y, 2)
             assert weights_equal(rep, g, ref), (name, policy, pm)
             for i, op in enumerate(g.ops):
                 assert rep.records["exps"][i]["y"] == ref.m.exp[op.output], (name, policy, i)
@@ -153,9 +151,7 @@ def test_f32_policies_match_numpy(name, policy, pm, rng):
                          "host", sanitize=True)
     ref = R.F32Trainer(g, p, lr=0.1)
     ref.set_update_policy(policy, permille=pm)
-    for _ in range(2):
-        for i in range(len(x)):
-            ref.step(x[i], int(y[i]))
+    R.train_in_order(ref, x, y, 2)
     for i, op in enumerate(g.ops):
         if op.has_params:
             w = rep.dump(f"w{i:02d}", "<f4").reshape(ref.p.weights[i].shape)

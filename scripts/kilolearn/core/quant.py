@@ -140,6 +140,15 @@ def exp_for_range(max_abs: float, levels: int) -> int:
     return e
 
 
+def act_qparams(lo: float, hi: float, nonneg: bool) -> tuple[int, int]:
+    """(exponent, zero point) of an int8 activation over [lo, hi]: ``nonneg`` (after ReLU/ReLU6,
+    or a non-negative input) 255 steps up from zero point -128, otherwise 127 steps either side
+    of zero point 0."""
+    if nonneg:
+        return exp_for_range(hi, 255), -128
+    return exp_for_range(max(abs(lo), abs(hi)), 127), 0
+
+
 def softmax_lut(exp_logits: int) -> np.ndarray:
     """T[d] = round(2**15 * exp(-d * 2**exp_logits)) for d = 0..255: the softmax of int8
     logits as integers (computed on the host, stored in the blob, read by the engine)."""

@@ -3,6 +3,8 @@ convolutions and pools, which tensors backprop needs, the active-class mask."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from .model import Graph, Op
@@ -11,7 +13,7 @@ from .model import Graph, Op
 
 #: every name here, the private helpers too: `reference` re-exports them all
 __all__ = ["_active", "_max_route", "col2im", "first_op_after", "masked_argmax", "needs_grad",
-           "patches"]
+           "patches", "train_in_order"]
 
 
 def patches(x: np.ndarray, op: Op, pad_value: float | int = 0) -> np.ndarray:
@@ -76,6 +78,18 @@ def _active(mask: np.ndarray | None, n: int, label: int) -> np.ndarray:
     a = np.ones(n, bool) if mask is None else np.asarray(mask, bool).copy()
     a[label] = True
     return a
+
+
+class _Trainer(Protocol):
+    def step(self, x: np.ndarray, label: int, /) -> object: ...
+
+
+def train_in_order(trainer: _Trainer, x: np.ndarray, y: np.ndarray, epochs: int) -> None:
+    """``epochs`` passes over the samples in their order, one step each: the fused training of
+    a job on the device (kilolearn.device.job), on either trainer."""
+    for _ in range(epochs):
+        for i in range(len(x)):
+            trainer.step(x[i], int(y[i]))
 
 
 def masked_argmax(v: np.ndarray, mask: np.ndarray | None) -> int:

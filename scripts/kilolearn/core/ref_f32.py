@@ -51,13 +51,15 @@ class F32Trainer:
         self.upd_touched = 0
         self.upd_weights = 0
 
-    def forward(self, x: np.ndarray, start: int | None = None) -> list[np.ndarray]:
+    def forward(self, x: np.ndarray, start: int | None = None,
+                dtype: type[np.floating] = np.float32) -> list[np.ndarray]:
         """Activations by tensor id, each (H, W, C) float32; from tensor ``start`` (given x
-        as its activations) when set."""
+        as its activations) when set. ``dtype`` float64 (with float64 parameters): the same
+        walk in double precision (the finite-difference checks)."""
         g = self.g
-        acts: list[np.ndarray] = [np.zeros(0, np.float32)] * len(g.shapes)
+        acts: list[np.ndarray] = [np.zeros(0, dtype)] * len(g.shapes)
         t0 = g.input if start is None else start
-        acts[t0] = np.asarray(x, np.float32).reshape(g.shapes[t0])
+        acts[t0] = np.asarray(x, dtype).reshape(g.shapes[t0])
         first = rc.first_op_after(g, t0)
         for i, op in enumerate(g.ops):
             if i < first:
@@ -77,7 +79,7 @@ class F32Trainer:
                 y = rc.patches(x0, op).max(axis=(2, 3))
             else:  # add
                 y = x0 + acts[op.inputs[1]]
-            acts[op.output] = _act_f32(y.astype(np.float32), op.act).reshape(g.shapes[op.output])
+            acts[op.output] = _act_f32(y.astype(dtype), op.act).reshape(g.shapes[op.output])
         return acts
 
     def grads(self, x: np.ndarray, label: int, start: int | None = None

@@ -5,6 +5,7 @@ int8 arithmetic."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,31 +72,52 @@ def quantize_model(graph: Graph, params: Params, calib: np.ndarray) -> QModel:
             if a.size:
                 lo[t] = min(lo[t], float(a.min()))
                 hi[t] = max(hi[t], float(a.max()))
+
+    def weights(i: int) -> tuple[int, np.ndarray]:
+        wf = params.weights[i]
+        assert wf is not None
+        e = q.exp_for_range(float(np.abs(wf).max()) * WEIGHT_HEADROOM, 127)
+        return e, int8_weights(wf, e)
+
+    def act(t: int, nonneg: bool) -> tuple[int, int]:
+        return q.act_qparams(float(lo[t]), float(hi[t]), nonneg)
+
+    return build_qmodel(graph, act, bool(lo[graph.input] >= 0), weights, params.biases)
+
+
+def int8_weights(wf: np.ndarray, ew: int) -> np.ndarray:
+    """Float weights in units of 2**ew, rounded, in [-127, 127] (int64)."""
+    return np.clip(np.round(wf.astype(np.float64) / 2.0**ew), -127, 127).astype(np.int64)
+
+
+def build_qmodel(graph: Graph, act: Callable[[int, bool], tuple[int, int]], input_nonneg: bool,
+                 weights: Callable[[int], tuple[int, np.ndarray]],
+                 biases: list[np.ndarray | None]) -> QModel:
+    """The int8 model of a graph from its quantisation choices (quantize_model's from float
+    ranges, the TFLite importer's from the file): ``act(t, nonneg)`` the (exponent, zero point)
+    of the input and of every op's output but a pool's (a pool keeps its input's), ``nonneg``
+    for the input ``input_nonneg``, for an op's output whether it has an activation;
+    ``weights(i)`` (exponent, int8 values) of op i with parameters; its float bias in units of
+    2**(input exponent + weight exponent - BIAS_EXTRA_BITS), saturated to int32; the softmax
+    LUT of the logits' exponent."""
     exp = [0] * len(graph.shapes)
     zp = [0] * len(graph.shapes)
-
-    def set_range(t: int, nonneg: bool) -> None:
-        if nonneg:
-            exp[t], zp[t] = q.exp_for_range(float(hi[t]), 255), -128
-        else:
-            exp[t], zp[t] = q.exp_for_range(float(max(abs(lo[t]), abs(hi[t]))), 127), 0
-
-    set_range(graph.input, lo[graph.input] >= 0)
+    exp[graph.input], zp[graph.input] = act(graph.input, input_nonneg)
     n = len(graph.ops)
     w: list[np.ndarray | None] = [None] * n
     b: list[np.ndarray | None] = [None] * n
     ew, eb = [0] * n, [0] * n
     for i, op in enumerate(graph.ops):
+        src = op.inputs[0]
         if op.kind in ("avgpool", "maxpool"):
-            exp[op.output], zp[op.output] = exp[op.inputs[0]], zp[op.inputs[0]]
+            exp[op.output], zp[op.output] = exp[src], zp[src]
             continue
-        set_range(op.output, op.act != "none")
+        exp[op.output], zp[op.output] = act(op.output, op.act != "none")
         if op.has_params:
-            wf, bf = params.weights[i], params.biases[i]
-            assert wf is not None and bf is not None
-            ew[i] = q.exp_for_range(float(np.abs(wf).max()) * WEIGHT_HEADROOM, 127)
-            w[i] = np.clip(np.round(wf.astype(np.float64) / 2.0**ew[i]), -127, 127).astype(np.int64)
-            eb[i] = exp[op.inputs[0]] + ew[i] - BIAS_EXTRA_BITS
+            bf = biases[i]
+            assert bf is not None
+            ew[i], w[i] = weights(i)
+            eb[i] = exp[src] + ew[i] - BIAS_EXTRA_BITS
             b[i] = np.clip(np.round(bf.astype(np.float64) / 2.0**eb[i]), q.INT32_MIN,
                            q.INT32_MAX).astype(np.int64)
     lut_exp = exp[graph.output]

@@ -25,6 +25,8 @@ from .ref_s8 import (  # noqa: F401
     S8Trainer,
     act_mask_q,
     avg_div,
+    build_qmodel,
+    int8_weights,
     merge_grads,
     quantize_model,
     relu6_q,

@@ -81,9 +81,7 @@ def run(board: str, dtype: str, *, epochs: int = 20, lr: float = 0.05, seed: int
     ref_acc = float("nan")
     if with_reference:
         tr = make_ref(lr)
-        for _ in range(epochs):
-            for i in range(len(xtr)):
-                tr.step(xtr[i], int(ds.y_train[i]))
+        reference.train_in_order(tr, xtr, ds.y_train, epochs)
         ref_acc = float((tr.predict(xte) == ds.y_test).mean())
     last = eps[-1]
     return Result(

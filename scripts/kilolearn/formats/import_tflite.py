@@ -10,7 +10,7 @@ import numpy as np
 
 from ..core import quant as q
 from ..core.model import Op, Params, _conv_geometry
-from ..core.reference import BIAS_EXTRA_BITS, QModel
+from ..core.reference import build_qmodel, int8_weights
 from .import_common import Imported, UnsupportedModel, _Builder, _unsupported
 
 TFLITE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",
@@ -220,11 +220,9 @@ def _map_quantisation(imp: Imported, tq: dict[int, tuple[np.ndarray, np.ndarray]
     are re-quantised to one power-of-two scale per tensor (error reported per op). Biases are
     re-expressed exactly in units of 2**(ex + ew - 8) when that is representable."""
     g = imp.graph
-    exp = [0] * len(g.shapes)
-    zp = [0] * len(g.shapes)
     kept = requant = 0
 
-    def set_t(t: int, nonneg: bool) -> None:
+    def act(t: int, nonneg: bool) -> tuple[int, int]:
         nonlocal kept, requant
         qp = tq.get(t)
         if qp is None:
@@ -233,53 +231,36 @@ def _map_quantisation(imp: Imported, tq: dict[int, tuple[np.ndarray, np.ndarray]
         e = _pow2_exp(s)
         conv_zp = -128 if nonneg else 0
         if e is not None and z == conv_zp:
-            exp[t], zp[t] = e, z
             kept += 1
-            return
-        lo, hi = s * (-128 - z), s * (127 - z)
-        if nonneg:
-            exp[t], zp[t] = q.exp_for_range(max(hi, 0.0), 255), -128
-        else:
-            exp[t], zp[t] = q.exp_for_range(max(abs(lo), abs(hi)), 127), 0
+            return e, z
         requant += 1
+        return q.act_qparams(s * (-128 - z), s * (127 - z), nonneg)
 
-    iq = tq[g.input]
-    set_t(g.input, iq is not None and int(iq[1][0]) == -128)
-    n = len(g.ops)
-    w: list[np.ndarray | None] = [None] * n
-    b: list[np.ndarray | None] = [None] * n
-    ew, eb = [0] * n, [0] * n
-    for i, op in enumerate(g.ops):
-        if op.kind in ("avgpool", "maxpool"):
-            exp[op.output], zp[op.output] = exp[op.inputs[0]], zp[op.inputs[0]]
-            qo, qi = tq.get(op.output), tq.get(op.inputs[0])
-            if qo is not None and qi is not None and (qo[0][0] != qi[0][0] or
-                                                      qo[1][0] != qi[1][0]):
-                imp.notes.append(f"{B.names[i]}: pool output re-quantised to its input's "
-                                 "scale (kilolearn pools keep the scale)")
-            continue
-        set_t(op.output, op.act != "none")
-        if not op.has_params:
-            continue
+    def weights(i: int) -> tuple[int, np.ndarray]:
         wq = qparams(w_tensors[i])
         raw = data(w_tensors[i])
         wf = imp.params.weights[i].astype(np.float64)
         e = _pow2_exp(float(wq[0][0])) if wq is not None and wq[0].size == 1 else None
         if e is not None and int(wq[1][0]) == 0:
-            ew[i] = e
-            wi = raw.astype(np.int64).reshape(g.weight_shape(i)) if op.kind != "dwconv" else \
-                raw.astype(np.int64)[0]
-            w[i] = np.clip(wi, -127, 127)
+            wi = raw.astype(np.int64).reshape(g.weight_shape(i)) if g.ops[i].kind != "dwconv" \
+                else raw.astype(np.int64)[0]
+            wi = np.clip(wi, -127, 127)
         else:
-            ew[i] = q.exp_for_range(float(np.abs(wf).max()), 127)
-            w[i] = np.clip(np.round(wf / 2.0**ew[i]), -127, 127).astype(np.int64)
-        err = float(np.linalg.norm(w[i] * 2.0**ew[i] - wf) / max(np.linalg.norm(wf), 1e-30))
-        imp.weight_err[i] = err
-        eb[i] = exp[op.inputs[0]] + ew[i] - BIAS_EXTRA_BITS
-        b[i] = np.clip(np.round(imp.params.biases[i].astype(np.float64) / 2.0**eb[i]),
-                       q.INT32_MIN, q.INT32_MAX).astype(np.int64)
-    lut_exp = exp[g.output]
-    imp.qmodel = QModel(g, w, b, ew, eb, exp, zp, lut_exp, q.softmax_lut(lut_exp))
+            e = q.exp_for_range(float(np.abs(wf).max()), 127)
+            wi = int8_weights(wf, e)
+        imp.weight_err[i] = float(np.linalg.norm(wi * 2.0**e - wf) /
+                                  max(np.linalg.norm(wf), 1e-30))
+        return e, wi
+
+    iq = tq[g.input]
+    imp.qmodel = build_qmodel(g, act, iq is not None and int(iq[1][0]) == -128, weights,
+                              imp.params.biases)
+    for i, op in enumerate(g.ops):
+        qo, qi = tq.get(op.output), tq.get(op.inputs[0])
+        if op.kind in ("avgpool", "maxpool") and qo is not None and qi is not None and \
+                (qo[0][0] != qi[0][0] or qo[1][0] != qi[1][0]):
+            imp.notes.append(f"{B.names[i]}: pool output re-quantised to its input's "
+                             "scale (kilolearn pools keep the scale)")
     worst = max(imp.weight_err.values(), default=0.0)
     imp.notes.append(f"int8: {kept} activation scale(s) kept exactly, {requant} re-quantised "
                      f"to a power of two; weights re-quantised where needed, worst relative "

@@ -44,31 +44,7 @@ from .cli import (  # noqa: F401
     write_blob,
 )
 from .curve import curve, plot_curve  # noqa: F401
-from .memory import (  # noqa: F401
-    BAND_BYTES,
-    FWD_RECOMPUTE,
-    INF,
-    SCHED_HEADER,
-    STEP_BWD,
-    STEP_COMPACT,
-    STEP_FREE_DATA,
-    STEP_FREE_GRAD,
-    STEP_FWD,
-    STEP_GRAD,
-    STEP_IN_PLACE,
-    STEP_LOSS,
-    STEP_NAMES,
-    STEP_SIZE,
-    STRUCT_SIZES,
-    TARGET_PTR,
-    MemModel,
-    PlanError,
-    _al,
-    _Arena,
-    band_rows,
-    compact_scratch,
-    conv_s8_scratch,
-)
+from .memory import *  # noqa: F403 - its __all__, the private helpers too
 from .steps import Plan, Step, _assign_offsets, assign_offsets, build_steps, trim_compact  # noqa: F401
 from .strategies import (  # noqa: F401
     _finish,

@@ -15,6 +15,11 @@ def _stamp(rec: dict, what: str = "") -> str:
     return f"*Measured {rec['measured']}{what}: `{rec['command']}`.*"
 
 
+def _measured(rec: dict) -> str:
+    """The provenance inside a sentence: ``measured <date>: `<command>` ``."""
+    return f"measured {rec['measured']}: `{rec['command']}`"
+
+
 def _pct(v: float, digits: int = 2) -> str:
     return f"{100 * v:.{digits}f} %"
 
@@ -40,6 +45,12 @@ def _by_dtype(rec: dict) -> dict[str, dict]:
     return {r["dtype"]: r for r in rec["data"]["results"]}
 
 
+def _f32_s8(rec: dict) -> tuple[dict, dict]:
+    """The float32 and the int8 result of a training record."""
+    r = _by_dtype(rec)
+    return r["f32"], r["s8"]
+
+
 def render_train_mlp(rec: dict) -> str:
     from ..device import train
 
@@ -47,36 +58,32 @@ def render_train_mlp(rec: dict) -> str:
 
 
 def render_int8_accuracy(rec: dict) -> str:
-    r = _by_dtype(rec)
-    f, s = r["f32"], r["s8"]
+    f, s = _f32_s8(rec)
     return (f"64-32-10 MLP, sklearn digits (first 1,200 train / 597 test), lr 0.05, "
             f"{rec['data']['epochs']} epochs, seed 0, on QEMU {rec['data']['board']}: int8 "
             f"{_pct(s['device_acc'][-1])} (numpy {_pct(s['reference_acc'])}), float32 "
             f"{_pct(f['device_acc'][-1])} (numpy {_pct(f['reference_acc'])}); "
             f"{_n(s['insn_per_train_sample'])} and {_n(f['insn_per_train_sample'])} "
             f"instructions per training sample. These are the README's training table "
-            f"(measured {rec['measured']}: `{rec['command']}`).")
+            f"({_measured(rec)}).")
 
 
 def render_bench_m3(rec: dict) -> str:
-    r = _by_dtype(rec)
-    f, s = r["f32"]["insn_per_train_sample"], r["s8"]["insn_per_train_sample"]
+    f, s = (r["insn_per_train_sample"] for r in _f32_s8(rec))
     return (f"On a core without an FPU int8 is {f / s:.1f}× faster: on the Cortex-M3 "
             f"(`{rec['data']['board']}`, the portable `ref` kernels, software floating point) "
             f"an int8 step takes {_n(s)} instructions per sample and a float32 one {_n(f)} "
-            f"(mean of {rec['data']['epochs']} epochs; measured {rec['measured']}: "
-            f"`{rec['command']}`).")
+            f"(mean of {rec['data']['epochs']} epochs; {_measured(rec)}).")
 
 
 def render_train_cnn(rec: dict) -> str:
-    r = _by_dtype(rec)
-    f, s = r["f32"], r["s8"]
+    f, s = _f32_s8(rec)
     return (f"`kilolearn train --model cnn --epochs {rec['data']['epochs']}` trains a small "
             "CNN (conv-BN-ReLU, max-pool, conv-BN-ReLU, global average pool, dense): "
             f"{_pct(f['device_acc'][-1])} float32, {_pct(s['device_acc'][-1])} int8 (numpy: "
             f"{100 * f['reference_acc']:.2f} / {_pct(s['reference_acc'])}), "
             f"{_n(f['insn_per_train_sample'])} / {_n(s['insn_per_train_sample'])} instructions "
-            f"per training sample on the M4 (measured {rec['measured']}: `{rec['command']}`).")
+            f"per training sample on the M4 ({_measured(rec)}).")
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -120,8 +127,7 @@ def render_session_fashion(rec: dict) -> str:
     return ("A larger scenario: `kilolearn session --data fashion` (Fashion-MNIST from "
             "Debian's `dataset-fashion-mnist`, 3,000 train / 1,000 test images pooled to "
             f"14×14; on the host build: {accs}, device and numpy "
-            f"{'identical' if same else 'DIFFERENT'}; measured {rec['measured']}: "
-            f"`{rec['command']}`).")
+            f"{'identical' if same else 'DIFFERENT'}; {_measured(rec)}).")
 
 
 def render_quickstart(rec: dict) -> str:

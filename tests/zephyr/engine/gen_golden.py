@@ -96,6 +96,11 @@ class Emitter:
     def define(self, name: str, value: int | str) -> None:
         self.line(f"#define {name} {value}")
 
+    def defines(self, tag: str, **values: int | str) -> None:
+        """``#define TAG_KEY value`` for each keyword, in order."""
+        for key, value in values.items():
+            self.define(f"{tag.upper()}_{key}", value)
+
     def array(self, ctype: str, name: str, values, fmt: Callable = str, attrs: str = "",
               rows: bool = False) -> None:
         """A const array; ``rows``: a 2-D array ``name[n][m]`` with one brace per row."""
@@ -173,15 +178,10 @@ def emit_s8_grads(e: Emitter, tag: str, title: str, m: M.Model, init_seed: int,
     xq = qm.quantize_input(x)
     ref = R.S8Trainer(qm, lr=lr, seed=seed)
     n = len(g.ops)
-    T = tag.upper()
     e.line(f"/* {tag}: int8 {title}, ops {[op.kind for op in g.ops]}, lr {lr}, seed {seed}: "
            f"kl_compute_grads + kl_apply_grads */")
-    e.define(f"{T}_STEPS", steps)
-    e.define(f"{T}_OPS", n)
-    e.define(f"{T}_N_IN", g.n_inputs)
-    e.define(f"{T}_N_CLASSES", g.n_classes)
-    e.define(f"{T}_LR", _fmt_f32(lr))
-    e.define(f"{T}_SEED", f"{seed}u")
+    e.defines(tag, STEPS=steps, OPS=n, N_IN=g.n_inputs, N_CLASSES=g.n_classes, LR=_fmt_f32(lr),
+                   SEED=f"{seed}u")
     e.blob(f"{tag}_blob", export.export_s8(qm))
     emit_op_shape(e, tag, g)
     e.array("int8_t", f"{tag}_x", xq, rows=True)
@@ -231,24 +231,15 @@ def emit_s8_train(e: Emitter) -> None:
     qm = R.quantize_model(g, p, x[:10])
     xq = qm.quantize_input(x)
     ref = R.S8Trainer(qm, lr=lr, seed=seed)
-    for _ in range(epochs):
-        for i in range(n_train):
-            ref.step(xq[i], int(y[i]))
+    R.train_in_order(ref, xq[:n_train], y[:n_train], epochs)
     adapted = [ref.m.exp[op.output] != qm.exp[op.output] for op in g.ops]
     assert any(adapted), "s8t should exercise the dynamic range adaptation"
     correct = int((ref.predict(xq[n_train:]) == y[n_train:]).sum())
     n = len(g.ops)
-    T = tag.upper()
     e.line(f"/* {tag}: int8 MLP 64-32-10, kl_train_step, {epochs} epochs over {n_train} "
            f"samples, lr {lr}, seed {seed}; output exponents adapted: {sum(adapted)} of {n} ops */")
-    e.define(f"{T}_OPS", n)
-    e.define(f"{T}_N_IN", g.n_inputs)
-    e.define(f"{T}_N_TRAIN", n_train)
-    e.define(f"{T}_N_TEST", n_test)
-    e.define(f"{T}_EPOCHS", epochs)
-    e.define(f"{T}_LR", _fmt_f32(lr))
-    e.define(f"{T}_SEED", f"{seed}u")
-    e.define(f"{T}_TEST_CORRECT", correct)
+    e.defines(tag, OPS=n, N_IN=g.n_inputs, N_TRAIN=n_train, N_TEST=n_test, EPOCHS=epochs,
+                   LR=_fmt_f32(lr), SEED=f"{seed}u", TEST_CORRECT=correct)
     e.blob(f"{tag}_blob", export.export_s8(qm))
     emit_op_shape(e, tag, g)
     e.array("int8_t", f"{tag}_x", xq, rows=True)
@@ -326,14 +317,10 @@ def emit_f32(e: Emitter, tag: str, title: str, m: M.Model, lr: float, momentum: 
     ref = F64Reference(g, p, lr, momentum)
     chk = R.F32Trainer(g, p, lr=lr, momentum=momentum)
     n = len(g.ops)
-    T = tag.upper()
     e.line(f"/* {tag}: float32 {title}, lr {lr}, momentum {momentum}: kl_compute_grads + "
            f"kl_apply_grads */")
-    e.define(f"{T}_STEPS", steps)
-    e.define(f"{T}_OPS", n)
-    e.define(f"{T}_N_IN", g.n_inputs)
-    e.define(f"{T}_LR", _fmt_f32(lr))
-    e.define(f"{T}_MOMENTUM", _fmt_f32(momentum))
+    e.defines(tag, STEPS=steps, OPS=n, N_IN=g.n_inputs, LR=_fmt_f32(lr),
+                   MOMENTUM=_fmt_f32(momentum))
     e.blob(f"{tag}_blob", export.export_f32(g, p))
     emit_op_shape(e, tag, g)
     e.array("float", f"{tag}_x", x, rows=True, fmt=_fmt_f32)
