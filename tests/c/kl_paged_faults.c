@@ -27,6 +27,7 @@
 #include "kilolearn/kl_wlog.h"
 #include "kl_job.h"
 #include "kl_port.h"
+#include "kl_test_say.h"
 
 #ifndef KL_BAREMETAL
 #include "posix/kl_store_file.h"
@@ -50,20 +51,6 @@ static kl_job_t job;
 static uint32_t n_steps = 24u, slot_size, log_size;
 static uint32_t want[MAX_STEPS + 1u]; /* weights after step s (s = 0: the blob's) */
 static uint8_t folded[MAX_STEPS + 1u]; /* step s folded the log */
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	char line[256];
-	va_list ap;
-	va_start(ap, fmt);
-	const int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (n > 0) {
-		kl_port_write(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1u);
-		kl_port_flush();
-	}
-}
 
 static int part_open(int fresh)
 {

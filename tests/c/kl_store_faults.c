@@ -20,6 +20,7 @@
 #include "kilolearn/kl_blob.h"
 #include "kilolearn/kl_session.h"
 #include "kl_port.h"
+#include "kl_test_say.h"
 
 #ifndef KL_BAREMETAL
 #include "posix/kl_store_file.h"
@@ -38,20 +39,6 @@ static const uint8_t *job;
 static uint32_t job_len;
 static uint32_t train_steps = 3u;
 static int failures;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	char line[256];
-	va_list ap;
-	va_start(ap, fmt);
-	const int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (n > 0) {
-		kl_port_write(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1u);
-		kl_port_flush();
-	}
-}
 
 /* ---- buffers: PSRAM above the simulated flash on the boards, malloc on the host */
 static uint8_t *buffer(int i)

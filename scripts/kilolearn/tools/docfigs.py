@@ -108,6 +108,19 @@ class Figure:
 
 # ---------------------------------------------------------------------------- the registry
 
+
+def module_figure(name: str, command: str, module: str, where: str) -> Figure:
+    """A figure measured and rendered by a module of its own (imported when used): its
+    ``measure_figure() -> dict`` and ``render(record) -> str``."""
+    import importlib
+
+    def mod():  # noqa: ANN202
+        return importlib.import_module(module, "kilolearn")
+
+    return Figure(name, command, lambda rec: mod().render(rec), lambda: mod().measure_figure(),
+                  where=where)
+
+
 TRAIN_CMD = f"kilolearn train --board {BOARD} --dtype both --epochs 20"
 SESSION_CMD = "kilolearn session"
 
@@ -139,9 +152,8 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            where="docs/selective-updates.md"),
     Figure("sparse-bench-traffic", "kilolearn sparse-bench", render_sparse_traffic,
            source="sparse-bench", where="docs/selective-updates.md"),
-    Figure("paged-bench", "kilolearn paged-bench",
-           lambda rec: _paged().render(rec), lambda: _paged().measure_figure(),
-           where="docs/paged-weights.md"),
+    module_figure("paged-bench", "kilolearn paged-bench", ".bench.pagedbench",
+                  "docs/paged-weights.md"),
     Figure("adapt-shift", "kilolearn example-data / fit / adapt / eval (docs/user-guide.md)",
            render_adapt, _measure_adapt, where="docs/user-guide.md"),
     Figure("zephyr-footprint", "west build -b BOARD app for each board; kilolearn footprint "
@@ -149,12 +161,6 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            _measure_zephyr, where="docs/zephyr.md"),
 ]}
 NAMES = list(FIGURES)
-
-
-def _paged():  # noqa: ANN202
-    from ..bench import pagedbench
-
-    return pagedbench
 
 _ROOT: list[Path] = []  # the checkout being rewritten (set by main; measure writes there)
 

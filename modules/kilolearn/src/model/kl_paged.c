@@ -66,45 +66,44 @@ static int pg_forward(kl_model_t *m, kl_op_t *op, const kl_requant_t *rq)
 	return sat;
 }
 
-/* Input gradient dx = W^T dy, row by row: f32 into the scratch as floats,
- * s8 as int32 sums (then handed on as the dense kernels' results are). */
+/* acc += g * row (f32), the input gradient's sums one row at a time */
+static void pg_axpy_f32(float *acc, const uint8_t *row, float g, uint32_t n)
+{
+	const float *w = (const float *)(const void *)row;
+	for (uint32_t j = 0; j < n; j++) {
+		acc[j] += w[j] * g;
+	}
+}
+
+static void pg_axpy_s8(int32_t *acc, const uint8_t *row, int32_t g, uint32_t n)
+{
+	const int8_t *w = (const int8_t *)row;
+	for (uint32_t j = 0; j < n; j++) {
+		acc[j] += (int32_t)w[j] * g;
+	}
+}
+
+/* Input gradient dx = W^T dy, row by row (rows with dy = 0 skipped): f32
+ * into the scratch as floats, s8 as int32 sums, then handed on as the dense
+ * kernels' results are. */
 static void pg_dx(kl_model_t *m, const kl_op_t *op, const void *dy, int ey)
 {
 	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]);
 	const uint32_t n_out = kl_tsize(&m->tensors[op->out]);
-	if (m->dtype == KL_DTYPE_F32) {
-		float *acc = m->scratch;
-		for (uint32_t j = 0; j < n_in; j++) {
-			acc[j] = 0.0f;
-		}
-		for (uint32_t r = 0; r < n_out; r++) {
-			const float g = ((const float *)dy)[r];
-			if (g == 0.0f) {
-				continue;
-			}
-			const float *row = (const float *)(const void *)pg_row(m, op, r);
-			for (uint32_t j = 0; j < n_in; j++) {
-				acc[j] += row[j] * g;
-			}
-		}
-		kl_give_f32(m, op->in0);
-		return;
-	}
-	int32_t *acc = m->scratch;
-	for (uint32_t j = 0; j < n_in; j++) {
-		acc[j] = 0;
-	}
+	const int f32 = m->dtype == KL_DTYPE_F32;
+	memset(m->scratch, 0, (size_t)n_in * 4u); /* 0.0f and 0 alike */
 	for (uint32_t r = 0; r < n_out; r++) {
-		const int32_t g = ((const int8_t *)dy)[r];
-		if (g == 0) {
-			continue;
-		}
-		const int8_t *row = (const int8_t *)pg_row(m, op, r);
-		for (uint32_t j = 0; j < n_in; j++) {
-			acc[j] += (int32_t)row[j] * g;
+		if (f32 && ((const float *)dy)[r] != 0.0f) {
+			pg_axpy_f32(m->scratch, pg_row(m, op, r), ((const float *)dy)[r], n_in);
+		} else if (!f32 && ((const int8_t *)dy)[r] != 0) {
+			pg_axpy_s8(m->scratch, pg_row(m, op, r), ((const int8_t *)dy)[r], n_in);
 		}
 	}
-	kl_give_s8(m, op->in0, op->w_exp + ey);
+	if (f32) {
+		kl_give_f32(m, op->in0);
+	} else {
+		kl_give_s8(m, op->in0, op->w_exp + ey);
+	}
 }
 
 /* rows a step of this op writes, at most */
