@@ -281,6 +281,15 @@ void kl_sgd_f32(float *p, float *v, const float *g, float lr, float mu, int n);
 		const kl_requant_t *rq, int8_t *y, int n_in, int n_out, int16_t *scratch
 int kl_ref_fully_connected_s8(KL_FC_S8_ARGS);
 int kl_dsp_fully_connected_s8(KL_FC_S8_ARGS);
+/* The same for n_out <= KL_FC_ROWS_MAX rows given one by one (rows[i]: n_in
+ * int8, wherever it lies; b[i] its bias): the rows of a paged op, from the
+ * blob or the weight log. scratch: KL_FC_S8_SCRATCH(n_in, n_out). */
+#define KL_FC_ROWS_MAX 16
+#define KL_FC_ROWS_S8_ARGS                                                                        \
+	const int8_t *x, int32_t x_zp, const int8_t *const *rows, const int32_t *b,               \
+		const kl_requant_t *rq, int8_t *y, int n_in, int n_out, int16_t *scratch
+int kl_ref_fully_connected_rows_s8(KL_FC_ROWS_S8_ARGS);
+int kl_dsp_fully_connected_rows_s8(KL_FC_ROWS_S8_ARGS);
 /* acc = W^T dy (int32) */
 void kl_ref_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
 					      int n_in, int n_out);
@@ -305,11 +314,13 @@ void kl_dsp_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shi
 void kl_sgd_bias_s8(int32_t *b, const int32_t *gb, int32_t lr_q, int b_shift, int n);
 
 #if KL_KERNELS_DSP
+#define kl_fully_connected_rows_s8           kl_dsp_fully_connected_rows_s8
 #define kl_fully_connected_s8                kl_dsp_fully_connected_s8
 #define kl_fully_connected_sgd_s8            kl_dsp_fully_connected_sgd_s8
 #define kl_fully_connected_backward_input_s8 kl_dsp_fully_connected_backward_input_s8
 #define kl_sgd_weights_s8                    kl_dsp_sgd_weights_s8
 #else
+#define kl_fully_connected_rows_s8           kl_ref_fully_connected_rows_s8
 #define kl_fully_connected_s8                kl_ref_fully_connected_s8
 #define kl_fully_connected_sgd_s8            kl_ref_fully_connected_sgd_s8
 #define kl_fully_connected_backward_input_s8 kl_ref_fully_connected_backward_input_s8

@@ -57,9 +57,22 @@ static int pg_forward(kl_model_t *m, kl_op_t *op, const kl_requant_t *rq)
 		if (m->dtype == KL_DTYPE_F32) {
 			kl_fully_connected_f32(x->data, w, b, (float *)(void *)y + r, (int)n_in, (int)k,
 					       op->act);
-		} else {
+		} else if (k > 1u) {
 			sat |= kl_fully_connected_s8(x->data, x->zp, w, b, rq, (int8_t *)(void *)y + r,
 						     (int)n_in, (int)k, m->scratch);
+		} else { /* logged rows (and lone blob rows): a batch, the input centred once */
+			const int8_t *rows[KL_FC_ROWS_MAX];
+			int32_t bias[KL_FC_ROWS_MAX];
+			k = 0;
+			while (k < KL_FC_ROWS_MAX && r + k < n_out &&
+			       (op->rows[r + k] != NULL || k == 0u)) {
+				rows[k] = (const int8_t *)pg_row(m, op, r + k);
+				memcpy(&bias[k], pg_bias(m, op, r + k), 4u);
+				k++;
+			}
+			sat |= kl_fully_connected_rows_s8(x->data, x->zp, rows, bias, rq,
+							  (int8_t *)(void *)y + r, (int)n_in, (int)k,
+							  m->scratch);
 		}
 		r += k;
 	}

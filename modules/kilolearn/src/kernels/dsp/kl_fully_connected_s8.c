@@ -164,6 +164,32 @@ static int fc_general(const int8_t *x, int32_t x_zp, const int8_t *w, const int3
 	return requant_dots(dots, b, rq, y, n_out);
 }
 
+/* Rows given one by one: the input centred once, then per row one word of
+ * four weights against two words of the centred input (two SXTB16, two
+ * SMLAD), as fc_general's single rows. */
+int kl_dsp_fully_connected_rows_s8(const int8_t *x, int32_t x_zp, const int8_t *const *rows,
+				   const int32_t *b, const kl_requant_t *rq, int8_t *y, int n_in,
+				   int n_out, int16_t *scratch)
+{
+	kl_center_interleave_s8(x, x_zp, scratch, n_in);
+	const uint32_t *xw = (const uint32_t *)(const void *)scratch;
+	int32_t *dots = (int32_t *)(void *)(scratch + ((n_in + 1) & ~1));
+	const int n4 = n_in & ~3;
+	for (int i = 0; i < n_out; i++) {
+		const int8_t *r0 = rows[i];
+		const uint32_t *xp = xw;
+		int32_t a0 = 0;
+		for (int j = 0; j < n4; j += 4) {
+			const uint32_t xe = xp[0], xo = xp[1];
+			xp += 2;
+			const uint32_t w0 = kl_read_s8x4(r0 + j);
+			MAC4(a0, w0);
+		}
+		dots[i] = a0 + dot_tail(r0, scratch, n4, n_in);
+	}
+	return requant_dots(dots, b, rq, y, n_out);
+}
+
 /* ---- the fast path: three rows per step in a naked assembly loop ---------
  *
  * Per eight inputs one LDM of the four centred int16 words, per row one LDRD
