@@ -115,6 +115,24 @@ class IntRange(ArgType, kind="int", name="integer"):
         return v
 
 
+class ByteSize(ArgType, kind="size", name="size"):
+    """Bytes, plain or with a K or M suffix (65536, 64K, 4M), in [lo, hi]."""
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, text: str) -> int:
+        m = re.fullmatch(r"\s*([0-9]{1,12})\s*([KkMm]?)\s*", text)
+        if m is None:
+            raise argparse.ArgumentTypeError(
+                f"{text[:40]!r}: expected bytes such as 65536, 64K or 4M")
+        v = int(m.group(1)) << {"": 0, "k": 10, "m": 20}[m.group(2).lower()]
+        if not self.lo <= v <= self.hi:
+            raise argparse.ArgumentTypeError(
+                f"{text.strip()} is out of range: expected {self.lo:,} to {self.hi:,} bytes")
+        return v
+
+
 class FloatRange(ArgType, kind="float", name="number"):
     """A finite number in (lo, hi] (``lo_open``) or [lo, hi]."""
 

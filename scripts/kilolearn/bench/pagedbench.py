@@ -189,21 +189,8 @@ def run(a: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _size(text: str) -> int:
-    """'4194304', '4096K' or '4M', at least 64 KB."""
-    t = text.strip().upper()
-    mult = {"K": 1 << 10, "M": 1 << 20}.get(t[-1:], 1)
-    try:
-        v = int(t[:-1] if mult > 1 else t) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4M)") from None
-    if not 64 << 10 <= v <= 64 << 20:
-        raise argparse.ArgumentTypeError(f"{text}: between 64K and 64M")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cliargs import BOARDS, IntRange, OutFile
+    from ..cliargs import BOARDS, ByteSize, IntRange, OutFile
 
     p.add_argument("--board", default="mps2-an386", choices=BOARDS + ["host"])
     p.add_argument("--dtypes", nargs="+", default=["f32", "s8"], choices=["f32", "s8"])
@@ -211,6 +198,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="PERMILLE", help="rows updated per step, per mille (1000: all)")
     p.add_argument("--n-train", type=IntRange(1, 60000), default=1500)
     p.add_argument("--n-test", type=IntRange(1, 10000), default=500)
-    p.add_argument("--log-size", type=_size, default=LOG,
+    p.add_argument("--log-size", type=ByteSize(64 << 10, 64 << 20), default=LOG,
                    help="bytes of the weight log (e.g. 4M; at least one step's rows)")
     p.add_argument("--json", type=OutFile(), default=None, help="also write the runs here")
