@@ -68,7 +68,7 @@ def _check_plan_args(a):  # noqa: ANN001, ANN202
             raise UsageError(f"--blob {a.blob}: not a valid kilolearn blob "
                              f"({type(e).__name__}: {e})") from None
         g, dtype = b.graph, ("f32" if b.qmodel is None else "s8")
-        a.paged = a.paged or b.paged
+        a.paged = getattr(a, "paged", False) or b.paged
     else:
         g, dtype = _model_from_args(a).graph, a.dtype
     if getattr(a, "measure", None) and dtype != "s8":
@@ -114,7 +114,7 @@ def cmd_plan(a) -> int:  # noqa: ANN001
     from tabulate import tabulate
 
     g, dtype, budget = _check_plan_args(a)
-    if a.paged:
+    if getattr(a, "paged", False):
         return cmd_plan_paged(a, g, dtype, budget)
     mm = MemModel(g, dtype, target=a.target)
     plans = [baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")]
