@@ -86,8 +86,9 @@ int kl_wlog_room(const kl_wlog_t *lg, uint64_t bytes);
 int kl_wlog_begin(kl_wlog_t *lg, uint16_t op, uint16_t row, uint32_t len);
 int kl_wlog_append(kl_wlog_t *lg, const uint8_t *data, uint32_t n);
 int kl_wlog_end(kl_wlog_t *lg, const uint8_t **payload);
-/* Close the transaction: a commit record with len bytes of payload (nothing
- * when the transaction wrote no record). */
+/* Close the transaction: a commit record with len bytes of payload (the
+ * state besides the rows; a commit without rows carries that state alone).
+ * Nothing when the transaction wrote no record and len is 0. */
 int kl_wlog_commit(kl_wlog_t *lg, const uint8_t *payload, uint32_t len);
 /* The log starts again for a new generation (after a fold). */
 void kl_wlog_restart(kl_wlog_t *lg, uint64_t gen, uint32_t blob_crc);

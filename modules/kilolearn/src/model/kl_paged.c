@@ -170,7 +170,10 @@ static int pg_prepare(kl_model_t *m)
 	if (lg->slots == NULL) {
 		return KL_ENOSPC;
 	}
-	const int err = kl_model_fold(m);
+	int err = kl_model_fold(m);
+	if (err == KL_OK) { /* the state the new generation starts from (int8: the dither) */
+		err = pg_commit(m);
+	}
 	if (err != KL_OK) {
 		return err;
 	}

@@ -165,10 +165,9 @@ int kl_wlog_mount(kl_wlog_t *lg, kl_wlog_apply_fn apply, void *ctx)
 			t_records = 0;
 		}
 		if (kl_rd16(h + RH_OP) == KL_WLOG_COMMIT) {
-			if (t_records != 0u && txn == t_txn) {
-				apply_txn(lg, t_start, off, apply, ctx);
-				lg->mounted--; /* the commit record is not a row */
-			}
+			/* its transaction's rows and itself, or itself alone (state only) */
+			apply_txn(lg, t_records != 0u ? t_start : off, off, apply, ctx);
+			lg->mounted--; /* the commit record is not a row */
 			t_records = 0;
 		} else {
 			if (t_records == 0u) {
@@ -311,8 +310,8 @@ int kl_wlog_commit(kl_wlog_t *lg, const uint8_t *payload, uint32_t len)
 	if (lg == NULL || lg->st == NULL || (payload == NULL && len != 0u)) {
 		return KL_EINVAL;
 	}
-	if (lg->txn_records == 0u) {
-		return KL_OK;
+	if (lg->txn_records == 0u && len == 0u) {
+		return KL_OK; /* nothing to commit */
 	}
 	int err = kl_wlog_begin(lg, KL_WLOG_COMMIT, 0, len);
 	if (err == KL_OK && len != 0u) {
