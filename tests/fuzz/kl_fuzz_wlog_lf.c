@@ -8,13 +8,14 @@
  * erased sectors. Then the model is attached (the mount), trained and
  * mounted again.
  *
- * Input: byte 0 geometry (GEOMS), then records, op % 5:
+ * Input: byte 0 geometry (GEOMS), then records, op % 6:
  *   0 ROW     op u8, row u16, len u8 (0: the right payload size), txn u8, break u8,
  *             then payload bytes from the input
  *   1 COMMIT  txn u8, len u8 (0: the right state size), break u8, payload bytes
  *   2 BYTES   offset u16, n u8, n bytes
  *   3 ERASE   sector u8
  *   4 SKIP    the writer moves on to the next sector
+ *   5 RESET   a reset record (what came before it is void)
  *
  * Checked (besides ASan/UBSan):
  *   - every row the mount applied lies inside the log region, 4-aligned;
@@ -181,7 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FZ_CHECK(boot() == 0, "first boot");
 	/* the log, crafted */
 	for (int n = 0; n < 64 && fz_left(&in) > 0u; n++) {
-		switch (fz_u8(&in) % 5u) {
+		switch (fz_u8(&in) % 6u) {
 		case 0:
 			put_record(&in, 0);
 			break;
@@ -199,6 +200,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 3:
 			(void)kl_store_erase(&R.log_st, (fz_u8(&in) % (g->size / g->erase_block)) *
 							   g->erase_block, g->erase_block);
+			break;
+		case 5:
+			R.lg.txn_records = 0;
+			R.lg.txn = fz_u8(&in);
+			(void)kl_wlog_reset(&R.lg);
 			break;
 		default:
 			R.lg.pos = (R.lg.pos / g->erase_block + 1u) * g->erase_block;

@@ -266,8 +266,9 @@ def test_session_trains_a_paged_model_across_restarts(tmp_path, digits):
     """The session firmware on the host's file store with a weight log (--log): a paged int8
     model is loaded, trained over the protocol and pulled back equal to the twin trained in
     memory; after a restart without COMMIT the log brings every committed step back and
-    training goes on bit for bit; COMMIT folds (the stored generation is the pulled model); a
-    session without a log refuses the paged model (KL_ENOTSUP) and keeps the old one."""
+    training goes on bit for bit; COMMIT folds (the stored generation is the pulled model);
+    RESET goes back to the stored generation, also after a restart; a session without a log
+    refuses the paged model (KL_ENOTSUP)."""
     from kilolearn.device import protocol as P
 
     exe = build.build("host", target="kl_session")
@@ -312,6 +313,16 @@ def test_session_trains_a_paged_model_across_restarts(tmp_path, digits):
     same_as_twin(pulled)
     c.commit()
     assert c.read_blob(P.READ_STORED) == pulled
+    # RESET: back to the stored generation (a reset record in the log), across a restart too
+    c.config(lr=0.05, seed=4, classes=all_classes, update=(NORM, 500))
+    for i in range(10):
+        c.train(int(y[i]), xq[i].tobytes())
+    assert c.read_blob() != pulled
+    c.reset()
+    assert c.read_blob() == pulled
+    c.close()
+    c = client("--log", "49152")
+    assert c.read_blob() == pulled
     c.close()
     c = client()  # no log: a paged model cannot train here
     with pytest.raises(P.DeviceError, match="KL_ENOTSUP"):

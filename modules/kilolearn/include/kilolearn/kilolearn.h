@@ -138,6 +138,7 @@ typedef struct {
 	uint8_t paged;         /* some op has KL_OP_PAGED */
 	struct kl_wlog *wlog;  /* where updated rows go (kl_model_attach_wlog) */
 	int pg_err;            /* the last step's weight-log error, if any */
+	uint32_t seed;         /* cfg->seed: where the int8 dither starts */
 } kl_model_t;
 
 /* Selective updates: which weights an SGD step writes (docs/selective-updates.md).
@@ -179,6 +180,10 @@ int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille);
  * the blob must be the log's generation (KL_EINVAL otherwise). Update
  * policies: all or KL_UPDATE_CHANNEL_NORM (rows); others are KL_ENOTSUP. */
 int kl_model_attach_wlog(kl_model_t *m, struct kl_wlog *lg);
+/* Back to the weights of the blob the model reads (its generation): a reset
+ * record in the log (power-safe: written or not), the logged rows and the
+ * int8 state dropped. */
+int kl_model_discard_log(kl_model_t *m);
 /* Write the blob with the logged rows over it as a new generation (the
  * log's kl_slots), read it in place from then on and restart the log. A
  * training step folds by itself when the log cannot take the step. */

@@ -37,6 +37,7 @@ extern "C" {
 #define KL_WLOG_MAGIC  0x314C574Bu /* "KWL1" */
 #define KL_WLOG_HDR    40u
 #define KL_WLOG_COMMIT 0xFFFFu /* op of a commit record */
+#define KL_WLOG_RESET  0xFFFEu /* op of a reset record: what came before it is void */
 
 typedef struct kl_wlog {
 	kl_store_t *st;      /* the log region (memory-mapped: records are read in place) */
@@ -90,6 +91,9 @@ int kl_wlog_end(kl_wlog_t *lg, const uint8_t **payload);
  * state besides the rows; a commit without rows carries that state alone).
  * Nothing when the transaction wrote no record and len is 0. */
 int kl_wlog_commit(kl_wlog_t *lg, const uint8_t *payload, uint32_t len);
+/* A reset record, a transaction of its own: a mount drops every row and
+ * state before it (the model goes back to the blob's weights). */
+int kl_wlog_reset(kl_wlog_t *lg);
 /* The log starts again for a new generation (after a fold). */
 void kl_wlog_restart(kl_wlog_t *lg, uint64_t gen, uint32_t blob_crc);
 

@@ -92,6 +92,7 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		m->momentum = cfg->momentum;
 		m->lr_q = (int32_t)(cfg->lr * (float)(1 << KL_LR_FRAC_BITS) + 0.5f);
 		m->dither = cfg->seed;
+		m->seed = cfg->seed;
 		m->flags = cfg->flags;
 	}
 	m->tensors = arena_zeros(arena, sizeof(kl_tensor_t) * m->n_tensors);

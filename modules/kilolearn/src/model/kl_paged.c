@@ -163,7 +163,7 @@ static int pg_prepare(kl_model_t *m)
 			need += (uint64_t)pg_rows_per_step(m, op) * kl_wlog_span(lg, pg_payload(m, op));
 		}
 	}
-	need += kl_wlog_span(lg, pg_commit_len(m));
+	need += kl_wlog_span(lg, pg_commit_len(m)) + kl_wlog_span(lg, 0u); /* and a reset's */
 	if (kl_wlog_room(lg, need)) {
 		return KL_OK;
 	}
@@ -340,10 +340,41 @@ static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey)
 	m->upd_weights += op->n_w;
 }
 
-/* ---- attach, fold -------------------------------------------------------------- */
+/* ---- attach, reset, fold ------------------------------------------------------- */
+static void pg_clear_rows(kl_model_t *m);
+
+/* the blob's weights and int8 state: no logged row, the blob's exponents,
+ * the dither from the seed */
+static void pg_reset_state(kl_model_t *m)
+{
+	pg_clear_rows(m);
+	if (m->dtype == KL_DTYPE_S8) {
+		const uint32_t tens = kl_rd32(m->blob + KL_BH_TENSORS);
+		for (uint32_t t = 0; t < m->n_tensors; t++) {
+			m->tensors[t].exp = (int8_t)m->blob[tens + t * KL_BLOB_TENSOR_SIZE + KL_BT_EXP];
+		}
+		m->dither = m->seed;
+	}
+}
+
+int kl_model_discard_log(kl_model_t *m)
+{
+	if (m == NULL || m->wlog == NULL) {
+		return KL_EINVAL;
+	}
+	const int err = kl_wlog_reset(m->wlog);
+	if (err == KL_OK) {
+		pg_reset_state(m);
+	}
+	return err;
+}
 static int pg_apply(void *ctx, uint16_t op_i, uint16_t row, const uint8_t *payload, uint32_t len)
 {
 	kl_model_t *m = ctx;
+	if (op_i == KL_WLOG_RESET) {
+		pg_reset_state(m);
+		return len == 0u ? 0 : -1;
+	}
 	if (op_i == KL_WLOG_COMMIT) { /* the step's dither and activation exponents */
 		if (len != pg_commit_len(m)) {
 			return -1;

@@ -84,6 +84,12 @@ static int dispatch(kl_session_t *s, uint8_t type, uint8_t *p, uint32_t n, uint8
 		if (!s->slots.have_active || s->loading) {
 			return KL_ENOMODEL;
 		}
+		if (s->loaded && s->model.paged && s->model.wlog != NULL) {
+			const int err = kl_model_discard_log(&s->model); /* its steps are logged */
+			if (err != KL_OK) {
+				return err;
+			}
+		}
 		return kl_sess_start_model(s);
 	case KL_CMD_READ:
 		return kl_sess_cmd_read(s, p, n, out);

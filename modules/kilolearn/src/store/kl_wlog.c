@@ -164,7 +164,12 @@ int kl_wlog_mount(kl_wlog_t *lg, kl_wlog_apply_fn apply, void *ctx)
 			lg->dropped += t_records;
 			t_records = 0;
 		}
-		if (kl_rd16(h + RH_OP) == KL_WLOG_COMMIT) {
+		if (kl_rd16(h + RH_OP) == KL_WLOG_RESET) { /* alone: void what came before */
+			lg->dropped += t_records;
+			t_records = 0;
+			apply_txn(lg, off, off, apply, ctx);
+			lg->mounted--;
+		} else if (kl_rd16(h + RH_OP) == KL_WLOG_COMMIT) {
 			/* its transaction's rows and itself, or itself alone (state only) */
 			apply_txn(lg, t_records != 0u ? t_start : off, off, apply, ctx);
 			lg->mounted--; /* the commit record is not a row */
@@ -303,6 +308,19 @@ int kl_wlog_end(kl_wlog_t *lg, const uint8_t **payload)
 		lg->txn_records++;
 	}
 	return KL_OK;
+}
+
+int kl_wlog_reset(kl_wlog_t *lg)
+{
+	if (lg == NULL || lg->st == NULL || lg->txn_records != 0u) {
+		return KL_EINVAL; /* not inside a transaction */
+	}
+	int err = kl_wlog_begin(lg, KL_WLOG_RESET, 0, 0);
+	if (err == KL_OK) {
+		err = kl_wlog_end(lg, NULL);
+	}
+	lg->txn++;
+	return err;
 }
 
 int kl_wlog_commit(kl_wlog_t *lg, const uint8_t *payload, uint32_t len)
