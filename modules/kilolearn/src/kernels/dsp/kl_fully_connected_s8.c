@@ -42,6 +42,22 @@ static inline int32_t dot_tail(const int8_t *row, const int16_t *xc, int j, int 
 		acc = kl_smlad(kl_sxtb16_ror8(w), xo, acc);                                       \
 	} while (0)
 
+/* one row against the centred input: a word of four weights per two input
+ * words, then the tail */
+static inline int32_t dot_row(const int8_t *r0, const uint32_t *xw, const int16_t *xc, int n4,
+			      int n_in)
+{
+	const uint32_t *xp = xw;
+	int32_t a0 = 0;
+	for (int j = 0; j < n4; j += 4) {
+		const uint32_t xe = xp[0], xo = xp[1];
+		xp += 2;
+		const uint32_t w0 = kl_read_s8x4(r0 + j);
+		MAC4(a0, w0);
+	}
+	return a0 + dot_tail(r0, xc, n4, n_in);
+}
+
 /* four inputs of four rows: rows 0, 1 at p0, p0 + st, rows 2, 3 at p2, p2 + st */
 #define FC4_STEP                                                                                  \
 	"ldrd %[xe], %[xo], [%[xp]], #8\n\t"                                                     \
@@ -149,17 +165,7 @@ static int fc_general(const int8_t *x, int32_t x_zp, const int8_t *w, const int3
 		dots[i + 1] = a1;
 	}
 	for (; i < n_out; i++) {
-		const int8_t *r0 = w + (long)i * n_in;
-		const uint32_t *xp = xw;
-		int32_t a0 = 0;
-		for (int j = 0; j < n4; j += 4) {
-			const uint32_t xe = xp[0], xo = xp[1];
-			xp += 2;
-			const uint32_t w0 = kl_read_s8x4(r0 + j);
-			MAC4(a0, w0);
-		}
-		a0 += dot_tail(r0, scratch, n4, n_in);
-		dots[i] = a0;
+		dots[i] = dot_row(w + (long)i * n_in, xw, scratch, n4, n_in);
 	}
 	return requant_dots(dots, b, rq, y, n_out);
 }
@@ -176,16 +182,7 @@ int kl_dsp_fully_connected_rows_s8(const int8_t *x, int32_t x_zp, const int8_t *
 	int32_t *dots = (int32_t *)(void *)(scratch + ((n_in + 1) & ~1));
 	const int n4 = n_in & ~3;
 	for (int i = 0; i < n_out; i++) {
-		const int8_t *r0 = rows[i];
-		const uint32_t *xp = xw;
-		int32_t a0 = 0;
-		for (int j = 0; j < n4; j += 4) {
-			const uint32_t xe = xp[0], xo = xp[1];
-			xp += 2;
-			const uint32_t w0 = kl_read_s8x4(r0 + j);
-			MAC4(a0, w0);
-		}
-		dots[i] = a0 + dot_tail(r0, scratch, n4, n_in);
+		dots[i] = dot_row(rows[i], xw, scratch, n4, n_in);
 	}
 	return requant_dots(dots, b, rq, y, n_out);
 }
