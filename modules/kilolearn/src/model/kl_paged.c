@@ -246,47 +246,50 @@ static int32_t pg_new_bias(const kl_model_t *m, const kl_op_t *op, uint32_t r, c
 	return kl_sat32((int64_t)bias - kl_rshift_round(c, op->b_exp + KL_LR_FRAC_BITS - ey));
 }
 
-/* Does the step change row r? (int8: a rounded step is often zero for a
- * whole row, and a row that stays is not written) */
-static int pg_row_changes(kl_model_t *m, const kl_op_t *op, uint32_t r, const void *dyv, int ey)
-{
-	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]), es = pg_es(m);
-	int32_t old_b;
-	memcpy(&old_b, pg_bias(m, op, r), 4u);
-	if (pg_new_bias(m, op, r, dyv, ey) != old_b) {
-		return 1;
-	}
-	uint32_t chunk[PG_CHUNK / 4u];
-	for (uint32_t j0 = 0; j0 < n_in; j0 += PG_CHUNK / es) {
-		const uint32_t n = n_in - j0 < PG_CHUNK / es ? n_in - j0 : PG_CHUNK / es;
-		pg_new_chunk(m, op, r, j0, n, chunk, dyv, ey);
-		if (memcmp(chunk, pg_row(m, op, r) + j0 * es, n * es) != 0) {
-			return 1;
-		}
-	}
-	return 0;
-}
-
-/* One row's new weights and bias into the log, a chunk at a time. */
-static int pg_write_row(kl_model_t *m, int op_i, kl_op_t *op, uint32_t r, const void *dyv, int ey)
+/* Row r's step into the log, a chunk at a time: the new values computed
+ * once. An int8 row's record begins at its first changed chunk (the chunks
+ * before it are the old ones, appended as they are); a row the rounded step
+ * leaves as it was gets no record. */
+static int pg_update_row(kl_model_t *m, int op_i, kl_op_t *op, uint32_t r, const void *dyv,
+			 int ey)
 {
 	kl_wlog_t *lg = m->wlog;
 	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]), es = pg_es(m);
 	const uint32_t rb = pg_row_bytes(m, op);
-	const int32_t bias = pg_new_bias(m, op, r, dyv, ey);
-	int err = kl_wlog_begin(lg, (uint16_t)op_i, (uint16_t)r, pg_payload(m, op));
+	const uint8_t *old = pg_row(m, op, r);
+	int32_t bias, old_b;
+	bias = pg_new_bias(m, op, r, dyv, ey);
+	memcpy(&old_b, pg_bias(m, op, r), 4u);
+	/* float steps change the row: no comparing */
+	int started = m->dtype == KL_DTYPE_F32 || bias != old_b, err = KL_OK;
+	if (started) {
+		err = kl_wlog_begin(lg, (uint16_t)op_i, (uint16_t)r, pg_payload(m, op));
+	}
 	uint32_t chunk[PG_CHUNK / 4u];
 	for (uint32_t j0 = 0; err == KL_OK && j0 < n_in; j0 += PG_CHUNK / es) {
 		const uint32_t n = n_in - j0 < PG_CHUNK / es ? n_in - j0 : PG_CHUNK / es;
 		pg_new_chunk(m, op, r, j0, n, chunk, dyv, ey);
-		err = kl_wlog_append(lg, (const uint8_t *)chunk, n * es);
+		if (!started) {
+			if (memcmp(chunk, old + j0 * es, n * es) == 0) {
+				continue;
+			}
+			err = kl_wlog_begin(lg, (uint16_t)op_i, (uint16_t)r, pg_payload(m, op));
+			if (err == KL_OK && j0 != 0u) {
+				err = kl_wlog_append(lg, old, j0 * es); /* unchanged so far */
+			}
+			started = 1;
+		}
+		if (err == KL_OK) {
+			err = kl_wlog_append(lg, (const uint8_t *)chunk, n * es);
+		}
 	}
-	if (err == KL_OK) {
-		uint8_t tail[8] = {0};
-		const uint32_t pad = pg_payload(m, op) - 4u - rb;
-		memcpy(tail + pad, &bias, 4u);
-		err = kl_wlog_append(lg, tail, pad + 4u);
+	if (!started || err != KL_OK) {
+		return err; /* unchanged: nothing written */
 	}
+	uint8_t tail[8] = {0};
+	const uint32_t pad = pg_payload(m, op) - 4u - rb;
+	memcpy(tail + pad, &bias, 4u);
+	err = kl_wlog_append(lg, tail, pad + 4u);
 	const uint8_t *p = NULL;
 	if (err == KL_OK) {
 		err = kl_wlog_end(lg, &p);
@@ -307,8 +310,11 @@ static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey)
 	const uint32_t n_out = kl_tsize(&m->tensors[op->out]);
 	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]);
 	const uint32_t k = pg_rows_per_step(m, op);
-	uint32_t thr = 0, ties = 0;
-	if (k < n_out) { /* the k-th largest |dy| by radix selection: no buffer */
+	uint32_t thr = 0, ties = 0, nonzero = 0;
+	for (uint32_t i = 0; i < n_out && k < n_out; i++) {
+		nonzero += pg_key(m, dy, i) != 0u;
+	}
+	if (k < n_out && nonzero > k) { /* the k-th largest |dy| by radix selection: no buffer */
 		const pg_keys_t keys = {m, dy};
 		uint32_t gt = 0;
 		thr = (uint32_t)kl_kth_largest(pg_key_of, &keys, n_out, k, 4);
@@ -317,20 +323,21 @@ static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey)
 		}
 		ties = k - gt;
 	}
+	/* every row with a gradient among the k: the zero rows it would add do not step */
+	const int all_nonzero = k < n_out && nonzero <= k;
 	for (uint32_t r = 0; r < n_out && m->pg_err == KL_OK; r++) {
 		if (k < n_out) {
 			const uint32_t key = pg_key(m, dy, r);
-			if (key < thr || (key == thr && ties == 0u)) {
+			if (all_nonzero ? key == 0u : key < thr || (key == thr && ties == 0u)) {
 				continue;
 			}
-			ties -= key == thr;
+			ties -= !all_nonzero && key == thr;
 		}
 		const int zero = m->dtype == KL_DTYPE_F32
 					 ? ((const float *)dy)[r] == 0.0f
-					 : (int32_t)((const int8_t *)dy)[r] * m->lr_q == 0 ||
-						   !pg_row_changes(m, op, r, dy, ey);
+					 : (int32_t)((const int8_t *)dy)[r] * m->lr_q == 0;
 		if (!zero) {
-			m->pg_err = pg_write_row(m, op_i, op, r, dy, ey);
+			m->pg_err = pg_update_row(m, op_i, op, r, dy, ey);
 		}
 	}
 	if (m->dtype == KL_DTYPE_S8) {
