@@ -145,6 +145,10 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
     Figure("zephyr-footprint", "west build -b BOARD app for each board; kilolearn footprint "
            "and west build -t rom_report / ram_report on its zephyr.elf", render_zephyr,
            _measure_zephyr, where="docs/zephyr.md"),
+    Figure("zephyr-paged", "twister -T tests/zephyr/paged -p mps2/an385 (scenario "
+           "kilolearn.paged); the suite's 'KL paged' line",
+           lambda rec: _zephyrpaged().render(rec), lambda: _zephyrpaged().measure_figure(),
+           where="docs/zephyr.md"),
 ]}
 NAMES = list(FIGURES)
 
@@ -153,6 +157,12 @@ def _paged():  # noqa: ANN202
     from ..bench import pagedbench
 
     return pagedbench
+
+
+def _zephyrpaged():  # noqa: ANN202
+    from . import zephyrpaged
+
+    return zephyrpaged
 
 _ROOT: list[Path] = []  # the checkout being rewritten (set by main; measure writes there)
 

@@ -312,12 +312,12 @@ ZTEST(kilolearn_paged, test_2_survives_a_remount)
 		fig.max_wear = MAX(fig.max_wear, wear[s]);
 	}
 	printk("KL paged board=%s params=%u blob=%u arena=%u arena_peak=%u twin_arena_peak=%u "
-	       "steps=%u permille=%u folds=%u partition=%u slots=%u log=%u erase_block=%u "
-	       "write_block=%u erase_value=0x%02x bytes_programmed=%u sectors_erased=%u "
-	       "max_sector_erases=%u mounted_records=%u exp_moved=%u acc_before=%u "
-	       "acc_after=%u n_test=%u crc=0x%08x remount_crc=0x%08x\n",
-	       CONFIG_BOARD, MLP_PARAMS, MLP_BLOB_BYTES, ARENA, fig.peak, fig.twin_peak,
-	       fig.steps, PERMILLE, fig.folds, (unsigned int)part.size, slot_bytes,
+	       "steps=%u steps_before=%u permille=%u folds=%u partition=%u slots=%u log=%u "
+	       "erase_block=%u write_block=%u erase_value=0x%02x bytes_programmed=%u "
+	       "sectors_erased=%u max_sector_erases=%u mounted_records=%u exp_moved=%u "
+	       "acc_before=%u acc_after=%u n_test=%u crc=0x%08x remount_crc=0x%08x\n",
+	       CONFIG_BOARD_TARGET, MLP_PARAMS, MLP_BLOB_BYTES, ARENA, fig.peak, fig.twin_peak,
+	       fig.steps, STEPS, PERMILLE, fig.folds, (unsigned int)part.size, slot_bytes,
 	       (unsigned int)log_st.size, (unsigned int)part.geom.erase_block,
 	       (unsigned int)part.geom.write_block, part.geom.erase_value, fig.bytes, fig.erases,
 	       fig.max_wear, fig.mounted, fig.exp_moved, fig.acc0, fig.acc1, N_TEST, fig.crc,
