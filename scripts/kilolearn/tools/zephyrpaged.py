@@ -58,7 +58,7 @@ def measure_figure() -> dict:
     """Run the scenario with twister in the Zephyr workspace of $ZEPHYR_BASE; Skipped without
     one (the recorded figures are kept)."""
     from ..device import build
-    from .docfigs_measure import Skipped, today
+    from .docfigs_measure import Skipped
 
     zb = os.environ.get("ZEPHYR_BASE")
     if not zb:
@@ -80,15 +80,16 @@ def measure_figure() -> dict:
         t0 = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
         wall = time.monotonic() - t0
-        summary = [ln.split(" - ", 1)[-1].strip() for ln in proc.stdout.splitlines()
+        summary = [ln.split(" - ", 1)[-1].strip()
+                   for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
                    if any(s in ln for s in SUMMARY)]
         if proc.returncode != 0:
             raise RuntimeError(f"twister failed (exit {proc.returncode}): "
                                + " / ".join(summary or [proc.stderr.strip()[-300:]]))
         logs = sorted(out.rglob("handler.log"))
         figures = parse("\n".join(p.read_text(errors="replace") for p in logs))
-    return {"zephyr": ver, "platform": PLATFORM, "scenario": SCENARIO, "measured": today(),
-            "twister": summary, "wall_s": round(wall), "figures": figures}
+    return {"zephyr": ver, "platform": PLATFORM, "scenario": SCENARIO, "twister": summary,
+            "wall_s": round(wall), "figures": figures}
 
 
 def _kb(v: int) -> str:
@@ -123,7 +124,9 @@ def render(rec: dict) -> str:
         f"sectors erased ({f['folds']} folds); the most worn sector "
         f"{f['max_sector_erases']} erases |",
         f"| remount | {f['mounted_records']:,} logged rows mounted; blob CRC "
-        f"0x{int(f['crc']):08x} before, 0x{int(f['remount_crc']):08x} after |",
+        f"0x{int(f['crc']):08x} before, 0x{int(f['remount_crc']):08x} after; "
+        f"{f['exp_moved']} activation exponents had grown in training (not in the blob: carried "
+        "over by the suite) |",
         "| in memory | every prediction, weight and bias equal, bit for bit, before and after "
         "the remount |",
         "",
