@@ -159,8 +159,12 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
     Figure("zephyr-footprint", "west build -b BOARD app for each board; kilolearn footprint "
            "and west build -t rom_report / ram_report on its zephyr.elf", render_zephyr,
            _measure_zephyr, where="docs/zephyr.md"),
+    module_figure("zephyr-paged", "twister -T tests/zephyr/paged -p mps2/an385 (scenario "
+                  "kilolearn.paged); the suite's 'KL paged' line", ".tools.zephyrpaged",
+                  "docs/zephyr.md"),
 ]}
 NAMES = list(FIGURES)
+
 
 _ROOT: list[Path] = []  # the checkout being rewritten (set by main; measure writes there)
 
