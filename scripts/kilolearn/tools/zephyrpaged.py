@@ -125,8 +125,8 @@ def render(rec: dict) -> str:
         f"{f['max_sector_erases']} erases |",
         f"| remount | {f['mounted_records']:,} logged rows mounted; blob CRC "
         f"0x{int(f['crc']):08x} before, 0x{int(f['remount_crc']):08x} after; "
-        f"{f['exp_moved']} activation exponents had grown in training (not in the blob: carried "
-        "over by the suite) |",
+        f"{f['exp_moved']} activation exponents had grown in training, back from the log's "
+        "commit records with the dither |",
         "| in memory | every prediction, weight and bias equal, bit for bit, before and after "
         "the remount |",
         "",

@@ -261,9 +261,9 @@ ZTEST(kilolearn_paged, test_2_survives_a_remount)
 	}
 	fig.crc = model_crc(&pm);
 	const uint32_t logged = wlog.pos; /* bytes of records since the last fold */
-	/* what a reboot loses and an application keeps beside the blob: the int8 update
-	 * dither and the activation ranges grown in training (kl_train.c kl_adapt_ranges);
-	 * neither is in the blob nor in the log */
+	/* the int8 update dither and the activation ranges grown in training
+	 * (kl_train.c kl_adapt_ranges) are not in the blob: each step's commit record
+	 * carries them, and the mount must bring them back */
 	const uint32_t dither = pm.dither;
 	int8_t exps[MLP_N_OPS + 1u];
 
@@ -281,14 +281,15 @@ ZTEST(kilolearn_paged, test_2_survives_a_remount)
 	memset(arena_mem, 0x5A, sizeof(arena_mem));
 	part_open();
 	kl_store_set_wear(&part, wear, wear + kl_store_sectors(&part));
-	paged_mount(dither);
+	paged_mount(SEED);
 	fig.mounted = wlog.mounted;
+	zassert_equal(pm.dither, dither, "the dither did not come back from the log");
 	zassert_equal(wlog.mounted > 0u, logged > 0u, "records mounted %u, logged bytes %u",
 		      wlog.mounted, logged);
 	fig.remount_crc = model_crc(&pm);
 	zassert_equal(fig.remount_crc, fig.crc, "the weights after the remount differ");
 	for (uint32_t t = 0; t <= MLP_N_OPS; t++) {
-		pm.tensors[t].exp = exps[t];
+		zassert_equal(pm.tensors[t].exp, exps[t], "exponent %u did not come back", t);
 	}
 	/* training goes on, still the twin's */
 	for (uint32_t i = STEPS; i < STEPS + MORE_STEPS; i++) {
