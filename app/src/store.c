@@ -27,6 +27,9 @@
 #endif
 
 #include "store.h"
+#if defined(CONFIG_FLASH_MAP)
+#include "zephyr/kl_store_flash_area.h"
+#endif
 
 LOG_MODULE_DECLARE(kilolearn_app, CONFIG_KILOLEARN_APP_LOG_LEVEL);
 
@@ -84,23 +87,6 @@ kl_store_t *app_store_log(void)
 
 static const struct flash_area *store_fa;
 static uint32_t wear[2u * CONFIG_KILOLEARN_APP_STORE_MAX_SECTORS];
-
-static int fa_read(kl_store_t *st, uint32_t off, uint8_t *buf, uint32_t n)
-{
-	return flash_area_read(st->ctx, (off_t)off, buf, n) == 0 ? KL_OK : KL_EIO;
-}
-
-static int fa_program(kl_store_t *st, uint32_t off, const uint8_t *data, uint32_t n)
-{
-	return flash_area_write(st->ctx, (off_t)off, data, n) == 0 ? KL_OK : KL_EIO;
-}
-
-static int fa_erase(kl_store_t *st, uint32_t off, uint32_t n)
-{
-	return flash_area_erase(st->ctx, (off_t)off, n) == 0 ? KL_OK : KL_EIO;
-}
-
-static const kl_store_ops_t fa_ops = {fa_read, fa_program, fa_erase};
 
 /* The partition's memory-mapped address (the engine reads frozen weights
  * through it), or NULL. */
@@ -194,13 +180,7 @@ int app_store_flash_open(kl_store_t *st)
 			(unsigned int)g.write_block, g.erase_value);
 		return -ENOTSUP;
 	}
-	*st = (kl_store_t){
-		.ops = &fa_ops,
-		.geom = g,
-		.base = xip,
-		.size = g.size,
-		.ctx = (void *)fa,
-	};
+	kl_store_flash_area_init(st, fa, &g, xip);
 	if (kl_store_sectors(st) <= CONFIG_KILOLEARN_APP_STORE_MAX_SECTORS) {
 		memset(wear, 0, sizeof(wear));
 		kl_store_set_wear(st, wear, wear + kl_store_sectors(st));

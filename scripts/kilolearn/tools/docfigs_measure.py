@@ -242,14 +242,20 @@ def _previous_board(prev: dict | None, board: str) -> dict | None:
     return None
 
 
-def _measure_zephyr() -> dict:
-    """The session app built for every board in a Zephyr v3.7.1 workspace ($ZEPHYR_BASE):
-    sizes from the ELF (kilolearn footprint = arm-none-eabi-size) and Zephyr's own
-    rom_report / ram_report."""
+def zephyr_base() -> str:
+    """$ZEPHYR_BASE, or Skipped: a Zephyr figure keeps its recorded values without one."""
     zb = os.environ.get("ZEPHYR_BASE")
     if not zb:
         raise Skipped("ZEPHYR_BASE is not set (it needs a Zephyr v3.7.1 workspace, "
                       "docs/zephyr.md); the recorded figures are kept")
+    return zb
+
+
+def _measure_zephyr() -> dict:
+    """The session app built for every board in a Zephyr v3.7.1 workspace ($ZEPHYR_BASE):
+    sizes from the ELF (kilolearn footprint = arm-none-eabi-size) and Zephyr's own
+    rom_report / ram_report."""
+    zb = zephyr_base()
     if shutil.which("west") is None:
         raise Skipped("west is not installed")
     from .. import footprint as fp

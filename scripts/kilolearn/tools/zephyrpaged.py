@@ -58,12 +58,9 @@ def measure_figure() -> dict:
     """Run the scenario with twister in the Zephyr workspace of $ZEPHYR_BASE; Skipped without
     one (the recorded figures are kept)."""
     from ..device import build
-    from .docfigs_measure import Skipped
+    from .docfigs_measure import Skipped, zephyr_base
 
-    zb = os.environ.get("ZEPHYR_BASE")
-    if not zb:
-        raise Skipped("ZEPHYR_BASE is not set (it needs a Zephyr v3.7.1 workspace, "
-                      "docs/zephyr.md); the recorded figures are kept")
+    zb = zephyr_base()
     if shutil.which("qemu-system-arm") is None:
         raise Skipped("qemu-system-arm is not installed")
     py = _twister_python(Path(zb) / "scripts" / "twister")

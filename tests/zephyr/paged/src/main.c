@@ -21,6 +21,7 @@
 #include <zephyr/ztest.h>
 
 #include <kilolearn/kilolearn.h>
+#include "zephyr/kl_store_flash_area.h"
 #include <kilolearn/kl_store.h>
 #include <kilolearn/kl_wlog.h>
 
@@ -61,23 +62,6 @@ static struct {
 
 /* ---- the partition as a kl_store_t (flash_area, the simulator's memory mapped) -------- */
 
-static int fa_read(kl_store_t *st, uint32_t off, uint8_t *buf, uint32_t n)
-{
-	return flash_area_read(st->ctx, (off_t)off, buf, n) == 0 ? KL_OK : KL_EIO;
-}
-
-static int fa_program(kl_store_t *st, uint32_t off, const uint8_t *data, uint32_t n)
-{
-	return flash_area_write(st->ctx, (off_t)off, data, n) == 0 ? KL_OK : KL_EIO;
-}
-
-static int fa_erase(kl_store_t *st, uint32_t off, uint32_t n)
-{
-	return flash_area_erase(st->ctx, (off_t)off, n) == 0 ? KL_OK : KL_EIO;
-}
-
-static const kl_store_ops_t fa_ops = {fa_read, fa_program, fa_erase};
-
 /* Open kilolearn_weights as it is after a boot: geometry from the driver. */
 static void part_open(void)
 {
@@ -98,14 +82,10 @@ static void part_open(void)
 	zassert_true(fa->fa_off + fa->fa_size <= sim_size);
 	const uint32_t eb = (uint32_t)page.size;
 
-	part = (kl_store_t){
-		.ops = &fa_ops,
-		.geom = {(uint32_t)fa->fa_size / eb * eb, eb, (uint32_t)fp->write_block_size,
-			 fp->erase_value},
-		.base = mem + fa->fa_off,
-		.size = (uint32_t)fa->fa_size / eb * eb,
-		.ctx = (void *)fa,
-	};
+	const kl_store_geom_t g = {(uint32_t)fa->fa_size / eb * eb, eb,
+				   (uint32_t)fp->write_block_size, fp->erase_value};
+
+	kl_store_flash_area_init(&part, fa, &g, mem + fa->fa_off);
 	zassert_true(kl_store_sectors(&part) <= MAX_SECTORS);
 	/* two generations (the fold writes the next one beside the pinned one), the log after */
 	slot_bytes = 2u * ((KL_SLOT_HDR + MLP_BLOB_BYTES + eb - 1u) / eb + 2u) * eb;
