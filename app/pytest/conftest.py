@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from kilolearn import protocol  # noqa: E402
+from kilolearn.device import protocol  # noqa: E402
 
 
 class DutLink:
