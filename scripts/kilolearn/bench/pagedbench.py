@@ -175,6 +175,14 @@ def render(rec: dict) -> str:
         "- Instructions per step of the selected rows against all rows (paged): "
         + (", ".join(cheaper) if cheaper else "none") + ".",
     ]
+    s8 = {r.permille: r for r in paged if r.dtype == "s8"}
+    if 1000 in s8 and 185 in s8 and s8[1000].flash_bytes_per_1k:
+        lines.append(
+            "- int8: a row whose rounded step is zero is not written, and most rows' quantised "
+            "gradients are zero, so updating every row already writes "
+            f"{s8[1000].flash_bytes_per_1k / 1e6:,.1f} MB per 1,000 steps against "
+            f"{s8[185].flash_bytes_per_1k / 1e6:,.1f} MB for 18.5 % of the rows: the selection "
+            "saves flash and instructions mainly in float32.")
     return "\n".join(lines)
 
 
