@@ -20,9 +20,11 @@ static kl_store_t slot_st, log_st;
 static kl_nor_sim_t slot_sim, log_sim;
 static kl_slots_t slots;
 static kl_wlog_t wlog;
-/* per-sector wear of both parts (erases, bytes) */
+/* per-sector wear of both parts (erases, bytes): at the end of the simulated
+ * flash's memory, not in the runner's RAM */
 #define MAX_SECTORS 4096u
-static uint32_t wear[2][2u * MAX_SECTORS];
+#define WEAR_BYTES  (2u * 2u * MAX_SECTORS * 4u)
+static uint32_t *wear[2];
 
 static uint32_t round_sec(uint64_t v)
 {
@@ -35,9 +37,13 @@ int kl_runner_paged_setup(const kl_job_t *job, const uint8_t **blob, size_t *len
 	uint8_t *mem = kl_port_flash_sim(&mem_len);
 	/* two generations (the fold writes the next beside the pinned one) */
 	const uint32_t slot_size = round_sec(2u * ((uint64_t)job->blob_size + 2u * NOR_SECTOR));
-	if (mem == NULL || slot_size >= mem_len) {
+	if (mem == NULL || mem_len < WEAR_BYTES || slot_size >= mem_len - WEAR_BYTES) {
 		return KL_ENOMEM;
 	}
+	mem_len -= WEAR_BYTES;
+	wear[0] = (uint32_t *)(void *)(mem + mem_len);
+	wear[1] = wear[0] + 2u * MAX_SECTORS;
+	memset(wear[0], 0, WEAR_BYTES);
 	uint32_t log_size = (uint32_t)((mem_len - slot_size) / NOR_SECTOR * NOR_SECTOR);
 	if (job->log_size != 0u) {
 		if (round_sec(job->log_size) > log_size) {
