@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "kilolearn/kilolearn.h"
+#include "../fuzz/kl_fuzz_paged.h"
 
 static uint32_t rng_state;
 
@@ -98,7 +99,10 @@ int main(int argc, char **argv)
 		kl_arena_init(&arena, arena_mem, sizeof(arena_mem));
 		kl_model_t m;
 		const kl_train_cfg_t cfg = {.lr = 0.05f, .momentum = 0.0f, .seed = 1u, .flags = 0u};
-		const int err = kl_model_init(&m, b, len, &arena, &cfg);
+		int err = kl_model_init(&m, b, len, &arena, &cfg);
+		if (err == KL_OK && m.paged) { /* its rows go to a weight log: a RAM one */
+			err = fz_attach_paged(&m, b, &arena, arena_mem, sizeof(arena_mem), &cfg);
+		}
 		if (err == KL_OK) {
 			accepted++;
 			/* inputs sized for the model: bytes for s8, floats (zero) for f32 */

@@ -23,6 +23,7 @@
  * the same logits as the inference layout.
  */
 #include "kl_fuzz_lf.h"
+#include "kl_fuzz_paged.h"
 
 #define BLOB_MAX (256u * 1024u)
 #define SAMPLE_MAX (256u * 1024u) /* 65535 float inputs */
@@ -120,6 +121,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		 "kl_blob_check accepted a blob training init refuses with %d", err);
 	if (err != KL_OK) {
 		return 0;
+	}
+	if (m.paged) { /* its rows go to a weight log: a RAM one */
+		const int e = fz_attach_paged(&m, b, &a, fz_arena_mem, arena_size, &cfg);
+		FZ_CHECK(e == KL_OK || e == KL_ENOMEM, "a paged model's weight log: %d", e);
+		if (e != KL_OK) {
+			return 0;
+		}
 	}
 	if (e_inf == KL_OK && m.sched == NULL) {
 		/* the same logits from both layouts before any update (a schedule may overlap
