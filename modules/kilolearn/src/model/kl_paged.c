@@ -38,8 +38,9 @@ static const void *pg_bias(const kl_model_t *m, const kl_op_t *op, uint32_t r)
 				   : (const void *)((const uint8_t *)op->b + 4u * r);
 }
 
-/* Forward: runs of rows still in the blob in one kernel call, logged rows
- * one by one. Returns the saturation flag (int8). */
+/* Forward: runs of rows still in the blob in one kernel call; logged rows
+ * one by one (f32) or in batches through the rows kernel (int8). Returns the
+ * saturation flag (int8). */
 static int pg_forward(kl_model_t *m, kl_op_t *op, const kl_requant_t *rq)
 {
 	const kl_tensor_t *x = &m->tensors[op->in0];
