@@ -9,10 +9,12 @@
  *               the file-backed NOR simulation (survives a restart: the
  *               session boots with the newest committed generation);
  *               `--cut K[,SEED]` loses power at the K-th program/erase step;
- *               `--log BYTES` keeps the last BYTES of the store (whole
- *               sectors) for a paged model's weight log (docs/paged-weights.md)
+ *               a paged model's weight log (docs/paged-weights.md) is the
+ *               store's last BYTES with `--log BYTES`, none with `--log 0`,
+ *               else a RAM store of its own (lost at exit)
  *   QEMU mps2   the NOR simulation over PSRAM (KL_FLASH_SIM_ADDR), formatted
- *               at power-on, kept over a system reset
+ *               at power-on, kept over a system reset; the weight log a NOR
+ *               simulation of its own 2 MB above it
  */
 #include <stdint.h>
 #include <string.h>
@@ -30,7 +32,7 @@
 static uint32_t arena_mem[KL_SESSION_ARENA_SIZE / 4u];
 static kl_session_t session;
 static kl_store_t store;     /* the generations: the whole part, or its first part */
-static kl_store_t log_store; /* its last part, with --log */
+static kl_store_t log_store; /* a paged model's weight log */
 static int have_log;
 
 #ifdef KL_BAREMETAL
@@ -42,6 +44,8 @@ static int have_log;
 #define FLASH_WRITE  16u
 #define FLASH_SECTORS (FLASH_SIZE / FLASH_SECTOR)
 #define SIM_MAGIC 0x4D49534Eu /* "NSIM" */
+#define LOG_AT    (2u * 1024u * 1024u)
+#define LOG_SIZE  (1024u * 1024u)
 static kl_nor_sim_t nor;
 
 static int store_init(int argc, char **argv)
@@ -56,7 +60,9 @@ static int store_init(int argc, char **argv)
 	if (err != KL_OK) {
 		return err;
 	}
-	if (marker[0] != SIM_MAGIC || marker[1] != FLASH_SIZE || marker[2] != FLASH_SECTOR) {
+	const int fresh = marker[0] != SIM_MAGIC || marker[1] != FLASH_SIZE ||
+			  marker[2] != FLASH_SECTOR;
+	if (fresh) {
 		kl_store_nor_format(&store); /* a fresh part */
 		memset(wear, 0, 2u * FLASH_SECTORS * sizeof(uint32_t));
 		marker[1] = FLASH_SIZE;
@@ -64,6 +70,16 @@ static int store_init(int argc, char **argv)
 		marker[0] = SIM_MAGIC;
 	}
 	kl_store_set_wear(&store, wear, wear + FLASH_SECTORS);
+	/* the weight log: 1 MB of 4 KB sectors, 2 MB above the store, formatted with it */
+	static kl_nor_sim_t log_nor;
+	const kl_store_geom_t lg = {LOG_SIZE, 4096u, FLASH_WRITE, 0xFFu};
+	if (kl_store_nor_init(&log_store, &log_nor, (uint8_t *)(uintptr_t)(KL_FLASH_SIM_ADDR + LOG_AT),
+			      &lg) == KL_OK) {
+		if (fresh) {
+			kl_store_nor_format(&log_store);
+		}
+		have_log = 1;
+	}
 	return KL_OK;
 }
 #else
@@ -73,6 +89,7 @@ static int store_init(int argc, char **argv)
 #include "posix/kl_store_file.h"
 
 static kl_store_t part; /* the flash part, split by --log */
+static int split;       /* it is */
 
 /* --log: the store's last log bytes (whole sectors) become the weight log */
 static int split_log(unsigned long log)
@@ -89,7 +106,7 @@ static int split_log(unsigned long log)
 			log, (unsigned long)size);
 		return KL_EINVAL;
 	}
-	have_log = 1;
+	have_log = split = 1;
 	return KL_OK;
 }
 
@@ -103,6 +120,7 @@ static int store_init(int argc, char **argv)
 	kl_store_geom_t g = {1024u * 1024u, 16u * 1024u, 16u, 0xFFu};
 	uint32_t cut = 0, seed = 0;
 	unsigned long log = 0;
+	int log_given = 0;
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--flash") == 0) {
 			path = argv[i + 1];
@@ -114,7 +132,8 @@ static int store_init(int argc, char **argv)
 		} else if (strcmp(argv[i], "--log") == 0) {
 			char *end;
 			log = strtoul(argv[i + 1], &end, 0);
-			if (*end != '\0' || log == 0u) {
+			log_given = 1;
+			if (*end != '\0') {
 				fprintf(stderr, "kl_session: bad --log %s\n", argv[i + 1]);
 				return KL_EINVAL;
 			}
@@ -126,9 +145,14 @@ static int store_init(int argc, char **argv)
 			}
 		} else {
 			fprintf(stderr, "usage: kl_session [--flash FILE [--geometry SIZE,ERASE,WRITE,EV]"
-					" [--cut K[,SEED]]] [--log BYTES]\n");
+					" [--cut K[,SEED]]] [--log BYTES (0: none)]\n");
 			return KL_EINVAL;
 		}
+	}
+	if (!log_given) { /* a RAM weight log of its own */
+		static uint32_t log_mem[KL_SESSION_STORE_SIZE / 4u];
+		kl_store_ram_init(&log_store, (uint8_t *)log_mem, sizeof(log_mem));
+		have_log = 1;
 	}
 	kl_store_t *raw = log != 0u ? &part : &store; /* the whole part (drivers keep it) */
 	if (path == NULL) {
@@ -193,7 +217,7 @@ int main(int argc, char **argv)
 		if (c < 0) {
 #ifndef KL_BAREMETAL
 			if (file_store.f != NULL) {
-				kl_store_file_close(have_log ? &part : &store);
+				kl_store_file_close(split ? &part : &store);
 			}
 #endif
 			return 0; /* end of input: the host closed the link */

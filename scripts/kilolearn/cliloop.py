@@ -133,6 +133,12 @@ def cmd_fit(a: argparse.Namespace) -> int:
                 r.trainable = fit.describe_trainable(b.graph)
         except fit.FitError as e:
             raise UsageError(str(e)) from None
+    if a.paged:  # its trainable dense weights stay in flash
+        import dataclasses
+
+        from .core import fit as fitm
+
+        blob = fitm.reexport(dataclasses.replace(ca.read_blob(blob, "the model"), paged=True))
     Path(a.output).write_bytes(blob)
     rows = [["model", r.model], ["type", "int8" if r.dtype == "s8" else "float32"],
             ["train accuracy %", _pct(r.train_acc)], ["test accuracy %", _pct(r.test_acc)]]
@@ -345,6 +351,10 @@ def add_parsers(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
     f.add_argument("--lr", type=ca.LR, default=0.05, help="SGD learning rate")
     f.add_argument("--seed", type=ca.SEED, default=0)
     f.add_argument("--trains", type=ca.TrainsSpec(), help=fit.TRAINS_HELP + " (default all)")
+    f.add_argument("--paged", action="store_true",
+                   help="the trainable dense layers' weights stay in the device's flash, read "
+                   "in place, updated rows logged (a model larger than SRAM; "
+                   "docs/paged-weights.md)")
     f.add_argument("--no-scale-check", action="store_true",
                    help="accept data far outside an int8 blob's calibrated input range")
     f.add_argument("--json", type=ca.OutFile())

@@ -324,7 +324,35 @@ def test_session_trains_a_paged_model_across_restarts(tmp_path, digits):
     c = client("--log", "49152")
     assert c.read_blob() == pulled
     c.close()
-    c = client()  # no log: a paged model cannot train here
+    c = client("--log", "0")  # no log: a paged model cannot train here
     with pytest.raises(P.DeviceError, match="KL_ENOTSUP"):
         c.load(blob)
     c.close()
+
+
+@pytest.mark.parametrize("target", ["host", "mps2-an386"])
+def test_the_loop_with_a_paged_model(target, tmp_path):
+    """kilolearn fit --paged, then adapt on the device (the host session and the QEMU board:
+    both give a paged model a weight log): the device agrees with the numpy twin prediction for
+    prediction, and the pulled blob is still paged and evaluates on the host to the device's
+    accuracy."""
+    require_target(target)
+    from test_adapt import _kilolearn
+
+    r = _kilolearn("example-data", "d", "--adapt-samples", "40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _kilolearn("fit", "d/train.npz", "-o", "base.klm", "--epochs", "4", "--paged",
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert export.read((tmp_path / "base.klm").read_bytes()).paged
+    r = _kilolearn("adapt", "base.klm", "--data", "d/adapt.npz", "--eval", "d/shifted-test.npz",
+                   "--samples", "40", "--epochs", "2", "--board", target, "-o", "adapted.klm",
+                   "--json", "a.json", "--host-runs", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+
+    res = json.loads((tmp_path / "a.json").read_text())
+    assert res["points"][-1]["agree"]["shifted-test"] == 1.0
+    pulled = (tmp_path / "adapted.klm").read_bytes()
+    assert export.read(pulled).paged
+    assert res["pulled_host"]["shifted-test"] == res["points"][-1]["device"]["shifted-test"]

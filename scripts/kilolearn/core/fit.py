@@ -78,9 +78,9 @@ def reexport(b: export.Blob, keep_schedule: bool = True) -> bytes:
     upd = None if b.update[0] == 0 else (b.update[0], b.update[1] / 1000.0)
     plan = b.schedule if keep_schedule else None
     if b.qmodel is not None:
-        return export.export_s8(b.qmodel, plan=plan, update=upd)
+        return export.export_s8(b.qmodel, plan=plan, update=upd, paged=b.paged)
     assert b.params is not None
-    return export.export_f32(b.graph, b.params, plan=plan, update=upd)
+    return export.export_f32(b.graph, b.params, plan=plan, update=upd, paged=b.paged)
 
 
 def with_trainable(blob: bytes, trains: str) -> bytes:
