@@ -116,9 +116,25 @@ static uint64_t score_key(const void *ctx, uint32_t i)
 	return ((const uint64_t *)ctx)[i];
 }
 
-/* Deutel: mark the k channels with the largest score (ties: lower index) */
+/* Deutel: mark the k channels with the largest score (ties: lower index).
+ * A few picks: k passes (n k comparisons); more: the radix selection, whose
+ * eight passes and histograms cost more than that below 16 picks. */
+#define KL_PICK_PASSES_MAX 16u
 static void pick_channels(const uint64_t *score, uint8_t *taken, uint32_t n, uint32_t k)
 {
+	if (k <= KL_PICK_PASSES_MAX) {
+		memset(taken, 0, n);
+		for (uint32_t r = 0; r < k; r++) {
+			uint32_t best = n;
+			for (uint32_t c = 0; c < n; c++) {
+				if (!taken[c] && (best == n || score[c] > score[best])) {
+					best = c;
+				}
+			}
+			taken[best] = 1u;
+		}
+		return;
+	}
 	const uint64_t thr = kl_kth_largest(score_key, score, n, k, 8);
 	uint32_t above = 0;
 	for (uint32_t c = 0; c < n; c++) {
