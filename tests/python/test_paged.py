@@ -40,9 +40,7 @@ def twin_s8(qm, xq, y, epochs, permille):
     ref = R.S8Trainer(qm, lr=0.3, seed=9)
     if permille:
         ref.set_update_policy("channel-norm", permille=permille)
-    for _ in range(epochs):
-        for i in range(len(xq)):
-            ref.step(xq[i], int(y[i]))
+    R.train_in_order(ref, xq, y, epochs)
     return ref
 
 
@@ -82,9 +80,7 @@ def test_f32_paged_close_to_twin(rng):
         ref = R.F32Trainer(g, p, lr=0.05)
         if pm:
             ref.set_update_policy("channel-norm", permille=pm)
-        for _ in range(2):
-            for i in range(len(x)):
-                ref.step(x[i], int(y[i]))
+        R.train_in_order(ref, x, y, 2)
         for i, _op in enumerate(g.ops):
             w = rep.dump(f"w{i:02d}", "<f4").reshape(ref.p.weights[i].shape)
             np.testing.assert_allclose(w, ref.p.weights[i], rtol=1e-4, atol=1e-5)

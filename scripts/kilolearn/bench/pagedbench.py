@@ -62,8 +62,7 @@ def _twin(dtype: str, g, p, qm, x, y, xt, pm: int) -> np.ndarray:  # noqa: ANN00
         tr = R.S8Trainer(qm, lr=LR[dtype], seed=1)
     if pm < 1000:
         tr.set_update_policy("channel-norm", permille=pm)
-    for i in range(len(x)):
-        tr.step(x[i], int(y[i]))
+    R.train_in_order(tr, x, y, 1)
     return np.asarray(tr.predict(xt))
 
 

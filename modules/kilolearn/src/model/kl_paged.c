@@ -229,7 +229,8 @@ static void pg_new_chunk(kl_model_t *m, const kl_op_t *op, uint32_t r, uint32_t 
 	}
 }
 
-/* row r's bias after the step */
+/* row r's bias after the step (the bias gradient is dy_r: the SGD steps of
+ * kl_apply_f32 / kl_apply_s8) */
 static int32_t pg_new_bias(const kl_model_t *m, const kl_op_t *op, uint32_t r, const void *dyv,
 			   int ey)
 {
@@ -238,13 +239,13 @@ static int32_t pg_new_bias(const kl_model_t *m, const kl_op_t *op, uint32_t r, c
 	if (m->dtype == KL_DTYPE_F32) {
 		float b;
 		memcpy(&b, &bias, 4u);
-		const float c = m->lr * ((const float *)dyv)[r];
-		b -= c;
+		kl_sgd_f32(&b, NULL, (const float *)dyv + r, m->lr, 0.0f, 1);
 		memcpy(&bias, &b, 4u);
-		return bias;
+	} else {
+		const int32_t g = ((const int8_t *)dyv)[r];
+		kl_sgd_bias_s8(&bias, &g, m->lr_q, op->b_exp + KL_LR_FRAC_BITS - ey, 1);
 	}
-	const int32_t c = (int32_t)((const int8_t *)dyv)[r] * m->lr_q;
-	return kl_sat32((int64_t)bias - kl_rshift_round(c, op->b_exp + KL_LR_FRAC_BITS - ey));
+	return bias;
 }
 
 /* Row r's step into the log, a chunk at a time: the new values computed
