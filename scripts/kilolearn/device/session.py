@@ -118,7 +118,10 @@ def open_device(board: str = "mps2-an386", url: str | None = None,
                                 stderr=subprocess.PIPE)
         link = _connect(f"socket://127.0.0.1:{port}", proc)
     try:
-        yield protocol.Client(link, timeout=timeout)
+        client = protocol.Client(link, timeout=timeout)
+        # the emulated board's (or host build's) process: what a power-loss test switches off
+        client.process = proc or getattr(link, "proc", None)  # type: ignore[attr-defined]
+        yield client
     finally:
         link.close()
         if proc is not None:
