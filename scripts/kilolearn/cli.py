@@ -279,6 +279,8 @@ MODULE_COMMANDS = [
     ("paged-bench", ".bench.pagedbench", "a 1.9 MB model trained in a 20 KB arena, weights in "
      "flash: accuracy, instructions, flash wear per fraction of rows updated"),
     ("footprint", ".footprint", "RAM/flash of a firmware ELF by component, file, symbol"),
+    ("fleet", ".fleet.cli", "a fleet of boards learning together on Flower (federated "
+     "learning): accuracy per round, bytes per board, faults"),
     ("docs", ".tools.docfigs", "rewrite the measured figures of README.md and docs/*.md from "
      "docs/figures/*.json (--measure: rerun them first; --check: list the blocks that differ)"),
     ("fuzz", ".tools.fuzz", "coverage-guided fuzzing of the engine, the session and the store "

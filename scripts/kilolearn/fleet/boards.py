@@ -199,6 +199,25 @@ def _device_round(board: Board, blob: bytes, x: np.ndarray, y: np.ndarray,
     return res.pulled
 
 
+def failure(e: BaseException) -> str:
+    """Why a board's round failed, in one line: the device timed out, refused a request (a
+    NAK), its link or power went, or the twin's power did."""
+    from ..cliargs import one_line
+
+    what = (f"device refused a request ({one_line(str(e))})"
+            if isinstance(e, protocol.DeviceError) else
+            f"device timed out ({one_line(str(e))})" if isinstance(e, protocol.LinkTimeout) else
+            f"power lost ({one_line(str(e))})" if isinstance(e, PowerLost) else
+            f"link lost ({type(e).__name__}: {one_line(str(e))})"
+            if isinstance(e, OSError | protocol.FrameError) or _is_serial(e) else
+            f"{type(e).__name__}: {one_line(str(e))}")
+    return what
+
+
+def _is_serial(e: BaseException) -> bool:
+    return type(e).__module__.startswith("serial")
+
+
 def load_data(name: str) -> datasets.Dataset:
     """A built-in data set, loaded once per process (the Flower simulation's workers too)."""
     if name not in _DATA:

@@ -16,8 +16,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
-from flwr.app import RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.logger import log
@@ -31,7 +39,6 @@ from . import aggregate as agg
 from . import boards as B
 
 STYPE = "kilolearn.klm"
-LOG = logging.getLogger("flwr")
 
 
 def arrays_of(blob: bytes) -> ArrayRecord:
@@ -85,9 +92,8 @@ def client_app(spec: FleetSpec) -> ClientApp:
             out = B.run_round(spec.board(k), blob, ds.x_train[idx], ds.y_train[idx], st,
                               spec.faults.get((rnd, k)))
         except Exception as e:  # noqa: BLE001 - any failure of the board: an Error reply
-            why = one_line(str(e)) or type(e).__name__
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                                 f"board {k}: {type(e).__name__}: {why}"), reply_to=msg)
+                                 f"board {k}: {B.failure(e)}"), reply_to=msg)
         metrics = MetricRecord({**out.metrics, "board": k})
         return Message(RecordDict({"arrays": arrays_of(out.blob), "metrics": metrics}),
                        reply_to=msg)

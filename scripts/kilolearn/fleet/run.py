@@ -24,6 +24,7 @@ class FleetConfig:
     urls: list[str] = field(default_factory=list)  # real boards instead (one per board)
     data: str = "digits"
     classes_per_board: int = 3
+    max_samples: int | None = None  # per board (a random subset of its share)
     rounds: int = 10
     local: B.Local = field(default_factory=B.Local)
     dtype: str = "s8"
@@ -79,6 +80,9 @@ def run(cfg: FleetConfig, progress: Callable[[str], None] | None = None) -> Flee
     ds = B.load_data(cfg.data)
     n_classes = int(ds.y_train.max()) + 1
     parts = B.split(ds.y_train, cfg.n_boards, cfg.classes_per_board, n_classes, cfg.seed)
+    if cfg.max_samples is not None:
+        parts = [np.sort(np.random.default_rng([cfg.seed, k]).permutation(p)[:cfg.max_samples])
+                 for k, p in enumerate(parts)]
     blob = initial_model(cfg, ds.x_train, n_classes)
 
     def evaluate(b: bytes) -> float:
