@@ -18,13 +18,14 @@ import pytest
 from cli_sweep import run_inprocess
 from conftest import require_target
 
-from kilolearn.core import fit
+from kilolearn.core import fit, reference
 from kilolearn.core import model as M
-from kilolearn.core import reference
 from kilolearn.fleet import aggregate as agg
 from kilolearn.fleet import boards as B
 from kilolearn.fleet import run as FR
 from kilolearn.formats import export
+
+pytest.importorskip("flwr")
 
 
 def _s8_blob(digits, seed: int = 0) -> bytes:

@@ -111,6 +111,12 @@ def config(a: argparse.Namespace) -> FleetConfig:
                          "run inline")
     if a.lr > 1 and a.dtype == "s8":
         raise UsageError(f"--lr {a.lr:g}: int8 training takes a learning rate up to 1")
+    import importlib.util
+
+    for mod, why in (("flwr", "kilolearn fleet"), ("ray", "--engine simulation")):
+        if (mod == "flwr" or a.engine == "simulation") and importlib.util.find_spec(mod) is None:
+            raise UsageError(f"{why} needs Flower{' with Ray' if mod == 'ray' else ''}: "
+                             "pip install 'kilolearn[fleet]'")
     if a.plot:
         ca.need_matplotlib("--plot")
     faults = {}

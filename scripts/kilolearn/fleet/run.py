@@ -48,6 +48,7 @@ class FleetResult:
     twin_rounds_equal: bool | None = None  # the device fleet's global models = the twin's
     seconds: float = 0.0
     partition: list[list[int]] = field(default_factory=list)  # classes per board
+    samples: list[int] = field(default_factory=list)  # per board
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,7 +91,8 @@ def run(cfg: FleetConfig, progress: Callable[[str], None] | None = None) -> Flee
 
     res = FleetResult({**asdict(cfg), "faults": [[r, k, f] for (r, k), f in cfg.faults.items()]},
                       evaluate(blob),
-                      partition=[sorted({int(c) for c in ds.y_train[p]}) for p in parts])
+                      partition=[sorted({int(c) for c in ds.y_train[p]}) for p in parts],
+                      samples=[len(p) for p in parts])
     if cfg.urls:
         boards = [B.Board("port", url, cfg.timeout) for url in cfg.urls]
     else:
@@ -98,7 +100,7 @@ def run(cfg: FleetConfig, progress: Callable[[str], None] | None = None) -> Flee
     spec = F.FleetSpec(cfg.data, parts, cfg.local, boards, dict(cfg.faults))
 
     def on_round(rep: F.RoundReport) -> None:
-        row = {"round": rep.round, "accuracy": rep.accuracy,
+        row = {"round": rep.round, "accuracy": rep.accuracy, "elapsed": time.monotonic() - t0,
                "boards": [{"board": b.board, "ok": b.ok, "reason": b.reason, **b.metrics}
                           for b in rep.boards]}
         res.rounds.append(row)

@@ -121,6 +121,14 @@ def module_figure(name: str, command: str, module: str, where: str) -> Figure:
                   where=where)
 
 
+def _fleet_figure(name: str, render: str, source: str | None = None) -> Figure:
+    """A figure of the fleet (kilolearn.fleet.figures; one measurement, three blocks)."""
+    from ..fleet import figures as ff
+
+    return Figure(name, ff.COMMAND, lambda rec: getattr(ff, render)(rec),
+                  None if source else ff.measure_figure, source=source, where="docs/fleet.md")
+
+
 TRAIN_CMD = f"kilolearn train --board {BOARD} --dtype both --epochs 20"
 SESSION_CMD = "kilolearn session"
 
@@ -162,6 +170,9 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
     module_figure("zephyr-paged", "twister -T tests/zephyr/paged -p mps2/an385 (scenario "
                   "kilolearn.paged); the suite's 'KL paged' line", ".tools.zephyrpaged",
                   "docs/zephyr.md"),
+    _fleet_figure("fleet", "render"),
+    _fleet_figure("fleet-faults", "render_faults", source="fleet"),
+    _fleet_figure("fleet-sim", "render_sim", source="fleet"),
 ]}
 NAMES = list(FIGURES)
 
