@@ -119,7 +119,7 @@ def render_faults(rec: dict) -> str:
     return "\n".join([
         f"The same {d['n_boards']} boards, {len(f['rounds'])} rounds; in round 2 board "
         f"{KILLED}'s QEMU is killed once its first epoch is sent and board {DAMAGED}'s pulled "
-        f"blob has 3 bytes flipped on its way to the server ({_measured(rec)}):",
+        f"blob has 3 bytes flipped on its way to the server ({_same(rec)}):",
         "",
         *rows,
         "",
@@ -142,7 +142,7 @@ def render_sim(rec: dict) -> str:
     return "\n".join([
         "Flower's simulation engine (`run_simulation`, Ray, 2 workers), virtual boards running "
         "the numpy twin (= the device, bit for bit), 2 classes of digits per board "
-        f"({_measured(rec)}): test accuracy of the global model per round:",
+        f"({_same(rec)}): test accuracy of the global model per round:",
         "",
         *rows,
         "",
@@ -153,6 +153,10 @@ def render_sim(rec: dict) -> str:
           f"{sims[n]['seconds']:,.1f} s / {w / max(len(sims[n]['rounds']) - 1, 1):,.2f} s |"
           for n, b, w in zip(ns, per_round, wall, strict=True)],
     ])
+
+
+def _same(rec: dict) -> str:
+    return f"measured {rec['measured']} with the figure above, `kilolearn docs --measure fleet`"
 
 
 def _measured(rec: dict) -> str:

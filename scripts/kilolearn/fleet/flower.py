@@ -157,9 +157,9 @@ class KiloFedAvg(FedAvg):
             if msg.has_error():
                 reason = msg.error.reason or f"error {msg.error.code}"
                 board = self.node_board.get(node, -1)
-                if reason.startswith("board "):
-                    board, _, reason = reason[6:].partition(": ")
-                    board = int(board)
+                k, sep, rest = reason.removeprefix("board ").partition(": ")
+                if reason.startswith("board ") and sep and k.isdigit():
+                    board, reason = int(k), rest
                 self._reject(rep, board, reason)
                 continue
             mr = msg.content.get("metrics")
