@@ -147,17 +147,21 @@ def test_split_is_non_iid_and_covers_every_sample(digits):
 # ---------------------------------------------------------------------------- fleets
 
 
-def _check_fault_run(res: FR.FleetResult, killed: int | None, damaged: int | None) -> None:
-    """Round 2 drops the killed and the damaged board with their reasons, rounds 1 and 3
-    have every board (they rejoin), every device round is the twin's, bit for bit."""
+def _check_fault_run(res: FR.FleetResult, killed: int | None, damaged: int | None,
+                     hung: int | None = None) -> None:
+    """Round 2 drops the killed, the hung and the damaged board with their reasons, rounds 1
+    and 3 have every board (they rejoin), every device round is the twin's, bit for bit."""
     n = res.config["n_boards"]
     assert [r["round"] for r in res.rounds] == [1, 2, 3]
     for r in res.rounds:
         dropped = {b["board"]: b["reason"] for b in r["boards"] if not b["ok"]}
-        want = {k for k in (killed, damaged) if k is not None} if r["round"] == 2 else set()
+        want = {k for k in (killed, damaged, hung) if k is not None} \
+            if r["round"] == 2 else set()
         assert set(dropped) == want, dropped
         if killed is not None and r["round"] == 2:
             assert "link lost" in dropped[killed] or "timed out" in dropped[killed]
+        if hung is not None and r["round"] == 2:
+            assert dropped[hung].startswith("device timed out")
         if damaged is not None and r["round"] == 2:
             assert "KL_ECRC" in dropped[damaged]
         ok = [b for b in r["boards"] if b["ok"]]
@@ -168,16 +172,27 @@ def _check_fault_run(res: FR.FleetResult, killed: int | None, damaged: int | Non
 
 
 def test_host_fleet_rounds_equal_the_twin_and_survive_faults():
-    """Three host-build boards, three rounds: in round 2 board 1's process is killed
-    mid-round and board 2's blob is damaged on the way back; the rounds finish, the reasons
-    are logged, both rejoin in round 3, and every round is the numpy twin's."""
-    cfg = FR.FleetConfig(n_boards=3, board="host", rounds=3, max_samples=120, timeout=5.0,
-                         faults={(2, 1): B.KILL, (2, 2): B.CORRUPT})
+    """Four host-build boards, three rounds: in round 2 board 1's process is killed
+    mid-round, board 3's stops answering (its replies time out) and board 2's blob is damaged
+    on the way back; the rounds finish, the reasons are logged, all three rejoin in round 3,
+    and every round is the numpy twin's."""
+    cfg = FR.FleetConfig(n_boards=4, board="host", rounds=3, max_samples=100, timeout=1.0,
+                         faults={(2, 1): B.KILL, (2, 2): B.CORRUPT, (2, 3): B.HANG})
     lines: list[str] = []
     res = FR.run(cfg, lines.append)
-    _check_fault_run(res, 1, 2)
-    assert any("board 1 dropped" in ln and "board 2 dropped" in ln for ln in lines)
-    assert len(res.alone) == 3 and len(res.centralised) == 3
+    _check_fault_run(res, 1, 2, hung=3)
+    assert any(all(f"board {k} dropped" in ln for k in (1, 2, 3)) for ln in lines)
+    assert len(res.alone) == 4 and len(res.centralised) == 3
+
+
+def test_failure_reasons_name_what_happened():
+    from kilolearn.device import protocol
+
+    assert B.failure(protocol.DeviceError(protocol.CONFIG, -12)).startswith(
+        "device refused a request (command 0x08 failed: KL_ENOMEM")
+    assert B.failure(protocol.LinkTimeout("no reply")) == "device timed out (no reply)"
+    assert B.failure(BrokenPipeError(32, "Broken pipe")).startswith("link lost (BrokenPipe")
+    assert B.failure(B.PowerLost("after 3")) == "power lost (after 3)"
 
 
 @pytest.mark.qemu
@@ -232,6 +247,7 @@ def test_cli_fleet_of_virtual_boards_json_and_plot(tmp_path):
     (["--kill", "8"], "--kill 8"),
     (["--kill", "1", "--rounds", "1"], "--fault-round"),
     (["--kill", "1", "--corrupt", "1"], "same board"),
+    (["--hang", "2", "--corrupt", "2"], "--hang and --corrupt"),
     (["--boards", "3", "--classes-per-board", "2"], "--classes-per-board"),
     (["--engine", "simulation"], "--engine"),
     (["--port", "loop://", "--boards", "2"], "--boards"),

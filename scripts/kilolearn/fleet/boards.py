@@ -5,6 +5,7 @@ a blob damaged on the way back)."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from ..core import fit
 from ..device import adapt, protocol
 from ..formats import export
 
-KILL, CORRUPT = "kill", "corrupt"  # the faults a board can be given for one round
+# the faults a board can be given for one round: its device killed (power lost), frozen (it
+# stops answering: timeouts), or its blob damaged on the way back
+KILL, HANG, CORRUPT = "kill", "hang", "corrupt"
 TWIN = "twin"  # a virtual board: the numpy twin stands in for the device
 
 
@@ -158,12 +161,13 @@ def run_round(board: Board, blob: bytes, x: np.ndarray, y: np.ndarray, st: adapt
     """Board ``board``'s round on its samples (x, y) in the order given: the global ``blob``
     in, the adapted blob out, with the sample count and the round's figures (bytes, device
     STATS, device = twin). ``fault`` KILL: the device (its process) is killed once the first
-    epoch has been sent; CORRUPT: the returned blob is damaged after the checks here."""
+    epoch has been sent, HANG: it is stopped there (SIGSTOP: no more replies); CORRUPT: the
+    returned blob is damaged after the checks here."""
     t0 = time.monotonic()
     n = len(x)
     m: dict[str, float] = {"num-examples": float(n), "blob-down": float(len(blob))}
     if board.virtual:
-        out = train_twin(blob, x, y, st, stop_after=n // 2 if fault == KILL else None)
+        out = train_twin(blob, x, y, st, stop_after=n // 2 if fault in (KILL, HANG) else None)
     else:
         out = _device_round(board, blob, x, y, st, m, fault)
     m["blob-up"] = float(len(out))
@@ -181,15 +185,22 @@ def _device_round(board: Board, blob: bytes, x: np.ndarray, y: np.ndarray,
         link = CountingLink(client.link)
         client.link = link
         say: Callable[[str], None] | None = None
-        if fault == KILL:
+        if fault in (KILL, HANG):
             def say(msg: str) -> None:
                 if "epoch 2/" in msg or msg.startswith("reading"):
                     proc = getattr(client, "process", None)
                     if proc is None:
                         raise PowerLost("no process to switch off (a real board)")
-                    proc.kill()
-                    proc.wait()
-        res = adapt.run(client, blob, x, y, {}, st, progress=say)
+                    if fault == HANG:
+                        proc.send_signal(signal.SIGSTOP)  # open_device kills it at the end
+                    else:
+                        proc.kill()
+                        proc.wait()
+        try:
+            res = adapt.run(client, blob, x, y, {}, st, progress=say)
+        finally:
+            if fault == HANG and (proc := getattr(client, "process", None)) is not None:
+                proc.kill()  # the frozen device, switched off
         m["link-tx"], m["link-rx"] = float(link.tx), float(link.rx)
         p = res.points[0]
         m["train-insn"], m["train-steps"] = float(p.train_insn), float(p.steps)

@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="wait this long for each reply of a device (default 10)")
     p.add_argument("--kill", type=ca.IntRange(0, 9_999), metavar="BOARD",
                    help="fault test: this board's device is killed mid-round in --fault-round")
+    p.add_argument("--hang", type=ca.IntRange(0, 9_999), metavar="BOARD",
+                   help="fault test: this board's device stops answering mid-round in "
+                   "--fault-round (its replies time out)")
     p.add_argument("--corrupt", type=ca.IntRange(0, 9_999), metavar="BOARD",
                    help="fault test: this board's returned blob is damaged in --fault-round")
     p.add_argument("--fault-round", type=ca.IntRange(1, 1000), default=2, metavar="ROUND")
@@ -92,16 +95,18 @@ def config(a: argparse.Namespace) -> FleetConfig:
     if urls and a.boards not in (None, n):
         raise UsageError(f"--boards {a.boards}: {len(urls)} real boards given (--port, "
                          "--hardware-map)")
-    for opt, k in (("--kill", a.kill), ("--corrupt", a.corrupt)):
-        if k is not None and k >= n:
+    given = [(opt, k) for opt, k in (("--kill", a.kill), ("--hang", a.hang),
+                                      ("--corrupt", a.corrupt)) if k is not None]
+    for opt, k in given:
+        if k >= n:
             raise UsageError(f"{opt} {k}: the fleet has boards 0 to {n - 1}")
-    if (a.kill is not None or a.corrupt is not None) and a.fault_round > a.rounds:
+    if given and a.fault_round > a.rounds:
         raise UsageError(f"--fault-round {a.fault_round}: the run has {a.rounds} rounds")
-    if a.kill is not None and a.kill == a.corrupt:
-        raise UsageError(f"--kill and --corrupt name the same board ({a.kill})")
-    if a.kill is not None and urls:
-        raise UsageError("--kill switches off an emulated board; real boards (--port, "
-                         "--hardware-map) cannot be")
+    if len({k for _, k in given}) < len(given):
+        raise UsageError(f"{' and '.join(o for o, _ in given)} name the same board")
+    if urls and (a.kill is not None or a.hang is not None):
+        raise UsageError(f"{'--kill' if a.kill is not None else '--hang'} acts on an emulated "
+                         "board's process; real boards (--port, --hardware-map) cannot be")
     if n * a.classes_per_board < N_CLASSES:
         raise UsageError(f"--classes-per-board {a.classes_per_board}: {n} boards of "
                          f"{a.classes_per_board} classes leave classes out (need boards x "
@@ -122,6 +127,8 @@ def config(a: argparse.Namespace) -> FleetConfig:
     faults = {}
     if a.kill is not None:
         faults[(a.fault_round, a.kill)] = B.KILL
+    if a.hang is not None:
+        faults[(a.fault_round, a.hang)] = B.HANG
     if a.corrupt is not None:
         faults[(a.fault_round, a.corrupt)] = B.CORRUPT
     return FleetConfig(n_boards=n, board=a.board, urls=urls, data=a.data,
@@ -136,14 +143,12 @@ def config(a: argparse.Namespace) -> FleetConfig:
 def quiet_flower(verbose: bool) -> None:
     """Flower's INFO lines (and Ray's tips) only with --verbose."""
     import logging
-    import os
     import warnings
 
     import flwr  # noqa: F401 - sets up its logger, which is then quietened
 
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         warnings.filterwarnings("ignore", category=FutureWarning)
 
 

@@ -271,8 +271,12 @@ def run_simulation(spec: FleetSpec, strategy: KiloFedAvg, blob: bytes, rounds: i
                    evaluate: Callable[[bytes], float], workers: int = 2) -> None:
     """The fleet in Flower's simulation engine: ``len(spec.parts)`` virtual SuperNodes, their
     ClientApps run by ``workers`` Ray workers at a time."""
+    import os
+
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation as flwr_run
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs: no tip
 
     server = ServerApp()
 
