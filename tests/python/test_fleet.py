@@ -249,7 +249,6 @@ def test_cli_fleet_of_virtual_boards_json_and_plot(tmp_path):
     (["--kill", "1", "--corrupt", "1"], "same board"),
     (["--hang", "2", "--corrupt", "2"], "--hang and --corrupt"),
     (["--boards", "3", "--classes-per-board", "2"], "--classes-per-board"),
-    (["--engine", "simulation"], "--engine"),
     (["--port", "loop://", "--boards", "2"], "--boards"),
     (["--port", "loop://", "--kill", "0"], "--kill"),
     (["--lr", "2"], "--lr"),

@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=ca.SEED, default=0)
     p.add_argument("--engine", default="inline", choices=["inline", "simulation"],
                    help="inline: Flower's messages served in this process, one board after "
-                   "the other; simulation: Flower's simulation engine (Ray), virtual boards")
+                   "the other; simulation: Flower's simulation engine (Ray), --workers boards "
+                   "at a time")
     p.add_argument("--workers", type=ca.IntRange(1, 256), default=2,
                    help="simulation: boards trained at a time (default 2)")
     p.add_argument("--timeout", type=ca.TIMEOUT, default=10.0, metavar="SECONDS",
@@ -111,9 +112,6 @@ def config(a: argparse.Namespace) -> FleetConfig:
         raise UsageError(f"--classes-per-board {a.classes_per_board}: {n} boards of "
                          f"{a.classes_per_board} classes leave classes out (need boards x "
                          f"classes >= {N_CLASSES})")
-    if a.engine == "simulation" and (urls or a.board != B.TWIN):
-        raise UsageError("--engine simulation runs virtual boards (--board twin); devices "
-                         "run inline")
     if a.lr > 1 and a.dtype == "s8":
         raise UsageError(f"--lr {a.lr:g}: int8 training takes a learning rate up to 1")
     import importlib.util

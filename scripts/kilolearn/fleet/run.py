@@ -112,6 +112,10 @@ def run(cfg: FleetConfig, progress: Callable[[str], None] | None = None) -> Flee
             + (f", link {link / 1024:.1f} KiB" if link else "")
             + "".join(f"; board {b.board} dropped: {b.reason}" for b in rep.dropped))
 
+    if not cfg.urls and cfg.board != B.TWIN:  # build the firmware once, before any round
+        from ..device import build
+
+        build.build(cfg.board, target="kl_session")
     strategy = F.KiloFedAvg(cfg.n_boards, on_round)
     say(f"{cfg.n_boards} boards ({'real' if cfg.urls else cfg.board}), {cfg.rounds} rounds, "
         f"{cfg.engine} engine; initial accuracy {100 * res.initial_accuracy:.2f} %")
