@@ -192,7 +192,7 @@ def _device_round(board: Board, blob: bytes, x: np.ndarray, y: np.ndarray,
                     if proc is None:
                         raise PowerLost("no process to switch off (a real board)")
                     if fault == HANG:
-                        proc.send_signal(signal.SIGSTOP)  # open_device kills it at the end
+                        proc.send_signal(signal.SIGSTOP)  # killed below, once timed out
                     else:
                         proc.kill()
                         proc.wait()

@@ -1,8 +1,8 @@
 """kilolearn's fleet on Flower: the ClientApp that wraps a board, the server strategy that
 checks and aggregates the boards' blobs (:mod:`.aggregate`), and the two ways Flower carries the
-messages: in this process, one board after the other (:class:`InlineGrid`, for boards that
-each hold a device), or Flower's simulation engine (``flwr.simulation.run_simulation``, Ray)
-for many virtual boards.
+messages: in this process, one board after the other (:class:`InlineGrid`), or Flower's
+simulation engine (``flwr.simulation.run_simulation``, Ray: many virtual boards, or devices a
+few at a time).
 
 The model travels as the kilolearn blob itself, one ``Array`` (stype ``kilolearn.klm``) in the
 messages' ArrayRecord: what the board LOADs and what it reads back, CRC included.
