@@ -29,6 +29,7 @@ from .formats import export
 
 BOARDS = ca.BOARDS
 DATASETS = ["digits", "fashion"]
+SESSION_DATA = ["digits", "fashion", "basicmotions"]
 CPU = ca.CPU
 
 
@@ -68,18 +69,25 @@ def cmd_session(a: argparse.Namespace) -> int:
 
     if a.plot:
         ca.need_matplotlib("--plot")
-    sc = session.Scenario(epochs=a.epochs, lr=a.lr, replay_ratio=a.replay_ratio, seed=a.seed,
-                          update=a.update)
+    given = {k: v for k, v in (("epochs", a.epochs), ("lr", a.lr)) if v is not None}
+    sc = session.Scenario(**{**session.DATA_DEFAULTS.get(a.data, {}), **given},
+                          replay_ratio=a.replay_ratio, seed=a.seed, update=a.update,
+                          pretrain=None if a.pretrain == "none" else a.pretrain)
     if a.replay_cap is not None:
         sc.replay_cap = a.replay_cap
     else:  # the default: as many of the default latents as the device's arena holds
         sc.fit_replay = True
-    ds = datasets.load(a.data)
+    ds = session.load_data(a.data)
     strategies = list(session.STRATEGIES) if a.strategy == "all" else [a.strategy]
     where = a.port or f"{a.board} ({CPU.get(a.board, a.board)})"
     print(f"kilolearn session: class-incremental {a.data}, {len(session.tasks_of(ds, 2))} tasks "
-          f"x 2 classes, int8, {a.epochs} epochs per task, latent replay {sc.replay_cap} latents "
+          f"x 2 classes, int8, {sc.epochs} epochs per task, latent replay {sc.replay_cap} latents "
           f"x ratio {a.replay_ratio}, on {where}", flush=True)
+    if ds.x_pool is not None and sc.pretrain is not None:
+        print(f"  backbone: a CNN pretrained on the host on {sc.pretraining.n:,} other "
+              f"{a.data} images ({'every class' if sc.pretrain == 'all' else 'the first task'}"
+              "), frozen; pretraining the first time takes a minute, then it is cached",
+              flush=True)
     results = []
     with ca.open_device(a) as client:
         if a.bench_link:
@@ -97,22 +105,8 @@ def cmd_session(a: argparse.Namespace) -> int:
                             note=lambda msg: print("  " + msg, flush=True))
             results.append(r)
             print(" " * 70, end="\r")
-            rows = []
-            for t, accs in enumerate(r.task_acc):
-                s = r.stats[t]
-                rows.append([t + 1, f"{100 * r.acc_after_task[t]:.1f}",
-                             f"{100 * r.reference_acc_after_task[t]:.1f}"
-                             if r.reference_acc_after_task else "-",
-                             " ".join(f"{100 * v:.0f}" for v in accs),
-                             f"{s['train_steps'] + s['replay_steps']:,}",
-                             f"{s['train_insn'] / max(s['train_steps'], 1):,.0f}"
-                             if s["train_insn"] else "n/a",
-                             f"{s['arena_peak']:,}", s["replay_count"],
-                             f"{s['store_bytes_written']:,}"])
             print(f"\n{st}  ({r.seconds:.1f} s)")
-            print(tabulate(rows, headers=["task", "acc seen %", "numpy %", "per-task acc %",
-                                          "steps", "insn/new sample", "arena peak",
-                                          "replay", "store bytes"]))
+            print(session.task_table(r.as_dict()))
     print("\nsummary after the last task (accuracy on all classes; mean of the per-task "
           "accuracies)")
     print(session.summary_table([r.as_dict() for r in results]))
@@ -325,10 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("session", help="a class-incremental continual-learning session on a "
                        "device (the main job)")
     ca.add_device_args(s)
-    s.add_argument("--data", default="digits", choices=DATASETS)
+    s.add_argument("--data", default="digits", choices=SESSION_DATA,
+                   help="digits (8x8, a random frozen Dense backbone), fashion (Fashion-MNIST "
+                   "28x28, a pretrained CNN backbone), basicmotions (smartwatch motion time "
+                   "series from the aeon package, a random 1-D conv backbone)")
+    s.add_argument("--pretrain", default="all", choices=["all", "first", "none"],
+                   help="fashion: the CNN backbone pretrained on other images of every class "
+                   "(all) or of the first task's classes only (first); none: the random Dense "
+                   "backbone")
     s.add_argument("--strategy", default="all", choices=["all", "replay", "naive", "joint"])
-    s.add_argument("--epochs", type=ca.EPOCHS, default=3)
-    s.add_argument("--lr", type=ca.LR, default=0.05, help=lr_help)
+    s.add_argument("--epochs", type=ca.EPOCHS, default=None,
+                   help="epochs per task (default 3; basicmotions 10)")
+    s.add_argument("--lr", type=ca.LR, default=None, help=lr_help + " (default 0.05; "
+                   "basicmotions 0.01)")
     s.add_argument("--replay-cap", type=ca.IntRange(1, 65535), default=None, metavar="N",
                    help="latents the replay buffer holds (default: 200, or as many as the "
                    "device's arena holds)")

@@ -44,6 +44,11 @@ def build_dir(board: str, sanitize: bool = False, cmsis_nn: bool = False) -> Pat
     return base / (board + ("-asan" if sanitize else "") + ("-cmsis-nn" if cmsis_nn else ""))
 
 
+def cache_dir() -> Path:
+    """Where results made on the host are kept between runs (pretrained backbones)."""
+    return Path(os.environ.get("KILOLEARN_BUILD_DIR", repo_root() / "build")) / "cache"
+
+
 def build(board: str = HOST, sanitize: bool = False, target: str = "kl_runner",
           quiet: bool = True, cmsis_nn: bool = False) -> Path:
     """Configure (once) and build ``target``; returns the path of the built program.

@@ -6,6 +6,10 @@ Default scenario: split digits, 5 tasks of 2 classes. The model is a frozen rand
 head's logits are masked to the classes seen so far. Strategies: ``replay`` (class-balanced
 latent replay), ``naive`` (fine-tuning only on the new task) and ``joint`` (all classes at once,
 the upper bound).
+
+Fashion-MNIST (28x28): a CNN backbone pretrained on the host on images the session never sees
+(core/backbone.py), frozen and read in place from the device's flash, its 64-value embedding
+the latent; the head learns the classes on the device.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from ..core import backbone as bb
 from ..core import data as datasets
 from ..core import model as M
 from ..core import reference, selective
@@ -42,6 +47,13 @@ class Scenario:
     #: when replay_cap latents do not fit the device's arena: hold as many as fit (else
     #: DoesNotFit says how many would)
     fit_replay: bool = False
+    #: image data sets: the backbone, a CNN pretrained on the data set's pool of images the
+    #: session never sees -- every class ("all") or the first task's ("first"); None: a
+    #: random frozen Dense(backbone) layer
+    pretrain: str | None = "all"
+    cnn: bb.CnnSpec = field(default_factory=bb.CnnSpec)
+    series: bb.SeriesSpec = field(default_factory=bb.SeriesSpec)
+    pretraining: bb.Pretraining = field(default_factory=bb.Pretraining)
 
 
 class DoesNotFit(ValueError):
@@ -65,6 +77,45 @@ class Result:
 def build_model(sc: Scenario, n_inputs: int = 64, n_classes: int = 10) -> M.Model:
     return M.Model([M.Input((n_inputs,)), M.Dense(sc.backbone, "relu", trainable=False),
                     M.Dense(32, "relu"), M.Dense(n_classes), M.SoftmaxCrossEntropy()])
+
+
+#: scenario settings that differ by data set (the rest: Scenario's defaults): BasicMotions
+#: has 10 recordings per class, so more epochs at a smaller step
+DATA_DEFAULTS: dict[str, dict] = {"basicmotions": {"epochs": 10, "lr": 0.01}}
+SESSION_DATA = ("digits", "fashion", "basicmotions")
+
+
+def load_data(name: str) -> datasets.Dataset:
+    """A scenario's data: digits (8x8, features), or Fashion-MNIST at 28x28 with 3,000 training
+    and 1,000 test images and a pretraining pool of the next 20,000."""
+    if name == "fashion":
+        return datasets.fashion(n_train=3000, n_test=1000, size=28,
+                                n_pool=bb.Pretraining().n)
+    return datasets.load(name)  # digits, basicmotions
+
+
+def scenario_model(sc: Scenario, ds: datasets.Dataset
+                   ) -> tuple[M.Graph, M.Params, int, np.ndarray]:
+    """The scenario's model: graph, parameters, the latent-replay cut (the frozen backbone's
+    output tensor) and the int8 calibration images. Images with a pretraining pool (and
+    ``sc.pretrain``): the pretrained CNN, calibrated on the pool (what the host has); else the
+    random Dense backbone, calibrated on the first training samples; time series (a shape
+    of height 1): the random 1-D conv backbone, calibrated on the first task's training
+    series (what the device has first)."""
+    if sc.pretrain is not None and ds.shape is not None and ds.x_pool is not None:
+        assert ds.y_pool is not None
+        spec = replace(sc.cnn, shape=ds.shape)
+        first = tasks_of(ds, sc.classes_per_task)[0]
+        m, p, cut = bb.pretrained_cnn(spec, sc.pretraining, ds.x_pool, ds.y_pool,
+                                      ds.n_classes, first, sc.seed, build.cache_dir())
+        calib = ds.x_pool if sc.pretrain == "all" else ds.x_pool[np.isin(ds.y_pool, first)]
+        return m.graph, p, cut, calib[:200]
+    if ds.shape is not None and ds.shape[0] == 1:
+        m, p, cut = bb.series_model(sc.series, ds.shape, ds.n_classes, sc.seed)
+        first = tasks_of(ds, sc.classes_per_task)[0]
+        return m.graph, p, cut, ds.x_train[np.isin(ds.y_train, first)][:200]
+    m = build_model(sc, ds.x_train.shape[1], ds.n_classes)
+    return m.graph, m.init(sc.seed), m.graph.ops[0].output, ds.x_train[:200]
 
 
 def tasks_of(ds: datasets.Dataset, per_task: int) -> list[list[int]]:
@@ -147,13 +198,14 @@ def _connect(url: str, proc: subprocess.Popen) -> protocol.SerialLink:
 class _Reference:
     """The same session in numpy: int8 trainer + replay twin, step for step."""
 
-    def __init__(self, qm: reference.QModel, sc: Scenario, replay: bool, n_classes: int):
+    def __init__(self, qm: reference.QModel, sc: Scenario, replay: bool, n_classes: int,
+                 cut: int):
         self.t = reference.S8Trainer(qm, lr=sc.lr, seed=sc.seed)
         if sc.update is not None:
             self.t.set_update_policy(*sc.update)
         self.mask = np.zeros(n_classes, bool)
         self.t.class_mask = self.mask
-        self.cut = qm.graph.ops[0].output
+        self.cut = cut
         self.buf = ReplayBuffer(sc.replay_cap, n_classes, sc.seed ^ 0x9E3779B9) if replay \
             else None
         self.ratio = sc.replay_ratio
@@ -220,15 +272,13 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
         raise ValueError(f"strategy must be one of {STRATEGIES}")
     sc = sc or Scenario()
     ds = ds or datasets.digits()
-    m = build_model(sc, ds.x_train.shape[1], ds.n_classes)
-    g = m.graph
-    p = m.init(sc.seed)
-    qm = reference.quantize_model(g, p, ds.x_train[:200])
+    g, p, cut, calib = scenario_model(sc, ds)
+    qm = reference.quantize_model(g, p, calib)
     xq, xt = qm.quantize_input(ds.x_train), qm.quantize_input(ds.x_test)
     replay = strategy == "replay"
     t0 = time.monotonic()
     client.load(export.export_s8(qm))
-    cfg = dict(lr=sc.lr, seed=sc.seed, cut=g.ops[0].output if replay else protocol.NO_CUT,
+    cfg = dict(lr=sc.lr, seed=sc.seed, cut=cut if replay else protocol.NO_CUT,
                replay_ratio=sc.replay_ratio if replay else 0, classes=b"",
                update=None if sc.update is None else
                (selective.policy_id(sc.update[0]), selective.permille(sc.update[1])))
@@ -238,13 +288,13 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
     except protocol.DeviceError as e:
         if not (replay and e.status == ENOMEM):
             raise
-        latent = int(np.prod(g.shapes[g.ops[0].output]))  # int8
+        latent = int(np.prod(g.shapes[cut]))  # int8
         cap, msg = _fit_replay(client, cap, cfg, latent, ds.n_classes, sc.fit_replay)
         if note is not None:
             note(msg)
         client.config(replay_cap=cap, **cfg)
         sc = replace(sc, replay_cap=cap)
-    ref = _Reference(qm, sc, replay, ds.n_classes) if with_reference else None
+    ref = _Reference(qm, sc, replay, ds.n_classes, cut) if with_reference else None
     res = Result(strategy, replay_cap=cap)
     tasks = tasks_of(ds, sc.classes_per_task)
     rng = np.random.default_rng(sc.seed)
@@ -277,6 +327,28 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
         res.stats.append(asdict(client.stats()))
     res.seconds = time.monotonic() - t0
     return res
+
+
+def task_table(r: dict) -> str:
+    """One strategy's table, from a Result.as_dict() record: per task the accuracy on the
+    classes seen so far (device, numpy twin), per task, the steps, instructions per new sample,
+    arena peak, latents held and store bytes written."""
+    from tabulate import tabulate
+
+    rows = []
+    for t, accs in enumerate(r["task_acc"]):
+        s = r["stats"][t]
+        rows.append([t + 1, f"{100 * r['acc_after_task'][t]:.1f}",
+                     f"{100 * r['reference_acc_after_task'][t]:.1f}"
+                     if r["reference_acc_after_task"] else "-",
+                     " ".join(f"{100 * v:.0f}" for v in accs),
+                     f"{s['train_steps'] + s['replay_steps']:,}",
+                     f"{s['train_insn'] / max(s['train_steps'], 1):,.0f}"
+                     if s["train_insn"] else "n/a",
+                     f"{s['arena_peak']:,}", s["replay_count"], f"{s['store_bytes_written']:,}"])
+    return tabulate(rows, headers=["task", "acc seen %", "numpy %", "per-task acc %", "steps",
+                                   "insn/new sample", "arena peak", "replay", "store bytes"],
+                    disable_numparse=True)
 
 
 def summary_table(results: list[dict]) -> str:

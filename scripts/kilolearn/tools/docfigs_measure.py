@@ -56,14 +56,15 @@ def _measure_train(model_name: str, epochs: int, board: str = BOARD,
 # ---------------------------------------------------------------------------- sessions
 
 
-def _measure_session(board: str, data: str, plot: Path | None = None) -> dict:
-    """`kilolearn session` with its defaults (the replay buffer sized to the device's arena)."""
-    from ..core import data as datasets
+def _measure_session(board: str, data: str, plot: Path | None = None,
+                     pretrain: str | None = "all") -> dict:
+    """`kilolearn session --data DATA` with its defaults (the replay buffer sized to the
+    device's arena)."""
     from ..device import session
 
-    sc = session.Scenario()
+    sc = session.Scenario(**session.DATA_DEFAULTS.get(data, {}), pretrain=pretrain)
     sc.fit_replay = True
-    ds = datasets.load(data)
+    ds = session.load_data(data)
     notes: list[str] = []
     results = []
     with session.open_device(board) as client:

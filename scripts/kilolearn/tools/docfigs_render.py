@@ -124,10 +124,32 @@ def render_session_fashion(rec: dict) -> str:
     same = all(r["acc_after_task"] == r["reference_acc_after_task"] for r in d["results"])
     accs = ", ".join(f"{s} {_pct(res[s]['acc_after_task'][-1])}"
                      for s in ("replay", "naive", "joint"))
-    return ("A larger scenario: `kilolearn session --data fashion` (Fashion-MNIST from "
-            "Debian's `dataset-fashion-mnist`, 3,000 train / 1,000 test images pooled to "
-            f"14×14; on the host build: {accs}, device and numpy "
-            f"{'identical' if same else 'DIFFERENT'}; {_measured(rec)}).")
+    return ("A larger scenario, the paper's setting: `kilolearn session --data fashion` "
+            "(Fashion-MNIST 28×28 from Debian's `dataset-fashion-mnist`, 3,000 train / 1,000 "
+            "test images) on a CNN backbone pretrained on the host on 20,000 other images, "
+            "frozen in flash; the head learns the classes on the board. On "
+            f"{d['board']}: {accs}, device and numpy {'identical' if same else 'DIFFERENT'}; "
+            f"{_range(_insn_per_new(res['naive']))} instructions per new sample "
+            f"({_measured(rec)}). Tables and the time-series scenario: "
+            "docs/continual-learning.md.")
+
+
+def render_session_tables(rec: dict) -> str:
+    """Every strategy's per-task table of a session record, and the summary."""
+    from ..device import session
+
+    d = rec["data"]
+    parts = []
+    for r in d["results"]:
+        parts.append(f"{r['strategy']} ({r['replay_cap']} latents held)" if r["replay_cap"]
+                     else r["strategy"])
+        parts.append(_fence(session.task_table(r)))
+    parts.append("summary (accuracy on every class after the last task; mean of the per-task "
+                 "accuracies)")
+    parts.append(_fence(session.summary_table(d["results"])))
+    notes = "".join(f" {n}." for n in d.get("notes", []))
+    return "\n\n".join(parts) + f"\n\n*Arena {d['arena_size']:,} B.{notes} " + \
+        _stamp(rec, f" on {d['board']}").lstrip("*")
 
 
 def render_quickstart(rec: dict) -> str:
