@@ -24,6 +24,21 @@ class Dataset:
     def n_classes(self) -> int:
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
+    def subset(self, classes: int, n_train: int, n_test: int, n_pool: int = 0) -> Dataset:
+        """The first n_train / n_test (/ n_pool) samples of classes 0..classes-1."""
+        def take(x: np.ndarray | None, y: np.ndarray | None, n: int
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+            if x is None or y is None:
+                return None, None
+            keep = np.flatnonzero(y < classes)[:n]
+            return x[keep], y[keep]
+
+        xtr, ytr = take(self.x_train, self.y_train, n_train)
+        xte, yte = take(self.x_test, self.y_test, n_test)
+        xp, yp = take(self.x_pool, self.y_pool, n_pool) if n_pool else (None, None)
+        assert xtr is not None and ytr is not None and xte is not None and yte is not None
+        return Dataset(self.name, xtr, ytr, xte, yte, self.shape, xp, yp)
+
 
 def digits(n_train: int = 1200) -> Dataset:
     """sklearn's 8x8 digits (1,797 images), pixels scaled to [0, 1]; the first ``n_train``
