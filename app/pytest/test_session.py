@@ -12,7 +12,13 @@ from kilolearn.device import session
 log = logging.getLogger(__name__)
 
 
-def test_short_class_incremental_session(client):
+def test_class_incremental_sessions(client):
+    """Both sessions on one boot (the harness starts the app once per test)."""
+    short_digits_session(client)
+    pretrained_backbone_session(client)
+
+
+def short_digits_session(client):
     info = client.info()
     assert info.version == 1 and info.window == 1
     ds = data.digits()
@@ -37,7 +43,7 @@ def test_short_class_incremental_session(client):
     assert st["store_bytes_written"] > 0
 
 
-def test_pretrained_backbone_session(client):
+def pretrained_backbone_session(client):
     """Fashion-MNIST 28x28 on a small CNN backbone pretrained on the host (on other images),
     frozen in the store; 2 tasks of 2 classes, latent replay: device = numpy after each task."""
     from kilolearn.core import backbone as bb
