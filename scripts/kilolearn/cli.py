@@ -70,7 +70,9 @@ def cmd_session(a: argparse.Namespace) -> int:
         ca.need_matplotlib("--plot")
     sc = session.Scenario(epochs=a.epochs, lr=a.lr, replay_ratio=a.replay_ratio, seed=a.seed,
                           update=a.update)
-    if a.replay_cap is not None:
+    if a.replay_in_flash is not None:
+        sc.replay_cap, sc.replay_flash = a.replay_in_flash, True
+    elif a.replay_cap is not None:
         sc.replay_cap = a.replay_cap
     else:  # the default: as many of the default latents as the device's arena holds
         sc.fit_replay = True
@@ -79,7 +81,8 @@ def cmd_session(a: argparse.Namespace) -> int:
     where = a.port or f"{a.board} ({CPU.get(a.board, a.board)})"
     print(f"kilolearn session: class-incremental {a.data}, {len(session.tasks_of(ds, 2))} tasks "
           f"x 2 classes, int8, {a.epochs} epochs per task, latent replay {sc.replay_cap} latents "
-          f"x ratio {a.replay_ratio}, on {where}", flush=True)
+          f"{'in flash ' if sc.replay_flash else ''}x ratio {a.replay_ratio}, on {where}",
+          flush=True)
     results = []
     with ca.open_device(a) as client:
         if a.bench_link:
@@ -108,11 +111,14 @@ def cmd_session(a: argparse.Namespace) -> int:
                              f"{s['train_insn'] / max(s['train_steps'], 1):,.0f}"
                              if s["train_insn"] else "n/a",
                              f"{s['arena_peak']:,}", s["replay_count"],
-                             f"{s['store_bytes_written']:,}"])
+                             f"{s['store_bytes_written']:,}"]
+                            + ([f"{s['replay_bytes_written']:,}", s["replay_erases"]]
+                               if sc.replay_flash else []))
             print(f"\n{st}  ({r.seconds:.1f} s)")
             print(tabulate(rows, headers=["task", "acc seen %", "numpy %", "per-task acc %",
                                           "steps", "insn/new sample", "arena peak",
-                                          "replay", "store bytes"]))
+                                          "replay", "store bytes"]
+                           + (["replay flash bytes", "erases"] if sc.replay_flash else [])))
     print("\nsummary after the last task (accuracy on all classes; mean of the per-task "
           "accuracies)")
     print(session.summary_table([r.as_dict() for r in results]))
@@ -327,9 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", default="all", choices=["all", "replay", "naive", "joint"])
     s.add_argument("--epochs", type=ca.EPOCHS, default=3)
     s.add_argument("--lr", type=ca.LR, default=0.05, help=lr_help)
-    s.add_argument("--replay-cap", type=ca.IntRange(1, 65535), default=None, metavar="N",
-                   help="latents the replay buffer holds (default: 200, or as many as the "
-                   "device's arena holds)")
+    rc = s.add_mutually_exclusive_group()
+    rc.add_argument("--replay-cap", type=ca.IntRange(1, 65535), default=None, metavar="N",
+                    help="latents the replay buffer holds (default: 200, or as many as the "
+                    "device's arena holds)")
+    rc.add_argument("--replay-in-flash", type=ca.IntRange(1, 65534), default=None, metavar="N",
+                    help="a replay buffer of N latents kept in the device's replay store "
+                    "(flash) instead of its arena (docs/replay.md)")
     s.add_argument("--replay-ratio", type=ca.IntRange(0, 100), default=2)
     s.add_argument("--seed", type=ca.SEED, default=2)
     s.add_argument("--update", type=ca.UpdateSpec(), metavar="POLICY:FRACTION",

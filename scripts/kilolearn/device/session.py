@@ -42,6 +42,9 @@ class Scenario:
     #: when replay_cap latents do not fit the device's arena: hold as many as fit (else
     #: DoesNotFit says how many would)
     fit_replay: bool = False
+    #: the replay buffer's latents in the device's replay store (flash) instead of its arena
+    #: (docs/replay.md)
+    replay_flash: bool = False
 
 
 class DoesNotFit(ValueError):
@@ -229,11 +232,13 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
                replay_ratio=sc.replay_ratio if replay else 0, classes=b"",
                update=None if sc.update is None else
                (selective.policy_id(sc.update[0]), selective.permille(sc.update[1])))
+    if replay and sc.replay_flash:
+        cfg["replay_where"] = protocol.REPLAY_FLASH
     cap = sc.replay_cap if replay else 0
     try:
         client.config(replay_cap=cap, **cfg)
     except protocol.DeviceError as e:
-        if not (replay and e.status == ENOMEM):
+        if not (replay and e.status == ENOMEM) or sc.replay_flash:
             raise
         latent = int(np.prod(g.shapes[g.ops[0].output]))  # int8
         cap, msg = _fit_replay(client, cap, cfg, latent, ds.n_classes, sc.fit_replay)
