@@ -206,7 +206,7 @@ def _fit_replay(client: protocol.Client, cap: int, cfg: dict, latent: int, n_cla
     return lo, f"{what}: using {lo} latents"
 
 
-ENOMEM = -12
+ENOMEM, ENOSPC, ENOTSUP = -12, -28, -134
 
 
 def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
@@ -238,6 +238,10 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
     try:
         client.config(replay_cap=cap, **cfg)
     except protocol.DeviceError as e:
+        if replay and sc.replay_flash and e.status in (ENOSPC, ENOTSUP):
+            size = (client.last_info or client.info()).replay_store_size
+            raise DoesNotFit(f"{cap} latents do not fit the device's replay store ({size:,} B)"
+                             if size else "the device has no replay store") from None
         if not (replay and e.status == ENOMEM) or sc.replay_flash:
             raise
         latent = int(np.prod(g.shapes[g.ops[0].output]))  # int8

@@ -240,6 +240,9 @@ static int put_record(kl_freplay_t *f, uint32_t slot, uint32_t label, const uint
 		f->fill = 0;
 		fix_tail(f);
 	}
+	if (f->seq == UINT64_MAX) {
+		return KL_ENOSPC; /* only after a crafted region: numbers that cannot grow */
+	}
 	const uint32_t rec = f->head * f->per_sec + f->fill;
 	f->fill++; /* used, whatever happens: a torn record is skipped */
 	writer_t w = {.f = f, .off = rec_off(f, rec) + f->hdr_span, .n = 0, .crc = 0};
@@ -461,7 +464,13 @@ int kl_freplay_init(kl_freplay_t *f, kl_arena_t *a, kl_store_t *st, uint32_t cap
 		f->epoch = kl_rd32(h + RH_EPOCH);
 		if (restore(f, f->epoch, newest)) {
 			fix_tail(f);
-			return KL_OK;
+			/* the tail's live records must fit before the head needs a free
+			 * sector: always so after power cuts (a reclaim leaves a free
+			 * sector or room in the head), not after corrupted records let
+			 * older copies come back in a sector that had been reclaimed */
+			if (free_after_head(f) != 0u || f->per_sec - f->fill >= f->live[f->tail]) {
+				return KL_OK;
+			}
 		}
 	}
 	/* a new buffer: a new epoch, announced by a state record */
