@@ -10,8 +10,8 @@ Targets (tests/fuzz/): ``kl_fuzz_blob_lf`` (blob check, init, train, predict),
 ``kl_fuzz_session_lf`` (whole sessions through the byte feed, with a store, reboots and power
 cuts), ``kl_fuzz_store_lf`` (the store's mount, LOAD and COMMIT on crafted images),
 ``kl_fuzz_wlog_lf`` (a paged model's weight log on crafted flash: mount, train, mount),
-``kl_fuzz_freplay_lf`` (latent replay in flash on crafted regions: mount, offers, mount). The engine's
-sources come from modules/kilolearn/sources.cmake. A crash leaves its reproducer in
+``kl_fuzz_freplay_lf`` (latent replay in flash on crafted regions: mount, offers, mount). The
+engine's sources come from modules/kilolearn/sources.cmake. A crash leaves its reproducer in
 build/fuzz/artifacts/<target>/ and the command exits 1.
 """
 
