@@ -12,9 +12,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import require_target
 
 from kilolearn.core.replay import ReplayBuffer
-from kilolearn.device import build
+from kilolearn.device import build, qemu
 from kilolearn.device import protocol as P
 from kilolearn.device import session as S
 
@@ -38,6 +39,15 @@ def test_power_cut_at_every_step_loses_no_committed_latent():
     copies = [int(n) for n in re.findall(r"\((\d+) reclaim copies\)", r.stdout)]
     assert len(cuts) == 3 and min(cuts) > 100  # three geometries, every step of each
     assert restored == cuts and went_on == cuts and min(copies) > 0
+    assert r.stdout.count(" 0 failed") == 3
+
+
+@pytest.mark.qemu
+def test_power_cut_at_every_step_emulated_m4():
+    require_target("mps2-an386")
+    elf = build.build("mps2-an386", target="kl_freplay_faults")
+    r = qemu.run_firmware(elf, "mps2-an386", timeout=600)
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("PASS"), r.stdout[-3000:]
     assert r.stdout.count(" 0 failed") == 3
 
 

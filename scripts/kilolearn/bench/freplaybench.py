@@ -20,10 +20,11 @@ RUNS = [("SRAM", 200, False), ("flash", 200, True), ("flash", 2000, True)]
 
 def _run(client: protocol.Client, where: str, cap: int, flash: bool) -> dict:
     r = S.run(client, "replay", S.Scenario(replay_cap=cap, replay_flash=flash))
-    prev = {"replay_bytes_written": 0, "replay_erases": 0, "replay_copies": 0}
+    keys = ("replay_bytes_written", "replay_erases", "replay_copies")
+    prev = dict.fromkeys(keys, 0)
     tasks = []
     for st in r.stats:
-        tasks.append({k: st[k] - prev[k] for k in prev} | {"held": st["replay_count"]})
+        tasks.append({k: st[k] - prev[k] for k in keys} | {"held": st["replay_count"]})
         prev = st
     last = r.stats[-1]
     info = client.info()
