@@ -16,10 +16,11 @@ from ..device import session as S
 
 BOARD = "mps2-an386"
 RUNS = [("SRAM", 200, False), ("flash", 200, True), ("flash", 2000, True)]
+SEEDS = [2, 3, 4, 5, 6]  # the scenario's seed first: the spread over seeds of SRAM 200 / flash 2000
 
 
-def _run(client: protocol.Client, where: str, cap: int, flash: bool) -> dict:
-    r = S.run(client, "replay", S.Scenario(replay_cap=cap, replay_flash=flash))
+def _run(client: protocol.Client, where: str, cap: int, flash: bool, seed: int = 2) -> dict:
+    r = S.run(client, "replay", S.Scenario(replay_cap=cap, replay_flash=flash, seed=seed))
     keys = ("replay_bytes_written", "replay_erases", "replay_copies")
     prev = dict.fromkeys(keys, 0)
     tasks = []
@@ -68,12 +69,16 @@ def measure_figure() -> dict:
     with S.open_device(BOARD, timeout=120) as client:
         for where, cap, flash in RUNS:
             runs.append(_run(client, where, cap, flash))
+        spread = {f"{w}, {c}": [(r["acc"][-1], r["twin"][-1], r["task_acc"][0]) for r in
+                                [next(x for x in runs if (x["where"], x["cap"]) == (w, c))]
+                                + [_run(client, w, c, f, seed) for seed in SEEDS[1:]]]
+                  for w, c, f in (RUNS[0], RUNS[2])}
         refusal = _sram_refusal(client, 2000)
     exe = build.build("host", sanitize=True, target="kl_freplay_faults")
     host = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600).stdout
     elf = build.build(BOARD, target="kl_freplay_faults")
     board = qemu.run_firmware(elf, BOARD, timeout=900).stdout
-    return {"board": BOARD, "runs": runs, "sram_2000": refusal,
+    return {"board": BOARD, "runs": runs, "seeds": SEEDS, "spread": spread, "sram_2000": refusal,
             "faults": {"host": _faults(host), BOARD: _faults(board)}}
 
 
@@ -110,6 +115,14 @@ def render(rec: dict) -> str:
                                                    for t in big["tasks"]) + " |")
     per.append("| reclaim copies | " + " | ".join(f"{t['replay_copies']:,}"
                                                    for t in big["tasks"]) + " |")
+    seeds = ["| replay buffer | " + " | ".join(f"seed {x}" for x in d["seeds"]) + " | mean |",
+             "|---|" + "---:|" * (len(d["seeds"]) + 1)]
+    for k, v in d["spread"].items():
+        mark = "" if all(a == t for a, t, _ in v) else " (board ≠ twin)"
+        mean_a, mean_f = (sum(x[i] for x in v) / len(v) for i in (0, 2))
+        seeds.append(f"| {k}{mark} | " + " | ".join(f"{_pct(a)} % ({_pct(f)} %)"
+                                                     for a, _, f in v)
+                     + f" | {_pct(mean_a)} % ({_pct(mean_f)} %) |")
     f = d["faults"]
     fault_lines = [f"- Power cuts ({k}): {v['cuts']:,} cut points over {v['geometries']} "
                    f"geometries (every program/erase step, clean and torn in turn): "
@@ -126,6 +139,9 @@ def render(rec: dict) -> str:
         f"(4 KB sectors, 16-byte writes) (measured {rec['measured']}; rerun: `kilolearn docs "
         f"--measure replay-flash`):", "", *rows, "",
         f"Flash traffic per task of the {big['cap']:,}-latent flash buffer:", "", *per, "",
+        "Accuracy on all classes after the last task (and on the first task's classes) over "
+        "seeds of the scenario (the model's initialisation, the order of the samples, the "
+        "reservoir's generator), board = twin in every run unless marked:", "", *seeds, "",
         f"- An arena buffer of {ref['cap']:,} latents needs {ref['bytes']:,} B besides the model: "
         f"the board ({ref['arena']:,} B arena) answers CONFIG with {status}.",
         f"- The flash buffer of 200 makes the very choices of the arena one (the same accuracy "
