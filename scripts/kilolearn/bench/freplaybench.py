@@ -117,10 +117,13 @@ def render(rec: dict) -> str:
                                                    for t in big["tasks"]) + " |")
     seeds = ["| replay buffer | " + " | ".join(f"seed {x}" for x in d["seeds"]) + " | mean |",
              "|---|" + "---:|" * (len(d["seeds"]) + 1)]
+    means = {}
     for k, v in d["spread"].items():
         mark = "" if all(a == t for a, t, _ in v) else " (board ≠ twin)"
         mean_a, mean_f = (sum(x[i] for x in v) / len(v) for i in (0, 2))
-        seeds.append(f"| {k}{mark} | " + " | ".join(f"{_pct(a)} % ({_pct(f)} %)"
+        means[k] = mean_a
+        where, cap = k.split(", ")
+        seeds.append(f"| {where}, {int(cap):,}{mark} | " + " | ".join(f"{_pct(a)} % ({_pct(f)} %)"
                                                      for a, _, f in v)
                      + f" | {_pct(mean_a)} % ({_pct(mean_f)} %) |")
     f = d["faults"]
@@ -146,7 +149,19 @@ def render(rec: dict) -> str:
         f"the board ({ref['arena']:,} B arena) answers CONFIG with {status}.",
         f"- The flash buffer of 200 makes the very choices of the arena one (the same accuracy "
         f"after every task, equal to the twin's) in "
-        f"{runs[1]['arena_used']:,} B of arena instead of {runs[0]['arena_used']:,} B.",
+        f"{runs[1]['arena_used']:,} B of arena instead of {runs[0]['arena_used']:,} B; it costs "
+        f"{runs[1]['insn_per_sample'] - runs[0]['insn_per_sample']:,.0f} instructions more per "
+        f"new sample (the record's write, the replayed latents' reads), the 2,000 "
+        f"{big['insn_per_sample'] - runs[0]['insn_per_sample']:,.0f} (the reservoir finds the "
+        f"j-th latent of a class by a walk over the labels held).",
+        f"- Over the {len(d['seeds'])} seeds the 2,000-latent buffer ends at "
+        f"{_pct(means['flash, 2000'])} % on average, the 200-latent one at "
+        f"{_pct(means['SRAM, 200'])} %: at replay ratio 2 ten times more latents "
+        + ("do not buy accuracy in this scenario" if means["flash, 2000"] <= means["SRAM, 200"]
+           else "buy accuracy") + (
+            "; the scenario's own seed is the 2,000's lowest run."
+            if d["spread"]["flash, 2000"][0][0] == min(x[0] for x in d["spread"]["flash, 2000"])
+            else "."),
         f"- Cache: {big['hits']:,} of {big['hits'] + big['misses']:,} replayed latents came from "
         f"the {big['lines']} cached ones (picks are uniform over the "
         f"buffer), the rest were read from the store.",
