@@ -2,7 +2,8 @@
 store instead of the arena. The C fault test (power cut at every program/erase step, against
 kl_replay in memory), a split-digits session on the host build whose flash buffer comes round
 its region (reclaims) and stays bit-identical to the numpy twin, with the flash traffic equal to
-the records the twin's choices imply; CONFIG's refusals and resume; the host firmware's
+the records the twin's choices imply; CONFIG's refusals and resume; a power cut in a session's
+latent write on the host's file-backed replay store, restart and resume; the host firmware's
 --replay argument."""
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import numpy as np
 import pytest
 from conftest import require_target
 
+from kilolearn.core import reference
 from kilolearn.core.replay import ReplayBuffer
 from kilolearn.device import build, qemu
 from kilolearn.device import protocol as P
 from kilolearn.device import session as S
+from kilolearn.formats import export
 
 SECTOR, WRITE = 4096, 16  # the host firmware's replay store (runner/kl_session_main.c)
 
@@ -129,3 +132,52 @@ def test_no_replay_store_and_bad_arguments():
                            stdin=subprocess.DEVNULL, timeout=30)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and "--replay" in lines[0], (bad, r.stderr)
+
+
+def test_power_cut_during_a_latent_write_then_resume(digits, tmp_path):
+    """The host firmware's file-backed replay store: 30 latents kept, a restart (the weight
+    store is RAM: LOAD again), CONFIG key 9 = 2 resumes the 30; then the power goes at a step
+    of the second TRAIN's record (its payload, its header torn, or right after it): after the
+    next restart the buffer holds the latents of every record that was complete."""
+    sc = S.Scenario()
+    m = S.build_model(sc)
+    qm = reference.quantize_model(m.graph, m.init(sc.seed), digits.x_train[:200])
+    blob, xq = export.export_s8(qm), qm.quantize_input(digits.x_train)
+    cfg = dict(lr=sc.lr, seed=sc.seed, cut=m.graph.ops[0].output, replay_ratio=2,
+               classes=b"", replay_cap=100)
+    steps = record_span(sc.backbone, 10) // WRITE  # program steps of one record
+    exe = build.build("host", sanitize=True, target="kl_session")
+    flash = tmp_path / "replay.bin"
+
+    def boot(*extra: str) -> P.Client:
+        c = P.Client(P.ProcessLink([str(exe), "--replay", "262144", "--replay-file",
+                                    str(flash), *extra]))
+        c.load(blob)
+        return c
+
+    def train(c: P.Client, n: int, start: int) -> None:
+        for i in range(start, start + n):
+            assert c.train(int(digits.y_train[i]), xq[i].tobytes())[1] == 2  # replayed
+
+    for k, seed, held in ((steps + steps // 2, 0, 31), (2 * steps, 7, 31),
+                          (2 * steps + 1, 0, 32)):
+        flash.unlink(missing_ok=True)
+        c = boot()
+        c.config(replay_where=P.REPLAY_FLASH, **cfg)
+        train(c, 30, 0)
+        c.close()
+        c = boot("--replay-cut", f"{k},{seed}")
+        c.config(replay_where=P.REPLAY_FLASH_RESUME, **cfg)
+        assert c.stats().replay_count == 30
+        train(c, 1, 30)  # its record: steps 1..steps
+        with pytest.raises(P.DeviceError) as e:  # the cut in the next records
+            for i in range(31, 34):
+                c.train(int(digits.y_train[i]), xq[i].tobytes())
+        assert e.value.status == -5  # KL_EIO
+        c.close()
+        c = boot()
+        c.config(replay_where=P.REPLAY_FLASH_RESUME, **cfg)
+        assert c.stats().replay_count == held, (k, seed)
+        train(c, 5, 40)  # goes on: the next records after the torn one
+        assert c.stats().replay_count == held + 5
+        c.close()
