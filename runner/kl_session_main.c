@@ -12,9 +12,15 @@
  *               a paged model's weight log (docs/paged-weights.md) is the
  *               store's last BYTES with `--log BYTES`, none with `--log 0`,
  *               else a RAM store of its own (lost at exit)
+ *               a flash replay buffer's latents (docs/replay.md) go to a NOR
+ *               simulation in RAM of its own: `--replay BYTES` (4 KB sectors,
+ *               16-byte writes; 0: none; default 1 MB), or with
+ *               `--replay-file FILE` a file-backed one (kept over a restart);
+ *               `--replay-cut K[,SEED]` loses its power at its K-th step
  *   QEMU mps2   the NOR simulation over PSRAM (KL_FLASH_SIM_ADDR), formatted
  *               at power-on, kept over a system reset; the weight log a NOR
- *               simulation of its own 2 MB above it
+ *               simulation of its own 2 MB above it, the replay latents one
+ *               of 2 MB 4 MB above it
  */
 #include <stdint.h>
 #include <string.h>
@@ -34,6 +40,11 @@ static kl_session_t session;
 static kl_store_t store;     /* the generations: the whole part, or its first part */
 static kl_store_t log_store; /* a paged model's weight log */
 static int have_log;
+static kl_store_t replay_store; /* a flash replay buffer's latents */
+static kl_nor_sim_t replay_nor;
+static int have_replay;
+#define REPLAY_SECTOR 4096u
+#define REPLAY_WRITE  16u
 
 #ifdef KL_BAREMETAL
 /* NOR flash simulation over PSRAM: 1 MB, 16 KB sectors, 16-byte writes,
@@ -46,6 +57,8 @@ static int have_log;
 #define SIM_MAGIC 0x4D49534Eu /* "NSIM" */
 #define LOG_AT    (2u * 1024u * 1024u)
 #define LOG_SIZE  (1024u * 1024u)
+#define REPLAY_AT   (4u * 1024u * 1024u)
+#define REPLAY_SIZE (2u * 1024u * 1024u)
 static kl_nor_sim_t nor;
 
 static int store_init(int argc, char **argv)
@@ -79,6 +92,15 @@ static int store_init(int argc, char **argv)
 			kl_store_nor_format(&log_store);
 		}
 		have_log = 1;
+	}
+	/* the replay latents: 2 MB of 4 KB sectors, 4 MB above the store */
+	const kl_store_geom_t rg = {REPLAY_SIZE, REPLAY_SECTOR, REPLAY_WRITE, 0xFFu};
+	if (kl_store_nor_init(&replay_store, &replay_nor,
+			      (uint8_t *)(uintptr_t)(KL_FLASH_SIM_ADDR + REPLAY_AT), &rg) == KL_OK) {
+		if (fresh) {
+			kl_store_nor_format(&replay_store);
+		}
+		have_replay = 1;
 	}
 	return KL_OK;
 }
@@ -114,9 +136,56 @@ static uint32_t store_mem[KL_SESSION_STORE_SIZE / 4u];
 static uint32_t ram_wear[2u * (KL_SESSION_STORE_SIZE / KL_STORE_RAM_SECTOR)];
 static kl_store_file_t file_store;
 
+#ifndef KL_SESSION_REPLAY_SIZE
+#define KL_SESSION_REPLAY_SIZE (1024u * 1024u)
+#endif
+
+/* --replay BYTES: the replay latents' NOR simulation in RAM (lost at exit),
+ * or in the file path (kept); power lost at its cut-th step (0: never) */
+static kl_store_file_t replay_file;
+
+static int replay_init(unsigned long size, const char *path, uint32_t cut, uint32_t seed)
+{
+	static uint32_t replay_mem[KL_SESSION_REPLAY_SIZE / 4u];
+	if (size == 0u) {
+		return KL_OK;
+	}
+	const kl_store_geom_t rg = {(uint32_t)size, REPLAY_SECTOR, REPLAY_WRITE, 0xFFu};
+	const int err = path != NULL ? kl_store_file_open(&replay_store, &replay_file, path, &rg)
+			: size > sizeof(replay_mem) ? KL_EINVAL
+			: kl_store_nor_init(&replay_store, &replay_nor, (uint8_t *)replay_mem, &rg);
+	if (err != KL_OK) {
+		fprintf(stderr, "kl_session: --replay %lu%s%s: not whole %u-byte sectors%s (%d)\n",
+			size, path != NULL ? " --replay-file " : "", path != NULL ? path : "",
+			REPLAY_SECTOR, path != NULL ? ", or not a replay store of that size"
+						    : " up to 1 MB", err);
+		return KL_EINVAL;
+	}
+	if (path == NULL) {
+		kl_store_nor_format(&replay_store);
+	}
+	kl_store_nor_cut(&replay_store, cut, seed);
+	have_replay = 1;
+	return KL_OK;
+}
+
+/* "K[,SEED]" */
+static uint32_t parse_cut(const char *text, uint32_t *seed)
+{
+	char *end;
+	const uint32_t k = (uint32_t)strtoul(text, &end, 0);
+	if (*end == ',') {
+		*seed = (uint32_t)strtoul(end + 1, NULL, 0);
+	}
+	return k;
+}
+
 static int store_init(int argc, char **argv)
 {
 	const char *path = NULL;
+	unsigned long replay = KL_SESSION_REPLAY_SIZE;
+	const char *replay_path = NULL;
+	uint32_t replay_cut = 0, replay_seed = 0;
 	kl_store_geom_t g = {1024u * 1024u, 16u * 1024u, 16u, 0xFFu};
 	uint32_t cut = 0, seed = 0;
 	unsigned long log = 0;
@@ -137,17 +206,29 @@ static int store_init(int argc, char **argv)
 				fprintf(stderr, "kl_session: bad --log %s\n", argv[i + 1]);
 				return KL_EINVAL;
 			}
-		} else if (strcmp(argv[i], "--cut") == 0) {
+		} else if (strcmp(argv[i], "--replay") == 0) {
 			char *end;
-			cut = (uint32_t)strtoul(argv[i + 1], &end, 0);
-			if (*end == ',') {
-				seed = (uint32_t)strtoul(end + 1, NULL, 0);
+			replay = strtoul(argv[i + 1], &end, 0);
+			if (*end != '\0' || argv[i + 1][0] == '-') {
+				fprintf(stderr, "kl_session: bad --replay %s\n", argv[i + 1]);
+				return KL_EINVAL;
 			}
+		} else if (strcmp(argv[i], "--replay-file") == 0) {
+			replay_path = argv[i + 1];
+		} else if (strcmp(argv[i], "--replay-cut") == 0) {
+			replay_cut = parse_cut(argv[i + 1], &replay_seed);
+		} else if (strcmp(argv[i], "--cut") == 0) {
+			cut = parse_cut(argv[i + 1], &seed);
 		} else {
 			fprintf(stderr, "usage: kl_session [--flash FILE [--geometry SIZE,ERASE,WRITE,EV]"
-					" [--cut K[,SEED]]] [--log BYTES (0: none)]\n");
+					" [--cut K[,SEED]]] [--log BYTES (0: none)]"
+					" [--replay BYTES (0: none) [--replay-file FILE]"
+					" [--replay-cut K[,SEED]]]\n");
 			return KL_EINVAL;
 		}
+	}
+	if (replay_init(replay, replay_path, replay_cut, replay_seed) != KL_OK) {
+		return KL_EINVAL;
 	}
 	if (!log_given) { /* a RAM weight log of its own */
 		static uint32_t log_mem[KL_SESSION_STORE_SIZE / 4u];
@@ -208,6 +289,7 @@ int main(int argc, char **argv)
 		.tx_ctx = NULL,
 		.insn = kl_port_has_counter() ? kl_port_insn : NULL,
 		.log_store = have_log ? &log_store : NULL,
+		.replay_store = have_replay ? &replay_store : NULL,
 	};
 	if (kl_session_init(&session, &cfg) != KL_OK) {
 		return 1;
@@ -218,6 +300,9 @@ int main(int argc, char **argv)
 #ifndef KL_BAREMETAL
 			if (file_store.f != NULL) {
 				kl_store_file_close(split ? &part : &store);
+			}
+			if (replay_file.f != NULL) {
+				kl_store_file_close(&replay_store);
 			}
 #endif
 			return 0; /* end of input: the host closed the link */

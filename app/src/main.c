@@ -116,6 +116,7 @@ int main(void)
 		.tx_ctx = NULL,
 		.insn = kl_port_has_counter() ? kl_port_insn : NULL,
 		.log_store = app_store_log(),
+		.replay_store = app_store_replay(),
 	};
 	const int err = kl_session_init(&session, &cfg);
 

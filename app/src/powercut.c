@@ -211,7 +211,7 @@ static int request(uint8_t type, const uint8_t *p, uint32_t n)
 /* boot the session on the (cut) store: 1 with a model, 0 without, < 0 on error */
 static int boot(void)
 {
-	const kl_session_cfg_t cfg = {arena, arena_size, &cut, tx, NULL, NULL, NULL};
+	const kl_session_cfg_t cfg = {arena, arena_size, &cut, tx, NULL, NULL, NULL, NULL};
 
 	if (kl_session_init(sess, &cfg) != KL_OK || request(KL_CMD_INFO, NULL, 0) != KL_OK) {
 		return -1;

@@ -40,39 +40,50 @@ LOG_MODULE_DECLARE(kilolearn_app, CONFIG_KILOLEARN_APP_LOG_LEVEL);
 #endif
 
 static kl_store_t store;
-/* with CONFIG_KILOLEARN_APP_WEIGHT_LOG_SIZE: the whole store, and its last
- * part as a paged model's weight log (docs/paged-weights.md) */
-static kl_store_t part, log_part;
-static int have_log;
+/* with CONFIG_KILOLEARN_APP_WEIGHT_LOG_SIZE or _REPLAY_FLASH_SIZE: the whole
+ * store, its last part as a paged model's weight log (docs/paged-weights.md)
+ * and the part before that as a flash replay buffer's latents
+ * (docs/replay.md) */
+static kl_store_t part, log_part, replay_part;
+static int have_log, have_replay;
 
-/* Split the store at *st into the generations and the weight log; *st
- * becomes the generations' part. */
+/* Split the store at *st into the generations, the replay latents and the
+ * weight log; *st becomes the generations' part. */
 static int split_log(kl_store_t **st)
 {
 	const uint32_t log = (uint32_t)CONFIG_KILOLEARN_APP_WEIGHT_LOG_SIZE;
+	const uint32_t rep = (uint32_t)CONFIG_KILOLEARN_APP_REPLAY_FLASH_SIZE;
 
-	if (log == 0u) {
+	if (log == 0u && rep == 0u) {
 		return 0;
 	}
 	part = **st;
 	const uint32_t size = part.geom.size;
 
-	if (log >= size || kl_store_sub_init(&log_part, &part, size - log, log) != KL_OK ||
-	    kl_store_sub_init(&store, &part, 0, size - log) != KL_OK) {
-		LOG_ERR("weight log: %u bytes are not whole erase pages of the %u-byte store",
-			(unsigned int)log, (unsigned int)size);
+	if ((uint64_t)log + rep >= size ||
+	    (log != 0u && kl_store_sub_init(&log_part, &part, size - log, log) != KL_OK) ||
+	    (rep != 0u && kl_store_sub_init(&replay_part, &part, size - log - rep, rep) != KL_OK) ||
+	    kl_store_sub_init(&store, &part, 0, size - log - rep) != KL_OK) {
+		LOG_ERR("weight log %u and replay %u bytes: not whole erase pages of the %u-byte "
+			"store", (unsigned int)log, (unsigned int)rep, (unsigned int)size);
 		return -EINVAL;
 	}
 	*st = &store;
-	have_log = 1;
-	LOG_INF("store: %u bytes for generations, %u for the weight log",
-		(unsigned int)(size - log), (unsigned int)log);
+	have_log = log != 0u;
+	have_replay = rep != 0u;
+	LOG_INF("store: %u bytes for generations, %u for replay latents, %u for the weight log",
+		(unsigned int)(size - log - rep), (unsigned int)rep, (unsigned int)log);
 	return 0;
 }
 
 kl_store_t *app_store_log(void)
 {
 	return have_log ? &log_part : NULL;
+}
+
+kl_store_t *app_store_replay(void)
+{
+	return have_replay ? &replay_part : NULL;
 }
 
 #if KL_HAVE_PARTITION && defined(CONFIG_KILOLEARN_APP_FLASH_STORE)

@@ -15,6 +15,10 @@ int app_store_init(kl_store_t **store);
  * or NULL: then paged models are refused. After app_store_init. */
 kl_store_t *app_store_log(void);
 
+/* The replay latents' part of the store (CONFIG_KILOLEARN_APP_REPLAY_FLASH_SIZE),
+ * or NULL: then a flash replay buffer is refused. After app_store_init. */
+kl_store_t *app_store_replay(void);
+
 /* Open the kilolearn_weights partition as a store (geometry from the
  * driver, memory-mapped base); 0 or -errno. With the flash store only. */
 int app_store_flash_open(kl_store_t *st);

@@ -16,6 +16,7 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/store/kl_store.c
   ${KL_ENGINE_DIR}/src/store/kl_slots.c
   ${KL_ENGINE_DIR}/src/store/kl_wlog.c
+  ${KL_ENGINE_DIR}/src/store/kl_freplay.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_quant.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_f32.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_grad_f32.c

@@ -73,7 +73,9 @@ def cmd_session(a: argparse.Namespace) -> int:
     sc = session.Scenario(**{**session.DATA_DEFAULTS.get(a.data, {}), **given},
                           replay_ratio=a.replay_ratio, seed=a.seed, update=a.update,
                           pretrain=None if a.pretrain == "none" else a.pretrain)
-    if a.replay_cap is not None:
+    if a.replay_in_flash is not None:
+        sc.replay_cap, sc.replay_flash = a.replay_in_flash, True
+    elif a.replay_cap is not None:
         sc.replay_cap = a.replay_cap
     else:  # the default: as many of the default latents as the device's arena holds
         sc.fit_replay = True
@@ -82,7 +84,8 @@ def cmd_session(a: argparse.Namespace) -> int:
     where = a.port or f"{a.board} ({CPU.get(a.board, a.board)})"
     print(f"kilolearn session: class-incremental {a.data}, {len(session.tasks_of(ds, 2))} tasks "
           f"x 2 classes, int8, {sc.epochs} epochs per task, latent replay {sc.replay_cap} latents "
-          f"x ratio {a.replay_ratio}, on {where}", flush=True)
+          f"{'in flash ' if sc.replay_flash else ''}x ratio {a.replay_ratio}, on {where}",
+          flush=True)
     if ds.x_pool is not None and sc.pretrain is not None:
         print(f"  backbone: a CNN pretrained on the host on {sc.pretraining.n:,} other "
               f"{a.data} images ({'every class' if sc.pretrain == 'all' else 'the first task'}"
@@ -332,9 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs per task (default 3; basicmotions 10)")
     s.add_argument("--lr", type=ca.LR, default=None, help=lr_help + " (default 0.05; "
                    "basicmotions 0.01)")
-    s.add_argument("--replay-cap", type=ca.IntRange(1, 65535), default=None, metavar="N",
-                   help="latents the replay buffer holds (default: 200, or as many as the "
-                   "device's arena holds)")
+    rc = s.add_mutually_exclusive_group()
+    rc.add_argument("--replay-cap", type=ca.IntRange(1, 65535), default=None, metavar="N",
+                    help="latents the replay buffer holds (default: 200, or as many as the "
+                    "device's arena holds)")
+    rc.add_argument("--replay-in-flash", type=ca.IntRange(1, 65534), default=None, metavar="N",
+                    help="a replay buffer of N latents kept in the device's replay store "
+                    "(flash) instead of its arena (docs/replay.md)")
     s.add_argument("--replay-ratio", type=ca.IntRange(0, 100), default=2)
     s.add_argument("--seed", type=ca.SEED, default=2)
     s.add_argument("--update", type=ca.UpdateSpec(), metavar="POLICY:FRACTION",

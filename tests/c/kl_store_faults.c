@@ -175,7 +175,8 @@ static int request(uint8_t type, const uint8_t *p, uint32_t n)
 /* boot the session on the store; 1 if it came up with a model */
 static int boot(void)
 {
-	const kl_session_cfg_t cfg = {(uint8_t *)arena, sizeof(arena), &store, tx, NULL, NULL, NULL};
+	const kl_session_cfg_t cfg = {(uint8_t *)arena, sizeof(arena), &store, tx, NULL, NULL, NULL,
+				      NULL};
 	if (kl_session_init(&sess, &cfg) != KL_OK || request(KL_CMD_INFO, NULL, 0) != KL_OK) {
 		return -1;
 	}

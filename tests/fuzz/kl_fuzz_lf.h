@@ -286,15 +286,26 @@ static inline void fz_store_attach(fz_harness_t *h)
 	}
 }
 
+/* the replay store of a flash replay buffer (CONFIG key 9): a small NOR
+ * simulation of its own, erased at setup, kept over reboots */
+#define FZ_REPLAY_SIZE (16u * 1024u)
+static kl_store_t fz_replay_st;
+static kl_nor_sim_t fz_replay_nor;
+static uint64_t fz_replay_mem[FZ_REPLAY_SIZE / 8u];
+
 /* Boot: the store attached again and the session started on it. Returns
  * kl_session_init's code. The host's sequencing view starts over. */
 static inline int fz_boot(fz_harness_t *h)
 {
 	fz_store_attach(h);
+	const kl_store_geom_t rg = {FZ_REPLAY_SIZE, 1024u, 16u, 0xFFu};
+	FZ_CHECK(kl_store_nor_init(&fz_replay_st, &fz_replay_nor, (uint8_t *)fz_replay_mem, &rg) ==
+			 KL_OK, "replay store");
 	if (h->arena == NULL) {
 		h->arena = (uint8_t *)fz_arena_mem;
 	}
-	const kl_session_cfg_t cfg = {h->arena, h->arena_size, &h->st, fz_tx, h, NULL, NULL};
+	const kl_session_cfg_t cfg = {h->arena, h->arena_size, &h->st, fz_tx, h, NULL, NULL,
+				      &fz_replay_st};
 	h->have_seq = 0;
 	h->cached_type = 0;
 	h->cached_len = 0;
@@ -310,6 +321,7 @@ static inline int fz_setup(fz_harness_t *h, const kl_store_geom_t *g, int ram, s
 	h->ram = ram;
 	h->arena_size = arena_size;
 	memset(fz_mem(), ram ? 0xFF : g->erase_value, g->size);
+	memset(fz_replay_mem, 0xFF, sizeof(fz_replay_mem));
 	return fz_boot(h);
 }
 

@@ -246,6 +246,23 @@ def store_seeds() -> dict[str, bytes]:
     return out
 
 
+def freplay_seeds() -> dict[str, bytes]:
+    """kl_fuzz_freplay_lf: offers (op 0), broken records (1), raw bytes (2), erased sectors (3),
+    other shapes (4) and power cuts (5) on each geometry."""
+    def offers(n: int, start: int = 0) -> bytes:
+        return b"".join(bytes([0, (start + i) % 5, (start + 3 * i) & 0xFF]) for i in range(n))
+
+    out = {"empty": b""}
+    for g in range(4):
+        out[f"offers-g{g}"] = bytes([g, g]) + offers(60)
+    out["cut-and-resume"] = bytes([0, 0]) + offers(20) + bytes([5, 7, 1]) + offers(10, 20)
+    out["shapes"] = (bytes([1, 0]) + offers(15) + bytes([4, 2, 0]) + offers(15, 15)
+                     + bytes([4, 0, 1]) + offers(5, 40))
+    out["broken"] = (bytes([2, 2]) + offers(40) + bytes([1, 3, 0, 5, 0, 1, 9, 0, 60, 0x80])
+                     + bytes([2, 0x10, 0, 8]) + b"KLR1junk" + bytes([3, 1]) + offers(8, 50))
+    return out
+
+
 # ---------------------------------------------------------------------------- regressions
 # Minimal reproducers of the bugs the targets found (tests/fuzz/regressions/<target>/): each
 # failed on the code before its fix; test_fuzz_targets.py replays them all.
@@ -308,6 +325,7 @@ def main() -> None:
     write("kl_fuzz_blob_lf", blobs)
     write("kl_fuzz_session_lf", session_seeds(blobs, cut_tensor))
     write("kl_fuzz_store_lf", store_seeds())
+    write("kl_fuzz_freplay_lf", freplay_seeds())
     for target, regs in (("kl_fuzz_session_lf", session_regressions(blobs, cut_tensor)),
                          ("kl_fuzz_store_lf", store_regressions())):
         d = HERE / "regressions" / target

@@ -32,8 +32,9 @@ static void *alloc_n(kl_arena_t *a, uint32_t n, uint32_t elem, uint32_t extra)
 	return kl_arena_alloc(a, (size_t)size, 4u);
 }
 
-int kl_replay_reserve(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
-		      uint16_t n_classes)
+/* the reservoir's allocations: the latents (with_data), labels, per-class counts */
+static int reserve(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem, uint16_t n_classes,
+		   int with_data)
 {
 	if (r == NULL || a == NULL || elem == 0u || n_classes == 0u) {
 		return KL_EINVAL;
@@ -45,14 +46,31 @@ int kl_replay_reserve(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem
 	 * floats; an int8 one at the input may reach word loads) */
 	r->stride = elem > 0xFFFFFFFCu ? 0u : (elem + 3u) & ~3u;
 	r->n_classes = n_classes;
-	r->data = r->stride == 0u ? NULL : alloc_n(a, cap, r->stride, 0u);
+	if (with_data) {
+		r->data = r->stride == 0u ? NULL : alloc_n(a, cap, r->stride, 0u);
+		if (r->data == NULL) {
+			return KL_ENOMEM;
+		}
+	}
 	r->labels = alloc_n(a, cap, 2u, 2u);
 	r->stored = alloc_n(a, n_classes, 2u, 0u);
 	r->seen = alloc_n(a, n_classes, 4u, 0u);
-	if (r->data == NULL || r->labels == NULL || r->stored == NULL || r->seen == NULL) {
+	if (r->labels == NULL || r->stored == NULL || r->seen == NULL) {
 		return KL_ENOMEM;
 	}
 	return KL_OK;
+}
+
+int kl_replay_reserve(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
+		      uint16_t n_classes)
+{
+	return reserve(r, a, cap, elem, n_classes, 1);
+}
+
+int kl_replay_reserve_meta(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
+			   uint16_t n_classes)
+{
+	return reserve(r, a, cap, elem, n_classes, 0);
 }
 
 int kl_replay_init(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
@@ -85,7 +103,7 @@ static int nth_of_class(const kl_replay_t *r, int c, uint32_t j)
 	return -1;
 }
 
-int kl_replay_add(kl_replay_t *r, const void *latent, int label)
+int kl_replay_choose(kl_replay_t *r, int label)
 {
 	if (label < 0 || label >= r->n_classes || r->cap == 0u) {
 		return -1;
@@ -114,9 +132,17 @@ int kl_replay_add(kl_replay_t *r, const void *latent, int label)
 		}
 		r->stored[r->labels[slot]]--;
 	}
-	memcpy(r->data + (size_t)slot * r->stride, latent, r->elem);
 	r->labels[slot] = (uint16_t)label;
 	r->stored[label]++;
+	return slot;
+}
+
+int kl_replay_add(kl_replay_t *r, const void *latent, int label)
+{
+	const int slot = kl_replay_choose(r, label);
+	if (slot >= 0) {
+		memcpy(r->data + (size_t)slot * r->stride, latent, r->elem);
+	}
 	return slot;
 }
 

@@ -22,7 +22,10 @@ READ_TRAINED, READ_STORED = 0, 1  # READ sources: the model as trained now, the 
 REPLY, NAK = 0x80, 0xFF
 LOAD_BEGIN, LOAD_DATA, LOAD_END = 0, 1, 2
 (CFG_LR, CFG_REPLAY_RATIO, CFG_REPLAY_CAP, CFG_CUT, CFG_SEED, CFG_CLASSES, CFG_UPDATE,
- CFG_BUFFER) = range(1, 9)
+ CFG_BUFFER, CFG_REPLAY_WHERE) = range(1, 10)
+#: CFG_REPLAY_WHERE: the latents in the arena, in the replay store (flash: a new buffer, or
+#: the one it holds when its shape matches; docs/replay.md)
+REPLAY_ARENA, REPLAY_FLASH, REPLAY_FLASH_RESUME = 0, 1, 2
 MAX_EPOCHS = 100  # per EPOCHS request
 UPDATE_BLOB = 0xFF  # CFG_UPDATE policy: the one the blob carries
 NO_CUT = 0xFFFF
@@ -217,6 +220,8 @@ class Info:
     store_size: int
     #: the configuration in force (None from a device that does not report it)
     config: Config | None = None
+    #: bytes of the store a flash replay buffer can use (0: none, or not reported)
+    replay_store_size: int = 0
 
 
 @dataclass
@@ -232,6 +237,8 @@ class Config:
     active_classes: int
     buffer_cap: int  # samples kept for EPOCHS
     buffered: int  # samples held now
+    replay_where: int = REPLAY_ARENA
+    replay_lines: int = 0  # a flash buffer's cached latents
 
 
 @dataclass
@@ -256,6 +263,17 @@ class Stats:
     #: per sector (the first ones that fit in a reply): erases, bytes programmed
     sector_erases: list[int] = field(default_factory=list)
     sector_bytes: list[int] = field(default_factory=list)
+    #: the replay buffer (docs/replay.md): where its latents live, capacity, and the replay
+    #: store's size and wear since the device started; a flash buffer's reclaim copies and
+    #: latent reads served by its cache / from the store
+    replay_where: int = REPLAY_ARENA
+    replay_cap: int = 0
+    replay_store_size: int = 0
+    replay_bytes_written: int = 0
+    replay_erases: int = 0
+    replay_copies: int = 0
+    replay_cache_hits: int = 0
+    replay_cache_misses: int = 0
 
 
 class Client:
@@ -304,6 +322,9 @@ class Client:
         if len(p) >= 50:
             c = struct.unpack_from("<fHIBHBHII", p, 26)
             info.config = Config(c[0], c[1], c[2], c[3], c[4], bool(c[5]), c[6], c[7], c[8])
+        if len(p) >= 57:
+            (info.config.replay_where, info.config.replay_lines,
+             info.replay_store_size) = struct.unpack_from("<BHI", p, 50)
         self.max_payload = info.max_payload
         self.last_info = info
         return info
@@ -318,12 +339,15 @@ class Client:
     def config(self, lr: float | None = None, replay_ratio: int | None = None,
                replay_cap: int | None = None, cut: int | None = None, seed: int | None = None,
                classes: bytes | None = None, update: tuple[int, int] | None = None,
-               buffer: int | None = None) -> None:
+               buffer: int | None = None, replay_where: int | None = None,
+               replay_lines: int | None = None) -> None:
         """CONFIG: the whole configuration; what is left out (None) takes its default
         (docs/protocol.md), not the previous CONFIG's value. ``classes``: one byte per class
         (1 active), ``b""`` = classes grow with the labels trained, None = all active;
         ``update`` = (policy id, per mille): a selective-update policy
-        (docs/selective-updates.md) over the blob's; ``buffer``: samples kept for EPOCHS."""
+        (docs/selective-updates.md) over the blob's; ``buffer``: samples kept for EPOCHS;
+        ``replay_where``: REPLAY_ARENA, REPLAY_FLASH or REPLAY_FLASH_RESUME (docs/replay.md),
+        ``replay_lines``: a flash buffer's cached latents (with ``replay_where``)."""
         p = b""
         if lr is not None:
             p += struct.pack("<BBf", CFG_LR, 4, lr)
@@ -341,6 +365,9 @@ class Client:
             p += struct.pack("<BBBH", CFG_UPDATE, 3, *update)
         if buffer is not None:
             p += struct.pack("<BBI", CFG_BUFFER, 4, buffer)
+        if replay_where is not None:
+            p += struct.pack("<BBB", CFG_REPLAY_WHERE, 1, replay_where) if replay_lines is None \
+                else struct.pack("<BBBH", CFG_REPLAY_WHERE, 3, replay_where, replay_lines)
         self.request(CONFIG, p)
 
     def epochs(self, n: int = 1) -> tuple[int, int]:
@@ -372,6 +399,11 @@ class Client:
             st.memory_mapped = bool(flags & 1)
             wear = struct.unpack_from(f"<{2 * k}I", p, 58)
             st.sector_erases, st.sector_bytes = list(wear[0::2]), list(wear[1::2])
+            if len(p) >= 58 + 8 * k + 33:
+                (st.replay_where, _, st.replay_cap, st.replay_store_size,
+                 st.replay_bytes_written, st.replay_erases, st.replay_copies,
+                 st.replay_cache_hits, st.replay_cache_misses) = struct.unpack_from(
+                    "<BIIIIIIII", p, 58 + 8 * k)
         return st
 
     def commit(self) -> None:

@@ -54,6 +54,9 @@ class Scenario:
     cnn: bb.CnnSpec = field(default_factory=bb.CnnSpec)
     series: bb.SeriesSpec = field(default_factory=bb.SeriesSpec)
     pretraining: bb.Pretraining = field(default_factory=bb.Pretraining)
+    #: the replay buffer's latents in the device's replay store (flash) instead of its arena
+    #: (docs/replay.md)
+    replay_flash: bool = False
 
 
 class DoesNotFit(ValueError):
@@ -258,7 +261,7 @@ def _fit_replay(client: protocol.Client, cap: int, cfg: dict, latent: int, n_cla
     return lo, f"{what}: using {lo} latents"
 
 
-ENOMEM = -12
+ENOMEM, ENOSPC, ENOTSUP = -12, -28, -134
 
 
 def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
@@ -282,11 +285,17 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
                replay_ratio=sc.replay_ratio if replay else 0, classes=b"",
                update=None if sc.update is None else
                (selective.policy_id(sc.update[0]), selective.permille(sc.update[1])))
+    if replay and sc.replay_flash:
+        cfg["replay_where"] = protocol.REPLAY_FLASH
     cap = sc.replay_cap if replay else 0
     try:
         client.config(replay_cap=cap, **cfg)
     except protocol.DeviceError as e:
-        if not (replay and e.status == ENOMEM):
+        if replay and sc.replay_flash and e.status in (ENOSPC, ENOTSUP):
+            size = (client.last_info or client.info()).replay_store_size
+            raise DoesNotFit(f"{cap} latents do not fit the device's replay store ({size:,} B)"
+                             if size else "the device has no replay store") from None
+        if not (replay and e.status == ENOMEM) or sc.replay_flash:
             raise
         latent = int(np.prod(g.shapes[cut]))  # int8
         cap, msg = _fit_replay(client, cap, cfg, latent, ds.n_classes, sc.fit_replay)
@@ -335,6 +344,7 @@ def task_table(r: dict) -> str:
     arena peak, latents held and store bytes written."""
     from tabulate import tabulate
 
+    flash = any(s.get("replay_where", 0) != protocol.REPLAY_ARENA for s in r["stats"])
     rows = []
     for t, accs in enumerate(r["task_acc"]):
         s = r["stats"][t]
@@ -345,10 +355,11 @@ def task_table(r: dict) -> str:
                      f"{s['train_steps'] + s['replay_steps']:,}",
                      f"{s['train_insn'] / max(s['train_steps'], 1):,.0f}"
                      if s["train_insn"] else "n/a",
-                     f"{s['arena_peak']:,}", s["replay_count"], f"{s['store_bytes_written']:,}"])
+                     f"{s['arena_peak']:,}", s["replay_count"], f"{s['store_bytes_written']:,}"]
+                    + ([f"{s['replay_bytes_written']:,}", s["replay_erases"]] if flash else []))
     return tabulate(rows, headers=["task", "acc seen %", "numpy %", "per-task acc %", "steps",
-                                   "insn/new sample", "arena peak", "replay", "store bytes"],
-                    disable_numparse=True)
+                                   "insn/new sample", "arena peak", "replay", "store bytes"]
+                    + (["replay flash bytes", "erases"] if flash else []), disable_numparse=True)
 
 
 def summary_table(results: list[dict]) -> str:

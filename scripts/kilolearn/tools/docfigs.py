@@ -172,6 +172,10 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            source="sparse-bench", where="docs/selective-updates.md"),
     module_figure("paged-bench", "kilolearn paged-bench", ".bench.pagedbench",
                   "docs/paged-weights.md"),
+    module_figure("replay-flash", "kilolearn session --board mps2-an386 --strategy replay "
+                  "--replay-cap 200 / --replay-in-flash 200 / --replay-in-flash 2000; "
+                  "kl_freplay_faults (host ASan, mps2-an386)", ".bench.freplaybench",
+                  "docs/replay.md"),
     Figure("adapt-shift", "kilolearn example-data / fit / adapt / eval (docs/user-guide.md)",
            render_adapt, _measure_adapt, where="docs/user-guide.md"),
     Figure("zephyr-footprint", "west build -b BOARD app for each board; kilolearn footprint "

@@ -9,8 +9,9 @@ corpora, replay seeds and regression reproducers, and report executions, coverag
 Targets (tests/fuzz/): ``kl_fuzz_blob_lf`` (blob check, init, train, predict),
 ``kl_fuzz_session_lf`` (whole sessions through the byte feed, with a store, reboots and power
 cuts), ``kl_fuzz_store_lf`` (the store's mount, LOAD and COMMIT on crafted images),
-``kl_fuzz_wlog_lf`` (a paged model's weight log on crafted flash: mount, train, mount). The engine's
-sources come from modules/kilolearn/sources.cmake. A crash leaves its reproducer in
+``kl_fuzz_wlog_lf`` (a paged model's weight log on crafted flash: mount, train, mount),
+``kl_fuzz_freplay_lf`` (latent replay in flash on crafted regions: mount, offers, mount). The
+engine's sources come from modules/kilolearn/sources.cmake. A crash leaves its reproducer in
 build/fuzz/artifacts/<target>/ and the command exits 1.
 """
 
@@ -35,12 +36,13 @@ TARGETS: dict[str, list[str]] = {  # target -> extra sources (relative to the so
     "kl_fuzz_session_lf": [],
     "kl_fuzz_store_lf": ["modules/kilolearn/port/posix/kl_store_file.c"],
     "kl_fuzz_wlog_lf": [],
+    "kl_fuzz_freplay_lf": [],
 }
 #: the blobs the session and store targets LOAD (kl_fuzz_blobs.h, generated into the build):
 #: seeds of the blob target, the seed corpora's session model in int8 and float32
 EMBEDDED_BLOBS = ["session-s8", "session-f32"]
 MAX_LEN = {"kl_fuzz_blob_lf": 16384, "kl_fuzz_session_lf": 8192, "kl_fuzz_store_lf": 2048,
-           "kl_fuzz_wlog_lf": 4096}
+           "kl_fuzz_wlog_lf": 4096, "kl_fuzz_freplay_lf": 2048}
 SANITIZE = "address,undefined"
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-g", "-O1", "-fno-omit-frame-pointer",
           f"-fsanitize=fuzzer-no-link,{SANITIZE}", "-fno-sanitize-recover=all"]

@@ -251,6 +251,13 @@ int kl_replay_reserve(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem
  * random latent of its class with probability stored/seen). Returns the slot
  * written, or -1 when the latent was not kept. */
 int kl_replay_add(kl_replay_t *r, const void *latent, int label);
+/* kl_replay_add without the copy: the reservoir's bookkeeping (seen, stored,
+ * labels, count, generator) for an offer of class label; the caller keeps the
+ * latent of the slot returned (>= 0), e.g. in flash (kl_freplay.h). */
+int kl_replay_choose(kl_replay_t *r, int label);
+/* kl_replay_reserve without the latents (data NULL): labels and counts only */
+int kl_replay_reserve_meta(kl_replay_t *r, kl_arena_t *a, uint32_t cap, uint32_t elem,
+			   uint16_t n_classes);
 /* A uniformly drawn slot, or -1 when empty. */
 int kl_replay_pick(kl_replay_t *r);
 const void *kl_replay_latent(const kl_replay_t *r, int slot);

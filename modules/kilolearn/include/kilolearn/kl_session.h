@@ -14,6 +14,7 @@
 #include "kilolearn/kilolearn.h"
 #include "kilolearn/kl_store.h"
 #include "kilolearn/kl_wlog.h" /* kl_store_t, kl_store_ram_init, kl_slots_t */
+#include "kilolearn/kl_freplay.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,8 +63,17 @@ enum kl_cfg_key {
 	KL_CFG_SEED = 5,         /* u32 */
 	KL_CFG_CLASSES = 6,      /* n bytes: 1 = class active; empty: grow as labels come */
 	KL_CFG_UPDATE = 7,       /* u8 policy (kl_update_policy, 0xFF: the blob's), u16 per mille */
-	KL_CFG_BUFFER = 8        /* u32: labelled samples kept for EPOCHS (0: none) */
+	KL_CFG_BUFFER = 8,       /* u32: labelled samples kept for EPOCHS (0: none) */
+	KL_CFG_REPLAY_WHERE = 9  /* u8 where the latents live (kl_replay_where) [, u16 cache lines] */
 };
+
+/* where the replay buffer keeps its latents (CONFIG key 9) */
+enum kl_replay_where {
+	KL_REPLAY_ARENA = 0,       /* in the arena (kl_replay) */
+	KL_REPLAY_FLASH = 1,       /* in the replay store (kl_freplay), a new buffer */
+	KL_REPLAY_FLASH_RESUME = 2 /* in the replay store, the one it holds if its shape matches */
+};
+#define KL_SESSION_REPLAY_LINES 8u /* latents cached in the arena by default */
 
 /* protocol status codes (besides the engine's KL_E*) */
 #define KL_EFRAME   (-205) /* malformed frame: bad COBS, length or CRC */
@@ -86,6 +96,9 @@ typedef struct {
 	 * store of its own (e.g. a kl_store_sub_init part of the partition), or
 	 * NULL: paged models are refused (KL_ENOTSUP) */
 	kl_store_t *log_store;
+	/* where a flash replay buffer (CONFIG key 9, docs/replay.md) keeps its
+	 * latents: a store region of its own, or NULL: only the arena's */
+	kl_store_t *replay_store;
 } kl_session_cfg_t;
 
 /* The settings CONFIG changes (docs/protocol.md): each CONFIG states the
@@ -101,6 +114,8 @@ typedef struct {
 	uint8_t auto_classes; /* 1: classes become active as their labels are trained */
 	uint8_t class_mask[256];
 	uint32_t buf_cap; /* samples kept for EPOCHS */
+	uint8_t replay_where;  /* kl_replay_where */
+	uint16_t replay_lines; /* a flash buffer's cache lines */
 } kl_session_settings_t;
 
 typedef struct {
@@ -108,6 +123,7 @@ typedef struct {
 	kl_arena_t arena;
 	kl_model_t model;
 	kl_replay_t replay;
+	kl_freplay_t freplay; /* the replay buffer when set.replay_where != KL_REPLAY_ARENA */
 	kl_samples_t samples; /* recent labelled samples (set.buf_cap > 0) */
 	kl_slots_t slots; /* the stored generations; the model runs from slots.pin */
 	kl_wlog_t wlog;   /* a paged model's weight log (on cfg.log_store) */

@@ -26,6 +26,41 @@ static const void *aligned_sample(uint8_t *p, uint32_t n)
 	return p - mis;
 }
 
+/* latent replay after a step on label: the cut's latent offered to the
+ * buffer (in the arena or in flash), replay_ratio latents drawn and trained */
+static int replay(kl_session_t *s, int label, uint32_t *replayed)
+{
+	const int flash = s->set.replay_where != KL_REPLAY_ARENA;
+	const void *latent = s->model.tensors[s->set.cut].data;
+	if (flash) {
+		const int r = kl_freplay_add(&s->freplay, latent, label);
+		if (r < -1) {
+			return r; /* the replay store failed */
+		}
+	} else {
+		kl_replay_add(&s->replay, latent, label);
+	}
+	for (uint32_t r = 0; r < s->set.replay_ratio; r++) {
+		const int slot = flash ? kl_freplay_pick(&s->freplay) : kl_replay_pick(&s->replay);
+		if (slot < 0) {
+			break;
+		}
+		const void *x = flash ? kl_freplay_latent(&s->freplay, slot)
+				      : kl_replay_latent(&s->replay, slot);
+		if (x == NULL) {
+			return KL_EIO;
+		}
+		const int err = kl_train_step_from(&s->model, s->set.cut, x,
+						   flash ? kl_freplay_label(&s->freplay, slot)
+							 : s->replay.labels[slot]);
+		if (err < 0) {
+			return err;
+		}
+		(*replayed)++;
+	}
+	return KL_OK;
+}
+
 int kl_sess_cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 {
 	int err = check_sample(s, n, 1);
@@ -49,21 +84,11 @@ int kl_sess_cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 	s->train_steps++;
 	uint32_t replayed = 0;
 	if (s->set.cut != 0xFFFFu) {
-		kl_replay_add(&s->replay, s->model.tensors[s->set.cut].data, label);
-		for (uint32_t r = 0; r < s->set.replay_ratio; r++) {
-			const int slot = kl_replay_pick(&s->replay);
-			if (slot < 0) {
-				break;
-			}
-			err = kl_train_step_from(&s->model, s->set.cut,
-						 kl_replay_latent(&s->replay, slot),
-						 s->replay.labels[slot]);
-			if (err < 0) {
-				return err;
-			}
-			replayed++;
-		}
+		err = replay(s, label, &replayed);
 		s->replay_steps += replayed;
+		if (err < 0) {
+			return err;
+		}
 	}
 	if (s->set.buf_cap != 0u) {
 		kl_samples_add(&s->samples, x, label);
@@ -137,8 +162,29 @@ int kl_sess_cmd_eval(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out, int 
 	return (int)(2u + nl);
 }
 
+/* the replay buffer's part of a STATS reply, after the sectors' wear */
+#define KL_STATS_REPLAY 33u
 /* sectors whose wear fits in a STATS reply */
-#define KL_STATS_MAX_SECTORS ((KL_SESSION_MAX_PAYLOAD - 4u - 58u) / 8u)
+#define KL_STATS_MAX_SECTORS ((KL_SESSION_MAX_PAYLOAD - 4u - 58u - KL_STATS_REPLAY) / 8u)
+
+/* where the replay buffer lives, its latents, and the replay store's wear */
+static uint32_t stats_replay(const kl_session_t *s, uint8_t *out)
+{
+	const int on = s->set.cut != 0xFFFFu && s->loaded;
+	const int flash = s->set.replay_where != KL_REPLAY_ARENA;
+	const kl_freplay_t *f = &s->freplay;
+	const kl_store_t *rs = s->cfg.replay_store;
+	out[0] = s->set.replay_where;
+	kl_wr32(out + 1, on ? (flash ? f->r.count : s->replay.count) : 0u);
+	kl_wr32(out + 5, on ? s->set.replay_cap : 0u);
+	kl_wr32(out + 9, rs != NULL ? rs->size : 0u);
+	kl_wr32(out + 13, rs != NULL ? rs->bytes_written : 0u);
+	kl_wr32(out + 17, rs != NULL ? rs->erases : 0u);
+	kl_wr32(out + 21, on && flash ? f->copies : 0u);
+	kl_wr32(out + 25, on && flash ? f->hits : 0u);
+	kl_wr32(out + 29, on && flash ? f->misses : 0u);
+	return KL_STATS_REPLAY;
+}
 
 int kl_sess_cmd_stats(kl_session_t *s, uint8_t *out)
 {
@@ -149,7 +195,9 @@ int kl_sess_cmd_stats(kl_session_t *s, uint8_t *out)
 	kl_wr32(out + 12, (uint32_t)(s->train_insn >> 32));
 	kl_wr32(out + 16, (uint32_t)s->arena.used);
 	kl_wr32(out + 20, (uint32_t)s->arena.peak);
-	kl_wr32(out + 24, s->set.cut != 0xFFFFu && s->loaded ? s->replay.count : 0u);
+	kl_wr32(out + 24, s->set.cut == 0xFFFFu || !s->loaded ? 0u
+			  : s->set.replay_where != KL_REPLAY_ARENA ? s->freplay.r.count
+								   : s->replay.count);
 	const kl_store_t *st = s->cfg.store;
 	kl_wr32(out + 28, st->bytes_written);
 	kl_wr32(out + 32, st->erases);
@@ -173,7 +221,7 @@ int kl_sess_cmd_stats(kl_session_t *s, uint8_t *out)
 		kl_wr32(out + 58 + 8u * i, st->sector_erases[i]);
 		kl_wr32(out + 62 + 8u * i, st->sector_bytes[i]);
 	}
-	return (int)(58u + 8u * k);
+	return (int)(58u + 8u * k + stats_replay(s, out + 58 + 8u * k));
 }
 
 /* bytes [off, off + n) of the blob as trained: the model's own composition

@@ -39,6 +39,8 @@ void kl_sess_defaults(kl_session_settings_t *c)
 	c->upd_policy = 0xFFu;
 	c->upd_permille = KL_UPDATE_FRAC_ONE;
 	c->auto_classes = 0;
+	c->replay_where = KL_REPLAY_ARENA;
+	c->replay_lines = KL_SESSION_REPLAY_LINES;
 	memset(c->class_mask, 1, sizeof(c->class_mask)); /* every class of the model active */
 }
 
@@ -94,10 +96,16 @@ int kl_sess_build_model(kl_session_t *s, const uint8_t *blob, uint32_t len)
 	}
 	if (c->cut != 0xFFFFu) {
 		err = cut_ok(&s->model, c->cut);
-		if (err == KL_OK) {
+		const uint32_t seed = c->seed ^ 0x9E3779B9u;
+		if (err == KL_OK && c->replay_where != KL_REPLAY_ARENA) {
+			err = kl_freplay_init(&s->freplay, &s->arena, s->cfg.replay_store,
+					      c->replay_cap, latent_bytes(&s->model, c->cut),
+					      s->model.n_classes, c->replay_lines, seed,
+					      c->replay_where == KL_REPLAY_FLASH_RESUME);
+		} else if (err == KL_OK) {
 			err = kl_replay_init(&s->replay, &s->arena, c->replay_cap,
 					     latent_bytes(&s->model, c->cut), s->model.n_classes,
-					     c->seed ^ 0x9E3779B9u);
+					     seed);
 		}
 		if (err != KL_OK) {
 			return err;
@@ -156,8 +164,12 @@ static int settings_fit(const kl_session_t *s, const kl_session_settings_t *c)
 	if (c->buf_cap > KL_SAMPLES_MAX) {
 		return KL_EINVAL;
 	}
+	if (c->replay_where != KL_REPLAY_ARENA && s->cfg.replay_store == NULL) {
+		return KL_ENOTSUP; /* no replay store on this device */
+	}
 	if (!s->loaded) { /* nothing to lay out against: the arena bounds what fits */
-		return (c->cut != 0xFFFFu && c->replay_cap > s->cfg.arena_size) ||
+		return (c->cut != 0xFFFFu && c->replay_where == KL_REPLAY_ARENA &&
+			c->replay_cap > s->cfg.arena_size) ||
 				       c->buf_cap > s->cfg.arena_size
 			       ? KL_ENOMEM
 			       : KL_OK;
@@ -174,7 +186,12 @@ static int settings_fit(const kl_session_t *s, const kl_session_settings_t *c)
 	}
 	if (err == KL_OK && c->cut != 0xFFFFu) {
 		err = cut_ok(&m, c->cut);
-		if (err == KL_OK) {
+		if (err == KL_OK && c->replay_where != KL_REPLAY_ARENA) {
+			kl_freplay_t f;
+			err = kl_freplay_reserve(&f, &a, s->cfg.replay_store, c->replay_cap,
+						 latent_bytes(&m, c->cut), m.n_classes,
+						 c->replay_lines);
+		} else if (err == KL_OK) {
 			kl_replay_t r;
 			err = kl_replay_reserve(&r, &a, c->replay_cap, latent_bytes(&m, c->cut),
 						m.n_classes);
@@ -224,7 +241,10 @@ int kl_sess_cmd_info(kl_session_t *s, uint8_t *out)
 	kl_wr16(out + 40, kl_sess_active_classes(s));
 	kl_wr32(out + 42, s->set.buf_cap);
 	kl_wr32(out + 46, s->loaded && s->set.buf_cap != 0u ? s->samples.count : 0u);
-	return 50;
+	out[50] = s->set.replay_where;
+	kl_wr16(out + 51, s->set.replay_lines);
+	kl_wr32(out + 53, s->cfg.replay_store != NULL ? s->cfg.replay_store->size : 0u);
+	return 57;
 }
 
 /* a LOAD that failed or was dropped: the writer stops, the old model stays */
@@ -402,6 +422,14 @@ int kl_sess_cmd_config(kl_session_t *s, const uint8_t *p, uint32_t n)
 				return KL_EINVAL;
 			}
 			c.buf_cap = kl_rd32(v);
+			break;
+		case KL_CFG_REPLAY_WHERE:
+			if ((len != 1u && len != 3u) || v[0] > KL_REPLAY_FLASH_RESUME ||
+			    (len == 3u && kl_rd16(v + 1) == 0u)) {
+				return KL_EINVAL;
+			}
+			c.replay_where = v[0];
+			c.replay_lines = len == 3u ? (uint16_t)kl_rd16(v + 1) : KL_SESSION_REPLAY_LINES;
 			break;
 		case KL_CFG_CLASSES: /* len <= 255 < sizeof(class_mask) */
 			c.auto_classes = len == 0u;
