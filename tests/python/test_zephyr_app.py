@@ -52,8 +52,8 @@ def _twister(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, json.loads((out / "twister.json").read_text())
 
 
-def _harness_log(out: Path, platform: str) -> str:
-    logs = list(out.glob(f"{platform}*/**/kilolearn.app.session/twister_harness.log"))
+def _harness_log(out: Path, platform: str, scenario: str = "kilolearn.app.session") -> str:
+    logs = list(out.glob(f"{platform}*/**/{scenario}/twister_harness.log"))
     return logs[0].read_text() if logs else ""
 
 
@@ -64,6 +64,10 @@ def test_app_session_under_twister_on_qemu(tmp_path):
            if s["status"] == "passed"}
     assert ("qemu_cortex_m3", "kilolearn.app.session") in ran
     assert ("mps2/an385", "kilolearn.app.session") in ran
+    for board in ("qemu_cortex_m3", "mps2/an385"):  # the pretrained backbone, device = numpy
+        assert (board, "kilolearn.app.session_pretrained") in ran
+        assert "fashion task 2: device" in _harness_log(out, board.split("/")[0],
+                                                         "kilolearn.app.session_pretrained")
     assert ("mps2/an385", "kilolearn.app.flash_probe") in ran
     assert ("qemu_cortex_m3", "kilolearn.app.powercut") in ran
     assert ("mps2/an385", "kilolearn.app.powercut") in ran
