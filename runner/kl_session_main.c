@@ -29,7 +29,14 @@
 #define KL_SESSION_STORE_SIZE (256u * 1024u)
 #endif
 
+/* requests in flight (protocol version 2): RAM is plenty on the host and the
+ * QEMU boards, so the most the session core takes */
+#ifndef KL_SESSION_WINDOW
+#define KL_SESSION_WINDOW KL_SESSION_MAX_WINDOW
+#endif
+
 static uint32_t arena_mem[KL_SESSION_ARENA_SIZE / 4u];
+static uint32_t window_mem[KL_SESSION_WINDOW_BYTES(KL_SESSION_WINDOW) / 4u + 1u];
 static kl_session_t session;
 static kl_store_t store;     /* the generations: the whole part, or its first part */
 static kl_store_t log_store; /* a paged model's weight log */
@@ -212,6 +219,7 @@ int main(int argc, char **argv)
 	if (kl_session_init(&session, &cfg) != KL_OK) {
 		return 1;
 	}
+	(void)kl_session_window(&session, (uint8_t *)window_mem, sizeof(window_mem));
 	for (;;) {
 		const int c = kl_port_getc();
 		if (c < 0) {

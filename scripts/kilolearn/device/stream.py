@@ -56,16 +56,14 @@ def stream(client: protocol.Client, x: np.ndarray, y: np.ndarray, mode: str = "t
     if mode not in ("train", "eval"):
         raise ValueError("mode is 'train' or 'eval'")
     correct = 0
-    before = client.bytes_sent
+    before, retx = client.bytes_sent, client.retransmissions
     t0 = time.monotonic()
-    frames_before = client.bytes_sent
     n = len(x)
-    for i in range(start, n):
-        sample = x[i].tobytes()
-        if mode == "train":
-            client.train(int(y[i]), sample)
-        else:
-            correct += client.eval(int(y[i]), sample)[1]
+    items = ((int(y[i]), x[i].tobytes()) for i in range(start, n))
+    replies = client.train_many(items) if mode == "train" else client.eval_many(items)
+    for i, r in enumerate(replies, start):  # a window of requests in flight (version 2)
+        if mode == "eval":
+            correct += r[1]
         if state is not None and (i + 1) % 100 == 0:
             state.write_text(json.dumps({"next": i + 1}))
         if progress is not None and (i % 50 == 0 or i == n - 1):
@@ -76,6 +74,5 @@ def stream(client: protocol.Client, x: np.ndarray, y: np.ndarray, mode: str = "t
     sent = n - start
     frame = len(protocol.pack(protocol.TRAIN, 0, b"\0" * (2 + x.shape[1] * x.itemsize)))
     wire = client.bytes_sent - before
-    retrans = max(0, round((client.bytes_sent - frames_before) / frame) - sent)
     return StreamResult(sent, correct if mode == "eval" else None, dt, frame, wire / dt,
-                        sent / dt, retrans)
+                        sent / dt, client.retransmissions - retx)
