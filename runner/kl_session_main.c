@@ -41,6 +41,7 @@ static kl_session_t session;
 static kl_store_t store;     /* the generations: the whole part, or its first part */
 static kl_store_t log_store; /* a paged model's weight log */
 static int have_log;
+static uint8_t proto = KL_PROTO_VERSION; /* --proto 1 (host): speak version 1 only */
 
 #ifdef KL_BAREMETAL
 /* NOR flash simulation over PSRAM: 1 MB, 16 KB sectors, 16-byte writes,
@@ -144,6 +145,8 @@ static int store_init(int argc, char **argv)
 				fprintf(stderr, "kl_session: bad --log %s\n", argv[i + 1]);
 				return KL_EINVAL;
 			}
+		} else if (strcmp(argv[i], "--proto") == 0) {
+			proto = (uint8_t)strtoul(argv[i + 1], NULL, 0); /* 1: a version 1 device */
 		} else if (strcmp(argv[i], "--cut") == 0) {
 			char *end;
 			cut = (uint32_t)strtoul(argv[i + 1], &end, 0);
@@ -152,7 +155,7 @@ static int store_init(int argc, char **argv)
 			}
 		} else {
 			fprintf(stderr, "usage: kl_session [--flash FILE [--geometry SIZE,ERASE,WRITE,EV]"
-					" [--cut K[,SEED]]] [--log BYTES (0: none)]\n");
+					" [--cut K[,SEED]]] [--log BYTES (0: none)] [--proto 1]\n");
 			return KL_EINVAL;
 		}
 	}
@@ -219,7 +222,11 @@ int main(int argc, char **argv)
 	if (kl_session_init(&session, &cfg) != KL_OK) {
 		return 1;
 	}
-	(void)kl_session_window(&session, (uint8_t *)window_mem, sizeof(window_mem));
+	if (proto == KL_PROTO_V1) { /* as a version 1 device: no window, no version 2 */
+		session.max_version = KL_PROTO_V1;
+	} else {
+		(void)kl_session_window(&session, (uint8_t *)window_mem, sizeof(window_mem));
+	}
 	for (;;) {
 		const int c = kl_port_getc();
 		if (c < 0) {

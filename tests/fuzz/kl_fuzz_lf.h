@@ -161,12 +161,17 @@ static inline void fz_decode_reply(const uint8_t *wire, size_t n, fz_reply_t *r)
 	FZ_CHECK(plen <= KL_SESSION_MAX_PAYLOAD, "reply payload %u > max_payload", plen);
 	r->type = r->body[0];
 	r->ver = r->body[1];
-	FZ_CHECK(r->ver == KL_PROTO_VERSION, "reply version %u", r->ver);
+	/* a reply: the request's version; a NAK: 1; an ACK: 2 */
+	FZ_CHECK(r->ver == KL_PROTO_V1 || r->ver == KL_PROTO_VERSION, "reply version %u", r->ver);
+	FZ_CHECK(r->body[0] != KL_CMD_NAK || r->ver == KL_PROTO_V1, "NAK version %u", r->ver);
+	FZ_CHECK(r->body[0] != KL_CMD_ACK || r->ver == KL_PROTO_VERSION, "ACK version %u", r->ver);
 	r->seq = fz_rd16(r->body + 2);
 	r->status = (int32_t)fz_rd32(r->body + KL_FRAME_HEADER);
 	r->n = (uint16_t)(plen - 4u);
 	r->payload = r->body + KL_FRAME_HEADER + 4u;
 	FZ_CHECK(r->type == KL_CMD_NAK || (r->type & KL_CMD_REPLY) != 0u, "reply type %#x", r->type);
+	FZ_CHECK(r->type != KL_CMD_ACK || r->status == KL_OK, "an ACK with status %d",
+		 (int)r->status);
 	FZ_CHECK(r->type != KL_CMD_NAK || r->status != KL_OK, "a NAK with status 0");
 }
 
@@ -350,14 +355,19 @@ static inline int fz_feed(fz_harness_t *h, const uint8_t *bytes, size_t n)
  * seen so far. */
 enum { FZ_EXPECT_EXEC, FZ_EXPECT_RETRANSMIT, FZ_EXPECT_NAK, FZ_EXPECT_NAK_ANY };
 
+static inline int fz_known_version(uint8_t ver)
+{
+	return ver == KL_PROTO_V1 || ver == KL_PROTO_VERSION;
+}
+
 static inline int fz_expect(const fz_harness_t *h, uint8_t type, uint8_t ver, uint16_t seq)
 {
-	if (ver != KL_PROTO_VERSION) {
+	if (!fz_known_version(ver)) {
 		return FZ_EXPECT_NAK;
 	}
-	if (type >= (KL_CMD_NAK & ~KL_CMD_REPLY)) {
-		/* reply and NAK types are never requests, nor 0x7F (its reply type
-		 * would be the NAK's) */
+	if (type >= ((ver == KL_PROTO_V1 ? KL_CMD_NAK : KL_CMD_ACK) & ~KL_CMD_REPLY)) {
+		/* reply, ACK and NAK types are never requests, nor 0x7F (its reply
+		 * type would be the NAK's) or, in version 2, 0x7E (the ACK's) */
 		return FZ_EXPECT_NAK_ANY;
 	}
 	if (type == KL_CMD_INFO) {
@@ -419,7 +429,7 @@ static inline int fz_send(fz_harness_t *h, uint8_t type, uint8_t ver, uint16_t s
 			 "version %u was executed (reply %#x status %d), expected a NAK", type, seq,
 			 h->last_seq, h->have_seq ? "in sequence" : "no sequence", ver, h->r.type,
 			 (int)h->r.status);
-		FZ_CHECK(h->r.status == (ver != KL_PROTO_VERSION ? KL_EVERSION : KL_ESEQ),
+		FZ_CHECK(h->r.status == (!fz_known_version(ver) ? KL_EVERSION : KL_ESEQ),
 			 "NAK status %d for type %#x seq %u ver %u", (int)h->r.status, type, seq, ver);
 		break;
 	case FZ_EXPECT_NAK_ANY:
@@ -434,7 +444,7 @@ static inline int fz_send(fz_harness_t *h, uint8_t type, uint8_t ver, uint16_t s
 			 "earlier NAK used a sequence number", type, seq, h->last_seq);
 		break;
 	}
-	if (h->r.type == KL_CMD_NAK && type != KL_CMD_STATS && h->have_seq && ver == KL_PROTO_VERSION &&
+	if (h->r.type == KL_CMD_NAK && type != KL_CMD_STATS && h->have_seq && fz_known_version(ver) &&
 	    seq == (uint16_t)(h->last_seq + 1u)) {
 		/* not executed: the same sequence number must still be free */
 		const int32_t nak_status = h->r.status;

@@ -129,7 +129,7 @@ static void frame_record(fz_in_t *in, uint8_t op)
 	 * and after (only for an in-sequence request, so the probes do not change
 	 * what the frame tests) */
 	const int is_end = type == KL_CMD_LOAD && n >= 1u && payload[0] == KL_LOAD_END;
-	const int watched = (sel & 3u) == 0u && ver == KL_PROTO_VERSION && n <= KL_SESSION_MAX_PAYLOAD &&
+	const int watched = (sel & 3u) == 0u && fz_known_version(ver) && n <= KL_SESSION_MAX_PAYLOAD &&
 			    (type == KL_CMD_CONFIG || type == KL_CMD_COMMIT || type == KL_CMD_RESET ||
 			     is_end);
 	fz_info_t i0 = {0, 0, 0, 0, 0, 0};

@@ -79,9 +79,9 @@ class LossyLink:
         end = time.monotonic() + timeout
         while not self._frames:
             held = self._held["out"] is not None or self._held["in"] is not None
-            left = end - time.monotonic()
+            left = max(end - time.monotonic(), 0.0)
             try:
-                raw = self.inner.read_frame(min(left, 0.002) if held else max(left, 0.0))
+                raw = self.inner.read_frame(min(left, 0.002) if held else left)
             except LinkTimeout:
                 if self._release():
                     continue

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import queue
-from collections import deque
-from collections.abc import Iterable, Iterator
 import struct
 import subprocess
 import threading
 import time
 import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -573,7 +573,7 @@ class Client:
                               "the training state from (a COMMIT or a LOAD in between, or more "
                               "than journal_bytes)")
         try:
-            for (c, payload, want), (_, got) in zip(history, self._exchange(
+            for (c, _p, want), (_, got) in zip(history, self._exchange(
                     iter([(c, p) for c, p, _ in history])), strict=True):
                 if got.payload != want:
                     raise DeviceReset(cmd, unanswered, f"request {c:#04x} of the history "

@@ -143,6 +143,10 @@ typedef struct {
 	int have_seq;
 	uint16_t last_seq;
 	uint16_t window;
+	/* the newest version spoken (KL_PROTO_VERSION after kl_session_init; a
+	 * port may set KL_PROTO_V1: version 2 frames then get NAK(KL_EVERSION), as
+	 * from a version 1 device) */
+	uint8_t max_version;
 	uint8_t rx_version; /* of the request being executed */
 	int have_nonce;     /* the INFO that started the sequence had a nonce (version 2) */
 	uint32_t info_nonce;

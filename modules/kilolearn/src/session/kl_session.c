@@ -99,6 +99,7 @@ int kl_session_init(kl_session_t *s, const kl_session_cfg_t *cfg)
 	s->cfg = *cfg;
 	kl_sess_defaults(&s->set);
 	s->window = 1u;
+	s->max_version = KL_PROTO_VERSION;
 	/* a generation counts only if the engine accepts it: a CRC-valid blob it
 	 * refuses is passed over for the newest one it can run */
 	const int err = kl_slots_mount_checked(&s->slots, cfg->store, kl_sess_blob_check);
@@ -202,7 +203,7 @@ static void handle_frame(kl_session_t *s, const uint8_t *wire, size_t n)
 		return;
 	}
 	const uint8_t ver = f[1];
-	if (ver != KL_PROTO_V1 && ver != KL_PROTO_VERSION) {
+	if (ver < KL_PROTO_V1 || ver > s->max_version) {
 		nak(s, KL_EVERSION, seq);
 		return;
 	}
