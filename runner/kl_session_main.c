@@ -202,8 +202,37 @@ static void tx(void *ctx, const uint8_t *buf, size_t n)
 {
 	(void)ctx;
 	kl_port_write((const char *)buf, n);
+#ifdef KL_BAREMETAL
 	kl_port_flush();
+#endif /* the host: once the bytes read at once are handled (a window's replies, one write) */
 }
+
+#ifndef KL_BAREMETAL
+#include <errno.h>
+#include <unistd.h>
+
+/* The host: what the link has (a window of frames, say) read at once, fed, and the replies
+ * written together; 0 at the end of input. */
+static int host_loop(void)
+{
+	static uint8_t chunk[4096];
+	setvbuf(stdout, NULL, _IOFBF, 1u << 16); /* binary replies: no flush at a 0x0A */
+	for (;;) {
+		const ssize_t n = read(0, chunk, sizeof(chunk));
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n <= 0) {
+			if (file_store.f != NULL) {
+				kl_store_file_close(split ? &part : &store);
+			}
+			return 0; /* end of input: the host closed the link */
+		}
+		kl_session_feed(&session, chunk, (size_t)n);
+		kl_port_flush();
+	}
+}
+#endif
 
 int main(int argc, char **argv)
 {
@@ -227,17 +256,16 @@ int main(int argc, char **argv)
 	} else {
 		(void)kl_session_window(&session, (uint8_t *)window_mem, sizeof(window_mem));
 	}
-	for (;;) {
+#ifdef KL_BAREMETAL
+	for (;;) { /* the UART, a byte at a time (QEMU holds the rest back meanwhile) */
 		const int c = kl_port_getc();
 		if (c < 0) {
-#ifndef KL_BAREMETAL
-			if (file_store.f != NULL) {
-				kl_store_file_close(split ? &part : &store);
-			}
-#endif
-			return 0; /* end of input: the host closed the link */
+			return 0;
 		}
 		const uint8_t b = (uint8_t)c;
 		kl_session_feed(&session, &b, 1u);
 	}
+#else
+	return host_loop();
+#endif
 }

@@ -388,6 +388,11 @@ class Client:
         done = closing = False
         try:
             while True:
+                while order and out[order[0]].reply is not None:  # what is answered, in order
+                    head = out.pop(order.popleft())
+                    self._record(head.cmd, head.payload, head.reply)
+                    yield head.cmd, head.reply
+                burst = []  # the window's free places filled in one write
                 while not done and len(order) < self.window:
                     nxt = later or next(items, None)
                     later = None
@@ -397,19 +402,15 @@ class Client:
                         later = nxt
                         break
                     else:
-                        self._send_new(nxt[0], nxt[1], out, order)
-                if not order:
-                    if later is None:
-                        return
-                    continue
-                head = out[order[0]]
-                if head.reply is None:
+                        burst.append(self._send_new(nxt[0], nxt[1], out, order))
+                if burst:
+                    data = b"".join(burst)
+                    self.link.write(data)
+                    self.bytes_sent += len(data)
+                if order:
                     self._wait(out, order)
-                    continue
-                order.popleft()
-                del out[head.seq]
-                self._record(head.cmd, head.payload, head.reply)
-                yield head.cmd, head.reply
+                elif later is None:
+                    return
         except GeneratorExit:
             closing = True
             raise
@@ -423,14 +424,15 @@ class Client:
                     order.popleft()
                     self._record(head.cmd, head.payload, head.reply)
 
-    def _send_new(self, cmd: int, payload: bytes, out: dict[int, _Out], order: deque[int]) -> None:
+    def _send_new(self, cmd: int, payload: bytes, out: dict[int, _Out],
+                  order: deque[int]) -> bytes:
+        """A new request in flight; returns its frame (the caller writes it)."""
         self.seq = self._start if cmd == INFO else (self.seq + 1) & 0xFFFF
         frame = pack(cmd, self.seq, payload, VERSION2)
         now = time.monotonic()
         out[self.seq] = _Out(cmd, payload, self.seq, frame, now, now)
         order.append(self.seq)
-        self.link.write(frame)
-        self.bytes_sent += len(frame)
+        return frame
 
     def _resend(self, o: _Out, now: float) -> None:
         o.sent = now
@@ -439,24 +441,32 @@ class Client:
         self.link.write(o.frame)
         self.bytes_sent += len(o.frame)
 
-    def _rto(self, o: _Out) -> float:
+    def _rto(self) -> float:
+        """The retransmission timeout of a request sent once (doubled for each resend)."""
         base = 0.5 if self._srtt is None else self._srtt + max(4 * self._rttvar, 0.002)
-        return min(max(base, self.rto_min) * 2 ** (o.tries - 1), self.timeout)
+        return max(base, self.rto_min)
 
     def _wait(self, out: dict[int, _Out], order: deque[int]) -> None:
-        """One frame from the device (or a timeout), then the retransmissions due."""
+        """The frames from the device (waiting for one, or a timeout), then the
+        retransmissions due."""
+        rto, cap = self._rto(), self.timeout
         now = time.monotonic()
-        due = min(o.sent + self._rto(o) for o in out.values() if o.reply is None)
-        try:
-            raw: bytes | None = self.link.read_frame(max(due - now, 0.0005))
-        except LinkTimeout:
-            raw = None
+        due = min(o.sent + min(rto * 2 ** (o.tries - 1), cap)
+                  for o in out.values() if o.reply is None)
+        wait = max(due - now, 0.0005)
+        for _ in range(len(order)):  # what came already, without waiting again
+            try:
+                raw = self.link.read_frame(wait)
+            except LinkTimeout:
+                break
+            self._on_frame(raw, out, order, time.monotonic())
+            wait = 0.0
         now = time.monotonic()
-        if raw is not None:
-            self._on_frame(raw, out, order, now)
+        if now < due:
+            return
         for seq in order:
             o = out[seq]
-            if o.reply is None and now >= o.sent + self._rto(o):
+            if o.reply is None and now >= o.sent + min(rto * 2 ** (o.tries - 1), cap):
                 if now - o.first > self.timeout * (self.retries + 1):
                     raise LinkTimeout(f"no reply to request {o.cmd:#04x} (seq {o.seq}) in "
                                       f"{now - o.first:.1f} s")
@@ -492,8 +502,9 @@ class Client:
         if o.tries == 1:
             self._rtt(now - o.first)
         # replies come in order: an earlier request without one ran, its reply was lost
-        self._lost(out, order, now, lambda s: s != r.seq and
-                   ((r.seq - s) & 0xFFFF) < 0x8000)
+        if order[0] != r.seq:
+            self._lost(out, order, now, lambda s: s != r.seq and
+                       ((r.seq - s) & 0xFFFF) < 0x8000)
 
     def _lost(self, out: dict[int, _Out], order: deque[int], now: float, before) -> None:  # noqa: ANN001
         gap = self._gap()
