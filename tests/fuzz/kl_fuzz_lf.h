@@ -253,7 +253,13 @@ typedef struct {
 	/* the last reply received; frames fed so far (a budget per input) */
 	fz_reply_t r;
 	uint32_t frames;
+	/* protocol version 2's window: the session given memory for FZ_WINDOW
+	 * requests in flight at every boot (0: none, window 1) */
+	int window_on;
 } fz_harness_t;
+
+#define FZ_WINDOW 4u
+static uint32_t fz_window_mem[KL_SESSION_WINDOW_BYTES(FZ_WINDOW) / 4u + 1u];
 
 static uint32_t fz_store_mem[FZ_STORE_MAX / 4u];
 static uint32_t fz_arena_mem[FZ_ARENA_MAX / 4u];
@@ -303,14 +309,22 @@ static inline int fz_boot(fz_harness_t *h)
 	h->have_seq = 0;
 	h->cached_type = 0;
 	h->cached_len = 0;
-	return kl_session_init(&h->sess, &cfg);
+	const int err = kl_session_init(&h->sess, &cfg);
+	if (err == KL_OK && h->window_on) {
+		FZ_CHECK(kl_session_window(&h->sess, (uint8_t *)fz_window_mem,
+					   sizeof(fz_window_mem)) == FZ_WINDOW,
+			 "window memory for %u requests", FZ_WINDOW);
+	}
+	return err;
 }
 
 /* A fresh device over an erased store of geometry g (or a RAM store of
  * g->size bytes). */
-static inline int fz_setup(fz_harness_t *h, const kl_store_geom_t *g, int ram, size_t arena_size)
+static inline int fz_setup(fz_harness_t *h, const kl_store_geom_t *g, int ram, size_t arena_size,
+			   int window_on)
 {
 	memset(h, 0, sizeof(*h));
+	h->window_on = window_on;
 	h->geom = *g;
 	h->ram = ram;
 	h->arena_size = arena_size;
@@ -336,8 +350,8 @@ static inline int fz_feed(fz_harness_t *h, const uint8_t *bytes, size_t n)
 		FZ_CHECK(i > start, "an empty frame (two delimiters) on the wire");
 		fz_decode_reply(h->tx + start, i - start, &h->r);
 		frames++;
-		/* a reply (not a NAK) is the device's new cached reply */
-		if (h->r.type != KL_CMD_NAK) {
+		/* a reply (not a NAK, not an ACK) is the device's new cached reply */
+		if (h->r.type != KL_CMD_NAK && h->r.type != KL_CMD_ACK) {
 			h->have_seq = 1;
 			h->last_seq = h->r.seq;
 			h->cached_type = h->r.type;

@@ -330,8 +330,9 @@ class Client:
         self.window = 1
         self.retransmissions = 0  # frames sent again
         self.resets = 0  # device resets recovered from
-        self.rto_min = 0.02  # seconds
+        self.rto_min = 0.25  # seconds: a link or a device that hiccups is not a lost frame
         self._srtt: float | None = None
+        self._heard = 0.0  # when the device last sent a well-formed frame
         self._rttvar = 0.0
         self._start = 0  # the sequence number of the INFO that starts a sequence
         self.journal_bytes = journal_bytes
@@ -449,9 +450,12 @@ class Client:
     def _wait(self, out: dict[int, _Out], order: deque[int]) -> None:
         """The frames from the device (waiting for one, or a timeout), then the
         retransmissions due."""
-        rto, cap = self._rto(), self.timeout
+        # a request's timer runs from its last send or the last frame the device sent,
+        # whichever is later: while frames come, losses show in them (a reply after a gap,
+        # an ACK's map), and a slow link or a long command sends nothing again
+        rto, cap, quiet = self._rto(), self.timeout, self._heard
         now = time.monotonic()
-        due = min(o.sent + min(rto * 2 ** (o.tries - 1), cap)
+        due = min(max(o.sent, quiet) + min(rto * 2 ** (o.tries - 1), cap)
                   for o in out.values() if o.reply is None)
         wait = max(due - now, 0.0005)
         for _ in range(len(order)):  # what came already, without waiting again
@@ -466,7 +470,8 @@ class Client:
             return
         for seq in order:
             o = out[seq]
-            if o.reply is None and now >= o.sent + min(rto * 2 ** (o.tries - 1), cap):
+            if o.reply is None and now >= max(o.sent, self._heard) + min(
+                    rto * 2 ** (o.tries - 1), cap):
                 if now - o.first > self.timeout * (self.retries + 1):
                     raise LinkTimeout(f"no reply to request {o.cmd:#04x} (seq {o.seq}) in "
                                       f"{now - o.first:.1f} s")
@@ -477,6 +482,7 @@ class Client:
             r = unpack(raw)
         except FrameError:
             return  # a damaged reply: its request is sent again when its time is up
+        self._heard = now
         if r.type == ACK:  # requests held (a map): every one up to r.seq ran, and ...
             held = struct.unpack_from("<I", r.payload, 6)[0] if len(r.payload) >= 10 else 0
             top = held.bit_length()  # ... one not held before a held one was lost
