@@ -153,19 +153,23 @@ def test_held_requests_run_in_order_once(exe):
 
 
 class _ResetLink:
-    """The host build on a flash file; at the k-th write the device is killed (what it had not
-    answered is lost) and started again on the same flash, as a board resets."""
+    """The host build on a flash file; when the k-th new TRAIN sample (``reset_at``) is written,
+    the device is killed (what it had not answered is lost) and started again on the same
+    flash, as a board resets."""
 
-    def __init__(self, cmd: list[str], reset_at: int):
-        self.cmd, self.reset_at, self.writes = cmd, reset_at, 0
+    def __init__(self, cmd: list[str]):
+        self.cmd, self.reset_at, self.samples = cmd, set(), set()
         self.link = P.ProcessLink(cmd)
 
     def write(self, data: bytes) -> None:
-        self.writes += 1
-        if self.writes == self.reset_at:
-            self.link.proc.kill()
-            self.link.close()
-            self.link = P.ProcessLink(self.cmd)
+        for wire in data.split(b"\0")[:-1]:
+            f = P.unpack(wire)
+            if f.type == P.TRAIN and f.payload not in self.samples:
+                self.samples.add(f.payload)
+                if len(self.samples) in self.reset_at:
+                    self.link.proc.kill()
+                    self.link.close()
+                    self.link = P.ProcessLink(self.cmd)
         self.link.write(data)
 
     def read_frame(self, timeout: float) -> bytes:
@@ -176,23 +180,24 @@ class _ResetLink:
 
 
 def test_device_reset_mid_window_restored_from_the_journal(exe, digits, tmp_path):
-    """The device resets with 8 TRAINs in flight: the client sees it refuse their sequence
-    numbers, starts a new sequence, sends the CONFIG and TRAINs since the LOAD again (each reply
-    as before), then the unanswered ones: the results of a run without a reset, each TRAIN run
-    once since the reset (STATS), the device equal to numpy."""
+    """The device resets twice with 8 TRAINs in flight: each time the client sees it refuse
+    their sequence numbers, starts a new sequence, sends the CONFIG and the TRAINs after it
+    again (each reply as before), then the ones not handed over yet: the results of a run
+    without a reset (the replies, predictions and STATS: each TRAIN run once since the
+    reset)."""
     qm, blob = _model(digits)
     xq, y = qm.quantize_input(digits.x_train[:300]), digits.y_train[:300]
     clean = _stream(P.Client(P.ProcessLink([exe]), window=8), blob, xq, y)
-    link = _ResetLink([exe, "--flash", str(tmp_path / "f.bin")], reset_at=0)
+    link = _ResetLink([exe, "--flash", str(tmp_path / "f.bin")])
+    link.reset_at = {100, 200}  # the 100th and 200th sample: 8 TRAINs in flight
     c = P.Client(link, window=8)
     c.load(blob)
-    link.reset_at = link.writes + 150  # inside the TRAINs, 8 in flight
     c.config(lr=0.05, seed=3, cut=P.NO_CUT, classes=b"")
     items = [(int(y[i]), xq[i].tobytes()) for i in range(len(y))]
     trained = list(c.train_many(items))
     evals = list(c.eval_many(items))
     steps = c.stats().train_steps
-    assert link.writes > link.reset_at and c.resets == 1
+    assert c.resets == 2
     assert (trained, evals, steps) == clean
     c.close()
 
@@ -203,13 +208,13 @@ def test_device_reset_after_a_commit_raises_with_the_pending_requests(exe, digit
     sequence with the device (which runs the committed generation)."""
     qm, blob = _model(digits)
     xq, y = qm.quantize_input(digits.x_train[:64]), digits.y_train[:64]
-    link = _ResetLink([exe, "--flash", str(tmp_path / "f.bin")], reset_at=0)
+    link = _ResetLink([exe, "--flash", str(tmp_path / "f.bin")])
     c = P.Client(link, window=8)
     c.load(blob)
     c.config(lr=0.05, seed=3, cut=P.NO_CUT, classes=b"")
     list(c.train_many((int(y[i]), xq[i].tobytes()) for i in range(32)))
     c.commit()
-    link.reset_at = link.writes + 4
+    link.reset_at = {36}
     with pytest.raises(P.DeviceReset) as e:
         list(c.train_many((int(y[i]), xq[i].tobytes()) for i in range(32, 64)))
     pending = e.value.pending  # sent, never answered: a run of the requests, in order

@@ -4,8 +4,9 @@ TRAIN and EVAL frames (78 bytes: the 64-input int8 session model, a label) strea
 4, 8 ... requests in flight (protocol version 2), against
 
 - the raw rate: frames of the same size with a damaged CRC pushed back to back; the device
-  NAKs each at once, so only the link and the framing limit it (``session.raw_rate``),
-  measured right after each run: every fraction compares two rates measured back to back;
+  NAKs each at once, so only the link and the framing limit it (``session.raw_rate``). Each
+  run is cut in parts, each followed by a raw run of as many frames; a fraction is the median
+  of its parts' (the speed of a shared machine, and of QEMU on it, drifts);
 - the ceiling: the same requests, pre-built and written half a device window at a time with the
   device's whole window in flight, their replies read without decoding: what the device's
   computing and the link allow without the client's own per-frame work.
@@ -14,7 +15,9 @@ TRAIN and EVAL frames (78 bytes: the 64-input int8 session model, a label) strea
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import statistics
 import struct
 import time
 from pathlib import Path
@@ -28,7 +31,8 @@ from ..formats import export
 WINDOWS = (1, 2, 4, 8)
 MODES = ("train", "eval")
 #: the figure's links: board, frames per measurement
-FIGURE_LINKS = (("host-pty", 20000), ("mps2-an386", 1000))
+FIGURE_LINKS = (("host-pty", 20000), ("mps2-an386", 2000))
+PARTS = 10
 
 
 def _items(n: int) -> tuple[bytes, list[tuple[int, bytes]]]:
@@ -63,47 +67,54 @@ def ceiling(client: P.Client, cmd: int, items: list[tuple[int, bytes]]) -> float
 
 
 def bench(client: P.Client, windows: tuple[int, ...] = WINDOWS, n: int = 2000,
-          modes: tuple[str, ...] = MODES) -> dict:
-    """Rates of TRAIN/EVAL streams at each window, the ceiling and the raw rate."""
+          modes: tuple[str, ...] = MODES, parts: int = 5) -> dict:
+    """Rates of TRAIN/EVAL streams at each window and of the ceiling, against the raw rate.
+    Each run is cut in ``parts``, each part followed by a raw run of as many frames: a
+    fraction is the median of the parts' (a shared machine's speed drifts)."""
     blob, items = _items(n)
     client.load(blob)
     client.config(lr=0.05, cut=P.NO_CUT, replay_cap=0, replay_ratio=0, classes=b"")
     offered = client.window
     frame = len(P.pack(P.TRAIN, 1, struct.pack("<H", 0) + items[0][1], P.VERSION2))
+    size = -(-n // parts)
     raws: list[float] = []
 
-    def raw_now() -> float:
-        """The raw rate right after a run (a shared machine's speed drifts): each fraction
-        compares rates measured back to back."""
-        raws.append(session.raw_rate(client, frame, min(n, 5000)))
-        return raws[-1]
+    def paired(run) -> tuple[float, float]:  # noqa: ANN001
+        """(frames/s over the run, the median fraction of the raw rate over its parts)"""
+        spent, fractions = 0.0, []
+        for at in range(0, n, size):
+            part = items[at:at + size]
+            t0 = time.monotonic()
+            run(part)
+            dt = time.monotonic() - t0
+            spent += dt
+            raws.append(session.raw_rate(client, frame, len(part)))
+            fractions.append(len(part) * frame / dt / raws[-1])
+        return n / spent, statistics.median(fractions)
 
     rows = []
     for mode in modes:
         cmd = P.TRAIN if mode == "train" else P.EVAL
         client.window = offered
-        top = ceiling(client, cmd, items)
-        rows.append({"mode": mode, "window": "ceiling", "frames_per_s": top,
-                     "bytes_per_s": top * frame, "fraction_of_raw": top * frame / raw_now(),
-                     "retransmitted": 0})
+        fps, frac = paired(lambda part, cmd=cmd: ceiling(client, cmd, part))
+        rows.append({"mode": mode, "window": "ceiling", "frames_per_s": fps,
+                     "bytes_per_s": fps * frame, "fraction_of_raw": frac, "retransmitted": 0})
+        many = client.train_many if mode == "train" else client.eval_many
         for w in windows:
             if w > offered:
                 continue
             client.window = w
             retx = client.retransmissions
-            t0 = time.monotonic()
-            for _ in (client.train_many if mode == "train" else client.eval_many)(items):
-                pass
-            fps = n / (time.monotonic() - t0)
+            fps, frac = paired(lambda part, many=many: collections.deque(many(part), 0))
             rows.append({"mode": mode, "window": w, "frames_per_s": fps,
-                         "bytes_per_s": fps * frame, "fraction_of_raw": fps * frame / raw_now(),
+                         "bytes_per_s": fps * frame, "fraction_of_raw": frac,
                          "retransmitted": client.retransmissions - retx})
     client.window = offered
     for r in rows:
         r["fraction_of_ceiling"] = r["frames_per_s"] / next(
             x["frames_per_s"] for x in rows if x["mode"] == r["mode"] and x["window"] == "ceiling")
-    return {"frame_bytes": frame, "frames": n, "device_window": offered,
-            "version": client.version, "raw_bytes_per_s": sorted(raws)[len(raws) // 2],
+    return {"frame_bytes": frame, "frames": n, "parts": parts, "device_window": offered,
+            "version": client.version, "raw_bytes_per_s": statistics.median(raws),
             "rows": rows}
 
 
@@ -113,7 +124,7 @@ def measure_figure() -> dict:
     links = []
     for board, n in FIGURE_LINKS:
         with session.open_device(board) as client:
-            links.append({"board": board} | bench(client, WINDOWS, n))
+            links.append({"board": board} | bench(client, WINDOWS, n, parts=PARTS))
     return {"links": links}
 
 
@@ -129,9 +140,10 @@ def render(rec: dict) -> str:
         raw = link["raw_bytes_per_s"]
         out.append(f"**{LINK_NAMES.get(link['board'], link['board'])}** "
                    f"(`--board {link['board']}`): {link['frame_bytes']}-byte frames, "
-                   f"{link['frames']:,} per run, device window {link['device_window']}, raw "
-                   f"{raw / 1e3:,.1f} KB/s ({raw / link['frame_bytes']:,.0f} frames/s; the "
-                   "median of the raw rates measured right after each run)\n")
+                   f"{link['frames']:,} per run in {link['parts']} parts, device window "
+                   f"{link['device_window']}, raw {raw / 1e3:,.1f} KB/s "
+                   f"({raw / link['frame_bytes']:,.0f} frames/s; the median of the raw runs "
+                   "after each part)\n")
         heads = [r["window"] for r in link["rows"] if r["mode"] == link["rows"][0]["mode"]]
         out.append("| frames | " + " | ".join(f"window {h}" if h != "ceiling" else "ceiling"
                                                for h in heads) + " |")
@@ -143,9 +155,10 @@ def render(rec: dict) -> str:
                     f"{r['frames_per_s']:,.0f}/s ({r['fraction_of_raw']:.2f})" for r in rows)
                     + " |")
         out.append("")
-    out.append("Frames per second; in brackets the fraction of the raw byte rate measured right "
-               "after the run. Ceiling: the device's whole window kept full by pre-built frames "
-               "(no client work per frame).")
+    out.append("Frames per second over the run; in brackets the fraction of the raw byte rate "
+               "(the median over the parts of the part's rate against the raw run right after "
+               "it). Ceiling: the device's whole window kept full by pre-built frames (no "
+               "client work per frame).")
     return "\n".join(out)
 
 
@@ -158,6 +171,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=IntRange(10, 1_000_000), default=2000,
                    help="frames per run")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--parts", type=IntRange(1, 100), default=5,
+                   help="each run in this many parts, each followed by a raw run")
     p.add_argument("--json", type=OutFile(), default=None, help="also write the results here")
 
 
@@ -169,7 +184,7 @@ def run(a: argparse.Namespace) -> int:
     with ca.open_device(a) as client:
         if client.version < P.VERSION2:
             print(f"the device speaks protocol version {client.version}: window 1 only")
-        r = bench(client, tuple(a.windows), a.frames, tuple(a.modes))
+        r = bench(client, tuple(a.windows), a.frames, tuple(a.modes), a.parts)
     print(f"{r['frame_bytes']}-byte frames, device window {r['device_window']}, raw link "
           f"{r['raw_bytes_per_s']:,.0f} B/s")
     print(tabulate([[x["mode"], x["window"], f"{x['frames_per_s']:,.0f}",

@@ -55,9 +55,9 @@ class LinkTimeout(TimeoutError):
 class DeviceReset(DeviceError):
     """The device lost its session (a reset or power cycle: it refuses the sequence numbers
     in flight) and the client could not restore it (docs/protocol.md, "A device reset").
-    ``pending``: the requests (command, payload) whose replies never came, in order; none of
-    them has run since the reset. The device runs its newest committed generation with the
-    default settings; the client has started a new sequence with INFO."""
+    ``pending``: the requests (command, payload) sent whose replies the caller has not had, in
+    order; none of them has run since the reset. The device runs its newest committed
+    generation with the default settings; the client has started a new sequence with INFO."""
 
     def __init__(self, cmd: int, pending: list[tuple[int, bytes]], why: str):
         RuntimeError.__init__(self, f"the device was reset with {len(pending)} request(s) "
@@ -497,8 +497,9 @@ class Client:
                 if now - o.sent > self._gap():
                     self._resend(o, now)  # it arrived damaged
             elif r.status == ESEQ and o.cmd != INFO:
-                raise _Reset([(out[s].cmd, out[s].payload) for s in order
-                              if out[s].reply is None or out[s].reply.type == NAK])
+                # every request not handed to the caller yet, answered or not: the journal
+                # holds only what was handed over, and the device's state after it is gone
+                raise _Reset([(out[s].cmd, out[s].payload) for s in order])
             else:
                 o.reply = r  # refused, not run
             return
@@ -583,12 +584,13 @@ class Client:
         history again, or DeviceReset."""
         cmd = unanswered[0][0] if unanswered else INFO
         ok, history = self._journal_ok, list(self._journal)
-        self._journal_ok = False
+        self._journal, self._journal_size, self._journal_ok = [], 0, False
         self.info()
         if not ok:
             raise DeviceReset(cmd, unanswered, "no history since a CONFIG or LOAD to restore "
                               "the training state from (a COMMIT or a LOAD in between, or more "
                               "than journal_bytes)")
+        self._journal_ok = True  # the history sent again is recorded again
         try:
             for (c, _p, want), (_, got) in zip(history, self._exchange(
                     iter([(c, p) for c, p, _ in history])), strict=True):

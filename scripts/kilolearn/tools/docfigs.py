@@ -154,8 +154,9 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            source="sparse-bench", where="docs/selective-updates.md"),
     module_figure("paged-bench", "kilolearn paged-bench", ".bench.pagedbench",
                   "docs/paged-weights.md"),
-    module_figure("link-window", "kilolearn link-bench --board host-pty --frames 20000; "
-                  "kilolearn link-bench --board mps2-an386 --frames 1000", ".bench.linkbench",
+    module_figure("link-window", "kilolearn link-bench --board host-pty --frames 20000 --parts 10; "
+                  "kilolearn link-bench --board mps2-an386 --frames 2000 --parts 10",
+                  ".bench.linkbench",
                   "docs/protocol.md"),
     Figure("adapt-shift", "kilolearn example-data / fit / adapt / eval (docs/user-guide.md)",
            render_adapt, _measure_adapt, where="docs/user-guide.md"),
