@@ -163,6 +163,9 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
     Figure("zephyr-footprint", "west build -b BOARD app for each board; kilolearn footprint "
            "and west build -t rom_report / ram_report on its zephyr.elf", render_zephyr,
            _measure_zephyr, where="docs/zephyr.md"),
+    module_figure("zephyr-window", "twister -T app -p qemu_cortex_m3 -s kilolearn.app.session "
+                  "-p nucleo_f429zi -s kilolearn.app.usb_cdc_acm", ".tools.zephyrlink",
+                  "docs/protocol.md"),
     module_figure("zephyr-paged", "twister -T tests/zephyr/paged -p mps2/an385 (scenario "
                   "kilolearn.paged); the suite's 'KL paged' line", ".tools.zephyrpaged",
                   "docs/zephyr.md"),
