@@ -3,7 +3,9 @@
 The device must hold a model already (``kilolearn session`` or the LOAD command); samples are
 sent in the model's input type, quantised on the host for int8 models with the input scale of
 the blob given. Resumable: ``--start N`` skips what an interrupted run already sent, and a
-state file records the next index after every chunk of samples.
+state file records the next index after every chunk of samples (the next one without a reply:
+with a window of requests in flight, a run killed mid-window may have trained up to window - 1
+samples past it). The frames go a window at a time (protocol version 2, ``--window``).
 """
 
 from __future__ import annotations
