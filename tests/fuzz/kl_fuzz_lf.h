@@ -145,6 +145,11 @@ typedef struct {
 	const uint8_t *payload;   /* body + header + 4 */
 } fz_reply_t;
 
+static inline int fz_is_ack(const fz_reply_t *r)
+{
+	return r->type == KL_CMD_ACK && r->ver == KL_PROTO_VERSION;
+}
+
 /* Decode one wire frame (without its delimiter). Every frame a device sends
  * must pass: COBS, length field, CRC, version 1, a status. */
 static inline void fz_decode_reply(const uint8_t *wire, size_t n, fz_reply_t *r)
@@ -161,17 +166,17 @@ static inline void fz_decode_reply(const uint8_t *wire, size_t n, fz_reply_t *r)
 	FZ_CHECK(plen <= KL_SESSION_MAX_PAYLOAD, "reply payload %u > max_payload", plen);
 	r->type = r->body[0];
 	r->ver = r->body[1];
-	/* a reply: the request's version; a NAK: 1; an ACK: 2 */
+	/* a reply: the request's version; a NAK: 1; an ACK: 2 (type 0xFE in version 1 is
+	 * the reply to request type 0x7E) */
 	FZ_CHECK(r->ver == KL_PROTO_V1 || r->ver == KL_PROTO_VERSION, "reply version %u", r->ver);
 	FZ_CHECK(r->body[0] != KL_CMD_NAK || r->ver == KL_PROTO_V1, "NAK version %u", r->ver);
-	FZ_CHECK(r->body[0] != KL_CMD_ACK || r->ver == KL_PROTO_VERSION, "ACK version %u", r->ver);
 	r->seq = fz_rd16(r->body + 2);
 	r->status = (int32_t)fz_rd32(r->body + KL_FRAME_HEADER);
 	r->n = (uint16_t)(plen - 4u);
 	r->payload = r->body + KL_FRAME_HEADER + 4u;
 	FZ_CHECK(r->type == KL_CMD_NAK || (r->type & KL_CMD_REPLY) != 0u, "reply type %#x", r->type);
-	FZ_CHECK(r->type != KL_CMD_ACK || r->status == KL_OK, "an ACK with status %d",
-		 (int)r->status);
+	FZ_CHECK(!fz_is_ack(r) || (r->status == KL_OK && r->n == 6u), "an ACK with status %d, "
+		 "%u bytes after it", (int)r->status, r->n);
 	FZ_CHECK(r->type != KL_CMD_NAK || r->status != KL_OK, "a NAK with status 0");
 }
 
@@ -351,7 +356,7 @@ static inline int fz_feed(fz_harness_t *h, const uint8_t *bytes, size_t n)
 		fz_decode_reply(h->tx + start, i - start, &h->r);
 		frames++;
 		/* a reply (not a NAK, not an ACK) is the device's new cached reply */
-		if (h->r.type != KL_CMD_NAK && h->r.type != KL_CMD_ACK) {
+		if (h->r.type != KL_CMD_NAK && !fz_is_ack(&h->r)) {
 			h->have_seq = 1;
 			h->last_seq = h->r.seq;
 			h->cached_type = h->r.type;

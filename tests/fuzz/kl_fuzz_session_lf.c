@@ -262,7 +262,7 @@ static void window_record(fz_in_t *in, fz_info_t *info, int *info_ok)
 			}
 			FZ_CHECK(r.type != KL_CMD_NAK, "window request seq %u: NAK %d",
 				 (unsigned)(base + 1u + i), (int)r.status);
-			if (r.type == KL_CMD_ACK) {
+			if (fz_is_ack(&r)) {
 				const uint16_t held = fz_rd16(r.payload);
 				const uint32_t map = fz_rd32(r.payload + 2);
 				const uint16_t d = (uint16_t)(held - r.seq);

@@ -280,6 +280,9 @@ def session_regressions(blobs: dict[str, bytes], cut_tensor: int) -> dict[str, b
         # used the sequence number (the host's next request then got NAK(KL_ESEQ))
         "type-0x7f-reply-looks-like-nak": bytes([0]) + frame(INFO) + frame(0x7F, b"\x00"),
         "type-0xff-reply-looks-like-nak": bytes([0]) + frame(INFO) + frame(0xFF),
+        # (the harness) a version 1 reply to request type 0x7E is of type 0xFE, the type of
+        # version 2's ACK: told apart by the version
+        "v1-reply-to-0x7e-is-not-an-ack": bytes([0]) + frame(INFO, ver=1) + frame(0x7E, ver=1),
         # reply types as requests (0x80-0xFE) were executed as unknown commands
         "reply-type-as-request": bytes([0]) + frame(INFO) + frame(0x83, b"\x00\x00"),
         # a payload of 2049-2050 bytes (> max_payload 2048) was accepted: the decode buffer

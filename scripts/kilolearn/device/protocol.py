@@ -483,9 +483,9 @@ class Client:
         except FrameError:
             return  # a damaged reply: its request is sent again when its time is up
         self._heard = now
-        if r.type == ACK:  # requests held (a map): every one up to r.seq ran, and ...
+        if r.type == ACK and r.version == VERSION2:  # requests held (a map): up to r.seq ran,
             held = struct.unpack_from("<I", r.payload, 6)[0] if len(r.payload) >= 10 else 0
-            top = held.bit_length()  # ... one not held before a held one was lost
+            top = held.bit_length()  # and one not held before a held one was lost
             self._lost(out, order, now, lambda s: (d := (s - r.seq) & 0xFFFF) == 0 or
                        d > 0x8000 or (d <= top and not held >> (d - 1) & 1))
             return
