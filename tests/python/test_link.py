@@ -224,3 +224,26 @@ def test_device_reset_after_a_commit_raises_with_the_pending_requests(exe, digit
     st = c.stats()  # the new sequence works; the device runs the committed generation
     assert st.generation == 2 and st.train_steps == 0
     c.close()
+
+
+def test_window_on_the_emulated_board_equals_numpy(digits):
+    """The bare-metal firmware on QEMU mps2-an386 (its UART read a byte at a time, the rest of
+    the socket's bytes held back by QEMU): 300 TRAIN and EVAL frames with 8 in flight give the
+    replies of one at a time and the numpy twin's predictions."""
+    from conftest import require_target
+
+    require_target("mps2-an386")
+    qm, blob = _model(digits)
+    xq, y = qm.quantize_input(digits.x_train[:300]), digits.y_train[:300]
+    with session.open_device("mps2-an386") as c:
+        assert (c.version, c.window) == (2, 16)
+        c.window = 8
+        windowed = _stream(c, blob, xq, y)
+        c.window = 1
+        assert _stream(c, blob, xq, y) == windowed
+    ref = reference.S8Trainer(qm, lr=0.05, seed=3)
+    ref.class_mask = np.zeros(10, bool)
+    for i in range(len(y)):
+        ref.class_mask[int(y[i])] = True
+        ref.step(xq[i], int(y[i]))
+    assert [e[0] for e in windowed[1]] == [int(v) for v in ref.predict(xq)]
