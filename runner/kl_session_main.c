@@ -35,7 +35,14 @@
 #define KL_SESSION_STORE_SIZE (256u * 1024u)
 #endif
 
+/* requests in flight (protocol version 2): RAM is plenty on the host and the
+ * QEMU boards, so the most the session core takes */
+#ifndef KL_SESSION_WINDOW
+#define KL_SESSION_WINDOW KL_SESSION_MAX_WINDOW
+#endif
+
 static uint32_t arena_mem[KL_SESSION_ARENA_SIZE / 4u];
+static uint32_t window_mem[KL_SESSION_WINDOW_BYTES(KL_SESSION_WINDOW) / 4u + 1u];
 static kl_session_t session;
 static kl_store_t store;     /* the generations: the whole part, or its first part */
 static kl_store_t log_store; /* a paged model's weight log */
@@ -45,6 +52,7 @@ static kl_nor_sim_t replay_nor;
 static int have_replay;
 #define REPLAY_SECTOR 4096u
 #define REPLAY_WRITE  16u
+static uint8_t proto = KL_PROTO_VERSION; /* --proto 1 (host): speak version 1 only */
 
 #ifdef KL_BAREMETAL
 /* NOR flash simulation over PSRAM: 1 MB, 16 KB sectors, 16-byte writes,
@@ -206,6 +214,8 @@ static int store_init(int argc, char **argv)
 				fprintf(stderr, "kl_session: bad --log %s\n", argv[i + 1]);
 				return KL_EINVAL;
 			}
+		} else if (strcmp(argv[i], "--proto") == 0) {
+			proto = (uint8_t)strtoul(argv[i + 1], NULL, 0); /* 1: a version 1 device */
 		} else if (strcmp(argv[i], "--replay") == 0) {
 			char *end;
 			replay = strtoul(argv[i + 1], &end, 0);
@@ -223,7 +233,7 @@ static int store_init(int argc, char **argv)
 			fprintf(stderr, "usage: kl_session [--flash FILE [--geometry SIZE,ERASE,WRITE,EV]"
 					" [--cut K[,SEED]]] [--log BYTES (0: none)]"
 					" [--replay BYTES (0: none) [--replay-file FILE]"
-					" [--replay-cut K[,SEED]]]\n");
+					" [--replay-cut K[,SEED]]] [--proto 1]\n");
 			return KL_EINVAL;
 		}
 	}
@@ -273,8 +283,40 @@ static void tx(void *ctx, const uint8_t *buf, size_t n)
 {
 	(void)ctx;
 	kl_port_write((const char *)buf, n);
+#ifdef KL_BAREMETAL
 	kl_port_flush();
+#endif /* the host: once the bytes read at once are handled (a window's replies, one write) */
 }
+
+#ifndef KL_BAREMETAL
+#include <errno.h>
+#include <unistd.h>
+
+/* The host: what the link has (a window of frames, say) read at once, fed, and the replies
+ * written together; 0 at the end of input. */
+static int host_loop(void)
+{
+	static uint8_t chunk[4096];
+	setvbuf(stdout, NULL, _IOFBF, 1u << 16); /* binary replies: no flush at a 0x0A */
+	for (;;) {
+		const ssize_t n = read(0, chunk, sizeof(chunk));
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n <= 0) {
+			if (file_store.f != NULL) {
+				kl_store_file_close(split ? &part : &store);
+			}
+			if (replay_file.f != NULL) {
+				kl_store_file_close(&replay_store);
+			}
+			return 0; /* end of input: the host closed the link */
+		}
+		kl_session_feed(&session, chunk, (size_t)n);
+		kl_port_flush();
+	}
+}
+#endif
 
 int main(int argc, char **argv)
 {
@@ -294,20 +336,21 @@ int main(int argc, char **argv)
 	if (kl_session_init(&session, &cfg) != KL_OK) {
 		return 1;
 	}
-	for (;;) {
+	if (proto == KL_PROTO_V1) { /* as a version 1 device: no window, no version 2 */
+		session.max_version = KL_PROTO_V1;
+	} else {
+		(void)kl_session_window(&session, (uint8_t *)window_mem, sizeof(window_mem));
+	}
+#ifdef KL_BAREMETAL
+	for (;;) { /* the UART, a byte at a time (QEMU holds the rest back meanwhile) */
 		const int c = kl_port_getc();
 		if (c < 0) {
-#ifndef KL_BAREMETAL
-			if (file_store.f != NULL) {
-				kl_store_file_close(split ? &part : &store);
-			}
-			if (replay_file.f != NULL) {
-				kl_store_file_close(&replay_store);
-			}
-#endif
-			return 0; /* end of input: the host closed the link */
+			return 0;
 		}
 		const uint8_t b = (uint8_t)c;
 		kl_session_feed(&session, &b, 1u);
 	}
+#else
+	return host_loop();
+#endif
 }

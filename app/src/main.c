@@ -1,14 +1,18 @@
 /*
  * kilolearn session app for Zephyr: the continual-learning session core
- * (docs/protocol.md, modules/kilolearn/src/session/kl_session.c) on a UART.
+ * (docs/protocol.md, modules/kilolearn/src/session/kl_session.c) on a UART
+ * or a USB CDC-ACM port.
  *
  * RX: the UART interrupt handler moves received bytes into a ring buffer and
  * wakes the session thread, which feeds them to kl_session_feed(); complete
  * frames are executed there and their replies go out with uart_poll_out().
- * The protocol is stop-and-wait, so the ring buffer (one frame at least)
- * never overflows. The UART is the chosen `kilolearn,uart` node, else the
- * console: boot messages and the line "kilolearn ready" come first, then the
- * UART carries protocol frames only.
+ * Protocol version 2 lets the host keep a window of requests in flight: the
+ * window is what both the ring buffer (that many whole frames while the
+ * thread computes) and the window memory (CONFIG_KILOLEARN_APP_WINDOW) hold,
+ * so the ring never overflows. The UART is the chosen `kilolearn,uart` node
+ * (a `zephyr,cdc-acm-uart` node: USB, enabled here, waiting for the host to
+ * open the port), else the console: boot messages and the line
+ * "kilolearn ready" come first, then it carries protocol frames only.
  */
 #include <zephyr/device.h>
 #include <zephyr/devicetree.h>
@@ -30,9 +34,17 @@ LOG_MODULE_REGISTER(kilolearn_app, CONFIG_KILOLEARN_APP_LOG_LEVEL);
 #define KL_UART_NODE DT_CHOSEN(zephyr_console)
 #endif
 
+#if DT_NODE_HAS_COMPAT(KL_UART_NODE, zephyr_cdc_acm_uart)
+#define KL_USB_CDC 1
+#include <zephyr/usb/usb_device.h>
+#endif
+
 #define KL_ARENA_BYTES (CONFIG_KILOLEARN_ARENA_SIZE + CONFIG_KILOLEARN_REPLAY_SIZE)
 BUILD_ASSERT(CONFIG_KILOLEARN_APP_RX_BUF_SIZE >= KL_FRAME_WIRE_MAX,
 	     "the receive ring buffer must hold one whole frame");
+/* requests in flight: what the window memory and the ring buffer both hold */
+#define KL_RING_FRAMES (CONFIG_KILOLEARN_APP_RX_BUF_SIZE / KL_FRAME_WIRE_MAX)
+#define KL_WINDOW MIN(MIN(CONFIG_KILOLEARN_APP_WINDOW, KL_RING_FRAMES), KL_SESSION_MAX_WINDOW)
 
 static const struct device *const uart = DEVICE_DT_GET(KL_UART_NODE);
 
@@ -42,6 +54,9 @@ static volatile uint32_t rx_dropped;
 
 static uint8_t arena[KL_ARENA_BYTES] __aligned(8);
 static kl_session_t session;
+#if KL_WINDOW > 1
+static uint8_t window_mem[KL_SESSION_WINDOW_BYTES(KL_WINDOW)] __aligned(4);
+#endif
 
 static void uart_isr(const struct device *dev, void *user_data)
 {
@@ -101,6 +116,16 @@ int main(void)
 		LOG_ERR("UART %s not ready", uart->name);
 		return -ENODEV;
 	}
+#ifdef KL_USB_CDC
+	if (usb_enable(NULL) != 0) {
+		LOG_ERR("USB not enabled");
+		return -EIO;
+	}
+	for (uint32_t dtr = 0; dtr == 0u;) { /* the host opened the port */
+		(void)uart_line_ctrl_get(uart, UART_LINE_CTRL_DTR, &dtr);
+		k_sleep(K_MSEC(100));
+	}
+#endif
 	(void)app_store_probe_partition();
 #ifdef CONFIG_KILOLEARN_APP_POWERCUT_TEST
 	return app_powercut_run(&session, arena, sizeof(arena));
@@ -124,15 +149,22 @@ int main(void)
 		LOG_ERR("kl_session_init: %d", err);
 		return err;
 	}
+#if KL_WINDOW > 1
+	const unsigned int window = kl_session_window(&session, window_mem, sizeof(window_mem));
+#else
+	const unsigned int window = 1u;
+#endif
 	const int cb = uart_irq_callback_user_data_set(uart, uart_isr, NULL);
 
 	if (cb != 0) {
 		LOG_ERR("UART %s has no interrupt-driven API (%d)", uart->name, cb);
 		return cb;
 	}
-	LOG_INF("session on %s: arena %u bytes (replay %u), rx ring %u bytes, max payload %u",
+	LOG_INF("session on %s: arena %u bytes (replay %u), rx ring %u bytes, max payload %u, "
+		"window %u",
 		uart->name, (unsigned int)sizeof(arena), (unsigned int)CONFIG_KILOLEARN_REPLAY_SIZE,
-		(unsigned int)CONFIG_KILOLEARN_APP_RX_BUF_SIZE, (unsigned int)KL_SESSION_MAX_PAYLOAD);
+		(unsigned int)CONFIG_KILOLEARN_APP_RX_BUF_SIZE, (unsigned int)KL_SESSION_MAX_PAYLOAD,
+		window);
 	k_thread_start(kl_session_tid);
 	uart_irq_rx_enable(uart);
 	printk("kilolearn ready\n");

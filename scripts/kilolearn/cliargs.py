@@ -474,6 +474,8 @@ def open_device(a: argparse.Namespace) -> Iterator[protocol.Client]:
     where = f"--port {a.port}" if a.port else f"--board {a.board}"
     try:
         with session.open_device(a.board, a.port, timeout=a.timeout) as client:
+            if getattr(a, "window", None):
+                client.window = min(client.window, a.window)
             yield client
     except protocol.LinkTimeout as e:
         raise UsageError(f"{where}: the device did not reply within {a.timeout:g} s"
@@ -498,6 +500,9 @@ def add_device_args(p: argparse.ArgumentParser, default: str | None = "mps2-an38
                    "/dev/ttyACM0, socket://host:port")
     p.add_argument("--timeout", type=TIMEOUT, default=20.0, metavar="SECONDS",
                    help="wait this long for each reply (3 retries; default 20)")
+    p.add_argument("--window", type=IntRange(1, 32), default=None, metavar="N",
+                   help="requests in flight at most (protocol version 2; default: as many as "
+                   "the device offers)")
 
 
 def read_blob(blob: bytes, what: str) -> export.Blob:

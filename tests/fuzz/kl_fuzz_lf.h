@@ -145,6 +145,11 @@ typedef struct {
 	const uint8_t *payload;   /* body + header + 4 */
 } fz_reply_t;
 
+static inline int fz_is_ack(const fz_reply_t *r)
+{
+	return r->type == KL_CMD_ACK && r->ver == KL_PROTO_VERSION;
+}
+
 /* Decode one wire frame (without its delimiter). Every frame a device sends
  * must pass: COBS, length field, CRC, version 1, a status. */
 static inline void fz_decode_reply(const uint8_t *wire, size_t n, fz_reply_t *r)
@@ -161,12 +166,17 @@ static inline void fz_decode_reply(const uint8_t *wire, size_t n, fz_reply_t *r)
 	FZ_CHECK(plen <= KL_SESSION_MAX_PAYLOAD, "reply payload %u > max_payload", plen);
 	r->type = r->body[0];
 	r->ver = r->body[1];
-	FZ_CHECK(r->ver == KL_PROTO_VERSION, "reply version %u", r->ver);
+	/* a reply: the request's version; a NAK: 1; an ACK: 2 (type 0xFE in version 1 is
+	 * the reply to request type 0x7E) */
+	FZ_CHECK(r->ver == KL_PROTO_V1 || r->ver == KL_PROTO_VERSION, "reply version %u", r->ver);
+	FZ_CHECK(r->body[0] != KL_CMD_NAK || r->ver == KL_PROTO_V1, "NAK version %u", r->ver);
 	r->seq = fz_rd16(r->body + 2);
 	r->status = (int32_t)fz_rd32(r->body + KL_FRAME_HEADER);
 	r->n = (uint16_t)(plen - 4u);
 	r->payload = r->body + KL_FRAME_HEADER + 4u;
 	FZ_CHECK(r->type == KL_CMD_NAK || (r->type & KL_CMD_REPLY) != 0u, "reply type %#x", r->type);
+	FZ_CHECK(!fz_is_ack(r) || (r->status == KL_OK && r->n == 6u), "an ACK with status %d, "
+		 "%u bytes after it", (int)r->status, r->n);
 	FZ_CHECK(r->type != KL_CMD_NAK || r->status != KL_OK, "a NAK with status 0");
 }
 
@@ -248,7 +258,13 @@ typedef struct {
 	/* the last reply received; frames fed so far (a budget per input) */
 	fz_reply_t r;
 	uint32_t frames;
+	/* protocol version 2's window: the session given memory for FZ_WINDOW
+	 * requests in flight at every boot (0: none, window 1) */
+	int window_on;
 } fz_harness_t;
+
+#define FZ_WINDOW 4u
+static uint32_t fz_window_mem[KL_SESSION_WINDOW_BYTES(FZ_WINDOW) / 4u + 1u];
 
 static uint32_t fz_store_mem[FZ_STORE_MAX / 4u];
 static uint32_t fz_arena_mem[FZ_ARENA_MAX / 4u];
@@ -309,14 +325,22 @@ static inline int fz_boot(fz_harness_t *h)
 	h->have_seq = 0;
 	h->cached_type = 0;
 	h->cached_len = 0;
-	return kl_session_init(&h->sess, &cfg);
+	const int err = kl_session_init(&h->sess, &cfg);
+	if (err == KL_OK && h->window_on) {
+		FZ_CHECK(kl_session_window(&h->sess, (uint8_t *)fz_window_mem,
+					   sizeof(fz_window_mem)) == FZ_WINDOW,
+			 "window memory for %u requests", FZ_WINDOW);
+	}
+	return err;
 }
 
 /* A fresh device over an erased store of geometry g (or a RAM store of
  * g->size bytes). */
-static inline int fz_setup(fz_harness_t *h, const kl_store_geom_t *g, int ram, size_t arena_size)
+static inline int fz_setup(fz_harness_t *h, const kl_store_geom_t *g, int ram, size_t arena_size,
+			   int window_on)
 {
 	memset(h, 0, sizeof(*h));
+	h->window_on = window_on;
 	h->geom = *g;
 	h->ram = ram;
 	h->arena_size = arena_size;
@@ -343,8 +367,8 @@ static inline int fz_feed(fz_harness_t *h, const uint8_t *bytes, size_t n)
 		FZ_CHECK(i > start, "an empty frame (two delimiters) on the wire");
 		fz_decode_reply(h->tx + start, i - start, &h->r);
 		frames++;
-		/* a reply (not a NAK) is the device's new cached reply */
-		if (h->r.type != KL_CMD_NAK) {
+		/* a reply (not a NAK, not an ACK) is the device's new cached reply */
+		if (h->r.type != KL_CMD_NAK && !fz_is_ack(&h->r)) {
 			h->have_seq = 1;
 			h->last_seq = h->r.seq;
 			h->cached_type = h->r.type;
@@ -362,14 +386,19 @@ static inline int fz_feed(fz_harness_t *h, const uint8_t *bytes, size_t n)
  * seen so far. */
 enum { FZ_EXPECT_EXEC, FZ_EXPECT_RETRANSMIT, FZ_EXPECT_NAK, FZ_EXPECT_NAK_ANY };
 
+static inline int fz_known_version(uint8_t ver)
+{
+	return ver == KL_PROTO_V1 || ver == KL_PROTO_VERSION;
+}
+
 static inline int fz_expect(const fz_harness_t *h, uint8_t type, uint8_t ver, uint16_t seq)
 {
-	if (ver != KL_PROTO_VERSION) {
+	if (!fz_known_version(ver)) {
 		return FZ_EXPECT_NAK;
 	}
-	if (type >= (KL_CMD_NAK & ~KL_CMD_REPLY)) {
-		/* reply and NAK types are never requests, nor 0x7F (its reply type
-		 * would be the NAK's) */
+	if (type >= ((ver == KL_PROTO_V1 ? KL_CMD_NAK : KL_CMD_ACK) & ~KL_CMD_REPLY)) {
+		/* reply, ACK and NAK types are never requests, nor 0x7F (its reply
+		 * type would be the NAK's) or, in version 2, 0x7E (the ACK's) */
 		return FZ_EXPECT_NAK_ANY;
 	}
 	if (type == KL_CMD_INFO) {
@@ -431,7 +460,7 @@ static inline int fz_send(fz_harness_t *h, uint8_t type, uint8_t ver, uint16_t s
 			 "version %u was executed (reply %#x status %d), expected a NAK", type, seq,
 			 h->last_seq, h->have_seq ? "in sequence" : "no sequence", ver, h->r.type,
 			 (int)h->r.status);
-		FZ_CHECK(h->r.status == (ver != KL_PROTO_VERSION ? KL_EVERSION : KL_ESEQ),
+		FZ_CHECK(h->r.status == (!fz_known_version(ver) ? KL_EVERSION : KL_ESEQ),
 			 "NAK status %d for type %#x seq %u ver %u", (int)h->r.status, type, seq, ver);
 		break;
 	case FZ_EXPECT_NAK_ANY:
@@ -446,7 +475,7 @@ static inline int fz_send(fz_harness_t *h, uint8_t type, uint8_t ver, uint16_t s
 			 "earlier NAK used a sequence number", type, seq, h->last_seq);
 		break;
 	}
-	if (h->r.type == KL_CMD_NAK && type != KL_CMD_STATS && h->have_seq && ver == KL_PROTO_VERSION &&
+	if (h->r.type == KL_CMD_NAK && type != KL_CMD_STATS && h->have_seq && fz_known_version(ver) &&
 	    seq == (uint16_t)(h->last_seq + 1u)) {
 		/* not executed: the same sequence number must still be free */
 		const int32_t nak_status = h->r.status;

@@ -4,12 +4,18 @@
  *
  * Input: a config byte, then records (helpers in kl_fuzz_lf.h):
  *   byte 0      bit 0 RAM store (else NOR simulation); bits 1-2 arena 256K/48K/12K/3K;
- *               bits 3-4 NOR geometry (see GEOMS)
+ *               bits 3-4 NOR geometry (see GEOMS); bit 5 a window of FZ_WINDOW requests
+ *               (protocol version 2; FRAME records with a seq of their own then speak
+ *               version 1, whose window is one)
  *   op & 7 0..2 FRAME  type u8, sel u8 (seq: 0 next, 1 last, 2 u16 follows, 3 next + u8),
  *                      [version u8 if op & 8], len u16, payload; op bits 4-5 damage the
  *                      frame: 1 CRC, 2 length field, 3 cut short (CONFIG: replay ratios
  *                      taken mod 16)
  *          3    RAW    n u8, n bytes fed as they are (then a 0x00 delimiter)
+ *          3+8  WINDOW (window on) k u8 (1 + mod FZ_WINDOW requests), per request kind u8
+ *                      (STATS/TRAIN/EVAL), label u16, n u8, n bytes; then m u8 sends of
+ *                      one of them, index u8 each, in any order, again and again; then
+ *                      the ones still without a reply, in order
  *          4    SAMPLE cmd u8 (TRAIN/EVAL/PREDICT), label u16, n u8, n bytes: a sample of
  *                      the running model's size (op & 8: label mod classes + 1; op & 16:
  *                      raw float bits; op & 32: a size off by a signed delta u8)
@@ -20,7 +26,10 @@
  *          7    CUT    k u16, seed u8: power lost at the k-th program/erase step (NOR)
  *
  * Checked (besides ASan/UBSan): every reply is a well-formed frame with the
- * request's sequence number, one per frame; the sequencing rules (a NAK for
+ * request's sequence number, one per frame (a WINDOW's: the replies in
+ * sequence order, each request run once: STATS' train steps, a request sent
+ * again after its reply gets that reply byte for byte, one held gets an ACK
+ * whose map holds it, never a NAK); the sequencing rules (a NAK for
  * a frame out of order, the cached reply for a retransmission, a NAK never
  * uses a sequence number, reply types never taken for requests); a refused
  * CONFIG changes nothing (INFO and the active generation); a refused LOAD END
@@ -86,7 +95,10 @@ static void frame_record(fz_in_t *in, uint8_t op)
 		seq = (uint16_t)(fz_next_seq(&H, type) + fz_u8(in));
 		break;
 	}
-	const uint8_t ver = (op & 8u) ? fz_u8(in) : KL_PROTO_VERSION;
+	uint8_t ver = (op & 8u) ? fz_u8(in) : KL_PROTO_VERSION;
+	if (H.window_on && ver == KL_PROTO_VERSION && (sel & 3u) >= 2u) {
+		ver = KL_PROTO_V1; /* out of order in version 2 is held: WINDOW records test that */
+	}
 	const size_t want = fz_u16(in) % (KL_SESSION_MAX_PAYLOAD + 64u);
 	size_t n;
 	const uint8_t *p = fz_take(in, want, &n);
@@ -129,7 +141,7 @@ static void frame_record(fz_in_t *in, uint8_t op)
 	 * and after (only for an in-sequence request, so the probes do not change
 	 * what the frame tests) */
 	const int is_end = type == KL_CMD_LOAD && n >= 1u && payload[0] == KL_LOAD_END;
-	const int watched = (sel & 3u) == 0u && ver == KL_PROTO_VERSION && n <= KL_SESSION_MAX_PAYLOAD &&
+	const int watched = (sel & 3u) == 0u && fz_known_version(ver) && n <= KL_SESSION_MAX_PAYLOAD &&
 			    (type == KL_CMD_CONFIG || type == KL_CMD_COMMIT || type == KL_CMD_RESET ||
 			     is_end);
 	fz_info_t i0 = {0, 0, 0, 0, 0, 0};
@@ -188,6 +200,117 @@ static void sample_record(fz_in_t *in, uint8_t op, fz_info_t *info, int *info_ok
 	(void)fz_send(&H, cmd, KL_PROTO_VERSION, fz_next_seq(&H, cmd), payload, n);
 }
 
+/* WINDOW: up to FZ_WINDOW version 2 requests, sent in the order (and as often) the input
+ * says, then the ones without a reply in order. */
+static void window_record(fz_in_t *in, fz_info_t *info, int *info_ok)
+{
+	static uint8_t wires[FZ_WINDOW][FZ_WIRE_CAP];
+	static uint8_t first[FZ_WINDOW][KL_FRAME_WIRE_MAX];
+	size_t wlen[FZ_WINDOW], first_len[FZ_WINDOW];
+	uint8_t types[FZ_WINDOW];
+	int replied[FZ_WINDOW] = {0};
+	const unsigned k = 1u + fz_u8(in) % FZ_WINDOW;
+	if (!*info_ok) {
+		*info = fz_info(&H);
+		*info_ok = 1;
+	}
+	const fz_stats_t s0 = fz_stats(&H); /* also starts a sequence */
+	const uint16_t base = H.last_seq;
+	for (unsigned i = 0; i < k; i++) {
+		static const uint8_t kinds[3] = {KL_CMD_STATS, KL_CMD_TRAIN, KL_CMD_EVAL};
+		types[i] = kinds[fz_u8(in) % 3u];
+		const uint16_t label = (uint16_t)(fz_u16(in) % (info->classes + 1u));
+		size_t n_src;
+		const uint8_t *src = fz_take(in, fz_u8(in), &n_src);
+		const size_t n = types[i] == KL_CMD_STATS ? 0u
+			: fz_sample(payload, info, label, 1, src, n_src, 0);
+		wlen[i] = fz_frame(wires[i], sizeof(wires[i]), types[i], KL_PROTO_VERSION,
+				   (uint16_t)(base + 1u + i), payload, n, (uint16_t)n);
+		FZ_CHECK(wlen[i] != 0u, "a window request of %zu bytes", n);
+	}
+	uint16_t next = (uint16_t)(base + 1u); /* the next first reply, in order */
+	uint32_t trained = 0;
+	const unsigned sends = fz_u8(in) % (3u * k + 1u);
+	for (unsigned t = 0; t < sends + 2u * k; t++) {
+		unsigned i;
+		if (t < sends) {
+			i = fz_u8(in) % k;
+		} else { /* then every one still without a reply, in order (twice at most) */
+			i = 0;
+			while (i < k && replied[i]) {
+				i++;
+			}
+			if (i == k) {
+				break;
+			}
+		}
+		const int frames = fz_feed(&H, wires[i], wlen[i]);
+		FZ_CHECK(frames >= 1, "window request seq %u got no frame", (unsigned)(base + 1u + i));
+		for (size_t at = 0, st = 0; at < H.tx_len; at++) {
+			if (H.tx[at] != 0u) {
+				continue;
+			}
+			static fz_reply_t r;
+			fz_decode_reply(H.tx + st, at - st, &r);
+			const size_t len = at - st;
+			const uint8_t *w = H.tx + st;
+			st = at + 1u;
+			if (fz_trace()) {
+				fprintf(stderr, "kl_fuzz: window > seq %u type %#04x, < type %#04x seq %u "
+					"status %d\n", (unsigned)(uint16_t)(base + 1u + i), types[i], r.type,
+					r.seq, (int)r.status);
+			}
+			FZ_CHECK(r.type != KL_CMD_NAK, "window request seq %u: NAK %d",
+				 (unsigned)(base + 1u + i), (int)r.status);
+			if (fz_is_ack(&r)) {
+				const uint16_t held = fz_rd16(r.payload);
+				const uint32_t map = fz_rd32(r.payload + 2);
+				const uint16_t d = (uint16_t)(held - r.seq);
+				FZ_CHECK(r.seq == (uint16_t)(next - 1u) && held == (uint16_t)(base + 1u + i) &&
+					 d >= 2u && d <= FZ_WINDOW && (map >> (d - 1u) & 1u) && (map & 1u) == 0u &&
+					 map >> FZ_WINDOW == 0u,
+					 "ACK seq %u held %u map %#x, last run %u, sent %u", r.seq, held,
+					 (unsigned)map, (unsigned)(uint16_t)(next - 1u),
+					 (unsigned)(base + 1u + i));
+				for (unsigned j = 1; j < FZ_WINDOW; j++) { /* held: sent, no reply */
+					const unsigned q = (unsigned)(uint16_t)(r.seq + 1u + j - base - 1u);
+					FZ_CHECK(!(map >> j & 1u) || (q < k && !replied[q]),
+						 "ACK map %#x holds seq %u", (unsigned)map,
+						 (unsigned)(uint16_t)(r.seq + 1u + j));
+				}
+				continue;
+			}
+			const unsigned j = (unsigned)(uint16_t)(r.seq - base - 1u);
+			FZ_CHECK(j < k && r.type == (uint8_t)(types[j] | KL_CMD_REPLY),
+				 "reply type %#x seq %u to a window from %u", r.type, r.seq,
+				 (unsigned)(base + 1u));
+			if (replied[j]) { /* sent again: the cached reply */
+				FZ_CHECK(len == first_len[j] && memcmp(w, first[j], len) == 0,
+					 "seq %u sent again got another reply", r.seq);
+				continue;
+			}
+			FZ_CHECK(r.seq == next, "reply %u before %u: not in order", r.seq, next);
+			replied[j] = 1;
+			memcpy(first[j], w, len);
+			first_len[j] = len;
+			next++;
+			trained += types[j] == KL_CMD_TRAIN && r.status == KL_OK;
+		}
+	}
+	for (unsigned i = 0; i < k; i++) {
+		FZ_CHECK(replied[i], "window request seq %u never answered", (unsigned)(base + 1u + i));
+	}
+	/* the host's view: the last request run and its reply */
+	H.have_seq = 1;
+	H.last_seq = (uint16_t)(base + k);
+	H.cached_type = (uint8_t)(types[k - 1u] | KL_CMD_REPLY);
+	H.cached_len = first_len[k - 1u];
+	memcpy(H.cached, first[k - 1u], first_len[k - 1u]);
+	const fz_stats_t s1 = fz_stats(&H);
+	FZ_CHECK(s1.train_steps == s0.train_steps + trained, "train steps %u -> %u, %u TRAINs run "
+		 "once each", s0.train_steps, s1.train_steps, trained);
+}
+
 static void load_record(fz_in_t *in)
 {
 	const fz_blob_t *b = &FZ_BLOBS[fz_u8(in) % FZ_N_BLOBS];
@@ -243,7 +366,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const int ram = cfg & 1u;
 	const kl_store_geom_t g = ram ? (kl_store_geom_t){FZ_STORE_MAX, KL_STORE_RAM_SECTOR, 1u, 0xFFu}
 				      : GEOMS[(cfg >> 3) & 3u];
-	FZ_CHECK(fz_setup(&H, &g, ram, ARENAS[(cfg >> 1) & 3u]) == KL_OK, "session init failed");
+	FZ_CHECK(fz_setup(&H, &g, ram, ARENAS[(cfg >> 1) & 3u], (cfg >> 5) & 1u) == KL_OK,
+		 "session init failed");
 	fz_info_t info;
 	int info_ok = 0;
 	/* at most 512 records and about 2000 frames: an input stays a few milliseconds */
@@ -257,6 +381,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			info_ok = 0;
 			break;
 		case 3: {
+			if ((op & 8u) && H.window_on) {
+				window_record(&in, &info, &info_ok);
+				break;
+			}
 			size_t n;
 			const uint8_t *p = fz_take(&in, fz_u8(&in), &n);
 			size_t zeros = 0;

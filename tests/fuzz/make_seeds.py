@@ -144,6 +144,16 @@ def raw(data: bytes) -> bytes:
 REBOOT = bytes([6])
 
 
+def window(reqs: list[tuple[int, int, bytes]], order: list[int]) -> bytes:
+    """WINDOW (window on): requests (kind 0 STATS / 1 TRAIN / 2 EVAL, label, sample source)
+    with sequence numbers last + 1, ...; ``order``: which of them to send, in that order (then
+    the ones without a reply)."""
+    b = bytes([3 | 8, len(reqs) - 1])
+    for kind, label, src in reqs:
+        b += bytes([kind]) + struct.pack("<H", label) + bytes([len(src)]) + src
+    return b + bytes([len(order)]) + bytes(order)
+
+
 def cut(k: int, seed: int) -> bytes:
     return bytes([7]) + struct.pack("<HB", k, seed)
 
@@ -218,6 +228,18 @@ def session_seeds(blobs: dict[str, bytes], cut_tensor: int) -> dict[str, bytes]:
         + frame(LOAD, b"\x02") + frame(CONFIG, b"\x01\x04\x00\x00\xc0\x7f")
         + frame(CONFIG, b"\x09\x00") + frame(TRAIN, b"\x00") + frame(PREDICT)
         + frame(COMMIT) + frame(RESET) + frame(INFO, ver=2) + frame(STATS, sel=3, seq=4))
+    # protocol version 2 (config bit 5: a window of 4): requests out of order, held and run
+    # when the gap fills, sent again after their reply (the cached one), with latent replay
+    out["window-reordered"] = (
+        bytes([1 | 32]) + frame(INFO) + load_macro(0, 512) + config(classes=b"")
+        + window([(1, 0, px), (1, 1, px[3:]), (2, 2, px), (1, 3, px[5:])], [3, 1, 1, 0, 2, 0])
+        + window([(0, 0, b""), (1, 2, px)], [1, 0]) + frame(STATS, sel=3, seq=2)
+        + frame(STATS))
+    out["window-replay-reboot"] = (
+        bytes([32]) + frame(INFO) + load_frames(s8)
+        + config(lr=0.05, seed=2, cutt=cut_tensor, cap=8, ratio=2, classes=b"")
+        + window([(1, 1, px), (1, 2, px[1:]), (1, 3, px[2:])], [2, 2, 1]) + REBOOT
+        + window([(2, 1, px), (1, 0, px)], [1, 1, 0, 1]) + frame(COMMIT) + frame(STATS))
     return out
 
 
@@ -275,6 +297,9 @@ def session_regressions(blobs: dict[str, bytes], cut_tensor: int) -> dict[str, b
         # used the sequence number (the host's next request then got NAK(KL_ESEQ))
         "type-0x7f-reply-looks-like-nak": bytes([0]) + frame(INFO) + frame(0x7F, b"\x00"),
         "type-0xff-reply-looks-like-nak": bytes([0]) + frame(INFO) + frame(0xFF),
+        # (the harness) a version 1 reply to request type 0x7E is of type 0xFE, the type of
+        # version 2's ACK: told apart by the version
+        "v1-reply-to-0x7e-is-not-an-ack": bytes([0]) + frame(INFO, ver=1) + frame(0x7E, ver=1),
         # reply types as requests (0x80-0xFE) were executed as unknown commands
         "reply-type-as-request": bytes([0]) + frame(INFO) + frame(0x83, b"\x00\x00"),
         # a payload of 2049-2050 bytes (> max_payload 2048) was accepted: the decode buffer

@@ -1,7 +1,8 @@
 """Run the Zephyr session app's twister suites (app/sample.yaml): the pytest-harness session on
 the QEMU boards, the flash_area probe on mps2/an385, the power-cut test of the flash store's
-COMMIT and LOAD on both QEMU boards' flash simulators, and the device-testing (HIL) path with
-app/hil/qemu_board.py standing in for a board behind --device-serial-pty.
+COMMIT and LOAD on both QEMU boards' flash simulators, the device-testing (HIL) path with
+app/hil/qemu_board.py standing in for a board behind --device-serial-pty, and the session on
+USB CDC-ACM built for nucleo_f429zi.
 
 Needs a Zephyr v3.7.1 west workspace: ZEPHYR_BASE set, the toolchain in the environment
 (e.g. ZEPHYR_TOOLCHAIN_VARIANT=gnuarmemb GNUARMEMB_TOOLCHAIN_PATH=/usr) and, if the
@@ -90,3 +91,20 @@ def test_app_session_device_testing_with_qemu_standin(tmp_path):
     run = [s for s in report["testsuites"] if s["status"] == "passed"]
     assert "kilolearn.app.session" in [s["name"].rsplit("/", 1)[-1] for s in run]
     assert "Flashing finished" in _harness_log(out, "qemu_cortex_m3")
+
+
+def test_app_usb_cdc_acm_builds(tmp_path):
+    """kilolearn.app.usb_cdc_acm (app/usb.conf, app/usb.overlay): the session on a USB CDC-ACM
+    port of nucleo_f429zi's USB OTG FS, built only (needs hal_stm32 in the workspace), with the
+    window of eight it offers there."""
+    out = tmp_path / "twister-usb"
+    _, report = _twister(out, "-p", "nucleo_f429zi", "-s", "kilolearn.app.usb_cdc_acm",
+                         "-j", "2")
+    built = [s for s in report["testsuites"] if s["status"] == "passed"]
+    assert [s["name"].rsplit("/", 1)[-1] for s in built] == ["kilolearn.app.usb_cdc_acm"]
+    cfg = next(out.glob("nucleo_f429zi*/**/kilolearn.app.usb_cdc_acm/zephyr/.config"))
+    text = cfg.read_text()
+    assert "CONFIG_USB_DEVICE_STACK=y" in text and "CONFIG_USB_CDC_ACM=y" in text
+    assert "CONFIG_KILOLEARN_APP_WINDOW=8" in text
+    dts = (cfg.parent / "zephyr.dts").read_text()
+    assert "kilolearn,uart = &kl_cdc_acm;" in dts

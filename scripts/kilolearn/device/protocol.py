@@ -1,5 +1,7 @@
 """The session protocol, host side (docs/protocol.md): COBS frames with CRC-32 and sequence
-numbers over any byte link (pyserial URL, a child process's pipes)."""
+numbers over any byte link (pyserial URL, a child process's pipes). Version 2 keeps a window of
+requests in flight (``Client.pipeline``); a version 1 device is spoken to one request at a
+time."""
 
 from __future__ import annotations
 
@@ -10,16 +12,19 @@ import subprocess
 import threading
 import time
 import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..formats.export import ERRORS
 
-VERSION = 1
+VERSION = 1  # the frames pack() builds unless told: every device reads version 1
+VERSION2 = 2  # a window of requests in flight (docs/protocol.md)
 HEADER = 6
 INFO, LOAD, TRAIN, EVAL, PREDICT, COMMIT, STATS, CONFIG, RESET, READ, EPOCHS = range(1, 12)
 READ_TRAINED, READ_STORED = 0, 1  # READ sources: the model as trained now, the stored one
-REPLY, NAK = 0x80, 0xFF
+REPLY, ACK, NAK = 0x80, 0xFE, 0xFF
 LOAD_BEGIN, LOAD_DATA, LOAD_END = 0, 1, 2
 (CFG_LR, CFG_REPLAY_RATIO, CFG_REPLAY_CAP, CFG_CUT, CFG_SEED, CFG_CLASSES, CFG_UPDATE,
  CFG_BUFFER, CFG_REPLAY_WHERE) = range(1, 10)
@@ -29,6 +34,7 @@ REPLAY_ARENA, REPLAY_FLASH, REPLAY_FLASH_RESUME = 0, 1, 2
 MAX_EPOCHS = 100  # per EPOCHS request
 UPDATE_BLOB = 0xFF  # CFG_UPDATE policy: the one the blob carries
 NO_CUT = 0xFFFF
+EVERSION, EFRAME, ESEQ = -201, -205, -206
 
 STATUS = dict(ERRORS)
 STATUS.update({-205: "KL_EFRAME", -206: "KL_ESEQ", -207: "KL_ENOMODEL", -208: "KL_ESTATE",
@@ -49,45 +55,53 @@ class LinkTimeout(TimeoutError):
     pass
 
 
+class DeviceReset(DeviceError):
+    """The device lost its session (a reset or power cycle: it refuses the sequence numbers
+    in flight) and the client could not restore it (docs/protocol.md, "A device reset").
+    ``pending``: the requests (command, payload) sent whose replies the caller has not had, in
+    order; none of them has run since the reset. The device runs its newest committed
+    generation with the default settings; the client has started a new sequence with INFO."""
+
+    def __init__(self, cmd: int, pending: list[tuple[int, bytes]], why: str):
+        RuntimeError.__init__(self, f"the device was reset with {len(pending)} request(s) "
+                              f"unanswered: {why}")
+        self.status = ESEQ
+        self.cmd = cmd
+        self.pending = pending
+
+
 def cobs_encode(data: bytes) -> bytes:
-    out = bytearray([0])
-    code_at, code = 0, 1
-    for b in data:
-        if b == 0:
-            out[code_at] = code
-            code_at, code = len(out), 1
-            out.append(0)
-        else:
-            out.append(b)
-            code += 1
-            if code == 0xFF:
-                out[code_at] = code
-                code_at, code = len(out), 1
-                out.append(0)
-    out[code_at] = code
+    out = bytearray()
+    for part in bytes(data).split(b"\0"):
+        while len(part) >= 254:  # a full group (code 0xFF) carries no zero after it
+            out.append(0xFF)
+            out += part[:254]
+            part = part[254:]
+        out.append(len(part) + 1)
+        out += part
     return bytes(out)
 
 
 def cobs_decode(data: bytes) -> bytes:
     out = bytearray()
-    i = 0
-    while i < len(data):
+    i, n = 0, len(data)
+    while i < n:
         code = data[i]
         i += 1
-        if code == 0 or i + code - 1 > len(data):
+        if code == 0 or i + code - 1 > n:
             raise FrameError("bad COBS data")
         chunk = data[i:i + code - 1]
         if 0 in chunk:
             raise FrameError("zero inside COBS data")
         out += chunk
         i += code - 1
-        if code != 0xFF and i < len(data):
+        if code != 0xFF and i < n:
             out.append(0)
     return bytes(out)
 
 
-def pack(ftype: int, seq: int, payload: bytes = b"") -> bytes:
-    body = struct.pack("<BBHH", ftype, VERSION, seq & 0xFFFF, len(payload)) + payload
+def pack(ftype: int, seq: int, payload: bytes = b"", version: int = VERSION) -> bytes:
+    body = struct.pack("<BBHH", ftype, version, seq & 0xFFFF, len(payload)) + payload
     body += struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
     return cobs_encode(body) + b"\0"
 
@@ -97,6 +111,7 @@ class Frame:
     type: int
     seq: int
     payload: bytes
+    version: int = VERSION
 
     @property
     def status(self) -> int:
@@ -117,12 +132,12 @@ def unpack(wire: bytes) -> Frame:
     body = cobs_decode(wire)
     if len(body) < HEADER + 4:
         raise FrameError("short frame")
-    ftype, _ver, seq, n = struct.unpack_from("<BBHH", body)
+    ftype, ver, seq, n = struct.unpack_from("<BBHH", body)
     if n != len(body) - HEADER - 4:
         raise FrameError("length mismatch")
     if zlib.crc32(body[:-4]) & 0xFFFFFFFF != struct.unpack_from("<I", body, len(body) - 4)[0]:
         raise FrameError("CRC mismatch")
-    return Frame(ftype, seq, body[HEADER:-4])
+    return Frame(ftype, seq, body[HEADER:-4], ver)
 
 
 # ---------------------------------------------------------------------------- links
@@ -276,10 +291,50 @@ class Stats:
     replay_cache_misses: int = 0
 
 
-class Client:
-    """Stop-and-wait requests with retransmission on timeout or a damaged frame."""
+@dataclass
+class _Out:
+    """A request in flight (version 2)."""
 
-    def __init__(self, link: Link, timeout: float = 20.0, retries: int = 3):
+    cmd: int
+    payload: bytes
+    seq: int
+    frame: bytes
+    first: float  # first sent
+    sent: float  # last sent
+    tries: int = 1
+    reply: Frame | None = None
+
+
+class _Reset(Exception):
+    """Internal: the device refused a sequence number in flight (it lost its session)."""
+
+    def __init__(self, unanswered: list[tuple[int, bytes]]):
+        super().__init__("reset")
+        self.unanswered = unanswered
+
+
+_RECORD = {TRAIN, EPOCHS, RESET}  # what changes the training state after a CONFIG
+
+
+class Client:
+    """Requests to a session device with retransmission on a timeout or a damaged frame.
+
+    Version 2 (docs/protocol.md): up to ``window`` requests in flight (the device's window,
+    or less when ``window`` is given), through ``pipeline`` and the ``*_many`` methods; a
+    single request (``train``, ``config``, ...) waits for its reply. A version 1 device (its
+    INFO refuses version 2 frames) gets one request at a time. ``version=1`` forces that.
+
+    A device reset (docs/protocol.md, "A device reset") is found by the sequence numbers it
+    then refuses; the client starts a new sequence and, when its journal holds the training
+    state's history since the last CONFIG or LOAD (``journal_bytes`` at most), sends that
+    history again (every reply must be the one recorded) and the requests in flight, so the
+    caller sees each reply once; otherwise it raises DeviceReset."""
+
+    def __init__(self, link: Link, timeout: float = 20.0, retries: int = 3,
+                 window: int | None = None, version: int | None = None,
+                 journal_bytes: int = 64 << 20):
+        if version not in (None, VERSION, VERSION2):
+            raise ValueError(f"protocol version {version}: 1 or 2")
         self.link = link
         self.timeout = timeout
         self.retries = retries
@@ -287,15 +342,223 @@ class Client:
         self.bytes_sent = 0
         self.max_payload = 1024
         self.last_info: Info | None = None
+        self.want_window = window
+        self.want_version = version
+        self.version = VERSION
+        self.window = 1
+        self.retransmissions = 0  # frames sent again
+        self.resets = 0  # device resets recovered from
+        self.rto_min = 0.25  # seconds: a link or a device that hiccups is not a lost frame
+        self._srtt: float | None = None
+        self._heard = 0.0  # when the device last sent a well-formed frame
+        self._rttvar = 0.0
+        self._start = 0  # the sequence number of the INFO that starts a sequence
+        self.journal_bytes = journal_bytes
+        self._journal: list[tuple[int, bytes, bytes]] = []
+        self._journal_size = 0
+        self._journal_ok = False  # it holds the whole training state's history
         self.info()
 
+    # ---- requests
+
     def request(self, cmd: int, payload: bytes = b"") -> bytes:
-        if cmd != INFO:
-            self.seq = (self.seq + 1) & 0xFFFF
-        frame = pack(cmd, self.seq, payload)
+        for p in self.pipeline([(cmd, payload)]):
+            return p
+        raise LinkTimeout("no reply")  # not reached: pipeline yields or raises
+
+    def pipeline(self, requests: Iterable[tuple[int, bytes]]) -> Iterator[bytes]:
+        """Send (command, payload) requests with up to ``window`` in flight; yields each reply
+        payload (after the status) in order. A refused request raises DeviceError where its
+        reply comes; the requests sent after it in the same window have run."""
+        src = iter(requests)
+        queue_: deque[tuple[int, bytes]] = deque()
+
+        def take() -> Iterator[tuple[int, bytes]]:
+            while True:
+                if queue_:
+                    yield queue_.popleft()
+                    continue
+                nxt = next(src, None)
+                if nxt is None:
+                    return
+                yield nxt
+
+        while True:
+            try:
+                for cmd, r in self._exchange(take()):
+                    if r.status != 0:
+                        raise DeviceError(cmd, r.status)
+                    yield r.payload[4:]
+                return
+            except _Reset as e:
+                queue_.extendleft(reversed(e.unanswered))
+                self._recover(list(queue_))
+
+    def _exchange(self, items: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, Frame]]:
+        if self.version < VERSION2:
+            for cmd, payload in items:
+                r = self._request_v1(cmd, payload)
+                self._record(cmd, payload, r)
+                yield cmd, r
+            return
+        out: dict[int, _Out] = {}
+        order: deque[int] = deque()
+        later: tuple[int, bytes] | None = None  # an INFO waits until nothing is in flight
+        done = closing = False
+        try:
+            while True:
+                while order and out[order[0]].reply is not None:  # what is answered, in order
+                    head = out.pop(order.popleft())
+                    self._record(head.cmd, head.payload, head.reply)
+                    yield head.cmd, head.reply
+                burst = []  # the window's free places filled in one write
+                while not done and len(order) < self.window:
+                    nxt = later or next(items, None)
+                    later = None
+                    if nxt is None:
+                        done = True
+                    elif nxt[0] == INFO and order:
+                        later = nxt
+                        break
+                    else:
+                        burst.append(self._send_new(nxt[0], nxt[1], out, order))
+                if burst:
+                    data = b"".join(burst)
+                    self.link.write(data)
+                    self.bytes_sent += len(data)
+                if order:
+                    self._wait(out, order)
+                elif later is None:
+                    return
+        except GeneratorExit:
+            closing = True
+            raise
+        finally:
+            if closing:  # a refused request stopped the caller: the rest ran, take their replies
+                while order:
+                    head = out[order[0]]
+                    if head.reply is None:
+                        self._wait(out, order)
+                        continue
+                    order.popleft()
+                    self._record(head.cmd, head.payload, head.reply)
+
+    def _send_new(self, cmd: int, payload: bytes, out: dict[int, _Out],
+                  order: deque[int]) -> bytes:
+        """A new request in flight; returns its frame (the caller writes it)."""
+        self.seq = self._start if cmd == INFO else (self.seq + 1) & 0xFFFF
+        frame = pack(cmd, self.seq, payload, VERSION2)
+        now = time.monotonic()
+        out[self.seq] = _Out(cmd, payload, self.seq, frame, now, now)
+        order.append(self.seq)
+        return frame
+
+    def _resend(self, o: _Out, now: float) -> None:
+        o.sent = now
+        o.tries += 1
+        self.retransmissions += 1
+        self.link.write(o.frame)
+        self.bytes_sent += len(o.frame)
+
+    def _rto(self) -> float:
+        """The retransmission timeout of a request sent once (doubled for each resend)."""
+        base = 0.5 if self._srtt is None else self._srtt + max(4 * self._rttvar, 0.002)
+        return max(base, self.rto_min)
+
+    def _wait(self, out: dict[int, _Out], order: deque[int]) -> None:
+        """The frames from the device (waiting for one, or a timeout), then the
+        retransmissions due."""
+        # a request's timer runs from its last send or the last frame the device sent,
+        # whichever is later: while frames come, losses show in them (a reply after a gap,
+        # an ACK's map), and a slow link or a long command sends nothing again
+        rto, cap, quiet = self._rto(), self.timeout, self._heard
+        now = time.monotonic()
+        due = min(max(o.sent, quiet) + min(rto * 2 ** (o.tries - 1), cap)
+                  for o in out.values() if o.reply is None)
+        wait = max(due - now, 0.0005)
+        for _ in range(len(order)):  # what came already, without waiting again
+            try:
+                raw = self.link.read_frame(wait)
+            except LinkTimeout:
+                break
+            self._on_frame(raw, out, order, time.monotonic())
+            wait = 0.0
+        now = time.monotonic()
+        if now < due:
+            return
+        for seq in order:
+            o = out[seq]
+            if o.reply is None and now >= max(o.sent, self._heard) + min(
+                    rto * 2 ** (o.tries - 1), cap):
+                if now - o.first > self.timeout * (self.retries + 1):
+                    raise LinkTimeout(f"no reply to request {o.cmd:#04x} (seq {o.seq}) in "
+                                      f"{now - o.first:.1f} s")
+                self._resend(o, now)
+
+    def _on_frame(self, raw: bytes, out: dict[int, _Out], order: deque[int], now: float) -> None:
+        try:
+            r = unpack(raw)
+        except FrameError:
+            return  # a damaged reply: its request is sent again when its time is up
+        self._heard = now
+        if r.type == ACK and r.version == VERSION2:  # requests held (a map): up to r.seq ran,
+            held = struct.unpack_from("<I", r.payload, 6)[0] if len(r.payload) >= 10 else 0
+            top = held.bit_length()  # and one not held before a held one was lost
+            self._lost(out, order, now, lambda s: (d := (s - r.seq) & 0xFFFF) == 0 or
+                       d > 0x8000 or (d <= top and not held >> (d - 1) & 1))
+            return
+        o = out.get(r.seq)
+        if o is None or o.reply is not None:
+            return  # a duplicate, or a reply to a request answered already
+        if r.type == NAK:
+            if r.status == EFRAME:
+                if now - o.sent > self._gap():
+                    self._resend(o, now)  # it arrived damaged
+            elif r.status == ESEQ and o.cmd != INFO:
+                # every request not handed to the caller yet, answered or not: the journal
+                # holds only what was handed over, and the device's state after it is gone
+                raise _Reset([(out[s].cmd, out[s].payload) for s in order])
+            else:
+                o.reply = r  # refused, not run
+            return
+        if r.type != o.cmd | REPLY:
+            return
+        o.reply = r
+        if o.tries == 1:
+            self._rtt(now - o.first)
+        # replies come in order: an earlier request without one ran, its reply was lost
+        if order[0] != r.seq:
+            self._lost(out, order, now, lambda s: s != r.seq and
+                       ((r.seq - s) & 0xFFFF) < 0x8000)
+
+    def _lost(self, out: dict[int, _Out], order: deque[int], now: float, before) -> None:  # noqa: ANN001
+        gap = self._gap()
+        for seq in order:
+            o = out[seq]
+            if o.reply is None and before(seq) and now - o.sent > gap:
+                self._resend(o, now)
+
+    def _gap(self) -> float:
+        """The least time between two sends of a request that feedback (not a timeout) asks
+        for: about one round trip, so that a reply still on its way is not asked for again."""
+        return max(self._srtt or 0.0, 0.001)
+
+    def _rtt(self, sample: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = sample, sample / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
+            self._srtt = 0.875 * self._srtt + 0.125 * sample
+
+    def _request_v1(self, cmd: int, payload: bytes) -> Frame:
+        """Version 1: one request, stop-and-wait."""
+        self.seq = 0 if cmd == INFO else (self.seq + 1) & 0xFFFF
+        frame = pack(cmd, self.seq, payload, VERSION)
         for attempt in range(self.retries + 1):
             self.link.write(frame)
             self.bytes_sent += len(frame)
+            if attempt:
+                self.retransmissions += 1
             try:
                 while True:
                     r = unpack(self.link.read_frame(self.timeout))
@@ -305,16 +568,76 @@ class Client:
                 if attempt == self.retries:
                     raise
                 continue
-            if r.type == NAK and r.status == -205 and attempt < self.retries:
+            if r.type == NAK and r.status == EFRAME and attempt < self.retries:
                 continue  # our frame arrived damaged: send it again
-            if r.status != 0:
-                raise DeviceError(cmd, r.status)
-            return r.payload[4:]
+            if r.type == NAK and r.status == ESEQ and cmd != INFO:
+                raise _Reset([(cmd, payload)])
+            return r
         raise LinkTimeout("no reply")
 
+    # ---- the journal: the training state's history, for a device reset
+
+    def _record(self, cmd: int, payload: bytes, r: Frame) -> None:
+        if r.status != 0 or cmd in (INFO, EVAL, PREDICT, STATS, READ):
+            return  # refused (nothing changed), or changes nothing
+        if cmd == CONFIG or (cmd == LOAD and payload[:1] == bytes([LOAD_END])):
+            self._journal.clear()  # a fresh training state ...
+            self._journal_size = 0
+            self._journal_ok = True  # ... (after LOAD: the one a boot starts)
+            if cmd == LOAD:
+                return
+        elif cmd not in _RECORD:  # COMMIT, LOAD BEGIN/DATA: a reset would not restore it
+            self._journal_ok = False
+        if not self._journal_ok:
+            return
+        self._journal_size += len(payload) + len(r.payload)
+        if self._journal_size > self.journal_bytes:
+            self._journal_ok = False
+            self._journal.clear()
+            return
+        self._journal.append((cmd, payload, r.payload))
+
+    def _recover(self, unanswered: list[tuple[int, bytes]]) -> None:
+        """The device lost its session: a new sequence (INFO), then the training state's
+        history again, or DeviceReset."""
+        cmd = unanswered[0][0] if unanswered else INFO
+        ok, history = self._journal_ok, list(self._journal)
+        self._journal, self._journal_size, self._journal_ok = [], 0, False
+        self.info()
+        if not ok:
+            raise DeviceReset(cmd, unanswered, "no history since a CONFIG or LOAD to restore "
+                              "the training state from (a COMMIT or a LOAD in between, or more "
+                              "than journal_bytes)")
+        self._journal_ok = True  # the history sent again is recorded again
+        try:
+            for (c, _p, want), (_, got) in zip(history, self._exchange(
+                    iter([(c, p) for c, p, _ in history])), strict=True):
+                if got.payload != want:
+                    raise DeviceReset(cmd, unanswered, f"request {c:#04x} of the history "
+                                      "replayed gave another reply than before the reset")
+        except _Reset:
+            raise DeviceReset(cmd, unanswered, "reset again while restoring") from None
+        self.resets += 1
+
     def info(self) -> Info:
-        self.seq = 0
-        p = self.request(INFO)
+        """INFO: (re)starts the sequence and agrees on the version: 2 unless the device
+        refuses it (a version 1 device) or ``version=1`` was asked for."""
+        self.version = self.want_version or VERSION2
+        # version 2: a nonce tells a late duplicate of this INFO from a new one, and the
+        # sequence starts anywhere (a request of the last sequence is not taken for one of
+        # this one)
+        self._start = int.from_bytes(os.urandom(2), "little")
+        nonce = os.urandom(4) if self.version >= VERSION2 else b""
+        try:
+            r = next(self._exchange(iter([(INFO, nonce)])))[1]
+            if r.type == NAK and r.status == EVERSION and self.version > VERSION:
+                self.version = VERSION
+                r = next(self._exchange(iter([(INFO, b"")])))[1]
+        except StopIteration:
+            raise LinkTimeout("no reply to INFO") from None
+        if r.status != 0:
+            raise DeviceError(INFO, r.status)
+        p = r.payload[4:]
         if len(p) < struct.calcsize("<HHHBBHHHIII"):
             raise FrameError(f"INFO reply of {len(p)} bytes: not a kilolearn session device")
         v = struct.unpack_from("<HHHBBHHHIII", p)
@@ -326,15 +649,21 @@ class Client:
             (info.config.replay_where, info.config.replay_lines,
              info.replay_store_size) = struct.unpack_from("<BHI", p, 50)
         self.max_payload = info.max_payload
+        # a version 1 reply (or a device that says version 1) means one request at a time
+        self.version = min(self.version, info.version, r.version) or VERSION
+        self.window = max(1, min(info.window, self.want_window or info.window)) \
+            if self.version >= VERSION2 else 1
         self.last_info = info
         return info
 
     def load(self, blob: bytes) -> None:
-        self.request(LOAD, struct.pack("<BI", LOAD_BEGIN, len(blob)))
         step = self.max_payload - 5
-        for off in range(0, len(blob), step):
-            self.request(LOAD, struct.pack("<BI", LOAD_DATA, off) + blob[off:off + step])
-        self.request(LOAD, struct.pack("<BI", LOAD_END, zlib.crc32(blob) & 0xFFFFFFFF))
+        reqs = [(LOAD, struct.pack("<BI", LOAD_BEGIN, len(blob)))]
+        reqs += [(LOAD, struct.pack("<BI", LOAD_DATA, off) + blob[off:off + step])
+                 for off in range(0, len(blob), step)]
+        reqs.append((LOAD, struct.pack("<BI", LOAD_END, zlib.crc32(blob) & 0xFFFFFFFF)))
+        for _ in self.pipeline(reqs):  # a window of chunks in flight
+            pass
 
     def config(self, lr: float | None = None, replay_ratio: int | None = None,
                replay_cap: int | None = None, cut: int | None = None, seed: int | None = None,
@@ -380,6 +709,20 @@ class Client:
         pred, replayed = struct.unpack("<HH", self.request(TRAIN, struct.pack("<H", label) +
                                                           sample))
         return pred, replayed
+
+    def train_many(self, items: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, int]]:
+        """TRAIN for each (label, sample), a window in flight: (prediction, latents
+        replayed) per sample, in order."""
+        for p in self.pipeline((TRAIN, struct.pack("<H", label) + sample)
+                               for label, sample in items):
+            yield struct.unpack("<HH", p)
+
+    def eval_many(self, items: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bool]]:
+        """EVAL for each (label, sample), a window in flight: (prediction, correct)."""
+        for p in self.pipeline((EVAL, struct.pack("<H", label) + sample)
+                               for label, sample in items):
+            pred, ok = struct.unpack("<HB", p)
+            yield pred, bool(ok)
 
     def eval(self, label: int, sample: bytes) -> tuple[int, bool]:
         pred, ok = struct.unpack("<HB", self.request(EVAL, struct.pack("<H", label) + sample))

@@ -3,7 +3,9 @@
 The device must hold a model already (``kilolearn session`` or the LOAD command); samples are
 sent in the model's input type, quantised on the host for int8 models with the input scale of
 the blob given. Resumable: ``--start N`` skips what an interrupted run already sent, and a
-state file records the next index after every chunk of samples.
+state file records the next index after every chunk of samples (the next one without a reply:
+with a window of requests in flight, a run killed mid-window may have trained up to window - 1
+samples past it). The frames go a window at a time (protocol version 2, ``--window``).
 """
 
 from __future__ import annotations
@@ -56,16 +58,14 @@ def stream(client: protocol.Client, x: np.ndarray, y: np.ndarray, mode: str = "t
     if mode not in ("train", "eval"):
         raise ValueError("mode is 'train' or 'eval'")
     correct = 0
-    before = client.bytes_sent
+    before, retx = client.bytes_sent, client.retransmissions
     t0 = time.monotonic()
-    frames_before = client.bytes_sent
     n = len(x)
-    for i in range(start, n):
-        sample = x[i].tobytes()
-        if mode == "train":
-            client.train(int(y[i]), sample)
-        else:
-            correct += client.eval(int(y[i]), sample)[1]
+    items = ((int(y[i]), x[i].tobytes()) for i in range(start, n))
+    replies = client.train_many(items) if mode == "train" else client.eval_many(items)
+    for i, r in enumerate(replies, start):  # a window of requests in flight (version 2)
+        if mode == "eval":
+            correct += r[1]
         if state is not None and (i + 1) % 100 == 0:
             state.write_text(json.dumps({"next": i + 1}))
         if progress is not None and (i % 50 == 0 or i == n - 1):
@@ -76,6 +76,5 @@ def stream(client: protocol.Client, x: np.ndarray, y: np.ndarray, mode: str = "t
     sent = n - start
     frame = len(protocol.pack(protocol.TRAIN, 0, b"\0" * (2 + x.shape[1] * x.itemsize)))
     wire = client.bytes_sent - before
-    retrans = max(0, round((client.bytes_sent - frames_before) / frame) - sent)
     return StreamResult(sent, correct if mode == "eval" else None, dt, frame, wire / dt,
-                        sent / dt, retrans)
+                        sent / dt, client.retransmissions - retx)

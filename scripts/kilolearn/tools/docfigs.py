@@ -176,11 +176,18 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
                   "--replay-cap 200 / --replay-in-flash 200 / --replay-in-flash 2000; "
                   "kl_freplay_faults (host ASan, mps2-an386)", ".bench.freplaybench",
                   "docs/replay.md"),
+    module_figure("link-window", "kilolearn link-bench --board host-pty --frames 20000 --parts 10; "
+                  "kilolearn link-bench --board mps2-an386 --frames 2000 --parts 10",
+                  ".bench.linkbench",
+                  "docs/protocol.md"),
     Figure("adapt-shift", "kilolearn example-data / fit / adapt / eval (docs/user-guide.md)",
            render_adapt, _measure_adapt, where="docs/user-guide.md"),
     Figure("zephyr-footprint", "west build -b BOARD app for each board; kilolearn footprint "
            "and west build -t rom_report / ram_report on its zephyr.elf", render_zephyr,
            _measure_zephyr, where="docs/zephyr.md"),
+    module_figure("zephyr-window", "twister -T app -p qemu_cortex_m3 -s kilolearn.app.session "
+                  "-p nucleo_f429zi -s kilolearn.app.usb_cdc_acm", ".tools.zephyrlink",
+                  "docs/protocol.md"),
     module_figure("zephyr-paged", "twister -T tests/zephyr/paged -p mps2/an385 (scenario "
                   "kilolearn.paged); the suite's 'KL paged' line", ".tools.zephyrpaged",
                   "docs/zephyr.md"),

@@ -20,7 +20,18 @@
 extern "C" {
 #endif
 
-#define KL_PROTO_VERSION 1u
+/* the newest protocol version (docs/protocol.md): 2 adds a window of requests in
+ * flight; a version 1 frame is still answered by version 1's rules */
+#define KL_PROTO_VERSION 2u
+#define KL_PROTO_V1      1u
+/* requests in flight at most (protocol version 2); the window a device offers
+ * is what its window memory holds (kl_session_window) */
+#ifndef KL_SESSION_MAX_WINDOW
+#define KL_SESSION_MAX_WINDOW 16u
+#endif
+#if KL_SESSION_MAX_WINDOW < 1 || KL_SESSION_MAX_WINDOW > 32
+#error "KL_SESSION_MAX_WINDOW: 1 to 32 (the ACK's map of held requests is 32 bits)"
+#endif
 #ifndef KL_SESSION_MAX_PAYLOAD
 #define KL_SESSION_MAX_PAYLOAD 2048u
 #endif
@@ -36,6 +47,9 @@ extern "C" {
 #define KL_FRAME_MAX    (KL_FRAME_HEADER + KL_SESSION_MAX_PAYLOAD + KL_FRAME_CRC)
 /* COBS adds one byte per 254 and the delimiter */
 #define KL_FRAME_WIRE_MAX (KL_FRAME_MAX + KL_FRAME_MAX / 254u + 2u)
+/* bytes of window memory (kl_session_window) for a window of n requests: one
+ * frame slot per request beyond the first (the session holds that one) */
+#define KL_SESSION_WINDOW_BYTES(n) ((size_t)((n) - 1u) * KL_FRAME_MAX)
 
 enum kl_cmd {
 	KL_CMD_INFO = 0x01,
@@ -50,6 +64,7 @@ enum kl_cmd {
 	KL_CMD_READ = 0x0A,  /* pull a blob back: the model as trained, or the stored one */
 	KL_CMD_EPOCHS = 0x0B, /* train again on the buffered samples, shuffled */
 	KL_CMD_REPLY = 0x80, /* reply type = command | KL_CMD_REPLY */
+	KL_CMD_ACK = 0xFE, /* version 2: a request held until the ones before it arrive */
 	KL_CMD_NAK = 0xFF
 };
 
@@ -137,9 +152,22 @@ typedef struct {
 	/* LOAD progress */
 	uint32_t load_size, load_got;
 	int loading;
-	/* sequencing */
+	/* sequencing: the last request executed (in order) and the window: slot
+	 * i (slot 0 is `reply`, the others in win) holds the cached reply of the
+	 * request with seq % window == i, or a request held until the ones
+	 * before it arrive (version 2) */
 	int have_seq;
 	uint16_t last_seq;
+	uint16_t window;
+	/* the newest version spoken (KL_PROTO_VERSION after kl_session_init; a
+	 * port may set KL_PROTO_V1: version 2 frames then get NAK(KL_EVERSION), as
+	 * from a version 1 device) */
+	uint8_t max_version;
+	uint8_t rx_version; /* of the request being executed */
+	int have_nonce;     /* the INFO that started the sequence had a nonce (version 2) */
+	uint32_t info_nonce;
+	uint8_t slot_state[KL_SESSION_MAX_WINDOW];
+	uint8_t *win;
 	/* READ of the trained model: the training state's version and the
 	 * resealed CRC computed for it */
 	uint32_t state_seq, read_crc, read_crc_seq;
@@ -154,15 +182,18 @@ typedef struct {
 	/* the decoded frame, word-aligned so that a sample in it can be moved to
 	 * a 4-byte boundary before the engine reads it as float */
 	uint32_t frame[(KL_FRAME_MAX + 3u) / 4u];
-	uint8_t reply[KL_FRAME_MAX];
-	size_t reply_len; /* payload bytes of the cached last reply */
-	uint8_t reply_type;
+	uint8_t reply[KL_FRAME_MAX]; /* window slot 0 */
 	uint8_t wire[KL_FRAME_WIRE_MAX];
 } kl_session_t;
 
 int kl_session_init(kl_session_t *s, const kl_session_cfg_t *cfg);
 /* Feed received bytes; complete frames are handled and answered at once. */
 void kl_session_feed(kl_session_t *s, const uint8_t *bytes, size_t n);
+/* Give the session window memory (after kl_session_init): protocol version 2
+ * then lets up to 1 + size / KL_FRAME_MAX requests (at most
+ * KL_SESSION_MAX_WINDOW) be in flight, the window INFO reports. Without it the
+ * window is 1. Returns the window. The memory must stay the session's. */
+unsigned kl_session_window(kl_session_t *s, uint8_t *mem, size_t size);
 
 /* COBS (consistent overhead byte stuffing); return the output length, or 0
  * on malformed input / too small an output. */

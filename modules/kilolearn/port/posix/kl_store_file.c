@@ -36,7 +36,7 @@ static int put_at(FILE *f, long off, const void *p, size_t n)
 	return fseek(f, off, SEEK_SET) == 0 && fwrite(p, 1, n, f) == n ? KL_OK : KL_EIO;
 }
 
-/* the image range and the sector's counters, written through */
+/* the image range and the sector's counters, written through (flushed) */
 static void on_change(void *ctx, uint32_t off, uint32_t n)
 {
 	kl_store_t *st = ctx;
@@ -52,6 +52,7 @@ static void on_change(void *ctx, uint32_t off, uint32_t n)
 		put32(b, fs->wear[fs->n_sectors + sec]);
 		(void)put_at(fs->f, wear + 4L * (long)(fs->n_sectors + sec), b, 4);
 	}
+	(void)fflush(fs->f); /* in the file when the program ends without closing it (a reset) */
 }
 
 static int create(kl_store_file_t *fs, const char *path, const kl_store_geom_t *g)

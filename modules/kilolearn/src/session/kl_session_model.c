@@ -216,9 +216,10 @@ uint64_t kl_sess_now(const kl_session_t *s)
 
 int kl_sess_cmd_info(kl_session_t *s, uint8_t *out)
 {
-	kl_wr16(out, KL_PROTO_VERSION);
+	/* the version of the request, and its window (version 1: one in flight) */
+	kl_wr16(out, s->rx_version);
 	kl_wr16(out + 2, KL_SESSION_MAX_PAYLOAD);
-	kl_wr16(out + 4, 1u); /* window: one frame in flight */
+	kl_wr16(out + 4, s->rx_version == KL_PROTO_V1 ? 1u : s->window);
 	out[6] = (uint8_t)s->loaded;
 	out[7] = s->loaded ? s->model.dtype : 0xFFu;
 	kl_wr16(out + 8, s->loaded ? s->model.n_inputs : 0u);
