@@ -15,10 +15,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from .zephyrpaged import SUMMARY, _twister_python
+from .zephyrpaged import _twister_python, run_twister
 
 RUNS = (("qemu_cortex_m3", "kilolearn.app.session"),
         ("nucleo_f429zi", "kilolearn.app.usb_cdc_acm"))
@@ -58,17 +57,7 @@ def measure_figure() -> dict:
                "-j", "2", "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={root}"]
         for platform, scenario in RUNS:
             cmd += ["-p", platform, "-s", scenario]
-        print("  " + " ".join(cmd), flush=True)
-        t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False,
-                              cwd=zb.parent)  # west finds the workspace from here
-        wall = time.monotonic() - t0
-        summary = [ln.split(" - ", 1)[-1].strip()
-                   for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
-                   if any(s in ln for s in SUMMARY)]
-        if proc.returncode != 0:
-            raise RuntimeError(f"twister failed (exit {proc.returncode}): "
-                               + " / ".join(summary or [proc.stderr.strip()[-300:]]))
+        summary, wall = run_twister(cmd, cwd=zb.parent)  # west finds the workspace from there
         builds = []
         for platform, scenario in RUNS:
             d = next(out.glob(f"{platform}*/**/{scenario}"))

@@ -25,6 +25,23 @@ LINE = re.compile(r"^KL paged board=(?P<rest>.*)$", re.M)
 SUMMARY = ("test configurations passed", "test cases were executed")
 
 
+def run_twister(cmd: list[str], cwd: Path | None = None) -> tuple[list[str], float]:
+    """Run a twister command line (printed first): its summary lines and wall seconds, or
+    RuntimeError with the summary (or the end of its stderr) when it fails."""
+    print("  " + " ".join(cmd), flush=True)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False,
+                          cwd=cwd)
+    wall = time.monotonic() - t0
+    summary = [ln.split(" - ", 1)[-1].strip()
+               for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
+               if any(s in ln for s in SUMMARY)]
+    if proc.returncode != 0:
+        raise RuntimeError(f"twister failed (exit {proc.returncode}): "
+                           + " / ".join(summary or [proc.stderr.strip()[-300:]]))
+    return summary, wall
+
+
 def parse(text: str) -> dict[str, int | str]:
     """The figures of the suite's 'KL paged board=...' line (the last one in text): numbers as
     int (decimal or 0x hex), the board as it printed it. KeyError when there is none."""
@@ -73,16 +90,7 @@ def measure_figure() -> dict:
     with tempfile.TemporaryDirectory(prefix="kilolearn-zephyr-paged-") as tmp:
         out = Path(tmp) / "twister-out"
         cmd = twister_cmd(py, Path(zb), root, out)
-        print("  " + " ".join(cmd), flush=True)
-        t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
-        wall = time.monotonic() - t0
-        summary = [ln.split(" - ", 1)[-1].strip()
-                   for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
-                   if any(s in ln for s in SUMMARY)]
-        if proc.returncode != 0:
-            raise RuntimeError(f"twister failed (exit {proc.returncode}): "
-                               + " / ".join(summary or [proc.stderr.strip()[-300:]]))
+        summary, wall = run_twister(cmd)
         logs = sorted(out.rglob("handler.log"))
         figures = parse("\n".join(p.read_text(errors="replace") for p in logs))
     return {"zephyr": ver, "platform": PLATFORM, "scenario": SCENARIO, "twister": summary,
