@@ -72,6 +72,21 @@ def test_pretrained_backbone_frozen_head_fresh_and_cached(tmp_path):
         assert (a is None and b is None) or np.array_equal(a, b)
 
 
+def test_pretrain_source_reaches_the_backbone():
+    """--pretrain first pretrains on the first task's images only: another backbone than all,
+    calibrated on those images."""
+    ds = _fashion_small()
+    nets = {}
+    for source in ("all", "first"):
+        sc = S.Scenario(cnn=SMALL_CNN, pretraining=SMALL_PRE, pretrain=source)
+        g, p, cut, calib = S.scenario_model(sc, ds)
+        nets[source] = p
+        first = np.isin(ds.y_pool, [0, 1])
+        want = ds.x_pool if source == "all" else ds.x_pool[first]
+        assert np.array_equal(calib, want[:200])
+    assert not np.array_equal(nets["all"].weights[0], nets["first"].weights[0])
+
+
 def test_fashion_on_pretrained_backbone_replay_vs_naive():
     """The fashion scenario, made small, on the host build: device = numpy after every task,
     replay keeps the first task where fine-tuning loses it."""

@@ -109,7 +109,8 @@ def scenario_model(sc: Scenario, ds: datasets.Dataset
         assert ds.y_pool is not None
         spec = replace(sc.cnn, shape=ds.shape)
         first = tasks_of(ds, sc.classes_per_task)[0]
-        m, p, cut = bb.pretrained_cnn(spec, sc.pretraining, ds.x_pool, ds.y_pool,
+        pre = replace(sc.pretraining, source=sc.pretrain)
+        m, p, cut = bb.pretrained_cnn(spec, pre, ds.x_pool, ds.y_pool,
                                       ds.n_classes, first, sc.seed, build.cache_dir())
         calib = ds.x_pool if sc.pretrain == "all" else ds.x_pool[np.isin(ds.y_pool, first)]
         return m.graph, p, cut, calib[:200]
