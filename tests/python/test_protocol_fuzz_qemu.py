@@ -343,7 +343,7 @@ def short_session(b: Board, bl: dict) -> None:
     assert b.load(bl["s8"]) == 0
     b.request(P.CONFIG, cfg(lr=sc.lr, seed=sc.seed, cut=bl["cut"], cap=sc.replay_cap,
                             ratio=sc.replay_ratio, classes=b"", update=(P.UPDATE_BLOB, 1000)))
-    ref = session._Reference(qm, sc, True, ds.n_classes)
+    ref = session._Reference(qm, sc, True, ds.n_classes, bl["cut"])
     idx = np.flatnonzero(ds.y_train < 4)[:60]
     xq = qm.quantize_input(ds.x_train[idx])
     for x, y in zip(xq, ds.y_train[idx], strict=True):
