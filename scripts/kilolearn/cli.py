@@ -29,7 +29,7 @@ from .formats import export
 
 BOARDS = ca.BOARDS
 DATASETS = ["digits", "fashion"]
-SESSION_DATA = ["digits", "fashion", "basicmotions"]
+SESSION_DATA = list(datasets.LOADERS)  # what kilolearn session takes
 CPU = ca.CPU
 
 

@@ -47,7 +47,8 @@ def _ncm_accuracy(g, params, cut: int, ds: data.Dataset) -> float:
 def test_pretrained_backbone_frozen_head_fresh_and_cached(tmp_path):
     ds = _fashion_small()
     args = (SMALL_CNN, SMALL_PRE, ds.x_pool, ds.y_pool, ds.n_classes, [0, 1], 5)
-    m, p, cut = bb.pretrained_cnn(*args, cache_dir=tmp_path)
+    m, p, cut, seen = bb.pretrained_cnn(*args, cache_dir=tmp_path)
+    assert np.array_equal(seen, ds.x_pool[:SMALL_PRE.n])  # source 'all': the pool
     g = m.graph
     fresh = m.init(5)
     with_w = [i for i, op in enumerate(g.ops) if op.has_params]
@@ -63,11 +64,11 @@ def test_pretrained_backbone_frozen_head_fresh_and_cached(tmp_path):
     assert _ncm_accuracy(g, p, cut, ds) > _ncm_accuracy(g, m.init(SMALL_PRE.seed), cut, ds) + 0.05
     files = list(tmp_path.glob("backbone-*.npz"))
     assert len(files) == 1
-    m2, p2, _ = bb.pretrained_cnn(*args, cache_dir=tmp_path)  # from the cache: identical
+    m2, p2, _, _ = bb.pretrained_cnn(*args, cache_dir=tmp_path)  # from the cache: identical
     for a, b in zip(p.weights, p2.weights, strict=True):
         assert (a is None and b is None) or np.array_equal(a, b)
     files[0].write_bytes(b"not an npz")  # a damaged cache is made again, not trusted
-    _, p3, _ = bb.pretrained_cnn(*args, cache_dir=tmp_path)
+    _, p3, _, _ = bb.pretrained_cnn(*args, cache_dir=tmp_path)
     for a, b in zip(p.weights, p3.weights, strict=True):
         assert (a is None and b is None) or np.array_equal(a, b)
 

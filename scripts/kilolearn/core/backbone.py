@@ -4,7 +4,7 @@ A continual-learning scenario learns new classes on the device on top of a **fro
 read in place from flash: its output (the latent-replay cut) feeds a small trainable head.
 Paissan et al. and the latent-replay literature start from a backbone pretrained on other data;
 here it is pretrained on the host, in float32 with the numpy twin, on images of the same domain
-that the session never sees (``pretrain_pool``), then frozen, and the head is initialised anew so
+that the session never sees (a data set's pool), then frozen, and the head is initialised anew so
 that the device starts knowing no class. What the backbone was pretrained on is a choice
 (``PRETRAIN_SOURCES``): every class of the domain from a disjoint pool (the usual setting, as an
 ImageNet backbone for CORe50), or only the first task's classes (the strict class-incremental
@@ -26,8 +26,10 @@ import numpy as np
 
 from . import model as M
 from . import reference
+from .fit import epoch_orders
 
 PRETRAIN_SOURCES = ("all", "first")
+CACHE_VERSION = 1  # of the cached parameters' format
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,12 @@ class Pretraining:
 
 def pretrained_cnn(spec: CnnSpec, pre: Pretraining, x: np.ndarray, y: np.ndarray,
                    n_classes: int, first_task: list[int], seed: int,
-                   cache_dir: Path | None = None) -> tuple[M.Model, M.Params, int]:
+                   cache_dir: Path | None = None
+                   ) -> tuple[M.Model, M.Params, int, np.ndarray]:
     """The CNN with its backbone pretrained on (x, y) -- every class, or with source 'first'
     only the images of ``first_task``'s classes -- frozen, and a head initialised with ``seed``
-    (trainable). Returns the model, its parameters and the cut (the backbone's output tensor)."""
+    (trainable). Returns the model, its parameters, the cut (the backbone's output tensor) and
+    the images it was pretrained on."""
     if pre.source not in PRETRAIN_SOURCES:
         raise ValueError(f"pretraining source must be one of {PRETRAIN_SOURCES}")
     m, first_head = cnn(spec, n_classes)
@@ -122,19 +126,15 @@ def pretrained_cnn(spec: CnnSpec, pre: Pretraining, x: np.ndarray, y: np.ndarray
         op.trainable = op.has_params and i >= first_head
         if i >= first_head and op.has_params:
             p.weights[i], p.biases[i] = head.weights[i], head.biases[i]
-    return m, p, g.ops[first_head].inputs[0]
-
-
-CACHE_VERSION = 1
+    return m, p, g.ops[first_head].inputs[0], x
 
 
 def _pretrain(m: M.Model, x: np.ndarray, y: np.ndarray, pre: Pretraining) -> M.Params:
     for op in m.graph.ops:
         op.trainable = op.has_params
     t = reference.F32Trainer(m.graph, m.init(pre.seed), lr=pre.lr)
-    rng = np.random.default_rng(pre.seed)
-    for _ in range(pre.epochs):
-        for i in rng.permutation(len(x)):
+    for order in epoch_orders(len(x), pre.epochs, pre.seed):
+        for i in order:
             t.step(x[i], int(y[i]))
     return t.p
 

@@ -145,7 +145,8 @@ def build(arch: str, n_inputs: int, n_classes: int, hidden: int = 32,
     return m, m.init(seed)
 
 
-def _epochs(n: int, epochs: int, seed: int):  # noqa: ANN202 - generator of index arrays
+def epoch_orders(n: int, epochs: int, seed: int):  # noqa: ANN202 - generator of index arrays
+    """Each epoch's visiting order of n samples: a permutation drawn from one seeded generator."""
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         yield rng.permutation(n)
@@ -163,7 +164,7 @@ def fit_new(x: np.ndarray, y: np.ndarray, arch: str = "mlp", dtype: str = "s8",
         raise FitError("the labels hold one class: a classifier needs at least 2")
     m, p = build(arch, x.shape[1], n_classes, hidden, shape, seed)
     t = reference.F32Trainer(m.graph, p, lr=lr)
-    for order in _epochs(len(x), epochs, seed):
+    for order in epoch_orders(len(x), epochs, seed):
         for i in order:
             t.step(x[i], int(y[i]))
     res = FitResult(dtype, f"{arch} {describe_graph(m.graph)}", epochs, 0.0)
@@ -189,7 +190,7 @@ def fit_blob(blob: bytes, x: np.ndarray, y: np.ndarray, epochs: int = 20, lr: fl
         raise FitError("the blob carries a checkpoint schedule: fit the model before planning")
     tr = trainer(b, lr=lr, seed=seed)
     xs = encode(b, x)
-    for order in _epochs(len(x), epochs, seed):
+    for order in epoch_orders(len(x), epochs, seed):
         for i in order:
             tr.step(xs[i], int(y[i]))
     if b.qmodel is not None:

@@ -85,7 +85,6 @@ def build_model(sc: Scenario, n_inputs: int = 64, n_classes: int = 10) -> M.Mode
 #: scenario settings that differ by data set (the rest: Scenario's defaults): BasicMotions
 #: has 10 recordings per class, so more epochs at a smaller step
 DATA_DEFAULTS: dict[str, dict] = {"basicmotions": {"epochs": 10, "lr": 0.01}}
-SESSION_DATA = ("digits", "fashion", "basicmotions")
 
 
 def load_data(name: str) -> datasets.Dataset:
@@ -101,7 +100,7 @@ def scenario_model(sc: Scenario, ds: datasets.Dataset
                    ) -> tuple[M.Graph, M.Params, int, np.ndarray]:
     """The scenario's model: graph, parameters, the latent-replay cut (the frozen backbone's
     output tensor) and the int8 calibration images. Images with a pretraining pool (and
-    ``sc.pretrain``): the pretrained CNN, calibrated on the pool (what the host has); else the
+    ``sc.pretrain``): the pretrained CNN, calibrated on the images it was pretrained on; else the
     random Dense backbone, calibrated on the first training samples; time series (a shape
     of height 1): the random 1-D conv backbone, calibrated on the first task's training
     series (what the device has first)."""
@@ -110,10 +109,9 @@ def scenario_model(sc: Scenario, ds: datasets.Dataset
         spec = replace(sc.cnn, shape=ds.shape)
         first = tasks_of(ds, sc.classes_per_task)[0]
         pre = replace(sc.pretraining, source=sc.pretrain)
-        m, p, cut = bb.pretrained_cnn(spec, pre, ds.x_pool, ds.y_pool,
-                                      ds.n_classes, first, sc.seed, build.cache_dir())
-        calib = ds.x_pool if sc.pretrain == "all" else ds.x_pool[np.isin(ds.y_pool, first)]
-        return m.graph, p, cut, calib[:200]
+        m, p, cut, seen = bb.pretrained_cnn(spec, pre, ds.x_pool, ds.y_pool,
+                                            ds.n_classes, first, sc.seed, build.cache_dir())
+        return m.graph, p, cut, seen[:200]
     if ds.shape is not None and ds.shape[0] == 1:
         m, p, cut = bb.series_model(sc.series, ds.shape, ds.n_classes, sc.seed)
         first = tasks_of(ds, sc.classes_per_task)[0]
