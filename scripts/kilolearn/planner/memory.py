@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import selective
-
 from ..core.model import Graph
 
 #: every name here, the private helpers too: the ``planner`` package re-exports them all
