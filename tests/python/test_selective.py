@@ -189,7 +189,7 @@ def test_bad_policy_fields_are_rejected(rng):
     *_, qm, xq = s8_setup("mlp", rng, 2)
     blob = export.export_s8(qm, update=("topr", 0.2))
     y = np.zeros(2, np.int64)
-    bad = {"policy": (44, "<B", 4), "fraction 0": (46, "<H", 0), "fraction": (46, "<H", 1001),
+    bad = {"policy": (44, "<B", 5), "fraction 0": (46, "<H", 0), "fraction": (46, "<H", 1001),
            "reserved": (45, "<B", 1)}
     for what, (off, fmt, v) in bad.items():
         b = bytearray(blob)
