@@ -224,10 +224,12 @@ def test_runtime_api_errors(rng):
 
 @pytest.mark.parametrize("name,update", [("mlp-s8", ("topr", 0.2)),
                                          ("cnn-s8", ("channel-sparse", 0.5)),
-                                         ("cnn-f32", ("channel-norm", 0.3))])
+                                         ("cnn-f32", ("channel-norm", 0.3)),
+                                         ("chain-s8", ("partial", 0.5))])
 def test_fuzz_blob_with_policy_under_sanitizers(name, update, tmp_path, rng):
     exe = build.build("host", sanitize=True, target="kl_fuzz_blob")
-    m = M.mlp([64, 32, 10]) if name.startswith("mlp") else M.small_cnn((8, 8, 1), 4, 3)
+    m = M.mlp([64, 32, 10]) if name.startswith("mlp") else conv_chain() \
+        if name.startswith("chain") else M.small_cnn((8, 8, 1), 4, 3)
     p = m.init(2)
     x = rng.uniform(0, 1, (4,) + m.graph.shapes[0]).astype(np.float32)
     blob = export.export_f32(m.graph, p, update=update) if name.endswith("f32") else \
