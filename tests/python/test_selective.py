@@ -343,3 +343,20 @@ def test_partial_one_step_touches_the_joined_blocks(rng):
         assert not (w0 != w1)[~inside].any(), i
         changed_any |= bool((w0 != w1)[inside].any())
     assert changed_any
+
+
+def test_partial_bench_claims_on_m4():
+    """The figure's claims at 50 % (docs/selective-updates.md), on a few steps of its conv net on
+    the emulated M4: arena and instructions per step both at most 1/1.3 of the full update's,
+    the arena as planned, the board's weights equal to the twin's."""
+    require_target("mps2-an386")
+    from kilolearn.bench import partialbench as pb
+
+    rec = pb.measure("mps2-an386", (1.0, 0.5), n_train=12, n_test=10, epochs=1,
+                     device_steps=6)
+    full, half = rec["runs"]
+    for r in (full, half):
+        assert r["device_equal"] and r["host_acc"] == r["numpy_acc"]
+        assert r["arena_peak"] == r["planned"]
+    assert half["arena_peak"] * 1.3 <= full["arena_peak"]
+    assert half["insn_per_step"] * 1.3 <= full["insn_per_step"]
