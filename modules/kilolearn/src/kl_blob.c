@@ -415,7 +415,11 @@ int kl_blob_check(const uint8_t *blob, size_t len)
 	}
 	const uint8_t *last = blob + o_off + (n_ops - 1u) * KL_BLOB_OP_SIZE;
 	const uint64_t n_cls = tensor_size(blob + t_off + output * KL_BLOB_TENSOR_SIZE);
-	if (kl_rd16(last + KL_BO_OUT) != output || last[KL_BO_ACT] != KL_ACT_NONE || n_cls < 2u ||
+	const uint32_t minor = kl_rd16(blob + KL_BH_VER_MINOR);
+	const uint32_t loss = minor >= 5u ? blob[KL_BH_LOSS] : KL_LOSS_SOFTMAX_CE;
+	if (loss >= KL_LOSS_COUNT || (minor < 5u && blob[KL_BH_LOSS] != 0u) ||
+	    kl_rd16(last + KL_BO_OUT) != output || last[KL_BO_ACT] != KL_ACT_NONE ||
+	    n_cls < (loss == KL_LOSS_SOFTMAX_CE ? 2u : 1u) ||
 	    n_cls > 0xFFFFu || tensor_size(blob + t_off + input * KL_BLOB_TENSOR_SIZE) > 0xFFFFu) {
 		return KL_ECORRUPT;
 	}
@@ -430,6 +434,11 @@ int kl_blob_check(const uint8_t *blob, size_t len)
 	}
 	const uint32_t sched = kl_blob_schedule(blob);
 	return sched == 0u ? KL_OK : check_schedule(blob, sched, data_lo, total, s8);
+}
+
+int kl_blob_loss(const uint8_t *blob)
+{
+	return kl_rd16(blob + KL_BH_VER_MINOR) >= 5u ? blob[KL_BH_LOSS] : KL_LOSS_SOFTMAX_CE;
 }
 
 int kl_blob_update_policy(const uint8_t *blob, uint32_t *permille)

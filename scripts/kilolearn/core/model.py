@@ -131,6 +131,22 @@ class SoftmaxCrossEntropy(Layer):
     pass
 
 
+@dataclass(frozen=True, eq=False)
+class MeanSquaredError(Layer):
+    """Mean squared error against a target vector (the input itself when none is given: an
+    autoencoder): regression, anomaly detection."""
+
+
+@dataclass(frozen=True, eq=False)
+class SigmoidBinaryCrossEntropy(Layer):
+    """Sigmoid then binary cross-entropy per output: binary (one output) or multi-label."""
+
+
+#: loss layers -> the graph's loss name (the blob's loss byte, docs/blob-format.md)
+LOSSES: dict[type, str] = {SoftmaxCrossEntropy: "softmax_ce", MeanSquaredError: "mse",
+                           SigmoidBinaryCrossEntropy: "sigmoid_bce"}
+
+
 @dataclass(eq=False)
 class Node:
     layer: Layer
@@ -165,6 +181,7 @@ class Graph:
     shapes: list[tuple[int, int, int]]  # tensor id -> (H, W, C)
     ops: list[Op]  # topological order
     input: int = 0
+    loss: str = "softmax_ce"  # "softmax_ce" | "mse" | "sigmoid_bce" (LOSSES)
 
     @property
     def output(self) -> int:
@@ -239,7 +256,8 @@ def _conv_geometry(h: int, w: int, kernel: tuple[int, int], stride: int, padding
 
 class Model:
     """A trainable model: a list of layers (sequential) or the output node of a functional
-    graph; either way ending in SoftmaxCrossEntropy."""
+    graph; either way ending in a loss (SoftmaxCrossEntropy, MeanSquaredError,
+    SigmoidBinaryCrossEntropy)."""
 
     def __init__(self, layers: list[Layer] | Node):
         if isinstance(layers, Node):
@@ -253,9 +271,13 @@ class Model:
                     raise ModelError("Input may only come first")
                 node = layer(node)
             self.output_node = node
-        if not isinstance(self.output_node.layer, SoftmaxCrossEntropy):
-            raise ModelError("a trainable model ends with SoftmaxCrossEntropy()")
+        if type(self.output_node.layer) not in LOSSES:
+            raise ModelError("a trainable model ends with a loss: SoftmaxCrossEntropy(), "
+                             "MeanSquaredError() or SigmoidBinaryCrossEntropy()")
         self.graph, self._plan = self._lower()
+        self.graph.loss = LOSSES[type(self.output_node.layer)]
+        if self.graph.loss == "softmax_ce" and self.graph.n_classes < 2:
+            raise ModelError("SoftmaxCrossEntropy needs at least two outputs")
 
     # lowering -------------------------------------------------------------------------------
     def _topo(self) -> list[Node]:
@@ -299,7 +321,7 @@ class Model:
                     raise ModelError("only one Input is supported")
                 tensor_of[id(n)] = new_tensor(L.hwc)
                 continue
-            if isinstance(L, SoftmaxCrossEntropy):
+            if type(L) in LOSSES:
                 tensor_of[id(n)] = tensor_of[id(n.inputs[0])]
                 continue
             if isinstance(L, Add):
@@ -373,8 +395,8 @@ class Model:
             raise ModelError("the model has no layer")
         out = tensor_of[id(self.output_node)]
         if out != ops[-1].output or ops[-1].act != "none":
-            raise ModelError("the layer feeding SoftmaxCrossEntropy must be the last one and "
-                             "have no activation")
+            raise ModelError("the layer feeding the loss must be the last one and have no "
+                             "activation")
         return Graph(shapes, ops), plan
 
     # parameters -------------------------------------------------------------------------------

@@ -82,18 +82,39 @@ class F32Trainer:
             acts[op.output] = _act_f32(y.astype(dtype), op.act).reshape(g.shapes[op.output])
         return acts
 
-    def grads(self, x: np.ndarray, label: int, start: int | None = None
-              ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], float]:
-        """(dW by op, db by op, loss) for one sample; None where nothing trains."""
-        g = self.g
-        acts = self.forward(x, start)
-        z = acts[g.output].reshape(-1).astype(np.float64)
+    def loss_grad(self, z32: np.ndarray, label: int, target: np.ndarray | None
+                  ) -> tuple[np.ndarray, float]:
+        """(dL/dlogits float32, loss) of the graph's loss: softmax cross-entropy on the label,
+        mean squared error or sigmoid binary cross-entropy on ``target`` (rc.loss_target)."""
+        z = z32.astype(np.float64)
+        if self.g.loss == "mse":
+            t = np.asarray(target, np.float32).reshape(-1)
+            d = (z32 - t).astype(np.float32)
+            return (np.float32(2.0) / np.float32(z.size) * d).astype(np.float32), \
+                float(np.mean((z - t) ** 2))
+        if self.g.loss == "sigmoid_bce":
+            t64 = np.asarray(target, np.float64).reshape(-1)
+            p = 1.0 / (1.0 + np.exp(-z))
+            loss = float(np.sum(np.maximum(z, 0) - z * t64 + np.log1p(np.exp(-np.abs(z)))))
+            return (p - t64).astype(np.float32), loss
         active = rc._active(self.class_mask, z.size, label)
         e = np.where(active, np.exp(z - z[active].max()), 0.0)
         p = e / e.sum()
         loss = float(-np.log(max(p[label], 1e-30)))
         dz = p.astype(np.float32)
         dz[label] -= np.float32(1)
+        return dz, loss
+
+    def grads(self, x: np.ndarray, label: int, start: int | None = None,
+              target: np.ndarray | None = None
+              ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], float]:
+        """(dW by op, db by op, loss) for one sample; None where nothing trains. ``target``:
+        the target vector of a MSE or BCE loss (None: the input for MSE, the label's for
+        BCE)."""
+        g = self.g
+        acts = self.forward(x, start)
+        dz, loss = self.loss_grad(acts[g.output].reshape(-1),
+                                  label, rc.loss_target(g, x, label, target))
         grad: dict[int, np.ndarray] = {g.output: dz.reshape(g.shapes[g.output])}
         dws: list[np.ndarray | None] = [None] * len(g.ops)
         dbs: list[np.ndarray | None] = [None] * len(g.ops)
@@ -210,8 +231,9 @@ class F32Trainer:
         sparse = self.policy == sel.POLICIES["channel-norm"] or self._channel_sparse(op)
         self.upd_touched += k * (n // n_ch) if sparse else n
 
-    def step(self, x: np.ndarray, label: int, start: int | None = None) -> float:
-        dws, dbs, loss = self.grads(x, label, start)
+    def step(self, x: np.ndarray, label: int, start: int | None = None,
+             target: np.ndarray | None = None) -> float:
+        dws, dbs, loss = self.grads(x, label, start, target)
         self.apply(dws, dbs)
         return loss
 
@@ -219,4 +241,10 @@ class F32Trainer:
         return self.forward(x)[self.g.output].reshape(-1)
 
     def predict(self, xs: np.ndarray) -> np.ndarray:
-        return np.array([rc.masked_argmax(self.logits(x), self.class_mask) for x in xs])
+        return np.array([rc.predicted(self.logits(x), 0.0, self.class_mask) for x in xs])
+
+    def error(self, x: np.ndarray, target: np.ndarray | None = None) -> float:
+        """Sum of squared differences of the output from the target (the input): the anomaly
+        score of an autoencoder (kl_error_f32, in float64 here)."""
+        t = np.asarray(x if target is None else target, np.float64).reshape(-1)
+        return float(np.sum((self.logits(x).astype(np.float64) - t) ** 2))

@@ -168,6 +168,39 @@ def merge_grads(g1: np.ndarray, e1: int, g2: np.ndarray, e2: int) -> tuple[np.nd
     return q.quantize_grad(s, e)
 
 
+MSE_ALIGN_MAX = 6  # kl_kernels.h KL_MSE_ALIGN_MAX
+
+
+def mse_exp(ey: int, et: int) -> int:
+    """The exponent output and target are aligned to: the finer one, at most MSE_ALIGN_MAX
+    bits below the coarser (kl_mse_exp)."""
+    return max(min(ey, et), max(ey, et) - MSE_ALIGN_MAX)
+
+
+def mse_diff(y: np.ndarray, ey: int, zy: int, t: np.ndarray, et: int, zt: int
+             ) -> tuple[np.ndarray, int]:
+    """(output - target) in units of 2**e, e = mse_exp (kl_mse_s8's d)."""
+    e = mse_exp(ey, et)
+
+    def align(v: np.ndarray, d: int) -> np.ndarray:
+        return v << d if d >= 0 else q.rshift_round(v, -d)
+
+    y64 = np.asarray(y, np.int64).reshape(-1)
+    t64 = np.asarray(t, np.int64).reshape(-1)
+    return align(y64 - zy, ey - e) - align(t64 - zt, et - e), e
+
+
+def mse_error(y: np.ndarray, ey: int, zy: int, t: np.ndarray, et: int, zt: int
+              ) -> tuple[int, int]:
+    """kl_mse_err_s8: sum of d**2 as (mantissa < 2**32, exponent), truncated."""
+    d, e = mse_diff(y, ey, zy, t, et, zt)
+    s = int(np.sum(d * d))
+    k = 0
+    while (s >> k) > 0xFFFFFFFF:
+        k += 1
+    return s >> k, 2 * e + k
+
+
 @dataclass
 class QForward:
     acts: list[np.ndarray]  # int8 (as int64) activations by tensor id, (H, W, C)
@@ -278,13 +311,62 @@ class S8Trainer:
         g[label] -= 1 << 15
         return q.quantize_grad(g, -15)
 
+    def mse_grad(self, y: np.ndarray, ey: int, target: np.ndarray) -> tuple[np.ndarray, int]:
+        """Mean-squared-error gradient of int8 outputs against int8 targets in the input's
+        scale (kl_mse_s8): both aligned to mse_exp, difference times round(2^16 / n)."""
+        m = self.m
+        d, e = mse_diff(y, ey, m.zp[self.g.output], target, m.ex, m.zx)
+        n = y.size
+        r = (65536 + n // 2) // n
+        return q.quantize_grad(d * r, e - 15)
+
+    def bce_grad(self, z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
+        """Sigmoid binary cross-entropy gradient of int8 logits (kl_sigmoid_bce_s8): sigmoid
+        as the two-class softmax of (z, 0) from the softmax table, Q15, minus the 0/1
+        target."""
+        m = self.m
+        v = z - m.zp[self.g.output]
+        shift = max(min(m.exp[self.g.output] - m.lut_exp, 8), 0)
+        gap = np.abs(v)
+        d = np.where(gap == 0, 0, gap << shift)
+        e = np.where(d < 256, m.lut[np.minimum(d, 255)].astype(np.int64), 0)
+        s = 32768 + e
+        num = np.where(v >= 0, 32768, e)
+        p = ((num << 15) + (s >> 1)) // s
+        return q.quantize_grad(p - (np.asarray(target).reshape(-1) != 0) * 32768, -15)
+
+    def loss_grad(self, logits: np.ndarray, label: int, target: np.ndarray | None
+                  ) -> tuple[np.ndarray, int]:
+        """The graph's loss gradient of int8 logits: (int8 values, exponent)."""
+        if self.g.loss == "mse":
+            assert target is not None
+            return self.mse_grad(logits, self._fw.exps[self.g.output], target)
+        if self.g.loss == "sigmoid_bce":
+            assert target is not None
+            return self.bce_grad(logits, target)
+        return self.logits_grad(logits, label)
+
+    def error(self, xq: np.ndarray, target: np.ndarray | None = None) -> tuple[int, int]:
+        """(mantissa, exponent) of the reconstruction error of xq's forward pass against the
+        target (the input): kl_error_s8, the anomaly score of an autoencoder. Leaves the
+        exponents as a forward pass without a step does."""
+        saved = list(self.m.exp)
+        fw = self.forward(xq)
+        self.m.exp = saved
+        t = np.asarray(xq if target is None else target, np.int64).reshape(-1)
+        return mse_error(fw.acts[self.g.output].reshape(-1), fw.exps[self.g.output],
+                         self.m.zp[self.g.output], t, self.m.ex, self.m.zx)
+
     # backward + update ---------------------------------------------------------------------
-    def grads(self, xq: np.ndarray, label: int, start: int | None = None
-              ) -> list[QGrad | None]:
-        """Forward + backward of one sample; per op the kept gradients (None if frozen)."""
+    def grads(self, xq: np.ndarray, label: int, start: int | None = None,
+              target: np.ndarray | None = None) -> list[QGrad | None]:
+        """Forward + backward of one sample; per op the kept gradients (None if frozen).
+        ``target``: the int8 target of a MSE (in the input's scale) or BCE (0 / nonzero)
+        loss; None: the input (MSE) or the label's (BCE)."""
         m, g = self.m, self.g
         fw = self._fw = self.forward(xq, start)
-        d0, e0 = self.logits_grad(fw.acts[g.output].reshape(-1), label)
+        d0, e0 = self.loss_grad(fw.acts[g.output].reshape(-1), label,
+                                rc.loss_target(g, xq, label, target))
         self.logits_grad_exp = e0
         grad: dict[int, tuple[np.ndarray, int]] = {g.output: (d0.reshape(g.shapes[g.output]),
                                                                e0)}
@@ -405,10 +487,11 @@ class S8Trainer:
                 m.exp[op.output] += 1
         self.upd_step += 1
 
-    def step(self, xq: np.ndarray, label: int, start: int | None = None) -> None:
+    def step(self, xq: np.ndarray, label: int, start: int | None = None,
+             target: np.ndarray | None = None) -> None:
         """One SGD step (the engine's fused kl_train_step computes the same integers);
         from tensor ``start`` (a replayed latent) when set."""
-        self.apply(self.grads(xq, label, start))
+        self.apply(self.grads(xq, label, start, target))
 
     def logits(self, xq: np.ndarray) -> np.ndarray:
         saved = list(self.m.exp)
@@ -417,4 +500,5 @@ class S8Trainer:
         return out
 
     def predict(self, xq: np.ndarray) -> np.ndarray:
-        return np.array([rc.masked_argmax(self.logits(x), self.class_mask) for x in xq])
+        z = self.m.zp[self.g.output]
+        return np.array([rc.predicted(self.logits(x), z, self.class_mask) for x in xq])

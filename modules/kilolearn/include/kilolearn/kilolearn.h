@@ -139,6 +139,13 @@ typedef struct {
 	struct kl_wlog *wlog;  /* where updated rows go (kl_model_attach_wlog) */
 	int pg_err;            /* the last step's weight-log error, if any */
 	uint32_t seed;         /* cfg->seed: where the int8 dither starts */
+	/* the loss (blob 2.5, enum kl_loss) and the target of the step running:
+	 * float[n_classes] (f32) or int8_t[n_classes] (s8: quantised as the
+	 * input, MSE; 0 / nonzero, BCE); NULL: the label's (BCE) or the input
+	 * (MSE: an autoencoder) */
+	uint8_t loss;
+	const void *target;
+	float loss_f32;        /* f32: the last step's loss */
 } kl_model_t;
 
 /* Selective updates: which weights an SGD step writes (docs/selective-updates.md).
@@ -204,6 +211,24 @@ int kl_predict(kl_model_t *m, const void *x);
 /* One SGD step on (x, label): forward, backward, update, fused. Returns the
  * predicted class before the update (>= 0) or a negative error code. */
 int kl_train_step(kl_model_t *m, const void *x, int label);
+
+/* A step on a target vector instead of a label (losses MSE and sigmoid BCE,
+ * blob 2.5): target is float[n_classes] (f32 models) or int8_t[n_classes]
+ * (s8: MSE targets in the input tensor's scale and zero point, BCE targets 0
+ * or nonzero); NULL means the input itself (MSE, an autoencoder: n_inputs ==
+ * n_classes) or, for BCE, KL_EINVAL. KL_EINVAL with softmax cross-entropy.
+ * kl_train_step on a MSE model trains toward the input (label ignored), on a
+ * BCE model toward onehot(label) (label in [0, 1] with one output). */
+int kl_train_step_target(kl_model_t *m, const void *x, const void *target);
+int kl_compute_grads_target(kl_model_t *m, const void *x, const void *target);
+
+/* The reconstruction error of the last forward pass against target (NULL: the
+ * input x it ran on; MSE models): sum of squared differences in real units,
+ * as mant * 2^*exp (s8: the integer rule of kl_mse_err_s8; f32: mant holds
+ * the float's bits, exp 0 -- use kl_error_f32). */
+int kl_error_s8(const kl_model_t *m, const void *x, const void *target, uint32_t *mant,
+		int *exp);
+int kl_error_f32(const kl_model_t *m, const void *x, const void *target, float *err);
 
 /* The same step in two halves, with the gradients kept in the ops' gw/gb
  * (needs KL_CFG_KEEP_GRADS): f32 gw = dL/dW, gb = dL/db; s8 int32 sums of

@@ -489,6 +489,31 @@ float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, f
 int kl_softmax_ce_s8(const int8_t *z, int n, int label, const uint16_t *lut, int lut_shift,
 		     const uint8_t *mask, int32_t *acc, int8_t *dy);
 
+/* ---- regression and multi-label losses (docs/int8-training.md) ------------ */
+/* Mean squared error L = (1/n) sum (y - t)^2: dy = 2 (y - t) / n; returns L. */
+float kl_mse_f32(const float *y, const float *t, int n, float *dy);
+/* int8 outputs y (scale 2^ey, zero point zy) against int8 targets t (2^et,
+ * zt): both aligned to e = kl_mse_exp(ey, et) (the finer exponent, at most
+ * KL_MSE_ALIGN_MAX bits below the coarser), d = their difference, acc = d *
+ * round(2^16 / n), quantised to dy; returns dy's exponent. */
+#define KL_MSE_ALIGN_MAX 6
+int kl_mse_exp(int ey, int et);
+int kl_mse_s8(const int8_t *y, int ey, int32_t zy, const int8_t *t, int et, int32_t zt, int n,
+	      int32_t *acc, int8_t *dy);
+/* sum of the squared aligned differences d (the anomaly score): the value
+ * times 2^*exp (real units squared) */
+uint32_t kl_mse_err_s8(const int8_t *y, int ey, int32_t zy, const int8_t *t, int et, int32_t zt,
+		       int n, int *exp);
+/* Sigmoid binary cross-entropy per output (binary or multi-label): dy =
+ * sigmoid(z) - t; t NULL: the targets are onehot(label) (n > 1) or label
+ * (n == 1). Returns the summed loss. */
+float kl_sigmoid_bce_f32(const float *z, const float *t, int n, int label, float *dy);
+/* int8 logits (zero point zz), targets 0 / nonzero; sigmoid(z) from the
+ * softmax table as the two-class softmax of (z, 0), Q15; returns the added
+ * exponent s (dy scale 2^(s - 15)). */
+int kl_sigmoid_bce_s8(const int8_t *z, int32_t zz, int n, const int8_t *t, int label,
+		      const uint16_t *lut, int lut_shift, int32_t *acc, int8_t *dy);
+
 /* ---- selective updates (docs/selective-updates.md) ---------------------------
  * Top-r SGD (Kwon & Park): of the rows x cols weight updates of a layer only
  * the k_sel largest in magnitude are applied (ties: lower index first). The

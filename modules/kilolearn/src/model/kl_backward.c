@@ -317,20 +317,41 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 	}
 }
 
+/* the loss gradient of the logits: softmax CE on the label, MSE or sigmoid
+ * BCE on m->target (set by the step call: the input for an autoencoder) */
 static void kl_loss(kl_model_t *m, int label)
 {
 	for (int k = 0; k < m->n_tensors; k++) {
 		m->tensors[k].has_grad = 0;
 	}
 	kl_tensor_t *out = &m->tensors[m->output];
+	const int n = m->n_classes;
 	kl_phase(m, KL_PHASE_LOSS);
 	if (m->dtype == KL_DTYPE_F32) {
-		kl_softmax_ce_f32(out->data, m->n_classes, label, m->class_mask, out->grad);
+		if (m->loss == KL_LOSS_MSE) {
+			m->loss_f32 = kl_mse_f32(out->data, m->target, n, out->grad);
+		} else if (m->loss == KL_LOSS_SIGMOID_BCE) {
+			m->loss_f32 = kl_sigmoid_bce_f32(out->data, m->target, n, label, out->grad);
+		} else {
+			m->loss_f32 = kl_softmax_ce_f32(out->data, n, label, m->class_mask, out->grad);
+		}
 	} else {
 		const int shift = out->exp - m->lut_exp;
-		out->grad_exp = (int8_t)(-15 + kl_softmax_ce_s8(out->data, m->n_classes, label, m->lut,
-							      shift < 0 ? 0 : shift, m->class_mask,
-							      m->scratch, out->grad));
+		if (m->loss == KL_LOSS_MSE) {
+			const kl_tensor_t *in = &m->tensors[m->input];
+			out->grad_exp = (int8_t)kl_mse_s8(out->data, out->exp, out->zp, m->target,
+							  in->exp, in->zp, n, m->scratch, out->grad);
+		} else if (m->loss == KL_LOSS_SIGMOID_BCE) {
+			out->grad_exp = (int8_t)(-15 + kl_sigmoid_bce_s8(out->data, out->zp, n, m->target,
+									 label, m->lut,
+									 shift < 0 ? 0 : shift,
+									 m->scratch, out->grad));
+		} else {
+			out->grad_exp = (int8_t)(-15 + kl_softmax_ce_s8(out->data, n, label, m->lut,
+								      shift < 0 ? 0 : shift,
+								      m->class_mask, m->scratch,
+								      out->grad));
+		}
 		m->logits_grad_exp = out->grad_exp;
 	}
 	out->has_grad = 1;

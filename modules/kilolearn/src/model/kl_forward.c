@@ -21,6 +21,10 @@ static void kl_forward_op(kl_model_t *m, kl_op_t *op)
 static int kl_predicted(const kl_model_t *m)
 {
 	const kl_tensor_t *out = &m->tensors[m->output];
+	if (m->n_classes == 1u) { /* one sigmoid output (binary): its sign */
+		return m->dtype == KL_DTYPE_F32 ? *(const float *)out->data > 0.0f
+						: *(const int8_t *)out->data > out->zp;
+	}
 	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->data, m->n_classes, m->class_mask)
 					: kl_argmax_s8(out->data, m->n_classes, m->class_mask);
 }

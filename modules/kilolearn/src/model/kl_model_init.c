@@ -74,6 +74,8 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	m->input = kl_rd16(blob + KL_BH_INPUT);
 	m->output = kl_rd16(blob + KL_BH_OUTPUT);
 	m->lut_exp = (int8_t)blob[KL_BH_LUT_EXP];
+	m->loss = (uint8_t)kl_blob_loss(blob);
+	m->target = NULL;
 	const int s8 = m->dtype == KL_DTYPE_S8;
 	if (s8) {
 		m->lut = (const uint16_t *)(const void *)(blob + kl_rd32(blob + KL_BH_LUT));
