@@ -100,6 +100,28 @@ class ReLU6(Layer):
 
 
 @dataclass(frozen=True, eq=False)
+class Sigmoid(Layer):
+    """After a conv, depthwise conv or dense layer (int8: a table, docs/int8-training.md)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Tanh(Layer):
+    """After a conv, depthwise conv or dense layer (int8: a table)."""
+
+
+@dataclass(frozen=True, eq=False)
+class LeakyReLU(Layer):
+    """x for x > 0, x / 8 below (alpha = 1/8: exact in int8); after a conv, depthwise conv or
+    dense layer."""
+
+
+#: activation layers -> the op's activation (fused into the op before it)
+ACT_LAYERS: dict[type, str] = {ReLU: "relu", ReLU6: "relu6", Sigmoid: "sigmoid", Tanh: "tanh",
+                               LeakyReLU: "leaky_relu"}
+LEAKY_ALPHA = 0.125  # kl_kernels.h KL_LEAKY_ALPHA
+
+
+@dataclass(frozen=True, eq=False)
 class AvgPool2D(Layer):
     pool: int = 2
     stride: int | None = None
@@ -156,7 +178,9 @@ class Node:
 # --------------------------------------------------------------------------- lowered graph
 
 OPS = ("conv", "dwconv", "dense", "avgpool", "maxpool", "add")
-ACTS = ("none", "relu", "relu6")
+ACTS = ("none", "relu", "relu6", "sigmoid", "tanh", "leaky_relu")
+#: activations not fused into a kernel (blob 2.6): ops with parameters only
+SMOOTH_ACTS = ("sigmoid", "tanh", "leaky_relu")
 
 
 @dataclass
@@ -331,7 +355,7 @@ class Model:
                 raise ModelError(f"{name} takes one input")
             src = [tensor_of[id(p)] for p in n.inputs]
             h, w, c = shapes[src[0]]
-            if isinstance(L, (BatchNorm, ReLU, ReLU6)):
+            if isinstance(L, BatchNorm) or type(L) in ACT_LAYERS:
                 t = src[0]
                 if t not in producer or users.get(id(n.inputs[0]), 0) != 1:
                     raise ModelError(f"{name} must directly follow a conv, dense or add layer "
@@ -346,7 +370,10 @@ class Model:
                 else:
                     if op.act != "none":
                         raise ModelError(f"{name}: the layer before already has an activation")
-                    op.act = "relu" if isinstance(L, ReLU) else "relu6"
+                    if ACT_LAYERS[type(L)] in SMOOTH_ACTS and not op.has_params:
+                        raise ModelError(f"{name} only after a conv, depthwise conv or dense "
+                                         "layer")
+                    op.act = ACT_LAYERS[type(L)]
                 tensor_of[id(n)] = t
                 continue
             if isinstance(L, Flatten):
@@ -386,6 +413,8 @@ class Model:
             if act not in ACTS:
                 raise ModelError(f"{name}: unsupported activation {act!r} "
                                  f"(supported: {', '.join(a for a in ACTS if a != 'none')})")
+            if act in SMOOTH_ACTS and not op.has_params:
+                raise ModelError(f"{name}: {act} only after a conv, depthwise conv or dense layer")
             op.act = act
             ops.append(op)
             plan.append({"layer": L})

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import ref_common as rc
 from . import selective as sel
-from .model import Graph, Op, Params
+from .model import LEAKY_ALPHA, Graph, Op, Params
 
 
 def _act_f32(y: np.ndarray, act: str) -> np.ndarray:
@@ -15,7 +15,26 @@ def _act_f32(y: np.ndarray, act: str) -> np.ndarray:
         return np.maximum(y, np.float32(0))
     if act == "relu6":
         return np.clip(y, np.float32(0), np.float32(6))
+    one = y.dtype.type(1)
+    if act == "sigmoid":
+        return one / (one + np.exp(-y))
+    if act == "tanh":
+        return np.tanh(y)
+    if act == "leaky_relu":
+        return np.where(y > 0, y, y * y.dtype.type(LEAKY_ALPHA))
     return y
+
+
+def _dact_f32(y: np.ndarray, act: str, g: np.ndarray) -> np.ndarray:
+    """The gradient g through an activation, from its outputs y (kl_activation_grad_f32 and
+    the ReLU masks)."""
+    if act == "sigmoid":
+        return g * (y * (np.float32(1) - y))
+    if act == "tanh":
+        return g * (np.float32(1) - y * y)
+    if act == "leaky_relu":
+        return np.where(y > 0, g, g * np.float32(LEAKY_ALPHA))
+    return np.where(_mask_f32(y, act), g, np.float32(0))
 
 
 def _mask_f32(y: np.ndarray, act: str) -> np.ndarray:
@@ -128,8 +147,7 @@ class F32Trainer:
             op = g.ops[i]
             if op.output not in grad:
                 continue
-            dy = np.where(_mask_f32(acts[op.output], op.act), grad[op.output],
-                          np.float32(0)).astype(np.float32)
+            dy = _dact_f32(acts[op.output], op.act, grad[op.output]).astype(np.float32)
             if self._channel_sparse(op):
                 dy = sel.channel_mask_dy(dy, op.kind, self.pm, self.upd_step)[0]
             x0 = acts[op.inputs[0]]

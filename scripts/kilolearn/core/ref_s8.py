@@ -112,7 +112,10 @@ def build_qmodel(graph: Graph, act: Callable[[int, bool], tuple[int, int]], inpu
         if op.kind in ("avgpool", "maxpool"):
             exp[op.output], zp[op.output] = exp[src], zp[src]
             continue
-        exp[op.output], zp[op.output] = act(op.output, op.act != "none")
+        if op.act in TABLE_ACTS:  # the table's fixed output scale
+            exp[op.output], zp[op.output] = TABLE_ACTS[op.act][1:]
+        else:
+            exp[op.output], zp[op.output] = act(op.output, op.act in ("relu", "relu6"))
         if op.has_params:
             bf = biases[i]
             assert bf is not None
@@ -146,6 +149,46 @@ def requant_out(acc: np.ndarray, shift: int, zy: int, act: str, ey: int, single:
     if act == "none":
         sat = sat or bool(np.any(r <= lo))  # or at its bottom, without an activation
     return np.clip(r, lo, hi) + zy, sat
+
+
+LEAKY_SHIFT = 3  # kl_kernels.h: alpha = 2**-3
+#: sigmoid / tanh in int8 (kl_kernels.h): (pre-activation exponent, output exponent, zero point)
+TABLE_ACTS = {"sigmoid": (-4, -8, -128), "tanh": (-5, -7, 0)}
+
+
+def act_table(act: str) -> np.ndarray:
+    """The int8 table of sigmoid or tanh over pre-activations p = -128..127 (index p + 128):
+    round(256 sigmoid(p / 16)) - 128, round(128 tanh(p / 32)) (kl_activation_s8.c)."""
+    p = np.arange(-128, 128, dtype=np.float64)
+    if act == "sigmoid":
+        return np.clip(np.round(256 / (1 + np.exp(-p / 16))) - 128, -128, 127).astype(np.int64)
+    return np.clip(np.round(128 * np.tanh(p / 32)), -127, 127).astype(np.int64)
+
+
+_TABLES = {a: act_table(a) for a in TABLE_ACTS}
+
+
+def activation_q(y: np.ndarray, act: str, zy: int) -> np.ndarray:
+    """kl_activation_s8: sigmoid / tanh by table (y: the pre-activation), leaky ReLU around the
+    zero point (negatives times 2**-3, rounded half away from zero)."""
+    if act in _TABLES:
+        return _TABLES[act][y + 128]
+    v = y - zy
+    return np.where(v < 0, zy + q.rshift_round(v, LEAKY_SHIFT), y)
+
+
+def activation_grad_q(y: np.ndarray, act: str, zy: int, dy: np.ndarray, ey: int
+                      ) -> tuple[np.ndarray, int]:
+    """kl_activation_grad_s8: dy times the derivative at the outputs, requantised: sigmoid
+    u (256 - u) (u = y - zy, 2**-16), tanh 16384 - v**2 (2**-14), leaky ReLU 8 or 1 (2**-3)."""
+    v = y - zy
+    if act == "sigmoid":
+        d, bits = v * (256 - v), 16
+    elif act == "tanh":
+        d, bits = 16384 - v * v, 14
+    else:
+        d, bits = np.where(v > 0, 1 << LEAKY_SHIFT, 1), LEAKY_SHIFT
+    return q.quantize_grad(dy * d, ey - bits)
 
 
 def act_mask_q(y: np.ndarray, act: str, zy: int, ey: int) -> np.ndarray:
@@ -273,7 +316,16 @@ class S8Trainer:
                 else:
                     acc = np.einsum("hwijc,ijc->hwc", rc.patches(x0, op, xz) - xz, w)
                 acc = np.clip(acc + bt, q.INT32_MIN, q.INT32_MAX)
-                y, sat = requant_out(acc, exps[t] - xe - m.ew[i], m.zp[t], op.act, exps[t])
+                if op.act in TABLE_ACTS:  # a pre-activation of a fixed scale, then the table
+                    pre = TABLE_ACTS[op.act][0]
+                    y, _ = requant_out(acc, pre - xe - m.ew[i], 0, "none", pre)
+                    y, sat = activation_q(y, op.act, m.zp[t]), False
+                elif op.act == "leaky_relu":
+                    y, sat = requant_out(acc, exps[t] - xe - m.ew[i], m.zp[t], "none", exps[t])
+                    y = activation_q(y, op.act, m.zp[t])
+                else:
+                    y, sat = requant_out(acc, exps[t] - xe - m.ew[i], m.zp[t], op.act,
+                                         exps[t])
             elif op.kind == "avgpool":
                 kh, kw = op.kernel
                 s = (rc.patches(x0, op) - xz).sum(axis=(2, 3))
@@ -393,6 +445,8 @@ class S8Trainer:
             dy, ey = grad[op.output]
             dy = np.where(act_mask_q(fw.acts[op.output], op.act, m.zp[op.output],
                                      fw.exps[op.output]), dy, 0)
+            if op.act in ("sigmoid", "tanh", "leaky_relu"):  # times the derivative
+                dy, ey = activation_grad_q(fw.acts[op.output], op.act, m.zp[op.output], dy, ey)
             if self._channel_sparse(op):  # the other channels do not backpropagate
                 dy = sel.channel_mask_dy(dy, op.kind, self.pm, self.upd_step)[0]
             src = op.inputs[0]

@@ -264,7 +264,7 @@ class MemModel:
     def _mask_on_give(self, t: int) -> bool:
         p = self.producer[t]
         return (self.dtype == "s8" and p >= 0 and self.n_users[t] == 1
-                and self.graph.ops[p].act != "none")
+                and self.graph.ops[p].act in ("relu", "relu6"))
 
     def bwd_reads(self, i: int) -> list[int]:
         op = self.graph.ops[i]

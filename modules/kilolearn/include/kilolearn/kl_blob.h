@@ -17,9 +17,10 @@ extern "C" {
 
 #define KL_BLOB_MAGIC         0x424D4C4Bu /* "KLMB" */
 #define KL_BLOB_VERSION_MAJOR 2u
-#define KL_BLOB_VERSION_MINOR 5u /* 2.1: optional schedule section, 2.2: update policy,
+#define KL_BLOB_VERSION_MINOR 6u /* 2.1: optional schedule section, 2.2: update policy,
                                   * 2.3: compact backward steps, 2.4: paged ops,
-                                  * 2.5: the loss (header byte 17) */
+                                  * 2.5: the loss (header byte 17),
+                                  * 2.6: sigmoid, tanh and leaky ReLU activations */
 #define KL_BLOB_HEADER_SIZE   48u
 #define KL_BLOB_TENSOR_SIZE   12u
 #define KL_BLOB_OP_SIZE       48u

@@ -37,7 +37,46 @@ extern "C" {
 #define KL_LR_FRAC_BITS 12
 #define KL_WEYL         0x9E3779B9u
 
-enum kl_act_kind { KL_ACT_NONE = 0, KL_ACT_RELU = 1, KL_ACT_RELU6 = 2 };
+enum kl_act_kind {
+	KL_ACT_NONE = 0,
+	KL_ACT_RELU = 1,
+	KL_ACT_RELU6 = 2,
+	/* blob 2.6; not fused into the kernels: applied to their output
+	 * (kl_activation_*), dense, conv and depthwise only */
+	KL_ACT_SIGMOID = 3,
+	KL_ACT_TANH = 4,
+	KL_ACT_LEAKY_RELU = 5
+};
+#define KL_LEAKY_SHIFT 3      /* leaky ReLU: alpha = 2^-3 on negative inputs */
+#define KL_LEAKY_ALPHA 0.125f
+/* int8: sigmoid and tanh read a pre-activation of this fixed exponent (zero
+ * point 0) and write outputs of a fixed scale (docs/int8-training.md) */
+#define KL_SIGMOID_PRE_EXP (-4)
+#define KL_SIGMOID_EXP     (-8)
+#define KL_SIGMOID_ZP      (-128)
+#define KL_TANH_PRE_EXP    (-5)
+#define KL_TANH_EXP        (-7)
+
+/* the activation a kernel fuses (ReLU, ReLU6); the others come after it */
+static inline int kl_kernel_act(int act)
+{
+	return act <= KL_ACT_RELU6 ? act : KL_ACT_NONE;
+}
+
+/* bits of the int8 derivative rule of kl_activation_grad_s8 */
+static inline int kl_act_deriv_bits(int act)
+{
+	return act == KL_ACT_SIGMOID ? 16 : act == KL_ACT_TANH ? 14 : KL_LEAKY_SHIFT;
+}
+
+/* sigmoid, tanh or leaky ReLU in place (float32; int8: y holds the
+ * pre-activation, sigmoid and tanh by table, leaky ReLU around zp) */
+void kl_activation_f32(float *y, int n, int act);
+void kl_activation_s8(int8_t *y, int n, int act, int32_t zp);
+/* dy times the activation's derivative at the outputs y: float32 in place;
+ * int8 requantised in place, returns the change of dy's exponent */
+void kl_activation_grad_f32(const float *y, int act, float *dy, int n);
+int kl_activation_grad_s8(const int8_t *y, int32_t zp, int act, int8_t *dy, int n);
 
 /* float32 activation of an output (ReLU, ReLU6 or none) */
 static inline float kl_act_f32(float v, int act)

@@ -16,6 +16,10 @@ static void mask_f32(const kl_tensor_t *t, int act, float *g)
 	if (act == KL_ACT_NONE) {
 		return;
 	}
+	if (act > KL_ACT_RELU6) { /* sigmoid, tanh, leaky ReLU: times the derivative */
+		kl_activation_grad_f32(y, act, g, (int)n);
+		return;
+	}
 	for (uint32_t k = 0; k < n; k++) {
 		if (!(y[k] > 0.0f && (act != KL_ACT_RELU6 || y[k] < 6.0f))) {
 			g[k] = 0.0f;
@@ -37,7 +41,7 @@ static void mask_s8(const kl_tensor_t *t, int act, void *g, int wide)
 static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint32_t k0,
 			  uint32_t n)
 {
-	if (act == KL_ACT_NONE) {
+	if (act == KL_ACT_NONE || act > KL_ACT_RELU6) { /* the others: backward_op_s8 */
 		return;
 	}
 	const int8_t *y = (const int8_t *)t->data + k0;
@@ -253,11 +257,15 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 	kl_tensor_t *y = &m->tensors[op->out];
 	const kl_tensor_t *x = &m->tensors[op->in0];
 	int8_t *dy = y->grad;
-	const int ey = y->grad_exp;
 	kl_phase(m, KL_PHASE_BACKWARD);
 	if (y->n_users != 1u) { /* a single consumer masked it in kl_give_s8 already */
 		mask_s8(y, op->act, dy, 0);
 	}
+	if (op->act > KL_ACT_RELU6) { /* sigmoid, tanh, leaky ReLU: times the derivative */
+		y->grad_exp = (int8_t)(y->grad_exp + kl_activation_grad_s8(y->data, y->zp, op->act,
+									   dy, (int)kl_tsize(y)));
+	}
+	const int ey = y->grad_exp;
 	if (kl_paged_op(op)) {
 		if (x->need_grad) {
 			pg_dx(m, op, dy, ey);
