@@ -61,6 +61,19 @@ int kl_job_parse(const uint8_t *img, size_t len, kl_job_t *job)
 	job->log_size = (job->flags & KL_JOB_PAGED) != 0u ? rd32(img + 72) : 0u; /* else reserved */
 	job->upd_policy = img[76];
 	job->upd_frac = rd16(img + 78);
+	job->optimizer = 0;
+	job->batch = 0;
+	job->beta1 = job->beta2 = job->eps = 0.0f;
+	if (job->flags & KL_JOB_OPTIM) {
+		if (total < KL_JOB_HEADER_SIZE + 16u) {
+			return KL_ECORRUPT;
+		}
+		job->optimizer = img[80];
+		job->batch = rd16(img + 82);
+		job->beta1 = rdf(img + 84);
+		job->beta2 = rdf(img + 88);
+		job->eps = rdf(img + 92);
+	}
 	if ((job->cmd != KL_JOB_TRAIN && job->cmd != KL_JOB_GRADS) || (blob_off & 3u) != 0u ||
 	    !in_range(blob_off, job->blob_size, total) ||
 	    !in_range(rd32(img + 44), 0, total) || !in_range(rd32(img + 48), job->n_train, total) ||

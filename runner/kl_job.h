@@ -21,6 +21,8 @@ enum kl_job_cmd { KL_JOB_TRAIN = 1, KL_JOB_GRADS = 2 };
 #define KL_JOB_TARGETS      0x10u /* train targets (MSE, BCE) at the offset in bytes 72..75,
 				   * n_classes values of the model's dtype per sample; not with
 				   * KL_JOB_PAGED */
+#define KL_JOB_OPTIM        0x20u /* optimiser options in bytes 80..95 (right after the
+				   * header): u8 optimizer, u8 0, u16 batch, f32 beta1, beta2, eps */
 
 typedef struct {
 	uint16_t cmd, epochs, flags;
@@ -29,6 +31,9 @@ typedef struct {
 	uint32_t log_size;    /* with KL_JOB_PAGED: bytes of the weight log (0: the rest) */
 	uint8_t upd_policy;   /* with KL_JOB_UPDATE: enum kl_update_policy */
 	uint16_t upd_frac;    /* per mille */
+	uint8_t optimizer;    /* with KL_JOB_OPTIM, else 0 (SGD) */
+	uint16_t batch;
+	float beta1, beta2, eps;
 	const uint8_t *blob;
 	uint32_t blob_size;
 	uint32_t n_train, n_test;

@@ -339,6 +339,11 @@ int main(int argc, char **argv)
 		.momentum = job.momentum,
 		.seed = job.seed,
 		.flags = job.cmd == KL_JOB_GRADS ? KL_CFG_KEEP_GRADS : 0u,
+		.optimizer = job.optimizer,
+		.batch = job.batch,
+		.beta1 = job.beta1,
+		.beta2 = job.beta2,
+		.eps = job.eps,
 	};
 	static kl_model_t model;
 	const int paged = (job.flags & KL_JOB_PAGED) != 0u;

@@ -25,6 +25,8 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_softmax_ce_f32.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_softmax_ce_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_mse_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_adam_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_accumulate_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_activation_f32.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_activation_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_mse_s8.c

@@ -1,5 +1,6 @@
 """numpy reference of kilolearn's float32 training (kilolearn.core.reference): reproduces the
-engine to rounding. Batch size 1, plain SGD or SGD with momentum, as the engine does it."""
+engine to rounding: SGD (with momentum) or Adam, batch 1 or gradient sums over a batch, as the
+engine does it."""
 
 from __future__ import annotations
 
@@ -46,7 +47,11 @@ def _mask_f32(y: np.ndarray, act: str) -> np.ndarray:
 
 
 class F32Trainer:
-    def __init__(self, graph: Graph, params: Params, lr: float = 0.05, momentum: float = 0.0):
+    def __init__(self, graph: Graph, params: Params, lr: float = 0.05, momentum: float = 0.0,
+                 optimizer: str = "sgd", batch: int = 1, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        """``optimizer`` "sgd" (with ``momentum``) or "adam" (``betas``, ``eps``); ``batch``
+        samples per update: their gradients summed, the mean applied (kl_train_cfg_t)."""
         self.g = graph
         self.p = params.copy()
         self.lr = np.float32(lr)
@@ -54,6 +59,18 @@ class F32Trainer:
         self.need = rc.needs_grad(graph)
         self.vw = [None if w is None else np.zeros_like(w) for w in self.p.weights]
         self.vb = [None if b is None else np.zeros_like(b) for b in self.p.biases]
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer {optimizer!r}: sgd or adam")
+        self.optimizer = optimizer
+        self.batch = max(int(batch), 1)
+        self.batch_n = 0
+        self.b1, self.b2 = np.float32(betas[0]), np.float32(betas[1])
+        self.eps = np.float32(eps)
+        self.b1t = self.b2t = np.float32(1)
+        self.sw = [None if w is None else np.zeros_like(w) for w in self.p.weights]
+        self.sb = [None if b is None else np.zeros_like(b) for b in self.p.biases]
+        self.acc_w: list[np.ndarray | None] = [None] * len(graph.ops)
+        self.acc_b: list[np.ndarray | None] = [None] * len(graph.ops)
         self.class_mask: np.ndarray | None = None  # active classes (bool), None = all
         self.set_update_policy("all")
 
@@ -199,7 +216,45 @@ class F32Trainer:
         return self.policy == sel.POLICIES["channel-sparse"] and op.trainable and \
             not op.bias_only and op.kind in ("dense", "conv") and op.output != self.g.output
 
+    @property
+    def defer(self) -> bool:
+        """Updates through the optimiser step (kl_step_f32): Adam or a batch."""
+        return self.optimizer == "adam" or self.batch > 1
+
+    def _opt_step(self, dws: list[np.ndarray | None], dbs: list[np.ndarray | None],
+                  scale: np.float32) -> None:
+        """kl_begin_update + kl_step_f32 of every trainable op: Adam, or SGD (momentum) on
+        the gradients times ``scale`` (1 / batch)."""
+        self.b1t = np.float32(self.b1t * self.b1)
+        self.b2t = np.float32(self.b2t * self.b2)
+        one = np.float32(1)
+        c1, c2 = one / (one - self.b1t), one / (one - self.b2t)
+        for i, op in enumerate(self.g.ops):
+            if not op.trainable or dbs[i] is None:
+                continue
+            if dws[i] is not None:
+                self.upd_touched += dws[i].size
+                self.upd_weights += dws[i].size
+            for p, mo, v, gr in ((self.p.weights, self.vw, self.sw, dws),
+                                 (self.p.biases, self.vb, self.sb, dbs)):
+                if gr[i] is None:
+                    continue
+                g = (gr[i] * scale).astype(np.float32)
+                if self.optimizer == "adam":
+                    mo[i] = (self.b1 * mo[i] + (one - self.b1) * g).astype(np.float32)
+                    v[i] = (self.b2 * v[i] + (one - self.b2) * (g * g)).astype(np.float32)
+                    p[i] -= self.lr * (mo[i] * c1) / (np.sqrt(v[i] * c2) + self.eps)
+                elif self.mu:
+                    mo[i] = (self.mu * mo[i] + g).astype(np.float32)
+                    p[i] -= self.lr * mo[i]
+                else:
+                    p[i] -= self.lr * g
+        self.upd_step += 1
+
     def apply(self, dws: list[np.ndarray | None], dbs: list[np.ndarray | None]) -> None:
+        if self.defer:  # kl_apply_grads with Adam (a batch of 1)
+            self._opt_step(dws, dbs, np.float32(1))
+            return
         for i, op in enumerate(self.g.ops):
             gw, gb = dws[i], dbs[i]
             if not op.trainable or gb is None:
@@ -252,7 +307,18 @@ class F32Trainer:
     def step(self, x: np.ndarray, label: int, start: int | None = None,
              target: np.ndarray | None = None) -> float:
         dws, dbs, loss = self.grads(x, label, start, target)
-        self.apply(dws, dbs)
+        if self.batch == 1:
+            self.apply(dws, dbs)
+            return loss
+        first = self.batch_n == 0  # the batch's sums (float32, in sample order)
+        for i in range(len(self.g.ops)):
+            for acc, gr in ((self.acc_w, dws), (self.acc_b, dbs)):
+                if gr[i] is not None:
+                    acc[i] = gr[i].copy() if first else (acc[i] + gr[i]).astype(np.float32)
+        self.batch_n += 1
+        if self.batch_n == self.batch:
+            self.batch_n = 0
+            self._opt_step(self.acc_w, self.acc_b, np.float32(1) / np.float32(self.batch))
         return loss
 
     def logits(self, x: np.ndarray) -> np.ndarray:

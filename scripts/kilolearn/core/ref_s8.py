@@ -211,6 +211,27 @@ def merge_grads(g1: np.ndarray, e1: int, g2: np.ndarray, e2: int) -> tuple[np.nd
     return q.quantize_grad(s, e)
 
 
+ACC_MAX = 0x3FFFFFFF  # kl_kernels.h KL_ACC_MAX
+
+
+def _rsh(x: np.ndarray, s: int) -> np.ndarray:
+    x = np.asarray(x, np.int64)
+    return x if s == 0 else np.zeros_like(x) if s > 62 else q.rshift_round(x, s)
+
+
+def accumulate(acc: np.ndarray, ea: int, mu_q: int, g: np.ndarray, eg: int
+               ) -> tuple[np.ndarray, int]:
+    """kl_accumulate_s8: acc * mu_q / 2**15 + g, aligned to the coarser exponent (rounded),
+    then shifted right (rounded) until every value is at most ACC_MAX; (sums, exponent)."""
+    e = max(ea, eg)
+    t = _rsh(np.asarray(acc, np.int64) * mu_q, q.MOM_FRAC_BITS + e - ea) + _rsh(g, e - eg)
+    mx = int(np.abs(t).max()) if t.size else 0
+    s = 0
+    while (mx >> s) > ACC_MAX:
+        s += 1
+    return _rsh(t, s), e + s
+
+
 MSE_ALIGN_MAX = 6  # kl_kernels.h KL_MSE_ALIGN_MAX
 
 
@@ -262,9 +283,19 @@ class QGrad:
 class S8Trainer:
     """Bit-exact numpy model of the engine's int8 training (batch 1)."""
 
-    def __init__(self, qm: QModel, lr: float = 0.05, momentum: float = 0.0, seed: int = 1):
-        if momentum:
-            raise NotImplementedError("int8 training with momentum is not implemented yet")
+    def __init__(self, qm: QModel, lr: float = 0.05, momentum: float = 0.0, seed: int = 1,
+                 batch: int = 1):
+        """``momentum``: SGD with an int32 velocity (Q15 factor, kl_accumulate_s8);
+        ``batch`` (a power of two): gradients summed over that many samples, their mean
+        applied."""
+        if batch < 1 or batch & (batch - 1):
+            raise ValueError(f"int8 batch {batch}: a power of two")
+        self.mu_q = q.quantize_momentum(momentum) if momentum else 0
+        self.batch = batch
+        self.batch_n = 0
+        self.n_updates = 0
+        self.acc: dict[int, list] = {}  # op -> [gw, gw_exp, gb, gb_exp] summed over the batch
+        self.vel: dict[int, list] = {}  # op -> [vw, vw_exp, vb, vb_exp] (momentum)
         self.m = qm.copy()
         self.g = qm.graph
         self.lr_q = q.quantize_lr(lr)
@@ -497,6 +528,9 @@ class S8Trainer:
     def apply(self, grads: list[QGrad | None]) -> None:
         """SGD update from grads(), last op first (the order of the update dither), then the
         delayed range adaptation of saturated outputs."""
+        if self.defer:  # momentum (kl_apply_grads: a batch of 1)
+            self.apply_deferred(grads)
+            return
         m = self.m
         for i in range(len(self.g.ops) - 1, -1, -1):
             gr = grads[i]
@@ -541,11 +575,89 @@ class S8Trainer:
                 m.exp[op.output] += 1
         self.upd_step += 1
 
+    @property
+    def defer(self) -> bool:
+        return self.batch > 1 or self.mu_q != 0
+
+    def _sgd(self, i: int, gw: np.ndarray | None, ew: int, gb: np.ndarray, eb: int) -> None:
+        """kl_step_s8: momentum through the velocity, then the SGD step of op i."""
+        m = self.m
+        if self.mu_q:
+            v = self.vel.setdefault(i, [None, 0, None, 0])
+            first = self.n_updates == 1
+            if gw is not None:
+                v0 = np.zeros_like(gw) if v[0] is None else v[0]
+                v[0], v[1] = accumulate(v0, ew if first else v[1], self.mu_q, gw, ew)
+                gw, ew = v[0], v[1]
+            v0 = np.zeros_like(gb) if v[2] is None else v[2]
+            v[2], v[3] = accumulate(v0, eb if first else v[3], self.mu_q, gb, eb)
+            gb, eb = v[2], v[3]
+        if gw is not None:
+            w = m.w[i]
+            n = w.size
+            dither = q.weyl_offsets(self.dither, n).reshape(w.shape)
+            st = np.clip(q.stochastic_shift(gw * self.lr_q, m.ew[i] + q.LR_FRAC_BITS - ew,
+                                            dither), -128, 127)
+            m.w[i] = np.clip(w - st, -127, 127)
+            self.dither = q.weyl_advance(self.dither, n)
+            self.upd_touched += n
+            self.upd_weights += n
+        db = q.rshift_round(gb * self.lr_q, m.eb[i] + q.LR_FRAC_BITS - eb)
+        m.b[i] = np.clip(m.b[i] - db, q.INT32_MIN, q.INT32_MAX)
+
+    def _adapt(self) -> None:
+        m = self.m
+        for op, sat in zip(self.g.ops, self._fw.sat, strict=True):
+            if sat and m.exp[op.output] < EXP_MAX:
+                m.exp[op.output] += 1
+        self.upd_step += 1
+
+    def apply_deferred(self, grads: list[QGrad | None]) -> None:
+        """The engine's deferred update (kl_defer_s8, kl_batch_done): a batch of 1 steps at
+        once; else the gradients are summed (kl_accumulate_s8) and, when the batch is full,
+        their mean (exponent - log2 batch) steps, last op first; then the range
+        adaptation."""
+        order = range(len(self.g.ops) - 1, -1, -1)
+        if self.batch == 1:
+            self.n_updates += 1
+            for i in order:
+                if grads[i] is not None:
+                    gr = grads[i]
+                    self._sgd(i, gr.gw, gr.gw_exp, gr.gb, gr.gb_exp)
+        else:
+            first = self.batch_n == 0
+            mu = 0 if first else 1 << q.MOM_FRAC_BITS
+            for i in order:
+                gr = grads[i]
+                if gr is None:
+                    continue
+                a = self.acc.setdefault(i, [None, 0, None, 0])
+                if gr.gw is not None:
+                    a0 = np.zeros_like(gr.gw) if a[0] is None else a[0]
+                    a[0], a[1] = accumulate(a0, gr.gw_exp if first else a[1], mu, gr.gw,
+                                            gr.gw_exp)
+                a0 = np.zeros_like(gr.gb) if a[2] is None else a[2]
+                a[2], a[3] = accumulate(a0, gr.gb_exp if first else a[3], mu, gr.gb, gr.gb_exp)
+            self.batch_n += 1
+            if self.batch_n == self.batch:
+                self.batch_n = 0
+                self.n_updates += 1
+                lg = self.batch.bit_length() - 1
+                for i in order:
+                    if i in self.acc:
+                        a = self.acc[i]
+                        self._sgd(i, a[0], a[1] - lg, a[2], a[3] - lg)
+        self._adapt()
+
     def step(self, xq: np.ndarray, label: int, start: int | None = None,
              target: np.ndarray | None = None) -> None:
         """One SGD step (the engine's fused kl_train_step computes the same integers);
         from tensor ``start`` (a replayed latent) when set."""
-        self.apply(self.grads(xq, label, start, target))
+        gs = self.grads(xq, label, start, target)
+        if self.defer:
+            self.apply_deferred(gs)
+        else:
+            self.apply(gs)
 
     def logits(self, xq: np.ndarray) -> np.ndarray:
         saved = list(self.m.exp)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from .ref_common import *  # noqa: F403 - its __all__, the private helpers too
 from .ref_f32 import F32Trainer, _act_f32, _dact_f32, _mask_f32  # noqa: F401
 from .ref_s8 import (  # noqa: F401
+    ACC_MAX,
     ADD_SHIFT_MAX,
     BIAS_EXTRA_BITS,
     EXP_MAX,
@@ -26,6 +27,7 @@ from .ref_s8 import (  # noqa: F401
     TABLE_ACTS,
     QModel,
     S8Trainer,
+    accumulate,
     act_mask_q,
     act_table,
     activation_grad_q,

@@ -68,13 +68,17 @@ typedef struct {
 	uint32_t n_w;     /* weight count */
 	void *w;          /* f32: float, s8: int8_t */
 	void *b;          /* f32: float, s8: int32_t */
-	float *vw, *vb;   /* f32 momentum buffers (or NULL) */
-	void *gw, *gb;    /* kept gradients (KL_CFG_KEEP_GRADS): f32 float, s8 int32 */
+	void *vw, *vb;    /* f32 momentum or Adam's first moments (float); s8 momentum
+			   * velocity (int32, exponents v_exp, vb_exp); or NULL */
+	void *gw, *gb;    /* kept gradients (KL_CFG_KEEP_GRADS), or the batch's sums
+			   * (batch > 1): f32 float, s8 int32 */
 	int8_t gw_exp, gb_exp;
+	int8_t v_exp, vb_exp;
 	/* paged (KL_OP_PAGED): per output row, its latest copy in the weight log
 	 * (weights, then the bias at the next 4-byte boundary), or NULL while the
 	 * row is the blob's (w, b read in place) */
 	const uint8_t **rows;
+	float *sw, *sb;   /* Adam's second moments (or NULL) */
 } kl_op_t;
 
 /* Phases of a training step, for an optional profiling hook */
@@ -90,11 +94,21 @@ typedef void (*kl_phase_hook_t)(void *ctx, int phase);
 
 #define KL_CFG_KEEP_GRADS 0x01u /* kl_compute_grads()/kl_apply_grads() usable */
 
+/* Optimisers (docs/int8-training.md): SGD (with momentum: float32 and int8),
+ * Adam (float32). */
+enum kl_optimizer { KL_OPT_SGD = 0, KL_OPT_ADAM = 1 };
+
 typedef struct {
 	float lr;       /* learning rate (int8: used as a Q12 fixed-point number) */
-	float momentum; /* 0 = plain SGD */
+	float momentum; /* 0 = plain SGD (int8: used as a Q15 number) */
 	uint32_t seed;  /* start of the int8 update dither */
 	uint32_t flags; /* KL_CFG_* */
+	/* since issue 20 (zero: the defaults) */
+	uint8_t optimizer;   /* enum kl_optimizer */
+	uint16_t batch;      /* samples per update (gradients summed, their mean applied);
+			      * 0 or 1: every step; int8: a power of two */
+	float beta1, beta2;  /* Adam: 0.9, 0.999 when 0 */
+	float eps;           /* Adam: 1e-8 when 0 */
 } kl_train_cfg_t;
 
 typedef struct {
@@ -146,6 +160,13 @@ typedef struct {
 	uint8_t loss;
 	const void *target;
 	float loss_f32;        /* f32: the last step's loss */
+	/* optimiser state (issue 20): updates deferred to kl_step_* when Adam, int8
+	 * momentum or a batch > 1 is configured */
+	uint8_t optimizer, defer;
+	uint16_t batch, batch_n; /* samples per update; summed so far */
+	int32_t mom_q;           /* s8 momentum, Q15 */
+	float beta1, beta2, eps, b1t, b2t; /* Adam; b1t, b2t: beta^t */
+	uint32_t n_updates;      /* updates applied (Adam's t) */
 } kl_model_t;
 
 /* Selective updates: which weights an SGD step writes (docs/selective-updates.md).

@@ -553,6 +553,20 @@ float kl_sigmoid_bce_f32(const float *z, const float *t, int n, int label, float
 int kl_sigmoid_bce_s8(const int8_t *z, int32_t zz, int n, const int8_t *t, int label,
 		      const uint16_t *lut, int lut_shift, int32_t *acc, int8_t *dy);
 
+/* ---- optimisers (docs/int8-training.md) ------------------------------------- */
+/* Adam on n parameters, the gradient g times scale (1/batch): m = b1 m + (1 -
+ * b1) g; v = b2 v + (1 - b2) g^2; p -= lr (m c1) / (sqrt(v c2) + eps), with
+ * c1 = 1 / (1 - b1^t), c2 = 1 / (1 - b2^t). */
+void kl_adam_f32(float *p, float *mo, float *v, const float *g, float scale, float lr, float b1,
+		 float b2, float c1, float c2, float eps, int n);
+#define KL_MOM_FRAC_BITS 15          /* int8 momentum factor: Q15 */
+#define KL_ACC_MAX       0x3FFFFFFFu /* int32 sums are kept below 2^30 */
+/* acc (scale 2^ea) = acc * mu_q / 2^15 + g (scale 2^eg), both aligned to the
+ * coarser exponent (rounded half away from zero), then shifted right
+ * (rounded) until every |acc| <= KL_ACC_MAX; returns acc's new exponent.
+ * mu_q = 2^15: a sum (a batch), 0: a copy of g, else momentum. */
+int kl_accumulate_s8(int32_t *acc, int ea, int32_t mu_q, const int32_t *g, int eg, int n);
+
 /* ---- selective updates (docs/selective-updates.md) ---------------------------
  * Top-r SGD (Kwon & Park): of the rows x cols weight updates of a layer only
  * the k_sel largest in magnitude are applied (ties: lower index first). The

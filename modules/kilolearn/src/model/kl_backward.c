@@ -231,7 +231,10 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 				gb[c] += dy[p * n_b + c];
 			}
 		}
-		if (!keep) {
+		if (keep) {
+		} else if (m->defer) {
+			kl_defer_f32(m, op, NULL, gb, n_b);
+		} else {
 			kl_sgd_f32(op->b, op->vb, gb, m->lr, m->momentum, n_b);
 		}
 		return;
@@ -241,12 +244,15 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 		memset(gb, 0, (size_t)n_b * 4u);
 	}
 	const uint32_t row = op->n_w / (uint32_t)n_b;
-	if (op->kind == KL_OP_DENSE && !keep) { /* fused: no weight gradient stored */
+	if (op->kind == KL_OP_DENSE && !keep && !m->defer) { /* fused: no weight gradient stored */
 		kl_update_dense_f32(m, op, x->data, dy, (int)kl_tsize(x), n_b, c0, nk);
 		return;
 	}
 	op_dw_f32(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
-	if (!keep) {
+	if (keep) {
+	} else if (m->defer) {
+		kl_defer_f32(m, op, gw, gb, n_b);
+	} else {
 		kl_apply_f32(m, op, gw, gb, n_b, c0, nk);
 	}
 }
@@ -302,8 +308,11 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 				gb[c] += dy[p * n_b + c];
 			}
 		}
-		op->gb_exp = (int8_t)ey;
-		if (!keep) {
+		if (keep) {
+			op->gb_exp = (int8_t)ey;
+		} else if (m->defer) {
+			kl_defer_s8(m, op, NULL, 0, gb, ey, n_b);
+		} else {
 			kl_sgd_bias_s8(op->b, gb, m->lr_q, op->b_exp + KL_LR_FRAC_BITS - ey, n_b);
 		}
 		return;
@@ -313,11 +322,15 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 		memset(gb, 0, (size_t)n_b * 4u);
 	}
 	const uint32_t row = op->n_w / (uint32_t)n_b;
-	if (op->kind == KL_OP_DENSE && !keep) { /* fused: no weight gradient stored */
+	if (op->kind == KL_OP_DENSE && !keep && !m->defer) { /* fused: no weight gradient stored */
 		kl_update_dense_s8(m, op, x, dy, ey, n_b, c0, nk);
 		return;
 	}
 	op_dw_s8(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
+	if (m->defer && !keep) { /* the summed gradients keep their own exponents */
+		kl_defer_s8(m, op, gw, ey + xe, gb, ey, n_b);
+		return;
+	}
 	op->gw_exp = (int8_t)(ey + xe);
 	op->gb_exp = (int8_t)ey;
 	if (!keep) {

@@ -128,11 +128,15 @@ int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 	} else {
 		memcpy(own, data, kl_tsize(cut) * (m->dtype == KL_DTYPE_S8 ? 1u : 4u));
 	}
+	if (m->defer && m->batch <= 1u) {
+		kl_begin_update(m);
+	}
 	const int pred = kl_forward_ops(m, cut->producer + 1);
 	kl_backward(m, label, 0);
 	if (m->paged && m->pg_err != KL_OK) {
 		return m->pg_err;
 	}
+	kl_batch_done(m);
 	kl_adapt_ranges(m);
 	if (m->paged && (m->pg_err = pg_commit(m)) != KL_OK) {
 		return m->pg_err;
@@ -151,10 +155,14 @@ static int train_step(kl_model_t *m, const void *x, int label, const void *targe
 	if (err != KL_OK) {
 		return err;
 	}
+	if (m->defer && m->batch <= 1u) {
+		kl_begin_update(m);
+	}
 	const int pred = run_step(m, x, label, 0);
 	if (m->paged && m->pg_err != KL_OK) {
 		return m->pg_err; /* rows of this step may be written; a mount drops them */
 	}
+	kl_batch_done(m); /* a batch's update when it is full */
 	kl_adapt_ranges(m);
 	if (m->paged && (m->pg_err = pg_commit(m)) != KL_OK) {
 		return m->pg_err; /* the step stays uncommitted: a mount drops it */
@@ -249,6 +257,9 @@ int kl_apply_grads(kl_model_t *m)
 	if (m == NULL || !(m->flags & KL_CFG_KEEP_GRADS)) {
 		return KL_EINVAL;
 	}
+	if (m->defer) {
+		kl_begin_update(m);
+	}
 	/* same order as the fused step: last op first */
 	for (int i = m->n_ops - 1; i >= 0; i--) {
 		kl_op_t *op = &m->ops[i];
@@ -256,6 +267,14 @@ int kl_apply_grads(kl_model_t *m)
 			continue;
 		}
 		const int n_b = (int)kl_n_channels(m, op);
+		if (m->defer) { /* Adam or int8 momentum (a batch of 1: KEEP_GRADS) */
+			if (m->dtype == KL_DTYPE_F32) {
+				kl_step_f32(m, op, op->gw, op->gb, n_b, 1.0f);
+			} else {
+				kl_step_s8(m, op, op->gw, op->gw_exp, op->gb, op->gb_exp, n_b);
+			}
+			continue;
+		}
 		uint32_t c0 = 0, nk = 0;
 		if (kl_channel_sparse(m, op)) { /* the block kl_compute_grads used */
 			kl_active_block(m, (uint32_t)n_b, &c0, &nk);
