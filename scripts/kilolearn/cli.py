@@ -275,6 +275,8 @@ MODULE_COMMANDS = [
      "instructions saved, weight-store traffic and flash lifetime"),
     ("paged-bench", ".bench.pagedbench", "a 1.9 MB model trained in a 20 KB arena, weights in "
      "flash: accuracy, instructions, flash wear per fraction of rows updated"),
+    ("optim-bench", ".bench.optimbench", "the digits MLP with SGD, Adam, momentum and "
+     "mini-batches, float32 and int8: accuracy per epoch, epochs to SGD's accuracy"),
     ("link-bench", ".bench.linkbench", "session protocol rate at windows 1/2/4/8 against "
      "the raw link rate, TRAIN and EVAL frames (docs/protocol.md)"),
     ("footprint", ".footprint", "RAM/flash of a firmware ELF by component, file, symbol"),

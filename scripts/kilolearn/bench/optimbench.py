@@ -14,14 +14,15 @@ from pathlib import Path
 CONFIGS: list[tuple[str, str, float, float, str, int]] = [
     ("SGD", "f32", 0.05, 0.0, "sgd", 1),
     ("Adam", "f32", 0.005, 0.0, "adam", 1),
+    ("SGD, batch 4", "f32", 0.2, 0.0, "sgd", 4),
     ("Adam, batch 4", "f32", 0.01, 0.0, "adam", 4),
-    ("momentum 0.9, batch 4", "f32", 0.05, 0.9, "sgd", 4),
     ("SGD", "s8", 0.05, 0.0, "sgd", 1),
     ("momentum 0.9", "s8", 0.01, 0.9, "sgd", 1),
+    ("SGD, batch 4", "s8", 0.2, 0.0, "sgd", 4),
     ("momentum 0.9, batch 4", "s8", 0.05, 0.9, "sgd", 4),
 ]
-EPOCHS = 10
-MARKS = (3, 5, 10)  # plain SGD's accuracy after this many epochs: how soon the others get there
+EPOCHS = 20
+MARKS = (5, 10, 20)  # plain SGD's accuracy after this many epochs: how soon the others get there
 
 
 @dataclass
@@ -44,7 +45,7 @@ def run_one(board: str, cfg: tuple[str, str, float, float, str, int], epochs: in
 
     name, dtype, lr, mu, opt, batch = cfg
     ds = data.digits()
-    blob, xtr, xte, _, _ = train.prepare(dtype, train.build_model("mlp", ds, None), ds, seed)
+    blob, xtr, xte, _, _ = train.prepare(dtype, train.build_model("mlp", ds, 32), ds, seed)
     img = job.build(blob, xtr, ds.y_train, xte, ds.y_test, lr=lr, momentum=mu, epochs=epochs,
                     seed=seed + 1, optimizer=opt, batch=batch)
     rep = runner.run_job(img, board)
@@ -71,14 +72,14 @@ def epochs_to(acc: list[float], target: float) -> int | None:
 
 def table(runs: list[Run]) -> str:
     marks = [m for m in MARKS if m <= len(runs[0].acc)]
-    head = ("| dtype | optimiser | lr | accuracy after epoch 1 / 2 / 3 / 5 / 10 % | "
+    head = ("| dtype | optimiser | lr | accuracy after epoch 1 / 2 / 5 / 10 / 20 % | "
             + " | ".join(f"epochs to SGD's {m}-epoch accuracy" for m in marks)
             + " | instructions per sample | arena |")
     rows = [head, "|---|---|---:|---|" + "---:|" * len(marks) + "---:|---:|"]
     for r in runs:
         sgd = next(s for s in runs if s.dtype == r.dtype and s.optimizer == "sgd"
                    and s.batch == 1 and not s.momentum)
-        shown = " / ".join(f"{r.acc[e - 1]:.1f}" for e in (1, 2, 3, 5, 10) if e <= len(r.acc))
+        shown = " / ".join(f"{r.acc[e - 1]:.1f}" for e in (1, 2, 5, 10, 20) if e <= len(r.acc))
         reach = []
         for m in marks:
             e = epochs_to(r.acc, sgd.acc[m - 1])
@@ -99,16 +100,18 @@ def render(rec: dict) -> str:
     d = rec["data"]
     runs = [Run(**r) for r in d["runs"]]
     faster = []
+    m = max(MARKS)
     for dt in ("f32", "s8"):
         sgd = next(r for r in runs if r.dtype == dt and r.name == "SGD")
+        if m > len(sgd.acc):
+            continue
+        target = sgd.acc[m - 1]
+        own = epochs_to(sgd.acc, target)  # plain SGD's own first epoch at that accuracy
         for r in runs:
-            if r.dtype != dt or r is sgd:
-                continue
-            m = max(MARKS)
-            e = epochs_to(r.acc, sgd.acc[m - 1]) if m <= len(sgd.acc) else None
-            if e is not None and e < m:
+            e = epochs_to(r.acc, target)
+            if r.dtype == dt and r is not sgd and e is not None and own is not None and e < own:
                 faster.append(f"{'float32' if dt == 'f32' else 'int8'} {r.name}: {e} epochs "
-                              f"for plain SGD's {m}-epoch {sgd.acc[m - 1]:.1f} %")
+                              f"against plain SGD's {own} to {target:.1f} %")
     return "\n".join([
         f"sklearn digits (1,200 training / 597 test samples), MLP 64-32-10 from the same initial "
         f"weights, {d['epochs']} epochs in sample order on QEMU {d['board']} (Cortex-M4), "
@@ -117,10 +120,12 @@ def render(rec: dict) -> str:
         "",
         table(runs),
         "",
-        "- Fewer epochs than plain SGD to its 10-epoch accuracy: "
+        f"- Fewer epochs than plain SGD to its {m}-epoch accuracy: "
         + ("; ".join(faster) if faster else "none") + ".",
-        "- A batch sums its samples' gradients (one update per batch, its mean): the update's "
-        "share of the instructions falls, the backward pass stays per sample.",
+        "- Adam, int8 momentum and batches take the deferred path (docs/int8-training.md): the "
+        "weight gradients are written out, then summed or stepped, instead of the fused dense "
+        "SGD step; per sample that costs more instructions (the column) and the arena holds "
+        "the optimiser's state.",
     ])
 
 
