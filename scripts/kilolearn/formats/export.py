@@ -110,8 +110,9 @@ def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
     compact = sched is not None and any(
         sched[16 + 8 * k + 1] & STEP_COMPACT for k in range(struct.unpack_from("<I", sched)[0]))
     smooth = any(ACTS[op.act] > ACTS["relu6"] for op in g.ops)
-    ver = (VERSION_ACTS if smooth else VERSION_LOSS if loss else VERSION_PAGED if paged else VERSION_COMPACT if compact else
-           VERSION_UPDATE if policy else VERSION_SCHED if sched is not None else VERSION)
+    ver = (VERSION_ACTS if smooth else VERSION_LOSS if loss else VERSION_PAGED if paged else
+           VERSION_COMPACT if compact else VERSION_UPDATE if policy else
+           VERSION_SCHED if sched is not None else VERSION)
     blob = MAGIC + struct.pack("<HHII", ver[0], ver[1], total, crc) + body
     assert len(blob) == total
     return blob
