@@ -275,6 +275,8 @@ MODULE_COMMANDS = [
      "instructions saved, weight-store traffic and flash lifetime"),
     ("paged-bench", ".bench.pagedbench", "a 1.9 MB model trained in a 20 KB arena, weights in "
      "flash: accuracy, instructions, flash wear per fraction of rows updated"),
+    ("anomaly", ".device.anomaly_cli", "on-device anomaly detection: an int8 autoencoder "
+     "learns one BasicMotions class on the device; ROC AUC vs the host, threshold, cost"),
     ("optim-bench", ".bench.optimbench", "the digits MLP with SGD, Adam, momentum and "
      "mini-batches, float32 and int8: accuracy per epoch, epochs to SGD's accuracy"),
     ("link-bench", ".bench.linkbench", "session protocol rate at windows 1/2/4/8 against "

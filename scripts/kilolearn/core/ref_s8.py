@@ -398,6 +398,8 @@ class S8Trainer:
         """Mean-squared-error gradient of int8 outputs against int8 targets in the input's
         scale (kl_mse_s8): both aligned to mse_exp, difference times round(2^16 / n)."""
         m = self.m
+        # the error before the update (kl_model_t.err_mant, err_exp): the anomaly score
+        self.train_err = mse_error(y, ey, m.zp[self.g.output], target, m.ex, m.zx)
         d, e = mse_diff(y, ey, m.zp[self.g.output], target, m.ex, m.zx)
         n = y.size
         r = (65536 + n // 2) // n

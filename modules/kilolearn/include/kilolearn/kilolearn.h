@@ -160,6 +160,8 @@ typedef struct {
 	uint8_t loss;
 	const void *target;
 	float loss_f32;        /* f32: the last step's loss */
+	uint32_t err_mant;     /* s8 MSE: the last step's error before its update */
+	int8_t err_exp;        /* (kl_mse_err_s8: sum of squares = err_mant 2^err_exp) */
 	/* optimiser state (issue 20): updates deferred to kl_step_* when Adam, int8
 	 * momentum or a batch > 1 is configured */
 	uint8_t optimizer, defer;

@@ -360,6 +360,10 @@ static void kl_loss(kl_model_t *m, int label)
 		const int shift = out->exp - m->lut_exp;
 		if (m->loss == KL_LOSS_MSE) {
 			const kl_tensor_t *in = &m->tensors[m->input];
+			int ee = 0;
+			m->err_mant = kl_mse_err_s8(out->data, out->exp, out->zp, m->target, in->exp,
+						    in->zp, n, &ee);
+			m->err_exp = (int8_t)ee;
 			out->grad_exp = (int8_t)kl_mse_s8(out->data, out->exp, out->zp, m->target,
 							  in->exp, in->zp, n, m->scratch, out->grad);
 		} else if (m->loss == KL_LOSS_SIGMOID_BCE) {
