@@ -5,7 +5,6 @@ training to a few thousandths, and sklearn's."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from conftest import require_target
 
