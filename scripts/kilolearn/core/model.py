@@ -85,6 +85,30 @@ class DepthwiseConv2D(Layer):
 
 
 @dataclass(frozen=True, eq=False)
+class Conv1D(Layer):
+    """A 1-D convolution over time of a (1, T, C) tensor (Input((1, T, C))): lowered to Conv2D
+    with a 1 x kernel window, the same kernels (float32, int8)."""
+
+    filters: int
+    kernel: int = 3
+    stride: int = 1
+    padding: str = "same"
+    activation: str | None = None
+    trainable: bool | str = True
+
+
+@dataclass(frozen=True, eq=False)
+class DepthwiseConv1D(Layer):
+    """The depthwise form of Conv1D (a 1 x kernel depthwise Conv2D)."""
+
+    kernel: int = 3
+    stride: int = 1
+    padding: str = "same"
+    activation: str | None = None
+    trainable: bool | str = True
+
+
+@dataclass(frozen=True, eq=False)
 class BatchNorm(Layer):
     """Folded into the conv/dense before it when the model is lowered."""
 
@@ -383,6 +407,20 @@ class Model:
             if isinstance(L, Dense):
                 op = Op("dense", src, new_tensor((1, 1, L.units)), trainable=bool(L.trainable),
                         bias_only=L.trainable == "bias")
+                act = L.activation or "none"
+            elif isinstance(L, (Conv1D, DepthwiseConv1D)):
+                if h != 1:
+                    raise ModelError(f"{name} reads a (1, T, C) tensor, got {(h, w, c)}")
+                k = (1, int(L.kernel))
+                wo, pad = _conv_geometry(1, w, k, L.stride, L.padding)[1:]
+                pad = (0, pad[1], 0, pad[3])  # no padding in height
+                if isinstance(L, Conv1D):
+                    op = Op("conv", src, new_tensor((1, wo, L.filters)), kernel=k,
+                            stride=L.stride, pad=pad, trainable=bool(L.trainable),
+                            bias_only=L.trainable == "bias")
+                else:
+                    op = Op("dwconv", src, new_tensor((1, wo, c)), kernel=k, stride=L.stride,
+                            pad=pad, trainable=bool(L.trainable), bias_only=L.trainable == "bias")
                 act = L.activation or "none"
             elif isinstance(L, Conv2D):
                 k = _pair(L.kernel)
