@@ -198,7 +198,8 @@ def run(client, sc: Scenario, ds: datasets.Dataset | None = None,  # noqa: ANN00
 
 
 def table(results: list[Result]) -> str:
-    rows = ["| normal class | normal windows streamed (per pass) | test windows normal / anomalous | "
+    rows = ["| normal class | normal windows streamed (per pass) | "
+            "test windows normal / anomalous | "
             "ROC AUC: device int8 (untrained) | host float32 | device threshold: anomalies "
             "detected / false alarms | instructions per window | arena |",
             "|---|---:|---:|---|---:|---|---:|---:|"]
