@@ -197,7 +197,8 @@ class MemModel:
         arena.alloc(os_ * self.n)
         for i, op in enumerate(g.ops):
             if self.is_paged(i):  # a pointer per row (paged ops are trained or read alike)
-                arena.alloc(TARGET_PTR[self.target] * self.tsize[op.output])
+                ptr = TARGET_PTR[self.target]  # aligned as pointers
+                arena.alloc(ptr * self.tsize[op.output], ptr)
                 continue
             n_w = self._n_w(i)
             if n_w == 0 or not self.trainable[i]:

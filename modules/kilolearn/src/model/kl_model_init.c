@@ -179,10 +179,13 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 			}
 			op->w = (void *)(uintptr_t)w;
 			op->b = (void *)(uintptr_t)b;
-			op->rows = arena_zeros(arena, sizeof(op->rows[0]) * kl_tsize(y));
+			/* pointers: aligned as pointers (8 bytes on a 64-bit host) */
+			op->rows = kl_arena_alloc(arena, sizeof(op->rows[0]) * kl_tsize(y),
+						  sizeof(op->rows[0]));
 			if (op->rows == NULL) {
 				return KL_ENOMEM;
 			}
+			memset(op->rows, 0, sizeof(op->rows[0]) * kl_tsize(y));
 			m->paged = 1u;
 			continue;
 		}
