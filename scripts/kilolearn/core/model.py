@@ -324,8 +324,6 @@ class Model:
                              "MeanSquaredError() or SigmoidBinaryCrossEntropy()")
         self.graph, self._plan = self._lower()
         self.graph.loss = LOSSES[type(self.output_node.layer)]
-        if self.graph.loss == "softmax_ce" and self.graph.n_classes < 2:
-            raise ModelError("SoftmaxCrossEntropy needs at least two outputs")
 
     # lowering -------------------------------------------------------------------------------
     def _topo(self) -> list[Node]:
