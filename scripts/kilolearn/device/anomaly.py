@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import struct
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core import data as datasets
-from ..core import model as M
-from ..core import reference as R
-from ..formats import export
+if TYPE_CHECKING:  # the CLI builds its parser without the model code (kept quick)
+    from ..core import data as datasets
+    from ..core import model as M
+    from ..core import reference as R
 
 KL_ANOMALY_SHIFT = 5  # kl_session.h: the threshold's moving averages weigh 2^-5
 KL_ANOMALY_K = 3.0  # ... mean + 3 standard deviations
@@ -93,6 +94,8 @@ def split(ds: datasets.Dataset, sc: Scenario) -> tuple[np.ndarray, np.ndarray, n
 
 
 def build_model(n: int, hidden: tuple[int, ...]) -> M.Model:
+    from ..core import model as M
+
     layers: list[M.Layer] = [M.Input((n,))]
     for h in hidden:
         layers += [M.Dense(h), M.ReLU()]
@@ -145,6 +148,10 @@ def score_many(client, xq: np.ndarray) -> list[tuple[float, bool, float]]:  # no
 
 def run(client, sc: Scenario, ds: datasets.Dataset | None = None,  # noqa: ANN001
         names: list[str] | None = None) -> Result:
+    from ..core import data as datasets
+    from ..core import reference as R
+    from ..formats import export
+
     ds = ds or datasets.basic_motions()
     names = names or ["Standing", "Running", "Walking", "Badminton"]
     xtr, xte, yte = split(ds, sc)
@@ -213,6 +220,7 @@ def table(results: list[Result]) -> str:
 
 
 def run_all(board: str, sc: Scenario, classes: list[int]) -> list[Result]:
+    from ..core import data as datasets
     from .session import open_device
 
     out = []
