@@ -61,10 +61,26 @@ int kl_job_parse(const uint8_t *img, size_t len, kl_job_t *job)
 	job->log_size = (job->flags & KL_JOB_PAGED) != 0u ? rd32(img + 72) : 0u; /* else reserved */
 	job->upd_policy = img[76];
 	job->upd_frac = rd16(img + 78);
+	job->optimizer = 0;
+	job->batch = 0;
+	job->beta1 = job->beta2 = job->eps = 0.0f;
+	if (job->flags & KL_JOB_OPTIM) {
+		if (total < KL_JOB_HEADER_SIZE + 16u) {
+			return KL_ECORRUPT;
+		}
+		job->optimizer = img[80];
+		job->batch = rd16(img + 82);
+		job->beta1 = rdf(img + 84);
+		job->beta2 = rdf(img + 88);
+		job->eps = rdf(img + 92);
+	}
 	if ((job->cmd != KL_JOB_TRAIN && job->cmd != KL_JOB_GRADS) || (blob_off & 3u) != 0u ||
 	    !in_range(blob_off, job->blob_size, total) ||
 	    !in_range(rd32(img + 44), 0, total) || !in_range(rd32(img + 48), job->n_train, total) ||
-	    !in_range(rd32(img + 56), 0, total) || !in_range(rd32(img + 60), job->n_test, total)) {
+	    !in_range(rd32(img + 56), 0, total) || !in_range(rd32(img + 60), job->n_test, total) ||
+	    ((job->flags & KL_JOB_TARGETS) != 0u &&
+	     ((job->flags & KL_JOB_PAGED) != 0u || (rd32(img + 72) & 3u) != 0u ||
+	      !in_range(rd32(img + 72), 0, total)))) {
 		return KL_ECORRUPT;
 	}
 	job->total = total;
@@ -75,6 +91,8 @@ int kl_job_parse(const uint8_t *img, size_t len, kl_job_t *job)
 	job->train_y = img + rd32(img + 48);
 	job->test_x = img + rd32(img + 56);
 	job->test_y = img + rd32(img + 60);
+	job->train_t_off = (job->flags & KL_JOB_TARGETS) != 0u ? rd32(img + 72) : 0u;
+	job->train_t = job->train_t_off != 0u ? img + job->train_t_off : NULL;
 	return KL_OK;
 }
 
@@ -83,6 +101,15 @@ int kl_job_check_samples(const kl_job_t *job, uint32_t sample_bytes)
 {
 	if (!in_range(job->train_x_off, (uint64_t)job->n_train * sample_bytes, job->total) ||
 	    !in_range(job->test_x_off, (uint64_t)job->n_test * sample_bytes, job->total)) {
+		return KL_ECORRUPT;
+	}
+	return KL_OK;
+}
+
+int kl_job_check_targets(const kl_job_t *job, uint32_t target_bytes)
+{
+	if (job->train_t != NULL &&
+	    !in_range(job->train_t_off, (uint64_t)job->n_train * target_bytes, job->total)) {
 		return KL_ECORRUPT;
 	}
 	return KL_OK;

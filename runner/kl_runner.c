@@ -189,6 +189,47 @@ static int evaluate(kl_model_t *m, const kl_job_t *job, uint32_t sb, uint64_t *i
 	return correct;
 }
 
+/* a training step (or gradients, keep) on sample i: on its target, if the
+ * job has targets, else on its label */
+static int step(kl_model_t *m, const kl_job_t *job, uint32_t i, uint32_t sb, int keep)
+{
+	const uint8_t *x = job->train_x + (size_t)i * sb;
+	if (job->train_t != NULL) {
+		const size_t tb = (size_t)m->n_classes * (m->dtype == KL_DTYPE_S8 ? 1u : 4u);
+		const uint8_t *t = job->train_t + (size_t)i * tb;
+		return keep ? kl_compute_grads_target(m, x, t) : kl_train_step_target(m, x, t);
+	}
+	return keep ? kl_compute_grads(m, x, job->train_y[i]) : kl_train_step(m, x, job->train_y[i]);
+}
+
+/* the reconstruction error of the last forward pass (MSE models) */
+static void out_error(const kl_model_t *m, const kl_job_t *job, uint32_t i, uint32_t sb)
+{
+	if (m->loss != KL_LOSS_MSE) {
+		return;
+	}
+	const uint8_t *x = job->train_x + (size_t)i * sb;
+	const size_t tb = (size_t)m->n_classes * (m->dtype == KL_DTYPE_S8 ? 1u : 4u);
+	const void *t = job->train_t != NULL ? job->train_t + (size_t)i * tb : NULL;
+	if (m->dtype == KL_DTYPE_S8) {
+		uint32_t mant = 0;
+		int e = 0;
+		if (kl_error_s8(m, x, t, &mant, &e) == KL_OK) {
+			out_kv("err", (int64_t)mant);
+			out_kv("err_exp", e);
+		}
+	} else {
+		float err = 0.0f;
+		if (kl_error_f32(m, x, t, &err) == KL_OK) {
+			union {
+				float f;
+				uint32_t u;
+			} v = {err};
+			out_kv("err_bits", (int64_t)v.u);
+		}
+	}
+}
+
 static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb, int paged)
 {
 	kl_runner_flash_t fl0 = {0}, fl = {0};
@@ -208,8 +249,7 @@ static int run_train(kl_model_t *m, const kl_job_t *job, uint32_t sb, int paged)
 		}
 		const uint64_t t0 = kl_port_insn();
 		for (uint32_t i = 0; i < job->n_train; i++) {
-			const int r = kl_train_step(m, job->train_x + (size_t)i * sb,
-						    job->train_y[i]);
+			const int r = step(m, job, i, sb, 0);
 			if (r < 0) {
 				return fail("train_step", r);
 			}
@@ -252,7 +292,7 @@ static int run_grads(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 {
 	const size_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;
 	for (uint32_t s = 0; s < job->n_steps && s < job->n_train; s++) {
-		const int r = kl_compute_grads(m, job->train_x + (size_t)s * sb, job->train_y[s]);
+		const int r = step(m, job, s, sb, 1);
 		if (r < 0) {
 			return fail("compute_grads", r);
 		}
@@ -260,6 +300,7 @@ static int run_grads(kl_model_t *m, const kl_job_t *job, uint32_t sb)
 		out_kv("n", s);
 		out_kv("pred", r);
 		out_kv("dlogits_exp", m->logits_grad_exp);
+		out_error(m, job, s, sb);
 		out_str("\n");
 		out_hex("logits", kl_logits(m), m->n_classes * es);
 		dump_layers(m, 1);
@@ -298,6 +339,11 @@ int main(int argc, char **argv)
 		.momentum = job.momentum,
 		.seed = job.seed,
 		.flags = job.cmd == KL_JOB_GRADS ? KL_CFG_KEEP_GRADS : 0u,
+		.optimizer = job.optimizer,
+		.batch = job.batch,
+		.beta1 = job.beta1,
+		.beta2 = job.beta2,
+		.eps = job.eps,
 	};
 	static kl_model_t model;
 	const int paged = (job.flags & KL_JOB_PAGED) != 0u;
@@ -331,6 +377,10 @@ int main(int argc, char **argv)
 	}
 	const uint32_t sb = model.n_inputs * (model.dtype == KL_DTYPE_S8 ? 1u : 4u);
 	err = kl_job_check_samples(&job, sb);
+	if (err == KL_OK) {
+		err = kl_job_check_targets(&job, model.n_classes *
+						     (model.dtype == KL_DTYPE_S8 ? 1u : 4u));
+	}
 	if (err != KL_OK) {
 		return fail("job samples", err);
 	}

@@ -24,6 +24,14 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_fully_connected_grad_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_softmax_ce_f32.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_softmax_ce_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_mse_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_adam_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_accumulate_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_activation_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_activation_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_mse_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_sigmoid_bce_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_sigmoid_bce_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_conv_f32.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_conv_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_depthwise_conv_f32.c

@@ -277,6 +277,10 @@ MODULE_COMMANDS = [
      "instructions and accuracy of a conv net at 75/50/25 %% of channels kept"),
     ("paged-bench", ".bench.pagedbench", "a 1.9 MB model trained in a 20 KB arena, weights in "
      "flash: accuracy, instructions, flash wear per fraction of rows updated"),
+    ("anomaly", ".device.anomaly_cli", "on-device anomaly detection: an int8 autoencoder "
+     "learns one BasicMotions class on the device; ROC AUC vs the host, threshold, cost"),
+    ("optim-bench", ".bench.optimbench", "the digits MLP with SGD, Adam, momentum and "
+     "mini-batches, float32 and int8: accuracy per epoch, epochs to SGD's accuracy"),
     ("link-bench", ".bench.linkbench", "session protocol rate at windows 1/2/4/8 against "
      "the raw link rate, TRAIN and EVAL frames (docs/protocol.md)"),
     ("footprint", ".footprint", "RAM/flash of a firmware ELF by component, file, symbol"),

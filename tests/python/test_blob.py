@@ -110,7 +110,7 @@ def test_engine_rejects_bad_blobs_with_distinct_codes(blobs, dtype, digits):
 
 @pytest.mark.parametrize("dtype", ["f32", "s8", "residual-f32", "residual-s8",
                                    "residual-s8-schedule", "residual-f32-schedule",
-                                   "compact-s8-schedule"])
+                                   "compact-s8-schedule", "acts-mse-s8", "acts-mse-f32"])
 def test_fuzz_blob_parser_under_sanitizers(blobs, dtype, tmp_path, rng):
     exe = build.build("host", sanitize=True, target="kl_fuzz_blob")
     path = tmp_path / "model.klm"
@@ -139,6 +139,15 @@ def test_fuzz_blob_parser_under_sanitizers(blobs, dtype, tmp_path, rng):
             assert plan.extra_macs > 0
         blob = export.export_f32(m.graph, p, plan) if f32 else \
             export.export_s8(R.quantize_model(m.graph, p, x), plan)
+    elif dtype.startswith("acts"):  # format 2.6: sigmoid, tanh, leaky ReLU; 2.5: MSE loss
+        m = model.Model([model.Input((8,)), model.Dense(6, "sigmoid"), model.Dense(5, "tanh"),
+                         model.Dense(4), model.LeakyReLU(), model.Dense(8),
+                         model.MeanSquaredError()])
+        p = m.init(2)
+        x = rng.uniform(0, 1, (4, 8)).astype(np.float32)
+        blob = export.export_f32(m.graph, p) if dtype.endswith("f32") else \
+            export.export_s8(R.quantize_model(m.graph, p, x))
+        assert blob[6] == export.VERSION_ACTS[1] and blob[17] == export.LOSSES["mse"]
     else:
         blob = blobs[dtype][0]
     path.write_bytes(blob)

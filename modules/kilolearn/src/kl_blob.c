@@ -59,7 +59,8 @@ static int check_op(const uint8_t *blob, const uint8_t *o, uint32_t n_t, uint32_
 	const uint32_t in0 = kl_rd16(o + KL_BO_IN0);
 	const uint32_t in1 = kl_rd16(o + KL_BO_IN1);
 	const uint32_t out = kl_rd16(o + KL_BO_OUT);
-	if (kind < KL_OP_DENSE || kind > KL_OP_ADD || o[KL_BO_ACT] > KL_ACT_RELU6 ||
+	if (kind < KL_OP_DENSE || kind > KL_OP_ADD || o[KL_BO_ACT] > KL_ACT_LEAKY_RELU ||
+	    (o[KL_BO_ACT] > KL_ACT_RELU6 && kind > KL_OP_DWCONV) ||
 	    (o[KL_BO_FLAGS] & ~(KL_OP_TRAINABLE | KL_OP_BIAS_ONLY | KL_OP_PAGED)) != 0u ||
 	    o[KL_BO_FLAGS] == KL_OP_BIAS_ONLY ||
 	    ((o[KL_BO_FLAGS] & KL_OP_PAGED) != 0u &&
@@ -84,6 +85,13 @@ static int check_op(const uint8_t *blob, const uint8_t *o, uint32_t n_t, uint32_
 	const uint32_t kh = o[KL_BO_KH], kw = o[KL_BO_KW], st = o[KL_BO_STRIDE];
 	const uint8_t *pad = o + KL_BO_PAD;
 	const int has_params = kind <= KL_OP_DWCONV;
+	/* int8 sigmoid and tanh write outputs of a fixed scale (their tables') */
+	if (s8 && ((o[KL_BO_ACT] == KL_ACT_SIGMOID &&
+		    ((int8_t)to[KL_BT_EXP] != KL_SIGMOID_EXP || (int8_t)to[KL_BT_ZP] != KL_SIGMOID_ZP)) ||
+		   (o[KL_BO_ACT] == KL_ACT_TANH &&
+		    ((int8_t)to[KL_BT_EXP] != KL_TANH_EXP || to[KL_BT_ZP] != 0u)))) {
+		return KL_ECORRUPT;
+	}
 	const int window = kind != KL_OP_DENSE && kind != KL_OP_ADD;
 	if (window && (ho != out_extent(h, kh, st, pad[0], pad[2]) ||
 		       wo != out_extent(w, kw, st, pad[1], pad[3]))) {
@@ -226,7 +234,8 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 			set_bit(st.users2, t, bit(st.users2, t) || bit(st.users1, t));
 			set_bit(st.users1, t, 1);
 		}
-		set_bit(st.act, out, o[KL_BO_ACT] != KL_ACT_NONE);
+		/* ReLU and ReLU6 mask on give; the others' derivatives need the output */
+		set_bit(st.act, out, o[KL_BO_ACT] == KL_ACT_RELU || o[KL_BO_ACT] == KL_ACT_RELU6);
 		set_bit(st.need_grad, out,
 			(o[KL_BO_FLAGS] & KL_OP_TRAINABLE) != 0u || bit(st.need_grad, in0) ||
 				(add && bit(st.need_grad, in1)));
@@ -415,7 +424,11 @@ int kl_blob_check(const uint8_t *blob, size_t len)
 	}
 	const uint8_t *last = blob + o_off + (n_ops - 1u) * KL_BLOB_OP_SIZE;
 	const uint64_t n_cls = tensor_size(blob + t_off + output * KL_BLOB_TENSOR_SIZE);
-	if (kl_rd16(last + KL_BO_OUT) != output || last[KL_BO_ACT] != KL_ACT_NONE || n_cls < 2u ||
+	const uint32_t minor = kl_rd16(blob + KL_BH_VER_MINOR);
+	const uint32_t loss = minor >= 5u ? blob[KL_BH_LOSS] : KL_LOSS_SOFTMAX_CE;
+	if (loss >= KL_LOSS_COUNT || (minor < 5u && blob[KL_BH_LOSS] != 0u) ||
+	    kl_rd16(last + KL_BO_OUT) != output || last[KL_BO_ACT] != KL_ACT_NONE ||
+	    n_cls < (loss == KL_LOSS_SOFTMAX_CE ? 2u : 1u) ||
 	    n_cls > 0xFFFFu || tensor_size(blob + t_off + input * KL_BLOB_TENSOR_SIZE) > 0xFFFFu) {
 		return KL_ECORRUPT;
 	}
@@ -430,6 +443,11 @@ int kl_blob_check(const uint8_t *blob, size_t len)
 	}
 	const uint32_t sched = kl_blob_schedule(blob);
 	return sched == 0u ? KL_OK : check_schedule(blob, sched, data_lo, total, s8);
+}
+
+int kl_blob_loss(const uint8_t *blob)
+{
+	return kl_rd16(blob + KL_BH_VER_MINOR) >= 5u ? blob[KL_BH_LOSS] : KL_LOSS_SOFTMAX_CE;
 }
 
 int kl_blob_update_policy(const uint8_t *blob, uint32_t *permille)

@@ -85,6 +85,30 @@ class DepthwiseConv2D(Layer):
 
 
 @dataclass(frozen=True, eq=False)
+class Conv1D(Layer):
+    """A 1-D convolution over time of a (1, T, C) tensor (Input((1, T, C))): lowered to Conv2D
+    with a 1 x kernel window, the same kernels (float32, int8)."""
+
+    filters: int
+    kernel: int = 3
+    stride: int = 1
+    padding: str = "same"
+    activation: str | None = None
+    trainable: bool | str = True
+
+
+@dataclass(frozen=True, eq=False)
+class DepthwiseConv1D(Layer):
+    """The depthwise form of Conv1D (a 1 x kernel depthwise Conv2D)."""
+
+    kernel: int = 3
+    stride: int = 1
+    padding: str = "same"
+    activation: str | None = None
+    trainable: bool | str = True
+
+
+@dataclass(frozen=True, eq=False)
 class BatchNorm(Layer):
     """Folded into the conv/dense before it when the model is lowered."""
 
@@ -97,6 +121,28 @@ class ReLU(Layer):
 @dataclass(frozen=True, eq=False)
 class ReLU6(Layer):
     pass
+
+
+@dataclass(frozen=True, eq=False)
+class Sigmoid(Layer):
+    """After a conv, depthwise conv or dense layer (int8: a table, docs/int8-training.md)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Tanh(Layer):
+    """After a conv, depthwise conv or dense layer (int8: a table)."""
+
+
+@dataclass(frozen=True, eq=False)
+class LeakyReLU(Layer):
+    """x for x > 0, x / 8 below (alpha = 1/8: exact in int8); after a conv, depthwise conv or
+    dense layer."""
+
+
+#: activation layers -> the op's activation (fused into the op before it)
+ACT_LAYERS: dict[type, str] = {ReLU: "relu", ReLU6: "relu6", Sigmoid: "sigmoid", Tanh: "tanh",
+                               LeakyReLU: "leaky_relu"}
+LEAKY_ALPHA = 0.125  # kl_kernels.h KL_LEAKY_ALPHA
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,6 +177,22 @@ class SoftmaxCrossEntropy(Layer):
     pass
 
 
+@dataclass(frozen=True, eq=False)
+class MeanSquaredError(Layer):
+    """Mean squared error against a target vector (the input itself when none is given: an
+    autoencoder): regression, anomaly detection."""
+
+
+@dataclass(frozen=True, eq=False)
+class SigmoidBinaryCrossEntropy(Layer):
+    """Sigmoid then binary cross-entropy per output: binary (one output) or multi-label."""
+
+
+#: loss layers -> the graph's loss name (the blob's loss byte, docs/blob-format.md)
+LOSSES: dict[type, str] = {SoftmaxCrossEntropy: "softmax_ce", MeanSquaredError: "mse",
+                           SigmoidBinaryCrossEntropy: "sigmoid_bce"}
+
+
 @dataclass(eq=False)
 class Node:
     layer: Layer
@@ -140,7 +202,9 @@ class Node:
 # --------------------------------------------------------------------------- lowered graph
 
 OPS = ("conv", "dwconv", "dense", "avgpool", "maxpool", "add")
-ACTS = ("none", "relu", "relu6")
+ACTS = ("none", "relu", "relu6", "sigmoid", "tanh", "leaky_relu")
+#: activations not fused into a kernel (blob 2.6): ops with parameters only
+SMOOTH_ACTS = ("sigmoid", "tanh", "leaky_relu")
 
 
 @dataclass
@@ -165,6 +229,7 @@ class Graph:
     shapes: list[tuple[int, int, int]]  # tensor id -> (H, W, C)
     ops: list[Op]  # topological order
     input: int = 0
+    loss: str = "softmax_ce"  # "softmax_ce" | "mse" | "sigmoid_bce" (LOSSES)
 
     @property
     def output(self) -> int:
@@ -239,7 +304,8 @@ def _conv_geometry(h: int, w: int, kernel: tuple[int, int], stride: int, padding
 
 class Model:
     """A trainable model: a list of layers (sequential) or the output node of a functional
-    graph; either way ending in SoftmaxCrossEntropy."""
+    graph; either way ending in a loss (SoftmaxCrossEntropy, MeanSquaredError,
+    SigmoidBinaryCrossEntropy)."""
 
     def __init__(self, layers: list[Layer] | Node):
         if isinstance(layers, Node):
@@ -253,9 +319,11 @@ class Model:
                     raise ModelError("Input may only come first")
                 node = layer(node)
             self.output_node = node
-        if not isinstance(self.output_node.layer, SoftmaxCrossEntropy):
-            raise ModelError("a trainable model ends with SoftmaxCrossEntropy()")
+        if type(self.output_node.layer) not in LOSSES:
+            raise ModelError("a trainable model ends with a loss: SoftmaxCrossEntropy(), "
+                             "MeanSquaredError() or SigmoidBinaryCrossEntropy()")
         self.graph, self._plan = self._lower()
+        self.graph.loss = LOSSES[type(self.output_node.layer)]
 
     # lowering -------------------------------------------------------------------------------
     def _topo(self) -> list[Node]:
@@ -299,7 +367,7 @@ class Model:
                     raise ModelError("only one Input is supported")
                 tensor_of[id(n)] = new_tensor(L.hwc)
                 continue
-            if isinstance(L, SoftmaxCrossEntropy):
+            if type(L) in LOSSES:
                 tensor_of[id(n)] = tensor_of[id(n.inputs[0])]
                 continue
             if isinstance(L, Add):
@@ -309,7 +377,7 @@ class Model:
                 raise ModelError(f"{name} takes one input")
             src = [tensor_of[id(p)] for p in n.inputs]
             h, w, c = shapes[src[0]]
-            if isinstance(L, (BatchNorm, ReLU, ReLU6)):
+            if isinstance(L, BatchNorm) or type(L) in ACT_LAYERS:
                 t = src[0]
                 if t not in producer or users.get(id(n.inputs[0]), 0) != 1:
                     raise ModelError(f"{name} must directly follow a conv, dense or add layer "
@@ -324,7 +392,10 @@ class Model:
                 else:
                     if op.act != "none":
                         raise ModelError(f"{name}: the layer before already has an activation")
-                    op.act = "relu" if isinstance(L, ReLU) else "relu6"
+                    if ACT_LAYERS[type(L)] in SMOOTH_ACTS and not op.has_params:
+                        raise ModelError(f"{name} only after a conv, depthwise conv or dense "
+                                         "layer")
+                    op.act = ACT_LAYERS[type(L)]
                 tensor_of[id(n)] = t
                 continue
             if isinstance(L, Flatten):
@@ -334,6 +405,20 @@ class Model:
             if isinstance(L, Dense):
                 op = Op("dense", src, new_tensor((1, 1, L.units)), trainable=bool(L.trainable),
                         bias_only=L.trainable == "bias")
+                act = L.activation or "none"
+            elif isinstance(L, (Conv1D, DepthwiseConv1D)):
+                if h != 1:
+                    raise ModelError(f"{name} reads a (1, T, C) tensor, got {(h, w, c)}")
+                k = (1, int(L.kernel))
+                wo, pad = _conv_geometry(1, w, k, L.stride, L.padding)[1:]
+                pad = (0, pad[1], 0, pad[3])  # no padding in height
+                if isinstance(L, Conv1D):
+                    op = Op("conv", src, new_tensor((1, wo, L.filters)), kernel=k,
+                            stride=L.stride, pad=pad, trainable=bool(L.trainable),
+                            bias_only=L.trainable == "bias")
+                else:
+                    op = Op("dwconv", src, new_tensor((1, wo, c)), kernel=k, stride=L.stride,
+                            pad=pad, trainable=bool(L.trainable), bias_only=L.trainable == "bias")
                 act = L.activation or "none"
             elif isinstance(L, Conv2D):
                 k = _pair(L.kernel)
@@ -364,6 +449,8 @@ class Model:
             if act not in ACTS:
                 raise ModelError(f"{name}: unsupported activation {act!r} "
                                  f"(supported: {', '.join(a for a in ACTS if a != 'none')})")
+            if act in SMOOTH_ACTS and not op.has_params:
+                raise ModelError(f"{name}: {act} only after a conv, depthwise conv or dense layer")
             op.act = act
             ops.append(op)
             plan.append({"layer": L})
@@ -373,8 +460,8 @@ class Model:
             raise ModelError("the model has no layer")
         out = tensor_of[id(self.output_node)]
         if out != ops[-1].output or ops[-1].act != "none":
-            raise ModelError("the layer feeding SoftmaxCrossEntropy must be the last one and "
-                             "have no activation")
+            raise ModelError("the layer feeding the loss must be the last one and have no "
+                             "activation")
         return Graph(shapes, ops), plan
 
     # parameters -------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from .model import Graph, Op
 # --------------------------------------------------------------------------- geometry
 
 #: every name here, the private helpers too: `reference` re-exports them all
-__all__ = ["_active", "_max_route", "col2im", "first_op_after", "masked_argmax", "needs_grad",
-           "patches", "train_in_order"]
+__all__ = ["_active", "_max_route", "col2im", "first_op_after", "loss_target", "masked_argmax",
+           "needs_grad", "patches", "predicted", "train_in_order"]
 
 
 def patches(x: np.ndarray, op: Op, pad_value: float | int = 0) -> np.ndarray:
@@ -100,3 +100,27 @@ def masked_argmax(v: np.ndarray, mask: np.ndarray | None) -> int:
     if idx.size == 0:
         return 0
     return int(idx[np.argmax(v[idx])])
+
+
+def predicted(v: np.ndarray, zero: float | int, mask: np.ndarray | None) -> int:
+    """The engine's prediction (kl_predicted): one output (a sigmoid) -> its sign against the
+    zero point, else the first maximum among the active classes."""
+    if v.size == 1:
+        return int(v[0] > zero)
+    return masked_argmax(v, mask)
+
+
+def loss_target(g: Graph, x: np.ndarray, label: int, target: np.ndarray | None
+                ) -> np.ndarray | None:
+    """The target of a step as the engine takes it (kl_train_step_target / kl_train_step): the
+    given one; else MSE: the input (an autoencoder), sigmoid BCE: onehot(label) (with one
+    output: the label itself); softmax CE: None (it uses the label)."""
+    if target is not None or g.loss == "softmax_ce":
+        return target
+    if g.loss == "mse":
+        if g.n_inputs != g.n_classes:
+            raise ValueError("MSE without a target needs as many outputs as inputs")
+        return np.asarray(x).reshape(-1)
+    n = g.n_classes
+    return np.array([label != 0], np.int64) if n == 1 else (np.arange(n) == label).astype(
+        np.int64)

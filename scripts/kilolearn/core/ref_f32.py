@@ -1,5 +1,6 @@
 """numpy reference of kilolearn's float32 training (kilolearn.core.reference): reproduces the
-engine to rounding. Batch size 1, plain SGD or SGD with momentum, as the engine does it."""
+engine to rounding: SGD (with momentum) or Adam, batch 1 or gradient sums over a batch, as the
+engine does it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 
 from . import ref_common as rc
 from . import selective as sel
-from .model import Graph, Op, Params
+from .model import LEAKY_ALPHA, Graph, Op, Params
 
 
 def _act_f32(y: np.ndarray, act: str) -> np.ndarray:
@@ -15,7 +16,26 @@ def _act_f32(y: np.ndarray, act: str) -> np.ndarray:
         return np.maximum(y, np.float32(0))
     if act == "relu6":
         return np.clip(y, np.float32(0), np.float32(6))
+    one = y.dtype.type(1)
+    if act == "sigmoid":
+        return one / (one + np.exp(-y))
+    if act == "tanh":
+        return np.tanh(y)
+    if act == "leaky_relu":
+        return np.where(y > 0, y, y * y.dtype.type(LEAKY_ALPHA))
     return y
+
+
+def _dact_f32(y: np.ndarray, act: str, g: np.ndarray) -> np.ndarray:
+    """The gradient g through an activation, from its outputs y (kl_activation_grad_f32 and
+    the ReLU masks)."""
+    if act == "sigmoid":
+        return g * (y * (np.float32(1) - y))
+    if act == "tanh":
+        return g * (np.float32(1) - y * y)
+    if act == "leaky_relu":
+        return np.where(y > 0, g, g * np.float32(LEAKY_ALPHA))
+    return np.where(_mask_f32(y, act), g, np.float32(0))
 
 
 def _mask_f32(y: np.ndarray, act: str) -> np.ndarray:
@@ -27,7 +47,11 @@ def _mask_f32(y: np.ndarray, act: str) -> np.ndarray:
 
 
 class F32Trainer:
-    def __init__(self, graph: Graph, params: Params, lr: float = 0.05, momentum: float = 0.0):
+    def __init__(self, graph: Graph, params: Params, lr: float = 0.05, momentum: float = 0.0,
+                 optimizer: str = "sgd", batch: int = 1, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        """``optimizer`` "sgd" (with ``momentum``) or "adam" (``betas``, ``eps``); ``batch``
+        samples per update: their gradients summed, the mean applied (kl_train_cfg_t)."""
         self.g = graph
         self.p = params.copy()
         self.lr = np.float32(lr)
@@ -35,6 +59,18 @@ class F32Trainer:
         self.need = rc.needs_grad(graph)
         self.vw = [None if w is None else np.zeros_like(w) for w in self.p.weights]
         self.vb = [None if b is None else np.zeros_like(b) for b in self.p.biases]
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer {optimizer!r}: sgd or adam")
+        self.optimizer = optimizer
+        self.batch = max(int(batch), 1)
+        self.batch_n = 0
+        self.b1, self.b2 = np.float32(betas[0]), np.float32(betas[1])
+        self.eps = np.float32(eps)
+        self.b1t = self.b2t = np.float32(1)
+        self.sw = [None if w is None else np.zeros_like(w) for w in self.p.weights]
+        self.sb = [None if b is None else np.zeros_like(b) for b in self.p.biases]
+        self.acc_w: list[np.ndarray | None] = [None] * len(graph.ops)
+        self.acc_b: list[np.ndarray | None] = [None] * len(graph.ops)
         self.class_mask: np.ndarray | None = None  # active classes (bool), None = all
         self.set_update_policy("all")
 
@@ -84,18 +120,39 @@ class F32Trainer:
             acts[op.output] = _act_f32(y.astype(dtype), op.act).reshape(g.shapes[op.output])
         return acts
 
-    def grads(self, x: np.ndarray, label: int, start: int | None = None
-              ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], float]:
-        """(dW by op, db by op, loss) for one sample; None where nothing trains."""
-        g = self.g
-        acts = self.forward(x, start)
-        z = acts[g.output].reshape(-1).astype(np.float64)
+    def loss_grad(self, z32: np.ndarray, label: int, target: np.ndarray | None
+                  ) -> tuple[np.ndarray, float]:
+        """(dL/dlogits float32, loss) of the graph's loss: softmax cross-entropy on the label,
+        mean squared error or sigmoid binary cross-entropy on ``target`` (rc.loss_target)."""
+        z = z32.astype(np.float64)
+        if self.g.loss == "mse":
+            t = np.asarray(target, np.float32).reshape(-1)
+            d = (z32 - t).astype(np.float32)
+            return (np.float32(2.0) / np.float32(z.size) * d).astype(np.float32), \
+                float(np.mean((z - t) ** 2))
+        if self.g.loss == "sigmoid_bce":
+            t64 = np.asarray(target, np.float64).reshape(-1)
+            p = 1.0 / (1.0 + np.exp(-z))
+            loss = float(np.sum(np.maximum(z, 0) - z * t64 + np.log1p(np.exp(-np.abs(z)))))
+            return (p - t64).astype(np.float32), loss
         active = rc._active(self.class_mask, z.size, label)
         e = np.where(active, np.exp(z - z[active].max()), 0.0)
         p = e / e.sum()
         loss = float(-np.log(max(p[label], 1e-30)))
         dz = p.astype(np.float32)
         dz[label] -= np.float32(1)
+        return dz, loss
+
+    def grads(self, x: np.ndarray, label: int, start: int | None = None,
+              target: np.ndarray | None = None
+              ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], float]:
+        """(dW by op, db by op, loss) for one sample; None where nothing trains. ``target``:
+        the target vector of a MSE or BCE loss (None: the input for MSE, the label's for
+        BCE)."""
+        g = self.g
+        acts = self.forward(x, start)
+        dz, loss = self.loss_grad(acts[g.output].reshape(-1),
+                                  label, rc.loss_target(g, x, label, target))
         grad: dict[int, np.ndarray] = {g.output: dz.reshape(g.shapes[g.output])}
         dws: list[np.ndarray | None] = [None] * len(g.ops)
         dbs: list[np.ndarray | None] = [None] * len(g.ops)
@@ -109,8 +166,7 @@ class F32Trainer:
             op = g.ops[i]
             if op.output not in grad:
                 continue
-            dy = np.where(_mask_f32(acts[op.output], op.act), grad[op.output],
-                          np.float32(0)).astype(np.float32)
+            dy = _dact_f32(acts[op.output], op.act, grad[op.output]).astype(np.float32)
             if self._channel_sparse(op):
                 dy = sel.channel_mask_dy(dy, op.kind, self.pm, self.upd_step)[0]
             x0 = acts[op.inputs[0]]
@@ -162,7 +218,45 @@ class F32Trainer:
         return self.policy == sel.POLICIES["channel-sparse"] and op.trainable and \
             not op.bias_only and op.kind in ("dense", "conv") and op.output != self.g.output
 
+    @property
+    def defer(self) -> bool:
+        """Updates through the optimiser step (kl_step_f32): Adam or a batch."""
+        return self.optimizer == "adam" or self.batch > 1
+
+    def _opt_step(self, dws: list[np.ndarray | None], dbs: list[np.ndarray | None],
+                  scale: np.float32) -> None:
+        """kl_begin_update + kl_step_f32 of every trainable op: Adam, or SGD (momentum) on
+        the gradients times ``scale`` (1 / batch)."""
+        self.b1t = np.float32(self.b1t * self.b1)
+        self.b2t = np.float32(self.b2t * self.b2)
+        one = np.float32(1)
+        c1, c2 = one / (one - self.b1t), one / (one - self.b2t)
+        for i, op in enumerate(self.g.ops):
+            if not op.trainable or dbs[i] is None:
+                continue
+            if dws[i] is not None:
+                self.upd_touched += dws[i].size
+                self.upd_weights += dws[i].size
+            for p, mo, v, gr in ((self.p.weights, self.vw, self.sw, dws),
+                                 (self.p.biases, self.vb, self.sb, dbs)):
+                if gr[i] is None:
+                    continue
+                g = (gr[i] * scale).astype(np.float32)
+                if self.optimizer == "adam":
+                    mo[i] = (self.b1 * mo[i] + (one - self.b1) * g).astype(np.float32)
+                    v[i] = (self.b2 * v[i] + (one - self.b2) * (g * g)).astype(np.float32)
+                    p[i] -= self.lr * (mo[i] * c1) / (np.sqrt(v[i] * c2) + self.eps)
+                elif self.mu:
+                    mo[i] = (self.mu * mo[i] + g).astype(np.float32)
+                    p[i] -= self.lr * mo[i]
+                else:
+                    p[i] -= self.lr * g
+        self.upd_step += 1
+
     def apply(self, dws: list[np.ndarray | None], dbs: list[np.ndarray | None]) -> None:
+        if self.defer:  # kl_apply_grads with Adam (a batch of 1)
+            self._opt_step(dws, dbs, np.float32(1))
+            return
         for i, op in enumerate(self.g.ops):
             gw, gb = dws[i], dbs[i]
             if not op.trainable or gb is None:
@@ -212,13 +306,31 @@ class F32Trainer:
         sparse = self.policy == sel.POLICIES["channel-norm"] or self._channel_sparse(op)
         self.upd_touched += k * (n // n_ch) if sparse else n
 
-    def step(self, x: np.ndarray, label: int, start: int | None = None) -> float:
-        dws, dbs, loss = self.grads(x, label, start)
-        self.apply(dws, dbs)
+    def step(self, x: np.ndarray, label: int, start: int | None = None,
+             target: np.ndarray | None = None) -> float:
+        dws, dbs, loss = self.grads(x, label, start, target)
+        if self.batch == 1:
+            self.apply(dws, dbs)
+            return loss
+        first = self.batch_n == 0  # the batch's sums (float32, in sample order)
+        for i in range(len(self.g.ops)):
+            for acc, gr in ((self.acc_w, dws), (self.acc_b, dbs)):
+                if gr[i] is not None:
+                    acc[i] = gr[i].copy() if first else (acc[i] + gr[i]).astype(np.float32)
+        self.batch_n += 1
+        if self.batch_n == self.batch:
+            self.batch_n = 0
+            self._opt_step(self.acc_w, self.acc_b, np.float32(1) / np.float32(self.batch))
         return loss
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)[self.g.output].reshape(-1)
 
     def predict(self, xs: np.ndarray) -> np.ndarray:
-        return np.array([rc.masked_argmax(self.logits(x), self.class_mask) for x in xs])
+        return np.array([rc.predicted(self.logits(x), 0.0, self.class_mask) for x in xs])
+
+    def error(self, x: np.ndarray, target: np.ndarray | None = None) -> float:
+        """Sum of squared differences of the output from the target (the input): the anomaly
+        score of an autoencoder (kl_error_f32, in float64 here)."""
+        t = np.asarray(x if target is None else target, np.float64).reshape(-1)
+        return float(np.sum((self.logits(x).astype(np.float64) - t) ** 2))

@@ -112,7 +112,10 @@ def build_qmodel(graph: Graph, act: Callable[[int, bool], tuple[int, int]], inpu
         if op.kind in ("avgpool", "maxpool"):
             exp[op.output], zp[op.output] = exp[src], zp[src]
             continue
-        exp[op.output], zp[op.output] = act(op.output, op.act != "none")
+        if op.act in TABLE_ACTS:  # the table's fixed output scale
+            exp[op.output], zp[op.output] = TABLE_ACTS[op.act][1:]
+        else:
+            exp[op.output], zp[op.output] = act(op.output, op.act in ("relu", "relu6"))
         if op.has_params:
             bf = biases[i]
             assert bf is not None
@@ -148,6 +151,46 @@ def requant_out(acc: np.ndarray, shift: int, zy: int, act: str, ey: int, single:
     return np.clip(r, lo, hi) + zy, sat
 
 
+LEAKY_SHIFT = 3  # kl_kernels.h: alpha = 2**-3
+#: sigmoid / tanh in int8 (kl_kernels.h): (pre-activation exponent, output exponent, zero point)
+TABLE_ACTS = {"sigmoid": (-4, -8, -128), "tanh": (-5, -7, 0)}
+
+
+def act_table(act: str) -> np.ndarray:
+    """The int8 table of sigmoid or tanh over pre-activations p = -128..127 (index p + 128):
+    round(256 sigmoid(p / 16)) - 128, round(128 tanh(p / 32)) (kl_activation_s8.c)."""
+    p = np.arange(-128, 128, dtype=np.float64)
+    if act == "sigmoid":
+        return np.clip(np.round(256 / (1 + np.exp(-p / 16))) - 128, -128, 127).astype(np.int64)
+    return np.clip(np.round(128 * np.tanh(p / 32)), -127, 127).astype(np.int64)
+
+
+_TABLES = {a: act_table(a) for a in TABLE_ACTS}
+
+
+def activation_q(y: np.ndarray, act: str, zy: int) -> np.ndarray:
+    """kl_activation_s8: sigmoid / tanh by table (y: the pre-activation), leaky ReLU around the
+    zero point (negatives times 2**-3, rounded half away from zero)."""
+    if act in _TABLES:
+        return _TABLES[act][y + 128]
+    v = y - zy
+    return np.where(v < 0, zy + q.rshift_round(v, LEAKY_SHIFT), y)
+
+
+def activation_grad_q(y: np.ndarray, act: str, zy: int, dy: np.ndarray, ey: int
+                      ) -> tuple[np.ndarray, int]:
+    """kl_activation_grad_s8: dy times the derivative at the outputs, requantised: sigmoid
+    u (256 - u) (u = y - zy, 2**-16), tanh 16384 - v**2 (2**-14), leaky ReLU 8 or 1 (2**-3)."""
+    v = y - zy
+    if act == "sigmoid":
+        d, bits = v * (256 - v), 16
+    elif act == "tanh":
+        d, bits = 16384 - v * v, 14
+    else:
+        d, bits = np.where(v > 0, 1 << LEAKY_SHIFT, 1), LEAKY_SHIFT
+    return q.quantize_grad(dy * d, ey - bits)
+
+
 def act_mask_q(y: np.ndarray, act: str, zy: int, ey: int) -> np.ndarray:
     if act == "relu":
         return y > zy
@@ -168,6 +211,60 @@ def merge_grads(g1: np.ndarray, e1: int, g2: np.ndarray, e2: int) -> tuple[np.nd
     return q.quantize_grad(s, e)
 
 
+ACC_MAX = 0x3FFFFFFF  # kl_kernels.h KL_ACC_MAX
+
+
+def _rsh(x: np.ndarray, s: int) -> np.ndarray:
+    x = np.asarray(x, np.int64)
+    return x if s == 0 else np.zeros_like(x) if s > 62 else q.rshift_round(x, s)
+
+
+def accumulate(acc: np.ndarray, ea: int, mu_q: int, g: np.ndarray, eg: int
+               ) -> tuple[np.ndarray, int]:
+    """kl_accumulate_s8: acc * mu_q / 2**15 + g, aligned to the coarser exponent (rounded),
+    then shifted right (rounded) until every value is at most ACC_MAX; (sums, exponent)."""
+    e = max(ea, eg)
+    t = _rsh(np.asarray(acc, np.int64) * mu_q, q.MOM_FRAC_BITS + e - ea) + _rsh(g, e - eg)
+    mx = int(np.abs(t).max()) if t.size else 0
+    s = 0
+    while (mx >> s) > ACC_MAX:
+        s += 1
+    return _rsh(t, s), e + s
+
+
+MSE_ALIGN_MAX = 6  # kl_kernels.h KL_MSE_ALIGN_MAX
+
+
+def mse_exp(ey: int, et: int) -> int:
+    """The exponent output and target are aligned to: the finer one, at most MSE_ALIGN_MAX
+    bits below the coarser (kl_mse_exp)."""
+    return max(min(ey, et), max(ey, et) - MSE_ALIGN_MAX)
+
+
+def mse_diff(y: np.ndarray, ey: int, zy: int, t: np.ndarray, et: int, zt: int
+             ) -> tuple[np.ndarray, int]:
+    """(output - target) in units of 2**e, e = mse_exp (kl_mse_s8's d)."""
+    e = mse_exp(ey, et)
+
+    def align(v: np.ndarray, d: int) -> np.ndarray:
+        return v << d if d >= 0 else q.rshift_round(v, -d)
+
+    y64 = np.asarray(y, np.int64).reshape(-1)
+    t64 = np.asarray(t, np.int64).reshape(-1)
+    return align(y64 - zy, ey - e) - align(t64 - zt, et - e), e
+
+
+def mse_error(y: np.ndarray, ey: int, zy: int, t: np.ndarray, et: int, zt: int
+              ) -> tuple[int, int]:
+    """kl_mse_err_s8: sum of d**2 as (mantissa < 2**32, exponent), truncated."""
+    d, e = mse_diff(y, ey, zy, t, et, zt)
+    s = int(np.sum(d * d))
+    k = 0
+    while (s >> k) > 0xFFFFFFFF:
+        k += 1
+    return s >> k, 2 * e + k
+
+
 @dataclass
 class QForward:
     acts: list[np.ndarray]  # int8 (as int64) activations by tensor id, (H, W, C)
@@ -186,9 +283,19 @@ class QGrad:
 class S8Trainer:
     """Bit-exact numpy model of the engine's int8 training (batch 1)."""
 
-    def __init__(self, qm: QModel, lr: float = 0.05, momentum: float = 0.0, seed: int = 1):
-        if momentum:
-            raise NotImplementedError("int8 training with momentum is not implemented yet")
+    def __init__(self, qm: QModel, lr: float = 0.05, momentum: float = 0.0, seed: int = 1,
+                 batch: int = 1):
+        """``momentum``: SGD with an int32 velocity (Q15 factor, kl_accumulate_s8);
+        ``batch`` (a power of two): gradients summed over that many samples, their mean
+        applied."""
+        if batch < 1 or batch & (batch - 1):
+            raise ValueError(f"int8 batch {batch}: a power of two")
+        self.mu_q = q.quantize_momentum(momentum) if momentum else 0
+        self.batch = batch
+        self.batch_n = 0
+        self.n_updates = 0
+        self.acc: dict[int, list] = {}  # op -> [gw, gw_exp, gb, gb_exp] summed over the batch
+        self.vel: dict[int, list] = {}  # op -> [vw, vw_exp, vb, vb_exp] (momentum)
         self.m = qm.copy()
         self.g = qm.graph
         self.lr_q = q.quantize_lr(lr)
@@ -241,7 +348,16 @@ class S8Trainer:
                 else:
                     acc = np.einsum("hwijc,ijc->hwc", rc.patches(x0, op, xz) - xz, w)
                 acc = np.clip(acc + bt, q.INT32_MIN, q.INT32_MAX)
-                y, sat = requant_out(acc, exps[t] - xe - m.ew[i], m.zp[t], op.act, exps[t])
+                if op.act in TABLE_ACTS:  # a pre-activation of a fixed scale, then the table
+                    pre = TABLE_ACTS[op.act][0]
+                    y, _ = requant_out(acc, pre - xe - m.ew[i], 0, "none", pre)
+                    y, sat = activation_q(y, op.act, m.zp[t]), False
+                elif op.act == "leaky_relu":
+                    y, sat = requant_out(acc, exps[t] - xe - m.ew[i], m.zp[t], "none", exps[t])
+                    y = activation_q(y, op.act, m.zp[t])
+                else:
+                    y, sat = requant_out(acc, exps[t] - xe - m.ew[i], m.zp[t], op.act,
+                                         exps[t])
             elif op.kind == "avgpool":
                 kh, kw = op.kernel
                 s = (rc.patches(x0, op) - xz).sum(axis=(2, 3))
@@ -279,13 +395,64 @@ class S8Trainer:
         g[label] -= 1 << 15
         return q.quantize_grad(g, -15)
 
+    def mse_grad(self, y: np.ndarray, ey: int, target: np.ndarray) -> tuple[np.ndarray, int]:
+        """Mean-squared-error gradient of int8 outputs against int8 targets in the input's
+        scale (kl_mse_s8): both aligned to mse_exp, difference times round(2^16 / n)."""
+        m = self.m
+        # the error before the update (kl_model_t.err_mant, err_exp): the anomaly score
+        self.train_err = mse_error(y, ey, m.zp[self.g.output], target, m.ex, m.zx)
+        d, e = mse_diff(y, ey, m.zp[self.g.output], target, m.ex, m.zx)
+        n = y.size
+        r = (65536 + n // 2) // n
+        return q.quantize_grad(d * r, e - 15)
+
+    def bce_grad(self, z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
+        """Sigmoid binary cross-entropy gradient of int8 logits (kl_sigmoid_bce_s8): sigmoid
+        as the two-class softmax of (z, 0) from the softmax table, Q15, minus the 0/1
+        target."""
+        m = self.m
+        v = z - m.zp[self.g.output]
+        shift = max(min(m.exp[self.g.output] - m.lut_exp, 8), 0)
+        gap = np.abs(v)
+        d = np.where(gap == 0, 0, gap << shift)
+        e = np.where(d < 256, m.lut[np.minimum(d, 255)].astype(np.int64), 0)
+        s = 32768 + e
+        num = np.where(v >= 0, 32768, e)
+        p = ((num << 15) + (s >> 1)) // s
+        return q.quantize_grad(p - (np.asarray(target).reshape(-1) != 0) * 32768, -15)
+
+    def loss_grad(self, logits: np.ndarray, label: int, target: np.ndarray | None
+                  ) -> tuple[np.ndarray, int]:
+        """The graph's loss gradient of int8 logits: (int8 values, exponent)."""
+        if self.g.loss == "mse":
+            assert target is not None
+            return self.mse_grad(logits, self._fw.exps[self.g.output], target)
+        if self.g.loss == "sigmoid_bce":
+            assert target is not None
+            return self.bce_grad(logits, target)
+        return self.logits_grad(logits, label)
+
+    def error(self, xq: np.ndarray, target: np.ndarray | None = None) -> tuple[int, int]:
+        """(mantissa, exponent) of the reconstruction error of xq's forward pass against the
+        target (the input): kl_error_s8, the anomaly score of an autoencoder. Leaves the
+        exponents as a forward pass without a step does."""
+        saved = list(self.m.exp)
+        fw = self.forward(xq)
+        self.m.exp = saved
+        t = np.asarray(xq if target is None else target, np.int64).reshape(-1)
+        return mse_error(fw.acts[self.g.output].reshape(-1), fw.exps[self.g.output],
+                         self.m.zp[self.g.output], t, self.m.ex, self.m.zx)
+
     # backward + update ---------------------------------------------------------------------
-    def grads(self, xq: np.ndarray, label: int, start: int | None = None
-              ) -> list[QGrad | None]:
-        """Forward + backward of one sample; per op the kept gradients (None if frozen)."""
+    def grads(self, xq: np.ndarray, label: int, start: int | None = None,
+              target: np.ndarray | None = None) -> list[QGrad | None]:
+        """Forward + backward of one sample; per op the kept gradients (None if frozen).
+        ``target``: the int8 target of a MSE (in the input's scale) or BCE (0 / nonzero)
+        loss; None: the input (MSE) or the label's (BCE)."""
         m, g = self.m, self.g
         fw = self._fw = self.forward(xq, start)
-        d0, e0 = self.logits_grad(fw.acts[g.output].reshape(-1), label)
+        d0, e0 = self.loss_grad(fw.acts[g.output].reshape(-1), label,
+                                rc.loss_target(g, xq, label, target))
         self.logits_grad_exp = e0
         grad: dict[int, tuple[np.ndarray, int]] = {g.output: (d0.reshape(g.shapes[g.output]),
                                                                e0)}
@@ -317,6 +484,8 @@ class S8Trainer:
             dy, ey = grad[op.output]
             dy = np.where(act_mask_q(fw.acts[op.output], op.act, m.zp[op.output],
                                      fw.exps[op.output]), dy, 0)
+            if op.act in ("sigmoid", "tanh", "leaky_relu"):  # times the derivative
+                dy, ey = activation_grad_q(fw.acts[op.output], op.act, m.zp[op.output], dy, ey)
             if self._channel_sparse(op):  # the other channels do not backpropagate
                 dy = sel.channel_mask_dy(dy, op.kind, self.pm, self.upd_step)[0]
             xblock = part.get(op.inputs[0])  # partial: the input's kept channels
@@ -382,6 +551,9 @@ class S8Trainer:
     def apply(self, grads: list[QGrad | None]) -> None:
         """SGD update from grads(), last op first (the order of the update dither), then the
         delayed range adaptation of saturated outputs."""
+        if self.defer:  # momentum (kl_apply_grads: a batch of 1)
+            self.apply_deferred(grads)
+            return
         m = self.m
         for i in range(len(self.g.ops) - 1, -1, -1):
             gr = grads[i]
@@ -433,10 +605,89 @@ class S8Trainer:
                 m.exp[op.output] += 1
         self.upd_step += 1
 
-    def step(self, xq: np.ndarray, label: int, start: int | None = None) -> None:
+    @property
+    def defer(self) -> bool:
+        return self.batch > 1 or self.mu_q != 0
+
+    def _sgd(self, i: int, gw: np.ndarray | None, ew: int, gb: np.ndarray, eb: int) -> None:
+        """kl_step_s8: momentum through the velocity, then the SGD step of op i."""
+        m = self.m
+        if self.mu_q:
+            v = self.vel.setdefault(i, [None, 0, None, 0])
+            first = self.n_updates == 1
+            if gw is not None:
+                v0 = np.zeros_like(gw) if v[0] is None else v[0]
+                v[0], v[1] = accumulate(v0, ew if first else v[1], self.mu_q, gw, ew)
+                gw, ew = v[0], v[1]
+            v0 = np.zeros_like(gb) if v[2] is None else v[2]
+            v[2], v[3] = accumulate(v0, eb if first else v[3], self.mu_q, gb, eb)
+            gb, eb = v[2], v[3]
+        if gw is not None:
+            w = m.w[i]
+            n = w.size
+            dither = q.weyl_offsets(self.dither, n).reshape(w.shape)
+            st = np.clip(q.stochastic_shift(gw * self.lr_q, m.ew[i] + q.LR_FRAC_BITS - ew,
+                                            dither), -128, 127)
+            m.w[i] = np.clip(w - st, -127, 127)
+            self.dither = q.weyl_advance(self.dither, n)
+            self.upd_touched += n
+            self.upd_weights += n
+        db = q.rshift_round(gb * self.lr_q, m.eb[i] + q.LR_FRAC_BITS - eb)
+        m.b[i] = np.clip(m.b[i] - db, q.INT32_MIN, q.INT32_MAX)
+
+    def _adapt(self) -> None:
+        m = self.m
+        for op, sat in zip(self.g.ops, self._fw.sat, strict=True):
+            if sat and m.exp[op.output] < EXP_MAX:
+                m.exp[op.output] += 1
+        self.upd_step += 1
+
+    def apply_deferred(self, grads: list[QGrad | None]) -> None:
+        """The engine's deferred update (kl_defer_s8, kl_batch_done): a batch of 1 steps at
+        once; else the gradients are summed (kl_accumulate_s8) and, when the batch is full,
+        their mean (exponent - log2 batch) steps, last op first; then the range
+        adaptation."""
+        order = range(len(self.g.ops) - 1, -1, -1)
+        if self.batch == 1:
+            self.n_updates += 1
+            for i in order:
+                if grads[i] is not None:
+                    gr = grads[i]
+                    self._sgd(i, gr.gw, gr.gw_exp, gr.gb, gr.gb_exp)
+        else:
+            first = self.batch_n == 0
+            mu = 0 if first else 1 << q.MOM_FRAC_BITS
+            for i in order:
+                gr = grads[i]
+                if gr is None:
+                    continue
+                a = self.acc.setdefault(i, [None, 0, None, 0])
+                if gr.gw is not None:
+                    a0 = np.zeros_like(gr.gw) if a[0] is None else a[0]
+                    a[0], a[1] = accumulate(a0, gr.gw_exp if first else a[1], mu, gr.gw,
+                                            gr.gw_exp)
+                a0 = np.zeros_like(gr.gb) if a[2] is None else a[2]
+                a[2], a[3] = accumulate(a0, gr.gb_exp if first else a[3], mu, gr.gb, gr.gb_exp)
+            self.batch_n += 1
+            if self.batch_n == self.batch:
+                self.batch_n = 0
+                self.n_updates += 1
+                lg = self.batch.bit_length() - 1
+                for i in order:
+                    if i in self.acc:
+                        a = self.acc[i]
+                        self._sgd(i, a[0], a[1] - lg, a[2], a[3] - lg)
+        self._adapt()
+
+    def step(self, xq: np.ndarray, label: int, start: int | None = None,
+             target: np.ndarray | None = None) -> None:
         """One SGD step (the engine's fused kl_train_step computes the same integers);
         from tensor ``start`` (a replayed latent) when set."""
-        self.apply(self.grads(xq, label, start))
+        gs = self.grads(xq, label, start, target)
+        if self.defer:
+            self.apply_deferred(gs)
+        else:
+            self.apply(gs)
 
     def logits(self, xq: np.ndarray) -> np.ndarray:
         saved = list(self.m.exp)
@@ -445,4 +696,5 @@ class S8Trainer:
         return out
 
     def predict(self, xq: np.ndarray) -> np.ndarray:
-        return np.array([rc.masked_argmax(self.logits(x), self.class_mask) for x in xq])
+        z = self.m.zp[self.g.output]
+        return np.array([rc.predicted(self.logits(x), z, self.class_mask) for x in xq])

@@ -8,7 +8,10 @@ memory plan of :mod:`kilolearn.planner`, ``Plan.pack()``) after the data; a blob
 written as 2.0, byte for byte as before. Format 2.2 adds the selective-update policy in the
 header's last four bytes (docs/selective-updates.md); written only when a policy is set.
 Format 2.4 adds the paged flag of dense ops (weights stay in the weight store, updated rows go to
-the weight log: docs/paged-weights.md); written only for a paged blob.
+the weight log: docs/paged-weights.md); written only for a paged blob. Format 2.5 adds the loss
+(header byte 17: mean squared error or sigmoid binary cross-entropy); written only for a model
+with a loss other than softmax cross-entropy. Format 2.6 adds the activations sigmoid, tanh and
+leaky ReLU (op activation codes 3..5; a reader before 2.6 rejects them).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ VERSION_SCHED = (2, 1)  # with one
 VERSION_UPDATE = (2, 2)  # with a selective-update policy (header bytes 44..47)
 VERSION_COMPACT = (2, 3)  # a schedule with compact backward steps (KL_STEP_COMPACT)
 VERSION_PAGED = (2, 4)  # paged dense ops (FLAG_PAGED)
+VERSION_LOSS = (2, 5)  # a loss other than softmax cross-entropy (header byte 17)
+VERSION_ACTS = (2, 6)  # sigmoid, tanh or leaky ReLU activations
+LOSSES = {"softmax_ce": 0, "mse": 1, "sigmoid_bce": 2}
 STEP_COMPACT = 0x04
 HEADER_SIZE = 48
 TENSOR_SIZE = 12
@@ -36,7 +42,7 @@ CRC_START = 16
 NO_TENSOR = 0xFFFF
 DTYPE_F32, DTYPE_S8 = 0, 1
 KINDS = {"dense": 1, "conv": 2, "dwconv": 3, "avgpool": 4, "maxpool": 5, "add": 6}
-ACTS = {"none": 0, "relu": 1, "relu6": 2}
+ACTS = {"none": 0, "relu": 1, "relu6": 2, "sigmoid": 3, "tanh": 4, "leaky_relu": 5}
 FLAG_TRAINABLE = 0x01
 FLAG_BIAS_ONLY = 0x02
 FLAG_PAGED = 0x04  # dense, trainable (weights too): weights in the store, rows to the log
@@ -95,14 +101,18 @@ def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
     sched_off = place(sched)[0] if sched is not None else 0
     total = data_base + len(data)
     policy, pm = _update(update)
-    body = struct.pack("<BxHHHHbxIIIIBxH", dtype, len(g.shapes), len(g.ops), g.input, g.output,
+    loss = LOSSES[g.loss]
+    body = struct.pack("<BBHHHHbxIIIIBxH", dtype, loss, len(g.shapes), len(g.ops), g.input,
+                       g.output,
                        lut_exp, tensors_off, ops_off, lut_off, sched_off, policy, pm) + trecs + \
         bytes(orecs) + bytes(data)
     crc = zlib.crc32(body) & 0xFFFFFFFF
     compact = sched is not None and any(
         sched[16 + 8 * k + 1] & STEP_COMPACT for k in range(struct.unpack_from("<I", sched)[0]))
-    ver = (VERSION_PAGED if paged else VERSION_COMPACT if compact else
-           VERSION_UPDATE if policy else VERSION_SCHED if sched is not None else VERSION)
+    smooth = any(ACTS[op.act] > ACTS["relu6"] for op in g.ops)
+    ver = (VERSION_ACTS if smooth else VERSION_LOSS if loss else VERSION_PAGED if paged else
+           VERSION_COMPACT if compact else VERSION_UPDATE if policy else
+           VERSION_SCHED if sched is not None else VERSION)
     blob = MAGIC + struct.pack("<HHII", ver[0], ver[1], total, crc) + body
     assert len(blob) == total
     return blob
@@ -217,7 +227,8 @@ def _read_tables(blob: bytes) -> Blob:
                       bool(flags & FLAG_TRAINABLE), bool(flags & FLAG_BIAS_ONLY)))
         raw.append((we, be, w_off, w_sz, b_off, b_sz))
         paged |= bool(flags & FLAG_PAGED)
-    g = Graph(shapes, ops, t_in)
+    losses = {v: k for k, v in LOSSES.items()}
+    g = Graph(shapes, ops, t_in, losses[blob[17]] if minor >= 5 else "softmax_ce")
     ws: list[np.ndarray | None] = []
     bs: list[np.ndarray | None] = []
     for i, op in enumerate(ops):

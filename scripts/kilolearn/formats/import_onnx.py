@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import model as M
 from ..core.model import Op, Params, _conv_geometry
 from .import_common import Imported, UnsupportedModel, _Builder, _unsupported
 
-ONNX_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "AveragePool",
+ONNX_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu",
+            "MaxPool", "AveragePool",
             "GlobalAveragePool", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "Softmax",
             "Identity", "Dropout", "Constant")
 BN_CHECK_TOL = 1e-4  # relative error allowed between conv→BN and the folded conv
@@ -161,9 +163,14 @@ def load_onnx(src: str | Path | bytes | object) -> Imported:
             B.names[i] += f"+{name}"
             tid[n.output[0]] = op.output
             continue
-        if ot in ("Relu", "Clip"):
+        if ot in ("Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu"):
             i = fusable(n.input[0], name, ot)
-            act = "relu"
+            act = {"Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky_relu"}.get(ot, "relu")
+            if ot == "LeakyRelu" and float(a.get("alpha", 0.01)) != M.LEAKY_ALPHA:
+                raise UnsupportedModel(f"LeakyRelu '{name}': only alpha {M.LEAKY_ALPHA} (exact "
+                                       f"in int8) is supported, got {a.get('alpha', 0.01)}")
+            if act in M.SMOOTH_ACTS and B.ops[i].kind not in ("conv", "dwconv", "dense"):
+                raise UnsupportedModel(f"{ot} '{name}' must follow a Conv or Gemm")
             if ot == "Clip":
                 lo = consts.get(n.input[1]) if len(n.input) > 1 and n.input[1] else a.get("min")
                 hi = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else a.get("max")

@@ -41,7 +41,7 @@ STEP_SIZE = 8
 INF = float("inf")
 
 # sizeof(kl_tensor_t), sizeof(kl_op_t) by pointer size (kilolearn.h)
-STRUCT_SIZES = {4: (24, 56), 8: (32, 88)}
+STRUCT_SIZES = {4: (24, 64), 8: (32, 104)}
 PART_SIZE = {4: 12, 8: 24}  # kl_part_t (KL_UPDATE_PARTIAL laid out)
 TARGET_PTR = {"arm": 4, "host": 8}
 
@@ -94,7 +94,9 @@ class MemModel:
     dtype: str = "s8"  # "s8" | "f32"
     training: bool = True
     keep_grads: bool = False  # KL_CFG_KEEP_GRADS (the gradient-dump job)
-    momentum: bool = False  # f32 momentum buffers
+    momentum: bool = False  # momentum buffers (f32: float, s8: int32 velocity)
+    optimizer: str = "sgd"  # "sgd" | "adam" (f32: two moment buffers)
+    batch: int = 1  # samples per update (> 1: the batch's summed gradients are kept)
     target: str = "arm"
     in_place: bool = True  # plans quantise input gradients in their backward scratch
     compact: bool = True  # ... from int16 sums made in bands, where that needs less scratch
@@ -200,6 +202,8 @@ class MemModel:
                     upd = (ky * op.kernel[0] * op.kernel[1] * kx + ky) * 4
                 elif op.kind in ("conv", "dwconv"):
                     upd = (self._n_w(i) + n_b) * 4
+                elif self.defer:  # dense: weight gradients, then the optimiser
+                    upd = (self._n_w(i) + n_b) * 4
                 elif s8_dense:  # paged: a 256-byte chunk of a row at a time
                     upd = 2 * 256 + 4 + 8 if self.is_paged(i) else 2 * x + 4 * y + 8
             need = max(need, (_al(x * self.es, 8) if in_place else 0) + upd)
@@ -212,7 +216,8 @@ class MemModel:
         arena.alloc(os_ * self.n)
         for i, op in enumerate(g.ops):
             if self.is_paged(i):  # a pointer per row (paged ops are trained or read alike)
-                arena.alloc(TARGET_PTR[self.target] * self.tsize[op.output])
+                ptr = TARGET_PTR[self.target]  # aligned as pointers
+                arena.alloc(ptr * self.tsize[op.output], ptr)
                 continue
             n_w = self._n_w(i)
             if n_w == 0 or not self.trainable[i]:
@@ -223,14 +228,22 @@ class MemModel:
             if wt:
                 arena.alloc(n_w * self.es)
             arena.alloc(bsize)
-            if self.dtype == "f32" and self.momentum:
+            for _ in range((self.momentum or self.optimizer == "adam")
+                           + (self.optimizer == "adam")):  # momentum / Adam's moments
                 if wt:
                     arena.alloc(n_w * 4)
                 arena.alloc(bsize)
-            if self.keep_grads:
+            if self.keep_grads or self.batch > 1:  # kept, or summed over a batch
                 if wt:
                     arena.alloc(n_w * 4)
                 arena.alloc(bsize)
+
+    @property
+    def defer(self) -> bool:
+        """kl_model_t.defer: updates after the weight gradients (Adam, int8 momentum, a
+        batch), not fused into the dense backward step."""
+        return self.training and (self.batch > 1 or self.optimizer == "adam" or
+                                  (self.dtype == "s8" and self.momentum))
 
     def bwd_scratch(self, i: int) -> int:
         """Bytes of int32 scratch the backward step of op i gets in the planned region (with
@@ -297,7 +310,7 @@ class MemModel:
     def _mask_on_give(self, t: int) -> bool:
         p = self.producer[t]
         return (self.dtype == "s8" and p >= 0 and self.n_users[t] == 1
-                and self.graph.ops[p].act != "none")
+                and self.graph.ops[p].act in ("relu", "relu6"))
 
     def bwd_reads(self, i: int) -> list[int]:
         op = self.graph.ops[i]

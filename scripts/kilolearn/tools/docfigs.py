@@ -178,6 +178,10 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
                   "--replay-cap 200 / --replay-in-flash 200 / --replay-in-flash 2000; "
                   "kl_freplay_faults (host ASan, mps2-an386)", ".bench.freplaybench",
                   "docs/replay.md"),
+    module_figure("anomaly", "kilolearn anomaly --board mps2-an386", ".device.anomaly",
+                  "docs/continual-learning.md"),
+    module_figure("optim-bench", "kilolearn optim-bench", ".bench.optimbench",
+                  "docs/int8-training.md"),
     module_figure("link-window", "kilolearn link-bench --board host-pty --frames 20000 --parts 10; "
                   "kilolearn link-bench --board mps2-an386 --frames 2000 --parts 10",
                   ".bench.linkbench",

@@ -79,13 +79,17 @@ typedef struct {
 	uint32_t n_w;     /* weight count */
 	void *w;          /* f32: float, s8: int8_t */
 	void *b;          /* f32: float, s8: int32_t */
-	float *vw, *vb;   /* f32 momentum buffers (or NULL) */
-	void *gw, *gb;    /* kept gradients (KL_CFG_KEEP_GRADS): f32 float, s8 int32 */
+	void *vw, *vb;    /* f32 momentum or Adam's first moments (float); s8 momentum
+			   * velocity (int32, exponents v_exp, vb_exp); or NULL */
+	void *gw, *gb;    /* kept gradients (KL_CFG_KEEP_GRADS), or the batch's sums
+			   * (batch > 1): f32 float, s8 int32 */
 	int8_t gw_exp, gb_exp;
+	int8_t v_exp, vb_exp;
 	/* paged (KL_OP_PAGED): per output row, its latest copy in the weight log
 	 * (weights, then the bias at the next 4-byte boundary), or NULL while the
 	 * row is the blob's (w, b read in place) */
 	const uint8_t **rows;
+	float *sw, *sb;   /* Adam's second moments (or NULL) */
 } kl_op_t;
 
 /* Phases of a training step, for an optional profiling hook */
@@ -101,11 +105,21 @@ typedef void (*kl_phase_hook_t)(void *ctx, int phase);
 
 #define KL_CFG_KEEP_GRADS 0x01u /* kl_compute_grads()/kl_apply_grads() usable */
 
+/* Optimisers (docs/int8-training.md): SGD (with momentum: float32 and int8),
+ * Adam (float32). */
+enum kl_optimizer { KL_OPT_SGD = 0, KL_OPT_ADAM = 1 };
+
 typedef struct {
 	float lr;       /* learning rate (int8: used as a Q12 fixed-point number) */
-	float momentum; /* 0 = plain SGD */
+	float momentum; /* 0 = plain SGD (int8: used as a Q15 number) */
 	uint32_t seed;  /* start of the int8 update dither */
 	uint32_t flags; /* KL_CFG_* */
+	/* since issue 20 (zero: the defaults) */
+	uint8_t optimizer;   /* enum kl_optimizer */
+	uint16_t batch;      /* samples per update (gradients summed, their mean applied);
+			      * 0 or 1: every step; int8: a power of two */
+	float beta1, beta2;  /* Adam: 0.9, 0.999 when 0 */
+	float eps;           /* Adam: 1e-8 when 0 */
 } kl_train_cfg_t;
 
 typedef struct {
@@ -154,6 +168,22 @@ typedef struct {
 	struct kl_wlog *wlog;  /* where updated rows go (kl_model_attach_wlog) */
 	int pg_err;            /* the last step's weight-log error, if any */
 	uint32_t seed;         /* cfg->seed: where the int8 dither starts */
+	/* the loss (blob 2.5, enum kl_loss) and the target of the step running:
+	 * float[n_classes] (f32) or int8_t[n_classes] (s8: quantised as the
+	 * input, MSE; 0 / nonzero, BCE); NULL: the label's (BCE) or the input
+	 * (MSE: an autoencoder) */
+	uint8_t loss;
+	const void *target;
+	float loss_f32;        /* f32: the last step's loss */
+	uint32_t err_mant;     /* s8 MSE: the last step's error before its update */
+	int8_t err_exp;        /* (kl_mse_err_s8: sum of squares = err_mant 2^err_exp) */
+	/* optimiser state (issue 20): updates deferred to kl_step_* when Adam, int8
+	 * momentum or a batch > 1 is configured */
+	uint8_t optimizer, defer;
+	uint16_t batch, batch_n; /* samples per update; summed so far */
+	int32_t mom_q;           /* s8 momentum, Q15 */
+	float beta1, beta2, eps, b1t, b2t; /* Adam; b1t, b2t: beta^t */
+	uint32_t n_updates;      /* updates applied (Adam's t) */
 } kl_model_t;
 
 /* Selective updates: which weights an SGD step writes (docs/selective-updates.md).
@@ -228,6 +258,24 @@ int kl_predict(kl_model_t *m, const void *x);
 /* One SGD step on (x, label): forward, backward, update, fused. Returns the
  * predicted class before the update (>= 0) or a negative error code. */
 int kl_train_step(kl_model_t *m, const void *x, int label);
+
+/* A step on a target vector instead of a label (losses MSE and sigmoid BCE,
+ * blob 2.5): target is float[n_classes] (f32 models) or int8_t[n_classes]
+ * (s8: MSE targets in the input tensor's scale and zero point, BCE targets 0
+ * or nonzero); NULL means the input itself (MSE, an autoencoder: n_inputs ==
+ * n_classes) or, for BCE, KL_EINVAL. KL_EINVAL with softmax cross-entropy.
+ * kl_train_step on a MSE model trains toward the input (label ignored), on a
+ * BCE model toward onehot(label) (label in [0, 1] with one output). */
+int kl_train_step_target(kl_model_t *m, const void *x, const void *target);
+int kl_compute_grads_target(kl_model_t *m, const void *x, const void *target);
+
+/* The reconstruction error of the last forward pass against target (NULL: the
+ * input x it ran on; MSE models): sum of squared differences in real units,
+ * as mant * 2^*exp (s8: the integer rule of kl_mse_err_s8; f32: mant holds
+ * the float's bits, exp 0 -- use kl_error_f32). */
+int kl_error_s8(const kl_model_t *m, const void *x, const void *target, uint32_t *mant,
+		int *exp);
+int kl_error_f32(const kl_model_t *m, const void *x, const void *target, float *err);
 
 /* The same step in two halves, with the gradients kept in the ops' gw/gb
  * (needs KL_CFG_KEEP_GRADS): f32 gw = dL/dW, gb = dL/db; s8 int32 sums of

@@ -17,8 +17,10 @@ extern "C" {
 
 #define KL_BLOB_MAGIC         0x424D4C4Bu /* "KLMB" */
 #define KL_BLOB_VERSION_MAJOR 2u
-#define KL_BLOB_VERSION_MINOR 4u /* 2.1: optional schedule section, 2.2: update policy,
-                                  * 2.3: compact backward steps, 2.4: paged ops */
+#define KL_BLOB_VERSION_MINOR 6u /* 2.1: optional schedule section, 2.2: update policy,
+                                  * 2.3: compact backward steps, 2.4: paged ops,
+                                  * 2.5: the loss (header byte 17),
+                                  * 2.6: sigmoid, tanh and leaky ReLU activations */
 #define KL_BLOB_HEADER_SIZE   48u
 #define KL_BLOB_TENSOR_SIZE   12u
 #define KL_BLOB_OP_SIZE       48u
@@ -33,6 +35,7 @@ extern "C" {
 #define KL_BH_TOTAL_SIZE 8u
 #define KL_BH_CRC        12u
 #define KL_BH_DTYPE      16u
+#define KL_BH_LOSS       17u /* 2.5: u8 loss (enum kl_loss); 0 before */
 #define KL_BH_N_TENSORS  18u
 #define KL_BH_N_OPS      20u
 #define KL_BH_INPUT      22u
@@ -123,6 +126,13 @@ static inline uint64_t kl_compact_scratch(uint32_t h, uint32_t w, uint32_t c, ui
 #define KL_BO_B_SIZE 32u
 
 enum kl_dtype { KL_DTYPE_F32 = 0, KL_DTYPE_S8 = 1 };
+/* the loss on the output tensor (2.5) */
+enum kl_loss {
+	KL_LOSS_SOFTMAX_CE = 0,  /* softmax cross-entropy on a class label */
+	KL_LOSS_MSE = 1,         /* mean squared error on a target vector (the input: autoencoder) */
+	KL_LOSS_SIGMOID_BCE = 2, /* sigmoid binary cross-entropy per output (multi-label) */
+	KL_LOSS_COUNT = 3
+};
 enum kl_op_kind {
 	KL_OP_DENSE = 1,
 	KL_OP_CONV = 2,
@@ -141,6 +151,9 @@ enum kl_op_kind {
 #define KL_EXP_MAX 30
 
 uint32_t kl_crc32(uint32_t crc, const uint8_t *data, size_t len);
+
+/* A checked blob's loss (enum kl_loss); softmax cross-entropy before 2.5. */
+int kl_blob_loss(const uint8_t *blob);
 
 /* Offset of a checked blob's schedule section, 0 when it has none (2.0). */
 uint32_t kl_blob_schedule(const uint8_t *blob);

@@ -37,7 +37,46 @@ extern "C" {
 #define KL_LR_FRAC_BITS 12
 #define KL_WEYL         0x9E3779B9u
 
-enum kl_act_kind { KL_ACT_NONE = 0, KL_ACT_RELU = 1, KL_ACT_RELU6 = 2 };
+enum kl_act_kind {
+	KL_ACT_NONE = 0,
+	KL_ACT_RELU = 1,
+	KL_ACT_RELU6 = 2,
+	/* blob 2.6; not fused into the kernels: applied to their output
+	 * (kl_activation_*), dense, conv and depthwise only */
+	KL_ACT_SIGMOID = 3,
+	KL_ACT_TANH = 4,
+	KL_ACT_LEAKY_RELU = 5
+};
+#define KL_LEAKY_SHIFT 3      /* leaky ReLU: alpha = 2^-3 on negative inputs */
+#define KL_LEAKY_ALPHA 0.125f
+/* int8: sigmoid and tanh read a pre-activation of this fixed exponent (zero
+ * point 0) and write outputs of a fixed scale (docs/int8-training.md) */
+#define KL_SIGMOID_PRE_EXP (-4)
+#define KL_SIGMOID_EXP     (-8)
+#define KL_SIGMOID_ZP      (-128)
+#define KL_TANH_PRE_EXP    (-5)
+#define KL_TANH_EXP        (-7)
+
+/* the activation a kernel fuses (ReLU, ReLU6); the others come after it */
+static inline int kl_kernel_act(int act)
+{
+	return act <= KL_ACT_RELU6 ? act : KL_ACT_NONE;
+}
+
+/* bits of the int8 derivative rule of kl_activation_grad_s8 */
+static inline int kl_act_deriv_bits(int act)
+{
+	return act == KL_ACT_SIGMOID ? 16 : act == KL_ACT_TANH ? 14 : KL_LEAKY_SHIFT;
+}
+
+/* sigmoid, tanh or leaky ReLU in place (float32; int8: y holds the
+ * pre-activation, sigmoid and tanh by table, leaky ReLU around zp) */
+void kl_activation_f32(float *y, int n, int act);
+void kl_activation_s8(int8_t *y, int n, int act, int32_t zp);
+/* dy times the activation's derivative at the outputs y: float32 in place;
+ * int8 requantised in place, returns the change of dy's exponent */
+void kl_activation_grad_f32(const float *y, int act, float *dy, int n);
+int kl_activation_grad_s8(const int8_t *y, int32_t zp, int act, int8_t *dy, int n);
 
 /* float32 activation of an output (ReLU, ReLU6 or none) */
 static inline float kl_act_f32(float v, int act)
@@ -488,6 +527,45 @@ float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, f
  * exponent s (dy scale 2^(s - 15)). */
 int kl_softmax_ce_s8(const int8_t *z, int n, int label, const uint16_t *lut, int lut_shift,
 		     const uint8_t *mask, int32_t *acc, int8_t *dy);
+
+/* ---- regression and multi-label losses (docs/int8-training.md) ------------ */
+/* Mean squared error L = (1/n) sum (y - t)^2: dy = 2 (y - t) / n; returns L. */
+float kl_mse_f32(const float *y, const float *t, int n, float *dy);
+/* int8 outputs y (scale 2^ey, zero point zy) against int8 targets t (2^et,
+ * zt): both aligned to e = kl_mse_exp(ey, et) (the finer exponent, at most
+ * KL_MSE_ALIGN_MAX bits below the coarser), d = their difference, acc = d *
+ * round(2^16 / n), quantised to dy; returns dy's exponent. */
+#define KL_MSE_ALIGN_MAX 6
+int kl_mse_exp(int ey, int et);
+int kl_mse_s8(const int8_t *y, int ey, int32_t zy, const int8_t *t, int et, int32_t zt, int n,
+	      int32_t *acc, int8_t *dy);
+/* sum of the squared aligned differences d (the anomaly score): the value
+ * times 2^*exp (real units squared) */
+uint32_t kl_mse_err_s8(const int8_t *y, int ey, int32_t zy, const int8_t *t, int et, int32_t zt,
+		       int n, int *exp);
+/* Sigmoid binary cross-entropy per output (binary or multi-label): dy =
+ * sigmoid(z) - t; t NULL: the targets are onehot(label) (n > 1) or label
+ * (n == 1). Returns the summed loss. */
+float kl_sigmoid_bce_f32(const float *z, const float *t, int n, int label, float *dy);
+/* int8 logits (zero point zz), targets 0 / nonzero; sigmoid(z) from the
+ * softmax table as the two-class softmax of (z, 0), Q15; returns the added
+ * exponent s (dy scale 2^(s - 15)). */
+int kl_sigmoid_bce_s8(const int8_t *z, int32_t zz, int n, const int8_t *t, int label,
+		      const uint16_t *lut, int lut_shift, int32_t *acc, int8_t *dy);
+
+/* ---- optimisers (docs/int8-training.md) ------------------------------------- */
+/* Adam on n parameters, the gradient g times scale (1/batch): m = b1 m + (1 -
+ * b1) g; v = b2 v + (1 - b2) g^2; p -= lr (m c1) / (sqrt(v c2) + eps), with
+ * c1 = 1 / (1 - b1^t), c2 = 1 / (1 - b2^t). */
+void kl_adam_f32(float *p, float *mo, float *v, const float *g, float scale, float lr, float b1,
+		 float b2, float c1, float c2, float eps, int n);
+#define KL_MOM_FRAC_BITS 15          /* int8 momentum factor: Q15 */
+#define KL_ACC_MAX       0x3FFFFFFFu /* int32 sums are kept below 2^30 */
+/* acc (scale 2^ea) = acc * mu_q / 2^15 + g (scale 2^eg), both aligned to the
+ * coarser exponent (rounded half away from zero), then shifted right
+ * (rounded) until every |acc| <= KL_ACC_MAX; returns acc's new exponent.
+ * mu_q = 2^15: a sum (a batch), 0: a copy of g, else momentum. */
+int kl_accumulate_s8(int32_t *acc, int ea, int32_t mu_q, const int32_t *g, int eg, int n);
 
 /* ---- selective updates (docs/selective-updates.md) ---------------------------
  * Top-r SGD (Kwon & Park): of the rows x cols weight updates of a layer only

@@ -68,6 +68,11 @@ enum kl_cmd {
 	KL_CMD_NAK = 0xFF
 };
 
+/* anomaly threshold: moving averages with weight 2^-KL_ANOMALY_SHIFT, mean +
+ * KL_ANOMALY_K standard deviations (docs/protocol.md, EVAL of a MSE model) */
+#define KL_ANOMALY_SHIFT 5
+#define KL_ANOMALY_K     3.0f
+
 enum kl_load_phase { KL_LOAD_BEGIN = 0, KL_LOAD_DATA = 1, KL_LOAD_END = 2 };
 
 enum kl_cfg_key {
@@ -175,6 +180,11 @@ typedef struct {
 	/* stats */
 	uint32_t train_steps, replay_steps;
 	uint64_t train_insn;
+	/* anomaly detection (a MSE model, an autoencoder): the threshold learnt
+	 * from the training stream's reconstruction errors (before each update),
+	 * mean + KL_ANOMALY_K deviations, both exponential moving averages */
+	float score_mean, score_var;
+	uint32_t score_n;
 	/* frame buffers */
 	uint8_t rx[KL_FRAME_WIRE_MAX];
 	size_t rx_len;
@@ -185,6 +195,9 @@ typedef struct {
 	uint8_t reply[KL_FRAME_MAX]; /* window slot 0 */
 	uint8_t wire[KL_FRAME_WIRE_MAX];
 } kl_session_t;
+
+/* the anomaly threshold the training stream's errors give (0 before any) */
+float kl_sess_threshold(const kl_session_t *s);
 
 int kl_session_init(kl_session_t *s, const kl_session_cfg_t *cfg);
 /* Feed received bytes; complete frames are handled and answered at once. */

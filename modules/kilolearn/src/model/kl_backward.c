@@ -16,6 +16,10 @@ static void mask_f32(const kl_tensor_t *t, int act, float *g)
 	if (act == KL_ACT_NONE) {
 		return;
 	}
+	if (act > KL_ACT_RELU6) { /* sigmoid, tanh, leaky ReLU: times the derivative */
+		kl_activation_grad_f32(y, act, g, (int)n);
+		return;
+	}
 	for (uint32_t k = 0; k < n; k++) {
 		if (!(y[k] > 0.0f && (act != KL_ACT_RELU6 || y[k] < 6.0f))) {
 			g[k] = 0.0f;
@@ -37,7 +41,7 @@ static void mask_s8(const kl_tensor_t *t, int act, void *g, int wide, uint32_t n
 static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint32_t k0,
 			  uint32_t n)
 {
-	if (act == KL_ACT_NONE) {
+	if (act == KL_ACT_NONE || act > KL_ACT_RELU6) { /* the others: backward_op_s8 */
 		return;
 	}
 	const int8_t *y = (const int8_t *)t->data + k0;
@@ -227,7 +231,10 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 				gb[c] += dy[p * n_b + c];
 			}
 		}
-		if (!keep) {
+		if (keep) {
+		} else if (m->defer) {
+			kl_defer_f32(m, op, NULL, gb, n_b);
+		} else {
 			kl_sgd_f32(op->b, op->vb, gb, m->lr, m->momentum, n_b);
 		}
 		return;
@@ -237,12 +244,15 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 		memset(gb, 0, (size_t)n_b * 4u);
 	}
 	const uint32_t row = op->n_w / (uint32_t)n_b;
-	if (op->kind == KL_OP_DENSE && !keep) { /* fused: no weight gradient stored */
+	if (op->kind == KL_OP_DENSE && !keep && !m->defer) { /* fused: no weight gradient stored */
 		kl_update_dense_f32(m, op, x->data, dy, (int)kl_tsize(x), n_b, c0, nk);
 		return;
 	}
 	op_dw_f32(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
-	if (!keep) {
+	if (keep) {
+	} else if (m->defer) {
+		kl_defer_f32(m, op, gw, gb, n_b);
+	} else {
 		kl_apply_f32(m, op, gw, gb, n_b, c0, nk);
 	}
 }
@@ -253,11 +263,15 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 	kl_tensor_t *y = &m->tensors[op->out];
 	const kl_tensor_t *x = &m->tensors[op->in0];
 	int8_t *dy = y->grad;
-	const int ey = y->grad_exp;
 	kl_phase(m, KL_PHASE_BACKWARD);
 	if (y->n_users != 1u) { /* a single consumer masked it in kl_give_s8 already */
 		mask_s8(y, op->act, dy, 0, kl_tsize(y));
 	}
+	if (op->act > KL_ACT_RELU6) { /* sigmoid, tanh, leaky ReLU: times the derivative */
+		y->grad_exp = (int8_t)(y->grad_exp + kl_activation_grad_s8(y->data, y->zp, op->act,
+									   dy, (int)kl_tsize(y)));
+	}
+	const int ey = y->grad_exp;
 	if (kl_paged_op(op)) {
 		if (x->need_grad) {
 			pg_dx(m, op, dy, ey);
@@ -298,8 +312,11 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 				gb[c] += dy[p * n_b + c];
 			}
 		}
-		op->gb_exp = (int8_t)ey;
-		if (!keep) {
+		if (keep) {
+			op->gb_exp = (int8_t)ey;
+		} else if (m->defer) {
+			kl_defer_s8(m, op, NULL, 0, gb, ey, n_b);
+		} else {
 			kl_sgd_bias_s8(op->b, gb, m->lr_q, op->b_exp + KL_LR_FRAC_BITS - ey, n_b);
 		}
 		return;
@@ -309,11 +326,15 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 		memset(gb, 0, (size_t)n_b * 4u);
 	}
 	const uint32_t row = op->n_w / (uint32_t)n_b;
-	if (op->kind == KL_OP_DENSE && !keep) { /* fused: no weight gradient stored */
+	if (op->kind == KL_OP_DENSE && !keep && !m->defer) { /* fused: no weight gradient stored */
 		kl_update_dense_s8(m, op, x, dy, ey, n_b, c0, nk);
 		return;
 	}
 	op_dw_s8(m, op, &g, dyc, gw + c0 * row, gb + c0, n_out);
+	if (m->defer && !keep) { /* the summed gradients keep their own exponents */
+		kl_defer_s8(m, op, gw, ey + xe, gb, ey, n_b);
+		return;
+	}
 	op->gw_exp = (int8_t)(ey + xe);
 	op->gb_exp = (int8_t)ey;
 	if (!keep) {
@@ -321,20 +342,45 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 	}
 }
 
+/* the loss gradient of the logits: softmax CE on the label, MSE or sigmoid
+ * BCE on m->target (set by the step call: the input for an autoencoder) */
 static void kl_loss(kl_model_t *m, int label)
 {
 	for (int k = 0; k < m->n_tensors; k++) {
 		m->tensors[k].has_grad = 0;
 	}
 	kl_tensor_t *out = &m->tensors[m->output];
+	const int n = m->n_classes;
 	kl_phase(m, KL_PHASE_LOSS);
 	if (m->dtype == KL_DTYPE_F32) {
-		kl_softmax_ce_f32(out->data, m->n_classes, label, m->class_mask, out->grad);
+		if (m->loss == KL_LOSS_MSE) {
+			m->loss_f32 = kl_mse_f32(out->data, m->target, n, out->grad);
+		} else if (m->loss == KL_LOSS_SIGMOID_BCE) {
+			m->loss_f32 = kl_sigmoid_bce_f32(out->data, m->target, n, label, out->grad);
+		} else {
+			m->loss_f32 = kl_softmax_ce_f32(out->data, n, label, m->class_mask, out->grad);
+		}
 	} else {
 		const int shift = out->exp - m->lut_exp;
-		out->grad_exp = (int8_t)(-15 + kl_softmax_ce_s8(out->data, m->n_classes, label, m->lut,
-							      shift < 0 ? 0 : shift, m->class_mask,
-							      m->scratch, out->grad));
+		if (m->loss == KL_LOSS_MSE) {
+			const kl_tensor_t *in = &m->tensors[m->input];
+			int ee = 0;
+			m->err_mant = kl_mse_err_s8(out->data, out->exp, out->zp, m->target, in->exp,
+						    in->zp, n, &ee);
+			m->err_exp = (int8_t)ee;
+			out->grad_exp = (int8_t)kl_mse_s8(out->data, out->exp, out->zp, m->target,
+							  in->exp, in->zp, n, m->scratch, out->grad);
+		} else if (m->loss == KL_LOSS_SIGMOID_BCE) {
+			out->grad_exp = (int8_t)(-15 + kl_sigmoid_bce_s8(out->data, out->zp, n, m->target,
+									 label, m->lut,
+									 shift < 0 ? 0 : shift,
+									 m->scratch, out->grad));
+		} else {
+			out->grad_exp = (int8_t)(-15 + kl_softmax_ce_s8(out->data, n, label, m->lut,
+								      shift < 0 ? 0 : shift,
+								      m->class_mask, m->scratch,
+								      out->grad));
+		}
 		m->logits_grad_exp = out->grad_exp;
 	}
 	out->has_grad = 1;

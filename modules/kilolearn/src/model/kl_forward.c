@@ -3,24 +3,41 @@
 static void kl_forward_op(kl_model_t *m, kl_op_t *op)
 {
 	const kl_geom_t g = kl_geom(m, op);
+	kl_tensor_t *y = &m->tensors[op->out];
 	if (m->dtype == KL_DTYPE_F32) {
 		if (kl_paged_op(op)) {
 			(void)pg_forward(m, op, NULL);
 		} else {
 			op_fwd_f32(m, op, &g);
 		}
+		if (op->act > KL_ACT_RELU6) {
+			kl_activation_f32(y->data, (int)kl_tsize(y), op->act);
+		}
 		return;
 	}
 	const kl_tensor_t *x = &m->tensors[op->in0];
-	const kl_tensor_t *y = &m->tensors[op->out];
+	/* sigmoid and tanh: the kernel writes a pre-activation of a fixed scale */
+	const int table = op->act == KL_ACT_SIGMOID || op->act == KL_ACT_TANH;
+	const int pre_exp = op->act == KL_ACT_SIGMOID ? KL_SIGMOID_PRE_EXP : KL_TANH_PRE_EXP;
 	kl_requant_t rq;
-	kl_requant_init(&rq, x->exp + op->w_exp, op->b_exp, y->exp, y->zp, op->act);
+	kl_requant_init(&rq, x->exp + op->w_exp, op->b_exp, table ? pre_exp : y->exp,
+			table ? 0 : y->zp, kl_kernel_act(op->act));
 	op->sat = (uint8_t)(kl_paged_op(op) ? pg_forward(m, op, &rq) : op_fwd_s8(m, op, &g, &rq));
+	if (op->act > KL_ACT_RELU6) {
+		kl_activation_s8(y->data, (int)kl_tsize(y), op->act, y->zp);
+		if (table) {
+			op->sat = 0; /* a fixed scale: the table saturates by itself */
+		}
+	}
 }
 
 static int kl_predicted(const kl_model_t *m)
 {
 	const kl_tensor_t *out = &m->tensors[m->output];
+	if (m->n_classes == 1u) { /* one sigmoid output (binary): its sign */
+		return m->dtype == KL_DTYPE_F32 ? *(const float *)out->data > 0.0f
+						: *(const int8_t *)out->data > out->zp;
+	}
 	return m->dtype == KL_DTYPE_F32 ? kl_argmax_f32(out->data, m->n_classes, m->class_mask)
 					: kl_argmax_s8(out->data, m->n_classes, m->class_mask);
 }

@@ -48,6 +48,8 @@ static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training,
 				upd = (ky * op->kh * op->kw * kx + ky) * 4u;
 			} else if (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV) {
 				upd = (op->n_w + n_b) * 4u; /* weight gradients */
+			} else if (m->defer) { /* dense: weight gradients, then the optimiser */
+				upd = (op->n_w + n_b) * 4u;
 			} else if (s8_dense) { /* fused SGD (paged: a chunk of a row at a time) */
 				upd = kl_paged_op(op) ? KL_FC_S8_SCRATCH(PG_CHUNK, 1u)
 						      : KL_FC_S8_SCRATCH(kl_tsize(x), kl_tsize(y));
@@ -79,6 +81,8 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	m->input = kl_rd16(blob + KL_BH_INPUT);
 	m->output = kl_rd16(blob + KL_BH_OUTPUT);
 	m->lut_exp = (int8_t)blob[KL_BH_LUT_EXP];
+	m->loss = (uint8_t)kl_blob_loss(blob);
+	m->target = NULL;
 	const int s8 = m->dtype == KL_DTYPE_S8;
 	if (s8) {
 		m->lut = (const uint16_t *)(const void *)(blob + kl_rd32(blob + KL_BH_LUT));
@@ -90,8 +94,29 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		    !(cfg->momentum >= 0.0f && cfg->momentum < 1.0f)) {
 			return KL_EINVAL;
 		}
-		if (s8 && cfg->momentum != 0.0f) {
-			return KL_ENOTSUP;
+		const uint32_t batch = cfg->batch == 0u ? 1u : cfg->batch;
+		if (cfg->optimizer > KL_OPT_ADAM || (s8 && (batch & (batch - 1u)) != 0u) ||
+		    (batch > 1u && (cfg->flags & KL_CFG_KEEP_GRADS)) ||
+		    !(cfg->beta1 >= 0.0f && cfg->beta1 < 1.0f) ||
+		    !(cfg->beta2 >= 0.0f && cfg->beta2 < 1.0f) || !(cfg->eps >= 0.0f)) {
+			return KL_EINVAL;
+		}
+		if (s8 && cfg->optimizer == KL_OPT_ADAM) {
+			return KL_ENOTSUP; /* Adam trains float32 */
+		}
+		m->optimizer = cfg->optimizer;
+		m->batch = (uint16_t)batch;
+		m->defer = (uint8_t)(batch > 1u || cfg->optimizer == KL_OPT_ADAM ||
+				     (s8 && cfg->momentum != 0.0f));
+		m->mom_q = (int32_t)(cfg->momentum * (float)(1 << KL_MOM_FRAC_BITS) + 0.5f);
+		m->beta1 = cfg->beta1 != 0.0f ? cfg->beta1 : 0.9f;
+		m->beta2 = cfg->beta2 != 0.0f ? cfg->beta2 : 0.999f;
+		m->eps = cfg->eps != 0.0f ? cfg->eps : 1e-8f;
+		m->b1t = 1.0f;
+		m->b2t = 1.0f;
+		if (m->defer && (sched_off != 0u || kl_blob_update_policy(blob, &(uint32_t){0}) !=
+							  KL_UPDATE_ALL)) {
+			return KL_ENOTSUP; /* deferred updates: store-all, every weight */
 		}
 		m->lr = cfg->lr;
 		m->momentum = cfg->momentum;
@@ -153,16 +178,19 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		const uint8_t *b = blob + kl_rd32(r + KL_BO_B_OFF);
 		const size_t bsize = kl_rd32(r + KL_BO_B_SIZE);
 		if (op->flags & KL_OP_PAGED) { /* read in place, rows from the log */
-			if (sched_off != 0u || (training && (m->momentum != 0.0f ||
+			if (sched_off != 0u || (training && (m->momentum != 0.0f || m->defer ||
 							      (m->flags & KL_CFG_KEEP_GRADS)))) {
 				return KL_ENOTSUP;
 			}
 			op->w = (void *)(uintptr_t)w;
 			op->b = (void *)(uintptr_t)b;
-			op->rows = arena_zeros(arena, sizeof(op->rows[0]) * kl_tsize(y));
+			/* pointers: aligned as pointers (8 bytes on a 64-bit host) */
+			op->rows = kl_arena_alloc(arena, sizeof(op->rows[0]) * kl_tsize(y),
+						  sizeof(op->rows[0]));
 			if (op->rows == NULL) {
 				return KL_ENOMEM;
 			}
+			memset(op->rows, 0, sizeof(op->rows[0]) * kl_tsize(y));
 			m->paged = 1u;
 			continue;
 		}
@@ -173,14 +201,22 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 			if (op->w == NULL || op->b == NULL) {
 				return KL_ENOMEM;
 			}
-			if (!s8 && m->momentum != 0.0f) {
+			/* momentum (f32: float, s8: int32 velocity) or Adam's moments */
+			if (m->momentum != 0.0f || m->optimizer == KL_OPT_ADAM) {
 				op->vw = wt ? arena_zeros(arena, op->n_w * 4u) : NULL;
 				op->vb = arena_zeros(arena, bsize);
 				if ((wt && op->vw == NULL) || op->vb == NULL) {
 					return KL_ENOMEM;
 				}
 			}
-			if (m->flags & KL_CFG_KEEP_GRADS) {
+			if (m->optimizer == KL_OPT_ADAM) {
+				op->sw = wt ? arena_zeros(arena, op->n_w * 4u) : NULL;
+				op->sb = arena_zeros(arena, bsize);
+				if ((wt && op->sw == NULL) || op->sb == NULL) {
+					return KL_ENOMEM;
+				}
+			}
+			if ((m->flags & KL_CFG_KEEP_GRADS) || m->batch > 1u) { /* kept or summed */
 				op->gw = wt ? kl_arena_alloc(arena, op->n_w * 4u, 4u) : NULL;
 				op->gb = kl_arena_alloc(arena, bsize, 4u);
 				if ((wt && op->gw == NULL) || op->gb == NULL) {

@@ -159,6 +159,14 @@ static void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, cons
 			 int n_out, uint32_t c0, uint32_t nk);
 static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, const int8_t *dy,
 			int ey, int n_out, uint32_t c0, uint32_t nk);
+static void kl_begin_update(kl_model_t *m);
+static void kl_step_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, float scale);
+static void kl_step_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int ew, int32_t *gb, int eb,
+		       int n_b);
+static void kl_defer_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b);
+static void kl_defer_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int ew, int32_t *gb, int eb,
+			int n_b);
+static void kl_batch_done(kl_model_t *m);
 /* kl_paged.c */
 static int kl_paged_op(const kl_op_t *op);
 static int pg_forward(kl_model_t *m, kl_op_t *op, const kl_requant_t *rq);

@@ -13,7 +13,7 @@ static void dense_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)
 {
 	(void)g;
 	kl_fully_connected_f32(X(m, op)->data, op->w, op->b, Y(m, op)->data,
-			       (int)kl_tsize(X(m, op)), (int)kl_tsize(Y(m, op)), op->act);
+			       (int)kl_tsize(X(m, op)), (int)kl_tsize(Y(m, op)), kl_kernel_act(op->act));
 }
 
 static int dense_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requant_t *rq)
@@ -65,7 +65,8 @@ static void dense_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, co
 #define KL_WINDOW_OP(name, kern)                                                               \
 	static void name##_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)             \
 	{                                                                                      \
-		kern##_f32(g, X(m, op)->data, op->w, op->b, Y(m, op)->data, op->act);          \
+		kern##_f32(g, X(m, op)->data, op->w, op->b, Y(m, op)->data,                    \
+			   kl_kernel_act(op->act));                                            \
 	}                                                                                      \
 	static int name##_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g,              \
 				 kl_requant_t *rq)                                             \

@@ -57,7 +57,7 @@ static int pg_forward(kl_model_t *m, kl_op_t *op, const kl_requant_t *rq)
 		const void *w = pg_row(m, op, r), *b = pg_bias(m, op, r);
 		if (m->dtype == KL_DTYPE_F32) {
 			kl_fully_connected_f32(x->data, w, b, (float *)(void *)y + r, (int)n_in, (int)k,
-					       op->act);
+					       kl_kernel_act(op->act));
 		} else if (k > 1u) {
 			sat |= kl_fully_connected_s8(x->data, x->zp, w, b, rq, (int8_t *)(void *)y + r,
 						     (int)n_in, (int)k, m->scratch);

@@ -81,18 +81,38 @@ static int run_step(kl_model_t *m, const void *x, int label, int keep)
 
 static int check_step(const kl_model_t *m, const void *x, int label)
 {
-	if (m == NULL || !kl_sample_ok(m, x) || label < 0 || label >= m->n_classes ||
+	if (m == NULL || !kl_sample_ok(m, x) ||
 	    (m->sched == NULL && m->tensors[m->output].grad == NULL)) {
 		return KL_EINVAL;
 	}
+	if (m->loss == KL_LOSS_MSE) { /* the label is not used */
+		return KL_OK;
+	}
+	const int n_lab = m->loss == KL_LOSS_SIGMOID_BCE && m->n_classes == 1 ? 2 : m->n_classes;
+	return label < 0 || label >= n_lab ? KL_EINVAL : KL_OK;
+}
+
+/* the step's target: the caller's, else the input (MSE: an autoencoder) */
+static int set_target(kl_model_t *m, const void *x, const void *target)
+{
+	if (m->loss == KL_LOSS_MSE && target == NULL) {
+		if (m->n_inputs != m->n_classes) {
+			return KL_EINVAL;
+		}
+		target = x;
+	}
+	if (target != NULL && !kl_sample_ok(m, target)) {
+		return KL_EINVAL;
+	}
+	m->target = target;
 	return KL_OK;
 }
 
 int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 {
 	int err = check_step(m, data, label);
-	if (err == KL_OK && m->sched != NULL) {
-		err = KL_ENOTSUP; /* the schedule runs whole steps */
+	if (err == KL_OK && (m->sched != NULL || m->loss != KL_LOSS_SOFTMAX_CE)) {
+		err = KL_ENOTSUP; /* the schedule runs whole steps; targets need the input */
 	}
 	if (err == KL_OK) {
 		err = kl_model_check_cut(m, t);
@@ -113,6 +133,9 @@ int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 	} else {
 		memcpy(own, data, kl_tsize(cut) * (m->dtype == KL_DTYPE_S8 ? 1u : 4u));
 	}
+	if (m->defer && m->batch <= 1u) {
+		kl_begin_update(m);
+	}
 	m->fwd_pack = 1u;
 	const int pred = kl_forward_ops(m, cut->producer + 1);
 	m->fwd_pack = 0u;
@@ -120,6 +143,7 @@ int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 	if (m->paged && m->pg_err != KL_OK) {
 		return m->pg_err;
 	}
+	kl_batch_done(m);
 	kl_adapt_ranges(m);
 	if (m->paged && (m->pg_err = pg_commit(m)) != KL_OK) {
 		return m->pg_err;
@@ -129,16 +153,23 @@ int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 	return pred;
 }
 
-int kl_train_step(kl_model_t *m, const void *x, int label)
+static int train_step(kl_model_t *m, const void *x, int label, const void *target)
 {
 	int err = check_step(m, x, label);
+	if (err == KL_OK) {
+		err = set_target(m, x, target);
+	}
 	if (err != KL_OK) {
 		return err;
+	}
+	if (m->defer && m->batch <= 1u) {
+		kl_begin_update(m);
 	}
 	const int pred = run_step(m, x, label, 0);
 	if (m->paged && m->pg_err != KL_OK) {
 		return m->pg_err; /* rows of this step may be written; a mount drops them */
 	}
+	kl_batch_done(m); /* a batch's update when it is full */
 	kl_adapt_ranges(m);
 	if (m->paged && (m->pg_err = pg_commit(m)) != KL_OK) {
 		return m->pg_err; /* the step stays uncommitted: a mount drops it */
@@ -148,9 +179,29 @@ int kl_train_step(kl_model_t *m, const void *x, int label)
 	return pred;
 }
 
-int kl_compute_grads(kl_model_t *m, const void *x, int label)
+int kl_train_step(kl_model_t *m, const void *x, int label)
+{
+	if (m != NULL && m->loss == KL_LOSS_MSE) {
+		label = 0;
+	}
+	return train_step(m, x, label, NULL);
+}
+
+int kl_train_step_target(kl_model_t *m, const void *x, const void *target)
+{
+	if (m == NULL || m->loss == KL_LOSS_SOFTMAX_CE ||
+	    (m->loss == KL_LOSS_SIGMOID_BCE && target == NULL)) {
+		return KL_EINVAL;
+	}
+	return train_step(m, x, 0, target);
+}
+
+static int compute_grads(kl_model_t *m, const void *x, int label, const void *target)
 {
 	int err = check_step(m, x, label);
+	if (err == KL_OK) {
+		err = set_target(m, x, target);
+	}
 	if (err != KL_OK) {
 		return err;
 	}
@@ -160,10 +211,61 @@ int kl_compute_grads(kl_model_t *m, const void *x, int label)
 	return run_step(m, x, label, 1);
 }
 
+int kl_compute_grads(kl_model_t *m, const void *x, int label)
+{
+	if (m != NULL && m->loss == KL_LOSS_MSE) {
+		label = 0;
+	}
+	return compute_grads(m, x, label, NULL);
+}
+
+int kl_compute_grads_target(kl_model_t *m, const void *x, const void *target)
+{
+	if (m == NULL || m->loss == KL_LOSS_SOFTMAX_CE ||
+	    (m->loss == KL_LOSS_SIGMOID_BCE && target == NULL)) {
+		return KL_EINVAL;
+	}
+	return compute_grads(m, x, 0, target);
+}
+
+/* the error of the last forward pass (its logits) against the target */
+int kl_error_s8(const kl_model_t *m, const void *x, const void *target, uint32_t *mant, int *exp)
+{
+	if (m == NULL || m->dtype != KL_DTYPE_S8 || m->loss != KL_LOSS_MSE || mant == NULL ||
+	    exp == NULL || (target == NULL && (x == NULL || m->n_inputs != m->n_classes)) ||
+	    m->tensors[m->output].data == NULL) {
+		return KL_EINVAL;
+	}
+	const kl_tensor_t *out = &m->tensors[m->output], *in = &m->tensors[m->input];
+	*mant = kl_mse_err_s8(out->data, out->exp, out->zp, target != NULL ? target : x, in->exp,
+			      in->zp, m->n_classes, exp);
+	return KL_OK;
+}
+
+int kl_error_f32(const kl_model_t *m, const void *x, const void *target, float *err)
+{
+	if (m == NULL || m->dtype != KL_DTYPE_F32 || m->loss != KL_LOSS_MSE || err == NULL ||
+	    (target == NULL && (x == NULL || m->n_inputs != m->n_classes)) ||
+	    m->tensors[m->output].data == NULL) {
+		return KL_EINVAL;
+	}
+	const float *y = m->tensors[m->output].data;
+	const float *t = target != NULL ? target : x;
+	float s = 0.0f;
+	for (int i = 0; i < m->n_classes; i++) {
+		s += (y[i] - t[i]) * (y[i] - t[i]);
+	}
+	*err = s;
+	return KL_OK;
+}
+
 int kl_apply_grads(kl_model_t *m)
 {
 	if (m == NULL || !(m->flags & KL_CFG_KEEP_GRADS)) {
 		return KL_EINVAL;
+	}
+	if (m->defer) {
+		kl_begin_update(m);
 	}
 	/* same order as the fused step: last op first */
 	for (int i = m->n_ops - 1; i >= 0; i--) {
@@ -172,6 +274,14 @@ int kl_apply_grads(kl_model_t *m)
 			continue;
 		}
 		const int n_b = (int)kl_n_channels(m, op);
+		if (m->defer) { /* Adam or int8 momentum (a batch of 1: KEEP_GRADS) */
+			if (m->dtype == KL_DTYPE_F32) {
+				kl_step_f32(m, op, op->gw, op->gb, n_b, 1.0f);
+			} else {
+				kl_step_s8(m, op, op->gw, op->gw_exp, op->gb, op->gb_exp, n_b);
+			}
+			continue;
+		}
 		uint32_t c0 = 0, nk = 0;
 		if (kl_channel_sparse(m, op)) { /* the block kl_compute_grads used */
 			kl_active_block(m, (uint32_t)n_b, &c0, &nk);

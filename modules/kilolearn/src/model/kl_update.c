@@ -122,7 +122,7 @@ int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille)
 	    permille > KL_UPDATE_FRAC_ONE || (policy != KL_UPDATE_ALL && permille == 0u)) {
 		return KL_EINVAL;
 	}
-	if ((policy != KL_UPDATE_ALL && m->momentum != 0.0f) ||
+	if ((policy != KL_UPDATE_ALL && (m->momentum != 0.0f || m->defer)) ||
 	    (m->paged && policy != KL_UPDATE_ALL && policy != KL_UPDATE_CHANNEL_NORM)) {
 		return KL_ENOTSUP;
 	}
@@ -560,4 +560,135 @@ static void kl_backward_partial_s8(kl_model_t *m, kl_op_t *op)
 	kl_sgd_bias_s8((int32_t *)op->b + cy0, gb, m->lr_q, b_shift, (int)ky);
 	m->upd_touched += ky * taps * kx;
 	m->upd_weights += op->n_w;
+}
+
+/* ---- deferred updates: Adam, int8 momentum, batches (issue 20) ---------------------
+ * With m->defer, a backward step hands its weight and bias gradients here
+ * instead of updating: summed into op->gw/gb over a batch (applied when it is
+ * full, their mean), or given to the optimiser step at once (batch 1). */
+
+/* an update begins: Adam's t and its powers of beta */
+static void kl_begin_update(kl_model_t *m)
+{
+	m->n_updates++;
+	m->b1t *= m->beta1;
+	m->b2t *= m->beta2;
+}
+
+/* the optimiser step of op from float32 gradients times scale (1 / batch) */
+static void kl_step_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, float scale)
+{
+	if (m->optimizer == KL_OPT_ADAM) {
+		const float c1 = 1.0f / (1.0f - m->b1t), c2 = 1.0f / (1.0f - m->b2t);
+		if (gw != NULL) {
+			kl_adam_f32(op->w, op->vw, op->sw, gw, scale, m->lr, m->beta1, m->beta2, c1,
+				    c2, m->eps, (int)op->n_w);
+		}
+		kl_adam_f32(op->b, op->vb, op->sb, gb, scale, m->lr, m->beta1, m->beta2, c1, c2,
+			    m->eps, n_b);
+	} else {
+		if (scale != 1.0f) {
+			for (uint32_t k = 0; gw != NULL && k < op->n_w; k++) {
+				gw[k] *= scale;
+			}
+			for (int k = 0; k < n_b; k++) {
+				gb[k] *= scale;
+			}
+		}
+		if (gw != NULL) {
+			kl_sgd_f32(op->w, op->vw, gw, m->lr, m->momentum, (int)op->n_w);
+		}
+		kl_sgd_f32(op->b, op->vb, gb, m->lr, m->momentum, n_b);
+	}
+	if (gw != NULL) {
+		m->upd_touched += op->n_w;
+		m->upd_weights += op->n_w;
+	}
+}
+
+/* the optimiser step of op from int32 gradients of exponents ew, eb: SGD,
+ * with momentum through the velocity (kl_accumulate_s8) */
+static void kl_step_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int ew, int32_t *gb, int eb,
+		       int n_b)
+{
+	if (m->mom_q != 0) {
+		const int first = m->n_updates == 1u; /* the velocity is zero */
+		if (gw != NULL) {
+			op->v_exp = (int8_t)kl_accumulate_s8(op->vw, first ? ew : op->v_exp, m->mom_q,
+							     gw, ew, (int)op->n_w);
+			gw = op->vw;
+			ew = op->v_exp;
+		}
+		op->vb_exp = (int8_t)kl_accumulate_s8(op->vb, first ? eb : op->vb_exp, m->mom_q, gb,
+						      eb, n_b);
+		gb = op->vb;
+		eb = op->vb_exp;
+	}
+	if (gw != NULL) {
+		kl_sgd_weights_s8(op->w, gw, m->lr_q, op->w_exp + KL_LR_FRAC_BITS - ew, &m->dither,
+				  (int)op->n_w);
+		m->upd_touched += op->n_w;
+		m->upd_weights += op->n_w;
+	}
+	kl_sgd_bias_s8(op->b, gb, m->lr_q, op->b_exp + KL_LR_FRAC_BITS - eb, n_b);
+}
+
+static void kl_defer_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b)
+{
+	if (m->batch <= 1u) {
+		kl_step_f32(m, op, gw, gb, n_b, 1.0f);
+		return;
+	}
+	float *aw = op->gw, *ab = op->gb;
+	const int first = m->batch_n == 0u;
+	for (uint32_t k = 0; gw != NULL && k < op->n_w; k++) {
+		aw[k] = first ? gw[k] : aw[k] + gw[k];
+	}
+	for (int k = 0; k < n_b; k++) {
+		ab[k] = first ? gb[k] : ab[k] + gb[k];
+	}
+}
+
+static void kl_defer_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int ew, int32_t *gb, int eb,
+			int n_b)
+{
+	if (m->batch <= 1u) {
+		kl_step_s8(m, op, gw, ew, gb, eb, n_b);
+		return;
+	}
+	const int first = m->batch_n == 0u;
+	const int32_t mu = first ? 0 : (int32_t)1 << KL_MOM_FRAC_BITS;
+	if (gw != NULL) {
+		op->gw_exp = (int8_t)kl_accumulate_s8(op->gw, first ? ew : op->gw_exp, mu, gw, ew,
+						      (int)op->n_w);
+	}
+	op->gb_exp = (int8_t)kl_accumulate_s8(op->gb, first ? eb : op->gb_exp, mu, gb, eb, n_b);
+}
+
+/* the end of a sample of a batch: when it is full, the mean of its summed
+ * gradients to the optimiser, last op first (the order of the dither) */
+static void kl_batch_done(kl_model_t *m)
+{
+	if (m->batch <= 1u || ++m->batch_n < m->batch) {
+		return;
+	}
+	m->batch_n = 0;
+	kl_begin_update(m);
+	int lg = 0;
+	while ((1u << lg) < m->batch) {
+		lg++;
+	}
+	for (int i = m->n_ops - 1; i >= 0; i--) {
+		kl_op_t *op = &m->ops[i];
+		if (!kl_trainable(op) || op->n_w == 0u) {
+			continue;
+		}
+		const int n_b = (int)kl_n_channels(m, op);
+		void *gw = kl_bias_only(op) ? NULL : op->gw;
+		if (m->dtype == KL_DTYPE_F32) {
+			kl_step_f32(m, op, gw, op->gb, n_b, 1.0f / (float)m->batch);
+		} else { /* the mean: a power-of-two batch, its exponent */
+			kl_step_s8(m, op, gw, op->gw_exp - lg, op->gb, op->gb_exp - lg, n_b);
+		}
+	}
 }

@@ -1,3 +1,4 @@
+#include <math.h>
 /* The session's data commands: TRAIN (with latent replay), EVAL, PREDICT,
  * STATS, and the trained blob composed over the stored one for COMMIT and
  * READ. */
@@ -61,6 +62,35 @@ static int replay(kl_session_t *s, int label, uint32_t *replayed)
 	return KL_OK;
 }
 
+/* the last step's (or prediction's) reconstruction error as a float: s8 the
+ * integers of kl_mse_err_s8 scaled, f32 the sum of squares */
+static float score_of(const kl_model_t *m)
+{
+	if (m->dtype == KL_DTYPE_F32) {
+		return m->loss_f32 * (float)m->n_classes;
+	}
+	return ldexpf((float)m->err_mant, m->err_exp);
+}
+
+/* exponential moving mean and variance of the training stream's errors */
+static void learn_threshold(kl_session_t *s, float v)
+{
+	const float a = 1.0f / (float)(1u << KL_ANOMALY_SHIFT);
+	if (s->score_n++ == 0u) {
+		s->score_mean = v;
+		s->score_var = 0.0f;
+		return;
+	}
+	const float d = v - s->score_mean;
+	s->score_mean += a * d;
+	s->score_var = (1.0f - a) * (s->score_var + a * d * d);
+}
+
+float kl_sess_threshold(const kl_session_t *s)
+{
+	return s->score_n == 0u ? 0.0f : s->score_mean + KL_ANOMALY_K * sqrtf(s->score_var);
+}
+
 int kl_sess_cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 {
 	int err = check_sample(s, n, 1);
@@ -82,6 +112,9 @@ int kl_sess_cmd_train(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out)
 		return pred;
 	}
 	s->train_steps++;
+	if (s->model.loss == KL_LOSS_MSE) { /* the error before the update: the threshold */
+		learn_threshold(s, score_of(&s->model));
+	}
 	uint32_t replayed = 0;
 	if (s->set.cut != 0xFFFFu) {
 		err = replay(s, label, &replayed);
@@ -144,12 +177,35 @@ int kl_sess_cmd_eval(kl_session_t *s, uint8_t *p, uint32_t n, uint8_t *out, int 
 		return err;
 	}
 	const int label = predict ? -1 : (int)kl_rd16(p);
-	const int pred = kl_predict(&s->model, aligned_sample(predict ? p : p + 2,
-								n - (predict ? 0u : 2u)));
+	const void *x = aligned_sample(predict ? p : p + 2, n - (predict ? 0u : 2u));
+	const int pred = kl_predict(&s->model, x);
 	if (pred < 0) {
 		return pred;
 	}
 	kl_wr16(out, (uint32_t)pred);
+	if (!predict && s->model.loss == KL_LOSS_MSE) {
+		/* an autoencoder: its score (the reconstruction error), the threshold
+		 * learnt from the training stream, and the verdict */
+		out[2] = 0;
+		uint32_t mant = 0;
+		int e = 0;
+		float sc = 0.0f;
+		if (s->model.dtype == KL_DTYPE_S8) {
+			(void)kl_error_s8(&s->model, x, NULL, &mant, &e);
+			sc = ldexpf((float)mant, e);
+		} else {
+			(void)kl_error_f32(&s->model, x, NULL, &sc);
+			memcpy(&mant, &sc, 4u);
+		}
+		const float thr = kl_sess_threshold(s);
+		kl_wr32(out + 3, mant);
+		out[7] = (uint8_t)(int8_t)e;
+		out[8] = (uint8_t)(s->score_n != 0u && sc > thr);
+		uint32_t tb;
+		memcpy(&tb, &thr, 4u);
+		kl_wr32(out + 9, tb);
+		return 13;
+	}
 	if (!predict) {
 		out[2] = (uint8_t)(pred == label);
 		return 3;

@@ -124,6 +124,8 @@ int kl_sess_build_model(kl_session_t *s, const uint8_t *blob, uint32_t len)
 	}
 	s->train_steps = s->replay_steps = 0;
 	s->train_insn = 0;
+	s->score_mean = s->score_var = 0.0f;
+	s->score_n = 0;
 	s->state_seq++;
 	s->loaded = 1;
 	return KL_OK;
