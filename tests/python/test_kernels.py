@@ -1,6 +1,6 @@
 """int8 kernels: the dsp backend equals ref bit for bit (kl_bench_kernels self-test).
 
-Runs the kernel benchmark firmware on the DSP boards (M4, M7, M33), on the M3
+Runs the kernel benchmark firmware on the DSP boards (M4, M7, M33, M55), on the M3
 (ref only: it must still build and run) and on the host under ASan/UBSan, and
 asserts zero mismatches. Timing is printed by ``kilolearn bench-kernels``, not
 tested here.
@@ -8,12 +8,15 @@ tested here.
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from conftest import require_target, split_target
+from conftest import QEMU_BOARDS, require_target, split_target
 
 from kilolearn.bench import kbench
+from kilolearn.device import build, qemu
 
-DSP_BOARDS = ["mps2-an386", "mps2-an500", "mps2-an505"]
+DSP_BOARDS = ["mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547"]
 OPS = ["fc64x32", "fc256x128", "conv1x1", "conv3x3", "conv3x3s2", "dw3x3", "dw3x3s2"]
 
 
@@ -74,3 +77,21 @@ def test_parse_and_rows() -> None:
                        "b")
     assert not bad.ok and bad.mismatches == 3
     assert not kbench.parse("KL kbench op x", "b").ok
+
+
+@pytest.mark.parametrize("board", QEMU_BOARDS)
+def test_instruction_counter_against_known_loops(board: str) -> None:
+    """The counter behind every insn figure (SysTick under -icount shift=0, 1e9 / clock
+    instructions per tick: 40 on the mps2 boards at 25 MHz, 50 on the an505 at 20 MHz, 31.25 on
+    the an547 at 32 MHz): a 2-instruction loop of n iterations costs 2n more than one of m < n
+    iterations, to one tick per end of each timed region."""
+    require_target(board)
+    r = qemu.run_firmware(build.build(board, target="kl_insn_calib"), board, timeout=60)
+    assert r.returncode == 0, r.stdout[-2000:]
+    got = [(int(n), int(i)) for n, i in re.findall(r"KL calib n (\d+) insn (\d+)", r.stdout)]
+    assert len(got) == 4, r.stdout
+    tick = qemu.BOARDS[board].insn_per_tick
+    for (n0, i0), (n1, i1) in zip(got, got[1:], strict=False):
+        assert abs((i1 - i0) - 2 * (n1 - n0)) <= 2 * tick, (board, got)
+    # and the call overhead around the loop is small (to a tick)
+    assert all(-tick <= i - 2 * n <= 100 + tick for n, i in got), got
