@@ -50,7 +50,8 @@ static inline int kl_mve_requant4(const kl_requant_t *q, int32x4_t dot, int32x4_
 	return (s & p) != 0;
 }
 
-/* the output stage over n raw dot products (dot, b: n int32 each) */
+/* the output stage over n raw dot products (dot, b: n int32 each), the
+ * constants of kl_mve_requant4 kept in registers over the loop */
 static inline int kl_mve_requant_n(const int32_t *dot, const int32_t *b, const kl_requant_t *q,
 				   int8_t *y, int n)
 {
@@ -61,11 +62,38 @@ static inline int kl_mve_requant_n(const int32_t *dot, const int32_t *b, const k
 		}
 		return sat;
 	}
+	const int bs = q->b_shift, ys1 = q->y_shift - 1;
+	const int32x4_t bmask = vdupq_n_s32((int32_t)((1u << bs) - 1u));
+	const int32x4_t bhalf = vdupq_n_s32((int32_t)((1u << bs) - 1u) >> 1);
+	const int32x4_t ymask = vdupq_n_s32((int32_t)((1u << ys1) - 1u));
+	const int32x4_t yhalf = vdupq_n_s32((int32_t)((1u << ys1) - 1u) >> 1);
+	const int32x4_t hi = vdupq_n_s32(q->hi), lo = vdupq_n_s32(q->lo);
+	const int32_t sat_hi = q->cap_saturates ? q->hi_range : INT32_MAX;
+	const int32_t sat_lo = q->act == KL_ACT_NONE ? q->lo : INT32_MIN;
+	const int32_t zp = q->zp;
+	mve_pred16_t any = 0;
 	for (int i = 0; i < n; i += 4) {
 		const mve_pred16_t p = vctp32q((uint32_t)(n - i));
-		sat |= kl_mve_requant4(q, vldrwq_z_s32(dot + i, p), vldrwq_z_s32(b + i, p), y + i, p);
+		const int32x4_t bias = vldrwq_z_s32(b + i, p);
+		const int32x4_t rb = vsubq_s32(
+			vshlq_r_s32(bias, -bs),
+			vshrq_n_s32(vsubq_s32(vsubq_s32(bhalf, vshrq_n_s32(bias, 31)),
+					      vandq_s32(bias, bmask)),
+				    31));
+		const int32x4_t acc = vqaddq_s32(vldrwq_z_s32(dot + i, p), rb);
+		int32x4_t r = vaddq_s32(vshrq_n_s32(acc, 1), vandq_s32(acc, vdupq_n_s32(1)));
+		if (ys1 > 0) {
+			r = vsubq_s32(vshlq_r_s32(r, -ys1),
+				      vshrq_n_s32(vsubq_s32(vsubq_s32(yhalf, vshrq_n_s32(r, 31)),
+							    vandq_s32(r, ymask)),
+						  31));
+		}
+		/* r >= INT32_MAX or <= INT32_MIN where the flag does not apply:
+		 * r is at most 2^30 in magnitude here, never there */
+		any |= (vcmpgeq_n_s32(r, sat_hi) | vcmpleq_n_s32(r, sat_lo)) & p;
+		vstrbq_p_s32(y + i, vaddq_n_s32(vmaxq_s32(vminq_s32(r, hi), lo), zp), p);
 	}
-	return sat;
+	return sat | (any != 0);
 }
 
 #endif
