@@ -163,6 +163,8 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            where="docs/int8-training.md"),
     Figure("kernels", "kilolearn bench-kernels --boards mps2-an386 mps2-an500",
            render_kernels, _measure_kernels, where="docs/kernels.md"),
+    module_figure("kernels-mve", "kilolearn bench-kernels --boards mps3-an547",
+                  ".bench.kbench", "docs/kernels.md"),
     Figure("planner-mobilenet", "kilolearn plan --budget 256K --reserve 8192 --model "
            "mobilenet_v1 --alpha 0.1 --input 128 --measure mps2-an386", render_planner,
            _measure_planner, where="docs/planner.md"),

@@ -3,7 +3,8 @@
  *
  * sum_t w[t][c] (x_t[c] - x_zp) = sum_t w[t][c] x_t[c] - x_zp sum_t w[t][c]:
  * the input is used raw, padding taps read a row of x_zp (they then add
- * nothing), and -x_zp sum_t w[t][c] is one table per call. HWC keeps a
+ * nothing), and -x_zp sum_t w[t][c] is one table per call, added to the
+ * rounded bias of the channel. HWC keeps a
  * pixel's channels together, so one output pixel takes 8 channels per block:
  * per pair of taps four VLDRB.S16 (input, weight), two VMUL.I16 and a VADD
  * (two taps' products still fit int16), then VMOVLB / VMOVLT and two VADD.I32
@@ -20,12 +21,11 @@
 #if KL_KERNELS_MVE
 #include "kl_mve_util.h"
 
-/* 8 channels of one pixel: P[t] + c the input of tap t, corr the block's
- * correction in accumulator order (even channels, then odd) */
+/* raw dots of 8 channels of one pixel, P[t] + c the input of tap t */
 static inline void dw_block8(const int8_t *const *P, const int8_t *w, long C, int taps, int c,
-			     const int32_t *corr, int32_t *dots)
+			     int32_t *dots)
 {
-	int32x4_t a0 = vldrwq_s32(corr), a1 = vldrwq_s32(corr + 4);
+	int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0);
 	const int8_t *wp = w + c;
 	int t = 0;
 	for (; t + 2 <= taps; t += 2) {
@@ -49,7 +49,11 @@ int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 			     const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
 {
 	const int C = g->c, taps = g->kh * g->kw, c4 = (C + 3) & ~3, c8 = C & ~7;
-	int32_t *corr = (int32_t *)scratch; /* c4: blocks of 8 in accumulator order */
+	if (rq->b_shift < 1 || taps > 4096) { /* a rounded bias may reach the int32
+					      * limits: the correction would not add exactly */
+		return kl_ref_depthwise_conv_s8(g, x, x_zp, w, b, rq, y, scratch);
+	}
+	int32_t *corr = (int32_t *)scratch; /* c4: rounded bias - x_zp sum_t w[t][c] */
 	int32_t *dots = corr + c4;          /* c4 */
 	const int8_t **P = (const int8_t **)(void *)(dots + c4); /* taps */
 	int8_t *zrow = (int8_t *)(void *)(P + taps);               /* c4 bytes of x_zp */
@@ -59,12 +63,11 @@ int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 		for (int t = 0; t < taps; t++) {
 			s = vaddq_s32(s, vldrbq_z_s32(w + (long)t * C + c, p));
 		}
-		vstrwq_p_s32(dots + c, vmulq_n_s32(s, -x_zp), p);
+		vstrwq_p_s32(corr + c, vmulq_n_s32(s, -x_zp), p);
 		vstrbq_p_s32(zrow + c, vdupq_n_s32(x_zp), p);
 	}
-	for (int c = 0; c < C; c++) { /* channel c of a block: lane (c % 8) / 2 of part c % 2 */
-		const int k = c & 7;
-		corr[c < c8 ? (c & ~7) + 4 * (k & 1) + (k >> 1) : c] = dots[c];
+	for (int c = 0; c < C; c++) { /* |corr| < 2^14 taps, |rounded bias| <= 2^30: exact */
+		corr[c] += kl_rshift_round(b[c], rq->b_shift);
 	}
 	int sat = 0;
 	for (int oy = 0; oy < g->ho; oy++) {
@@ -83,18 +86,18 @@ int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 			}
 			int c = 0;
 			for (; c < c8; c += 8) {
-				dw_block8(P, w, C, taps, c, corr + c, dots + c);
+				dw_block8(P, w, C, taps, c, dots + c);
 			}
 			for (; c < C; c += 4) {
 				const mve_pred16_t p = vctp32q((uint32_t)(C - c));
-				int32x4_t a = vldrwq_z_s32(corr + c, p);
+				int32x4_t a = vdupq_n_s32(0);
 				for (t = 0; t < taps; t++) {
 					a = vaddq_s32(a, vmulq_s32(vldrbq_z_s32(P[t] + c, p),
 								   vldrbq_z_s32(w + (long)t * C + c, p)));
 				}
 				vstrwq_p_s32(dots + c, a, p);
 			}
-			sat |= kl_mve_requant_n(dots, b, rq, y + ((long)oy * g->wo + ox) * C, C);
+			sat |= kl_mve_requant_cb_n(dots, corr, rq, y + ((long)oy * g->wo + ox) * C, C);
 		}
 	}
 	return sat;

@@ -20,80 +20,69 @@ static inline int32x4_t kl_mve_rshift_round(int32x4_t x, int s)
 	return vsubq_s32(fl, vshrq_n_s32(vsubq_s32(thr, rem), 31));
 }
 
-/* the shifts the vector output stage takes (the others: kl_requant) */
-static inline int kl_mve_requant_fast(const kl_requant_t *q)
-{
-	return q->b_shift >= 1 && q->b_shift <= 31 && q->y_shift >= 1 && q->y_shift <= 32;
-}
-
-/* kl_requant on four lanes (those of p), kl_mve_requant_fast(q) holding:
- * acc = sat32(dot + round(bias / 2^b_shift)); x / 2 rounded half up, then
- * rounded half away from zero by y_shift - 1; clamp, zero point, store the
- * active lanes as bytes. Returns the lanes' saturation flag. */
-static inline int kl_mve_requant4(const kl_requant_t *q, int32x4_t dot, int32x4_t bias,
-				  int8_t *y, mve_pred16_t p)
-{
-	const int32x4_t acc = vqaddq_s32(dot, kl_mve_rshift_round(bias, q->b_shift));
-	int32x4_t r = vaddq_s32(vshrq_n_s32(acc, 1), vandq_s32(acc, vdupq_n_s32(1)));
-	if (q->y_shift >= 2) {
-		r = kl_mve_rshift_round(r, q->y_shift - 1);
-	}
-	mve_pred16_t s = 0;
-	if (q->cap_saturates) {
-		s |= vcmpgeq_n_s32(r, q->hi_range);
-	}
-	if (q->act == KL_ACT_NONE) {
-		s |= vcmpleq_n_s32(r, q->lo);
-	}
-	r = vaddq_n_s32(vmaxq_s32(vminq_s32(r, vdupq_n_s32(q->hi)), vdupq_n_s32(q->lo)), q->zp);
-	vstrbq_p_s32(y, r, p);
-	return (s & p) != 0;
-}
-
-/* the output stage over n raw dot products (dot, b: n int32 each), the
- * constants of kl_mve_requant4 kept in registers over the loop */
-static inline int kl_mve_requant_n(const int32_t *dot, const int32_t *b, const kl_requant_t *q,
-				   int8_t *y, int n)
+/* the output stage over n raw dot products, with the bias either raw (b,
+ * rounded here by b_shift on four lanes) or already rounded (cb[i] =
+ * kl_rshift_round(b[i], b_shift), plus any term folded into the dots whose
+ * sum stays exact in int32). The output shift 1..22 as one rounding
+ * constant and one shift ((x + k + (x < -1 ? m : 0)) >> s, the dsp backend's
+ * kl_rq_k / kl_rq_m; the constant added with saturation, which changes no
+ * output there); other shifts go through kl_requant one by one. */
+static inline __attribute__((always_inline)) int
+kl_mve_requant_core(const int32_t *dot, const int32_t *b, const kl_requant_t *q, int8_t *y, int n,
+		    const int rounded)
 {
 	int sat = 0;
-	if (!kl_mve_requant_fast(q)) {
+	const int bs = q->b_shift, ys = q->y_shift;
+	if (ys < 1 || ys > 22 || (!rounded && (bs < 1 || bs > 31))) {
 		for (int i = 0; i < n; i++) {
-			y[i] = kl_requant(q, dot[i], b[i], &sat);
+			const int32_t rb = rounded ? b[i] : kl_rshift_round(b[i], bs);
+			const int32_t acc = kl_sat32((int64_t)dot[i] + rb);
+			y[i] = kl_requant_clamp(q, kl_requant_shift(acc, ys), &sat);
 		}
 		return sat;
 	}
-	const int bs = q->b_shift, ys1 = q->y_shift - 1;
-	const int32x4_t bmask = vdupq_n_s32((int32_t)((1u << bs) - 1u));
-	const int32x4_t bhalf = vdupq_n_s32((int32_t)((1u << bs) - 1u) >> 1);
-	const int32x4_t ymask = vdupq_n_s32((int32_t)((1u << ys1) - 1u));
-	const int32x4_t yhalf = vdupq_n_s32((int32_t)((1u << ys1) - 1u) >> 1);
-	const int32x4_t hi = vdupq_n_s32(q->hi), lo = vdupq_n_s32(q->lo);
+	const int32_t yk = ys >= 2 ? 1 + ((int32_t)1 << (ys - 1)) : 1;
 	const int32_t sat_hi = q->cap_saturates ? q->hi_range : INT32_MAX;
 	const int32_t sat_lo = q->act == KL_ACT_NONE ? q->lo : INT32_MIN;
-	const int32_t zp = q->zp;
+	const int32_t hi = q->hi, lo = q->lo, zp = q->zp;
+	const int32_t bmask = rounded ? 0 : (int32_t)((1u << bs) - 1u);
 	mve_pred16_t any = 0;
 	for (int i = 0; i < n; i += 4) {
 		const mve_pred16_t p = vctp32q((uint32_t)(n - i));
-		const int32x4_t bias = vldrwq_z_s32(b + i, p);
-		const int32x4_t rb = vsubq_s32(
-			vshlq_r_s32(bias, -bs),
-			vshrq_n_s32(vsubq_s32(vsubq_s32(bhalf, vshrq_n_s32(bias, 31)),
-					      vandq_s32(bias, bmask)),
-				    31));
-		const int32x4_t acc = vqaddq_s32(vldrwq_z_s32(dot + i, p), rb);
-		int32x4_t r = vaddq_s32(vshrq_n_s32(acc, 1), vandq_s32(acc, vdupq_n_s32(1)));
-		if (ys1 > 0) {
-			r = vsubq_s32(vshlq_r_s32(r, -ys1),
-				      vshrq_n_s32(vsubq_s32(vsubq_s32(yhalf, vshrq_n_s32(r, 31)),
-							    vandq_s32(r, ymask)),
-						  31));
+		int32x4_t rb = vldrwq_z_s32(b + i, p);
+		if (!rounded) { /* floor + (rem > half - 1 + (b < 0)) */
+			rb = vsubq_s32(vshlq_r_s32(rb, -bs),
+				       vshrq_n_s32(vsubq_s32(vsubq_s32(vdupq_n_s32(bmask >> 1),
+								       vshrq_n_s32(rb, 31)),
+							     vandq_s32(rb, vdupq_n_s32(bmask))),
+						   31));
 		}
-		/* r >= INT32_MAX or <= INT32_MIN where the flag does not apply:
-		 * r is at most 2^30 in magnitude here, never there */
+		const int32x4_t acc = vqaddq_s32(vldrwq_z_s32(dot + i, p), rb);
+		int32x4_t t = vqaddq_n_s32(acc, yk);
+		if (ys >= 2) { /* m = -2 where acc < -1 */
+			t = vaddq_s32(t, vshlq_n_s32(vshrq_n_s32(vaddq_n_s32(acc, 1), 31), 1));
+		}
+		const int32x4_t r = vshlq_r_s32(t, -ys);
+		/* |r| < 2^31 >> ys: never INT32_MAX / INT32_MIN */
 		any |= (vcmpgeq_n_s32(r, sat_hi) | vcmpleq_n_s32(r, sat_lo)) & p;
-		vstrbq_p_s32(y + i, vaddq_n_s32(vmaxq_s32(vminq_s32(r, hi), lo), zp), p);
+		const int32x4_t c = vmaxq_s32(vminq_s32(r, vdupq_n_s32(hi)), vdupq_n_s32(lo));
+		vstrbq_p_s32(y + i, vaddq_n_s32(c, zp), p);
 	}
 	return sat | (any != 0);
+}
+
+/* raw biases b */
+static inline int kl_mve_requant_n(const int32_t *dot, const int32_t *b, const kl_requant_t *q,
+				   int8_t *y, int n)
+{
+	return kl_mve_requant_core(dot, b, q, y, n, 0);
+}
+
+/* rounded biases cb */
+static inline int kl_mve_requant_cb_n(const int32_t *dot, const int32_t *cb,
+				      const kl_requant_t *q, int8_t *y, int n)
+{
+	return kl_mve_requant_core(dot, cb, q, y, n, 1);
 }
 
 #endif
