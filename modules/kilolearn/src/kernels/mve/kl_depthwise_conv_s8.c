@@ -5,50 +5,119 @@
  * the input is used raw, padding taps read a row of x_zp (they then add
  * nothing), and -x_zp sum_t w[t][c] is one table per call, added to the
  * rounded bias of the channel. HWC keeps a
- * pixel's channels together, so one output pixel takes 8 channels per block:
- * per pair of taps four VLDRB.S16 (input, weight), two VMUL.I16 and a VADD
- * (two taps' products still fit int16), then VMOVLB / VMOVLT and two VADD.I32
- * into two int32 accumulators holding the even and the odd channels, stored
- * in channel order by VST2 (11 instructions per 16 MACs; eight Q registers,
- * no spills). Channels beyond the last multiple of 8: four int32 lanes,
- * predicated. The
+ * pixel's channels together, so one output pixel takes 16 channels per
+ * block, as two halves of 8: per pair of taps and half four VLDRB.S16
+ * (input, weight), two VMUL.I16 and a VADD (two taps' products still fit
+ * int16), then VMOVLB / VMOVLT and two VADD.I32 into two int32 accumulators
+ * holding the half's even and odd channels, stored in channel order by VST2.
+ * Inner pixels find their taps at fixed offsets, border ones through a table
+ * of pointers. Then 8 channels the same way, the last ones on four int32
+ * lanes, predicated. The
  * raw dots of a pixel go to the scratch, then the output stage on four
  * outputs per step (kl_mve_requant_n). Scratch: 9 bytes per channel (rounded
- * to 4) and a pointer per tap, within kl_conv_s8_scratch(). The gradients
+ * to 4) and 8 bytes per tap, within kl_conv_s8_scratch(). The gradients
  * stay with the dsp backend. */
+#include <stddef.h>
+
 #include "kilolearn/kl_kernels.h"
 
 #if KL_KERNELS_MVE
 #include "kl_mve_util.h"
 
-/* raw dots of 8 channels of one pixel, P[t] + c the input of tap t */
-static inline void dw_block8(const int8_t *const *P, const int8_t *w, long C, int taps, int c,
-			     int32_t *dots)
+/* one half (8 channels at byte offset h) of a pair of taps into (e, o) */
+#define DW_HALF(h, e, o)                                                                          \
+	do {                                                                                      \
+		int16x8_t pp = vmulq_s16(vldrbq_s16(xa + (h)), vldrbq_s16(wp + (h)));             \
+		pp = vaddq_s16(pp, vmulq_s16(vldrbq_s16(xb + (h)), vldrbq_s16(wp + C + (h))));    \
+		e = vaddq_s32(e, vmovlbq_s16(pp));                                                \
+		o = vaddq_s32(o, vmovltq_s16(pp));                                                \
+	} while (0)
+
+/* raw dots of 16 channels of one pixel: tap t's input at P[t] + c (P != NULL)
+ * or at base + off[t] */
+static inline __attribute__((always_inline)) void
+dw_block16(const int8_t *const *P, const int8_t *base, const int32_t *off, const int8_t *w,
+	   long C, int taps, int c, int32_t *dots)
 {
-	int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0);
+	int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
 	const int8_t *wp = w + c;
 	int t = 0;
 	for (; t + 2 <= taps; t += 2) {
-		const int16x8_t pa = vmulq_s16(vldrbq_s16(P[t] + c), vldrbq_s16(wp));
-		const int16x8_t pp = vaddq_s16(pa, vmulq_s16(vldrbq_s16(P[t + 1] + c),
-							     vldrbq_s16(wp + C)));
-		a0 = vaddq_s32(a0, vmovlbq_s16(pp));
-		a1 = vaddq_s32(a1, vmovltq_s16(pp));
+		const int8_t *xa = P != NULL ? P[t] + c : base + off[t];
+		const int8_t *xb = P != NULL ? P[t + 1] + c : base + off[t + 1];
+		DW_HALF(0, a0, a1);
+		DW_HALF(8, a2, a3);
 		wp += 2 * C;
 	}
 	if (t < taps) {
-		const int16x8_t pa = vmulq_s16(vldrbq_s16(P[t] + c), vldrbq_s16(wp));
-		a0 = vaddq_s32(a0, vmovlbq_s16(pa));
-		a1 = vaddq_s32(a1, vmovltq_s16(pa));
+		const int8_t *xa = P != NULL ? P[t] + c : base + off[t];
+		int16x8_t pp = vmulq_s16(vldrbq_s16(xa), vldrbq_s16(wp));
+		a0 = vaddq_s32(a0, vmovlbq_s16(pp));
+		a1 = vaddq_s32(a1, vmovltq_s16(pp));
+		pp = vmulq_s16(vldrbq_s16(xa + 8), vldrbq_s16(wp + 8));
+		a2 = vaddq_s32(a2, vmovlbq_s16(pp));
+		a3 = vaddq_s32(a3, vmovltq_s16(pp));
+	}
+	int32x4x2_t v = {{a0, a1}};
+	vst2q_s32(dots, v);
+	v.val[0] = a2;
+	v.val[1] = a3;
+	vst2q_s32(dots + 8, v);
+}
+
+/* the same for 8 channels */
+static inline __attribute__((always_inline)) void
+dw_block8(const int8_t *const *P, const int8_t *base, const int32_t *off, const int8_t *w, long C,
+	  int taps, int c, int32_t *dots)
+{
+	int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
+	const int8_t *wp = w + c;
+	int t = 0;
+	for (; t + 2 <= taps; t += 2) {
+		const int8_t *xa = P != NULL ? P[t] + c : base + off[t];
+		const int8_t *xb = P != NULL ? P[t + 1] + c : base + off[t + 1];
+		DW_HALF(0, a0, a1);
+		wp += 2 * C;
+	}
+	if (t < taps) {
+		const int8_t *xa = P != NULL ? P[t] + c : base + off[t];
+		const int16x8_t pp = vmulq_s16(vldrbq_s16(xa), vldrbq_s16(wp));
+		a0 = vaddq_s32(a0, vmovlbq_s16(pp));
+		a1 = vaddq_s32(a1, vmovltq_s16(pp));
 	}
 	int32x4x2_t v = {{a0, a1}};
 	vst2q_s32(dots, v);
 }
 
+/* every channel of one pixel (P or base + off as above) */
+static inline __attribute__((always_inline)) void
+dw_pixel(const int8_t *const *P, const int8_t *base, const int32_t *off, const int8_t *w, int C,
+	 int taps, int32_t *dots)
+{
+	int c = 0;
+	for (; c + 16 <= C; c += 16) {
+		dw_block16(P, base + c, off, w, C, taps, c, dots + c);
+	}
+	if (c + 8 <= C) {
+		dw_block8(P, base + c, off, w, C, taps, c, dots + c);
+		c += 8;
+	}
+	for (; c < C; c += 4) {
+		const mve_pred16_t p = vctp32q((uint32_t)(C - c));
+		int32x4_t a = vdupq_n_s32(0);
+		for (int t = 0; t < taps; t++) {
+			const int8_t *xa = P != NULL ? P[t] + c : base + c + off[t];
+			a = vaddq_s32(a, vmulq_s32(vldrbq_z_s32(xa, p),
+						   vldrbq_z_s32(w + (long)t * C + c, p)));
+		}
+		vstrwq_p_s32(dots + c, a, p);
+	}
+}
+
 int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
 			     const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
 {
-	const int C = g->c, taps = g->kh * g->kw, c4 = (C + 3) & ~3, c8 = C & ~7;
+	const int C = g->c, taps = g->kh * g->kw, c4 = (C + 3) & ~3;
 	if (rq->b_shift < 1 || taps > 4096) { /* a rounded bias may reach the int32
 					      * limits: the correction would not add exactly */
 		return kl_ref_depthwise_conv_s8(g, x, x_zp, w, b, rq, y, scratch);
@@ -56,7 +125,13 @@ int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 	int32_t *corr = (int32_t *)scratch; /* c4: rounded bias - x_zp sum_t w[t][c] */
 	int32_t *dots = corr + c4;          /* c4 */
 	const int8_t **P = (const int8_t **)(void *)(dots + c4); /* taps */
-	int8_t *zrow = (int8_t *)(void *)(P + taps);               /* c4 bytes of x_zp */
+	int32_t *off = (int32_t *)(void *)(P + taps);              /* taps */
+	int8_t *zrow = (int8_t *)(void *)(off + taps);             /* c4 bytes of x_zp */
+	for (int ky = 0, t = 0; ky < g->kh; ky++) { /* tap offsets of an inner pixel */
+		for (int kx = 0; kx < g->kw; kx++, t++) {
+			off[t] = (ky * g->w + kx) * C;
+		}
+	}
 	for (int c = 0; c < C; c += 4) {
 		const mve_pred16_t p = vctp32q((uint32_t)(C - c));
 		int32x4_t s = vdupq_n_s32(0);
@@ -74,28 +149,21 @@ int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 		const int iy0 = oy * g->stride - g->pad_t;
 		for (int ox = 0; ox < g->wo; ox++) {
 			const int ix0 = ox * g->stride - g->pad_l;
-			int t = 0;
-			for (int ky = 0; ky < g->kh; ky++) {
-				const int iy = iy0 + ky;
-				for (int kx = 0; kx < g->kw; kx++, t++) {
-					const int ix = ix0 + kx;
-					P[t] = (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
-						       ? zrow
-						       : x + ((long)iy * g->w + ix) * C;
+			if (iy0 >= 0 && iy0 + g->kh <= g->h && ix0 >= 0 && ix0 + g->kw <= g->w) {
+				dw_pixel(NULL, x + ((long)iy0 * g->w + ix0) * C, off, w, C, taps,
+					 dots);
+			} else { /* a border pixel: the taps' pointers, padding at zrow */
+				int t = 0;
+				for (int ky = 0; ky < g->kh; ky++) {
+					const int iy = iy0 + ky;
+					for (int kx = 0; kx < g->kw; kx++, t++) {
+						const int ix = ix0 + kx;
+						P[t] = (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
+							       ? zrow
+							       : x + ((long)iy * g->w + ix) * C;
+					}
 				}
-			}
-			int c = 0;
-			for (; c < c8; c += 8) {
-				dw_block8(P, w, C, taps, c, dots + c);
-			}
-			for (; c < C; c += 4) {
-				const mve_pred16_t p = vctp32q((uint32_t)(C - c));
-				int32x4_t a = vdupq_n_s32(0);
-				for (t = 0; t < taps; t++) {
-					a = vaddq_s32(a, vmulq_s32(vldrbq_z_s32(P[t] + c, p),
-								   vldrbq_z_s32(w + (long)t * C + c, p)));
-				}
-				vstrwq_p_s32(dots + c, a, p);
+				dw_pixel(P, x, off, w, C, taps, dots);
 			}
 			sat |= kl_mve_requant_cb_n(dots, corr, rq, y + ((long)oy * g->wo + ox) * C, C);
 		}
