@@ -43,6 +43,7 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/mve/kl_fully_connected_s8.c
   ${KL_ENGINE_DIR}/src/kernels/mve/kl_fully_connected_grad_s8.c
   ${KL_ENGINE_DIR}/src/kernels/mve/kl_depthwise_conv_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/mve/kl_depthwise_conv_grad_s8.c
 )
 # The CMSIS-NN backend (forward int8 kernels through CMSIS-NN), built only with
 # CMSIS-NN present; compiled with KL_KERNELS_CMSIS_NN=1 and CMSIS-NN's Include/.

@@ -95,6 +95,14 @@ static int mve_run(int kind, int dir, const kl_geom_t *g, int32_t x_zp, const kl
 		*sat = kl_mve_depthwise_conv_s8(g, xs, x_zp, ws, bs, rq, y_dsp, s);
 		return 1;
 	}
+	if (kind == DW && dir == 1) {
+		kl_mve_depthwise_conv_backward_input_s8(g, ws, dys, a_dsp, s);
+		return 1;
+	}
+	if (kind == DW && dir == 2) {
+		kl_mve_depthwise_conv_grad_s8(g, xs, x_zp, dys, gw_dsp, gb_dsp, s);
+		return 1;
+	}
 	return 0;
 }
 #endif

@@ -461,11 +461,17 @@ void kl_dsp_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
 #define kl_depthwise_conv_backward_input_s8 kl_ref_depthwise_conv_backward_input_s8
 #define kl_depthwise_conv_grad_s8           kl_ref_depthwise_conv_grad_s8
 #endif
-/* the mve depthwise forward (src/kernels/mve/), scratch 8 bytes per channel */
+/* the mve depthwise kernels (src/kernels/mve/), within kl_conv_s8_scratch() */
 int kl_mve_depthwise_conv_s8(KL_CONV_S8_ARGS);
+void kl_mve_depthwise_conv_backward_input_s8(KL_CONV_BWD_S8_ARGS);
+void kl_mve_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
 #if KL_KERNELS_MVE
 #undef kl_depthwise_conv_s8
-#define kl_depthwise_conv_s8 kl_mve_depthwise_conv_s8
+#undef kl_depthwise_conv_backward_input_s8
+#undef kl_depthwise_conv_grad_s8
+#define kl_depthwise_conv_s8                kl_mve_depthwise_conv_s8
+#define kl_depthwise_conv_backward_input_s8 kl_mve_depthwise_conv_backward_input_s8
+#define kl_depthwise_conv_grad_s8           kl_mve_depthwise_conv_grad_s8
 #endif
 
 /* The CMSIS-NN backend (src/kernels/cmsis_nn/, only with CMSIS-NN present):

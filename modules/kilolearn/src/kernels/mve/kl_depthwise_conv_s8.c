@@ -1,22 +1,27 @@
-/* Depthwise convolution (multiplier 1), int8, mve backend: the forward pass,
- * bit-identical to src/kernels/ref.
+/* Depthwise convolution (multiplier 1), int8, mve backend: the forward pass
+ * and the input gradient, bit-identical to src/kernels/ref (the weight
+ * gradient: kl_depthwise_conv_grad_s8.c).
  *
- * sum_t w[t][c] (x_t[c] - x_zp) = sum_t w[t][c] x_t[c] - x_zp sum_t w[t][c]:
- * the input is used raw, padding taps read a row of x_zp (they then add
- * nothing), and -x_zp sum_t w[t][c] is one table per call, added to the
- * rounded bias of the channel. HWC keeps a
- * pixel's channels together, so one output pixel takes 16 channels per
- * block, as two halves of 8: per pair of taps and half four VLDRB.S16
- * (input, weight), two VMUL.I16 and a VADD (two taps' products still fit
- * int16), then VMOVLB / VMOVLT and two VADD.I32 into two int32 accumulators
- * holding the half's even and odd channels, stored in channel order by VST2.
- * Inner pixels find their taps at fixed offsets, border ones through a table
- * of pointers. Then 8 channels the same way, the last ones on four int32
- * lanes, predicated. The
- * raw dots of a pixel go to the scratch, then the output stage on four
- * outputs per step (kl_mve_requant_n). Scratch: 9 bytes per channel (rounded
- * to 4) and 8 bytes per tap, within kl_conv_s8_scratch(). The gradients
- * stay with the dsp backend. */
+ * forward     sum_t w[t][c] (x_t[c] - x_zp) = sum_t w[t][c] x_t[c] - x_zp
+ *             sum_t w[t][c]: the input is used raw, padding taps read a row
+ *             of x_zp (they then add nothing), and -x_zp sum_t w[t][c] is one
+ *             table per call, added to the rounded bias of the channel. HWC
+ *             keeps a pixel's channels together, so one output pixel takes 16
+ *             channels per block, as two halves of 8: per pair of taps and
+ *             half four VLDRB.S16 (input, weight), two VMUL.I16 and a VADD
+ *             (two taps' products still fit int16 with weights in [-127,
+ *             127]; a weight of -128 sends the call to the ref kernel), then
+ *             VMOVLB / VMOVLT and two VADD.I32 into two int32 accumulators
+ *             holding the half's even and odd channels, stored in channel
+ *             order by VST2. Inner pixels find their taps at fixed offsets,
+ *             border ones through a table of pointers. Then 8 channels the
+ *             same way, the last ones on four int32 lanes, predicated. The
+ *             raw dots of a pixel go to the scratch, then the output stage on
+ *             four outputs per step (kl_mve_requant_cb_n).
+ * input grad  a gather: for each input pixel the (dy pixel, tap) pairs that
+ *             reach it, then the same blocks on dy and the taps' weights.
+ * Scratch: 9 bytes per channel (rounded to 4) and 8 bytes per tap, within
+ * kl_conv_s8_scratch(). */
 #include <stddef.h>
 
 #include "kilolearn/kl_kernels.h"
@@ -118,8 +123,10 @@ int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 			     const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
 {
 	const int C = g->c, taps = g->kh * g->kw, c4 = (C + 3) & ~3;
-	if (rq->b_shift < 1 || taps > 4096) { /* a rounded bias may reach the int32
-					      * limits: the correction would not add exactly */
+	/* a weight of -128 (outside the engine's symmetric range): two products
+	 * of -128 * -128 would not fit int16; a bias shift below 1: a rounded
+	 * bias may reach the int32 limits and the correction not add exactly */
+	if (rq->b_shift < 1 || taps > 4096 || kl_mve_min_s8(w, taps * C) == -128) {
 		return kl_ref_depthwise_conv_s8(g, x, x_zp, w, b, rq, y, scratch);
 	}
 	int32_t *corr = (int32_t *)scratch; /* c4: rounded bias - x_zp sum_t w[t][c] */
@@ -169,6 +176,113 @@ int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 		}
 	}
 	return sat;
+}
+
+/* ---- input gradient ---------------------------------------------------- */
+
+/* one half (8 channels at byte offset h) of a pair (da, wa), (db, wb) */
+#define BW_HALF(h, e, o)                                                                          \
+	do {                                                                                      \
+		int16x8_t pp = vmulq_s16(vldrbq_s16(da + (h)), vldrbq_s16(wa + (h)));             \
+		pp = vaddq_s16(pp, vmulq_s16(vldrbq_s16(db + (h)), vldrbq_s16(wb + (h))));        \
+		e = vaddq_s32(e, vmovlbq_s16(pp));                                                \
+		o = vaddq_s32(o, vmovltq_s16(pp));                                                \
+	} while (0)
+
+/* acc[0..16 or 8) = sum_k D[k][c..] * Wt[k][c..] over the n pairs */
+static inline __attribute__((always_inline)) void dwb_block(const int8_t *const *D,
+							     const int8_t *const *Wt, int n,
+							     long c, int32_t *acc, const int two)
+{
+	int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
+	int k = 0;
+	for (; k + 2 <= n; k += 2) {
+		const int8_t *da = D[k] + c, *wa = Wt[k] + c;
+		const int8_t *db = D[k + 1] + c, *wb = Wt[k + 1] + c;
+		BW_HALF(0, a0, a1);
+		if (two) {
+			BW_HALF(8, a2, a3);
+		}
+	}
+	if (k < n) {
+		const int8_t *da = D[k] + c, *wa = Wt[k] + c;
+		int16x8_t pp = vmulq_s16(vldrbq_s16(da), vldrbq_s16(wa));
+		a0 = vaddq_s32(a0, vmovlbq_s16(pp));
+		a1 = vaddq_s32(a1, vmovltq_s16(pp));
+		if (two) {
+			pp = vmulq_s16(vldrbq_s16(da + 8), vldrbq_s16(wa + 8));
+			a2 = vaddq_s32(a2, vmovlbq_s16(pp));
+			a3 = vaddq_s32(a3, vmovltq_s16(pp));
+		}
+	}
+	int32x4x2_t v = {{a0, a1}};
+	vst2q_s32(acc, v);
+	if (two) {
+		v.val[0] = a2;
+		v.val[1] = a3;
+		vst2q_s32(acc + 8, v);
+	}
+}
+
+/* the output index o in [0, n_out) with o * s == v, or -1 */
+static inline int dw_src(int v, int s, int n_out)
+{
+	if (v < 0) {
+		return -1;
+	}
+	const int o = s == 1 ? v : v / s;
+	return (o * s == v && o < n_out) ? o : -1;
+}
+
+void kl_mve_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w,
+					     const int8_t *dy, int32_t *acc, void *scratch)
+{
+	const long C = g->c;
+	const int taps = g->kh * g->kw;
+	if (kl_mve_min_s8(w, (int)(taps * C)) == -128) { /* see the forward */
+		kl_ref_depthwise_conv_backward_input_s8(g, w, dy, acc, scratch);
+		return;
+	}
+	const int8_t **D = (const int8_t **)scratch;
+	const int8_t **Wt = D + taps;
+	const long c16 = C & ~15L, c8 = C & ~7L;
+	for (int iy = 0; iy < g->h; iy++) {
+		for (int ix = 0; ix < g->w; ix++) {
+			int n = 0;
+			for (int ky = 0; ky < g->kh; ky++) {
+				const int oy = dw_src(iy + g->pad_t - ky, g->stride, g->ho);
+				if (oy < 0) {
+					continue;
+				}
+				for (int kx = 0; kx < g->kw; kx++) {
+					const int ox = dw_src(ix + g->pad_l - kx, g->stride, g->wo);
+					if (ox < 0) {
+						continue;
+					}
+					D[n] = dy + ((long)oy * g->wo + ox) * C;
+					Wt[n++] = w + ((long)ky * g->kw + kx) * C;
+				}
+			}
+			int32_t *a = acc + ((long)iy * g->w + ix) * C;
+			long c = 0;
+			for (; c < c16; c += 16) {
+				dwb_block(D, Wt, n, c, a + c, 1);
+			}
+			if (c < c8) {
+				dwb_block(D, Wt, n, c, a + c, 0);
+				c += 8;
+			}
+			for (; c < C; c += 4) {
+				const mve_pred16_t p = vctp32q((uint32_t)(C - c));
+				int32x4_t s = vdupq_n_s32(0);
+				for (int k = 0; k < n; k++) {
+					s = vaddq_s32(s, vmulq_s32(vldrbq_z_s32(D[k] + c, p),
+								   vldrbq_z_s32(Wt[k] + c, p)));
+				}
+				vstrwq_p_s32(a + c, s, p);
+			}
+		}
+	}
 }
 
 #endif

@@ -8,6 +8,16 @@
 
 #include "kilolearn/kl_kernels.h"
 
+/* the smallest of n int8 */
+static inline int8_t kl_mve_min_s8(const int8_t *v, int n)
+{
+	int8_t m = 127;
+	for (int i = 0; i < n; i += 16) {
+		m = vminvq_s8(m, vldrbq_z_s8(v + i, vctp8q((uint32_t)(n - i))));
+	}
+	return m;
+}
+
 /* x / 2^s rounded half away from zero (kl_rshift_round) for 1 <= s <= 31:
  * floor(x / 2^s) + (x mod 2^s > 2^(s-1) - 1 + (x < 0)); the comparison as the
  * sign of threshold - remainder (both in [0, 2^31), no overflow) */
