@@ -1,4 +1,4 @@
-"""int8 kernels: the dsp backend equals ref bit for bit (kl_bench_kernels self-test).
+"""int8 kernels: the dsp and mve backends equal ref bit for bit (kl_bench_kernels self-test).
 
 Runs the kernel benchmark firmware on the DSP boards (M4, M7, M33, M55), on the M3
 (ref only: it must still build and run) and on the host under ASan/UBSan, and
@@ -45,6 +45,15 @@ def test_kernels_dsp_equals_ref(target: str) -> None:
                 assert r.get(op, d, "dsp") is not None, (op, d)
     else:
         assert not any(m.backend == "dsp" for m in r.measurements)
+    # the mve backend on the Cortex-M55 only: dense forward / input / weight gradient and the
+    # three depthwise directions, each checked against ref by the firmware
+    assert r.mve == (board == "mps3-an547")
+    mve = {(m.op, m.direction) for m in r.measurements if m.backend == "mve"}
+    if r.mve:
+        want = {(op, d) for op in OPS if op.startswith(("fc", "dw")) for d in kbench.DIRS}
+        assert want <= mve, want - mve
+    else:
+        assert not mve
 
 
 @pytest.mark.parametrize("target", ["mps2-an386-cmsis-nn", "host-cmsis-nn"])
