@@ -12,7 +12,9 @@
  * paths, requantisation outside the fast path) is checked the same way.
  *
  * Output, one line per measurement:
- *   KL kbench op <name> dir fwd|bwd|wgrad backend ref|dsp|mve macs N insn N mismatches N
+ *   KL kbench op <name> dir fwd|bwd|wgrad|sgd backend ref|dsp|mve macs N insn N mismatches N
+ * (sgd: the dense layers' fused SGD step with stochastic rounding, one MAC per
+ * weight; weights, biases and the dither compared)
  * then "KL kbench done dsp 0|1 mve 0|1 counter 0|1 mismatches N"; the exit
  * code is 1 if any dsp or mve result differs from ref (or the scratch guard
  * was overwritten).
@@ -211,6 +213,60 @@ static uint64_t toc(void)
 static int8_t y_cmsis[MAXB];
 #endif
 
+/* the fused dense SGD step: ref, then dsp and mve from the same weights,
+ * biases and dither (lr 0.05 in Q12, a weight shift of 17, bias shift 5) */
+static int8_t w_sgd_ref[MAXW];
+static int32_t b_sgd_ref[1024];
+#if KL_KERNELS_DSP
+static int8_t w_sgd[MAXW];
+static int32_t b_sgd[1024];
+#endif
+static long run_sgd(const layer_t *L, int n_in, int n_out, int print)
+{
+	const long nw = (long)n_in * n_out;
+	const int32_t lr_q = 205;
+	const int w_shift = 17, b_shift = 5;
+	const uint32_t d0 = 0x2468ACE1u;
+	long bad = 0;
+	uint32_t dr = d0;
+	uint64_t ti;
+	memcpy(w_sgd_ref, ws, (size_t)nw);
+	memcpy(b_sgd_ref, bs, (size_t)n_out * 4u);
+	void *s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
+	tic();
+	kl_ref_fully_connected_sgd_s8(w_sgd_ref, b_sgd_ref, dys, xs, L->x_zp, lr_q, w_shift, b_shift,
+				      &dr, n_in, n_out, s);
+	ti = toc();
+	if (print) {
+		report(L->name, "sgd", "ref", nw, ti, 0);
+	}
+#if KL_KERNELS_DSP
+	for (int k = 0; k < 1 + KL_KERNELS_MVE; k++) {
+		uint32_t dd = d0;
+		memcpy(w_sgd, ws, (size_t)nw);
+		memcpy(b_sgd, bs, (size_t)n_out * 4u);
+		s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
+		tic();
+#if KL_KERNELS_MVE
+		if (k == 1) {
+			kl_mve_fully_connected_sgd_s8(w_sgd, b_sgd, dys, xs, L->x_zp, lr_q, w_shift,
+						      b_shift, &dd, n_in, n_out, s);
+		} else
+#endif
+		{
+			kl_dsp_fully_connected_sgd_s8(w_sgd, b_sgd, dys, xs, L->x_zp, lr_q, w_shift,
+						      b_shift, &dd, n_in, n_out, s);
+		}
+		ti = toc();
+		const long m = diff_s8(w_sgd_ref, w_sgd, nw) + diff_s32(b_sgd_ref, b_sgd, n_out) +
+			       (dd != dr) + guard_broken(KL_FC_S8_SCRATCH(n_in, n_out));
+		bad += m;
+		report(L->name, "sgd", k == 1 ? "mve" : "dsp", nw, ti, m);
+	}
+#endif
+	return bad;
+}
+
 static long run_layer(const layer_t *L, int print)
 {
 	kl_geom_t g;
@@ -389,6 +445,9 @@ static long run_layer(const layer_t *L, int print)
 		report(nm, "wgrad", "mve", macs, ti, m);
 	}
 #endif
+	if (L->kind == FC) {
+		bad += run_sgd(L, g.c, g.co, print);
+	}
 	return bad;
 }
 

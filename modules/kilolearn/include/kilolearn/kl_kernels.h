@@ -345,7 +345,10 @@ void kl_mve_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy,
 					      int n_in, int n_out);
 void kl_mve_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
 				    int32_t *gb, int n_in, int n_out);
+void kl_mve_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 #if KL_KERNELS_MVE
+#undef kl_fully_connected_sgd_s8
+#define kl_fully_connected_sgd_s8 kl_mve_fully_connected_sgd_s8
 #undef kl_fully_connected_rows_s8
 #undef kl_fully_connected_s8
 #undef kl_fully_connected_backward_input_s8
