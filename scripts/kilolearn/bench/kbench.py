@@ -5,7 +5,7 @@ Builds ``tests/c/kl_bench_kernels.c`` for a board (or the host), runs it (QEMU
 with ``-icount shift=0`` on the boards, so the counts are retired
 instructions, exact to one timer tick) and parses its lines::
 
-    KL kbench op <name> dir fwd|bwd|wgrad backend ref|dsp|cmsis_nn|mve macs N insn N mismatches N
+    KL kbench op <name> dir fwd|bwd|wgrad|sgd backend ref|dsp|cmsis_nn|mve macs N insn N mismatches N
     KL kbench done dsp 0|1 mve 0|1 counter 0|1 mismatches N
 
 The firmware itself checks every dsp and mve (and, in a CMSIS-NN build, cmsis_nn forward)
@@ -21,7 +21,8 @@ from ..device import build, qemu
 
 TARGET = "kl_bench_kernels"
 DIRS = ("fwd", "bwd", "wgrad")
-DIR_NAMES = {"fwd": "forward", "bwd": "input grad", "wgrad": "weight grad"}
+DIR_NAMES = {"fwd": "forward", "bwd": "input grad", "wgrad": "weight grad",
+             "sgd": "fused SGD"}  # sgd: dense layers only, one MAC per weight
 
 
 @dataclass
@@ -223,5 +224,6 @@ def render(rec: dict) -> str:
             + (f"{ref.insn / m.insn:.1f}×" if ref else "") + " |")
     return ("\n".join(out) + "\n\n" + f"QEMU `{d['board']}` (Cortex-M55), `-icount shift=0`, "
             f"measured {rec['measured']} by `{rec['command']}`; every mve and dsp result equal "
-            "to ref bit for bit (the firmware checks it). n/a: the dsp backend has no such "
-            "kernel (its dense weight gradient is fused into the SGD step).")
+            "to ref bit for bit (the firmware checks it; for the fused SGD step weights, biases "
+            "and the dither state). n/a: the dsp backend has no such kernel (its dense weight "
+            "gradient is fused into the SGD step). The fused SGD counts one MAC per weight.")
