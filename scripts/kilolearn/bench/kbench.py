@@ -5,7 +5,8 @@ Builds ``tests/c/kl_bench_kernels.c`` for a board (or the host), runs it (QEMU
 with ``-icount shift=0`` on the boards, so the counts are retired
 instructions, exact to one timer tick) and parses its lines::
 
-    KL kbench op <name> dir fwd|bwd|wgrad|sgd backend ref|dsp|cmsis_nn|mve macs N insn N mismatches N
+    KL kbench op <name> dir fwd|bwd|wgrad|sgd backend ref|dsp|cmsis_nn|mve macs N insn N
+        mismatches N   (one line)
     KL kbench done dsp 0|1 mve 0|1 counter 0|1 mismatches N
 
 The firmware itself checks every dsp and mve (and, in a CMSIS-NN build, cmsis_nn forward)
