@@ -273,6 +273,8 @@ MODULE_COMMANDS = [
      "lifetime on STM32F429ZI-like flash"),
     ("sparse-bench", ".bench.sparsebench", "selective updates: accuracy vs fraction updated, "
      "instructions saved, weight-store traffic and flash lifetime"),
+    ("partial-bench", ".bench.partialbench", "Paissan's partial activations: arena, "
+     "instructions and accuracy of a conv net at 75/50/25 %% of channels kept"),
     ("paged-bench", ".bench.pagedbench", "a 1.9 MB model trained in a 20 KB arena, weights in "
      "flash: accuracy, instructions, flash wear per fraction of rows updated"),
     ("link-bench", ".bench.linkbench", "session protocol rate at windows 1/2/4/8 against "

@@ -23,6 +23,9 @@ from kilolearn.core import reference as R
 from kilolearn.core import selective
 from kilolearn.device import build, job, runner
 from kilolearn.formats import export
+from kilolearn.planner.memory import MemModel
+
+TGT = {"host": "host", **{b: "arm" for b in QEMU_BOARDS}}
 
 TARGETS = HOST_TARGETS + QEMU_BOARDS
 POLICIES = [("topr", 200), ("channel-norm", 500), ("channel-sparse", 500),
@@ -186,7 +189,7 @@ def test_bad_policy_fields_are_rejected(rng):
     *_, qm, xq = s8_setup("mlp", rng, 2)
     blob = export.export_s8(qm, update=("topr", 0.2))
     y = np.zeros(2, np.int64)
-    bad = {"policy": (44, "<B", 4), "fraction 0": (46, "<H", 0), "fraction": (46, "<H", 1001),
+    bad = {"policy": (44, "<B", 5), "fraction 0": (46, "<H", 0), "fraction": (46, "<H", 1001),
            "reserved": (45, "<B", 1)}
     for what, (off, fmt, v) in bad.items():
         b = bytearray(blob)
@@ -208,7 +211,7 @@ def test_runtime_api_errors(rng):
     f32 = export.export_f32(g, p)
     with pytest.raises(runner.RunError, match="code -134"):  # momentum: not supported
         runner.run_job(job.build(f32, x, y, momentum=0.5, update=(1, 200)), "host")
-    for upd in ((1, 0), (1, 1001), (4, 500)):
+    for upd in ((1, 0), (1, 1001), (5, 500)):
         with pytest.raises(runner.RunError, match="code -22"):
             runner.run_job(job.build(export.export_s8(qm), xq, y, update=upd), "host")
     used = runner.run_job(job.build(export.export_s8(qm), xq, y), "host").one("model")["arena"]
@@ -221,10 +224,12 @@ def test_runtime_api_errors(rng):
 
 @pytest.mark.parametrize("name,update", [("mlp-s8", ("topr", 0.2)),
                                          ("cnn-s8", ("channel-sparse", 0.5)),
-                                         ("cnn-f32", ("channel-norm", 0.3))])
+                                         ("cnn-f32", ("channel-norm", 0.3)),
+                                         ("chain-s8", ("partial", 0.5))])
 def test_fuzz_blob_with_policy_under_sanitizers(name, update, tmp_path, rng):
     exe = build.build("host", sanitize=True, target="kl_fuzz_blob")
-    m = M.mlp([64, 32, 10]) if name.startswith("mlp") else M.small_cnn((8, 8, 1), 4, 3)
+    m = M.mlp([64, 32, 10]) if name.startswith("mlp") else conv_chain() \
+        if name.startswith("chain") else M.small_cnn((8, 8, 1), 4, 3)
     p = m.init(2)
     x = rng.uniform(0, 1, (4,) + m.graph.shapes[0]).astype(np.float32)
     blob = export.export_f32(m.graph, p, update=update) if name.endswith("f32") else \
@@ -262,3 +267,79 @@ def test_cnn_channel_sparsity_saves_instructions_on_m4(digits):
     full = runs[1.0].insn_per_step
     assert runs[0.75].insn_per_step < full and runs[0.5].insn_per_step < runs[0.75].insn_per_step
     assert 1 - runs[0.5].insn_per_step / full > 0.10
+
+
+def conv_chain(frozen_first: bool = False) -> M.Model:
+    """Conv layers one after another (Paissan's setting for partial activations): the
+    tensors between them keep a block of channels; the last conv feeds the classifier."""
+    return M.Model([M.Input((8, 8, 1)),
+                    M.Conv2D(8, 3, activation="relu", trainable=not frozen_first),
+                    M.Conv2D(8, 3, activation="relu"), M.Conv2D(6, 3, 2, activation="relu6"),
+                    M.Conv2D(12, 3, activation="relu"), M.Flatten(), M.Dense(5),
+                    M.SoftmaxCrossEntropy()])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_partial_activations_bit_exact(target, rng):
+    """KL_UPDATE_PARTIAL (Paissan's partial activations) equals the twin bit for bit, laid
+    out from the blob (kept blocks and slots) and set at run time (whole buffers); the blob's
+    layout needs less arena; only the weights joining the kept blocks change in a step."""
+    require_target(target)
+    board, asan = split_target(target)
+    for frozen_first in (False, True):
+        m = conv_chain(frozen_first)
+        g = m.graph
+        p = m.init(5)
+        x, y = data_for(m, rng, 40)
+        qm = R.quantize_model(g, p, x[:10])
+        xq = qm.quantize_input(x)
+        part = selective.partial_tensors(g, R.needs_grad(g))
+        assert len(part) == 3  # between the four conv layers
+        for pm in (250, 500, 750):
+            ref = R.S8Trainer(qm, lr=0.3, seed=9)
+            ref.set_update_policy("partial", permille=pm)
+            R.train_in_order(ref, xq, y, 2)
+            assert ref.upd_touched < ref.upd_weights
+            reps = [runner.run_job(job.build(blob, xq, y, xq[:20], y[:20], lr=0.3, seed=9,
+                                             epochs=2, dump_weights=True, update=upd),
+                                   board, sanitize=asan)
+                    for blob, upd in ((export.export_s8(qm, update=("partial", pm / 1000)),
+                                       None),
+                                      (export.export_s8(qm), (4, pm)))]
+            for rep in reps:
+                assert rep.one("model")["policy"] == 4
+                assert weights_equal(rep, g, ref), (frozen_first, pm)
+                eps = rep.records["epoch"]
+                assert sum(e["upd_touched"] for e in eps) == ref.upd_touched
+                assert eps[-1]["test_correct"] == int((ref.predict(xq[:20]) == y[:20]).sum())
+            laid = reps[0].one("done")["arena_peak"]
+            assert laid == MemModel(g, "s8", target=TGT[board], partial_pm=pm).store_all_bytes()
+            if pm <= 500:  # less than the full update's arena (beside two whole slots)
+                assert laid < MemModel(g, "s8", target=TGT[board]).store_all_bytes()
+
+
+def test_partial_one_step_touches_the_joined_blocks(rng):
+    """After one step, the conv weights that changed lie in [output block, input block]."""
+    m = conv_chain()
+    g = m.graph
+    x, y = data_for(m, rng, 1)
+    qm = R.quantize_model(g, m.init(3), x)
+    xq = qm.quantize_input(x)
+    rep = runner.run_job(job.build(export.export_s8(qm, update=("partial", 0.5)), xq, y,
+                                   lr=1.0, seed=4, epochs=1, dump_weights=True), "host")
+    part = selective.partial_tensors(g, R.needs_grad(g))
+    changed_any = False
+    for i, op in enumerate(g.ops):
+        if op.kind != "conv":
+            continue
+        w0 = qm.w[i]
+        w1 = rep.dump(f"w{i:02d}", "i1").reshape(w0.shape)
+        cx = selective.active_block(w0.shape[-1], 500, 0) if op.inputs[0] in part else \
+            (0, w0.shape[-1])
+        cy = selective.active_block(w0.shape[0], 500, 0) if op.output in part else \
+            (0, w0.shape[0])
+        inside = np.zeros(w0.shape, bool)
+        inside[cy[0]:cy[0] + cy[1], ..., cx[0]:cx[0] + cx[1]] = True
+        assert not (w0 != w1)[~inside].any(), i
+        changed_any |= bool((w0 != w1)[inside].any())
+    assert changed_any

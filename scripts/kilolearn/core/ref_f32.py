@@ -43,6 +43,8 @@ class F32Trainer:
         """kl_model_set_update_policy: a selective-update policy and the fraction updated
         (docs/selective-updates.md); restarts the step count."""
         self.policy = sel.policy_id(policy)
+        if self.policy == sel.POLICIES["partial"]:
+            raise NotImplementedError("partial activations train int8 models only")
         if self.policy and self.mu:
             raise NotImplementedError("selective updates with momentum")
         self.pm = sel.FRAC_ONE if not self.policy else (

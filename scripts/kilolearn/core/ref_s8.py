@@ -205,6 +205,7 @@ class S8Trainer:
         self.pm = sel.FRAC_ONE if not self.policy else (
             permille if permille is not None else sel.permille(fraction or 1.0))
         self.upd_step = 0
+        self._part: dict[int, tuple[int, int]] = {}
         self.upd_touched = 0  # weights the policy let the updates write, summed over steps
         self.upd_weights = 0  # trainable weights, summed over steps
 
@@ -291,6 +292,11 @@ class S8Trainer:
         producer = {op.output: i for i, op in enumerate(g.ops)}
         n_users = [len(g.consumers(t)) for t in range(len(g.shapes))]
         out: list[QGrad | None] = [None] * len(g.ops)
+        part: dict[int, tuple[int, int]] = {}  # partial tensor: (first channel, count)
+        if self.policy == sel.POLICIES["partial"]:
+            part = {t: sel.active_block(g.shapes[t][-1], self.pm, self.upd_step)
+                    for t in sel.partial_tensors(g, self.need)}
+        self._part = part
 
         def give(t: int, acc: np.ndarray, e: int) -> None:
             """An input gradient as int32 accumulators with exponent e."""
@@ -313,6 +319,8 @@ class S8Trainer:
                                      fw.exps[op.output]), dy, 0)
             if self._channel_sparse(op):  # the other channels do not backpropagate
                 dy = sel.channel_mask_dy(dy, op.kind, self.pm, self.upd_step)[0]
+            xblock = part.get(op.inputs[0])  # partial: the input's kept channels
+            yblock = part.get(op.output)
             src = op.inputs[0]
             x0, xe, xz = fw.acts[src], fw.exps[src], m.zp[src]
             w = m.w[i]
@@ -326,12 +334,25 @@ class S8Trainer:
                 pt = rc.patches(x0, op, xz) - xz
                 P = pt.shape[0] * pt.shape[1]
                 d = dy.reshape(P, -1)
+                if yblock is not None:  # the gradient exists on the output's block only
+                    keep = np.zeros(d.shape[1], bool)
+                    keep[yblock[0]:yblock[0] + yblock[1]] = True
+                    d = np.where(keep, d, 0)
                 if op.trainable:
-                    out[i] = QGrad((d.T @ pt.reshape(P, -1)).reshape(w.shape), ey + xe,
-                                   d.sum(axis=0), ey)
+                    gwc = (d.T @ pt.reshape(P, -1)).reshape(w.shape)
+                    if xblock is not None:  # the weights reading the input's kept block
+                        cin = np.zeros(w.shape[-1], bool)
+                        cin[xblock[0]:xblock[0] + xblock[1]] = True
+                        gwc = np.where(cin, gwc, 0)
+                    out[i] = QGrad(gwc, ey + xe, d.sum(axis=0), ey)
                 if self.need[src]:
                     dp = (d @ w.reshape(w.shape[0], -1)).reshape(pt.shape)
-                    give(src, rc.col2im(dp, x0.shape, op), m.ew[i] + ey)
+                    dxc = rc.col2im(dp, x0.shape, op)
+                    if xblock is not None:
+                        cin = np.zeros(dxc.shape[-1], bool)
+                        cin[xblock[0]:xblock[0] + xblock[1]] = True
+                        dxc = np.where(cin, dxc, 0)
+                    give(src, dxc, m.ew[i] + ey)
             elif op.kind == "dwconv":
                 pt = rc.patches(x0, op, xz) - xz
                 if op.trainable:
@@ -387,6 +408,13 @@ class S8Trainer:
                     touched = k * (n // n_ch)
                 elif self._channel_sparse(self.g.ops[i]):
                     touched = k * (n // n_ch)  # the others' gradients are zero
+                elif self.g.ops[i].kind == "conv" and (
+                        self.g.ops[i].inputs[0] in self._part or
+                        self.g.ops[i].output in self._part):
+                    op = self.g.ops[i]
+                    kx = self._part.get(op.inputs[0], (0, w.shape[-1]))[1]
+                    ky = self._part.get(op.output, (0, w.shape[0]))[1]
+                    touched = ky * kx * (n // (w.shape[0] * w.shape[-1]))
                 sh = m.ew[i] + q.LR_FRAC_BITS - gr.gw_exp
                 dither = q.weyl_offsets(self.dither, n).reshape(w.shape)
                 step = np.clip(q.stochastic_shift(gw * self.lr_q, sh, dither), -128, 127)

@@ -12,13 +12,18 @@ threshold, whole-tensor masks where it skips work), so that the twin checks it.
   ``round(r C)`` output channels backpropagates this step (blocks in turn, the last one ending
   at the last channel); the other channels get no weight, bias or input-gradient work. The
   classifier (the op making the logits) trains fully: its output channels are the classes.
+* ``partial`` (Paissan et al., partial activations; int8): a tensor read by a conv layer whose
+  weights train, right after the tensor's producer, keeps a block of ``round(r C)`` of its
+  channels after that forward step (blocks in turn, as above); the gradient flows through
+  those channels only (a tensor that needs a gradient must come from a conv layer), and each
+  conv layer updates the weights joining its input's kept block to its output's block.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-POLICIES = {"all": 0, "topr": 1, "channel-norm": 2, "channel-sparse": 3}
+POLICIES = {"all": 0, "topr": 1, "channel-norm": 2, "channel-sparse": 3, "partial": 4}
 NAMES = {v: k for k, v in POLICIES.items()}
 FRAC_ONE = 1000  # fractions are per mille
 
@@ -84,3 +89,21 @@ def channel_mask_dy(dy: np.ndarray, kind: str, pm: int, step: int) -> tuple[np.n
     out = np.zeros_like(flat)
     out[:, c0:c0 + k] = flat[:, c0:c0 + k]
     return out.reshape(dy.shape), k
+
+
+def partial_tensors(g, need: list[bool]) -> dict[int, int]:  # noqa: ANN001 (a Graph)
+    """``partial``: the tensors that keep a block of their channels, each with its consumer
+    (the rule of kl_partial_user, written from the docs)."""
+    out: dict[int, int] = {}
+    producer = {op.output: i for i, op in enumerate(g.ops)}
+    for t, p in producer.items():
+        u = p + 1
+        if t == g.output or u >= len(g.ops) or len(g.consumers(t)) != 1:
+            continue
+        op = g.ops[u]
+        if op.kind != "conv" or op.inputs[0] != t or not op.trainable or op.bias_only:
+            continue
+        if need[t] and g.ops[p].kind != "conv":
+            continue
+        out[t] = u
+    return out

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core import selective
 from ..core.model import Graph
 
 #: every name here, the private helpers too: the ``planner`` package re-exports them all
@@ -41,6 +42,7 @@ INF = float("inf")
 
 # sizeof(kl_tensor_t), sizeof(kl_op_t) by pointer size (kilolearn.h)
 STRUCT_SIZES = {4: (24, 56), 8: (32, 88)}
+PART_SIZE = {4: 12, 8: 24}  # kl_part_t (KL_UPDATE_PARTIAL laid out)
 TARGET_PTR = {"arm": 4, "host": 8}
 
 
@@ -98,6 +100,7 @@ class MemModel:
     compact: bool = True  # ... from int16 sums made in bands, where that needs less scratch
     uncompact: frozenset[int] = frozenset()  # ops kept on int32 sums (trim_compact)
     paged: bool = False  # trainable dense ops read in place, rows to the weight log (2.4)
+    partial_pm: int = 0  # KL_UPDATE_PARTIAL in the blob (per mille): kept blocks and slots
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -123,6 +126,18 @@ class MemModel:
                 self.last_use[t] = i
         self.last_use[g.output] = self.n  # the logits stay (kl_logits after a step)
         self.macs = [g.macs(i) for i in range(self.n)]
+        # Paissan's partial activations laid out (kl_model_init): channels kept per tensor
+        self.pk = [0] * len(g.shapes)
+        self.partial_layout = bool(self.partial_pm and self.dtype == "s8" and self.training
+                                   and not self.keep_grads)
+        if self.partial_layout:
+            for t in selective.partial_tensors(g, self.need_grad):
+                self.pk[t] = selective.count(g.shapes[t][-1], self.partial_pm)
+
+    def lsize(self, t: int) -> int:
+        """Elements of tensor t that are kept (its block when partial)."""
+        s = self.graph.shapes[t]
+        return int(np.prod(s[:-1])) * self.pk[t] if self.pk[t] else self.tsize[t]
 
     # -- what kl_model_init allocates ------------------------------------------------------
     def _n_w(self, i: int) -> int:
@@ -173,12 +188,16 @@ class MemModel:
             if compact:
                 need = compact_scratch(*g.shapes[op.inputs[0]], op.stride)
             elif self._need_dx(i):
-                need = max(need, x * 4)
+                need = max(need, self.lsize(op.inputs[0]) * 4)
             upd = 0
             if self.trainable[i] and op.has_params:
                 n_b = y if op.kind == "dense" else g.shapes[op.output][2]
                 if op.bias_only:
                     upd = 4 * n_b
+                elif self.partial_pm and op.kind == "conv":  # the weights joining the blocks
+                    kx = self.pk[op.inputs[0]] or g.shapes[op.inputs[0]][-1]
+                    ky = self.pk[op.output] or n_b
+                    upd = (ky * op.kernel[0] * op.kernel[1] * kx + ky) * 4
                 elif op.kind in ("conv", "dwconv"):
                     upd = (self._n_w(i) + n_b) * 4
                 elif s8_dense:  # paged: a 256-byte chunk of a row at a time
@@ -250,14 +269,28 @@ class MemModel:
         g = self.graph
         a = _Arena()
         self._static(a)
+        if self.partial_layout:
+            a.alloc(PART_SIZE[TARGET_PTR[self.target]] * len(g.shapes), 8)
+        slots = [0, 0]  # partial tensors are written whole into a slot by producer parity
+        for t, k in enumerate(self.pk):
+            if k:
+                slots[self.producer[t] & 1] = max(slots[self.producer[t] & 1], self.tsize[t])
+        for size in slots:
+            if size:
+                a.alloc(size * self.es)
         for t in range(len(g.shapes)):
             if t != g.input:
-                a.alloc(self.tsize[t] * self.es)
+                a.alloc(self.lsize(t) * self.es)
             if self.training and (self.need_grad[t] or t == g.output):
-                a.alloc(self.tsize[t] * self.es)
+                a.alloc(self.lsize(t) * self.es)
         s, k = self.scratch_sizes()
         a.alloc(s, 8)
         a.alloc(k, 8)
+        sel_scratch = max((self._n_w(i) for i, op in enumerate(g.ops)
+                           if op.kind == "conv" and self.trainable[i] and not op.bias_only),
+                          default=0)
+        if self.partial_layout and sel_scratch:  # the packed block weights
+            a.alloc(sel_scratch, 8)
         return a.used
 
     # -- what a backward step reads (kl_model.c bwd_reads: keep the two identical) ---------

@@ -172,6 +172,8 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
            where="docs/selective-updates.md"),
     Figure("sparse-bench-traffic", "kilolearn sparse-bench", render_sparse_traffic,
            source="sparse-bench", where="docs/selective-updates.md"),
+    module_figure("partial-bench", "kilolearn partial-bench", ".bench.partialbench",
+                  "docs/selective-updates.md"),
     module_figure("paged-bench", "kilolearn paged-bench", ".bench.pagedbench",
                   "docs/paged-weights.md"),
     module_figure("replay-flash", "kilolearn session --board mps2-an386 --strategy replay "

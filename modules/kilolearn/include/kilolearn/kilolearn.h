@@ -59,6 +59,17 @@ typedef struct {
 	void *grad;          /* gradient (float or int8), if need_grad */
 } kl_tensor_t;
 
+/* Partial activations (KL_UPDATE_PARTIAL, int8), per tensor: only a block of
+ * pk of its c channels is kept after its consumer's forward step, packed
+ * (channels [pc0, pc0 + pk) at each position), and only that block gets a
+ * gradient. pk = 0: the whole tensor. */
+typedef struct {
+	uint16_t pk, pc0;
+	void *full; /* where the forward pass writes it whole: a shared slot, or NULL
+		     * (then in place: packed to the start of its own buffer) */
+	void *kept; /* where the block is packed to */
+} kl_part_t;
+
 typedef struct {
 	uint8_t kind, act, flags, stride;
 	uint8_t kh, kw, pad_t, pad_l, pad_b, pad_r;
@@ -132,6 +143,10 @@ typedef struct {
 	uint32_t sel_size;
 	uint64_t upd_touched;  /* weights the policy let the updates write, summed over steps */
 	uint64_t upd_weights;  /* trainable weights, summed over steps (the 100 % figure) */
+	kl_part_t *part;       /* per tensor, in the arena once KL_UPDATE_PARTIAL was set */
+	uint16_t part_pm;      /* KL_UPDATE_PARTIAL laid out at init with this fraction (the
+				* blob's policy): kept blocks and slots sized for it; 0 = no */
+	uint8_t fwd_pack;      /* the forward pass of a training step: pack partial tensors */
 	/* paged weights (docs/paged-weights.md) */
 	const uint8_t *blob;   /* the blob the model reads in place */
 	uint32_t blob_len;
@@ -152,7 +167,12 @@ enum kl_update_policy {
 	KL_UPDATE_CHANNEL_SPARSE = 3, /* Paissan et al.: a rotating block of output channels of
 				       * each dense/conv layer backpropagates; the others' weight-
 				       * and input-gradient work is skipped */
-	KL_UPDATE_POLICY_COUNT = 4
+	KL_UPDATE_PARTIAL = 4,        /* Paissan et al., partial activations (int8): each conv
+				       * layer's input keeps a rotating block of its channels after
+				       * the forward step; the gradient flows through those channels
+				       * only, and each conv layer updates the weights joining its
+				       * kept input block to its output's block */
+	KL_UPDATE_POLICY_COUNT = 5
 };
 #define KL_UPDATE_FRAC_ONE 1000u /* fractions are per mille */
 
@@ -170,7 +190,11 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
  * 2.2) and restart its step count; permille in [1, 1000] (ignored for
  * KL_UPDATE_ALL). Selection scratch comes from the model's arena (allocated
  * once, grown when a policy needs more). KL_EINVAL for a bad policy or
- * fraction, KL_ENOTSUP with momentum, KL_ENOMEM when the arena is full. */
+ * fraction, KL_ENOTSUP with momentum, KL_ENOMEM when the arena is full.
+ * KL_UPDATE_PARTIAL: int8 without a schedule, kept gradients or paged ops
+ * (else KL_ENOTSUP); its memory saving needs the policy in the blob (laid out
+ * at init); a model laid out so takes no other policy or fraction
+ * (KL_ENOTSUP). Set at run time it keeps each tensor's own buffer. */
 int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille);
 
 /* Paged models (docs/paged-weights.md): the weights of KL_OP_PAGED ops stay

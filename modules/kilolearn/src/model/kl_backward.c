@@ -28,9 +28,9 @@ static void mask_f32(const kl_tensor_t *t, int act, float *g)
 static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint32_t k0,
 			  uint32_t n);
 
-static void mask_s8(const kl_tensor_t *t, int act, void *g, int wide)
+static void mask_s8(const kl_tensor_t *t, int act, void *g, int wide, uint32_t n)
 {
-	mask_s8_range(t, act, g, wide, 0u, kl_tsize(t));
+	mask_s8_range(t, act, g, wide, 0u, n);
 }
 
 /* mask elements k0 .. k0 + n - 1 of t's gradient; g points at element k0 */
@@ -77,9 +77,9 @@ static void kl_give_s8(kl_model_t *m, int t_id, int e)
 {
 	kl_tensor_t *t = &m->tensors[t_id];
 	int32_t *acc = m->scratch;
-	const int n = (int)kl_tsize(t);
+	const int n = (int)kl_lsize(m, t); /* a partial tensor: its block, packed */
 	if (t->producer >= 0 && t->n_users == 1u) { /* mask first: a finer scale */
-		mask_s8(t, m->ops[t->producer].act, acc, 1);
+		mask_s8(t, m->ops[t->producer].act, acc, 1, (uint32_t)n);
 	}
 	if (!t->has_grad) {
 		t->grad_exp = (int8_t)(e + kl_quantize_grad_s8(acc, t->grad, n));
@@ -256,7 +256,7 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 	const int ey = y->grad_exp;
 	kl_phase(m, KL_PHASE_BACKWARD);
 	if (y->n_users != 1u) { /* a single consumer masked it in kl_give_s8 already */
-		mask_s8(y, op->act, dy, 0);
+		mask_s8(y, op->act, dy, 0, kl_tsize(y));
 	}
 	if (kl_paged_op(op)) {
 		if (x->need_grad) {
@@ -264,6 +264,10 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 		}
 		kl_phase(m, KL_PHASE_UPDATE);
 		pg_update(m, op, dy, ey);
+		return;
+	}
+	if (op->kind == KL_OP_CONV && (kl_pk(m, x) != 0u || kl_pk(m, y) != 0u)) {
+		kl_backward_partial_s8(m, op); /* Paissan's partial activations */
 		return;
 	}
 	kl_geom_t g = kl_geom(m, op);

@@ -30,7 +30,16 @@ static int kl_forward_ops(kl_model_t *m, int first)
 {
 	kl_phase(m, KL_PHASE_FORWARD);
 	for (int i = first; i < m->n_ops; i++) {
-		kl_forward_op(m, &m->ops[i]);
+		kl_op_t *op = &m->ops[i];
+		kl_tensor_t *y = &m->tensors[op->out];
+		if (kl_pk(m, y) != 0u && kl_part(m, y)->full != NULL) { /* partial: whole, */
+			y->data = kl_part(m, y)->full;                 /* to a slot */
+		}
+		kl_forward_op(m, op);
+		kl_tensor_t *x = &m->tensors[op->in0];
+		if (m->fwd_pack && kl_pk(m, x) != 0u) { /* its consumer ran: keep the block */
+			kl_pack_partial(m, x);
+		}
 	}
 	return kl_predicted(m);
 }

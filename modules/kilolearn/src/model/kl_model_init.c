@@ -33,14 +33,19 @@ static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training,
 	const int s8_dense = op->kind == KL_OP_DENSE && m->dtype == KL_DTYPE_S8;
 	uint32_t need = s8_dense ? KL_FC_S8_SCRATCH(kl_tsize(x), kl_tsize(y)) : 0u;
 	if (training) {
-		if (kl_need_dx(m, op)) {
-			need = kl_umax(need, kl_tsize(x) * 4u); /* input-gradient accumulators */
+		if (kl_need_dx(m, op)) { /* input-gradient accumulators (partial: the block) */
+			need = kl_umax(need, kl_lsize(m, x) * 4u);
 		}
 		uint32_t upd = 0;
 		if (kl_trainable(op) && op->n_w != 0u) {
 			const uint32_t n_b = op->kind == KL_OP_DENSE ? kl_tsize(y) : y->c;
 			if (kl_bias_only(op)) {
 				upd = n_b * 4u;
+			} else if (m->part_pm != 0u && op->kind == KL_OP_CONV) {
+				/* the weights joining the two blocks (KL_UPDATE_PARTIAL) */
+				const uint32_t kx = kl_pk(m, x) != 0u ? kl_pk(m, x) : x->c;
+				const uint32_t ky = kl_pk(m, y) != 0u ? kl_pk(m, y) : y->c;
+				upd = (ky * op->kh * op->kw * kx + ky) * 4u;
 			} else if (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV) {
 				upd = (op->n_w + n_b) * 4u; /* weight gradients */
 			} else if (s8_dense) { /* fused SGD (paged: a chunk of a row at a time) */
@@ -189,17 +194,51 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	}
 	m->n_inputs = (uint16_t)kl_tsize(&m->tensors[m->input]);
 	m->n_classes = (uint16_t)kl_tsize(&m->tensors[m->output]);
+	uint32_t permille = 0;
+	const int policy = kl_blob_update_policy(blob, &permille);
+	void *slot[2] = {NULL, NULL};
+	if (training && sched_off == 0u && policy == KL_UPDATE_PARTIAL && s8 &&
+	    !(m->flags & KL_CFG_KEEP_GRADS)) {
+		/* Paissan's partial activations laid out: a partial tensor keeps its
+		 * block (data and gradient); it is written whole into one of two
+		 * slots, by its producer's parity (its consumer comes right after) */
+		m->part_pm = (uint16_t)permille;
+		m->part = kl_arena_alloc(arena, sizeof(kl_part_t) * m->n_tensors, 8u);
+		if (m->part == NULL) {
+			return KL_ENOMEM;
+		}
+		memset(m->part, 0, sizeof(kl_part_t) * m->n_tensors);
+		uint32_t slot_size[2] = {0u, 0u};
+		for (int k = 0; k < m->n_tensors; k++) {
+			kl_tensor_t *t = &m->tensors[k];
+			if (kl_partial_user(m, k) >= 0) {
+				m->part[k].pk = (uint16_t)upd_count(t->c, permille);
+				const int p = t->producer & 1;
+				slot_size[p] = kl_umax(slot_size[p], kl_tsize(t));
+			}
+		}
+		for (int p = 0; p < 2; p++) {
+			if (slot_size[p] != 0u &&
+			    (slot[p] = kl_arena_alloc(arena, slot_size[p], 4u)) == NULL) {
+				return KL_ENOMEM;
+			}
+		}
+	}
 	uint32_t scratch = s8 ? m->n_classes * 4u : 0u;
 	for (int k = 0; k < m->n_tensors && sched_off == 0u; k++) {
 		kl_tensor_t *t = &m->tensors[k];
 		if (k != m->input) {
-			t->data = kl_arena_alloc(arena, kl_tsize(t) * es, 4u);
+			t->data = kl_arena_alloc(arena, kl_lsize(m, t) * es, 4u);
 			if (t->data == NULL) {
 				return KL_ENOMEM;
 			}
+			if (kl_pk(m, t) != 0u) {
+				m->part[k].kept = t->data;
+				m->part[k].full = slot[t->producer & 1];
+			}
 		}
 		if (training && (t->need_grad || k == m->output)) {
-			t->grad = kl_arena_alloc(arena, kl_tsize(t) * es, 4u);
+			t->grad = kl_arena_alloc(arena, kl_lsize(m, t) * es, 4u);
 			if (t->grad == NULL) {
 				return KL_ENOMEM;
 			}
@@ -232,8 +271,6 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		}
 	}
 	m->upd_frac = KL_UPDATE_FRAC_ONE;
-	uint32_t permille = 0;
-	const int policy = kl_blob_update_policy(blob, &permille);
 	if (training && policy != KL_UPDATE_ALL) {
 		return kl_model_set_update_policy(m, policy, permille);
 	}

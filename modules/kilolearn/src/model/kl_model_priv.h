@@ -42,6 +42,24 @@ static inline uint32_t kl_tsize(const kl_tensor_t *t)
 	return (uint32_t)t->h * t->w * t->c;
 }
 
+/* channels of t kept when partial (KL_UPDATE_PARTIAL), 0 = all */
+static inline uint32_t kl_pk(const kl_model_t *m, const kl_tensor_t *t)
+{
+	return m->part != NULL ? m->part[t - m->tensors].pk : 0u;
+}
+
+static inline kl_part_t *kl_part(const kl_model_t *m, const kl_tensor_t *t)
+{
+	return &m->part[t - m->tensors];
+}
+
+/* elements of t that are live: its kept block when partial */
+static inline uint32_t kl_lsize(const kl_model_t *m, const kl_tensor_t *t)
+{
+	const uint32_t pk = kl_pk(m, t);
+	return (uint32_t)t->h * t->w * (pk != 0u ? pk : t->c);
+}
+
 static inline kl_geom_t kl_geom(const kl_model_t *m, const kl_op_t *op)
 {
 	const kl_tensor_t *x = &m->tensors[op->in0];
@@ -129,6 +147,10 @@ static void kl_active_block(const kl_model_t *m, uint32_t n_ch, uint32_t *c0, ui
 static void kl_active_channels(kl_model_t *m, const kl_op_t *op, kl_geom_t *g, uint32_t es,
 			const void **w, const void **dy, int *n_out, uint32_t *c0, uint32_t *nk);
 static void *kl_upd_scratch(const kl_model_t *m, const kl_tensor_t *x);
+static int kl_partial_user(const kl_model_t *m, int t);
+static uint32_t upd_count(uint32_t n, uint32_t permille);
+static void kl_pack_partial(kl_model_t *m, kl_tensor_t *x);
+static void kl_backward_partial_s8(kl_model_t *m, kl_op_t *op);
 static void kl_apply_f32(kl_model_t *m, kl_op_t *op, float *gw, float *gb, int n_b, uint32_t c0,
 		  uint32_t nk);
 static void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, int n_b, uint32_t c0,

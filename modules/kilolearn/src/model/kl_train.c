@@ -72,7 +72,9 @@ static int run_step(kl_model_t *m, const void *x, int label, int keep)
 	if (m->sched != NULL) {
 		return kl_run_schedule(m, label, keep);
 	}
+	m->fwd_pack = 1u;
 	const int pred = kl_forward_ops(m, 0);
+	m->fwd_pack = 0u;
 	kl_backward(m, label, keep);
 	return pred;
 }
@@ -102,13 +104,18 @@ int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 		return err;
 	}
 	kl_tensor_t *cut = &m->tensors[t];
-	void *own = cut->data;
+	void *own = kl_pk(m, cut) == 0u	      ? cut->data
+		    : kl_part(m, cut)->full != NULL ? kl_part(m, cut)->full
+						    : kl_part(m, cut)->kept;
+	cut->data = own; /* a partial cut arrives whole */
 	if (t == m->input) {
 		cut->data = (void *)(uintptr_t)data;
 	} else {
 		memcpy(own, data, kl_tsize(cut) * (m->dtype == KL_DTYPE_S8 ? 1u : 4u));
 	}
+	m->fwd_pack = 1u;
 	const int pred = kl_forward_ops(m, cut->producer + 1);
+	m->fwd_pack = 0u;
 	kl_backward(m, label, 0);
 	if (m->paged && m->pg_err != KL_OK) {
 		return m->pg_err;

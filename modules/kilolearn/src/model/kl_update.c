@@ -32,6 +32,63 @@ static void kl_active_block(const kl_model_t *m, uint32_t n_ch, uint32_t *c0, ui
 	*c0 = s + *k > n_ch ? n_ch - *k : s;
 }
 
+/* Paissan's partial activations (KL_UPDATE_PARTIAL): does tensor t keep a
+ * block of its channels only? Returns its consumer (a conv layer whose
+ * weights train, right after t's producer: so at most two whole tensors are
+ * alive in the forward pass), or -1. A tensor that needs a gradient must come
+ * from a conv layer too (its backward step takes the block's gradient). */
+static int kl_partial_user(const kl_model_t *m, int t)
+{
+	const kl_tensor_t *x = &m->tensors[t];
+	if (m->dtype != KL_DTYPE_S8 || t == m->input || t == m->output || x->n_users != 1u ||
+	    x->producer < 0 || x->producer + 1 >= m->n_ops) {
+		return -1;
+	}
+	const int u = x->producer + 1;
+	const kl_op_t *op = &m->ops[u];
+	const kl_op_t *p = &m->ops[x->producer];
+	if (op->kind != KL_OP_CONV || op->in0 != t || !sel_op(op) || kl_paged_op(op) ||
+	    (x->need_grad && (p->kind != KL_OP_CONV || kl_paged_op(p)))) {
+		return -1;
+	}
+	return u;
+}
+
+/* Mark the partial tensors for a fraction (pk: block size; 0 clears) */
+static void mark_partial(kl_model_t *m, uint32_t permille)
+{
+	for (int t = 0; t < m->n_tensors && m->part != NULL; t++) {
+		kl_tensor_t *x = &m->tensors[t];
+		kl_part_t *p = &m->part[t];
+		p->pk = (uint16_t)(permille != 0u && kl_partial_user(m, t) >= 0
+					   ? upd_count(x->c, permille) : 0u);
+		p->pc0 = 0;
+		if (m->part_pm == 0u) { /* laid out whole: packed in place */
+			p->full = NULL;
+			p->kept = x->data;
+		}
+	}
+}
+
+/* After x's consumer ran forward: keep this step's block of x, packed
+ * (positions in order, so packing in place never overwrites what is still
+ * to be read) */
+static void kl_pack_partial(kl_model_t *m, kl_tensor_t *x)
+{
+	uint32_t c0 = 0, k = 0;
+	kl_active_block(m, x->c, &c0, &k);
+	const uint32_t es = 1u; /* int8 only */
+	kl_part_t *pt = kl_part(m, x);
+	const uint8_t *src = x->data;
+	uint8_t *dst = pt->kept;
+	const uint32_t n = (uint32_t)x->h * x->w;
+	for (uint32_t p = 0; p < n; p++) {
+		memmove(dst + (size_t)p * k * es, src + ((size_t)p * x->c + c0) * es, (size_t)k * es);
+	}
+	pt->pc0 = (uint16_t)c0;
+	x->data = pt->kept;
+}
+
 /* bytes of selection scratch a policy needs for this model */
 static uint32_t sel_need(const kl_model_t *m, int policy, uint32_t permille)
 {
@@ -48,6 +105,9 @@ static uint32_t sel_need(const kl_model_t *m, int policy, uint32_t permille)
 		} else if (policy == KL_UPDATE_CHANNEL_NORM) { /* scores, picks, masked dy */
 			need = kl_umax(need, kl_paged_op(op) ? 0u /* keys made as read */
 							     : kl_align8(n_ch * 9u) + n_ch * 4u);
+		} else if (policy == KL_UPDATE_PARTIAL && op->kind == KL_OP_CONV) {
+			/* the block's weights, packed: at most the whole tensor */
+			need = kl_umax(need, op->n_w);
 		} else if (policy == KL_UPDATE_CHANNEL_SPARSE && op->kind == KL_OP_CONV) {
 			const kl_tensor_t *y = &m->tensors[op->out];
 			need = kl_umax(need, (uint32_t)y->h * y->w * upd_count(n_ch, permille) * es);
@@ -66,6 +126,20 @@ int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille)
 	    (m->paged && policy != KL_UPDATE_ALL && policy != KL_UPDATE_CHANNEL_NORM)) {
 		return KL_ENOTSUP;
 	}
+	if (policy == KL_UPDATE_PARTIAL &&
+	    (m->dtype != KL_DTYPE_S8 || m->sched != NULL || (m->flags & KL_CFG_KEEP_GRADS))) {
+		return KL_ENOTSUP;
+	}
+	if (m->part_pm != 0u && (policy != KL_UPDATE_PARTIAL || permille != m->part_pm)) {
+		return KL_ENOTSUP; /* buffers are sized for that block */
+	}
+	if (policy == KL_UPDATE_PARTIAL && m->part == NULL) {
+		m->part = kl_arena_alloc(m->arena, sizeof(kl_part_t) * (size_t)m->n_tensors, 8u);
+		if (m->part == NULL) {
+			return KL_ENOMEM;
+		}
+		memset(m->part, 0, sizeof(kl_part_t) * (size_t)m->n_tensors);
+	}
 	const uint32_t need = sel_need(m, policy, permille);
 	if (need > m->sel_size) {
 		void *p = kl_arena_alloc(m->arena, need, 8u);
@@ -75,6 +149,7 @@ int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille)
 		m->sel = p;
 		m->sel_size = need;
 	}
+	mark_partial(m, policy == KL_UPDATE_PARTIAL ? permille : 0u);
 	m->upd_policy = (uint8_t)policy;
 	m->upd_frac = (uint16_t)(policy == KL_UPDATE_ALL ? KL_UPDATE_FRAC_ONE : permille);
 	m->upd_step = 0;
@@ -424,5 +499,62 @@ static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x,
 					  &m->dither, n_in, n_out, kl_upd_scratch(m, x));
 	}
 	m->upd_touched += touched;
+	m->upd_weights += op->n_w;
+}
+
+/* KL_UPDATE_PARTIAL: the backward step of a conv layer whose input or output
+ * is partial. Its input keeps channels [cx0, cx0 + kx), its output's
+ * gradient exists on [cy0, cy0 + ky): the kernels run on a geometry of kx
+ * input and ky output channels, with those weights packed into m->sel; the
+ * input gradient is the block's (given packed), the weight gradient that of
+ * the weights joining the two blocks, applied where they lie in W (the
+ * dither advancing over the whole tensor as in the full update). */
+static void kl_backward_partial_s8(kl_model_t *m, kl_op_t *op)
+{
+	kl_tensor_t *y = &m->tensors[op->out];
+	const kl_tensor_t *x = &m->tensors[op->in0];
+	const int8_t *dy = y->grad;
+	const int ey = y->grad_exp;
+	kl_geom_t g = kl_geom(m, op);
+	const uint32_t c = (uint32_t)g.c, taps = (uint32_t)g.kh * (uint32_t)g.kw;
+	const uint32_t pkx = kl_pk(m, x), pky = kl_pk(m, y);
+	const uint32_t kx = pkx != 0u ? pkx : c, cx0 = pkx != 0u ? kl_part(m, x)->pc0 : 0u;
+	const uint32_t ky = pky != 0u ? pky : (uint32_t)g.co;
+	const uint32_t cy0 = pky != 0u ? kl_part(m, y)->pc0 : 0u;
+	int8_t *ws = m->sel;
+	const int8_t *w = op->w;
+	for (uint32_t o = 0; o < ky; o++) {
+		for (uint32_t t = 0; t < taps; t++) {
+			memcpy(ws + (o * taps + t) * kx, w + ((cy0 + o) * taps + t) * c + cx0, kx);
+		}
+	}
+	g.c = (int)kx;
+	g.co = (int)ky;
+	if (x->need_grad) {
+		op_dx_s8(m, op, &g, ws, dy, (int)ky, ey, 0);
+	}
+	if (!kl_trainable(op)) {
+		return;
+	}
+	kl_phase(m, KL_PHASE_UPDATE);
+	int32_t *gw = kl_upd_scratch(m, x);
+	int32_t *gb = gw + ky * taps * kx;
+	op_dw_s8(m, op, &g, dy, gw, gb, (int)ky);
+	op->gw_exp = (int8_t)(ey + x->exp);
+	op->gb_exp = (int8_t)ey;
+	const int w_shift = op->w_exp + KL_LR_FRAC_BITS - op->gw_exp;
+	const int b_shift = op->b_exp + KL_LR_FRAC_BITS - op->gb_exp;
+	int8_t *wt = op->w;
+	for (uint32_t o = 0; o < ky; o++) {
+		for (uint32_t t = 0; t < taps; t++) {
+			const uint32_t j0 = ((cy0 + o) * taps + t) * c + cx0;
+			uint32_t d = m->dither + j0 * KL_WEYL;
+			kl_sgd_weights_s8(wt + j0, gw + (o * taps + t) * kx, m->lr_q, w_shift, &d,
+					  (int)kx);
+		}
+	}
+	m->dither += op->n_w * KL_WEYL;
+	kl_sgd_bias_s8((int32_t *)op->b + cy0, gb, m->lr_q, b_shift, (int)ky);
+	m->upd_touched += ky * taps * kx;
 	m->upd_weights += op->n_w;
 }
