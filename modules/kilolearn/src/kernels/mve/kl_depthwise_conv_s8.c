@@ -18,8 +18,10 @@
  *             same way, the last ones on four int32 lanes, predicated. The
  *             raw dots of a pixel go to the scratch, then the output stage on
  *             four outputs per step (kl_mve_requant_cb_n).
- * input grad  a gather: for each input pixel the (dy pixel, tap) pairs that
- *             reach it, then the same blocks on dy and the taps' weights.
+ * input grad  stride 1: a gather, for each input pixel the (dy pixel, tap)
+ *             pairs that reach it, then the same blocks on dy and the taps'
+ *             weights; stride >= 2 (a quarter of the pairs or fewer per input
+ *             pixel): a scatter from each dy pixel into int32 sums.
  * Scratch: 9 bytes per channel (rounded to 4) and 8 bytes per tap, within
  * kl_conv_s8_scratch(). */
 #include <stddef.h>
@@ -234,9 +236,65 @@ static inline int dw_src(int v, int s, int n_out)
 	return (o * s == v && o < n_out) ? o : -1;
 }
 
+/* stride >= 2, where few (dy pixel, tap) pairs reach an input pixel: a
+ * scatter from each dy pixel, tap by tap, into the int32 sums (cleared
+ * first): per four channels VLDRB.S32 of dy and weight, VMUL, VLDRW / VADD /
+ * VSTRW of the sums */
+static void dw_bwd_scatter(const kl_geom_t *g, const int8_t *w, const int8_t *dy, int32_t *acc)
+{
+	const long C = g->c, n = (long)g->h * g->w * C, c4 = C & ~3L;
+	const int32x4_t z = vdupq_n_s32(0);
+	long k = 0;
+	for (; k + 16 <= n; k += 16) {
+		vstrwq_s32(acc + k, z);
+		vstrwq_s32(acc + k + 4, z);
+		vstrwq_s32(acc + k + 8, z);
+		vstrwq_s32(acc + k + 12, z);
+	}
+	for (; k < n; k++) {
+		acc[k] = 0;
+	}
+	const mve_pred16_t pt = vctp32q((uint32_t)(C - c4));
+	for (int oy = 0; oy < g->ho; oy++) {
+		const int iy0 = oy * g->stride - g->pad_t;
+		const int ky0 = iy0 < 0 ? -iy0 : 0;
+		const int ky1 = iy0 + g->kh > g->h ? g->h - iy0 : g->kh;
+		for (int ox = 0; ox < g->wo; ox++) {
+			const int ix0 = ox * g->stride - g->pad_l;
+			const int kx0 = ix0 < 0 ? -ix0 : 0;
+			const int kx1 = ix0 + g->kw > g->w ? g->w - ix0 : g->kw;
+			const int8_t *d = dy + ((long)oy * g->wo + ox) * C;
+			for (int ky = ky0; ky < ky1; ky++) {
+				for (int kx = kx0; kx < kx1; kx++) {
+					int32_t *a = acc + ((long)(iy0 + ky) * g->w + ix0 + kx) * C;
+					const int8_t *wt = w + ((long)ky * g->kw + kx) * C;
+					long c = 0;
+					for (; c < c4; c += 4) {
+						const int32x4_t pr = vmulq_s32(vldrbq_s32(d + c),
+									       vldrbq_s32(wt + c));
+						vstrwq_s32(a + c, vaddq_s32(vldrwq_s32(a + c), pr));
+					}
+					if (c < C) {
+						const int32x4_t pr =
+							vmulq_s32(vldrbq_z_s32(d + c, pt),
+								  vldrbq_z_s32(wt + c, pt));
+						vstrwq_p_s32(a + c,
+							     vaddq_s32(vldrwq_z_s32(a + c, pt), pr),
+							     pt);
+					}
+				}
+			}
+		}
+	}
+}
+
 void kl_mve_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w,
 					     const int8_t *dy, int32_t *acc, void *scratch)
 {
+	if (g->stride >= 2) {
+		dw_bwd_scatter(g, w, dy, acc);
+		return;
+	}
 	const long C = g->c;
 	const int taps = g->kh * g->kw;
 	if (kl_mve_min_s8(w, (int)(taps * C)) == -128) { /* see the forward */
