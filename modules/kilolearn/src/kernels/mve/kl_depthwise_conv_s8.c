@@ -121,6 +121,14 @@ dw_pixel(const int8_t *const *P, const int8_t *base, const int32_t *off, const i
 	}
 }
 
+/* the output stage of one pixel, out of line: its loop keeps its constants
+ * in registers */
+static __attribute__((noinline)) int requant_pixel(const int32_t *dots, const int32_t *cb,
+						   const kl_requant_t *rq, int8_t *y, int n)
+{
+	return kl_mve_requant_cb_n(dots, cb, rq, y, n);
+}
+
 int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, const int8_t *w,
 			     const int32_t *b, const kl_requant_t *rq, int8_t *y, void *scratch)
 {
@@ -174,7 +182,7 @@ int kl_mve_depthwise_conv_s8(const kl_geom_t *g, const int8_t *x, int32_t x_zp, 
 				}
 				dw_pixel(P, x, off, w, C, taps, dots);
 			}
-			sat |= kl_mve_requant_cb_n(dots, corr, rq, y + ((long)oy * g->wo + ox) * C, C);
+			sat |= requant_pixel(dots, corr, rq, y + ((long)oy * g->wo + ox) * C, C);
 		}
 	}
 	return sat;

@@ -30,6 +30,62 @@ static inline int32x4_t kl_mve_rshift_round(int32x4_t x, int s)
 	return vsubq_s32(fl, vshrq_n_s32(vsubq_s32(thr, rem), 31));
 }
 
+/* r for four lanes: the bias rounded (unless done), added with saturation,
+ * the output shift */
+static inline __attribute__((always_inline)) int32x4_t
+kl_mve_rq_lanes(int32x4_t dot, int32x4_t rb, int bs, int32_t bmask, int32_t yk, int ys,
+		const int rounded, const int ys2)
+{
+	if (!rounded) { /* floor + (rem > half - 1 + (b < 0)) */
+		rb = vsubq_s32(vshlq_r_s32(rb, -bs),
+			       vshrq_n_s32(vsubq_s32(vsubq_s32(vdupq_n_s32(bmask >> 1),
+							       vshrq_n_s32(rb, 31)),
+						     vandq_s32(rb, vdupq_n_s32(bmask))),
+					   31));
+	}
+	const int32x4_t acc = vqaddq_s32(dot, rb);
+	int32x4_t t = vqaddq_n_s32(acc, yk);
+	if (ys2) { /* m = -2 where acc < -1 */
+		t = vaddq_s32(t, vshlq_n_s32(vshrq_n_s32(vaddq_n_s32(acc, 1), 31), 1));
+	}
+	return vshlq_r_s32(t, -ys);
+}
+
+static inline __attribute__((always_inline)) int
+kl_mve_requant_loop(const int32_t *dot, const int32_t *b, const kl_requant_t *q, int8_t *y, int n,
+		    const int rounded, const int ys2)
+{
+	const int bs = q->b_shift, ys = q->y_shift;
+	const int32_t yk = ys >= 2 ? 1 + ((int32_t)1 << (ys - 1)) : 1;
+	const int32_t sat_hi = q->cap_saturates ? q->hi_range : INT32_MAX;
+	const int32_t sat_lo = q->act == KL_ACT_NONE ? q->lo : INT32_MIN;
+	const int32_t hi = q->hi, lo = q->lo, zp = q->zp;
+	const int32_t bmask = rounded ? 0 : (int32_t)((1u << bs) - 1u);
+	/* |r| < 2^31 >> ys: never INT32_MAX / INT32_MIN, so the flag is the
+	 * largest r reaching sat_hi or the smallest sat_lo */
+	int32x4_t rmax = vdupq_n_s32(INT32_MIN), rmin = vdupq_n_s32(INT32_MAX);
+	const int n4 = n & ~3;
+	int i = 0;
+	for (; i < n4; i += 4) {
+		const int32x4_t r = kl_mve_rq_lanes(vldrwq_s32(dot + i), vldrwq_s32(b + i), bs,
+						    bmask, yk, ys, rounded, ys2);
+		rmax = vmaxq_s32(rmax, r);
+		rmin = vminq_s32(rmin, r);
+		const int32x4_t c = vmaxq_s32(vminq_s32(r, vdupq_n_s32(hi)), vdupq_n_s32(lo));
+		vstrbq_s32(y + i, vaddq_n_s32(c, zp));
+	}
+	if (i < n) {
+		const mve_pred16_t p = vctp32q((uint32_t)(n - i));
+		const int32x4_t r = kl_mve_rq_lanes(vldrwq_z_s32(dot + i, p), vldrwq_z_s32(b + i, p),
+						    bs, bmask, yk, ys, rounded, ys2);
+		rmax = vmaxq_m_s32(rmax, rmax, r, p);
+		rmin = vminq_m_s32(rmin, rmin, r, p);
+		const int32x4_t c = vmaxq_s32(vminq_s32(r, vdupq_n_s32(hi)), vdupq_n_s32(lo));
+		vstrbq_p_s32(y + i, vaddq_n_s32(c, zp), p);
+	}
+	return vmaxvq_s32(INT32_MIN, rmax) >= sat_hi || vminvq_s32(INT32_MAX, rmin) <= sat_lo;
+}
+
 /* the output stage over n raw dot products, with the bias either raw (b,
  * rounded here by b_shift on four lanes) or already rounded (cb[i] =
  * kl_rshift_round(b[i], b_shift), plus any term folded into the dots whose
@@ -51,34 +107,8 @@ kl_mve_requant_core(const int32_t *dot, const int32_t *b, const kl_requant_t *q,
 		}
 		return sat;
 	}
-	const int32_t yk = ys >= 2 ? 1 + ((int32_t)1 << (ys - 1)) : 1;
-	const int32_t sat_hi = q->cap_saturates ? q->hi_range : INT32_MAX;
-	const int32_t sat_lo = q->act == KL_ACT_NONE ? q->lo : INT32_MIN;
-	const int32_t hi = q->hi, lo = q->lo, zp = q->zp;
-	const int32_t bmask = rounded ? 0 : (int32_t)((1u << bs) - 1u);
-	mve_pred16_t any = 0;
-	for (int i = 0; i < n; i += 4) {
-		const mve_pred16_t p = vctp32q((uint32_t)(n - i));
-		int32x4_t rb = vldrwq_z_s32(b + i, p);
-		if (!rounded) { /* floor + (rem > half - 1 + (b < 0)) */
-			rb = vsubq_s32(vshlq_r_s32(rb, -bs),
-				       vshrq_n_s32(vsubq_s32(vsubq_s32(vdupq_n_s32(bmask >> 1),
-								       vshrq_n_s32(rb, 31)),
-							     vandq_s32(rb, vdupq_n_s32(bmask))),
-						   31));
-		}
-		const int32x4_t acc = vqaddq_s32(vldrwq_z_s32(dot + i, p), rb);
-		int32x4_t t = vqaddq_n_s32(acc, yk);
-		if (ys >= 2) { /* m = -2 where acc < -1 */
-			t = vaddq_s32(t, vshlq_n_s32(vshrq_n_s32(vaddq_n_s32(acc, 1), 31), 1));
-		}
-		const int32x4_t r = vshlq_r_s32(t, -ys);
-		/* |r| < 2^31 >> ys: never INT32_MAX / INT32_MIN */
-		any |= (vcmpgeq_n_s32(r, sat_hi) | vcmpleq_n_s32(r, sat_lo)) & p;
-		const int32x4_t c = vmaxq_s32(vminq_s32(r, vdupq_n_s32(hi)), vdupq_n_s32(lo));
-		vstrbq_p_s32(y + i, vaddq_n_s32(c, zp), p);
-	}
-	return sat | (any != 0);
+	return ys >= 2 ? kl_mve_requant_loop(dot, b, q, y, n, rounded, 1)
+		       : kl_mve_requant_loop(dot, b, q, y, n, rounded, 0);
 }
 
 /* raw biases b */
