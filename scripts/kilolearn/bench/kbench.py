@@ -87,9 +87,8 @@ class KernelBench:
                 out[-1].append(f"{cm.insn_per_mac:.2f}" if cm else "n/a")
             if mve:
                 mv = self.get(m.op, m.direction, "mve")
-                base = dsp or ref
                 out[-1] += [f"{mv.insn_per_mac:.2f}" if mv else "n/a",
-                            f"{base.insn / mv.insn:.1f}x" if mv and base and mv.insn else "n/a"]
+                            f"{dsp.insn / mv.insn:.1f}x" if mv and dsp and mv.insn else "n/a"]
         return out
 
 
