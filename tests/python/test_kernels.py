@@ -104,3 +104,21 @@ def test_instruction_counter_against_known_loops(board: str) -> None:
         assert abs((i1 - i0) - 2 * (n1 - n0)) <= 2 * tick, (board, got)
     # and the call overhead around the loop is small (to a tick)
     assert all(-tick <= i - 2 * n <= 100 + tick for n, i in got), got
+
+
+def test_parse_and_rows_mve() -> None:
+    text = (
+        "KL kbench op fc8 dir fwd backend ref macs 1000 insn 6000 mismatches 0\n"
+        "KL kbench op fc8 dir fwd backend dsp macs 1000 insn 1500 mismatches 0\n"
+        "KL kbench op fc8 dir fwd backend mve macs 1000 insn 500 mismatches 0\n"
+        "KL kbench op fc8 dir wgrad backend ref macs 1000 insn 6000 mismatches 0\n"
+        "KL kbench op fc8 dir wgrad backend mve macs 1000 insn 750 mismatches 0\n"
+        "KL kbench done dsp 1 mve 1 counter 1 mismatches 0\n"
+    )
+    r = kbench.parse(text, "mps3-an547")
+    assert r.ok and r.dsp and r.mve
+    assert r.rows(mve=True) == [
+        ["mps3-an547", "fc8", "forward", "1,000", "6.00", "1.50", "4.0x", "0.50", "3.0x"],
+        ["mps3-an547", "fc8", "weight grad", "1,000", "6.00", "n/a", "n/a", "0.75", "n/a"],
+    ]
+    assert not kbench.parse(text.replace(" mve 1 ", " mve 0 "), "b").mve
