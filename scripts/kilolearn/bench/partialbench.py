@@ -121,6 +121,7 @@ def _pct(v: float) -> str:
 
 
 def render(rec: dict) -> str:
+    rec = rec.get("data", rec)  # a docs figure's record, or the measurement itself
     runs = rec["runs"]
     full = next(r for r in runs if r["fraction"] >= 1.0)
     rows = []

@@ -29,6 +29,12 @@ static int kl_predicted(const kl_model_t *m)
 static int kl_forward_ops(kl_model_t *m, int first)
 {
 	kl_phase(m, KL_PHASE_FORWARD);
+	if (m->part == NULL) { /* no partial activations (KL_UPDATE_PARTIAL) */
+		for (int i = first; i < m->n_ops; i++) {
+			kl_forward_op(m, &m->ops[i]);
+		}
+		return kl_predicted(m);
+	}
 	for (int i = first; i < m->n_ops; i++) {
 		kl_op_t *op = &m->ops[i];
 		kl_tensor_t *y = &m->tensors[op->out];

@@ -509,6 +509,9 @@ static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x,
  * input gradient is the block's (given packed), the weight gradient that of
  * the weights joining the two blocks, applied where they lie in W (the
  * dither advancing over the whole tensor as in the full update). */
+#if defined(__GNUC__)
+__attribute__((noinline)) /* kept out of the common backward step */
+#endif
 static void kl_backward_partial_s8(kl_model_t *m, kl_op_t *op)
 {
 	kl_tensor_t *y = &m->tensors[op->out];
