@@ -20,10 +20,11 @@
  *             four outputs per step (kl_mve_requant_cb_n).
  * input grad  stride 1: a gather, for each input pixel the (dy pixel, tap)
  *             pairs that reach it, then the same blocks on dy and the taps'
- *             weights; stride >= 2 (a quarter of the pairs or fewer per input
+ *             weights (inner pixels: the forward's blocks, dy at fixed
+ *             offsets); stride >= 2 (a quarter of the pairs or fewer per input
  *             pixel): a scatter from each dy pixel into int32 sums.
- * Scratch: 9 bytes per channel (rounded to 4) and 8 bytes per tap, within
- * kl_conv_s8_scratch(). */
+ * Scratch: forward 9 bytes per channel (rounded to 4) and 8 bytes per tap,
+ * input gradient 12 bytes per tap, within kl_conv_s8_scratch(). */
 #include <stddef.h>
 
 #include "kilolearn/kl_kernels.h"
@@ -311,9 +312,23 @@ void kl_mve_depthwise_conv_backward_input_s8(const kl_geom_t *g, const int8_t *w
 	}
 	const int8_t **D = (const int8_t **)scratch;
 	const int8_t **Wt = D + taps;
+	int32_t *off = (int32_t *)(void *)(Wt + taps); /* taps */
 	const long c16 = C & ~15L, c8 = C & ~7L;
+	for (int ky = 0, t = 0; ky < g->kh; ky++) { /* dy pixel of tap t, inner pixels */
+		for (int kx = 0; kx < g->kw; kx++, t++) {
+			off[t] = -(ky * g->wo + kx) * (int32_t)C;
+		}
+	}
 	for (int iy = 0; iy < g->h; iy++) {
+		const int row_in = iy + g->pad_t - (g->kh - 1) >= 0 && iy + g->pad_t < g->ho;
 		for (int ix = 0; ix < g->w; ix++) {
+			if (row_in && ix + g->pad_l - (g->kw - 1) >= 0 && ix + g->pad_l < g->wo) {
+				/* every tap reaches a dy pixel: fixed offsets, the
+				 * weights in tap order (the forward's blocks) */
+				dw_pixel(NULL, dy + ((long)(iy + g->pad_t) * g->wo + ix + g->pad_l) * C,
+					 off, w, (int)C, taps, acc + ((long)iy * g->w + ix) * C);
+				continue;
+			}
 			int n = 0;
 			for (int ky = 0; ky < g->kh; ky++) {
 				const int oy = dw_src(iy + g->pad_t - ky, g->stride, g->ho);
