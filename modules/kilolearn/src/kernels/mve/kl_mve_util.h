@@ -1,6 +1,7 @@
 /* Helpers of the mve kernels (Armv8.1-M MVE, "Helium": Cortex-M55/M85): the
  * output stage of an int8 layer on four int32 lanes, bit-identical to
- * kl_requant per element. Only included where __ARM_FEATURE_MVE is defined. */
+ * kl_requant per element, and a minimum scan. Only included where
+ * __ARM_FEATURE_MVE is defined. */
 #ifndef KL_MVE_UTIL_H
 #define KL_MVE_UTIL_H
 
@@ -33,15 +34,11 @@ static inline int32x4_t kl_mve_rshift_round(int32x4_t x, int s)
 /* r for four lanes: the bias rounded (unless done), added with saturation,
  * the output shift */
 static inline __attribute__((always_inline)) int32x4_t
-kl_mve_rq_lanes(int32x4_t dot, int32x4_t rb, int bs, int32_t bmask, int32_t yk, int ys,
-		const int rounded, const int ys2)
+kl_mve_rq_lanes(int32x4_t dot, int32x4_t rb, int bs, int32_t yk, int ys, const int rounded,
+		const int ys2)
 {
-	if (!rounded) { /* floor + (rem > half - 1 + (b < 0)) */
-		rb = vsubq_s32(vshlq_r_s32(rb, -bs),
-			       vshrq_n_s32(vsubq_s32(vsubq_s32(vdupq_n_s32(bmask >> 1),
-							       vshrq_n_s32(rb, 31)),
-						     vandq_s32(rb, vdupq_n_s32(bmask))),
-					   31));
+	if (!rounded) {
+		rb = kl_mve_rshift_round(rb, bs);
 	}
 	const int32x4_t acc = vqaddq_s32(dot, rb);
 	int32x4_t t = vqaddq_n_s32(acc, yk);
@@ -60,15 +57,14 @@ kl_mve_requant_loop(const int32_t *dot, const int32_t *b, const kl_requant_t *q,
 	const int32_t sat_hi = q->cap_saturates ? q->hi_range : INT32_MAX;
 	const int32_t sat_lo = q->act == KL_ACT_NONE ? q->lo : INT32_MIN;
 	const int32_t hi = q->hi, lo = q->lo, zp = q->zp;
-	const int32_t bmask = rounded ? 0 : (int32_t)((1u << bs) - 1u);
 	/* |r| < 2^31 >> ys: never INT32_MAX / INT32_MIN, so the flag is the
 	 * largest r reaching sat_hi or the smallest sat_lo */
 	int32x4_t rmax = vdupq_n_s32(INT32_MIN), rmin = vdupq_n_s32(INT32_MAX);
 	const int n4 = n & ~3;
 	int i = 0;
 	for (; i < n4; i += 4) {
-		const int32x4_t r = kl_mve_rq_lanes(vldrwq_s32(dot + i), vldrwq_s32(b + i), bs,
-						    bmask, yk, ys, rounded, ys2);
+		const int32x4_t r = kl_mve_rq_lanes(vldrwq_s32(dot + i), vldrwq_s32(b + i), bs, yk,
+						    ys, rounded, ys2);
 		rmax = vmaxq_s32(rmax, r);
 		rmin = vminq_s32(rmin, r);
 		const int32x4_t c = vmaxq_s32(vminq_s32(r, vdupq_n_s32(hi)), vdupq_n_s32(lo));
@@ -77,7 +73,7 @@ kl_mve_requant_loop(const int32_t *dot, const int32_t *b, const kl_requant_t *q,
 	if (i < n) {
 		const mve_pred16_t p = vctp32q((uint32_t)(n - i));
 		const int32x4_t r = kl_mve_rq_lanes(vldrwq_z_s32(dot + i, p), vldrwq_z_s32(b + i, p),
-						    bs, bmask, yk, ys, rounded, ys2);
+						    bs, yk, ys, rounded, ys2);
 		rmax = vmaxq_m_s32(rmax, rmax, r, p);
 		rmin = vminq_m_s32(rmin, rmin, r, p);
 		const int32x4_t c = vmaxq_s32(vminq_s32(r, vdupq_n_s32(hi)), vdupq_n_s32(lo));
