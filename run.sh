@@ -6,7 +6,7 @@
 #                   mps2-an386): split digits, 5 tasks, int8, latent replay vs
 #                   naive fine-tuning vs joint training, beside the numpy twin
 #   ./run.sh test   run the whole test suite (lint, host + ASan/UBSan, QEMU
-#                   M3/M4/M7/M33)
+#                   M3/M4/M7/M33/M55)
 #
 # Extra arguments go to `kilolearn session` (main) or pytest (test).
 set -euo pipefail

@@ -40,7 +40,8 @@ if(KL_BOARD STREQUAL host)
   set(KL_BAREMETAL OFF)
 else()
   set(KL_BAREMETAL ON)
-  foreach(_v KL_CPU_FLAGS KL_LINKER_SCRIPT KL_JOB_ADDR KL_UART_BASE KL_INSN_PER_TICK)
+  foreach(_v KL_CPU_FLAGS KL_LINKER_SCRIPT KL_JOB_ADDR KL_UART_BASE KL_INSN_PER_TICK_NUM
+      KL_INSN_PER_TICK_DEN)
     if(NOT DEFINED ${_v})
       message(FATAL_ERROR "KL_BOARD=${KL_BOARD}: ${_v} not set; include "
         "boards/qemu/${KL_BOARD}/board.cmake before cmake/kl_firmware.cmake")
@@ -102,7 +103,8 @@ if(NOT TARGET kl_port)
       KL_JOB_ADDR=${KL_JOB_ADDR}u
       KL_JOB_MAX=${KL_JOB_MAX}u
       KL_CPU_HZ=${KL_CPU_HZ}u
-      KL_INSN_PER_TICK=${KL_INSN_PER_TICK}u)
+      KL_INSN_PER_TICK_NUM=${KL_INSN_PER_TICK_NUM}u
+      KL_INSN_PER_TICK_DEN=${KL_INSN_PER_TICK_DEN}u)
     target_include_directories(kl_port PRIVATE "${KL_PORT_DIR}/baremetal")
   else()
     add_library(kl_port OBJECT "${KL_PORT_DIR}/posix/kl_port_posix.c"

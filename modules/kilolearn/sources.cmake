@@ -48,6 +48,11 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_depthwise_conv_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_sgd_weights_s8.c
   ${KL_ENGINE_DIR}/src/kernels/fpu/kl_fully_connected_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/mve/kl_fully_connected_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/mve/kl_fully_connected_grad_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/mve/kl_fully_connected_sgd_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/mve/kl_depthwise_conv_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/mve/kl_depthwise_conv_grad_s8.c
 )
 # The CMSIS-NN backend (forward int8 kernels through CMSIS-NN), built only with
 # CMSIS-NN present; compiled with KL_KERNELS_CMSIS_NN=1 and CMSIS-NN's Include/.

@@ -382,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=cmd_stream)
 
     b = sub.add_parser("bench", help="instructions per training sample on emulated boards")
-    b.add_argument("--boards", nargs="+", default=BOARDS, choices=BOARDS)
+    b.add_argument("--boards", nargs="+", default=BOARDS[:4], choices=BOARDS,
+                   help="default: the mps2 boards")
     b.add_argument("--epochs", type=ca.EPOCHS, default=20)
     b.add_argument("--profile", action="store_true",
                    help="also split each step into forward / loss / backward / update")

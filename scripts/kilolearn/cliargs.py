@@ -155,9 +155,10 @@ class FloatRange(ArgType, kind="float", name="number"):
         return v
 
 
-BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505"]  # the emulated boards
+# the emulated boards
+BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547"]
 CPU = {"mps2-an385": "Cortex-M3", "mps2-an386": "Cortex-M4F", "mps2-an500": "Cortex-M7",
-       "mps2-an505": "Cortex-M33", "host": "host", "host-pty": "host"}
+       "mps2-an505": "Cortex-M33", "mps3-an547": "Cortex-M55", "host": "host", "host-pty": "host"}
 U32 = 2**32 - 1
 SEED = IntRange(0, 2**31 - 1)  # seeds go to the device as u32, some as seed + 1
 LR = FloatRange(0.0, 10.0)

@@ -1,5 +1,6 @@
 /*
- * kl_bench_kernels: benchmark and self-test of the int8 kernels, ref vs dsp.
+ * kl_bench_kernels: benchmark and self-test of the int8 kernels, ref vs dsp
+ * (vs mve on an MVE core: dense forward, input and weight gradient, depthwise).
  *
  * For a table of layer shapes it fills inputs from a fixed PRNG, runs the ref
  * and (where the core has the DSP extension) the dsp kernels for the forward
@@ -11,9 +12,12 @@
  * paths, requantisation outside the fast path) is checked the same way.
  *
  * Output, one line per measurement:
- *   KL kbench op <name> dir fwd|bwd|wgrad backend ref|dsp macs N insn N mismatches N
- * then "KL kbench done dsp 0|1 mismatches N"; the exit code is 1 if any
- * dsp result differs from ref (or the scratch guard was overwritten).
+ *   KL kbench op <name> dir fwd|bwd|wgrad|sgd backend ref|dsp|mve macs N insn N mismatches N
+ * (sgd: the dense layers' fused SGD step with stochastic rounding, one MAC per
+ * weight; weights, biases and the dither compared)
+ * then "KL kbench done dsp 0|1 mve 0|1 counter 0|1 mismatches N"; the exit
+ * code is 1 if any dsp or mve result differs from ref (or the scratch guard
+ * was overwritten).
  */
 #include <stdint.h>
 #include <string.h>
@@ -73,6 +77,37 @@ static int32_t a_ref[MAXW], gw_ref[MAXW], gb_ref[1024];
 static int8_t y_dsp[MAXB];
 static int32_t a_dsp[MAXW], gw_dsp[MAXW], gb_dsp[1024];
 #endif
+#if KL_KERNELS_MVE /* (the dsp buffers serve the mve kernels too) */
+/* the mve variant of an op, if it has one: 1 if it ran (into y_dsp / a_dsp /
+ * gw_dsp, gb_dsp), with *sat the forward's saturation flag */
+static int mve_run(int kind, int dir, const kl_geom_t *g, int32_t x_zp, const kl_requant_t *rq,
+		   void *s, int *sat)
+{
+	if (kind == FC) {
+		if (dir == 0) {
+			*sat = kl_mve_fully_connected_s8(xs, x_zp, ws, bs, rq, y_dsp, g->c, g->co, s);
+		} else if (dir == 1) {
+			kl_mve_fully_connected_backward_input_s8(ws, dys, a_dsp, g->c, g->co);
+		} else {
+			kl_mve_fully_connected_grad_s8(dys, xs, x_zp, gw_dsp, gb_dsp, g->c, g->co);
+		}
+		return 1;
+	}
+	if (kind == DW && dir == 0) {
+		*sat = kl_mve_depthwise_conv_s8(g, xs, x_zp, ws, bs, rq, y_dsp, s);
+		return 1;
+	}
+	if (kind == DW && dir == 1) {
+		kl_mve_depthwise_conv_backward_input_s8(g, ws, dys, a_dsp, s);
+		return 1;
+	}
+	if (kind == DW && dir == 2) {
+		kl_mve_depthwise_conv_grad_s8(g, xs, x_zp, dys, gw_dsp, gb_dsp, s);
+		return 1;
+	}
+	return 0;
+}
+#endif
 static uint32_t scratch_mem[(MAXB + 4 * MAXW) / 4 + GUARD];
 
 static uint32_t rng_state = 0x12345678u;
@@ -106,7 +141,7 @@ static void report(const char *op, const char *dir, const char *backend, long ma
 	out_str("\n");
 }
 
-#if KL_KERNELS_DSP
+#if KL_KERNELS_DSP || KL_KERNELS_MVE
 #define KL_BENCH_UNUSED
 #else /* ref only: the comparison helpers and dsp buffers stay unused */
 #define KL_BENCH_UNUSED __attribute__((unused))
@@ -178,6 +213,60 @@ static uint64_t toc(void)
 static int8_t y_cmsis[MAXB];
 #endif
 
+/* the fused dense SGD step: ref, then dsp and mve from the same weights,
+ * biases and dither (lr 0.05 in Q12, a weight shift of 17, bias shift 5) */
+static int8_t w_sgd_ref[MAXW];
+static int32_t b_sgd_ref[1024];
+#if KL_KERNELS_DSP
+static int8_t w_sgd[MAXW];
+static int32_t b_sgd[1024];
+#endif
+static long run_sgd(const layer_t *L, int n_in, int n_out, int print)
+{
+	const long nw = (long)n_in * n_out;
+	const int32_t lr_q = 205;
+	const int w_shift = 17, b_shift = 5;
+	const uint32_t d0 = 0x2468ACE1u;
+	long bad = 0;
+	uint32_t dr = d0;
+	uint64_t ti;
+	memcpy(w_sgd_ref, ws, (size_t)nw);
+	memcpy(b_sgd_ref, bs, (size_t)n_out * 4u);
+	void *s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
+	tic();
+	kl_ref_fully_connected_sgd_s8(w_sgd_ref, b_sgd_ref, dys, xs, L->x_zp, lr_q, w_shift, b_shift,
+				      &dr, n_in, n_out, s);
+	ti = toc();
+	if (print) {
+		report(L->name, "sgd", "ref", nw, ti, 0);
+	}
+#if KL_KERNELS_DSP
+	for (int k = 0; k < 1 + KL_KERNELS_MVE; k++) {
+		uint32_t dd = d0;
+		memcpy(w_sgd, ws, (size_t)nw);
+		memcpy(b_sgd, bs, (size_t)n_out * 4u);
+		s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
+		tic();
+#if KL_KERNELS_MVE
+		if (k == 1) {
+			kl_mve_fully_connected_sgd_s8(w_sgd, b_sgd, dys, xs, L->x_zp, lr_q, w_shift,
+						      b_shift, &dd, n_in, n_out, s);
+		} else
+#endif
+		{
+			kl_dsp_fully_connected_sgd_s8(w_sgd, b_sgd, dys, xs, L->x_zp, lr_q, w_shift,
+						      b_shift, &dd, n_in, n_out, s);
+		}
+		ti = toc();
+		const long m = diff_s8(w_sgd_ref, w_sgd, nw) + diff_s32(b_sgd_ref, b_sgd, n_out) +
+			       (dd != dr) + guard_broken(KL_FC_S8_SCRATCH(n_in, n_out));
+		bad += m;
+		report(L->name, "sgd", k == 1 ? "mve" : "dsp", nw, ti, m);
+	}
+#endif
+	return bad;
+}
+
 static long run_layer(const layer_t *L, int print)
 {
 	kl_geom_t g;
@@ -238,6 +327,17 @@ static long run_layer(const layer_t *L, int print)
 	bad += m;
 	report(nm, "fwd", "dsp", macs, ti, m);
 #endif
+#if KL_KERNELS_MVE
+	memset(y_dsp, 0x55, (size_t)ny);
+	s = scratch_for(sbytes);
+	tic();
+	if (mve_run(L->kind, 0, &g, L->x_zp, &rq, s, &sd)) {
+		ti = toc();
+		m = diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
+		bad += m;
+		report(nm, "fwd", "mve", macs, ti, m);
+	}
+#endif
 #if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
 	/* the CMSIS-NN backend's forward kernels, checked against ref */
 	memset(y_cmsis, 0x55, (size_t)ny);
@@ -289,11 +389,22 @@ static long run_layer(const layer_t *L, int print)
 		report(nm, "bwd", "dsp", macs, ti, m);
 	}
 #endif
+#if KL_KERNELS_MVE
+	memset(a_dsp, 0x55, (size_t)nx * 4u);
+	s = scratch_for(sbytes);
+	tic();
+	if (mve_run(L->kind, 1, &g, L->x_zp, &rq, s, &sd)) {
+		ti = toc();
+		m = diff_s32(a_ref, a_dsp, nx) + guard_broken(sbytes);
+		bad += m;
+		report(nm, "bwd", "mve", macs, ti, m);
+	}
+#endif
 	/* ---- weight gradient ---- */
 	s = scratch_for(sbytes);
 	tic();
 	if (L->kind == FC) {
-		kl_fully_connected_grad_s8(dys, xs, L->x_zp, gw_ref, gb_ref, g.c, g.co);
+		kl_ref_fully_connected_grad_s8(dys, xs, L->x_zp, gw_ref, gb_ref, g.c, g.co);
 	} else if (L->kind == CONV) {
 		kl_ref_conv_grad_s8(&g, xs, L->x_zp, dys, gw_ref, gb_ref, s);
 	} else {
@@ -321,6 +432,22 @@ static long run_layer(const layer_t *L, int print)
 		report(nm, "wgrad", "dsp", macs, ti, m);
 	}
 #endif
+#if KL_KERNELS_MVE
+	memset(gw_dsp, 0x55, (size_t)nw * 4u);
+	memset(gb_dsp, 0x55, (size_t)nb * 4u);
+	s = scratch_for(sbytes);
+	tic();
+	if (mve_run(L->kind, 2, &g, L->x_zp, &rq, s, &sd)) {
+		ti = toc();
+		m = diff_s32(gw_ref, gw_dsp, nw) + diff_s32(gb_ref, gb_dsp, nb) +
+		    guard_broken(sbytes);
+		bad += m;
+		report(nm, "wgrad", "mve", macs, ti, m);
+	}
+#endif
+	if (L->kind == FC) {
+		bad += run_sgd(L, g.c, g.co, print);
+	}
 	return bad;
 }
 
@@ -338,6 +465,8 @@ int main(int argc, char **argv)
 	}
 	out_str("KL kbench done dsp ");
 	out_int(KL_KERNELS_DSP);
+	out_str(" mve ");
+	out_int(KL_KERNELS_MVE);
 	out_str(" counter ");
 	out_int(kl_port_has_counter());
 	out_str(" mismatches ");

@@ -10,7 +10,7 @@ import pytest
 from kilolearn.core import data
 from kilolearn.device import build
 
-QEMU_BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505"]
+QEMU_BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547"]
 HOST_TARGETS = ["host", "host-asan"]
 # the CMSIS-NN kernel backend, where a CMSIS-NN tree is found (build.cmsis_nn_dir())
 CMSIS_NN_TARGETS = ["host-cmsis-nn", "mps2-an386-cmsis-nn"]

@@ -16,7 +16,7 @@ import pytest
 from kilolearn import cli, footprint
 from kilolearn.device import build
 
-QEMU_BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505"]
+QEMU_BOARDS = ["mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547"]
 KINDS = ("text", "data", "bss")
 ARM_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-O1", "-ffunction-sections", "-fdata-sections"]
 

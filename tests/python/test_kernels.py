@@ -1,6 +1,6 @@
-"""int8 kernels: the dsp backend equals ref bit for bit (kl_bench_kernels self-test).
+"""int8 kernels: the dsp and mve backends equal ref bit for bit (kl_bench_kernels self-test).
 
-Runs the kernel benchmark firmware on the DSP boards (M4, M7, M33), on the M3
+Runs the kernel benchmark firmware on the DSP boards (M4, M7, M33, M55), on the M3
 (ref only: it must still build and run) and on the host under ASan/UBSan, and
 asserts zero mismatches. Timing is printed by ``kilolearn bench-kernels``, not
 tested here.
@@ -8,12 +8,15 @@ tested here.
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from conftest import require_target, split_target
+from conftest import QEMU_BOARDS, require_target, split_target
 
 from kilolearn.bench import kbench
+from kilolearn.device import build, qemu
 
-DSP_BOARDS = ["mps2-an386", "mps2-an500", "mps2-an505"]
+DSP_BOARDS = ["mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547"]
 OPS = ["fc64x32", "fc256x128", "conv1x1", "conv3x3", "conv3x3s2", "dw3x3", "dw3x3s2"]
 
 
@@ -42,6 +45,15 @@ def test_kernels_dsp_equals_ref(target: str) -> None:
                 assert r.get(op, d, "dsp") is not None, (op, d)
     else:
         assert not any(m.backend == "dsp" for m in r.measurements)
+    # the mve backend on the Cortex-M55 only: dense forward / input / weight gradient and the
+    # three depthwise directions, each checked against ref by the firmware
+    assert r.mve == (board == "mps3-an547")
+    mve = {(m.op, m.direction) for m in r.measurements if m.backend == "mve"}
+    if r.mve:
+        want = {(op, d) for op in OPS if op.startswith(("fc", "dw")) for d in kbench.DIRS}
+        assert want <= mve, want - mve
+    else:
+        assert not mve
 
 
 @pytest.mark.parametrize("target", ["mps2-an386-cmsis-nn", "host-cmsis-nn"])
@@ -74,3 +86,39 @@ def test_parse_and_rows() -> None:
                        "b")
     assert not bad.ok and bad.mismatches == 3
     assert not kbench.parse("KL kbench op x", "b").ok
+
+
+@pytest.mark.parametrize("board", QEMU_BOARDS)
+def test_instruction_counter_against_known_loops(board: str) -> None:
+    """The counter behind every insn figure (SysTick under -icount shift=0, 1e9 / clock
+    instructions per tick: 40 on the mps2 boards at 25 MHz, 50 on the an505 at 20 MHz, 31.25 on
+    the an547 at 32 MHz): a 2-instruction loop of n iterations costs 2n more than one of m < n
+    iterations, to one tick per end of each timed region."""
+    require_target(board)
+    r = qemu.run_firmware(build.build(board, target="kl_insn_calib"), board, timeout=60)
+    assert r.returncode == 0, r.stdout[-2000:]
+    got = [(int(n), int(i)) for n, i in re.findall(r"KL calib n (\d+) insn (\d+)", r.stdout)]
+    assert len(got) == 4, r.stdout
+    tick = qemu.BOARDS[board].insn_per_tick
+    for (n0, i0), (n1, i1) in zip(got, got[1:], strict=False):
+        assert abs((i1 - i0) - 2 * (n1 - n0)) <= 2 * tick, (board, got)
+    # and the call overhead around the loop is small (to a tick)
+    assert all(-tick <= i - 2 * n <= 100 + tick for n, i in got), got
+
+
+def test_parse_and_rows_mve() -> None:
+    text = (
+        "KL kbench op fc8 dir fwd backend ref macs 1000 insn 6000 mismatches 0\n"
+        "KL kbench op fc8 dir fwd backend dsp macs 1000 insn 1500 mismatches 0\n"
+        "KL kbench op fc8 dir fwd backend mve macs 1000 insn 500 mismatches 0\n"
+        "KL kbench op fc8 dir wgrad backend ref macs 1000 insn 6000 mismatches 0\n"
+        "KL kbench op fc8 dir wgrad backend mve macs 1000 insn 750 mismatches 0\n"
+        "KL kbench done dsp 1 mve 1 counter 1 mismatches 0\n"
+    )
+    r = kbench.parse(text, "mps3-an547")
+    assert r.ok and r.dsp and r.mve
+    assert r.rows(mve=True) == [
+        ["mps3-an547", "fc8", "forward", "1,000", "6.00", "1.50", "4.0x", "0.50", "3.0x"],
+        ["mps3-an547", "fc8", "weight grad", "1,000", "6.00", "n/a", "n/a", "0.75", "n/a"],
+    ]
+    assert not kbench.parse(text.replace(" mve 1 ", " mve 0 "), "b").mve

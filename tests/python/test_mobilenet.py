@@ -1,5 +1,6 @@
-"""MobileNet-class training on the emulated Cortex-M4: a MobileNetV2-0.35 training step with
-the last blocks trainable matches the numpy reference (int8 bit for bit, float32 to 1e-5)."""
+"""MobileNet-class training on the emulated Cortex-M4 and M55 (mve depthwise kernels): a
+MobileNetV2-0.35 training step with the last blocks trainable matches the numpy reference (int8
+bit for bit, float32 to 1e-5)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from kilolearn.device import job
 from kilolearn.formats import export
 
 
-@pytest.mark.parametrize("target", ["host", "mps2-an386", "mps2-an386-cmsis-nn"])
+@pytest.mark.parametrize("target", ["host", "mps2-an386", "mps2-an386-cmsis-nn", "mps3-an547"])
 def test_mobilenet_v2_step_matches_reference(target, rng):
     require_target(target)
     m = M.mobilenet_v2((32, 32, 3), 10, alpha=0.35, trainable_last=3)

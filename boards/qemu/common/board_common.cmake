@@ -1,8 +1,17 @@
 # Shared tail of the QEMU mps2 board files (boards/qemu/<board>/board.cmake).
 
 # Instructions retired per SysTick tick under QEMU -icount shift=0
-# (1 instruction per virtual nanosecond).
-math(EXPR KL_INSN_PER_TICK "1000000000 / ${KL_CPU_HZ}")
+# (1 instruction per virtual nanosecond): 1e9 / KL_CPU_HZ as a reduced fraction
+# KL_INSN_PER_TICK_NUM / KL_INSN_PER_TICK_DEN (40/1 at 25 MHz, 125/4 at 32 MHz).
+set(_kl_a 1000000000)
+set(_kl_b ${KL_CPU_HZ})
+while(NOT _kl_b EQUAL 0)
+  math(EXPR _kl_r "${_kl_a} % ${_kl_b}")
+  set(_kl_a ${_kl_b})
+  set(_kl_b ${_kl_r})
+endwhile()
+math(EXPR KL_INSN_PER_TICK_NUM "1000000000 / ${_kl_a}")
+math(EXPR KL_INSN_PER_TICK_DEN "${KL_CPU_HZ} / ${_kl_a}")
 
 if(NOT CMAKE_C_COMPILER_LOADED)
   # Included before project(): pick the cross toolchain unless one was given.

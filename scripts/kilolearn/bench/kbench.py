@@ -1,14 +1,16 @@
-"""Kernel benchmark: instructions per MAC of the int8 kernels, ref vs dsp (vs cmsis_nn).
+"""Kernel benchmark: instructions per MAC of the int8 kernels, ref vs dsp (vs cmsis_nn, vs
+mve on the Cortex-M55 board mps3-an547).
 
 Builds ``tests/c/kl_bench_kernels.c`` for a board (or the host), runs it (QEMU
 with ``-icount shift=0`` on the boards, so the counts are retired
 instructions, exact to one timer tick) and parses its lines::
 
-    KL kbench op <name> dir fwd|bwd|wgrad backend ref|dsp|cmsis_nn macs N insn N mismatches N
-    KL kbench done dsp 0|1 counter 0|1 mismatches N
+    KL kbench op <name> dir fwd|bwd|wgrad|sgd backend ref|dsp|cmsis_nn|mve macs N insn N
+        mismatches N   (one line)
+    KL kbench done dsp 0|1 mve 0|1 counter 0|1 mismatches N
 
-The firmware itself checks every dsp (and, in a CMSIS-NN build, cmsis_nn forward) output
-against ref bit for bit; its exit code is non-zero on any difference.
+The firmware itself checks every dsp and mve (and, in a CMSIS-NN build, cmsis_nn forward)
+output against ref bit for bit; its exit code is non-zero on any difference.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from ..device import build, qemu
 
 TARGET = "kl_bench_kernels"
 DIRS = ("fwd", "bwd", "wgrad")
-DIR_NAMES = {"fwd": "forward", "bwd": "input grad", "wgrad": "weight grad"}
+DIR_NAMES = {"fwd": "forward", "bwd": "input grad", "wgrad": "weight grad",
+             "sgd": "fused SGD"}  # sgd: dense layers only, one MAC per weight
 
 
 @dataclass
@@ -43,6 +46,7 @@ class KernelBench:
     returncode: int
     dsp: bool
     mismatches: int
+    mve: bool = False
     measurements: list[Measurement] = field(default_factory=list)
     output: str = ""
 
@@ -58,9 +62,11 @@ class KernelBench:
                 return m
         return None
 
-    def rows(self, edge: bool = False, cmsis_nn: bool = False) -> list[list[str]]:
+    def rows(self, edge: bool = False, cmsis_nn: bool = False,
+             mve: bool = False) -> list[list[str]]:
         """Table rows: board, op, direction, MACs, insn/MAC ref, insn/MAC dsp, speed-up
-        (dsp over ref), and with ``cmsis_nn`` the CMSIS-NN backend's insn/MAC."""
+        (dsp over ref), with ``cmsis_nn`` the CMSIS-NN backend's insn/MAC, with ``mve`` the
+        mve backend's insn/MAC and its speed-up over dsp (n/a where it has no kernel)."""
         out = []
         seen: list[tuple[str, str]] = []
         for m in self.measurements:
@@ -79,11 +85,16 @@ class KernelBench:
             if cmsis_nn:
                 cm = self.get(m.op, m.direction, "cmsis_nn")
                 out[-1].append(f"{cm.insn_per_mac:.2f}" if cm else "n/a")
+            if mve:
+                mv = self.get(m.op, m.direction, "mve")
+                out[-1] += [f"{mv.insn_per_mac:.2f}" if mv else "n/a",
+                            f"{dsp.insn / mv.insn:.1f}x" if mv and dsp and mv.insn else "n/a"]
         return out
 
 
 HEADERS = ["board", "op", "direction", "MACs", "insn/MAC ref", "insn/MAC dsp", "speed-up"]
 CMSIS_HEADER = "insn/MAC cmsis_nn"
+MVE_HEADERS = ["insn/MAC mve", "mve vs dsp"]
 
 
 def parse(text: str, board: str, returncode: int = 0) -> KernelBench:
@@ -101,6 +112,7 @@ def parse(text: str, board: str, returncode: int = 0) -> KernelBench:
             kv = dict(zip(f[3::2], f[4::2], strict=False))
             res.done = True
             res.dsp = kv.get("dsp") == "1"
+            res.mve = kv.get("mve") == "1"
             res.mismatches = int(kv.get("mismatches", "0"))
     res.mismatches = max(res.mismatches, sum(m.mismatches for m in res.measurements))
     return res
@@ -121,13 +133,14 @@ def run(board: str, sanitize: bool = False, timeout: float = 300,
     return parse(rr.stdout, board, rr.returncode)
 
 
-BOARDS = ["mps2-an386", "mps2-an500", "mps2-an505", "mps2-an385"]
+BOARDS = ["mps2-an386", "mps2-an500", "mps2-an505", "mps2-an385", "mps3-an547"]
 
 
 def add_arguments(p) -> None:
     p.add_argument("--boards", nargs="+", default=["mps2-an386", "mps2-an500"],
                    choices=BOARDS + [build.HOST],
-                   help="boards to run on (default: the M4 and the M7)")
+                   help="boards to run on (default: the M4 and the M7; mps3-an547, the "
+                        "Cortex-M55, adds the mve backend's columns)")
     p.add_argument("--edge", action="store_true",
                    help="also list the odd-shaped self-test layers")
     from ..cliargs import OutFile
@@ -149,17 +162,19 @@ def main(a) -> int:
         raise UsageError("--cmsis-nn: no CMSIS-NN source tree (set KILOLEARN_CMSIS_NN or "
                          "ZEPHYR_BASE)")
     rows, out, bad = [], [], []
-    for board in a.boards:
-        r = run(board, cmsis_nn=a.cmsis_nn)
-        rows += r.rows(edge=a.edge, cmsis_nn=a.cmsis_nn)
+    results = [run(board, cmsis_nn=a.cmsis_nn) for board in a.boards]
+    mve = any(r.mve for r in results)
+    for board, r in zip(a.boards, results, strict=True):
+        rows += r.rows(edge=a.edge, cmsis_nn=a.cmsis_nn, mve=mve)
         out += [dict(board=board, **m.__dict__) for m in r.measurements]
         if not r.ok:
             bad.append(f"{board}: exit {r.returncode}, {r.mismatches} mismatches"
                        + ("" if r.done else ", no final line"))
     print("int8 kernels, retired instructions per multiply-accumulate (QEMU -icount "
-          "shift=0; one timer tick = 40 instructions, 50 on the an505); dsp checked "
-          "bit for bit against ref" + (", and so is cmsis_nn" if a.cmsis_nn else ""))
-    headers = HEADERS + ([CMSIS_HEADER] if a.cmsis_nn else [])
+          "shift=0; one timer tick = 40 instructions, 50 on the an505, 31.25 on the an547); "
+          "dsp checked bit for bit against ref" + (", and so is cmsis_nn" if a.cmsis_nn else "")
+          + (", and so is mve" if mve else ""))
+    headers = HEADERS + ([CMSIS_HEADER] if a.cmsis_nn else []) + (MVE_HEADERS if mve else [])
     print(tabulate(rows, headers=headers,
                    colalign=("left", "left", "left") + ("right",) * (len(headers) - 3)))
     if a.json:
@@ -167,3 +182,48 @@ def main(a) -> int:
     for b in bad:
         print(f"FAILED {b}")
     return 1 if bad else 0
+
+
+# ---------------------------------------------------------------------------- the figure
+
+MVE_BOARD = "mps3-an547"
+FIGURE_COMMAND = f"kilolearn bench-kernels --boards {MVE_BOARD}"
+
+
+def measure_figure() -> dict:
+    """The data of the docs figure ``kernels-mve``: ref, dsp and mve on the Cortex-M55."""
+    r = run(MVE_BOARD)
+    if not r.ok or not r.mve:
+        raise RuntimeError(f"bench-kernels on {MVE_BOARD}: exit {r.returncode}, "
+                           f"{r.mismatches} mismatches, mve {int(r.mve)}"
+                           + ("" if r.done else ", no final line"))
+    return {"board": MVE_BOARD,
+            "measurements": [dict(m.__dict__) for m in r.measurements
+                             if not m.op.startswith("edge_")]}
+
+
+def render(rec: dict) -> str:
+    """The block of ``kernels-mve`` in docs/kernels.md: one row per op and direction that has
+    an mve kernel."""
+    d = rec["data"]
+    ms = [Measurement(**m) for m in d["measurements"]]
+    kb = KernelBench(board=d["board"], returncode=0, dsp=True, mismatches=0, measurements=ms,
+                     done=True, mve=True)
+    out = ["| op | direction | MACs | insn/MAC ref | insn/MAC dsp | insn/MAC mve | "
+           "mve vs dsp | mve vs ref |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for m in ms:
+        if m.backend != "mve":
+            continue
+        ref, dsp = kb.get(m.op, m.direction, "ref"), kb.get(m.op, m.direction, "dsp")
+        out.append(
+            f"| {m.op} | {DIR_NAMES.get(m.direction, m.direction)} | {m.macs:,} | "
+            + (f"{ref.insn_per_mac:.2f}" if ref else "") + " | "
+            + (f"{dsp.insn_per_mac:.2f}" if dsp else "n/a") + " | "
+            + f"{m.insn_per_mac:.2f} | "
+            + (f"{dsp.insn / m.insn:.1f}×" if dsp else "n/a") + " | "
+            + (f"{ref.insn / m.insn:.1f}×" if ref else "") + " |")
+    return ("\n".join(out) + "\n\n" + f"QEMU `{d['board']}` (Cortex-M55), `-icount shift=0`, "
+            f"measured {rec['measured']} by `{rec['command']}`; every mve and dsp result equal "
+            "to ref bit for bit (the firmware checks it; for the fused SGD step weights, biases "
+            "and the dither state). n/a: the dsp backend has no such kernel (its dense weight "
+            "gradient is fused into the SGD step). The fused SGD counts one MAC per weight.")

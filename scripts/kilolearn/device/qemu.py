@@ -1,4 +1,4 @@
-"""Run kilolearn bare-metal firmware on QEMU's Arm MPS2 boards.
+"""Run kilolearn bare-metal firmware on QEMU's Arm MPS2 / MPS3 boards.
 
 The firmware (built with ``-DKL_BOARD=<board>``, see ``boards/qemu/``) prints
 on UART0, which QEMU connects to its stdout, and ends with an Arm semihosting
@@ -51,7 +51,7 @@ class BoardInfo:
     has_fpu: bool  #: hard-float build with an FPU
     has_dsp: bool  #: DSP (SIMD) extension available
     job_max: int = 16 * 1024 * 1024  #: size of the job region (KL_JOB_MAX)
-    insn_per_tick: int = 40  #: instructions per SysTick tick under -icount shift=0
+    insn_per_tick: float = 40  #: instructions per SysTick tick under -icount shift=0
 
 
 # Must match boards/qemu/<board>/board.cmake (KL_QEMU_MACHINE, KL_JOB_ADDR,
@@ -68,6 +68,11 @@ BOARDS: dict[str, BoardInfo] = {
         # SysTick tick is 50 instructions.
         BoardInfo(
             "mps2-an505", "mps2-an505", "cortex-m33", 0x80000000, True, True, insn_per_tick=50
+        ),
+        # SSE-300 Cortex-M55 (MVE): 16 MB of the DDR's Secure alias; 32 MHz, so one
+        # SysTick tick is 31.25 instructions.
+        BoardInfo(
+            "mps3-an547", "mps3-an547", "cortex-m55", 0x70000000, True, True, insn_per_tick=31.25
         ),
     )
 }

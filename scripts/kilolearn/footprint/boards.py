@@ -49,6 +49,8 @@ BOARDS: dict[str, Board] = {b.name: b for b in (
           "Cortex-M7; 4 MB code SSRAM (used as flash), 4 MB SSRAM2/3 (boards/qemu)"),
     Board("mps2-an505", 4 * MiB, 4 * MiB,
           "Cortex-M33; 4 MB SSRAM1 (used as flash), 4 MB SSRAM2/3, secure aliases"),
+    Board("mps3-an547", 4 * MiB, 512 * KiB,
+          "Cortex-M55; 512 KB ITCM (used as flash), 4 MB ISRAM0/1, secure aliases"),
     Board("nucleo_f429zi", 192 * KiB, 2 * MiB,
           "STM32F429ZI; 192 KB SRAM1-3 (+64 KB CCM not counted), 2 MB flash"),
     Board("mimxrt1060_evk", 1 * MiB, 8 * MiB,
@@ -61,6 +63,7 @@ BOARDS: dict[str, Board] = {b.name: b for b in (
 BOARD_ALIASES = {
     "mps2/an385": "mps2-an385", "mps2/an386": "mps2-an386", "mps2/an500": "mps2-an500",
     "mps2/an521": "mps2-an505", "mps2-an521": "mps2-an505", "mps2/an505": "mps2-an505",
+    "mps3/an547": "mps3-an547",
     "nrf52840dk": "nrf52840dk/nrf52840", "nrf52840dk_nrf52840": "nrf52840dk/nrf52840",
     "nucleo-f429zi": "nucleo_f429zi", "mimxrt1060-evk": "mimxrt1060_evk",
     "mimxrt1060_evk/mimxrt1062/qspi": "mimxrt1060_evk",

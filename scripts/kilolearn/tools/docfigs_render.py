@@ -76,6 +76,17 @@ def render_bench_m3(rec: dict) -> str:
             f"(mean of {rec['data']['epochs']} epochs; {_measured(rec)}).")
 
 
+def render_bench_m55(rec: dict) -> str:
+    f, s = _f32_s8(rec)
+    acc = (f" int8 accuracy {_pct(s['device_acc'][-1])} (numpy {_pct(s['reference_acc'])})"
+           if s.get("reference_acc") is not None else "")
+    return (f"The 64-32-10 MLP on the Cortex-M55 (`{rec['data']['board']}`, the mve kernels for "
+            f"the int8 dense layers, the fpu ones for float32): an int8 step takes "
+            f"{_n(s['insn_per_train_sample'])} instructions per sample and a float32 one "
+            f"{_n(f['insn_per_train_sample'])} (mean of {rec['data']['epochs']} epochs;{acc}; "
+            f"{_measured(rec)}).")
+
+
 def render_train_cnn(rec: dict) -> str:
     f, s = _f32_s8(rec)
     return (f"`kilolearn train --model cnn --epochs {rec['data']['epochs']}` trains a small "

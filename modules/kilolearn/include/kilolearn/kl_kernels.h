@@ -34,6 +34,17 @@ extern "C" {
 #define KL_KERNELS_FPU 0
 #endif
 
+/* The mve kernels (src/kernels/mve/: Armv8.1-M MVE "Helium" integer, as on
+ * Cortex-M55 and M85) where the core has it: they take over from the dsp
+ * ones (such a core has the DSP extension too) for the ops they cover, see
+ * the selections below. KL_KERNELS_NO_MVE keeps the dsp ones. */
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1) && !defined(KL_KERNELS_FORCE_REF) &&   \
+	!defined(KL_KERNELS_NO_MVE)
+#define KL_KERNELS_MVE 1
+#else
+#define KL_KERNELS_MVE 0
+#endif
+
 #define KL_LR_FRAC_BITS 12
 #define KL_WEYL         0x9E3779B9u
 
@@ -335,8 +346,8 @@ void kl_ref_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy,
 void kl_dsp_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
 					      int n_in, int n_out);
 /* gw = dy (x - x_zp)^T as int32, gb = dy */
-void kl_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
-				int32_t *gb, int n_in, int n_out);
+void kl_ref_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
+				    int32_t *gb, int n_in, int n_out);
 /* Fused update: w -= floor((dy_i*lr_q*(x_j - x_zp) + dither) >> w_shift),
  * b -= rshift(dy_i*lr_q, b_shift). scratch as for the forward kernel. */
 #define KL_FC_SGD_S8_ARGS                                                                         \
@@ -364,6 +375,28 @@ void kl_sgd_bias_s8(int32_t *b, const int32_t *gb, int32_t lr_q, int b_shift, in
 #define kl_fully_connected_sgd_s8            kl_ref_fully_connected_sgd_s8
 #define kl_fully_connected_backward_input_s8 kl_ref_fully_connected_backward_input_s8
 #define kl_sgd_weights_s8                    kl_ref_sgd_weights_s8
+#endif
+
+/* The mve dense kernels (src/kernels/mve/), over the plain [out][in] layout. */
+int kl_mve_fully_connected_s8(KL_FC_S8_ARGS);
+int kl_mve_fully_connected_rows_s8(KL_FC_ROWS_S8_ARGS);
+void kl_mve_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy, int32_t *acc,
+					      int n_in, int n_out);
+void kl_mve_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
+				    int32_t *gb, int n_in, int n_out);
+void kl_mve_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
+#if KL_KERNELS_MVE
+#undef kl_fully_connected_sgd_s8
+#define kl_fully_connected_sgd_s8 kl_mve_fully_connected_sgd_s8
+#undef kl_fully_connected_rows_s8
+#undef kl_fully_connected_s8
+#undef kl_fully_connected_backward_input_s8
+#define kl_fully_connected_rows_s8           kl_mve_fully_connected_rows_s8
+#define kl_fully_connected_s8                kl_mve_fully_connected_s8
+#define kl_fully_connected_backward_input_s8 kl_mve_fully_connected_backward_input_s8
+#define kl_fully_connected_grad_s8           kl_mve_fully_connected_grad_s8
+#else
+#define kl_fully_connected_grad_s8 kl_ref_fully_connected_grad_s8
 #endif
 
 /* ---- convolution (groups = 1) and depthwise convolution (multiplier 1) ---
@@ -469,6 +502,18 @@ void kl_dsp_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
 #define kl_depthwise_conv_s8                kl_ref_depthwise_conv_s8
 #define kl_depthwise_conv_backward_input_s8 kl_ref_depthwise_conv_backward_input_s8
 #define kl_depthwise_conv_grad_s8           kl_ref_depthwise_conv_grad_s8
+#endif
+/* the mve depthwise kernels (src/kernels/mve/), within kl_conv_s8_scratch() */
+int kl_mve_depthwise_conv_s8(KL_CONV_S8_ARGS);
+void kl_mve_depthwise_conv_backward_input_s8(KL_CONV_BWD_S8_ARGS);
+void kl_mve_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
+#if KL_KERNELS_MVE
+#undef kl_depthwise_conv_s8
+#undef kl_depthwise_conv_backward_input_s8
+#undef kl_depthwise_conv_grad_s8
+#define kl_depthwise_conv_s8                kl_mve_depthwise_conv_s8
+#define kl_depthwise_conv_backward_input_s8 kl_mve_depthwise_conv_backward_input_s8
+#define kl_depthwise_conv_grad_s8           kl_mve_depthwise_conv_grad_s8
 #endif
 
 /* The CMSIS-NN backend (src/kernels/cmsis_nn/, only with CMSIS-NN present):

@@ -7,7 +7,9 @@
  * from boards/qemu/<board>/board.cmake:
  *   KL_UART_BASE      CMSDK APB UART0 base address
  *   KL_CPU_HZ         processor clock (SysTick CLKSOURCE=1)
- *   KL_INSN_PER_TICK  instructions per SysTick tick under -icount shift=0
+ *   KL_INSN_PER_TICK_NUM / KL_INSN_PER_TICK_DEN
+ *                     instructions per SysTick tick under -icount shift=0
+ *                     (1e9 / KL_CPU_HZ as a reduced fraction)
  *   KL_JOB_ADDR       where the runner loads the job image
  *   KL_JOB_MAX        size of the job region in bytes
  */
@@ -17,8 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if !defined(KL_UART_BASE) || !defined(KL_JOB_ADDR) || !defined(KL_INSN_PER_TICK)
-#error "bare-metal port: KL_UART_BASE, KL_JOB_ADDR and KL_INSN_PER_TICK must be defined (see cmake/kl_firmware.cmake)"
+#if !defined(KL_UART_BASE) || !defined(KL_JOB_ADDR) || !defined(KL_INSN_PER_TICK_NUM) || \
+    !defined(KL_INSN_PER_TICK_DEN)
+#error "bare-metal port: KL_UART_BASE, KL_JOB_ADDR and KL_INSN_PER_TICK_NUM/_DEN must be defined (see cmake/kl_firmware.cmake)"
 #endif
 #ifndef KL_JOB_MAX
 #define KL_JOB_MAX 0x1000000u

@@ -1,11 +1,12 @@
 /*
- * kilolearn port for bare-metal Cortex-M on QEMU mps2 boards
- * (mps2-an385/an386/an500/an505).
+ * kilolearn port for bare-metal Cortex-M on QEMU's Arm boards
+ * (mps2-an385/an386/an500/an505, mps3-an547).
  *
  *   console  CMSDK APB UART0, polled TX
  *   counter  SysTick on the processor clock, extended to 64 bits by its
  *            overflow interrupt; under QEMU -icount shift=0 one tick is
- *            KL_INSN_PER_TICK retired instructions (40 at 25 MHz)
+ *            KL_INSN_PER_TICK_NUM / KL_INSN_PER_TICK_DEN retired
+ *            instructions (40 at 25 MHz, 31.25 at 32 MHz)
  *   job      image placed at KL_JOB_ADDR by QEMU's generic loader
  *   exit     Arm semihosting SYS_EXIT_EXTENDED (needs
  *            -semihosting-config enable=on,target=native)
@@ -155,7 +156,8 @@ uint64_t kl_port_insn(void)
     if (!systick_running) {
         return 0;
     }
-    return systick_ticks() * (uint64_t)KL_INSN_PER_TICK;
+    /* DEN is 1 or a small power of two: a shift, no division call */
+    return systick_ticks() * (uint64_t)KL_INSN_PER_TICK_NUM / (uint64_t)KL_INSN_PER_TICK_DEN;
 }
 
 int kl_port_has_counter(void)

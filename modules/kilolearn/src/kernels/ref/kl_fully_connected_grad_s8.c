@@ -21,8 +21,8 @@ void kl_ref_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy,
 	}
 }
 
-void kl_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
-				int32_t *gb, int n_in, int n_out)
+void kl_ref_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
+				    int32_t *gb, int n_in, int n_out)
 {
 	for (int i = 0; i < n_out; i++) {
 		int32_t *row = gw + (long)i * n_in;
