@@ -306,6 +306,24 @@ void kl_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp,
 void kl_ref_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 void kl_dsp_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 
+/* The paired dense layout (dsp backend, docs/kernels.md): rows 2p and 2p + 1
+ * in one block of 2 n_in bytes; per group of four inputs j..j+3 two words,
+ * columns (j, j + 2) then (j + 1, j + 3), each halfword = (w[2p][c] ^ 0x80) |
+ * w[2p + 1][c] << 8. An odd last row stays plain, after the pairs. Needs
+ * n_in % 4 == 0. The engine keeps a trained dense layer so where
+ * KL_FC_PAIRED (kl_model_init), and the forward, input-gradient and fused SGD
+ * kernels below read and update it in place, bit-identical to the ref
+ * kernels on the plain layout. */
+#define KL_FC_PAIRED KL_KERNELS_DSP
+uint32_t kl_fc_paired_offset(uint32_t i, uint32_t j, uint32_t n_in, uint32_t n_out);
+int8_t kl_fc_paired_get(const int8_t *p, uint32_t i, uint32_t j, uint32_t n_in, uint32_t n_out);
+void kl_fc_pair_s8(const int8_t *w, int8_t *out, int n_in, int n_out);
+void kl_fc_unpair_s8(const int8_t *p, int8_t *out, int n_in, int n_out);
+int kl_dsp_fully_connected_paired_s8(KL_FC_S8_ARGS);
+void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8_t *dy,
+						     int32_t *acc, int n_in, int n_out);
+void kl_dsp_fully_connected_sgd_paired_s8(KL_FC_SGD_S8_ARGS);
+
 /* The update from kept gradients (bit-identical to the fused one). */
 void kl_ref_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
 			   uint32_t *dither, int n);

@@ -1,0 +1,216 @@
+/* Fully connected layer, int8, dsp backend, on the paired weight layout
+ * (kl_fc_pair_s8; the forward kernel is kl_dsp_fully_connected_paired_s8 in
+ * kl_fully_connected_s8.c): the input gradient and the fused SGD step, read
+ * and updated in place, the same integers as the ref kernels on the plain
+ * layout.
+ *
+ * A weight word of pair p holds two columns c, c' of both rows: bytes
+ * (w0[c] ^ 0x80, w1[c], w0[c'] ^ 0x80, w1[c']). SXTB16 of the word with the
+ * flip undone gives (w0[c], w0[c']), SXTB16 ROR 8 (w1[c], w1[c']).
+ *
+ * Input gradient: per pair the two dy in one word (dy0, dy1); per weight
+ * word PKHBT / PKHTB regroup the four weights by column, (w0[c], w1[c]) and
+ * (w0[c'], w1[c']), and one SMLAD per column adds both rows. Two pairs per
+ * pass over the columns, pairs whose dy are both zero skipped.
+ * SGD: per weight word the four steps (dithers by each weight's plain index,
+ * so the sequence is the ref kernel's), saturated, packed in the word's byte
+ * order, one QSUB8 with the flip undone, -128 lifted to -127; lanes of a row
+ * whose step factor is zero are left as they are (the ref kernel skips it). */
+#include "kilolearn/kl_kernels.h"
+
+#if KL_KERNELS_DSP
+#include "kl_dsp_util.h"
+
+static inline uint32_t pkhtb(uint32_t a, uint32_t b)
+{
+	uint32_t r;
+	__asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
+	return r;
+}
+
+/* acc[c] += w0[c] dy0 + w1[c] dy1 for the two columns of word v */
+#define DX_WORD(v, d, lo, hi)                                                                     \
+	do {                                                                                      \
+		const uint32_t r0 = kl_sxtb16((v) ^ 0x00800080u), r1 = kl_sxtb16_ror8(v);         \
+		lo = kl_smlad(kl_pkhbt(r0, r1), d, lo);                                           \
+		hi = kl_smlad(pkhtb(r1, r0), d, hi);                                              \
+	} while (0)
+
+void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8_t *dy,
+						     int32_t *acc, int n_in, int n_out)
+{
+	memset(acc, 0, (size_t)n_in * 4u);
+	const int np = n_out >> 1;
+	const int pw = n_in >> 1; /* words per pair */
+	int p = 0;
+	while (p < np) {
+		/* the next two pairs with a nonzero gradient */
+		int q0 = p;
+		while (q0 < np && dy[2 * q0] == 0 && dy[2 * q0 + 1] == 0) {
+			q0++;
+		}
+		if (q0 == np) {
+			break;
+		}
+		int q1 = q0 + 1;
+		while (q1 < np && dy[2 * q1] == 0 && dy[2 * q1 + 1] == 0) {
+			q1++;
+		}
+		const uint32_t da = kl_pkhbt((uint32_t)(int32_t)dy[2 * q0],
+					     (uint32_t)(int32_t)dy[2 * q0 + 1]);
+		const uint32_t *wa = (const uint32_t *)(const void *)(w + (long)q0 * 2 * n_in);
+		if (q1 < np) {
+			const uint32_t db = kl_pkhbt((uint32_t)(int32_t)dy[2 * q1],
+						     (uint32_t)(int32_t)dy[2 * q1 + 1]);
+			const uint32_t *wb = (const uint32_t *)(const void *)(w + (long)q1 * 2 * n_in);
+			for (int k = 0; k < pw; k += 2) {
+				/* columns j, j + 2 (word k) and j + 1, j + 3 (word k + 1) */
+				int32_t *ac = acc + 2 * k;
+				int32_t a0 = ac[0], a1 = ac[1], a2 = ac[2], a3 = ac[3];
+				DX_WORD(wa[k], da, a0, a2);
+				DX_WORD(wb[k], db, a0, a2);
+				DX_WORD(wa[k + 1], da, a1, a3);
+				DX_WORD(wb[k + 1], db, a1, a3);
+				ac[0] = a0;
+				ac[1] = a1;
+				ac[2] = a2;
+				ac[3] = a3;
+			}
+		} else {
+			for (int k = 0; k < pw; k += 2) {
+				int32_t *ac = acc + 2 * k;
+				int32_t a0 = ac[0], a1 = ac[1], a2 = ac[2], a3 = ac[3];
+				DX_WORD(wa[k], da, a0, a2);
+				DX_WORD(wa[k + 1], da, a1, a3);
+				ac[0] = a0;
+				ac[1] = a1;
+				ac[2] = a2;
+				ac[3] = a3;
+			}
+		}
+		p = q1 + 1;
+	}
+	if ((n_out & 1) && dy[n_out - 1] != 0) { /* the plain last row */
+		const int8_t *r = w + (long)(n_out - 1) * n_in;
+		const int32_t g = dy[n_out - 1];
+		for (int j = 0; j < n_in; j++) {
+			acc[j] += (int32_t)r[j] * g;
+		}
+	}
+}
+
+/* the ref kernel's step of weight (i, j) on the paired layout */
+static void sgd_one(int8_t *w, int i, int j, int32_t c, const int8_t *x, int32_t x_zp,
+		    int w_shift, uint32_t d, int n_in, int n_out)
+{
+	const uint32_t off = kl_fc_paired_offset((uint32_t)i, (uint32_t)j, (uint32_t)n_in,
+						 (uint32_t)n_out);
+	const uint8_t flip = (i & 1) == 0 && i < (n_out & ~1) ? 0x80u : 0u;
+	const int8_t wv = (int8_t)((uint8_t)w[off] ^ flip);
+	const int32_t v = c * ((int32_t)x[j] - x_zp);
+	w[off] = (int8_t)((uint8_t)kl_sub_clamp_w(wv, kl_stochastic_shift(v, w_shift, d)) ^ flip);
+}
+
+/* four steps saturated to int8, bytes (a, b, c, d) */
+static inline uint32_t pack4(int32_t a, int32_t b, int32_t c, int32_t d)
+{
+	const uint32_t e = (uint32_t)__ssat16((int16x2_t)kl_pkhbt((uint32_t)a, (uint32_t)c), 8);
+	const uint32_t o = (uint32_t)__ssat16((int16x2_t)kl_pkhbt((uint32_t)b, (uint32_t)d), 8);
+	return (uint32_t)__uxtb16(e) | ((uint32_t)__uxtb16(o) << 8);
+}
+
+void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *dy,
+					  const int8_t *x, int32_t x_zp, int32_t lr_q, int w_shift,
+					  int b_shift, uint32_t *dither, int n_in, int n_out,
+					  int16_t *scratch)
+{
+	const uint32_t d0 = *dither;
+	const uint32_t rowd = (uint32_t)n_in * KL_WEYL; /* a row's dither advance */
+	const int np = n_out >> 1;
+	if (w_shift < 13 || w_shift > 30) { /* rare: weight by weight */
+		for (int i = 0; i < n_out; i++) {
+			const int32_t c = (int32_t)dy[i] * lr_q;
+			if (c == 0) {
+				continue;
+			}
+			const uint32_t d = d0 + (uint32_t)i * rowd;
+			for (int j = 0; j < n_in; j++) {
+				sgd_one(w, i, j, c, x, x_zp, w_shift, d + (uint32_t)j * KL_WEYL, n_in,
+					n_out);
+			}
+			b[i] = kl_sat32((int64_t)b[i] - kl_rshift_round(c, b_shift));
+		}
+		*dither = d0 + (uint32_t)n_out * rowd;
+		return;
+	}
+	int16_t *xc = scratch; /* centred, each group of four as (0, 2, 1, 3) */
+	kl_center_interleave_s8(x, x_zp, xc, n_in);
+	const uint32_t *xw = (const uint32_t *)(const void *)xc;
+	const int sh = w_shift, dsh = 32 - sh;
+	uint32_t wy = KL_WEYL;
+	__asm__("" : "+r"(wy));
+	for (int p = 0; p < np; p++) {
+		const int32_t c0 = (int32_t)dy[2 * p] * lr_q, c1 = (int32_t)dy[2 * p + 1] * lr_q;
+		if (c0 == 0 && c1 == 0) {
+			continue;
+		}
+		/* lanes of a row with a zero step factor keep their bytes */
+		const uint32_t keep = (c0 == 0 ? 0x00FF00FFu : 0u) | (c1 == 0 ? 0xFF00FF00u : 0u);
+		uint32_t da = d0 + (uint32_t)(2 * p) * rowd;
+		const uint32_t ab = rowd; /* row 1's dither: row 0's + rowd */
+		uint32_t *wp = (uint32_t *)(void *)(w + (long)p * 2 * n_in);
+		for (int k = 0; k < n_in >> 1; k += 2) {
+			const uint32_t xa = xw[k], xb = xw[k + 1]; /* (x0, x2), (x1, x3) */
+			const int32_t x0 = (int16_t)xa, x2 = (int32_t)xa >> 16;
+			const int32_t x1 = (int16_t)xb, x3 = (int32_t)xb >> 16;
+			const uint32_t e0 = da, e1 = da + wy, e2 = e1 + wy, e3 = e2 + wy;
+			da = e3 + wy;
+			/* word k: columns 0, 2; word k + 1: columns 1, 3 */
+			const uint32_t s0 = pack4((c0 * x0 + (int32_t)(e0 >> dsh)) >> sh,
+						  (c1 * x0 + (int32_t)((e0 + ab) >> dsh)) >> sh,
+						  (c0 * x2 + (int32_t)(e2 >> dsh)) >> sh,
+						  (c1 * x2 + (int32_t)((e2 + ab) >> dsh)) >> sh);
+			const uint32_t s1 = pack4((c0 * x1 + (int32_t)(e1 >> dsh)) >> sh,
+						  (c1 * x1 + (int32_t)((e1 + ab) >> dsh)) >> sh,
+						  (c0 * x3 + (int32_t)(e3 >> dsh)) >> sh,
+						  (c1 * x3 + (int32_t)((e3 + ab) >> dsh)) >> sh);
+			const uint32_t o0 = wp[k], o1 = wp[k + 1];
+			uint32_t n0 = kl_clamp_m127_s8x4(
+					      (uint32_t)__qsub8((int8x4_t)(o0 ^ 0x00800080u), (int8x4_t)s0)) ^
+				      0x00800080u;
+			uint32_t n1 = kl_clamp_m127_s8x4(
+					      (uint32_t)__qsub8((int8x4_t)(o1 ^ 0x00800080u), (int8x4_t)s1)) ^
+				      0x00800080u;
+			if (keep != 0u) {
+				n0 = (n0 & ~keep) | (o0 & keep);
+				n1 = (n1 & ~keep) | (o1 & keep);
+			}
+			wp[k] = n0;
+			wp[k + 1] = n1;
+		}
+		if (c0 != 0) {
+			b[2 * p] = __qsub(b[2 * p], kl_rshift_round(c0, b_shift));
+		}
+		if (c1 != 0) {
+			b[2 * p + 1] = __qsub(b[2 * p + 1], kl_rshift_round(c1, b_shift));
+		}
+	}
+	if (n_out & 1) { /* the plain last row */
+		const int i = n_out - 1;
+		const int32_t c = (int32_t)dy[i] * lr_q;
+		if (c != 0) {
+			int8_t *row = w + (long)i * n_in;
+			uint32_t d = d0 + (uint32_t)i * rowd;
+			for (int j = 0; j < n_in; j++) {
+				const int32_t v = c * xc[j + ((j & 3) == 1 ? 1 : (j & 3) == 2 ? -1 : 0)];
+				row[j] = kl_sub_clamp_w(row[j], (v + (int32_t)(d >> dsh)) >> sh);
+				d += KL_WEYL;
+			}
+			b[i] = __qsub(b[i], kl_rshift_round(c, b_shift));
+		}
+	}
+	*dither = d0 + (uint32_t)n_out * rowd;
+}
+#else
+typedef int kl_dsp_fully_connected_paired_s8_unused;
+#endif
