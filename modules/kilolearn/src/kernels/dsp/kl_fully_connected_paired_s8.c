@@ -36,8 +36,7 @@ static inline uint32_t pkhtb(uint32_t a, uint32_t b)
 		hi = kl_smlad(pkhtb(r1, r0), d, hi);                                              \
 	} while (0)
 
-void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8_t *dy,
-						     int32_t *acc, int n_in, int n_out)
+static void dx_general(const int8_t *w, const int8_t *dy, int32_t *acc, int n_in, int n_out)
 {
 	memset(acc, 0, (size_t)n_in * 4u);
 	const int np = n_out >> 1;
@@ -99,6 +98,178 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
 	}
 }
 
+/* The fast input gradient: per pair (A, B) = (256 dy0, dy1 - 256 dy0) in one
+ * word; for a column c with halfword h = 256 w1 + w0 + 128 and m = h & 0xFF00
+ * (= 256 w1), h A + m B = 256 (w0 dy0 + w1 dy1) + 32768 dy0, so SMLABB /
+ * SMLATB on the raw word and SMLABT / SMLATT on the masked one add a pair's
+ * two rows to a column: 5 instructions per 4 MACs. The sums (wrapping) are
+ * 256 acc + 32768 sum(dy0), exact while |256 acc| < 2^31 (n_out <= 512),
+ * with B a halfword (dy0 != -128). Two pairs per pass over the columns, the
+ * four column sums of a pass loaded and stored with LDM / STM. */
+typedef struct {
+	int32_t *acc;
+	const uint32_t *wa, *wb;
+	uint32_t aba, abb;
+	const int32_t *end;
+} dx2_t;
+
+#define DX_PAIR(P, AB, T0, T1) \
+	"ldrd " T0 ", " T1 ", [" P "], #8\n\t" \
+	"smlabb r6, " T0 ", " AB ", r6\n\t" \
+	"smlatb r8, " T0 ", " AB ", r8\n\t" \
+	"and " T0 ", " T0 ", #0xFF00FF00\n\t" \
+	"smlabt r6, " T0 ", " AB ", r6\n\t" \
+	"smlatt r8, " T0 ", " AB ", r8\n\t" \
+	"smlabb r7, " T1 ", " AB ", r7\n\t" \
+	"smlatb r9, " T1 ", " AB ", r9\n\t" \
+	"and " T1 ", " T1 ", #0xFF00FF00\n\t" \
+	"smlabt r7, " T1 ", " AB ", r7\n\t" \
+	"smlatt r9, " T1 ", " AB ", r9\n\t"
+
+#define DX_FUNC(name, BODY) \
+	__attribute__((naked, noinline)) static void name(const dx2_t *a __attribute__((unused))) \
+	{ \
+		__asm__ volatile("push {r4-r11, lr}\n\t" \
+				 "ldm r0, {r0-r5}\n\t" \
+				 "1:\n\t" \
+				 "ldm r0, {r6-r9}\n\t" BODY "stm r0!, {r6-r9}\n\t" \
+				 "cmp r0, r5\n\t" \
+				 "bne 1b\n\t" \
+				 "pop {r4-r11, pc}\n\t"); \
+	}
+DX_FUNC(dx2, DX_PAIR("r1", "r3", "r10", "r11") DX_PAIR("r2", "r4", "r12", "lr"))
+DX_FUNC(dx1, DX_PAIR("r1", "r3", "r10", "r11"))
+
+static inline uint32_t dx_ab(const int8_t *d)
+{
+	const int32_t a = 256 * (int32_t)d[0], b = (int32_t)d[1] - a;
+	return ((uint32_t)a & 0xFFFFu) | ((uint32_t)b << 16);
+}
+
+void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8_t *dy,
+						     int32_t *acc, int n_in, int n_out)
+{
+	const int np = n_out >> 1;
+	int32_t s0 = 0; /* sum of the paired even rows' dy */
+	for (int p = 0; p < np; p++) {
+		s0 += dy[2 * p];
+		if (dy[2 * p] == -128) {
+			s0 = INT32_MIN;
+			break;
+		}
+	}
+	if (n_out > 512 || s0 == INT32_MIN || ((uintptr_t)w & 3u) != 0 || (n_in & 3) != 0) {
+		dx_general(w, dy, acc, n_in, n_out);
+		return;
+	}
+	memset(acc, 0, (size_t)n_in * 4u);
+	dx2_t a;
+	a.acc = acc;
+	a.end = acc + n_in;
+	int p = 0;
+	while (p < np) {
+		while (p < np && dy[2 * p] == 0 && dy[2 * p + 1] == 0) {
+			p++;
+		}
+		if (p == np) {
+			break;
+		}
+		int q = p + 1;
+		while (q < np && dy[2 * q] == 0 && dy[2 * q + 1] == 0) {
+			q++;
+		}
+		a.acc = acc;
+		a.wa = (const uint32_t *)(const void *)(w + (long)p * 2 * n_in);
+		a.aba = dx_ab(dy + 2 * p);
+		if (q < np) {
+			a.wb = (const uint32_t *)(const void *)(w + (long)q * 2 * n_in);
+			a.abb = dx_ab(dy + 2 * q);
+			dx2(&a);
+		} else {
+			dx1(&a);
+		}
+		p = q + 1;
+	}
+	/* acc = (sum - 32768 sum(dy0)) / 256 */
+	const int32_t k = (int32_t)((uint32_t)s0 << 15);
+	for (int j = 0; j < n_in; j++) {
+		acc[j] = (int32_t)((uint32_t)acc[j] - (uint32_t)k) >> 8;
+	}
+	if ((n_out & 1) && dy[n_out - 1] != 0) { /* the plain last row */
+		const int8_t *r = w + (long)(n_out - 1) * n_in;
+		const int32_t g = dy[n_out - 1];
+		for (int j = 0; j < n_in; j++) {
+			acc[j] += (int32_t)r[j] * g;
+		}
+	}
+}
+
+/* The fused SGD step of one pair in a naked assembly loop: per weight word
+ * (two columns of both rows) the four steps (c * x + dither) >> sh by SMLAxy
+ * with the factors (c0, c1) in one word, saturated, packed in the word's byte
+ * order, one QSUB8 with the flip undone, -128 lifted to -127 (31
+ * instructions per four weights). The dithers: row 0's at column j is da + j
+ * W, row 1's that plus ab = n_in W. The loop ends on a sentinel word after
+ * the centred input. */
+typedef struct {
+	uint32_t c;   /* (c0, c1) as halfwords */
+	uint32_t ab;  /* n_in W */
+	uint32_t wy;  /* W */
+	int32_t dsh;  /* 32 - sh */
+	int32_t sh;
+	uint32_t da;  /* row 0's dither at column 0 */
+	const uint32_t *xp;
+	uint32_t *rp;
+} sg_t;
+
+/* the four steps of word X (columns c: bottom, c': top), da at column c; da
+ * ends at column c' */
+#define SG_STEPS(X) \
+	"lsr r10, r5, r3\n\t" \
+	"smlabb r11, r0, " X ", r10\n\t" \
+	"add r10, r5, r1\n\t" \
+	"lsr r10, r10, r3\n\t" \
+	"smlatb r12, r0, " X ", r10\n\t" \
+	"add r5, r5, r2, lsl #1\n\t" \
+	"lsr r10, r5, r3\n\t" \
+	"smlabt lr, r0, " X ", r10\n\t" \
+	"add r10, r5, r1\n\t" \
+	"lsr r10, r10, r3\n\t" \
+	"smlatt " X ", r0, " X ", r10\n\t"
+#define SG_UPDATE(X) \
+	"asr r11, r11, r4\n\t" \
+	"asr r12, r12, r4\n\t" \
+	"asr lr, lr, r4\n\t" \
+	"asr " X ", " X ", r4\n\t" \
+	"pkhbt r11, r11, lr, lsl #16\n\t" \
+	"pkhbt r12, r12, " X ", lsl #16\n\t" \
+	"ssat16 r11, #8, r11\n\t" \
+	"ssat16 r12, #8, r12\n\t" \
+	"uxtb16 r11, r11\n\t" \
+	"uxtb16 r12, r12\n\t" \
+	"orr r11, r11, r12, lsl #8\n\t" \
+	"ldr r10, [r7]\n\t" \
+	"eor r10, r10, #0x00800080\n\t" \
+	"qsub8 r10, r10, r11\n\t" \
+	"mov r12, #0x81818181\n\t" \
+	"ssub8 r11, r10, r12\n\t" \
+	"sel r10, r10, r12\n\t" \
+	"eor r10, r10, #0x00800080\n\t" \
+	"str r10, [r7], #4\n\t"
+
+__attribute__((naked, noinline)) static void sg_pair(const sg_t *a __attribute__((unused)))
+{
+	__asm__ volatile("push {r4-r11, lr}\n\t"
+			 "ldm r0, {r0-r7}\n\t"
+			 "1:\n\t"
+			 "ldrd r8, r9, [r6], #8\n\t"
+			 "cmp r8, #0x80008000\n\t"
+			 "beq 2f\n\t" SG_STEPS("r8") "sub r5, r5, r2\n\t" SG_UPDATE("r8")
+				 SG_STEPS("r9") "add r5, r5, r2\n\t" SG_UPDATE("r9") "b 1b\n\t"
+			 "2:\n\t"
+			 "pop {r4-r11, pc}\n\t");
+}
+
 /* the ref kernel's step of weight (i, j) on the paired layout */
 static void sgd_one(int8_t *w, int i, int j, int32_t c, const int8_t *x, int32_t x_zp,
 		    int w_shift, uint32_t d, int n_in, int n_out)
@@ -119,6 +290,45 @@ static inline uint32_t pack4(int32_t a, int32_t b, int32_t c, int32_t d)
 	return (uint32_t)__uxtb16(e) | ((uint32_t)__uxtb16(o) << 8);
 }
 
+/* one pair in C (a factor outside a halfword): the same steps, the lanes of
+ * a row whose factor is zero kept as they are */
+static void sgd_pair_c(int8_t *w, int p, int32_t c0, int32_t c1, const uint32_t *xw, uint32_t d0,
+		       uint32_t rowd, int dsh, int sh, int n_in)
+{
+	const uint32_t keep = (c0 == 0 ? 0x00FF00FFu : 0u) | (c1 == 0 ? 0xFF00FF00u : 0u);
+	uint32_t da = d0 + (uint32_t)(2 * p) * rowd;
+	const uint32_t ab = rowd, wy = KL_WEYL;
+	uint32_t *wp = (uint32_t *)(void *)(w + (long)p * 2 * n_in);
+	for (int k = 0; k < n_in >> 1; k += 2) {
+		const uint32_t xa = xw[k], xb = xw[k + 1]; /* (x0, x2), (x1, x3) */
+		const int32_t x0 = (int16_t)xa, x2 = (int32_t)xa >> 16;
+		const int32_t x1 = (int16_t)xb, x3 = (int32_t)xb >> 16;
+		const uint32_t e0 = da, e1 = da + wy, e2 = e1 + wy, e3 = e2 + wy;
+		da = e3 + wy;
+		/* word k: columns 0, 2; word k + 1: columns 1, 3 */
+		const uint32_t s0 = pack4((c0 * x0 + (int32_t)(e0 >> dsh)) >> sh,
+					  (c1 * x0 + (int32_t)((e0 + ab) >> dsh)) >> sh,
+					  (c0 * x2 + (int32_t)(e2 >> dsh)) >> sh,
+					  (c1 * x2 + (int32_t)((e2 + ab) >> dsh)) >> sh);
+		const uint32_t s1 = pack4((c0 * x1 + (int32_t)(e1 >> dsh)) >> sh,
+					  (c1 * x1 + (int32_t)((e1 + ab) >> dsh)) >> sh,
+					  (c0 * x3 + (int32_t)(e3 >> dsh)) >> sh,
+					  (c1 * x3 + (int32_t)((e3 + ab) >> dsh)) >> sh);
+		const uint32_t o0 = wp[k], o1 = wp[k + 1];
+		const uint32_t n0 =
+			kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)(o0 ^ 0x00800080u), (int8x4_t)s0)) ^
+			0x00800080u;
+		const uint32_t n1 =
+			kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)(o1 ^ 0x00800080u), (int8x4_t)s1)) ^
+			0x00800080u;
+		wp[k] = (n0 & ~keep) | (o0 & keep);
+		wp[k + 1] = (n1 & ~keep) | (o1 & keep);
+	}
+}
+
+/* Weights of a paired layer are in [-127, 127] (kl_model_init pairs no layer
+ * holding -128; every step clamps to the range), so the zero steps of a row
+ * whose factor is zero leave it as it is, as the ref kernel, which skips it. */
 void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *dy,
 					  const int8_t *x, int32_t x_zp, int32_t lr_q, int w_shift,
 					  int b_shift, uint32_t *dither, int n_in, int n_out,
@@ -127,6 +337,7 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 	const uint32_t d0 = *dither;
 	const uint32_t rowd = (uint32_t)n_in * KL_WEYL; /* a row's dither advance */
 	const int np = n_out >> 1;
+	*dither = d0 + (uint32_t)n_out * rowd;
 	if (w_shift < 13 || w_shift > 30) { /* rare: weight by weight */
 		for (int i = 0; i < n_out; i++) {
 			const int32_t c = (int32_t)dy[i] * lr_q;
@@ -140,53 +351,31 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 			}
 			b[i] = kl_sat32((int64_t)b[i] - kl_rshift_round(c, b_shift));
 		}
-		*dither = d0 + (uint32_t)n_out * rowd;
 		return;
 	}
 	int16_t *xc = scratch; /* centred, each group of four as (0, 2, 1, 3) */
 	kl_center_interleave_s8(x, x_zp, xc, n_in);
-	const uint32_t *xw = (const uint32_t *)(const void *)xc;
+	uint32_t *xw = (uint32_t *)(void *)xc;
+	xw[n_in >> 1] = 0x80008000u; /* sg_pair's sentinel */
 	const int sh = w_shift, dsh = 32 - sh;
-	uint32_t wy = KL_WEYL;
-	__asm__("" : "+r"(wy));
 	for (int p = 0; p < np; p++) {
 		const int32_t c0 = (int32_t)dy[2 * p] * lr_q, c1 = (int32_t)dy[2 * p + 1] * lr_q;
 		if (c0 == 0 && c1 == 0) {
 			continue;
 		}
-		/* lanes of a row with a zero step factor keep their bytes */
-		const uint32_t keep = (c0 == 0 ? 0x00FF00FFu : 0u) | (c1 == 0 ? 0xFF00FF00u : 0u);
-		uint32_t da = d0 + (uint32_t)(2 * p) * rowd;
-		const uint32_t ab = rowd; /* row 1's dither: row 0's + rowd */
-		uint32_t *wp = (uint32_t *)(void *)(w + (long)p * 2 * n_in);
-		for (int k = 0; k < n_in >> 1; k += 2) {
-			const uint32_t xa = xw[k], xb = xw[k + 1]; /* (x0, x2), (x1, x3) */
-			const int32_t x0 = (int16_t)xa, x2 = (int32_t)xa >> 16;
-			const int32_t x1 = (int16_t)xb, x3 = (int32_t)xb >> 16;
-			const uint32_t e0 = da, e1 = da + wy, e2 = e1 + wy, e3 = e2 + wy;
-			da = e3 + wy;
-			/* word k: columns 0, 2; word k + 1: columns 1, 3 */
-			const uint32_t s0 = pack4((c0 * x0 + (int32_t)(e0 >> dsh)) >> sh,
-						  (c1 * x0 + (int32_t)((e0 + ab) >> dsh)) >> sh,
-						  (c0 * x2 + (int32_t)(e2 >> dsh)) >> sh,
-						  (c1 * x2 + (int32_t)((e2 + ab) >> dsh)) >> sh);
-			const uint32_t s1 = pack4((c0 * x1 + (int32_t)(e1 >> dsh)) >> sh,
-						  (c1 * x1 + (int32_t)((e1 + ab) >> dsh)) >> sh,
-						  (c0 * x3 + (int32_t)(e3 >> dsh)) >> sh,
-						  (c1 * x3 + (int32_t)((e3 + ab) >> dsh)) >> sh);
-			const uint32_t o0 = wp[k], o1 = wp[k + 1];
-			uint32_t n0 = kl_clamp_m127_s8x4(
-					      (uint32_t)__qsub8((int8x4_t)(o0 ^ 0x00800080u), (int8x4_t)s0)) ^
-				      0x00800080u;
-			uint32_t n1 = kl_clamp_m127_s8x4(
-					      (uint32_t)__qsub8((int8x4_t)(o1 ^ 0x00800080u), (int8x4_t)s1)) ^
-				      0x00800080u;
-			if (keep != 0u) {
-				n0 = (n0 & ~keep) | (o0 & keep);
-				n1 = (n1 & ~keep) | (o1 & keep);
-			}
-			wp[k] = n0;
-			wp[k + 1] = n1;
+		if (c0 >= -32768 && c0 <= 32767 && c1 >= -32768 && c1 <= 32767) {
+			sg_t a;
+			a.c = ((uint32_t)c0 & 0xFFFFu) | ((uint32_t)c1 << 16);
+			a.ab = rowd;
+			a.wy = KL_WEYL;
+			a.dsh = dsh;
+			a.sh = sh;
+			a.da = d0 + (uint32_t)(2 * p) * rowd;
+			a.xp = xw;
+			a.rp = (uint32_t *)(void *)(w + (long)p * 2 * n_in);
+			sg_pair(&a);
+		} else {
+			sgd_pair_c(w, p, c0, c1, xw, d0, rowd, dsh, sh, n_in);
 		}
 		if (c0 != 0) {
 			b[2 * p] = __qsub(b[2 * p], kl_rshift_round(c0, b_shift));
@@ -209,7 +398,6 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 			b[i] = __qsub(b[i], kl_rshift_round(c, b_shift));
 		}
 	}
-	*dither = d0 + (uint32_t)n_out * rowd;
 }
 #else
 typedef int kl_dsp_fully_connected_paired_s8_unused;
