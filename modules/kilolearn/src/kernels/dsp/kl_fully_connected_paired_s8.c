@@ -126,19 +126,27 @@ typedef struct {
 	"smlabt r7, " T1 ", " AB ", r7\n\t" \
 	"smlatt r9, " T1 ", " AB ", r9\n\t"
 
-#define DX_FUNC(name, BODY) \
+#define DX_FUNC(name, BODY, FIN) \
 	__attribute__((naked, noinline)) static void name(const dx2_t *a __attribute__((unused))) \
 	{ \
 		__asm__ volatile("push {r4-r11, lr}\n\t" \
 				 "ldm r0, {r0-r5}\n\t" \
 				 "1:\n\t" \
-				 "ldm r0, {r6-r9}\n\t" BODY "stm r0!, {r6-r9}\n\t" \
+				 "ldm r0, {r6-r9}\n\t" BODY FIN "stm r0!, {r6-r9}\n\t" \
 				 "cmp r0, r5\n\t" \
 				 "bne 1b\n\t" \
 				 "pop {r4-r11, pc}\n\t"); \
 	}
-DX_FUNC(dx2, DX_PAIR("r1", "r3", "r10", "r11") DX_PAIR("r2", "r4", "r12", "lr"))
-DX_FUNC(dx1, DX_PAIR("r1", "r3", "r10", "r11"))
+/* the last pass divides by 256 (the sums started at -32768 sum(dy0)) */
+#define DX_FIN \
+	"asr r6, r6, #8\n\t" \
+	"asr r7, r7, #8\n\t" \
+	"asr r8, r8, #8\n\t" \
+	"asr r9, r9, #8\n\t"
+#define DX_TWO DX_PAIR("r1", "r3", "r10", "r11") DX_PAIR("r2", "r4", "r12", "lr")
+DX_FUNC(dx2, DX_TWO, "")
+DX_FUNC(dx2_last, DX_TWO, DX_FIN)
+DX_FUNC(dx1_last, DX_PAIR("r1", "r3", "r10", "r11"), DX_FIN)
 
 static inline uint32_t dx_ab(const int8_t *d)
 {
@@ -162,21 +170,27 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
 		dx_general(w, dy, acc, n_in, n_out);
 		return;
 	}
-	memset(acc, 0, (size_t)n_in * 4u);
+	/* the sums start at -32768 sum(dy0); the last pass divides by 256 */
+	const int32_t k = (int32_t)((uint32_t)s0 << 15);
+	for (int j = 0; j < n_in; j++) {
+		acc[j] = -k;
+	}
 	dx2_t a;
-	a.acc = acc;
 	a.end = acc + n_in;
 	int p = 0;
-	while (p < np) {
-		while (p < np && dy[2 * p] == 0 && dy[2 * p + 1] == 0) {
-			p++;
-		}
-		if (p == np) {
-			break;
-		}
-		int q = p + 1;
+	while (p < np && dy[2 * p] == 0 && dy[2 * p + 1] == 0) {
+		p++;
+	}
+	while (p < np) { /* p: the next pair with a nonzero gradient */
+		int q = p + 1, r = np;
 		while (q < np && dy[2 * q] == 0 && dy[2 * q + 1] == 0) {
 			q++;
+		}
+		if (q < np) {
+			r = q + 1;
+			while (r < np && dy[2 * r] == 0 && dy[2 * r + 1] == 0) {
+				r++;
+			}
 		}
 		a.acc = acc;
 		a.wa = (const uint32_t *)(const void *)(w + (long)p * 2 * n_in);
@@ -184,16 +198,11 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
 		if (q < np) {
 			a.wb = (const uint32_t *)(const void *)(w + (long)q * 2 * n_in);
 			a.abb = dx_ab(dy + 2 * q);
-			dx2(&a);
+			(r == np ? dx2_last : dx2)(&a);
 		} else {
-			dx1(&a);
+			dx1_last(&a);
 		}
-		p = q + 1;
-	}
-	/* acc = (sum - 32768 sum(dy0)) / 256 */
-	const int32_t k = (int32_t)((uint32_t)s0 << 15);
-	for (int j = 0; j < n_in; j++) {
-		acc[j] = (int32_t)((uint32_t)acc[j] - (uint32_t)k) >> 8;
+		p = r;
 	}
 	if ((n_out & 1) && dy[n_out - 1] != 0) { /* the plain last row */
 		const int8_t *r = w + (long)(n_out - 1) * n_in;
@@ -269,6 +278,69 @@ __attribute__((naked, noinline)) static void sg_pair(const sg_t *a __attribute__
 			 "2:\n\t"
 			 "pop {r4-r11, pc}\n\t");
 }
+
+/* One row of a pair (the other's factor is zero: its steps are zero and its
+ * lanes stay as they are): per two weight words the row's four steps, the
+ * bytes placed in its lanes (LANE: "" for row 0's bytes 0 and 2, a shift by
+ * 8 for row 1's), both words updated with one LDRD / STRD (36 to 38
+ * instructions per four weights). r0 = the factor (bottom halfword), r5 = the row's
+ * dither at column 0; r1 unused. */
+#define SG1_WORD(X, S, LANE, ADJ) \
+	"lsr r10, r5, r3\n\t" \
+	"smlabb " S ", r0, " X ", r10\n\t" \
+	"add r5, r5, r2, lsl #1\n\t" \
+	"lsr r10, r5, r3\n\t" \
+	"smlabt " X ", r0, " X ", r10\n\t" ADJ \
+	"asr " S ", " S ", r4\n\t" \
+	"asr " X ", " X ", r4\n\t" \
+	"pkhbt " S ", " S ", " X ", lsl #16\n\t" \
+	"ssat16 " S ", #8, " S "\n\t" \
+	"uxtb16 " S ", " S "\n\t" LANE
+/* the update of two words by steps in r11, r12; lr: the clamp constant */
+#define SG1_UPD0 \
+	"ldrd r8, r9, [r7]\n\t" \
+	"eor r8, r8, #0x00800080\n\t" \
+	"eor r9, r9, #0x00800080\n\t" \
+	"qsub8 r8, r8, r11\n\t" \
+	"qsub8 r9, r9, r12\n\t" \
+	"ssub8 r11, r8, lr\n\t" \
+	"sel r8, r8, lr\n\t" \
+	"ssub8 r11, r9, lr\n\t" \
+	"sel r9, r9, lr\n\t" \
+	"eor r8, r8, #0x00800080\n\t" \
+	"eor r9, r9, #0x00800080\n\t" \
+	"strd r8, r9, [r7], #8\n\t"
+/* row 1: row 0's flipped lanes are left alone by a zero step and by a clamp
+ * constant of 0x80 (no byte is below it), so no flip */
+#define SG1_UPD1 \
+	"ldrd r8, r9, [r7]\n\t" \
+	"qsub8 r8, r8, r11\n\t" \
+	"qsub8 r9, r9, r12\n\t" \
+	"ssub8 r11, r8, lr\n\t" \
+	"sel r8, r8, lr\n\t" \
+	"ssub8 r11, r9, lr\n\t" \
+	"sel r9, r9, lr\n\t" \
+	"strd r8, r9, [r7], #8\n\t"
+#define SG1_FUNC(name, LANE, UPD, K) \
+	__attribute__((naked, noinline)) static void name(const sg_t *a __attribute__((unused))) \
+	{ \
+		__asm__ volatile("push {r4-r11, lr}\n\t" \
+				 "ldm r0, {r0-r7}\n\t" \
+				 "movw lr, #" K "\n\t" \
+				 "movt lr, #" K "\n\t" \
+				 "1:\n\t" \
+				 "ldrd r8, r9, [r6], #8\n\t" \
+				 "cmp r8, #0x80008000\n\t" \
+				 "beq 2f\n\t" SG1_WORD("r8", "r11", LANE("r11"), "sub r5, r5, r2\n\t") \
+				 SG1_WORD("r9", "r12", LANE("r12"), "add r5, r5, r2\n\t") UPD \
+				 "b 1b\n\t" \
+				 "2:\n\t" \
+				 "pop {r4-r11, pc}\n\t"); \
+	}
+#define SG1_LANE0(S) ""
+#define SG1_LANE1(S) "lsl " S ", " S ", #8\n\t"
+SG1_FUNC(sg_row0, SG1_LANE0, SG1_UPD0, "0x8181")
+SG1_FUNC(sg_row1, SG1_LANE1, SG1_UPD1, "0x8180")
 
 /* the ref kernel's step of weight (i, j) on the paired layout */
 static void sgd_one(int8_t *w, int i, int j, int32_t c, const int8_t *x, int32_t x_zp,
@@ -373,7 +445,15 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 			a.da = d0 + (uint32_t)(2 * p) * rowd;
 			a.xp = xw;
 			a.rp = (uint32_t *)(void *)(w + (long)p * 2 * n_in);
-			sg_pair(&a);
+			if (c1 == 0) {
+				sg_row0(&a);
+			} else if (c0 == 0) {
+				a.c = (uint32_t)c1 & 0xFFFFu;
+				a.da += rowd;
+				sg_row1(&a);
+			} else {
+				sg_pair(&a);
+			}
 		} else {
 			sgd_pair_c(w, p, c0, c1, xw, d0, rowd, dsh, sh, n_in);
 		}
