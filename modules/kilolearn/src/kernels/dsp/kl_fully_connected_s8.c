@@ -824,14 +824,37 @@ int kl_dsp_fully_connected_paired_s8(const int8_t *x, int32_t x_zp, const int8_t
 		return fp_general(x, x_zp, w, b, rq, y, n_in, n_out, scratch);
 	}
 	uint32_t *xc = (uint32_t *)(void *)scratch;
-	if ((n_in & 7) == 0) {
-		center8(x, x_zp, xc, n_in);
-	} else {
-		kl_center_interleave_s8(x, x_zp, scratch, n_in);
-	}
 	int32_t sx = 0; /* the centred inputs' sum */
-	for (int k = 0; k < n_in >> 1; k++) {
-		sx = kl_smlad(xc[k], 0x00010001u, sx);
+	if ((n_in & 7) == 0 && x_zp == -128) { /* x - zp = x ^ 0x80 read unsigned: USADA8 */
+		uint32_t *o = xc;
+		const int8_t *xp = x, *const end = x + n_in;
+		const uint32_t z = 0;
+		__asm__ volatile("1:\n\t"
+				 "ldr r4, [%[x]], #4\n\t"
+				 "ldr r6, [%[x]], #4\n\t"
+				 "eor r4, r4, #0x80808080\n\t"
+				 "eor r6, r6, #0x80808080\n\t"
+				 "usada8 %[s], r4, %[z], %[s]\n\t"
+				 "usada8 %[s], r6, %[z], %[s]\n\t"
+				 "uxtb16 r5, r4, ror #8\n\t"
+				 "uxtb16 r4, r4\n\t"
+				 "uxtb16 r7, r6, ror #8\n\t"
+				 "uxtb16 r6, r6\n\t"
+				 "stm %[o]!, {r4-r7}\n\t"
+				 "cmp %[x], %[e]\n\t"
+				 "bne 1b"
+				 : [x] "+&r"(xp), [o] "+&r"(o), [s] "+&r"(sx)
+				 : [e] "r"(end), [z] "r"(z)
+				 : "r4", "r5", "r6", "r7", "cc", "memory");
+	} else {
+		if ((n_in & 7) == 0) {
+			center8(x, x_zp, xc, n_in);
+		} else {
+			kl_center_interleave_s8(x, x_zp, scratch, n_in);
+		}
+		for (int k = 0; k < n_in >> 1; k++) {
+			sx = kl_smlad(xc[k], 0x00010001u, sx);
+		}
 	}
 	xc[n_in >> 1] = FC3_SENTINEL; /* the next word is read too (scratch: n_out >= 2) */
 	void (*fn3)(const fp3_t *);
