@@ -309,12 +309,31 @@ void kl_dsp_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 /* The paired dense layout (dsp backend, docs/kernels.md): rows 2p and 2p + 1
  * in one block of 2 n_in bytes; per group of four inputs j..j+3 two words,
  * columns (j, j + 2) then (j + 1, j + 3), each halfword = (w[2p][c] ^ 0x80) |
- * w[2p + 1][c] << 8. An odd last row stays plain, after the pairs. Needs
- * n_in % 4 == 0. The engine keeps a trained dense layer so where
+ * w[2p + 1][c] << 8. Where kl_fc_triples(n_in), three pairs 3t..3t+2 share
+ * one block of 6 n_in bytes, their 8-byte groups interleaved (group g of
+ * pair 3t + q at 24 g + 8 q), so that one pointer walks them; the pairs
+ * after the last full three stay as above. An odd last row stays plain,
+ * after the pairs. Needs n_in % 4 == 0. The engine keeps a trained dense layer so where
  * KL_FC_PAIRED (kl_model_init), and the forward, input-gradient and fused SGD
  * kernels below read and update it in place, bit-identical to the ref
  * kernels on the plain layout. */
 #define KL_FC_PAIRED KL_KERNELS_DSP
+static inline int kl_fc_triples(int n_in)
+{
+	return (n_in & 7) == 0 && n_in <= 256;
+}
+/* byte offset of pair p's first word; *gs: its bytes from one group of four
+ * inputs to the next (8, or 24 in a block of three) */
+static inline long kl_fc_pair_at(int p, int n_in, int n_out, int *gs)
+{
+	const int nt = kl_fc_triples(n_in) ? (n_out >> 1) / 3 : 0;
+	if (p < 3 * nt) {
+		*gs = 24;
+		return (long)(p / 3) * 6 * n_in + 8 * (p % 3);
+	}
+	*gs = 8;
+	return (long)p * 2 * n_in;
+}
 uint32_t kl_fc_paired_offset(uint32_t i, uint32_t j, uint32_t n_in, uint32_t n_out);
 int8_t kl_fc_paired_get(const int8_t *p, uint32_t i, uint32_t j, uint32_t n_in, uint32_t n_out);
 void kl_fc_pair_s8(const int8_t *w, int8_t *out, int n_in, int n_out);

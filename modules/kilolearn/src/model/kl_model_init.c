@@ -81,9 +81,38 @@ static int kl_pair_ok(const kl_model_t *m, const kl_op_t *op)
 	return 1;
 }
 
+/* In-place transpose of an r x c matrix of 8-byte chunks (row-major in, row-
+ * major c x r out): chunk i goes to i r mod (n - 1), one cycle at a time from
+ * its smallest index (O(n^2) at worst; n <= 192 chunks where it is used) */
+static void kl_chunk_transpose(uint8_t *a, uint32_t r, uint32_t c)
+{
+	const uint32_t n = r * c;
+	for (uint32_t s = 1; n > 2u && s < n - 1u; s++) {
+		uint32_t i = (s * r) % (n - 1u);
+		while (i > s) {
+			i = (i * r) % (n - 1u);
+		}
+		if (i < s) {
+			continue; /* not the cycle's leader */
+		}
+		uint8_t t[8];
+		memcpy(t, a + 8u * s, 8u);
+		for (uint32_t cur = s;;) {
+			const uint32_t src = (cur * c) % (n - 1u);
+			if (src == s) {
+				memcpy(a + 8u * cur, t, 8u);
+				break;
+			}
+			memcpy(a + 8u * cur, a + 8u * src, 8u);
+			cur = src;
+		}
+	}
+}
+
 /* Each dense op's weights into the layout kl_pair_ok asks for, in place, a
- * pair of rows at a time through the scratch (at load, and when the update
- * policy changes: never per step). */
+ * pair of rows at a time through the scratch, then the 8-byte groups of
+ * three pairs interleaved (kl_fc_triples) by an in-place transpose (at load,
+ * and when the update policy changes: never per step). */
 static void kl_pair_ops(kl_model_t *m)
 {
 	for (int i = 0; i < m->n_ops; i++) {
@@ -95,6 +124,11 @@ static void kl_pair_ops(kl_model_t *m)
 		const int n_in = (int)kl_tsize(&m->tensors[op->in0]);
 		const int n_out = (int)kl_tsize(&m->tensors[op->out]);
 		int8_t *w = op->w, *t = m->scratch;
+		const int nt = kl_fc_triples(n_in) ? n_out / 6 : 0;
+		const uint32_t mg = (uint32_t)n_in / 4u; /* groups of four inputs */
+		for (int k = 0; k < nt && !want; k++) { /* three pairs' groups apart */
+			kl_chunk_transpose((uint8_t *)w + (long)k * 6 * n_in, mg, 3u);
+		}
 		for (int p = 0; p < n_out / 2; p++) {
 			int8_t *blk = w + (long)p * 2 * n_in;
 			memcpy(t, blk, 2u * (uint32_t)n_in);
@@ -103,6 +137,9 @@ static void kl_pair_ops(kl_model_t *m)
 			} else {
 				kl_fc_unpair_s8(t, blk, n_in, 2);
 			}
+		}
+		for (int k = 0; k < nt && want; k++) { /* three pairs' groups interleaved */
+			kl_chunk_transpose((uint8_t *)w + (long)k * 6 * n_in, 3u, mg);
 		}
 		op->flags = (uint8_t)(want ? op->flags | KL_OP_PAIRED : op->flags & ~KL_OP_PAIRED);
 	}

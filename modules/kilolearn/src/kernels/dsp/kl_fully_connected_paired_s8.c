@@ -40,54 +40,25 @@ static void dx_general(const int8_t *w, const int8_t *dy, int32_t *acc, int n_in
 {
 	memset(acc, 0, (size_t)n_in * 4u);
 	const int np = n_out >> 1;
-	const int pw = n_in >> 1; /* words per pair */
-	int p = 0;
-	while (p < np) {
-		/* the next two pairs with a nonzero gradient */
-		int q0 = p;
-		while (q0 < np && dy[2 * q0] == 0 && dy[2 * q0 + 1] == 0) {
-			q0++;
+	for (int p = 0; p < np; p++) {
+		if (dy[2 * p] == 0 && dy[2 * p + 1] == 0) {
+			continue;
 		}
-		if (q0 == np) {
-			break;
+		const uint32_t d = kl_pkhbt((uint32_t)(int32_t)dy[2 * p], (uint32_t)(int32_t)dy[2 * p + 1]);
+		int gs;
+		const uint32_t *wp =
+			(const uint32_t *)(const void *)(w + kl_fc_pair_at(p, n_in, n_out, &gs));
+		for (int k = 0; k < n_in >> 1; k += 2, wp += gs >> 2) {
+			/* columns j, j + 2 (word k) and j + 1, j + 3 (word k + 1) */
+			int32_t *ac = acc + 2 * k;
+			int32_t a0 = ac[0], a1 = ac[1], a2 = ac[2], a3 = ac[3];
+			DX_WORD(wp[0], d, a0, a2);
+			DX_WORD(wp[1], d, a1, a3);
+			ac[0] = a0;
+			ac[1] = a1;
+			ac[2] = a2;
+			ac[3] = a3;
 		}
-		int q1 = q0 + 1;
-		while (q1 < np && dy[2 * q1] == 0 && dy[2 * q1 + 1] == 0) {
-			q1++;
-		}
-		const uint32_t da = kl_pkhbt((uint32_t)(int32_t)dy[2 * q0],
-					     (uint32_t)(int32_t)dy[2 * q0 + 1]);
-		const uint32_t *wa = (const uint32_t *)(const void *)(w + (long)q0 * 2 * n_in);
-		if (q1 < np) {
-			const uint32_t db = kl_pkhbt((uint32_t)(int32_t)dy[2 * q1],
-						     (uint32_t)(int32_t)dy[2 * q1 + 1]);
-			const uint32_t *wb = (const uint32_t *)(const void *)(w + (long)q1 * 2 * n_in);
-			for (int k = 0; k < pw; k += 2) {
-				/* columns j, j + 2 (word k) and j + 1, j + 3 (word k + 1) */
-				int32_t *ac = acc + 2 * k;
-				int32_t a0 = ac[0], a1 = ac[1], a2 = ac[2], a3 = ac[3];
-				DX_WORD(wa[k], da, a0, a2);
-				DX_WORD(wb[k], db, a0, a2);
-				DX_WORD(wa[k + 1], da, a1, a3);
-				DX_WORD(wb[k + 1], db, a1, a3);
-				ac[0] = a0;
-				ac[1] = a1;
-				ac[2] = a2;
-				ac[3] = a3;
-			}
-		} else {
-			for (int k = 0; k < pw; k += 2) {
-				int32_t *ac = acc + 2 * k;
-				int32_t a0 = ac[0], a1 = ac[1], a2 = ac[2], a3 = ac[3];
-				DX_WORD(wa[k], da, a0, a2);
-				DX_WORD(wa[k + 1], da, a1, a3);
-				ac[0] = a0;
-				ac[1] = a1;
-				ac[2] = a2;
-				ac[3] = a3;
-			}
-		}
-		p = q1 + 1;
 	}
 	if ((n_out & 1) && dy[n_out - 1] != 0) { /* the plain last row */
 		const int8_t *r = w + (long)(n_out - 1) * n_in;
@@ -113,8 +84,8 @@ typedef struct {
 	const int32_t *end;
 } dx2_t;
 
-#define DX_PAIR(P, AB, T0, T1) \
-	"ldrd " T0 ", " T1 ", [" P "], #8\n\t" \
+#define DX_PAIR(P, AB, T0, T1, GS) \
+	"ldrd " T0 ", " T1 ", [" P "], #" GS "\n\t" \
 	"smlabb r6, " T0 ", " AB ", r6\n\t" \
 	"smlatb r8, " T0 ", " AB ", r8\n\t" \
 	"and " T0 ", " T0 ", #0xFF00FF00\n\t" \
@@ -143,10 +114,17 @@ typedef struct {
 	"asr r7, r7, #8\n\t" \
 	"asr r8, r8, #8\n\t" \
 	"asr r9, r9, #8\n\t"
-#define DX_TWO DX_PAIR("r1", "r3", "r10", "r11") DX_PAIR("r2", "r4", "r12", "lr")
-DX_FUNC(dx2, DX_TWO, "")
-DX_FUNC(dx2_last, DX_TWO, DX_FIN)
-DX_FUNC(dx1_last, DX_PAIR("r1", "r3", "r10", "r11"), DX_FIN)
+/* two pairs of the same group stride GS, or one */
+#define DX_TWO(GS) DX_PAIR("r1", "r3", "r10", "r11", GS) DX_PAIR("r2", "r4", "r12", "lr", GS)
+#define DX_ONE(GS) DX_PAIR("r1", "r3", "r10", "r11", GS)
+DX_FUNC(dx2_8, DX_TWO("8"), "")
+DX_FUNC(dx2_8l, DX_TWO("8"), DX_FIN)
+DX_FUNC(dx1_8, DX_ONE("8"), "")
+DX_FUNC(dx1_8l, DX_ONE("8"), DX_FIN)
+DX_FUNC(dx2_24, DX_TWO("24"), "")
+DX_FUNC(dx2_24l, DX_TWO("24"), DX_FIN)
+DX_FUNC(dx1_24, DX_ONE("24"), "")
+DX_FUNC(dx1_24l, DX_ONE("24"), DX_FIN)
 
 static inline uint32_t dx_ab(const int8_t *d)
 {
@@ -182,27 +160,37 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
 		p++;
 	}
 	while (p < np) { /* p: the next pair with a nonzero gradient */
-		int q = p + 1, r = np;
+		int q = p + 1;
 		while (q < np && dy[2 * q] == 0 && dy[2 * q + 1] == 0) {
 			q++;
 		}
+		int gp, gq = 0;
+		a.acc = acc;
+		a.wa = (const uint32_t *)(const void *)(w + kl_fc_pair_at(p, n_in, n_out, &gp));
+		a.aba = dx_ab(dy + 2 * p);
 		if (q < np) {
-			r = q + 1;
+			a.wb = (const uint32_t *)(const void *)(w + kl_fc_pair_at(q, n_in, n_out, &gq));
+			a.abb = dx_ab(dy + 2 * q);
+		}
+		if (q < np && gq == gp) { /* two pairs in one pass */
+			int r = q + 1;
 			while (r < np && dy[2 * r] == 0 && dy[2 * r + 1] == 0) {
 				r++;
 			}
-		}
-		a.acc = acc;
-		a.wa = (const uint32_t *)(const void *)(w + (long)p * 2 * n_in);
-		a.aba = dx_ab(dy + 2 * p);
-		if (q < np) {
-			a.wb = (const uint32_t *)(const void *)(w + (long)q * 2 * n_in);
-			a.abb = dx_ab(dy + 2 * q);
-			(r == np ? dx2_last : dx2)(&a);
+			if (gp == 8) {
+				(r == np ? dx2_8l : dx2_8)(&a);
+			} else {
+				(r == np ? dx2_24l : dx2_24)(&a);
+			}
+			p = r;
 		} else {
-			dx1_last(&a);
+			if (gp == 8) {
+				(q == np ? dx1_8l : dx1_8)(&a);
+			} else {
+				(q == np ? dx1_24l : dx1_24)(&a);
+			}
+			p = q;
 		}
-		p = r;
 	}
 	if ((n_out & 1) && dy[n_out - 1] != 0) { /* the plain last row */
 		const int8_t *r = w + (long)(n_out - 1) * n_in;
@@ -245,7 +233,7 @@ typedef struct {
 	"add r10, r5, r1\n\t" \
 	"lsr r10, r10, r3\n\t" \
 	"smlatt " X ", r0, " X ", r10\n\t"
-#define SG_UPDATE(X) \
+#define SG_UPDATE(X, INC) \
 	"asr r11, r11, r4\n\t" \
 	"asr r12, r12, r4\n\t" \
 	"asr lr, lr, r4\n\t" \
@@ -264,20 +252,27 @@ typedef struct {
 	"ssub8 r11, r10, r12\n\t" \
 	"sel r10, r10, r12\n\t" \
 	"eor r10, r10, #0x00800080\n\t" \
-	"str r10, [r7], #4\n\t"
+	"str r10, [r7], #" INC "\n\t"
 
-__attribute__((naked, noinline)) static void sg_pair(const sg_t *a __attribute__((unused)))
-{
-	__asm__ volatile("push {r4-r11, lr}\n\t"
-			 "ldm r0, {r0-r7}\n\t"
-			 "1:\n\t"
-			 "ldrd r8, r9, [r6], #8\n\t"
-			 "cmp r8, #0x80008000\n\t"
-			 "beq 2f\n\t" SG_STEPS("r8") "sub r5, r5, r2\n\t" SG_UPDATE("r8")
-				 SG_STEPS("r9") "add r5, r5, r2\n\t" SG_UPDATE("r9") "b 1b\n\t"
-			 "2:\n\t"
-			 "pop {r4-r11, pc}\n\t");
-}
+/* GS: the group stride in bytes (8, or 24 in a block of three pairs) */
+#define SG_FUNC(name, GS2) \
+	__attribute__((naked, noinline)) static void name(const sg_t *a __attribute__((unused))) \
+	{ \
+		__asm__ volatile("push {r4-r11, lr}\n\t" \
+				 "ldm r0, {r0-r7}\n\t" \
+				 "ldrd r8, r9, [r6], #8\n\t" \
+				 "cmp r8, #0x80008000\n\t" \
+				 "beq 2f\n\t" \
+				 "1:\n\t" SG_STEPS("r8") "sub r5, r5, r2\n\t" SG_UPDATE("r8", "4") \
+				 SG_STEPS("r9") "add r5, r5, r2\n\t" SG_UPDATE("r9", GS2) \
+				 "ldrd r8, r9, [r6], #8\n\t" \
+				 "cmp r8, #0x80008000\n\t" \
+				 "bne 1b\n\t" \
+				 "2:\n\t" \
+				 "pop {r4-r11, pc}\n\t"); \
+	}
+SG_FUNC(sg_pair8, "4")
+SG_FUNC(sg_pair24, "20")
 
 /* One row of a pair (the other's factor is zero: its steps are zero and its
  * lanes stay as they are): per two weight words the row's four steps, the
@@ -297,7 +292,7 @@ __attribute__((naked, noinline)) static void sg_pair(const sg_t *a __attribute__
 	"ssat16 " S ", #8, " S "\n\t" \
 	"uxtb16 " S ", " S "\n\t" LANE
 /* the update of two words by steps in r11, r12; lr: the clamp constant */
-#define SG1_UPD0 \
+#define SG1_UPD0(GS) \
 	"ldrd r8, r9, [r7]\n\t" \
 	"eor r8, r8, #0x00800080\n\t" \
 	"eor r9, r9, #0x00800080\n\t" \
@@ -309,10 +304,10 @@ __attribute__((naked, noinline)) static void sg_pair(const sg_t *a __attribute__
 	"sel r9, r9, lr\n\t" \
 	"eor r8, r8, #0x00800080\n\t" \
 	"eor r9, r9, #0x00800080\n\t" \
-	"strd r8, r9, [r7], #8\n\t"
+	"strd r8, r9, [r7], #" GS "\n\t"
 /* row 1: row 0's flipped lanes are left alone by a zero step and by a clamp
  * constant of 0x80 (no byte is below it), so no flip */
-#define SG1_UPD1 \
+#define SG1_UPD1(GS) \
 	"ldrd r8, r9, [r7]\n\t" \
 	"qsub8 r8, r8, r11\n\t" \
 	"qsub8 r9, r9, r12\n\t" \
@@ -320,7 +315,7 @@ __attribute__((naked, noinline)) static void sg_pair(const sg_t *a __attribute__
 	"sel r8, r8, lr\n\t" \
 	"ssub8 r11, r9, lr\n\t" \
 	"sel r9, r9, lr\n\t" \
-	"strd r8, r9, [r7], #8\n\t"
+	"strd r8, r9, [r7], #" GS "\n\t"
 #define SG1_FUNC(name, LANE, UPD, K) \
 	__attribute__((naked, noinline)) static void name(const sg_t *a __attribute__((unused))) \
 	{ \
@@ -328,19 +323,23 @@ __attribute__((naked, noinline)) static void sg_pair(const sg_t *a __attribute__
 				 "ldm r0, {r0-r7}\n\t" \
 				 "movw lr, #" K "\n\t" \
 				 "movt lr, #" K "\n\t" \
-				 "1:\n\t" \
 				 "ldrd r8, r9, [r6], #8\n\t" \
 				 "cmp r8, #0x80008000\n\t" \
-				 "beq 2f\n\t" SG1_WORD("r8", "r11", LANE("r11"), "sub r5, r5, r2\n\t") \
+				 "beq 2f\n\t" \
+				 "1:\n\t" SG1_WORD("r8", "r11", LANE("r11"), "sub r5, r5, r2\n\t") \
 				 SG1_WORD("r9", "r12", LANE("r12"), "add r5, r5, r2\n\t") UPD \
-				 "b 1b\n\t" \
+				 "ldrd r8, r9, [r6], #8\n\t" \
+				 "cmp r8, #0x80008000\n\t" \
+				 "bne 1b\n\t" \
 				 "2:\n\t" \
 				 "pop {r4-r11, pc}\n\t"); \
 	}
 #define SG1_LANE0(S) ""
 #define SG1_LANE1(S) "lsl " S ", " S ", #8\n\t"
-SG1_FUNC(sg_row0, SG1_LANE0, SG1_UPD0, "0x8181")
-SG1_FUNC(sg_row1, SG1_LANE1, SG1_UPD1, "0x8180")
+SG1_FUNC(sg_row0_8, SG1_LANE0, SG1_UPD0("8"), "0x8181")
+SG1_FUNC(sg_row1_8, SG1_LANE1, SG1_UPD1("8"), "0x8180")
+SG1_FUNC(sg_row0_24, SG1_LANE0, SG1_UPD0("24"), "0x8181")
+SG1_FUNC(sg_row1_24, SG1_LANE1, SG1_UPD1("24"), "0x8180")
 
 /* the ref kernel's step of weight (i, j) on the paired layout */
 static void sgd_one(int8_t *w, int i, int j, int32_t c, const int8_t *x, int32_t x_zp,
@@ -365,13 +364,15 @@ static inline uint32_t pack4(int32_t a, int32_t b, int32_t c, int32_t d)
 /* one pair in C (a factor outside a halfword): the same steps, the lanes of
  * a row whose factor is zero kept as they are */
 static void sgd_pair_c(int8_t *w, int p, int32_t c0, int32_t c1, const uint32_t *xw, uint32_t d0,
-		       uint32_t rowd, int dsh, int sh, int n_in)
+		       uint32_t rowd, int dsh, int sh, int n_in, int n_out)
 {
 	const uint32_t keep = (c0 == 0 ? 0x00FF00FFu : 0u) | (c1 == 0 ? 0xFF00FF00u : 0u);
 	uint32_t da = d0 + (uint32_t)(2 * p) * rowd;
 	const uint32_t ab = rowd, wy = KL_WEYL;
-	uint32_t *wp = (uint32_t *)(void *)(w + (long)p * 2 * n_in);
+	int gs;
+	uint32_t *wp = (uint32_t *)(void *)(w + kl_fc_pair_at(p, n_in, n_out, &gs)) - 2;
 	for (int k = 0; k < n_in >> 1; k += 2) {
+		wp += k == 0 ? 2 : gs >> 2;
 		const uint32_t xa = xw[k], xb = xw[k + 1]; /* (x0, x2), (x1, x3) */
 		const int32_t x0 = (int16_t)xa, x2 = (int32_t)xa >> 16;
 		const int32_t x1 = (int16_t)xb, x3 = (int32_t)xb >> 16;
@@ -386,15 +387,15 @@ static void sgd_pair_c(int8_t *w, int p, int32_t c0, int32_t c1, const uint32_t 
 					  (c1 * x1 + (int32_t)((e1 + ab) >> dsh)) >> sh,
 					  (c0 * x3 + (int32_t)(e3 >> dsh)) >> sh,
 					  (c1 * x3 + (int32_t)((e3 + ab) >> dsh)) >> sh);
-		const uint32_t o0 = wp[k], o1 = wp[k + 1];
+		const uint32_t o0 = wp[0], o1 = wp[1];
 		const uint32_t n0 =
 			kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)(o0 ^ 0x00800080u), (int8x4_t)s0)) ^
 			0x00800080u;
 		const uint32_t n1 =
 			kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)(o1 ^ 0x00800080u), (int8x4_t)s1)) ^
 			0x00800080u;
-		wp[k] = (n0 & ~keep) | (o0 & keep);
-		wp[k + 1] = (n1 & ~keep) | (o1 & keep);
+		wp[0] = (n0 & ~keep) | (o0 & keep);
+		wp[1] = (n1 & ~keep) | (o1 & keep);
 	}
 }
 
@@ -444,18 +445,19 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 			a.sh = sh;
 			a.da = d0 + (uint32_t)(2 * p) * rowd;
 			a.xp = xw;
-			a.rp = (uint32_t *)(void *)(w + (long)p * 2 * n_in);
+			int gs;
+			a.rp = (uint32_t *)(void *)(w + kl_fc_pair_at(p, n_in, n_out, &gs));
 			if (c1 == 0) {
-				sg_row0(&a);
+				(gs == 8 ? sg_row0_8 : sg_row0_24)(&a);
 			} else if (c0 == 0) {
 				a.c = (uint32_t)c1 & 0xFFFFu;
 				a.da += rowd;
-				sg_row1(&a);
+				(gs == 8 ? sg_row1_8 : sg_row1_24)(&a);
 			} else {
-				sg_pair(&a);
+				(gs == 8 ? sg_pair8 : sg_pair24)(&a);
 			}
 		} else {
-			sgd_pair_c(w, p, c0, c1, xw, d0, rowd, dsh, sh, n_in);
+			sgd_pair_c(w, p, c0, c1, xw, d0, rowd, dsh, sh, n_in, n_out);
 		}
 		if (c0 != 0) {
 			b[2 * p] = __qsub(b[2 * p], kl_rshift_round(c0, b_shift));

@@ -11,8 +11,13 @@ uint32_t kl_fc_paired_offset(uint32_t i, uint32_t j, uint32_t n_in, uint32_t n_o
 	if (i >= (n_out & ~1u)) { /* the odd last row stays plain */
 		return i * n_in + j;
 	}
-	const uint32_t k = j & 3u;
-	return (i >> 1) * 2u * n_in + 2u * (j & ~3u) + 4u * (k & 1u) + 2u * (k >> 1) + (i & 1u);
+	const uint32_t k = j & 3u, p = i >> 1, g = j >> 2;
+	const uint32_t inner = 4u * (k & 1u) + 2u * (k >> 1) + (i & 1u);
+	const uint32_t nt = kl_fc_triples((int)n_in) ? (n_out >> 1) / 3u : 0u;
+	if (p < 3u * nt) {
+		return (p / 3u) * 6u * n_in + 24u * g + 8u * (p % 3u) + inner;
+	}
+	return p * 2u * n_in + 8u * g + inner;
 }
 
 void kl_fc_pair_s8(const int8_t *w, int8_t *out, int n_in, int n_out)
