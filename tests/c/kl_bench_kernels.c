@@ -79,10 +79,12 @@ static const layer_t edge_layers[] = {
 static int8_t xs[MAXB], ws[MAXW], dys[MAXB], y_ref[MAXB];
 static int32_t bs[1024];
 static int32_t a_ref[MAXW], gw_ref[MAXW], gb_ref[1024];
+static int8_t w_sgd_ref[MAXW];
+static int32_t b_sgd_ref[1024];
 #if KL_KERNELS_DSP
 static int8_t y_dsp[MAXB];
-static int8_t wp[MAXW], w_sgd_ref[MAXW], w_sgd_dsp[MAXW];
-static int32_t b_sgd_ref[1024], b_sgd_dsp[1024];
+static int8_t wp[MAXW], w_sgd_dsp[MAXW];
+static int32_t b_sgd_dsp[1024];
 static int32_t a_dsp[MAXW], gw_dsp[MAXW], gb_dsp[1024];
 #endif
 static uint32_t scratch_mem[(MAXB + 4 * MAXW) / 4 + GUARD];

@@ -82,6 +82,8 @@ typedef struct {
 	const uint32_t *wa, *wb;
 	uint32_t aba, abb;
 	const int32_t *end;
+	const uint32_t *wc;
+	uint32_t abc;
 } dx2_t;
 
 #define DX_PAIR(P, AB, T0, T1, GS) \
@@ -101,6 +103,7 @@ typedef struct {
 	__attribute__((naked, noinline)) static void name(const dx2_t *a __attribute__((unused))) \
 	{ \
 		__asm__ volatile("push {r4-r11, lr}\n\t" \
+				 "ldrd r12, lr, [r0, #24]\n\t" \
 				 "ldm r0, {r0-r5}\n\t" \
 				 "1:\n\t" \
 				 "ldm r0, {r6-r9}\n\t" BODY FIN "stm r0!, {r6-r9}\n\t" \
@@ -114,17 +117,29 @@ typedef struct {
 	"asr r7, r7, #8\n\t" \
 	"asr r8, r8, #8\n\t" \
 	"asr r9, r9, #8\n\t"
-/* two pairs of the same group stride GS, or one */
-#define DX_TWO(GS) DX_PAIR("r1", "r3", "r10", "r11", GS) DX_PAIR("r2", "r4", "r12", "lr", GS)
+/* three, two or one pairs of the same group stride GS */
+#define DX_THREE(GS) \
+	DX_PAIR("r1", "r3", "r10", "r11", GS) DX_PAIR("r2", "r4", "r10", "r11", GS) \
+	DX_PAIR("r12", "lr", "r10", "r11", GS)
+#define DX_TWO(GS) DX_PAIR("r1", "r3", "r10", "r11", GS) DX_PAIR("r2", "r4", "r10", "r11", GS)
 #define DX_ONE(GS) DX_PAIR("r1", "r3", "r10", "r11", GS)
+DX_FUNC(dx3_8, DX_THREE("8"), "")
+DX_FUNC(dx3_8l, DX_THREE("8"), DX_FIN)
 DX_FUNC(dx2_8, DX_TWO("8"), "")
 DX_FUNC(dx2_8l, DX_TWO("8"), DX_FIN)
 DX_FUNC(dx1_8, DX_ONE("8"), "")
 DX_FUNC(dx1_8l, DX_ONE("8"), DX_FIN)
+DX_FUNC(dx3_24, DX_THREE("24"), "")
+DX_FUNC(dx3_24l, DX_THREE("24"), DX_FIN)
 DX_FUNC(dx2_24, DX_TWO("24"), "")
 DX_FUNC(dx2_24l, DX_TWO("24"), DX_FIN)
 DX_FUNC(dx1_24, DX_ONE("24"), "")
 DX_FUNC(dx1_24l, DX_ONE("24"), DX_FIN)
+/* [stride 24?][pairs - 1][last pass?] */
+static void (*const dx_fn[2][3][2])(const dx2_t *) = {
+	{{dx1_8, dx1_8l}, {dx2_8, dx2_8l}, {dx3_8, dx3_8l}},
+	{{dx1_24, dx1_24l}, {dx2_24, dx2_24l}, {dx3_24, dx3_24l}},
+};
 
 static inline uint32_t dx_ab(const int8_t *d)
 {
@@ -137,11 +152,16 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
 {
 	const int np = n_out >> 1;
 	int32_t s0 = 0; /* sum of the paired even rows' dy */
+	int last = -1;  /* the last pair with a nonzero gradient */
 	for (int p = 0; p < np; p++) {
-		s0 += dy[2 * p];
-		if (dy[2 * p] == -128) {
+		const int32_t d0 = dy[2 * p];
+		if (d0 == -128) {
 			s0 = INT32_MIN;
 			break;
+		}
+		s0 += d0;
+		if ((d0 | dy[2 * p + 1]) != 0) {
+			last = p;
 		}
 	}
 	if (n_out > 512 || s0 == INT32_MIN || ((uintptr_t)w & 3u) != 0 || (n_in & 3) != 0) {
@@ -149,48 +169,41 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
 		return;
 	}
 	/* the sums start at -32768 sum(dy0); the last pass divides by 256 */
-	const int32_t k = (int32_t)((uint32_t)s0 << 15);
+	const int32_t k0 = (int32_t)((uint32_t)s0 << 15);
 	for (int j = 0; j < n_in; j++) {
-		acc[j] = -k;
+		acc[j] = -k0;
 	}
 	dx2_t a;
 	a.end = acc + n_in;
+	const int ntp = kl_fc_triples(n_in) ? 3 * (np / 3) : 0; /* pairs in blocks of three */
+	const uint32_t *wq[3];
+	uint32_t abq[3];
 	int p = 0;
-	while (p < np && dy[2 * p] == 0 && dy[2 * p + 1] == 0) {
-		p++;
-	}
-	while (p < np) { /* p: the next pair with a nonzero gradient */
-		int q = p + 1;
-		while (q < np && dy[2 * q] == 0 && dy[2 * q + 1] == 0) {
-			q++;
+	while (p <= last) {
+		/* up to three pairs with a nonzero gradient, all in blocks of three
+		 * or all after them (one group stride) */
+		const int tri = p < ntp;
+		int k = 0;
+		for (; k < 3 && p <= last && (p < ntp) == tri; p++) {
+			if ((dy[2 * p] | dy[2 * p + 1]) == 0) {
+				continue;
+			}
+			const long at = tri ? (long)(p / 3) * 6 * n_in + 8 * (p % 3) : (long)p * 2 * n_in;
+			wq[k] = (const uint32_t *)(const void *)(w + at);
+			abq[k] = dx_ab(dy + 2 * p);
+			k++;
 		}
-		int gp, gq = 0;
+		if (k == 0) {
+			continue;
+		}
 		a.acc = acc;
-		a.wa = (const uint32_t *)(const void *)(w + kl_fc_pair_at(p, n_in, n_out, &gp));
-		a.aba = dx_ab(dy + 2 * p);
-		if (q < np) {
-			a.wb = (const uint32_t *)(const void *)(w + kl_fc_pair_at(q, n_in, n_out, &gq));
-			a.abb = dx_ab(dy + 2 * q);
-		}
-		if (q < np && gq == gp) { /* two pairs in one pass */
-			int r = q + 1;
-			while (r < np && dy[2 * r] == 0 && dy[2 * r + 1] == 0) {
-				r++;
-			}
-			if (gp == 8) {
-				(r == np ? dx2_8l : dx2_8)(&a);
-			} else {
-				(r == np ? dx2_24l : dx2_24)(&a);
-			}
-			p = r;
-		} else {
-			if (gp == 8) {
-				(q == np ? dx1_8l : dx1_8)(&a);
-			} else {
-				(q == np ? dx1_24l : dx1_24)(&a);
-			}
-			p = q;
-		}
+		a.wa = wq[0];
+		a.aba = abq[0];
+		a.wb = wq[1 % k];
+		a.abb = abq[1 % k];
+		a.wc = wq[2 % k];
+		a.abc = abq[2 % k];
+		dx_fn[tri][k - 1][p > last](&a);
 	}
 	if ((n_out & 1) && dy[n_out - 1] != 0) { /* the plain last row */
 		const int8_t *r = w + (long)(n_out - 1) * n_in;
