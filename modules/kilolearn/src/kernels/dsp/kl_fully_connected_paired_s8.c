@@ -444,22 +444,24 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 	uint32_t *xw = (uint32_t *)(void *)xc;
 	xw[n_in >> 1] = 0x80008000u; /* sg_pair's sentinel */
 	const int sh = w_shift, dsh = 32 - sh;
+	const int ntp = kl_fc_triples(n_in) ? 3 * (np / 3) : 0; /* pairs in blocks of three */
+	sg_t a;
+	a.ab = rowd;
+	a.wy = KL_WEYL;
+	a.dsh = dsh;
+	a.sh = sh;
+	a.xp = xw;
 	for (int p = 0; p < np; p++) {
 		const int32_t c0 = (int32_t)dy[2 * p] * lr_q, c1 = (int32_t)dy[2 * p + 1] * lr_q;
 		if (c0 == 0 && c1 == 0) {
 			continue;
 		}
 		if (c0 >= -32768 && c0 <= 32767 && c1 >= -32768 && c1 <= 32767) {
-			sg_t a;
 			a.c = ((uint32_t)c0 & 0xFFFFu) | ((uint32_t)c1 << 16);
-			a.ab = rowd;
-			a.wy = KL_WEYL;
-			a.dsh = dsh;
-			a.sh = sh;
 			a.da = d0 + (uint32_t)(2 * p) * rowd;
-			a.xp = xw;
-			int gs;
-			a.rp = (uint32_t *)(void *)(w + kl_fc_pair_at(p, n_in, n_out, &gs));
+			const int gs = p < ntp ? 24 : 8;
+			a.rp = (uint32_t *)(void *)(w + (p < ntp ? (long)(p / 3) * 6 * n_in + 8 * (p % 3)
+							 : (long)p * 2 * n_in));
 			if (c1 == 0) {
 				(gs == 8 ? sg_row0_8 : sg_row0_24)(&a);
 			} else if (c0 == 0) {
