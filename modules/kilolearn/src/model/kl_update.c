@@ -226,6 +226,31 @@ static uint32_t keep_top_channels_f32(kl_model_t *m, const kl_op_t *op, float *g
  * Writes dy with the unpicked channels zeroed to `out`. */
 static void top_channels_dy(kl_model_t *m, const void *dy, void *out, uint32_t n, int s8)
 {
+	if (s8) { /* |dy| in [0, 128]: a counting selection, one pass to count, one to pick */
+		const int8_t *d = dy;
+		int8_t *o = out;
+		uint32_t k = upd_count(n, m->upd_frac);
+		uint32_t hist[129];
+		memset(hist, 0, sizeof(hist));
+		for (uint32_t c = 0; c < n; c++) {
+			hist[d[c] < 0 ? -d[c] : d[c]]++;
+		}
+		int t = 128; /* the k-th largest |dy|; `ties` of the channels at it are taken */
+		while (t > 0 && hist[t] < k) {
+			k -= hist[t--];
+		}
+		uint32_t ties = k;
+		for (uint32_t c = 0; c < n; c++) {
+			const int a = d[c] < 0 ? -d[c] : d[c];
+			int take = a > t;
+			if (a == t && ties != 0u) {
+				take = 1;
+				ties--;
+			}
+			o[c] = take ? d[c] : 0;
+		}
+		return;
+	}
 	uint64_t *score = m->sel;
 	uint8_t *taken = (uint8_t *)m->sel + 8u * n;
 	for (uint32_t c = 0; c < n; c++) {
