@@ -520,6 +520,8 @@ int kl_add_s8(const int8_t *a, int32_t za, int sa, const int8_t *b, int32_t zb, 
  * all when mask is NULL; the label always counts); inactive classes get no
  * probability and no gradient. Returns the loss. */
 float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
+/* the same gradient without the loss (no logf): what a training step needs */
+void kl_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
 /* int8 logits, table T[d] = round(2^15 exp(-d 2^lut_exp)); lut_shift =
  * logits_exp - lut_exp >= 0. dy in Q15 quantised to int8; returns the added
  * exponent s (dy scale 2^(s - 15)). */

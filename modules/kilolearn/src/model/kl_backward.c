@@ -325,7 +325,7 @@ static void kl_loss(kl_model_t *m, int label)
 	kl_tensor_t *out = &m->tensors[m->output];
 	kl_phase(m, KL_PHASE_LOSS);
 	if (m->dtype == KL_DTYPE_F32) {
-		kl_softmax_ce_f32(out->data, m->n_classes, label, m->class_mask, out->grad);
+		kl_softmax_ce_grad_f32(out->data, m->n_classes, label, m->class_mask, out->grad);
 	} else {
 		const int shift = out->exp - m->lut_exp;
 		out->grad_exp = (int8_t)(-15 + kl_softmax_ce_s8(out->data, m->n_classes, label, m->lut,
