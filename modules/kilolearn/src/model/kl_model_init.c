@@ -73,7 +73,7 @@ static int kl_pair_ok(const kl_model_t *m, const kl_op_t *op)
 		return 0;
 	}
 	const int8_t *w = op->w;
-	for (uint32_t k = 0; k < op->n_w; k++) {
+	for (uint32_t k = 0; k < op->n_w && !kl_paired(op); k++) { /* (paired: never -128) */
 		if (w[k] == -128) {
 			return 0;
 		}

@@ -170,40 +170,38 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
 	}
 	/* the sums start at -32768 sum(dy0); the last pass divides by 256 */
 	const int32_t k0 = (int32_t)((uint32_t)s0 << 15);
-	for (int j = 0; j < n_in; j++) {
+	for (int j = 0; j < n_in; j += 4) { /* n_in % 4 == 0 */
 		acc[j] = -k0;
+		acc[j + 1] = -k0;
+		acc[j + 2] = -k0;
+		acc[j + 3] = -k0;
 	}
 	dx2_t a;
 	a.end = acc + n_in;
 	const int ntp = kl_fc_triples(n_in) ? 3 * (np / 3) : 0; /* pairs in blocks of three */
-	const uint32_t *wq[3];
-	uint32_t abq[3];
-	int p = 0;
-	while (p <= last) {
-		/* up to three pairs with a nonzero gradient, all in blocks of three
-		 * or all after them (one group stride) */
-		const int tri = p < ntp;
+	/* three pairs at a time (a block of three, or three in a row after the
+	 * blocks): the ones with a nonzero gradient in one pass */
+	const uint32_t **wq[3] = {&a.wa, &a.wb, &a.wc};
+	uint32_t *abq[3] = {&a.aba, &a.abb, &a.abc};
+	const int8_t *base = w;
+	for (int p0 = 0; p0 <= last; p0 += 3) {
+		const int tri = p0 < ntp;
+		const int pe = p0 + 3 < np ? p0 + 3 : np;
 		int k = 0;
-		for (; k < 3 && p <= last && (p < ntp) == tri; p++) {
-			if ((dy[2 * p] | dy[2 * p + 1]) == 0) {
-				continue;
+		for (int p = p0; p < pe; p++) {
+			const int8_t *d = dy + 2 * p;
+			if ((d[0] | d[1]) != 0) {
+				*wq[k] = (const uint32_t *)(const void *)(base + (tri ? 8 * (p - p0)
+										 : 2 * n_in * (p - p0)));
+				*abq[k] = dx_ab(d);
+				k++;
 			}
-			const long at = tri ? (long)(p / 3) * 6 * n_in + 8 * (p % 3) : (long)p * 2 * n_in;
-			wq[k] = (const uint32_t *)(const void *)(w + at);
-			abq[k] = dx_ab(dy + 2 * p);
-			k++;
 		}
-		if (k == 0) {
-			continue;
+		base += 6 * n_in;
+		if (k != 0) {
+			a.acc = acc;
+			dx_fn[tri][k - 1][pe > last](&a);
 		}
-		a.acc = acc;
-		a.wa = wq[0];
-		a.aba = abq[0];
-		a.wb = wq[1 % k];
-		a.abb = abq[1 % k];
-		a.wc = wq[2 % k];
-		a.abc = abq[2 % k];
-		dx_fn[tri][k - 1][p > last](&a);
 	}
 	if ((n_out & 1) && dy[n_out - 1] != 0) { /* the plain last row */
 		const int8_t *r = w + (long)(n_out - 1) * n_in;
