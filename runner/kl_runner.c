@@ -77,6 +77,27 @@ static void out_hex(const char *name, const void *data, size_t n)
 	out_str("\n");
 }
 
+/* op i's weights as the blob lays them out (kl_model_op_weights) */
+static void out_weights(const kl_model_t *m, int i, const char *name, size_t n)
+{
+	static const char digits[] = "0123456789abcdef";
+	uint8_t w[32];
+	char buf[64];
+	out_str("KL dump ");
+	out_str(name);
+	out_str(" ");
+	for (size_t at = 0; at < n; at += sizeof(w)) {
+		const size_t k = n - at < sizeof(w) ? n - at : sizeof(w);
+		(void)kl_model_op_weights(m, i, (uint32_t)at, w, (uint32_t)k);
+		for (size_t j = 0; j < k; j++) {
+			buf[2 * j] = digits[w[j] >> 4];
+			buf[2 * j + 1] = digits[w[j] & 15u];
+		}
+		kl_port_write(buf, 2 * k);
+	}
+	out_str("\n");
+}
+
 static void dump_name(char *buf, char kind, int layer, const char *suffix)
 {
 	buf[0] = kind;
@@ -102,7 +123,7 @@ static void dump_layers(const kl_model_t *m, int grads)
 			out_hex(name, op->gb, n_b * 4u);
 		} else if (op->n_w != 0u && !grads) {
 			dump_name(name, 'w', i, "");
-			out_hex(name, op->w, op->n_w * es);
+			out_weights(m, i, name, op->n_w * es);
 			dump_name(name, 'b', i, "");
 			out_hex(name, op->b, n_b * 4u);
 		}

@@ -41,9 +41,11 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_add_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_topr_sgd_s8.c
   ${KL_ENGINE_DIR}/src/kernels/ref/kl_topr_sgd_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/ref/kl_fc_paired_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_sgd_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_grad_s8.c
+  ${KL_ENGINE_DIR}/src/kernels/dsp/kl_fully_connected_paired_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_conv_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_depthwise_conv_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_sgd_weights_s8.c

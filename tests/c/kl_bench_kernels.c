@@ -12,9 +12,13 @@
  * paths, requantisation outside the fast path) is checked the same way.
  *
  * Output, one line per measurement:
- *   KL kbench op <name> dir fwd|bwd|wgrad|sgd backend ref|dsp|mve macs N insn N mismatches N
- * (sgd: the dense layers' fused SGD step with stochastic rounding, one MAC per
- * weight; weights, biases and the dither compared)
+ *   KL kbench op <name> dir fwd|bwd|wgrad|sgd backend ref|dsp|dsp_plain|mve macs N insn N mismatches N
+ * A dense layer's dsp kernels are those of the paired weight layout
+ * (kl_fc_pair_s8), which the engine keeps for trained dense layers where
+ * n_in % 4 == 0 on cores with DSP and without MVE: forward, input gradient
+ * and the fused SGD step (dir sgd, "MACs" = weights updated), the results
+ * unpaired and compared with ref's; dsp_plain is the plain-layout kernel
+ * (frozen and paged layers); mve the Helium kernels on the plain layout.
  * then "KL kbench done dsp 0|1 mve 0|1 counter 0|1 mismatches N"; the exit
  * code is 1 if any dsp or mve result differs from ref (or the scratch guard
  * was overwritten).
@@ -50,6 +54,11 @@ static const layer_t bench_layers[] = {
 
 static const layer_t edge_layers[] = {
 	{"edge_fc37x11", FC, 1, 1, 37, 11, 1, 1, 0, 9, 3, KL_ACT_NONE, 6},
+	{"edge_fc36x7", FC, 1, 1, 36, 7, 1, 1, 0, 5, 3, KL_ACT_NONE, 6},
+	{"edge_fc24x9_relu6", FC, 1, 1, 24, 9, 1, 1, 0, -128, -128, KL_ACT_RELU6, 5},
+	{"edge_fc40x10_zp", FC, 1, 1, 40, 10, 1, 1, 0, -128, 7, KL_ACT_RELU, 8},
+	{"edge_fc264x5", FC, 1, 1, 264, 5, 1, 1, 0, -128, 0, KL_ACT_NONE, 10},
+	{"edge_fc8x3_s1", FC, 1, 1, 8, 3, 1, 1, 0, 0, 0, KL_ACT_NONE, 1},
 	{"edge_conv3x3_c3_co5", CONV, 7, 5, 3, 5, 3, 1, 1, -128, -128, KL_ACT_RELU6, 6},
 	{"edge_conv1x1_c7_s2", CONV, 5, 5, 7, 3, 1, 2, 0, 17, 0, KL_ACT_NONE, 5},
 	{"edge_conv1x1_c12_zp0", CONV, 3, 4, 12, 6, 1, 1, 0, 0, 0, KL_ACT_NONE, 4},
@@ -73,8 +82,12 @@ static const layer_t edge_layers[] = {
 static int8_t xs[MAXB], ws[MAXW], dys[MAXB], y_ref[MAXB];
 static int32_t bs[1024];
 static int32_t a_ref[MAXW], gw_ref[MAXW], gb_ref[1024];
+static int8_t w_sgd_ref[MAXW];
+static int32_t b_sgd_ref[1024];
 #if KL_KERNELS_DSP
 static int8_t y_dsp[MAXB];
+static int8_t wp[MAXW], w_sgd_dsp[MAXW];
+static int32_t b_sgd_dsp[1024];
 static int32_t a_dsp[MAXW], gw_dsp[MAXW], gb_dsp[1024];
 #endif
 #if KL_KERNELS_MVE /* (the dsp buffers serve the mve kernels too) */
@@ -213,58 +226,92 @@ static uint64_t toc(void)
 static int8_t y_cmsis[MAXB];
 #endif
 
-/* the fused dense SGD step: ref, then dsp and mve from the same weights,
- * biases and dither (lr 0.05 in Q12, a weight shift of 17, bias shift 5) */
-static int8_t w_sgd_ref[MAXW];
-static int32_t b_sgd_ref[1024];
-#if KL_KERNELS_DSP
-static int8_t w_sgd[MAXW];
-static int32_t b_sgd[1024];
-#endif
-static long run_sgd(const layer_t *L, int n_in, int n_out, int print)
+/* the fused dense SGD step: ref on the plain weights, dsp on the paired ones
+ * (or the plain dsp kernel where the layer is not paired), compared weight
+ * by weight after unpairing, with the biases and the dither */
+static long run_sgd(const layer_t *L, int n_in, int n_out, int paired, int w_shift, int print)
 {
 	const long nw = (long)n_in * n_out;
-	const int32_t lr_q = 205;
-	const int w_shift = 17, b_shift = 5;
-	const uint32_t d0 = 0x2468ACE1u;
-	long bad = 0;
-	uint32_t dr = d0;
-	uint64_t ti;
+	const int32_t lr_q = 205; /* 0.05 with 12 fraction bits */
+	const int b_shift = 6;
 	memcpy(w_sgd_ref, ws, (size_t)nw);
 	memcpy(b_sgd_ref, bs, (size_t)n_out * 4u);
+	uint32_t d_ref = 0x2468ACE1u;
 	void *s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
 	tic();
 	kl_ref_fully_connected_sgd_s8(w_sgd_ref, b_sgd_ref, dys, xs, L->x_zp, lr_q, w_shift, b_shift,
-				      &dr, n_in, n_out, s);
-	ti = toc();
+				      &d_ref, n_in, n_out, s);
+	uint64_t ti = toc();
 	if (print) {
 		report(L->name, "sgd", "ref", nw, ti, 0);
 	}
+	long m = 0;
 #if KL_KERNELS_DSP
-	for (int k = 0; k < 1 + KL_KERNELS_MVE; k++) {
-		uint32_t dd = d0;
-		memcpy(w_sgd, ws, (size_t)nw);
-		memcpy(b_sgd, bs, (size_t)n_out * 4u);
+	uint32_t d_dsp = 0x2468ACE1u;
+	memcpy(b_sgd_dsp, bs, (size_t)n_out * 4u);
+	s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
+	if (paired) {
+		kl_fc_pair_s8(ws, w_sgd_dsp, n_in, n_out);
+		tic();
+		kl_dsp_fully_connected_sgd_paired_s8(w_sgd_dsp, b_sgd_dsp, dys, xs, L->x_zp, lr_q,
+						     w_shift, b_shift, &d_dsp, n_in, n_out, s);
+		ti = toc();
+		kl_fc_unpair_s8(w_sgd_dsp, wp, n_in, n_out);
+		memcpy(w_sgd_dsp, wp, (size_t)nw);
+	} else {
+		memcpy(w_sgd_dsp, ws, (size_t)nw);
+		tic();
+		kl_dsp_fully_connected_sgd_s8(w_sgd_dsp, b_sgd_dsp, dys, xs, L->x_zp, lr_q, w_shift,
+					      b_shift, &d_dsp, n_in, n_out, s);
+		ti = toc();
+	}
+	m = diff_s8(w_sgd_ref, w_sgd_dsp, nw) + diff_s32(b_sgd_ref, b_sgd_dsp, n_out) +
+	    (d_ref != d_dsp) + guard_broken(KL_FC_S8_SCRATCH(n_in, n_out));
+	if (print || m != 0) {
+		report(L->name, "sgd", "dsp", nw, ti, m);
+	}
+	if (paired) { /* the plain-layout kernel too, for comparison */
+		memcpy(w_sgd_dsp, ws, (size_t)nw);
+		memcpy(b_sgd_dsp, bs, (size_t)n_out * 4u);
+		d_dsp = 0x2468ACE1u;
 		s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
 		tic();
-#if KL_KERNELS_MVE
-		if (k == 1) {
-			kl_mve_fully_connected_sgd_s8(w_sgd, b_sgd, dys, xs, L->x_zp, lr_q, w_shift,
-						      b_shift, &dd, n_in, n_out, s);
-		} else
-#endif
-		{
-			kl_dsp_fully_connected_sgd_s8(w_sgd, b_sgd, dys, xs, L->x_zp, lr_q, w_shift,
-						      b_shift, &dd, n_in, n_out, s);
-		}
+		kl_dsp_fully_connected_sgd_s8(w_sgd_dsp, b_sgd_dsp, dys, xs, L->x_zp, lr_q, w_shift,
+					      b_shift, &d_dsp, n_in, n_out, s);
 		ti = toc();
-		const long m = diff_s8(w_sgd_ref, w_sgd, nw) + diff_s32(b_sgd_ref, b_sgd, n_out) +
-			       (dd != dr) + guard_broken(KL_FC_S8_SCRATCH(n_in, n_out));
-		bad += m;
-		report(L->name, "sgd", k == 1 ? "mve" : "dsp", nw, ti, m);
+		const long mp = diff_s8(w_sgd_ref, w_sgd_dsp, nw) +
+				diff_s32(b_sgd_ref, b_sgd_dsp, n_out) + (d_ref != d_dsp);
+		m += mp;
+		if (print || mp != 0) {
+			report(L->name, "sgd", "dsp_plain", nw, ti, mp);
+		}
+	}
+#if KL_KERNELS_MVE
+	{ /* the Helium kernel on the plain layout (what the engine runs on MVE cores) */
+		uint32_t d_mve = 0x2468ACE1u;
+		memcpy(w_sgd_dsp, ws, (size_t)nw);
+		memcpy(b_sgd_dsp, bs, (size_t)n_out * 4u);
+		s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
+		tic();
+		kl_mve_fully_connected_sgd_s8(w_sgd_dsp, b_sgd_dsp, dys, xs, L->x_zp, lr_q, w_shift,
+					      b_shift, &d_mve, n_in, n_out, s);
+		ti = toc();
+		const long mv = diff_s8(w_sgd_ref, w_sgd_dsp, nw) +
+				diff_s32(b_sgd_ref, b_sgd_dsp, n_out) + (d_ref != d_mve) +
+				guard_broken(KL_FC_S8_SCRATCH(n_in, n_out));
+		m += mv;
+		if (print || mv != 0) {
+			report(L->name, "sgd", "mve", nw, ti, mv);
+		}
 	}
 #endif
-	return bad;
+	if (paired) { /* back to the plain weights for the next kernels */
+		kl_fc_pair_s8(ws, wp, n_in, n_out);
+	}
+#else
+	(void)paired;
+#endif
+	return m;
 }
 
 static long run_layer(const layer_t *L, int print)
@@ -291,6 +338,9 @@ static long run_layer(const layer_t *L, int print)
 	kl_requant_init(&rq, -12, -20, -12 + L->y_shift, L->y_zp, L->act);
 	const uint32_t sbytes = L->kind == FC ? KL_FC_S8_SCRATCH(g.c, g.co) : KL_CONV_S8_SCRATCH(&g);
 	const char *nm = L->name;
+	/* a dense layer the engine would keep paired */
+	const int paired = L->kind == FC && (g.c & 3) == 0 && g.co >= 2;
+	(void)paired;
 	long bad = 0;
 	uint64_t ti;
 	int sr, sd;
@@ -325,7 +375,19 @@ static long run_layer(const layer_t *L, int print)
 	ti = toc();
 	m = diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
 	bad += m;
-	report(nm, "fwd", "dsp", macs, ti, m);
+	report(nm, "fwd", L->kind == FC && paired ? "dsp_plain" : "dsp",
+	       macs, ti, m);
+	if (L->kind == FC && paired) { /* the paired layout: what a trained layer runs */
+		kl_fc_pair_s8(ws, wp, g.c, g.co);
+		memset(y_dsp, 0x55, (size_t)ny);
+		s = scratch_for(sbytes);
+		tic();
+		sd = kl_dsp_fully_connected_paired_s8(xs, L->x_zp, wp, bs, &rq, y_dsp, g.c, g.co, s);
+		ti = toc();
+		m = diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
+		bad += m;
+		report(nm, "fwd", "dsp", macs, ti, m);
+	}
 #endif
 #if KL_KERNELS_MVE
 	memset(y_dsp, 0x55, (size_t)ny);
@@ -376,7 +438,9 @@ static long run_layer(const layer_t *L, int print)
 		memset(a_dsp, 0x55, (size_t)nx * 4u);
 		s = scratch_for(sbytes);
 		tic();
-		if (L->kind == FC) {
+		if (L->kind == FC && paired) {
+			kl_dsp_fully_connected_backward_input_paired_s8(wp, dys, a_dsp, g.c, g.co);
+		} else if (L->kind == FC) {
 			kl_dsp_fully_connected_backward_input_s8(ws, dys, a_dsp, g.c, g.co);
 		} else if (L->kind == CONV) {
 			kl_dsp_conv_backward_input_s8(&g, ws, dys, a_dsp, s);
@@ -446,7 +510,8 @@ static long run_layer(const layer_t *L, int print)
 	}
 #endif
 	if (L->kind == FC) {
-		bad += run_sgd(L, g.c, g.co, print);
+		bad += run_sgd(L, g.c, g.co, paired, 16, print);
+		bad += run_sgd(L, g.c, g.co, paired, 9, 0); /* the general path */
 	}
 	return bad;
 }

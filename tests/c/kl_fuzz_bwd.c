@@ -2,8 +2,11 @@
  * kl_fuzz_bwd: random conv geometries (kernels 1-5, strides 1-3, odd
  * channels, padding, row bands with shifted pad_t and fewer output rows)
  * through the dsp conv input gradient, compared with ref bit for bit; the
- * scratch is exactly kl_conv_s8_scratch() followed by a guard. Prints
- * "KL fuzz done cases N mismatches N".
+ * scratch is exactly kl_conv_s8_scratch() followed by a guard. Every third
+ * case is a dense layer in the paired layout (kl_fc_pair_s8: what a trained
+ * layer runs) through the dsp input gradient and fused SGD step, against the
+ * ref kernels on the plain layout (weights unpaired, biases, dither).
+ * Prints "KL fuzz done cases N mismatches N".
  */
 #include <stdint.h>
 #include <string.h>
@@ -18,9 +21,77 @@
 static int8_t ws[MX], dys[MX];
 static int32_t a0[MX], a1[MX];
 static uint32_t scr[4096];
+static int8_t xs[512], wq[MX], wr[MX];
+static int32_t br[64], bq[64];
+
+/* a dense layer, paired: input gradient and SGD step against ref */
+static long fc_case(int it, int verbose)
+{
+	const int n_in = 4 * kl_test_rr(1, 80);
+	int n_out = kl_test_rr(1, 48);
+	if ((long)n_in * n_out > MX) {
+		n_out = MX / n_in;
+	}
+	if (n_out < 2) {
+		return -1;
+	}
+	const long nw = (long)n_in * n_out;
+	for (long k = 0; k < nw; k++) { /* paired weights never hold -128 */
+		ws[k] = (int8_t)kl_test_rr(-127, 127);
+	}
+	const int sparse = kl_test_rr(0, 3);
+	for (int i = 0; i < n_out; i++) {
+		dys[i] = kl_test_rr(0, 3) < sparse ? 0 : (int8_t)kl_test_rr(-128, 127);
+		br[i] = bq[i] = (kl_test_rnd() % 8 == 0) ? (int32_t)kl_test_rnd()
+							: kl_test_rr(-40000, 40000);
+	}
+	for (int j = 0; j < n_in; j++) {
+		xs[j] = (int8_t)kl_test_rr(-128, 127);
+	}
+	kl_fc_pair_s8(ws, wq, n_in, n_out);
+	long m = 0;
+	kl_ref_fully_connected_backward_input_s8(ws, dys, a0, n_in, n_out);
+	memset(a1, 0x55, (size_t)n_in * 4u);
+	kl_dsp_fully_connected_backward_input_paired_s8(wq, dys, a1, n_in, n_out);
+	for (int j = 0; j < n_in; j++) {
+		m += a0[j] != a1[j];
+	}
+	const int32_t x_zp = (kl_test_rnd() & 1) ? -128 : kl_test_rr(-128, 127);
+	const int32_t lr_q = (kl_test_rnd() & 1) ? kl_test_rr(1, 300) : kl_test_rr(1, 4096);
+	const int w_shift = kl_test_rr(6, 34), b_shift = kl_test_rr(0, 24);
+	uint32_t d0 = kl_test_rnd(), d1 = d0;
+	memcpy(wr, ws, (size_t)nw);
+	memset(scr, 0xA5, sizeof scr);
+	kl_ref_fully_connected_sgd_s8(wr, br, dys, xs, x_zp, lr_q, w_shift, b_shift, &d0, n_in,
+				      n_out, (int16_t *)(void *)scr);
+	memset(scr, 0xA5, sizeof scr);
+	kl_dsp_fully_connected_sgd_paired_s8(wq, bq, dys, xs, x_zp, lr_q, w_shift, b_shift, &d1,
+					     n_in, n_out, (int16_t *)(void *)scr);
+	kl_fc_unpair_s8(wq, ws, n_in, n_out);
+	for (long k = 0; k < nw; k++) {
+		m += wr[k] != ws[k];
+	}
+	for (int i = 0; i < n_out; i++) {
+		m += br[i] != bq[i];
+	}
+	m += d0 != d1;
+	if (m && verbose) {
+		kl_test_bad(it);
+		out_str(" fc paired");
+		out_field(" n_in ", n_in);
+		out_field(" n_out ", n_out);
+		out_field(" lr_q ", lr_q);
+		out_field(" w_shift ", w_shift);
+		kl_test_diffs(m);
+	}
+	return m;
+}
 
 static long one_case(int it, int verbose)
 {
+	if (it % 3 == 2) {
+		return fc_case(it, verbose);
+	}
 	kl_geom_t g;
 	memset(&g, 0, sizeof g);
 	g.kh = kl_test_rr(1, 5);

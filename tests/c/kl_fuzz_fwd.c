@@ -1,7 +1,8 @@
 /*
  * kl_fuzz_fwd: random shapes, zero points, activations, shifts and biases
  * through the dsp forward conv and FC kernels, compared with ref bit for bit
- * (outputs and saturation flag). Prints "KL fuzz done cases N mismatches N".
+ * (outputs and saturation flag); FC layers with n_in % 4 == 0 also through the
+ * paired-layout kernel (kl_fc_pair_s8), as a trained layer runs them. Prints "KL fuzz done cases N mismatches N".
  */
 #include <stdint.h>
 #include <string.h>
@@ -12,7 +13,7 @@
 
 #if KL_KERNELS_DSP /* (without dsp kernels there is nothing to compare) */
 #define MX 12000
-static int8_t xs[MX], ws[MX], y0[MX], y1[MX];
+static int8_t xs[MX], ws[MX], y0[MX], y1[MX], wp[MX];
 static int32_t bs[512];
 static uint32_t scr[8192];
 
@@ -23,7 +24,7 @@ static long one_case(int it, int verbose)
 	memset(&g, 0, sizeof g);
 	if (fc) {
 		g.h = g.w = g.kh = g.kw = g.stride = 1;
-		g.c = kl_test_rr(1, 300);
+		g.c = (kl_test_rnd() & 1) ? 4 * kl_test_rr(1, 75) : kl_test_rr(1, 300);
 		g.co = kl_test_rr(1, 40);
 	} else {
 		g.kh = g.kw = (kl_test_rnd() & 1) ? 1
@@ -80,6 +81,17 @@ static long one_case(int it, int verbose)
 	long m = (s0 != s1);
 	for (long i = 0; i < ny; i++) {
 		m += y0[i] != y1[i];
+	}
+	if (fc && (g.c & 3) == 0 && g.co >= 2) {
+		kl_fc_pair_s8(ws, wp, g.c, g.co);
+		memset(y1, 0x33, (size_t)ny);
+		memset(scr, 0xA5, sizeof scr);
+		const int s2 = kl_dsp_fully_connected_paired_s8(xs, x_zp, wp, bs, &rq, y1, g.c, g.co,
+								 (int16_t *)(void *)scr);
+		m += (s0 != s2);
+		for (long i = 0; i < ny; i++) {
+			m += y0[i] != y1[i];
+		}
 	}
 	if (m && verbose) {
 		kl_test_bad(it);

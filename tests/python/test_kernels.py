@@ -43,6 +43,17 @@ def test_kernels_dsp_equals_ref(target: str) -> None:
             dirs = ["fwd", "bwd"] if op.startswith("fc") else list(kbench.DIRS)
             for d in dirs:
                 assert r.get(op, d, "dsp") is not None, (op, d)
+        # the dense layers a trained model keeps paired (n_in % 4 == 0: every FC layer of the
+        # table but edge_fc37x11): the paired forward, input gradient and SGD step were checked
+        # (unpaired, weight by weight, with biases and dither) against ref, and so was the
+        # plain-layout forward kernel beside them
+        fcs = sorted(op for op in ops if op.startswith(("fc", "edge_fc")))
+        assert len(fcs) >= 8
+        for op in fcs:
+            assert r.get(op, "sgd", "ref") is not None, op
+            assert r.get(op, "sgd", "dsp") is not None, op
+            paired = op != "edge_fc37x11"
+            assert (r.get(op, "fwd", "dsp_plain") is not None) == paired, op
     else:
         assert not any(m.backend == "dsp" for m in r.measurements)
     # the mve backend on the Cortex-M55 only: dense forward / input / weight gradient and the

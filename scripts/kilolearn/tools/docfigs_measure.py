@@ -160,9 +160,7 @@ def _measure_kernels() -> dict:
             raise RuntimeError(f"bench-kernels on {b}: exit {r.returncode}, {r.mismatches} "
                                "mismatches" + ("" if r.done else ", no final line"))
         ms = [m for m in r.measurements if not m.op.startswith("edge_")]
-        # the GEMM directions (the fused SGD rows are the kernels-mve figure's)
-        boards[b] = [dict(m.__dict__) for m in ms
-                     if m.backend in ("ref", "dsp") and m.direction in kbench.DIRS]
+        boards[b] = [dict(m.__dict__) for m in ms if m.backend in ("ref", "dsp", "dsp_plain")]
         if with_cm:
             desc = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--tags"],
                                   capture_output=True, text=True, check=False).stdout.strip()

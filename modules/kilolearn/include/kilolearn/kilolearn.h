@@ -247,6 +247,10 @@ int kl_model_fold(kl_model_t *m);
  * logged rows over the blob's (the header's CRC field as stored). KL_EINVAL
  * outside the blob. */
 int kl_model_blob_read(const kl_model_t *m, uint32_t off, uint8_t *buf, uint32_t n);
+/* n bytes at off of op i's weights as the blob lays them out (a trained
+ * int8 dense layer may be kept in the paired layout in the arena,
+ * docs/kernels.md). KL_EINVAL outside them. */
+int kl_model_op_weights(const kl_model_t *m, int i, uint32_t off, void *buf, uint32_t n);
 
 /* Only check a blob (header, CRC, every table entry). */
 int kl_blob_check(const uint8_t *blob, size_t len);

@@ -356,6 +356,43 @@ void kl_ref_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x
 void kl_ref_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 void kl_dsp_fully_connected_sgd_s8(KL_FC_SGD_S8_ARGS);
 
+/* The paired dense layout (dsp backend, docs/kernels.md): rows 2p and 2p + 1
+ * in one block of 2 n_in bytes; per group of four inputs j..j+3 two words,
+ * columns (j, j + 2) then (j + 1, j + 3), each halfword = (w[2p][c] ^ 0x80) |
+ * w[2p + 1][c] << 8. Where kl_fc_triples(n_in), three pairs 3t..3t+2 share
+ * one block of 6 n_in bytes, their 8-byte groups interleaved (group g of
+ * pair 3t + q at 24 g + 8 q), so that one pointer walks them; the pairs
+ * after the last full three stay as above. An odd last row stays plain,
+ * after the pairs. Needs n_in % 4 == 0. The engine keeps a trained dense layer so where
+ * KL_FC_PAIRED (kl_model_init), and the forward, input-gradient and fused SGD
+ * kernels below read and update it in place, bit-identical to the ref
+ * kernels on the plain layout. */
+#define KL_FC_PAIRED (KL_KERNELS_DSP && !KL_KERNELS_MVE) /* MVE: its own kernels, plain layout */
+static inline int kl_fc_triples(int n_in)
+{
+	return (n_in & 7) == 0 && n_in <= 256;
+}
+/* byte offset of pair p's first word; *gs: its bytes from one group of four
+ * inputs to the next (8, or 24 in a block of three) */
+static inline long kl_fc_pair_at(int p, int n_in, int n_out, int *gs)
+{
+	const int nt = kl_fc_triples(n_in) ? (n_out >> 1) / 3 : 0;
+	if (p < 3 * nt) {
+		*gs = 24;
+		return (long)(p / 3) * 6 * n_in + 8 * (p % 3);
+	}
+	*gs = 8;
+	return (long)p * 2 * n_in;
+}
+uint32_t kl_fc_paired_offset(uint32_t i, uint32_t j, uint32_t n_in, uint32_t n_out);
+int8_t kl_fc_paired_get(const int8_t *p, uint32_t i, uint32_t j, uint32_t n_in, uint32_t n_out);
+void kl_fc_pair_s8(const int8_t *w, int8_t *out, int n_in, int n_out);
+void kl_fc_unpair_s8(const int8_t *p, int8_t *out, int n_in, int n_out);
+int kl_dsp_fully_connected_paired_s8(KL_FC_S8_ARGS);
+void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8_t *dy,
+						     int32_t *acc, int n_in, int n_out);
+void kl_dsp_fully_connected_sgd_paired_s8(KL_FC_SGD_S8_ARGS);
+
 /* The update from kept gradients (bit-identical to the fused one). */
 void kl_ref_sgd_weights_s8(int8_t *w, const int32_t *gw, int32_t lr_q, int w_shift,
 			   uint32_t *dither, int n);
@@ -567,6 +604,8 @@ int kl_add_s8(const int8_t *a, int32_t za, int sa, const int8_t *b, int32_t zb, 
  * all when mask is NULL; the label always counts); inactive classes get no
  * probability and no gradient. Returns the loss. */
 float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
+/* the same gradient without the loss (no logf): what a training step needs */
+void kl_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
 /* int8 logits, table T[d] = round(2^15 exp(-d 2^lut_exp)); lut_shift =
  * logits_exp - lut_exp >= 0. dy in Q15 quantised to int8; returns the added
  * exponent s (dy scale 2^(s - 15)). */

@@ -61,6 +61,120 @@ static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training,
 	return need;
 }
 
+/* Does op keep its weights in the paired layout (docs/kernels.md)? A trained
+ * int8 dense layer in the arena whose kernels all have a paired variant under
+ * the update policy (all weights, or channel-norm's rows), n_in % 4 == 0, at
+ * least two rows, no weight at -128 (the paired SGD relies on the symmetric
+ * range) and the scratch to convert a pair of rows through. */
+static int kl_pair_ok(const kl_model_t *m, const kl_op_t *op)
+{
+	if (!KL_FC_PAIRED || m->dtype != KL_DTYPE_S8 || op->kind != KL_OP_DENSE ||
+	    !kl_trainable(op) || kl_bias_only(op) || kl_paged_op(op) || op->n_w == 0u ||
+	    (m->flags & KL_CFG_KEEP_GRADS) ||
+	    (m->upd_policy != KL_UPDATE_ALL && m->upd_policy != KL_UPDATE_CHANNEL_NORM)) {
+		return 0;
+	}
+	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]), n_out = kl_tsize(&m->tensors[op->out]);
+	if ((n_in & 3u) != 0u || n_out < 2u || ((uintptr_t)op->w & 3u) != 0u ||
+	    m->scratch_size < 2u * n_in) {
+		return 0;
+	}
+	const int8_t *w = op->w;
+	for (uint32_t k = 0; k < op->n_w && !kl_paired(op); k++) { /* (paired: never -128) */
+		if (w[k] == -128) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/* In-place transpose of an r x c matrix of 8-byte chunks (row-major in, row-
+ * major c x r out): chunk i goes to i r mod (n - 1), one cycle at a time from
+ * its smallest index (O(n^2) at worst; n <= 192 chunks where it is used) */
+static void kl_chunk_transpose(uint8_t *a, uint32_t r, uint32_t c)
+{
+	const uint32_t n = r * c;
+	for (uint32_t s = 1; n > 2u && s < n - 1u; s++) {
+		uint32_t i = (s * r) % (n - 1u);
+		while (i > s) {
+			i = (i * r) % (n - 1u);
+		}
+		if (i < s) {
+			continue; /* not the cycle's leader */
+		}
+		uint8_t t[8];
+		memcpy(t, a + 8u * s, 8u);
+		for (uint32_t cur = s;;) {
+			const uint32_t src = (cur * c) % (n - 1u);
+			if (src == s) {
+				memcpy(a + 8u * cur, t, 8u);
+				break;
+			}
+			memcpy(a + 8u * cur, a + 8u * src, 8u);
+			cur = src;
+		}
+	}
+}
+
+/* Each dense op's weights into the layout kl_pair_ok asks for, in place, a
+ * pair of rows at a time through the scratch, then the 8-byte groups of
+ * three pairs interleaved (kl_fc_triples) by an in-place transpose (at load,
+ * and when the update policy changes: never per step). */
+static void kl_pair_ops(kl_model_t *m)
+{
+	for (int i = 0; i < m->n_ops; i++) {
+		kl_op_t *op = &m->ops[i];
+		const int want = kl_pair_ok(m, op);
+		if (want == kl_paired(op)) {
+			continue;
+		}
+		const int n_in = (int)kl_tsize(&m->tensors[op->in0]);
+		const int n_out = (int)kl_tsize(&m->tensors[op->out]);
+		int8_t *w = op->w, *t = m->scratch;
+		const int nt = kl_fc_triples(n_in) ? n_out / 6 : 0;
+		const uint32_t mg = (uint32_t)n_in / 4u; /* groups of four inputs */
+		for (int k = 0; k < nt && !want; k++) { /* three pairs' groups apart */
+			kl_chunk_transpose((uint8_t *)w + (long)k * 6 * n_in, mg, 3u);
+		}
+		for (int p = 0; p < n_out / 2; p++) {
+			int8_t *blk = w + (long)p * 2 * n_in;
+			memcpy(t, blk, 2u * (uint32_t)n_in);
+			if (want) {
+				kl_fc_pair_s8(t, blk, n_in, 2);
+			} else {
+				kl_fc_unpair_s8(t, blk, n_in, 2);
+			}
+		}
+		for (int k = 0; k < nt && want; k++) { /* three pairs' groups interleaved */
+			kl_chunk_transpose((uint8_t *)w + (long)k * 6 * n_in, 3u, mg);
+		}
+		op->flags = (uint8_t)(want ? op->flags | KL_OP_PAIRED : op->flags & ~KL_OP_PAIRED);
+	}
+}
+
+int kl_model_op_weights(const kl_model_t *m, int i, uint32_t off, void *buf, uint32_t n)
+{
+	if (m == NULL || m->ops == NULL || i < 0 || i >= m->n_ops || (buf == NULL && n != 0u)) {
+		return KL_EINVAL;
+	}
+	const kl_op_t *op = &m->ops[i];
+	const uint32_t size = op->n_w * (m->dtype == KL_DTYPE_S8 ? 1u : 4u);
+	if (off > size || n > size - off) {
+		return KL_EINVAL;
+	}
+	if (!kl_paired(op)) {
+		memcpy(buf, (const uint8_t *)op->w + off, n);
+		return KL_OK;
+	}
+	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]), n_out = kl_tsize(&m->tensors[op->out]);
+	int8_t *o = buf;
+	for (uint32_t k = 0; k < n; k++) {
+		const uint32_t e = off + k;
+		o[k] = kl_fc_paired_get(op->w, e / n_in, e % n_in, n_in, n_out);
+	}
+	return KL_OK;
+}
+
 int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *arena,
 		  const kl_train_cfg_t *cfg)
 {
@@ -307,6 +421,7 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		}
 	}
 	m->upd_frac = KL_UPDATE_FRAC_ONE;
+	kl_pair_ops(m);
 	if (training && policy != KL_UPDATE_ALL) {
 		return kl_model_set_update_policy(m, policy, permille);
 	}

@@ -26,6 +26,15 @@
 
 #define ADD_SHIFT_MAX 21
 
+/* engine-internal op flag (the blob's flags never set it: kl_blob_check):
+ * the int8 dense weights are in the paired layout (kl_fc_pair_s8) */
+#define KL_OP_PAIRED 0x80u
+
+static inline int kl_paired(const kl_op_t *op)
+{
+	return KL_FC_PAIRED && (op->flags & KL_OP_PAIRED) != 0u;
+}
+
 static inline int kl_trainable(const kl_op_t *op)
 {
 	return (op->flags & KL_OP_TRAINABLE) != 0u;
@@ -174,6 +183,8 @@ static void pg_dx(kl_model_t *m, const kl_op_t *op, const void *dy, int ey);
 static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey);
 static int pg_prepare(kl_model_t *m);
 static int pg_commit(kl_model_t *m);
+/* kl_model_init.c */
+static void kl_pair_ops(kl_model_t *m);
 /* kl_train.c */
 static int kl_run_schedule(kl_model_t *m, int label, int keep);
 static void kl_adapt_ranges(kl_model_t *m);

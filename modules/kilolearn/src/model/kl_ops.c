@@ -20,6 +20,13 @@ static int dense_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requa
 {
 	(void)g;
 	const kl_tensor_t *x = X(m, op);
+#if KL_FC_PAIRED
+	if (kl_paired(op)) {
+		return kl_dsp_fully_connected_paired_s8(x->data, x->zp, op->w, op->b, rq,
+							Y(m, op)->data, (int)kl_tsize(x),
+							(int)kl_tsize(Y(m, op)), m->scratch);
+	}
+#endif
 	return kl_fully_connected_s8(x->data, x->zp, op->w, op->b, rq, Y(m, op)->data,
 				     (int)kl_tsize(x), (int)kl_tsize(Y(m, op)), m->scratch);
 }
@@ -37,6 +44,14 @@ static void dense_dx_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, co
 {
 	(void)g;
 	(void)compact;
+#if KL_FC_PAIRED
+	if (kl_paired(op)) { /* never channel-sparse: w, dy and n_out are the op's */
+		kl_dsp_fully_connected_backward_input_paired_s8(w, dy, m->scratch,
+								(int)kl_tsize(X(m, op)), n_out);
+		kl_give_s8(m, op->in0, op->w_exp + ey);
+		return;
+	}
+#endif
 	kl_fully_connected_backward_input_s8(w, dy, m->scratch, (int)kl_tsize(X(m, op)), n_out);
 	kl_give_s8(m, op->in0, op->w_exp + ey);
 }

@@ -470,7 +470,14 @@ static void pg_merged(const kl_model_t *m, uint32_t off, uint8_t *buf, uint32_t 
 		const uint32_t w_off = kl_rd32(r + KL_BO_W_OFF), b_off = kl_rd32(r + KL_BO_B_OFF);
 		const uint32_t n_b = kl_rd32(r + KL_BO_B_SIZE) / 4u;
 		if (!kl_paged_op(op)) { /* trained in the arena: its copies (a frozen op reads the blob) */
-			if ((const uint8_t *)op->w < blob || (const uint8_t *)op->w >= blob + m->blob_len) {
+			if (kl_paired(op)) { /* in the blob's layout */
+				const uint32_t lo = w_off > off ? w_off : off;
+				const uint32_t hi = w_off + op->n_w < off + n ? w_off + op->n_w : off + n;
+				if (lo < hi) {
+					(void)kl_model_op_weights(m, i, lo - w_off, buf + (lo - off), hi - lo);
+				}
+			} else if ((const uint8_t *)op->w < blob ||
+				   (const uint8_t *)op->w >= blob + m->blob_len) {
 				pg_overlay(buf, off, n, w_off, op->n_w * es, op->w);
 			}
 			if ((const uint8_t *)op->b < blob || (const uint8_t *)op->b >= blob + m->blob_len) {

@@ -153,6 +153,7 @@ int kl_model_set_update_policy(kl_model_t *m, int policy, uint32_t permille)
 	m->upd_policy = (uint8_t)policy;
 	m->upd_frac = (uint16_t)(policy == KL_UPDATE_ALL ? KL_UPDATE_FRAC_ONE : permille);
 	m->upd_step = 0;
+	kl_pair_ops(m); /* the weight layout the policy's kernels read */
 	return KL_OK;
 }
 
@@ -300,6 +301,31 @@ static uint32_t keep_top_channels_f32(kl_model_t *m, const kl_op_t *op, float *g
  * Writes dy with the unpicked channels zeroed to `out`. */
 static void top_channels_dy(kl_model_t *m, const void *dy, void *out, uint32_t n, int s8)
 {
+	if (s8) { /* |dy| in [0, 128]: a counting selection, one pass to count, one to pick */
+		const int8_t *d = dy;
+		int8_t *o = out;
+		uint32_t k = upd_count(n, m->upd_frac);
+		uint32_t hist[129];
+		memset(hist, 0, sizeof(hist));
+		for (uint32_t c = 0; c < n; c++) {
+			hist[d[c] < 0 ? -d[c] : d[c]]++;
+		}
+		int t = 128; /* the k-th largest |dy|; `ties` of the channels at it are taken */
+		while (t > 0 && hist[t] < k) {
+			k -= hist[t--];
+		}
+		uint32_t ties = k;
+		for (uint32_t c = 0; c < n; c++) {
+			const int a = d[c] < 0 ? -d[c] : d[c];
+			int take = a > t;
+			if (a == t && ties != 0u) {
+				take = 1;
+				ties--;
+			}
+			o[c] = take ? d[c] : 0;
+		}
+		return;
+	}
 	uint64_t *score = m->sel;
 	uint8_t *taken = (uint8_t *)m->sel + 8u * n;
 	for (uint32_t c = 0; c < n; c++) {
@@ -464,6 +490,24 @@ static void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, in
 	m->upd_weights += op->n_w;
 }
 
+/* the fused SGD kernel of the op's weight layout */
+static void dense_sgd_s8(const kl_op_t *op, int8_t *w, int32_t *b, const int8_t *dy,
+			 const kl_tensor_t *x, int32_t lr_q, int w_shift, int b_shift,
+			 uint32_t *dither, int n_in, int n_out, void *scratch)
+{
+#if KL_FC_PAIRED
+	if (kl_paired(op)) {
+		kl_dsp_fully_connected_sgd_paired_s8(w, b, dy, x->data, x->zp, lr_q, w_shift,
+						     b_shift, dither, n_in, n_out, scratch);
+		return;
+	}
+#else
+	(void)op;
+#endif
+	kl_fully_connected_sgd_s8(w, b, dy, x->data, x->zp, lr_q, w_shift, b_shift, dither, n_in,
+				  n_out, scratch);
+}
+
 /* the fused dense update (no weight gradient stored) */
 static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x, const int8_t *dy,
 			    int ey, int n_out, uint32_t c0, uint32_t nk)
@@ -491,12 +535,12 @@ static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x,
 	} else if (m->upd_policy == KL_UPDATE_CHANNEL_NORM) {
 		int8_t *dsel = (int8_t *)m->sel + kl_align8((uint32_t)n_out * 9u);
 		top_channels_dy(m, dy, dsel, (uint32_t)n_out, 1);
-		kl_fully_connected_sgd_s8(w, b, dsel, x->data, x->zp, m->lr_q, w_shift, b_shift,
-					  &m->dither, n_in, n_out, kl_upd_scratch(m, x));
+		dense_sgd_s8(op, w, b, dsel, x, m->lr_q, w_shift, b_shift, &m->dither, n_in, n_out,
+			     kl_upd_scratch(m, x));
 		touched = upd_count((uint32_t)n_out, m->upd_frac) * (uint32_t)n_in;
 	} else {
-		kl_fully_connected_sgd_s8(w, b, dy, x->data, x->zp, m->lr_q, w_shift, b_shift,
-					  &m->dither, n_in, n_out, kl_upd_scratch(m, x));
+		dense_sgd_s8(op, w, b, dy, x, m->lr_q, w_shift, b_shift, &m->dither, n_in, n_out,
+			     kl_upd_scratch(m, x));
 	}
 	m->upd_touched += touched;
 	m->upd_weights += op->n_w;

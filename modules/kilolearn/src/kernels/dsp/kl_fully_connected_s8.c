@@ -611,6 +611,374 @@ int kl_dsp_fully_connected_s8(const int8_t *x, int32_t x_zp, const int8_t *w, co
 	}
 	return fc_general(x, x_zp, w, b, rq, y, n_in, n_out, scratch);
 }
+
+/* ---- the paired layout: two rows per weight word -------------------------
+ *
+ * Rows 2p and 2p + 1 byte-interleaved, the first row's sign bit flipped
+ * (kl_fc_pair_s8): a halfword holds h = 256 w1 + (w0 + 128). Against a word
+ * of two centred inputs, one SMLAD on the raw weight word adds S0 + 128 sx +
+ * 256 S1 to A, one on the word masked with 0xFF00FF00 adds 256 S1 to B (sx:
+ * the sum of the centred inputs). So A - B = S0 + 128 sx and B >> 8 = S1, the
+ * latter exact while |S1| < 2^23 (n_in <= 256; A and B wrap harmlessly).
+ * Three pairs per step in a naked assembly loop: per four inputs one LDRD of
+ * the centred input, per pair one LDRD of two weight words, two AND and four
+ * SMLAD (22 instructions per 24 MACs); the loop structure, the folded bias
+ * and the output modes are fc3's, the even rows' accumulators start at their
+ * folded bias minus 128 sx (folded into the constant: 2 K' + 1 - 256 sx). */
+typedef struct {
+	const int32_t *b;   /* 0: bias of row 0 of the next group */
+	int32_t bsm1;       /* 4: b_shift - 1 */
+	int32_t c2;         /* 8: 2 K' + 1 (odd rows) */
+	int32_t n2;         /* 12: 2 n_in, a pair's bytes */
+	const uint32_t *xc; /* 16: centred input, sentinel after it */
+	uint32_t entry;     /* 20: set by the function */
+	int32_t ys;         /* 24 */
+	int8_t *y;          /* 28: output of row 0 of the next group */
+	const int8_t *wend; /* 32: end of the groups' pairs */
+	int32_t lo;         /* 36: mode N: K' - 1; mode G: lo + zp */
+	int32_t hi;         /* 40: mode G: hi + zp */
+	const int8_t *w;    /* 44: pair 0 */
+	int32_t steps;      /* 48: n_in / 4 */
+	int32_t c2e;        /* 52: 2 K' + 1 - 256 sx (even rows) */
+} fp3_t;
+
+/* one pair of a step: weights at P (post-incremented), accumulators A, B */
+#define FP_PAIR(P, A, B)                                                                          \
+	"ldrd r2, r3, [" P "], #8\n\t"                                                            \
+	"smlad " A ", r2, r0, " A "\n\t"                                                           \
+	"and r2, r2, #0xFF00FF00\n\t"                                                              \
+	"smlad " B ", r2, r0, " B "\n\t"                                                           \
+	"smlad " A ", r3, r1, " A "\n\t"                                                           \
+	"and r3, r3, #0xFF00FF00\n\t"                                                              \
+	"smlad " B ", r3, r1, " B "\n\t"
+#define FP_LDX "ldrd r0, r1, [lr], #8\n\t"
+#define FP3_REST FP_PAIR("r10", "r4", "r5") FP_PAIR("r11", "r6", "r7") FP_PAIR("r12", "r8", "r9")
+#define FP2_REST FP_PAIR("r10", "r4", "r5") FP_PAIR("r11", "r6", "r7")
+#define FP1_REST FP_PAIR("r10", "r4", "r5")
+
+/* the folded bias of a row: b in B, into A; r1 = b_shift - 1, C = 2 K' + 1
+ * (minus 256 sx for an even row) */
+#define FP_FOLD(B, A, C)                                                                          \
+	"asr " A ", " B ", #31\n\t"                                                                \
+	"qadd " A ", " B ", " A "\n\t"                                                             \
+	"asr " A ", " A ", r1\n\t"                                                                 \
+	"add " A ", " A ", " C "\n\t"                                                              \
+	"asr " A ", " A ", #1\n\t"
+
+/* after the loop, pair (A, B) of the group whose biases r0 points at: the
+ * odd row's folded bias (at byte BO) plus B >> 8, and A - B */
+#define FP_FIX(BO, A, B)                                                                          \
+	"ldr r3, [r0, #" BO "]\n\t" FP_FOLD("r3", "r10", "r2") "sub " A ", " A ", " B "\n\t"          \
+	"add " B ", r10, " B ", asr #8\n\t"
+
+#define FP_SS(A)                                                                                  \
+	"asr " A ", " A ", r10\n\t"                                                                \
+	"ssat " A ", #8, " A "\n\t"
+#define FP_ST(A) "strb " A ", [r11], #1\n\t"
+#define FP_RD(A)                                                                                  \
+	"cmp " A ", r0\n\t"                                                                        \
+	"it lt\n\t"                                                                                \
+	"sublt " A ", " A ", #2\n\t"
+#define FP_CL(A)                                                                                  \
+	"cmp " A ", r0\n\t"                                                                        \
+	"it lt\n\t"                                                                                \
+	"movlt " A ", r0\n\t"                                                                      \
+	"cmp " A ", r1\n\t"                                                                        \
+	"it gt\n\t"                                                                                \
+	"movgt " A ", r1\n\t"
+/* the output stage of one accumulator in the three modes (fc3's) */
+#define FP_OA(A) FP_SS(A) FP_ST(A)
+#define FP_ON(A) FP_RD(A) FP_SS(A) FP_ST(A)
+#define FP_OG(A) FP_SS(A) FP_CL(A) FP_ST(A)
+#define FP_PRE_A "ldrd r10, r11, [sp, #24]\n\t"
+#define FP_PRE_N "ldrd r10, r11, [sp, #24]\n\t" "ldr r0, [sp, #36]\n\t"
+#define FP_PRE_G "ldrd r10, r11, [sp, #24]\n\t" "ldrd r0, r1, [sp, #36]\n\t"
+#define FP_OUT3(PRE, O) PRE O("r4") O("r5") O("r6") O("r7") O("r8") O("r9") "str r11, [sp, #28]\n\t"
+#define FP_OUT2(PRE, O) PRE O("r4") O("r5") O("r6") O("r7")
+#define FP_OUT1(PRE, O) PRE O("r4") O("r5")
+
+/* the frame (fp3_t, 14 words) copied onto the stack; r6 = steps, r5 = w */
+#define FP_FRAME                                                                                  \
+	"push {r4-r11, lr}\n\t"                                                                   \
+	"sub sp, sp, #60\n\t"                                                                     \
+	"ldm r0!, {r1-r7}\n\t"                                                                    \
+	"stm sp, {r1-r7}\n\t"                                                                     \
+	"ldm r0, {r1-r7}\n\t"                                                                     \
+	"add r12, sp, #28\n\t"                                                                    \
+	"stm r12, {r1-r7}\n\t"
+
+/* Duff entry into the eight-step loop: r6 = steps, SB bytes per step */
+#define FP_ENTRY(SB, R)                                                                           \
+	"negs r6, r6\n\t"                                                                         \
+	"and r6, r6, #7\n\t"                                                                      \
+	"movs r7, #" #SB "\n\t"                                                                   \
+	"adr.w r8, 3f\n\t"                                                                        \
+	"mla " R ", r6, r7, r8\n\t"                                                               \
+	"orr " R ", " R ", #1\n\t"
+
+#define FP_LOOP(REST)                                                                             \
+	"3:\n\t" REST FP_LDX REST FP_LDX REST FP_LDX REST FP_LDX REST FP_LDX REST FP_LDX REST     \
+		FP_LDX REST FP_LDX "cmp.w r0, #0x80008000\n\t"                                    \
+	"bne 3b\n\t"
+
+/* groups of three pairs (88-byte steps) */
+#define FP3_FUNC(name, OUT)                                                                       \
+	__attribute__((naked, noinline)) static void name(const fp3_t *a __attribute__((unused)))  \
+	{                                                                                         \
+		__asm__ volatile(                                                                 \
+			FP_FRAME "mov r12, r5\n\t" FP_ENTRY(88, "r8") "str r8, [sp, #20]\n\t"     \
+			"1:\n\t"                                                                  \
+			"ldm sp, {r0-r3, lr}\n\t"                                                 \
+			"ldr r10, [sp, #52]\n\t"                                                  \
+			"ldr r5, [r0]\n\t" FP_FOLD("r5", "r4", "r10") "ldr r5, [r0, #8]\n\t"      \
+				FP_FOLD("r5", "r6", "r10") "ldr r5, [r0, #16]\n\t"               \
+					FP_FOLD("r5", "r8", "r10") "movs r5, #0\n\t"             \
+			"movs r7, #0\n\t"                                                         \
+			"movs r9, #0\n\t"                                                         \
+			"mov r10, r12\n\t"                                                        \
+			"add r11, r12, r3\n\t"                                                    \
+			"add r12, r11, r3\n\t" FP_LDX "ldr pc, [sp, #20]\n\t" FP_LOOP(FP3_REST)   \
+			"ldm sp, {r0-r2}\n\t" FP_FIX("4", "r4", "r5") FP_FIX("12", "r6", "r7")    \
+				FP_FIX("20", "r8", "r9") "add r0, r0, #24\n\t"                    \
+			"str r0, [sp]\n\t" OUT "ldr r10, [sp, #32]\n\t"                            \
+			"cmp r12, r10\n\t"                                                        \
+			"bne 1b\n\t"                                                              \
+			"add sp, sp, #60\n\t"                                                     \
+			"pop {r4-r11, pc}\n\t");                                                  \
+	}
+
+FP3_FUNC(fp3_a, FP_OUT3(FP_PRE_A, FP_OA))
+FP3_FUNC(fp3_n, FP_OUT3(FP_PRE_N, FP_ON))
+FP3_FUNC(fp3_g, FP_OUT3(FP_PRE_G, FP_OG))
+
+/* one group of two pairs (60-byte steps) or one pair (32) */
+#define FP2_PRO                                                                                   \
+	"ldr r5, [r0]\n\t" FP_FOLD("r5", "r4", "r10") "ldr r5, [r0, #8]\n\t"                      \
+		FP_FOLD("r5", "r6", "r10") "movs r5, #0\n\t"                                      \
+	"movs r7, #0\n\t"
+#define FP2_FIX FP_FIX("4", "r4", "r5") FP_FIX("12", "r6", "r7")
+#define FP1_PRO "ldr r5, [r0]\n\t" FP_FOLD("r5", "r4", "r10") "movs r5, #0\n\t"
+#define FP1_FIX FP_FIX("4", "r4", "r5")
+#define FP2_PTR "add r11, r10, r3\n\t"
+#define FP1_PTR ""
+#define FPT_FUNC(name, REST, SB, PRO, PTR, FIX, OUT)                                                   \
+	__attribute__((naked, noinline)) static void name(const fp3_t *a __attribute__((unused)))  \
+	{                                                                                         \
+		__asm__ volatile(                                                                 \
+			FP_FRAME FP_ENTRY(SB, "r12") "ldm sp, {r0-r3, lr}\n\t"                     \
+			"ldr r10, [sp, #52]\n\t" PRO "ldr r10, [sp, #44]\n\t" PTR FP_LDX          \
+			"bx r12\n\t" FP_LOOP(REST) "ldm sp, {r0-r2}\n\t" FIX OUT                  \
+			"add sp, sp, #60\n\t"                                                     \
+			"pop {r4-r11, pc}\n\t");                                                  \
+	}
+
+FPT_FUNC(fp2_a, FP2_REST, 60, FP2_PRO, FP2_PTR, FP2_FIX, FP_OUT2(FP_PRE_A, FP_OA))
+FPT_FUNC(fp2_n, FP2_REST, 60, FP2_PRO, FP2_PTR, FP2_FIX, FP_OUT2(FP_PRE_N, FP_ON))
+FPT_FUNC(fp2_g, FP2_REST, 60, FP2_PRO, FP2_PTR, FP2_FIX, FP_OUT2(FP_PRE_G, FP_OG))
+FPT_FUNC(fp1_a, FP1_REST, 32, FP1_PRO, FP1_PTR, FP1_FIX, FP_OUT1(FP_PRE_A, FP_OA))
+FPT_FUNC(fp1_n, FP1_REST, 32, FP1_PRO, FP1_PTR, FP1_FIX, FP_OUT1(FP_PRE_N, FP_ON))
+FPT_FUNC(fp1_g, FP1_REST, 32, FP1_PRO, FP1_PTR, FP1_FIX, FP_OUT1(FP_PRE_G, FP_OG))
+
+/* Three pairs in one block (kl_fc_triples: n_in % 8 == 0, n_in <= 256): one
+ * pointer (r10) walks the three pairs' words in turn, so the input takes an
+ * LDM of four words (eight inputs): 43 instructions per 48 MACs, 172-byte
+ * steps. r11, r12 weights; after the loop r11, r12 hold the shift and the
+ * output pointer. */
+#define FT_PAIR(A, B, X0, X1) \
+	"ldrd r11, r12, [r10], #8\n\t" \
+	"smlad " A ", r11, " X0 ", " A "\n\t" \
+	"and r11, r11, #0xFF00FF00\n\t" \
+	"smlad " B ", r11, " X0 ", " B "\n\t" \
+	"smlad " A ", r12, " X1 ", " A "\n\t" \
+	"and r12, r12, #0xFF00FF00\n\t" \
+	"smlad " B ", r12, " X1 ", " B "\n\t"
+#define FT_REST \
+	FT_PAIR("r4", "r5", "r0", "r1") FT_PAIR("r6", "r7", "r0", "r1") \
+	FT_PAIR("r8", "r9", "r0", "r1") FT_PAIR("r4", "r5", "r2", "r3") \
+	FT_PAIR("r6", "r7", "r2", "r3") FT_PAIR("r8", "r9", "r2", "r3")
+#define FT_LDX "ldm.w lr!, {r0-r3}\n\t"
+#define FT_FIX(BO, A, B) \
+	"ldr r3, [r0, #" BO "]\n\t" FP_FOLD("r3", "r11", "r2") "sub " A ", " A ", " B "\n\t" \
+	"add " B ", r11, " B ", asr #8\n\t"
+#define FT_SS(A) \
+	"asr " A ", " A ", r11\n\t" \
+	"ssat " A ", #8, " A "\n\t"
+#define FT_ST(A) "strb " A ", [r12], #1\n\t"
+#define FT_OA(A) FT_SS(A) FT_ST(A)
+#define FT_ON(A) FP_RD(A) FT_SS(A) FT_ST(A)
+#define FT_OG(A) FT_SS(A) FP_CL(A) FT_ST(A)
+#define FT_PRE_A "ldrd r11, r12, [sp, #24]\n\t"
+#define FT_PRE_N "ldrd r11, r12, [sp, #24]\n\t" "ldr r0, [sp, #36]\n\t"
+#define FT_PRE_G "ldrd r11, r12, [sp, #24]\n\t" "ldrd r0, r1, [sp, #36]\n\t"
+#define FT_OUT3(PRE, O) PRE O("r4") O("r5") O("r6") O("r7") O("r8") O("r9") "str r12, [sp, #28]\n\t"
+#define FT_LOOP \
+	"3:\n\t" FT_REST FT_LDX FT_REST FT_LDX FT_REST FT_LDX FT_REST FT_LDX FT_REST FT_LDX FT_REST \
+		FT_LDX FT_REST FT_LDX FT_REST FT_LDX "cmp.w r0, #0x80008000\n\t" \
+	"bne 3b\n\t"
+#define FT3_FUNC(name, OUT) \
+	__attribute__((naked, noinline)) static void name(const fp3_t *a __attribute__((unused))) \
+	{ \
+		__asm__ volatile( \
+			FP_FRAME "mov r10, r5\n\t" FP_ENTRY(172, "r8") "str r8, [sp, #20]\n\t" \
+			"1:\n\t" \
+			"ldm sp, {r0-r3, lr}\n\t" \
+			"ldr r11, [sp, #52]\n\t" \
+			"ldr r5, [r0]\n\t" FP_FOLD("r5", "r4", "r11") "ldr r5, [r0, #8]\n\t" \
+				FP_FOLD("r5", "r6", "r11") "ldr r5, [r0, #16]\n\t" \
+					FP_FOLD("r5", "r8", "r11") "movs r5, #0\n\t" \
+			"movs r7, #0\n\t" \
+			"movs r9, #0\n\t" FT_LDX "ldr pc, [sp, #20]\n\t" FT_LOOP \
+			"ldm sp, {r0-r2}\n\t" FT_FIX("4", "r4", "r5") FT_FIX("12", "r6", "r7") \
+				FT_FIX("20", "r8", "r9") "add r0, r0, #24\n\t" \
+			"str r0, [sp]\n\t" OUT "ldr r11, [sp, #32]\n\t" \
+			"cmp r10, r11\n\t" \
+			"bne 1b\n\t" \
+			"add sp, sp, #60\n\t" \
+			"pop {r4-r11, pc}\n\t"); \
+	}
+
+FT3_FUNC(ft3_a, FT_OUT3(FT_PRE_A, FT_OA))
+FT3_FUNC(ft3_n, FT_OUT3(FT_PRE_N, FT_ON))
+FT3_FUNC(ft3_g, FT_OUT3(FT_PRE_G, FT_OG))
+
+/* the paired layout in plain C (any n_in % 4 == 0): both rows' sums exactly,
+ * the weights unpacked by SXTB16 (the first row's after its sign flip back) */
+static int fp_general(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *b,
+		      const kl_requant_t *rq, int8_t *y, int n_in, int n_out, int16_t *scratch)
+{
+	kl_center_interleave_s8(x, x_zp, scratch, n_in);
+	const uint32_t *xw = (const uint32_t *)(const void *)scratch;
+	int32_t *dots = (int32_t *)(void *)(scratch + ((n_in + 1) & ~1));
+	const int np = n_out >> 1;
+	for (int p = 0; p < np; p++) {
+		int gs;
+		const uint32_t *wp =
+			(const uint32_t *)(const void *)(w + kl_fc_pair_at(p, n_in, n_out, &gs));
+		const int gw = gs >> 2; /* words from a group to the next */
+		int32_t s0 = 0, s1 = 0;
+		for (int k = 0; k < n_in >> 1; k++) {
+			const uint32_t v = wp[(k >> 1) * gw + (k & 1)];
+			s0 = kl_smlad(kl_sxtb16(v ^ 0x00800080u), xw[k], s0);
+			s1 = kl_smlad(kl_sxtb16_ror8(v), xw[k], s1);
+		}
+		dots[2 * p] = s0;
+		dots[2 * p + 1] = s1;
+	}
+	if (n_out & 1) {
+		dots[n_out - 1] = dot_row(w + (long)np * 2 * n_in, xw, scratch, n_in, n_in);
+	}
+	return requant_dots(dots, b, rq, y, n_out);
+}
+
+int kl_dsp_fully_connected_paired_s8(const int8_t *x, int32_t x_zp, const int8_t *w,
+				     const int32_t *b, const kl_requant_t *rq, int8_t *y, int n_in,
+				     int n_out, int16_t *scratch)
+{
+	const int ys = rq->y_shift, bs = rq->b_shift;
+	if ((n_in & 3) != 0 || n_in < 4 || n_in > 256 || n_out < 2 || ((uintptr_t)w & 3u) != 0 ||
+	    ys < 1 || ys > 22 || bs < 2 || bs > 31 || rq->hi <= rq->lo || x_zp < -128 ||
+	    x_zp > 127 || rq->zp < -128 || rq->zp > 127) {
+		return fp_general(x, x_zp, w, b, rq, y, n_in, n_out, scratch);
+	}
+	/* as fc_fast: no sum leaves int32; |S1| < 2^23 by n_in <= 256 */
+	const int32_t kk = kl_rq_k(ys) + (int32_t)((uint32_t)rq->zp << ys);
+	const int64_t dmax = (int64_t)n_in * 128 * 255 + 2;
+	const int64_t akk = kk < 0 ? -(int64_t)kk : kk;
+	if (dmax + akk >= ((int64_t)1 << 30) ||
+	    2 * akk + 2 + (int64_t)256 * 255 * n_in >= ((int64_t)1 << 30)) {
+		return fp_general(x, x_zp, w, b, rq, y, n_in, n_out, scratch);
+	}
+	uint32_t *xc = (uint32_t *)(void *)scratch;
+	int32_t sx = 0; /* the centred inputs' sum */
+	if ((n_in & 7) == 0 && x_zp == -128) { /* x - zp = x ^ 0x80 read unsigned: USADA8 */
+		uint32_t *o = xc;
+		const int8_t *xp = x, *const end = x + n_in;
+		const uint32_t z = 0;
+		__asm__ volatile("1:\n\t"
+				 "ldr r4, [%[x]], #4\n\t"
+				 "ldr r6, [%[x]], #4\n\t"
+				 "eor r4, r4, #0x80808080\n\t"
+				 "eor r6, r6, #0x80808080\n\t"
+				 "usada8 %[s], r4, %[z], %[s]\n\t"
+				 "usada8 %[s], r6, %[z], %[s]\n\t"
+				 "uxtb16 r5, r4, ror #8\n\t"
+				 "uxtb16 r4, r4\n\t"
+				 "uxtb16 r7, r6, ror #8\n\t"
+				 "uxtb16 r6, r6\n\t"
+				 "stm %[o]!, {r4-r7}\n\t"
+				 "cmp %[x], %[e]\n\t"
+				 "bne 1b"
+				 : [x] "+&r"(xp), [o] "+&r"(o), [s] "+&r"(sx)
+				 : [e] "r"(end), [z] "r"(z)
+				 : "r4", "r5", "r6", "r7", "cc", "memory");
+	} else {
+		if ((n_in & 7) == 0) {
+			center8(x, x_zp, xc, n_in);
+		} else {
+			kl_center_interleave_s8(x, x_zp, scratch, n_in);
+		}
+		for (int k = 0; k < n_in >> 1; k++) {
+			sx = kl_smlad(xc[k], 0x00010001u, sx);
+		}
+	}
+	xc[n_in >> 1] = FC3_SENTINEL; /* the next word is read too (scratch: n_out >= 2) */
+	const int tri = kl_fc_triples(n_in);
+	void (*fn3)(const fp3_t *);
+	void (*fn2)(const fp3_t *);
+	void (*fn1)(const fp3_t *);
+	fp3_t a;
+	a.lo = 0;
+	a.hi = 0;
+	if (rq->act == KL_ACT_NONE) {
+		fn3 = tri ? ft3_n : fp3_n;
+		fn2 = fp2_n;
+		fn1 = fp1_n;
+		a.lo = ys >= 2 ? kk - 1 : INT32_MIN;
+	} else if (rq->zp == -128 && rq->hi == 255) {
+		fn3 = tri ? ft3_a : fp3_a;
+		fn2 = fp2_a;
+		fn1 = fp1_a;
+	} else {
+		fn3 = tri ? ft3_g : fp3_g;
+		fn2 = fp2_g;
+		fn1 = fp1_g;
+		a.lo = rq->lo + rq->zp;
+		a.hi = rq->hi + rq->zp;
+	}
+	a.bsm1 = bs - 1;
+	a.c2 = 2 * kk + 1;
+	a.c2e = 2 * kk + 1 - 256 * sx;
+	a.n2 = 2 * n_in;
+	a.xc = xc;
+	a.entry = 0;
+	a.ys = ys;
+	a.steps = tri ? n_in >> 3 : n_in >> 2;
+	const int np = n_out >> 1, ng = np / 3;
+	a.b = b;
+	a.y = y;
+	a.w = w;
+	a.wend = w + (long)6 * ng * n_in;
+	if (ng > 0) {
+		fn3(&a);
+	}
+	const int r = 6 * ng;
+	if (np - 3 * ng > 0) { /* the last one or two pairs (four-input steps) */
+		a.steps = n_in >> 2;
+		a.b = b + r;
+		a.y = y + r;
+		a.w = w + (long)r * n_in;
+		(np - 3 * ng == 2 ? fn2 : fn1)(&a);
+	}
+	int sat = 0;
+	if (n_out & 1) { /* the plain last row */
+		const int32_t d = dot_row(w + (long)(n_out - 1) * n_in, xc, scratch, n_in, n_in);
+		y[n_out - 1] = kl_requant(rq, d, b[n_out - 1], &sat);
+	}
+	if (rq->act != KL_ACT_NONE && !rq->cap_saturates) {
+		return 0;
+	}
+	return sat | sat_scan(y, n_out, rq->act == KL_ACT_NONE);
+}
 #else
 typedef int kl_dsp_fully_connected_s8_unused;
 #endif

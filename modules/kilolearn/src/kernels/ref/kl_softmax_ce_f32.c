@@ -5,7 +5,8 @@
 
 #include "kilolearn/kl_kernels.h"
 
-float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
+/* dy = softmax(z) over the unmasked classes and the label */
+static void softmax_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
 {
 	float m = z[label];
 	for (int i = 0; i < n; i++) {
@@ -22,6 +23,17 @@ float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, f
 	for (int i = 0; i < n; i++) {
 		dy[i] *= inv;
 	}
+}
+
+void kl_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
+{
+	softmax_f32(z, n, label, mask, dy);
+	dy[label] -= 1.0f;
+}
+
+float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
+{
+	softmax_f32(z, n, label, mask, dy);
 	const float p = dy[label] > 1e-30f ? dy[label] : 1e-30f;
 	dy[label] -= 1.0f;
 	return -logf(p);
