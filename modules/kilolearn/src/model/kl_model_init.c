@@ -70,7 +70,7 @@ static int kl_pair_ok(const kl_model_t *m, const kl_op_t *op)
 {
 	if (!KL_FC_PAIRED || m->dtype != KL_DTYPE_S8 || op->kind != KL_OP_DENSE ||
 	    !kl_trainable(op) || kl_bias_only(op) || kl_paged_op(op) || op->n_w == 0u ||
-	    (m->flags & KL_CFG_KEEP_GRADS) ||
+	    (m->flags & KL_CFG_KEEP_GRADS) || m->defer /* Adam, momentum, batches: plain */ ||
 	    (m->upd_policy != KL_UPDATE_ALL && m->upd_policy != KL_UPDATE_CHANNEL_NORM)) {
 		return 0;
 	}
