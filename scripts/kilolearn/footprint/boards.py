@@ -15,7 +15,7 @@ CALLOUT_PATTERNS = ("arena_mem", "*arena*", "*replay*")
 EXIT_BAD_INPUT, EXIT_OVER_LIMIT = 2, 3
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
-PF_W = 0x2
+PF_X, PF_W = 0x1, 0x2
 STB_LOCAL = 0
 STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_TLS = 1, 2, 3, 4, 6
 SHN_LORESERVE = 0xFF00
@@ -36,6 +36,9 @@ class Board:
     ram: int        # bytes of the main SRAM the linker places data/bss/stack in
     flash: int      # bytes of the memory holding code + rodata + the .data image
     note: str
+    # the memory map (zbuild.Region: addr, size, kind "ram"/"flash"), where known: from a
+    # Zephyr build's devicetree (--board BUILD_DIR); empty for the fixed boards below
+    regions: tuple = ()
 
 
 KiB, MiB = 1024, 1024 * 1024
@@ -68,10 +71,18 @@ BOARD_ALIASES = {
 
 
 def find_board(name: str) -> Board:
+    """A known board by name, or the board of a Zephyr build directory (its memory map from
+    the build's devicetree, zbuild.py)."""
     key = BOARD_ALIASES.get(name.lower(), name.lower())
     if key not in BOARDS:
-        raise FootprintError(f"unknown board {name!r} (known: {', '.join(BOARDS)}; "
-                             "or give --ram/--flash)")
+        from pathlib import Path
+
+        if Path(name).exists():
+            from .zbuild import board_from_build
+
+            return board_from_build(name)
+        raise FootprintError(f"unknown board {name!r} (known: {', '.join(BOARDS)}, or a Zephyr "
+                             "build directory; or give --ram/--flash)")
     return BOARDS[key]
 
 
