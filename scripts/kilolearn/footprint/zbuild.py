@@ -71,7 +71,9 @@ def _int(text: str | None) -> int | None:
 def _reg(d: dict[str, str], node: str) -> tuple[int, int] | None:
     addr = _int(d.get(f"{node}_REG_IDX_0_VAL_ADDRESS"))
     size = _int(d.get(f"{node}_REG_IDX_0_VAL_SIZE"))
-    return None if addr is None or not size else (addr, size)
+    if addr is None or size is None or addr < 0 or size <= 0 or addr + size > 1 << 64:
+        return None
+    return addr, size
 
 
 def _path(d: dict[str, str], node: str) -> str:
