@@ -20,7 +20,7 @@ from kilolearn.footprint import zbuild
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HEADER = """\
+HEADER = """\\
 #define DT_CHOSEN_zephyr_sram               DT_N_S_memory_20000000
 #define DT_CHOSEN_zephyr_flash              DT_N_S_soc_S_flash_controller_40023c00_S_flash_8000000
 #define DT_N_S_memory_20000000_PATH "/memory@20000000"
@@ -39,7 +39,7 @@ HEADER = """\
 #define DT_N_S_memory_30000000_REG_IDX_0_VAL_SIZE 4096 /* 0x1000 */
 #define DT_N_S_memory_30000000_COMPAT_MATCHES_mmio_sram 1
 #define DT_N_S_memory_30000000_STATUS_disabled 1
-#define DT_N_S_soc_S_flash_controller_40023c00_S_flash_8000000_PATH "/soc/flash-controller@40023c00/flash@8000000"
+#define DT_N_S_soc_S_flash_controller_40023c00_S_flash_8000000_PATH "/soc/flash@8000000"
 #define DT_N_S_soc_S_flash_controller_40023c00_S_flash_8000000_REG_IDX_0_VAL_ADDRESS 134217728
 #define DT_N_S_soc_S_flash_controller_40023c00_S_flash_8000000_REG_IDX_0_VAL_SIZE 2097152
 """
