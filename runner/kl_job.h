@@ -18,12 +18,14 @@ enum kl_job_cmd { KL_JOB_TRAIN = 1, KL_JOB_GRADS = 2 };
 #define KL_JOB_PROFILE      0x02u /* per-phase instruction counts while training */
 #define KL_JOB_UPDATE       0x04u /* set the update policy (kl_model_set_update_policy) */
 #define KL_JOB_PAGED        0x08u /* blob in a NOR-simulated store, a weight log beside it */
+#define KL_JOB_FAR          0x10u /* a second arena region (kl_arena_set_far) of far_size */
 
 typedef struct {
 	uint16_t cmd, epochs, flags;
 	float lr, momentum;
 	uint32_t seed, n_steps, arena_size;
 	uint32_t log_size;    /* with KL_JOB_PAGED: bytes of the weight log (0: the rest) */
+	uint32_t far_size;    /* with KL_JOB_FAR (not with PAGED): the second region's bytes */
 	uint8_t upd_policy;   /* with KL_JOB_UPDATE: enum kl_update_policy */
 	uint16_t upd_frac;    /* per mille */
 	const uint8_t *blob;

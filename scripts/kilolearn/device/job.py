@@ -20,13 +20,15 @@ FLAG_DUMP_WEIGHTS = 0x01
 FLAG_PROFILE = 0x02
 FLAG_UPDATE = 0x04  # set the update policy (kl_model_set_update_policy)
 FLAG_PAGED = 0x08  # the blob in simulated NOR flash, a weight log beside it (kl_runner_paged.c)
+FLAG_FAR = 0x10  # a second arena region of far_size bytes (kl_arena_set_far): the schedule's region
 
 
 def build(blob: bytes, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | None = None,
           y_test: np.ndarray | None = None, *, cmd: int = CMD_TRAIN, lr: float = 0.05,
           momentum: float = 0.0, seed: int = 1, epochs: int = 1, n_steps: int = 0,
           dump_weights: bool = False, profile: bool = False, arena_size: int = 0,
-          update: tuple[int, int] | None = None, paged: bool = False, log_size: int = 0) -> bytes:
+          update: tuple[int, int] | None = None, paged: bool = False, log_size: int = 0,
+          far_size: int = 0) -> bytes:
     """x arrays must already have the model's input dtype (float32 or int8). ``update``:
     (policy, per mille) for kl_model_set_update_policy (docs/selective-updates.md); None
     keeps the blob's policy. ``paged``: the runner stores the (paged) blob in simulated NOR flash
@@ -54,9 +56,10 @@ def build(blob: bytes, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
                        (FLAG_DUMP_WEIGHTS if dump_weights else 0)
                        | (FLAG_PROFILE if profile else 0)
                        | (FLAG_UPDATE if update is not None else 0)
-                       | (FLAG_PAGED if paged else 0), blob_off, len(blob),
-                       len(y_train), trx, try_, len(y_test), tex, tey, n_steps, arena_size,
-                       log_size, policy, permille) + b"".join(parts)
+                       | (FLAG_PAGED if paged else 0) | (FLAG_FAR if far_size else 0), blob_off,
+                       len(blob), len(y_train), trx, try_, len(y_test), tex, tey, n_steps,
+                       arena_size, log_size if paged else far_size, policy,
+                       permille) + b"".join(parts)
     total = 16 + len(body)
     crc = zlib.crc32(body) & 0xFFFFFFFF
     img = MAGIC + struct.pack("<HHII", VERSION, cmd, total, crc) + body

@@ -31,6 +31,20 @@ class FootprintError(Exception):
 # ----------------------------------------------------------------------------- boards and sizes
 
 @dataclass(frozen=True)
+class Region:
+    """One memory of a board: its name (a devicetree path), address, size, "ram" or "flash"."""
+
+    name: str
+    addr: int
+    size: int
+    kind: str
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     ram: int        # bytes of the main SRAM the linker places data/bss/stack in
@@ -38,7 +52,7 @@ class Board:
     note: str
     # the memory map (zbuild.Region: addr, size, kind "ram"/"flash"), where known: from a
     # Zephyr build's devicetree (--board BUILD_DIR); empty for the fixed boards below
-    regions: tuple = ()
+    regions: tuple[Region, ...] = ()
 
 
 KiB, MiB = 1024, 1024 * 1024
@@ -53,7 +67,9 @@ BOARDS: dict[str, Board] = {b.name: b for b in (
     Board("mps2-an505", 4 * MiB, 4 * MiB,
           "Cortex-M33; 4 MB SSRAM1 (used as flash), 4 MB SSRAM2/3, secure aliases"),
     Board("nucleo_f429zi", 192 * KiB, 2 * MiB,
-          "STM32F429ZI; 192 KB SRAM1-3 (+64 KB CCM not counted), 2 MB flash"),
+          "STM32F429ZI; 192 KB SRAM1-3 (+64 KB CCM not counted), 2 MB flash",
+          (Region("SRAM", 0x20000000, 192 * KiB, "ram"), Region("CCM", 0x10000000, 64 * KiB, "ram"),
+           Region("flash", 0x08000000, 2 * MiB, "flash"))),
     Board("mimxrt1060_evk", 1 * MiB, 8 * MiB,
           "i.MX RT1062; 1 MB on-chip RAM (512 KB FlexRAM ITCM/DTCM/OCRAM + 512 KB OCRAM), "
           "8 MB QSPI flash (IS25WP064; 32 MB SDRAM not counted)"),

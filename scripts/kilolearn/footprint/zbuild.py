@@ -11,28 +11,15 @@ STM32F4's 64 KB CCM beside its 192 KB SRAM. The board's name is the build's ``.c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from .boards import Board, FootprintError
+from .boards import Board, FootprintError, Region
 
 DT_HEADER = Path("include") / "generated" / "zephyr" / "devicetree_generated.h"
 # compatibles (as devicetree_generated.h spells them) of RAM besides the chosen zephyr,sram
 RAM_COMPATS = ("mmio_sram", "zephyr_memory_region", "arm_dtcm", "arm_itcm", "nxp_imx_dtcm",
                "nxp_imx_itcm", "st_stm32_ccm")
 _DEFINE = re.compile(r"^#define (\S+)\s+(.*?)\s*(?:/\*.*\*/)?\s*$")
-
-
-@dataclass(frozen=True)
-class Region:
-    name: str       # the devicetree path
-    addr: int
-    size: int
-    kind: str       # "ram" or "flash"
-
-    @property
-    def end(self) -> int:
-        return self.addr + self.size
 
 
 def zephyr_dir(path: str | Path) -> Path | None:
