@@ -191,9 +191,11 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
     module_figure("zephyr-window", "twister -T app -p qemu_cortex_m3 -s kilolearn.app.session "
                   "-p nucleo_f429zi -s kilolearn.app.usb_cdc_acm", ".tools.zephyrlink",
                   "docs/protocol.md"),
-    module_figure("zephyr-boards", "twister --build-only -T app -T tests/zephyr/engine -s "
-                  "kilolearn.app.sweep -s kilolearn.engine.sweep -p BOARD ...",
-                  ".tools.zephyrboards", "docs/zephyr.md"),
+    # The board sweep's figure (.tools.zephyrboards: twister --build-only -T app -T
+    # tests/zephyr/engine -s kilolearn.app.sweep -s kilolearn.engine.sweep) is written but not
+    # measured yet (its first run here hit twister's old one-hour timeout): register it as
+    # module_figure("zephyr-boards", ..., ".tools.zephyrboards", "docs/zephyr.md") with its
+    # block in docs/zephyr.md once `kilolearn docs --measure zephyr-boards` has run.
     module_figure("zephyr-paged", "twister -T tests/zephyr/paged -p mps2/an385 (scenario "
                   "kilolearn.paged); the suite's 'KL paged' line", ".tools.zephyrpaged",
                   "docs/zephyr.md"),

@@ -121,7 +121,8 @@ def measure_figure() -> dict:
             cmd += ["-s", s]
         for p in boards:
             cmd += ["-p", p]
-        summary, wall = run_twister(cmd, cwd=zb.parent)
+        # 50 builds: over an hour on a shared 2-core machine (the first run here timed out)
+        summary, wall = run_twister(cmd, cwd=zb.parent, timeout=6 * 3600)
         report = json.loads((out / "twister.json").read_text())
         status = {(s["platform"], s["name"].rsplit("/", 1)[-1]): s["status"]
                   for s in report["testsuites"]}
