@@ -58,7 +58,13 @@ int kl_job_parse(const uint8_t *img, size_t len, kl_job_t *job)
 	job->n_test = rd32(img + 52);
 	job->n_steps = rd32(img + 64);
 	job->arena_size = rd32(img + 68);
-	job->log_size = (job->flags & KL_JOB_PAGED) != 0u ? rd32(img + 72) : 0u; /* else reserved */
+	job->log_size = (job->flags & KL_JOB_PAGED) != 0u ? rd32(img + 72) : 0u;
+	/* the same word: the weight log's bytes (PAGED), the far region's (FAR), the
+	 * targets' offset (TARGETS): one of them at most */
+	if ((job->flags & KL_JOB_FAR) && (job->flags & (KL_JOB_PAGED | KL_JOB_TARGETS))) {
+		return KL_ECORRUPT;
+	}
+	job->far_size = (job->flags & KL_JOB_FAR) != 0u ? rd32(img + 72) : 0u;
 	job->upd_policy = img[76];
 	job->upd_frac = rd16(img + 78);
 	job->optimizer = 0;

@@ -23,12 +23,14 @@ enum kl_job_cmd { KL_JOB_TRAIN = 1, KL_JOB_GRADS = 2 };
 				   * KL_JOB_PAGED */
 #define KL_JOB_OPTIM        0x20u /* optimiser options in bytes 80..95 (right after the
 				   * header): u8 optimizer, u8 0, u16 batch, f32 beta1, beta2, eps */
+#define KL_JOB_FAR          0x40u /* a second arena region (kl_arena_set_far) of far_size */
 
 typedef struct {
 	uint16_t cmd, epochs, flags;
 	float lr, momentum;
 	uint32_t seed, n_steps, arena_size;
 	uint32_t log_size;    /* with KL_JOB_PAGED: bytes of the weight log (0: the rest) */
+	uint32_t far_size;    /* with KL_JOB_FAR (not with PAGED): the second region's bytes */
 	uint8_t upd_policy;   /* with KL_JOB_UPDATE: enum kl_update_policy */
 	uint16_t upd_frac;    /* per mille */
 	uint8_t optimizer;    /* with KL_JOB_OPTIM, else 0 (SGD) */

@@ -350,11 +350,22 @@ int main(int argc, char **argv)
 	if (err != KL_OK) {
 		return fail("job", err);
 	}
-	if (job.arena_size == 0u || job.arena_size > sizeof(arena_mem)) {
-		job.arena_size = sizeof(arena_mem);
+	/* a second region (KL_JOB_FAR): the end of arena_mem, apart from the first */
+	const size_t far_size = ((size_t)job.far_size + 7u) & ~(size_t)7u;
+	if (far_size > sizeof(arena_mem) / 2u) {
+		return fail("far region", KL_ENOMEM);
+	}
+	const size_t room = sizeof(arena_mem) - far_size;
+	if (job.arena_size == 0u || job.arena_size > room) {
+		job.arena_size = (uint32_t)room;
 	}
 	kl_arena_t arena;
+	kl_arena_t far;
 	kl_arena_init(&arena, arena_mem, job.arena_size);
+	kl_arena_init(&far, (uint8_t *)arena_mem + room, job.far_size);
+	if (job.far_size != 0u) {
+		kl_arena_set_far(&arena, &far);
+	}
 	const kl_train_cfg_t cfg = {
 		.lr = job.lr,
 		.momentum = job.momentum,
@@ -444,6 +455,9 @@ int main(int argc, char **argv)
 	}
 	out_str("KL done");
 	out_kv("arena_peak", (int64_t)arena.peak);
+	if (job.far_size != 0u) {
+		out_kv("far_peak", (int64_t)far.peak);
+	}
 	out_kv("rc", rc);
 	out_str("\n");
 	return rc;

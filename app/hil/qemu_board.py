@@ -31,6 +31,7 @@ from pathlib import Path
 MACHINES = {  # (CONFIG_BOARD, qualifiers) -> QEMU machine
     "qemu_cortex_m3": ["-machine", "lm3s6965evb", "-cpu", "cortex-m3"],
     "mps2/an385": ["-machine", "mps2-an385", "-cpu", "cortex-m3"],
+    "mps2/an521/cpu0": ["-machine", "mps2-an521", "-cpu", "cortex-m33"],
 }
 
 

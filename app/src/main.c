@@ -166,7 +166,17 @@ int main(void)
 		(unsigned int)CONFIG_KILOLEARN_APP_RX_BUF_SIZE, (unsigned int)KL_SESSION_MAX_PAYLOAD,
 		window);
 	k_thread_start(kl_session_tid);
-	uart_irq_rx_enable(uart);
 	printk("kilolearn ready\n");
+	uart_irq_rx_enable(uart);
+	/* A host that writes before the RX interrupt is on (one that does not wait
+	 * for the banner, e.g. `kilolearn session --port`) may have left a byte in
+	 * the receiver. The CMSDK APB UART (mps2 boards) raises its RX interrupt
+	 * only when a byte arrives with the interrupt enabled, and takes no other
+	 * byte while one waits, so nothing would ever come in: drain it here, as
+	 * the interrupt would. */
+	const unsigned int key = irq_lock();
+
+	uart_isr(uart, NULL);
+	irq_unlock(key);
 	return 0;
 }

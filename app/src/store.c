@@ -1,8 +1,8 @@
 /*
- * The app's weight store (docs/flash-store.md). Where the board has the
- * kilolearn_weights fixed partition (every overlay in app/boards defines
- * one) and CONFIG_KILOLEARN_APP_FLASH_STORE is on, the store is that
- * partition through flash_area: read/program/erase map to flash_area_read,
+ * The app's weight store (docs/flash-store.md). The store is a fixed
+ * partition through flash_area where CONFIG_KILOLEARN_APP_FLASH_STORE is on:
+ * the kilolearn_weights partition if the devicetree has one (every overlay
+ * in app/boards defines one), else the board's storage_partition. On it, read/program/erase map to flash_area_read,
  * flash_area_write and flash_area_erase, and the geometry comes from the
  * driver: erase value and write block size (flash_get_parameters), the
  * erase page size (flash_get_page_info_by_offs, checked uniform over the
@@ -11,13 +11,16 @@
  * (flash_simulator_get_memory) on the flash simulator, the flash's own
  * address for SoC flash (soc-nv-flash), the FlexSPI AHB window for a
  * FlexSPI NOR. Generations written by COMMIT survive a reboot there.
- * Without the partition (or with the option off) the store is RAM,
- * CONFIG_KILOLEARN_APP_STORE_SIZE bytes, lost at reset.
+ * Without either partition, or without a flash driver (CONFIG_FLASH_MAP off,
+ * as Kconfig forces on boards such as mps2/an521 or qemu_riscv32), or with
+ * the option off, the store is RAM, CONFIG_KILOLEARN_APP_STORE_SIZE bytes,
+ * lost at reset, and a warning says so at boot.
  */
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
+#include <zephyr/devicetree.h>
 #include <zephyr/kernel.h>
 #include <zephyr/logging/log.h>
 
@@ -33,10 +36,22 @@
 
 LOG_MODULE_DECLARE(kilolearn_app, CONFIG_KILOLEARN_APP_LOG_LEVEL);
 
-#if defined(CONFIG_FLASH_MAP) && FIXED_PARTITION_EXISTS(kilolearn_weights)
-#define KL_HAVE_PARTITION 1
-#else
+/* The partition of the store: kilolearn_weights, else storage_partition.
+ * DT_FIXED_PARTITION_EXISTS (devicetree.h) is defined whatever Kconfig says,
+ * unlike flash_map.h's FIXED_PARTITION_EXISTS, so each test is a whole #if. */
 #define KL_HAVE_PARTITION 0
+#if defined(CONFIG_FLASH_MAP)
+#if DT_FIXED_PARTITION_EXISTS(DT_NODELABEL(kilolearn_weights))
+#undef KL_HAVE_PARTITION
+#define KL_HAVE_PARTITION 1
+#define KL_PART_NODE      DT_NODELABEL(kilolearn_weights)
+#define KL_PART_NAME      "kilolearn_weights"
+#elif DT_FIXED_PARTITION_EXISTS(DT_NODELABEL(storage_partition))
+#undef KL_HAVE_PARTITION
+#define KL_HAVE_PARTITION 1
+#define KL_PART_NODE      DT_NODELABEL(storage_partition)
+#define KL_PART_NAME      "storage_partition"
+#endif
 #endif
 
 static kl_store_t store;
@@ -88,7 +103,6 @@ kl_store_t *app_store_replay(void)
 
 #if KL_HAVE_PARTITION && defined(CONFIG_KILOLEARN_APP_FLASH_STORE)
 
-#define KL_PART_NODE  DT_NODELABEL(kilolearn_weights)
 #define KL_FLASH_NODE DT_GPARENT(KL_PART_NODE) /* partition -> partitions -> flash */
 #define KL_CTRL_NODE  DT_PARENT(KL_FLASH_NODE)
 
@@ -129,9 +143,9 @@ int app_store_flash_open(kl_store_t *st)
 	int err = 0;
 
 	if (store_fa == NULL) {
-		err = flash_area_open(FIXED_PARTITION_ID(kilolearn_weights), &store_fa);
+		err = flash_area_open(DT_FIXED_PARTITION_ID(KL_PART_NODE), &store_fa);
 		if (err != 0) {
-			LOG_ERR("kilolearn_weights: flash_area_open failed (%d)", err);
+			LOG_ERR(KL_PART_NAME ": flash_area_open failed (%d)", err);
 			store_fa = NULL;
 			return err;
 		}
@@ -140,7 +154,7 @@ int app_store_flash_open(kl_store_t *st)
 	const struct device *dev = flash_area_get_device(fa);
 
 	if (dev == NULL || !device_is_ready(dev)) {
-		LOG_ERR("kilolearn_weights: flash device not ready");
+		LOG_ERR(KL_PART_NAME ": flash device not ready");
 		return -ENODEV;
 	}
 	const struct flash_parameters *fp = flash_get_parameters(dev);
@@ -148,7 +162,7 @@ int app_store_flash_open(kl_store_t *st)
 
 	err = flash_get_page_info_by_offs(dev, fa->fa_off, &page);
 	if (err != 0) {
-		LOG_ERR("kilolearn_weights: no page info (%d)", err);
+		LOG_ERR(KL_PART_NAME ": no page info (%d)", err);
 		return err;
 	}
 	/* the store wants uniform sectors: check every page of the partition */
@@ -159,22 +173,22 @@ int app_store_flash_open(kl_store_t *st)
 
 		if (flash_get_page_info_by_offs(dev, fa->fa_off + o, &p) != 0 || p.size != eb ||
 		    (uint32_t)p.start_offset != (uint32_t)fa->fa_off + o) {
-			LOG_ERR("kilolearn_weights: erase pages not uniform at +0x%x", (unsigned int)o);
+			LOG_ERR(KL_PART_NAME ": erase pages not uniform at +0x%x", (unsigned int)o);
 			return -ENOTSUP;
 		}
 	}
 	if ((uint32_t)page.start_offset != (uint32_t)fa->fa_off) {
-		LOG_ERR("kilolearn_weights: does not start on an erase page");
+		LOG_ERR(KL_PART_NAME ": does not start on an erase page");
 		return -ENOTSUP;
 	}
 	const uint8_t *xip = partition_xip(dev, fa);
 
 	if (xip == NULL) {
-		LOG_ERR("kilolearn_weights: not memory-mapped (the model reads it in place)");
+		LOG_ERR(KL_PART_NAME ": not memory-mapped (the model reads it in place)");
 		return -ENOTSUP;
 	}
 	if (((uintptr_t)xip & 3u) != 0u) {
-		LOG_ERR("kilolearn_weights: mapped at %p, not 4-byte aligned", (const void *)xip);
+		LOG_ERR(KL_PART_NAME ": mapped at %p, not 4-byte aligned", (const void *)xip);
 		return -ENOTSUP;
 	}
 	const kl_store_geom_t g = {
@@ -186,7 +200,7 @@ int app_store_flash_open(kl_store_t *st)
 	if (g.size == 0u || g.write_block == 0u || g.write_block > KL_STORE_MAX_WRITE_BLOCK ||
 	    (g.write_block & (g.write_block - 1u)) != 0u || eb % g.write_block != 0u ||
 	    (g.erase_value != 0x00u && g.erase_value != 0xFFu)) {
-		LOG_ERR("kilolearn_weights: geometry the store cannot use (write block %u, "
+		LOG_ERR(KL_PART_NAME ": geometry the store cannot use (write block %u, "
 			"erase value 0x%02x)",
 			(unsigned int)g.write_block, g.erase_value);
 		return -ENOTSUP;
@@ -196,7 +210,7 @@ int app_store_flash_open(kl_store_t *st)
 		memset(wear, 0, sizeof(wear));
 		kl_store_set_wear(st, wear, wear + kl_store_sectors(st));
 	}
-	LOG_INF("store: kilolearn_weights on %s at 0x%lx, %u bytes, erase value 0x%02x, "
+	LOG_INF("store: " KL_PART_NAME " on %s at 0x%lx, %u bytes, erase value 0x%02x, "
 		"write block %u, erase page %u, mapped at %p",
 		dev->name, (unsigned long)fa->fa_off, (unsigned int)g.size, g.erase_value,
 		(unsigned int)g.write_block, (unsigned int)eb, (const void *)xip);
@@ -224,8 +238,10 @@ int app_store_init(kl_store_t **out)
 {
 	kl_store_ram_init(&store, (uint8_t *)store_mem, sizeof(store_mem));
 	*out = &store;
-	LOG_INF("store: RAM, %u bytes (no kilolearn_weights flash store)",
-		(unsigned int)store.size);
+	LOG_WRN("store: RAM, %u bytes, lost at reset (%s)", (unsigned int)store.size,
+		KL_HAVE_PARTITION ? "CONFIG_KILOLEARN_APP_FLASH_STORE is off"
+		: IS_ENABLED(CONFIG_FLASH_MAP) ? "no kilolearn_weights or storage_partition"
+		: "no flash map: no flash driver, or CONFIG_FLASH_MAP off");
 	return split_log(out);
 }
 
@@ -235,16 +251,16 @@ int app_store_init(kl_store_t **out)
 int app_store_probe_partition(void)
 {
 	const struct flash_area *fa;
-	int err = flash_area_open(FIXED_PARTITION_ID(kilolearn_weights), &fa);
+	int err = flash_area_open(DT_FIXED_PARTITION_ID(KL_PART_NODE), &fa);
 
 	if (err != 0) {
-		LOG_ERR("kilolearn_weights: flash_area_open failed (%d)", err);
+		LOG_ERR(KL_PART_NAME ": flash_area_open failed (%d)", err);
 		return err;
 	}
 	const struct device *dev = flash_area_get_device(fa);
 
 	if (dev == NULL || !device_is_ready(dev)) {
-		LOG_ERR("kilolearn_weights: flash device not ready");
+		LOG_ERR(KL_PART_NAME ": flash device not ready");
 		flash_area_close(fa);
 		return -ENODEV;
 	}
@@ -253,13 +269,13 @@ int app_store_probe_partition(void)
 
 	err = flash_get_page_info_by_offs(dev, fa->fa_off, &page);
 	if (err == 0) {
-		LOG_INF("kilolearn_weights: %s at 0x%lx, %u bytes, erase value 0x%02x, "
+		LOG_INF(KL_PART_NAME ": %s at 0x%lx, %u bytes, erase value 0x%02x, "
 			"write block %u, erase page %u",
 			dev->name, (unsigned long)fa->fa_off, (unsigned int)fa->fa_size,
 			fp->erase_value, (unsigned int)fp->write_block_size,
 			(unsigned int)page.size);
 	} else {
-		LOG_ERR("kilolearn_weights: no page info (%d)", err);
+		LOG_ERR(KL_PART_NAME ": no page info (%d)", err);
 	}
 	flash_area_close(fa);
 	return err;

@@ -284,6 +284,8 @@ MODULE_COMMANDS = [
     ("link-bench", ".bench.linkbench", "session protocol rate at windows 1/2/4/8 against "
      "the raw link rate, TRAIN and EVAL frames (docs/protocol.md)"),
     ("footprint", ".footprint", "RAM/flash of a firmware ELF by component, file, symbol"),
+    ("zephyr-run", ".device.zephyrrun", "the Zephyr app of a build directory in QEMU, its UART "
+     "on a TCP socket, and a session against it (or --serve)"),
     ("fleet", ".fleet.cli", "a fleet of boards learning together on Flower (federated "
      "learning): accuracy per round, bytes per board, faults"),
     ("docs", ".tools.docfigs", "rewrite the measured figures of README.md and docs/*.md from "

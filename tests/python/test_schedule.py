@@ -297,3 +297,51 @@ def test_plan_measure_reports_device_peaks(target, capsys):
     assert all(int(r.split()[-2]) > 0 for r in table[1:]), out  # compact steps
     if target != "host":
         assert all(int(r.split()[-1].replace(",", "")) > 0 for r in table)
+
+
+@pytest.mark.parametrize("target", ["host", "mps2-an386"])
+def test_plan_two_regions_peaks_per_region_equal_the_device(target, capsys):
+    """A budget board with two RAM regions (an SRAM and a CCM, as nucleo_f429zi's): the static
+    part in the smaller, the schedule's region in the larger (kl_arena_set_far). The device's
+    high-water mark of each region equals the planned one, and the optimal plan needs no more
+    extra MACs than one region of the larger size alone."""
+    require_target(target)
+    import re
+    from types import SimpleNamespace
+
+    from kilolearn.footprint.boards import Board, Region
+    from kilolearn.planner.strategies import BoardBudget
+
+    board = Board("two-region", 110_000, 1 << 20, "test",
+                  (Region("SRAM", 0x20000000, 110_000, "ram"),
+                   Region("CCM", 0x10000000, 64 * 1024, "ram")))
+    args = SimpleNamespace(blob=None, budget=BoardBudget(110_000, board), reserve=0,
+                           model="mobilenet_v1", input=80, alpha=0.1, dtype="s8",
+                           target="host" if target == "host" else "arm", write=None, curve=None,
+                           measure=target)
+    assert P.cmd_plan(args) == 0
+    out = capsys.readouterr().out
+    assert "two RAM regions: the static part" in out
+    table = out[out.index("measured on"):].splitlines()[3:]
+    assert len(table) == 3 and all(" yes " in r for r in table), out
+    mm = P.MemModel(_mobilenet(80).graph, "s8", target=args.target)
+    static = mm.static_bytes(aligned=False)
+    assert static <= 64 * 1024
+    for r in table:  # "static + region" planned, the same measured
+        planned, measured = re.findall(r"(\d[\d,]*) \+ (\d[\d,]*)", r)[:2]
+        assert planned == measured and int(planned[0].replace(",", "")) == static, r
+    opt_region = int(re.search(r"region ([\d,]+) B", out).group(1).replace(",", ""))
+    assert opt_region <= 110_000
+    one = P.optimal(mm, 110_000)  # one contiguous arena in the SRAM alone
+    two = P.optimal(mm, mm.static_bytes() + 110_000)
+    assert two is not None and two.region == opt_region
+    assert one is None or two.extra_macs <= one.extra_macs
+
+
+def _mobilenet(size: int):  # noqa: ANN202
+    from types import SimpleNamespace
+
+    from kilolearn.planner.cli import _model_from_args
+
+    return _model_from_args(SimpleNamespace(blob=None, model="mobilenet_v1", input=size,
+                                            alpha=0.1, sizes=None, dtype="s8"))

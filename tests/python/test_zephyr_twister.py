@@ -46,7 +46,7 @@ def twister_run(tmp_path_factory) -> dict:
     twister = Path(ZEPHYR_BASE or "") / "scripts" / "twister"
     out = tmp_path_factory.mktemp("twister") / "twister-out"
     cmd = [twister_python(twister), str(twister), "-T", str(SUITE), "-O", str(out), "-j", "2",
-           "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}"]
+           "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}", "-e", "sweep"]
     for p in PLATFORMS:
         cmd += ["-p", p]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)

@@ -1,4 +1,5 @@
-/* The one memory arena: a bump allocator over caller-provided memory. */
+/* The memory arena: a bump allocator over caller-provided memory, with an
+ * optional second region (a board's second RAM) for the schedule's region. */
 #include <stdint.h>
 
 #include "kilolearn/kilolearn.h"
@@ -9,6 +10,8 @@ void kl_arena_init(kl_arena_t *a, void *mem, size_t size)
 	a->size = size;
 	a->used = 0;
 	a->peak = 0;
+	a->far = NULL;
+	a->far_mark = 0;
 }
 
 void *kl_arena_alloc(kl_arena_t *a, size_t size, size_t align)
@@ -32,4 +35,24 @@ void kl_arena_reset(kl_arena_t *a, size_t mark)
 	if (mark <= a->used) {
 		a->used = mark;
 	}
+	if (a->far != NULL && a->far->used != 0u && mark <= a->far_mark) {
+		kl_arena_reset(a->far, 0);
+	}
+}
+
+void kl_arena_set_far(kl_arena_t *a, kl_arena_t *far)
+{
+	a->far = far != a ? far : NULL;
+	a->far_mark = a->used;
+}
+
+void *kl_arena_alloc_far(kl_arena_t *a, size_t size, size_t align)
+{
+	if (a->far == NULL) {
+		return kl_arena_alloc(a, size, align);
+	}
+	if (a->far->used == 0u) {
+		a->far_mark = a->used;
+	}
+	return kl_arena_alloc(a->far, size, align);
 }

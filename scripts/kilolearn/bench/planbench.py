@@ -25,6 +25,9 @@ class Measured:
     extra_macs_pct: float
     compact_steps: int
     insn_per_sample: float | None  # None on the host (no instruction count)
+    # two regions (kl_arena_set_far): the schedule's region, planned and measured
+    planned_far: int | None = None
+    measured_far: int | None = None
 
 
 def compact_everywhere(mm: P.MemModel, pl: P.Plan) -> P.Plan:
@@ -33,9 +36,10 @@ def compact_everywhere(mm: P.MemModel, pl: P.Plan) -> P.Plan:
 
 
 def measure(qm: R.QModel, plans: list[tuple[P.MemModel, P.Plan]], board: str,
-            samples: int = 2, seed: int = 0) -> list[Measured]:
+            samples: int = 2, seed: int = 0, far: bool = False) -> list[Measured]:
     """One epoch of fused int8 training on `samples` random inputs per plan; each arena is
-    the plan's static part plus its region for the board's pointer size."""
+    the plan's static part plus its region for the board's pointer size. far: the region in a
+    second arena region of its size (kl_arena_set_far), the static part alone in the first."""
     g = qm.graph
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 1, (samples,) + g.shapes[g.input]).astype(np.float32)
@@ -44,20 +48,30 @@ def measure(qm: R.QModel, plans: list[tuple[P.MemModel, P.Plan]], board: str,
     tgt = "host" if board == "host" else "arm"
     out = []
     for mm, pl in plans:
-        static = P.MemModel(g, "s8", target=tgt, compact=mm.compact).static_bytes()
+        smm = P.MemModel(g, "s8", target=tgt, compact=mm.compact)
+        static = smm.static_bytes()
         img = job.build(export.export_s8(qm, pl), xq, y, lr=0.1, seed=1, epochs=1,
-                        arena_size=static + pl.region)
+                        arena_size=static if far else static + pl.region,
+                        far_size=pl.region if far else 0)
         rep = runner.run_job(img, board)
         insn = rep.records["epoch"][0].get("train_insn")
-        out.append(Measured(pl.name, static + pl.region, rep.one("done")["arena_peak"],
+        done = rep.one("done")
+        out.append(Measured(pl.name, smm.static_bytes(aligned=False) if far
+                            else static + pl.region, done["arena_peak"],
                             pl.extra_pct, sum(s.flags & P.STEP_COMPACT != 0 for s in pl.steps),
-                            None if board == "host" or insn is None else insn / samples))
+                            None if board == "host" or insn is None else insn / samples,
+                            pl.region if far else None, done.get("far_peak") if far else None))
     return out
 
 
+def _pair(a: int, b: int | None) -> str:
+    return f"{a:,}" if b is None else f"{a:,} + {b:,}"
+
+
 def rows(ms: list[Measured]) -> list[list]:
-    return [[m.plan, f"{m.planned_peak:,}", f"{m.measured_peak:,}",
-             "yes" if m.measured_peak == m.planned_peak else "NO", f"{m.extra_macs_pct:.1f} %",
+    return [[m.plan, _pair(m.planned_peak, m.planned_far), _pair(m.measured_peak, m.measured_far),
+             "yes" if (m.measured_peak, m.measured_far) == (m.planned_peak, m.planned_far)
+             else "NO", f"{m.extra_macs_pct:.1f} %",
              m.compact_steps, "-" if m.insn_per_sample is None else f"{m.insn_per_sample:,.0f}"]
             for m in ms]
 

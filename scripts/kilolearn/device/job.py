@@ -23,6 +23,7 @@ FLAG_PAGED = 0x08  # the blob in simulated NOR flash, a weight log beside it (kl
 FLAG_TARGETS = 0x10  # train targets (MSE, BCE losses): offset in bytes 72..75, not with paged
 FLAG_OPTIM = 0x20  # optimiser options in bytes 80..95: optimizer, batch, Adam's betas and eps
 OPTIMIZERS = {"sgd": 0, "adam": 1}  # kilolearn.h enum kl_optimizer
+FLAG_FAR = 0x40  # a second arena region of far_size bytes (kl_arena_set_far): the schedule's region
 
 
 def build(blob: bytes, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | None = None,
@@ -31,7 +32,8 @@ def build(blob: bytes, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
           dump_weights: bool = False, profile: bool = False, arena_size: int = 0,
           update: tuple[int, int] | None = None, paged: bool = False, log_size: int = 0,
           targets: np.ndarray | None = None, optimizer: str = "sgd", batch: int = 1,
-          betas: tuple[float, float] = (0.0, 0.0), eps: float = 0.0) -> bytes:
+          betas: tuple[float, float] = (0.0, 0.0), eps: float = 0.0,
+          far_size: int = 0) -> bytes:
     """x arrays must already have the model's input dtype (float32 or int8). ``update``:
     (policy, per mille) for kl_model_set_update_policy (docs/selective-updates.md); None
     keeps the blob's policy. ``paged``: the runner stores the (paged) blob in simulated NOR flash
@@ -63,6 +65,8 @@ def build(blob: bytes, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     try_ = place(np.asarray(y_train, np.uint8).tobytes())
     tex = place(np.ascontiguousarray(x_test).tobytes())
     tey = place(np.asarray(y_test, np.uint8).tobytes())
+    if targets is not None and (paged or far_size):
+        raise ValueError("train targets take bytes 72..75: not with paged or far_size")
     if targets is not None:
         log_size = place(np.ascontiguousarray(targets).tobytes())  # bytes 72..75: its offset
     policy, permille = update if update is not None else (0, 0)
@@ -72,9 +76,11 @@ def build(blob: bytes, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
                        | (FLAG_UPDATE if update is not None else 0)
                        | (FLAG_PAGED if paged else 0)
                        | (FLAG_TARGETS if targets is not None else 0)
-                       | (FLAG_OPTIM if optim else 0), blob_off, len(blob),
-                       len(y_train), trx, try_, len(y_test), tex, tey, n_steps, arena_size,
-                       log_size, policy, permille) + b"".join(parts)
+                       | (FLAG_OPTIM if optim else 0) | (FLAG_FAR if far_size else 0),
+                       blob_off, len(blob), len(y_train), trx, try_, len(y_test), tex, tey,
+                       n_steps, arena_size,
+                       log_size if paged or targets is not None else far_size, policy,
+                       permille) + b"".join(parts)
     total = 16 + len(body)
     crc = zlib.crc32(body) & 0xFFFFFFFF
     img = MAGIC + struct.pack("<HHII", VERSION, cmd, total, crc) + body

@@ -72,6 +72,10 @@ class Result:
     stats: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     replay_cap: int = 0  # latents the replay buffer held (0: no replay)
+    # what the device's counter (stats' train_insn) counts: "insn", retired instructions (a
+    # QEMU board started here with -icount shift=0), or "cycles", the device's own cycle
+    # counter (a board, or a QEMU without -icount, behind --port): not instructions
+    counter: str = "insn"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -174,6 +178,9 @@ def open_device(board: str = "mps2-an386", url: str | None = None,
         client = protocol.Client(link, timeout=timeout)
         # the emulated board's (or host build's) process: what a power-loss test switches off
         client.process = proc or getattr(link, "proc", None)  # type: ignore[attr-defined]
+        # only a QEMU board started here runs with -icount shift=0: its counter counts
+        # instructions; a device behind a port counts its own cycles
+        client.counter = "cycles" if url is not None else "insn"  # type: ignore[attr-defined]
         yield client
     finally:
         link.close()
@@ -303,7 +310,7 @@ def run(client: protocol.Client, strategy: str, sc: Scenario | None = None,
         client.config(replay_cap=cap, **cfg)
         sc = replace(sc, replay_cap=cap)
     ref = _Reference(qm, sc, replay, ds.n_classes, cut) if with_reference else None
-    res = Result(strategy, replay_cap=cap)
+    res = Result(strategy, replay_cap=cap, counter=getattr(client, "counter", "insn"))
     tasks = tasks_of(ds, sc.classes_per_task)
     rng = np.random.default_rng(sc.seed)
     if strategy == "joint":  # one task holding every class, as many steps as replay takes
@@ -357,7 +364,9 @@ def task_table(r: dict) -> str:
                      f"{s['arena_peak']:,}", s["replay_count"], f"{s['store_bytes_written']:,}"]
                     + ([f"{s['replay_bytes_written']:,}", s["replay_erases"]] if flash else []))
     return tabulate(rows, headers=["task", "acc seen %", "numpy %", "per-task acc %", "steps",
-                                   "insn/new sample", "arena peak", "replay", "store bytes"]
+                                   "insn/new sample" if r.get("counter", "insn") == "insn"
+                                   else "device cycles/new sample (not insn)", "arena peak",
+                                   "replay", "store bytes"]
                     + (["replay flash bytes", "erases"] if flash else []), disable_numparse=True)
 
 

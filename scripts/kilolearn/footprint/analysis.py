@@ -22,7 +22,7 @@ from .boards import (
     FootprintError,
 )
 from .dwarf import _dwarf
-from .elf import _open_elf, _sections, _segments, _Sym, _symbols
+from .elf import _open_elf, _sections, _segments, _Sym, _symbols, ram_by_address
 from .report import Report, SymbolInfo, Usage
 from .sources import SourceIndex, classify
 
@@ -34,12 +34,13 @@ _BIND_RANK = {1: 0, 2: 1, 0: 2}          # global, weak, local
 
 def analyze(path: str, groups: Sequence[tuple[str, str]] = (),
             callouts: Sequence[str] = CALLOUT_PATTERNS,
-            source_root: Path | None = None) -> Report:
-    """Read ``path`` and attribute every allocated byte. Raises FootprintError on bad input."""
+            source_root: Path | None = None, regions: tuple = ()) -> Report:
+    """Read ``path`` and attribute every allocated byte. ``regions``: the board's memory map
+    (zbuild.Region), for the RAM cross-check by address. Raises FootprintError on bad input."""
     t0 = time.perf_counter()
     elf, raw = _open_elf(path)
     try:
-        return _analyze(path, elf, raw, groups, callouts, source_root, t0)
+        return _analyze(path, elf, raw, groups, callouts, source_root, t0, regions)
     except FootprintError:
         raise
     except Exception as e:
@@ -55,12 +56,13 @@ def _default_root() -> Path | None:
 
 
 def _analyze(path: str, elf: Any, raw: bytes, groups: Sequence[tuple[str, str]],
-             callouts: Sequence[str], source_root: Path | None, t0: float) -> Report:
+             callouts: Sequence[str], source_root: Path | None, t0: float,
+             regions: tuple = ()) -> Report:
     src = SourceIndex(source_root if source_root is not None else _default_root())
     headers, sections = _sections(elf, raw, path)
     is_rel = elf["e_type"] == "ET_REL"
     is_arm = elf["e_machine"] == "EM_ARM"
-    seg_rom, seg_ram = _segments(elf)
+    seg_rom, seg_ram, seg_notes = _segments(elf, regions)
     syms = _symbols(elf, raw, headers)
     dwarf = _dwarf(elf, headers, is_rel, src)
 
@@ -179,4 +181,5 @@ def _analyze(path: str, elf: Any, raw: bytes, groups: Sequence[tuple[str, str]],
     return Report(path, machine, elf.elfclass, totals, seg_rom, seg_ram, sections, symbols,
                   dict(sorted(files.items(), key=lambda kv: -(kv[1][1].rom + kv[1][1].ram))),
                   components, called, list(callouts), dwarf.units, dwarf.note,
-                  seconds=time.perf_counter() - t0, has_symtab=bool(syms))
+                  seconds=time.perf_counter() - t0, has_symtab=bool(syms),
+                  segment_notes=seg_notes, ram_in_regions=ram_by_address(sections, regions))

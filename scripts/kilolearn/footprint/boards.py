@@ -15,7 +15,7 @@ CALLOUT_PATTERNS = ("arena_mem", "*arena*", "*replay*")
 EXIT_BAD_INPUT, EXIT_OVER_LIMIT = 2, 3
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
-PF_W = 0x2
+PF_X, PF_W = 0x1, 0x2
 STB_LOCAL = 0
 STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_TLS = 1, 2, 3, 4, 6
 SHN_LORESERVE = 0xFF00
@@ -31,11 +31,28 @@ class FootprintError(Exception):
 # ----------------------------------------------------------------------------- boards and sizes
 
 @dataclass(frozen=True)
+class Region:
+    """One memory of a board: its name (a devicetree path), address, size, "ram" or "flash"."""
+
+    name: str
+    addr: int
+    size: int
+    kind: str
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     ram: int        # bytes of the main SRAM the linker places data/bss/stack in
     flash: int      # bytes of the memory holding code + rodata + the .data image
     note: str
+    # the memory map (zbuild.Region: addr, size, kind "ram"/"flash"), where known: from a
+    # Zephyr build's devicetree (--board BUILD_DIR); empty for the fixed boards below
+    regions: tuple[Region, ...] = ()
 
 
 KiB, MiB = 1024, 1024 * 1024
@@ -52,7 +69,9 @@ BOARDS: dict[str, Board] = {b.name: b for b in (
     Board("mps3-an547", 4 * MiB, 512 * KiB,
           "Cortex-M55; 512 KB ITCM (used as flash), 4 MB ISRAM0/1, secure aliases"),
     Board("nucleo_f429zi", 192 * KiB, 2 * MiB,
-          "STM32F429ZI; 192 KB SRAM1-3 (+64 KB CCM not counted), 2 MB flash"),
+          "STM32F429ZI; 192 KB SRAM1-3 (+64 KB CCM not counted), 2 MB flash",
+          (Region("SRAM", 0x20000000, 192 * KiB, "ram"), Region("CCM", 0x10000000, 64 * KiB, "ram"),
+           Region("flash", 0x08000000, 2 * MiB, "flash"))),
     Board("mimxrt1060_evk", 1 * MiB, 8 * MiB,
           "i.MX RT1062; 1 MB on-chip RAM (512 KB FlexRAM ITCM/DTCM/OCRAM + 512 KB OCRAM), "
           "8 MB QSPI flash (IS25WP064; 32 MB SDRAM not counted)"),
@@ -71,10 +90,18 @@ BOARD_ALIASES = {
 
 
 def find_board(name: str) -> Board:
+    """A known board by name, or the board of a Zephyr build directory (its memory map from
+    the build's devicetree, zbuild.py)."""
     key = BOARD_ALIASES.get(name.lower(), name.lower())
     if key not in BOARDS:
-        raise FootprintError(f"unknown board {name!r} (known: {', '.join(BOARDS)}; "
-                             "or give --ram/--flash)")
+        from pathlib import Path
+
+        if Path(name).exists():
+            from .zbuild import board_from_build
+
+            return board_from_build(name)
+        raise FootprintError(f"unknown board {name!r} (known: {', '.join(BOARDS)}, or a Zephyr "
+                             "build directory; or give --ram/--flash)")
     return BOARDS[key]
 
 

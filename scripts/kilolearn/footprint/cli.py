@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from . import zbuild
 from .analysis import analyze
 from .bench import bench
 from .boards import (
@@ -24,7 +25,9 @@ from .output import diff, render, render_diff
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("elf", nargs="?", help="the ELF file to analyse")
-    p.add_argument("--board", help=f"percentages of this board's memory ({', '.join(BOARDS)})")
+    p.add_argument("--board", help="percentages of this board's memory: a Zephyr build "
+                   f"directory (its devicetree's memories) or one of {', '.join(BOARDS)}; "
+                   "default: the build the ELF lies in, if it is a Zephyr build")
     p.add_argument("--ram", type=_capacity_arg,
                    help="SRAM size (192K, 2M, bytes); overrides --board")
     p.add_argument("--flash", type=_capacity_arg, help="flash size; overrides --board")
@@ -66,12 +69,14 @@ def run(a: argparse.Namespace) -> int:
             pat, comp = g.split("=", 1)
             groups.append((pat, comp))
         board = find_board(a.board) if a.board else None
+        if board is None and zbuild.zephyr_dir(a.elf) is not None:
+            board = zbuild.board_from_build(a.elf)
         patterns = [*CALLOUT_PATTERNS, *a.callout]
-        report = analyze(a.elf, groups, patterns)
+        report = analyze(a.elf, groups, patterns, regions=board.regions if board else ())
         report.board = board
         report.ram_capacity = a.ram if a.ram is not None else (board.ram if board else None)
         report.flash_capacity = a.flash if a.flash is not None else \
-            (board.flash if board else None)
+            (board.flash or None if board else None)
         old = analyze(a.diff, groups, patterns) if a.diff else None
     except FootprintError as e:
         print(f"{prog}: {e}", file=sys.stderr)

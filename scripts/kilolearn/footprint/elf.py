@@ -10,6 +10,7 @@ from typing import Any
 
 from .boards import (
     PF_W,
+    PF_X,
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHF_WRITE,
@@ -136,12 +137,51 @@ def _symbols(elf: Any, raw: bytes, headers: list[Any]) -> list[_Sym]:
     return out
 
 
-def _segments(elf: Any) -> tuple[int, int]:
-    rom = ram = 0
+def _segments(elf: Any, regions: tuple = ()) -> tuple[int, int, list[str]]:
+    """(ROM, RAM, notes) from the ``PT_LOAD`` program headers. ROM: the file bytes. RAM: the
+    bytes of the address space the segments cover in RAM, overlaps counted once. With a memory
+    map (``regions``, zbuild.Region): in each RAM region, from the first to the last byte a
+    segment takes there (padding between segments included, as the linker's
+    ``--print-memory-usage`` counts).
+    Without one a segment is RAM if it is writable, except an executable one placed at its
+    load address: Zephyr links with ``-N``, which makes its code and rodata in flash one
+    RWE segment."""
+    rom = 0
+    spans: list[tuple[int, int]] = []
+    notes: list[str] = []
+    ram_regions = [r for r in regions if r.kind == "ram"]
     for i in range(elf.num_segments()):
         h = elf._get_segment_header(i)
-        if h["p_type"] == "PT_LOAD":
-            rom += h["p_filesz"]
-            if h["p_flags"] & PF_W:
-                ram += h["p_memsz"]
-    return rom, ram
+        if h["p_type"] != "PT_LOAD":
+            continue
+        rom += h["p_filesz"]
+        lo, hi = h["p_vaddr"], h["p_vaddr"] + h["p_memsz"]
+        if hi <= lo:
+            continue
+        if ram_regions:
+            spans += [(max(lo, r.addr), min(hi, r.end), k) for k, r in enumerate(ram_regions)
+                      if lo < r.end and r.addr < hi]
+        elif h["p_flags"] & PF_W:
+            if h["p_flags"] & PF_X and h["p_vaddr"] == h["p_paddr"]:
+                notes.append(f"PT_LOAD {i} (RWE at {lo:#x}, {hi - lo:,} B) is code at its "
+                             "load address: counted as flash, not RAM")
+            else:
+                spans.append((lo, hi, -1))
+    if ram_regions:  # in each region, what the linker counts: first to last byte used
+        spans = [(min(lo for lo, _h, k in spans if k == j), max(h for _l, h, k in spans if k == j),
+                  j) for j in {k for _l, _h, k in spans}]
+    ram = end = 0
+    for lo, hi, _k in sorted(spans):
+        if hi > end:
+            ram += hi - max(lo, end)
+            end = hi
+    return rom, ram, notes
+
+
+def ram_by_address(sections: list[SectionInfo], regions: tuple) -> int | None:
+    """Bytes of the allocated sections placed inside the RAM regions; None without a map."""
+    ram_regions = [r for r in regions if r.kind == "ram"]
+    if not ram_regions:
+        return None
+    return sum(s.size for s in sections
+               if any(r.addr <= s.addr < r.end for r in ram_regions))

@@ -60,6 +60,13 @@ def render(r: Report, fmt: str = "table", top: int = 25, all_rows: bool = False)
     out.append("")
     out.append(tabulate(rows, headers=["", "bytes", "of board", "PT_LOAD segments"],
                         tablefmt=tf, disable_numparse=True))
+    if r.ram_in_regions is not None:
+        out.append(f"\nRAM by address (the board's RAM regions): sections {_n(r.ram_in_regions)}"
+                   f" B, PT_LOAD segments {_n(r.segments_ram)} B (alignment padding "
+                   f"{_n(r.segments_ram - r.ram_in_regions)} B); data + bss counts "
+                   f"{_n(t.ram - r.ram_in_regions)} B of writable sections kept in flash")
+    for note in r.segment_notes:
+        out.append(f"note: {note}")
 
     head("by component")
     out.append(tabulate([[c, _n(u.text), _n(u.data), _n(u.bss), _n(u.rom), _n(u.ram),

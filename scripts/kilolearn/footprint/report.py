@@ -80,6 +80,10 @@ class Report:
     flash_capacity: int | None = None
     seconds: float = 0.0
     has_symtab: bool = True
+    # segments the RAM cross-check did not count as RAM, and why
+    segment_notes: list[str] = field(default_factory=list)
+    # bytes of the allocated sections inside the board's RAM regions (a memory map given)
+    ram_in_regions: int | None = None
 
     def percent(self) -> dict[str, float | None]:
         def pct(n: int, cap: int | None) -> float | None:
@@ -91,7 +95,9 @@ class Report:
         return {
             "elf": self.path, "machine": self.machine, "class": self.elf_class,
             "totals": self.totals.as_dict(),
-            "segments": {"rom": self.segments_rom, "ram": self.segments_ram},
+            "segments": {"rom": self.segments_rom, "ram": self.segments_ram,
+                         "notes": self.segment_notes},
+            "ram_in_regions": self.ram_in_regions,
             "board": None if self.board is None else self.board.name,
             "capacity": {"flash": self.flash_capacity, "ram": self.ram_capacity},
             "percent": self.percent(),

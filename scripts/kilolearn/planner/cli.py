@@ -44,6 +44,22 @@ def phase_rows(pl: Plan) -> list[str]:
             for k, (op, ck, live) in enumerate(pl.phases)]
 
 
+def _two_regions(a, mm: MemModel):  # noqa: ANN001, ANN202
+    """(small, big): the budget's board has two RAM regions or more and the static part fits
+    the second largest; else None (one contiguous arena)."""
+    board = getattr(a.budget, "board", None)
+    rams = sorted((r for r in getattr(board, "regions", ()) if r.kind == "ram"),
+                  key=lambda r: -r.size)
+    if len(rams) < 2 or mm.static_bytes(aligned=False) > rams[1].size:
+        return None
+    return rams[1], rams[0]
+
+
+def _one_region_pct(mm: MemModel, budget: int) -> str:
+    opt = optimal(mm, budget)
+    return "(no plan)" if opt is None else f"{opt.extra_pct:.1f} %"
+
+
 def _check_plan_args(a):  # noqa: ANN001, ANN202
     """What ``kilolearn plan`` checks before planning: (graph, dtype, budget)."""
     from pathlib import Path
@@ -117,6 +133,14 @@ def cmd_plan(a) -> int:  # noqa: ANN001
     if getattr(a, "paged", False):
         return cmd_plan_paged(a, g, dtype, budget)
     mm = MemModel(g, dtype, target=a.target)
+    regions = _two_regions(a, mm)
+    if regions is not None:  # the static part in the small region, the schedule's in the big
+        small, big = regions
+        budget = mm.static_bytes() + big.size - a.reserve
+        print(f"{a.budget.board.name}: two RAM regions: the static part "  # type: ignore
+              f"({mm.static_bytes(aligned=False):,} B) in {small.name} ({small.size:,} B), the "
+              f"schedule's region in {big.name} ({big.size:,} B"
+              + (f" - --reserve {a.reserve:,} B" if a.reserve else "") + ")")
     plans = [baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")]
     t0 = time.perf_counter()
     opt = optimal(mm, budget)
@@ -142,6 +166,12 @@ def cmd_plan(a) -> int:  # noqa: ANN001
         return 1
     print(f"optimal plan: {opt.peak:,} B (region {opt.region:,} B, live max "
           f"{opt.live_peak:,} B), +{opt.extra_pct:.1f} % MACs, planned in {dt * 1000:.0f} ms")
+    if regions is not None:
+        print(f"  per region: {regions[1].name} {opt.region:,} B of {regions[1].size:,} B "
+              f"(the schedule's region), {regions[0].name} {mm.static_bytes(aligned=False):,} B "
+              f"of {regions[0].size:,} B (the static part); one region of "
+              f"{regions[1].size:,} B needs +{_one_region_pct(mm, regions[1].size - a.reserve)} "
+              "MACs")
     for r in phase_rows(opt):
         print(r)
     if getattr(a, "curve", None):
@@ -182,8 +212,11 @@ def _measure(a, g: Graph, mm: MemModel, store_all: Plan, opt: Plan) -> None:  # 
     plans = [(plain, baseline(plain, "store-all")), (mm, B.compact_everywhere(mm, store_all)),
              (mm, opt)]
     plans[0][1].name = "store-all (int32 sums)"
-    ms = B.measure(qm, plans, a.measure)
-    print(f"measured on {a.measure} (one fused training step per sample, arena = planned peak):")
+    far = _two_regions(a, mm) is not None
+    ms = B.measure(qm, plans, a.measure, far=far)
+    print(f"measured on {a.measure} (one fused training step per sample, arena = planned peak"
+          + ("; two regions: the static part + the schedule's region in a second one" if far
+             else "") + "):")
     print(tabulate(B.rows(ms), headers=B.HEADERS))
 
 

@@ -268,14 +268,15 @@ class MemModel:
                 kscratch = max(kscratch, conv_s8_scratch(*op.kernel, c, g.shapes[op.output][2]))
         return scratch, kscratch
 
-    def static_bytes(self) -> int:
-        """Arena bytes before the plan's region (which starts 8-aligned right after)."""
+    def static_bytes(self, aligned: bool = True) -> int:
+        """Arena bytes before the plan's region (which starts 8-aligned right after); unaligned:
+        the arena's high-water mark when the region lies in a second memory region."""
         a = _Arena()
         self._static(a)
         s, k = self.scratch_sizes(planned=True)
         a.alloc(s, 8)
         a.alloc(k, 8)
-        return _al(a.used, 8)
+        return _al(a.used, 8) if aligned else a.used
 
     def store_all_bytes(self) -> int:
         """Arena peak of the engine without a schedule: every activation and gradient."""

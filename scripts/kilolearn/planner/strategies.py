@@ -185,9 +185,21 @@ def budget_of(arg: str) -> int:
     except ValueError:
         from ..footprint import FootprintError, find_board
         try:
-            return find_board(s).ram
+            b = find_board(s)
         except FootprintError as e:
             raise PlanError(str(e)) from e
+        return BoardBudget(b.ram, b)
+
+
+class BoardBudget(int):
+    """A budget given as a board name: its main SRAM in bytes, with the board (its regions)."""
+
+    board: object
+
+    def __new__(cls, value: int, board: object) -> BoardBudget:
+        v = super().__new__(cls, value)
+        v.board = board
+        return v
 
 
 def format_plan(pl: Plan, budget: int | None = None) -> list[str]:

@@ -25,12 +25,13 @@ LINE = re.compile(r"^KL paged board=(?P<rest>.*)$", re.M)
 SUMMARY = ("test configurations passed", "test cases were executed")
 
 
-def run_twister(cmd: list[str], cwd: Path | None = None) -> tuple[list[str], float]:
+def run_twister(cmd: list[str], cwd: Path | None = None,
+                timeout: float = 3600) -> tuple[list[str], float]:
     """Run a twister command line (printed first): its summary lines and wall seconds, or
     RuntimeError with the summary (or the end of its stderr) when it fails."""
     print("  " + " ".join(cmd), flush=True)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
                           cwd=cwd)
     wall = time.monotonic() - t0
     summary = [ln.split(" - ", 1)[-1].strip()

@@ -34,16 +34,28 @@ extern "C" {
 #define KL_MAX_OPS     1024
 
 /* ---- arena ---------------------------------------------------------------- */
-typedef struct {
+typedef struct kl_arena {
 	uint8_t *base;
 	size_t size;
 	size_t used;
 	size_t peak; /* high-water mark in bytes */
+	/* an optional second memory region (kl_arena_set_far), e.g. the SRAM
+	 * beside an STM32F4's CCM: a schedule's planned region goes there */
+	struct kl_arena *far;
+	size_t far_mark; /* used when the far region got its first buffer */
 } kl_arena_t;
 
 void kl_arena_init(kl_arena_t *a, void *mem, size_t size);
 void *kl_arena_alloc(kl_arena_t *a, size_t size, size_t align);
 void kl_arena_reset(kl_arena_t *a, size_t mark);
+/* Give the arena a second memory region (initialised with kl_arena_init;
+ * NULL: none). Only kl_arena_alloc_far allocates there; without one it is
+ * kl_arena_alloc, so a single-region arena behaves exactly as before. */
+void kl_arena_set_far(kl_arena_t *a, kl_arena_t *far);
+/* A buffer in the far region if the arena has one, else in the arena. A
+ * reset of the arena to a mark at or below where the far region got its
+ * first buffer frees the far region too. */
+void *kl_arena_alloc_far(kl_arena_t *a, size_t size, size_t align);
 
 /* ---- model ---------------------------------------------------------------- */
 struct kl_wlog;

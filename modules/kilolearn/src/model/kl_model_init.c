@@ -415,7 +415,8 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		m->n_steps = kl_rd32(blob + sched_off + KL_SCHED_N_STEPS);
 		m->region_size = kl_rd32(blob + sched_off + KL_SCHED_REGION);
 		m->sched = blob + sched_off + KL_SCHED_HEADER_SIZE;
-		m->region = kl_arena_alloc(arena, m->region_size, 8u);
+		/* in the arena's second memory region where it has one */
+		m->region = kl_arena_alloc_far(arena, m->region_size, 8u);
 		if (m->region == NULL) {
 			return KL_ENOMEM;
 		}
