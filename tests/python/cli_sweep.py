@@ -31,7 +31,10 @@ from kilolearn.formats import export
 #: value-taking arguments without a checked type; each is checked by its command (footprint
 #: reports every bad ELF, board and group itself) and still gets bad values below
 UNTYPED = {("footprint", "elf"), ("footprint", "--diff"), ("footprint", "--board"),
-           ("footprint", "--callout"), ("footprint", "--group")}
+           ("footprint", "--callout"), ("footprint", "--group"),
+           # the build directory is checked by zephyr-run itself (is it a Zephyr build?), the
+           # session's arguments by `kilolearn session`
+           ("zephyr-run", "build_dir"), ("zephyr-run", "session_args")}
 SUBPROCESS_TIMEOUT = 30.0
 WORKERS = 4
 

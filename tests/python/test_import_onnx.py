@@ -122,14 +122,14 @@ def test_onnx_unsupported_ops_named_in_one_error(rng):
 
     m = onnx_cnn(rng)
     nodes = list(m.graph.node)
-    nodes[2] = helper.make_node("Sigmoid", ["bn1"], ["r1"], name="my_sigmoid")
+    nodes[2] = helper.make_node("Softsign", ["bn1"], ["r1"], name="my_softsign")
     nodes.insert(4, helper.make_node("LRN", ["p1"], ["p1n"], name="my_lrn", size=3))
     g = helper.make_graph(nodes, "bad", list(m.graph.input), list(m.graph.output),
                           list(m.graph.initializer))
     with pytest.raises(I.UnsupportedModel) as e:
         I.load_onnx(helper.make_model(g))
     msg = str(e.value)
-    assert "Sigmoid 'my_sigmoid'" in msg and "LRN 'my_lrn'" in msg and "2 unsupported" in msg
+    assert "Softsign 'my_softsign'" in msg and "LRN 'my_lrn'" in msg and "2 unsupported" in msg
     assert "Supported ONNX ops: Conv, BatchNormalization" in msg
     # structural limits are named too: a BatchNormalization whose conv output has two users
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])

@@ -31,11 +31,13 @@ from ..cliargs import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..cliargs import IntRange
+
     p.add_argument("build_dir", nargs="?", default="build",
                    help="the app's Zephyr build directory (default: build, as west's)")
     p.add_argument("--serve", action="store_true",
                    help="only start QEMU, print the socket URL and wait (Ctrl-C ends it)")
-    p.add_argument("--port", type=int, default=0, metavar="TCP_PORT",
+    p.add_argument("--port", type=IntRange(0, 65535), default=0, metavar="TCP_PORT",
                    help="the local TCP port of the UART (default: a free one)")
     p.add_argument("--print-command", action="store_true",
                    help="print the QEMU command line and exit")
