@@ -9,6 +9,10 @@
 
 float kl_compat_expf(float x);
 float kl_compat_logf(float x);
+float kl_compat_fabsf(float x);
+float kl_compat_ldexpf(float x, int e);
+float kl_compat_tanhf(float x);
+float kl_compat_log1pf(float x);
 
 static float from_bits(uint32_t u)
 {
@@ -113,4 +117,56 @@ float kl_compat_logf(float x)
 	y += -2.12194440e-4f * fe;
 	y += -0.5f * z;
 	return (m + y) + 0.693359375f * fe;
+}
+
+float kl_compat_fabsf(float x)
+{
+	uint32_t u;
+
+	memcpy(&u, &x, sizeof(u));
+	return from_bits(u & 0x7FFFFFFFu);
+}
+
+/* x * 2^e, in steps of at most 2^+-100 (exact while the result is normal) */
+float kl_compat_ldexpf(float x, int e)
+{
+	while (e > 100) {
+		x *= from_bits((uint32_t)(100 + 127) << 23);
+		e -= 100;
+	}
+	while (e < -100) {
+		x *= from_bits((uint32_t)(-100 + 127) << 23);
+		e += 100;
+	}
+	return x * from_bits((uint32_t)(e + 127) << 23);
+}
+
+/* tanh(x) = 1 - 2 / (exp(2|x|) + 1) with the sign of x; near 0 its series
+ * (the subtraction would lose the small values' digits) */
+float kl_compat_tanhf(float x)
+{
+	const float a = kl_compat_fabsf(x);
+	float t;
+
+	if (a < 0.0625f) {
+		const float x2 = a * a;
+		t = a * (1.0f + x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f - x2 * (17.0f / 315.0f))));
+	} else if (a > 9.0f) {
+		t = 1.0f;
+	} else {
+		t = 1.0f - 2.0f / (kl_compat_expf(2.0f * a) + 1.0f);
+	}
+	return x < 0.0f ? -t : t;
+}
+
+/* log(1 + x): log(u) * x / (u - 1) with u = 1 + x rounded, which cancels
+ * that rounding (Goldberg) */
+float kl_compat_log1pf(float x)
+{
+	const float u = 1.0f + x;
+
+	if (u == 1.0f) {
+		return x;
+	}
+	return kl_compat_logf(u) * x / (u - 1.0f);
 }
