@@ -172,7 +172,6 @@ typedef struct {
 	kl_part_t *part;       /* per tensor, in the arena once KL_UPDATE_PARTIAL was set */
 	uint16_t part_pm;      /* KL_UPDATE_PARTIAL laid out at init with this fraction (the
 				* blob's policy): kept blocks and slots sized for it; 0 = no */
-	uint8_t fwd_pack;      /* the forward pass of a training step: pack partial tensors */
 	/* paged weights (docs/paged-weights.md) */
 	const uint8_t *blob;   /* the blob the model reads in place */
 	uint32_t blob_len;

@@ -42,8 +42,9 @@ static int kl_predicted(const kl_model_t *m)
 					: kl_argmax_s8(out->data, m->n_classes, m->class_mask);
 }
 
-/* run ops [first, n_ops) and return the predicted class */
-static int kl_forward_ops(kl_model_t *m, int first)
+/* run ops [first, n_ops) and return the predicted class; training: the forward
+ * pass of a step, which keeps only the blocks of partial tensors */
+static int kl_forward_ops(kl_model_t *m, int first, int training)
 {
 	kl_phase(m, KL_PHASE_FORWARD);
 	if (m->part == NULL) { /* no partial activations (KL_UPDATE_PARTIAL) */
@@ -60,7 +61,7 @@ static int kl_forward_ops(kl_model_t *m, int first)
 		}
 		kl_forward_op(m, op);
 		kl_tensor_t *x = &m->tensors[op->in0];
-		if (m->fwd_pack && kl_pk(m, x) != 0u) { /* its consumer ran: keep the block */
+		if (training && kl_pk(m, x) != 0u) { /* its consumer ran: keep the block */
 			kl_pack_partial(m, x);
 		}
 	}
@@ -73,7 +74,7 @@ static int forward(kl_model_t *m, const void *x)
 		return KL_EINVAL;
 	}
 	m->tensors[m->input].data = (void *)(uintptr_t)x;
-	return m->sched != NULL ? kl_run_schedule(m, -1, 0) : kl_forward_ops(m, 0);
+	return m->sched != NULL ? kl_run_schedule(m, -1, 0) : kl_forward_ops(m, 0, 0);
 }
 
 int kl_predict(kl_model_t *m, const void *x)

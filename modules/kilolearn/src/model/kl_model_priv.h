@@ -140,7 +140,7 @@ static inline int kl_sample_ok(const kl_model_t *m, const void *x)
 /* ---- across the parts (one translation unit: kl_model.c) ------------------------ */
 /* kl_forward.c */
 static void kl_forward_op(kl_model_t *m, kl_op_t *op);
-static int kl_forward_ops(kl_model_t *m, int first);
+static int kl_forward_ops(kl_model_t *m, int first, int training);
 static int kl_predicted(const kl_model_t *m);
 /* kl_backward.c */
 static void kl_give_f32(kl_model_t *m, int t_id);

@@ -72,9 +72,7 @@ static int run_step(kl_model_t *m, const void *x, int label, int keep)
 	if (m->sched != NULL) {
 		return kl_run_schedule(m, label, keep);
 	}
-	m->fwd_pack = 1u;
-	const int pred = kl_forward_ops(m, 0);
-	m->fwd_pack = 0u;
+	const int pred = kl_forward_ops(m, 0, 1);
 	kl_backward(m, label, keep);
 	return pred;
 }
@@ -136,9 +134,7 @@ int kl_train_step_from(kl_model_t *m, int t, const void *data, int label)
 	if (m->defer && m->batch <= 1u) {
 		kl_begin_update(m);
 	}
-	m->fwd_pack = 1u;
-	const int pred = kl_forward_ops(m, cut->producer + 1);
-	m->fwd_pack = 0u;
+	const int pred = kl_forward_ops(m, cut->producer + 1, 1);
 	kl_backward(m, label, 0);
 	if (m->paged && m->pg_err != KL_OK) {
 		return m->pg_err;
