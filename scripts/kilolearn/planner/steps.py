@@ -50,6 +50,7 @@ class Plan:
     store_all_engine: int = 0  # arena peak of the engine with no schedule
     seconds: float = 0.0
     macros: list[tuple] = field(default_factory=list, repr=False)  # what the steps came from
+    split: int = 0  # the region split at this offset (blob 2.7, MemModel.split); 0: one block
 
     @property
     def peak(self) -> int:
@@ -67,6 +68,8 @@ class Plan:
         """The schedule section of the blob (docs/blob-format.md)."""
         head = struct.pack("<IIII", len(self.steps), self.region, self.live_peak,
                            min(self.extra_macs, 0xFFFFFFFF))
+        if self.split:  # format 2.7: the boundary and the second part's bytes
+            head += struct.pack("<II", self.split, self.region - self.split)
         return head + b"".join(struct.pack("<BBHI", s.kind, s.flags, s.index, s.offset)
                                for s in self.steps)
 
@@ -195,13 +198,14 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
     for b in bufs:
         if b[2] < 0:
             b[2] = end
-    offs, region = assign_offsets(bufs)
+    offs, region = assign_offsets(bufs, mm.split)
     for s in steps:
         if s.kind in (STEP_FWD, STEP_LOSS, STEP_GRAD, STEP_BWD):
             s.offset = offs[s.offset]
     del n_t
     return Plan(name, steps, region, mm.static_bytes(), peak, macs, sum(mm.macs), phases,
-                mm.store_all_bytes(), macros=macros)
+                mm.store_all_bytes(), macros=macros,
+                split=mm.split if 0 < mm.split < region else 0)
 
 
 def trim_compact(mm: MemModel, pl: Plan) -> Plan:
@@ -218,23 +222,26 @@ def trim_compact(mm: MemModel, pl: Plan) -> Plan:
     return pl
 
 
-def assign_offsets(bufs: list[list[int]]) -> tuple[list[int], int]:
+def assign_offsets(bufs: list[list[int]], split: int = 0) -> tuple[list[int], int]:
     """The smallest region of _assign_offsets over a few placement orders: biggest buffers
-    first, earliest first, or longest-lived first."""
+    first, earliest first, or longest-lived first. split (> 0): no buffer lies across this
+    offset (the boundary of a region in two memories, blob 2.7)."""
     best: tuple[list[int], int] | None = None
     for key in ("size", "start", "area"):
-        offs, region = _assign_offsets(bufs, key)
+        offs, region = _assign_offsets(bufs, key, split)
         if best is None or region < best[1]:
             best = (offs, region)
     assert best is not None
     return best
 
 
-def _assign_offsets(bufs: list[list[int]], key: str) -> tuple[list[int], int]:
+def _assign_offsets(bufs: list[list[int]], key: str, split: int = 0) -> tuple[list[int], int]:
     """Static offsets: biggest buffers first (key), each at the lowest 8-aligned offset free for its
     whole lifetime [start, end); a buffer tied to another (bufs[b][3] >= 0) lies at that one's
     start or at its end (its offset + its size - the tied one's size), whichever gives the
-    lower offset (the group is placed together, each rectangle free)."""
+    lower offset (the group is placed together, each rectangle free). split (> 0, 8-aligned): a
+    wall of no bytes at that offset, live for the whole schedule, so that no buffer lies across
+    it."""
     nb = len(bufs)
     members: dict[int, list[int]] = {}
     for b in range(nb):
@@ -249,13 +256,18 @@ def _assign_offsets(bufs: list[list[int]], key: str) -> tuple[list[int], int]:
                 "area": (-size * life, bufs[r][1])}[key]
 
     order = sorted(members, key=rank)
-    p_lo = np.zeros(nb, dtype=np.int64)  # placed buffers: offset, end offset, lifetime
-    p_hi = np.zeros(nb, dtype=np.int64)
-    p_s = np.zeros(nb, dtype=np.int64)
-    p_e = np.zeros(nb, dtype=np.int64)
+    p_lo = np.zeros(nb + 1, dtype=np.int64)  # placed buffers: offset, end offset, lifetime
+    p_hi = np.zeros(nb + 1, dtype=np.int64)
+    p_s = np.zeros(nb + 1, dtype=np.int64)
+    p_e = np.zeros(nb + 1, dtype=np.int64)
     offs = [0] * nb
     region = 0
     npl = 0
+    if split > 0:  # the wall: [split, split) over every step (forbids (split - size, split))
+        assert split % 8 == 0, split
+        p_lo[0] = p_hi[0] = split
+        p_s[0], p_e[0] = -1, 1 << 62
+        npl = 1
     for r in order:
         tied = [b for b in members[r] if b != r]
         best: tuple[int, list[int]] | None = None

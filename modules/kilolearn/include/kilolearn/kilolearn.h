@@ -159,8 +159,12 @@ typedef struct {
 	 * activation and gradient at its planned offset in one region */
 	const uint8_t *sched;  /* first step record in the blob, NULL = store-all */
 	uint32_t n_steps;
-	uint8_t *region;       /* in the arena */
+	uint8_t *region;       /* in the arena (its second memory region where it has one) */
 	uint32_t region_size;
+	/* blob 2.7: offsets at or above region_split (not 0) are in region_hi, the
+	 * region's second part (the arena, after the static part) */
+	uint32_t region_split;
+	uint8_t *region_hi;
 	/* selective updates (docs/selective-updates.md) */
 	uint8_t upd_policy;    /* enum kl_update_policy */
 	uint16_t upd_frac;     /* fraction updated, per mille (1..1000) */
