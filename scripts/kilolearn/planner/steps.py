@@ -225,37 +225,93 @@ def trim_compact(mm: MemModel, pl: Plan) -> Plan:
 def assign_offsets(bufs: list[list[int]], split: int = 0) -> tuple[list[int], int]:
     """The smallest region of _assign_offsets over a few placement orders: biggest buffers
     first, earliest first, or longest-lived first. split (> 0): no buffer lies across this
-    offset (the boundary of a region in two memories, blob 2.7)."""
+    offset (the boundary of a region in two memories, blob 2.7): the orders with a wall there
+    (_walled), and the offsets placed without one moved up from a cut (_cut_at)."""
     best: tuple[list[int], int] | None = None
     for key in ("size", "start", "area"):
-        offs, region = _assign_offsets(bufs, key, split)
-        if best is None or region < best[1]:
-            best = (offs, region)
+        for offs, region in ([_walled(bufs, key, split), _cut_at(bufs, *_assign_offsets(
+                bufs, key), split)] if split else [_assign_offsets(bufs, key)]):
+            if best is None or region < best[1]:
+                best = (offs, region)
     assert best is not None
     return best
 
 
-def _assign_offsets(bufs: list[list[int]], key: str, split: int = 0) -> tuple[list[int], int]:
+SPLIT_TRIES = 12  # placements _walled tries
+
+
+def _walled(bufs: list[list[int]], key: str, split: int) -> tuple[list[int], int]:
+    """Offsets with a wall at split, the best of a few placements: the greedy order, then again
+    with the biggest group that ended above the wall placed before the others (its space below
+    was taken by buffers placed before it), and so on."""
+    members = _groups(bufs)
+    first: tuple[int, ...] = ()
+    best: tuple[list[int], int] | None = None
+    for _ in range(SPLIT_TRIES):
+        offs, region = _assign_offsets(bufs, key, split, first=first)
+        if best is None or region < best[1]:
+            best = (offs, region)
+        above = [r for r in members if r not in first
+                 and any(offs[b] + bufs[b][0] > split for b in members[r])]
+        if region <= split or not above:
+            break
+        first += (max(above, key=lambda r: (max(bufs[b][0] for b in members[r]),
+                                            -bufs[r][1])),)
+    assert best is not None
+    return best
+
+
+def _cut_at(bufs: list[list[int]], offs: list[int], region: int,
+            split: int) -> tuple[list[int], int]:
+    """Offsets placed without a wall, made to respect one at split: the highest offset c <= split
+    that no buffer lies across, every offset from c on moved up by split - c (so the part from c
+    on starts at split; the region grows by as much)."""
+    if region <= split:
+        return offs, region
+    cut, reach = 0, 0  # every c in [reach, lo] lies across no buffer placed so far
+    for lo, hi in sorted((o, o + b[0]) for o, b in zip(offs, bufs, strict=True) if b[0]):
+        if lo >= reach and min(lo, split) >= reach:
+            cut = min(lo, split)  # 8-aligned: offsets and split are
+        if lo >= split:
+            break
+        reach = max(reach, hi)
+    shift = split - cut
+    return [o + shift if o >= cut else o for o in offs], _al(region + shift, 8)
+
+
+def _groups(bufs: list[list[int]]) -> dict[int, list[int]]:
+    """Buffers by the buffer they are tied to (bufs[b][3]), each group under its root."""
+    members: dict[int, list[int]] = {}
+    for b in range(len(bufs)):
+        root = b
+        while len(bufs[root]) > 3 and bufs[root][3] >= 0:
+            root = bufs[root][3]
+        members.setdefault(root, []).append(b)
+    return members
+
+
+def _assign_offsets(bufs: list[list[int]], key: str, split: int = 0,
+                    fixed: dict[int, int] | None = None,
+                    first: tuple[int, ...] = ()) -> tuple[list[int], int]:
     """Static offsets: biggest buffers first (key), each at the lowest 8-aligned offset free for its
     whole lifetime [start, end); a buffer tied to another (bufs[b][3] >= 0) lies at that one's
     start or at its end (its offset + its size - the tied one's size), whichever gives the
     lower offset (the group is placed together, each rectangle free). split (> 0, 8-aligned): a
     wall of no bytes at that offset, live for the whole schedule, so that no buffer lies across
-    it."""
+    it. fixed: buffers (whole groups) already placed at these offsets; first: groups (their
+    roots) placed before the others, in this order."""
     nb = len(bufs)
-    members: dict[int, list[int]] = {}
-    for b in range(nb):
-        root = b
-        while len(bufs[root]) > 3 and bufs[root][3] >= 0:
-            root = bufs[root][3]
-        members.setdefault(root, []).append(b)
+    fixed = fixed or {}
+    members = _groups(bufs)
+
     def rank(r: int) -> tuple:
         size = max(bufs[b][0] for b in members[r])
         life = max(bufs[b][2] for b in members[r]) - bufs[r][1]
         return {"size": (-size, bufs[r][1]), "start": (bufs[r][1], -size),
                 "area": (-size * life, bufs[r][1])}[key]
 
-    order = sorted(members, key=rank)
+    order = list(first) + sorted((r for r in members if r not in fixed and r not in first),
+                                 key=rank)
     p_lo = np.zeros(nb + 1, dtype=np.int64)  # placed buffers: offset, end offset, lifetime
     p_hi = np.zeros(nb + 1, dtype=np.int64)
     p_s = np.zeros(nb + 1, dtype=np.int64)
@@ -268,6 +324,11 @@ def _assign_offsets(bufs: list[list[int]], key: str, split: int = 0) -> tuple[li
         p_lo[0] = p_hi[0] = split
         p_s[0], p_e[0] = -1, 1 << 62
         npl = 1
+    for b, o in fixed.items():
+        offs[b] = o
+        p_lo[npl], p_hi[npl], p_s[npl], p_e[npl] = o, o + bufs[b][0], bufs[b][1], bufs[b][2]
+        npl += 1
+        region = max(region, o + bufs[b][0])
     for r in order:
         tied = [b for b in members[r] if b != r]
         best: tuple[int, list[int]] | None = None
