@@ -57,7 +57,7 @@ def _two_regions(a, mm: MemModel):  # noqa: ANN001, ANN202
 
 def _one_region_pct(mm: MemModel, budget: int) -> str:
     opt = optimal(mm, budget)
-    return "(no plan)" if opt is None else f"{opt.extra_pct:.1f} %"
+    return "no plan" if opt is None else f"+{opt.extra_pct:.1f} % MACs"
 
 
 def _check_plan_args(a):  # noqa: ANN001, ANN202
@@ -182,8 +182,8 @@ def cmd_plan(a) -> int:  # noqa: ANN001
               + f"), {regions[0].name} {main:,} B of {regions[0].size:,} B (the static part"
               + (f" and the region's {opt.region - opt.split:,} B from {opt.split:,} on"
                  if opt.split else "")
-              + f"); one region of {regions[1].size:,} B needs "
-              f"+{_one_region_pct(one_mm, regions[1].size - a.reserve)} MACs")
+              + f"); one region of {regions[1].size - a.reserve:,} B: "
+              f"{_one_region_pct(one_mm, regions[1].size - a.reserve)}")
     for r in phase_rows(opt):
         print(r)
     if getattr(a, "curve", None):
@@ -227,8 +227,9 @@ def _measure(a, g: Graph, mm: MemModel, store_all: Plan, opt: Plan) -> None:  # 
     far = _two_regions(a, mm) is not None
     ms = B.measure(qm, plans, a.measure, far=far)
     print(f"measured on {a.measure} (one fused training step per sample, arena = planned peak"
-          + ("; two regions: the static part + the schedule's region in a second one" if far
-             else "") + "):")
+          + ("; two regions, peaks as arena + second region: the static part (and a split "
+             "region's part from the boundary on) + the schedule's region (below the boundary)"
+             if far else "") + "):")
     print(tabulate(B.rows(ms), headers=B.HEADERS))
 
 
