@@ -11,7 +11,9 @@ Format 2.4 adds the paged flag of dense ops (weights stay in the weight store, u
 the weight log: docs/paged-weights.md); written only for a paged blob. Format 2.5 adds the loss
 (header byte 17: mean squared error or sigmoid binary cross-entropy); written only for a model
 with a loss other than softmax cross-entropy. Format 2.6 adds the activations sigmoid, tanh and
-leaky ReLU (op activation codes 3..5; a reader before 2.6 rejects them).
+leaky ReLU (op activation codes 3..5; a reader before 2.6 rejects them). Format 2.7 splits a
+schedule's region in two parts at a boundary (two more words in the schedule header: a board's two
+memories, docs/blob-format.md); written only for a plan with a boundary (``Plan.split``).
 """
 
 from __future__ import annotations

@@ -234,7 +234,7 @@ def _measure(a, g: Graph, mm: MemModel, store_all: Plan, opt: Plan) -> None:  # 
 
 
 def write_blob(src: str | None, pl: Plan, dst: str) -> None:
-    """Re-export the .klm at src with the schedule of pl (format 2.1)."""
+    """Re-export the .klm at src with the schedule of pl (format 2.1; 2.7 when split)."""
     from pathlib import Path
 
     from ..formats import export
@@ -265,7 +265,8 @@ def add_cli(sub) -> None:  # noqa: ANN001
     p.add_argument("--blob", type=ca.InFile("blob"), help="plan the graph of this .klm instead")
     p.add_argument("--write", type=ca.OutFile(),
                    help="with --blob: write that model with the optimal schedule "
-                   "(format 2.1, 2.3 with compact steps) to this path")
+                   "(format 2.1, 2.3 with compact steps, 2.7 with a region split across a "
+                   "board's two RAM regions) to this path")
     p.add_argument("--input", type=ca.IntRange(8, 512), default=96,
                    help="input resolution (H = W) of the MobileNets")
     p.add_argument("--alpha", type=ca.FloatRange(0.0, 2.0), default=None,

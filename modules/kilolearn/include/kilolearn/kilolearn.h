@@ -40,7 +40,9 @@ typedef struct kl_arena {
 	size_t used;
 	size_t peak; /* high-water mark in bytes */
 	/* an optional second memory region (kl_arena_set_far), e.g. the SRAM
-	 * beside an STM32F4's CCM: a schedule's planned region goes there */
+	 * beside an STM32F4's CCM: a schedule's planned region goes there (a
+	 * split one, blob 2.7: its part below the boundary; the rest after the
+	 * static part in this arena) */
 	struct kl_arena *far;
 	size_t far_mark; /* used when the far region got its first buffer */
 } kl_arena_t;
