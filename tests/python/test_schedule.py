@@ -373,7 +373,7 @@ def test_split_region_bit_identical_peaks_per_region(target, rng):
     mm = P.MemModel(g, "s8", keep_grads=True, target="arm")
     ref = {c: run(export.export_s8(qm), xq, y, board, asan, c)
            for c in (job.CMD_GRADS, job.CMD_TRAIN)}
-    for smm, pl in split_plans(mm):
+    for _, pl in split_plans(mm):
         blob = export.export_s8(qm, pl)
         assert blob[6] == export.VERSION_SPLIT[1] and export.read(blob).schedule == pl.pack()
         mm_t = P.MemModel(g, "s8", keep_grads=True, target=tgt, split=pl.split)

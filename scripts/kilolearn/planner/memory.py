@@ -12,10 +12,11 @@ from ..core import selective
 from ..core.model import Graph
 
 #: every name here, the private helpers too: the ``planner`` package re-exports them all
-__all__ = ["BAND_BYTES", "FWD_RECOMPUTE", "INF", "SCHED_HEADER", "SCHED_HEADER_SPLIT", "STEP_BWD", "STEP_COMPACT",
-           "STEP_FREE_DATA", "STEP_FREE_GRAD", "STEP_FWD", "STEP_GRAD", "STEP_IN_PLACE",
-           "STEP_LOSS", "STEP_NAMES", "STEP_SIZE", "STRUCT_SIZES", "TARGET_PTR", "MemModel",
-           "PlanError", "_al", "_Arena", "band_rows", "compact_scratch", "conv_s8_scratch"]
+__all__ = ["BAND_BYTES", "FWD_RECOMPUTE", "INF", "SCHED_HEADER", "SCHED_HEADER_SPLIT", "STEP_BWD",
+           "STEP_COMPACT", "STEP_FREE_DATA", "STEP_FREE_GRAD", "STEP_FWD", "STEP_GRAD",
+           "STEP_IN_PLACE", "STEP_LOSS", "STEP_NAMES", "STEP_SIZE", "STRUCT_SIZES", "TARGET_PTR",
+           "MemModel", "PlanError", "_al", "_Arena", "band_rows", "compact_scratch",
+           "conv_s8_scratch"]
 
 # step kinds (docs/blob-format.md, kl_blob.h KL_STEP_*)
 STEP_FWD, STEP_LOSS, STEP_GRAD, STEP_BWD, STEP_FREE_DATA, STEP_FREE_GRAD = 1, 2, 3, 4, 5, 6
