@@ -414,10 +414,20 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	if (sched_off != 0u) { /* every activation and gradient in one planned region */
 		m->n_steps = kl_rd32(blob + sched_off + KL_SCHED_N_STEPS);
 		m->region_size = kl_rd32(blob + sched_off + KL_SCHED_REGION);
-		m->sched = blob + sched_off + KL_SCHED_HEADER_SIZE;
-		/* in the arena's second memory region where it has one */
-		m->region = kl_arena_alloc_far(arena, m->region_size, 8u);
-		if (m->region == NULL) {
+		m->sched = blob + sched_off + kl_sched_header_size(blob);
+		/* 2.7: split at region_split (kl_blob_check: 8-aligned, below the size) */
+		m->region_split = kl_sched_header_size(blob) > KL_SCHED_HEADER_SIZE
+					  ? kl_rd32(blob + sched_off + KL_SCHED_SPLIT)
+					  : 0u;
+		/* in the arena's second memory region where it has one: all of it, or
+		 * the first part, the second part in the arena after the static part
+		 * (without a second memory region right after the first: one block) */
+		const uint32_t lo = m->region_split != 0u ? m->region_split : m->region_size;
+		m->region = kl_arena_alloc_far(arena, lo, 8u);
+		m->region_hi = m->region_split != 0u
+				       ? kl_arena_alloc(arena, m->region_size - lo, 8u)
+				       : m->region;
+		if (m->region == NULL || m->region_hi == NULL) {
 			return KL_ENOMEM;
 		}
 	}
