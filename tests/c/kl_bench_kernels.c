@@ -226,6 +226,7 @@ static uint64_t toc(void)
 #include "arm_nnfunctions.h"
 static int8_t y_cmsis[MAXB];
 static int32_t raw_bias[1024], raw_mult[1024], raw_shift[1024];
+static int32_t prep_mem[KL_CMSIS_PREP_HEADER + 3 * 1024];
 
 /* The same layer through CMSIS-NN directly (backend cmsis_raw): the function
  * the cmsis_nn backend calls, with every parameter (bias at the accumulator's
@@ -452,22 +453,47 @@ static long run_layer(const layer_t *L, int print)
 	}
 #endif
 #if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
-	/* the CMSIS-NN backend's forward kernels, checked against ref */
-	memset(y_cmsis, 0x55, (size_t)ny);
-	s = scratch_for(sbytes);
+	/* the CMSIS-NN backend's forward kernels, checked against ref: without a
+	 * parameter block (its scratch holds one), then as the engine calls them,
+	 * on the layer's block (kl_model_init's): made by a first call, then
+	 * timed as a frozen layer (cmsis_nn: the block holds the biases) and as
+	 * a trained one (cmsis_nn_train: the bias rescaled in every call) */
 	int sc;
-	tic();
-	if (L->kind == FC) {
-		sc = kl_cmsis_fully_connected_s8(xs, L->x_zp, ws, bs, &rq, y_cmsis, g.c, g.co, s);
-	} else if (L->kind == CONV) {
-		sc = kl_cmsis_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s);
-	} else {
-		sc = kl_cmsis_depthwise_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s);
+	long mc = 0;
+	const int kc = L->kind == FC ? KL_CMSIS_FC : L->kind == CONV ? KL_CMSIS_CONV : KL_CMSIS_DW;
+	for (int pass = 0; pass < 4; pass++) {
+		memset(y_cmsis, 0x55, (size_t)ny);
+		s = scratch_for(sbytes);
+		if (pass == 1) {
+			kl_cmsis_prep_init(prep_mem, kc, &g);
+		}
+		const int changed = pass != 2;
+		tic();
+		if (pass == 0) {
+			sc = L->kind == FC     ? kl_cmsis_fully_connected_s8(xs, L->x_zp, ws, bs, &rq,
+									     y_cmsis, g.c, g.co, s)
+			     : L->kind == CONV ? kl_cmsis_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s)
+				: kl_cmsis_depthwise_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s);
+		} else if (L->kind == FC) {
+			sc = kl_cmsis_fully_connected_prep_s8(xs, L->x_zp, ws, bs, &rq, y_cmsis, g.c,
+							      g.co, s, prep_mem, changed);
+		} else if (L->kind == CONV) {
+			sc = kl_cmsis_conv_prep_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s, prep_mem,
+						   changed);
+		} else {
+			sc = kl_cmsis_depthwise_conv_prep_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s,
+							     prep_mem, changed);
+		}
+		ti = toc();
+		m = diff_s8(y_ref, y_cmsis, ny) + (sr != sc) + guard_broken(sbytes);
+		bad += m;
+		mc += m;
+		if (pass == 2) {
+			report(nm, "fwd", "cmsis_nn", macs, ti, mc);
+		} else if (pass == 3) {
+			report(nm, "fwd", "cmsis_nn_train", macs, ti, m);
+		}
 	}
-	ti = toc();
-	m = diff_s8(y_ref, y_cmsis, ny) + (sr != sc) + guard_broken(sbytes);
-	bad += m;
-	report(nm, "fwd", "cmsis_nn", macs, ti, m);
 	if (rq.y_shift >= 1 && rq.y_shift <= 31) { /* (else the backend runs the default kernels) */
 		memset(y_cmsis, 0x55, (size_t)ny);
 		s = scratch_for(sbytes);

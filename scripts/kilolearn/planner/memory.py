@@ -109,6 +109,7 @@ class MemModel:
     #: in the arena's second memory region (kl_arena_set_far), the rest in the arena after the
     #: static part; no buffer lies across it (a wall in assign_offsets)
     split: int = 0
+    cmsis_nn: bool = False  # the cmsis_nn kernel backend's parameter blocks (s8)
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -243,6 +244,23 @@ class MemModel:
                 if wt:
                     arena.alloc(n_w * 4)
                 arena.alloc(bsize)
+        if self.cmsis_nn and self.dtype == "s8":
+            self._cmsis_blocks(arena)
+
+    def _cmsis_blocks(self, arena: _Arena) -> None:
+        """kl_cmsis_blocks (kl_model_init.c): a pointer per op, then KL_CMSIS_PREP_BYTES per
+        int8 dense (not paged), conv and depthwise op: 12 bytes, then per output channel the
+        bias (and for conv and depthwise its multiplier and shift)."""
+        g = self.graph
+        ptr = TARGET_PTR[self.target]
+        arena.alloc(ptr * self.n, ptr)
+        for i, op in enumerate(g.ops):
+            if (self._n_w(i) == 0 or self.is_paged(i)
+                    or op.kind not in ("dense", "conv", "dwconv")):
+                continue
+            dense = op.kind == "dense"
+            n = self.tsize[op.output] if dense else g.shapes[op.output][2]
+            arena.alloc(12 + (4 if dense else 12) * n)
 
     @property
     def defer(self) -> bool:

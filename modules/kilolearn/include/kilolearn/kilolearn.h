@@ -182,6 +182,11 @@ typedef struct {
 	const uint8_t *blob;   /* the blob the model reads in place */
 	uint32_t blob_len;
 	uint8_t paged;         /* some op has KL_OP_PAGED */
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	/* per op, its CMSIS-NN parameter block in the arena (int8 dense, conv and
+	 * depthwise ops read whole; else NULL): KL_CMSIS_PREP_BYTES */
+	int32_t **cmsis;
+#endif
 	struct kl_wlog *wlog;  /* where updated rows go (kl_model_attach_wlog) */
 	int pg_err;            /* the last step's weight-log error, if any */
 	uint32_t seed;         /* cfg->seed: where the int8 dither starts */

@@ -26,6 +26,39 @@ static void *arena_zeros(kl_arena_t *a, size_t size)
  * schedule put the int8 input gradient at the start or the end of this
  * scratch (KL_STEP_IN_PLACE); the update's part then lies after it (start)
  * or before it (end). Mirrored by kl_blob.c and planner.MemModel._op_scratch. */
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+/* The CMSIS-NN parameter blocks (kl_kernels.h): a pointer per op, then a
+ * block per int8 dense (not paged), conv and depthwise op, in op order
+ * (planner/memory.py MemModel, cmsis_nn). */
+static int kl_cmsis_blocks(kl_model_t *m, kl_arena_t *arena)
+{
+	m->cmsis = kl_arena_alloc(arena, sizeof(m->cmsis[0]) * m->n_ops, sizeof(m->cmsis[0]));
+	if (m->cmsis == NULL) {
+		return -1;
+	}
+	for (int i = 0; i < m->n_ops; i++) {
+		const kl_op_t *op = &m->ops[i];
+		const int kind = op->kind == KL_OP_DENSE ? KL_CMSIS_FC
+				 : op->kind == KL_OP_CONV ? KL_CMSIS_CONV
+							  : KL_CMSIS_DW;
+		m->cmsis[i] = NULL;
+		if (op->n_w == 0u || kl_paged_op(op) ||
+		    (op->kind != KL_OP_DENSE && op->kind != KL_OP_CONV && op->kind != KL_OP_DWCONV)) {
+			continue;
+		}
+		const kl_tensor_t *y = &m->tensors[op->out];
+		const uint32_t n = kind == KL_CMSIS_FC ? kl_tsize(y) : y->c;
+		m->cmsis[i] = kl_arena_alloc(arena, KL_CMSIS_PREP_BYTES(n, kind != KL_CMSIS_FC), 4u);
+		if (m->cmsis[i] == NULL) {
+			return -1;
+		}
+		const kl_geom_t g = kl_geom(m, op);
+		kl_cmsis_prep_init(m->cmsis[i], kind, kind == KL_CMSIS_FC ? NULL : &g);
+	}
+	return 0;
+}
+#endif
+
 static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training, int in_place)
 {
 	const kl_tensor_t *x = &m->tensors[op->in0];
@@ -342,6 +375,11 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 			op->b = (void *)(uintptr_t)b;
 		}
 	}
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	if (s8 && kl_cmsis_blocks(m, arena) != 0) {
+		return KL_ENOMEM;
+	}
+#endif
 	m->n_inputs = (uint16_t)kl_tsize(&m->tensors[m->input]);
 	m->n_classes = (uint16_t)kl_tsize(&m->tensors[m->output]);
 	uint32_t permille = 0;
@@ -401,7 +439,12 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		scratch = kl_umax(scratch, op_scratch(m, op, training && sched_off == 0u, 0));
 		if (s8 && (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV)) {
 			const kl_geom_t g = kl_geom(m, op);
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+			/* the kernels on the parameter blocks: CMSIS-NN's buffer */
+			kscratch = kl_umax(kscratch, kl_cmsis_conv_prep_s8_scratch(&g));
+#else
 			kscratch = kl_umax(kscratch, KL_CONV_S8_SCRATCH(&g));
+#endif
 		}
 	}
 	m->scratch_size = scratch;
