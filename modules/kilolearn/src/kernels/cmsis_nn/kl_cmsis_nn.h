@@ -91,8 +91,8 @@ static inline int kl_cmsis_sat(const kl_requant_t *rq, const int8_t *y, int n)
 			mn = kl_cmsis_min8(kl_cmsis_min8(mn, a), b);
 		}
 	}
-	hit = (top ? kl_cmsis_zero_byte(mx ^ 0x7F7F7F7Fu) : 0u) |
-	      kl_cmsis_zero_byte(mn ^ 0x80808080u);
+	hit |= (top ? kl_cmsis_zero_byte(mx ^ 0x7F7F7F7Fu) : 0u) |
+	       kl_cmsis_zero_byte(mn ^ 0x80808080u);
 #else
 	uint32_t acc = 0;
 	for (; i + 4 <= n; i += 4) {
@@ -139,6 +139,24 @@ static inline void kl_cmsis_conv_params(const kl_geom_t *g, const kl_requant_t *
 	*out = (cmsis_nn_dims){1, g->ho, g->wo, g->co};
 }
 
+/* bq = kl_rshift_round(b, s): for 1 <= s <= 31 without branches (up iff
+ * the remainder exceeds half, +1 below zero: the sign of threshold - rem) */
+static inline void kl_cmsis_rescale(int32_t *bq, const int32_t *b, int n, int s)
+{
+	if (s < 1 || s > 31) {
+		for (int i = 0; i < n; i++) {
+			bq[i] = kl_rshift_round(b[i], s);
+		}
+		return;
+	}
+	const uint32_t mask = (1u << s) - 1u, half = mask >> 1;
+	for (int i = 0; i < n; i++) {
+		const int32_t v = b[i];
+		const uint32_t t = half + ((uint32_t)v >> 31) - ((uint32_t)v & mask);
+		bq[i] = (v >> s) + (int32_t)(t >> 31);
+	}
+}
+
 /* The per-layer parameters (kl_kernels.h, KL_CMSIS_PREP_BYTES): brought up
  * to date for rq, the per-channel multipliers and shifts when y_shift
  * changed, the bias at the accumulator's scale when b_shift changed or
@@ -150,11 +168,8 @@ static inline const int32_t *kl_cmsis_prepare(int32_t *prep, const kl_requant_t 
 {
 	int32_t *bq = prep + KL_CMSIS_PREP_HEADER;
 	if (bias_changed || prep[KL_CMSIS_PREP_KEY_B] != rq->b_shift) {
-		const int s = rq->b_shift;
-		for (int i = 0; i < n; i++) {
-			bq[i] = kl_rshift_round(b[i], s);
-		}
-		prep[KL_CMSIS_PREP_KEY_B] = s;
+		kl_cmsis_rescale(bq, b, n, rq->b_shift);
+		prep[KL_CMSIS_PREP_KEY_B] = rq->b_shift;
 	}
 	if (per_channel) {
 		qp->multiplier = bq + n;

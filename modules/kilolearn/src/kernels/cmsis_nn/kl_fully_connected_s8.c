@@ -13,7 +13,7 @@ void kl_cmsis_prep_init(int32_t *prep, int kind, const kl_geom_t *g)
 }
 
 /* the CMSIS-NN call on biases at the accumulator's scale */
-static int fc_call(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *bq,
+static inline __attribute__((always_inline)) int fc_call(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *bq,
 		   const kl_requant_t *rq, int8_t *y, int n_in, int n_out)
 {
 	const cmsis_nn_context ctx = {NULL, 0};
@@ -57,8 +57,6 @@ int kl_cmsis_fully_connected_s8(KL_FC_S8_ARGS)
 	/* the bias at the accumulator's scale: 4 * n_out bytes of the
 	 * KL_FC_S8_SCRATCH area */
 	int32_t *bq = (int32_t *)(void *)scratch;
-	for (int i = 0; i < n_out; i++) {
-		bq[i] = kl_rshift_round(b[i], rq->b_shift);
-	}
+	kl_cmsis_rescale(bq, b, n_out, rq->b_shift);
 	return fc_call(x, x_zp, w, bq, rq, y, n_in, n_out);
 }
