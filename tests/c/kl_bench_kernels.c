@@ -228,13 +228,44 @@ static int8_t y_cmsis[MAXB];
 static int32_t raw_bias[1024], raw_mult[1024], raw_shift[1024];
 static int32_t prep_mem[KL_CMSIS_PREP_HEADER + 3 * 1024];
 
+/* calls per timed region for the backend-vs-raw comparison: small layers
+ * repeated, so that one timer tick (40 instructions) is a small part of
+ * the difference; the count reported is per call */
+static int cmsis_reps(long macs)
+{
+	return macs < 65536 ? 16 : 1;
+}
+
 /* The same layer through CMSIS-NN directly (backend cmsis_raw): the function
  * the cmsis_nn backend calls, with every parameter (bias at the accumulator's
  * scale, per-channel multipliers and shifts, dims, its buffer) prepared
  * before the timer starts; only the call is timed. The outputs are compared
- * with ref's; the baseline of the backend's overhead. */
+ * with ref's; the baseline of the backend's overhead. reps: calls timed
+ * together (the count returned is per call). */
+/* the backend's forward kernel of layer L (prep NULL: without a block) */
+static int cmsis_call(const layer_t *L, const kl_geom_t *g, const kl_requant_t *rq, void *s,
+		      int32_t *prep, int changed)
+{
+	if (prep == NULL) {
+		return L->kind == FC ? kl_cmsis_fully_connected_s8(xs, L->x_zp, ws, bs, rq, y_cmsis,
+								    g->c, g->co, s)
+		       : L->kind == CONV
+			       ? kl_cmsis_conv_s8(g, xs, L->x_zp, ws, bs, rq, y_cmsis, s)
+			       : kl_cmsis_depthwise_conv_s8(g, xs, L->x_zp, ws, bs, rq, y_cmsis, s);
+	}
+	if (L->kind == FC) {
+		return kl_cmsis_fully_connected_prep_s8(xs, L->x_zp, ws, bs, rq, y_cmsis, g->c,
+							g->co, s, prep, changed);
+	}
+	if (L->kind == CONV) {
+		return kl_cmsis_conv_prep_s8(g, xs, L->x_zp, ws, bs, rq, y_cmsis, s, prep, changed);
+	}
+	return kl_cmsis_depthwise_conv_prep_s8(g, xs, L->x_zp, ws, bs, rq, y_cmsis, s, prep,
+					       changed);
+}
+
 static uint64_t run_raw(const layer_t *L, const kl_geom_t *g, const kl_requant_t *rq, void *buf,
-			int32_t buf_bytes)
+			int32_t buf_bytes, int reps)
 {
 	for (int i = 0; i < g->co; i++) {
 		raw_bias[i] = kl_rshift_round(bs[i], rq->b_shift);
@@ -256,25 +287,31 @@ static uint64_t run_raw(const layer_t *L, const kl_geom_t *g, const kl_requant_t
 		const cmsis_nn_dims fo = {1, 1, 1, g->co};
 		const cmsis_nn_context none = {NULL, 0};
 		tic();
-		(void)arm_fully_connected_s8(&none, &fc, &qt, &fin, xs, &fw, ws, &bd, raw_bias, &fo,
-					     y_cmsis);
+		for (int r = 0; r < reps; r++) {
+			(void)arm_fully_connected_s8(&none, &fc, &qt, &fin, xs, &fw, ws, &bd,
+						     raw_bias, &fo, y_cmsis);
+		}
 		ti = toc();
 	} else if (L->kind == CONV) {
 		const cmsis_nn_conv_params cp = {-L->x_zp, rq->zp, stride, pad, dil, act};
 		const cmsis_nn_dims f = {g->co, g->kh, g->kw, g->c};
 		tic();
-		(void)arm_convolve_wrapper_s8(&ctx, &cp, &qc, &in, xs, &f, ws, &bd, raw_bias, &out,
-					      y_cmsis);
+		for (int r = 0; r < reps; r++) {
+			(void)arm_convolve_wrapper_s8(&ctx, &cp, &qc, &in, xs, &f, ws, &bd,
+						      raw_bias, &out, y_cmsis);
+		}
 		ti = toc();
 	} else {
 		const cmsis_nn_dw_conv_params dp = {-L->x_zp, rq->zp, 1, stride, pad, dil, act};
 		const cmsis_nn_dims f = {1, g->kh, g->kw, g->c};
 		tic();
-		(void)arm_depthwise_conv_wrapper_s8(&ctx, &dp, &qc, &in, xs, &f, ws, &bd, raw_bias,
-						    &out, y_cmsis);
+		for (int r = 0; r < reps; r++) {
+			(void)arm_depthwise_conv_wrapper_s8(&ctx, &dp, &qc, &in, xs, &f, ws, &bd,
+							    raw_bias, &out, y_cmsis);
+		}
 		ti = toc();
 	}
-	return ti;
+	return ti / (uint64_t)reps;
 }
 #endif
 
@@ -468,23 +505,12 @@ static long run_layer(const layer_t *L, int print)
 			kl_cmsis_prep_init(prep_mem, kc, &g);
 		}
 		const int changed = pass != 2;
+		const int reps = pass >= 2 ? cmsis_reps(macs) : 1;
 		tic();
-		if (pass == 0) {
-			sc = L->kind == FC     ? kl_cmsis_fully_connected_s8(xs, L->x_zp, ws, bs, &rq,
-									     y_cmsis, g.c, g.co, s)
-			     : L->kind == CONV ? kl_cmsis_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s)
-				: kl_cmsis_depthwise_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s);
-		} else if (L->kind == FC) {
-			sc = kl_cmsis_fully_connected_prep_s8(xs, L->x_zp, ws, bs, &rq, y_cmsis, g.c,
-							      g.co, s, prep_mem, changed);
-		} else if (L->kind == CONV) {
-			sc = kl_cmsis_conv_prep_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s, prep_mem,
-						   changed);
-		} else {
-			sc = kl_cmsis_depthwise_conv_prep_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s,
-							     prep_mem, changed);
+		for (int r = 0; r < reps; r++) {
+			sc = cmsis_call(L, &g, &rq, s, pass == 0 ? NULL : prep_mem, changed);
 		}
-		ti = toc();
+		ti = toc() / (uint64_t)reps;
 		m = diff_s8(y_ref, y_cmsis, ny) + (sr != sc) + guard_broken(sbytes);
 		bad += m;
 		mc += m;
@@ -500,7 +526,7 @@ static long run_layer(const layer_t *L, int print)
 		const uint32_t nbuf = L->kind == FC	    ? 0u
 				      : L->kind == CONV ? kl_cmsis_conv_s8_buffer(&g)
 							: kl_cmsis_depthwise_conv_s8_buffer(&g);
-		ti = run_raw(L, &g, &rq, s, (int32_t)nbuf);
+		ti = run_raw(L, &g, &rq, s, (int32_t)nbuf, cmsis_reps(macs));
 		m = diff_s8(y_ref, y_cmsis, ny) + guard_broken(sbytes);
 		bad += m;
 		report(nm, "fwd", "cmsis_raw", macs, ti, m);

@@ -164,7 +164,8 @@ static inline void kl_cmsis_rescale(int32_t *bq, const int32_t *b, int n, int s)
  * and shifts (conv, depthwise: per_channel). */
 static inline const int32_t *kl_cmsis_prepare(int32_t *prep, const kl_requant_t *rq,
 					      const int32_t *b, int n, int per_channel,
-					      int bias_changed, cmsis_nn_per_channel_quant_params *qp)
+					      int bias_changed,
+					      cmsis_nn_per_channel_quant_params *qp)
 {
 	int32_t *bq = prep + KL_CMSIS_PREP_HEADER;
 	if (bias_changed || prep[KL_CMSIS_PREP_KEY_B] != rq->b_shift) {

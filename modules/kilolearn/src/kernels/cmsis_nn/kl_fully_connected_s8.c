@@ -7,14 +7,19 @@ void kl_cmsis_prep_init(int32_t *prep, int kind, const kl_geom_t *g)
 {
 	prep[KL_CMSIS_PREP_KEY_B] = INT32_MIN;
 	prep[KL_CMSIS_PREP_KEY_Y] = INT32_MIN;
-	prep[KL_CMSIS_PREP_BUF] = (int32_t)(kind == KL_CMSIS_CONV ? kl_cmsis_conv_s8_buffer(g)
-					    : kind == KL_CMSIS_DW ? kl_cmsis_depthwise_conv_s8_buffer(g)
-								  : 0u);
+	uint32_t buf = 0u;
+	if (kind == KL_CMSIS_CONV) {
+		buf = kl_cmsis_conv_s8_buffer(g);
+	} else if (kind == KL_CMSIS_DW) {
+		buf = kl_cmsis_depthwise_conv_s8_buffer(g);
+	}
+	prep[KL_CMSIS_PREP_BUF] = (int32_t)buf;
 }
 
 /* the CMSIS-NN call on biases at the accumulator's scale */
-static inline __attribute__((always_inline)) int fc_call(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *bq,
-		   const kl_requant_t *rq, int8_t *y, int n_in, int n_out)
+static inline __attribute__((always_inline)) int
+fc_call(const int8_t *x, int32_t x_zp, const int8_t *w, const int32_t *bq, const kl_requant_t *rq,
+	int8_t *y, int n_in, int n_out)
 {
 	const cmsis_nn_context ctx = {NULL, 0};
 	const cmsis_nn_fc_params fc = {-x_zp, 0, rq->zp, kl_cmsis_act(rq)};
