@@ -188,7 +188,7 @@ def _measure_kernels() -> dict:
                          "insn": {}}
             # the backend (frozen and trained layer) and the raw CMSIS-NN call, per shape
             per: dict[str, dict[str, int]] = {}
-            for m in ms:
+            for m in r.measurements:  # the self-test shapes too: the small layers' cost
                 if m.backend in ("cmsis_nn", "cmsis_nn_train", "cmsis_raw"):
                     per.setdefault(f"{m.op} {m.direction}", {"macs": m.macs})[m.backend] = m.insn
             cmsis["insn"][b] = per

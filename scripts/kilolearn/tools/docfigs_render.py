@@ -404,21 +404,38 @@ def render_kernels(rec: dict) -> str:
                 f"{' / '.join(f'{v:.2f}' for v in dw_f)}, backward {_range(dw_b, '{:.2f}')}"
                 + (f"; CMSIS-NN forward {_range(c_dw, '{:.2f}')}" if c_dw else "") + ").")
     if cins:
-        fro = [v for b in cins for k in cins[b] if (v := over(b, k)) is not None]
-        tra = {(b, k): v for b in cins for k in cins[b]
+        def shapes(board: str, edge: bool) -> list[str]:
+            return [k for k in cins[board] if k.startswith("edge_") == edge]
+
+        fro = [v for b in cins for k in shapes(b, False) if (v := over(b, k)) is not None]
+        tra = {(b, k): v for b in cins for k in shapes(b, False)
                if (v := over(b, k, "cmsis_nn_train")) is not None}
-        worst: dict[str, list[float]] = {}
-        for (_, k), v in sorted(tra.items()):
+        worst: dict[str, list[tuple[float, int]]] = {}
+        for (b, k), v in sorted(tra.items()):
             if v > 3.0:
-                worst.setdefault(k.split(" ")[0], []).append(v)
+                x = cins[b][k]
+                worst.setdefault(k.split(" ")[0], []).append(
+                    (v, x["cmsis_nn_train"] - x["cmsis_nn"]))
         boards_txt = " and ".join(f"`{b}`" for b in sorted(cins))
         bars.append(f"- **cmsis_nn ≤ 3 % over the raw CMSIS-NN calls: {met(fro, 3.0)}** for "
                     f"frozen layers ({_range(fro, '{:.1f}')} % more instructions, {boards_txt})"
                     f"; a trained layer {_range(list(tra.values()), '{:.1f}')} % more"
-                    + (", over 3 % at " + ", ".join(f"{o} ({_range(v, '{:.1f}')} %)"
-                                                    for o, v in worst.items())
-                       + ": its bias changes every step and is rescaled in the call (see "
-                       "cmsis_nn above)" if worst else "") + ".")
+                    + (", over 3 % at " + ", ".join(
+                        f"{o} ({_range([v for v, _ in w], '{:.1f}')} %, of which the bias "
+                        f"rescale {_range([float(n) for _, n in w])} instructions)"
+                        for o, w in worst.items())
+                       + ": its bias changes every step (see cmsis_nn above)" if worst else "")
+                    + ".")
+        small = sorted((cins[m4][k]["macs"], k.split(" ")[0], v,
+                        cins[m4][k]["cmsis_nn"] - cins[m4][k]["cmsis_raw"])
+                       for k in shapes(m4, True) if (v := over(m4, k)) is not None)
+        big = [t for t in small if t[2] > 3.0]
+        if big:
+            bars.append(f"- **Small layers** (the benchmark's self-test shapes, `--edge`, "
+                        f"M4, frozen): {len(big)} of {len(small)} over 3 %, "
+                        + ", ".join(f"{o} {mc:,} MACs {v:.1f} %" for mc, o, v, n in big)
+                        + f": {_range([float(t[3]) for t in big])} instructions more per "
+                        "call, mostly fixed (see cmsis_nn above).")
     saves = [1 - _ipm(rows4, *k.split(" "), "dsp") / v for k, v in cmv.items()
              if _ipm(rows4, *k.split(" "), "dsp") is not None and v]
     if saves:

@@ -555,8 +555,9 @@ void kl_mve_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
 
 /* The CMSIS-NN backend (src/kernels/cmsis_nn/, only with CMSIS-NN present):
  * the forward int8 dense, conv and depthwise kernels through CMSIS-NN, the
- * backward ones as above. Its scratch adds per-channel bias, multipliers and
- * shifts and CMSIS-NN's own buffer to the default need. */
+ * backward ones as above. The engine calls the *_prep_s8 kernels on a
+ * parameter block per op (docs/kernels.md, cmsis_nn); their scratch is
+ * CMSIS-NN's own buffer, within the default need. */
 #if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
 int kl_cmsis_fully_connected_s8(KL_FC_S8_ARGS);
 int kl_cmsis_conv_s8(KL_CONV_S8_ARGS);
