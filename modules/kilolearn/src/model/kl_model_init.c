@@ -48,12 +48,19 @@ static int kl_cmsis_blocks(kl_model_t *m, kl_arena_t *arena)
 		}
 		const kl_tensor_t *y = &m->tensors[op->out];
 		const uint32_t n = kind == KL_CMSIS_FC ? kl_tsize(y) : y->c;
+		if (n > (UINT32_MAX - 4u * KL_CMSIS_PREP_HEADER) / 12u) {
+			return -1;
+		}
 		m->cmsis[i] = kl_arena_alloc(arena, KL_CMSIS_PREP_BYTES(n, kind != KL_CMSIS_FC), 4u);
 		if (m->cmsis[i] == NULL) {
 			return -1;
 		}
-		const kl_geom_t g = kl_geom(m, op);
-		kl_cmsis_prep_init(m->cmsis[i], kind, kind == KL_CMSIS_FC ? NULL : &g);
+		if (kind == KL_CMSIS_FC) {
+			kl_cmsis_prep_init(m->cmsis[i], kind, NULL);
+		} else {
+			const kl_geom_t g = kl_geom(m, op);
+			kl_cmsis_prep_init(m->cmsis[i], kind, &g);
+		}
 	}
 	return 0;
 }

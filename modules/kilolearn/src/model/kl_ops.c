@@ -28,14 +28,18 @@ static int dense_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requa
 	}
 #endif
 #if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
-	/* on the op's parameter block; a trained op's bias changed since */
-	return kl_cmsis_fully_connected_prep_s8(x->data, x->zp, op->w, op->b, rq, Y(m, op)->data,
-						(int)kl_tsize(x), (int)kl_tsize(Y(m, op)),
-						m->scratch, m->cmsis[op - m->ops], kl_trainable(op));
-#else
+	/* on the op's parameter block (all but paged ops have one); a trained
+	 * op's bias changed since the last call */
+	int32_t *prep = m->cmsis[op - m->ops];
+	if (prep != NULL) {
+		return kl_cmsis_fully_connected_prep_s8(x->data, x->zp, op->w, op->b, rq,
+							Y(m, op)->data, (int)kl_tsize(x),
+							(int)kl_tsize(Y(m, op)), m->scratch, prep,
+							kl_trainable(op));
+	}
+#endif
 	return kl_fully_connected_s8(x->data, x->zp, op->w, op->b, rq, Y(m, op)->data,
 				     (int)kl_tsize(x), (int)kl_tsize(Y(m, op)), m->scratch);
-#endif
 }
 
 static void dense_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, const float *w,
@@ -85,8 +89,9 @@ static void dense_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, co
  * (convolution and depthwise convolution: the same calls, other kernels; the
  * depthwise op is never channel-sparse, so w and dy are whole for both). */
 #if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
-/* on the op's parameter block (kl_cmsis_*_prep_s8); a trained op's bias
- * changed since the last call */
+/* on the op's parameter block (kl_cmsis_*_prep_s8; every int8 conv and
+ * depthwise op has one, kl_model_init); a trained op's bias changed since
+ * the last call */
 #define KL_WINDOW_FWD_S8(kern, m, op, g, x, rq)                                                   \
 	kern##_prep_s8(g, (x)->data, (x)->zp, (op)->w, (op)->b, rq, Y(m, op)->data, (m)->kscratch, \
 		       (m)->cmsis[(op) - (m)->ops], kl_trainable(op))
