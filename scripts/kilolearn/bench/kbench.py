@@ -163,7 +163,8 @@ def add_arguments(p) -> None:
 
     p.add_argument("--json", type=OutFile(), help="write the measurements as JSON to this file")
     p.add_argument("--cmsis-nn", action="store_true",
-                   help="also the CMSIS-NN backend's forward kernels (a CMSIS-NN tree from "
+                   help="also the CMSIS-NN backend's forward kernels, the raw CMSIS-NN calls "
+                        "they wrap and the backend's overhead per shape (a CMSIS-NN tree from "
                         "$KILOLEARN_CMSIS_NN or the Zephyr workspace of $ZEPHYR_BASE)")
 
 
