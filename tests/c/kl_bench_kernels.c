@@ -520,7 +520,13 @@ static long run_layer(const layer_t *L, int print)
 			report(nm, "fwd", "cmsis_nn_train", macs, ti, m);
 		}
 	}
-	if (rq.y_shift >= 1 && rq.y_shift <= 31) { /* (else the backend runs the default kernels) */
+#if defined(ARM_MATH_MVEI) /* (Helium: the backend's dense layers run the mve kernel) */
+	const int raw_fc = 0;
+#else
+	const int raw_fc = 1;
+#endif
+	/* (else the backend runs the default kernels) */
+	if (rq.y_shift >= 1 && rq.y_shift <= 31 && (L->kind != FC || raw_fc)) {
 		memset(y_cmsis, 0x55, (size_t)ny);
 		s = scratch_for(sbytes);
 		const uint32_t nbuf = L->kind == FC	    ? 0u
