@@ -54,7 +54,6 @@ class Run:
     read_per_step: float = 0.0  # weights paged in from the store (what the policy selects)
     dirty: dict[int, float] = field(default_factory=dict)  # commit every N: dirty weights
     dirty_biases: dict[int, float] = field(default_factory=dict)
-    exact_acc: float | None = None  # top-r: the twin with the exact step ranking (the old rule)
 
 
 def _twin(tr, xtr, ytr, xte, yte, epochs: int, commit_every: list[int]):  # noqa: ANN001
@@ -105,15 +104,6 @@ def run_one(board: str, model_name: str, policy: str, fraction: float, epochs: i
         tr.set_update_policy(pid, permille=pm)
         pred, ch, chb, dirty, dirty_b = _twin(tr, xtr, ds.y_train, xte, ds.y_test, epochs,
                                               commit_every)
-        exact_acc = None
-        if policy == "topr":  # the rule top-r had before blocks of four, in the twin
-            old = make_ref(lr)
-            old.set_update_policy(pid, permille=pm)
-            old.topr_exact = True
-            for _ in range(epochs):
-                for k in range(len(xtr)):
-                    old.step(xtr[k], int(ds.y_train[k]))
-            exact_acc = float((old.predict(xte) == ds.y_test).mean())
         rep = fut.result()
     eps = rep.records["epoch"]
     counter = bool(rep.one("model").get("counter"))
@@ -132,7 +122,7 @@ def run_one(board: str, model_name: str, policy: str, fraction: float, epochs: i
                float(np.mean([e["train_insn"] / e["n_train"] for e in eps])) if counter else None,
                eps[0]["train_insn"] / eps[0]["n_train"] if counter else None,
                rep.one("done")["arena_peak"], len(blob), n_w, n_b, ch, chb,
-               sum(e["upd_touched"] for e in eps) / steps, dirty, dirty_b, exact_acc)
+               sum(e["upd_touched"] for e in eps) / steps, dirty, dirty_b)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

@@ -278,8 +278,6 @@ class QGrad:
     gw_exp: int
     gb: np.ndarray  # int32 bias gradient, exponent gb_exp
     gb_exp: int
-    # dense layers: the factors (dy, x - zp) of gw = outer(dy, x - zp), which top-r ranks by
-    factors: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class S8Trainer:
@@ -305,9 +303,6 @@ class S8Trainer:
         self.need = rc.needs_grad(self.g)
         self.logits_grad_exp = 0
         self.class_mask: np.ndarray | None = None  # active classes (bool), None = all
-        # top-r on dense layers by the exact ranking of every step (the rule before blocks of
-        # four; not the engine's: for comparisons only)
-        self.topr_exact = False
         self.set_update_policy("all")
 
     def set_update_policy(self, policy: str | int, fraction: float | None = None,
@@ -501,8 +496,7 @@ class S8Trainer:
             if op.kind == "dense":
                 d = dy.reshape(-1)
                 if op.trainable:
-                    xc = x0.reshape(-1) - xz
-                    out[i] = QGrad(np.outer(d, xc), ey + xe, d.copy(), ey, (d.copy(), xc))
+                    out[i] = QGrad(np.outer(d, x0.reshape(-1) - xz), ey + xe, d.copy(), ey)
                 if self.need[src]:
                     give(src, w.T @ d, m.ew[i] + ey)
             elif op.kind == "conv":
@@ -596,12 +590,7 @@ class S8Trainer:
                 sh = m.ew[i] + q.LR_FRAC_BITS - gr.gw_exp
                 dither = q.weyl_offsets(self.dither, n).reshape(w.shape)
                 step = np.clip(q.stochastic_shift(gw * self.lr_q, sh, dither), -128, 127)
-                if (self.policy == sel.POLICIES["topr"] and gr.factors is not None
-                        and not self.topr_exact):
-                    chosen = sel.top_r_blocks(*gr.factors, self.pm)  # the fused dense update
-                    step = np.where(chosen, step, 0)
-                    touched = int(chosen.sum())
-                elif self.policy == sel.POLICIES["topr"]:
+                if self.policy == sel.POLICIES["topr"]:
                     chosen = sel.top_r(np.abs(step), sel.count(n, self.pm)) & (step != 0)
                     step = np.where(chosen, step, 0)
                     touched = int(chosen.sum())

@@ -26,7 +26,6 @@ import numpy as np
 POLICIES = {"all": 0, "topr": 1, "channel-norm": 2, "channel-sparse": 3, "partial": 4}
 NAMES = {v: k for k, v in POLICIES.items()}
 FRAC_ONE = 1000  # fractions are per mille
-TOPR_BLOCK = 4  # int8 dense top-r picks blocks of this many inputs of a row
 
 
 def policy_id(policy: str | int) -> int:
@@ -67,32 +66,6 @@ def top_r(keys: np.ndarray, k: int) -> np.ndarray:
     mask = np.zeros(flat.size, bool)
     mask[order[:k]] = True
     return mask.reshape(np.shape(keys))
-
-
-def bit_length(a: np.ndarray) -> np.ndarray:
-    """Bit length of each |a| (0 for 0), exactly (no floating point)."""
-    a = np.abs(np.asarray(a, np.int64))
-    out = np.zeros(a.shape, np.int64)
-    for b in range(63):
-        out[a >= (1 << b)] = b + 1
-    return out
-
-
-def top_r_blocks(dy: np.ndarray, xc: np.ndarray, pm: int, block: int = TOPR_BLOCK) -> np.ndarray:
-    """int8 top-r of a dense layer (gradient outer(dy, xc)): the mask of the weights in the
-    ``count(n_blocks, pm)`` blocks of ``block`` inputs of a row (the last one of a row shorter)
-    with the largest key ``e(|dy_i|) + e(max |xc_j|)`` (e: bit length), ties to the lower row,
-    then block; key 0 (a zero gradient) never."""
-    dy = np.asarray(dy, np.int64).reshape(-1)
-    xc = np.asarray(xc, np.int64).reshape(-1)
-    nb = -(-xc.size // block)
-    pad = np.zeros(nb * block, np.int64)
-    pad[:xc.size] = np.abs(xc)
-    ex = bit_length(pad.reshape(nb, block).max(axis=1))
-    ey = bit_length(dy)
-    key = np.where((ey[:, None] > 0) & (ex[None, :] > 0), ey[:, None] + ex[None, :], 0)
-    chosen = top_r(key, count(key.size, pm)) & (key > 0)
-    return np.repeat(chosen, block, axis=1)[:, :xc.size]
 
 
 def top_channels(scores: list, k: int) -> np.ndarray:

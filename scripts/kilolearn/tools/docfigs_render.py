@@ -228,12 +228,6 @@ def render_sparse(rec: dict) -> str:
         "step: " + ", ".join(f"{r.changed_pct:.2f} % of the weights on the {m.upper()}"
                              for m, r in full.items()) + ".",
     ]
-    exact = [f"{r.model} {100 * r.fraction:g} % {_pct(r.numpy_acc)} (exact {_pct(r.exact_acc)})"
-             for r in runs if r.policy == "topr" and r.exact_acc is not None]
-    if exact:
-        lines.append("- **Top-r by blocks of four against the exact ranking of every step** "
-                     "(the rule before; numpy twin accuracy, the same runs): " + ", ".join(exact)
-                     + ".")
     if saved:
         lines.append("- **Instructions saved by structured channel sparsity** (M4, "
                      "`-icount shift=0`, mean over the epochs, against the full update): "

@@ -665,19 +665,6 @@ int kl_accumulate_s8(int32_t *acc, int ea, int32_t mu_q, const int32_t *g, int e
 uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, const int8_t *x,
 				int32_t x_zp, int rows, int cols, int32_t lr_q, int w_shift,
 				uint32_t *dither, uint32_t k_sel, uint32_t *hist);
-/* Top-r of the fused int8 dense update by blocks of four inputs (row i,
- * inputs 4b .. 4b + 3, the last block of a row shorter when cols % 4 != 0):
- * the k_blocks blocks with the largest key e(|dy[i]|) + e(max_j |x[j] -
- * x_zp|) (e: bit length; key 0 never) get the fused SGD's steps, ties to the
- * lower row, then the lower block (docs/selective-updates.md). The dither
- * advances over all rows * cols weights; biases are not touched. scratch:
- * KL_TOPR_DENSE_SCRATCH(rows, cols) bytes, 4-aligned. Returns the weights of
- * the picked blocks. */
-#define KL_TOPR_DENSE_SCRATCH(rows, cols)                                                          \
-	(25u * (((uint32_t)(cols) + 3u) / 4u) + (uint32_t)(rows))
-uint32_t kl_topr_sgd_dense_s8(int8_t *w, const int8_t *dy, const int8_t *x, int32_t x_zp,
-			      int rows, int cols, int32_t lr_q, int w_shift, uint32_t *dither,
-			      uint32_t k_blocks, void *scratch);
 uint32_t kl_topr_sgd_weights_f32(float *w, const float *gw, const float *dy, const float *x,
 				 int rows, int cols, float lr, uint32_t k_sel, uint32_t *hist);
 

@@ -106,10 +106,6 @@ static uint32_t sel_need(const kl_model_t *m, int policy, uint32_t permille)
 		const uint32_t n_ch = kl_n_channels(m, op);
 		if (policy == KL_UPDATE_TOPR) {
 			need = kl_umax(need, KL_TOPR_HIST_WORDS * 4u);
-			if (op->kind == KL_OP_DENSE && m->dtype == KL_DTYPE_S8) { /* by blocks */
-				const uint32_t n_in = kl_tsize(&m->tensors[op->in0]);
-				need = kl_umax(need, KL_TOPR_DENSE_SCRATCH(n_ch, n_in));
-			}
 		} else if (policy == KL_UPDATE_CHANNEL_NORM) { /* scores, picks, masked dy */
 			need = kl_umax(need, kl_paged_op(op) ? 0u /* keys made as read */
 							     : kl_align8(n_ch * 9u) + n_ch * 4u);
@@ -563,10 +559,10 @@ static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x,
 					  m->lr_q, w_shift, b_shift, &d, n_in, (int)nk, kl_upd_scratch(m, x));
 		m->dither += op->n_w * KL_WEYL;
 		touched = nk * (uint32_t)n_in;
-	} else if (m->upd_policy == KL_UPDATE_TOPR) { /* by blocks of four inputs */
-		const uint32_t nb = (uint32_t)n_out * (((uint32_t)n_in + 3u) / 4u);
-		touched = kl_topr_sgd_dense_s8(w, dy, x->data, x->zp, n_out, n_in, m->lr_q, w_shift,
-					       &m->dither, upd_count(nb, m->upd_frac), m->sel);
+	} else if (m->upd_policy == KL_UPDATE_TOPR) {
+		touched = kl_topr_sgd_weights_s8(w, NULL, dy, x->data, x->zp, n_out, n_in, m->lr_q,
+						 w_shift, &m->dither,
+						 upd_count(op->n_w, m->upd_frac), m->sel);
 		for (int i = 0; i < n_out; i++) {
 			if (dy[i] != 0) { /* (a zero step otherwise) */
 				b[i] = kl_sat32((int64_t)b[i] -
