@@ -182,7 +182,7 @@ static int pg_prepare(kl_model_t *m)
 }
 
 /* |dy| as an unsigned key that orders like dy^2 (the Deutel score of a row
- * of the fused update, see top_channels_dy) */
+ * of the fused update, see top_channels_dy_s8) */
 static uint32_t pg_key(const kl_model_t *m, const void *dy, uint32_t i)
 {
 	if (m->dtype == KL_DTYPE_S8) {
@@ -303,7 +303,7 @@ static int pg_update_row(kl_model_t *m, int op_i, kl_op_t *op, uint32_t r, const
 }
 
 /* The fused update of a paged dense op: every row, or the rows with the
- * largest |dy| (Deutel; ties to the lower index, as top_channels_dy), each
+ * largest |dy| (Deutel; ties to the lower index, as top_channels_dy_s8), each
  * written to the log when its step is not zero. Selection costs O(n_out)
  * and no memory, the writing the selected rows. */
 static void pg_update(kl_model_t *m, kl_op_t *op, const void *dy, int ey)

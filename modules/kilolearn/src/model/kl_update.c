@@ -7,10 +7,14 @@ static int sel_op(const kl_op_t *op)
 	return kl_trainable(op) && !kl_bias_only(op) && op->n_w != 0u;
 }
 
-/* round(n * permille / 1000), at least 1, at most n */
+/* round(n * permille / 1000), at least 1, at most n (in 32 bits when it fits:
+ * a 64-bit division is a library call of a few hundred instructions) */
 static uint32_t upd_count(uint32_t n, uint32_t permille)
 {
-	const uint64_t k = ((uint64_t)n * permille + KL_UPDATE_FRAC_ONE / 2u) / KL_UPDATE_FRAC_ONE;
+	const uint32_t half = KL_UPDATE_FRAC_ONE / 2u;
+	const uint64_t k = n <= (UINT32_MAX - half) / KL_UPDATE_FRAC_ONE
+				   ? (uint64_t)((n * permille + half) / KL_UPDATE_FRAC_ONE)
+				   : ((uint64_t)n * permille + half) / KL_UPDATE_FRAC_ONE;
 	return k < 1u ? 1u : (k > n ? n : (uint32_t)k);
 }
 
@@ -296,55 +300,86 @@ static uint32_t keep_top_channels_f32(kl_model_t *m, const kl_op_t *op, float *g
 	return k * l.row;
 }
 
-/* Deutel for the fused dense update: a channel's gradient norm is
- * |dy_i| * sqrt(|x|^2 + 1), so ranking by dy_i^2 picks the same channels.
- * Writes dy with the unpicked channels zeroed to `out`. */
-static void top_channels_dy(kl_model_t *m, const void *dy, void *out, uint32_t n, int s8)
+/* Deutel for the fused dense update, int8: a channel's gradient norm is
+ * |dy_i| * sqrt(|x|^2 + 1), so the k largest |dy_i| (ties: lower index) pick
+ * the same channels. One pass keeps the k largest keys |dy_c| << 16 | (65535
+ * - c) (unique, so ties go to the lower index) in a list sorted descending,
+ * on the stack: most channels lose against its last entry in one compare.
+ * Returns the gradient to update with: dy itself when at most k channels
+ * have a non-zero gradient (then every one of them is picked; a zero one
+ * writes nothing either way), else `o`: dy with the unpicked channels zeroed.
+ * Large n or k (more than 65,536 channels, k > KL_PICK_LIST): the counting
+ * selection over |dy| <= 128 (129 bins). */
+#define KL_PICK_LIST 32u
+static const int8_t *top_channels_dy_s8(const kl_model_t *m, const int8_t *d, int8_t *o,
+				       uint32_t n)
 {
-	if (s8) { /* |dy| in [0, 128]: a counting selection, one pass to count, one to pick */
-		const int8_t *d = dy;
-		int8_t *o = out;
-		uint32_t k = upd_count(n, m->upd_frac);
-		uint32_t hist[129];
-		memset(hist, 0, sizeof(hist));
+	uint32_t k = upd_count(n, m->upd_frac);
+	if (k <= KL_PICK_LIST && n <= 65536u) {
+		uint32_t top[KL_PICK_LIST];
+		uint32_t nt = 0, nz = 0;
 		for (uint32_t c = 0; c < n; c++) {
-			hist[d[c] < 0 ? -d[c] : d[c]]++;
-		}
-		int t = 128; /* the k-th largest |dy|; `ties` of the channels at it are taken */
-		while (t > 0 && hist[t] < k) {
-			k -= hist[t--];
-		}
-		uint32_t ties = k;
-		for (uint32_t c = 0; c < n; c++) {
-			const int a = d[c] < 0 ? -d[c] : d[c];
-			int take = a > t;
-			if (a == t && ties != 0u) {
-				take = 1;
-				ties--;
+			const int32_t v = d[c];
+			if (v == 0) {
+				continue;
 			}
-			o[c] = take ? d[c] : 0;
+			const uint32_t key = (uint32_t)(v < 0 ? -v : v) << 16 | (65535u - c);
+			nz++;
+			if (nt == k && key <= top[k - 1u]) {
+				continue;
+			}
+			uint32_t p = nt < k ? nt++ : k - 1u; /* insert: shift the smaller ones */
+			while (p > 0u && top[p - 1u] < key) {
+				top[p] = top[p - 1u];
+				p--;
+			}
+			top[p] = key;
 		}
-		return;
+		if (nz <= k) {
+			return d;
+		}
+		memset(o, 0, n);
+		for (uint32_t r = 0; r < k; r++) {
+			const uint32_t c = 65535u - (top[r] & 0xFFFFu);
+			o[c] = d[c];
+		}
+		return o;
 	}
+	uint32_t hist[129];
+	memset(hist, 0, sizeof(hist));
+	for (uint32_t c = 0; c < n; c++) {
+		hist[d[c] < 0 ? -d[c] : d[c]]++;
+	}
+	int t = 128; /* the k-th largest |dy|; the first k of the channels at it are taken */
+	while (t > 0 && hist[t] < k) {
+		k -= hist[t--];
+	}
+	for (uint32_t c = 0; c < n; c++) {
+		const int a = d[c] < 0 ? -d[c] : d[c];
+		int take = a > t;
+		if (a == t && k != 0u) {
+			take = 1;
+			k--;
+		}
+		o[c] = take ? d[c] : 0;
+	}
+	return o;
+}
+
+/* float32: ranking by dy_i^2 (the same order), the scores' radix selection.
+ * Writes dy with the unpicked channels zeroed to `out`. */
+static void top_channels_dy_f32(kl_model_t *m, const float *dy, float *out, uint32_t n)
+{
 	uint64_t *score = m->sel;
 	uint8_t *taken = (uint8_t *)m->sel + 8u * n;
 	for (uint32_t c = 0; c < n; c++) {
-		if (s8) {
-			const int32_t v = ((const int8_t *)dy)[c];
-			score[c] = (uint64_t)(v * v);
-		} else {
-			const double v = (double)((const float *)dy)[c];
-			const double sq = v * v;
-			memcpy(&score[c], &sq, sizeof(sq));
-		}
+		const double v = (double)dy[c];
+		const double sq = v * v;
+		memcpy(&score[c], &sq, sizeof(sq));
 	}
 	pick_channels(score, taken, n, upd_count(n, m->upd_frac));
 	for (uint32_t c = 0; c < n; c++) {
-		if (s8) {
-			((int8_t *)out)[c] = taken[c] ? ((const int8_t *)dy)[c] : 0;
-		} else {
-			((float *)out)[c] = taken[c] ? ((const float *)dy)[c] : 0.0f;
-		}
+		out[c] = taken[c] ? dy[c] : 0.0f;
 	}
 }
 
@@ -418,7 +453,7 @@ static void kl_update_dense_f32(kl_model_t *m, kl_op_t *op, const float *x, cons
 		}
 	} else if (m->upd_policy == KL_UPDATE_CHANNEL_NORM) {
 		float *dsel = (float *)(void *)((uint8_t *)m->sel + kl_align8((uint32_t)n_out * 9u));
-		top_channels_dy(m, dy, dsel, (uint32_t)n_out, 0);
+		top_channels_dy_f32(m, dy, dsel, (uint32_t)n_out);
 		kl_fully_connected_sgd_f32(w, b, NULL, NULL, dsel, x, m->lr, 0.0f, n_in, n_out);
 		touched = upd_count((uint32_t)n_out, m->upd_frac) * (uint32_t)n_in;
 	} else {
@@ -529,13 +564,15 @@ static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x,
 						 w_shift, &m->dither,
 						 upd_count(op->n_w, m->upd_frac), m->sel);
 		for (int i = 0; i < n_out; i++) {
-			b[i] = kl_sat32((int64_t)b[i] - kl_rshift_round((int32_t)dy[i] * m->lr_q,
-									b_shift));
+			if (dy[i] != 0) { /* (a zero step otherwise) */
+				b[i] = kl_sat32((int64_t)b[i] -
+						kl_rshift_round((int32_t)dy[i] * m->lr_q, b_shift));
+			}
 		}
 	} else if (m->upd_policy == KL_UPDATE_CHANNEL_NORM) {
 		int8_t *dsel = (int8_t *)m->sel + kl_align8((uint32_t)n_out * 9u);
-		top_channels_dy(m, dy, dsel, (uint32_t)n_out, 1);
-		dense_sgd_s8(op, w, b, dsel, x, m->lr_q, w_shift, b_shift, &m->dither, n_in, n_out,
+		const int8_t *dk = top_channels_dy_s8(m, dy, dsel, (uint32_t)n_out);
+		dense_sgd_s8(op, w, b, dk, x, m->lr_q, w_shift, b_shift, &m->dither, n_in, n_out,
 			     kl_upd_scratch(m, x));
 		touched = upd_count((uint32_t)n_out, m->upd_frac) * (uint32_t)n_in;
 	} else {
