@@ -20,6 +20,28 @@ static void mask_f32(const kl_tensor_t *t, int act, float *g)
 		kl_activation_grad_f32(y, act, g, (int)n);
 		return;
 	}
+	if (act == KL_ACT_RELU) { /* y > 0: its bits in 1 .. 0x7f800000 (+inf), no VCMP / VMRS */
+		uint32_t k = 0;
+		for (; k + 2u <= n; k += 2u) { /* two a pass: one LDRD */
+			uint32_t u0, u1;
+			memcpy(&u0, &y[k], sizeof(u0));
+			memcpy(&u1, &y[k + 1u], sizeof(u1));
+			if (u0 - 1u >= 0x7f800000u) {
+				g[k] = 0.0f;
+			}
+			if (u1 - 1u >= 0x7f800000u) {
+				g[k + 1u] = 0.0f;
+			}
+		}
+		if (k < n) {
+			uint32_t u;
+			memcpy(&u, &y[k], sizeof(u));
+			if (u - 1u >= 0x7f800000u) {
+				g[k] = 0.0f;
+			}
+		}
+		return;
+	}
 	for (uint32_t k = 0; k < n; k++) {
 		if (!(y[k] > 0.0f && (act != KL_ACT_RELU6 || y[k] < 6.0f))) {
 			g[k] = 0.0f;

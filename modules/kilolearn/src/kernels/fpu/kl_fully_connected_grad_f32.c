@@ -40,7 +40,7 @@
 #define KL_DX1(FIRST)                                                                             \
 	__asm__ volatile(KL_DX_LOOP(FIRST, "")                                                    \
 			 : [dx] "+r"(d), [n] "+r"(n), [r0] "+r"(r0)                               \
-			 : [g0] "t"(g[0])                                                         \
+			 : [g0] "t"(g0)                                                            \
 			 : KL_FPU_CLOBBER)
 
 void kl_fpu_fully_connected_backward_input_f32(const float *w, const float *dy, float *dx,
@@ -50,42 +50,41 @@ void kl_fpu_fully_connected_backward_input_f32(const float *w, const float *dy, 
 		kl_ref_fully_connected_backward_input_f32(w, dy, dx, n_in, n_out);
 		return;
 	}
-	int first = 1; /* dx not written yet */
-	int i = kl_fpu_next_nonzero(dy, 0, n_out);
-	while (i < n_out) {
-		int k = 0, idx[4];
-		float g[4];
-		for (; k < 4 && i < n_out; k++) {
-			idx[k] = i;
-			g[k] = dy[i];
-			i = kl_fpu_next_nonzero(dy, i + 1, n_out);
+	int first = 1, k = 0; /* dx not written yet; rows gathered */
+	const float *rows[4];
+	float g[4];
+	const float *row = w;
+	for (int i = 0; i < n_out; i++, row += n_in) {
+		if (kl_fpu_is_zero(&dy[i])) {
+			continue;
+		}
+		rows[k] = row;
+		g[k] = dy[i];
+		if (++k < 4) {
+			continue;
 		}
 		float *d = dx;
 		int n = n_in / 8;
-		const float *r0 = w + (long)idx[0] * n_in;
-		if (k == 4) {
-			const float *r1 = w + (long)idx[1] * n_in, *r2 = w + (long)idx[2] * n_in,
-				    *r3 = w + (long)idx[3] * n_in;
-			if (first) {
-				KL_DX4(KL_DX_ROW("vmul.f32", "r0", "g0"));
-			} else {
-				KL_DX4(KL_DX_LOAD KL_DX_ROW("vfma.f32", "r0", "g0"));
-			}
-			first = 0;
-			continue;
+		const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+		if (first) {
+			KL_DX4(KL_DX_ROW("vmul.f32", "r0", "g0"));
+		} else {
+			KL_DX4(KL_DX_LOAD KL_DX_ROW("vfma.f32", "r0", "g0"));
 		}
-		for (int r = 0; r < k; r++) { /* the last one to three rows */
-			d = dx;
-			n = n_in / 8;
-			r0 = w + (long)idx[r] * n_in;
-			g[0] = g[r];
-			if (first) {
-				KL_DX1(KL_DX_ROW("vmul.f32", "r0", "g0"));
-			} else {
-				KL_DX1(KL_DX_LOAD KL_DX_ROW("vfma.f32", "r0", "g0"));
-			}
-			first = 0;
+		first = 0;
+		k = 0;
+	}
+	for (int r = 0; r < k; r++) { /* the last one to three rows */
+		float *d = dx;
+		int n = n_in / 8;
+		const float *r0 = rows[r];
+		const float g0 = g[r];
+		if (first) {
+			KL_DX1(KL_DX_ROW("vmul.f32", "r0", "g0"));
+		} else {
+			KL_DX1(KL_DX_LOAD KL_DX_ROW("vfma.f32", "r0", "g0"));
 		}
+		first = 0;
 	}
 	if (first) { /* dy all zero */
 		memset(dx, 0, (size_t)n_in * sizeof(float));

@@ -66,25 +66,23 @@ void kl_fpu_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, co
 	}
 	const int per = n_in % 32 == 0 ? 4 : n_in % 16 == 0 ? 2 : 1;
 	const int iters = n_in / (8 * per);
-	int i = kl_fpu_next_nonzero(dy, 0, n_out);
-	while (i < n_out) {
-		const int j = kl_fpu_next_nonzero(dy, i + 1, n_out);
-		const float c0 = lr * dy[i];
-		const float *xp = x;
-		float *r0 = w + (long)i * n_in;
-		b[i] -= c0;
-		if (j == n_out) { /* a row alone */
-			int n = n_in / 8;
-			__asm__ volatile(KL_SGD_LOOP(KL_SGD1_BLOCK)
-					 : [x] "+r"(xp), [r0] "+r"(r0), [n] "+r"(n)
-					 : [c0] "t"(c0)
-					 : KL_FPU_CLOBBER);
-			break;
+	float *row = w, *r0 = NULL;
+	float c0 = 0.0f;
+	for (int i = 0; i < n_out; i++, row += n_in) {
+		if (kl_fpu_is_zero(&dy[i])) {
+			continue;
 		}
-		const float c1 = lr * dy[j];
-		float *r1 = w + (long)j * n_in;
+		const float c = lr * dy[i];
+		b[i] -= c;
+		if (r0 == NULL) { /* the pair's first row */
+			r0 = row;
+			c0 = c;
+			continue;
+		}
+		const float c1 = c;
+		const float *xp = x;
+		float *r1 = row;
 		int n = iters;
-		b[j] -= c1;
 		if (per == 4) {
 			KL_SGD2_PASS(KL_SGD2_BLOCK KL_SGD2_BLOCK KL_SGD2_BLOCK KL_SGD2_BLOCK);
 		} else if (per == 2) {
@@ -92,7 +90,15 @@ void kl_fpu_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, co
 		} else {
 			KL_SGD2_PASS(KL_SGD2_BLOCK);
 		}
-		i = kl_fpu_next_nonzero(dy, j + 1, n_out);
+		r0 = NULL;
+	}
+	if (r0 != NULL) { /* a row alone */
+		const float *xp = x;
+		int n = n_in / 8;
+		__asm__ volatile(KL_SGD_LOOP(KL_SGD1_BLOCK)
+				 : [x] "+r"(xp), [r0] "+r"(r0), [n] "+r"(n)
+				 : [c0] "t"(c0)
+				 : KL_FPU_CLOBBER);
 	}
 }
 #else
