@@ -66,13 +66,19 @@ void kl_fpu_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, co
 	}
 	const int per = n_in % 32 == 0 ? 4 : n_in % 16 == 0 ? 2 : 1;
 	const int iters = n_in / (8 * per);
-	float *row = w, *r0 = NULL;
+	float *r0 = NULL;
 	float c0 = 0.0f;
-	for (int i = 0; i < n_out; i++, row += n_in) {
-		if (kl_fpu_is_zero(&dy[i])) {
-			continue;
+	const float *d = dy, *const d_end = dy + n_out;
+	for (;; d++) {
+		while (d < d_end && kl_fpu_is_zero(d)) { /* the next row with a gradient */
+			d++;
 		}
-		const float c = lr * dy[i];
+		if (d == d_end) {
+			break;
+		}
+		const int i = (int)(d - dy);
+		float *row = w + (long)i * n_in;
+		const float c = lr * *d;
 		b[i] -= c;
 		if (r0 == NULL) { /* the pair's first row */
 			r0 = row;

@@ -39,6 +39,22 @@ static inline float exp_neg(float x)
 /* dy = softmax(z) over the unmasked classes and the label */
 static void softmax_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
 {
+	if (mask == NULL) { /* every class (the label among them) */
+		float m = z[0], s = 0.0f;
+		for (int i = 1; i < n; i++) {
+			m = z[i] > m ? z[i] : m;
+		}
+		for (int i = 0; i < n; i++) {
+			const float e = exp_neg(z[i] - m);
+			dy[i] = e;
+			s += e;
+		}
+		const float inv = 1.0f / s;
+		for (int i = 0; i < n; i++) {
+			dy[i] *= inv;
+		}
+		return;
+	}
 	float m = z[label];
 	for (int i = 0; i < n; i++) {
 		if (mask == NULL || mask[i]) {

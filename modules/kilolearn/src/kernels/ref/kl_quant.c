@@ -74,6 +74,17 @@ int kl_quantize_grad_s32(int32_t *acc, int n)
 
 int kl_argmax_f32(const float *v, int n, const uint8_t *mask)
 {
+	if (mask == NULL && n > 0) { /* every class: the best value kept in a register */
+		int best = 0;
+		float bv = v[0];
+		for (int i = 1; i < n; i++) {
+			if (v[i] > bv) {
+				bv = v[i];
+				best = i;
+			}
+		}
+		return best;
+	}
 	int best = -1;
 	for (int i = 0; i < n; i++) {
 		if ((mask == NULL || mask[i]) && (best < 0 || v[i] > v[best])) {
