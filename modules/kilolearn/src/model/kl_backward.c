@@ -226,6 +226,21 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 		pg_update(m, op, dy, 0);
 		return;
 	}
+	if (op->kind == KL_OP_DENSE && !keep && !m->defer && m->upd_policy == KL_UPDATE_ALL &&
+	    kl_trainable(op) && !kl_bias_only(op)) {
+		/* the plain dense step (what the general path below does for it, without
+		 * its geometry, channel block and dispatch): input gradient, fused SGD */
+		const int n_in = (int)kl_tsize(x), n_o = (int)kl_tsize(y);
+		if (x->need_grad) {
+			dense_dx_f32(m, op, NULL, op->w, dy, n_o);
+		}
+		kl_phase(m, KL_PHASE_UPDATE);
+		kl_fully_connected_sgd_f32(op->w, op->b, op->vw, op->vb, dy, x->data, m->lr,
+					   m->momentum, n_in, n_o);
+		m->upd_touched += op->n_w;
+		m->upd_weights += op->n_w;
+		return;
+	}
 	kl_geom_t g = kl_geom(m, op);
 	uint32_t c0 = 0, nk = 0;
 	int n_out = (int)kl_tsize(y);
