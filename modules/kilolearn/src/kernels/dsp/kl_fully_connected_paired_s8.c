@@ -449,21 +449,7 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 	a.dsh = dsh;
 	a.sh = sh;
 	a.xp = xw;
-	/* the bias step kl_rshift_round(c, b_shift): for b_shift in [-31, 0] a
-	 * saturating left shift, its bounds once per call (kl_rshift_round64) */
-	const int lsh = b_shift <= 0 && b_shift >= -31 ? -b_shift : -1;
-	const int32_t bhi = lsh >= 0 ? INT32_MAX >> lsh : 0, blo = lsh >= 0 ? INT32_MIN >> lsh : 0;
-#define KL_BSTEP(c)                                                                               \
-	(lsh < 0 ? kl_rshift_round((c), b_shift)                                                  \
-		 : (c) > bhi ? INT32_MAX : (c) < blo ? INT32_MIN : (int32_t)((uint32_t)(c) << lsh))
-	int8_t *blk = w; /* the block of three pairs of pair p, p's place in it */
-	int k3 = 0;
 	for (int p = 0; p < np; p++) {
-		int8_t *const pw = p < ntp ? blk + 8 * k3 : w + (long)p * 2 * n_in;
-		if (p < ntp && ++k3 == 3) {
-			k3 = 0;
-			blk += 6 * n_in;
-		}
 		const int32_t c0 = (int32_t)dy[2 * p] * lr_q, c1 = (int32_t)dy[2 * p + 1] * lr_q;
 		if (c0 == 0 && c1 == 0) {
 			continue;
@@ -472,7 +458,8 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 			a.c = ((uint32_t)c0 & 0xFFFFu) | ((uint32_t)c1 << 16);
 			a.da = d0 + (uint32_t)(2 * p) * rowd;
 			const int gs = p < ntp ? 24 : 8;
-			a.rp = (uint32_t *)(void *)pw;
+			a.rp = (uint32_t *)(void *)(w + (p < ntp ? (long)(p / 3) * 6 * n_in + 8 * (p % 3)
+							 : (long)p * 2 * n_in));
 			if (c1 == 0) {
 				(gs == 8 ? sg_row0_8 : sg_row0_24)(&a);
 			} else if (c0 == 0) {
@@ -486,13 +473,12 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 			sgd_pair_c(w, p, c0, c1, xw, d0, rowd, dsh, sh, n_in, n_out);
 		}
 		if (c0 != 0) {
-			b[2 * p] = __qsub(b[2 * p], KL_BSTEP(c0));
+			b[2 * p] = __qsub(b[2 * p], kl_rshift_round(c0, b_shift));
 		}
 		if (c1 != 0) {
-			b[2 * p + 1] = __qsub(b[2 * p + 1], KL_BSTEP(c1));
+			b[2 * p + 1] = __qsub(b[2 * p + 1], kl_rshift_round(c1, b_shift));
 		}
 	}
-#undef KL_BSTEP
 	if (n_out & 1) { /* the plain last row */
 		const int i = n_out - 1;
 		const int32_t c = (int32_t)dy[i] * lr_q;
