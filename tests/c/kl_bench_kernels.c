@@ -223,7 +223,96 @@ static uint64_t toc(void)
 }
 
 #if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+#include "arm_nnfunctions.h"
 static int8_t y_cmsis[MAXB];
+static int32_t raw_bias[1024], raw_mult[1024], raw_shift[1024];
+static int32_t prep_mem[KL_CMSIS_PREP_HEADER + 3 * 1024];
+
+/* calls per timed region for the backend-vs-raw comparison: small layers
+ * repeated, so that one timer tick (40 instructions) is a small part of
+ * the difference; the count reported is per call */
+static int cmsis_reps(long macs)
+{
+	return macs < 65536 ? 16 : 1;
+}
+
+/* The same layer through CMSIS-NN directly (backend cmsis_raw): the function
+ * the cmsis_nn backend calls, with every parameter (bias at the accumulator's
+ * scale, per-channel multipliers and shifts, dims, its buffer) prepared
+ * before the timer starts; only the call is timed. The outputs are compared
+ * with ref's; the baseline of the backend's overhead. reps: calls timed
+ * together (the count returned is per call). */
+/* the backend's forward kernel of layer L (prep NULL: without a block) */
+static int cmsis_call(const layer_t *L, const kl_geom_t *g, const kl_requant_t *rq, void *s,
+		      int32_t *prep, int changed)
+{
+	if (prep == NULL) {
+		return L->kind == FC ? kl_cmsis_fully_connected_s8(xs, L->x_zp, ws, bs, rq, y_cmsis,
+								    g->c, g->co, s)
+		       : L->kind == CONV
+			       ? kl_cmsis_conv_s8(g, xs, L->x_zp, ws, bs, rq, y_cmsis, s)
+			       : kl_cmsis_depthwise_conv_s8(g, xs, L->x_zp, ws, bs, rq, y_cmsis, s);
+	}
+	if (L->kind == FC) {
+		return kl_cmsis_fully_connected_prep_s8(xs, L->x_zp, ws, bs, rq, y_cmsis, g->c,
+							g->co, s, prep, changed);
+	}
+	if (L->kind == CONV) {
+		return kl_cmsis_conv_prep_s8(g, xs, L->x_zp, ws, bs, rq, y_cmsis, s, prep, changed);
+	}
+	return kl_cmsis_depthwise_conv_prep_s8(g, xs, L->x_zp, ws, bs, rq, y_cmsis, s, prep,
+					       changed);
+}
+
+static uint64_t run_raw(const layer_t *L, const kl_geom_t *g, const kl_requant_t *rq, void *buf,
+			int32_t buf_bytes, int reps)
+{
+	for (int i = 0; i < g->co; i++) {
+		raw_bias[i] = kl_rshift_round(bs[i], rq->b_shift);
+		raw_mult[i] = (int32_t)1 << 30;
+		raw_shift[i] = 1 - rq->y_shift;
+	}
+	const cmsis_nn_context ctx = {buf, buf_bytes};
+	const cmsis_nn_activation act = {rq->lo + rq->zp, rq->hi + rq->zp};
+	const cmsis_nn_dims in = {1, g->h, g->w, g->c}, out = {1, g->ho, g->wo, g->co};
+	const cmsis_nn_dims bd = {1, 1, 1, g->co};
+	const cmsis_nn_tile stride = {g->stride, g->stride}, pad = {g->pad_l, g->pad_t};
+	const cmsis_nn_tile dil = {1, 1};
+	const cmsis_nn_per_channel_quant_params qc = {raw_mult, raw_shift};
+	uint64_t ti;
+	if (L->kind == FC) {
+		const cmsis_nn_fc_params fc = {-L->x_zp, 0, rq->zp, act};
+		const cmsis_nn_per_tensor_quant_params qt = {(int32_t)1 << 30, 1 - rq->y_shift};
+		const cmsis_nn_dims fin = {1, 1, 1, g->c}, fw = {g->c, 1, 1, g->co};
+		const cmsis_nn_dims fo = {1, 1, 1, g->co};
+		const cmsis_nn_context none = {NULL, 0};
+		tic();
+		for (int r = 0; r < reps; r++) {
+			(void)arm_fully_connected_s8(&none, &fc, &qt, &fin, xs, &fw, ws, &bd,
+						     raw_bias, &fo, y_cmsis);
+		}
+		ti = toc();
+	} else if (L->kind == CONV) {
+		const cmsis_nn_conv_params cp = {-L->x_zp, rq->zp, stride, pad, dil, act};
+		const cmsis_nn_dims f = {g->co, g->kh, g->kw, g->c};
+		tic();
+		for (int r = 0; r < reps; r++) {
+			(void)arm_convolve_wrapper_s8(&ctx, &cp, &qc, &in, xs, &f, ws, &bd,
+						      raw_bias, &out, y_cmsis);
+		}
+		ti = toc();
+	} else {
+		const cmsis_nn_dw_conv_params dp = {-L->x_zp, rq->zp, 1, stride, pad, dil, act};
+		const cmsis_nn_dims f = {1, g->kh, g->kw, g->c};
+		tic();
+		for (int r = 0; r < reps; r++) {
+			(void)arm_depthwise_conv_wrapper_s8(&ctx, &dp, &qc, &in, xs, &f, ws, &bd,
+							    raw_bias, &out, y_cmsis);
+		}
+		ti = toc();
+	}
+	return ti / (uint64_t)reps;
+}
 #endif
 
 /* the fused dense SGD step: ref on the plain weights, dsp on the paired ones
@@ -401,22 +490,53 @@ static long run_layer(const layer_t *L, int print)
 	}
 #endif
 #if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
-	/* the CMSIS-NN backend's forward kernels, checked against ref */
-	memset(y_cmsis, 0x55, (size_t)ny);
-	s = scratch_for(sbytes);
+	/* the CMSIS-NN backend's forward kernels, checked against ref: without a
+	 * parameter block (its scratch holds one), then as the engine calls them,
+	 * on the layer's block (kl_model_init's): made by a first call, then
+	 * timed as a frozen layer (cmsis_nn: the block holds the biases) and as
+	 * a trained one (cmsis_nn_train: the bias rescaled in every call) */
 	int sc;
-	tic();
-	if (L->kind == FC) {
-		sc = kl_cmsis_fully_connected_s8(xs, L->x_zp, ws, bs, &rq, y_cmsis, g.c, g.co, s);
-	} else if (L->kind == CONV) {
-		sc = kl_cmsis_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s);
-	} else {
-		sc = kl_cmsis_depthwise_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_cmsis, s);
+	long mc = 0;
+	const int kc = L->kind == FC ? KL_CMSIS_FC : L->kind == CONV ? KL_CMSIS_CONV : KL_CMSIS_DW;
+	for (int pass = 0; pass < 4; pass++) {
+		memset(y_cmsis, 0x55, (size_t)ny);
+		s = scratch_for(sbytes);
+		if (pass == 1) {
+			kl_cmsis_prep_init(prep_mem, kc, &g);
+		}
+		const int changed = pass != 2;
+		const int reps = pass >= 2 ? cmsis_reps(macs) : 1;
+		tic();
+		for (int r = 0; r < reps; r++) {
+			sc = cmsis_call(L, &g, &rq, s, pass == 0 ? NULL : prep_mem, changed);
+		}
+		ti = toc() / (uint64_t)reps;
+		m = diff_s8(y_ref, y_cmsis, ny) + (sr != sc) + guard_broken(sbytes);
+		bad += m;
+		mc += m;
+		if (pass == 2) {
+			report(nm, "fwd", "cmsis_nn", macs, ti, mc);
+		} else if (pass == 3) {
+			report(nm, "fwd", "cmsis_nn_train", macs, ti, m);
+		}
 	}
-	ti = toc();
-	m = diff_s8(y_ref, y_cmsis, ny) + (sr != sc) + guard_broken(sbytes);
-	bad += m;
-	report(nm, "fwd", "cmsis_nn", macs, ti, m);
+#if defined(ARM_MATH_MVEI) /* (Helium: the backend's dense layers run the mve kernel) */
+	const int raw_fc = 0;
+#else
+	const int raw_fc = 1;
+#endif
+	/* (else the backend runs the default kernels) */
+	if (rq.y_shift >= 1 && rq.y_shift <= 31 && (L->kind != FC || raw_fc)) {
+		memset(y_cmsis, 0x55, (size_t)ny);
+		s = scratch_for(sbytes);
+		const uint32_t nbuf = L->kind == FC	    ? 0u
+				      : L->kind == CONV ? kl_cmsis_conv_s8_buffer(&g)
+							: kl_cmsis_depthwise_conv_s8_buffer(&g);
+		ti = run_raw(L, &g, &rq, s, (int32_t)nbuf, cmsis_reps(macs));
+		m = diff_s8(y_ref, y_cmsis, ny) + guard_broken(sbytes);
+		bad += m;
+		report(nm, "fwd", "cmsis_raw", macs, ti, m);
+	}
 #endif
 	(void)sr;
 	/* ---- input gradient ---- */

@@ -1,9 +1,12 @@
 /*
  * Blob parser fuzzer (host, meant for the ASan/UBSan build): mutates a valid
- * blob in many ways (the schedule section of a 2.1 blob among them), re-seals the CRC half of the time so the structural
+ * blob in many ways (the schedule section of a 2.1 blob among them, the split
+ * fields of a 2.7 one), re-seals the CRC half of the time so the structural
  * checks behind it are reached, and loads each mutant. A mutant must either
  * be rejected with a KL_E* code or load and then train and predict without
- * any out-of-bounds access (the sanitizers turn one into a crash).
+ * any out-of-bounds access (the sanitizers turn one into a crash). Half of
+ * the loads get a second memory region (kl_arena_set_far) of its own
+ * allocation, sized as the blob's split boundary or at random.
  *
  * usage: kl_fuzz_blob BLOB ITERATIONS SEED
  * prints: "fuzz <n> accepted <a> rejected <r> codes <c1>:<n1> ..." and exits 0.
@@ -31,6 +34,12 @@ static void put32(uint8_t *p, uint32_t v)
 	p[1] = (uint8_t)(v >> 8);
 	p[2] = (uint8_t)(v >> 16);
 	p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+	       ((uint32_t)p[3] << 24);
 }
 
 static uint32_t arena_mem[1 << 16];
@@ -65,7 +74,13 @@ int main(int argc, char **argv)
 		memcpy(b, orig, n);
 		size_t len = n;
 		const uint32_t sched = n >= KL_BLOB_HEADER_SIZE ? kl_blob_schedule(b) : 0u;
-		const uint32_t kind = rnd() % (sched != 0u && sched < n ? 7u : 6u);
+		const int has_sched = sched != 0u && sched < n;
+		/* 2.7: the header's split fields (boundary, the second part's bytes) */
+		const uint32_t minor = (uint32_t)b[KL_BH_VER_MINOR] |
+				       ((uint32_t)b[KL_BH_VER_MINOR + 1] << 8);
+		const int has_split = has_sched && minor >= 7u &&
+				      (size_t)sched + KL_SCHED_HEADER_SIZE_SPLIT <= n;
+		const uint32_t kind = rnd() % (has_split ? 8u : has_sched ? 7u : 6u);
 		const int reseal = (rnd() & 1u) != 0u;
 		if (kind == 0) { /* truncate */
 			len = rnd() % n;
@@ -82,6 +97,20 @@ int main(int argc, char **argv)
 		} else if (kind == 6) { /* a step of the schedule (format 2.1) */
 			const size_t at = sched + rnd() % (n - sched);
 			b[at] = (uint8_t)(rnd() % 3u == 0u ? rnd() : b[at] ^ (1u << (rnd() % 8u)));
+		} else if (kind == 7) { /* the split boundary and the second part's size */
+			uint8_t *h = b + sched;
+			const uint32_t region = rd32(h + KL_SCHED_REGION);
+			const uint32_t split = rd32(h + KL_SCHED_SPLIT);
+			const uint32_t pick[8] = {0u,	       region,	   region + 8u, split + 8u,
+						  split - 8u, split + 4u, rnd(),       rnd() % (region + 1u)};
+			const uint32_t ns = pick[rnd() % 8u];
+			put32(h + KL_SCHED_SPLIT, rnd() % 4u == 0u ? ns & ~7u : ns);
+			const uint32_t rest = rnd() % 4u;
+			if (rest != 0u) { /* else: the old second part's size */
+				put32(h + KL_SCHED_SPLIT_REST, rest == 1u ? region - ns
+							       : rest == 2u ? 0u
+									    : rnd());
+			}
 		} else if (kind == 5) { /* 16-bit field set to an extreme */
 			const size_t at = 16u + 2u * (rnd() % 40u);
 			b[at] = (uint8_t)(rnd() % 2u ? 0xFFu : 0u);
@@ -97,6 +126,22 @@ int main(int argc, char **argv)
 		}
 		kl_arena_t arena;
 		kl_arena_init(&arena, arena_mem, sizeof(arena_mem));
+		/* a second memory region, exactly as big as asked for (ASan sees past it) */
+		kl_arena_t far;
+		uint8_t *far_mem = NULL;
+		if ((rnd() & 1u) != 0u) {
+			uint32_t fs = 1u + rnd() % 65536u;
+			if (has_split && rnd() % 4u != 0u) {
+				fs = rd32(b + sched + KL_SCHED_SPLIT);
+			}
+			fs = fs == 0u || fs > (1u << 20) ? 8u : fs;
+			far_mem = malloc(fs);
+			if (far_mem == NULL) {
+				return 2;
+			}
+			kl_arena_init(&far, far_mem, fs);
+			kl_arena_set_far(&arena, &far);
+		}
 		kl_model_t m;
 		const kl_train_cfg_t cfg = {.lr = 0.05f, .momentum = 0.0f, .seed = 1u, .flags = 0u};
 		int err = kl_model_init(&m, b, len, &arena, &cfg);
@@ -133,6 +178,7 @@ int main(int argc, char **argv)
 				return 1;
 			}
 		}
+		free(far_mem);
 	}
 	printf("fuzz %ld accepted %ld rejected %ld codes", iters, accepted, rejected);
 	for (int k = 0; k < 8; k++) {

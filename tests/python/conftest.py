@@ -77,14 +77,20 @@ def twister_python(twister) -> str:
 
 
 def run_fuzz_firmware(board: str, target: str) -> tuple[int, int]:
-    """Build and run a kernel fuzz firmware (tests/c/kl_fuzz_*.c) on a QEMU board; returns
-    (cases, mismatches) from its final "KL fuzz done cases N mismatches N" line."""
+    """Build and run a kernel fuzz firmware (tests/c/kl_fuzz_*.c) on a QEMU board or the host
+    build (host, host-asan); returns (cases, mismatches) from its final "KL fuzz done cases N
+    mismatches N" line."""
+    import subprocess
     from pathlib import Path
 
     from kilolearn.device import build, qemu
 
-    exe = build.build(board, target=target)
-    r = qemu.run_firmware(Path(exe), board, job=None, timeout=600)
+    if board in ("host", "host-asan"):  # the host build runs natively
+        exe = build.build("host", sanitize=board == "host-asan", target=target)
+        r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    else:
+        exe = build.build(board, target=target)
+        r = qemu.run_firmware(Path(exe), board, job=None, timeout=600)
     last = [ln for ln in r.stdout.splitlines() if ln.startswith("KL fuzz done")]
     assert last, r.stdout[-2000:]
     f = last[-1].split()

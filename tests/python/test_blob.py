@@ -110,25 +110,32 @@ def test_engine_rejects_bad_blobs_with_distinct_codes(blobs, dtype, digits):
 
 @pytest.mark.parametrize("dtype", ["f32", "s8", "residual-f32", "residual-s8",
                                    "residual-s8-schedule", "residual-f32-schedule",
-                                   "compact-s8-schedule", "acts-mse-s8", "acts-mse-f32"])
+                                   "compact-s8-schedule", "split-s8-schedule", "acts-mse-s8",
+                                   "acts-mse-f32"])
 def test_fuzz_blob_parser_under_sanitizers(blobs, dtype, tmp_path, rng):
+    from test_engine import residual_net
+
+    from kilolearn import planner
+
     exe = build.build("host", sanitize=True, target="kl_fuzz_blob")
     path = tmp_path / "model.klm"
     if dtype.startswith("compact"):  # format 2.3: compact backward steps
         from test_schedule import compact_net
-
-        from kilolearn import planner
 
         m = compact_net()
         x = rng.uniform(0, 1, (2,) + m.graph.shapes[0]).astype(np.float32)
         plan = planner.baseline(planner.MemModel(m.graph, "s8"), "store-all")
         assert any(s.flags & planner.STEP_COMPACT for s in plan.steps)
         blob = export.export_s8(R.quantize_model(m.graph, m.init(2), x), plan)
+    elif dtype.startswith("split"):  # format 2.7: the region split (the fuzzer's far region)
+        from test_schedule import split_plans
+
+        m = residual_net()
+        x = rng.uniform(0, 1, (4,) + m.graph.shapes[0]).astype(np.float32)
+        _, plan = split_plans(planner.MemModel(m.graph, "s8"))[0]
+        blob = export.export_s8(R.quantize_model(m.graph, m.init(2), x), plan)
+        assert blob[6] == export.VERSION_SPLIT[1]
     elif dtype.startswith("residual"):
-        from test_engine import residual_net
-
-        from kilolearn import planner
-
         m = residual_net()
         p = m.init(2)
         x = rng.uniform(0, 1, (4,) + m.graph.shapes[0]).astype(np.float32)

@@ -177,3 +177,38 @@ def test_first_epoch_measured_again_equals_the_json() -> None:
     assert (got.device_acc[0], got.insn_first_epoch, got.arena_bytes, got.blob_bytes) == \
         (want["device_acc"][0], want["insn_first_epoch"], want["arena_bytes"],
          want["blob_bytes"]), "rerun `kilolearn docs --measure train-mlp`"
+
+
+def test_kernels_figure_without_a_cmsis_nn_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no CMSIS-NN tree (CI) the kernels figure keeps its cmsis_nn record (backend, raw
+    CMSIS-NN and overhead columns) from the JSON; its overhead columns are the instruction counts'
+    ratios: a hand-made record renders 1,020 against 1,000 instructions as +2.0 %."""
+    from kilolearn.bench import kbench
+    from kilolearn.tools import docfigs_measure, docfigs_render
+
+    def fake_run(board: str, cmsis_nn: bool = False, **kw) -> kbench.KernelBench:
+        assert not cmsis_nn
+        ms = [kbench.Measurement(op, di, b, macs, n, 0)
+              for op, macs in (("fc64x32", 2048), ("conv1x1", 4096), ("dw3x3", 1024))
+              for di in ("fwd", "bwd")
+              for b, n in (("ref", 7 * macs), ("dsp", macs + macs // 4))]
+        return kbench.KernelBench(board, 0, True, 0, measurements=ms, done=True)
+
+    monkeypatch.setattr(build, "cmsis_nn_dir", lambda: None)
+    monkeypatch.setattr(kbench, "run", fake_run)
+    with contextlib.redirect_stdout(io.StringIO()):
+        data = docfigs_measure._measure_kernels()
+    kept = json.loads((ROOT / "docs/figures/kernels.json").read_text())["data"]["cmsis_nn"]
+    assert data["cmsis_nn"] == kept and kept["insn"]
+    cm = {"measured": "2020-01-01", "board": "mps2-an386", "source": "CMSIS-NN x",
+          "insn_per_mac": {"fc64x32 fwd": 1020 / 2048},
+          "insn": {b: {"fc64x32 fwd": {"macs": 2048, "cmsis_nn": 1020, "cmsis_nn_train": 1100,
+                                       "cmsis_raw": 1000}} for b in ("mps2-an386", "mps2-an500")}}
+    rec = {"figure": "kernels", "command": "kilolearn bench-kernels", "measured": "2020-01-02",
+           "data": {"boards": data["boards"], "cmsis_nn": cm}}
+    text = docfigs_render.render_kernels(rec)
+    row = "| fc64x32 | forward | 2,048 | 7.00 | 1.25 | 5.6× |  | 0.50 | 0.49 | +2.0 % | +10.0 % |"
+    assert row in text
+    assert "cmsis_nn ≤ 3 % over the raw CMSIS-NN calls: met** for frozen layers (2.0 % more" in text
+    assert "over 3 % at fc64x32 (10.0 %, of which the bias rescale 80 instructions)" in text
+    assert "measured 2020-01-01" in text

@@ -188,3 +188,30 @@ def test_s8_fused_training_bit_exact(target, rng):
                                       ref.m.w[i]), (name, i)
                 assert np.array_equal(rep.dump(f"b{i:02d}", "<i4"), ref.m.b[i]), (name, i)
         assert ref.m.exp != qm.exp, "the test should exercise the dynamic range adaptation"
+
+
+@pytest.mark.parametrize("target", CMSIS_NN_TARGETS)
+def test_cmsis_nn_blocks_in_the_planned_arena(target, rng):
+    """The CMSIS-NN backend keeps a parameter block per int8 dense, conv and depthwise op in
+    the arena (kl_cmsis_blocks): the arena the engine uses is the planner's (MemModel with
+    cmsis_nn) to the byte, trained and frozen layers alike, and the blocks are what it adds."""
+    require_target(target)
+    from kilolearn.planner import memory as P
+
+    board, _ = split_target(target)
+    arch = "host" if board == "host" else "arm"
+    for name in ("cnn", "residual", "mlp-frozen-first", "bias-only", "cnn-valid"):
+        m = MODELS[name]()
+        g = m.graph
+        p = m.init(3)
+        x, y = data_for(m, rng, 3)
+        qm = R.quantize_model(g, p, x)
+        rep = run_job(job.build(export.export_s8(qm), qm.quantize_input(x), y, lr=0.05), target)
+        mm = P.MemModel(g, "s8", target=arch, cmsis_nn=True)
+        assert rep.one("done")["arena_peak"] == mm.store_all_bytes(), name
+        ptr = 8 if arch == "host" else 4
+        blocks = sum(12 + (4 * mm.tsize[op.output] if op.kind == "dense"
+                           else 12 * g.shapes[op.output][2])
+                     for op in g.ops if op.kind in ("dense", "conv", "dwconv"))
+        plain = P.MemModel(g, "s8", target=arch).store_all_bytes()
+        assert plain < mm.store_all_bytes() <= plain + ptr * len(g.ops) + blocks + ptr, name

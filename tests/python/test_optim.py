@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import QEMU_BOARDS, require_target, run_job, split_target
+from conftest import QEMU_BOARDS, require_target, run_fuzz_firmware, run_job, split_target
 from test_engine import MODELS, data_for
 
 from kilolearn import planner as P
@@ -217,3 +217,13 @@ def test_bad_optimiser_configurations(rng):
                        sanitize=True)
     with pytest.raises(ValueError):
         R.S8Trainer(qm, batch=3)
+
+
+@pytest.mark.parametrize("target", ["host", "host-asan", "mps2-an385", "mps2-an386"])
+def test_accumulate_fuzz_equals_its_definition(target: str) -> None:
+    """kl_accumulate_s8 (int8 batch sums, momentum velocity) = its definition in plain 64-bit
+    arithmetic (tests/c/kl_fuzz_acc.c) on random and extreme inputs: sums at KL_ACC_MAX,
+    gradients at INT32_MIN/MAX, exponent gaps up to 70, mu 0, 1 and random."""
+    require_target(target)
+    cases, mismatches = run_fuzz_firmware(target, "kl_fuzz_acc")
+    assert cases == 4000 and mismatches == 0

@@ -220,3 +220,101 @@ def test_optimal_is_monotone_in_the_budget():
             assert pl.extra_pct <= env.extra_pct + 1.5, (int(b), pl.extra_pct, env.extra_pct)
         env = pl if env is None or pl.macs < env.macs else env
     assert env.extra_macs == 0 and env.peak == hi
+
+
+def placed_buffers(mm: P.MemModel, pl: P.Plan) -> list[tuple]:
+    """Replays the steps (independently of build_steps): every buffer a step places, as
+    (offset, end, first step, last step + 1, tag): activations ("d", tensor) and gradients
+    ("g", tensor) live until their free step (what is never freed: to the end), a backward
+    scratch ("bwd", the input whose gradient it makes in place, or -1) for its step only."""
+    g = mm.graph
+    live: dict[tuple[str, int], list] = {}
+    out = []
+    n = len(pl.steps)
+    for k, s in enumerate(pl.steps):
+        if s.kind == P.STEP_FWD:
+            t = g.ops[s.index].output
+            live[("d", t)] = [s.offset, s.offset + mm.dbytes[t], k, n, ("d", t)]
+        elif s.kind in (P.STEP_LOSS, P.STEP_GRAD):
+            t = s.index
+            live[("g", t)] = [s.offset, s.offset + mm.gbytes[t], k, n, ("g", t)]
+        elif s.kind == P.STEP_BWD:
+            ex = g.ops[s.index].inputs[0] if s.flags & P.STEP_IN_PLACE else -1
+            out.append((s.offset, s.offset + mm.bwd_scratch(s.index), k, k + 1, ("bwd", ex)))
+        else:
+            b = live.pop(("d" if s.kind == P.STEP_FREE_DATA else "g", s.index))
+            b[3] = k
+            out.append(tuple(b))
+    return out + [tuple(b) for b in live.values()]
+
+
+def _in_place(a: tuple, b: tuple) -> bool:
+    """Is b the input gradient that a's backward step makes in place, inside a's scratch
+    (its grad step right before)?"""
+    return (a[4][0] == "bwd" and a[4][1] >= 0 and b[4] == ("g", a[4][1]) and b[2] == a[2] - 1
+            and a[0] <= b[0] and b[1] <= a[1])
+
+
+def check_split_layout(mm: P.MemModel, pl: P.Plan, split: int) -> None:
+    """No buffer across split, every buffer inside the region, no two buffers live at the
+    same step overlapping (but an in-place gradient inside its step's scratch)."""
+    bufs = placed_buffers(mm, pl)
+    assert pl.split == (split if pl.region > split else 0)
+    for lo, hi, *_ in bufs:
+        assert lo % 4 == 0 and 0 <= lo <= hi <= pl.region
+        assert hi <= split or lo >= split, (lo, hi, split)
+    for i, a in enumerate(bufs):
+        for b in bufs[i + 1:]:
+            if a[2] < b[3] and b[2] < a[3] and a[0] < b[1] and b[0] < a[1]:
+                assert _in_place(a, b) or _in_place(b, a), (a, b)
+
+
+@pytest.mark.parametrize("model", ["residual", "mobilenet_v1"])
+def test_split_region_plans_place_no_buffer_across_the_boundary(model):
+    """A region split in two memories (MemModel.split, blob 2.7): for boundaries across the
+    store-all and recomputing plans' regions, replayed step by step, no buffer lies across the
+    boundary, none outside the region, no two live ones overlap; region_peaks gives the arena's
+    (static part + the part from the boundary on) and the second memory's (the boundary)."""
+    import dataclasses
+
+    from test_engine import residual_net
+
+    g = residual_net().graph if model == "residual" else \
+        M.mobilenet_v1((64, 64, 3), 10, alpha=0.1).graph
+    mm0 = P.MemModel(g, "s8")
+    n_split = 0
+    for which in ("store-all", "sqrt-n"):
+        flat = P.baseline(mm0, which)
+        for frac in (0.3, 0.5, 0.8, 1.2):
+            split = max(8, int(flat.region * frac) // 8 * 8)
+            mm = dataclasses.replace(mm0, split=split)
+            pl = P.build_steps(mm, flat.macros, which)
+            check_split_layout(mm, pl, split)
+            main, far = mm.region_peaks(pl.region)
+            if pl.split:
+                n_split += 1
+                assert (main, far) == (mm.static_bytes() + pl.region - split, split)
+                assert pl.pack()[16:24] == np.array([split, pl.region - split], "<u4").tobytes()
+            else:
+                assert (main, far) == (mm.static_bytes(aligned=False), pl.region)
+                assert len(pl.pack()) == 16 + 8 * len(pl.steps)
+            assert mm.region_peaks(pl.region, far=False) == (mm.static_bytes() + pl.region, 0)
+    assert n_split >= 6
+
+
+def test_f429_split_plan_fits_at_15_percent():
+    """nucleo_f429zi (192 KB SRAM less 8 KiB for the firmware, 64 KB CCM): MobileNetV1 alpha
+    0.1 128x128 trains every layer with the region split across the two at <= 15 % extra
+    MACs, each memory's part within its size (docs/planner.md, figure planner-f429)."""
+    import dataclasses
+
+    sram, ccm = 196_608 - 8192, 65_536
+    mm = dataclasses.replace(P.MemModel(M.mobilenet_v1((128, 128, 3), 10, alpha=0.1).graph,
+                                        "s8"), split=sram)
+    pl = P.optimal(mm, ccm + sram)
+    assert pl is not None and pl.split == sram and 0 < pl.extra_pct <= 15.0
+    main, far = mm.region_peaks(pl.region)
+    assert main <= ccm and far <= sram
+    check_split_layout(mm, pl, sram)
+    one_block = P.optimal(dataclasses.replace(mm, split=0), mm.static_bytes() + sram)
+    assert one_block is not None and one_block.extra_pct > pl.extra_pct + 5

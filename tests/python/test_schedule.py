@@ -302,10 +302,12 @@ def test_plan_measure_reports_device_peaks(target, capsys):
 @pytest.mark.parametrize("target", ["host", "mps2-an386"])
 def test_plan_two_regions_peaks_per_region_equal_the_device(target, capsys):
     """A budget board with two RAM regions (an SRAM and a CCM, as nucleo_f429zi's): the static
-    part in the smaller, the schedule's region in the larger (kl_arena_set_far). The device's
-    high-water mark of each region equals the planned one, and the optimal plan needs no more
-    extra MACs than one region of the larger size alone."""
+    part in the smaller, the schedule's region split at the larger's size (blob 2.7): the part
+    below in the larger (kl_arena_set_far), the rest in the smaller after the static part. The
+    device's high-water mark of each region equals the planned one, and the optimal plan needs
+    no more extra MACs than with the region in one block in the larger region."""
     require_target(target)
+    import dataclasses
     import re
     from types import SimpleNamespace
 
@@ -321,21 +323,127 @@ def test_plan_two_regions_peaks_per_region_equal_the_device(target, capsys):
                            measure=target)
     assert P.cmd_plan(args) == 0
     out = capsys.readouterr().out
-    assert "two RAM regions: the static part" in out
+    assert "two RAM regions: the static part" in out and "split at 110,000" in out
     table = out[out.index("measured on"):].splitlines()[3:]
     assert len(table) == 3 and all(" yes " in r for r in table), out
+    rows = [[int(v.replace(",", "")) for v in re.findall(r"(\d[\d,]*) \+ (\d[\d,]*)", r)[k]]
+            for r in table for k in (0, 1)]
+    assert all(rows[k] == rows[k + 1] for k in (0, 2, 4)), out  # planned = measured
     mm = P.MemModel(_mobilenet(80).graph, "s8", target=args.target)
-    static = mm.static_bytes(aligned=False)
-    assert static <= 64 * 1024
-    for r in table:  # "static + region" planned, the same measured
-        planned, measured = re.findall(r"(\d[\d,]*) \+ (\d[\d,]*)", r)[:2]
-        assert planned == measured and int(planned[0].replace(",", "")) == static, r
+    split = dataclasses.replace(mm, split=110_000)
     opt_region = int(re.search(r"region ([\d,]+) B", out).group(1).replace(",", ""))
-    assert opt_region <= 110_000
-    one = P.optimal(mm, 110_000)  # one contiguous arena in the SRAM alone
-    two = P.optimal(mm, mm.static_bytes() + 110_000)
-    assert two is not None and two.region == opt_region
-    assert one is None or two.extra_macs <= one.extra_macs
+    two = P.optimal(split, 64 * 1024 + 110_000)
+    assert two is not None and two.region == opt_region and two.split == 110_000
+    assert list(split.region_peaks(two.region)) == rows[4]  # the optimal plan's row
+    assert rows[4][0] <= 64 * 1024 and rows[4][1] <= 110_000
+    block = P.optimal(mm, mm.static_bytes() + 110_000)  # the region one block in the SRAM
+    assert block is not None and two.extra_macs < block.extra_macs
+
+
+def split_plans(mm: P.MemModel) -> list[tuple[P.MemModel, P.Plan]]:
+    """The store-all and a recomputing plan of mm's graph with the region split at about a
+    third and a half of the unsplit one (blob 2.7): both parts used."""
+    import dataclasses
+
+    out = []
+    for which, frac in (("sqrt-n", 0.5), ("store-all", 0.35)):
+        flat = P.baseline(mm, which)
+        smm = dataclasses.replace(mm, split=int(flat.region * frac) // 8 * 8)
+        pl = P.build_steps(smm, flat.macros, which + " split")
+        assert 0 < pl.split < pl.region, (which, pl.split, pl.region)
+        out.append((smm, pl))
+    return out
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_split_region_bit_identical_peaks_per_region(target, rng):
+    """A schedule whose region is split (blob 2.7) trains the residual net bit-identically to
+    the engine without a schedule: with a second memory region (the runner's FAR job: the
+    part below the boundary there, the static part and the rest in the arena, each arena of
+    exactly its planned size) and without one (one block). The high-water mark of each region
+    equals MemModel.region_peaks to the byte."""
+    require_target(target)
+    board, asan = split_target(target)
+    m = residual_net()
+    g = m.graph
+    x, y = data_for(m, rng, 6)
+    qm = R.quantize_model(g, m.init(3), x)
+    xq = qm.quantize_input(x)
+    tgt = "host" if board == "host" else "arm"
+    mm = P.MemModel(g, "s8", keep_grads=True, target="arm")
+    ref = {c: run(export.export_s8(qm), xq, y, board, asan, c)
+           for c in (job.CMD_GRADS, job.CMD_TRAIN)}
+    for _, pl in split_plans(mm):
+        blob = export.export_s8(qm, pl)
+        assert blob[6] == export.VERSION_SPLIT[1] and export.read(blob).schedule == pl.pack()
+        mm_t = P.MemModel(g, "s8", keep_grads=True, target=tgt, split=pl.split)
+        main, far = mm_t.region_peaks(pl.region)
+        assert far == pl.split and main == mm_t.static_bytes() + pl.region - pl.split
+        for c in (job.CMD_GRADS, job.CMD_TRAIN):
+            kw = dict(cmd=c, n_steps=3, lr=0.2, seed=77, dump_weights=True) \
+                if c == job.CMD_GRADS else dict(lr=0.3, seed=9, epochs=1, dump_weights=True)
+            rep = runner.run_job(job.build(blob, xq, y, xq[:4], y[:4], arena_size=main,
+                                           far_size=far, **kw), board, sanitize=asan)
+            assert comparable(rep) == comparable(ref[c]), (pl.name, c)
+            if c == job.CMD_GRADS:  # the fused job's arena holds no kept gradients
+                done = rep.one("done")
+                assert (done["arena_peak"], done["far_peak"]) == (main, far), pl.name
+        one = run(blob, xq, y, board, asan, job.CMD_GRADS)  # no second region: one block
+        assert comparable(one) == comparable(ref[job.CMD_GRADS])
+        assert one.one("done")["arena_peak"] == mm_t.region_peaks(pl.region, far=False)[0]
+
+
+def test_engine_rejects_bad_split_boundaries(rng):
+    """The split fields of a 2.7 schedule header: a boundary not 8-aligned, at or past the
+    region's end, with a second part's size that is not the rest, a size without a boundary, a
+    boundary that cuts a buffer, huge values: KL_ECORRUPT from kl_blob_check (under ASan and
+    UBSan), never a crash; the same header in a blob marked 2.6 (a reader before 2.7 reads the
+    boundary as a step) too. Valid variants train: no boundary (0, 0) in a 2.7 blob."""
+    import re
+    import struct
+    import zlib
+
+    from test_planner import placed_buffers
+
+    m = residual_net()
+    g = m.graph
+    x, y = data_for(m, rng, 2)
+    qm = R.quantize_model(g, m.init(1), x)
+    xq = qm.quantize_input(x)
+    smm, pl = split_plans(P.MemModel(g, "s8"))[0]
+    blob = bytearray(export.export_s8(qm, pl))
+    head = struct.unpack_from("<I", blob, 40)[0]
+    sp, region = pl.split, pl.region
+    # a boundary 8 bytes into a buffer that starts 8-aligned below the split, longer than 8
+    cut = next(lo + 8 for lo, hi, *_ in placed_buffers(smm, pl) if lo % 8 == 0 and hi > lo + 8
+               and lo + 8 < region)
+
+    def patched(split: int, rest: int, minor: int = 7) -> bytes:
+        b = bytearray(blob)
+        struct.pack_into("<H", b, 6, minor)
+        struct.pack_into("<II", b, head + 16, split & 0xFFFFFFFF, rest & 0xFFFFFFFF)
+        struct.pack_into("<I", b, 12, zlib.crc32(bytes(b[16:])) & 0xFFFFFFFF)
+        return bytes(b)
+
+    def code(b: bytes) -> str:
+        try:
+            runner.run_job(job.build(b, xq, y), "host", sanitize=True)
+        except runner.RunError as e:
+            return export.ERRORS[int(re.search(r"code (-\d+)", str(e)).group(1))]
+        return "KL_OK"
+
+    assert code(patched(sp, region - sp)) == "KL_OK"
+    assert code(patched(0, 0)) == "KL_OK"  # 2.7, one block: offsets as they are
+    bad = {"unaligned": (sp + 4, region - sp - 4), "odd": (sp - 1, region - sp + 1),
+           "at the end": (region // 8 * 8, region - region // 8 * 8),
+           "past the end": (region + 8, 0), "rest too big": (sp, region - sp + 8),
+           "rest too small": (sp, region - sp - 8), "rest without boundary": (0, 8),
+           "a buffer cut": (cut, region - cut), "huge": (0xFFFFFFF8, region - 0xFFFFFFF8),
+           "huge rest": (8, 0xFFFFFFFF)}
+    for why, (s_, r_) in bad.items():
+        assert code(patched(s_, r_)) == "KL_ECORRUPT", why
+    assert code(patched(sp, region - sp, minor=6)) == "KL_ECORRUPT"
+    assert code(patched(0, 0, minor=6)) == "KL_ECORRUPT"
 
 
 def _mobilenet(size: int):  # noqa: ANN202

@@ -199,6 +199,16 @@ static int bwd_reads_live(const sched_state_t *st, const uint8_t *o, uint32_t in
 	return 1;
 }
 
+/* Does the buffer [off, off + size) lie inside the region, and inside one of
+ * its parts when it is split at split (not 0)? */
+static int in_region(uint32_t off, uint64_t size, uint32_t region, uint32_t split)
+{
+	if (off > region || size > region - off) {
+		return 0;
+	}
+	return split == 0u || off >= split || size <= split - off;
+}
+
 /* The schedule: every step's ids in range, every buffer inside the region,
  * every step reads only live buffers, backward steps last op first and
  * recomputations only before the backward frontier, one loss step, the
@@ -212,14 +222,24 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 	const uint32_t output = kl_rd16(blob + KL_BH_OUTPUT);
 	const uint8_t *t_tab = blob + kl_rd32(blob + KL_BH_TENSORS);
 	const uint8_t *o_tab = blob + kl_rd32(blob + KL_BH_OPS);
-	if (!range_ok(sched, KL_SCHED_HEADER_SIZE, data_lo, total)) {
+	const uint32_t head = kl_sched_header_size(blob);
+	if (!range_ok(sched, head, data_lo, total)) {
 		return KL_ECORRUPT;
 	}
 	const uint32_t n_steps = kl_rd32(blob + sched + KL_SCHED_N_STEPS);
 	const uint32_t region = kl_rd32(blob + sched + KL_SCHED_REGION);
 	if (n_steps == 0u || n_steps > KL_SCHED_MAX_STEPS || region > 0x7FFFFFFFu ||
-	    !range_ok(sched, KL_SCHED_HEADER_SIZE + (uint64_t)n_steps * KL_STEP_SIZE, data_lo,
-		      total)) {
+	    !range_ok(sched, head + (uint64_t)n_steps * KL_STEP_SIZE, data_lo, total)) {
+		return KL_ECORRUPT;
+	}
+	/* 2.7: the region in two parts at the boundary split (0: one part) */
+	const uint32_t split = head > KL_SCHED_HEADER_SIZE ? kl_rd32(blob + sched + KL_SCHED_SPLIT)
+							   : 0u;
+	const uint32_t rest = head > KL_SCHED_HEADER_SIZE
+				      ? kl_rd32(blob + sched + KL_SCHED_SPLIT_REST)
+				      : 0u;
+	if (split == 0u ? rest != 0u
+			: (split % 8u) != 0u || split >= region || rest != region - split) {
 		return KL_ECORRUPT;
 	}
 	sched_state_t st;
@@ -243,7 +263,7 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 	const uint64_t es = s8 ? 1u : 4u;
 	uint32_t n_loss = 0;
 	uint32_t frontier = n_ops; /* ops at or after it have had their backward step */
-	const uint8_t *sp = blob + sched + KL_SCHED_HEADER_SIZE;
+	const uint8_t *sp = blob + sched + head;
 	for (uint32_t k = 0; k < n_steps; k++, sp += KL_STEP_SIZE) {
 		const uint32_t kind = sp[KL_SS_KIND], idx = kl_rd16(sp + KL_SS_INDEX);
 		const uint32_t off = kl_rd32(sp + KL_SS_OFFSET);
@@ -263,7 +283,7 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 			if (kind == KL_STEP_FWD) {
 				const uint64_t size = tensor_size(t_tab + out * KL_BLOB_TENSOR_SIZE) * es;
 				if (idx >= frontier || bit(st.data, out) || (off % 4u) != 0u ||
-				    off > region || size > region - off ||
+				    !in_region(off, size, region, split) ||
 				    (in0 != input && !bit(st.data, in0)) ||
 				    (in1 != input && !bit(st.data, in1))) {
 					return KL_ECORRUPT;
@@ -313,7 +333,7 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 			upd += in_place ? (nx * es + 7u) & ~(uint64_t)7u : 0u;
 			need = upd > need ? upd : need;
 			if (idx >= frontier || !bit(st.grad, out) || (off % 8u) != 0u ||
-			    off > region || need > region - off ||
+			    !in_region(off, need, region, split) ||
 			    !bwd_reads_live(&st, o, input, s8) ||
 			    (bit(st.need_grad, in0) && !bit(st.grad, in0)) ||
 			    (bit(st.need_grad, in1) && !bit(st.grad, in1))) {
@@ -327,7 +347,7 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 		}
 		const uint64_t size = tensor_size(t_tab + idx * KL_BLOB_TENSOR_SIZE) * es;
 		const int placed = kind == KL_STEP_LOSS || kind == KL_STEP_GRAD;
-		if (placed && ((off % 4u) != 0u || off > region || size > region - off)) {
+		if (placed && ((off % 4u) != 0u || !in_region(off, size, region, split))) {
 			return KL_ECORRUPT;
 		}
 		switch (kind) {

@@ -5,12 +5,17 @@ Builds ``tests/c/kl_bench_kernels.c`` for a board (or the host), runs it (QEMU
 with ``-icount shift=0`` on the boards, so the counts are retired
 instructions, exact to one timer tick) and parses its lines::
 
-    KL kbench op <name> dir fwd|bwd|wgrad|sgd backend ref|dsp|cmsis_nn|mve macs N insn N
-        mismatches N   (one line)
+    KL kbench op <name> dir fwd|bwd|wgrad|sgd backend <backend> macs N insn N mismatches N
     KL kbench done dsp 0|1 mve 0|1 counter 0|1 mismatches N
 
+backends ref, dsp, dsp_plain, mve, cmsis_nn, cmsis_nn_train, cmsis_raw.
+
 The firmware itself checks every dsp and mve (and, in a CMSIS-NN build, cmsis_nn forward)
-output against ref bit for bit; its exit code is non-zero on any difference.
+output against ref bit for bit; its exit code is non-zero on any difference. ``cmsis_raw``
+(CMSIS-NN builds) is the CMSIS-NN function the cmsis_nn backend calls, called directly with
+every parameter prepared before the timer starts: the baseline of the backend's overhead.
+``cmsis_nn`` is the backend on a layer's parameter block as the engine keeps it for a frozen
+layer, ``cmsis_nn_train`` for a trained one (its bias rescaled in every call).
 """
 
 from __future__ import annotations
@@ -84,7 +89,12 @@ class KernelBench:
             ])
             if cmsis_nn:
                 cm = self.get(m.op, m.direction, "cmsis_nn")
-                out[-1].append(f"{cm.insn_per_mac:.2f}" if cm else "n/a")
+                raw = self.get(m.op, m.direction, "cmsis_raw")
+                tr = self.get(m.op, m.direction, "cmsis_nn_train")
+                out[-1] += [f"{cm.insn_per_mac:.2f}" if cm else "n/a",
+                            f"{raw.insn_per_mac:.2f}" if raw else "n/a",
+                            f"{overhead(cm, raw):+.1f} %" if cm and raw and raw.insn else "n/a",
+                            f"{overhead(tr, raw):+.1f} %" if tr and raw and raw.insn else "n/a"]
             if mve:
                 mv = self.get(m.op, m.direction, "mve")
                 out[-1] += [f"{mv.insn_per_mac:.2f}" if mv else "n/a",
@@ -93,7 +103,13 @@ class KernelBench:
 
 
 HEADERS = ["board", "op", "direction", "MACs", "insn/MAC ref", "insn/MAC dsp", "speed-up"]
-CMSIS_HEADER = "insn/MAC cmsis_nn"
+CMSIS_HEADERS = ["insn/MAC cmsis_nn", "insn/MAC raw CMSIS-NN", "cmsis_nn overhead",
+                 "overhead, trained layer"]
+
+
+def overhead(backend: Measurement, raw: Measurement) -> float:
+    """The cmsis_nn backend's instructions over the raw CMSIS-NN call's, in percent."""
+    return 100.0 * (backend.insn - raw.insn) / raw.insn
 MVE_HEADERS = ["insn/MAC mve", "mve vs dsp"]
 
 
@@ -147,7 +163,8 @@ def add_arguments(p) -> None:
 
     p.add_argument("--json", type=OutFile(), help="write the measurements as JSON to this file")
     p.add_argument("--cmsis-nn", action="store_true",
-                   help="also the CMSIS-NN backend's forward kernels (a CMSIS-NN tree from "
+                   help="also the CMSIS-NN backend's forward kernels, the raw CMSIS-NN calls "
+                        "they wrap and the backend's overhead per shape (a CMSIS-NN tree from "
                         "$KILOLEARN_CMSIS_NN or the Zephyr workspace of $ZEPHYR_BASE)")
 
 
@@ -174,7 +191,7 @@ def main(a) -> int:
           "shift=0; one timer tick = 40 instructions, 50 on the an505, 31.25 on the an547); "
           "dsp checked bit for bit against ref" + (", and so is cmsis_nn" if a.cmsis_nn else "")
           + (", and so is mve" if mve else ""))
-    headers = HEADERS + ([CMSIS_HEADER] if a.cmsis_nn else []) + (MVE_HEADERS if mve else [])
+    headers = HEADERS + (CMSIS_HEADERS if a.cmsis_nn else []) + (MVE_HEADERS if mve else [])
     print(tabulate(rows, headers=headers,
                    colalign=("left", "left", "left") + ("right",) * (len(headers) - 3)))
     if a.json:

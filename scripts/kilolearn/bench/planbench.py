@@ -28,6 +28,8 @@ class Measured:
     # two regions (kl_arena_set_far): the schedule's region, planned and measured
     planned_far: int | None = None
     measured_far: int | None = None
+    split: int = 0  # the schedule's region split there (blob 2.7): the far region holds the
+    # offsets below it, the first region the static part and the offsets from it on
 
 
 def compact_everywhere(mm: P.MemModel, pl: P.Plan) -> P.Plan:
@@ -39,7 +41,9 @@ def measure(qm: R.QModel, plans: list[tuple[P.MemModel, P.Plan]], board: str,
             samples: int = 2, seed: int = 0, far: bool = False) -> list[Measured]:
     """One epoch of fused int8 training on `samples` random inputs per plan; each arena is
     the plan's static part plus its region for the board's pointer size. far: the region in a
-    second arena region of its size (kl_arena_set_far), the static part alone in the first."""
+    second arena region of its size (kl_arena_set_far), the static part alone in the first; or,
+    for a split region (Plan.split), its first part in the second arena region and the static
+    part and its second part in the first (each arena exactly MemModel.region_peaks)."""
     g = qm.graph
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 1, (samples,) + g.shapes[g.input]).astype(np.float32)
@@ -48,19 +52,18 @@ def measure(qm: R.QModel, plans: list[tuple[P.MemModel, P.Plan]], board: str,
     tgt = "host" if board == "host" else "arm"
     out = []
     for mm, pl in plans:
-        smm = P.MemModel(g, "s8", target=tgt, compact=mm.compact)
-        static = smm.static_bytes()
+        smm = P.MemModel(g, "s8", target=tgt, compact=mm.compact, split=pl.split)
+        main, far_peak = smm.region_peaks(pl.region, far)  # the arenas: exactly those
         img = job.build(export.export_s8(qm, pl), xq, y, lr=0.1, seed=1, epochs=1,
-                        arena_size=static if far else static + pl.region,
-                        far_size=pl.region if far else 0)
+                        arena_size=main, far_size=far_peak)
         rep = runner.run_job(img, board)
         insn = rep.records["epoch"][0].get("train_insn")
         done = rep.one("done")
-        out.append(Measured(pl.name, smm.static_bytes(aligned=False) if far
-                            else static + pl.region, done["arena_peak"],
+        out.append(Measured(pl.name, main, done["arena_peak"],
                             pl.extra_pct, sum(s.flags & P.STEP_COMPACT != 0 for s in pl.steps),
                             None if board == "host" or insn is None else insn / samples,
-                            pl.region if far else None, done.get("far_peak") if far else None))
+                            far_peak if far else None, done.get("far_peak") if far else None,
+                            pl.split))
     return out
 
 

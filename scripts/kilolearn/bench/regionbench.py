@@ -1,9 +1,10 @@
 """The figure ``planner-f429`` (docs/planner.md): MobileNetV1 alpha 0.1 128x128, full-depth int8
 training, planned for nucleo_f429zi's real memory map (192 KB SRAM + 64 KB CCM, two regions)
-and trained on QEMU mps2-an386 with the same two regions (the runner's arena split: the static
-part in one region of the CCM's size at most, the schedule's region in a second one,
-kl_arena_set_far). Beside it: the same model planned for one contiguous region of the SRAM
-alone, and for a hypothetical contiguous 256 KB.
+and trained on QEMU mps2-an386 with the same two regions (the runner's arena split,
+kl_arena_set_far): the static part in the CCM, the schedule's region split at the SRAM's size
+(blob 2.7), its offsets below that in the SRAM, the rest in the CCM after the static part.
+Beside it: the region in the SRAM as one block (the static part alone in the CCM), one
+contiguous region of the SRAM alone, and a hypothetical contiguous 256 KB.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 
 BOARD = "mps2-an386"
 TARGET_BOARD = "nucleo_f429zi"
+RESERVE = 8192  # of the SRAM, for the firmware's own RAM and stack (as the 256 KB figure's)
 
 
 def measure_figure() -> dict:
@@ -33,43 +35,67 @@ def measure_figure() -> dict:
     if static > small.size:
         raise RuntimeError(f"the static part {static:,} B does not fit {small.name}")
     print("  planning ...", flush=True)
-    two = P.optimal(mm, mm.static_bytes() + big.size)
-    one = P.optimal(mm, big.size)
-    flat = P.optimal(mm, big.size + small.size)
+    sram = (big.size - RESERVE) // 8 * 8
+    mms = dataclasses.replace(mm, split=sram)
+    two = P.optimal(mms, small.size + sram)  # the region split across the two
+    full = dataclasses.replace(mm, split=big.size // 8 * 8)  # no reserve: the SRAM all arena
+    two_full = P.optimal(full, small.size + full.split)
+    block = P.optimal(mm, mm.static_bytes() + sram)  # the region in the SRAM, one block
+    one = P.optimal(mm, sram)
+    flat = P.optimal(mm, big.size + small.size - RESERVE)
     if two is None:
         raise RuntimeError("no two-region plan")
     x = np.random.default_rng(0).uniform(0, 1, (4,) + g.shapes[g.input]).astype(np.float32)
     qm = R.quantize_model(g, mdl.init(0), x)
-    print(f"  training with the two-region plan on {BOARD} ...", flush=True)
-    (ms,) = B.measure(qm, [(mm, two)], BOARD, far=True)
+    print(f"  training with the split two-region plan on {BOARD} ...", flush=True)
+    (ms,) = B.measure(qm, [(mms, two)], BOARD, far=True)
 
     def d(pl: P.Plan | None) -> dict | None:
         return None if pl is None else {"peak": pl.peak, "region": pl.region,
                                         "extra_pct": round(pl.extra_pct, 2),
-                                        "phases": len(pl.phases)}
+                                        "phases": len(pl.phases), "split": pl.split}
 
+    peaks = {"two": mms.region_peaks(two.region),
+             "two_full": full.region_peaks(two_full.region) if two_full else None}
     return {"board": TARGET_BOARD, "regions": {r.name: r.size for r in rams},
-            "static": static, "two": d(two), "one": d(one), "flat": d(flat),
+            "reserve": RESERVE, "static": static, "two": d(two), "two_full": d(two_full),
+            "block": d(block), "one": d(one), "flat": d(flat), "peaks": peaks,
             "measured": dataclasses.asdict(ms)}
 
 
 def render(rec: dict) -> str:
     dd = rec["data"]
     (big, bs), (small, ss) = list(dd["regions"].items())[:2]
+    res = dd["reserve"]
     m = dd["measured"]
-    two, one, flat = dd["two"], dd["one"], dd["flat"]
-    rows = ["| arena layout | static part | schedule's region | extra MACs | measured on "
-            f"{BOARD} |", "|---|---|---|---|---|",
-            f"| two regions: static in {small} ({ss:,} B), region in {big} ({bs:,} B) | "
-            f"{dd['static']:,} B | {two['region']:,} B | {two['extra_pct']:.1f} % | "
-            f"{m['measured_peak']:,} + {m['measured_far']:,} B (planned {m['planned_peak']:,} + "
-            f"{m['planned_far']:,}) |",
-            f"| one region: {big} alone ({bs:,} B) | in it | "
-            + (f"{one['region']:,} B | {one['extra_pct']:.1f} % |" if one else "no plan | - |")
-            + " - |",
-            f"| one contiguous {bs + ss:,} B (not the real board) | in it | "
-            + (f"{flat['region']:,} B | {flat['extra_pct']:.1f} % |" if flat else "no plan | - |")
-            + " - |"]
+    two, full, block, one, flat = dd["two"], dd["two_full"], dd["block"], dd["one"], dd["flat"]
+
+    def cells(pl: dict | None) -> str:
+        return f"{pl['region']:,} B | {pl['extra_pct']:.1f} % |" if pl else "no plan | - |"
+
+    def parts(pl: dict) -> str:
+        sp = pl["split"]
+        return (f"{pl['region']:,} B: {sp:,} in {big}, {pl['region'] - sp:,} in {small}" if sp
+                else f"{pl['region']:,} B in {big}")
+
+    rows = ["| arena layout | static part | schedule's region | extra MACs | "
+            f"{small} / {big} high-water mark: measured on {BOARD} (planned) |",
+            "|---|---|---|---|---|",
+            f"| **two regions, the region split at {two['split']:,}**: the static part and the "
+            f"region's offsets from {two['split']:,} on in {small} ({ss:,} B), the offsets below "
+            f"in {big} ({bs:,} B - {res:,} B for the firmware) | {dd['static']:,} B | "
+            f"{parts(two)} | **{two['extra_pct']:.1f} %** | **{m['measured_peak']:,} / "
+            f"{m['measured_far']:,} B** ({m['planned_peak']:,} / {m['planned_far']:,}) |"]
+    if full:
+        pk = dd["peaks"]["two_full"]
+        rows.append(f"| the same, nothing of {big} left for the firmware (no reserve) | "
+                    f"{dd['static']:,} B | {parts(full)} | {full['extra_pct']:.1f} % | "
+                    f"- ({pk[0]:,} / {pk[1]:,}) |")
+    rows += [f"| two regions, the region one block: the static part in {small}, the region in "
+             f"{big} ({bs - res:,} B) | {dd['static']:,} B | " + cells(block) + " - |",
+             f"| one region: {big} alone ({bs - res:,} B) | in it | " + cells(one) + " - |",
+             f"| one contiguous {bs + ss - res:,} B (not the real board) | in it | "
+             + cells(flat) + " - |"]
     return ("\n".join(rows) + "\n\n" + f"*Measured {rec['measured']}: `{rec['command']}`; "
-            f"instructions per sample on {BOARD} with the two-region plan: "
+            f"instructions per sample on {BOARD} with the split plan: "
             f"{m['insn_per_sample']:,.0f}.*")

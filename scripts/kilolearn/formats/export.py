@@ -11,7 +11,9 @@ Format 2.4 adds the paged flag of dense ops (weights stay in the weight store, u
 the weight log: docs/paged-weights.md); written only for a paged blob. Format 2.5 adds the loss
 (header byte 17: mean squared error or sigmoid binary cross-entropy); written only for a model
 with a loss other than softmax cross-entropy. Format 2.6 adds the activations sigmoid, tanh and
-leaky ReLU (op activation codes 3..5; a reader before 2.6 rejects them).
+leaky ReLU (op activation codes 3..5; a reader before 2.6 rejects them). Format 2.7 splits a
+schedule's region in two parts at a boundary (two more words in the schedule header: a board's two
+memories, docs/blob-format.md); written only for a plan with a boundary (``Plan.split``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ VERSION_COMPACT = (2, 3)  # a schedule with compact backward steps (KL_STEP_COMP
 VERSION_PAGED = (2, 4)  # paged dense ops (FLAG_PAGED)
 VERSION_LOSS = (2, 5)  # a loss other than softmax cross-entropy (header byte 17)
 VERSION_ACTS = (2, 6)  # sigmoid, tanh or leaky ReLU activations
+VERSION_SPLIT = (2, 7)  # a schedule whose region is split in two parts (24-byte header)
 LOSSES = {"softmax_ce": 0, "mse": 1, "sigmoid_bce": 2}
 STEP_COMPACT = 0x04
 HEADER_SIZE = 48
@@ -47,6 +50,7 @@ FLAG_TRAINABLE = 0x01
 FLAG_BIAS_ONLY = 0x02
 FLAG_PAGED = 0x04  # dense, trainable (weights too): weights in the store, rows to the log
 SCHED_HEADER, STEP_SIZE = 16, 8  # schedule section (planner.SCHED_HEADER, STEP_SIZE)
+SCHED_HEADER_SPLIT = 24  # from minor 7 on: + u32 boundary, u32 the second part's bytes
 
 # engine return codes (modules/kilolearn/include/kilolearn/kilolearn.h)
 ERRORS = {
@@ -107,10 +111,15 @@ def _pack(dtype: int, g: Graph, ws: list[bytes | None], bs: list[bytes | None],
                        lut_exp, tensors_off, ops_off, lut_off, sched_off, policy, pm) + trecs + \
         bytes(orecs) + bytes(data)
     crc = zlib.crc32(body) & 0xFFFFFFFF
+    n_steps = struct.unpack_from("<I", sched)[0] if sched is not None else 0
+    # Plan.pack() writes the 24-byte header only for a split region
+    split = sched is not None and len(sched) == SCHED_HEADER_SPLIT + STEP_SIZE * n_steps
+    head = SCHED_HEADER_SPLIT if split else SCHED_HEADER
     compact = sched is not None and any(
-        sched[16 + 8 * k + 1] & STEP_COMPACT for k in range(struct.unpack_from("<I", sched)[0]))
+        sched[head + 8 * k + 1] & STEP_COMPACT for k in range(n_steps))
     smooth = any(ACTS[op.act] > ACTS["relu6"] for op in g.ops)
-    ver = (VERSION_ACTS if smooth else VERSION_LOSS if loss else VERSION_PAGED if paged else
+    ver = (VERSION_SPLIT if split else
+           VERSION_ACTS if smooth else VERSION_LOSS if loss else VERSION_PAGED if paged else
            VERSION_COMPACT if compact else VERSION_UPDATE if policy else
            VERSION_SCHED if sched is not None else VERSION)
     blob = MAGIC + struct.pack("<HHII", ver[0], ver[1], total, crc) + body
@@ -207,7 +216,13 @@ def _read_tables(blob: bytes) -> Blob:
     if minor >= 1 and (s_off := struct.unpack_from("<I", blob,
                                                                                  40)[0]):
         n_steps = struct.unpack_from("<I", blob, s_off)[0]
-        sched = bytes(blob[s_off:s_off + SCHED_HEADER + STEP_SIZE * n_steps])
+        head = SCHED_HEADER_SPLIT if minor >= VERSION_SPLIT[1] else SCHED_HEADER
+        if minor >= VERSION_SPLIT[1] and struct.unpack_from("<I", blob, s_off + 16)[0] == 0:
+            head = SCHED_HEADER  # one block: the bytes Plan.pack() writes for it
+            sched = bytes(blob[s_off:s_off + SCHED_HEADER]) + bytes(
+                blob[s_off + SCHED_HEADER_SPLIT:s_off + SCHED_HEADER_SPLIT + STEP_SIZE * n_steps])
+        else:
+            sched = bytes(blob[s_off:s_off + head + STEP_SIZE * n_steps])
     shapes, exp, zp = [], [], []
     for k in range(n_t):
         h, w, c, e, z = struct.unpack_from("<HHHbb", blob, t_off + k * TENSOR_SIZE)

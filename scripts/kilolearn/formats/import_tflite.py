@@ -8,13 +8,18 @@ import math
 
 import numpy as np
 
+from ..core import model as M
 from ..core import quant as q
 from ..core.model import Op, Params, _conv_geometry
 from ..core.reference import build_qmodel, int8_weights
 from .import_common import Imported, UnsupportedModel, _Builder, _unsupported
 
 TFLITE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MAX_POOL_2D",
-              "AVERAGE_POOL_2D", "MEAN", "RESHAPE", "SOFTMAX")
+              "AVERAGE_POOL_2D", "MEAN", "RESHAPE", "SOFTMAX", "RELU", "RELU6", "LOGISTIC",
+              "TANH", "LEAKY_RELU")
+#: stand-alone activation ops -> the activation they become on the op that makes their input
+ACT_OPS = {"RELU": "relu", "RELU6": "relu6", "LOGISTIC": "sigmoid", "TANH": "tanh",
+           "LEAKY_RELU": "leaky_relu"}
 
 
 def _pow2_exp(scale: float) -> int | None:
@@ -94,6 +99,10 @@ def load_tflite(buf: bytes) -> Imported:
     src_of: dict[int, int] = {tid[t_in]: t_in}  # kilolearn tensor -> TFLite tensor (quant)
     w_src: list[int] = []  # per kilolearn op: its TFLite weight tensor (-1 without)
     acts = {0: "none", 1: "relu", 3: "relu6"}
+    n_readers: dict[int, int] = {}  # TFLite tensor -> how many operators read it
+    for o in opers:
+        for k in range(o.InputsLength()):
+            n_readers[o.Inputs(k)] = n_readers.get(o.Inputs(k), 0) + 1
 
     def fused(o, opts_cls, name: str) -> str:
         opt = opts_cls()
@@ -101,7 +110,7 @@ def load_tflite(buf: bytes) -> Imported:
         f = opt.FusedActivationFunction()
         if f not in acts:
             raise UnsupportedModel(f"'{name}': fused activation {f} not supported (none, "
-                                   "RELU, RELU6)")
+                                   "RELU, RELU6; LOGISTIC, TANH, LEAKY_RELU as ops)")
         return acts[f], opt
 
     for o in opers:
@@ -181,6 +190,33 @@ def load_tflite(buf: bytes) -> Imported:
                                                          oshape[1:] != [h, w, c]):
                 raise UnsupportedModel(f"RESHAPE '{name}': only to a vector (N, features)")
             tid[out_t] = x  # NHWC flattened is kilolearn's HWC order
+            continue
+        elif kind in ACT_OPS:
+            act = ACT_OPS[kind]
+            i = next((k for k, op in enumerate(B.ops) if op.output == x), None)
+            if act == "leaky_relu":
+                from tflite.LeakyReluOptions import LeakyReluOptions
+
+                lo = LeakyReluOptions()
+                if o.BuiltinOptions() is not None:
+                    lo.Init(o.BuiltinOptions().Bytes, o.BuiltinOptions().Pos)
+                alpha = lo.Alpha() if o.BuiltinOptions() is not None else 0.0
+                if alpha != M.LEAKY_ALPHA:
+                    raise UnsupportedModel(f"LEAKY_RELU '{name}': only alpha {M.LEAKY_ALPHA} "
+                                           f"(exact in int8) is supported, got {alpha:g}")
+            kinds = ("conv", "dwconv", "dense") + (() if act in M.SMOOTH_ACTS else ("add",))
+            if i is None or B.ops[i].kind not in kinds or B.ops[i].act != "none" or \
+                    n_readers.get(x_t, 0) != 1 or x_t in [sg.Outputs(0)]:
+                raise UnsupportedModel(
+                    f"{kind} '{name}' must follow a " + ("CONV_2D, DEPTHWISE_CONV_2D or "
+                                                         "FULLY_CONNECTED" if act in
+                                                         M.SMOOTH_ACTS else "conv, fully "
+                                                         "connected or ADD op")
+                    + " without an activation, as the only reader of its output")
+            B.ops[i].act = act
+            B.names[i] += f"+{name}"
+            tid[out_t] = x
+            src_of[x] = out_t  # the folded op's output is quantised as the activation's
             continue
         elif kind == "SOFTMAX":
             if out_t != sg.Outputs(0):

@@ -57,7 +57,7 @@ def _two_regions(a, mm: MemModel):  # noqa: ANN001, ANN202
 
 def _one_region_pct(mm: MemModel, budget: int) -> str:
     opt = optimal(mm, budget)
-    return "(no plan)" if opt is None else f"{opt.extra_pct:.1f} %"
+    return "no plan" if opt is None else f"+{opt.extra_pct:.1f} % MACs"
 
 
 def _check_plan_args(a):  # noqa: ANN001, ANN202
@@ -134,13 +134,21 @@ def cmd_plan(a) -> int:  # noqa: ANN001
         return cmd_plan_paged(a, g, dtype, budget)
     mm = MemModel(g, dtype, target=a.target)
     regions = _two_regions(a, mm)
-    if regions is not None:  # the static part in the small region, the schedule's in the big
-        small, big = regions
-        budget = mm.static_bytes() + big.size - a.reserve
+    if regions is not None:  # the static part in the small region, the schedule's region
+        small, big = regions  # in the big one and on in the small one after the static part
+        split = (big.size - a.reserve) // 8 * 8
+        if split < 8:
+            from ..cliargs import UsageError
+
+            raise UsageError(f"--reserve {a.reserve:,} leaves nothing of {big.name}")
+        mm = dataclasses.replace(mm, split=split)
+        budget = small.size + split
         print(f"{a.budget.board.name}: two RAM regions: the static part "  # type: ignore
               f"({mm.static_bytes(aligned=False):,} B) in {small.name} ({small.size:,} B), the "
               f"schedule's region in {big.name} ({big.size:,} B"
-              + (f" - --reserve {a.reserve:,} B" if a.reserve else "") + ")")
+              + (f" - --reserve {a.reserve:,} B" if a.reserve else "")
+              + f"), split at {split:,}: its offsets from there on in {small.name} after the "
+              "static part")
     plans = [baseline(mm, w) for w in ("store-all", "sqrt-n", "recompute-all")]
     t0 = time.perf_counter()
     opt = optimal(mm, budget)
@@ -167,11 +175,15 @@ def cmd_plan(a) -> int:  # noqa: ANN001
     print(f"optimal plan: {opt.peak:,} B (region {opt.region:,} B, live max "
           f"{opt.live_peak:,} B), +{opt.extra_pct:.1f} % MACs, planned in {dt * 1000:.0f} ms")
     if regions is not None:
-        print(f"  per region: {regions[1].name} {opt.region:,} B of {regions[1].size:,} B "
-              f"(the schedule's region), {regions[0].name} {mm.static_bytes(aligned=False):,} B "
-              f"of {regions[0].size:,} B (the static part); one region of "
-              f"{regions[1].size:,} B needs +{_one_region_pct(mm, regions[1].size - a.reserve)} "
-              "MACs")
+        main, far = mm.region_peaks(opt.region)
+        one_mm = dataclasses.replace(mm, split=0)
+        print(f"  per region: {regions[1].name} {far:,} B of {regions[1].size:,} B (the "
+              f"schedule's region" + (f" below {opt.split:,}" if opt.split else "")
+              + f"), {regions[0].name} {main:,} B of {regions[0].size:,} B (the static part"
+              + (f" and the region's {opt.region - opt.split:,} B from {opt.split:,} on"
+                 if opt.split else "")
+              + f"); one region of {regions[1].size - a.reserve:,} B: "
+              f"{_one_region_pct(one_mm, regions[1].size - a.reserve)}")
     for r in phase_rows(opt):
         print(r)
     if getattr(a, "curve", None):
@@ -215,13 +227,14 @@ def _measure(a, g: Graph, mm: MemModel, store_all: Plan, opt: Plan) -> None:  # 
     far = _two_regions(a, mm) is not None
     ms = B.measure(qm, plans, a.measure, far=far)
     print(f"measured on {a.measure} (one fused training step per sample, arena = planned peak"
-          + ("; two regions: the static part + the schedule's region in a second one" if far
-             else "") + "):")
+          + ("; two regions, peaks as arena + second region: the static part (and a split "
+             "region's part from the boundary on) + the schedule's region (below the boundary)"
+             if far else "") + "):")
     print(tabulate(B.rows(ms), headers=B.HEADERS))
 
 
 def write_blob(src: str | None, pl: Plan, dst: str) -> None:
-    """Re-export the .klm at src with the schedule of pl (format 2.1)."""
+    """Re-export the .klm at src with the schedule of pl (format 2.1; 2.7 when split)."""
     from pathlib import Path
 
     from ..formats import export
@@ -252,7 +265,8 @@ def add_cli(sub) -> None:  # noqa: ANN001
     p.add_argument("--blob", type=ca.InFile("blob"), help="plan the graph of this .klm instead")
     p.add_argument("--write", type=ca.OutFile(),
                    help="with --blob: write that model with the optimal schedule "
-                   "(format 2.1, 2.3 with compact steps) to this path")
+                   "(format 2.1, 2.3 with compact steps, 2.7 with a region split across a "
+                   "board's two RAM regions) to this path")
     p.add_argument("--input", type=ca.IntRange(8, 512), default=96,
                    help="input resolution (H = W) of the MobileNets")
     p.add_argument("--alpha", type=ca.FloatRange(0.0, 2.0), default=None,

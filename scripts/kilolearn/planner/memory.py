@@ -12,10 +12,11 @@ from ..core import selective
 from ..core.model import Graph
 
 #: every name here, the private helpers too: the ``planner`` package re-exports them all
-__all__ = ["BAND_BYTES", "FWD_RECOMPUTE", "INF", "SCHED_HEADER", "STEP_BWD", "STEP_COMPACT",
-           "STEP_FREE_DATA", "STEP_FREE_GRAD", "STEP_FWD", "STEP_GRAD", "STEP_IN_PLACE",
-           "STEP_LOSS", "STEP_NAMES", "STEP_SIZE", "STRUCT_SIZES", "TARGET_PTR", "MemModel",
-           "PlanError", "_al", "_Arena", "band_rows", "compact_scratch", "conv_s8_scratch"]
+__all__ = ["BAND_BYTES", "FWD_RECOMPUTE", "INF", "SCHED_HEADER", "SCHED_HEADER_SPLIT", "STEP_BWD",
+           "STEP_COMPACT", "STEP_FREE_DATA", "STEP_FREE_GRAD", "STEP_FWD", "STEP_GRAD",
+           "STEP_IN_PLACE", "STEP_LOSS", "STEP_NAMES", "STEP_SIZE", "STRUCT_SIZES", "TARGET_PTR",
+           "MemModel", "PlanError", "_al", "_Arena", "band_rows", "compact_scratch",
+           "conv_s8_scratch"]
 
 # step kinds (docs/blob-format.md, kl_blob.h KL_STEP_*)
 STEP_FWD, STEP_LOSS, STEP_GRAD, STEP_BWD, STEP_FREE_DATA, STEP_FREE_GRAD = 1, 2, 3, 4, 5, 6
@@ -37,6 +38,7 @@ def compact_scratch(h: int, w: int, c: int, stride: int) -> int:
     """kl_compact_scratch: int16 sums (8-aligned) and one band of int32 sums."""
     return _al(2 * h * w * c, 8) + 4 * band_rows(h, w, c, stride) * w * c
 SCHED_HEADER = 16
+SCHED_HEADER_SPLIT = 24  # blob 2.7: + u32 boundary, u32 the second part's bytes
 STEP_SIZE = 8
 INF = float("inf")
 
@@ -103,6 +105,11 @@ class MemModel:
     uncompact: frozenset[int] = frozenset()  # ops kept on int32 sums (trim_compact)
     paged: bool = False  # trainable dense ops read in place, rows to the weight log (2.4)
     partial_pm: int = 0  # KL_UPDATE_PARTIAL in the blob (per mille): kept blocks and slots
+    #: the schedule's region split at this offset (blob 2.7; 0: one block): offsets below it
+    #: in the arena's second memory region (kl_arena_set_far), the rest in the arena after the
+    #: static part; no buffer lies across it (a wall in assign_offsets)
+    split: int = 0
+    cmsis_nn: bool = False  # the cmsis_nn kernel backend's parameter blocks (s8)
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -237,6 +244,23 @@ class MemModel:
                 if wt:
                     arena.alloc(n_w * 4)
                 arena.alloc(bsize)
+        if self.cmsis_nn and self.dtype == "s8":
+            self._cmsis_blocks(arena)
+
+    def _cmsis_blocks(self, arena: _Arena) -> None:
+        """kl_cmsis_blocks (kl_model_init.c): a pointer per op, then KL_CMSIS_PREP_BYTES per
+        int8 dense (not paged), conv and depthwise op: 12 bytes, then per output channel the
+        bias (and for conv and depthwise its multiplier and shift)."""
+        g = self.graph
+        ptr = TARGET_PTR[self.target]
+        arena.alloc(ptr * self.n, ptr)
+        for i, op in enumerate(g.ops):
+            if (self._n_w(i) == 0 or self.is_paged(i)
+                    or op.kind not in ("dense", "conv", "dwconv")):
+                continue
+            dense = op.kind == "dense"
+            n = self.tsize[op.output] if dense else g.shapes[op.output][2]
+            arena.alloc(12 + (4 if dense else 12) * n)
 
     @property
     def defer(self) -> bool:
@@ -277,6 +301,16 @@ class MemModel:
         a.alloc(s, 8)
         a.alloc(k, 8)
         return _al(a.used, 8) if aligned else a.used
+
+    def region_peaks(self, region: int, far: bool = True) -> tuple[int, int]:
+        """High-water marks (arena, second memory region) of kl_model_init with a schedule
+        region of `region` bytes; far: the arena has a second memory region (else the second
+        is 0 and the arena holds static + region, one block even when split)."""
+        if not far:
+            return self.static_bytes() + region, 0
+        if self.split and region > self.split:
+            return self.static_bytes() + region - self.split, self.split
+        return self.static_bytes(aligned=False), region
 
     def store_all_bytes(self) -> int:
         """Arena peak of the engine without a schedule: every activation and gradient."""

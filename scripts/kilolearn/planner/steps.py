@@ -50,6 +50,7 @@ class Plan:
     store_all_engine: int = 0  # arena peak of the engine with no schedule
     seconds: float = 0.0
     macros: list[tuple] = field(default_factory=list, repr=False)  # what the steps came from
+    split: int = 0  # the region split at this offset (blob 2.7, MemModel.split); 0: one block
 
     @property
     def peak(self) -> int:
@@ -67,6 +68,8 @@ class Plan:
         """The schedule section of the blob (docs/blob-format.md)."""
         head = struct.pack("<IIII", len(self.steps), self.region, self.live_peak,
                            min(self.extra_macs, 0xFFFFFFFF))
+        if self.split:  # format 2.7: the boundary and the second part's bytes
+            head += struct.pack("<II", self.split, self.region - self.split)
         return head + b"".join(struct.pack("<BBHI", s.kind, s.flags, s.index, s.offset)
                                for s in self.steps)
 
@@ -195,13 +198,14 @@ def build_steps(mm: MemModel, macros: list[tuple], name: str) -> Plan:
     for b in bufs:
         if b[2] < 0:
             b[2] = end
-    offs, region = assign_offsets(bufs)
+    offs, region = assign_offsets(bufs, mm.split)
     for s in steps:
         if s.kind in (STEP_FWD, STEP_LOSS, STEP_GRAD, STEP_BWD):
             s.offset = offs[s.offset]
     del n_t
     return Plan(name, steps, region, mm.static_bytes(), peak, macs, sum(mm.macs), phases,
-                mm.store_all_bytes(), macros=macros)
+                mm.store_all_bytes(), macros=macros,
+                split=mm.split if 0 < mm.split < region else 0)
 
 
 def trim_compact(mm: MemModel, pl: Plan) -> Plan:
@@ -218,44 +222,113 @@ def trim_compact(mm: MemModel, pl: Plan) -> Plan:
     return pl
 
 
-def assign_offsets(bufs: list[list[int]]) -> tuple[list[int], int]:
+def assign_offsets(bufs: list[list[int]], split: int = 0) -> tuple[list[int], int]:
     """The smallest region of _assign_offsets over a few placement orders: biggest buffers
-    first, earliest first, or longest-lived first."""
+    first, earliest first, or longest-lived first. split (> 0): no buffer lies across this
+    offset (the boundary of a region in two memories, blob 2.7): the orders with a wall there
+    (_walled), and the offsets placed without one moved up from a cut (_cut_at)."""
     best: tuple[list[int], int] | None = None
     for key in ("size", "start", "area"):
-        offs, region = _assign_offsets(bufs, key)
-        if best is None or region < best[1]:
-            best = (offs, region)
+        for offs, region in ([_walled(bufs, key, split), _cut_at(bufs, *_assign_offsets(
+                bufs, key), split)] if split else [_assign_offsets(bufs, key)]):
+            if best is None or region < best[1]:
+                best = (offs, region)
     assert best is not None
     return best
 
 
-def _assign_offsets(bufs: list[list[int]], key: str) -> tuple[list[int], int]:
-    """Static offsets: biggest buffers first (key), each at the lowest 8-aligned offset free for its
-    whole lifetime [start, end); a buffer tied to another (bufs[b][3] >= 0) lies at that one's
-    start or at its end (its offset + its size - the tied one's size), whichever gives the
-    lower offset (the group is placed together, each rectangle free)."""
-    nb = len(bufs)
+SPLIT_TRIES = 12  # placements _walled tries
+
+
+def _walled(bufs: list[list[int]], key: str, split: int) -> tuple[list[int], int]:
+    """Offsets with a wall at split, the best of a few placements: the greedy order, then again
+    with the biggest group that ended above the wall placed before the others (its space below
+    was taken by buffers placed before it), and so on."""
+    members = _groups(bufs)
+    first: tuple[int, ...] = ()
+    best: tuple[list[int], int] | None = None
+    for _ in range(SPLIT_TRIES):
+        offs, region = _assign_offsets(bufs, key, split, first=first)
+        if best is None or region < best[1]:
+            best = (offs, region)
+        above = [r for r in members if r not in first
+                 and any(offs[b] + bufs[b][0] > split for b in members[r])]
+        if region <= split or not above:
+            break
+        first += (max(above, key=lambda r: (max(bufs[b][0] for b in members[r]),
+                                            -bufs[r][1])),)
+    assert best is not None
+    return best
+
+
+def _cut_at(bufs: list[list[int]], offs: list[int], region: int,
+            split: int) -> tuple[list[int], int]:
+    """Offsets placed without a wall, made to respect one at split: the highest offset c <= split
+    that no buffer lies across, every offset from c on moved up by split - c (so the part from c
+    on starts at split; the region grows by as much)."""
+    if region <= split:
+        return offs, region
+    cut, reach = 0, 0  # every c in [reach, lo] lies across no buffer placed so far
+    for lo, hi in sorted((o, o + b[0]) for o, b in zip(offs, bufs, strict=True) if b[0]):
+        if lo >= reach and min(lo, split) >= reach:
+            cut = min(lo, split)  # 8-aligned: offsets and split are
+        if lo >= split:
+            break
+        reach = max(reach, hi)
+    shift = split - cut
+    return [o + shift if o >= cut else o for o in offs], _al(region + shift, 8)
+
+
+def _groups(bufs: list[list[int]]) -> dict[int, list[int]]:
+    """Buffers by the buffer they are tied to (bufs[b][3]), each group under its root."""
     members: dict[int, list[int]] = {}
-    for b in range(nb):
+    for b in range(len(bufs)):
         root = b
         while len(bufs[root]) > 3 and bufs[root][3] >= 0:
             root = bufs[root][3]
         members.setdefault(root, []).append(b)
+    return members
+
+
+def _assign_offsets(bufs: list[list[int]], key: str, split: int = 0,
+                    fixed: dict[int, int] | None = None,
+                    first: tuple[int, ...] = ()) -> tuple[list[int], int]:
+    """Static offsets: biggest buffers first (key), each at the lowest 8-aligned offset free for its
+    whole lifetime [start, end); a buffer tied to another (bufs[b][3] >= 0) lies at that one's
+    start or at its end (its offset + its size - the tied one's size), whichever gives the
+    lower offset (the group is placed together, each rectangle free). split (> 0, 8-aligned): a
+    wall of no bytes at that offset, live for the whole schedule, so that no buffer lies across
+    it. fixed: buffers (whole groups) already placed at these offsets; first: groups (their
+    roots) placed before the others, in this order."""
+    nb = len(bufs)
+    fixed = fixed or {}
+    members = _groups(bufs)
+
     def rank(r: int) -> tuple:
         size = max(bufs[b][0] for b in members[r])
         life = max(bufs[b][2] for b in members[r]) - bufs[r][1]
         return {"size": (-size, bufs[r][1]), "start": (bufs[r][1], -size),
                 "area": (-size * life, bufs[r][1])}[key]
 
-    order = sorted(members, key=rank)
-    p_lo = np.zeros(nb, dtype=np.int64)  # placed buffers: offset, end offset, lifetime
-    p_hi = np.zeros(nb, dtype=np.int64)
-    p_s = np.zeros(nb, dtype=np.int64)
-    p_e = np.zeros(nb, dtype=np.int64)
+    order = list(first) + sorted((r for r in members if r not in fixed and r not in first),
+                                 key=rank)
+    p_lo = np.zeros(nb + 1, dtype=np.int64)  # placed buffers: offset, end offset, lifetime
+    p_hi = np.zeros(nb + 1, dtype=np.int64)
+    p_s = np.zeros(nb + 1, dtype=np.int64)
+    p_e = np.zeros(nb + 1, dtype=np.int64)
     offs = [0] * nb
     region = 0
     npl = 0
+    if split > 0:  # the wall: [split, split) over every step (forbids (split - size, split))
+        assert split % 8 == 0, split
+        p_lo[0] = p_hi[0] = split
+        p_s[0], p_e[0] = -1, 1 << 62
+        npl = 1
+    for b, o in fixed.items():
+        offs[b] = o
+        p_lo[npl], p_hi[npl], p_s[npl], p_e[npl] = o, o + bufs[b][0], bufs[b][1], bufs[b][2]
+        npl += 1
+        region = max(region, o + bufs[b][0])
     for r in order:
         tied = [b for b in members[r] if b != r]
         best: tuple[int, list[int]] | None = None

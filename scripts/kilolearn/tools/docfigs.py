@@ -171,8 +171,8 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
     Figure("planner-mobilenet", "kilolearn plan --budget 256K --reserve 8192 --model "
            "mobilenet_v1 --alpha 0.1 --input 128 --measure mps2-an386", render_planner,
            _measure_planner, where="docs/planner.md"),
-    module_figure("planner-f429", "kilolearn plan --budget nucleo_f429zi --model mobilenet_v1 "
-                  "--alpha 0.1 --input 128 --measure mps2-an386", ".bench.regionbench",
+    module_figure("planner-f429", "kilolearn plan --budget nucleo_f429zi --reserve 8192 --model "
+                  "mobilenet_v1 --alpha 0.1 --input 128 --measure mps2-an386", ".bench.regionbench",
                   "docs/planner.md"),
     Figure("sparse-bench", "kilolearn sparse-bench", render_sparse, _measure_sparse,
            where="docs/selective-updates.md"),

@@ -145,6 +145,25 @@ def _previous(name: str) -> dict | None:
         return None
 
 
+def _cmsis_source(tree: Path) -> str:
+    """Which CMSIS-NN: its git description, or the Zephyr release whose workspace holds it."""
+    desc = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--tags"],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    if desc:
+        what = f"CMSIS-NN {desc} (KILOLEARN_CMSIS_NN)"
+    else:
+        ver = tree.parent.parent.parent / "zephyr" / "VERSION"
+        kv = {}
+        if ver.is_file():
+            kv = dict(ln.replace(" ", "").split("=", 1) for ln in ver.read_text().splitlines()
+                      if "=" in ln)
+        what = (f"CMSIS-NN as pinned by Zephyr v{kv['VERSION_MAJOR']}.{kv['VERSION_MINOR']}."
+                f"{kv['PATCHLEVEL']}'s manifest"
+                if {"VERSION_MAJOR", "VERSION_MINOR", "PATCHLEVEL"} <= kv.keys()
+                else "a CMSIS-NN tree (KILOLEARN_CMSIS_NN)")
+    return what + ", built `-O2` for the same CPU flags"
+
+
 def _measure_kernels() -> dict:
     from ..bench import kbench
     from ..device import build
@@ -153,7 +172,7 @@ def _measure_kernels() -> dict:
     boards: dict[str, list[dict]] = {}
     cmsis: dict | None = None
     for b in KERNEL_BOARDS:
-        with_cm = tree is not None and b == KERNEL_BOARDS[0]
+        with_cm = tree is not None
         print(f"  bench-kernels on {b}{' with CMSIS-NN' if with_cm else ''} ...", flush=True)
         r = kbench.run(b, cmsis_nn=with_cm)
         if not r.ok:
@@ -162,13 +181,17 @@ def _measure_kernels() -> dict:
         ms = [m for m in r.measurements if not m.op.startswith("edge_")]
         boards[b] = [dict(m.__dict__) for m in ms if m.backend in ("ref", "dsp", "dsp_plain")]
         if with_cm:
-            desc = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--tags"],
-                                  capture_output=True, text=True, check=False).stdout.strip()
-            cmsis = {"measured": today(), "board": b,
-                     "source": f"CMSIS-NN {desc or 'tree'} (KILOLEARN_CMSIS_NN), `-O2` for the "
-                               "same CPU flags",
-                     "insn_per_mac": {f"{m.op} {m.direction}": m.insn_per_mac
-                                      for m in ms if m.backend == "cmsis_nn"}}
+            if cmsis is None:
+                cmsis = {"measured": today(), "board": b, "source": _cmsis_source(tree),
+                         "insn_per_mac": {f"{m.op} {m.direction}": m.insn_per_mac
+                                          for m in ms if m.backend == "cmsis_nn"},
+                         "insn": {}}
+            # the backend (frozen and trained layer) and the raw CMSIS-NN call, per shape
+            per: dict[str, dict[str, int]] = {}
+            for m in r.measurements:  # the self-test shapes too: the small layers' cost
+                if m.backend in ("cmsis_nn", "cmsis_nn_train", "cmsis_raw"):
+                    per.setdefault(f"{m.op} {m.direction}", {"macs": m.macs})[m.backend] = m.insn
+            cmsis["insn"][b] = per
     if cmsis is None:  # no tree here: keep the last measurement that had one
         prev = _previous("kernels")
         cmsis = prev["data"].get("cmsis_nn") if prev else None

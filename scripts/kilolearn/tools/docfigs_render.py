@@ -297,9 +297,19 @@ def render_kernels(rec: dict) -> str:
     for m in rows4:
         if (m["op"], m["direction"]) not in keys and m["backend"] == "dsp":
             keys.append((m["op"], m["direction"]))
+    cins = cm.get("insn", {})  # per board and shape: the backend's and the raw call's counts
+
+    def over(board: str, key: str, backend: str = "cmsis_nn") -> float | None:
+        v = cins.get(board, {}).get(key, {})
+        raw, got = v.get("cmsis_raw"), v.get(backend)
+        return None if not raw or got is None else 100.0 * (got - raw) / raw
+
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{v:+.1f} %"
+
     out = ["| op | direction | MACs | insn/MAC ref | insn/MAC dsp | speed-up | dsp, plain layout "
-           "| insn/MAC cmsis_nn |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
+           "| insn/MAC cmsis_nn | insn/MAC raw CMSIS-NN | cmsis_nn over raw | trained layer |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for op, di in keys:
         macs = next(m["macs"] for m in rows4 if (m["op"], m["direction"]) == (op, di))
         ref, dsp = _ipm(rows4, op, di, "ref"), _ipm(rows4, op, di, "dsp")
@@ -307,10 +317,14 @@ def render_kernels(rec: dict) -> str:
             continue
         c = cmv.get(f"{op} {di}")
         pl = _ipm(rows4, op, di, "dsp_plain")
+        raw = cins.get(m4, {}).get(f"{op} {di}", {}).get("cmsis_raw")
         out.append(f"| {KERNEL_LABELS.get(op, op)} | {DIRS.get(di, di)} | {macs:,} | "
                    f"{ref:.2f} | {dsp:.2f} | {ref / dsp:.1f}× | "
                    f"{'' if pl is None else f'{pl:.2f}'} | "
-                   f"{'' if c is None else f'{c:.2f}'} |")
+                   f"{'' if c is None else f'{c:.2f}'} | "
+                   f"{'' if raw is None else f'{raw / macs:.2f}'} | "
+                   f"{pct(over(m4, f'{op} {di}'))} | "
+                   f"{pct(over(m4, f'{op} {di}', 'cmsis_nn_train'))} |")
     text = ["\n".join(out), ""]
     if cm:
         same = cm.get("measured") == rec["measured"]
@@ -319,7 +333,12 @@ def render_kernels(rec: dict) -> str:
                        f"measured {cm['measured']}, the last run with a CMSIS-NN tree; the "
                        "other columns were measured without one, so it is carried over, not "
                        "rerun (`KILOLEARN_CMSIS_NN=<tree> kilolearn docs --measure kernels` "
-                       "reruns it)."))
+                       "reruns it).")
+                    + (" Raw CMSIS-NN: the function the backend calls, called directly with "
+                       "every parameter prepared before the timer starts; cmsis_nn: the backend "
+                       "as the engine calls it on a frozen layer (its parameter block made at "
+                       "the first call), the trained layer's column with its bias rescaled in "
+                       "the call (it changes every step)." if cins else ""))
     diffs: dict[str, list[float]] = {"dsp": [], "ref": []}
     for m in rows4:
         v7 = _ipm(d["boards"].get(m7, []), m["op"], m["direction"], m["backend"])
@@ -384,6 +403,39 @@ def render_kernels(rec: dict) -> str:
     bars.append(f"- **Depthwise ≤ 4: {met(dw_f + dw_b, 4.0)}** (forward "
                 f"{' / '.join(f'{v:.2f}' for v in dw_f)}, backward {_range(dw_b, '{:.2f}')}"
                 + (f"; CMSIS-NN forward {_range(c_dw, '{:.2f}')}" if c_dw else "") + ").")
+    if cins:
+        def shapes(board: str, edge: bool) -> list[str]:
+            return [k for k in cins[board] if k.startswith("edge_") == edge]
+
+        fro = [v for b in cins for k in shapes(b, False) if (v := over(b, k)) is not None]
+        tra = {(b, k): v for b in cins for k in shapes(b, False)
+               if (v := over(b, k, "cmsis_nn_train")) is not None}
+        worst: dict[str, list[tuple[float, int]]] = {}
+        for (b, k), v in sorted(tra.items()):
+            if v > 3.0:
+                x = cins[b][k]
+                worst.setdefault(k.split(" ")[0], []).append(
+                    (v, x["cmsis_nn_train"] - x["cmsis_nn"]))
+        boards_txt = " and ".join(f"`{b}`" for b in sorted(cins))
+        bars.append(f"- **cmsis_nn ≤ 3 % over the raw CMSIS-NN calls: {met(fro, 3.0)}** for "
+                    f"frozen layers ({_range(fro, '{:.1f}')} % more instructions, {boards_txt})"
+                    f"; a trained layer {_range(list(tra.values()), '{:.1f}')} % more"
+                    + (", over 3 % at " + ", ".join(
+                        f"{o} ({_range([v for v, _ in w], '{:.1f}')} %, of which the bias "
+                        f"rescale {_range([float(n) for _, n in w])} instructions)"
+                        for o, w in worst.items())
+                       + ": its bias changes every step (see cmsis_nn above)" if worst else "")
+                    + ".")
+        small = sorted((cins[m4][k]["macs"], k.split(" ")[0], v,
+                        cins[m4][k]["cmsis_nn"] - cins[m4][k]["cmsis_raw"])
+                       for k in shapes(m4, True) if (v := over(m4, k)) is not None)
+        big = [t for t in small if t[2] > 3.0]
+        if big:
+            bars.append(f"- **Small layers** (the benchmark's self-test shapes, `--edge`, "
+                        f"M4, frozen): {len(big)} of {len(small)} over 3 %, "
+                        + ", ".join(f"{o} {mc:,} MACs {v:.1f} %" for mc, o, v, n in big)
+                        + f": {_range([float(t[3]) for t in big])} instructions more per "
+                        "call, mostly fixed (see cmsis_nn above).")
     saves = [1 - _ipm(rows4, *k.split(" "), "dsp") / v for k, v in cmv.items()
              if _ipm(rows4, *k.split(" "), "dsp") is not None and v]
     if saves:

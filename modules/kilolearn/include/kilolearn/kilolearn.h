@@ -40,7 +40,9 @@ typedef struct kl_arena {
 	size_t used;
 	size_t peak; /* high-water mark in bytes */
 	/* an optional second memory region (kl_arena_set_far), e.g. the SRAM
-	 * beside an STM32F4's CCM: a schedule's planned region goes there */
+	 * beside an STM32F4's CCM: a schedule's planned region goes there (a
+	 * split one, blob 2.7: its part below the boundary; the rest after the
+	 * static part in this arena) */
 	struct kl_arena *far;
 	size_t far_mark; /* used when the far region got its first buffer */
 } kl_arena_t;
@@ -159,8 +161,12 @@ typedef struct {
 	 * activation and gradient at its planned offset in one region */
 	const uint8_t *sched;  /* first step record in the blob, NULL = store-all */
 	uint32_t n_steps;
-	uint8_t *region;       /* in the arena */
+	uint8_t *region;       /* in the arena (its second memory region where it has one) */
 	uint32_t region_size;
+	/* blob 2.7: offsets at or above region_split (not 0) are in region_hi, the
+	 * region's second part (the arena, after the static part) */
+	uint32_t region_split;
+	uint8_t *region_hi;
 	/* selective updates (docs/selective-updates.md) */
 	uint8_t upd_policy;    /* enum kl_update_policy */
 	uint16_t upd_frac;     /* fraction updated, per mille (1..1000) */
@@ -176,6 +182,11 @@ typedef struct {
 	const uint8_t *blob;   /* the blob the model reads in place */
 	uint32_t blob_len;
 	uint8_t paged;         /* some op has KL_OP_PAGED */
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	/* per op, its CMSIS-NN parameter block in the arena (int8 dense, conv and
+	 * depthwise ops read whole; else NULL): KL_CMSIS_PREP_BYTES */
+	int32_t **cmsis;
+#endif
 	struct kl_wlog *wlog;  /* where updated rows go (kl_model_attach_wlog) */
 	int pg_err;            /* the last step's weight-log error, if any */
 	uint32_t seed;         /* cfg->seed: where the int8 dither starts */

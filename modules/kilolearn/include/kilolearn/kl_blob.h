@@ -17,10 +17,11 @@ extern "C" {
 
 #define KL_BLOB_MAGIC         0x424D4C4Bu /* "KLMB" */
 #define KL_BLOB_VERSION_MAJOR 2u
-#define KL_BLOB_VERSION_MINOR 6u /* 2.1: optional schedule section, 2.2: update policy,
+#define KL_BLOB_VERSION_MINOR 7u /* 2.1: optional schedule section, 2.2: update policy,
                                   * 2.3: compact backward steps, 2.4: paged ops,
                                   * 2.5: the loss (header byte 17),
-                                  * 2.6: sigmoid, tanh and leaky ReLU activations */
+                                  * 2.6: sigmoid, tanh and leaky ReLU activations,
+                                  * 2.7: a schedule region split in two parts */
 #define KL_BLOB_HEADER_SIZE   48u
 #define KL_BLOB_TENSOR_SIZE   12u
 #define KL_BLOB_OP_SIZE       48u
@@ -55,6 +56,13 @@ extern "C" {
 #define KL_SCHED_REGION      4u  /* u32: bytes of the arena region */
 #define KL_SCHED_LIVE_PEAK   8u  /* u32: informative */
 #define KL_SCHED_EXTRA_MACS  12u /* u32: informative */
+/* minor >= 7: the header is 24 bytes; the region may be split in two parts,
+ * offsets below the boundary in the first (the arena's second memory region
+ * where it has one, kl_arena_set_far), the rest in the second (the arena,
+ * after the static part); no buffer lies across the boundary */
+#define KL_SCHED_HEADER_SIZE_SPLIT 24u
+#define KL_SCHED_SPLIT       16u /* u32: the boundary, 8-aligned, 0 < it < region; 0 = one part */
+#define KL_SCHED_SPLIT_REST  20u /* u32: the second part's bytes, region - boundary (0: none) */
 #define KL_STEP_SIZE         8u
 #define KL_SS_KIND           0u /* u8 */
 #define KL_SS_FLAGS          1u /* u8 */
@@ -157,6 +165,13 @@ int kl_blob_loss(const uint8_t *blob);
 
 /* Offset of a checked blob's schedule section, 0 when it has none (2.0). */
 uint32_t kl_blob_schedule(const uint8_t *blob);
+
+/* Bytes of a blob's schedule header: 24 from minor 7 on, else 16. */
+static inline uint32_t kl_sched_header_size(const uint8_t *blob)
+{
+	return ((uint32_t)blob[6] | ((uint32_t)blob[7] << 8)) >= 7u ? KL_SCHED_HEADER_SIZE_SPLIT
+								     : KL_SCHED_HEADER_SIZE;
+}
 
 /* A checked blob's update policy and fraction (per mille); 0 (all weights)
  * before format 2.2. */

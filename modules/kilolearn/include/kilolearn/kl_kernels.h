@@ -555,19 +555,51 @@ void kl_mve_depthwise_conv_grad_s8(KL_CONV_GRAD_S8_ARGS);
 
 /* The CMSIS-NN backend (src/kernels/cmsis_nn/, only with CMSIS-NN present):
  * the forward int8 dense, conv and depthwise kernels through CMSIS-NN, the
- * backward ones as above. Its scratch adds per-channel bias, multipliers and
- * shifts and CMSIS-NN's own buffer to the default need. */
+ * backward ones as above. The engine calls the *_prep_s8 kernels on a
+ * parameter block per op (docs/kernels.md, cmsis_nn); their scratch is
+ * CMSIS-NN's own buffer, within the default need. */
 #if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
 int kl_cmsis_fully_connected_s8(KL_FC_S8_ARGS);
 int kl_cmsis_conv_s8(KL_CONV_S8_ARGS);
 int kl_cmsis_depthwise_conv_s8(KL_CONV_S8_ARGS);
 uint32_t kl_cmsis_conv_s8_buffer(const kl_geom_t *g);
 uint32_t kl_cmsis_depthwise_conv_s8_buffer(const kl_geom_t *g);
+/* A layer's parameters kept between calls (the engine: one block per int8
+ * dense, conv and depthwise op in the arena, kl_model_init), so that a call
+ * is CMSIS-NN's alone: int32 words, [0] the b_shift and [1] the y_shift they
+ * are for (INT32_MIN: none yet), [2] CMSIS-NN's buffer bytes, then n biases
+ * at the accumulator's scale, and for conv and depthwise (per_channel) n
+ * multipliers and n shifts. n: output channels. kl_cmsis_prep_init sets the
+ * header (kind KL_CMSIS_*; g: conv and depthwise only). */
+#define KL_CMSIS_PREP_HEADER 3
+#define KL_CMSIS_PREP_KEY_B  0
+#define KL_CMSIS_PREP_KEY_Y  1
+#define KL_CMSIS_PREP_BUF    2
+#define KL_CMSIS_PREP_BYTES(n, per_channel)                                                       \
+	(4u * KL_CMSIS_PREP_HEADER + ((per_channel) ? 12u : 4u) * (uint32_t)(n))
+enum { KL_CMSIS_FC = 0, KL_CMSIS_CONV = 1, KL_CMSIS_DW = 2 };
+void kl_cmsis_prep_init(int32_t *prep, int kind, const kl_geom_t *g);
+/* The kernels on such a block; bias_changed: b may differ from the last
+ * call's (a trained layer). The conv and depthwise scratch: CMSIS-NN's buffer
+ * (or the default kernels' where CMSIS-NN cannot take the shift). */
+int kl_cmsis_fully_connected_prep_s8(KL_FC_S8_ARGS, int32_t *prep, int bias_changed);
+int kl_cmsis_conv_prep_s8(KL_CONV_S8_ARGS, int32_t *prep, int bias_changed);
+int kl_cmsis_depthwise_conv_prep_s8(KL_CONV_S8_ARGS, int32_t *prep, int bias_changed);
+/* The kernels without such a block keep one at the start of their scratch. */
 static inline uint32_t kl_cmsis_conv_s8_scratch(const kl_geom_t *g)
 {
 	const uint32_t a = kl_cmsis_conv_s8_buffer(g), b = kl_cmsis_depthwise_conv_s8_buffer(g);
 	const uint32_t c = (uint32_t)(g->co > g->c ? g->co : g->c);
-	const uint32_t need = 12u * c + (a > b ? a : b) + 16u;
+	const uint32_t need = KL_CMSIS_PREP_BYTES(c, 1) + (a > b ? a : b) + 16u;
+	const uint32_t dflt = kl_conv_s8_scratch(g);
+	return need > dflt ? need : dflt;
+}
+/* ... the prep kernels need CMSIS-NN's buffer alone, within the default
+ * need on cores without MVE: 4 k4 bytes (conv), 2 taps c (depthwise) */
+static inline uint32_t kl_cmsis_conv_prep_s8_scratch(const kl_geom_t *g)
+{
+	const uint32_t a = kl_cmsis_conv_s8_buffer(g), b = kl_cmsis_depthwise_conv_s8_buffer(g);
+	const uint32_t need = (a > b ? a : b) + 16u;
 	const uint32_t dflt = kl_conv_s8_scratch(g);
 	return need > dflt ? need : dflt;
 }

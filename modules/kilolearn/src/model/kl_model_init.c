@@ -26,6 +26,46 @@ static void *arena_zeros(kl_arena_t *a, size_t size)
  * schedule put the int8 input gradient at the start or the end of this
  * scratch (KL_STEP_IN_PLACE); the update's part then lies after it (start)
  * or before it (end). Mirrored by kl_blob.c and planner.MemModel._op_scratch. */
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+/* The CMSIS-NN parameter blocks (kl_kernels.h): a pointer per op, then a
+ * block per int8 dense (not paged), conv and depthwise op, in op order
+ * (planner/memory.py MemModel, cmsis_nn). */
+static int kl_cmsis_blocks(kl_model_t *m, kl_arena_t *arena)
+{
+	m->cmsis = kl_arena_alloc(arena, sizeof(m->cmsis[0]) * m->n_ops, sizeof(m->cmsis[0]));
+	if (m->cmsis == NULL) {
+		return -1;
+	}
+	for (int i = 0; i < m->n_ops; i++) {
+		const kl_op_t *op = &m->ops[i];
+		const int kind = op->kind == KL_OP_DENSE ? KL_CMSIS_FC
+				 : op->kind == KL_OP_CONV ? KL_CMSIS_CONV
+							  : KL_CMSIS_DW;
+		m->cmsis[i] = NULL;
+		if (op->n_w == 0u || kl_paged_op(op) ||
+		    (op->kind != KL_OP_DENSE && op->kind != KL_OP_CONV && op->kind != KL_OP_DWCONV)) {
+			continue;
+		}
+		const kl_tensor_t *y = &m->tensors[op->out];
+		const uint32_t n = kind == KL_CMSIS_FC ? kl_tsize(y) : y->c;
+		if (n > (UINT32_MAX - 4u * KL_CMSIS_PREP_HEADER) / 12u) {
+			return -1;
+		}
+		m->cmsis[i] = kl_arena_alloc(arena, KL_CMSIS_PREP_BYTES(n, kind != KL_CMSIS_FC), 4u);
+		if (m->cmsis[i] == NULL) {
+			return -1;
+		}
+		if (kind == KL_CMSIS_FC) {
+			kl_cmsis_prep_init(m->cmsis[i], kind, NULL);
+		} else {
+			const kl_geom_t g = kl_geom(m, op);
+			kl_cmsis_prep_init(m->cmsis[i], kind, &g);
+		}
+	}
+	return 0;
+}
+#endif
+
 static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training, int in_place)
 {
 	const kl_tensor_t *x = &m->tensors[op->in0];
@@ -342,6 +382,11 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 			op->b = (void *)(uintptr_t)b;
 		}
 	}
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	if (s8 && kl_cmsis_blocks(m, arena) != 0) {
+		return KL_ENOMEM;
+	}
+#endif
 	m->n_inputs = (uint16_t)kl_tsize(&m->tensors[m->input]);
 	m->n_classes = (uint16_t)kl_tsize(&m->tensors[m->output]);
 	uint32_t permille = 0;
@@ -401,7 +446,12 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 		scratch = kl_umax(scratch, op_scratch(m, op, training && sched_off == 0u, 0));
 		if (s8 && (op->kind == KL_OP_CONV || op->kind == KL_OP_DWCONV)) {
 			const kl_geom_t g = kl_geom(m, op);
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+			/* the kernels on the parameter blocks: CMSIS-NN's buffer */
+			kscratch = kl_umax(kscratch, kl_cmsis_conv_prep_s8_scratch(&g));
+#else
 			kscratch = kl_umax(kscratch, KL_CONV_S8_SCRATCH(&g));
+#endif
 		}
 	}
 	m->scratch_size = scratch;
@@ -414,10 +464,20 @@ int kl_model_init(kl_model_t *m, const uint8_t *blob, size_t len, kl_arena_t *ar
 	if (sched_off != 0u) { /* every activation and gradient in one planned region */
 		m->n_steps = kl_rd32(blob + sched_off + KL_SCHED_N_STEPS);
 		m->region_size = kl_rd32(blob + sched_off + KL_SCHED_REGION);
-		m->sched = blob + sched_off + KL_SCHED_HEADER_SIZE;
-		/* in the arena's second memory region where it has one */
-		m->region = kl_arena_alloc_far(arena, m->region_size, 8u);
-		if (m->region == NULL) {
+		m->sched = blob + sched_off + kl_sched_header_size(blob);
+		/* 2.7: split at region_split (kl_blob_check: 8-aligned, below the size) */
+		m->region_split = kl_sched_header_size(blob) > KL_SCHED_HEADER_SIZE
+					  ? kl_rd32(blob + sched_off + KL_SCHED_SPLIT)
+					  : 0u;
+		/* in the arena's second memory region where it has one: all of it, or
+		 * the first part, the second part in the arena after the static part
+		 * (without a second memory region right after the first: one block) */
+		const uint32_t lo = m->region_split != 0u ? m->region_split : m->region_size;
+		m->region = kl_arena_alloc_far(arena, lo, 8u);
+		m->region_hi = m->region_split != 0u
+				       ? kl_arena_alloc(arena, m->region_size - lo, 8u)
+				       : m->region;
+		if (m->region == NULL || m->region_hi == NULL) {
 			return KL_ENOMEM;
 		}
 	}

@@ -27,6 +27,17 @@ static int dense_fwd_s8(kl_model_t *m, kl_op_t *op, const kl_geom_t *g, kl_requa
 							(int)kl_tsize(Y(m, op)), m->scratch);
 	}
 #endif
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+	/* on the op's parameter block (all but paged ops have one); a trained
+	 * op's bias changed since the last call */
+	int32_t *prep = m->cmsis[op - m->ops];
+	if (prep != NULL) {
+		return kl_cmsis_fully_connected_prep_s8(x->data, x->zp, op->w, op->b, rq,
+							Y(m, op)->data, (int)kl_tsize(x),
+							(int)kl_tsize(Y(m, op)), m->scratch, prep,
+							kl_trainable(op));
+	}
+#endif
 	return kl_fully_connected_s8(x->data, x->zp, op->w, op->b, rq, Y(m, op)->data,
 				     (int)kl_tsize(x), (int)kl_tsize(Y(m, op)), m->scratch);
 }
@@ -83,6 +94,20 @@ static void dense_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, co
  * <kern>_{f32,s8}, <kern>_backward_input_{f32,s8}, <kern>_grad_{f32,s8}
  * (convolution and depthwise convolution: the same calls, other kernels; the
  * depthwise op is never channel-sparse, so w and dy are whole for both). */
+#if defined(KL_KERNELS_CMSIS_NN) && KL_KERNELS_CMSIS_NN
+/* on the op's parameter block (kl_cmsis_*_prep_s8; every int8 conv and
+ * depthwise op has one, kl_model_init); a trained op's bias changed since
+ * the last call */
+#define KL_WINDOW_FWD_S8(kern, m, op, g, x, rq)                                                   \
+	kern##_prep_s8(g, (x)->data, (x)->zp, (op)->w, (op)->b, rq, Y(m, op)->data, (m)->kscratch, \
+		       (m)->cmsis[(op) - (m)->ops], kl_trainable(op))
+#define kl_conv_prep_s8           kl_cmsis_conv_prep_s8
+#define kl_depthwise_conv_prep_s8 kl_cmsis_depthwise_conv_prep_s8
+#else
+#define KL_WINDOW_FWD_S8(kern, m, op, g, x, rq)                                                   \
+	kern##_s8(g, (x)->data, (x)->zp, (op)->w, (op)->b, rq, Y(m, op)->data, (m)->kscratch)
+#endif
+
 #define KL_WINDOW_OP(name, kern)                                                               \
 	static void name##_fwd_f32(kl_model_t *m, kl_op_t *op, const kl_geom_t *g)             \
 	{                                                                                      \
@@ -93,8 +118,7 @@ static void dense_dw_s8(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, co
 				 kl_requant_t *rq)                                             \
 	{                                                                                      \
 		const kl_tensor_t *x = X(m, op);                                               \
-		return kern##_s8(g, x->data, x->zp, op->w, op->b, rq, Y(m, op)->data,          \
-				 m->kscratch);                                                 \
+		return KL_WINDOW_FWD_S8(kern, m, op, g, x, rq);                                \
 	}                                                                                      \
 	static void name##_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g,       \
 				  const float *w, const float *dy, int n_out)                  \

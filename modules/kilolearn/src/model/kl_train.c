@@ -10,7 +10,11 @@ static int kl_run_schedule(kl_model_t *m, int label, int keep)
 	const uint8_t *sp = m->sched;
 	for (uint32_t k = 0; k < m->n_steps; k++, sp += KL_STEP_SIZE) {
 		const int idx = kl_rd16(sp + KL_SS_INDEX);
-		uint8_t *at = m->region + kl_rd32(sp + KL_SS_OFFSET);
+		const uint32_t off = kl_rd32(sp + KL_SS_OFFSET);
+		/* a buffer lies in one part of a split region (kl_blob_check) */
+		uint8_t *at = m->region_split != 0u && off >= m->region_split
+				      ? m->region_hi + (off - m->region_split)
+				      : m->region + off;
 		switch (sp[KL_SS_KIND]) {
 		case KL_STEP_FWD:
 			kl_phase(m, KL_PHASE_FORWARD);

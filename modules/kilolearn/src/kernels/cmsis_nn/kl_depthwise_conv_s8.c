@@ -27,20 +27,27 @@ uint32_t kl_cmsis_depthwise_conv_s8_buffer(const kl_geom_t *g)
 	return n > 0 ? (uint32_t)n : 0u;
 }
 
-int kl_cmsis_depthwise_conv_s8(KL_CONV_S8_ARGS)
+int kl_cmsis_depthwise_conv_prep_s8(KL_CONV_S8_ARGS, int32_t *prep, int bias_changed)
 {
 	if (!kl_cmsis_rq_ok(rq)) {
 		return KL_CMSIS_FALLBACK(depthwise_conv_s8)(g, x, x_zp, w, b, rq, y, scratch);
 	}
 	cmsis_nn_per_channel_quant_params qp;
-	int32_t *bq;
-	const uint32_t used = kl_cmsis_channels(rq, b, g->c, scratch, &bq, &qp);
+	const int32_t *bq = kl_cmsis_prepare(prep, rq, b, g->c, 1, bias_changed, &qp);
 	cmsis_nn_dw_conv_params p;
 	cmsis_nn_dims in, f, out;
 	dw_params(g, rq, x_zp, &p, &in, &f, &out);
 	const cmsis_nn_dims bd = {1, 1, 1, g->c};
-	const cmsis_nn_context ctx = {(uint8_t *)scratch + used,
-				      (int32_t)kl_cmsis_depthwise_conv_s8_buffer(g)};
+	const cmsis_nn_context ctx = {scratch, prep[KL_CMSIS_PREP_BUF]};
 	(void)arm_depthwise_conv_wrapper_s8(&ctx, &p, &qp, &in, x, &f, w, &bd, bq, &out, y);
 	return kl_cmsis_sat(rq, y, g->ho * g->wo * g->c);
+}
+
+int kl_cmsis_depthwise_conv_s8(KL_CONV_S8_ARGS)
+{
+	int32_t *prep = (int32_t *)scratch; /* then CMSIS-NN's buffer (kl_cmsis_conv_s8_scratch) */
+	kl_cmsis_prep_init(prep, KL_CMSIS_DW, g);
+	return kl_cmsis_depthwise_conv_prep_s8(g, x, x_zp, w, b, rq, y,
+					       (uint8_t *)scratch + KL_CMSIS_PREP_BYTES(g->c, 1),
+					       prep, 1);
 }
