@@ -50,6 +50,9 @@ set(KL_ENGINE_SOURCES
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_depthwise_conv_s8.c
   ${KL_ENGINE_DIR}/src/kernels/dsp/kl_sgd_weights_s8.c
   ${KL_ENGINE_DIR}/src/kernels/fpu/kl_fully_connected_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/fpu/kl_fully_connected_grad_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/fpu/kl_fully_connected_sgd_f32.c
+  ${KL_ENGINE_DIR}/src/kernels/fpu/kl_softmax_ce_f32.c
   ${KL_ENGINE_DIR}/src/kernels/mve/kl_fully_connected_s8.c
   ${KL_ENGINE_DIR}/src/kernels/mve/kl_fully_connected_grad_s8.c
   ${KL_ENGINE_DIR}/src/kernels/mve/kl_fully_connected_sgd_s8.c

@@ -107,11 +107,14 @@ def test_f32_gradients_match_numpy(target, net, rng):
 @pytest.mark.parametrize("target", TARGETS)
 def test_f32_fused_training_matches_numpy(target, rng):
     """Fused float32 SGD steps without momentum (the fpu kernels' VLDM/VFMA blocks of eight and
-    their tails on M4/M7/M33): weights after 2 epochs equal numpy's to float rounding."""
+    their tails on M4/M7/M33): weights after 2 epochs equal numpy's to float rounding.
+    mlp-blocks: one, two and four blocks of eight per loop iteration (24, 16, 32 inputs), odd
+    rows (9, 5), input gradients over rows that ReLU zeroed, and a layer without whole blocks."""
     require_target(target)
     board, asan = split_target(target)
-    for name in ("mlp-big", "mlp-frozen-first"):
-        m = M.mlp([64, 32, 10]) if name == "mlp-big" else MODELS[name]()
+    shapes = {"mlp-big": [64, 32, 10], "mlp-blocks": [24, 16, 9, 32, 5]}
+    for name in ("mlp-big", "mlp-blocks", "mlp-frozen-first"):
+        m = M.mlp(shapes[name]) if name in shapes else MODELS[name]()
         g = m.graph
         p = m.init(3)
         x, y = data_for(m, rng, 40)

@@ -635,9 +635,19 @@ int kl_add_s8(const int8_t *a, int32_t za, int sa, const int8_t *b, int32_t zb, 
 /* dy = softmax(z) - onehot(label) over the active classes (mask[i] != 0, or
  * all when mask is NULL; the label always counts); inactive classes get no
  * probability and no gradient. Returns the loss. */
-float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
+float kl_ref_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
 /* the same gradient without the loss (no logf): what a training step needs */
-void kl_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
+void kl_ref_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
+/* the fpu backend's: exp inlined, within about one ulp of expf */
+float kl_fpu_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
+void kl_fpu_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t *mask, float *dy);
+#if KL_KERNELS_FPU
+#define kl_softmax_ce_f32      kl_fpu_softmax_ce_f32
+#define kl_softmax_ce_grad_f32 kl_fpu_softmax_ce_grad_f32
+#else
+#define kl_softmax_ce_f32      kl_ref_softmax_ce_f32
+#define kl_softmax_ce_grad_f32 kl_ref_softmax_ce_grad_f32
+#endif
 /* int8 logits, table T[d] = round(2^15 exp(-d 2^lut_exp)); lut_shift =
  * logits_exp - lut_exp >= 0. dy in Q15 quantised to int8; returns the added
  * exponent s (dy scale 2^(s - 15)). */

@@ -20,6 +20,28 @@ static void mask_f32(const kl_tensor_t *t, int act, float *g)
 		kl_activation_grad_f32(y, act, g, (int)n);
 		return;
 	}
+	if (act == KL_ACT_RELU) { /* y > 0: its bits in 1 .. 0x7f800000 (+inf), no VCMP / VMRS */
+		uint32_t k = 0;
+		for (; k + 2u <= n; k += 2u) { /* two a pass: one LDRD */
+			uint32_t u0, u1;
+			memcpy(&u0, &y[k], sizeof(u0));
+			memcpy(&u1, &y[k + 1u], sizeof(u1));
+			if (u0 - 1u >= 0x7f800000u) {
+				g[k] = 0.0f;
+			}
+			if (u1 - 1u >= 0x7f800000u) {
+				g[k + 1u] = 0.0f;
+			}
+		}
+		if (k < n) {
+			uint32_t u;
+			memcpy(&u, &y[k], sizeof(u));
+			if (u - 1u >= 0x7f800000u) {
+				g[k] = 0.0f;
+			}
+		}
+		return;
+	}
 	for (uint32_t k = 0; k < n; k++) {
 		if (!(y[k] > 0.0f && (act != KL_ACT_RELU6 || y[k] < 6.0f))) {
 			g[k] = 0.0f;
@@ -202,6 +224,21 @@ static void backward_op_f32(kl_model_t *m, kl_op_t *op, int keep)
 		}
 		kl_phase(m, KL_PHASE_UPDATE);
 		pg_update(m, op, dy, 0);
+		return;
+	}
+	if (op->kind == KL_OP_DENSE && !keep && !m->defer && m->upd_policy == KL_UPDATE_ALL &&
+	    kl_trainable(op) && !kl_bias_only(op)) {
+		/* the plain dense step (what the general path below does for it, without
+		 * its geometry, channel block and dispatch): input gradient, fused SGD */
+		const int n_in = (int)kl_tsize(x), n_o = (int)kl_tsize(y);
+		if (x->need_grad) {
+			dense_dx_f32(m, op, NULL, op->w, dy, n_o);
+		}
+		kl_phase(m, KL_PHASE_UPDATE);
+		kl_fully_connected_sgd_f32(op->w, op->b, op->vw, op->vb, dy, x->data, m->lr,
+					   m->momentum, n_in, n_o);
+		m->upd_touched += op->n_w;
+		m->upd_weights += op->n_w;
 		return;
 	}
 	kl_geom_t g = kl_geom(m, op);

@@ -2,8 +2,13 @@
 /* A part of kl_model.c's translation unit (included there, not compiled alone). */
 static void kl_forward_op(kl_model_t *m, kl_op_t *op)
 {
-	const kl_geom_t g = kl_geom(m, op);
 	kl_tensor_t *y = &m->tensors[op->out];
+	if (m->dtype == KL_DTYPE_F32 && op->kind == KL_OP_DENSE && op->act <= KL_ACT_RELU6 &&
+	    !kl_paged_op(op)) { /* the plain dense layer: no geometry */
+		dense_fwd_f32(m, op, NULL);
+		return;
+	}
+	const kl_geom_t g = kl_geom(m, op);
 	if (m->dtype == KL_DTYPE_F32) {
 		if (kl_paged_op(op)) {
 			(void)pg_forward(m, op, NULL);

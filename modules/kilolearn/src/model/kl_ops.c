@@ -46,7 +46,13 @@ static void dense_dx_f32(kl_model_t *m, const kl_op_t *op, const kl_geom_t *g, c
 			 const float *dy, int n_out)
 {
 	(void)g;
-	kl_fully_connected_backward_input_f32(w, dy, m->scratch, (int)kl_tsize(X(m, op)), n_out);
+	kl_tensor_t *t = X(m, op);
+	if (!t->has_grad) { /* the tensor's first gradient: written in place, not copied */
+		kl_fully_connected_backward_input_f32(w, dy, t->grad, (int)kl_tsize(t), n_out);
+		t->has_grad = 1;
+		return;
+	}
+	kl_fully_connected_backward_input_f32(w, dy, m->scratch, (int)kl_tsize(t), n_out);
 	kl_give_f32(m, op->in0);
 }
 

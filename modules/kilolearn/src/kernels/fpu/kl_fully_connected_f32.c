@@ -1,174 +1,145 @@
-/* Fully connected layer, float32, fpu backend (cores with a single-precision
- * FPU: Cortex-M4F, M7, M33): forward, input gradient and the fused SGD step
- * on blocks of eight floats moved with one VLDM / VSTM each and multiplied
- * with VFMA / VFMS. Results equal the ref kernels' up to float rounding (the
- * sums are split over two accumulators, products fused). */
+/* Fully connected layer, float32, fpu backend: forward. Two output rows per
+ * pass against blocks of eight inputs: one VLDM of the inputs and one per
+ * row, sixteen VFMA (19 instructions per 16 MACs), two to four blocks per
+ * loop iteration; each row's sum starts from its bias and ReLU clears the
+ * sign bit's values with one BIC. Shapes without a multiple of eight inputs
+ * take the ref kernel. Results equal the ref kernel's up to float rounding
+ * (products fused, summed in another order). */
 #include <stddef.h>
 
 #include "kilolearn/kl_kernels.h"
 
 #if KL_KERNELS_FPU
+#include "kl_fpu_util.h"
 
-#define KL_FPU_CLOBBER                                                                            \
-	"s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "s12", "s13",   \
-		"s14", "s15", "cc", "memory"
+/* s24 += r0[0..7] . x[0..7], s25 += r1[0..7] . x[0..7], pointers advanced */
+#define KL_FC2_BLOCK                                                                              \
+	"vldmia %[x]!, {s0-s7}\n\t"                                                               \
+	"vldmia %[r0]!, {s8-s15}\n\t"                                                             \
+	"vldmia %[r1]!, {s16-s23}\n\t"                                                            \
+	"vfma.f32 s24, s8, s0\n\t"                                                                \
+	"vfma.f32 s25, s16, s0\n\t"                                                               \
+	"vfma.f32 s24, s9, s1\n\t"                                                                \
+	"vfma.f32 s25, s17, s1\n\t"                                                               \
+	"vfma.f32 s24, s10, s2\n\t"                                                               \
+	"vfma.f32 s25, s18, s2\n\t"                                                               \
+	"vfma.f32 s24, s11, s3\n\t"                                                               \
+	"vfma.f32 s25, s19, s3\n\t"                                                               \
+	"vfma.f32 s24, s12, s4\n\t"                                                               \
+	"vfma.f32 s25, s20, s4\n\t"                                                               \
+	"vfma.f32 s24, s13, s5\n\t"                                                               \
+	"vfma.f32 s25, s21, s5\n\t"                                                               \
+	"vfma.f32 s24, s14, s6\n\t"                                                               \
+	"vfma.f32 s25, s22, s6\n\t"                                                               \
+	"vfma.f32 s24, s15, s7\n\t"                                                               \
+	"vfma.f32 s25, s23, s7\n\t"
 
-/* sum of a[j] * b[j] over n8 blocks of eight, as two partial sums */
-static inline float dot8(const float *a, const float *b, int n8)
+/* the same for one row */
+#define KL_FC1_BLOCK                                                                              \
+	"vldmia %[x]!, {s0-s7}\n\t"                                                               \
+	"vldmia %[r0]!, {s8-s15}\n\t"                                                             \
+	"vfma.f32 %[a0], s8, s0\n\t"                                                              \
+	"vfma.f32 %[a0], s9, s1\n\t"                                                              \
+	"vfma.f32 %[a0], s10, s2\n\t"                                                             \
+	"vfma.f32 %[a0], s11, s3\n\t"                                                             \
+	"vfma.f32 %[a0], s12, s4\n\t"                                                             \
+	"vfma.f32 %[a0], s13, s5\n\t"                                                             \
+	"vfma.f32 %[a0], s14, s6\n\t"                                                             \
+	"vfma.f32 %[a0], s15, s7\n\t"
+
+/* n_pairs passes of two rows (r0 and the next) over n_in / (8 B) loop
+ * iterations of B blocks each, all in one block of assembly: per pair the
+ * two sums start from the biases (s24, s25), x is rewound by the row's
+ * stride, the sums go out with ReLU on their bits (a sign bit set: +0) or
+ * as they are, the rows move on by two */
+#define KL_FC2_LAYER(BODY, OUT)                                                                   \
+	__asm__ volatile("2:\n\t"                                                                 \
+			 "vldmia %[b]!, {s24-s25}\n\t"                                            \
+			 "add %[r1], %[r0], %[stride]\n\t"                                        \
+			 "mov %[n], %[iters]\n\t"                                                 \
+			 "1:\n\t" BODY "subs %[n], %[n], #1\n\t"                                  \
+			 "bne 1b\n\t"                                                             \
+			 "sub %[x], %[x], %[stride]\n\t"                                          \
+			 "mov %[r0], %[r1]\n\t" OUT "subs %[pairs], %[pairs], #1\n\t"            \
+			 "bne 2b"                                                                 \
+			 : [x] "+r"(xp), [r0] "+r"(r0), [r1] "=&r"(r1), [n] "=&r"(n),             \
+			   [t] "=&r"(t), [b] "+r"(bp), [y] "+r"(yp), [pairs] "+r"(pairs)          \
+			 : [stride] "r"(stride), [iters] "r"(iters)                               \
+			 : KL_FPU_CLOBBER24, "s24", "s25")
+
+#define KL_FC2_OUT_RELU                                                                           \
+	"vmov %[n], %[t], s24, s25\n\t"                                                           \
+	"bic %[n], %[n], %[n], asr #31\n\t"                                                       \
+	"bic %[t], %[t], %[t], asr #31\n\t"                                                       \
+	"strd %[n], %[t], [%[y]], #8\n\t"
+#define KL_FC2_OUT_NONE "vstmia %[y]!, {s24-s25}\n\t"
+
+#define KL_FC2_BODY4 KL_FC2_BLOCK KL_FC2_BLOCK KL_FC2_BLOCK KL_FC2_BLOCK
+#define KL_FC2_BODY2 KL_FC2_BLOCK KL_FC2_BLOCK
+
+/* ReLU on the bits: a value with the sign bit set becomes +0 */
+static inline float relu_bits(float v)
 {
-	float p = 0.0f, q = 0.0f;
-	__asm__ volatile("1:\n\t"
-			 "vldmia %[a]!, {s0-s7}\n\t"
-			 "vldmia %[b]!, {s8-s15}\n\t"
-			 "vfma.f32 %[p], s0, s8\n\t"
-			 "vfma.f32 %[q], s1, s9\n\t"
-			 "vfma.f32 %[p], s2, s10\n\t"
-			 "vfma.f32 %[q], s3, s11\n\t"
-			 "vfma.f32 %[p], s4, s12\n\t"
-			 "vfma.f32 %[q], s5, s13\n\t"
-			 "vfma.f32 %[p], s6, s14\n\t"
-			 "vfma.f32 %[q], s7, s15\n\t"
-			 "subs %[n], %[n], #1\n\t"
-			 "bne 1b"
-			 : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n8), [p] "+t"(p), [q] "+t"(q)
-			 :
-			 : KL_FPU_CLOBBER);
-	return p + q;
-}
-
-/* y[j] += c * x[j] (VFMA) or y[j] -= c * x[j] (VFMS) over n8 blocks of eight */
-#define KL_FPU_AXPY8(OP)                                                                          \
-	__asm__ volatile("1:\n\t"                                                                 \
-			 "vldmia %[x]!, {s0-s7}\n\t"                                              \
-			 "vldmia %[y], {s8-s15}\n\t"                                              \
-			 OP " s8, s0, %[c]\n\t" OP " s9, s1, %[c]\n\t"                          \
-			 OP " s10, s2, %[c]\n\t" OP " s11, s3, %[c]\n\t"                        \
-			 OP " s12, s4, %[c]\n\t" OP " s13, s5, %[c]\n\t"                        \
-			 OP " s14, s6, %[c]\n\t" OP " s15, s7, %[c]\n\t"                        \
-			 "vstmia %[y]!, {s8-s15}\n\t"                                             \
-			 "subs %[n], %[n], #1\n\t"                                                \
-			 "bne 1b"                                                                 \
-			 : [x] "+r"(x), [y] "+r"(y), [n] "+r"(n8)                                 \
-			 : [c] "t"(c)                                                             \
-			 : KL_FPU_CLOBBER)
-
-static inline void axpy8(float *y, const float *x, float c, int n8)
-{
-	KL_FPU_AXPY8("vfma.f32");
-}
-
-static inline void axmy8(float *y, const float *x, float c, int n8)
-{
-	KL_FPU_AXPY8("vfms.f32");
-}
-
-/* two rows against the same eight inputs per pass (one VLDM of the input,
- * one per row, sixteen VFMA: 21 instructions per 16 MACs); each row's sum is
- * split over the same two accumulators as dot8, in the same order, so the
- * results equal dot8's */
-static inline void dot8x2(const float *a0, const float *a1, const float *b, int n8, float *r0,
-			  float *r1)
-{
-	float p0 = 0.0f, q0 = 0.0f, p1 = 0.0f, q1 = 0.0f;
-	__asm__ volatile("1:\n\t"
-			 "vldmia %[b]!, {s8-s15}\n\t"
-			 "vldmia %[a0]!, {s0-s7}\n\t"
-			 "vldmia %[a1]!, {s16-s23}\n\t"
-			 "vfma.f32 %[p0], s0, s8\n\t"
-			 "vfma.f32 %[p1], s16, s8\n\t"
-			 "vfma.f32 %[q0], s1, s9\n\t"
-			 "vfma.f32 %[q1], s17, s9\n\t"
-			 "vfma.f32 %[p0], s2, s10\n\t"
-			 "vfma.f32 %[p1], s18, s10\n\t"
-			 "vfma.f32 %[q0], s3, s11\n\t"
-			 "vfma.f32 %[q1], s19, s11\n\t"
-			 "vfma.f32 %[p0], s4, s12\n\t"
-			 "vfma.f32 %[p1], s20, s12\n\t"
-			 "vfma.f32 %[q0], s5, s13\n\t"
-			 "vfma.f32 %[q1], s21, s13\n\t"
-			 "vfma.f32 %[p0], s6, s14\n\t"
-			 "vfma.f32 %[p1], s22, s14\n\t"
-			 "vfma.f32 %[q0], s7, s15\n\t"
-			 "vfma.f32 %[q1], s23, s15\n\t"
-			 "subs %[n], %[n], #1\n\t"
-			 "bne 1b"
-			 : [a0] "+r"(a0), [a1] "+r"(a1), [b] "+r"(b), [n] "+r"(n8), [p0] "+t"(p0),
-			   [q0] "+t"(q0), [p1] "+t"(p1), [q1] "+t"(q1)
-			 :
-			 : KL_FPU_CLOBBER, "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23");
-	*r0 = p0 + q0;
-	*r1 = p1 + q1;
+	uint32_t u;
+	memcpy(&u, &v, sizeof(u));
+	u &= ~(uint32_t)((int32_t)u >> 31);
+	memcpy(&v, &u, sizeof(v));
+	return v;
 }
 
 void kl_fpu_fully_connected_f32(const float *x, const float *w, const float *b, float *y,
 				int n_in, int n_out, int act)
 {
-	const int n8 = n_in / 8, done = n8 * 8;
-	int i0 = 0;
-	if (n8 > 0 && done == n_in) { /* two rows at a time */
-		for (; i0 + 2 <= n_out; i0 += 2) {
-			const float *row = w + (long)i0 * n_in;
-			float a0, a1;
-			dot8x2(row, row + n_in, x, n8, &a0, &a1);
-			y[i0] = kl_act_f32(a0 + b[i0], act);
-			y[i0 + 1] = kl_act_f32(a1 + b[i0 + 1], act);
-		}
-	}
-	for (int i = i0; i < n_out; i++) {
-		const float *row = w + (long)i * n_in;
-		float acc = n8 > 0 ? dot8(row, x, n8) : 0.0f;
-		for (int j = done; j < n_in; j++) {
-			acc += row[j] * x[j];
-		}
-		y[i] = kl_act_f32(acc + b[i], act);
-	}
-}
-
-void kl_fpu_fully_connected_backward_input_f32(const float *w, const float *dy, float *dx,
-					       int n_in, int n_out)
-{
-	const int n8 = n_in / 8, done = n8 * 8;
-	for (int j = 0; j < n_in; j++) {
-		dx[j] = 0.0f;
-	}
-	for (int i = 0; i < n_out; i++) {
-		const float g = dy[i];
-		if (g == 0.0f) {
-			continue;
-		}
-		const float *row = w + (long)i * n_in;
-		if (n8 > 0) {
-			axpy8(dx, row, g, n8);
-		}
-		for (int j = done; j < n_in; j++) {
-			dx[j] += row[j] * g;
-		}
-	}
-}
-
-void kl_fpu_fully_connected_sgd_f32(float *w, float *b, float *vw, float *vb, const float *dy,
-				    const float *x, float lr, float mu, int n_in, int n_out)
-{
-	if (vw != NULL) { /* momentum: the ref kernel */
-		kl_ref_fully_connected_sgd_f32(w, b, vw, vb, dy, x, lr, mu, n_in, n_out);
+	if (n_in <= 0 || n_in % 8 != 0) {
+		kl_ref_fully_connected_f32(x, w, b, y, n_in, n_out, act);
 		return;
 	}
-	const int n8 = n_in / 8, done = n8 * 8;
-	for (int i = 0; i < n_out; i++) {
-		const float g = dy[i];
-		if (g == 0.0f) {
-			continue;
+	/* blocks of eight per loop iteration: four, two or one */
+	const int per = n_in % 32 == 0 ? 4 : n_in % 16 == 0 ? 2 : 1;
+	const int iters = n_in / (8 * per), stride = n_in * 4;
+	const int relu = act == KL_ACT_RELU;
+	const float *xp = x, *r0 = w, *r1, *bp = b;
+	float *yp = y;
+	int pairs = n_out / 2, n;
+	uint32_t t;
+	if (pairs > 0) {
+		if (relu) {
+			if (per == 4) {
+				KL_FC2_LAYER(KL_FC2_BODY4, KL_FC2_OUT_RELU);
+			} else if (per == 2) {
+				KL_FC2_LAYER(KL_FC2_BODY2, KL_FC2_OUT_RELU);
+			} else {
+				KL_FC2_LAYER(KL_FC2_BLOCK, KL_FC2_OUT_RELU);
+			}
+		} else {
+			if (per == 4) {
+				KL_FC2_LAYER(KL_FC2_BODY4, KL_FC2_OUT_NONE);
+			} else if (per == 2) {
+				KL_FC2_LAYER(KL_FC2_BODY2, KL_FC2_OUT_NONE);
+			} else {
+				KL_FC2_LAYER(KL_FC2_BLOCK, KL_FC2_OUT_NONE);
+			}
 		}
-		const float c = lr * g;
-		float *row = w + (long)i * n_in;
-		if (n8 > 0) {
-			axmy8(row, x, c, n8);
-		}
-		for (int j = done; j < n_in; j++) {
-			row[j] -= c * x[j];
-		}
-		b[i] -= c;
 	}
+	if (n_out % 2 != 0) { /* the last, odd row: r0 is there */
+		const int i = n_out - 1;
+		float a0 = b[i];
+		n = n_in / 8;
+		xp = x;
+		__asm__ volatile("1:\n\t" KL_FC1_BLOCK "subs %[n], %[n], #1\n\t"
+				 "bne 1b"
+				 : [x] "+r"(xp), [r0] "+r"(r0), [n] "+r"(n), [a0] "+t"(a0)
+				 :
+				 : KL_FPU_CLOBBER);
+		y[i] = relu ? relu_bits(a0) : a0;
+	}
+	if (act != KL_ACT_NONE && !relu) { /* ReLU6 */
+		for (int k = 0; k < n_out; k++) {
+			y[k] = kl_act_f32(y[k], act);
+		}
+	}
+	(void)r1;
+	(void)t;
 }
 #else
 typedef int kl_fpu_fully_connected_f32_unused;

@@ -15,16 +15,32 @@ static int grad_shift(const int32_t *acc, int n)
 	return kl_grad_shift(m);
 }
 
+/* the number of significant bits of m > 0 */
+static inline int bit_length(uint32_t m)
+{
+#if defined(__GNUC__)
+	return 32 - __builtin_clz(m);
+#else
+	int l = 0;
+	for (; m != 0u; m >>= 1) {
+		l++;
+	}
+	return l;
+#endif
+}
+
+/* The smallest s with round_half_up(m / 2^s) <= 127. For m > 127 it is s0 =
+ * bit_length(m) - 7 (m >> s0 in [64, 127]; any smaller s leaves 128 or more)
+ * or s0 + 1 when rounding carries to 128; (m + 2^(s0-1)) >> s0 computed as
+ * ((m >> (s0 - 1)) + 1) >> 1, without 64 bits. Checked equal to the loop
+ * form (s++ while round(m / 2^s) > 127) for every 32-bit m. */
 int kl_grad_shift(uint32_t m)
 {
-	int s = 0;
-	while (m > 127u) {
-		s++;
-		if (s >= 32 || ((((uint64_t)m + (1ull << (s - 1))) >> s) <= 127u)) {
-			break;
-		}
+	if (m <= 127u) {
+		return 0;
 	}
-	return s;
+	const int s = bit_length(m) - 7;
+	return (((m >> (s - 1)) + 1u) >> 1) <= 127u ? s : s + 1;
 }
 
 /* kl_rshift_round(v, s) for a shift s in [1, 31] known to the loop */
@@ -74,6 +90,17 @@ int kl_quantize_grad_s32(int32_t *acc, int n)
 
 int kl_argmax_f32(const float *v, int n, const uint8_t *mask)
 {
+	if (mask == NULL && n > 0) { /* every class: the best value kept in a register */
+		int best = 0;
+		float bv = v[0];
+		for (int i = 1; i < n; i++) {
+			if (v[i] > bv) {
+				bv = v[i];
+				best = i;
+			}
+		}
+		return best;
+	}
 	int best = -1;
 	for (int i = 0; i < n; i++) {
 		if ((mask == NULL || mask[i]) && (best < 0 || v[i] > v[best])) {

@@ -25,13 +25,13 @@ static void softmax_f32(const float *z, int n, int label, const uint8_t *mask, f
 	}
 }
 
-void kl_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
+void kl_ref_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
 {
 	softmax_f32(z, n, label, mask, dy);
 	dy[label] -= 1.0f;
 }
 
-float kl_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
+float kl_ref_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
 {
 	softmax_f32(z, n, label, mask, dy);
 	const float p = dy[label] > 1e-30f ? dy[label] : 1e-30f;
