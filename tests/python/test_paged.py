@@ -352,3 +352,23 @@ def test_the_loop_with_a_paged_model(target, tmp_path):
     pulled = (tmp_path / "adapted.klm").read_bytes()
     assert export.read(pulled).paged
     assert res["pulled_host"]["shifted-test"] == res["points"][-1]["device"]["shifted-test"]
+
+
+def test_wide_int8_layers_train_at_the_plain_kernels_speed(rng):
+    """The in-SRAM baseline of paged-bench (784-512-128-10, int8) on the emulated M4: a trained
+    layer wider than 256 inputs keeps the plain weight layout, whose DSP forward kernel runs at
+    ~1.2 insn/MAC (figure kernels); the paired layout's kernel handles up to 256 inputs at
+    speed and fell to its general path beyond (3.6 insn/MAC: the training forward cost 3x its
+    former instructions unnoticed). Instruction counts under -icount are deterministic."""
+    require_target("mps2-an386")
+    sizes = [784, 512, 128, 10]
+    m = M.mlp(sizes)
+    g, p = m.graph, m.init(1)
+    x = rng.uniform(0, 1, (8, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    qm = R.quantize_model(g, p, x)
+    rep = runner.run_job(job.build(export.export_s8(qm), qm.quantize_input(x), y, lr=0.05,
+                                   seed=1, profile=True), "mps2-an386")
+    macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    ep = rep.one("epoch")
+    assert ep["forward_insn"] / ep["n_train"] / macs < 1.3

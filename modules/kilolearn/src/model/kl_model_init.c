@@ -115,7 +115,9 @@ static int kl_pair_ok(const kl_model_t *m, const kl_op_t *op)
 		return 0;
 	}
 	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]), n_out = kl_tsize(&m->tensors[op->out]);
-	if ((n_in & 3u) != 0u || n_out < 2u || ((uintptr_t)op->w & 3u) != 0u ||
+	/* n_in <= 256: where the paired forward kernel takes its fast path (its
+	 * sums stay below 2^23); wider layers run faster in the plain layout */
+	if ((n_in & 3u) != 0u || n_in > 256u || n_out < 2u || ((uintptr_t)op->w & 3u) != 0u ||
 	    m->scratch_size < 2u * n_in) {
 		return 0;
 	}
