@@ -4,8 +4,9 @@ COMMIT and LOAD on both QEMU boards' flash simulators, the device-testing (HIL) 
 app/hil/qemu_board.py standing in for a board behind --device-serial-pty, and the session on
 USB CDC-ACM built for nucleo_f429zi.
 
-Needs a Zephyr v3.7.1 west workspace: ZEPHYR_BASE set, the toolchain in the environment
-(e.g. ZEPHYR_TOOLCHAIN_VARIANT=gnuarmemb GNUARMEMB_TOOLCHAIN_PATH=/usr) and, if the
+Needs a Zephyr v3.7.1 or 4.x west workspace (options a workspace needs, e.g. 4.x's -x ones
+of docs/zephyr.md, in $KILOLEARN_TWISTER_ARGS): ZEPHYR_BASE set, the toolchain in the
+environment (e.g. ZEPHYR_TOOLCHAIN_VARIANT=gnuarmemb GNUARMEMB_TOOLCHAIN_PATH=/usr) and, if the
 workspace's manifest does not list them, the CMSIS module (and hal_stm32 for the nucleo
 build) in ZEPHYR_MODULES. This repository is added with ZEPHYR_EXTRA_MODULES. Skipped where
 there is no Zephyr (CI).
@@ -24,7 +25,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import twister_python
+from conftest import asked_platform, twister_extra_args, twister_python
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app"
@@ -45,13 +46,18 @@ def _twister(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     twister = base / "scripts" / "twister"
     cmd = [twister_python(twister), str(twister), "-T", str(APP), "-O", str(out),
            "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}",
-           "-e", "sweep", *args]  # the board sweep (kilolearn.app.sweep) is a figure's
+           "-e", "sweep",  # the board sweep (kilolearn.app.sweep) is a figure's
+           *twister_extra_args(), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=base.parent)
     summary = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
                if "test configurations passed" in ln or "test cases were executed" in ln]
     print("\n".join(summary))
     assert proc.returncode == 0, "\n".join([*summary, proc.stdout[-4000:], proc.stderr[-4000:]])
-    return proc, json.loads((out / "twister.json").read_text())
+    report = json.loads((out / "twister.json").read_text())
+    asked = [args[i + 1] for i, a in enumerate(args) if a == "-p"]
+    for s in report["testsuites"]:  # the names given with -p (4.x reports qualified names)
+        s["platform"] = asked_platform(s["platform"], asked)
+    return proc, report
 
 
 def _harness_log(out: Path, platform: str, scenario: str = "kilolearn.app.session") -> str:
