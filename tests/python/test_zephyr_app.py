@@ -48,7 +48,7 @@ def _twister(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
            "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}",
            "-e", "sweep",  # the board sweep (kilolearn.app.sweep) is a figure's
            *twister_extra_args(), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=base.parent)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=base.parent)
     summary = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
                if "test configurations passed" in ln or "test cases were executed" in ln]
     print("\n".join(summary))

@@ -110,12 +110,18 @@ def elide_paths(args: list[str]) -> str:
     return " ".join(re.sub(r"/[^\s;\"']+", "<path>", a) for a in args)
 
 
-def summary_lines(log: str) -> list[str]:
-    """Twister's summary lines from its log (twister.log or its stdout)."""
-    from .zephyrpaged import SUMMARY
+SUMMARY = ("test configurations passed", "test cases were executed",
+           "executed test configurations passed", "executed test cases passed",
+           "test configurations were only built")
 
-    return [ln.split(" - ", 1)[-1].strip() for ln in log.splitlines()
-            if any(s in ln for s in SUMMARY)]
+
+def summary_lines(log: str) -> list[str]:
+    """Twister's summary lines from its log (twister.log or its stdout), colours removed."""
+    out = []
+    for ln in re.sub(r"\x1b\[[0-9;]*m", "", log).splitlines():
+        if any(s in ln for s in SUMMARY):
+            out.append(re.sub(r"^.*?\bINFO\s+- ", "", ln).strip())
+    return out
 
 
 def read_run(out: Path, boards: list[tuple[str, str]]) -> tuple[list[str], list[dict]]:

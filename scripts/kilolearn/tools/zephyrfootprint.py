@@ -14,7 +14,9 @@ of ``RUNS`` runs each. Without a workspace the recorded figures are kept (Skippe
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,14 +48,21 @@ def size_berkeley(elf: Path) -> dict[str, int]:
     return {"text": int(out[0]), "data": int(out[1]), "bss": int(out[2])}
 
 
-def _timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + sys of the command and every process it waited for)
+    and the stdout of one command."""
+    c0, t0 = _cpu(), time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900, check=False)
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, _cpu() - c0
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}: "
                            f"{(p.stderr or p.stdout).strip()[-300:]}")
-    return dt, p.stdout
+    return dt, dc, p.stdout
 
 
 def _config(build: Path) -> dict[str, str]:
@@ -63,18 +72,22 @@ def _config(build: Path) -> dict[str, str]:
 
 def measure_board(board: str, build: Path, ws: Path, root: Path, runs: int = RUNS) -> dict:
     """Build the app for ``board`` into ``build`` and measure it (see the module's doc)."""
-    _, stdout = _timed(["west", "build", "-p", "always", "-b", board, "-d", str(build),
+    _, _, stdout = _timed(["west", "build", "-p", "always", "-b", board, "-d", str(build),
                         str(root / "app"), "--", f"-DZEPHYR_EXTRA_MODULES={root}"], ws)
     elf = build / "zephyr" / "zephyr.elf"
     fp_cmd = [sys.executable, "-m", "kilolearn.cli", "footprint", str(elf), "--json"]
     times: dict[str, list[float]] = {"footprint": [], "ram_report": [], "rom_report": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
     doc: dict = {}
     for _ in range(runs):
-        dt, out = _timed(fp_cmd, ws)
+        dt, dc, out = _timed(fp_cmd, ws)
         times["footprint"].append(dt)
+        cpu["footprint"].append(dc)
         doc = json.loads(out)
         for t in ("ram_report", "rom_report"):
-            times[t].append(_timed(["west", "build", "-d", str(build), "-t", t], ws)[0])
+            dt, dc, _ = _timed(["west", "build", "-d", str(build), "-t", t], ws)
+            times[t].append(dt)
+            cpu[t].append(dc)
     reports = {t: int(json.loads((build / f"{t[:3]}.json").read_text())["symbols"]["size"])
                for t in ("ram_report", "rom_report")}
     cfg = _config(build)
@@ -93,6 +106,9 @@ def measure_board(board: str, build: Path, ws: Path, root: Path, runs: int = RUN
         **reports,
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "median_s": {k: round(statistics.median(v), 3) for k, v in times.items()},
+        "cpu_s": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+        "median_cpu_s": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
+        "load_average": round(os.getloadavg()[0], 1),
     }
 
 
@@ -138,13 +154,18 @@ def render(rec: dict) -> str:
             f"({_kb(r['capacity']['ram'])}, {_kb(r['capacity']['flash'])}) | "
             f"{_kb(c['CONFIG_SRAM_SIZE'])}, {_kb(c['CONFIG_FLASH_SIZE'])} | "
             f"{r['ram_report']:,}, {r['rom_report']:,} |")
-    lines += ["", f"Wall-clock seconds on this machine (2 cores shared with other jobs), median "
-              f"of {d['runs']} runs on the same build: `kilolearn footprint ELF --json` (a new "
-              "Python process) against `west build -d BUILD -t ram_report` and `-t rom_report` "
-              "(each includes west's start and ninja's dependency check):", "",
-              "| board | kilolearn footprint | ram_report | rom_report |", "|---|---|---|---|"]
+    lines += ["", f"Time on the same build, median of {d['runs']} runs: `kilolearn footprint ELF "
+              "--json` (a new Python process) against `west build -d BUILD -t ram_report` and "
+              "`-t rom_report` (each includes west's start and ninja's dependency check). "
+              "Wall-clock seconds on this machine (2 cores shared with other jobs: load average "
+              "at the end of each board's runs in the last column), and CPU seconds (user + sys "
+              "of the command and the processes it waited for), which the load disturbs less:",
+              "", "| board | kilolearn footprint | ram_report | rom_report | load |",
+              "|---|---|---|---|---|"]
     for r in d["boards"]:
-        m = r["median_s"]
-        lines.append(f"| {r['board']} | {m['footprint']:.2f} s | {m['ram_report']:.2f} s | "
-                     f"{m['rom_report']:.2f} s |")
+        m, c = r["median_s"], r["median_cpu_s"]
+        lines.append(" | ".join([f"| {r['board']}", *(
+            f"{m[k]:.2f} s wall, {c[k]:.2f} s CPU" for k in ("footprint", "ram_report",
+                                                            "rom_report")),
+            f"{r['load_average']} |"]))
     return "\n".join(lines)
