@@ -96,3 +96,21 @@ def run_fuzz_firmware(board: str, target: str) -> tuple[int, int]:
     f = last[-1].split()
     assert r.returncode == (0 if f[6] == "0" else 1), r.stdout[-2000:]
     return int(f[4]), int(f[6])
+
+
+def twister_extra_args() -> list[str]:
+    """$KILOLEARN_TWISTER_ARGS split as a shell would: options appended to every twister
+    command of the Zephyr tests (a workspace's own -x options, docs/zephyr.md "Zephyr 4.x")."""
+    import os
+    import shlex
+
+    return shlex.split(os.environ.get("KILOLEARN_TWISTER_ARGS", ""))
+
+
+def asked_platform(reported: str, asked: list[str]) -> str:
+    """The name given with -p for a platform twister reports: Zephyr 4.x reports a board's
+    qualified name (qemu_cortex_m3 -> qemu_cortex_m3/ti_lm3s6965), 3.7 the name itself."""
+    for p in asked:
+        if reported == p or reported.startswith(p + "/"):
+            return p
+    return reported

@@ -2,7 +2,8 @@
 the reference kernels (with and without logging) and the CMSIS-NN backend
 (kilolearn.engine.cmsis_nn), one twister run for all.
 
-Needs a Zephyr v3.7.1 workspace: ZEPHYR_BASE set, the toolchain in the environment
+Needs a Zephyr v3.7.1 or 4.x workspace (options a workspace needs, e.g. 4.x's -x ones of
+docs/zephyr.md, in $KILOLEARN_TWISTER_ARGS): ZEPHYR_BASE set, the toolchain in the environment
 (e.g. ZEPHYR_TOOLCHAIN_VARIANT=gnuarmemb GNUARMEMB_TOOLCHAIN_PATH=/usr) and, if the
 workspace's west manifest does not list them, the CMSIS modules in ZEPHYR_MODULES
 (cmsis, cmsis-nn and cmsis-dsp: CONFIG_CMSIS_NN selects CMSIS_DSP). This repository is
@@ -22,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import twister_python
+from conftest import asked_platform, twister_extra_args, twister_python
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "tests" / "zephyr" / "engine"
@@ -46,16 +47,19 @@ def twister_run(tmp_path_factory) -> dict:
     twister = Path(ZEPHYR_BASE or "") / "scripts" / "twister"
     out = tmp_path_factory.mktemp("twister") / "twister-out"
     cmd = [twister_python(twister), str(twister), "-T", str(SUITE), "-O", str(out), "-j", "2",
-           "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}", "-e", "sweep"]
+           "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={ROOT}", "-e", "sweep",
+           *twister_extra_args()]
     for p in PLATFORMS:
         cmd += ["-p", p]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     summary = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
-               if "test configurations passed" in ln or "test cases were executed" in ln]
+               if any(s in ln for s in ("test configurations passed", "test cases were executed",
+                                        "executed test cases passed"))]
     print("\n".join(summary))
     assert proc.returncode == 0, "\n".join([*summary, proc.stdout[-4000:], proc.stderr[-4000:]])
     report = json.loads((out / "twister.json").read_text())
-    return {(s["platform"], s["name"].rsplit("/", 1)[-1]): s for s in report["testsuites"]}
+    return {(asked_platform(s["platform"], PLATFORMS), s["name"].rsplit("/", 1)[-1]): s
+            for s in report["testsuites"]}
 
 
 def _check_passed(s: dict, min_cases: int) -> list[str]:

@@ -82,7 +82,7 @@ BOARDS: dict[str, Board] = {b.name: b for b in (
 BOARD_ALIASES = {
     "mps2/an385": "mps2-an385", "mps2/an386": "mps2-an386", "mps2/an500": "mps2-an500",
     "mps2/an521": "mps2-an505", "mps2-an521": "mps2-an505", "mps2/an505": "mps2-an505",
-    "mps3/an547": "mps3-an547",
+    "mps3/an547": "mps3-an547", "mps3/corstone300/an547": "mps3-an547",
     "nrf52840dk": "nrf52840dk/nrf52840", "nrf52840dk_nrf52840": "nrf52840dk/nrf52840",
     "nucleo-f429zi": "nucleo_f429zi", "mimxrt1060-evk": "mimxrt1060_evk",
     "mimxrt1060_evk/mimxrt1062/qspi": "mimxrt1060_evk",

@@ -199,14 +199,15 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
     Figure("zephyr-footprint", "west build -b BOARD app for each board; kilolearn footprint "
            "and west build -t rom_report / ram_report on its zephyr.elf", render_zephyr,
            _measure_zephyr, where="docs/zephyr.md"),
+    module_figure("footprint-zephyr", "west build -b BOARD app; kilolearn footprint ELF "
+                  "--json; arm-none-eabi-size ELF; west build -t ram_report / rom_report",
+                  ".tools.zephyrfootprint", "docs/footprint.md"),
     module_figure("zephyr-window", "twister -T app -p qemu_cortex_m3 -s kilolearn.app.session "
                   "-p nucleo_f429zi -s kilolearn.app.usb_cdc_acm", ".tools.zephyrlink",
                   "docs/protocol.md"),
-    # The board sweep's figure (.tools.zephyrboards: twister --build-only -T app -T
-    # tests/zephyr/engine -s kilolearn.app.sweep -s kilolearn.engine.sweep) is written but not
-    # measured yet (its first run here hit twister's old one-hour timeout): register it as
-    # module_figure("zephyr-boards", ..., ".tools.zephyrboards", "docs/zephyr.md") with its
-    # block in docs/zephyr.md once `kilolearn docs --measure zephyr-boards` has run.
+    module_figure("zephyr-boards", "twister --build-only -T app -T tests/zephyr/engine -s "
+                  "kilolearn.app.sweep -s kilolearn.engine.sweep --force-platform -p BOARD ... "
+                  "(once per Zephyr version)", ".tools.zephyrboards", "docs/zephyr.md"),
     module_figure("zephyr-paged", "twister -T tests/zephyr/paged -p mps2/an385 (scenario "
                   "kilolearn.paged); the suite's 'KL paged' line", ".tools.zephyrpaged",
                   "docs/zephyr.md"),

@@ -270,7 +270,7 @@ def zephyr_base() -> str:
     """$ZEPHYR_BASE, or Skipped: a Zephyr figure keeps its recorded values without one."""
     zb = os.environ.get("ZEPHYR_BASE")
     if not zb:
-        raise Skipped("ZEPHYR_BASE is not set (it needs a Zephyr v3.7.1 workspace, "
+        raise Skipped("ZEPHYR_BASE is not set (it needs a Zephyr workspace, v3.7.1 or 4.x, "
                       "docs/zephyr.md); the recorded figures are kept")
     return zb
 

@@ -63,6 +63,14 @@ def twister_cmd(py: str, zephyr_base: Path, root: Path, out: Path, jobs: int = 2
             "-j", str(jobs), "--inline-logs", "-x", f"ZEPHYR_EXTRA_MODULES={root}"]
 
 
+def zephyr_version(zephyr_base: Path) -> str:
+    """'3.7.1' from the tree's VERSION file ('' without one)."""
+    f = zephyr_base / "VERSION"
+    text = f.read_text() if f.is_file() else ""
+    return ".".join(re.findall(r"^(?:VERSION_MAJOR|VERSION_MINOR|PATCHLEVEL) = (\d+)$", text,
+                               re.M))
+
+
 def _twister_python(twister: Path) -> str | None:
     """$TWISTER_PYTHON, this interpreter or python3: the first that starts twister."""
     for py in (os.environ.get("TWISTER_PYTHON"), sys.executable, shutil.which("python3")):
@@ -85,9 +93,7 @@ def measure_figure() -> dict:
     if py is None:
         raise Skipped("no Python starts twister (set TWISTER_PYTHON)")
     root = build.repo_root()
-    version = (Path(zb) / "VERSION").read_text() if (Path(zb) / "VERSION").is_file() else ""
-    ver = ".".join(re.findall(r"^(?:VERSION_MAJOR|VERSION_MINOR|PATCHLEVEL) = (\d+)$",
-                              version, re.M))
+    ver = zephyr_version(Path(zb))
     with tempfile.TemporaryDirectory(prefix="kilolearn-zephyr-paged-") as tmp:
         out = Path(tmp) / "twister-out"
         cmd = twister_cmd(py, Path(zb), root, out)
