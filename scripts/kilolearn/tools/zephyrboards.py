@@ -37,6 +37,7 @@ CORES = (("CORTEX_M0PLUS", "Cortex-M0+"), ("CORTEX_M0", "Cortex-M0"), ("CORTEX_M
          ("CORTEX_M55", "Cortex-M55"), ("CORTEX_M3", "Cortex-M3"), ("CORTEX_M4", "Cortex-M4"),
          ("CORTEX_M7", "Cortex-M7"))
 NAME = "zephyr-boards"
+BUILT = ("passed", "not run")
 
 
 def platforms(root: Path, version: str = "3.7.1") -> list[tuple[str, str]]:
@@ -187,7 +188,8 @@ def measure_figure() -> dict:
         else:
             print(f"  reading the finished sweep in {out}", flush=True)
         summary, rows = read_run(out, boards)
-    if not summary or any(r["status"] != ["passed", "passed"] for r in rows):
+    # a build-only configuration that built: 'passed' on 3.7, 'not run' (built) on 4.x
+    if not summary or any(s not in BUILT for r in rows for s in r["status"]):
         raise RuntimeError(f"sweep on Zephyr {version}: not every build passed: {summary}")
     entry = {"zephyr": version, "measured": today(), "twister": summary, "boards": rows,
              "command": " ".join(["twister", "--build-only", *[f"-T {s}" for s in SUITES],
