@@ -206,7 +206,7 @@ def load_tflite(buf: bytes) -> Imported:
                                            f"(exact in int8) is supported, got {alpha:g}")
             kinds = ("conv", "dwconv", "dense") + (() if act in M.SMOOTH_ACTS else ("add",))
             if i is None or B.ops[i].kind not in kinds or B.ops[i].act != "none" or \
-                    n_readers.get(x_t, 0) != 1 or x_t in [sg.Outputs(0)]:
+                    n_readers.get(x_t, 0) != 1 or x_t == sg.Outputs(0):
                 raise UnsupportedModel(
                     f"{kind} '{name}' must follow a " + ("CONV_2D, DEPTHWISE_CONV_2D or "
                                                          "FULLY_CONNECTED" if act in
