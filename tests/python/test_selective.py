@@ -80,8 +80,11 @@ def changed_rows(before: np.ndarray, after: np.ndarray, axis: int) -> set[int]:
 
 
 @pytest.mark.parametrize("target", ["host", "mps2-an386"])
-@pytest.mark.parametrize("policy,pm", [("topr", 200), ("topr", 50), ("channel-norm", 250),
-                                       ("channel-sparse", 250)])
+# top-r at lr 0.9 from these samples: the hidden layer makes 646-812 non-zero steps (more than
+# the kernel's list of 256: a second pass, binding at 5 % and 20 %, not at 50 %), the classifier
+# 109-119 (applied from the list, binding at 5 % and 20 %, not at 50 %)
+@pytest.mark.parametrize("policy,pm", [("topr", 200), ("topr", 50), ("topr", 500),
+                                       ("channel-norm", 250), ("channel-sparse", 250)])
 def test_one_step_touches_only_the_chosen_weights(target, policy, pm, rng):
     """One step on the device from a known state: the weights it changed are exactly the ones a
     brute-force selection (full sort of the update steps, channel norms summed in Python) picks
@@ -215,11 +218,15 @@ def test_runtime_api_errors(rng):
         with pytest.raises(runner.RunError, match="code -22"):
             runner.run_job(job.build(export.export_s8(qm), xq, y, update=upd), "host")
     used = runner.run_job(job.build(export.export_s8(qm), xq, y), "host").one("model")["arena"]
-    with pytest.raises(runner.RunError, match="code -12"):  # the scratch comes from the arena
+    # int8 top-r's scratch (docs/selective-updates.md): 129 histogram words, 256 listed steps
+    # and a word per input column of the widest dense layer, from the arena
+    cols = max(int(np.prod(g.shapes[op.inputs[0]])) for op in g.ops if op.kind == "dense")
+    need = 4 * (129 + 256 + cols)
+    with pytest.raises(runner.RunError, match="code -12"):
         runner.run_job(job.build(export.export_s8(qm), xq, y, update=(1, 200),
-                                 arena_size=used + 512), "host")
+                                 arena_size=used + need - 8), "host")
     runner.run_job(job.build(export.export_s8(qm), xq, y, update=(1, 200),
-                             arena_size=used + 1032), "host")
+                             arena_size=used + need + 8), "host")
 
 
 @pytest.mark.parametrize("name,update", [("mlp-s8", ("topr", 0.2)),

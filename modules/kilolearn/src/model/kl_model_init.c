@@ -103,7 +103,7 @@ static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training,
 
 /* Does op keep its weights in the paired layout (docs/kernels.md)? A trained
  * int8 dense layer in the arena whose kernels all have a paired variant under
- * the update policy (all weights, or channel-norm's rows), n_in % 4 == 0, at
+ * the update policy (all weights, channel-norm's rows, top-r's steps), n_in % 4 == 0, at
  * least two rows, no weight at -128 (the paired SGD relies on the symmetric
  * range) and the scratch to convert a pair of rows through. */
 static int kl_pair_ok(const kl_model_t *m, const kl_op_t *op)
@@ -111,7 +111,8 @@ static int kl_pair_ok(const kl_model_t *m, const kl_op_t *op)
 	if (!KL_FC_PAIRED || m->dtype != KL_DTYPE_S8 || op->kind != KL_OP_DENSE ||
 	    !kl_trainable(op) || kl_bias_only(op) || kl_paged_op(op) || op->n_w == 0u ||
 	    (m->flags & KL_CFG_KEEP_GRADS) || m->defer /* Adam, momentum, batches: plain */ ||
-	    (m->upd_policy != KL_UPDATE_ALL && m->upd_policy != KL_UPDATE_CHANNEL_NORM)) {
+	    (m->upd_policy != KL_UPDATE_ALL && m->upd_policy != KL_UPDATE_CHANNEL_NORM &&
+	     m->upd_policy != KL_UPDATE_TOPR)) {
 		return 0;
 	}
 	const uint32_t n_in = kl_tsize(&m->tensors[op->in0]), n_out = kl_tsize(&m->tensors[op->out]);

@@ -104,8 +104,15 @@ static uint32_t sel_need(const kl_model_t *m, int policy, uint32_t permille)
 			continue;
 		}
 		const uint32_t n_ch = kl_n_channels(m, op);
-		if (policy == KL_UPDATE_TOPR) {
+		if (policy == KL_UPDATE_TOPR && es == 4u) {
 			need = kl_umax(need, KL_TOPR_HIST_WORDS * 4u);
+		} else if (policy == KL_UPDATE_TOPR) { /* dense: + a word per input column */
+			const uint32_t words = KL_TOPR_S8_BINS + KL_TOPR_S8_LIST;
+			const uint32_t cols =
+				op->kind == KL_OP_DENSE ? kl_tsize(&m->tensors[op->in0]) : 0u;
+			need = kl_umax(need, cols > UINT32_MAX / 4u - words
+						     ? UINT32_MAX /* (no arena holds it) */
+						     : (words + cols) * 4u);
 		} else if (policy == KL_UPDATE_CHANNEL_NORM) { /* scores, picks, masked dy */
 			need = kl_umax(need, kl_paged_op(op) ? 0u /* keys made as read */
 							     : kl_align8(n_ch * 9u) + n_ch * 4u);
@@ -512,7 +519,7 @@ static void kl_apply_s8(kl_model_t *m, kl_op_t *op, int32_t *gw, int32_t *gb, in
 		if (m->upd_policy == KL_UPDATE_TOPR) {
 			touched = kl_topr_sgd_weights_s8(op->w, gw, NULL, NULL, 0, 1, (int)op->n_w,
 							 m->lr_q, w_shift, &m->dither,
-							 upd_count(op->n_w, m->upd_frac), m->sel);
+							 upd_count(op->n_w, m->upd_frac), m->sel, 0);
 		} else {
 			if (m->upd_policy == KL_UPDATE_CHANNEL_NORM) {
 				touched = keep_top_channels_s8(m, op, gw, gb);
@@ -562,7 +569,8 @@ static void kl_update_dense_s8(kl_model_t *m, kl_op_t *op, const kl_tensor_t *x,
 	} else if (m->upd_policy == KL_UPDATE_TOPR) {
 		touched = kl_topr_sgd_weights_s8(w, NULL, dy, x->data, x->zp, n_out, n_in, m->lr_q,
 						 w_shift, &m->dither,
-						 upd_count(op->n_w, m->upd_frac), m->sel);
+						 upd_count(op->n_w, m->upd_frac), m->sel,
+						 kl_paired(op));
 		for (int i = 0; i < n_out; i++) {
 			if (dy[i] != 0) { /* (a zero step otherwise) */
 				b[i] = kl_sat32((int64_t)b[i] -
