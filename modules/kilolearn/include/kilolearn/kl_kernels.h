@@ -700,12 +700,12 @@ int kl_accumulate_s8(int32_t *acc, int ea, int32_t mu_q, const int32_t *g, int e
  * fused for dense layers, dy[i] * x[j] * lr (int8: dy[i] * lr_q * (x[j] -
  * x_zp)); int8 steps are those of kl_sgd_weights_s8 with the same dither, which
  * advances over all rows * cols weights. hist: KL_TOPR_HIST_WORDS uint32_t
- * (float32), KL_TOPR_S8_BINS + KL_TOPR_S8_LIST (int8; fused dense: + cols).
+ * (float32), KL_TOPR_S8_BINS + KL_TOPR_S8_LIST (int8; fused dense: + 2 cols).
  * paired: the fused dense weights are in the paired layout (kl_fc_pair_s8).
  * Returns the number of weights updated (non-zero steps). Biases are not
  * touched. */
 #define KL_TOPR_S8_BINS    129 /* |int8 step| in [0, 128] */
-#define KL_TOPR_S8_LIST    256u /* non-zero steps listed by the first pass */
+#define KL_TOPR_S8_LIST    256u /* words listing non-zero steps in the first pass */
 #define KL_TOPR_HIST_WORDS 256u
 uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, const int8_t *x,
 				int32_t x_zp, int rows, int cols, int32_t lr_q, int w_shift,

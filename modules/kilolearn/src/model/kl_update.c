@@ -106,13 +106,13 @@ static uint32_t sel_need(const kl_model_t *m, int policy, uint32_t permille)
 		const uint32_t n_ch = kl_n_channels(m, op);
 		if (policy == KL_UPDATE_TOPR && es == 4u) {
 			need = kl_umax(need, KL_TOPR_HIST_WORDS * 4u);
-		} else if (policy == KL_UPDATE_TOPR) { /* dense: + a word per input column */
+		} else if (policy == KL_UPDATE_TOPR) { /* dense: + two words per input column */
 			const uint32_t words = KL_TOPR_S8_BINS + KL_TOPR_S8_LIST;
 			const uint32_t cols =
 				op->kind == KL_OP_DENSE ? kl_tsize(&m->tensors[op->in0]) : 0u;
-			need = kl_umax(need, cols > UINT32_MAX / 4u - words
+			need = kl_umax(need, cols > (UINT32_MAX / 4u - words) / 2u
 						     ? UINT32_MAX /* (no arena holds it) */
-						     : (words + cols) * 4u);
+						     : (words + 2u * cols) * 4u);
 		} else if (policy == KL_UPDATE_CHANNEL_NORM) { /* scores, picks, masked dy */
 			need = kl_umax(need, kl_paged_op(op) ? 0u /* keys made as read */
 							     : kl_align8(n_ch * 9u) + n_ch * 4u);

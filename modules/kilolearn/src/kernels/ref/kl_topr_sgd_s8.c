@@ -6,19 +6,26 @@
  *
  * Only a non-zero gradient makes a non-zero step (the dither alone stays
  * below one step) and a zero step is never chosen, so only the non-zero
- * gradients are visited: of a fused dense update the rows with dy != 0 times
- * a list of the columns with x != x_zp (built once per call), each weight's
- * dither taken from its index (d + index * W, the Weyl sequence the full
- * update runs through). One pass lists the non-zero steps (index and step in
- * a word); when they fit the list, the threshold comes from them and they
- * are applied from it: one pass over the non-zero gradients in all, and
- * typically few steps are non-zero. Otherwise a second pass applies the
- * chosen ones (the histogram, made in the first, gives the threshold) and
- * ends at the last of them. The dense layer's weights may be in the
- * dsp backend's paired layout (kl_fc_pair_s8).
+ * gradients are visited, each weight's dither taken from its index (d +
+ * index * W, the Weyl sequence the full update runs through).
  *
- * Scratch (hist): KL_TOPR_S8_BINS words of histogram, KL_TOPR_S8_LIST of
- * listed steps, then (fused dense) one word per input column. */
+ * Fused dense layers (fused()): the rows with dy != 0 times a list of the
+ * columns with x != x_zp, built once per call. The fraction rarely binds
+ * (most int8 steps are zero), so one pass applies every non-zero step as it
+ * is found and lists it with the byte it replaced; if more than k_sel turn
+ * out non-zero, the listed ones not chosen get their bytes back. Past a full
+ * list the steps are only counted, and a second pass from there applies the
+ * chosen ones. The weights may be in the dsp backend's paired layout
+ * (kl_fc_pair_s8), so that the forward and input-gradient kernels stay the
+ * paired ones.
+ *
+ * Kept gradients (gw != 0), and fused steps beyond int32 (pass()): one pass
+ * lists the non-zero steps (index and step in a word); when they fit the
+ * list, the threshold and the update come from it, else a second pass
+ * applies the chosen ones and ends at the last of them.
+ *
+ * Scratch (hist): KL_TOPR_S8_BINS words of histogram, KL_TOPR_S8_LIST words
+ * of listed steps, then (fused dense) two words per input column. */
 #include <stddef.h>
 
 #include "kilolearn/kl_kernels.h"
@@ -43,7 +50,7 @@ static const uint8_t plain4[4] = {0, 1, 2, 3};
  * w0[c + 2], w1[c + 2]) then c + 1 and c + 3 (the row's parity in base) */
 static const uint8_t paired4[4] = {0, 4, 2, 6};
 
-static void row_at(struct topr_row *r, int i, int cols, int rows, int paired)
+static inline void row_at(struct topr_row *r, int i, int cols, int rows, int paired)
 {
 	if (!paired || i >= (rows & ~1)) { /* plain (the paired layout's odd last row too) */
 		r->base = (uint32_t)i * (uint32_t)cols;
@@ -119,6 +126,18 @@ static void hist_of_list(uint32_t *hist, const uint32_t *out, uint32_t n)
 	}
 }
 
+/* the same of a list of two-word entries (fused(): index << 8 | step, byte) */
+static void hist_of_list2(uint32_t *hist, const uint32_t *list, uint32_t n)
+{
+	for (int v = 0; v < KL_TOPR_S8_BINS; v++) {
+		hist[v] = 0;
+	}
+	for (uint32_t e = 0; e < n; e++) {
+		const int32_t s = (int8_t)(list[2u * e] & 0xFFu);
+		hist[s < 0 ? -s : s]++;
+	}
+}
+
 /* LIST: step s of index k listed while the list has room; past it, the
  * histogram takes over (made from the list when it fills) */
 static inline void list_one(struct topr_pass *p, uint32_t k, int32_t s)
@@ -150,32 +169,12 @@ static void visit(struct topr_pass *p, struct topr_row *r, int i, int j, uint32_
 	}
 }
 
-/* the first listed column from t on whose step is non-zero (nc if none):
- * the fused step in int32 (|v| < 2^27, the dither's top bits < 2^30), the
- * list's entries column | (x - x_zp) << 16; a loop apart, so that its few
- * values stay in registers */
-static uint32_t next_step(const uint32_t *cl, uint32_t t, uint32_t nc, int32_t c, uint32_t di,
-			  int dsh, int sh, int32_t *s)
-{
-	for (; t < nc; t++) {
-		const uint32_t e = cl[t];
-		const int32_t v = c * ((int32_t)e >> 16);
-		const int32_t q = (v + (int32_t)((di + (e & 0xFFFFu) * KL_WEYL) >> dsh)) >> sh;
-		if (q != 0) {
-			*s = q;
-			return t;
-		}
-	}
-	return nc;
-}
-
 /* A pass over the non-zero gradients in index order, visiting the non-zero
- * steps. Fused dense: the rows with dy != 0 times the listed columns cl
- * (x != x_zp; fast: next_step's entries, else the column); kept gradients:
- * gw != 0, in int64. */
+ * steps (in int64): kept gradients gw != 0; fused dense (where fused() does
+ * not take it): the rows with dy != 0 times the listed columns cl (x != x_zp). */
 static void pass(struct topr_pass *p, const int32_t *gw, const int8_t *dy, const int8_t *x,
-		 int32_t x_zp, const uint32_t *cl, uint32_t nc, int fast, int rows, int cols,
-		 int32_t lr_q, int w_shift, uint32_t d0)
+		 int32_t x_zp, const uint32_t *cl, uint32_t nc, int rows, int cols, int32_t lr_q,
+		 int w_shift, uint32_t d0)
 {
 	struct topr_row r;
 	if (gw != NULL) {
@@ -207,20 +206,6 @@ static void pass(struct topr_pass *p, const int32_t *gw, const int8_t *dy, const
 		r.gs = 0u;
 		const uint32_t ki = (uint32_t)i * (uint32_t)cols;
 		const uint32_t di = d0 + ki * KL_WEYL;
-		if (fast) {
-			int32_t s = 0;
-			for (uint32_t t = 0; (t = next_step(cl, t, nc, c, di, 32 - w_shift, w_shift,
-							    &s)) < nc;
-			     t++) {
-				const uint32_t j = cl[t] & 0xFFFFu;
-				if (p->mode == LIST) { /* (visit's first case, inline) */
-					list_one(p, ki + j, s > 127 ? 127 : (s < -128 ? -128 : s));
-					continue;
-				}
-				visit(p, &r, i, (int)j, ki + j, s, rows, cols);
-			}
-			continue;
-		}
 		for (uint32_t t = 0; t < nc; t++) {
 			const uint32_t j = cl[t];
 			const int32_t v = c * ((int32_t)x[j] - x_zp);
@@ -233,6 +218,171 @@ static void pass(struct topr_pass *p, const int32_t *gw, const int8_t *dy, const
 	}
 }
 
+/* the first column pair from cp on whose step is non-zero (ce if none), the
+ * step in *q: (c (x - x_zp) + dither's top sh bits) >> sh in int32 (|v| <
+ * 2^27, the dither's top bits < 2^30). A loop apart, two columns a turn, so
+ * that its few values stay in registers. */
+static const uint32_t *next_step(const uint32_t *cp, const uint32_t *ce, int32_t c, uint32_t di,
+				 int dsh, int sh, int32_t *q)
+{
+	const uint32_t *const ce4 = cp + ((ce - cp) & ~(ptrdiff_t)3);
+	for (; cp != ce4; cp += 4) {
+		const int32_t a = (c * (int32_t)cp[1] + (int32_t)((di + cp[0]) >> dsh)) >> sh;
+		const int32_t b = (c * (int32_t)cp[3] + (int32_t)((di + cp[2]) >> dsh)) >> sh;
+		if ((a | b) != 0) {
+			*q = a != 0 ? a : b;
+			return a != 0 ? cp : cp + 2;
+		}
+	}
+	if (cp != ce) {
+		const int32_t a = (c * (int32_t)cp[1] + (int32_t)((di + cp[0]) >> dsh)) >> sh;
+		if (a != 0) {
+			*q = a;
+			return cp;
+		}
+	}
+	return ce;
+}
+
+/* one weight's update in place: the stored byte o (the paired layout's
+ * flip undone and redone), its step s */
+static inline int8_t stepped(int8_t o, uint8_t flip, int32_t s)
+{
+	return (int8_t)((uint8_t)sub_clamp((int8_t)((uint8_t)o ^ flip), s) ^ flip);
+}
+
+/* KL_WEYL's inverse mod 2^32: a column's dither offset j W gives back j */
+#define WEYL_INV 0x144CBC89u
+
+/* the state of fused()'s first pass a non-zero step needs (the row's places) */
+struct fz {
+	int8_t *w;                       /* the row's first weight (base) */
+	const uint8_t *o4;               /* the row's places: w + gs (j >> 2) + o4[j & 3] */
+	uint32_t gs, ki, n, cnt, cap, i; /* ki: the row's first index; n listed, cnt seen */
+	uint32_t *list, *hist;
+	uint32_t ri, rt; /* where the list filled: row, column pair */
+	uint8_t flip;
+};
+
+/* a non-zero step q of column pair cp (column j = cp[0] / W) in the first
+ * pass: applied and listed with the byte it replaced while the list has room,
+ * else counted (a function apart: the column loop keeps its registers) */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void on_step(struct fz *z, const uint32_t *cp, uint32_t t, int32_t q)
+{
+	q = q > 127 ? 127 : (q < -128 ? -128 : q);
+	const uint32_t j = cp[0] * WEYL_INV;
+	if (z->n < z->cap) {
+		int8_t *const pw = z->w + z->gs * (j >> 2) + z->o4[j & 3u];
+		z->list[2u * z->n] = (z->ki + j) << 8 | (uint8_t)q;
+		z->list[2u * z->n + 1u] = (uint8_t)*pw;
+		*pw = stepped(*pw, z->flip, q);
+		z->n++;
+	} else {
+		if (z->cnt == z->cap) { /* the list is full: the rest counted */
+			hist_of_list2(z->hist, z->list, z->cap);
+			z->ri = z->i;
+			z->rt = t;
+		}
+		z->hist[q < 0 ? -q : q]++;
+	}
+	z->cnt++;
+}
+
+/* The fused dense update in one pass where the fraction does not bind (the
+ * usual case): every non-zero step is applied as it is found, its index,
+ * step and the byte it replaced listed (two words) while the list has room.
+ * Binding (more non-zero steps than k_sel): the listed ones not chosen get
+ * their bytes back. Past a full list steps are only counted (histogram); a
+ * second pass from there applies the chosen ones. Columns: (j W, x - x_zp)
+ * word pairs. */
+static uint32_t fused(int8_t *w, const int8_t *dy, const int8_t *x, int32_t x_zp, int rows,
+		      int cols, int32_t lr_q, int sh, uint32_t d0, uint32_t k_sel, uint32_t *hist,
+		      int paired)
+{
+	uint32_t *const list = hist + KL_TOPR_S8_BINS;
+	uint32_t *const cw = list + KL_TOPR_S8_LIST;
+	uint32_t nc = 0, jw = 0;
+	for (int j = 0; j < cols; j++, jw += KL_WEYL) {
+		const int32_t xc = (int32_t)x[j] - x_zp;
+		if (xc != 0) {
+			cw[2u * nc] = jw;
+			cw[2u * nc + 1u] = (uint32_t)xc;
+			nc++;
+		}
+	}
+	const int dsh = 32 - sh;
+	const uint32_t *const ce = cw + 2u * nc;
+	struct fz z;
+	z.n = z.cnt = z.ri = z.rt = 0u;
+	z.cap = KL_TOPR_S8_LIST / 2u;
+	z.list = list;
+	z.hist = hist;
+	for (int i = 0; i < rows; i++) {
+		const int32_t c = (int32_t)dy[i] * lr_q;
+		if (c == 0) {
+			continue;
+		}
+		struct topr_row r;
+		row_at(&r, i, cols, rows, paired);
+		z.w = w + r.base;
+		z.o4 = r.o4;
+		z.gs = r.gs;
+		z.flip = r.flip;
+		z.i = (uint32_t)i;
+		z.ki = (uint32_t)i * (uint32_t)cols;
+		const uint32_t di = d0 + z.ki * KL_WEYL;
+		int32_t q;
+		for (const uint32_t *cp = cw; (cp = next_step(cp, ce, c, di, dsh, sh, &q)) != ce;
+		     cp += 2) {
+			on_step(&z, cp, (uint32_t)(cp - cw) / 2u, q);
+		}
+	}
+	const uint32_t n = z.n, cnt = z.cnt, cap = z.cap, ri = z.ri, rt = z.rt;
+	int t = 0;
+	uint32_t at_t = 0;
+	if (cnt > k_sel) { /* binding: the threshold, the listed ones not chosen undone */
+		if (cnt <= cap) {
+			hist_of_list2(hist, list, n);
+		}
+		at_t = threshold(hist, k_sel, &t);
+		for (uint32_t e = 0; e < n; e++) {
+			if (!chosen((int8_t)(list[2u * e] & 0xFFu), t, &at_t)) {
+				const uint32_t k = list[2u * e] >> 8, i = k / (uint32_t)cols;
+				struct topr_row r;
+				row_at(&r, (int)i, cols, rows, paired);
+				const uint32_t j = k - i * (uint32_t)cols;
+				w[r.base + r.gs * (j >> 2) + r.o4[j & 3u]] = (int8_t)list[2u * e + 1u];
+			}
+		}
+	}
+	if (cnt <= cap) {
+		return cnt > k_sel ? k_sel : cnt;
+	}
+	/* the steps past the full list: the chosen ones applied, from there on */
+	for (uint32_t i = ri; i < (uint32_t)rows; i++) {
+		const int32_t c = (int32_t)dy[i] * lr_q;
+		if (c == 0) {
+			continue;
+		}
+		struct topr_row r;
+		row_at(&r, (int)i, cols, rows, paired);
+		const uint32_t di = d0 + i * (uint32_t)cols * KL_WEYL;
+		for (uint32_t u = i == ri ? rt : 0u; u < nc; u++) {
+			int32_t q = (c * (int32_t)cw[2u * u + 1u] + (int32_t)((di + cw[2u * u]) >> dsh)) >> sh;
+			q = q > 127 ? 127 : (q < -128 ? -128 : q);
+			if (chosen(q, t, &at_t)) {
+				const uint32_t j = cw[2u * u] * WEYL_INV;
+				int8_t *const pw = w + r.base + r.gs * (j >> 2) + r.o4[j & 3u];
+				*pw = stepped(*pw, r.flip, q);
+			}
+		}
+	}
+	return cnt > k_sel ? k_sel : cnt;
+}
+
 uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, const int8_t *x,
 				int32_t x_zp, int rows, int cols, int32_t lr_q, int w_shift,
 				uint32_t *dither, uint32_t k_sel, uint32_t *hist, int paired)
@@ -240,13 +390,14 @@ uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, 
 	const uint32_t d0 = *dither;
 	const uint32_t n_w = (uint32_t)rows * (uint32_t)cols;
 	*dither = d0 + n_w * KL_WEYL; /* over every weight */
+	if (gw == NULL && w_shift >= 1 && w_shift <= 30 && n_w < (1u << 24)) {
+		return fused(w, dy, x, x_zp, rows, cols, lr_q, w_shift, d0, k_sel, hist, paired);
+	}
 	uint32_t *cl = hist + KL_TOPR_S8_BINS + KL_TOPR_S8_LIST, nc = 0;
-	const int fast = w_shift >= 1 && w_shift <= 30 && cols <= 0x10000;
 	if (gw == NULL) {
 		for (int j = 0; j < cols; j++) {
-			const int32_t xc = (int32_t)x[j] - x_zp;
-			if (xc != 0) {
-				cl[nc++] = fast ? (uint32_t)j | (uint32_t)xc << 16 : (uint32_t)j;
+			if (x[j] != x_zp) {
+				cl[nc++] = (uint32_t)j;
 			}
 		}
 	}
@@ -254,7 +405,7 @@ uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, 
 			      gw == NULL && paired, 0, 0u};
 	/* index and step in a word while the index fits 24 bits */
 	p.kept = n_w < (1u << 24) ? KL_TOPR_S8_LIST : 0u;
-	pass(&p, gw, dy, x, x_zp, cl, nc, fast, rows, cols, lr_q, w_shift, d0);
+	pass(&p, gw, dy, x, x_zp, cl, nc, rows, cols, lr_q, w_shift, d0);
 	const uint32_t cnt = p.cnt;
 	if (cnt > k_sel && cnt <= p.kept) {
 		hist_of_list(hist, p.out, cnt);
@@ -263,7 +414,7 @@ uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, 
 	if (cnt <= p.kept) { /* all listed: applied from the list */
 		const uint32_t *kept = p.out;
 		uint32_t applied = 0, row = UINT32_MAX;
-		struct topr_row r;
+		struct topr_row r = {0u, 0u, plain4, 0u};
 		for (uint32_t e = 0; e < cnt; e++) {
 			const int32_t s = (int8_t)(kept[e] & 0xFFu);
 			if (chosen(s, p.t, &p.at_t)) {
@@ -283,6 +434,6 @@ uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, 
 	p.mode = APPLY;
 	p.cnt = 0u;
 	p.limit = cnt < k_sel ? cnt : k_sel;
-	pass(&p, gw, dy, x, x_zp, cl, nc, fast, rows, cols, lr_q, w_shift, d0);
+	pass(&p, gw, dy, x, x_zp, cl, nc, rows, cols, lr_q, w_shift, d0);
 	return p.cnt;
 }
