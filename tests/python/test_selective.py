@@ -145,6 +145,48 @@ def test_one_step_touches_only_the_chosen_weights(target, policy, pm, rng):
         assert rep.records["epoch"][0]["upd_touched"] == twin.upd_touched
 
 
+@pytest.mark.parametrize("target", ["host", "mps2-an386"])
+@pytest.mark.parametrize("pm", [50, 200, 500, 1000])
+def test_topr_steps_at_the_weight_range_bit_exact(target, pm, rng):
+    """Weights at the edge of their range (+-127): most non-zero steps clamp, which the top-r
+    kernel cannot undo by adding the step back, so it keeps the replaced bytes (and, past 128
+    of them, stops applying and finishes in a second pass). Weights, biases and the count of
+    selected weights equal the twin's after a few steps, fraction binding or not."""
+    require_target(target)
+    g, _, _, y, qm, xq = s8_setup("mlp-big", rng, 4)
+    edge = qm.copy()
+    for i, op in enumerate(g.ops):
+        if op.kind == "dense":
+            edge.w[i] = np.where(rng.random(edge.w[i].shape) < 0.5, 127, -127).astype(np.int8)
+    lr, seed = 0.9, 33
+    rep = runner.run_job(job.build(export.export_s8(edge), xq, y, lr=lr, seed=seed, epochs=1,
+                                   dump_weights=True, update=(selective.POLICIES["topr"], pm)),
+                         target)
+    twin = R.S8Trainer(edge, lr=lr, seed=seed)
+    twin.set_update_policy("topr", permille=pm)
+    clamped = 0
+    for s in range(len(y)):
+        plain = R.S8Trainer(twin.m.copy(), lr=lr, seed=seed)
+        plain.dither = twin.dither
+        grads = plain.grads(xq[s], int(y[s]))
+        d = plain.dither
+        for i in range(len(g.ops) - 1, -1, -1):
+            gr = grads[i]
+            if gr is None or gr.gw is None:
+                continue
+            n = gr.gw.size
+            sh = twin.m.ew[i] + q.LR_FRAC_BITS - gr.gw_exp
+            st = np.clip(q.stochastic_shift(gr.gw * plain.lr_q, sh,
+                                            q.weyl_offsets(d, n).reshape(gr.gw.shape)), -128, 127)
+            d = q.weyl_advance(d, n)
+            r = twin.m.w[i].astype(np.int32) - st
+            clamped = max(clamped, int(((st != 0) & ((r > 127) | (r < -127))).sum()))
+        twin.step(xq[s], int(y[s]))
+    assert clamped > 128  # some step clamps more weights than the kernel lists
+    assert weights_equal(rep, g, twin)
+    assert rep.records["epoch"][0]["upd_touched"] == twin.upd_touched
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn", "residual", "bias-only"])
 @pytest.mark.parametrize("policy,pm", POLICIES[:4])
 def test_f32_policies_match_numpy(name, policy, pm, rng):

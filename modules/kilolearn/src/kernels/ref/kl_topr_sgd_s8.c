@@ -126,18 +126,6 @@ static void hist_of_list(uint32_t *hist, const uint32_t *out, uint32_t n)
 	}
 }
 
-/* the same of a list of two-word entries (fused(): index << 8 | step, byte) */
-static void hist_of_list2(uint32_t *hist, const uint32_t *list, uint32_t n)
-{
-	for (int v = 0; v < KL_TOPR_S8_BINS; v++) {
-		hist[v] = 0;
-	}
-	for (uint32_t e = 0; e < n; e++) {
-		const int32_t s = (int8_t)(list[2u * e] & 0xFFu);
-		hist[s < 0 ? -s : s]++;
-	}
-}
-
 /* LIST: step s of index k listed while the list has room; past it, the
  * histogram takes over (made from the list when it fills) */
 static inline void list_one(struct topr_pass *p, uint32_t k, int32_t s)
@@ -254,57 +242,68 @@ static inline int8_t stepped(int8_t o, uint8_t flip, int32_t s)
 /* KL_WEYL's inverse mod 2^32: a column's dither offset j W gives back j */
 #define WEYL_INV 0x144CBC89u
 
-/* the state of fused()'s first pass a non-zero step needs (the row's places) */
+/* the state of fused()'s first pass a non-zero step needs */
 struct fz {
-	int8_t *w;                       /* the row's first weight (base) */
-	const uint8_t *o4;               /* the row's places: w + gs (j >> 2) + o4[j & 3] */
-	uint32_t gs, ki, n, cnt, cap, i; /* ki: the row's first index; n listed, cnt seen */
-	uint32_t *list, *hist;
-	uint32_t ri, rt; /* where the list filled: row, column pair */
-	uint8_t flip;
+	int8_t *w;         /* the row's first weight (base) */
+	const uint8_t *o4; /* the row's places: w + gs (j >> 2) + o4[j & 3] */
+	uint32_t gs, ki, i, cnt; /* ki: the row's first index; cnt: non-zero steps seen */
+	uint32_t *hist;          /* NULL: the fraction cannot bind (no histogram, no list) */
+	uint32_t *list, n, cap;  /* clamped steps: (index << 8 | step, the byte replaced) */
+	uint32_t ri, rt;         /* stopped: from row ri, column pair rt on only counted */
+	uint8_t flip, stopped;
 };
 
-/* a non-zero step q of column pair cp (column j = cp[0] / W) in the first
- * pass: applied and listed with the byte it replaced while the list has room,
- * else counted (a function apart: the column loop keeps its registers) */
+/* a non-zero step q of column pair t (cp: column j = cp[0] / W) in the first
+ * pass: applied, and where the fraction may bind counted in the histogram; a
+ * step that clamps the weight is listed with the byte it replaced (it cannot
+ * be undone by adding q back); once the list is full, such a step stops the
+ * applying: from there on steps are only counted (a function apart: the
+ * column loop keeps its registers) */
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
 static void on_step(struct fz *z, const uint32_t *cp, uint32_t t, int32_t q)
 {
 	q = q > 127 ? 127 : (q < -128 ? -128 : q);
-	const uint32_t j = cp[0] * WEYL_INV;
-	if (z->n < z->cap) {
-		int8_t *const pw = z->w + z->gs * (j >> 2) + z->o4[j & 3u];
-		z->list[2u * z->n] = (z->ki + j) << 8 | (uint8_t)q;
-		z->list[2u * z->n + 1u] = (uint8_t)*pw;
-		*pw = stepped(*pw, z->flip, q);
-		z->n++;
-	} else {
-		if (z->cnt == z->cap) { /* the list is full: the rest counted */
-			hist_of_list2(z->hist, z->list, z->cap);
-			z->ri = z->i;
-			z->rt = t;
-		}
+	z->cnt++;
+	if (z->hist != NULL) {
 		z->hist[q < 0 ? -q : q]++;
 	}
-	z->cnt++;
+	if (z->stopped) {
+		return;
+	}
+	const uint32_t j = cp[0] * WEYL_INV;
+	int8_t *const pw = z->w + z->gs * (j >> 2) + z->o4[j & 3u];
+	const int32_t r = (int32_t)(int8_t)((uint8_t)*pw ^ z->flip) - q;
+	if ((r > 127 || r < -127) && z->hist != NULL) {
+		if (z->n == z->cap) {
+			z->stopped = 1u;
+			z->ri = z->i;
+			z->rt = t;
+			return;
+		}
+		z->list[2u * z->n] = (z->ki + j) << 8 | (uint8_t)q;
+		z->list[2u * z->n + 1u] = (uint8_t)*pw;
+		z->n++;
+	}
+	*pw = (int8_t)((uint8_t)(r > 127 ? 127 : (r < -127 ? -127 : r)) ^ z->flip);
 }
 
-/* The fused dense update in one pass where the fraction does not bind (the
- * usual case): every non-zero step is applied as it is found, its index,
- * step and the byte it replaced listed (two words) while the list has room.
- * Binding (more non-zero steps than k_sel): the listed ones not chosen get
- * their bytes back. Past a full list steps are only counted (histogram); a
- * second pass from there applies the chosen ones. Columns: (j W, x - x_zp)
- * word pairs. */
+/* The fused dense update. The rows with dy != 0 times the columns with x !=
+ * x_zp (as word pairs j W, x - x_zp) bound the non-zero steps; where that is
+ * at most k_sel every non-zero step is applied in one pass. Otherwise the
+ * pass applies them too and counts |step|; the fraction seldom binds (most
+ * int8 steps are zero), and when it does a second pass undoes the steps not
+ * chosen: q added back, or the listed byte where the step clamped the
+ * weight. Past a full list (more clamped steps than it holds) the first pass
+ * only counts, and the second applies the chosen ones from there on. */
 static uint32_t fused(int8_t *w, const int8_t *dy, const int8_t *x, int32_t x_zp, int rows,
 		      int cols, int32_t lr_q, int sh, uint32_t d0, uint32_t k_sel, uint32_t *hist,
 		      int paired)
 {
 	uint32_t *const list = hist + KL_TOPR_S8_BINS;
 	uint32_t *const cw = list + KL_TOPR_S8_LIST;
-	uint32_t nc = 0, jw = 0;
+	uint32_t nc = 0, jw = 0, nr = 0;
 	for (int j = 0; j < cols; j++, jw += KL_WEYL) {
 		const int32_t xc = (int32_t)x[j] - x_zp;
 		if (xc != 0) {
@@ -313,13 +312,23 @@ static uint32_t fused(int8_t *w, const int8_t *dy, const int8_t *x, int32_t x_zp
 			nc++;
 		}
 	}
+	for (int i = 0; i < rows; i++) {
+		nr += dy[i] != 0;
+	}
+	if (nc == 0u || nr == 0u || lr_q == 0) {
+		return 0u;
+	}
 	const int dsh = 32 - sh;
 	const uint32_t *const ce = cw + 2u * nc;
 	struct fz z;
-	z.n = z.cnt = z.ri = z.rt = 0u;
+	z.cnt = z.n = z.ri = z.rt = 0u;
+	z.stopped = 0u;
 	z.cap = KL_TOPR_S8_LIST / 2u;
 	z.list = list;
-	z.hist = hist;
+	z.hist = nr * nc > k_sel ? hist : NULL; /* (nr nc <= rows cols, a weight count) */
+	for (int v = 0; z.hist != NULL && v < KL_TOPR_S8_BINS; v++) {
+		hist[v] = 0;
+	}
 	for (int i = 0; i < rows; i++) {
 		const int32_t c = (int32_t)dy[i] * lr_q;
 		if (c == 0) {
@@ -340,42 +349,48 @@ static uint32_t fused(int8_t *w, const int8_t *dy, const int8_t *x, int32_t x_zp
 			on_step(&z, cp, (uint32_t)(cp - cw) / 2u, q);
 		}
 	}
-	const uint32_t n = z.n, cnt = z.cnt, cap = z.cap, ri = z.ri, rt = z.rt;
+	const uint32_t cnt = z.cnt;
+	if (cnt <= k_sel && !z.stopped) {
+		return cnt; /* all applied */
+	}
+	/* the second pass, in index order: undo the steps not chosen (binding),
+	 * apply the chosen ones past the stop */
 	int t = 0;
-	uint32_t at_t = 0;
-	if (cnt > k_sel) { /* binding: the threshold, the listed ones not chosen undone */
-		if (cnt <= cap) {
-			hist_of_list2(hist, list, n);
-		}
+	uint32_t at_t = 0, e = 0;
+	if (cnt > k_sel) {
 		at_t = threshold(hist, k_sel, &t);
-		for (uint32_t e = 0; e < n; e++) {
-			if (!chosen((int8_t)(list[2u * e] & 0xFFu), t, &at_t)) {
-				const uint32_t k = list[2u * e] >> 8, i = k / (uint32_t)cols;
-				struct topr_row r;
-				row_at(&r, (int)i, cols, rows, paired);
-				const uint32_t j = k - i * (uint32_t)cols;
-				w[r.base + r.gs * (j >> 2) + r.o4[j & 3u]] = (int8_t)list[2u * e + 1u];
-			}
-		}
 	}
-	if (cnt <= cap) {
-		return cnt > k_sel ? k_sel : cnt;
-	}
-	/* the steps past the full list: the chosen ones applied, from there on */
-	for (uint32_t i = ri; i < (uint32_t)rows; i++) {
+	for (int i = 0; i < rows; i++) {
 		const int32_t c = (int32_t)dy[i] * lr_q;
 		if (c == 0) {
 			continue;
 		}
 		struct topr_row r;
-		row_at(&r, (int)i, cols, rows, paired);
-		const uint32_t di = d0 + i * (uint32_t)cols * KL_WEYL;
-		for (uint32_t u = i == ri ? rt : 0u; u < nc; u++) {
+		row_at(&r, i, cols, rows, paired);
+		const uint32_t ki = (uint32_t)i * (uint32_t)cols;
+		const uint32_t di = d0 + ki * KL_WEYL;
+		for (uint32_t u = 0; u < nc; u++) {
 			int32_t q = (c * (int32_t)cw[2u * u + 1u] + (int32_t)((di + cw[2u * u]) >> dsh)) >> sh;
+			if (q == 0) {
+				continue;
+			}
 			q = q > 127 ? 127 : (q < -128 ? -128 : q);
-			if (chosen(q, t, &at_t)) {
-				const uint32_t j = cw[2u * u] * WEYL_INV;
-				int8_t *const pw = w + r.base + r.gs * (j >> 2) + r.o4[j & 3u];
+			const int take = chosen(q, t, &at_t);
+			const uint32_t j = cw[2u * u] * WEYL_INV;
+			int8_t *const pw = w + r.base + r.gs * (j >> 2) + r.o4[j & 3u];
+			const int applied = !z.stopped || (uint32_t)i < z.ri ||
+					    ((uint32_t)i == z.ri && u < z.rt);
+			if (applied && !take) { /* undo */
+				if (e < z.n && list[2u * e] >> 8 == ki + j) {
+					*pw = (int8_t)list[2u * e + 1u];
+					e++;
+				} else {
+					*pw = (int8_t)((uint8_t)((int8_t)((uint8_t)*pw ^ r.flip) + q) ^
+						       r.flip);
+				}
+			} else if (applied) {
+				e += e < z.n && list[2u * e] >> 8 == ki + j;
+			} else if (take) {
 				*pw = stepped(*pw, r.flip, q);
 			}
 		}
@@ -390,7 +405,7 @@ uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, 
 	const uint32_t d0 = *dither;
 	const uint32_t n_w = (uint32_t)rows * (uint32_t)cols;
 	*dither = d0 + n_w * KL_WEYL; /* over every weight */
-	if (gw == NULL && w_shift >= 1 && w_shift <= 30 && n_w < (1u << 24)) {
+	if (gw == NULL && w_shift >= 1 && w_shift <= 30 && n_w < (1u << 24)) { /* (index << 8) */
 		return fused(w, dy, x, x_zp, rows, cols, lr_q, w_shift, d0, k_sel, hist, paired);
 	}
 	uint32_t *cl = hist + KL_TOPR_S8_BINS + KL_TOPR_S8_LIST, nc = 0;
