@@ -705,7 +705,7 @@ int kl_accumulate_s8(int32_t *acc, int ea, int32_t mu_q, const int32_t *g, int e
  * Returns the number of weights updated (non-zero steps). Biases are not
  * touched. */
 #define KL_TOPR_S8_BINS    129 /* |int8 step| in [0, 128] */
-#define KL_TOPR_S8_LIST    256u /* words listing non-zero steps in the first pass */
+#define KL_TOPR_S8_LIST    128u /* words listing non-zero steps in the first pass */
 #define KL_TOPR_HIST_WORDS 256u
 uint32_t kl_topr_sgd_weights_s8(int8_t *w, const int32_t *gw, const int8_t *dy, const int8_t *x,
 				int32_t x_zp, int rows, int cols, int32_t lr_q, int w_shift,
