@@ -10,6 +10,7 @@
 #include "kilolearn/kl_kernels.h"
 
 #if KL_KERNELS_FPU
+#include "../ref/kl_softmax_f32.h"
 #include "kl_fpu_util.h"
 
 /* exp(x) for x <= 0 */
@@ -36,7 +37,8 @@ static inline float exp_neg(float x)
 	return p;
 }
 
-/* dy = softmax(z) over the unmasked classes and the label */
+/* dy = softmax(z) over the unmasked classes and the label (without a mask
+ * the label is among the classes: one loop less) */
 static void softmax_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
 {
 	if (mask == NULL) { /* every class (the label among them) */
@@ -55,21 +57,7 @@ static void softmax_f32(const float *z, int n, int label, const uint8_t *mask, f
 		}
 		return;
 	}
-	float m = z[label];
-	for (int i = 0; i < n; i++) {
-		if (mask == NULL || mask[i]) {
-			m = z[i] > m ? z[i] : m;
-		}
-	}
-	float s = 0.0f;
-	for (int i = 0; i < n; i++) {
-		dy[i] = (mask == NULL || mask[i] || i == label) ? exp_neg(z[i] - m) : 0.0f;
-		s += dy[i];
-	}
-	const float inv = 1.0f / s;
-	for (int i = 0; i < n; i++) {
-		dy[i] *= inv;
-	}
+	kl_softmax_masked_f32(z, n, label, mask, dy, exp_neg);
 }
 
 void kl_fpu_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
@@ -81,9 +69,7 @@ void kl_fpu_softmax_ce_grad_f32(const float *z, int n, int label, const uint8_t 
 float kl_fpu_softmax_ce_f32(const float *z, int n, int label, const uint8_t *mask, float *dy)
 {
 	softmax_f32(z, n, label, mask, dy);
-	const float p = dy[label] > 1e-30f ? dy[label] : 1e-30f;
-	dy[label] -= 1.0f;
-	return -logf(p);
+	return kl_softmax_ce_loss_f32(dy, label);
 }
 #else
 typedef int kl_fpu_softmax_ce_f32_unused;
