@@ -114,3 +114,31 @@ def asked_platform(reported: str, asked: list[str]) -> str:
         if reported == p or reported.startswith(p + "/"):
             return p
     return reported
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| (float32 results against numpy's)."""
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def check_f32_grads(rep, g, dws: list, dbs: list, s: int, name: str, tol: float = 1e-5) -> None:
+    """Step s of a CMD_GRADS job: every trainable op's dumped weight and bias gradients equal
+    the twin's (dws, dbs) within tol; frozen ops and bias-only weights dump none."""
+    for i, op in enumerate(g.ops):
+        if not op.trainable:
+            assert f"g{i:02d}w" not in rep.dumps
+            continue
+        if op.bias_only:
+            assert dws[i] is None and f"g{i:02d}w" not in rep.dumps
+        else:
+            gw = rep.dump(f"g{i:02d}w", "<f4", s).reshape(dws[i].shape)
+            assert rel_err(gw, dws[i]) < tol, (name, s, i)
+        assert rel_err(rep.dump(f"g{i:02d}b", "<f4", s), dbs[i]) < tol, (name, s, i)
+
+
+def check_f32_weights(rep, g, weights: list, name: str, tol: float = 1e-5) -> None:
+    """The dumped float32 weights of every op with parameters equal `weights` within tol."""
+    for i, op in enumerate(g.ops):
+        if op.has_params:
+            w = rep.dump(f"w{i:02d}", "<f4").reshape(weights[i].shape)
+            assert rel_err(w, weights[i]) < tol, (name, i)

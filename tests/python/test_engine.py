@@ -10,6 +10,9 @@ from conftest import (
     CMSIS_NN_TARGETS,
     HOST_TARGETS,
     QEMU_BOARDS,
+    check_f32_grads,
+    check_f32_weights,
+    rel_err,
     require_target,
     run_job,
     split_target,
@@ -55,10 +58,6 @@ MODELS = {
 }
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
 def data_for(m: M.Model, rng, n):
     x = rng.uniform(0, 1, (n,) + m.graph.shapes[m.graph.input]).astype(np.float32)
     y = rng.integers(0, m.n_classes, n)
@@ -87,21 +86,9 @@ def test_f32_gradients_match_numpy(target, net, rng):
     for s in range(3):
         dws, dbs, _ = ref.grads(x[s], int(y[s]))
         assert rep.records["step"][s]["pred"] == int(np.argmax(ref.logits(x[s])))
-        for i, op in enumerate(g.ops):
-            if not op.trainable:
-                assert f"g{i:02d}w" not in rep.dumps
-                continue
-            if op.bias_only:
-                assert dws[i] is None and f"g{i:02d}w" not in rep.dumps
-            else:
-                gw = rep.dump(f"g{i:02d}w", "<f4", s).reshape(dws[i].shape)
-                assert rel_err(gw, dws[i]) < 1e-5, (name, s, i)
-            assert rel_err(rep.dump(f"g{i:02d}b", "<f4", s), dbs[i]) < 1e-5, (name, s, i)
+        check_f32_grads(rep, g, dws, dbs, s, name)
         ref.apply(dws, dbs)
-    for i, op in enumerate(g.ops):
-        if op.has_params:
-            w = rep.dump(f"w{i:02d}", "<f4").reshape(ref.p.weights[i].shape)
-            assert rel_err(w, ref.p.weights[i]) < 1e-5, (name, i)
+    check_f32_weights(rep, g, ref.p.weights, name)
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -12,7 +12,14 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import QEMU_BOARDS, require_target, run_job, split_target
+from conftest import (
+    QEMU_BOARDS,
+    check_f32_grads,
+    check_f32_weights,
+    require_target,
+    run_job,
+    split_target,
+)
 from test_blob import reseal
 
 from kilolearn.core import model as M
@@ -38,10 +45,6 @@ LOSS_MODELS = {
     "binary": lambda: M.Model([M.Input((9,)), M.Dense(6), M.ReLU(), M.Dense(1),
                                M.SigmoidBinaryCrossEntropy()]),
 }
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def sample(name: str, m: M.Model, rng: np.random.Generator, n: int
@@ -140,16 +143,9 @@ def test_f32_loss_gradients_match_numpy(target, name, rng):
             assert abs(err - ref.error(x[s], ts)) <= 1e-5 * max(1.0, ref.error(x[s], ts))
         dws, dbs, _ = ref.grads(x[s], int(y[s]), target=ts)
         assert rep.records["step"][s]["pred"] == int(ref.predict(x[s:s + 1])[0])
-        for i, op in enumerate(g.ops):
-            if op.trainable:
-                gw = rep.dump(f"g{i:02d}w", "<f4", s).reshape(dws[i].shape)
-                assert rel_err(gw, dws[i]) < 1e-5, (name, s, i)
-                assert rel_err(rep.dump(f"g{i:02d}b", "<f4", s), dbs[i]) < 1e-5, (name, s, i)
+        check_f32_grads(rep, g, dws, dbs, s, name)
         ref.apply(dws, dbs)
-    for i, op in enumerate(g.ops):
-        if op.has_params:
-            w = rep.dump(f"w{i:02d}", "<f4").reshape(ref.p.weights[i].shape)
-            assert rel_err(w, ref.p.weights[i]) < 1e-5, (name, i)
+    check_f32_weights(rep, g, ref.p.weights, name)
 
 
 def quantized(name: str, m: M.Model, rng: np.random.Generator, n: int):

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import QEMU_BOARDS, require_target, run_fuzz_firmware, run_job, split_target
+from conftest import (
+    QEMU_BOARDS,
+    rel_err,
+    require_target,
+    run_fuzz_firmware,
+    run_job,
+    split_target,
+)
 from test_engine import MODELS, data_for
 
 from kilolearn import planner as P
@@ -19,10 +26,6 @@ from kilolearn.formats import export
 
 TARGETS = ["host", "host-asan"] + QEMU_BOARDS
 NETS = ("mlp-frozen-first", "cnn", "bias-only")
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def test_adam_and_batch_twin_against_float64_formulas(rng):
