@@ -10,6 +10,7 @@
 #include "kilolearn/kl_kernels.h"
 #include "kl_port.h"
 #include "kl_test_out.h"
+#include "kl_test_rand.h"
 
 #if KL_KERNELS_DSP /* (without dsp kernels there is nothing to compare) */
 #define MX 12000
@@ -46,21 +47,11 @@ static long one_case(int it, int verbose)
 	const int ext = kl_test_rnd() % 8 == 0;
 	kl_test_fill_s8(xs, nx, ext);
 	kl_test_fill_s8(ws, nw, ext);
-	const int bigb = kl_test_rnd() % 6 == 0;
-	for (int i = 0; i < g.co; i++) {
-		bs[i] = bigb ? (int32_t)kl_test_rnd() : kl_test_rr(-40000, 40000);
-	}
-	const int zsel = kl_test_rr(0, 3);
-	const int32_t x_zp = zsel == 0 ? -128 : zsel == 1 ? 0 : kl_test_rr(-128, 127);
-	const int act = kl_test_rr(0, 2);
-	const int32_t y_zp =
-		act != KL_ACT_NONE && (kl_test_rnd() & 1) ? -128 : kl_test_rr(-128, 127);
-	const int ys = kl_test_rr(-1, 24);
-	const int bsh = kl_test_rr(-2, 24);
+	kl_test_fill_bias(bs, g.co);
+	kl_test_rq_t t;
 	kl_requant_t rq;
-	const int acc_exp = -12;
-	kl_requant_init(&rq, acc_exp, acc_exp - bsh, acc_exp + ys, y_zp, act);
-	rq.y_shift = ys;
+	kl_test_rand_requant(&t, &rq);
+	const int32_t x_zp = t.x_zp;
 	memset(y0, 0x55, (size_t)ny);
 	memset(y1, 0x33, (size_t)ny);
 	int s0, s1;
@@ -78,20 +69,14 @@ static long one_case(int it, int verbose)
 		memset(scr, 0xA5, sizeof scr);
 		s1 = kl_dsp_conv_s8(&g, xs, x_zp, ws, bs, &rq, y1, scr);
 	}
-	long m = (s0 != s1);
-	for (long i = 0; i < ny; i++) {
-		m += y0[i] != y1[i];
-	}
+	long m = (s0 != s1) + kl_test_diff_s8(y0, y1, ny);
 	if (fc && (g.c & 3) == 0 && g.co >= 2) {
 		kl_fc_pair_s8(ws, wp, g.c, g.co);
 		memset(y1, 0x33, (size_t)ny);
 		memset(scr, 0xA5, sizeof scr);
 		const int s2 = kl_dsp_fully_connected_paired_s8(xs, x_zp, wp, bs, &rq, y1, g.c, g.co,
 								 (int16_t *)(void *)scr);
-		m += (s0 != s2);
-		for (long i = 0; i < ny; i++) {
-			m += y0[i] != y1[i];
-		}
+		m += (s0 != s2) + kl_test_diff_s8(y0, y1, ny);
 	}
 	if (m && verbose) {
 		kl_test_bad(it);
@@ -101,10 +86,10 @@ static long one_case(int it, int verbose)
 		out_field(" k ", g.kh);
 		out_field(" npix ", (long)g.ho * g.wo);
 		out_field(" xzp ", x_zp);
-		out_field(" yzp ", y_zp);
-		out_field(" act ", act);
-		out_field(" ys ", ys);
-		out_field(" bs ", bsh);
+		out_field(" yzp ", t.y_zp);
+		out_field(" act ", t.act);
+		out_field(" ys ", t.ys);
+		out_field(" bs ", t.bsh);
 		out_field(" sat ", s0);
 		out_int(s1);
 		kl_test_diffs(m);

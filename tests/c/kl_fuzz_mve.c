@@ -14,30 +14,13 @@
 #include "kilolearn/kl_kernels.h"
 #include "kl_port.h"
 #include "kl_test_out.h"
+#include "kl_test_rand.h"
 
 #if KL_KERNELS_MVE
 #define MX 12000
 static int8_t xs[MX], ws[MX], dys[MX], y0[MX], y1[MX], w0[MX], w1[MX];
 static int32_t bs[512], b0[512], b1[512], a0[MX], a1[MX];
 static uint32_t scr[8192];
-
-static long diff8(const int8_t *a, const int8_t *b, long n)
-{
-	long m = 0;
-	for (long i = 0; i < n; i++) {
-		m += a[i] != b[i];
-	}
-	return m;
-}
-
-static long diff32(const int32_t *a, const int32_t *b, long n)
-{
-	long m = 0;
-	for (long i = 0; i < n; i++) {
-		m += a[i] != b[i];
-	}
-	return m;
-}
 
 static long one_case(int it, int verbose)
 {
@@ -86,20 +69,11 @@ static long one_case(int it, int verbose)
 	for (long i = 0; i < ny; i += kl_test_rr(1, 9)) {
 		dys[i] = 0;
 	}
-	const int bigb = kl_test_rnd() % 6 == 0;
-	for (int i = 0; i < g.co; i++) {
-		bs[i] = bigb ? (int32_t)kl_test_rnd() : kl_test_rr(-40000, 40000);
-	}
-	const int zsel = kl_test_rr(0, 3);
-	const int32_t x_zp = zsel == 0 ? -128 : zsel == 1 ? 0 : kl_test_rr(-128, 127);
-	const int act = kl_test_rr(0, 2);
-	const int32_t y_zp =
-		act != KL_ACT_NONE && (kl_test_rnd() & 1) ? -128 : kl_test_rr(-128, 127);
-	const int ys = kl_test_rr(-1, 24);
-	const int bsh = kl_test_rr(-2, 24);
+	kl_test_fill_bias(bs, g.co);
+	kl_test_rq_t t;
 	kl_requant_t rq;
-	kl_requant_init(&rq, -12, -12 - bsh, -12 + ys, y_zp, act);
-	rq.y_shift = ys;
+	kl_test_rand_requant(&t, &rq);
+	const int32_t x_zp = t.x_zp;
 	if (kl_conv_s8_scratch(&g) > sizeof scr || KL_FC_S8_SCRATCH(g.c, g.co) > sizeof scr) {
 		return -1;
 	}
@@ -119,7 +93,7 @@ static long one_case(int it, int verbose)
 		memset(scr, 0xA5, sizeof scr);
 		s1 = kl_mve_depthwise_conv_s8(&g, xs, x_zp, ws, bs, &rq, y1, scr);
 	}
-	m += (s0 != s1) + diff8(y0, y1, ny);
+	m += (s0 != s1) + kl_test_diff_s8(y0, y1, ny);
 	/* input gradient */
 	memset(a1, 0x55, (size_t)nx * 4u);
 	if (fc) {
@@ -130,7 +104,7 @@ static long one_case(int it, int verbose)
 		memset(scr, 0xA5, sizeof scr);
 		kl_mve_depthwise_conv_backward_input_s8(&g, ws, dys, a1, scr);
 	}
-	m += diff32(a0, a1, nx);
+	m += kl_test_diff_s32(a0, a1, nx);
 	/* weight gradient */
 	memset(a1, 0x55, (size_t)nw * 4u);
 	memset(b1, 0x55, (size_t)g.co * 4u);
@@ -142,7 +116,7 @@ static long one_case(int it, int verbose)
 		memset(scr, 0xA5, sizeof scr);
 		kl_mve_depthwise_conv_grad_s8(&g, xs, x_zp, dys, a1, b1, scr);
 	}
-	m += diff32(a0, a1, nw) + diff32(b0, b1, g.co);
+	m += kl_test_diff_s32(a0, a1, nw) + kl_test_diff_s32(b0, b1, g.co);
 	/* the fused SGD step (dense) */
 	if (fc) {
 		const int32_t lr_q = (kl_test_rnd() % 5 == 0) ? (int32_t)kl_test_rnd() >> kl_test_rr(0, 31)
@@ -158,7 +132,7 @@ static long one_case(int it, int verbose)
 		memset(scr, 0xA5, sizeof scr);
 		kl_mve_fully_connected_sgd_s8(w1, b1, dys, xs, x_zp, lr_q, w_shift, b_shift, &d1,
 					      g.c, g.co, (int16_t *)(void *)scr);
-		m += diff8(w0, w1, nw) + diff32(b0, b1, g.co) + (d0 != d1);
+		m += kl_test_diff_s8(w0, w1, nw) + kl_test_diff_s32(b0, b1, g.co) + (d0 != d1);
 	}
 	if (m && verbose) {
 		kl_test_bad(it);
@@ -172,8 +146,8 @@ static long one_case(int it, int verbose)
 		out_field(" pl ", g.pad_l);
 		out_field(" ho ", g.ho);
 		out_field(" xzp ", x_zp);
-		out_field(" ys ", ys);
-		out_field(" bs ", bsh);
+		out_field(" ys ", t.ys);
+		out_field(" bs ", t.bsh);
 		out_field(" sat ", s0);
 		out_int(s1);
 		kl_test_diffs(m);
