@@ -29,6 +29,7 @@
 #include "kilolearn/kl_kernels.h"
 #include "kl_port.h"
 #include "kl_test_out.h"
+#include "kl_test_rand.h"
 
 enum { FC, CONV, DW };
 
@@ -156,27 +157,9 @@ static void report(const char *op, const char *dir, const char *backend, long ma
 
 #if KL_KERNELS_DSP || KL_KERNELS_MVE
 #define KL_BENCH_UNUSED
-#else /* ref only: the comparison helpers and dsp buffers stay unused */
+#else /* ref only: the dsp buffers stay unused */
 #define KL_BENCH_UNUSED __attribute__((unused))
 #endif
-
-KL_BENCH_UNUSED static long diff_s8(const int8_t *a, const int8_t *b, long n)
-{
-	long m = 0;
-	for (long i = 0; i < n; i++) {
-		m += a[i] != b[i];
-	}
-	return m;
-}
-
-KL_BENCH_UNUSED static long diff_s32(const int32_t *a, const int32_t *b, long n)
-{
-	long m = 0;
-	for (long i = 0; i < n; i++) {
-		m += a[i] != b[i];
-	}
-	return m;
-}
 
 static void *scratch_for(uint32_t bytes)
 {
@@ -354,7 +337,7 @@ static long run_sgd(const layer_t *L, int n_in, int n_out, int paired, int w_shi
 					      b_shift, &d_dsp, n_in, n_out, s);
 		ti = toc();
 	}
-	m = diff_s8(w_sgd_ref, w_sgd_dsp, nw) + diff_s32(b_sgd_ref, b_sgd_dsp, n_out) +
+	m = kl_test_diff_s8(w_sgd_ref, w_sgd_dsp, nw) + kl_test_diff_s32(b_sgd_ref, b_sgd_dsp, n_out) +
 	    (d_ref != d_dsp) + guard_broken(KL_FC_S8_SCRATCH(n_in, n_out));
 	if (print || m != 0) {
 		report(L->name, "sgd", "dsp", nw, ti, m);
@@ -368,8 +351,8 @@ static long run_sgd(const layer_t *L, int n_in, int n_out, int paired, int w_shi
 		kl_dsp_fully_connected_sgd_s8(w_sgd_dsp, b_sgd_dsp, dys, xs, L->x_zp, lr_q, w_shift,
 					      b_shift, &d_dsp, n_in, n_out, s);
 		ti = toc();
-		const long mp = diff_s8(w_sgd_ref, w_sgd_dsp, nw) +
-				diff_s32(b_sgd_ref, b_sgd_dsp, n_out) + (d_ref != d_dsp);
+		const long mp = kl_test_diff_s8(w_sgd_ref, w_sgd_dsp, nw) +
+				kl_test_diff_s32(b_sgd_ref, b_sgd_dsp, n_out) + (d_ref != d_dsp);
 		m += mp;
 		if (print || mp != 0) {
 			report(L->name, "sgd", "dsp_plain", nw, ti, mp);
@@ -385,8 +368,8 @@ static long run_sgd(const layer_t *L, int n_in, int n_out, int paired, int w_shi
 		kl_mve_fully_connected_sgd_s8(w_sgd_dsp, b_sgd_dsp, dys, xs, L->x_zp, lr_q, w_shift,
 					      b_shift, &d_mve, n_in, n_out, s);
 		ti = toc();
-		const long mv = diff_s8(w_sgd_ref, w_sgd_dsp, nw) +
-				diff_s32(b_sgd_ref, b_sgd_dsp, n_out) + (d_ref != d_mve) +
+		const long mv = kl_test_diff_s8(w_sgd_ref, w_sgd_dsp, nw) +
+				kl_test_diff_s32(b_sgd_ref, b_sgd_dsp, n_out) + (d_ref != d_mve) +
 				guard_broken(KL_FC_S8_SCRATCH(n_in, n_out));
 		m += mv;
 		if (print || mv != 0) {
@@ -462,7 +445,7 @@ static long run_layer(const layer_t *L, int print)
 		sd = kl_dsp_depthwise_conv_s8(&g, xs, L->x_zp, ws, bs, &rq, y_dsp, s);
 	}
 	ti = toc();
-	m = diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
+	m = kl_test_diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
 	bad += m;
 	report(nm, "fwd", L->kind == FC && paired ? "dsp_plain" : "dsp",
 	       macs, ti, m);
@@ -473,7 +456,7 @@ static long run_layer(const layer_t *L, int print)
 		tic();
 		sd = kl_dsp_fully_connected_paired_s8(xs, L->x_zp, wp, bs, &rq, y_dsp, g.c, g.co, s);
 		ti = toc();
-		m = diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
+		m = kl_test_diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
 		bad += m;
 		report(nm, "fwd", "dsp", macs, ti, m);
 	}
@@ -484,7 +467,7 @@ static long run_layer(const layer_t *L, int print)
 	tic();
 	if (mve_run(L->kind, 0, &g, L->x_zp, &rq, s, &sd)) {
 		ti = toc();
-		m = diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
+		m = kl_test_diff_s8(y_ref, y_dsp, ny) + (sr != sd) + guard_broken(sbytes);
 		bad += m;
 		report(nm, "fwd", "mve", macs, ti, m);
 	}
@@ -511,7 +494,7 @@ static long run_layer(const layer_t *L, int print)
 			sc = cmsis_call(L, &g, &rq, s, pass == 0 ? NULL : prep_mem, changed);
 		}
 		ti = toc() / (uint64_t)reps;
-		m = diff_s8(y_ref, y_cmsis, ny) + (sr != sc) + guard_broken(sbytes);
+		m = kl_test_diff_s8(y_ref, y_cmsis, ny) + (sr != sc) + guard_broken(sbytes);
 		bad += m;
 		mc += m;
 		if (pass == 2) {
@@ -533,7 +516,7 @@ static long run_layer(const layer_t *L, int print)
 				      : L->kind == CONV ? kl_cmsis_conv_s8_buffer(&g)
 							: kl_cmsis_depthwise_conv_s8_buffer(&g);
 		ti = run_raw(L, &g, &rq, s, (int32_t)nbuf, cmsis_reps(macs));
-		m = diff_s8(y_ref, y_cmsis, ny) + guard_broken(sbytes);
+		m = kl_test_diff_s8(y_ref, y_cmsis, ny) + guard_broken(sbytes);
 		bad += m;
 		report(nm, "fwd", "cmsis_raw", macs, ti, m);
 	}
@@ -568,7 +551,7 @@ static long run_layer(const layer_t *L, int print)
 			kl_dsp_depthwise_conv_backward_input_s8(&g, ws, dys, a_dsp, s);
 		}
 		ti = toc();
-		m = diff_s32(a_ref, a_dsp, nx) + guard_broken(sbytes);
+		m = kl_test_diff_s32(a_ref, a_dsp, nx) + guard_broken(sbytes);
 		bad += m;
 		report(nm, "bwd", "dsp", macs, ti, m);
 	}
@@ -579,7 +562,7 @@ static long run_layer(const layer_t *L, int print)
 	tic();
 	if (mve_run(L->kind, 1, &g, L->x_zp, &rq, s, &sd)) {
 		ti = toc();
-		m = diff_s32(a_ref, a_dsp, nx) + guard_broken(sbytes);
+		m = kl_test_diff_s32(a_ref, a_dsp, nx) + guard_broken(sbytes);
 		bad += m;
 		report(nm, "bwd", "mve", macs, ti, m);
 	}
@@ -610,7 +593,7 @@ static long run_layer(const layer_t *L, int print)
 			kl_dsp_depthwise_conv_grad_s8(&g, xs, L->x_zp, dys, gw_dsp, gb_dsp, s);
 		}
 		ti = toc();
-		m = diff_s32(gw_ref, gw_dsp, nw) + diff_s32(gb_ref, gb_dsp, nb) +
+		m = kl_test_diff_s32(gw_ref, gw_dsp, nw) + kl_test_diff_s32(gb_ref, gb_dsp, nb) +
 		    guard_broken(sbytes);
 		bad += m;
 		report(nm, "wgrad", "dsp", macs, ti, m);
@@ -623,7 +606,7 @@ static long run_layer(const layer_t *L, int print)
 	tic();
 	if (mve_run(L->kind, 2, &g, L->x_zp, &rq, s, &sd)) {
 		ti = toc();
-		m = diff_s32(gw_ref, gw_dsp, nw) + diff_s32(gb_ref, gb_dsp, nb) +
+		m = kl_test_diff_s32(gw_ref, gw_dsp, nw) + kl_test_diff_s32(gb_ref, gb_dsp, nb) +
 		    guard_broken(sbytes);
 		bad += m;
 		report(nm, "wgrad", "mve", macs, ti, m);

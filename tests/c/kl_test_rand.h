@@ -1,5 +1,6 @@
-/* Random layer parameters of the kernel fuzzers (kl_fuzz_fwd, kl_fuzz_mve):
- * biases, a requantisation, and mismatch counts. */
+/* The kernel fuzzers' random layers (kl_fuzz_fwd, kl_fuzz_mve): biases and a
+ * requantisation; and the mismatch counts they and kl_bench_kernels compare
+ * with. */
 #ifndef KL_TEST_RAND_H
 #define KL_TEST_RAND_H
 
