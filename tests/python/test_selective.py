@@ -12,7 +12,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import HOST_TARGETS, QEMU_BOARDS, require_target, split_target
+from conftest import HOST_TARGETS, QEMU_BOARDS, require_target, run_fuzz_firmware, split_target
 from test_blob import reseal
 from test_engine import MODELS, data_for
 
@@ -185,6 +185,17 @@ def test_topr_steps_at_the_weight_range_bit_exact(target, pm, rng):
     assert clamped > 64  # some step clamps more weights than the kernel lists
     assert weights_equal(rep, g, twin)
     assert rep.records["epoch"][0]["upd_touched"] == twin.upd_touched
+
+
+@pytest.mark.parametrize("target", ["host", "host-asan", "mps2-an385", "mps2-an386"])
+def test_topr_kernel_fuzz_equals_its_rule(target):
+    """kl_topr_sgd_weights_s8 against the top-r rule written plainly in C (tests/c/
+    kl_fuzz_topr.c: every step, the k largest by magnitude in index order): fused dense layers
+    (paired layout too) and kept gradients, shifts -2..40, fractions from one weight to all,
+    weights at +-127; weights, count and dither."""
+    require_target(target)
+    cases, mismatches = run_fuzz_firmware(target, "kl_fuzz_topr")
+    assert cases > 1500 and mismatches == 0
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "residual", "bias-only"])
