@@ -66,10 +66,22 @@ static inline void row_at(struct topr_row *r, int i, int cols, int rows, int pai
 	r->flip = (i & 1) == 0 ? 0x80u : 0u;
 }
 
+/* weight j of the row: its offset in the layer's weights */
+static inline uint32_t at(const struct topr_row *r, uint32_t j)
+{
+	return r->base + r->gs * (j >> 2) + r->o4[j & 3u];
+}
+
+/* one weight's update in place: the stored byte o (the paired layout's
+ * flip undone and redone), its step s */
+static inline int8_t stepped(int8_t o, uint8_t flip, int32_t s)
+{
+	return (int8_t)((uint8_t)sub_clamp((int8_t)((uint8_t)o ^ flip), s) ^ flip);
+}
+
 static inline void apply_at(int8_t *w, const struct topr_row *r, int j, int32_t s)
 {
-	int8_t *p = w + r->base + r->gs * ((uint32_t)j >> 2) + r->o4[j & 3];
-	*p = (int8_t)((uint8_t)sub_clamp((int8_t)((uint8_t)*p ^ r->flip), s) ^ r->flip);
+	w[at(r, (uint32_t)j)] = stepped(w[at(r, (uint32_t)j)], r->flip, s);
 }
 
 /* the threshold of the k_sel largest |steps| from their histogram: *t the
@@ -232,13 +244,6 @@ static const uint32_t *next_step(const uint32_t *cp, const uint32_t *ce, int32_t
 	return ce;
 }
 
-/* one weight's update in place: the stored byte o (the paired layout's
- * flip undone and redone), its step s */
-static inline int8_t stepped(int8_t o, uint8_t flip, int32_t s)
-{
-	return (int8_t)((uint8_t)sub_clamp((int8_t)((uint8_t)o ^ flip), s) ^ flip);
-}
-
 /* KL_WEYL's inverse mod 2^32: a column's dither offset j W gives back j */
 #define WEYL_INV 0x144CBC89u
 
@@ -377,7 +382,7 @@ static uint32_t fused(int8_t *w, const int8_t *dy, const int8_t *x, int32_t x_zp
 			q = q > 127 ? 127 : (q < -128 ? -128 : q);
 			const int take = chosen(q, t, &at_t);
 			const uint32_t j = cw[2u * u] * WEYL_INV;
-			int8_t *const pw = w + r.base + r.gs * (j >> 2) + r.o4[j & 3u];
+			int8_t *const pw = w + at(&r, j);
 			const int applied = !z.stopped || (uint32_t)i < z.ri ||
 					    ((uint32_t)i == z.ri && u < z.rt);
 			if (applied && !take) { /* undo */
