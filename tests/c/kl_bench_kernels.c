@@ -309,7 +309,7 @@ static long run_sgd(const layer_t *L, int n_in, int n_out, int paired, int w_shi
 	memcpy(w_sgd_ref, ws, (size_t)nw);
 	memcpy(b_sgd_ref, bs, (size_t)n_out * 4u);
 	uint32_t d_ref = 0x2468ACE1u;
-	void *s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
+	void *s = scratch_for(KL_FC_SGD_S8_SCRATCH(n_in, n_out));
 	tic();
 	kl_ref_fully_connected_sgd_s8(w_sgd_ref, b_sgd_ref, dys, xs, L->x_zp, lr_q, w_shift, b_shift,
 				      &d_ref, n_in, n_out, s);
@@ -321,7 +321,7 @@ static long run_sgd(const layer_t *L, int n_in, int n_out, int paired, int w_shi
 #if KL_KERNELS_DSP
 	uint32_t d_dsp = 0x2468ACE1u;
 	memcpy(b_sgd_dsp, bs, (size_t)n_out * 4u);
-	s = scratch_for(KL_FC_S8_SCRATCH(n_in, n_out));
+	s = scratch_for(KL_FC_SGD_S8_SCRATCH(n_in, n_out));
 	if (paired) {
 		kl_fc_pair_s8(ws, w_sgd_dsp, n_in, n_out);
 		tic();
@@ -338,7 +338,7 @@ static long run_sgd(const layer_t *L, int n_in, int n_out, int paired, int w_shi
 		ti = toc();
 	}
 	m = kl_test_diff_s8(w_sgd_ref, w_sgd_dsp, nw) + kl_test_diff_s32(b_sgd_ref, b_sgd_dsp, n_out) +
-	    (d_ref != d_dsp) + guard_broken(KL_FC_S8_SCRATCH(n_in, n_out));
+	    (d_ref != d_dsp) + guard_broken(KL_FC_SGD_S8_SCRATCH(n_in, n_out));
 	if (print || m != 0) {
 		report(L->name, "sgd", "dsp", nw, ti, m);
 	}

@@ -45,8 +45,10 @@ static long fc_case(int it, int verbose)
 		br[i] = bq[i] = (kl_test_rnd() % 8 == 0) ? (int32_t)kl_test_rnd()
 							: kl_test_rr(-40000, 40000);
 	}
+	const int32_t x_zp = (kl_test_rnd() & 1) ? -128 : kl_test_rr(-128, 127);
+	const int xsparse = kl_test_rr(0, 4); /* inputs at the zero point: none to all */
 	for (int j = 0; j < n_in; j++) {
-		xs[j] = (int8_t)kl_test_rr(-128, 127);
+		xs[j] = kl_test_rr(0, 3) < xsparse ? (int8_t)x_zp : (int8_t)kl_test_rr(-128, 127);
 	}
 	kl_fc_pair_s8(ws, wq, n_in, n_out);
 	long m = 0;
@@ -56,9 +58,8 @@ static long fc_case(int it, int verbose)
 	for (int j = 0; j < n_in; j++) {
 		m += a0[j] != a1[j];
 	}
-	const int32_t x_zp = (kl_test_rnd() & 1) ? -128 : kl_test_rr(-128, 127);
 	const int32_t lr_q = (kl_test_rnd() & 1) ? kl_test_rr(1, 300) : kl_test_rr(1, 4096);
-	const int w_shift = kl_test_rr(6, 34), b_shift = kl_test_rr(0, 24);
+	const int w_shift = kl_test_rr(6, 34), b_shift = kl_test_rr(-34, 34);
 	uint32_t d0 = kl_test_rnd(), d1 = d0;
 	memcpy(wr, ws, (size_t)nw);
 	memset(scr, 0xA5, sizeof scr);

@@ -327,7 +327,7 @@ static int check_schedule(const uint8_t *blob, uint32_t sched, uint32_t data_lo,
 				} else if (conv) {
 					upd = ((uint64_t)(s8 ? ws : ws >> 2) + n_b) * 4u;
 				} else if (dense && s8) {
-					upd = KL_FC_S8_SCRATCH(nx, ny);
+					upd = KL_FC_SGD_S8_SCRATCH(nx, ny);
 				}
 			}
 			upd += in_place ? (nx * es + 7u) & ~(uint64_t)7u : 0u;

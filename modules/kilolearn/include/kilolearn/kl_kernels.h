@@ -47,6 +47,7 @@ extern "C" {
 
 #define KL_LR_FRAC_BITS 12
 #define KL_WEYL         0x9E3779B9u
+#define KL_WEYL_INV     0x144CBC89u /* KL_WEYL^-1 mod 2^32: j from j KL_WEYL */
 
 enum kl_act_kind {
 	KL_ACT_NONE = 0,
@@ -349,7 +350,13 @@ void kl_dsp_fully_connected_backward_input_s8(const int8_t *w, const int8_t *dy,
 void kl_ref_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t *gw,
 				    int32_t *gb, int n_in, int n_out);
 /* Fused update: w -= floor((dy_i*lr_q*(x_j - x_zp) + dither) >> w_shift),
- * b -= rshift(dy_i*lr_q, b_shift). scratch as for the forward kernel. */
+ * b -= rshift(dy_i*lr_q, b_shift). scratch: KL_FC_SGD_S8_SCRATCH(n_in,
+ * n_out) bytes, 4-aligned (the dsp backend's paired kernel lists the
+ * non-zero inputs, 12 bytes each, up to KL_FC_SGD_LIST_MAX of them). */
+#define KL_FC_SGD_S8_SCRATCH(n_in, n_out)                                                         \
+	(KL_FC_S8_SCRATCH(n_in, n_out) > 12u * (n_in) + 48u ? KL_FC_S8_SCRATCH(n_in, n_out)        \
+							    : 12u * (n_in) + 48u)
+#define KL_FC_SGD_LIST_MAX 32764
 #define KL_FC_SGD_S8_ARGS                                                                         \
 	int8_t *w, int32_t *b, const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t lr_q,     \
 		int w_shift, int b_shift, uint32_t *dither, int n_in, int n_out, int16_t *scratch

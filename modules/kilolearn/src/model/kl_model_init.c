@@ -92,7 +92,7 @@ static uint32_t op_scratch(const kl_model_t *m, const kl_op_t *op, int training,
 				upd = (op->n_w + n_b) * 4u;
 			} else if (s8_dense) { /* fused SGD (paged: a chunk of a row at a time) */
 				upd = kl_paged_op(op) ? KL_FC_S8_SCRATCH(PG_CHUNK, 1u)
-						      : KL_FC_S8_SCRATCH(kl_tsize(x), kl_tsize(y));
+						      : KL_FC_SGD_S8_SCRATCH(kl_tsize(x), kl_tsize(y));
 			}
 		}
 		const uint32_t es = m->dtype == KL_DTYPE_S8 ? 1u : 4u;

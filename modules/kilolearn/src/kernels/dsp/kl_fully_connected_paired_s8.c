@@ -212,145 +212,136 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
 	}
 }
 
-/* The fused SGD step of one pair in a naked assembly loop: per weight word
- * (two columns of both rows) the four steps (c * x + dither) >> sh by SMLAxy
- * with the factors (c0, c1) in one word, saturated, packed in the word's byte
- * order, one QSUB8 with the flip undone, -128 lifted to -127 (31
- * instructions per four weights). The dithers: row 0's at column j is da + j
- * W, row 1's that plus ab = n_in W. The loop ends on a sentinel word after
- * the centred input. */
+/* The fused SGD step, visiting only the weights whose step can be non-zero.
+ * A weight's step floor((c xc + (u >> (32 - sh))) / 2^sh) (c = dy lr_q, xc =
+ * x - x_zp, u its dither) is, by nested floors, the high word of the 64-bit
+ * u + c X with X = xc << (32 - sh): one SMLAL onto (high 0, low u). A zero xc
+ * makes a zero step, so the columns with x != x_zp are listed once per call,
+ * 12 bytes each: (j W, X, the byte offset of column j in a pair's block for
+ * group stride 24 | that for 8 << 16), padded with zero entries to a multiple
+ * of four; every row with c != 0 walks the list in a naked assembly loop, 4
+ * instructions per weight (LDRD, ADD, SMLAL, CBNZ): the high word stays 0
+ * through the zero steps, and a non-zero one (a few per cent) is applied out
+ * of line: clamped to int8, subtracted from the weight's byte (the flip of
+ * a pair's row 0 undone and redone), the result clamped to [-127, 127]. */
+/* The rows of one region of the layout: its blocks of P rows (P = 6: three
+ * pairs interleaved, group stride 24; P = 2: a pair, stride 8), bs = P n_in
+ * bytes each. The scan skips the rows with dy == 0 (4 instructions each); for
+ * row i of the region found, c = dy lr_q in r3, block t = umulhi(i, magic)
+ * (exact for i < 2^31: magic = ceil(2^32 / 6), or 2^31), r = i - t P, its
+ * first byte w + t bs + 8 (r >> 1) + (r & 1) in r8, flip 0x80 for r even, its
+ * dither d + i rowd in r2; its bias steps by kl_rshift_round(c, b_shift)
+ * (b_shift in [1, 31]; b NULL: the caller steps the biases), then the row
+ * walks the list. */
 typedef struct {
-	uint32_t c;   /* (c0, c1) as halfwords */
-	uint32_t ab;  /* n_in W */
-	uint32_t wy;  /* W */
-	int32_t dsh;  /* 32 - sh */
-	int32_t sh;
-	uint32_t da;  /* row 0's dither at column 0 */
-	const uint32_t *xp;
-	uint32_t *rp;
+	const uint32_t *list, *end; /* 0, 4 */
+	uint32_t d;                 /* 8: the region's first row's dither */
+	int32_t lr_q;               /* 12 */
+	const int8_t *dyb;          /* 16: the region's first dy + 1 */
+	uint32_t rowd;              /* 20: n_in W */
+	uint32_t magic;             /* 24 */
+	int32_t p;                  /* 28: rows per block */
+	int8_t *w;                  /* 32: the region's first block */
+	int32_t bs;                 /* 36: bytes per block */
+	int32_t *b;                 /* 40: the region's first bias, or NULL */
+	int32_t b_shift;            /* 44 */
+	int32_t b_mask, b_half;     /* 48, 52: 2^b_shift - 1, b_mask >> 1 */
+	int32_t sel;                /* 56: offset halfword from an entry's end: -4 or -2 */
+	const int8_t *dy_end;       /* 60 */
+	const int8_t *dy;           /* 64 */
 } sg_t;
 
-/* the four steps of word X (columns c: bottom, c': top), da at column c; da
- * ends at column c' */
-#define SG_STEPS(X) \
-	"lsr r10, r5, r3\n\t" \
-	"smlabb r11, r0, " X ", r10\n\t" \
-	"add r10, r5, r1\n\t" \
-	"lsr r10, r10, r3\n\t" \
-	"smlatb r12, r0, " X ", r10\n\t" \
-	"add r5, r5, r2, lsl #1\n\t" \
-	"lsr r10, r5, r3\n\t" \
-	"smlabt lr, r0, " X ", r10\n\t" \
-	"add r10, r5, r1\n\t" \
-	"lsr r10, r10, r3\n\t" \
-	"smlatt " X ", r0, " X ", r10\n\t"
-#define SG_UPDATE(X, INC) \
-	"asr r11, r11, r4\n\t" \
-	"asr r12, r12, r4\n\t" \
-	"asr lr, lr, r4\n\t" \
-	"asr " X ", " X ", r4\n\t" \
-	"pkhbt r11, r11, lr, lsl #16\n\t" \
-	"pkhbt r12, r12, " X ", lsl #16\n\t" \
-	"ssat16 r11, #8, r11\n\t" \
-	"ssat16 r12, #8, r12\n\t" \
-	"uxtb16 r11, r11\n\t" \
-	"uxtb16 r12, r12\n\t" \
-	"orr r11, r11, r12, lsl #8\n\t" \
-	"ldr r10, [r7]\n\t" \
-	"eor r10, r10, #0x00800080\n\t" \
-	"qsub8 r10, r10, r11\n\t" \
-	"mov r12, #0x81818181\n\t" \
-	"ssub8 r11, r10, r12\n\t" \
-	"sel r10, r10, r12\n\t" \
-	"eor r10, r10, #0x00800080\n\t" \
-	"str r10, [r7], #" INC "\n\t"
+/* one entry: r4 (the high word, 0) gets the step; non-zero: to R */
+#define SG_SLOT(R) \
+	"ldrd r6, r7, [r0], #12\n\t" \
+	"add r5, r2, r6\n\t" \
+	"smlal r5, r4, r3, r7\n\t" \
+	"cbnz r4, " R "\n\t"
 
-/* GS: the group stride in bytes (8, or 24 in a block of three pairs) */
-#define SG_FUNC(name, GS2) \
-	__attribute__((naked, noinline)) static void name(const sg_t *a __attribute__((unused))) \
-	{ \
-		__asm__ volatile("push {r4-r11, lr}\n\t" \
-				 "ldm r0, {r0-r7}\n\t" \
-				 "ldrd r8, r9, [r6], #8\n\t" \
-				 "cmp r8, #0x80008000\n\t" \
-				 "beq 2f\n\t" \
-				 "1:\n\t" SG_STEPS("r8") "sub r5, r5, r2\n\t" SG_UPDATE("r8", "4") \
-				 SG_STEPS("r9") "add r5, r5, r2\n\t" SG_UPDATE("r9", GS2) \
-				 "ldrd r8, r9, [r6], #8\n\t" \
-				 "cmp r8, #0x80008000\n\t" \
-				 "bne 1b\n\t" \
-				 "2:\n\t" \
-				 "pop {r4-r11, pc}\n\t"); \
-	}
-SG_FUNC(sg_pair8, "4")
-SG_FUNC(sg_pair24, "20")
-
-/* One row of a pair (the other's factor is zero: its steps are zero and its
- * lanes stay as they are): per two weight words the row's four steps, the
- * bytes placed in its lanes (LANE: "" for row 0's bytes 0 and 2, a shift by
- * 8 for row 1's), both words updated with one LDRD / STRD (36 to 38
- * instructions per four weights). r0 = the factor (bottom halfword), r5 = the row's
- * dither at column 0; r1 unused. */
-#define SG1_WORD(X, S, LANE, ADJ) \
-	"lsr r10, r5, r3\n\t" \
-	"smlabb " S ", r0, " X ", r10\n\t" \
-	"add r5, r5, r2, lsl #1\n\t" \
-	"lsr r10, r5, r3\n\t" \
-	"smlabt " X ", r0, " X ", r10\n\t" ADJ \
-	"asr " S ", " S ", r4\n\t" \
-	"asr " X ", " X ", r4\n\t" \
-	"pkhbt " S ", " S ", " X ", lsl #16\n\t" \
-	"ssat16 " S ", #8, " S "\n\t" \
-	"uxtb16 " S ", " S "\n\t" LANE
-/* the update of two words by steps in r11, r12; lr: the clamp constant */
-#define SG1_UPD0(GS) \
-	"ldrd r8, r9, [r7]\n\t" \
-	"eor r8, r8, #0x00800080\n\t" \
-	"eor r9, r9, #0x00800080\n\t" \
-	"qsub8 r8, r8, r11\n\t" \
-	"qsub8 r9, r9, r12\n\t" \
-	"ssub8 r11, r8, lr\n\t" \
-	"sel r8, r8, lr\n\t" \
-	"ssub8 r11, r9, lr\n\t" \
-	"sel r9, r9, lr\n\t" \
-	"eor r8, r8, #0x00800080\n\t" \
-	"eor r9, r9, #0x00800080\n\t" \
-	"strd r8, r9, [r7], #" GS "\n\t"
-/* row 1: row 0's flipped lanes are left alone by a zero step and by a clamp
- * constant of 0x80 (no byte is below it), so no flip */
-#define SG1_UPD1(GS) \
-	"ldrd r8, r9, [r7]\n\t" \
-	"qsub8 r8, r8, r11\n\t" \
-	"qsub8 r9, r9, r12\n\t" \
-	"ssub8 r11, r8, lr\n\t" \
-	"sel r8, r8, lr\n\t" \
-	"ssub8 r11, r9, lr\n\t" \
-	"sel r9, r9, lr\n\t" \
-	"strd r8, r9, [r7], #" GS "\n\t"
-#define SG1_FUNC(name, LANE, UPD, K) \
-	__attribute__((naked, noinline)) static void name(const sg_t *a __attribute__((unused))) \
-	{ \
-		__asm__ volatile("push {r4-r11, lr}\n\t" \
-				 "ldm r0, {r0-r7}\n\t" \
-				 "movw lr, #" K "\n\t" \
-				 "movt lr, #" K "\n\t" \
-				 "ldrd r8, r9, [r6], #8\n\t" \
-				 "cmp r8, #0x80008000\n\t" \
-				 "beq 2f\n\t" \
-				 "1:\n\t" SG1_WORD("r8", "r11", LANE("r11"), "sub r5, r5, r2\n\t") \
-				 SG1_WORD("r9", "r12", LANE("r12"), "add r5, r5, r2\n\t") UPD \
-				 "ldrd r8, r9, [r6], #8\n\t" \
-				 "cmp r8, #0x80008000\n\t" \
-				 "bne 1b\n\t" \
-				 "2:\n\t" \
-				 "pop {r4-r11, pc}\n\t"); \
-	}
-#define SG1_LANE0(S) ""
-#define SG1_LANE1(S) "lsl " S ", " S ", #8\n\t"
-SG1_FUNC(sg_row0_8, SG1_LANE0, SG1_UPD0("8"), "0x8181")
-SG1_FUNC(sg_row1_8, SG1_LANE1, SG1_UPD1("8"), "0x8180")
-SG1_FUNC(sg_row0_24, SG1_LANE0, SG1_UPD0("24"), "0x8181")
-SG1_FUNC(sg_row1_24, SG1_LANE1, SG1_UPD1("24"), "0x8180")
+__attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__((unused)))
+{
+	__asm__ volatile("push {r4-r11, lr}\n\t"
+			 "mov r12, r0\n\t"
+			 "ldr r11, [r12, #64]\n\t"
+			 "ldr r6, [r12, #60]\n\t"
+			 "movs r4, #0\n\t"
+			 "20:\n\t"
+			 "ldrsb r3, [r11], #1\n\t"
+			 "cbnz r3, 21f\n\t"
+			 "cmp r11, r6\n\t"
+			 "bne 20b\n\t"
+			 "pop {r4-r11, pc}\n\t"
+			 "21:\n\t"
+			 "ldrd r5, r7, [r12, #12]\n\t" /* lr_q, dyb */
+			 "mul r3, r3, r5\n\t"
+			 "sub r5, r11, r7\n\t" /* i */
+			 "ldrd r6, r7, [r12, #20]\n\t" /* rowd, magic */
+			 "ldr r2, [r12, #8]\n\t"
+			 "mla r2, r5, r6, r2\n\t"
+			 "umull r6, r7, r5, r7\n\t" /* r7 = t */
+			 "ldr r6, [r12, #28]\n\t"
+			 "mls r6, r7, r6, r5\n\t" /* r */
+			 "ldrd r8, r9, [r12, #32]\n\t" /* w, bs */
+			 "mla r8, r7, r9, r8\n\t"
+			 "lsr r9, r6, #1\n\t"
+			 "add r8, r8, r9, lsl #3\n\t"
+			 "and r10, r6, #1\n\t"
+			 "add r8, r8, r10\n\t"
+			 "eor r10, r10, #1\n\t"
+			 "lsl r10, r10, #7\n\t"
+			 "ldr r7, [r12, #40]\n\t" /* the bias */
+			 "cbz r7, 22f\n\t"
+			 "add r7, r7, r5, lsl #2\n\t"
+			 "ldrd r6, r5, [r12, #44]\n\t" /* b_shift, b_mask */
+			 "and r5, r3, r5\n\t"
+			 "ldr r1, [r12, #52]\n\t"
+			 "add r1, r1, r3, lsr #31\n\t"
+			 "asr r6, r3, r6\n\t"
+			 "cmp r5, r1\n\t"
+			 "it gt\n\t"
+			 "addgt r6, r6, #1\n\t"
+			 "ldr r5, [r7]\n\t"
+			 "qsub r5, r5, r6\n\t"
+			 "str r5, [r7]\n\t"
+			 "22:\n\t"
+			 "ldr r9, [r12, #56]\n\t"
+			 "ldrd r0, r1, [r12]\n\t"
+			 "1:\n\t" SG_SLOT("11f") "2:\n\t" SG_SLOT("12f") "3:\n\t" SG_SLOT("13f")
+			 "4:\n\t" SG_SLOT("14f") "5:\n\t"
+			 "cmp r0, r1\n\t"
+			 "bne 1b\n\t"
+			 "ldr r6, [r12, #60]\n\t"
+			 "cmp r11, r6\n\t"
+			 "bne 20b\n\t"
+			 "pop {r4-r11, pc}\n\t"
+			 /* on after the step of the entry before r0 */
+			 "11:\n\t"
+			 "adr lr, 2b\n\t"
+			 "b 9f\n\t"
+			 "12:\n\t"
+			 "adr lr, 3b\n\t"
+			 "b 9f\n\t"
+			 "13:\n\t"
+			 "adr lr, 4b\n\t"
+			 "b 9f\n\t"
+			 "14:\n\t"
+			 "adr lr, 5b\n\t"
+			 "9:\n\t"
+			 "ldrh r7, [r0, r9]\n\t"
+			 "ldrb r5, [r8, r7]\n\t"
+			 "eor r5, r5, r10\n\t"
+			 "sxtb r5, r5\n\t"
+			 "ssat r4, #8, r4\n\t"
+			 "sub r5, r5, r4\n\t"
+			 "ssat r5, #8, r5\n\t"
+			 "cmn r5, #128\n\t"
+			 "it eq\n\t"
+			 "mvneq r5, #126\n\t"
+			 "eor r5, r5, r10\n\t"
+			 "strb r5, [r8, r7]\n\t"
+			 "movs r4, #0\n\t"
+			 "mov pc, lr\n\t");
+}
 
 /* the ref kernel's step of weight (i, j) on the paired layout */
 static void sgd_one(int8_t *w, int i, int j, int32_t c, const int8_t *x, int32_t x_zp,
@@ -364,55 +355,8 @@ static void sgd_one(int8_t *w, int i, int j, int32_t c, const int8_t *x, int32_t
 	w[off] = (int8_t)((uint8_t)kl_sub_clamp_w(wv, kl_stochastic_shift(v, w_shift, d)) ^ flip);
 }
 
-/* four steps saturated to int8, bytes (a, b, c, d) */
-static inline uint32_t pack4(int32_t a, int32_t b, int32_t c, int32_t d)
-{
-	const uint32_t e = (uint32_t)__ssat16((int16x2_t)kl_pkhbt((uint32_t)a, (uint32_t)c), 8);
-	const uint32_t o = (uint32_t)__ssat16((int16x2_t)kl_pkhbt((uint32_t)b, (uint32_t)d), 8);
-	return (uint32_t)__uxtb16(e) | ((uint32_t)__uxtb16(o) << 8);
-}
-
-/* one pair in C (a factor outside a halfword): the same steps, the lanes of
- * a row whose factor is zero kept as they are */
-static void sgd_pair_c(int8_t *w, int p, int32_t c0, int32_t c1, const uint32_t *xw, uint32_t d0,
-		       uint32_t rowd, int dsh, int sh, int n_in, int n_out)
-{
-	const uint32_t keep = (c0 == 0 ? 0x00FF00FFu : 0u) | (c1 == 0 ? 0xFF00FF00u : 0u);
-	uint32_t da = d0 + (uint32_t)(2 * p) * rowd;
-	const uint32_t ab = rowd, wy = KL_WEYL;
-	int gs;
-	uint32_t *wp = (uint32_t *)(void *)(w + kl_fc_pair_at(p, n_in, n_out, &gs)) - 2;
-	for (int k = 0; k < n_in >> 1; k += 2) {
-		wp += k == 0 ? 2 : gs >> 2;
-		const uint32_t xa = xw[k], xb = xw[k + 1]; /* (x0, x2), (x1, x3) */
-		const int32_t x0 = (int16_t)xa, x2 = (int32_t)xa >> 16;
-		const int32_t x1 = (int16_t)xb, x3 = (int32_t)xb >> 16;
-		const uint32_t e0 = da, e1 = da + wy, e2 = e1 + wy, e3 = e2 + wy;
-		da = e3 + wy;
-		/* word k: columns 0, 2; word k + 1: columns 1, 3 */
-		const uint32_t s0 = pack4((c0 * x0 + (int32_t)(e0 >> dsh)) >> sh,
-					  (c1 * x0 + (int32_t)((e0 + ab) >> dsh)) >> sh,
-					  (c0 * x2 + (int32_t)(e2 >> dsh)) >> sh,
-					  (c1 * x2 + (int32_t)((e2 + ab) >> dsh)) >> sh);
-		const uint32_t s1 = pack4((c0 * x1 + (int32_t)(e1 >> dsh)) >> sh,
-					  (c1 * x1 + (int32_t)((e1 + ab) >> dsh)) >> sh,
-					  (c0 * x3 + (int32_t)(e3 >> dsh)) >> sh,
-					  (c1 * x3 + (int32_t)((e3 + ab) >> dsh)) >> sh);
-		const uint32_t o0 = wp[0], o1 = wp[1];
-		const uint32_t n0 =
-			kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)(o0 ^ 0x00800080u), (int8x4_t)s0)) ^
-			0x00800080u;
-		const uint32_t n1 =
-			kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)(o1 ^ 0x00800080u), (int8x4_t)s1)) ^
-			0x00800080u;
-		wp[0] = (n0 & ~keep) | (o0 & keep);
-		wp[1] = (n1 & ~keep) | (o1 & keep);
-	}
-}
-
 /* Weights of a paired layer are in [-127, 127] (kl_model_init pairs no layer
- * holding -128; every step clamps to the range), so the zero steps of a row
- * whose factor is zero leave it as it is, as the ref kernel, which skips it. */
+ * holding -128; every step clamps to the range). */
 void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *dy,
 					  const int8_t *x, int32_t x_zp, int32_t lr_q, int w_shift,
 					  int b_shift, uint32_t *dither, int n_in, int n_out,
@@ -422,7 +366,18 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 	const uint32_t rowd = (uint32_t)n_in * KL_WEYL; /* a row's dither advance */
 	const int np = n_out >> 1;
 	*dither = d0 + (uint32_t)n_out * rowd;
-	if (w_shift < 13 || w_shift > 30) { /* rare: weight by weight */
+	uint32_t any = 0; /* a gradient that is not zero (often none) */
+	int k = 0;
+	for (; k + 4 <= n_out; k += 4) {
+		any |= kl_read_s8x4(dy + k);
+	}
+	for (; k < n_out; k++) {
+		any |= (uint8_t)dy[k];
+	}
+	if (any == 0u) {
+		return;
+	}
+	if (w_shift < 9 || w_shift > 30 || n_in > KL_FC_SGD_LIST_MAX) { /* rare: weight by weight */
 		for (int i = 0; i < n_out; i++) {
 			const int32_t c = (int32_t)dy[i] * lr_q;
 			if (c == 0) {
@@ -437,46 +392,86 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 		}
 		return;
 	}
-	int16_t *xc = scratch; /* centred, each group of four as (0, 2, 1, 3) */
-	kl_center_interleave_s8(x, x_zp, xc, n_in);
-	uint32_t *xw = (uint32_t *)(void *)xc;
-	xw[n_in >> 1] = 0x80008000u; /* sg_pair's sentinel */
-	const int sh = w_shift, dsh = 32 - sh;
-	const int ntp = kl_fc_triples(n_in) ? 3 * (np / 3) : 0; /* pairs in blocks of three */
-	sg_t a;
-	a.ab = rowd;
-	a.wy = KL_WEYL;
-	a.dsh = dsh;
-	a.sh = sh;
-	a.xp = xw;
-	for (int p = 0; p < np; p++) {
-		const int32_t c0 = (int32_t)dy[2 * p] * lr_q, c1 = (int32_t)dy[2 * p + 1] * lr_q;
-		if (c0 == 0 && c1 == 0) {
+	/* the list: X = xc << dsh fits (|xc| <= 255, dsh <= 23); the offsets of a
+	 * group of four columns (24 g | 8 g << 16) advance by one constant (8 | 8
+	 * << 16 where no pair is in a block of three: 8 g < 2^16 for any n_in up to
+	 * KL_FC_SGD_LIST_MAX), a column's (4 (j & 1) + 2 (j & 2 != 0)) * 0x10001
+	 * added; a group whose four inputs are at the zero point is skipped */
+	const int dsh = 32 - w_shift;
+	const int tri = kl_fc_triples(n_in);
+	const uint32_t gstep = tri ? 24u | (8u << 16) : 8u | (8u << 16);
+	const uint32_t zz = ((uint32_t)x_zp & 0xFFu) * 0x01010101u;
+	uint32_t *const list = (uint32_t *)(void *)scratch;
+	uint32_t *e = list;
+	uint32_t jw = 0, go = 0;
+#define SG_COL(k, in)                                                                             \
+	do {                                                                                      \
+		const int32_t xc = (int32_t)x[j + (k)] - x_zp;                                    \
+		if (xc != 0) {                                                                    \
+			e[0] = jw + (uint32_t)(k) * KL_WEYL;                                      \
+			e[1] = (uint32_t)xc << dsh;                                               \
+			e[2] = go + (in);                                                         \
+			e += 3;                                                                   \
+		}                                                                                 \
+	} while (0)
+	for (int j = 0; j < n_in; j += 4, jw += 4u * KL_WEYL, go += gstep) { /* n_in % 4 == 0 */
+		if (kl_read_s8x4(x + j) == zz) {
 			continue;
 		}
-		if (c0 >= -32768 && c0 <= 32767 && c1 >= -32768 && c1 <= 32767) {
-			a.c = ((uint32_t)c0 & 0xFFFFu) | ((uint32_t)c1 << 16);
-			a.da = d0 + (uint32_t)(2 * p) * rowd;
-			const int gs = p < ntp ? 24 : 8;
-			a.rp = (uint32_t *)(void *)(w + (p < ntp ? (long)(p / 3) * 6 * n_in + 8 * (p % 3)
-							 : (long)p * 2 * n_in));
-			if (c1 == 0) {
-				(gs == 8 ? sg_row0_8 : sg_row0_24)(&a);
-			} else if (c0 == 0) {
-				a.c = (uint32_t)c1 & 0xFFFFu;
-				a.da += rowd;
-				(gs == 8 ? sg_row1_8 : sg_row1_24)(&a);
-			} else {
-				(gs == 8 ? sg_pair8 : sg_pair24)(&a);
+		SG_COL(0, 0u);
+		SG_COL(1, 0x40004u);
+		SG_COL(2, 0x20002u);
+		SG_COL(3, 0x60006u);
+	}
+#undef SG_COL
+	const uint32_t *const end = e;
+	while ((e - list) % 12 != 0 || e == list) { /* four entries a pass, one pass at least */
+		e[0] = e[1] = e[2] = 0;
+		e += 3;
+	}
+	const int ntp = tri ? 3 * (np / 3) : 0; /* pairs in blocks of three */
+	/* the blocks of three pairs, then the pairs after them */
+	const int bias_here = b_shift >= 1 && b_shift <= 31;
+	sg_t a;
+	a.list = list;
+	a.end = e;
+	a.lr_q = lr_q;
+	a.rowd = rowd;
+	a.b_shift = b_shift;
+	a.b_mask = (int32_t)((1u << (b_shift & 31)) - 1u);
+	a.b_half = a.b_mask >> 1;
+	for (int r = 0; r < 2; r++) {
+		const int i0 = r == 0 ? 0 : 2 * ntp, i1 = r == 0 ? 2 * ntp : 2 * np;
+		if (i0 == i1) {
+			continue;
+		}
+		a.d = d0 + (uint32_t)i0 * rowd;
+		a.dy = dy + i0;
+		a.dyb = dy + i0 + 1;
+		a.dy_end = dy + i1;
+		a.magic = r == 0 ? 0x2AAAAAABu : 0x80000000u;
+		a.p = r == 0 ? 6 : 2;
+		a.w = w + (long)i0 * n_in;
+		a.bs = a.p * n_in;
+		a.b = bias_here ? b + i0 : NULL;
+		a.sel = r == 0 ? -4 : -2;
+		sg_rows(&a);
+	}
+	if (!bias_here) { /* b_shift <= 0 (often) or > 31: c << -b_shift saturated, or 0 */
+		const int l = -b_shift;
+		for (int i = 0; i < 2 * np; i++) {
+			const int32_t c = (int32_t)dy[i] * lr_q;
+			if (c == 0) {
+				continue;
 			}
-		} else {
-			sgd_pair_c(w, p, c0, c1, xw, d0, rowd, dsh, sh, n_in, n_out);
-		}
-		if (c0 != 0) {
-			b[2 * p] = __qsub(b[2 * p], kl_rshift_round(c0, b_shift));
-		}
-		if (c1 != 0) {
-			b[2 * p + 1] = __qsub(b[2 * p + 1], kl_rshift_round(c1, b_shift));
+			int32_t v;
+			if (l >= 0 && l <= 30) {
+				v = (int32_t)((uint32_t)c << l);
+				v = (v >> l) == c ? v : c < 0 ? INT32_MIN : INT32_MAX;
+			} else {
+				v = kl_rshift_round(c, b_shift);
+			}
+			b[i] = __qsub(b[i], v);
 		}
 	}
 	if (n_out & 1) { /* the plain last row */
@@ -484,11 +479,13 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 		const int32_t c = (int32_t)dy[i] * lr_q;
 		if (c != 0) {
 			int8_t *row = w + (long)i * n_in;
-			uint32_t d = d0 + (uint32_t)i * rowd;
-			for (int j = 0; j < n_in; j++) {
-				const int32_t v = c * xc[j + ((j & 3) == 1 ? 1 : (j & 3) == 2 ? -1 : 0)];
-				row[j] = kl_sub_clamp_w(row[j], (v + (int32_t)(d >> dsh)) >> sh);
-				d += KL_WEYL;
+			const uint32_t d = d0 + (uint32_t)i * rowd;
+			for (const uint32_t *q = list; q != end; q += 3) {
+				const int32_t s = (int32_t)(((int64_t)c * (int32_t)q[1] + (d + q[0])) >> 32);
+				if (s != 0) {
+					const uint32_t j = q[0] * KL_WEYL_INV;
+					row[j] = kl_sub_clamp_w(row[j], s);
+				}
 			}
 			b[i] = __qsub(b[i], kl_rshift_round(c, b_shift));
 		}
