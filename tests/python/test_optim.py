@@ -226,7 +226,9 @@ def test_bad_optimiser_configurations(rng):
 def test_accumulate_fuzz_equals_its_definition(target: str) -> None:
     """kl_accumulate_s8 (int8 batch sums, momentum velocity) = its definition in plain 64-bit
     arithmetic (tests/c/kl_fuzz_acc.c) on random and extreme inputs: sums at KL_ACC_MAX,
-    gradients at INT32_MIN/MAX, exponent gaps up to 70, mu 0, 1 and random."""
+    gradients at INT32_MIN/MAX, exponent gaps up to 70, mu 0, 1 and random; every other case
+    kl_quantize_grad_s8 (int32 sums to int8) against its rule, over magnitudes of every bit
+    length, INT32_MIN/MAX, exact halves and the rounding carry, in place and apart."""
     require_target(target)
     cases, mismatches = run_fuzz_firmware(target, "kl_fuzz_acc")
     assert cases == 4000 and mismatches == 0

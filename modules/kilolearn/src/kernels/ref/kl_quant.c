@@ -4,17 +4,6 @@
 
 #include "kilolearn/kl_kernels.h"
 
-static int grad_shift(const int32_t *acc, int n)
-{
-	uint32_t m = 0;
-	for (int i = 0; i < n; i++) {
-		const int32_t v = acc[i];
-		const uint32_t a = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
-		m = a > m ? a : m;
-	}
-	return kl_grad_shift(m);
-}
-
 /* the number of significant bits of m > 0 */
 static inline int bit_length(uint32_t m)
 {
@@ -43,16 +32,57 @@ int kl_grad_shift(uint32_t m)
 	return (((m >> (s - 1)) + 1u) >> 1) <= 127u ? s : s + 1;
 }
 
-/* kl_rshift_round(v, s) for a shift s in [1, 31] known to the loop */
-static inline int32_t rshift_round_pos(int32_t v, int s, int32_t mask, int32_t half)
+/* The shift of the largest magnitude (kl_grad_shift). v ^ (v >> 31) is |v|
+ * less 1 where v < 0, so the largest of them, m, is the largest magnitude or
+ * that less 1: where m and m + 1 give the same shift, that is it; else (m at
+ * a boundary) the largest magnitude itself is looked for. */
+static int grad_shift(const int32_t *acc, int n)
 {
-	return (v >> s) + ((v & mask) > half + (v < 0));
+	uint32_t m = 0;
+	int i = 0;
+	for (; i + 2 <= n; i += 2) {
+		const uint32_t a = (uint32_t)(acc[i] ^ (acc[i] >> 31));
+		const uint32_t b = (uint32_t)(acc[i + 1] ^ (acc[i + 1] >> 31));
+		m = a > m ? a : m;
+		m = b > m ? b : m;
+	}
+	if (i < n) {
+		const uint32_t a = (uint32_t)(acc[i] ^ (acc[i] >> 31));
+		m = a > m ? a : m;
+	}
+	const int s = kl_grad_shift(m);
+	if (kl_grad_shift(m + 1u) == s) { /* (m <= INT32_MAX) */
+		return s;
+	}
+	m = 0;
+	for (i = 0; i < n; i++) {
+		const uint32_t v = (uint32_t)acc[i], sg = (uint32_t)(acc[i] >> 31);
+		const uint32_t a = (v ^ sg) - sg;
+		m = a > m ? a : m;
+	}
+	return kl_grad_shift(m);
+}
+
+/* kl_rshift_round(v, s) (half away from zero) for a shift s in [1, 31] known
+ * to the loop as one add: floor((v + h - (v < 0)) / 2^s), h = 2^(s - 1), for
+ * v <= INT32_MAX - h (no overflow) */
+static inline int32_t rshift_round_pos(int32_t v, int s, int32_t h)
+{
+	return (v + h + (v >> 31)) >> s;
 }
 
 int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
 {
 	const int s = grad_shift(acc, n); /* 0..31 */
-	const int32_t mask = (int32_t)((1u << s) - 1u), half = mask >> 1;
+	const int32_t h = s > 0 ? (int32_t)(1u << (s - 1)) : 0;
+	/* every acc <= INT32_MAX - h? Where s <= 24 it is: round(|acc| / 2^s) <=
+	 * 127 makes |acc| < 127.5 2^s <= INT32_MAX + 1 - 2^23 */
+	int fast = 1;
+	if (h >= (1 << 24)) {
+		for (int i = 0; i < n && fast; i++) {
+			fast = acc[i] <= INT32_MAX - h;
+		}
+	}
 	if ((uintptr_t)out > (uintptr_t)acc) {
 		/* out may overlap the end of acc: byte i is written after every
 		 * acc[j], j >= i, was read, and byte i lies in acc[j >= i] */
@@ -60,18 +90,26 @@ int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
 			for (int i = n - 1; i >= 0; i--) {
 				out[i] = (int8_t)acc[i];
 			}
+		} else if (fast) {
+			for (int i = n - 1; i >= 0; i--) {
+				out[i] = (int8_t)rshift_round_pos(acc[i], s, h);
+			}
 		} else {
 			for (int i = n - 1; i >= 0; i--) {
-				out[i] = (int8_t)rshift_round_pos(acc[i], s, mask, half);
+				out[i] = (int8_t)kl_rshift_round(acc[i], s);
 			}
 		}
 	} else if (s == 0) { /* out may be acc itself: byte i lies in acc[i / 4], read already */
 		for (int i = 0; i < n; i++) {
 			out[i] = (int8_t)acc[i];
 		}
+	} else if (fast) {
+		for (int i = 0; i < n; i++) {
+			out[i] = (int8_t)rshift_round_pos(acc[i], s, h);
+		}
 	} else {
 		for (int i = 0; i < n; i++) {
-			out[i] = (int8_t)rshift_round_pos(acc[i], s, mask, half);
+			out[i] = (int8_t)kl_rshift_round(acc[i], s);
 		}
 	}
 	return s;
