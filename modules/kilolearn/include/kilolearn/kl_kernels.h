@@ -351,11 +351,14 @@ void kl_ref_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x
 				    int32_t *gb, int n_in, int n_out);
 /* Fused update: w -= floor((dy_i*lr_q*(x_j - x_zp) + dither) >> w_shift),
  * b -= rshift(dy_i*lr_q, b_shift). scratch: KL_FC_SGD_S8_SCRATCH(n_in,
- * n_out) bytes, 4-aligned (the dsp backend's paired kernel lists the
- * non-zero inputs, 12 bytes each, up to KL_FC_SGD_LIST_MAX of them). */
+ * n_out) bytes, 4-aligned: the forward kernel's, or room for KL_FC_SGD_LIST
+ * (or all n_in) of the 12-byte entries the dsp backend's paired kernel lists
+ * the non-zero inputs in (more are walked in parts), and 48 bytes. */
+#define KL_FC_SGD_LIST 40u
 #define KL_FC_SGD_S8_SCRATCH(n_in, n_out)                                                         \
-	(KL_FC_S8_SCRATCH(n_in, n_out) > 12u * (n_in) + 48u ? KL_FC_S8_SCRATCH(n_in, n_out)        \
-							    : 12u * (n_in) + 48u)
+	(KL_FC_S8_SCRATCH(n_in, n_out) > 12u * ((n_in) < KL_FC_SGD_LIST ? (n_in) : KL_FC_SGD_LIST) + 48u \
+		 ? KL_FC_S8_SCRATCH(n_in, n_out)                                                  \
+		 : 12u * ((n_in) < KL_FC_SGD_LIST ? (n_in) : KL_FC_SGD_LIST) + 48u)
 #define KL_FC_SGD_LIST_MAX 32764
 #define KL_FC_SGD_S8_ARGS                                                                         \
 	int8_t *w, int32_t *b, const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t lr_q,     \

@@ -67,20 +67,23 @@ static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint
 		return;
 	}
 	const int8_t *y = (const int8_t *)t->data + k0;
-	const int32_t zp = t->zp;
-	/* passes where 0 < y - zp < q6 (kl_act_pass_s8; ReLU has no upper cap) */
-	const int32_t q6 = act == KL_ACT_RELU6 ? relu6_q(t->exp) : INT32_MAX;
+	/* passes where 0 < y - zp < q6 (kl_act_pass_s8; ReLU has no upper cap),
+	 * that is y - (zp + 1) < q6 - 1 unsigned; the others are zeroed */
+	const int32_t z1 = t->zp + 1;
+	const uint32_t lim = (uint32_t)(act == KL_ACT_RELU6 ? relu6_q(t->exp) : INT32_MAX) - 1u;
 	if (wide) {
 		int32_t *gw = g;
 		for (uint32_t k = 0; k < n; k++) {
-			const int32_t v = (int32_t)y[k] - zp;
-			gw[k] = (v > 0 && v < q6) ? gw[k] : 0;
+			if ((uint32_t)((int32_t)y[k] - z1) >= lim) {
+				gw[k] = 0;
+			}
 		}
 	} else {
 		int8_t *gn = g;
 		for (uint32_t k = 0; k < n; k++) {
-			const int32_t v = (int32_t)y[k] - zp;
-			gn[k] = (v > 0 && v < q6) ? gn[k] : 0;
+			if ((uint32_t)((int32_t)y[k] - z1) >= lim) {
+				gn[k] = 0;
+			}
 		}
 	}
 }

@@ -396,14 +396,29 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 	 * group of four columns (24 g | 8 g << 16) advance by one constant (8 | 8
 	 * << 16 where no pair is in a block of three: 8 g < 2^16 for any n_in up to
 	 * KL_FC_SGD_LIST_MAX), a column's (4 (j & 1) + 2 (j & 2 != 0)) * 0x10001
-	 * added; a group whose four inputs are at the zero point is skipped */
+	 * added; a group whose four inputs are at the zero point is skipped. The
+	 * list holds what the scratch does (KL_FC_SGD_S8_SCRATCH: at least
+	 * KL_FC_SGD_LIST entries): more non-zero inputs are walked in parts. */
 	const int dsh = 32 - w_shift;
 	const int tri = kl_fc_triples(n_in);
 	const uint32_t gstep = tri ? 24u | (8u << 16) : 8u | (8u << 16);
 	const uint32_t zz = ((uint32_t)x_zp & 0xFFu) * 0x01010101u;
 	uint32_t *const list = (uint32_t *)(void *)scratch;
-	uint32_t *e = list;
+	/* a part ends where a group of four might not fit with the padding */
+	const long room = (long)(KL_FC_SGD_S8_SCRATCH((uint32_t)n_in, (uint32_t)n_out) / 12u) * 3 - 21;
+	const int ntp = tri ? 3 * (np / 3) : 0; /* pairs in blocks of three */
+	const int bias_here = b_shift >= 1 && b_shift <= 31;
+	sg_t a;
+	a.list = list;
+	a.lr_q = lr_q;
+	a.rowd = rowd;
+	a.b_shift = b_shift;
+	a.b_mask = (int32_t)((1u << (b_shift & 31)) - 1u);
+	a.b_half = a.b_mask >> 1;
 	uint32_t jw = 0, go = 0;
+	int j = 0;
+	for (int part = 0; part == 0 || j < n_in; part++) {
+		uint32_t *e = list;
 #define SG_COL(k, in)                                                                             \
 	do {                                                                                      \
 		const int32_t xc = (int32_t)x[j + (k)] - x_zp;                                    \
@@ -414,48 +429,56 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 			e += 3;                                                                   \
 		}                                                                                 \
 	} while (0)
-	for (int j = 0; j < n_in; j += 4, jw += 4u * KL_WEYL, go += gstep) { /* n_in % 4 == 0 */
-		if (kl_read_s8x4(x + j) == zz) {
-			continue;
+		for (; j < n_in && e - list <= room; j += 4, jw += 4u * KL_WEYL, go += gstep) {
+			if (kl_read_s8x4(x + j) == zz) { /* (n_in % 4 == 0) */
+				continue;
+			}
+			SG_COL(0, 0u);
+			SG_COL(1, 0x40004u);
+			SG_COL(2, 0x20002u);
+			SG_COL(3, 0x60006u);
 		}
-		SG_COL(0, 0u);
-		SG_COL(1, 0x40004u);
-		SG_COL(2, 0x20002u);
-		SG_COL(3, 0x60006u);
-	}
 #undef SG_COL
-	const uint32_t *const end = e;
-	while ((e - list) % 12 != 0 || e == list) { /* four entries a pass, one pass at least */
-		e[0] = e[1] = e[2] = 0;
-		e += 3;
-	}
-	const int ntp = tri ? 3 * (np / 3) : 0; /* pairs in blocks of three */
-	/* the blocks of three pairs, then the pairs after them */
-	const int bias_here = b_shift >= 1 && b_shift <= 31;
-	sg_t a;
-	a.list = list;
-	a.end = e;
-	a.lr_q = lr_q;
-	a.rowd = rowd;
-	a.b_shift = b_shift;
-	a.b_mask = (int32_t)((1u << (b_shift & 31)) - 1u);
-	a.b_half = a.b_mask >> 1;
-	for (int r = 0; r < 2; r++) {
-		const int i0 = r == 0 ? 0 : 2 * ntp, i1 = r == 0 ? 2 * ntp : 2 * np;
-		if (i0 == i1) {
-			continue;
+		const uint32_t *const end = e;
+		if (end == list && part > 0) {
+			break; /* (the biases stepped with the first part) */
 		}
-		a.d = d0 + (uint32_t)i0 * rowd;
-		a.dy = dy + i0;
-		a.dyb = dy + i0 + 1;
-		a.dy_end = dy + i1;
-		a.magic = r == 0 ? 0x2AAAAAABu : 0x80000000u;
-		a.p = r == 0 ? 6 : 2;
-		a.w = w + (long)i0 * n_in;
-		a.bs = a.p * n_in;
-		a.b = bias_here ? b + i0 : NULL;
-		a.sel = r == 0 ? -4 : -2;
-		sg_rows(&a);
+		while ((e - list) % 12 != 0 || e == list) { /* four entries a pass, one at least */
+			e[0] = e[1] = e[2] = 0;
+			e += 3;
+		}
+		a.end = e;
+		/* the blocks of three pairs, then the pairs after them */
+		for (int r = 0; r < 2; r++) {
+			const int i0 = r == 0 ? 0 : 2 * ntp, i1 = r == 0 ? 2 * ntp : 2 * np;
+			if (i0 == i1) {
+				continue;
+			}
+			a.d = d0 + (uint32_t)i0 * rowd;
+			a.dy = dy + i0;
+			a.dyb = dy + i0 + 1;
+			a.dy_end = dy + i1;
+			a.magic = r == 0 ? 0x2AAAAAABu : 0x80000000u;
+			a.p = r == 0 ? 6 : 2;
+			a.w = w + (long)i0 * n_in;
+			a.bs = a.p * n_in;
+			a.b = bias_here && part == 0 ? b + i0 : NULL;
+			a.sel = r == 0 ? -4 : -2;
+			sg_rows(&a);
+		}
+		if (n_out & 1) { /* the plain last row */
+			const int i = n_out - 1;
+			const int32_t c = (int32_t)dy[i] * lr_q;
+			int8_t *row = w + (long)i * n_in;
+			const uint32_t d = d0 + (uint32_t)i * rowd;
+			for (const uint32_t *q = list; q != end && c != 0; q += 3) {
+				const int32_t st = (int32_t)(((int64_t)c * (int32_t)q[1] + (d + q[0])) >> 32);
+				if (st != 0) {
+					const uint32_t jj = q[0] * KL_WEYL_INV;
+					row[jj] = kl_sub_clamp_w(row[jj], st);
+				}
+			}
+		}
 	}
 	if (!bias_here) { /* b_shift <= 0 (often) or > 31: c << -b_shift saturated, or 0 */
 		const int l = -b_shift;
@@ -474,19 +497,10 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 			b[i] = __qsub(b[i], v);
 		}
 	}
-	if (n_out & 1) { /* the plain last row */
+	if (n_out & 1) {
 		const int i = n_out - 1;
 		const int32_t c = (int32_t)dy[i] * lr_q;
 		if (c != 0) {
-			int8_t *row = w + (long)i * n_in;
-			const uint32_t d = d0 + (uint32_t)i * rowd;
-			for (const uint32_t *q = list; q != end; q += 3) {
-				const int32_t s = (int32_t)(((int64_t)c * (int32_t)q[1] + (d + q[0])) >> 32);
-				if (s != 0) {
-					const uint32_t j = q[0] * KL_WEYL_INV;
-					row[j] = kl_sub_clamp_w(row[j], s);
-				}
-			}
 			b[i] = __qsub(b[i], kl_rshift_round(c, b_shift));
 		}
 	}

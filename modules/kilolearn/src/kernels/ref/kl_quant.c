@@ -150,6 +150,17 @@ int kl_argmax_f32(const float *v, int n, const uint8_t *mask)
 
 int kl_argmax_s8(const int8_t *v, int n, const uint8_t *mask)
 {
+	if (mask == NULL && n > 0) { /* every class: the best value kept in a register */
+		int best = 0;
+		int32_t bv = v[0];
+		for (int i = 1; i < n; i++) {
+			if (v[i] > bv) {
+				bv = v[i];
+				best = i;
+			}
+		}
+		return best;
+	}
 	int best = -1;
 	for (int i = 0; i < n; i++) {
 		if ((mask == NULL || mask[i]) && (best < 0 || v[i] > v[best])) {
