@@ -438,10 +438,63 @@ static void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact)
 	}
 }
 
+/* An int8 step whose loss gradient is all zero (the prediction so sure that
+ * it rounds to nothing: four steps in ten late in training the digits MLP)
+ * makes every gradient zero, so every weight and bias step zero: nothing is
+ * computed. What the update would leave is left: the dither advanced past
+ * each updated op's weights, the update counters, the has_grad marks. Only
+ * where every updated op is a paired dense layer (its weights never at -128,
+ * which a zero step would lift to -127) and the zero gradient moves nothing
+ * else (no momentum or batches, kept gradients, selective policy, paged
+ * log); else the backward pass runs as it is. Returns 1 if the step was
+ * done so. */
+static int kl_zero_step_s8(kl_model_t *m, int keep)
+{
+	if (m->dtype != KL_DTYPE_S8 || keep || m->defer || m->paged ||
+	    m->upd_policy != KL_UPDATE_ALL || m->part_pm != 0u) {
+		return 0;
+	}
+	const int8_t *g = m->tensors[m->output].grad;
+	uint32_t any = 0;
+	for (int k = 0; k < m->n_classes; k++) {
+		any |= (uint8_t)g[k];
+	}
+	if (any != 0u) {
+		return 0;
+	}
+	for (int i = 0; i < m->n_ops; i++) {
+		const kl_op_t *op = &m->ops[i];
+		if (kl_trainable(op) && !kl_bias_only(op) && op->n_w != 0u && !kl_paired(op)) {
+			return 0;
+		}
+	}
+	for (int i = m->n_ops - 1; i >= 0; i--) {
+		const kl_op_t *op = &m->ops[i];
+		if (!m->tensors[op->out].has_grad) {
+			continue;
+		}
+		if (m->tensors[op->in0].need_grad) {
+			m->tensors[op->in0].has_grad = 1;
+		}
+		if (op->kind == KL_OP_ADD && m->tensors[op->in1].need_grad) {
+			m->tensors[op->in1].has_grad = 1;
+		}
+		if (kl_trainable(op) && !kl_bias_only(op)) {
+			m->dither += op->n_w * KL_WEYL;
+			m->upd_touched += op->n_w;
+			m->upd_weights += op->n_w;
+		}
+	}
+	return 1;
+}
+
 /* Backward pass; keep != 0 stores gradients in gw/gb instead of updating. */
 static void kl_backward(kl_model_t *m, int label, int keep)
 {
 	kl_loss(m, label);
+	if (kl_zero_step_s8(m, keep)) {
+		return;
+	}
 	if (m->paged) { /* the step's rows go to the log as one transaction */
 		m->pg_err = pg_prepare(m);
 		if (m->pg_err != KL_OK) {

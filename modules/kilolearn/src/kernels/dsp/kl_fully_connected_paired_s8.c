@@ -343,6 +343,68 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "mov pc, lr\n\t");
 }
 
+/* The list of one part: from the group of four inputs at x on, while the
+ * list ends at or before e_lim and inputs are left, each input x != x_zp
+ * listed as (j W, (x - x_zp) << dsh, its offsets go + (4 (j & 1) + 2 (j & 2
+ * != 0)) * 0x10001); a group whose four inputs are at the zero point is
+ * skipped in 7 instructions. e, x, jw and go are left where the part ends. */
+typedef struct {
+	uint32_t *e;         /* 0 */
+	const int8_t *x;     /* 4 */
+	const int8_t *x_end; /* 8 */
+	uint32_t *e_lim;     /* 12 */
+	uint32_t jw, go;     /* 16, 20: the group's first j W and offsets */
+	uint32_t zz;         /* 24: x_zp in each byte */
+	int32_t zp, dsh;     /* 28, 32 */
+	uint32_t gstep;      /* 36: the offsets' advance per group */
+} sl_t;
+
+/* input k of the group (its byte at r1 - 4 + k): JW, OFF make its entry */
+#define SL_COL(K, NEXT, JW, OFF) \
+	"ldrsb r10, [r1, #" K "]\n\t" \
+	"subs r10, r10, r7\n\t" \
+	"beq " NEXT "\n\t" \
+	"lsl r11, r10, r8\n\t" JW OFF \
+	"stm r0!, {r10, r11, lr}\n\t"
+
+__attribute__((naked, noinline)) static void sg_list(sl_t *l __attribute__((unused)))
+{
+	__asm__ volatile("push {r0, r4-r11, lr}\n\t"
+			 "ldm r0, {r0-r9}\n\t"
+			 "movw r12, #0x79B9\n\t"
+			 "movt r12, #0x9E37\n\t" /* KL_WEYL */
+			 "1:\n\t"
+			 "ldr r10, [r1], #4\n\t"
+			 "cmp r10, r6\n\t"
+			 "beq 8f\n\t"
+			 SL_COL("-4", "2f", "mov r10, r4\n\t", "mov lr, r5\n\t")
+			 "2:\n\t"
+			 SL_COL("-3", "3f", "add r10, r4, r12\n\t", "add lr, r5, #0x40004\n\t")
+			 "3:\n\t"
+			 SL_COL("-2", "4f", "add r10, r4, r12, lsl #1\n\t", "add lr, r5, #0x20002\n\t")
+			 "4:\n\t"
+			 SL_COL("-1", "5f", "add r10, r4, r12, lsl #1\n\tadd r10, r10, r12\n\t",
+				"add lr, r5, #0x60006\n\t")
+			 "5:\n\t"
+			 "add r4, r4, r12, lsl #2\n\t"
+			 "add r5, r5, r9\n\t"
+			 "cmp r1, r2\n\t"
+			 "beq 9f\n\t"
+			 "cmp r0, r3\n\t"
+			 "bls 1b\n\t"
+			 "b 9f\n\t"
+			 "8:\n\t"
+			 "add r4, r4, r12, lsl #2\n\t"
+			 "add r5, r5, r9\n\t"
+			 "cmp r1, r2\n\t"
+			 "bne 1b\n\t"
+			 "9:\n\t"
+			 "pop {r12}\n\t"
+			 "strd r0, r1, [r12]\n\t"
+			 "strd r4, r5, [r12, #16]\n\t"
+			 "pop {r4-r11, pc}\n\t");
+}
+
 /* the ref kernel's step of weight (i, j) on the paired layout */
 static void sgd_one(int8_t *w, int i, int j, int32_t c, const int8_t *x, int32_t x_zp,
 		    int w_shift, uint32_t d, int n_in, int n_out)
@@ -415,30 +477,22 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 	a.b_shift = b_shift;
 	a.b_mask = (int32_t)((1u << (b_shift & 31)) - 1u);
 	a.b_half = a.b_mask >> 1;
-	uint32_t jw = 0, go = 0;
-	int j = 0;
-	for (int part = 0; part == 0 || j < n_in; part++) {
-		uint32_t *e = list;
-#define SG_COL(k, in)                                                                             \
-	do {                                                                                      \
-		const int32_t xc = (int32_t)x[j + (k)] - x_zp;                                    \
-		if (xc != 0) {                                                                    \
-			e[0] = jw + (uint32_t)(k) * KL_WEYL;                                      \
-			e[1] = (uint32_t)xc << dsh;                                               \
-			e[2] = go + (in);                                                         \
-			e += 3;                                                                   \
-		}                                                                                 \
-	} while (0)
-		for (; j < n_in && e - list <= room; j += 4, jw += 4u * KL_WEYL, go += gstep) {
-			if (kl_read_s8x4(x + j) == zz) { /* (n_in % 4 == 0) */
-				continue;
-			}
-			SG_COL(0, 0u);
-			SG_COL(1, 0x40004u);
-			SG_COL(2, 0x20002u);
-			SG_COL(3, 0x60006u);
+	sl_t l;
+	l.x = x;
+	l.x_end = x + n_in; /* (n_in % 4 == 0) */
+	l.e_lim = list + room;
+	l.jw = 0;
+	l.go = 0;
+	l.zz = zz;
+	l.zp = x_zp;
+	l.dsh = dsh;
+	l.gstep = gstep;
+	for (int part = 0; part == 0 || l.x != l.x_end; part++) {
+		l.e = list;
+		if (l.x != l.x_end) {
+			sg_list(&l);
 		}
-#undef SG_COL
+		uint32_t *e = l.e;
 		const uint32_t *const end = e;
 		if (end == list && part > 0) {
 			break; /* (the biases stepped with the first part) */
