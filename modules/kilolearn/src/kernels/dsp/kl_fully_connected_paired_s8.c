@@ -254,9 +254,28 @@ typedef struct {
 /* one entry: r4 (the high word, 0) gets the step; non-zero: to R */
 #define SG_SLOT(R) \
 	"ldrd r6, r7, [r0], #12\n\t" \
-	"add r5, r2, r6\n\t" \
+	"adds r5, r2, r6\n\t" \
 	"smlal r5, r4, r3, r7\n\t" \
 	"cbnz r4, " R "\n\t"
+
+/* the non-zero step r4 of the entry before r0: clamped to int8, subtracted
+ * from the weight's byte (row 0's flip undone and redone), the weight
+ * clamped to [-127, 127]; r4 back to 0, on at NEXT */
+#define SG_STEP(NEXT) \
+	"ldrh r7, [r0, r9]\n\t" \
+	"ldrb r5, [r8, r7]\n\t" \
+	"eor r5, r5, r10\n\t" \
+	"sxtb r5, r5\n\t" \
+	"ssat r4, #8, r4\n\t" \
+	"subs r5, r5, r4\n\t" \
+	"ssat r5, #8, r5\n\t" \
+	"cmn r5, #128\n\t" \
+	"it eq\n\t" \
+	"mvneq r5, #126\n\t" \
+	"eor r5, r5, r10\n\t" \
+	"strb r5, [r8, r7]\n\t" \
+	"movs r4, #0\n\t" \
+	"b " NEXT "\n\t"
 
 __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__((unused)))
 {
@@ -306,7 +325,7 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "22:\n\t"
 			 "ldr r9, [r12, #56]\n\t"
 			 "ldrd r0, r1, [r12]\n\t"
-			 "1:\n\t" SG_SLOT("11f") "2:\n\t" SG_SLOT("12f") "3:\n\t" SG_SLOT("13f")
+			 "1:\n\t" SG_SLOT("10f") "2:\n\t" SG_SLOT("12f") "3:\n\t" SG_SLOT("13f")
 			 "4:\n\t" SG_SLOT("14f") "5:\n\t"
 			 "cmp r0, r1\n\t"
 			 "bne 1b\n\t"
@@ -314,33 +333,12 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "cmp r11, r6\n\t"
 			 "bne 20b\n\t"
 			 "pop {r4-r11, pc}\n\t"
-			 /* on after the step of the entry before r0 */
-			 "11:\n\t"
-			 "adr lr, 2b\n\t"
-			 "b 9f\n\t"
-			 "12:\n\t"
-			 "adr lr, 3b\n\t"
-			 "b 9f\n\t"
-			 "13:\n\t"
-			 "adr lr, 4b\n\t"
-			 "b 9f\n\t"
-			 "14:\n\t"
-			 "adr lr, 5b\n\t"
-			 "9:\n\t"
-			 "ldrh r7, [r0, r9]\n\t"
-			 "ldrb r5, [r8, r7]\n\t"
-			 "eor r5, r5, r10\n\t"
-			 "sxtb r5, r5\n\t"
-			 "ssat r4, #8, r4\n\t"
-			 "sub r5, r5, r4\n\t"
-			 "ssat r5, #8, r5\n\t"
-			 "cmn r5, #128\n\t"
-			 "it eq\n\t"
-			 "mvneq r5, #126\n\t"
-			 "eor r5, r5, r10\n\t"
-			 "strb r5, [r8, r7]\n\t"
-			 "movs r4, #0\n\t"
-			 "mov pc, lr\n\t");
+			 /* the step of the entry before r0, then on: a copy per slot
+			  * (slot 0's past the others, in reach of CBNZ) */
+			 "10:\n\t"
+			 "b 11f\n\t"
+			 "12:\n\t" SG_STEP("3b") "13:\n\t" SG_STEP("4b") "14:\n\t" SG_STEP("5b")
+			 "11:\n\t" SG_STEP("2b"));
 }
 
 /* The list of one part: from the group of four inputs at x on, while the
