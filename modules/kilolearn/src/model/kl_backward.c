@@ -73,10 +73,17 @@ static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint
 	const uint32_t lim = (uint32_t)(act == KL_ACT_RELU6 ? relu6_q(t->exp) : INT32_MAX) - 1u;
 	if (wide) {
 		int32_t *gw = g;
-		for (uint32_t k = 0; k < n; k++) {
+		uint32_t k = 0;
+		for (; k + 2 <= n; k += 2) {
 			if ((uint32_t)((int32_t)y[k] - z1) >= lim) {
 				gw[k] = 0;
 			}
+			if ((uint32_t)((int32_t)y[k + 1] - z1) >= lim) {
+				gw[k + 1] = 0;
+			}
+		}
+		if (k < n && (uint32_t)((int32_t)y[k] - z1) >= lim) {
+			gw[k] = 0;
 		}
 	} else {
 		int8_t *gn = g;
@@ -324,7 +331,8 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 		kl_backward_partial_s8(m, op); /* Paissan's partial activations */
 		return;
 	}
-	kl_geom_t g = kl_geom(m, op);
+	static const kl_geom_t none; /* dense layers read no geometry */
+	kl_geom_t g = op->kind == KL_OP_DENSE ? none : kl_geom(m, op);
 	uint32_t c0 = 0, nk = 0;
 	int n_out = (int)kl_tsize(y);
 	const void *wv = op->w, *dv = dy;
@@ -456,7 +464,13 @@ static int kl_zero_step_s8(kl_model_t *m, int keep)
 	}
 	const int8_t *g = m->tensors[m->output].grad;
 	uint32_t any = 0;
-	for (int k = 0; k < m->n_classes; k++) {
+	int k = 0;
+	for (; k + 4 <= m->n_classes; k += 4) {
+		uint32_t v;
+		memcpy(&v, g + k, 4);
+		any |= v;
+	}
+	for (; k < m->n_classes; k++) {
 		any |= (uint8_t)g[k];
 	}
 	if (any != 0u) {

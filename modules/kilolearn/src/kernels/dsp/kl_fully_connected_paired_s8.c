@@ -495,10 +495,14 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 		if (end == list && part > 0) {
 			break; /* (the biases stepped with the first part) */
 		}
-		while ((e - list) % 12 != 0 || e == list) { /* four entries a pass, one at least */
-			e[0] = e[1] = e[2] = 0;
-			e += 3;
+		/* four entries a pass, one pass at least: zero entries after the
+		 * list, up to the next multiple of four */
+		const uint32_t ne = (uint32_t)(e - list) / 3u;
+		const uint32_t pad = ne == 0u ? 4u : (0u - ne) & 3u;
+		for (uint32_t k = 0; k < 3u * pad; k++) {
+			e[k] = 0;
 		}
+		e += 3u * pad;
 		a.end = e;
 		/* the blocks of three pairs, then the pairs after them */
 		for (int r = 0; r < 2; r++) {
