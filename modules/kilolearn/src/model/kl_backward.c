@@ -331,8 +331,10 @@ static void backward_op_s8(kl_model_t *m, kl_op_t *op, int keep, int compact)
 		kl_backward_partial_s8(m, op); /* Paissan's partial activations */
 		return;
 	}
-	static const kl_geom_t none; /* dense layers read no geometry */
-	kl_geom_t g = op->kind == KL_OP_DENSE ? none : kl_geom(m, op);
+	kl_geom_t g; /* dense layers read no geometry */
+	if (op->kind != KL_OP_DENSE) {
+		g = kl_geom(m, op);
+	}
 	uint32_t c0 = 0, nk = 0;
 	int n_out = (int)kl_tsize(y);
 	const void *wv = op->w, *dv = dy;

@@ -8,8 +8,10 @@ static void kl_forward_op(kl_model_t *m, kl_op_t *op)
 		dense_fwd_f32(m, op, NULL);
 		return;
 	}
-	static const kl_geom_t none; /* dense layers read no geometry */
-	const kl_geom_t g = op->kind == KL_OP_DENSE ? none : kl_geom(m, op);
+	kl_geom_t g; /* dense layers read no geometry */
+	if (op->kind != KL_OP_DENSE) {
+		g = kl_geom(m, op);
+	}
 	if (m->dtype == KL_DTYPE_F32) {
 		if (kl_paged_op(op)) {
 			(void)pg_forward(m, op, NULL);

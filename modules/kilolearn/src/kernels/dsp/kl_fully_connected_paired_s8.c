@@ -283,6 +283,7 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "mov r12, r0\n\t"
 			 "ldr r11, [r12, #64]\n\t"
 			 "ldr r6, [r12, #60]\n\t"
+			 "ldr r9, [r12, #56]\n\t" /* sel */
 			 "movs r4, #0\n\t"
 			 "20:\n\t"
 			 "ldrsb r3, [r11], #1\n\t"
@@ -300,10 +301,10 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "umull r6, r7, r5, r7\n\t" /* r7 = t */
 			 "ldr r6, [r12, #28]\n\t"
 			 "mls r6, r7, r6, r5\n\t" /* r */
-			 "ldrd r8, r9, [r12, #32]\n\t" /* w, bs */
-			 "mla r8, r7, r9, r8\n\t"
-			 "lsr r9, r6, #1\n\t"
-			 "add r8, r8, r9, lsl #3\n\t"
+			 "ldrd r8, r10, [r12, #32]\n\t" /* w, bs */
+			 "mla r8, r7, r10, r8\n\t"
+			 "lsr r10, r6, #1\n\t"
+			 "add r8, r8, r10, lsl #3\n\t"
 			 "and r10, r6, #1\n\t"
 			 "add r8, r8, r10\n\t"
 			 "eor r10, r10, #1\n\t"
@@ -323,7 +324,6 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "qsub r5, r5, r6\n\t"
 			 "str r5, [r7]\n\t"
 			 "22:\n\t"
-			 "ldr r9, [r12, #56]\n\t"
 			 "ldrd r0, r1, [r12]\n\t"
 			 "1:\n\t" SG_SLOT("10f") "2:\n\t" SG_SLOT("12f") "3:\n\t" SG_SLOT("13f")
 			 "4:\n\t" SG_SLOT("14f") "5:\n\t"

@@ -91,8 +91,13 @@ int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
 				out[i] = (int8_t)acc[i];
 			}
 		} else if (fast) {
-			for (int i = n - 1; i >= 0; i--) {
+			int i = n - 1;
+			for (; i >= 1; i -= 2) {
 				out[i] = (int8_t)rshift_round_pos(acc[i], s, h);
+				out[i - 1] = (int8_t)rshift_round_pos(acc[i - 1], s, h);
+			}
+			if (i == 0) {
+				out[0] = (int8_t)rshift_round_pos(acc[0], s, h);
 			}
 		} else {
 			for (int i = n - 1; i >= 0; i--) {
@@ -103,8 +108,14 @@ int kl_quantize_grad_s8(const int32_t *acc, int8_t *out, int n)
 		for (int i = 0; i < n; i++) {
 			out[i] = (int8_t)acc[i];
 		}
-	} else if (fast) {
-		for (int i = 0; i < n; i++) {
+	} else if (fast) { /* (in place: out[i + 1] lies in acc[(i + 1) / 4], read already) */
+		int i = 0;
+		for (; i + 2 <= n; i += 2) {
+			const int32_t a0 = acc[i], a1 = acc[i + 1];
+			out[i] = (int8_t)rshift_round_pos(a0, s, h);
+			out[i + 1] = (int8_t)rshift_round_pos(a1, s, h);
+		}
+		if (i < n) {
 			out[i] = (int8_t)rshift_round_pos(acc[i], s, h);
 		}
 	} else {
@@ -153,11 +164,19 @@ int kl_argmax_s8(const int8_t *v, int n, const uint8_t *mask)
 	if (mask == NULL && n > 0) { /* every class: the best value kept in a register */
 		int best = 0;
 		int32_t bv = v[0];
-		for (int i = 1; i < n; i++) {
+		int i = 1;
+		for (; i + 2 <= n; i += 2) { /* (the first of equal values wins) */
 			if (v[i] > bv) {
 				bv = v[i];
 				best = i;
 			}
+			if (v[i + 1] > bv) {
+				bv = v[i + 1];
+				best = i + 1;
+			}
+		}
+		if (i < n && v[i] > bv) {
+			best = i;
 		}
 		return best;
 	}
