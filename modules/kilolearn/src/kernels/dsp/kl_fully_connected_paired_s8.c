@@ -231,8 +231,8 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
  * (exact for i < 2^31: magic = ceil(2^32 / 6), or 2^31), r = i - t P, its
  * first byte w + t bs + 8 (r >> 1) + (r & 1) in r8, flip 0x80 for r even, its
  * dither d + i rowd in r2; its bias steps by kl_rshift_round(c, b_shift)
- * (b_shift in [1, 31]; b NULL: the caller steps the biases), then the row
- * walks the list. */
+ * (b_shift in [-30, 31]: below 1 c << -b_shift saturated; b NULL: the caller
+ * steps the biases), then the row walks the list. */
 typedef struct {
 	const uint32_t *list, *end; /* 0, 4 */
 	uint32_t d;                 /* 8: the region's first row's dither */
@@ -313,6 +313,8 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "cbz r7, 22f\n\t"
 			 "add r7, r7, r5, lsl #2\n\t"
 			 "ldrd r6, r5, [r12, #44]\n\t" /* b_shift, b_mask */
+			 "cmp r6, #0\n\t"
+			 "ble 23f\n\t"
 			 "and r5, r3, r5\n\t"
 			 "ldr r1, [r12, #52]\n\t"
 			 "add r1, r1, r3, lsr #31\n\t"
@@ -320,6 +322,16 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "cmp r5, r1\n\t"
 			 "it gt\n\t"
 			 "addgt r6, r6, #1\n\t"
+			 "b 24f\n\t"
+			 "23:\n\t" /* b_shift in [-30, 0]: c << -b_shift, saturated */
+			 "rsb r1, r6, #0\n\t"
+			 "lsl r6, r3, r1\n\t"
+			 "asr r5, r6, r1\n\t"
+			 "cmp r5, r3\n\t"
+			 "beq 24f\n\t"
+			 "mvn r6, r3, asr #31\n\t"
+			 "eor r6, r6, #0x80000000\n\t"
+			 "24:\n\t"
 			 "ldr r5, [r7]\n\t"
 			 "qsub r5, r5, r6\n\t"
 			 "str r5, [r7]\n\t"
@@ -467,7 +479,7 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 	/* a part ends where a group of four might not fit with the padding */
 	const long room = (long)(KL_FC_SGD_S8_SCRATCH((uint32_t)n_in, (uint32_t)n_out) / 12u) * 3 - 21;
 	const int ntp = tri ? 3 * (np / 3) : 0; /* pairs in blocks of three */
-	const int bias_here = b_shift >= 1 && b_shift <= 31;
+	const int bias_here = b_shift >= -30 && b_shift <= 31;
 	sg_t a;
 	a.list = list;
 	a.lr_q = lr_q;
@@ -536,21 +548,12 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 			}
 		}
 	}
-	if (!bias_here) { /* b_shift <= 0 (often) or > 31: c << -b_shift saturated, or 0 */
-		const int l = -b_shift;
+	if (!bias_here) { /* b_shift < -30 or > 31 */
 		for (int i = 0; i < 2 * np; i++) {
 			const int32_t c = (int32_t)dy[i] * lr_q;
-			if (c == 0) {
-				continue;
+			if (c != 0) {
+				b[i] = __qsub(b[i], kl_rshift_round(c, b_shift));
 			}
-			int32_t v;
-			if (l >= 0 && l <= 30) {
-				v = (int32_t)((uint32_t)c << l);
-				v = (v >> l) == c ? v : c < 0 ? INT32_MIN : INT32_MAX;
-			} else {
-				v = kl_rshift_round(c, b_shift);
-			}
-			b[i] = __qsub(b[i], v);
 		}
 	}
 	if (n_out & 1) {
