@@ -355,10 +355,12 @@ void kl_ref_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x
  * (or all n_in) of the 12-byte entries the dsp backend's paired kernel lists
  * the non-zero inputs in (more are walked in parts), and 48 bytes. */
 #define KL_FC_SGD_LIST 40u
+#define KL_FC_SGD_S8_LIST_BYTES(n_in)                                                             \
+	(12u * ((uint32_t)(n_in) < KL_FC_SGD_LIST ? (uint32_t)(n_in) : KL_FC_SGD_LIST) + 48u)
 #define KL_FC_SGD_S8_SCRATCH(n_in, n_out)                                                         \
-	(KL_FC_S8_SCRATCH(n_in, n_out) > 12u * ((n_in) < KL_FC_SGD_LIST ? (n_in) : KL_FC_SGD_LIST) + 48u \
+	(KL_FC_S8_SCRATCH(n_in, n_out) > KL_FC_SGD_S8_LIST_BYTES(n_in)                             \
 		 ? KL_FC_S8_SCRATCH(n_in, n_out)                                                  \
-		 : 12u * ((n_in) < KL_FC_SGD_LIST ? (n_in) : KL_FC_SGD_LIST) + 48u)
+		 : KL_FC_SGD_S8_LIST_BYTES(n_in))
 #define KL_FC_SGD_LIST_MAX 32764
 #define KL_FC_SGD_S8_ARGS                                                                         \
 	int8_t *w, int32_t *b, const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t lr_q,     \

@@ -229,7 +229,7 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
  * bytes each. The scan skips the rows with dy == 0 (4 instructions each); for
  * row i of the region found, c = dy lr_q in r3, block t = umulhi(i, magic)
  * (exact for i < 2^31: magic = ceil(2^32 / 6), or 2^31), r = i - t P, its
- * first byte w + t bs + 8 (r >> 1) + (r & 1) in r8, flip 0x80 for r even, its
+ * first byte w + t bs + 8 (r >> 1) + (r & 1) in r8, r10 0x80 for r odd, its
  * dither d + i rowd in r2; its bias steps by kl_rshift_round(c, b_shift)
  * (b_shift in [-30, 31]: below 1 c << -b_shift saturated; b NULL: the caller
  * steps the biases), then the row walks the list. */
@@ -259,19 +259,19 @@ typedef struct {
 	"cbnz r4, " R "\n\t"
 
 /* the non-zero step r4 of the entry before r0: clamped to int8, subtracted
- * from the weight's byte (row 0's flip undone and redone), the weight
- * clamped to [-127, 127]; r4 back to 0, on at NEXT */
+ * from the weight's byte read as u = w + 128 in [1, 255] (r10: 0 for row 0
+ * of a pair, stored so, 0x80 for row 1), clamped to [1, 255] (w' in [-127,
+ * 127]); r4 back to 0, on at NEXT */
 #define SG_STEP(NEXT) \
 	"ldrh r7, [r0, r9]\n\t" \
 	"ldrb r5, [r8, r7]\n\t" \
 	"eor r5, r5, r10\n\t" \
-	"sxtb r5, r5\n\t" \
 	"ssat r4, #8, r4\n\t" \
 	"subs r5, r5, r4\n\t" \
-	"ssat r5, #8, r5\n\t" \
-	"cmn r5, #128\n\t" \
-	"it eq\n\t" \
-	"mvneq r5, #126\n\t" \
+	"usat r5, #8, r5\n\t" \
+	"cbnz r5, 7f\n\t" \
+	"movs r5, #1\n\t" \
+	"7:\n\t" \
 	"eor r5, r5, r10\n\t" \
 	"strb r5, [r8, r7]\n\t" \
 	"movs r4, #0\n\t" \
@@ -307,7 +307,6 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "add r8, r8, r10, lsl #3\n\t"
 			 "and r10, r6, #1\n\t"
 			 "add r8, r8, r10\n\t"
-			 "eor r10, r10, #1\n\t"
 			 "lsl r10, r10, #7\n\t"
 			 "ldr r7, [r12, #40]\n\t" /* the bias */
 			 "cbz r7, 22f\n\t"
@@ -351,6 +350,293 @@ __attribute__((naked, noinline)) static void sg_rows(const sg_t *a __attribute__
 			 "b 11f\n\t"
 			 "12:\n\t" SG_STEP("3b") "13:\n\t" SG_STEP("4b") "14:\n\t" SG_STEP("5b")
 			 "11:\n\t" SG_STEP("2b"));
+}
+
+/* The fused SGD step of one pair in a naked assembly loop: per weight word
+ * (two columns of both rows) the four steps (c * x + dither) >> sh by SMLAxy
+ * with the factors (c0, c1) in one word, saturated, packed in the word's byte
+ * order, one QSUB8 with the flip undone, -128 lifted to -127 (31
+ * instructions per four weights). The dithers: row 0's at column j is da + j
+ * W, row 1's that plus ab = n_in W. The loop ends on a sentinel word after
+ * the centred input. */
+typedef struct {
+	uint32_t c;   /* (c0, c1) as halfwords */
+	uint32_t ab;  /* n_in W */
+	uint32_t wy;  /* W */
+	int32_t dsh;  /* 32 - sh */
+	int32_t sh;
+	uint32_t da;  /* row 0's dither at column 0 */
+	const uint32_t *xp;
+	uint32_t *rp;
+} sd_t;
+
+/* the four steps of word X (columns c: bottom, c': top), da at column c; da
+ * ends at column c' */
+#define SD_STEPS(X) \
+	"lsr r10, r5, r3\n\t" \
+	"smlabb r11, r0, " X ", r10\n\t" \
+	"add r10, r5, r1\n\t" \
+	"lsr r10, r10, r3\n\t" \
+	"smlatb r12, r0, " X ", r10\n\t" \
+	"add r5, r5, r2, lsl #1\n\t" \
+	"lsr r10, r5, r3\n\t" \
+	"smlabt lr, r0, " X ", r10\n\t" \
+	"add r10, r5, r1\n\t" \
+	"lsr r10, r10, r3\n\t" \
+	"smlatt " X ", r0, " X ", r10\n\t"
+#define SD_UPDATE(X, INC) \
+	"asr r11, r11, r4\n\t" \
+	"asr r12, r12, r4\n\t" \
+	"asr lr, lr, r4\n\t" \
+	"asr " X ", " X ", r4\n\t" \
+	"pkhbt r11, r11, lr, lsl #16\n\t" \
+	"pkhbt r12, r12, " X ", lsl #16\n\t" \
+	"ssat16 r11, #8, r11\n\t" \
+	"ssat16 r12, #8, r12\n\t" \
+	"uxtb16 r11, r11\n\t" \
+	"uxtb16 r12, r12\n\t" \
+	"orr r11, r11, r12, lsl #8\n\t" \
+	"ldr r10, [r7]\n\t" \
+	"eor r10, r10, #0x00800080\n\t" \
+	"qsub8 r10, r10, r11\n\t" \
+	"mov r12, #0x81818181\n\t" \
+	"ssub8 r11, r10, r12\n\t" \
+	"sel r10, r10, r12\n\t" \
+	"eor r10, r10, #0x00800080\n\t" \
+	"str r10, [r7], #" INC "\n\t"
+
+/* GS: the group stride in bytes (8, or 24 in a block of three pairs) */
+#define SD_FUNC(name, GS2) \
+	__attribute__((naked, noinline)) static void name(const sd_t *a __attribute__((unused))) \
+	{ \
+		__asm__ volatile("push {r4-r11, lr}\n\t" \
+				 "ldm r0, {r0-r7}\n\t" \
+				 "ldrd r8, r9, [r6], #8\n\t" \
+				 "cmp r8, #0x80008000\n\t" \
+				 "beq 2f\n\t" \
+				 "1:\n\t" SD_STEPS("r8") "sub r5, r5, r2\n\t" SD_UPDATE("r8", "4") \
+				 SD_STEPS("r9") "add r5, r5, r2\n\t" SD_UPDATE("r9", GS2) \
+				 "ldrd r8, r9, [r6], #8\n\t" \
+				 "cmp r8, #0x80008000\n\t" \
+				 "bne 1b\n\t" \
+				 "2:\n\t" \
+				 "pop {r4-r11, pc}\n\t"); \
+	}
+SD_FUNC(sd_pair8, "4")
+SD_FUNC(sd_pair24, "20")
+
+/* One row of a pair (the other's factor is zero: its steps are zero and its
+ * lanes stay as they are): per two weight words the row's four steps, the
+ * bytes placed in its lanes (LANE: "" for row 0's bytes 0 and 2, a shift by
+ * 8 for row 1's), both words updated with one LDRD / STRD (36 to 38
+ * instructions per four weights). r0 = the factor (bottom halfword), r5 = the row's
+ * dither at column 0; r1 unused. */
+#define SD1_WORD(X, S, LANE, ADJ) \
+	"lsr r10, r5, r3\n\t" \
+	"smlabb " S ", r0, " X ", r10\n\t" \
+	"add r5, r5, r2, lsl #1\n\t" \
+	"lsr r10, r5, r3\n\t" \
+	"smlabt " X ", r0, " X ", r10\n\t" ADJ \
+	"asr " S ", " S ", r4\n\t" \
+	"asr " X ", " X ", r4\n\t" \
+	"pkhbt " S ", " S ", " X ", lsl #16\n\t" \
+	"ssat16 " S ", #8, " S "\n\t" \
+	"uxtb16 " S ", " S "\n\t" LANE
+/* the update of two words by steps in r11, r12; lr: the clamp constant */
+#define SD1_UPD0(GS) \
+	"ldrd r8, r9, [r7]\n\t" \
+	"eor r8, r8, #0x00800080\n\t" \
+	"eor r9, r9, #0x00800080\n\t" \
+	"qsub8 r8, r8, r11\n\t" \
+	"qsub8 r9, r9, r12\n\t" \
+	"ssub8 r11, r8, lr\n\t" \
+	"sel r8, r8, lr\n\t" \
+	"ssub8 r11, r9, lr\n\t" \
+	"sel r9, r9, lr\n\t" \
+	"eor r8, r8, #0x00800080\n\t" \
+	"eor r9, r9, #0x00800080\n\t" \
+	"strd r8, r9, [r7], #" GS "\n\t"
+/* row 1: row 0's flipped lanes are left alone by a zero step and by a clamp
+ * constant of 0x80 (no byte is below it), so no flip */
+#define SD1_UPD1(GS) \
+	"ldrd r8, r9, [r7]\n\t" \
+	"qsub8 r8, r8, r11\n\t" \
+	"qsub8 r9, r9, r12\n\t" \
+	"ssub8 r11, r8, lr\n\t" \
+	"sel r8, r8, lr\n\t" \
+	"ssub8 r11, r9, lr\n\t" \
+	"sel r9, r9, lr\n\t" \
+	"strd r8, r9, [r7], #" GS "\n\t"
+#define SD1_FUNC(name, LANE, UPD, K) \
+	__attribute__((naked, noinline)) static void name(const sd_t *a __attribute__((unused))) \
+	{ \
+		__asm__ volatile("push {r4-r11, lr}\n\t" \
+				 "ldm r0, {r0-r7}\n\t" \
+				 "movw lr, #" K "\n\t" \
+				 "movt lr, #" K "\n\t" \
+				 "ldrd r8, r9, [r6], #8\n\t" \
+				 "cmp r8, #0x80008000\n\t" \
+				 "beq 2f\n\t" \
+				 "1:\n\t" SD1_WORD("r8", "r11", LANE("r11"), "sub r5, r5, r2\n\t") \
+				 SD1_WORD("r9", "r12", LANE("r12"), "add r5, r5, r2\n\t") UPD \
+				 "ldrd r8, r9, [r6], #8\n\t" \
+				 "cmp r8, #0x80008000\n\t" \
+				 "bne 1b\n\t" \
+				 "2:\n\t" \
+				 "pop {r4-r11, pc}\n\t"); \
+	}
+#define SD1_LANE0(S) ""
+#define SD1_LANE1(S) "lsl " S ", " S ", #8\n\t"
+SD1_FUNC(sd_row0_8, SD1_LANE0, SD1_UPD0("8"), "0x8181")
+SD1_FUNC(sd_row1_8, SD1_LANE1, SD1_UPD1("8"), "0x8180")
+SD1_FUNC(sd_row0_24, SD1_LANE0, SD1_UPD0("24"), "0x8181")
+SD1_FUNC(sd_row1_24, SD1_LANE1, SD1_UPD1("24"), "0x8180")
+
+
+/* four steps saturated to int8, bytes (a, b, c, d) */
+static inline uint32_t pack4(int32_t a, int32_t b, int32_t c, int32_t d)
+{
+	const uint32_t e = (uint32_t)__ssat16((int16x2_t)kl_pkhbt((uint32_t)a, (uint32_t)c), 8);
+	const uint32_t o = (uint32_t)__ssat16((int16x2_t)kl_pkhbt((uint32_t)b, (uint32_t)d), 8);
+	return (uint32_t)__uxtb16(e) | ((uint32_t)__uxtb16(o) << 8);
+}
+
+/* one pair in C (a factor outside a halfword): the same steps, the lanes of
+ * a row whose factor is zero kept as they are */
+static void sgd_pair_c(int8_t *w, int p, int32_t c0, int32_t c1, const uint32_t *xw, uint32_t d0,
+		       uint32_t rowd, int dsh, int sh, int n_in, int n_out)
+{
+	const uint32_t keep = (c0 == 0 ? 0x00FF00FFu : 0u) | (c1 == 0 ? 0xFF00FF00u : 0u);
+	uint32_t da = d0 + (uint32_t)(2 * p) * rowd;
+	const uint32_t ab = rowd, wy = KL_WEYL;
+	int gs;
+	uint32_t *wp = (uint32_t *)(void *)(w + kl_fc_pair_at(p, n_in, n_out, &gs)) - 2;
+	for (int k = 0; k < n_in >> 1; k += 2) {
+		wp += k == 0 ? 2 : gs >> 2;
+		const uint32_t xa = xw[k], xb = xw[k + 1]; /* (x0, x2), (x1, x3) */
+		const int32_t x0 = (int16_t)xa, x2 = (int32_t)xa >> 16;
+		const int32_t x1 = (int16_t)xb, x3 = (int32_t)xb >> 16;
+		const uint32_t e0 = da, e1 = da + wy, e2 = e1 + wy, e3 = e2 + wy;
+		da = e3 + wy;
+		/* word k: columns 0, 2; word k + 1: columns 1, 3 */
+		const uint32_t s0 = pack4((c0 * x0 + (int32_t)(e0 >> dsh)) >> sh,
+					  (c1 * x0 + (int32_t)((e0 + ab) >> dsh)) >> sh,
+					  (c0 * x2 + (int32_t)(e2 >> dsh)) >> sh,
+					  (c1 * x2 + (int32_t)((e2 + ab) >> dsh)) >> sh);
+		const uint32_t s1 = pack4((c0 * x1 + (int32_t)(e1 >> dsh)) >> sh,
+					  (c1 * x1 + (int32_t)((e1 + ab) >> dsh)) >> sh,
+					  (c0 * x3 + (int32_t)(e3 >> dsh)) >> sh,
+					  (c1 * x3 + (int32_t)((e3 + ab) >> dsh)) >> sh);
+		const uint32_t o0 = wp[0], o1 = wp[1];
+		const uint32_t n0 =
+			kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)(o0 ^ 0x00800080u), (int8x4_t)s0)) ^
+			0x00800080u;
+		const uint32_t n1 =
+			kl_clamp_m127_s8x4((uint32_t)__qsub8((int8x4_t)(o1 ^ 0x00800080u), (int8x4_t)s1)) ^
+			0x00800080u;
+		wp[0] = (n0 & ~keep) | (o0 & keep);
+		wp[1] = (n1 & ~keep) | (o1 & keep);
+	}
+}
+
+
+/* The dense path (most steps non-zero: large gradients): every weight of a
+ * row with c != 0, four per weight word of a pair (steps that fit a
+ * halfword: 13 <= w_shift <= 30); 7.75 instructions per weight of a pair of
+ * rows, where the sparse walk's out-of-line steps would cost more. */
+__attribute__((noinline)) static void sgd_dense(int8_t *w, int32_t *b, const int8_t *dy, const int8_t *x, int32_t x_zp,
+		      int32_t lr_q, int w_shift, int b_shift, uint32_t d0, int n_in, int n_out,
+		      int16_t *scratch)
+{
+	const uint32_t rowd = (uint32_t)n_in * KL_WEYL;
+	const int np = n_out >> 1;
+	int16_t *xc = scratch; /* centred, each group of four as (0, 2, 1, 3) */
+	kl_center_interleave_s8(x, x_zp, xc, n_in);
+	uint32_t *xw = (uint32_t *)(void *)xc;
+	xw[n_in >> 1] = 0x80008000u; /* sd_pair's sentinel */
+	const int sh = w_shift, dsh = 32 - sh;
+	const int ntp = kl_fc_triples(n_in) ? 3 * (np / 3) : 0; /* pairs in blocks of three */
+	sd_t a;
+	a.ab = rowd;
+	a.wy = KL_WEYL;
+	a.dsh = dsh;
+	a.sh = sh;
+	a.xp = xw;
+	for (int p = 0; p < np; p++) {
+		const int32_t c0 = (int32_t)dy[2 * p] * lr_q, c1 = (int32_t)dy[2 * p + 1] * lr_q;
+		if (c0 == 0 && c1 == 0) {
+			continue;
+		}
+		if (c0 >= -32768 && c0 <= 32767 && c1 >= -32768 && c1 <= 32767) {
+			a.c = ((uint32_t)c0 & 0xFFFFu) | ((uint32_t)c1 << 16);
+			a.da = d0 + (uint32_t)(2 * p) * rowd;
+			const int gs = p < ntp ? 24 : 8;
+			a.rp = (uint32_t *)(void *)(w + (p < ntp ? (long)(p / 3) * 6 * n_in + 8 * (p % 3)
+							 : (long)p * 2 * n_in));
+			if (c1 == 0) {
+				(gs == 8 ? sd_row0_8 : sd_row0_24)(&a);
+			} else if (c0 == 0) {
+				a.c = (uint32_t)c1 & 0xFFFFu;
+				a.da += rowd;
+				(gs == 8 ? sd_row1_8 : sd_row1_24)(&a);
+			} else {
+				(gs == 8 ? sd_pair8 : sd_pair24)(&a);
+			}
+		} else {
+			sgd_pair_c(w, p, c0, c1, xw, d0, rowd, dsh, sh, n_in, n_out);
+		}
+		if (c0 != 0) {
+			b[2 * p] = __qsub(b[2 * p], kl_rshift_round(c0, b_shift));
+		}
+		if (c1 != 0) {
+			b[2 * p + 1] = __qsub(b[2 * p + 1], kl_rshift_round(c1, b_shift));
+		}
+	}
+	if (n_out & 1) { /* the plain last row */
+		const int i = n_out - 1;
+		const int32_t c = (int32_t)dy[i] * lr_q;
+		if (c != 0) {
+			int8_t *row = w + (long)i * n_in;
+			uint32_t d = d0 + (uint32_t)i * rowd;
+			for (int j = 0; j < n_in; j++) {
+				const int32_t v = c * xc[j + ((j & 3) == 1 ? 1 : (j & 3) == 2 ? -1 : 0)];
+				row[j] = kl_sub_clamp_w(row[j], (v + (int32_t)(d >> dsh)) >> sh);
+				d += KL_WEYL;
+			}
+			b[i] = __qsub(b[i], kl_rshift_round(c, b_shift));
+		}
+	}
+}
+
+/* Does the dense path pay? The walk costs about 4.5 instructions per listed
+ * input of a row and 16 per non-zero step, the dense path about 8 per
+ * weight: it pays where nearly every step is non-zero, as where their mean
+ * magnitude is 4 or more. The sum of |step| expected is E = lr_q sum|dy|
+ * sum|x - x_zp| / 2^sh (sum|dy| over the rows, the other over the inputs
+ * listed: q to qe, the list's first part, which covers n_done of the n_in
+ * inputs: scaled up to all); dense where E >= 4 n_out N (N inputs listed,
+ * scaled). First with |x - x_zp| <= 255: the sum is taken only where that
+ * bound leaves the question open (as it seldom does in training, where
+ * steps are small and the walk is the faster by far). */
+__attribute__((noinline)) static int dense_pays(uint64_t u, const uint32_t *q, const uint32_t *qe,
+						int dsh, int n_done, int n_in, int n_out)
+{
+	const uint32_t nq = (uint32_t)(qe - q) / 3u;
+	/* (32-bit: nq, n_in < 2^15) */
+	const uint32_t n = n_done == n_in ? nq : nq * (uint32_t)n_in / (uint32_t)n_done;
+	if (n == 0u) {
+		return 0;
+	}
+	if (u >= ((uint64_t)1 << 32)) {
+		return 1;
+	}
+	uint32_t sx = 0; /* (< 2^8 2^15) */
+	for (; q != qe; q += 3) {
+		const int32_t v = (int32_t)q[1] >> dsh;
+		sx += (uint32_t)(v < 0 ? -v : v);
+	}
+	const uint64_t sxa = n_done == n_in ? sx : (uint64_t)sx * (uint32_t)n_in / (uint32_t)n_done;
+	return ((u * sxa) >> (32 - dsh)) >= 4u * (uint64_t)(uint32_t)n_out * n;
 }
 
 /* The list of one part: from the group of four inputs at x on, while the
@@ -439,16 +725,24 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 	const int np = n_out >> 1;
 	*dither = d0 + (uint32_t)n_out * rowd;
 	uint32_t any = 0; /* a gradient that is not zero (often none) */
+	uint32_t sad = 0; /* the sum of |dy| (USADA8 of dy ^ 0x80 and 0x80) */
 	int k = 0;
 	for (; k + 4 <= n_out; k += 4) {
-		any |= kl_read_s8x4(dy + k);
+		const uint32_t v = kl_read_s8x4(dy + k);
+		any |= v;
+		sad = __usada8(v ^ 0x80808080u, 0x80808080u, sad);
 	}
 	for (; k < n_out; k++) {
 		any |= (uint8_t)dy[k];
+		sad += (uint32_t)(dy[k] < 0 ? -dy[k] : dy[k]);
 	}
 	if (any == 0u) {
 		return;
 	}
+	/* could the dense path pay (dense_pays, with |x - x_zp| <= 255)? */
+	const uint64_t u = (uint64_t)(lr_q < 0 ? 0u - (uint32_t)lr_q : (uint32_t)lr_q) * sad;
+	const int maybe_dense = w_shift >= 13 && w_shift <= 30 &&
+				u * 255u >= ((uint64_t)(4u * (uint32_t)n_out) << w_shift);
 	if (w_shift < 9 || w_shift > 30 || n_in > KL_FC_SGD_LIST_MAX) { /* rare: weight by weight */
 		for (int i = 0; i < n_out; i++) {
 			const int32_t c = (int32_t)dy[i] * lr_q;
@@ -510,6 +804,11 @@ void kl_dsp_fully_connected_sgd_paired_s8(int8_t *w, int32_t *b, const int8_t *d
 		/* four entries a pass, one pass at least: zero entries after the
 		 * list, up to the next multiple of four */
 		const uint32_t ne = (uint32_t)(e - list) / 3u;
+		if (part == 0 && maybe_dense &&
+		    dense_pays(u, list, e, dsh, (int)(l.x - x), n_in, n_out)) {
+			sgd_dense(w, b, dy, x, x_zp, lr_q, w_shift, b_shift, d0, n_in, n_out, scratch);
+			return;
+		}
 		const uint32_t pad = ne == 0u ? 4u : (0u - ne) & 3u;
 		for (uint32_t k = 0; k < 3u * pad; k++) {
 			e[k] = 0;
