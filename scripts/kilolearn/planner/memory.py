@@ -211,9 +211,9 @@ class MemModel:
                     upd = (self._n_w(i) + n_b) * 4
                 elif self.defer:  # dense: weight gradients, then the optimiser
                     upd = (self._n_w(i) + n_b) * 4
-                elif s8_dense:  # paged: a 256-byte chunk of a row at a time
+                elif s8_dense:  # paged: a 256-byte chunk of a row at a time; KL_FC_SGD_S8_SCRATCH
                     upd = (2 * 256 + 4 + 8 if self.is_paged(i)
-                           else max(2 * x + 4 * y + 8, 12 * min(x, 40) + 48))  # KL_FC_SGD_S8_SCRATCH
+                           else max(2 * x + 4 * y + 8, 12 * min(x, 40) + 48))
             need = max(need, (_al(x * self.es, 8) if in_place else 0) + upd)
         return need
 
