@@ -5,7 +5,11 @@
  * scratch is exactly kl_conv_s8_scratch() followed by a guard. Every third
  * case is a dense layer in the paired layout (kl_fc_pair_s8: what a trained
  * layer runs) through the dsp input gradient and fused SGD step, against the
- * ref kernels on the plain layout (weights unpaired, biases, dither).
+ * ref kernels on the plain layout (weights unpaired, biases, dither): inputs
+ * at the zero point from none to all, step shifts 6-34 and bias shifts
+ * -34-34, factors in and past a halfword (the SGD step's list, its walk in
+ * parts, its dense path and its weight-by-weight one); the SGD step's
+ * scratch stays within KL_FC_SGD_S8_SCRATCH() (a guard after it).
  * Prints "KL fuzz done cases N mismatches N".
  */
 #include <stdint.h>
@@ -68,6 +72,10 @@ static long fc_case(int it, int verbose)
 	memset(scr, 0xA5, sizeof scr);
 	kl_dsp_fully_connected_sgd_paired_s8(wq, bq, dys, xs, x_zp, lr_q, w_shift, b_shift, &d1,
 					     n_in, n_out, (int16_t *)(void *)scr);
+	const uint8_t *guard = (const uint8_t *)scr + KL_FC_SGD_S8_SCRATCH(n_in, n_out);
+	for (int k = 0; k < 64; k++) {
+		m += guard[k] != 0xA5u;
+	}
 	kl_fc_unpair_s8(wq, ws, n_in, n_out);
 	for (long k = 0; k < nw; k++) {
 		m += wr[k] != ws[k];

@@ -222,9 +222,10 @@ void kl_dsp_fully_connected_backward_input_paired_s8(const int8_t *w, const int8
  * of four; every row with c != 0 walks the list in a naked assembly loop, 4
  * instructions per weight (LDRD, ADD, SMLAL, CBNZ): the high word stays 0
  * through the zero steps, and a non-zero one (a few per cent) is applied out
- * of line: clamped to int8, subtracted from the weight's byte (the flip of
- * a pair's row 0 undone and redone), the result clamped to [-127, 127]. */
-/* The rows of one region of the layout: its blocks of P rows (P = 6: three
+ * of line (SG_STEP). Where most steps are non-zero the dense path below
+ * (sgd_dense) costs less; dense_pays decides.
+ *
+ * The rows of one region of the layout: its blocks of P rows (P = 6: three
  * pairs interleaved, group stride 24; P = 2: a pair, stride 8), bs = P n_in
  * bytes each. The scan skips the rows with dy == 0 (4 instructions each); for
  * row i of the region found, c = dy lr_q in r3, block t = umulhi(i, magic)
