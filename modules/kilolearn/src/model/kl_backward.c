@@ -455,13 +455,15 @@ static void kl_backward_op(kl_model_t *m, kl_op_t *op, int keep, int compact)
  * each updated op's weights, the update counters, the has_grad marks. Only
  * where every updated op is a paired dense layer (its weights never at -128,
  * which a zero step would lift to -127) and the zero gradient moves nothing
- * else (no momentum or batches, kept gradients, selective policy, paged
- * log); else the backward pass runs as it is. Returns 1 if the step was
- * done so. */
+ * else (no momentum or batches, kept gradients, channel-sparse or partial
+ * policy, paged log: the full update, channel norm and top-r, whose zero
+ * steps change nothing); else the backward pass runs as it is. Returns 1 if
+ * the step was done so. */
 static int kl_zero_step_s8(kl_model_t *m, int keep)
 {
-	if (m->dtype != KL_DTYPE_S8 || keep || m->defer || m->paged ||
-	    m->upd_policy != KL_UPDATE_ALL || m->part_pm != 0u) {
+	if (m->dtype != KL_DTYPE_S8 || keep || m->defer || m->paged || m->part_pm != 0u ||
+	    (m->upd_policy != KL_UPDATE_ALL && m->upd_policy != KL_UPDATE_CHANNEL_NORM &&
+	     m->upd_policy != KL_UPDATE_TOPR)) {
 		return 0;
 	}
 	const int8_t *g = m->tensors[m->output].grad;
@@ -495,9 +497,15 @@ static int kl_zero_step_s8(kl_model_t *m, int keep)
 		if (op->kind == KL_OP_ADD && m->tensors[op->in1].need_grad) {
 			m->tensors[op->in1].has_grad = 1;
 		}
-		if (kl_trainable(op) && !kl_bias_only(op)) {
+		if (kl_trainable(op) && !kl_bias_only(op)) { /* (a paired dense layer) */
 			m->dither += op->n_w * KL_WEYL;
-			m->upd_touched += op->n_w;
+			/* what kl_update_dense_s8 counts: every weight, channel norm's
+			 * rows, top-r's non-zero steps (none) */
+			m->upd_touched += m->upd_policy == KL_UPDATE_ALL ? op->n_w
+					  : m->upd_policy == KL_UPDATE_TOPR
+						  ? 0u
+						  : upd_count(kl_tsize(&m->tensors[op->out]), m->upd_frac) *
+							    kl_tsize(&m->tensors[op->in0]);
 			m->upd_weights += op->n_w;
 		}
 	}
