@@ -244,9 +244,6 @@ static const uint32_t *next_step(const uint32_t *cp, const uint32_t *ce, int32_t
 	return ce;
 }
 
-/* KL_WEYL's inverse mod 2^32: a column's dither offset j W gives back j */
-#define WEYL_INV 0x144CBC89u
-
 /* the state of fused()'s first pass a non-zero step needs */
 struct fz {
 	int8_t *w;         /* the row's first weight (base) */
@@ -277,7 +274,7 @@ static void on_step(struct fz *z, const uint32_t *cp, uint32_t t, int32_t q)
 	if (z->stopped) {
 		return;
 	}
-	const uint32_t j = cp[0] * WEYL_INV;
+	const uint32_t j = cp[0] * KL_WEYL_INV;
 	int8_t *const pw = z->w + z->gs * (j >> 2) + z->o4[j & 3u];
 	const int32_t r = (int32_t)(int8_t)((uint8_t)*pw ^ z->flip) - q;
 	if ((r > 127 || r < -127) && z->hist != NULL) {
@@ -381,7 +378,7 @@ static uint32_t fused(int8_t *w, const int8_t *dy, const int8_t *x, int32_t x_zp
 			}
 			q = q > 127 ? 127 : (q < -128 ? -128 : q);
 			const int take = chosen(q, t, &at_t);
-			const uint32_t j = cw[2u * u] * WEYL_INV;
+			const uint32_t j = cw[2u * u] * KL_WEYL_INV;
 			int8_t *const pw = w + at(&r, j);
 			const int applied = !z.stopped || (uint32_t)i < z.ri ||
 					    ((uint32_t)i == z.ri && u < z.rt);
