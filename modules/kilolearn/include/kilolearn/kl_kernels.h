@@ -361,6 +361,8 @@ void kl_ref_fully_connected_grad_s8(const int8_t *dy, const int8_t *x, int32_t x
 	(KL_FC_S8_SCRATCH(n_in, n_out) > KL_FC_SGD_S8_LIST_BYTES(n_in)                             \
 		 ? KL_FC_S8_SCRATCH(n_in, n_out)                                                  \
 		 : KL_FC_SGD_S8_LIST_BYTES(n_in))
+/* the widest layer the list takes (a column's offset in a pair below 2^16);
+ * wider ones step weight by weight */
 #define KL_FC_SGD_LIST_MAX 32764
 #define KL_FC_SGD_S8_ARGS                                                                         \
 	int8_t *w, int32_t *b, const int8_t *dy, const int8_t *x, int32_t x_zp, int32_t lr_q,     \
