@@ -70,7 +70,8 @@ static void mask_s8_range(const kl_tensor_t *t, int act, void *g, int wide, uint
 	/* passes where 0 < y - zp < q6 (kl_act_pass_s8; ReLU has no upper cap),
 	 * that is y - (zp + 1) < q6 - 1 unsigned; the others are zeroed */
 	const int32_t z1 = t->zp + 1;
-	const uint32_t lim = (uint32_t)(act == KL_ACT_RELU6 ? relu6_q(t->exp) : INT32_MAX) - 1u;
+	const int32_t q6 = act == KL_ACT_RELU6 ? relu6_q(t->exp) : INT32_MAX;
+	const uint32_t lim = q6 >= 1 ? (uint32_t)q6 - 1u : 0u; /* (q6 <= 0: nothing passes) */
 	if (wide) {
 		int32_t *gw = g;
 		uint32_t k = 0;
