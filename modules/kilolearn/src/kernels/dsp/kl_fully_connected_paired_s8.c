@@ -12,10 +12,13 @@
  * word PKHBT / PKHTB regroup the four weights by column, (w0[c], w1[c]) and
  * (w0[c'], w1[c']), and one SMLAD per column adds both rows. Two pairs per
  * pass over the columns, pairs whose dy are both zero skipped.
- * SGD: per weight word the four steps (dithers by each weight's plain index,
- * so the sequence is the ref kernel's), saturated, packed in the word's byte
- * order, one QSUB8 with the flip undone, -128 lifted to -127; lanes of a row
- * whose step factor is zero are left as they are (the ref kernel skips it). */
+ * SGD: the walk over the steps that can be non-zero (below: rows with dy !=
+ * 0 times inputs off their zero point, a non-zero step applied out of line);
+ * where most steps are non-zero, the dense path: per weight word the four
+ * steps (dithers by each weight's plain index, so the sequence is the ref
+ * kernel's), saturated, packed in the word's byte order, one QSUB8 with the
+ * flip undone, -128 lifted to -127; lanes of a row whose step factor is zero
+ * are left as they are (the ref kernel skips it). */
 #include "kilolearn/kl_kernels.h"
 
 #if KL_KERNELS_DSP
